@@ -1,0 +1,151 @@
+//! The one error type of the HTTP API. Every failure becomes
+//! `{"error": code, "message": how to fix it}` with a status that means
+//! something to the caller; unexpected causes go to the log, never to the
+//! client.
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use renderfarm_wire::ErrorBody;
+
+use crate::domain::{IllegalTransition, ValidationError};
+use crate::store::StoreError;
+
+/// Seconds a client should wait before retrying after a 503.
+const UNAVAILABLE_RETRY_AFTER: &str = "5";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String, &'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("unexpected failure")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Invalid(_) => "invalid_input",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(..) => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unexpected(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = match self {
+            ApiError::Unexpected(cause) => {
+                tracing::error!(error = ?cause, "request failed unexpectedly");
+                "the broker hit an unexpected error; it was logged. Retry later, and report it if it persists".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER));
+            }
+            ApiError::MethodNotAllowed(_, allow) => {
+                response.insert_header((header::ALLOW, *allow));
+            }
+            _ => {}
+        }
+        response.json(ErrorBody {
+            error: self.code().to_string(),
+            message,
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Invalid(m) => ApiError::Invalid(m),
+            StoreError::Unavailable(m) => ApiError::Unavailable(format!("{m}; retry shortly")),
+            StoreError::Unexpected(cause) => ApiError::Unexpected(cause),
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::Invalid(e.to_string())
+    }
+}
+
+impl From<IllegalTransition> for ApiError {
+    fn from(e: IllegalTransition) -> Self {
+        ApiError::Conflict(e.message)
+    }
+}
+
+/// Turns a body that could not be read as the expected JSON into a 4xx.
+pub fn json_error(err: JsonPayloadError, req: &HttpRequest) -> actix_web::Error {
+    let api = match &err {
+        JsonPayloadError::ContentType => ApiError::UnsupportedMediaType(
+            "send the body as JSON with the header Content-Type: application/json".into(),
+        ),
+        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            ApiError::PayloadTooLarge(format!(
+                "the body is larger than the {limit} bytes this route accepts; send less (split logs into several reports)"
+            ))
+        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::Invalid(format!(
+            "the JSON body of {} {} does not have the expected shape: {e}; see /api-docs for the fields",
+            req.method(),
+            req.path()
+        )),
+        JsonPayloadError::Deserialize(e) => ApiError::Invalid(format!(
+            "the body is not valid JSON: {e}; send a JSON object"
+        )),
+        other => ApiError::Invalid(format!("the body could not be read: {other}")),
+    };
+    api.into()
+}
+
+/// Turns a query string that does not fit the route into a 400.
+pub fn query_error(err: QueryPayloadError, req: &HttpRequest) -> actix_web::Error {
+    ApiError::Invalid(format!(
+        "the query string of {} is not valid: {err}; see /api-docs for the parameters",
+        req.path()
+    ))
+    .into()
+}
+
+/// Path segments are parsed by hand (ids), so this only catches the rest.
+pub fn path_error(err: PathError, req: &HttpRequest) -> actix_web::Error {
+    ApiError::NotFound(format!("no resource at {}: {err}", req.path())).into()
+}

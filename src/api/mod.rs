@@ -1,0 +1,118 @@
+//! The HTTP API: one module per resource, one error type, thin handlers that
+//! parse at the edge and call the store.
+
+pub mod error;
+mod health;
+mod renders;
+mod tasks;
+mod workers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest};
+use serde::Deserialize;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub use error::ApiError;
+
+use crate::clock::Clock;
+use crate::store::{PageRequest, Store};
+
+/// The largest JSON body accepted (a log chunk is the big one).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// Absolute; default outputs go under it.
+    pub data_dir: PathBuf,
+    /// Woken whenever work may have become claimable, so long-polling workers
+    /// try again at once instead of polling the store.
+    pub work_available: Notify,
+}
+
+impl AppState {
+    /// Tells every waiting worker to look for work again.
+    pub fn wake_workers(&self) {
+        self.work_available.notify_waiters();
+    }
+}
+
+/// Registers every route and the JSON error answers for what matches none.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_BODY_BYTES)
+            .content_type_required(false)
+            .error_handler(error::json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(error::query_error))
+    .app_data(web::PathConfig::default().error_handler(error::path_error));
+    health::configure(cfg);
+    renders::configure(cfg);
+    workers::configure(cfg);
+    tasks::configure(cfg);
+}
+
+/// The answer for a path that matches no route.
+pub async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "there is no route {} {}; see /api-docs for the routes",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// A resource whose other methods get a JSON 405 naming the allowed ones.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed(
+            format!(
+                "{} is not allowed on {}; use {allow}",
+                req.method(),
+                req.path()
+            ),
+            allow,
+        ))
+    }))
+}
+
+/// Parses an id from the path; a malformed one names nothing, so it is a 404.
+fn parse_id(kind: &str, raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::NotFound(format!(
+            "no {kind} with id {raw:?}: ids are UUIDs such as 0b8f3c4e-5d6a-4f1b-9c2d-3e4f5a6b7c8d"
+        ))
+    })
+}
+
+/// `?limit=&offset=` on listings.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+impl TryFrom<PageQuery> for PageRequest {
+    type Error = ApiError;
+
+    fn try_from(q: PageQuery) -> Result<Self, Self::Error> {
+        let default = PageRequest::default();
+        let limit = q.limit.unwrap_or(default.limit);
+        let offset = q.offset.unwrap_or(default.offset);
+        if !(1..=PageRequest::MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::Invalid(format!(
+                "limit is {limit}; give 1 to {}",
+                PageRequest::MAX_LIMIT
+            )));
+        }
+        if offset < 0 {
+            return Err(ApiError::Invalid(format!("offset is {offset}; give 0 or more")));
+        }
+        Ok(PageRequest { limit, offset })
+    }
+}

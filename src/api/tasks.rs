@@ -1,0 +1,110 @@
+//! `/tasks`: inspect a task and its log; the lease-guarded worker reports.
+
+use actix_web::http::header::ContentType;
+use actix_web::{web, HttpResponse};
+use renderfarm_wire::{CompleteReport, FailReport, ProgressReport};
+use uuid::Uuid;
+
+use super::{parse_id, resource, ApiError, AppState};
+use crate::store::TaskReport;
+
+/// The longest failure reason kept; the full output is in the task's log.
+const MAX_REASON_BYTES: usize = 64 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/tasks/{id}", "GET").route(web::get().to(get)))
+        .service(resource("/tasks/{id}/log", "GET").route(web::get().to(log)))
+        .service(resource("/tasks/{id}/progress", "POST").route(web::post().to(progress)))
+        .service(resource("/tasks/{id}/complete", "POST").route(web::post().to(complete)))
+        .service(resource("/tasks/{id}/fail", "POST").route(web::post().to(fail)));
+}
+
+async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id("task", &id)?;
+    Ok(HttpResponse::Ok().json(state.store.get_task(id).await?))
+}
+
+async fn log(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id("task", &id)?;
+    let text = state.store.task_log(id).await?;
+    Ok(HttpResponse::Ok().content_type(ContentType::plaintext()).body(text))
+}
+
+async fn report(
+    state: &AppState,
+    id: &str,
+    lease_id: Uuid,
+    report: TaskReport,
+    log: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id("task", id)?;
+    let task = state
+        .store
+        .report_task(id, lease_id, report, log, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(task))
+}
+
+async fn progress(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<ProgressReport>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let frames_done = body.frames_done;
+    report(&state, &id, body.lease_id, TaskReport::Progress { frames_done }, body.log).await
+}
+
+async fn complete(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<CompleteReport>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    report(&state, &id, body.lease_id, TaskReport::Complete, body.log).await
+}
+
+async fn fail(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<FailReport>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let reason = body.reason.trim();
+    if reason.is_empty() {
+        return Err(ApiError::Invalid(
+            "reason must say why the task failed (for example the last lines of Blender's output)".into(),
+        ));
+    }
+    let fail = TaskReport::Fail {
+        exit_code: body.exit_code,
+        reason: keep_tail(reason, MAX_REASON_BYTES).to_string(),
+    };
+    report(&state, &id, body.lease_id, fail, body.log).await
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary: the end of
+/// Blender's output is where the error is.
+fn keep_tail(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_tail;
+
+    #[test]
+    fn long_reasons_keep_their_end_on_a_character_boundary() {
+        assert_eq!(keep_tail("short", 10), "short");
+        assert_eq!(keep_tail("abcdef", 3), "def");
+        assert_eq!(keep_tail("aé", 1), "");
+        assert_eq!(keep_tail("aéb", 2), "b");
+    }
+}

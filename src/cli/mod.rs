@@ -1,0 +1,256 @@
+//! The `renderfarm` command: `serve` runs the broker; `submit`, `status` and
+//! `workers` are thin HTTP clients of a running broker.
+
+mod client;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use renderfarm_wire::{Priority, RenderSpec};
+
+use crate::startup::{Application, Settings, StoreChoice};
+use client::BrokerClient;
+
+/// A render farm for Blender.
+#[derive(Debug, Parser)]
+#[command(name = "renderfarm", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker: HTTP API and store.
+    Serve(ServeArgs),
+    /// Submit a .blend file for rendering.
+    Submit(SubmitArgs),
+    /// Show one render and its progress.
+    Status(StatusArgs),
+    /// List the workers the broker knows.
+    Workers(BrokerArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "RENDERFARM_BIND", default_value = "127.0.0.1:8080")]
+    bind: String,
+    /// Where the embedded store and default render outputs live.
+    #[arg(long, env = "RENDERFARM_DATA_DIR", default_value = "renderfarm-data")]
+    data_dir: PathBuf,
+    /// Store to use: leave out for the embedded SQLite store, or a mongodb:// URI.
+    #[arg(long, env = "MONGODB_URI")]
+    store: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct BrokerArgs {
+    /// The broker's address.
+    #[arg(long, env = "RENDERFARM_BROKER", default_value = "http://127.0.0.1:8080")]
+    broker: String,
+    /// Print the broker's JSON answer instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// The .blend file, as the workers see its path.
+    file: String,
+    /// Frames to render: `1-250`, or one frame `7`.
+    #[arg(long, default_value = "1-1")]
+    frames: String,
+    /// Frames per task.
+    #[arg(long, default_value_t = 10)]
+    chunk: i64,
+    /// low, normal, high or urgent.
+    #[arg(long, default_value = "normal", value_parser = parse_priority)]
+    priority: Priority,
+    /// Name shown in listings (default: the file's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// How many times a failed chunk is tried again.
+    #[arg(long, default_value_t = 1)]
+    max_retries: i64,
+    /// Blender output pattern, e.g. /renders/shot/frame_#### (default: under the broker's data dir).
+    #[arg(long)]
+    output: Option<String>,
+    /// Blender engine, e.g. CYCLES (default: the file's own).
+    #[arg(long)]
+    engine: Option<String>,
+    /// Tags a worker needs to take this render, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The render's id, as `submit` printed it.
+    id: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    Priority::parse(s).ok_or_else(|| format!("{s:?} is not a priority; use low, normal, high or urgent"))
+}
+
+/// Parses `A-B` or `A` into a frame range (checked again by the broker).
+fn parse_frames(s: &str) -> anyhow::Result<(i64, i64)> {
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<i64>()
+            .map_err(|_| anyhow::anyhow!("--frames {s:?}: give a range such as 1-250, or one frame such as 7"))
+    };
+    match s.split_once('-') {
+        Some((a, b)) => Ok((parse(a)?, parse(b)?)),
+        None => {
+            let f = parse(s)?;
+            Ok((f, f))
+        }
+    }
+}
+
+/// Installs the log subscriber: `RENDERFARM_LOG` (or `RUST_LOG`) filters, info by default.
+pub fn init_tracing() {
+    let filter = std::env::var("RENDERFARM_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Submit(args) => submit(args).await,
+        Command::Status(args) => status(args).await,
+        Command::Workers(args) => workers(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings {
+        bind: args.bind,
+        data_dir: args.data_dir,
+        store: StoreChoice::parse(args.store.as_deref())?,
+    };
+    let app = Application::build(settings.clone()).await?;
+    tracing::info!(
+        port = app.port(),
+        data_dir = %settings.data_dir.display(),
+        "broker listening on {}",
+        settings.bind.rsplit_once(':').map(|(host, _)| format!("http://{host}:{}", app.port())).unwrap_or_default()
+    );
+    app.run_until_stopped().await?;
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let (frame_start, frame_end) = parse_frames(&args.frames)?;
+    let name = args.name.unwrap_or_else(|| {
+        std::path::Path::new(&args.file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| args.file.clone())
+    });
+    let spec = RenderSpec {
+        name,
+        blend_file: args.file,
+        frame_start,
+        frame_end,
+        chunk_size: args.chunk,
+        priority: args.priority,
+        max_retries: args.max_retries,
+        output: args.output,
+        engine: args.engine,
+        tags: args.tags,
+    };
+    let client = BrokerClient::new(&args.broker.broker)?;
+    let render = client.submit(&spec).await?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&render)?);
+    } else {
+        println!(
+            "submitted render {} \"{}\": frames {}-{} in {} task(s), priority {}, output {}",
+            render.id,
+            render.name,
+            render.frame_start,
+            render.frame_end,
+            render.progress.tasks_total,
+            render.priority.as_str(),
+            render.output
+        );
+        println!("follow it with: renderfarm status {}", render.id);
+    }
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = BrokerClient::new(&args.broker.broker)?;
+    let render = client.render(&args.id).await?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&render)?);
+        return Ok(());
+    }
+    let p = &render.progress;
+    let percent = if p.frames_total > 0 {
+        100.0 * p.frames_done as f64 / p.frames_total as f64
+    } else {
+        0.0
+    };
+    println!("render    {} \"{}\"", render.id, render.name);
+    println!("status    {} ({} priority)", render.status.as_str(), render.priority.as_str());
+    println!("frames    {}/{} done ({percent:.1}%)", p.frames_done, p.frames_total);
+    println!(
+        "tasks     {} total: {} pending, {} running, {} completed, {} failed, {} canceled",
+        p.tasks_total, p.tasks_pending, p.tasks_running, p.tasks_completed, p.tasks_failed, p.tasks_canceled
+    );
+    println!("output    {}", render.output);
+    Ok(())
+}
+
+async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
+    let client = BrokerClient::new(&args.broker)?;
+    let workers = client.workers().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&workers)?);
+        return Ok(());
+    }
+    if workers.is_empty() {
+        println!("no workers registered; start one with renderfarm-worker --broker {}", args.broker);
+        return Ok(());
+    }
+    println!("{:<36}  {:<20}  {:<9}  {:<36}  last heartbeat", "id", "name", "status", "task");
+    for w in workers {
+        println!(
+            "{:<36}  {:<20}  {:<9}  {:<36}  {}",
+            w.id,
+            w.name,
+            w.status.as_str(),
+            w.current_task_id.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            w.last_heartbeat.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_frames;
+
+    #[test]
+    fn frame_arguments_parse_as_ranges_or_single_frames() {
+        assert_eq!(parse_frames("1-250").unwrap(), (1, 250));
+        assert_eq!(parse_frames("7").unwrap(), (7, 7));
+        assert!(parse_frames("a-b").is_err());
+        assert!(parse_frames("").is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Renders, tasks and workers, and the rules they follow. Pure: no I/O and no
+//! clock reads; "now" and thresholds are arguments. Handlers and stores call
+//! these functions to decide every status change, and never decide one
+//! themselves.
+
+mod frames;
+mod render;
+mod task;
+mod worker;
+
+pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
+pub use render::{
+    progress_after, render_transition, roll_up, tasks_affected, NewRender, RenderCommand, ValidRenderSpec,
+};
+pub use renderfarm_wire::{
+    Assignment, HeartbeatAction, Priority, Progress, Render, RenderAction, RenderStatus, Task,
+    TaskStatus, Worker, WorkerAction, WorkerStatus,
+};
+pub use task::{statuses_affected_by, task_transition, TaskEvent};
+pub use worker::{
+    claim_permission, heartbeat_action, validate_worker_spec, worker_status, worker_transition,
+    ClaimPermission, LeaseView, ValidWorkerSpec, WorkerMode,
+};
+
+/// A request value that breaks a rule; `message` says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// A status change that the state machine does not allow from where the
+/// thing is now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct IllegalTransition {
+    pub message: String,
+}
+
+impl IllegalTransition {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks a list of tags: few, short, and made of characters that survive a
+/// command line and a URL unquoted.
+pub(crate) fn validate_tags(field: &'static str, tags: &[String]) -> Result<Vec<String>, ValidationError> {
+    const MAX_TAGS: usize = 32;
+    const MAX_TAG_LEN: usize = 64;
+    if tags.len() > MAX_TAGS {
+        return Err(ValidationError::new(
+            field,
+            format!("at most {MAX_TAGS} tags are allowed, got {}", tags.len()),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let ok_chars = tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN || !ok_chars {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "tag {tag:?} is not valid: use 1 to {MAX_TAG_LEN} characters from A-Z, a-z, 0-9, '-', '_', '.', ':'"
+                ),
+            ));
+        }
+        if !out.contains(tag) {
+            out.push(tag.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Checks a human-readable name: present, not absurdly long, no control
+/// characters.
+pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<String, ValidationError> {
+    const MAX_NAME_LEN: usize = 200;
+    let trimmed = name.trim();
+    if trimmed.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if trimmed.chars().count() > MAX_NAME_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "is {} characters long; use at most {MAX_NAME_LEN}",
+                trimmed.chars().count()
+            ),
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters (newlines, tabs, ...)",
+        ));
+    }
+    Ok(trimmed.to_string())
+}

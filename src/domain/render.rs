@@ -1,0 +1,454 @@
+//! Renders: checking what a user submits, the operator's status changes, and
+//! how a render's status and counters follow its tasks.
+
+use chrono::{DateTime, Utc};
+use renderfarm_wire::{Priority, Progress, Render, RenderAction, RenderSpec, RenderStatus, TaskStatus};
+use uuid::Uuid;
+
+use super::{chunk, chunk_count, statuses_affected_by, TaskEvent, validate_name, validate_tags, ChunkSize, FrameRange, IllegalTransition, ValidationError};
+
+const MAX_RETRIES_LIMIT: i64 = 100;
+const MAX_PATH_LEN: usize = 4096;
+
+/// A submitted render whose every field passed its checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRenderSpec {
+    pub name: String,
+    pub blend_file: String,
+    pub frames: FrameRange,
+    pub chunk_size: ChunkSize,
+    pub priority: Priority,
+    pub max_retries: i64,
+    pub output: Option<String>,
+    pub engine: Option<String>,
+    pub tags: Vec<String>,
+}
+
+fn validate_path(field: &'static str, path: &str, what: &str) -> Result<String, ValidationError> {
+    if path.trim().is_empty() {
+        return Err(ValidationError::new(field, format!("must not be empty; give {what}")));
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(ValidationError::new(
+            field,
+            format!("is {} bytes long; use a path of at most {MAX_PATH_LEN} bytes", path.len()),
+        ));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(ValidationError::new(field, "must not contain control characters"));
+    }
+    Ok(path.to_string())
+}
+
+impl TryFrom<RenderSpec> for ValidRenderSpec {
+    type Error = ValidationError;
+
+    fn try_from(spec: RenderSpec) -> Result<Self, Self::Error> {
+        let name = validate_name("name", &spec.name)?;
+        let blend_file = validate_path(
+            "blend_file",
+            &spec.blend_file,
+            "the path of the .blend file as the workers see it",
+        )?;
+        let frames = FrameRange::new(spec.frame_start, spec.frame_end)?;
+        let chunk_size = ChunkSize::new(spec.chunk_size)?;
+        if !(0..=MAX_RETRIES_LIMIT).contains(&spec.max_retries) {
+            return Err(ValidationError::new(
+                "max_retries",
+                format!("is {}; give 0 to {MAX_RETRIES_LIMIT}", spec.max_retries),
+            ));
+        }
+        let output = spec
+            .output
+            .map(|o| validate_path("output", &o, "a Blender output pattern such as /renders/shot1/frame_####"))
+            .transpose()?;
+        let engine = spec.engine.map(validate_engine).transpose()?;
+        let tags = validate_tags("tags", &spec.tags)?;
+        Ok(Self {
+            name,
+            blend_file,
+            frames,
+            chunk_size,
+            priority: spec.priority,
+            max_retries: spec.max_retries,
+            output,
+            engine,
+            tags,
+        })
+    }
+}
+
+fn validate_engine(engine: String) -> Result<String, ValidationError> {
+    let ok = !engine.is_empty()
+        && engine.len() <= 64
+        && engine
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(engine)
+    } else {
+        Err(ValidationError::new(
+            "engine",
+            format!(
+                "{engine:?} is not a Blender engine name; use one such as CYCLES, BLENDER_EEVEE or BLENDER_WORKBENCH, or leave it out to use the file's own"
+            ),
+        ))
+    }
+}
+
+/// A render about to be stored: its record, and the chunks its tasks cover.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRender {
+    pub render: Render,
+    pub frames: FrameRange,
+    pub chunk_size: ChunkSize,
+}
+
+impl NewRender {
+    /// Builds the record of a new render; `default_output` names where frames
+    /// go when the user did not say.
+    pub fn plan(spec: ValidRenderSpec, id: Uuid, default_output: impl FnOnce(Uuid) -> String, now: DateTime<Utc>) -> Self {
+        let task_count = chunk_count(spec.frames, spec.chunk_size);
+        let render = Render {
+            id,
+            name: spec.name,
+            status: RenderStatus::Queued,
+            priority: spec.priority,
+            blend_file: spec.blend_file,
+            frame_start: spec.frames.start(),
+            frame_end: spec.frames.end(),
+            chunk_size: spec.chunk_size.get(),
+            max_retries: spec.max_retries,
+            output: spec.output.unwrap_or_else(|| default_output(id)),
+            engine: spec.engine,
+            tags: spec.tags,
+            progress: Progress {
+                tasks_total: task_count,
+                tasks_pending: task_count,
+                frames_total: spec.frames.len(),
+                ..Progress::default()
+            },
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        };
+        Self {
+            render,
+            frames: spec.frames,
+            chunk_size: spec.chunk_size,
+        }
+    }
+
+    /// The frame ranges of the render's tasks, lowest first.
+    pub fn chunks(&self) -> impl Iterator<Item = FrameRange> {
+        chunk(self.frames, self.chunk_size)
+    }
+}
+
+/// What an operator asks of a render: the four actions of
+/// `PUT /renders/{id}/status`, and "mark complete".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenderCommand {
+    Pause,
+    Resume,
+    Cancel,
+    Requeue,
+    Complete,
+}
+
+impl From<RenderAction> for RenderCommand {
+    fn from(action: RenderAction) -> Self {
+        match action {
+            RenderAction::Pause => RenderCommand::Pause,
+            RenderAction::Resume => RenderCommand::Resume,
+            RenderAction::Cancel => RenderCommand::Cancel,
+            RenderAction::Requeue => RenderCommand::Requeue,
+        }
+    }
+}
+
+impl RenderCommand {
+    fn verb(self) -> &'static str {
+        match self {
+            RenderCommand::Pause => "pause",
+            RenderCommand::Resume => "resume",
+            RenderCommand::Cancel => "cancel",
+            RenderCommand::Requeue => "requeue",
+            RenderCommand::Complete => "complete",
+        }
+    }
+}
+
+/// The status an operator's command leads to. Resume and requeue lead to
+/// `queued`; [`roll_up`] then moves a render that has started to `rendering`.
+pub fn render_transition(from: RenderStatus, command: RenderCommand) -> Result<RenderStatus, IllegalTransition> {
+    use RenderCommand as C;
+    use RenderStatus as S;
+    let to = match (command, from) {
+        (C::Pause, S::Queued | S::Rendering | S::Paused) => S::Paused,
+        (C::Resume, S::Paused) => S::Queued,
+        (C::Cancel, S::Queued | S::Rendering | S::Paused) => S::Canceled,
+        (C::Requeue, S::Completed | S::Failed | S::Canceled) => S::Queued,
+        (C::Complete, S::Queued | S::Rendering | S::Paused | S::Failed) => S::Completed,
+        _ => {
+            let hint = match command {
+                C::Pause => "only a queued or rendering render can be paused",
+                C::Resume => "only a paused render can be resumed",
+                C::Cancel => "only a queued, rendering or paused render can be canceled",
+                C::Requeue => "only a completed, failed or canceled render can be requeued; pause or cancel it first",
+                C::Complete => "this render is already finished",
+            };
+            return Err(IllegalTransition::new(format!(
+                "cannot {} a render that is {}: {hint}",
+                command.verb(),
+                from.as_str()
+            )));
+        }
+    };
+    Ok(to)
+}
+
+/// Which tasks an operator's command changes, and how: `None` when it leaves
+/// the tasks alone. Requeue re-runs what did not complete; a render whose
+/// tasks all completed is rendered again whole.
+pub fn tasks_affected(command: RenderCommand, progress: &Progress) -> Option<(TaskEvent, Vec<TaskStatus>)> {
+    match command {
+        RenderCommand::Pause | RenderCommand::Resume => None,
+        RenderCommand::Cancel | RenderCommand::Complete => {
+            Some((TaskEvent::Cancel, statuses_affected_by(TaskEvent::Cancel)))
+        }
+        RenderCommand::Requeue => {
+            let unfinished = progress.tasks_failed + progress.tasks_canceled > 0;
+            let targets = statuses_affected_by(TaskEvent::Reset)
+                .into_iter()
+                .filter(|s| (*s == TaskStatus::Completed) != unfinished)
+                .collect();
+            Some((TaskEvent::Reset, targets))
+        }
+    }
+}
+
+/// The counters after one task moves from `from` (None: a new task) to `to`,
+/// with `frames_delta` frames more (or fewer) done.
+pub fn progress_after(mut progress: Progress, from: Option<TaskStatus>, to: TaskStatus, frames_delta: i64) -> Progress {
+    fn counter(p: &mut Progress, status: TaskStatus) -> &mut i64 {
+        match status {
+            TaskStatus::Pending => &mut p.tasks_pending,
+            TaskStatus::Running => &mut p.tasks_running,
+            TaskStatus::Completed => &mut p.tasks_completed,
+            TaskStatus::Failed => &mut p.tasks_failed,
+            TaskStatus::Canceled => &mut p.tasks_canceled,
+        }
+    }
+    match from {
+        Some(from) => *counter(&mut progress, from) -= 1,
+        None => progress.tasks_total += 1,
+    }
+    *counter(&mut progress, to) += 1;
+    progress.frames_done += frames_delta;
+    progress
+}
+
+/// The status a render has given its tasks. `started` is true once any task
+/// was claimed; `failed_for_good` is true when a task failed with no retry
+/// left. Canceled, completed and failed stick until an operator acts; a paused
+/// render stays paused until its work is all done or failed for good.
+pub fn roll_up(current: RenderStatus, progress: &Progress, started: bool, failed_for_good: bool) -> RenderStatus {
+    use RenderStatus as S;
+    match current {
+        S::Canceled | S::Completed | S::Failed => current,
+        S::Queued | S::Rendering | S::Paused => {
+            if failed_for_good {
+                S::Failed
+            } else if progress.tasks_total > 0 && progress.tasks_completed == progress.tasks_total {
+                S::Completed
+            } else if current == S::Paused {
+                S::Paused
+            } else if started {
+                S::Rendering
+            } else {
+                S::Queued
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RenderCommand as C;
+    use RenderStatus as S;
+
+    #[test]
+    fn operator_commands_follow_the_render_status_table() {
+        // (from, command, Some(to) | None for illegal)
+        let table: &[(S, C, Option<S>)] = &[
+            (S::Queued, C::Pause, Some(S::Paused)),
+            (S::Rendering, C::Pause, Some(S::Paused)),
+            (S::Paused, C::Pause, Some(S::Paused)),
+            (S::Completed, C::Pause, None),
+            (S::Failed, C::Pause, None),
+            (S::Canceled, C::Pause, None),
+            (S::Paused, C::Resume, Some(S::Queued)),
+            (S::Queued, C::Resume, None),
+            (S::Rendering, C::Resume, None),
+            (S::Completed, C::Resume, None),
+            (S::Failed, C::Resume, None),
+            (S::Canceled, C::Resume, None),
+            (S::Queued, C::Cancel, Some(S::Canceled)),
+            (S::Rendering, C::Cancel, Some(S::Canceled)),
+            (S::Paused, C::Cancel, Some(S::Canceled)),
+            (S::Completed, C::Cancel, None),
+            (S::Failed, C::Cancel, None),
+            (S::Canceled, C::Cancel, None),
+            (S::Completed, C::Requeue, Some(S::Queued)),
+            (S::Failed, C::Requeue, Some(S::Queued)),
+            (S::Canceled, C::Requeue, Some(S::Queued)),
+            (S::Queued, C::Requeue, None),
+            (S::Rendering, C::Requeue, None),
+            (S::Paused, C::Requeue, None),
+            (S::Queued, C::Complete, Some(S::Completed)),
+            (S::Rendering, C::Complete, Some(S::Completed)),
+            (S::Paused, C::Complete, Some(S::Completed)),
+            (S::Failed, C::Complete, Some(S::Completed)),
+            (S::Completed, C::Complete, None),
+            (S::Canceled, C::Complete, None),
+        ];
+        for (from, command, to) in table {
+            assert_eq!(render_transition(*from, *command).ok(), *to, "{from:?} + {command:?}");
+        }
+    }
+
+    #[test]
+    fn an_illegal_command_says_what_would_be_legal() {
+        let err = render_transition(S::Completed, C::Resume).unwrap_err();
+        assert!(err.message.contains("cannot resume a render that is completed"), "{}", err.message);
+        assert!(err.message.contains("only a paused render"), "{}", err.message);
+    }
+
+    fn progress(total: i64, pending: i64, running: i64, completed: i64, failed: i64) -> Progress {
+        Progress {
+            tasks_total: total,
+            tasks_pending: pending,
+            tasks_running: running,
+            tasks_completed: completed,
+            tasks_failed: failed,
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn render_status_follows_its_tasks() {
+        // (current, progress, started, failed_for_good, expected)
+        let table: &[(S, Progress, bool, bool, S)] = &[
+            (S::Queued, progress(3, 3, 0, 0, 0), false, false, S::Queued),
+            (S::Queued, progress(3, 2, 1, 0, 0), true, false, S::Rendering),
+            (S::Rendering, progress(3, 0, 1, 2, 0), true, false, S::Rendering),
+            (S::Rendering, progress(3, 0, 0, 3, 0), true, false, S::Completed),
+            (S::Rendering, progress(3, 1, 0, 1, 1), true, false, S::Rendering),
+            (S::Rendering, progress(3, 1, 0, 1, 1), true, true, S::Failed),
+            (S::Paused, progress(3, 1, 1, 1, 0), true, false, S::Paused),
+            (S::Paused, progress(3, 0, 0, 3, 0), true, false, S::Completed),
+            (S::Paused, progress(3, 1, 0, 1, 1), true, true, S::Failed),
+            (S::Queued, progress(3, 3, 0, 0, 0), true, false, S::Rendering),
+            (S::Canceled, progress(3, 0, 0, 3, 0), true, false, S::Canceled),
+            (S::Completed, progress(3, 0, 0, 0, 0), true, false, S::Completed),
+            (S::Failed, progress(3, 0, 0, 3, 0), true, false, S::Failed),
+        ];
+        for (current, p, started, failed, want) in table {
+            assert_eq!(roll_up(*current, p, *started, *failed), *want, "{current:?} {p:?} started={started} failed={failed}");
+        }
+    }
+
+    #[test]
+    fn commands_select_the_tasks_they_change() {
+        let some_failed = progress(4, 1, 0, 2, 1);
+        let all_done = progress(4, 0, 0, 4, 0);
+        assert_eq!(tasks_affected(C::Pause, &some_failed), None);
+        assert_eq!(tasks_affected(C::Resume, &some_failed), None);
+        assert_eq!(
+            tasks_affected(C::Cancel, &some_failed),
+            Some((TaskEvent::Cancel, vec![TaskStatus::Pending, TaskStatus::Running]))
+        );
+        assert_eq!(
+            tasks_affected(C::Complete, &some_failed),
+            Some((TaskEvent::Cancel, vec![TaskStatus::Pending, TaskStatus::Running]))
+        );
+        assert_eq!(
+            tasks_affected(C::Requeue, &some_failed),
+            Some((TaskEvent::Reset, vec![TaskStatus::Failed, TaskStatus::Canceled]))
+        );
+        assert_eq!(
+            tasks_affected(C::Requeue, &all_done),
+            Some((TaskEvent::Reset, vec![TaskStatus::Completed]))
+        );
+    }
+
+    #[test]
+    fn counters_move_with_each_task() {
+        let p = Progress::default();
+        let p = progress_after(p, None, TaskStatus::Pending, 0);
+        let p = progress_after(p, None, TaskStatus::Pending, 0);
+        assert_eq!((p.tasks_total, p.tasks_pending), (2, 2));
+        let p = progress_after(p, Some(TaskStatus::Pending), TaskStatus::Running, 0);
+        let p = progress_after(p, Some(TaskStatus::Running), TaskStatus::Running, 3);
+        let p = progress_after(p, Some(TaskStatus::Running), TaskStatus::Completed, 2);
+        assert_eq!(p, Progress { tasks_total: 2, tasks_pending: 1, tasks_completed: 1, frames_done: 5, ..Progress::default() });
+    }
+
+    fn spec() -> RenderSpec {
+        RenderSpec {
+            name: "shot 010".into(),
+            blend_file: "/projects/shot010.blend".into(),
+            frame_start: 1,
+            frame_end: 10,
+            chunk_size: 3,
+            priority: Priority::High,
+            max_retries: 1,
+            output: None,
+            engine: Some("CYCLES".into()),
+            tags: vec!["gpu".into(), "linux".into(), "gpu".into()],
+        }
+    }
+
+    #[test]
+    fn a_valid_submission_plans_a_queued_render_with_its_tasks() {
+        let valid = ValidRenderSpec::try_from(spec()).unwrap();
+        let id = Uuid::nil();
+        let now = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+        let new = NewRender::plan(valid, id, |id| format!("/data/renders/{id}/frame_####"), now);
+        assert_eq!(new.render.status, S::Queued);
+        assert_eq!(new.render.tags, vec!["gpu".to_string(), "linux".to_string()]);
+        assert_eq!(new.render.output, format!("/data/renders/{id}/frame_####"));
+        assert_eq!(new.render.progress.tasks_total, 4);
+        assert_eq!(new.render.progress.tasks_pending, 4);
+        assert_eq!(new.render.progress.frames_total, 10);
+        assert_eq!(new.chunks().count(), 4);
+    }
+
+    #[test]
+    fn submissions_that_break_a_rule_name_the_field() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut RenderSpec)>)> = vec![
+            ("name", Box::new(|s| s.name = "  ".into())),
+            ("name", Box::new(|s| s.name = "x".repeat(10_000))),
+            ("name", Box::new(|s| s.name = "a\nb".into())),
+            ("blend_file", Box::new(|s| s.blend_file = String::new())),
+            ("frame_start", Box::new(|s| s.frame_start = -1)),
+            ("frame_end", Box::new(|s| s.frame_end = 0)),
+            ("frame_end", Box::new(|s| s.frame_end = 2_000_000)),
+            ("chunk_size", Box::new(|s| s.chunk_size = 0)),
+            ("max_retries", Box::new(|s| s.max_retries = -1)),
+            ("max_retries", Box::new(|s| s.max_retries = 1000)),
+            ("engine", Box::new(|s| s.engine = Some("cycles; rm -rf".into()))),
+            ("tags", Box::new(|s| s.tags = vec!["has space".into()])),
+            ("output", Box::new(|s| s.output = Some(String::new()))),
+        ];
+        for (field, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = ValidRenderSpec::try_from(s).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(!err.message.is_empty());
+        }
+    }
+}

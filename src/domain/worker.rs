@@ -1,0 +1,175 @@
+//! Workers: what an operator may do to one, what status it shows, whether it
+//! may take work, and what its heartbeat is answered.
+
+use renderfarm_wire::{HeartbeatAction, TaskStatus, WorkerAction, WorkerSpec, WorkerStatus};
+
+use super::{validate_name, validate_tags, IllegalTransition, ValidationError};
+
+/// The operator's say over a worker, as stored. Busy, idle and offline are
+/// not stored: they follow from its task and its heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerMode {
+    Active,
+    Draining,
+    Disabled,
+}
+
+impl WorkerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerMode::Active => "active",
+            WorkerMode::Draining => "draining",
+            WorkerMode::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(WorkerMode::Active),
+            "draining" => Some(WorkerMode::Draining),
+            "disabled" => Some(WorkerMode::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// A registration whose fields passed their checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidWorkerSpec {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+/// Checks what a worker sends when it registers.
+pub fn validate_worker_spec(spec: WorkerSpec) -> Result<ValidWorkerSpec, ValidationError> {
+    Ok(ValidWorkerSpec {
+        name: validate_name("name", &spec.name)?,
+        tags: validate_tags("tags", &spec.tags)?,
+    })
+}
+
+/// The mode an operator's action leads to.
+pub fn worker_transition(from: WorkerMode, action: WorkerAction) -> Result<WorkerMode, IllegalTransition> {
+    match (action, from) {
+        (WorkerAction::Drain, WorkerMode::Active | WorkerMode::Draining) => Ok(WorkerMode::Draining),
+        (WorkerAction::Drain, WorkerMode::Disabled) => Err(IllegalTransition::new(
+            "cannot drain a disabled worker: it takes no work already; enable it first if you want it to",
+        )),
+        (WorkerAction::Disable, _) => Ok(WorkerMode::Disabled),
+        (WorkerAction::Enable, _) => Ok(WorkerMode::Active),
+    }
+}
+
+/// What an operator sees of a worker.
+pub fn worker_status(mode: WorkerMode, offline: bool, has_task: bool) -> WorkerStatus {
+    match mode {
+        WorkerMode::Disabled => WorkerStatus::Disabled,
+        _ if offline => WorkerStatus::Offline,
+        WorkerMode::Draining => WorkerStatus::Draining,
+        WorkerMode::Active if has_task => WorkerStatus::Busy,
+        WorkerMode::Active => WorkerStatus::Idle,
+    }
+}
+
+/// Whether a worker asking for work may get a new task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimPermission {
+    /// Hand it the next task.
+    Allowed,
+    /// It is draining: no new work, and no error either.
+    NoNewWork,
+}
+
+/// Decides whether a worker in `mode` may claim. A disabled worker asking is
+/// an error the operator should hear about.
+pub fn claim_permission(mode: WorkerMode) -> Result<ClaimPermission, IllegalTransition> {
+    match mode {
+        WorkerMode::Active => Ok(ClaimPermission::Allowed),
+        WorkerMode::Draining => Ok(ClaimPermission::NoNewWork),
+        WorkerMode::Disabled => Err(IllegalTransition::new(
+            "this worker is disabled and takes no work; enable it with PUT /workers/{id}/status {\"action\":\"enable\"}",
+        )),
+    }
+}
+
+/// What the store knows of the task a heartbeat names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseView {
+    pub status: TaskStatus,
+    /// The lease presented is the task's current one and the task is held by
+    /// this worker.
+    pub lease_matches: bool,
+}
+
+/// The answer to a heartbeat that names a task: keep rendering only while the
+/// worker still holds the task's current lease and the task is running.
+/// `None` means the task is unknown.
+pub fn heartbeat_action(task: Option<LeaseView>) -> HeartbeatAction {
+    match task {
+        Some(LeaseView {
+            status: TaskStatus::Running,
+            lease_matches: true,
+        }) => HeartbeatAction::Continue,
+        _ => HeartbeatAction::Abort,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use WorkerAction as A;
+    use WorkerMode as M;
+
+    #[test]
+    fn operator_actions_follow_the_worker_table() {
+        let table: &[(M, A, Option<M>)] = &[
+            (M::Active, A::Drain, Some(M::Draining)),
+            (M::Draining, A::Drain, Some(M::Draining)),
+            (M::Disabled, A::Drain, None),
+            (M::Active, A::Disable, Some(M::Disabled)),
+            (M::Draining, A::Disable, Some(M::Disabled)),
+            (M::Disabled, A::Disable, Some(M::Disabled)),
+            (M::Active, A::Enable, Some(M::Active)),
+            (M::Draining, A::Enable, Some(M::Active)),
+            (M::Disabled, A::Enable, Some(M::Active)),
+        ];
+        for (from, action, to) in table {
+            assert_eq!(worker_transition(*from, *action).ok(), *to, "{from:?} + {action:?}");
+        }
+    }
+
+    #[test]
+    fn shown_status_follows_mode_liveness_and_task() {
+        use WorkerStatus as S;
+        let table: &[(M, bool, bool, S)] = &[
+            (M::Active, false, false, S::Idle),
+            (M::Active, false, true, S::Busy),
+            (M::Active, true, true, S::Offline),
+            (M::Draining, false, true, S::Draining),
+            (M::Draining, true, false, S::Offline),
+            (M::Disabled, true, false, S::Disabled),
+            (M::Disabled, false, true, S::Disabled),
+        ];
+        for (mode, offline, has_task, want) in table {
+            assert_eq!(worker_status(*mode, *offline, *has_task), *want);
+        }
+    }
+
+    #[test]
+    fn only_active_workers_get_new_work() {
+        assert_eq!(claim_permission(M::Active), Ok(ClaimPermission::Allowed));
+        assert_eq!(claim_permission(M::Draining), Ok(ClaimPermission::NoNewWork));
+        assert!(claim_permission(M::Disabled).unwrap_err().message.contains("enable"));
+    }
+
+    #[test]
+    fn heartbeats_abort_unless_the_lease_is_current_and_running() {
+        use TaskStatus as T;
+        let view = |status, lease_matches| Some(LeaseView { status, lease_matches });
+        assert_eq!(heartbeat_action(view(T::Running, true)), HeartbeatAction::Continue);
+        assert_eq!(heartbeat_action(view(T::Running, false)), HeartbeatAction::Abort);
+        assert_eq!(heartbeat_action(view(T::Canceled, true)), HeartbeatAction::Abort);
+        assert_eq!(heartbeat_action(view(T::Pending, true)), HeartbeatAction::Abort);
+        assert_eq!(heartbeat_action(None), HeartbeatAction::Abort);
+    }
+}

@@ -1,0 +1,142 @@
+//! Builds the broker from its configuration and runs it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio::sync::Notify;
+
+use crate::api::{self, AppState};
+use crate::clock::{Clock, SystemClock};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+/// Which store the broker keeps its state in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded SQLite file under the data directory.
+    Embedded,
+    /// A MongoDB deployment at this URI.
+    MongoDb(String),
+}
+
+impl StoreChoice {
+    /// Reads `--store` / `MONGODB_URI`: empty or `sqlite` means embedded.
+    pub fn parse(url: Option<&str>) -> anyhow::Result<Self> {
+        match url.map(str::trim) {
+            None | Some("") | Some("sqlite") | Some("embedded") => Ok(StoreChoice::Embedded),
+            Some(u) if u.starts_with("mongodb://") || u.starts_with("mongodb+srv://") => {
+                Ok(StoreChoice::MongoDb(u.to_string()))
+            }
+            Some(other) => anyhow::bail!(
+                "--store {other:?} is not a store this broker knows: leave it out (or say \"sqlite\") for the embedded store under --data-dir, or give a mongodb:// URI"
+            ),
+        }
+    }
+}
+
+/// What the broker needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free one.
+    pub bind: String,
+    pub data_dir: PathBuf,
+    pub store: StoreChoice,
+}
+
+/// A broker bound to its port, ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Opens the store and binds the listener (so the port is known before
+    /// the server runs).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Application::build`], with time from `clock`.
+    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let store = open_store(&settings).await?;
+        let data_dir = std::path::absolute(&settings.data_dir)
+            .with_context(|| format!("resolving the data directory {}", settings.data_dir.display()))?;
+        let state = web::Data::new(AppState {
+            store,
+            clock,
+            data_dir,
+            work_available: Notify::new(),
+        });
+        let listener = TcpListener::bind(&settings.bind)
+            .with_context(|| format!("cannot listen on {}: is another broker running there? pick another with --bind", settings.bind))?;
+        let port = listener.local_addr()?.port();
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .configure(api::configure)
+                .default_service(web::to(api::no_route))
+        })
+        // Long polls hold requests for up to a minute; stopping should not
+        // wait for them, the workers ask again.
+        .shutdown_timeout(5)
+        .client_request_timeout(Duration::from_secs(30))
+        .listen(listener)?
+        .run();
+        Ok(Self { port, server, state })
+    }
+
+    /// The port the broker listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The state the handlers share (the store, the clock).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until the server is stopped (Ctrl-C or SIGTERM).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    match &settings.store {
+        StoreChoice::Embedded => {
+            let data_dir = settings.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
+                .await?
+                .with_context(|| format!("opening the embedded store under {}", settings.data_dir.display()))?;
+            tracing::info!(path = %store.path().display(), "embedded SQLite store open");
+            Ok(Arc::new(store))
+        }
+        StoreChoice::MongoDb(_) => anyhow::bail!(
+            "the MongoDB store is not built yet; leave out --store and MONGODB_URI to use the embedded SQLite store under --data-dir"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreChoice;
+
+    #[test]
+    fn store_urls_select_a_backend_or_say_what_is_wrong() {
+        assert_eq!(StoreChoice::parse(None).unwrap(), StoreChoice::Embedded);
+        assert_eq!(StoreChoice::parse(Some("")).unwrap(), StoreChoice::Embedded);
+        assert_eq!(
+            StoreChoice::parse(Some("mongodb://db:27017/farm")).unwrap(),
+            StoreChoice::MongoDb("mongodb://db:27017/farm".into())
+        );
+        let err = StoreChoice::parse(Some("postgres://x")).unwrap_err().to_string();
+        assert!(err.contains("mongodb://"), "{err}");
+    }
+}
