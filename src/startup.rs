@@ -63,18 +63,29 @@ impl Application {
     }
 
     /// As [`Application::build`], with time from `clock`.
-    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let store = open_store(&settings).await?;
-        let data_dir = std::path::absolute(&settings.data_dir)
-            .with_context(|| format!("resolving the data directory {}", settings.data_dir.display()))?;
+        let data_dir = std::path::absolute(&settings.data_dir).with_context(|| {
+            format!(
+                "resolving the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
         let state = web::Data::new(AppState {
             store,
             clock,
             data_dir,
             work_available: Notify::new(),
         });
-        let listener = TcpListener::bind(&settings.bind)
-            .with_context(|| format!("cannot listen on {}: is another broker running there? pick another with --bind", settings.bind))?;
+        let listener = TcpListener::bind(&settings.bind).with_context(|| {
+            format!(
+                "cannot listen on {}: is another broker running there? pick another with --bind",
+                settings.bind
+            )
+        })?;
         let port = listener.local_addr()?.port();
         let app_state = state.clone();
         let server = HttpServer::new(move || {
@@ -89,7 +100,11 @@ impl Application {
         .client_request_timeout(Duration::from_secs(30))
         .listen(listener)?
         .run();
-        Ok(Self { port, server, state })
+        Ok(Self {
+            port,
+            server,
+            state,
+        })
     }
 
     /// The port the broker listens on.
@@ -136,7 +151,9 @@ mod tests {
             StoreChoice::parse(Some("mongodb://db:27017/farm")).unwrap(),
             StoreChoice::MongoDb("mongodb://db:27017/farm".into())
         );
-        let err = StoreChoice::parse(Some("postgres://x")).unwrap_err().to_string();
+        let err = StoreChoice::parse(Some("postgres://x"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mongodb://"), "{err}");
     }
 }

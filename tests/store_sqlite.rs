@@ -28,12 +28,22 @@ async fn reopening_the_store_keeps_what_was_committed_and_migrates_once() {
     let now = chrono::Utc::now();
     let created = {
         let store = SqliteStore::open(dir.path()).unwrap();
-        let plan = renderfarm::store::conformance::plan("keep", 1, 20, 5, renderfarm::wire::Priority::High, now);
+        let plan = renderfarm::store::conformance::plan(
+            "keep",
+            1,
+            20,
+            5,
+            renderfarm::wire::Priority::High,
+            now,
+        );
         store.create_render(plan).await.unwrap()
     };
     let store = SqliteStore::open(dir.path()).unwrap();
     let again = store.get_render(created.id).await.unwrap();
     assert_eq!(again.name, created.name);
     assert_eq!(again.progress, created.progress);
-    assert_eq!(again.created_at.timestamp_micros(), created.created_at.timestamp_micros());
+    assert_eq!(
+        again.created_at.timestamp_micros(),
+        created.created_at.timestamp_micros()
+    );
 }

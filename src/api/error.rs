@@ -3,7 +3,7 @@
 //! something to the caller; unexpected causes go to the log, never to the
 //! client.
 
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::error::{PathError, QueryPayloadError};
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use renderfarm_wire::ErrorBody;
@@ -112,34 +112,11 @@ impl From<IllegalTransition> for ApiError {
     }
 }
 
-/// Turns a body that could not be read as the expected JSON into a 4xx.
-pub fn json_error(err: JsonPayloadError, req: &HttpRequest) -> actix_web::Error {
-    let api = match &err {
-        JsonPayloadError::ContentType => ApiError::UnsupportedMediaType(
-            "send the body as JSON with the header Content-Type: application/json".into(),
-        ),
-        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
-            ApiError::PayloadTooLarge(format!(
-                "the body is larger than the {limit} bytes this route accepts; send less (split logs into several reports)"
-            ))
-        }
-        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::Invalid(format!(
-            "the JSON body of {} {} does not have the expected shape: {e}; see /api-docs for the fields",
-            req.method(),
-            req.path()
-        )),
-        JsonPayloadError::Deserialize(e) => ApiError::Invalid(format!(
-            "the body is not valid JSON: {e}; send a JSON object"
-        )),
-        other => ApiError::Invalid(format!("the body could not be read: {other}")),
-    };
-    api.into()
-}
-
 /// Turns a query string that does not fit the route into a 400.
 pub fn query_error(err: QueryPayloadError, req: &HttpRequest) -> actix_web::Error {
     ApiError::Invalid(format!(
-        "the query string of {} is not valid: {err}; see /api-docs for the parameters",
+        "the query string {:?} of {} is not valid: {err}; see /api-docs for the parameters",
+        req.query_string(),
         req.path()
     ))
     .into()

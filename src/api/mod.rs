@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource, one error type, thin handlers that
 //! parse at the edge and call the store.
 
+mod body;
 pub mod error;
 mod health;
 mod renders;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+pub use body::JsonBody;
 pub use error::ApiError;
 
 use crate::clock::Clock;
@@ -43,14 +45,9 @@ impl AppState {
 
 /// Registers every route and the JSON error answers for what matches none.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(MAX_BODY_BYTES)
-            .content_type_required(false)
-            .error_handler(error::json_error),
-    )
-    .app_data(web::QueryConfig::default().error_handler(error::query_error))
-    .app_data(web::PathConfig::default().error_handler(error::path_error));
+    cfg.app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+        .app_data(web::QueryConfig::default().error_handler(error::query_error))
+        .app_data(web::PathConfig::default().error_handler(error::path_error));
     health::configure(cfg);
     renders::configure(cfg);
     workers::configure(cfg);
@@ -111,7 +108,9 @@ impl TryFrom<PageQuery> for PageRequest {
             )));
         }
         if offset < 0 {
-            return Err(ApiError::Invalid(format!("offset is {offset}; give 0 or more")));
+            return Err(ApiError::Invalid(format!(
+                "offset is {offset}; give 0 or more"
+            )));
         }
         Ok(PageRequest { limit, offset })
     }

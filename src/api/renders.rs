@@ -6,7 +6,7 @@ use renderfarm_wire::{Priority, Render, RenderSpec, RenderStatus, RenderStatusCh
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{parse_id, resource, ApiError, AppState, PageQuery};
+use super::{parse_id, resource, ApiError, AppState, JsonBody, PageQuery};
 use crate::domain::{NewRender, RenderCommand, ValidRenderSpec};
 use crate::store::{PageRequest, RenderFilter};
 
@@ -33,13 +33,22 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
     response.json(render)
 }
 
-async fn submit(state: web::Data<AppState>, body: web::Json<RenderSpec>) -> Result<HttpResponse, ApiError> {
+async fn submit(
+    state: web::Data<AppState>,
+    body: JsonBody<RenderSpec>,
+) -> Result<HttpResponse, ApiError> {
     let spec = ValidRenderSpec::try_from(body.into_inner())?;
     let renders_dir = state.data_dir.join("renders");
     let new = NewRender::plan(
         spec,
         Uuid::new_v4(),
-        |id| renders_dir.join(id.to_string()).join("frame_####").display().to_string(),
+        |id| {
+            renders_dir
+                .join(id.to_string())
+                .join("frame_####")
+                .display()
+                .to_string()
+        },
         state.clock.now(),
     );
     let render = state.store.create_render(new).await?;
@@ -59,7 +68,10 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
-async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
     let page = PageRequest::try_from(PageQuery {
         limit: q.limit,
@@ -91,20 +103,30 @@ async fn tasks(
 async fn change_status(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<RenderStatusChange>,
+    body: JsonBody<RenderStatusChange>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
     let command = RenderCommand::from(body.action);
     command_response(&state, id, command).await
 }
 
-async fn complete(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn complete(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
     command_response(&state, id, RenderCommand::Complete).await
 }
 
-async fn command_response(state: &AppState, id: Uuid, command: RenderCommand) -> Result<HttpResponse, ApiError> {
-    let render = state.store.change_render(id, command, state.clock.now()).await?;
+async fn command_response(
+    state: &AppState,
+    id: Uuid,
+    command: RenderCommand,
+) -> Result<HttpResponse, ApiError> {
+    let render = state
+        .store
+        .change_render(id, command, state.clock.now())
+        .await?;
     if matches!(command, RenderCommand::Resume | RenderCommand::Requeue) {
         state.wake_workers();
     }

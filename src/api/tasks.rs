@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use renderfarm_wire::{CompleteReport, FailReport, ProgressReport};
 use uuid::Uuid;
 
-use super::{parse_id, resource, ApiError, AppState};
+use super::{parse_id, resource, ApiError, AppState, JsonBody};
 use crate::store::TaskReport;
 
 /// The longest failure reason kept; the full output is in the task's log.
@@ -27,7 +27,9 @@ async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpRe
 async fn log(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id("task", &id)?;
     let text = state.store.task_log(id).await?;
-    Ok(HttpResponse::Ok().content_type(ContentType::plaintext()).body(text))
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::plaintext())
+        .body(text))
 }
 
 async fn report(
@@ -48,17 +50,24 @@ async fn report(
 async fn progress(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<ProgressReport>,
+    body: JsonBody<ProgressReport>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let frames_done = body.frames_done;
-    report(&state, &id, body.lease_id, TaskReport::Progress { frames_done }, body.log).await
+    report(
+        &state,
+        &id,
+        body.lease_id,
+        TaskReport::Progress { frames_done },
+        body.log,
+    )
+    .await
 }
 
 async fn complete(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<CompleteReport>,
+    body: JsonBody<CompleteReport>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     report(&state, &id, body.lease_id, TaskReport::Complete, body.log).await
@@ -67,13 +76,14 @@ async fn complete(
 async fn fail(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<FailReport>,
+    body: JsonBody<FailReport>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let reason = body.reason.trim();
     if reason.is_empty() {
         return Err(ApiError::Invalid(
-            "reason must say why the task failed (for example the last lines of Blender's output)".into(),
+            "reason must say why the task failed (for example the last lines of Blender's output)"
+                .into(),
         ));
     }
     let fail = TaskReport::Fail {

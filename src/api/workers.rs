@@ -8,7 +8,7 @@ use renderfarm_wire::{Heartbeat, HeartbeatReply, WorkerSpec, WorkerStatusChange}
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{parse_id, resource, ApiError, AppState};
+use super::{parse_id, resource, ApiError, AppState, JsonBody};
 use crate::domain::validate_worker_spec;
 
 /// The longest a worker may wait in one `request-task`.
@@ -28,7 +28,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/workers/{id}/request-task", "POST").route(web::post().to(request_task)));
 }
 
-async fn register(state: web::Data<AppState>, body: web::Json<WorkerSpec>) -> Result<HttpResponse, ApiError> {
+async fn register(
+    state: web::Data<AppState>,
+    body: JsonBody<WorkerSpec>,
+) -> Result<HttpResponse, ApiError> {
     let spec = validate_worker_spec(body.into_inner())?;
     let worker = state.store.register_worker(spec, state.clock.now()).await?;
     Ok(HttpResponse::Created()
@@ -48,10 +51,13 @@ async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpRe
 async fn change_status(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<WorkerStatusChange>,
+    body: JsonBody<WorkerStatusChange>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("worker", &id)?;
-    let worker = state.store.change_worker(id, body.action, state.clock.now()).await?;
+    let worker = state
+        .store
+        .change_worker(id, body.action, state.clock.now())
+        .await?;
     // Disabling a busy worker puts its task back in the queue.
     state.wake_workers();
     Ok(HttpResponse::Ok().json(worker))
@@ -60,7 +66,7 @@ async fn change_status(
 async fn heartbeat(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<Heartbeat>,
+    body: JsonBody<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("worker", &id)?;
     let action = state.store.heartbeat(id, &body, state.clock.now()).await?;

@@ -21,12 +21,21 @@ impl BrokerClient {
     }
 
     pub async fn submit(&self, spec: &RenderSpec) -> anyhow::Result<Render> {
-        let response = self.http.post(format!("{}/renders", self.base)).json(spec).send().await;
+        let response = self
+            .http
+            .post(format!("{}/renders", self.base))
+            .json(spec)
+            .send()
+            .await;
         self.answer(response).await
     }
 
     pub async fn render(&self, id: &str) -> anyhow::Result<Render> {
-        let response = self.http.get(format!("{}/renders/{id}", self.base)).send().await;
+        let response = self
+            .http
+            .get(format!("{}/renders/{id}", self.base))
+            .send()
+            .await;
         self.answer(response).await
     }
 
@@ -36,7 +45,10 @@ impl BrokerClient {
     }
 
     /// Reads a success body, or turns the broker's error body into a message.
-    async fn answer<T: DeserializeOwned>(&self, response: reqwest::Result<reqwest::Response>) -> anyhow::Result<T> {
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Result<reqwest::Response>,
+    ) -> anyhow::Result<T> {
         let response = response.with_context(|| {
             format!(
                 "cannot reach the broker at {}: is `renderfarm serve` running? (--broker or RENDERFARM_BROKER to point elsewhere)",
@@ -45,7 +57,10 @@ impl BrokerClient {
         })?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.context("the broker's answer was not the JSON expected");
+            return response
+                .json()
+                .await
+                .context("the broker's answer was not the JSON expected");
         }
         let text = response.text().await.unwrap_or_default();
         match serde_json::from_str::<ErrorBody>(&text) {

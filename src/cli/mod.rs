@@ -47,7 +47,11 @@ struct ServeArgs {
 #[derive(Debug, Args)]
 struct BrokerArgs {
     /// The broker's address.
-    #[arg(long, env = "RENDERFARM_BROKER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "RENDERFARM_BROKER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     broker: String,
     /// Print the broker's JSON answer instead of a summary.
     #[arg(long)]
@@ -95,15 +99,16 @@ struct StatusArgs {
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
-    Priority::parse(s).ok_or_else(|| format!("{s:?} is not a priority; use low, normal, high or urgent"))
+    Priority::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a priority; use low, normal, high or urgent"))
 }
 
 /// Parses `A-B` or `A` into a frame range (checked again by the broker).
 fn parse_frames(s: &str) -> anyhow::Result<(i64, i64)> {
     let parse = |p: &str| {
-        p.trim()
-            .parse::<i64>()
-            .map_err(|_| anyhow::anyhow!("--frames {s:?}: give a range such as 1-250, or one frame such as 7"))
+        p.trim().parse::<i64>().map_err(|_| {
+            anyhow::anyhow!("--frames {s:?}: give a range such as 1-250, or one frame such as 7")
+        })
     };
     match s.split_once('-') {
         Some((a, b)) => Ok((parse(a)?, parse(b)?)),
@@ -207,11 +212,23 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         0.0
     };
     println!("render    {} \"{}\"", render.id, render.name);
-    println!("status    {} ({} priority)", render.status.as_str(), render.priority.as_str());
-    println!("frames    {}/{} done ({percent:.1}%)", p.frames_done, p.frames_total);
+    println!(
+        "status    {} ({} priority)",
+        render.status.as_str(),
+        render.priority.as_str()
+    );
+    println!(
+        "frames    {}/{} done ({percent:.1}%)",
+        p.frames_done, p.frames_total
+    );
     println!(
         "tasks     {} total: {} pending, {} running, {} completed, {} failed, {} canceled",
-        p.tasks_total, p.tasks_pending, p.tasks_running, p.tasks_completed, p.tasks_failed, p.tasks_canceled
+        p.tasks_total,
+        p.tasks_pending,
+        p.tasks_running,
+        p.tasks_completed,
+        p.tasks_failed,
+        p.tasks_canceled
     );
     println!("output    {}", render.output);
     Ok(())
@@ -225,18 +242,27 @@ async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if workers.is_empty() {
-        println!("no workers registered; start one with renderfarm-worker --broker {}", args.broker);
+        println!(
+            "no workers registered; start one with renderfarm-worker --broker {}",
+            args.broker
+        );
         return Ok(());
     }
-    println!("{:<36}  {:<20}  {:<9}  {:<36}  last heartbeat", "id", "name", "status", "task");
+    println!(
+        "{:<36}  {:<20}  {:<9}  {:<36}  last heartbeat",
+        "id", "name", "status", "task"
+    );
     for w in workers {
         println!(
             "{:<36}  {:<20}  {:<9}  {:<36}  {}",
             w.id,
             w.name,
             w.status.as_str(),
-            w.current_task_id.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-            w.last_heartbeat.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            w.current_task_id
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+            w.last_heartbeat
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
     }
     Ok(())

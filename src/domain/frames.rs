@@ -68,7 +68,9 @@ impl ChunkSize {
         if !(1..=MAX_FRAMES_PER_RENDER).contains(&size) {
             return Err(ValidationError::new(
                 "chunk_size",
-                format!("is {size}; give a number of frames per task from 1 to {MAX_FRAMES_PER_RENDER}"),
+                format!(
+                    "is {size}; give a number of frames per task from 1 to {MAX_FRAMES_PER_RENDER}"
+                ),
             ));
         }
         Ok(Self(size))
@@ -119,7 +121,11 @@ mod tests {
             (1, 4, 1, &[(1, 1), (2, 2), (3, 3), (4, 4)]),
         ];
         for (start, end, size, want) in table {
-            assert_eq!(pairs(*start, *end, *size), want.to_vec(), "{start}-{end} by {size}");
+            assert_eq!(
+                pairs(*start, *end, *size),
+                want.to_vec(),
+                "{start}-{end} by {size}"
+            );
         }
     }
 
@@ -127,7 +133,10 @@ mod tests {
     fn chunking_the_largest_render_covers_every_frame_once() {
         let range = FrameRange::new(0, MAX_FRAMES_PER_RENDER - 1).unwrap();
         let chunks: Vec<_> = chunk(range, ChunkSize::new(7).unwrap()).collect();
-        assert_eq!(chunks.len() as i64, chunk_count(range, ChunkSize::new(7).unwrap()));
+        assert_eq!(
+            chunks.len() as i64,
+            chunk_count(range, ChunkSize::new(7).unwrap())
+        );
         assert_eq!(chunks.len() as i64, (MAX_FRAMES_PER_RENDER + 6) / 7);
         let total: i64 = chunks.iter().map(|c| c.len()).sum();
         assert_eq!(total, MAX_FRAMES_PER_RENDER);
@@ -139,10 +148,15 @@ mod tests {
         assert_eq!(FrameRange::new(-1, 5).unwrap_err().field, "frame_start");
         assert_eq!(FrameRange::new(10, 9).unwrap_err().field, "frame_end");
         assert_eq!(
-            FrameRange::new(1, MAX_FRAMES_PER_RENDER + 1).unwrap_err().field,
+            FrameRange::new(1, MAX_FRAMES_PER_RENDER + 1)
+                .unwrap_err()
+                .field,
             "frame_end"
         );
-        assert_eq!(FrameRange::new(1, MAX_FRAMES_PER_RENDER).unwrap().len(), MAX_FRAMES_PER_RENDER);
+        assert_eq!(
+            FrameRange::new(1, MAX_FRAMES_PER_RENDER).unwrap().len(),
+            MAX_FRAMES_PER_RENDER
+        );
     }
 
     #[test]

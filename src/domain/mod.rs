@@ -10,7 +10,8 @@ mod worker;
 
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
 pub use render::{
-    progress_after, render_transition, roll_up, tasks_affected, NewRender, RenderCommand, ValidRenderSpec,
+    progress_after, render_transition, roll_up, tasks_affected, NewRender, RenderCommand,
+    ValidRenderSpec,
 };
 pub use renderfarm_wire::{
     Assignment, HeartbeatAction, Priority, Progress, Render, RenderAction, RenderStatus, Task,
@@ -57,7 +58,10 @@ impl IllegalTransition {
 
 /// Checks a list of tags: few, short, and made of characters that survive a
 /// command line and a URL unquoted.
-pub(crate) fn validate_tags(field: &'static str, tags: &[String]) -> Result<Vec<String>, ValidationError> {
+pub(crate) fn validate_tags(
+    field: &'static str,
+    tags: &[String],
+) -> Result<Vec<String>, ValidationError> {
     const MAX_TAGS: usize = 32;
     const MAX_TAG_LEN: usize = 64;
     if tags.len() > MAX_TAGS {

@@ -2,10 +2,15 @@
 //! how a render's status and counters follow its tasks.
 
 use chrono::{DateTime, Utc};
-use renderfarm_wire::{Priority, Progress, Render, RenderAction, RenderSpec, RenderStatus, TaskStatus};
+use renderfarm_wire::{
+    Priority, Progress, Render, RenderAction, RenderSpec, RenderStatus, TaskStatus,
+};
 use uuid::Uuid;
 
-use super::{chunk, chunk_count, statuses_affected_by, TaskEvent, validate_name, validate_tags, ChunkSize, FrameRange, IllegalTransition, ValidationError};
+use super::{
+    chunk, chunk_count, statuses_affected_by, validate_name, validate_tags, ChunkSize, FrameRange,
+    IllegalTransition, TaskEvent, ValidationError,
+};
 
 const MAX_RETRIES_LIMIT: i64 = 100;
 const MAX_PATH_LEN: usize = 4096;
@@ -26,16 +31,25 @@ pub struct ValidRenderSpec {
 
 fn validate_path(field: &'static str, path: &str, what: &str) -> Result<String, ValidationError> {
     if path.trim().is_empty() {
-        return Err(ValidationError::new(field, format!("must not be empty; give {what}")));
+        return Err(ValidationError::new(
+            field,
+            format!("must not be empty; give {what}"),
+        ));
     }
     if path.len() > MAX_PATH_LEN {
         return Err(ValidationError::new(
             field,
-            format!("is {} bytes long; use a path of at most {MAX_PATH_LEN} bytes", path.len()),
+            format!(
+                "is {} bytes long; use a path of at most {MAX_PATH_LEN} bytes",
+                path.len()
+            ),
         ));
     }
     if path.chars().any(char::is_control) {
-        return Err(ValidationError::new(field, "must not contain control characters"));
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(path.to_string())
 }
@@ -60,7 +74,13 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
         }
         let output = spec
             .output
-            .map(|o| validate_path("output", &o, "a Blender output pattern such as /renders/shot1/frame_####"))
+            .map(|o| {
+                validate_path(
+                    "output",
+                    &o,
+                    "a Blender output pattern such as /renders/shot1/frame_####",
+                )
+            })
             .transpose()?;
         let engine = spec.engine.map(validate_engine).transpose()?;
         let tags = validate_tags("tags", &spec.tags)?;
@@ -107,7 +127,12 @@ pub struct NewRender {
 impl NewRender {
     /// Builds the record of a new render; `default_output` names where frames
     /// go when the user did not say.
-    pub fn plan(spec: ValidRenderSpec, id: Uuid, default_output: impl FnOnce(Uuid) -> String, now: DateTime<Utc>) -> Self {
+    pub fn plan(
+        spec: ValidRenderSpec,
+        id: Uuid,
+        default_output: impl FnOnce(Uuid) -> String,
+        now: DateTime<Utc>,
+    ) -> Self {
         let task_count = chunk_count(spec.frames, spec.chunk_size);
         let render = Render {
             id,
@@ -181,7 +206,10 @@ impl RenderCommand {
 
 /// The status an operator's command leads to. Resume and requeue lead to
 /// `queued`; [`roll_up`] then moves a render that has started to `rendering`.
-pub fn render_transition(from: RenderStatus, command: RenderCommand) -> Result<RenderStatus, IllegalTransition> {
+pub fn render_transition(
+    from: RenderStatus,
+    command: RenderCommand,
+) -> Result<RenderStatus, IllegalTransition> {
     use RenderCommand as C;
     use RenderStatus as S;
     let to = match (command, from) {
@@ -211,7 +239,10 @@ pub fn render_transition(from: RenderStatus, command: RenderCommand) -> Result<R
 /// Which tasks an operator's command changes, and how: `None` when it leaves
 /// the tasks alone. Requeue re-runs what did not complete; a render whose
 /// tasks all completed is rendered again whole.
-pub fn tasks_affected(command: RenderCommand, progress: &Progress) -> Option<(TaskEvent, Vec<TaskStatus>)> {
+pub fn tasks_affected(
+    command: RenderCommand,
+    progress: &Progress,
+) -> Option<(TaskEvent, Vec<TaskStatus>)> {
     match command {
         RenderCommand::Pause | RenderCommand::Resume => None,
         RenderCommand::Cancel | RenderCommand::Complete => {
@@ -230,7 +261,12 @@ pub fn tasks_affected(command: RenderCommand, progress: &Progress) -> Option<(Ta
 
 /// The counters after one task moves from `from` (None: a new task) to `to`,
 /// with `frames_delta` frames more (or fewer) done.
-pub fn progress_after(mut progress: Progress, from: Option<TaskStatus>, to: TaskStatus, frames_delta: i64) -> Progress {
+pub fn progress_after(
+    mut progress: Progress,
+    from: Option<TaskStatus>,
+    to: TaskStatus,
+    frames_delta: i64,
+) -> Progress {
     fn counter(p: &mut Progress, status: TaskStatus) -> &mut i64 {
         match status {
             TaskStatus::Pending => &mut p.tasks_pending,
@@ -253,7 +289,12 @@ pub fn progress_after(mut progress: Progress, from: Option<TaskStatus>, to: Task
 /// was claimed; `failed_for_good` is true when a task failed with no retry
 /// left. Canceled, completed and failed stick until an operator acts; a paused
 /// render stays paused until its work is all done or failed for good.
-pub fn roll_up(current: RenderStatus, progress: &Progress, started: bool, failed_for_good: bool) -> RenderStatus {
+pub fn roll_up(
+    current: RenderStatus,
+    progress: &Progress,
+    started: bool,
+    failed_for_good: bool,
+) -> RenderStatus {
     use RenderStatus as S;
     match current {
         S::Canceled | S::Completed | S::Failed => current,
@@ -315,15 +356,28 @@ mod tests {
             (S::Canceled, C::Complete, None),
         ];
         for (from, command, to) in table {
-            assert_eq!(render_transition(*from, *command).ok(), *to, "{from:?} + {command:?}");
+            assert_eq!(
+                render_transition(*from, *command).ok(),
+                *to,
+                "{from:?} + {command:?}"
+            );
         }
     }
 
     #[test]
     fn an_illegal_command_says_what_would_be_legal() {
         let err = render_transition(S::Completed, C::Resume).unwrap_err();
-        assert!(err.message.contains("cannot resume a render that is completed"), "{}", err.message);
-        assert!(err.message.contains("only a paused render"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("cannot resume a render that is completed"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("only a paused render"),
+            "{}",
+            err.message
+        );
     }
 
     fn progress(total: i64, pending: i64, running: i64, completed: i64, failed: i64) -> Progress {
@@ -342,21 +396,73 @@ mod tests {
         // (current, progress, started, failed_for_good, expected)
         let table: &[(S, Progress, bool, bool, S)] = &[
             (S::Queued, progress(3, 3, 0, 0, 0), false, false, S::Queued),
-            (S::Queued, progress(3, 2, 1, 0, 0), true, false, S::Rendering),
-            (S::Rendering, progress(3, 0, 1, 2, 0), true, false, S::Rendering),
-            (S::Rendering, progress(3, 0, 0, 3, 0), true, false, S::Completed),
-            (S::Rendering, progress(3, 1, 0, 1, 1), true, false, S::Rendering),
+            (
+                S::Queued,
+                progress(3, 2, 1, 0, 0),
+                true,
+                false,
+                S::Rendering,
+            ),
+            (
+                S::Rendering,
+                progress(3, 0, 1, 2, 0),
+                true,
+                false,
+                S::Rendering,
+            ),
+            (
+                S::Rendering,
+                progress(3, 0, 0, 3, 0),
+                true,
+                false,
+                S::Completed,
+            ),
+            (
+                S::Rendering,
+                progress(3, 1, 0, 1, 1),
+                true,
+                false,
+                S::Rendering,
+            ),
             (S::Rendering, progress(3, 1, 0, 1, 1), true, true, S::Failed),
             (S::Paused, progress(3, 1, 1, 1, 0), true, false, S::Paused),
-            (S::Paused, progress(3, 0, 0, 3, 0), true, false, S::Completed),
+            (
+                S::Paused,
+                progress(3, 0, 0, 3, 0),
+                true,
+                false,
+                S::Completed,
+            ),
             (S::Paused, progress(3, 1, 0, 1, 1), true, true, S::Failed),
-            (S::Queued, progress(3, 3, 0, 0, 0), true, false, S::Rendering),
-            (S::Canceled, progress(3, 0, 0, 3, 0), true, false, S::Canceled),
-            (S::Completed, progress(3, 0, 0, 0, 0), true, false, S::Completed),
+            (
+                S::Queued,
+                progress(3, 3, 0, 0, 0),
+                true,
+                false,
+                S::Rendering,
+            ),
+            (
+                S::Canceled,
+                progress(3, 0, 0, 3, 0),
+                true,
+                false,
+                S::Canceled,
+            ),
+            (
+                S::Completed,
+                progress(3, 0, 0, 0, 0),
+                true,
+                false,
+                S::Completed,
+            ),
             (S::Failed, progress(3, 0, 0, 3, 0), true, false, S::Failed),
         ];
         for (current, p, started, failed, want) in table {
-            assert_eq!(roll_up(*current, p, *started, *failed), *want, "{current:?} {p:?} started={started} failed={failed}");
+            assert_eq!(
+                roll_up(*current, p, *started, *failed),
+                *want,
+                "{current:?} {p:?} started={started} failed={failed}"
+            );
         }
     }
 
@@ -368,15 +474,24 @@ mod tests {
         assert_eq!(tasks_affected(C::Resume, &some_failed), None);
         assert_eq!(
             tasks_affected(C::Cancel, &some_failed),
-            Some((TaskEvent::Cancel, vec![TaskStatus::Pending, TaskStatus::Running]))
+            Some((
+                TaskEvent::Cancel,
+                vec![TaskStatus::Pending, TaskStatus::Running]
+            ))
         );
         assert_eq!(
             tasks_affected(C::Complete, &some_failed),
-            Some((TaskEvent::Cancel, vec![TaskStatus::Pending, TaskStatus::Running]))
+            Some((
+                TaskEvent::Cancel,
+                vec![TaskStatus::Pending, TaskStatus::Running]
+            ))
         );
         assert_eq!(
             tasks_affected(C::Requeue, &some_failed),
-            Some((TaskEvent::Reset, vec![TaskStatus::Failed, TaskStatus::Canceled]))
+            Some((
+                TaskEvent::Reset,
+                vec![TaskStatus::Failed, TaskStatus::Canceled]
+            ))
         );
         assert_eq!(
             tasks_affected(C::Requeue, &all_done),
@@ -393,7 +508,16 @@ mod tests {
         let p = progress_after(p, Some(TaskStatus::Pending), TaskStatus::Running, 0);
         let p = progress_after(p, Some(TaskStatus::Running), TaskStatus::Running, 3);
         let p = progress_after(p, Some(TaskStatus::Running), TaskStatus::Completed, 2);
-        assert_eq!(p, Progress { tasks_total: 2, tasks_pending: 1, tasks_completed: 1, frames_done: 5, ..Progress::default() });
+        assert_eq!(
+            p,
+            Progress {
+                tasks_total: 2,
+                tasks_pending: 1,
+                tasks_completed: 1,
+                frames_done: 5,
+                ..Progress::default()
+            }
+        );
     }
 
     fn spec() -> RenderSpec {
@@ -416,9 +540,17 @@ mod tests {
         let valid = ValidRenderSpec::try_from(spec()).unwrap();
         let id = Uuid::nil();
         let now = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
-        let new = NewRender::plan(valid, id, |id| format!("/data/renders/{id}/frame_####"), now);
+        let new = NewRender::plan(
+            valid,
+            id,
+            |id| format!("/data/renders/{id}/frame_####"),
+            now,
+        );
         assert_eq!(new.render.status, S::Queued);
-        assert_eq!(new.render.tags, vec!["gpu".to_string(), "linux".to_string()]);
+        assert_eq!(
+            new.render.tags,
+            vec!["gpu".to_string(), "linux".to_string()]
+        );
         assert_eq!(new.render.output, format!("/data/renders/{id}/frame_####"));
         assert_eq!(new.render.progress.tasks_total, 4);
         assert_eq!(new.render.progress.tasks_pending, 4);
@@ -439,7 +571,10 @@ mod tests {
             ("chunk_size", Box::new(|s| s.chunk_size = 0)),
             ("max_retries", Box::new(|s| s.max_retries = -1)),
             ("max_retries", Box::new(|s| s.max_retries = 1000)),
-            ("engine", Box::new(|s| s.engine = Some("cycles; rm -rf".into()))),
+            (
+                "engine",
+                Box::new(|s| s.engine = Some("cycles; rm -rf".into())),
+            ),
             ("tags", Box::new(|s| s.tags = vec!["has space".into()])),
             ("output", Box::new(|s| s.output = Some(String::new()))),
         ];

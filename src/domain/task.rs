@@ -25,14 +25,23 @@ pub enum TaskEvent {
 }
 
 /// The status `event` moves a task in `from` to, or why it cannot.
-pub fn task_transition(from: TaskStatus, event: TaskEvent) -> Result<TaskStatus, IllegalTransition> {
+pub fn task_transition(
+    from: TaskStatus,
+    event: TaskEvent,
+) -> Result<TaskStatus, IllegalTransition> {
     use TaskEvent as E;
     use TaskStatus as S;
     match (event, from) {
         (E::Claim, S::Pending) => Ok(S::Running),
         (E::Complete, S::Running) => Ok(S::Completed),
         (E::Fail, S::Running) => Ok(S::Failed),
-        (E::Retry { retries, max_retries }, S::Failed) => {
+        (
+            E::Retry {
+                retries,
+                max_retries,
+            },
+            S::Failed,
+        ) => {
             if retries < max_retries {
                 Ok(S::Pending)
             } else {
@@ -69,8 +78,14 @@ mod tests {
 
     #[test]
     fn task_events_follow_the_status_table() {
-        let retry_left = E::Retry { retries: 0, max_retries: 1 };
-        let no_retry_left = E::Retry { retries: 1, max_retries: 1 };
+        let retry_left = E::Retry {
+            retries: 0,
+            max_retries: 1,
+        };
+        let no_retry_left = E::Retry {
+            retries: 1,
+            max_retries: 1,
+        };
         // (from, event, Some(to) | None for illegal); every pair not listed is illegal.
         let legal: &[(S, E, S)] = &[
             (S::Pending, E::Claim, S::Running),
@@ -84,21 +99,40 @@ mod tests {
             (S::Canceled, E::Reset, S::Pending),
             (S::Completed, E::Reset, S::Pending),
         ];
-        let events = [E::Claim, E::Complete, E::Fail, retry_left, no_retry_left, E::Requeue, E::Cancel, E::Reset];
+        let events = [
+            E::Claim,
+            E::Complete,
+            E::Fail,
+            retry_left,
+            no_retry_left,
+            E::Requeue,
+            E::Cancel,
+            E::Reset,
+        ];
         for from in S::ALL {
             for event in events {
                 let want = legal
                     .iter()
                     .find(|(f, e, _)| *f == from && *e == event)
                     .map(|(_, _, to)| *to);
-                assert_eq!(task_transition(from, event).ok(), want, "{from:?} + {event:?}");
+                assert_eq!(
+                    task_transition(from, event).ok(),
+                    want,
+                    "{from:?} + {event:?}"
+                );
             }
         }
     }
 
     #[test]
     fn bulk_changes_select_the_statuses_their_event_applies_to() {
-        assert_eq!(statuses_affected_by(E::Cancel), vec![S::Pending, S::Running]);
-        assert_eq!(statuses_affected_by(E::Reset), vec![S::Completed, S::Failed, S::Canceled]);
+        assert_eq!(
+            statuses_affected_by(E::Cancel),
+            vec![S::Pending, S::Running]
+        );
+        assert_eq!(
+            statuses_affected_by(E::Reset),
+            vec![S::Completed, S::Failed, S::Canceled]
+        );
     }
 }

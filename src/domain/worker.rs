@@ -49,7 +49,10 @@ pub fn validate_worker_spec(spec: WorkerSpec) -> Result<ValidWorkerSpec, Validat
 }
 
 /// The mode an operator's action leads to.
-pub fn worker_transition(from: WorkerMode, action: WorkerAction) -> Result<WorkerMode, IllegalTransition> {
+pub fn worker_transition(
+    from: WorkerMode,
+    action: WorkerAction,
+) -> Result<WorkerMode, IllegalTransition> {
     match (action, from) {
         (WorkerAction::Drain, WorkerMode::Active | WorkerMode::Draining) => Ok(WorkerMode::Draining),
         (WorkerAction::Drain, WorkerMode::Disabled) => Err(IllegalTransition::new(
@@ -134,7 +137,11 @@ mod tests {
             (M::Disabled, A::Enable, Some(M::Active)),
         ];
         for (from, action, to) in table {
-            assert_eq!(worker_transition(*from, *action).ok(), *to, "{from:?} + {action:?}");
+            assert_eq!(
+                worker_transition(*from, *action).ok(),
+                *to,
+                "{from:?} + {action:?}"
+            );
         }
     }
 
@@ -158,18 +165,41 @@ mod tests {
     #[test]
     fn only_active_workers_get_new_work() {
         assert_eq!(claim_permission(M::Active), Ok(ClaimPermission::Allowed));
-        assert_eq!(claim_permission(M::Draining), Ok(ClaimPermission::NoNewWork));
-        assert!(claim_permission(M::Disabled).unwrap_err().message.contains("enable"));
+        assert_eq!(
+            claim_permission(M::Draining),
+            Ok(ClaimPermission::NoNewWork)
+        );
+        assert!(claim_permission(M::Disabled)
+            .unwrap_err()
+            .message
+            .contains("enable"));
     }
 
     #[test]
     fn heartbeats_abort_unless_the_lease_is_current_and_running() {
         use TaskStatus as T;
-        let view = |status, lease_matches| Some(LeaseView { status, lease_matches });
-        assert_eq!(heartbeat_action(view(T::Running, true)), HeartbeatAction::Continue);
-        assert_eq!(heartbeat_action(view(T::Running, false)), HeartbeatAction::Abort);
-        assert_eq!(heartbeat_action(view(T::Canceled, true)), HeartbeatAction::Abort);
-        assert_eq!(heartbeat_action(view(T::Pending, true)), HeartbeatAction::Abort);
+        let view = |status, lease_matches| {
+            Some(LeaseView {
+                status,
+                lease_matches,
+            })
+        };
+        assert_eq!(
+            heartbeat_action(view(T::Running, true)),
+            HeartbeatAction::Continue
+        );
+        assert_eq!(
+            heartbeat_action(view(T::Running, false)),
+            HeartbeatAction::Abort
+        );
+        assert_eq!(
+            heartbeat_action(view(T::Canceled, true)),
+            HeartbeatAction::Abort
+        );
+        assert_eq!(
+            heartbeat_action(view(T::Pending, true)),
+            HeartbeatAction::Abort
+        );
         assert_eq!(heartbeat_action(None), HeartbeatAction::Abort);
     }
 }

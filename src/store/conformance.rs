@@ -57,7 +57,14 @@ fn t0() -> DateTime<Utc> {
 }
 
 /// A render plan for tests: frames `start..=end` in chunks of `chunk`.
-pub fn plan(name: &str, start: i64, end: i64, chunk: i64, priority: Priority, now: DateTime<Utc>) -> NewRender {
+pub fn plan(
+    name: &str,
+    start: i64,
+    end: i64,
+    chunk: i64,
+    priority: Priority,
+    now: DateTime<Utc>,
+) -> NewRender {
     plan_with(name, start, end, chunk, priority, now, |_| {})
 }
 
@@ -84,7 +91,12 @@ fn plan_with(
     };
     adjust(&mut spec);
     let valid = ValidRenderSpec::try_from(spec).expect("a valid test render");
-    NewRender::plan(valid, Uuid::new_v4(), |id| format!("/tmp/renders/{id}/frame_####"), now)
+    NewRender::plan(
+        valid,
+        Uuid::new_v4(),
+        |id| format!("/tmp/renders/{id}/frame_####"),
+        now,
+    )
 }
 
 async fn worker(store: &dyn Store, name: &str, tags: &[&str]) -> Uuid {
@@ -93,7 +105,11 @@ async fn worker(store: &dyn Store, name: &str, tags: &[&str]) -> Uuid {
         tags: tags.iter().map(|t| t.to_string()).collect(),
     })
     .expect("a valid test worker");
-    store.register_worker(spec, t0()).await.expect("register worker").id
+    store
+        .register_worker(spec, t0())
+        .await
+        .expect("register worker")
+        .id
 }
 
 async fn claim(store: &dyn Store, worker: Uuid) -> Option<renderfarm_wire::Assignment> {
@@ -112,27 +128,57 @@ pub async fn creating_a_render_stores_it_with_all_its_tasks(store: &dyn Store) {
     let created = store.create_render(new.clone()).await.unwrap();
     assert_eq!(created, new.render, "the stored render is the planned one");
     assert_eq!(store.get_render(created.id).await.unwrap(), created);
-    let tasks = store.list_tasks(created.id, PageRequest::default()).await.unwrap();
-    let ranges: Vec<_> = tasks.items.iter().map(|t| (t.frame_start, t.frame_end)).collect();
+    let tasks = store
+        .list_tasks(created.id, PageRequest::default())
+        .await
+        .unwrap();
+    let ranges: Vec<_> = tasks
+        .items
+        .iter()
+        .map(|t| (t.frame_start, t.frame_end))
+        .collect();
     assert_eq!(ranges, vec![(1, 3), (4, 6), (7, 9), (10, 10)]);
     assert_eq!(tasks.total, 4);
     for task in &tasks.items {
         assert_eq!(task.status, TaskStatus::Pending);
         assert_eq!(task.render_id, created.id);
-        assert_eq!((task.retries, task.frames_done, task.worker_id), (0, 0, None));
+        assert_eq!(
+            (task.retries, task.frames_done, task.worker_id),
+            (0, 0, None)
+        );
         assert_eq!(store.get_task(task.id).await.unwrap(), *task);
     }
 }
 
 pub async fn claims_follow_priority_then_age_then_frame(store: &dyn Store) {
-    let old_low = store.create_render(plan("old-low", 1, 2, 1, Priority::Low, t0())).await.unwrap();
-    let old_normal = store.create_render(plan("old-normal", 1, 2, 1, Priority::Normal, t0())).await.unwrap();
+    let old_low = store
+        .create_render(plan("old-low", 1, 2, 1, Priority::Low, t0()))
+        .await
+        .unwrap();
+    let old_normal = store
+        .create_render(plan("old-normal", 1, 2, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let new_normal = store
-        .create_render(plan("new-normal", 1, 1, 1, Priority::Normal, t0() + Duration::seconds(1)))
+        .create_render(plan(
+            "new-normal",
+            1,
+            1,
+            1,
+            Priority::Normal,
+            t0() + Duration::seconds(1),
+        ))
         .await
         .unwrap();
     let urgent = store
-        .create_render(plan("urgent", 5, 6, 1, Priority::Urgent, t0() + Duration::seconds(2)))
+        .create_render(plan(
+            "urgent",
+            5,
+            6,
+            1,
+            Priority::Urgent,
+            t0() + Duration::seconds(2),
+        ))
         .await
         .unwrap();
     let mut order = Vec::new();
@@ -156,17 +202,35 @@ pub async fn claims_follow_priority_then_age_then_frame(store: &dyn Store) {
 }
 
 pub async fn paused_and_canceled_renders_are_never_claimed(store: &dyn Store) {
-    let paused = store.create_render(plan("paused", 1, 3, 1, Priority::Urgent, t0())).await.unwrap();
-    let canceled = store.create_render(plan("canceled", 1, 3, 1, Priority::Urgent, t0())).await.unwrap();
-    let open = store.create_render(plan("open", 1, 1, 1, Priority::Low, t0())).await.unwrap();
-    store.change_render(paused.id, RenderCommand::Pause, t0()).await.unwrap();
-    store.change_render(canceled.id, RenderCommand::Cancel, t0()).await.unwrap();
+    let paused = store
+        .create_render(plan("paused", 1, 3, 1, Priority::Urgent, t0()))
+        .await
+        .unwrap();
+    let canceled = store
+        .create_render(plan("canceled", 1, 3, 1, Priority::Urgent, t0()))
+        .await
+        .unwrap();
+    let open = store
+        .create_render(plan("open", 1, 1, 1, Priority::Low, t0()))
+        .await
+        .unwrap();
+    store
+        .change_render(paused.id, RenderCommand::Pause, t0())
+        .await
+        .unwrap();
+    store
+        .change_render(canceled.id, RenderCommand::Cancel, t0())
+        .await
+        .unwrap();
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.expect("the open render has work");
     assert_eq!(a.render_id, open.id);
     complete(store, &a).await;
     assert_eq!(claim(store, w).await, None);
-    store.change_render(paused.id, RenderCommand::Resume, t0()).await.unwrap();
+    store
+        .change_render(paused.id, RenderCommand::Resume, t0())
+        .await
+        .unwrap();
     assert_eq!(claim(store, w).await.expect("resumed").render_id, paused.id);
 }
 
@@ -177,15 +241,25 @@ pub async fn only_workers_with_the_required_tags_claim(store: &dyn Store) {
         }))
         .await
         .unwrap();
-    let any = store.create_render(plan("any", 1, 1, 1, Priority::Low, t0())).await.unwrap();
+    let any = store
+        .create_render(plan("any", 1, 1, 1, Priority::Low, t0()))
+        .await
+        .unwrap();
     let plain = worker(store, "plain", &["linux"]).await;
     let strong = worker(store, "strong", &["gpu", "linux", "big"]).await;
-    assert_eq!(claim(store, plain).await.unwrap().render_id, any.id, "lacks gpu");
+    assert_eq!(
+        claim(store, plain).await.unwrap().render_id,
+        any.id,
+        "lacks gpu"
+    );
     assert_eq!(claim(store, strong).await.unwrap().render_id, gpu.id);
 }
 
 pub async fn a_worker_holding_a_task_gets_the_same_assignment_again(store: &dyn Store) {
-    store.create_render(plan("r", 1, 4, 1, Priority::Normal, t0())).await.unwrap();
+    store
+        .create_render(plan("r", 1, 4, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let w = worker(store, "w", &[]).await;
     let first = claim(store, w).await.unwrap();
     let again = claim(store, w).await.unwrap();
@@ -193,64 +267,116 @@ pub async fn a_worker_holding_a_task_gets_the_same_assignment_again(store: &dyn 
     let render = store.get_render(first.render_id).await.unwrap();
     assert_eq!(render.progress.tasks_running, 1);
     let shown = store.get_worker(w).await.unwrap();
-    assert_eq!((shown.status, shown.current_task_id), (WorkerStatus::Busy, Some(first.task_id)));
+    assert_eq!(
+        (shown.status, shown.current_task_id),
+        (WorkerStatus::Busy, Some(first.task_id))
+    );
 }
 
 pub async fn every_claim_mints_a_new_lease(store: &dyn Store) {
-    let r = store.create_render(plan("r", 1, 1, 1, Priority::Normal, t0())).await.unwrap();
+    let r = store
+        .create_render(plan("r", 1, 1, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let w1 = worker(store, "w1", &[]).await;
     let w2 = worker(store, "w2", &[]).await;
     let first = claim(store, w1).await.unwrap();
-    store.change_worker(w1, WorkerAction::Disable, t0()).await.unwrap();
-    let second = claim(store, w2).await.expect("the task went back to the queue");
+    store
+        .change_worker(w1, WorkerAction::Disable, t0())
+        .await
+        .unwrap();
+    let second = claim(store, w2)
+        .await
+        .expect("the task went back to the queue");
     assert_eq!(first.task_id, second.task_id);
     assert_ne!(first.lease_id, second.lease_id);
     let task = store.get_task(first.task_id).await.unwrap();
     assert_eq!(task.worker_id, Some(w2));
-    assert_eq!(task.retries, 0, "taking a task from a worker is not a failure");
-    assert_eq!(store.get_render(r.id).await.unwrap().progress.tasks_running, 1);
+    assert_eq!(
+        task.retries, 0,
+        "taking a task from a worker is not a failure"
+    );
+    assert_eq!(
+        store.get_render(r.id).await.unwrap().progress.tasks_running,
+        1
+    );
 }
 
 pub async fn a_stale_lease_changes_nothing(store: &dyn Store) {
-    store.create_render(plan("r", 1, 2, 2, Priority::Normal, t0())).await.unwrap();
+    store
+        .create_render(plan("r", 1, 2, 2, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let w1 = worker(store, "w1", &[]).await;
     let w2 = worker(store, "w2", &[]).await;
     let old = claim(store, w1).await.unwrap();
-    store.change_worker(w1, WorkerAction::Disable, t0()).await.unwrap();
+    store
+        .change_worker(w1, WorkerAction::Disable, t0())
+        .await
+        .unwrap();
     let new = claim(store, w2).await.unwrap();
     let before = store.get_task(old.task_id).await.unwrap();
     let render_before = store.get_render(old.render_id).await.unwrap();
     let reports = [
         TaskReport::Progress { frames_done: 1 },
         TaskReport::Complete,
-        TaskReport::Fail { exit_code: Some(1), reason: "late".into() },
+        TaskReport::Fail {
+            exit_code: Some(1),
+            reason: "late".into(),
+        },
     ];
     for report in reports {
         let err = store
-            .report_task(old.task_id, old.lease_id, report.clone(), Some("stale log".into()), t0())
+            .report_task(
+                old.task_id,
+                old.lease_id,
+                report.clone(),
+                Some("stale log".into()),
+                t0(),
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict(_)), "{report:?}: {err:?}");
+        assert!(
+            matches!(err, StoreError::Conflict(_)),
+            "{report:?}: {err:?}"
+        );
         let err = store
             .report_task(old.task_id, Uuid::new_v4(), report, None, t0())
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict(_)), "a foreign lease: {err:?}");
+        assert!(
+            matches!(err, StoreError::Conflict(_)),
+            "a foreign lease: {err:?}"
+        );
     }
     assert_eq!(store.get_task(old.task_id).await.unwrap(), before);
-    assert_eq!(store.get_render(old.render_id).await.unwrap(), render_before);
+    assert_eq!(
+        store.get_render(old.render_id).await.unwrap(),
+        render_before
+    );
     assert_eq!(store.task_log(old.task_id).await.unwrap(), "");
     complete(store, &new).await;
     let err = store
         .report_task(new.task_id, new.lease_id, TaskReport::Complete, None, t0())
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "a finished task takes no more reports");
+    assert!(
+        matches!(err, StoreError::Conflict(_)),
+        "a finished task takes no more reports"
+    );
 }
 
-pub async fn the_first_claim_starts_and_the_last_completion_completes_the_render(store: &dyn Store) {
-    let r = store.create_render(plan("r", 1, 10, 5, Priority::Normal, t0())).await.unwrap();
-    assert_eq!((r.status, r.started_at, r.finished_at), (RenderStatus::Queued, None, None));
+pub async fn the_first_claim_starts_and_the_last_completion_completes_the_render(
+    store: &dyn Store,
+) {
+    let r = store
+        .create_render(plan("r", 1, 10, 5, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.started_at, r.finished_at),
+        (RenderStatus::Queued, None, None)
+    );
     let w = worker(store, "w", &[]).await;
     let at = t0() + Duration::seconds(5);
     let a = store.claim_next_task(w, at).await.unwrap().unwrap();
@@ -258,29 +384,63 @@ pub async fn the_first_claim_starts_and_the_last_completion_completes_the_render
     assert_eq!(started.status, RenderStatus::Rendering);
     assert_eq!(started.started_at, Some(at));
     store
-        .report_task(a.task_id, a.lease_id, TaskReport::Progress { frames_done: 3 }, None, at)
+        .report_task(
+            a.task_id,
+            a.lease_id,
+            TaskReport::Progress { frames_done: 3 },
+            None,
+            at,
+        )
         .await
         .unwrap();
-    assert_eq!(store.get_render(r.id).await.unwrap().progress.frames_done, 3);
+    assert_eq!(
+        store.get_render(r.id).await.unwrap().progress.frames_done,
+        3
+    );
     complete(store, &a).await;
     let half = store.get_render(r.id).await.unwrap();
-    assert_eq!((half.status, half.progress.frames_done, half.progress.tasks_completed), (RenderStatus::Rendering, 5, 1));
+    assert_eq!(
+        (
+            half.status,
+            half.progress.frames_done,
+            half.progress.tasks_completed
+        ),
+        (RenderStatus::Rendering, 5, 1)
+    );
     let b = claim(store, w).await.unwrap();
     let end = t0() + Duration::seconds(9);
-    store.report_task(b.task_id, b.lease_id, TaskReport::Complete, None, end).await.unwrap();
+    store
+        .report_task(b.task_id, b.lease_id, TaskReport::Complete, None, end)
+        .await
+        .unwrap();
     let done = store.get_render(r.id).await.unwrap();
     assert_eq!(done.status, RenderStatus::Completed);
     assert_eq!(done.finished_at, Some(end));
     assert_eq!(done.progress.frames_done, 10);
-    assert_eq!((done.progress.tasks_completed, done.progress.tasks_running, done.progress.tasks_pending), (2, 0, 0));
+    assert_eq!(
+        (
+            done.progress.tasks_completed,
+            done.progress.tasks_running,
+            done.progress.tasks_pending
+        ),
+        (2, 0, 0)
+    );
     let task = store.get_task(b.task_id).await.unwrap();
-    assert_eq!((task.status, task.frames_done, task.finished_at), (TaskStatus::Completed, 5, Some(end)));
-    assert_eq!(store.get_worker(w).await.unwrap().status, WorkerStatus::Idle);
+    assert_eq!(
+        (task.status, task.frames_done, task.finished_at),
+        (TaskStatus::Completed, 5, Some(end))
+    );
+    assert_eq!(
+        store.get_worker(w).await.unwrap().status,
+        WorkerStatus::Idle
+    );
 }
 
 pub async fn a_failure_with_no_retry_left_fails_the_render(store: &dyn Store) {
     let r = store
-        .create_render(plan_with("r", 1, 3, 1, Priority::Normal, t0(), |s| s.max_retries = 0))
+        .create_render(plan_with("r", 1, 3, 1, Priority::Normal, t0(), |s| {
+            s.max_retries = 0
+        }))
         .await
         .unwrap();
     let w1 = worker(store, "w1", &[]).await;
@@ -291,7 +451,10 @@ pub async fn a_failure_with_no_retry_left_fails_the_render(store: &dyn Store) {
         .report_task(
             a.task_id,
             a.lease_id,
-            TaskReport::Fail { exit_code: Some(1), reason: "Build without OpenImageDenoiser".into() },
+            TaskReport::Fail {
+                exit_code: Some(1),
+                reason: "Build without OpenImageDenoiser".into(),
+            },
             None,
             t0(),
         )
@@ -299,44 +462,83 @@ pub async fn a_failure_with_no_retry_left_fails_the_render(store: &dyn Store) {
         .unwrap();
     assert_eq!(task.status, TaskStatus::Failed);
     assert_eq!(task.exit_code, Some(1));
-    assert_eq!(task.failure_reason.as_deref(), Some("Build without OpenImageDenoiser"));
+    assert_eq!(
+        task.failure_reason.as_deref(),
+        Some("Build without OpenImageDenoiser")
+    );
     let failed = store.get_render(r.id).await.unwrap();
     assert_eq!(failed.status, RenderStatus::Failed);
     assert!(failed.finished_at.is_some());
     assert_eq!(
-        (failed.progress.tasks_failed, failed.progress.tasks_running, failed.progress.tasks_canceled, failed.progress.tasks_pending),
+        (
+            failed.progress.tasks_failed,
+            failed.progress.tasks_running,
+            failed.progress.tasks_canceled,
+            failed.progress.tasks_pending
+        ),
         (1, 1, 1, 0),
         "pending work is canceled, running work may finish"
     );
     complete(store, &b).await;
-    assert_eq!(store.get_render(r.id).await.unwrap().status, RenderStatus::Failed);
+    assert_eq!(
+        store.get_render(r.id).await.unwrap().status,
+        RenderStatus::Failed
+    );
 }
 
 pub async fn a_failure_with_a_retry_left_keeps_the_render_going(store: &dyn Store) {
     let r = store
-        .create_render(plan_with("r", 1, 2, 1, Priority::Normal, t0(), |s| s.max_retries = 1))
+        .create_render(plan_with("r", 1, 2, 1, Priority::Normal, t0(), |s| {
+            s.max_retries = 1
+        }))
         .await
         .unwrap();
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.unwrap();
     store
-        .report_task(a.task_id, a.lease_id, TaskReport::Fail { exit_code: Some(134), reason: "crash".into() }, None, t0())
+        .report_task(
+            a.task_id,
+            a.lease_id,
+            TaskReport::Fail {
+                exit_code: Some(134),
+                reason: "crash".into(),
+            },
+            None,
+            t0(),
+        )
         .await
         .unwrap();
     let render = store.get_render(r.id).await.unwrap();
     assert_eq!(render.status, RenderStatus::Rendering);
-    assert_eq!((render.progress.tasks_failed, render.progress.tasks_pending), (1, 1));
-    let b = claim(store, w).await.expect("the other chunk is still there");
-    assert_ne!(b.task_id, a.task_id, "a failed task waits for the scheduler's retry");
+    assert_eq!(
+        (render.progress.tasks_failed, render.progress.tasks_pending),
+        (1, 1)
+    );
+    let b = claim(store, w)
+        .await
+        .expect("the other chunk is still there");
+    assert_ne!(
+        b.task_id, a.task_id,
+        "a failed task waits for the scheduler's retry"
+    );
 }
 
 pub async fn progress_outside_the_task_is_rejected(store: &dyn Store) {
-    store.create_render(plan("r", 1, 4, 4, Priority::Normal, t0())).await.unwrap();
+    store
+        .create_render(plan("r", 1, 4, 4, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.unwrap();
     for bad in [-1, 5] {
         let err = store
-            .report_task(a.task_id, a.lease_id, TaskReport::Progress { frames_done: bad }, None, t0())
+            .report_task(
+                a.task_id,
+                a.lease_id,
+                TaskReport::Progress { frames_done: bad },
+                None,
+                t0(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{bad}: {err:?}");
@@ -345,139 +547,323 @@ pub async fn progress_outside_the_task_is_rejected(store: &dyn Store) {
 }
 
 pub async fn heartbeats_answer_abort_once_the_task_is_taken_away(store: &dyn Store) {
-    let r = store.create_render(plan("r", 1, 4, 4, Priority::Normal, t0())).await.unwrap();
+    let r = store
+        .create_render(plan("r", 1, 4, 4, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let w = worker(store, "w", &[]).await;
     let later = t0() + Duration::seconds(30);
-    assert_eq!(store.heartbeat(w, &Heartbeat::default(), later).await.unwrap(), HeartbeatAction::Continue);
+    assert_eq!(
+        store
+            .heartbeat(w, &Heartbeat::default(), later)
+            .await
+            .unwrap(),
+        HeartbeatAction::Continue
+    );
     assert_eq!(store.get_worker(w).await.unwrap().last_heartbeat, later);
     let a = claim(store, w).await.unwrap();
-    let beat = Heartbeat { task_id: Some(a.task_id), lease_id: Some(a.lease_id), frames_done: Some(2) };
-    assert_eq!(store.heartbeat(w, &beat, later).await.unwrap(), HeartbeatAction::Continue);
+    let beat = Heartbeat {
+        task_id: Some(a.task_id),
+        lease_id: Some(a.lease_id),
+        frames_done: Some(2),
+    };
+    assert_eq!(
+        store.heartbeat(w, &beat, later).await.unwrap(),
+        HeartbeatAction::Continue
+    );
     assert_eq!(store.get_task(a.task_id).await.unwrap().frames_done, 2);
-    let foreign = Heartbeat { lease_id: Some(Uuid::new_v4()), ..beat.clone() };
-    assert_eq!(store.heartbeat(w, &foreign, later).await.unwrap(), HeartbeatAction::Abort);
-    store.change_render(r.id, RenderCommand::Cancel, later).await.unwrap();
-    assert_eq!(store.heartbeat(w, &beat, later).await.unwrap(), HeartbeatAction::Abort);
-    assert_eq!(store.get_task(a.task_id).await.unwrap().status, TaskStatus::Canceled);
-    let half = Heartbeat { task_id: Some(a.task_id), ..Heartbeat::default() };
-    assert!(matches!(store.heartbeat(w, &half, later).await, Err(StoreError::Invalid(_))));
+    let foreign = Heartbeat {
+        lease_id: Some(Uuid::new_v4()),
+        ..beat.clone()
+    };
+    assert_eq!(
+        store.heartbeat(w, &foreign, later).await.unwrap(),
+        HeartbeatAction::Abort
+    );
+    store
+        .change_render(r.id, RenderCommand::Cancel, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.heartbeat(w, &beat, later).await.unwrap(),
+        HeartbeatAction::Abort
+    );
+    assert_eq!(
+        store.get_task(a.task_id).await.unwrap().status,
+        TaskStatus::Canceled
+    );
+    let half = Heartbeat {
+        task_id: Some(a.task_id),
+        ..Heartbeat::default()
+    };
     assert!(matches!(
-        store.heartbeat(Uuid::new_v4(), &Heartbeat::default(), later).await,
+        store.heartbeat(w, &half, later).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .heartbeat(Uuid::new_v4(), &Heartbeat::default(), later)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
 }
 
 pub async fn disabled_and_draining_workers_take_no_new_work(store: &dyn Store) {
-    store.create_render(plan("r", 1, 3, 1, Priority::Normal, t0())).await.unwrap();
+    store
+        .create_render(plan("r", 1, 3, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.unwrap();
-    let drained = store.change_worker(w, WorkerAction::Drain, t0()).await.unwrap();
+    let drained = store
+        .change_worker(w, WorkerAction::Drain, t0())
+        .await
+        .unwrap();
     assert_eq!(drained.status, WorkerStatus::Draining);
-    assert_eq!(claim(store, w).await, Some(a.clone()), "a draining worker keeps its task");
+    assert_eq!(
+        claim(store, w).await,
+        Some(a.clone()),
+        "a draining worker keeps its task"
+    );
     complete(store, &a).await;
     assert_eq!(claim(store, w).await, None, "and takes no new one");
-    let disabled = store.change_worker(w, WorkerAction::Disable, t0()).await.unwrap();
+    let disabled = store
+        .change_worker(w, WorkerAction::Disable, t0())
+        .await
+        .unwrap();
     assert_eq!(disabled.status, WorkerStatus::Disabled);
     let err = store.claim_next_task(w, t0()).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(ref m) if m.contains("enable")), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Conflict(ref m) if m.contains("enable")),
+        "{err:?}"
+    );
     assert!(matches!(
         store.change_worker(w, WorkerAction::Drain, t0()).await,
         Err(StoreError::Conflict(_))
     ));
-    store.change_worker(w, WorkerAction::Enable, t0()).await.unwrap();
+    store
+        .change_worker(w, WorkerAction::Enable, t0())
+        .await
+        .unwrap();
     assert!(claim(store, w).await.is_some());
 }
 
 pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store) {
-    let r = store.create_render(plan("r", 1, 4, 1, Priority::Normal, t0())).await.unwrap();
+    let r = store
+        .create_render(plan("r", 1, 4, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.unwrap();
     complete(store, &a).await;
-    let paused = store.change_render(r.id, RenderCommand::Pause, t0()).await.unwrap();
+    let paused = store
+        .change_render(r.id, RenderCommand::Pause, t0())
+        .await
+        .unwrap();
     assert_eq!(paused.status, RenderStatus::Paused);
-    let resumed = store.change_render(r.id, RenderCommand::Resume, t0()).await.unwrap();
+    let resumed = store
+        .change_render(r.id, RenderCommand::Resume, t0())
+        .await
+        .unwrap();
     assert_eq!(resumed.status, RenderStatus::Rendering, "it had started");
     assert!(matches!(
         store.change_render(r.id, RenderCommand::Resume, t0()).await,
         Err(StoreError::Conflict(_))
     ));
     let running = claim(store, w).await.unwrap();
-    let canceled = store.change_render(r.id, RenderCommand::Cancel, t0()).await.unwrap();
+    let canceled = store
+        .change_render(r.id, RenderCommand::Cancel, t0())
+        .await
+        .unwrap();
     assert_eq!(canceled.status, RenderStatus::Canceled);
-    assert_eq!((canceled.progress.tasks_canceled, canceled.progress.tasks_completed), (3, 1));
-    assert_eq!(store.get_task(running.task_id).await.unwrap().status, TaskStatus::Canceled);
-    let requeued = store.change_render(r.id, RenderCommand::Requeue, t0()).await.unwrap();
+    assert_eq!(
+        (
+            canceled.progress.tasks_canceled,
+            canceled.progress.tasks_completed
+        ),
+        (3, 1)
+    );
+    assert_eq!(
+        store.get_task(running.task_id).await.unwrap().status,
+        TaskStatus::Canceled
+    );
+    let requeued = store
+        .change_render(r.id, RenderCommand::Requeue, t0())
+        .await
+        .unwrap();
     assert_eq!(requeued.status, RenderStatus::Queued);
-    assert_eq!((requeued.progress.tasks_pending, requeued.progress.tasks_completed), (3, 1), "completed work is kept");
+    assert_eq!(
+        (
+            requeued.progress.tasks_pending,
+            requeued.progress.tasks_completed
+        ),
+        (3, 1),
+        "completed work is kept"
+    );
     assert_eq!((requeued.started_at, requeued.finished_at), (None, None));
     let again = claim(store, w).await.unwrap();
     assert_ne!(again.lease_id, running.lease_id);
-    let completed = store.change_render(r.id, RenderCommand::Complete, t0()).await.unwrap();
+    let completed = store
+        .change_render(r.id, RenderCommand::Complete, t0())
+        .await
+        .unwrap();
     assert_eq!(completed.status, RenderStatus::Completed);
     assert!(completed.finished_at.is_some());
     assert!(matches!(
-        store.change_render(r.id, RenderCommand::Complete, t0()).await,
+        store
+            .change_render(r.id, RenderCommand::Complete, t0())
+            .await,
         Err(StoreError::Conflict(_))
     ));
-    let whole = store.change_render(r.id, RenderCommand::Requeue, t0()).await.unwrap();
-    assert_eq!(whole.progress.tasks_pending, 3, "the canceled rest runs again");
+    let whole = store
+        .change_render(r.id, RenderCommand::Requeue, t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        whole.progress.tasks_pending, 3,
+        "the canceled rest runs again"
+    );
 }
 
 pub async fn listings_filter_and_paginate(store: &dyn Store) {
     let mut ids = Vec::new();
     for i in 0..5 {
-        let priority = if i % 2 == 0 { Priority::High } else { Priority::Low };
+        let priority = if i % 2 == 0 {
+            Priority::High
+        } else {
+            Priority::Low
+        };
         let r = store
-            .create_render(plan(&format!("r{i}"), 1, 1, 1, priority, t0() + Duration::seconds(i)))
+            .create_render(plan(
+                &format!("r{i}"),
+                1,
+                1,
+                1,
+                priority,
+                t0() + Duration::seconds(i),
+            ))
             .await
             .unwrap();
         ids.push(r.id);
     }
-    store.change_render(ids[0], RenderCommand::Pause, t0()).await.unwrap();
-    let all = store.list_renders(&RenderFilter::default(), PageRequest::default()).await.unwrap();
-    assert_eq!(all.total, 5);
-    assert_eq!(all.items.iter().map(|r| r.id).collect::<Vec<_>>(), ids.iter().rev().copied().collect::<Vec<_>>(), "newest first");
-    let page = store
-        .list_renders(&RenderFilter::default(), PageRequest { limit: 2, offset: 2 })
+    store
+        .change_render(ids[0], RenderCommand::Pause, t0())
         .await
         .unwrap();
-    assert_eq!(page.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+    let all = store
+        .list_renders(&RenderFilter::default(), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(all.total, 5);
+    assert_eq!(
+        all.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>(),
+        "newest first"
+    );
+    let page = store
+        .list_renders(
+            &RenderFilter::default(),
+            PageRequest {
+                limit: 2,
+                offset: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
     assert_eq!((page.total, page.limit, page.offset), (5, 2, 2));
     let high = store
-        .list_renders(&RenderFilter { priority: Some(Priority::High), status: None }, PageRequest::default())
+        .list_renders(
+            &RenderFilter {
+                priority: Some(Priority::High),
+                status: None,
+            },
+            PageRequest::default(),
+        )
         .await
         .unwrap();
     assert_eq!(high.total, 3);
     let paused_high = store
         .list_renders(
-            &RenderFilter { priority: Some(Priority::High), status: Some(RenderStatus::Paused) },
+            &RenderFilter {
+                priority: Some(Priority::High),
+                status: Some(RenderStatus::Paused),
+            },
             PageRequest::default(),
         )
         .await
         .unwrap();
-    assert_eq!(paused_high.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[0]]);
-    let r = store.create_render(plan("many", 1, 10, 1, Priority::Normal, t0())).await.unwrap();
-    let tasks = store.list_tasks(r.id, PageRequest { limit: 3, offset: 8 }).await.unwrap();
-    assert_eq!(tasks.items.iter().map(|t| t.frame_start).collect::<Vec<_>>(), vec![9, 10]);
+    assert_eq!(
+        paused_high.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    let r = store
+        .create_render(plan("many", 1, 10, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let tasks = store
+        .list_tasks(
+            r.id,
+            PageRequest {
+                limit: 3,
+                offset: 8,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        tasks
+            .items
+            .iter()
+            .map(|t| t.frame_start)
+            .collect::<Vec<_>>(),
+        vec![9, 10]
+    );
     assert_eq!(tasks.total, 10);
     let w1 = worker(store, "w1", &[]).await;
     let w2 = worker(store, "w2", &[]).await;
     let workers = store.list_workers().await.unwrap();
-    assert_eq!(workers.iter().map(|w| w.id).collect::<Vec<_>>(), vec![w1, w2]);
+    assert_eq!(
+        workers.iter().map(|w| w.id).collect::<Vec<_>>(),
+        vec![w1, w2]
+    );
 }
 
 pub async fn task_logs_accumulate_in_order(store: &dyn Store) {
-    store.create_render(plan("r", 1, 2, 2, Priority::Normal, t0())).await.unwrap();
+    store
+        .create_render(plan("r", 1, 2, 2, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.unwrap();
-    for (i, line) in ["Fra:1 Mem:10M | Rendering\n", "Saved: '/tmp/0001.png'\n"].iter().enumerate() {
+    for (i, line) in ["Fra:1 Mem:10M | Rendering\n", "Saved: '/tmp/0001.png'\n"]
+        .iter()
+        .enumerate()
+    {
         store
-            .report_task(a.task_id, a.lease_id, TaskReport::Progress { frames_done: i as i64 }, Some(line.to_string()), t0())
+            .report_task(
+                a.task_id,
+                a.lease_id,
+                TaskReport::Progress {
+                    frames_done: i as i64,
+                },
+                Some(line.to_string()),
+                t0(),
+            )
             .await
             .unwrap();
     }
     store
-        .report_task(a.task_id, a.lease_id, TaskReport::Complete, Some("Blender quit\n".into()), t0())
+        .report_task(
+            a.task_id,
+            a.lease_id,
+            TaskReport::Complete,
+            Some("Blender quit\n".into()),
+            t0(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -488,16 +874,32 @@ pub async fn task_logs_accumulate_in_order(store: &dyn Store) {
 
 pub async fn unknown_ids_are_not_found(store: &dyn Store) {
     let id = Uuid::new_v4();
-    let not_found = |r: Result<(), StoreError>| assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+    let not_found =
+        |r: Result<(), StoreError>| assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
     not_found(store.get_render(id).await.map(drop));
     not_found(store.list_tasks(id, PageRequest::default()).await.map(drop));
-    not_found(store.change_render(id, RenderCommand::Pause, t0()).await.map(drop));
+    not_found(
+        store
+            .change_render(id, RenderCommand::Pause, t0())
+            .await
+            .map(drop),
+    );
     not_found(store.get_task(id).await.map(drop));
     not_found(store.task_log(id).await.map(drop));
     not_found(store.get_worker(id).await.map(drop));
-    not_found(store.change_worker(id, WorkerAction::Drain, t0()).await.map(drop));
+    not_found(
+        store
+            .change_worker(id, WorkerAction::Drain, t0())
+            .await
+            .map(drop),
+    );
     not_found(store.claim_next_task(id, t0()).await.map(drop));
-    not_found(store.report_task(id, id, TaskReport::Complete, None, t0()).await.map(drop));
+    not_found(
+        store
+            .report_task(id, id, TaskReport::Complete, None, t0())
+            .await
+            .map(drop),
+    );
 }
 
 /// 32 claimers drain 2,000 tasks at once: every task is handed out exactly
@@ -505,7 +907,10 @@ pub async fn unknown_ids_are_not_found(store: &dyn Store) {
 pub async fn concurrent_claimers_get_every_task_exactly_once(store: &dyn Store) {
     const CLAIMERS: usize = 32;
     const TASKS: i64 = 2_000;
-    let r = store.create_render(plan("race", 1, TASKS, 1, Priority::Normal, t0())).await.unwrap();
+    let r = store
+        .create_render(plan("race", 1, TASKS, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
     let mut workers = Vec::new();
     for i in 0..CLAIMERS {
         workers.push(worker(store, &format!("racer{i}"), &[]).await);
@@ -526,7 +931,10 @@ pub async fn concurrent_claimers_get_every_task_exactly_once(store: &dyn Store) 
     let distinct: HashSet<Uuid> = all.iter().copied().collect();
     assert_eq!(all.len() as i64, TASKS, "every task handed out once");
     assert_eq!(distinct.len(), all.len(), "no task handed out twice");
-    assert!(results.iter().filter(|r| !r.is_empty()).count() > 1, "claimers ran side by side");
+    assert!(
+        results.iter().filter(|r| !r.is_empty()).count() > 1,
+        "claimers ran side by side"
+    );
     let done = store.get_render(r.id).await.unwrap();
     assert_eq!(done.status, RenderStatus::Completed);
     assert_eq!(done.progress.tasks_completed, TASKS);

@@ -92,9 +92,14 @@ impl Default for PageRequest {
 /// What a worker reports about the task it holds, under its lease.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskReport {
-    Progress { frames_done: i64 },
+    Progress {
+        frames_done: i64,
+    },
     Complete,
-    Fail { exit_code: Option<i64>, reason: String },
+    Fail {
+        exit_code: Option<i64>,
+        reason: String,
+    },
 }
 
 /// The operations the broker needs from persistence.
@@ -113,39 +118,66 @@ pub trait Store: Send + Sync + 'static {
     async fn get_render(&self, id: Uuid) -> StoreResult<Render>;
 
     /// Newest first.
-    async fn list_renders(&self, filter: &RenderFilter, page: PageRequest) -> StoreResult<Page<Render>>;
+    async fn list_renders(
+        &self,
+        filter: &RenderFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<Render>>;
 
     /// The render's tasks, lowest frames first.
     async fn list_tasks(&self, render_id: Uuid, page: PageRequest) -> StoreResult<Page<Task>>;
 
     /// An operator's change of a render's status, with what it does to the
     /// render's tasks.
-    async fn change_render(&self, id: Uuid, command: RenderCommand, now: DateTime<Utc>) -> StoreResult<Render>;
+    async fn change_render(
+        &self,
+        id: Uuid,
+        command: RenderCommand,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Render>;
 
     async fn get_task(&self, id: Uuid) -> StoreResult<Task>;
 
     /// Everything the task's workers sent as log, oldest first.
     async fn task_log(&self, id: Uuid) -> StoreResult<String>;
 
-    async fn register_worker(&self, spec: ValidWorkerSpec, now: DateTime<Utc>) -> StoreResult<Worker>;
+    async fn register_worker(
+        &self,
+        spec: ValidWorkerSpec,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Worker>;
 
     async fn get_worker(&self, id: Uuid) -> StoreResult<Worker>;
 
     /// In order of registration.
     async fn list_workers(&self) -> StoreResult<Vec<Worker>>;
 
-    async fn change_worker(&self, id: Uuid, action: WorkerAction, now: DateTime<Utc>) -> StoreResult<Worker>;
+    async fn change_worker(
+        &self,
+        id: Uuid,
+        action: WorkerAction,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Worker>;
 
     /// Records that the worker is alive (and its progress, under its lease);
     /// answers whether it should keep rendering the task it names.
-    async fn heartbeat(&self, worker_id: Uuid, beat: &Heartbeat, now: DateTime<Utc>) -> StoreResult<HeartbeatAction>;
+    async fn heartbeat(
+        &self,
+        worker_id: Uuid,
+        beat: &Heartbeat,
+        now: DateTime<Utc>,
+    ) -> StoreResult<HeartbeatAction>;
 
     /// Hands the worker its next task under a new lease: the highest priority
     /// first, then the oldest render, then the lowest frames; never a task of
     /// a paused or canceled render, nor one whose render needs tags the worker
     /// lacks. A worker that already holds a running task gets that one again.
     /// `None`: nothing for this worker now.
-    async fn claim_next_task(&self, worker_id: Uuid, now: DateTime<Utc>) -> StoreResult<Option<Assignment>>;
+    async fn claim_next_task(
+        &self,
+        worker_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Assignment>>;
 
     /// Applies a worker's report if `lease_id` is the task's current lease
     /// (else `Conflict` and nothing changes); appends `log` to the task's log.

@@ -191,9 +191,8 @@ impl SqliteStore {
         })?;
         conn.set_prepared_statement_cache_capacity(64);
 
-        let manager = SqliteConnectionManager::file(&path).with_init(|c| {
-            c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
-        });
+        let manager = SqliteConnectionManager::file(&path)
+            .with_init(|c| c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;"));
         let readers = r2d2::Pool::builder()
             .max_size(READ_POOL_SIZE)
             .build(manager)?;
@@ -404,15 +403,19 @@ fn assignment_from_row(row: &Row) -> rusqlite::Result<Assignment> {
 // transaction (or read connection).
 
 fn load_render(conn: &Connection, id: Uuid) -> StoreResult<Render> {
-    conn.prepare_cached(&format!("SELECT {RENDER_COLUMNS} FROM renders r WHERE r.id = ?1"))?
-        .query_row([id.to_string()], render_from_row)
-        .optional()?
-        .ok_or_else(|| StoreError::not_found("render", id))
+    conn.prepare_cached(&format!(
+        "SELECT {RENDER_COLUMNS} FROM renders r WHERE r.id = ?1"
+    ))?
+    .query_row([id.to_string()], render_from_row)
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("render", id))
 }
 
 fn load_render_by_seq(conn: &Connection, seq: i64) -> StoreResult<Render> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {RENDER_COLUMNS} FROM renders r WHERE r.seq = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {RENDER_COLUMNS} FROM renders r WHERE r.seq = ?1"
+        ))?
         .query_row([seq], render_from_row)?)
 }
 
@@ -425,10 +428,12 @@ fn load_task_by_seq(conn: &Connection, seq: i64) -> StoreResult<Task> {
 }
 
 fn load_worker(conn: &Connection, id: Uuid) -> StoreResult<Worker> {
-    conn.prepare_cached(&format!("SELECT {WORKER_COLUMNS} FROM workers w WHERE w.id = ?1"))?
-        .query_row([id.to_string()], worker_from_row)
-        .optional()?
-        .ok_or_else(|| StoreError::not_found("worker", id))
+    conn.prepare_cached(&format!(
+        "SELECT {WORKER_COLUMNS} FROM workers w WHERE w.id = ?1"
+    ))?
+    .query_row([id.to_string()], worker_from_row)
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("worker", id))
 }
 
 /// The state of a render that the roll-up reads and writes.
@@ -460,13 +465,18 @@ fn load_render_state(conn: &Connection, seq: i64) -> StoreResult<RenderState> {
         })?)
 }
 
-/// Writes the render's new counters and the status the roll-up gives them.
-/// A render that just failed for good has its pending tasks canceled (running
-/// ones may finish).
-fn save_rolled_up(conn: &Connection, mut state: RenderState, now: DateTime<Utc>) -> StoreResult<()> {
-    let before = state.status;
+/// Writes the render's new counters and the status the roll-up gives them;
+/// `before` is the status the render had when the change began. A render that
+/// just failed for good has its pending tasks canceled (running ones may
+/// finish).
+fn save_rolled_up(
+    conn: &Connection,
+    mut state: RenderState,
+    before: RenderStatus,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
     let status = roll_up(
-        before,
+        state.status,
         &state.progress,
         state.started_at.is_some(),
         state.failed_for_good,
@@ -477,7 +487,13 @@ fn save_rolled_up(conn: &Connection, mut state: RenderState, now: DateTime<Utc>)
         state.finished_at = None;
     }
     if status == RenderStatus::Failed && before != RenderStatus::Failed {
-        bulk_task_change(conn, state.seq, TaskEvent::Cancel, &[TaskStatus::Pending], now)?;
+        bulk_task_change(
+            conn,
+            state.seq,
+            TaskEvent::Cancel,
+            &[TaskStatus::Pending],
+            now,
+        )?;
         state.progress = count_progress(conn, state.seq, state.progress.frames_total)?;
     }
     let p = &state.progress;
@@ -501,7 +517,12 @@ fn save_rolled_up(conn: &Connection, mut state: RenderState, now: DateTime<Utc>)
         state.failed_for_good,
     ])?;
     if status != before {
-        tracing::info!(render_seq = state.seq, from = before.as_str(), to = status.as_str(), "render status changed");
+        tracing::info!(
+            render_seq = state.seq,
+            from = before.as_str(),
+            to = status.as_str(),
+            "render status changed"
+        );
     }
     Ok(())
 }
@@ -522,7 +543,8 @@ fn roll_task_move(
         state.started_at = Some(ts(now));
     }
     state.failed_for_good |= failed_for_good;
-    save_rolled_up(conn, state, now)
+    let before = state.status;
+    save_rolled_up(conn, state, before, now)
 }
 
 /// Recounts a render's counters from its tasks, after a change to many.
@@ -589,7 +611,8 @@ struct LeasedTask {
 impl LeasedTask {
     fn held_under(&self, lease: Uuid, worker: Option<Uuid>) -> bool {
         let lease_ok = self.lease_id.as_deref() == Some(lease.to_string().as_str());
-        let worker_ok = worker.is_none_or(|w| self.worker_id.as_deref() == Some(w.to_string().as_str()));
+        let worker_ok =
+            worker.is_none_or(|w| self.worker_id.as_deref() == Some(w.to_string().as_str()));
         lease_ok && worker_ok
     }
 }
@@ -618,7 +641,12 @@ fn load_leased_task(conn: &Connection, id: Uuid) -> StoreResult<LeasedTask> {
 }
 
 /// Records how many frames of a running task are done.
-fn record_progress(conn: &Connection, task: &LeasedTask, frames_done: i64, now: DateTime<Utc>) -> StoreResult<()> {
+fn record_progress(
+    conn: &Connection,
+    task: &LeasedTask,
+    frames_done: i64,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
     if !(0..=task.frames).contains(&frames_done) {
         return Err(StoreError::Invalid(format!(
             "frames_done is {frames_done}, but this task has {} frame(s); report 0 to {}",
@@ -628,7 +656,15 @@ fn record_progress(conn: &Connection, task: &LeasedTask, frames_done: i64, now: 
     conn.prepare_cached("UPDATE tasks SET frames_done = ?2 WHERE seq = ?1")?
         .execute(params![task.seq, frames_done])?;
     let delta = frames_done - task.frames_done;
-    roll_task_move(conn, task.render_seq, task.status, task.status, delta, false, now)
+    roll_task_move(
+        conn,
+        task.render_seq,
+        task.status,
+        task.status,
+        delta,
+        false,
+        now,
+    )
 }
 
 fn append_log(conn: &Connection, task_seq: i64, log: Option<&str>) -> StoreResult<()> {
@@ -641,8 +677,12 @@ fn append_log(conn: &Connection, task_seq: i64, log: Option<&str>) -> StoreResul
 
 fn mark_alive(conn: &Connection, worker_id: Uuid, now: DateTime<Utc>) -> StoreResult<WorkerMode> {
     let mode = conn
-        .prepare_cached("UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 RETURNING mode")?
-        .query_row(params![worker_id.to_string(), ts(now)], |row| get_enum(row, 0, WorkerMode::parse))
+        .prepare_cached(
+            "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 RETURNING mode",
+        )?
+        .query_row(params![worker_id.to_string(), ts(now)], |row| {
+            get_enum(row, 0, WorkerMode::parse)
+        })
         .optional()?;
     mode.ok_or_else(|| StoreError::not_found("worker", worker_id))
 }
@@ -653,11 +693,22 @@ fn requeue_task(conn: &Connection, task: &LeasedTask, now: DateTime<Utc>) -> Sto
         "UPDATE tasks SET status = ?2, worker_id = NULL, lease_id = NULL, frames_done = 0 WHERE seq = ?1",
     )?
     .execute(params![task.seq, to.as_str()])?;
-    roll_task_move(conn, task.render_seq, task.status, to, -task.frames_done, false, now)
+    roll_task_move(
+        conn,
+        task.render_seq,
+        task.status,
+        to,
+        -task.frames_done,
+        false,
+        now,
+    )
 }
 
 fn page_bounds(page: PageRequest) -> (i64, i64) {
-    (page.limit.clamp(0, PageRequest::MAX_LIMIT), page.offset.max(0))
+    (
+        page.limit.clamp(0, PageRequest::MAX_LIMIT),
+        page.offset.max(0),
+    )
 }
 
 #[async_trait]
@@ -667,7 +718,8 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 
     async fn create_render(&self, new: NewRender) -> StoreResult<Render> {
@@ -721,7 +773,11 @@ impl Store for SqliteStore {
         self.read(move |conn| load_render(conn, id)).await
     }
 
-    async fn list_renders(&self, filter: &RenderFilter, page: PageRequest) -> StoreResult<Page<Render>> {
+    async fn list_renders(
+        &self,
+        filter: &RenderFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<Render>> {
         let filter = filter.clone();
         self.read(move |conn| {
             let mut clauses = Vec::new();
@@ -785,7 +841,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn change_render(&self, id: Uuid, command: RenderCommand, now: DateTime<Utc>) -> StoreResult<Render> {
+    async fn change_render(
+        &self,
+        id: Uuid,
+        command: RenderCommand,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Render> {
         self.write(move |conn| {
             let render = load_render(conn, id)?;
             let to = render_transition(render.status, command)?;
@@ -802,7 +863,7 @@ impl Store for SqliteStore {
                 state.failed_for_good = false;
             }
             state.status = to;
-            save_rolled_up(conn, state, now)?;
+            save_rolled_up(conn, state, render.status, now)?;
             tracing::info!(render_id = %id, ?command, "operator changed render");
             load_render_by_seq(conn, seq)
         })
@@ -829,7 +890,8 @@ impl Store for SqliteStore {
                 .optional()?
                 .ok_or_else(|| StoreError::not_found("task", id))?;
             let mut log = String::new();
-            let mut stmt = conn.prepare_cached("SELECT text FROM task_logs WHERE task_seq = ?1 ORDER BY seq")?;
+            let mut stmt =
+                conn.prepare_cached("SELECT text FROM task_logs WHERE task_seq = ?1 ORDER BY seq")?;
             let mut rows = stmt.query([seq])?;
             while let Some(row) = rows.next()? {
                 log.push_str(&row.get::<_, String>(0)?);
@@ -839,7 +901,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn register_worker(&self, spec: ValidWorkerSpec, now: DateTime<Utc>) -> StoreResult<Worker> {
+    async fn register_worker(
+        &self,
+        spec: ValidWorkerSpec,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Worker> {
         self.write(move |conn| {
             let id = Uuid::new_v4();
             conn.prepare_cached(
@@ -866,14 +932,21 @@ impl Store for SqliteStore {
     async fn list_workers(&self) -> StoreResult<Vec<Worker>> {
         self.read(|conn| {
             Ok(conn
-                .prepare_cached(&format!("SELECT {WORKER_COLUMNS} FROM workers w ORDER BY w.seq"))?
+                .prepare_cached(&format!(
+                    "SELECT {WORKER_COLUMNS} FROM workers w ORDER BY w.seq"
+                ))?
                 .query_map([], worker_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
 
-    async fn change_worker(&self, id: Uuid, action: WorkerAction, now: DateTime<Utc>) -> StoreResult<Worker> {
+    async fn change_worker(
+        &self,
+        id: Uuid,
+        action: WorkerAction,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Worker> {
         self.write(move |conn| {
             let mode: WorkerMode = conn
                 .prepare_cached("SELECT mode FROM workers WHERE id = ?1")?
@@ -902,7 +975,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn heartbeat(&self, worker_id: Uuid, beat: &Heartbeat, now: DateTime<Utc>) -> StoreResult<HeartbeatAction> {
+    async fn heartbeat(
+        &self,
+        worker_id: Uuid,
+        beat: &Heartbeat,
+        now: DateTime<Utc>,
+    ) -> StoreResult<HeartbeatAction> {
         let beat = beat.clone();
         self.write(move |conn| {
             mark_alive(conn, worker_id, now)?;
@@ -933,7 +1011,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_next_task(&self, worker_id: Uuid, now: DateTime<Utc>) -> StoreResult<Option<Assignment>> {
+    async fn claim_next_task(
+        &self,
+        worker_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Assignment>> {
         self.write(move |conn| {
             let mode = mark_alive(conn, worker_id, now)?;
             let held = conn

@@ -1,0 +1,105 @@
+//! The JSON body extractor of every route. Unlike `web::Json`, its errors
+//! name the field at fault (`priority: unknown variant ...`), so a user knows
+//! what to fix.
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, MAX_BODY_BYTES};
+
+/// A request body parsed as JSON into `T`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T> JsonBody<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for JsonBody<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// JSON, or no content type at all (curl without -H): both are read as JSON.
+fn is_json(req: &HttpRequest) -> bool {
+    match req.headers().get(header::CONTENT_TYPE) {
+        None => true,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == mime::APPLICATION
+                    && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+            }),
+    }
+}
+
+/// Parses `bytes` as JSON into `T`, naming the field that does not fit.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::Invalid(format!(
+            "{what} needs a JSON body; see /api-docs for its fields"
+        )));
+    }
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::Invalid(format!(
+                "the body of {what} is not valid JSON ({inner}); send a JSON object"
+            ))
+        } else if path == "." {
+            ApiError::Invalid(format!(
+                "the body of {what} does not have the expected shape: {inner}; see /api-docs for its fields"
+            ))
+        } else {
+            ApiError::Invalid(format!(
+                "{path}: {inner} (in the body of {what}; see /api-docs for its fields)"
+            ))
+        }
+    })
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let what = format!(
+            "{} {}",
+            req.method(),
+            req.match_pattern()
+                .unwrap_or_else(|| req.path().to_string())
+        );
+        if !is_json(req) {
+            let err = ApiError::UnsupportedMediaType(format!(
+                "{what} takes JSON: send the header Content-Type: application/json"
+            ));
+            return Box::pin(async move { Err(err.into()) });
+        }
+        let bytes = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let bytes = bytes.await.map_err(|e| -> actix_web::Error {
+                if e.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(format!(
+                        "the body of {what} is larger than the {MAX_BODY_BYTES} bytes accepted; send less (split logs into several reports)"
+                    ))
+                    .into()
+                } else {
+                    ApiError::Invalid(format!("the body of {what} could not be read: {e}")).into()
+                }
+            })?;
+            Ok(JsonBody(parse_json(&bytes, &what)?))
+        })
+    }
+}

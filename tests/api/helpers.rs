@@ -1,0 +1,215 @@
+//! `TestApp`: a real broker on port 0 with a fresh SQLite data directory, and
+//! one method per endpoint.
+
+use renderfarm::startup::{Application, Settings, StoreChoice};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub data_dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let settings = Settings {
+        bind: "127.0.0.1:0".into(),
+        data_dir: data_dir.path().to_path_buf(),
+        store: StoreChoice::Embedded,
+    };
+    let app = Application::build(settings).await.expect("broker builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        data_dir,
+    }
+}
+
+/// A render body with the given frames, chunk and priority.
+pub fn render_body(name: &str, start: i64, end: i64, chunk: i64, priority: &str) -> Value {
+    json!({
+        "name": name,
+        "blend_file": format!("/projects/{name}.blend"),
+        "frame_start": start,
+        "frame_end": end,
+        "chunk_size": chunk,
+        "priority": priority,
+    })
+}
+
+/// Reads a JSON body, failing the test with the text when it is not JSON.
+pub async fn json_of(response: Response) -> Value {
+    let text = response.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Checks a 4xx/5xx error answer: the status, and a JSON body with a code and a
+/// message that is not empty. Returns the message.
+pub async fn assert_error(response: Response, status: StatusCode) -> String {
+    assert_eq!(response.status(), status, "status of {}", response.url());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "content type {content_type:?}"
+    );
+    let body = json_of(response).await;
+    let code = body["error"].as_str().unwrap_or_default();
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(!code.is_empty(), "error code missing in {body}");
+    assert!(message.len() > 10, "message too thin in {body}");
+    message.to_string()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, body: Option<&str>) -> Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn submit(&self, body: &Value) -> Response {
+        self.post_json("/renders", body).await
+    }
+
+    /// Submits a render that must be accepted; returns its JSON.
+    pub async fn submit_ok(&self, body: &Value) -> Value {
+        let response = self.submit(body).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        json_of(response).await
+    }
+
+    pub async fn render(&self, id: &str) -> Value {
+        let response = self.get(&format!("/renders/{id}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        json_of(response).await
+    }
+
+    pub async fn render_tasks(&self, id: &str) -> Value {
+        let response = self.get(&format!("/renders/{id}/tasks")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        json_of(response).await
+    }
+
+    pub async fn list_renders(&self, query: &str) -> Response {
+        self.get(&format!("/renders{query}")).await
+    }
+
+    pub async fn change_render(&self, id: &str, action: &str) -> Response {
+        self.put_json(
+            &format!("/renders/{id}/status"),
+            &json!({ "action": action }),
+        )
+        .await
+    }
+
+    pub async fn complete_render(&self, id: &str) -> Response {
+        self.raw(Method::POST, &format!("/renders/{id}/complete"), None)
+            .await
+    }
+
+    pub async fn register(&self, name: &str, tags: &[&str]) -> Response {
+        self.post_json("/workers", &json!({ "name": name, "tags": tags }))
+            .await
+    }
+
+    /// Registers a worker that must be accepted; returns its id.
+    pub async fn register_ok(&self, name: &str) -> String {
+        let response = self.register(name, &[]).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        json_of(response).await["id"]
+            .as_str()
+            .expect("worker id")
+            .to_string()
+    }
+
+    pub async fn workers(&self) -> Value {
+        json_of(self.get("/workers").await).await
+    }
+
+    pub async fn change_worker(&self, id: &str, action: &str) -> Response {
+        self.put_json(
+            &format!("/workers/{id}/status"),
+            &json!({ "action": action }),
+        )
+        .await
+    }
+
+    pub async fn request_task(&self, worker: &str, wait: Option<f64>) -> Response {
+        let path = match wait {
+            Some(w) => format!("/workers/{worker}/request-task?wait={w}"),
+            None => format!("/workers/{worker}/request-task"),
+        };
+        self.raw(Method::POST, &path, None).await
+    }
+
+    /// Claims a task that must be there; returns the assignment.
+    pub async fn claim_ok(&self, worker: &str) -> Value {
+        let response = self.request_task(worker, None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        json_of(response).await
+    }
+
+    pub async fn heartbeat(&self, worker: &str, body: &Value) -> Response {
+        self.post_json(&format!("/workers/{worker}/heartbeat"), body)
+            .await
+    }
+
+    /// `kind` is progress, complete or fail.
+    pub async fn report(&self, task: &str, kind: &str, body: &Value) -> Response {
+        self.post_json(&format!("/tasks/{task}/{kind}"), body).await
+    }
+
+    pub async fn task(&self, id: &str) -> Value {
+        let response = self.get(&format!("/tasks/{id}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        json_of(response).await
+    }
+
+    pub async fn task_log(&self, id: &str) -> String {
+        let response = self.get(&format!("/tasks/{id}/log")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.expect("log text")
+    }
+}
