@@ -147,11 +147,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store: StoreChoice::parse(args.store.as_deref())?,
     };
     let app = Application::build(settings.clone()).await?;
-    tracing::info!(
-        port = app.port(),
-        data_dir = %settings.data_dir.display(),
-        "broker listening on {}",
-        settings.bind.rsplit_once(':').map(|(host, _)| format!("http://{host}:{}", app.port())).unwrap_or_default()
+    let host = settings
+        .bind
+        .rsplit_once(':')
+        .map_or("127.0.0.1", |(host, _)| host);
+    // On stdout, one line, so scripts (and tests) that bind port 0 learn the port.
+    println!(
+        "renderfarm broker listening on http://{host}:{} (data dir {})",
+        app.port(),
+        settings.data_dir.display()
     );
     app.run_until_stopped().await?;
     tracing::info!("broker stopped");

@@ -113,7 +113,9 @@ mod tests {
 
     #[test]
     fn chunking_cuts_consecutive_chunks_and_keeps_the_remainder_last() {
-        let table: &[(i64, i64, i64, &[(i64, i64)])] = &[
+        // (start, end, chunk size, expected chunks)
+        type Case = (i64, i64, i64, &'static [(i64, i64)]);
+        let table: &[Case] = &[
             (1, 10, 3, &[(1, 3), (4, 6), (7, 9), (10, 10)]),
             (1, 9, 3, &[(1, 3), (4, 6), (7, 9)]),
             (0, 0, 10, &[(0, 0)]),

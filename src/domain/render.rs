@@ -560,7 +560,8 @@ mod tests {
 
     #[test]
     fn submissions_that_break_a_rule_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut RenderSpec)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut RenderSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("name", Box::new(|s| s.name = "  ".into())),
             ("name", Box::new(|s| s.name = "x".repeat(10_000))),
             ("name", Box::new(|s| s.name = "a\nb".into())),

@@ -1,0 +1,208 @@
+//! The broker is killed with SIGKILL and restarted on the same data directory:
+//! everything it acknowledged is still there, identical.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Broker {
+    child: Child,
+    address: String,
+}
+
+impl Broker {
+    /// Starts `renderfarm serve` on a free port and waits for its "listening" line.
+    fn start(data_dir: &Path) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RENDERFARM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the renderfarm binary starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("a first line");
+        let address = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Broker { child, address }
+    }
+
+    fn kill_9(mut self) {
+        // Child::kill sends SIGKILL on Unix: no shutdown code runs.
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get(client: &reqwest::Client, broker: &Broker, path: &str) -> Value {
+    let response = client
+        .get(format!("{}{path}", broker.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+    response.json().await.unwrap()
+}
+
+async fn post(
+    client: &reqwest::Client,
+    broker: &Broker,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let response = client
+        .post(format!("{}{path}", broker.address))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn render_body(name: &str, end: i64) -> Value {
+    json!({ "name": name, "blend_file": "/p/a.blend", "frame_start": 1, "frame_end": end, "chunk_size": 2 })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_render_claimed_and_completed_survives_kill_9_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let broker = Broker::start(dir.path());
+
+    let (status, render) = post(&client, &broker, "/renders", render_body("survivor", 4)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = render["id"].as_str().unwrap().to_string();
+    let (status, worker) = post(&client, &broker, "/workers", json!({ "name": "w" })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let worker_id = worker["id"].as_str().unwrap().to_string();
+    let claim = format!("/workers/{worker_id}/request-task");
+    let (_, first) = post(&client, &broker, &claim, json!(null)).await;
+    let first_task = first["task_id"].as_str().unwrap();
+    let (status, _) = post(
+        &client,
+        &broker,
+        &format!("/tasks/{first_task}/progress"),
+        json!({ "lease_id": first["lease_id"], "frames_done": 1, "log": "Fra:1\n" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(
+        &client,
+        &broker,
+        &format!("/tasks/{first_task}/complete"),
+        json!({ "lease_id": first["lease_id"] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, second) = post(&client, &broker, &claim, json!(null)).await;
+    let second_task = second["task_id"].as_str().unwrap().to_string();
+
+    let paths = [
+        format!("/renders/{id}"),
+        format!("/renders/{id}/tasks"),
+        format!("/tasks/{first_task}"),
+        "/workers".to_string(),
+        "/renders".to_string(),
+    ];
+    let mut before = Vec::new();
+    for path in &paths {
+        before.push(get(&client, &broker, path).await);
+    }
+    let log_before = client
+        .get(format!("{}/tasks/{first_task}/log", broker.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    broker.kill_9();
+
+    let broker = Broker::start(dir.path());
+    for (path, want) in paths.iter().zip(&before) {
+        assert_eq!(
+            &get(&client, &broker, path).await,
+            want,
+            "{path} after kill -9"
+        );
+    }
+    let log_after = client
+        .get(format!("{}/tasks/{first_task}/log", broker.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(log_after, log_before);
+    assert_eq!(log_after, "Fra:1\n");
+    // The lease handed out before the crash still holds.
+    let (_, again) = post(&client, &broker, &claim, json!(null)).await;
+    assert_eq!(again, second, "the worker's task and lease survived");
+    let (status, _) = post(
+        &client,
+        &broker,
+        &format!("/tasks/{second_task}/complete"),
+        json!({ "lease_id": second["lease_id"] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        get(&client, &broker, &format!("/renders/{id}")).await["status"],
+        "completed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_submission_survives_a_kill_9_right_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let broker = Broker::start(dir.path());
+    let submits = (0..40).map(|i| {
+        let client = client.clone();
+        let url = format!("{}/renders", broker.address);
+        async move {
+            let response = client
+                .post(url)
+                .json(&render_body(&format!("r{i}"), 100))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            response.json::<Value>().await.unwrap()
+        }
+    });
+    let acknowledged = futures::future::join_all(submits).await;
+    broker.kill_9();
+    let broker = Broker::start(dir.path());
+    for render in acknowledged {
+        let id = render["id"].as_str().unwrap();
+        let after = get(&client, &broker, &format!("/renders/{id}")).await;
+        assert_eq!(after, render, "render {id} as acknowledged");
+        let tasks = get(&client, &broker, &format!("/renders/{id}/tasks")).await;
+        assert_eq!(
+            tasks["items"].as_array().unwrap().len(),
+            50,
+            "all of its tasks"
+        );
+    }
+}
