@@ -41,7 +41,7 @@ async fn submit(
     let renders_dir = state.data_dir.join("renders");
     let new = NewRender::plan(
         spec,
-        Uuid::new_v4(),
+        Uuid::now_v7(),
         |id| {
             renders_dir
                 .join(id.to_string())

@@ -757,7 +757,7 @@ impl Store for SqliteStore {
             )?;
             for frames in new.chunks() {
                 insert.execute(params![
-                    Uuid::new_v4().to_string(),
+                    Uuid::now_v7().to_string(),
                     render_seq,
                     r.priority.rank(),
                     frames.start(),
@@ -907,7 +907,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Worker> {
         self.write(move |conn| {
-            let id = Uuid::new_v4();
+            let id = Uuid::now_v7();
             conn.prepare_cached(
                 "INSERT INTO workers (id, name, tags, mode, offline, last_heartbeat, registered_at) \
                  VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)",
