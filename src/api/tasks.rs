@@ -2,7 +2,7 @@
 
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use renderfarm_wire::{CompleteReport, FailReport, ProgressReport};
+use renderfarm_wire::{CompleteReport, FailReport, ProgressReport, ReleaseReport};
 use uuid::Uuid;
 
 use super::{parse_id, resource, ApiError, AppState, JsonBody};
@@ -16,7 +16,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/tasks/{id}/log", "GET").route(web::get().to(log)))
         .service(resource("/tasks/{id}/progress", "POST").route(web::post().to(progress)))
         .service(resource("/tasks/{id}/complete", "POST").route(web::post().to(complete)))
-        .service(resource("/tasks/{id}/fail", "POST").route(web::post().to(fail)));
+        .service(resource("/tasks/{id}/fail", "POST").route(web::post().to(fail)))
+        .service(resource("/tasks/{id}/release", "POST").route(web::post().to(release)));
 }
 
 async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -91,6 +92,18 @@ async fn fail(
         reason: keep_tail(reason, MAX_REASON_BYTES).to_string(),
     };
     report(&state, &id, body.lease_id, fail, body.log).await
+}
+
+async fn release(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: JsonBody<ReleaseReport>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let response = report(&state, &id, body.lease_id, TaskReport::Release, body.log).await?;
+    // The task is claimable again.
+    state.wake_workers();
+    Ok(response)
 }
 
 /// The last `max` bytes of `text`, cut at a character boundary: the end of

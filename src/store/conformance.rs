@@ -27,6 +27,7 @@ macro_rules! conformance_tests {
             a_worker_holding_a_task_gets_the_same_assignment_again,
             every_claim_mints_a_new_lease,
             a_stale_lease_changes_nothing,
+            a_released_task_is_queued_again_without_a_failure,
             the_first_claim_starts_and_the_last_completion_completes_the_render,
             a_failure_with_no_retry_left_fails_the_render,
             a_failure_with_a_retry_left_keeps_the_render_going,
@@ -364,6 +365,69 @@ pub async fn a_stale_lease_changes_nothing(store: &dyn Store) {
         matches!(err, StoreError::Conflict(_)),
         "a finished task takes no more reports"
     );
+}
+
+pub async fn a_released_task_is_queued_again_without_a_failure(store: &dyn Store) {
+    let r = store
+        .create_render(plan("r", 1, 4, 4, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let w1 = worker(store, "stopping", &[]).await;
+    let w2 = worker(store, "next", &[]).await;
+    let a = claim(store, w1).await.unwrap();
+    store
+        .report_task(
+            a.task_id,
+            a.lease_id,
+            TaskReport::Progress { frames_done: 2 },
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    let released = store
+        .report_task(
+            a.task_id,
+            a.lease_id,
+            TaskReport::Release,
+            Some("stopping\n".into()),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            released.status,
+            released.retries,
+            released.worker_id,
+            released.frames_done
+        ),
+        (TaskStatus::Pending, 0, None, 0)
+    );
+    let render = store.get_render(r.id).await.unwrap();
+    assert_eq!(
+        (
+            render.progress.tasks_pending,
+            render.progress.tasks_running,
+            render.progress.frames_done
+        ),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        store.get_worker(w1).await.unwrap().status,
+        WorkerStatus::Idle
+    );
+    let err = store
+        .report_task(a.task_id, a.lease_id, TaskReport::Complete, None, t0())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(_)),
+        "the released lease is stale"
+    );
+    let b = claim(store, w2).await.expect("the task is claimable again");
+    assert_eq!(b.task_id, a.task_id);
+    assert_eq!(store.task_log(a.task_id).await.unwrap(), "stopping\n");
 }
 
 pub async fn the_first_claim_starts_and_the_last_completion_completes_the_render(

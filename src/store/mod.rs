@@ -100,6 +100,9 @@ pub enum TaskReport {
         exit_code: Option<i64>,
         reason: String,
     },
+    /// The worker hands the task back unfinished; it is queued again without
+    /// counting as a failure.
+    Release,
 }
 
 /// The operations the broker needs from persistence.

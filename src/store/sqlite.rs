@@ -1096,6 +1096,7 @@ impl Store for SqliteStore {
                     .execute(params![task.seq, to.as_str(), task.frames, ts(now)])?;
                     roll_task_move(conn, task.render_seq, task.status, to, task.frames - task.frames_done, false, now)?;
                 }
+                TaskReport::Release => requeue_task(conn, &task, now)?,
                 TaskReport::Fail { exit_code, reason } => {
                     let to = task_transition(task.status, TaskEvent::Fail)?;
                     conn.prepare_cached(

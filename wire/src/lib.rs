@@ -326,6 +326,16 @@ pub struct FailReport {
     pub log: Option<String>,
 }
 
+/// `POST /tasks/{id}/release`: the worker gives the task back unfinished
+/// (it is stopping); the task is queued again without counting a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseReport {
+    pub lease_id: Uuid,
+    #[serde(default)]
+    pub log: Option<String>,
+}
+
 /// `POST /workers/{id}/heartbeat`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
