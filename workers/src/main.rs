@@ -1,7 +1,133 @@
-//! The renderfarm worker agent. Its loop (register, pull work, run Blender,
-//! report) is built in the next step; for now it only says so.
+//! `renderfarm-worker`: the agent that runs on every render machine.
 
-fn main() {
-    eprintln!("renderfarm-worker: the worker agent is not built yet; see the README");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use renderfarm_worker::{Agent, AgentConfig, StopSignals};
+
+/// Renders tasks from a renderfarm broker with Blender.
+#[derive(Debug, Parser)]
+#[command(name = "renderfarm-worker", version, about)]
+struct Cli {
+    /// The broker's address.
+    #[arg(
+        long,
+        env = "RENDERFARM_BROKER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    broker: String,
+    /// Name shown to operators (default: the host name).
+    #[arg(long, env = "RENDERFARM_WORKER_NAME")]
+    name: Option<String>,
+    /// Tags this machine carries (renders can require them), comma-separated.
+    #[arg(long, env = "RENDERFARM_WORKER_TAGS", value_delimiter = ',')]
+    tags: Vec<String>,
+    /// The Blender executable.
+    #[arg(long, env = "RENDERFARM_BLENDER", default_value = "blender")]
+    blender: PathBuf,
+    /// Where Blender runs and undelivered reports are kept (default: a folder in the temp dir).
+    #[arg(long, env = "RENDERFARM_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// How often to tell the broker this worker is alive while rendering.
+    #[arg(long, env = "RENDERFARM_HEARTBEAT", default_value = "10s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// How often to send new log lines and progress while rendering.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    log_interval: Duration,
+    /// How long one request for work waits at the broker (at most 60s).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    poll_wait: Duration,
+    /// On SIGTERM or Ctrl-C, finish the current task before stopping (a second
+    /// signal aborts it). Without it the task is aborted and handed back.
+    #[arg(long)]
+    drain: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RENDERFARM_LOG").unwrap_or_else(|_| "info".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.poll_wait > Duration::from_secs(60) {
+        anyhow::bail!(
+            "--poll-wait is {:?}; the broker waits at most 60s",
+            cli.poll_wait
+        );
+    }
+    let name = cli
+        .name
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let work_dir = cli
+        .work_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("renderfarm-worker-{name}")));
+    let config = AgentConfig {
+        broker: cli.broker,
+        name,
+        tags: cli.tags,
+        blender: cli.blender,
+        work_dir,
+        heartbeat: cli.heartbeat,
+        log_interval: cli.log_interval,
+        poll_wait: cli.poll_wait,
+    };
+    let signals = StopSignals::default();
+    let agent = Agent::new(config, signals.clone()).await?;
+    tokio::spawn(watch_signals(signals, cli.drain));
+    let summary = agent.run().await?;
+    eprintln!(
+        "renderfarm-worker stopped: {} completed, {} failed, {} aborted by the broker, {} handed back",
+        summary.completed, summary.failed, summary.aborted, summary.released
+    );
+    Ok(())
+}
+
+/// First SIGTERM/Ctrl-C: take no new work (and abort the current task unless
+/// draining). A second one aborts in any case.
+async fn watch_signals(signals: StopSignals, drain: bool) {
+    let mut first = true;
+    loop {
+        if wait_for_signal().await.is_err() {
+            return;
+        }
+        if first && drain {
+            tracing::info!("stopping after the current task (signal again to abort it)");
+            signals.stop.cancel();
+        } else {
+            tracing::info!("stopping; handing the current task back");
+            signals.stop.cancel();
+            signals.abort.cancel();
+        }
+        first = false;
+    }
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }

@@ -1,0 +1,574 @@
+//! The agent's loop: register, pull a task, render it with Blender while
+//! sending heartbeats and the log, report how it ended. Reports that cannot
+//! reach the broker are retried with backoff and jitter; a final report still
+//! undelivered when the agent stops is kept on disk and sent at the next start.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use renderfarm_wire::{
+    Assignment, CompleteReport, FailReport, Heartbeat, HeartbeatAction, ProgressReport,
+    ReleaseReport, WorkerSpec,
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::blender::output::RenderProgress;
+use crate::blender::{self, RenderJob};
+use crate::client::{BrokerClient, ClientError};
+
+/// Lines of Blender's output sent as the reason of a failure.
+pub const FAILURE_TAIL_LINES: usize = 50;
+/// The most log text held while the broker is away; older text is dropped
+/// (with a marker) beyond it, the failure tail is always kept.
+const MAX_UNSENT_LOG: usize = 4 * 1024 * 1024;
+/// How long a stopping agent keeps trying to deliver its last report before
+/// it saves it for the next start.
+const STOP_DELIVERY_GRACE: Duration = Duration::from_secs(20);
+const PENDING_DIR: &str = "undelivered";
+
+/// How an agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub broker: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub blender: PathBuf,
+    /// Blender runs here; undelivered reports are kept here.
+    pub work_dir: PathBuf,
+    /// How often to tell the broker it is alive while rendering.
+    pub heartbeat: Duration,
+    /// How often to send new log lines and frames done while rendering.
+    pub log_interval: Duration,
+    /// How long one `request-task` waits for work.
+    pub poll_wait: Duration,
+}
+
+/// How the agent is told to stop.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignals {
+    /// Take no new work.
+    pub stop: CancellationToken,
+    /// Also abort the task at hand and hand it back to the broker.
+    pub abort: CancellationToken,
+}
+
+/// What one agent did before it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentSummary {
+    pub worker_id: Option<Uuid>,
+    pub completed: u64,
+    pub failed: u64,
+    /// Tasks the broker took away (abort or stale lease).
+    pub aborted: u64,
+    /// Tasks handed back because the agent stopped.
+    pub released: u64,
+}
+
+/// A final report, kept on disk while it cannot be delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum FinalReport {
+    Complete { task_id: Uuid, body: CompleteReport },
+    Fail { task_id: Uuid, body: FailReport },
+    Release { task_id: Uuid, body: ReleaseReport },
+}
+
+impl FinalReport {
+    fn task_id(&self) -> Uuid {
+        match self {
+            FinalReport::Complete { task_id, .. }
+            | FinalReport::Fail { task_id, .. }
+            | FinalReport::Release { task_id, .. } => *task_id,
+        }
+    }
+
+    async fn send(&self, client: &BrokerClient) -> Result<(), ClientError> {
+        match self {
+            FinalReport::Complete { task_id, body } => {
+                client.complete(*task_id, body).await.map(drop)
+            }
+            FinalReport::Fail { task_id, body } => client.fail(*task_id, body).await.map(drop),
+            FinalReport::Release { task_id, body } => {
+                client.release(*task_id, body).await.map(drop)
+            }
+        }
+    }
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .without_max_times()
+        .build()
+}
+
+/// How a task ended on this agent.
+enum Ending {
+    Report(FinalReport),
+    /// The broker took the task away; nothing more is sent under its lease.
+    Aborted,
+}
+
+/// One worker agent.
+pub struct Agent {
+    config: AgentConfig,
+    client: BrokerClient,
+    signals: StopSignals,
+    summary: AgentSummary,
+}
+
+impl Agent {
+    /// Checks Blender before anything else, so a broken setup is reported
+    /// before the agent registers.
+    pub async fn new(config: AgentConfig, signals: StopSignals) -> anyhow::Result<Self> {
+        let version = blender::check_blender(&config.blender).await?;
+        tracing::info!(blender = %config.blender.display(), %version, "Blender found");
+        std::fs::create_dir_all(config.work_dir.join(PENDING_DIR)).with_context(|| {
+            format!("creating the work directory {}", config.work_dir.display())
+        })?;
+        let client = BrokerClient::new(&config.broker)?;
+        Ok(Self {
+            config,
+            client,
+            signals,
+            summary: AgentSummary::default(),
+        })
+    }
+
+    /// Runs until told to stop; returns what it did.
+    pub async fn run(mut self) -> anyhow::Result<AgentSummary> {
+        let Some(mut worker_id) = self.register().await else {
+            return Ok(self.summary);
+        };
+        self.deliver_saved_reports().await;
+        let mut retry = backoff();
+        while !self.signals.stop.is_cancelled() {
+            let answer = tokio::select! {
+                _ = self.signals.stop.cancelled() => break,
+                answer = self.client.request_task(worker_id, self.config.poll_wait) => answer,
+            };
+            match answer {
+                Ok(Some(assignment)) => {
+                    retry = backoff();
+                    let span = tracing::info_span!(
+                        "task",
+                        worker_id = %worker_id,
+                        task_id = %assignment.task_id,
+                        render_id = %assignment.render_id,
+                        lease_id = %assignment.lease_id
+                    );
+                    self.run_task(worker_id, assignment).instrument(span).await;
+                }
+                Ok(None) => retry = backoff(),
+                Err(ClientError::NotFound(message)) => {
+                    tracing::warn!(%message, "the broker no longer knows this worker; registering again");
+                    match self.register().await {
+                        Some(id) => worker_id = id,
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    let delay = retry.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %e, ?delay, "cannot get work; trying again");
+                    self.pause(delay).await;
+                }
+            }
+        }
+        tracing::info!(summary = ?self.summary, "agent stopped");
+        Ok(self.summary)
+    }
+
+    /// Sleeps, unless told to stop.
+    async fn pause(&self, delay: Duration) {
+        tokio::select! {
+            _ = self.signals.stop.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    /// Registers, retrying while the broker is unreachable. `None` when told
+    /// to stop first.
+    async fn register(&mut self) -> Option<Uuid> {
+        let spec = WorkerSpec {
+            name: self.config.name.clone(),
+            tags: self.config.tags.clone(),
+        };
+        let mut retry = backoff();
+        loop {
+            match self.client.register(&spec).await {
+                Ok(worker) => {
+                    tracing::info!(worker_id = %worker.id, name = %worker.name, broker = %self.client.base(), "registered");
+                    self.summary.worker_id = Some(worker.id);
+                    return Some(worker.id);
+                }
+                Err(e) => {
+                    let delay = retry.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %e, ?delay, "cannot register; trying again");
+                    if self.signals.stop.is_cancelled() {
+                        return None;
+                    }
+                    self.pause(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn run_task(&mut self, worker_id: Uuid, assignment: Assignment) {
+        tracing::info!(blend = %assignment.blend_file, from = assignment.frame_start, to = assignment.frame_end, "rendering");
+        let ending = self.render(worker_id, &assignment).await;
+        match ending {
+            Ending::Aborted => {
+                self.summary.aborted += 1;
+                tracing::info!("task taken away by the broker; Blender stopped");
+            }
+            Ending::Report(report) => {
+                match &report {
+                    FinalReport::Complete { .. } => self.summary.completed += 1,
+                    FinalReport::Fail { .. } => self.summary.failed += 1,
+                    FinalReport::Release { .. } => self.summary.released += 1,
+                }
+                self.deliver(report).await;
+            }
+        }
+    }
+
+    /// Runs Blender on the assignment until it exits or the task is taken away.
+    async fn render(&mut self, worker_id: Uuid, a: &Assignment) -> Ending {
+        let job = RenderJob {
+            blend_file: a.blend_file.clone(),
+            output: a.output.clone(),
+            engine: a.engine.clone(),
+            from: a.frame_start,
+            to: a.frame_end,
+        };
+        let mut log = TaskLog::default();
+        let mut blender = match blender::start(&self.config.blender, &job, &self.config.work_dir) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = format!(
+                    "could not start Blender ({}): {e:#}",
+                    self.config.blender.display()
+                );
+                return Ending::Report(FinalReport::Fail {
+                    task_id: a.task_id,
+                    body: FailReport {
+                        lease_id: a.lease_id,
+                        exit_code: None,
+                        reason,
+                        log: None,
+                    },
+                });
+            }
+        };
+        let mut progress = RenderProgress::new(a.frame_start, a.frame_end);
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        let mut flush = tokio::time::interval(self.config.log_interval);
+        let mut reported_frames = 0;
+        let mut lines_open = true;
+        let exit = loop {
+            tokio::select! {
+                line = blender.lines.recv(), if lines_open => match line {
+                    Some(line) => {
+                        progress.observe(&line);
+                        log.push(line);
+                    }
+                    None => lines_open = false,
+                },
+                status = blender.process.wait() => break status,
+                _ = heartbeat.tick() => {
+                    let beat = Heartbeat {
+                        task_id: Some(a.task_id),
+                        lease_id: Some(a.lease_id),
+                        frames_done: Some(progress.frames_done()),
+                    };
+                    match self.client.heartbeat(worker_id, &beat).await {
+                        Ok(reply) if reply.action == HeartbeatAction::Abort => {
+                            blender.process.kill().await;
+                            return Ending::Aborted;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "heartbeat not delivered; rendering on"),
+                    }
+                }
+                _ = flush.tick() => {
+                    if log.has_unsent() || progress.frames_done() != reported_frames {
+                        let frames = progress.frames_done();
+                        let report = ProgressReport { lease_id: a.lease_id, frames_done: frames, log: Some(log.unsent().to_string()) };
+                        match self.client.progress(a.task_id, &report).await {
+                            Ok(_) => {
+                                log.mark_sent();
+                                reported_frames = frames;
+                            }
+                            Err(ClientError::Conflict(_)) | Err(ClientError::NotFound(_)) => {
+                                blender.process.kill().await;
+                                return Ending::Aborted;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "progress not delivered; keeping the log to send later"),
+                        }
+                    }
+                }
+                _ = self.signals.abort.cancelled() => {
+                    blender.process.kill().await;
+                    log.push("renderfarm-worker: stopping; the task is handed back to the broker\n".into());
+                    return Ending::Report(FinalReport::Release {
+                        task_id: a.task_id,
+                        body: ReleaseReport { lease_id: a.lease_id, log: Some(log.take_unsent()) },
+                    });
+                }
+            }
+        };
+        // The last lines may still be in the pipes; a grandchild holding them
+        // open must not hold up the report.
+        let drain = async {
+            while let Some(line) = blender.lines.recv().await {
+                progress.observe(&line);
+                log.push(line);
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        let exit_code = match exit {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!(error = %e, "lost track of Blender");
+                None
+            }
+        };
+        let missing = progress.missing_frames(&a.output, &a.blend_file);
+        if exit_code == Some(0) && missing.is_empty() {
+            return Ending::Report(FinalReport::Complete {
+                task_id: a.task_id,
+                body: CompleteReport {
+                    lease_id: a.lease_id,
+                    log: Some(log.take_unsent()),
+                },
+            });
+        }
+        let summary = match exit_code {
+            Some(0) => format!(
+                "Blender exited with code 0 but frame(s) {} are not on disk under {}",
+                missing
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                a.output
+            ),
+            Some(code) => format!("Blender exited with code {code}"),
+            None => "Blender was killed by a signal".to_string(),
+        };
+        let reason = format!("{summary}; the last lines of its output:\n{}", log.tail());
+        Ending::Report(FinalReport::Fail {
+            task_id: a.task_id,
+            body: FailReport {
+                lease_id: a.lease_id,
+                exit_code: exit_code.map(i64::from),
+                reason,
+                log: Some(log.take_unsent()),
+            },
+        })
+    }
+
+    /// Sends a final report until the broker takes it (or refuses it for
+    /// good). A stopping agent keeps trying for a while, then saves the report
+    /// to send at its next start.
+    async fn deliver(&mut self, report: FinalReport) {
+        let mut retry = backoff();
+        let mut stop_deadline = None;
+        loop {
+            match report.send(&self.client).await {
+                Ok(()) => return,
+                Err(ClientError::Conflict(message)) | Err(ClientError::NotFound(message)) => {
+                    tracing::warn!(%message, "the broker no longer takes reports for this task; dropping it");
+                    return;
+                }
+                Err(ClientError::Rejected(status, message)) => {
+                    tracing::error!(%status, %message, "the broker rejected the report; dropping it");
+                    return;
+                }
+                Err(e) => {
+                    let delay = retry.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %e, ?delay, "report not delivered; trying again");
+                    if self.signals.stop.is_cancelled() {
+                        let deadline = *stop_deadline.get_or_insert_with(|| {
+                            tokio::time::Instant::now() + STOP_DELIVERY_GRACE
+                        });
+                        if tokio::time::Instant::now() + delay > deadline {
+                            self.save_report(&report);
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn pending_path(&self, task_id: Uuid) -> PathBuf {
+        self.config
+            .work_dir
+            .join(PENDING_DIR)
+            .join(format!("{task_id}.json"))
+    }
+
+    fn save_report(&self, report: &FinalReport) {
+        let path = self.pending_path(report.task_id());
+        let written = serde_json::to_vec(report)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| write_atomically(&path, &bytes));
+        match written {
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), "broker unreachable; report saved to send at the next start")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "could not save an undelivered report")
+            }
+        }
+    }
+
+    /// Sends the reports an earlier run could not deliver.
+    async fn deliver_saved_reports(&mut self) {
+        let dir = self.config.work_dir.join(PENDING_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let report = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<FinalReport>(&bytes).ok());
+            match report {
+                Some(report) => {
+                    tracing::info!(task_id = %report.task_id(), "sending a report saved by an earlier run");
+                    self.deliver(report).await;
+                }
+                None => {
+                    tracing::warn!(path = %path.display(), "unreadable saved report; removing it")
+                }
+            }
+            // Delivered, refused for good, or saved again under the same name.
+            if !self.signals.stop.is_cancelled() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A task's log: what is not yet sent, and the last lines for a failure.
+#[derive(Debug, Default)]
+struct TaskLog {
+    unsent: String,
+    tail: VecDeque<String>,
+}
+
+impl TaskLog {
+    fn push(&mut self, line: String) {
+        if self.unsent.len() + line.len() > MAX_UNSENT_LOG {
+            let keep_from = self.unsent.len() / 2;
+            let cut = (keep_from..self.unsent.len())
+                .find(|i| self.unsent.is_char_boundary(*i))
+                .unwrap_or(self.unsent.len());
+            self.unsent = format!(
+                "[renderfarm-worker: earlier output dropped while the broker was unreachable]\n{}",
+                &self.unsent[cut..]
+            );
+        }
+        self.unsent.push_str(&line);
+        if self.tail.len() == FAILURE_TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
+    fn has_unsent(&self) -> bool {
+        !self.unsent.is_empty()
+    }
+
+    fn unsent(&self) -> &str {
+        &self.unsent
+    }
+
+    fn mark_sent(&mut self) {
+        self.unsent.clear();
+    }
+
+    fn take_unsent(&mut self) -> String {
+        std::mem::take(&mut self.unsent)
+    }
+
+    fn tail(&self) -> String {
+        self.tail
+            .iter()
+            .map(|l| l.trim_end_matches(['\r', '\n']))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_the_last_lines_for_a_failure_and_everything_unsent() {
+        let mut log = TaskLog::default();
+        for i in 0..120 {
+            log.push(format!("line {i}\n"));
+        }
+        let tail = log.tail();
+        assert_eq!(tail.lines().count(), FAILURE_TAIL_LINES);
+        assert!(tail.starts_with("line 70"), "{tail}");
+        assert!(tail.ends_with("line 119"));
+        assert!(log.unsent().starts_with("line 0\n"));
+        log.mark_sent();
+        assert!(!log.has_unsent());
+        log.push("more\n".into());
+        assert_eq!(log.take_unsent(), "more\n");
+    }
+
+    #[test]
+    fn an_unsent_log_is_bounded_while_the_broker_is_away() {
+        let mut log = TaskLog::default();
+        let line = "x".repeat(1000) + "\n";
+        for _ in 0..10_000 {
+            log.push(line.clone());
+        }
+        assert!(log.unsent().len() <= MAX_UNSENT_LOG + line.len());
+        assert!(log
+            .unsent()
+            .starts_with("[renderfarm-worker: earlier output dropped"));
+    }
+
+    #[test]
+    fn final_reports_survive_a_round_trip_through_disk() {
+        let report = FinalReport::Fail {
+            task_id: Uuid::nil(),
+            body: FailReport {
+                lease_id: Uuid::nil(),
+                exit_code: Some(1),
+                reason: "r".into(),
+                log: Some("l".into()),
+            },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        write_atomically(&path, &serde_json::to_vec(&report).unwrap()).unwrap();
+        let back: FinalReport = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, report);
+    }
+}

@@ -1,0 +1,215 @@
+//! Running Blender: checking it works, starting one render of a frame range in
+//! its own process group, reading its output line by line, killing it.
+
+pub mod output;
+pub mod scene;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// How long `blender --version` may take (the first start after boot is slow).
+const VERSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Checks that `blender` runs; returns its version line. The error names the
+/// flag and the package, so a newcomer knows what to do.
+pub async fn check_blender(blender: &Path) -> anyhow::Result<String> {
+    let help = format!(
+        "Blender is needed to render, and `{}` does not run: install it (on Debian or Ubuntu: `sudo apt-get install blender`) or point --blender at the Blender executable",
+        blender.display()
+    );
+    let run = Command::new(blender)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(VERSION_TIMEOUT, run)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("{help} (`--version` did not answer within {VERSION_TIMEOUT:?})")
+        })?
+        .map_err(|e| anyhow::anyhow!("{help} ({e})"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let version = stdout
+        .lines()
+        .find(|l| l.starts_with("Blender "))
+        .map(str::to_string);
+    match (output.status.success(), version) {
+        (true, Some(version)) => Ok(version),
+        _ => anyhow::bail!(
+            "{help} (`--version` exited with {} and printed: {})",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    }
+}
+
+/// One render of frames `from..=to` of a .blend file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderJob {
+    pub blend_file: String,
+    pub output: String,
+    pub engine: Option<String>,
+    pub from: i64,
+    pub to: i64,
+}
+
+impl RenderJob {
+    /// Blender's arguments. Blender applies them in order, so the frame range
+    /// and engine come before `-a` (render the animation).
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "-b".into(),
+            self.blend_file.clone().into(),
+            "-o".into(),
+            self.output.clone().into(),
+        ];
+        if let Some(engine) = &self.engine {
+            args.push("-E".into());
+            args.push(engine.into());
+        }
+        for a in [
+            "-s".to_string(),
+            self.from.to_string(),
+            "-e".into(),
+            self.to.to_string(),
+            "-t".into(),
+            "0".into(),
+            "-a".into(),
+        ] {
+            args.push(a.into());
+        }
+        args
+    }
+}
+
+/// A Blender process rendering, with its output arriving line by line.
+pub struct RunningBlender {
+    pub process: BlenderProcess,
+    /// Output lines (with their newline) from stdout and stderr; closed once
+    /// both streams are.
+    pub lines: mpsc::Receiver<String>,
+}
+
+/// The Blender process itself.
+pub struct BlenderProcess {
+    child: Child,
+    pid: Option<u32>,
+}
+
+/// Starts Blender on `job` in `work_dir`, in a process group of its own so
+/// that killing it takes any children along. No shell is involved.
+pub fn start(blender: &Path, job: &RenderJob, work_dir: &Path) -> anyhow::Result<RunningBlender> {
+    let mut child = Command::new(blender)
+        .args(job.args())
+        .current_dir(work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", blender.display()))?;
+    let pid = child.id();
+    let (tx, lines) = mpsc::channel(1024);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward_lines(stdout, tx.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward_lines(stderr, tx));
+    }
+    Ok(RunningBlender {
+        process: BlenderProcess { child, pid },
+        lines,
+    })
+}
+
+async fn forward_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                if tx.send(line).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl BlenderProcess {
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Waits for Blender to exit; its exit code, or `None` if a signal ended it.
+    pub async fn wait(&mut self) -> std::io::Result<Option<i32>> {
+        Ok(self.child.wait().await?.code())
+    }
+
+    /// Kills Blender and everything it started, at once (SIGKILL to the
+    /// process group), and reaps it.
+    pub async fn kill(&mut self) {
+        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = self.child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blender_arguments_put_the_range_and_engine_before_render_animation() {
+        let job = RenderJob {
+            blend_file: "/p/shot 1.blend".into(),
+            output: "/r/frame_####".into(),
+            engine: Some("CYCLES".into()),
+            from: 4,
+            to: 6,
+        };
+        let args: Vec<String> = job
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "-b",
+                "/p/shot 1.blend",
+                "-o",
+                "/r/frame_####",
+                "-E",
+                "CYCLES",
+                "-s",
+                "4",
+                "-e",
+                "6",
+                "-t",
+                "0",
+                "-a"
+            ]
+        );
+        let plain = RenderJob {
+            engine: None,
+            ..job
+        };
+        assert!(!plain.args().iter().any(|a| a == "-E"));
+    }
+}

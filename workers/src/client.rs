@@ -1,0 +1,175 @@
+//! The worker's HTTP client of the broker: one method per route it uses, and
+//! errors sorted by what the agent should do about them.
+
+use std::time::Duration;
+
+use renderfarm_wire::{
+    Assignment, CompleteReport, ErrorBody, FailReport, Heartbeat, HeartbeatReply, ProgressReport,
+    ReleaseReport, Task, Worker, WorkerSpec,
+};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// How long one ordinary request may take before it counts as unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What went wrong talking to the broker, sorted by what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker could not be reached, timed out, or is overloaded or
+    /// restarting (5xx, 429): try again later.
+    #[error("the broker at {0} is unreachable: {1}")]
+    Unreachable(String, String),
+    /// 409: the lease is stale, the worker is disabled, or the change is not
+    /// allowed now. Retrying the same request will not help.
+    #[error("the broker refused: {0}")]
+    Conflict(String),
+    /// 404: the broker does not know this worker or task (e.g. it lost its
+    /// data); register again.
+    #[error("the broker does not know it: {0}")]
+    NotFound(String),
+    /// Any other 4xx: this agent sent something the broker will never accept.
+    #[error("the broker rejected the request ({0}): {1}")]
+    Rejected(StatusCode, String),
+}
+
+impl ClientError {
+    /// True when the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unreachable(..))
+    }
+}
+
+/// A client of one broker.
+#[derive(Debug, Clone)]
+pub struct BrokerClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl BrokerClient {
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    /// The broker's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn register(&self, spec: &WorkerSpec) -> Result<Worker, ClientError> {
+        self.post("/workers".into(), spec, REQUEST_TIMEOUT)
+            .await?
+            .ok_or_else(|| self.unexpected_empty("/workers"))
+    }
+
+    /// Asks for a task, waiting up to `wait` for one. `None`: nothing to do now.
+    pub async fn request_task(
+        &self,
+        worker: Uuid,
+        wait: Duration,
+    ) -> Result<Option<Assignment>, ClientError> {
+        let path = format!("/workers/{worker}/request-task?wait={}", wait.as_secs_f64());
+        self.post(path, &(), wait + REQUEST_TIMEOUT).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        worker: Uuid,
+        beat: &Heartbeat,
+    ) -> Result<HeartbeatReply, ClientError> {
+        let path = format!("/workers/{worker}/heartbeat");
+        self.post(path.clone(), beat, REQUEST_TIMEOUT)
+            .await?
+            .ok_or_else(|| self.unexpected_empty(&path))
+    }
+
+    pub async fn progress(&self, task: Uuid, report: &ProgressReport) -> Result<Task, ClientError> {
+        self.task_report(task, "progress", report).await
+    }
+
+    pub async fn complete(&self, task: Uuid, report: &CompleteReport) -> Result<Task, ClientError> {
+        self.task_report(task, "complete", report).await
+    }
+
+    pub async fn fail(&self, task: Uuid, report: &FailReport) -> Result<Task, ClientError> {
+        self.task_report(task, "fail", report).await
+    }
+
+    pub async fn release(&self, task: Uuid, report: &ReleaseReport) -> Result<Task, ClientError> {
+        self.task_report(task, "release", report).await
+    }
+
+    async fn task_report<B: Serialize>(
+        &self,
+        task: Uuid,
+        kind: &str,
+        body: &B,
+    ) -> Result<Task, ClientError> {
+        let path = format!("/tasks/{task}/{kind}");
+        self.post(path.clone(), body, REQUEST_TIMEOUT)
+            .await?
+            .ok_or_else(|| self.unexpected_empty(&path))
+    }
+
+    fn unexpected_empty(&self, path: &str) -> ClientError {
+        ClientError::Unreachable(self.base.clone(), format!("{path} answered without a body"))
+    }
+
+    /// POSTs `body` (nothing for `()`); `None` for a 204.
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: String,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<Option<T>, ClientError> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(timeout);
+        let json = serde_json::to_value(body)
+            .map_err(|e| ClientError::Rejected(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if !json.is_null() {
+            request = request.json(&json);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+        let status = response.status();
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_str(&text).map(Some).map_err(|e| {
+                ClientError::Rejected(status, format!("the answer to {path} is not what this agent expects ({e}); are the broker and agent the same version?"))
+            });
+        }
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.message)
+            .unwrap_or(text);
+        Err(match status {
+            StatusCode::CONFLICT => ClientError::Conflict(message),
+            StatusCode::NOT_FOUND => ClientError::NotFound(message),
+            s if s.is_server_error()
+                || s == StatusCode::TOO_MANY_REQUESTS
+                || s == StatusCode::REQUEST_TIMEOUT =>
+            {
+                ClientError::Unreachable(self.base.clone(), format!("{s}: {message}"))
+            }
+            s => ClientError::Rejected(s, message),
+        })
+    }
+}
