@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = renderfarm::cli::Cli::parse();
-    renderfarm::cli::init_tracing();
+    renderfarm::cli::init_tracing(&cli);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -97,6 +97,9 @@ impl Application {
         // Long polls hold requests for up to a minute; stopping should not
         // wait for them, the workers ask again.
         .shutdown_timeout(5)
+        // The caller decides when to stop (`serve` on a signal, `up` after
+        // its agents have handed their tasks back).
+        .disable_signals()
         .client_request_timeout(Duration::from_secs(30))
         .listen(listener)?
         .run();
@@ -117,7 +120,12 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until the server is stopped (Ctrl-C or SIGTERM).
+    /// A handle that stops the server.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped through [`Application::handle`].
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }

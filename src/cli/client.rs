@@ -1,7 +1,7 @@
 //! A small HTTP client of the broker for the command line.
 
 use anyhow::Context;
-use renderfarm_wire::{ErrorBody, Render, RenderSpec, Worker};
+use renderfarm_wire::{ErrorBody, Render, RenderSpec, Task, Worker};
 use serde::de::DeserializeOwned;
 
 pub struct BrokerClient {
@@ -34,6 +34,15 @@ impl BrokerClient {
         let response = self
             .http
             .get(format!("{}/renders/{id}", self.base))
+            .send()
+            .await;
+        self.answer(response).await
+    }
+
+    pub async fn task(&self, id: &str) -> anyhow::Result<Task> {
+        let response = self
+            .http
+            .get(format!("{}/tasks/{id}", self.base))
             .send()
             .await;
         self.answer(response).await

@@ -2,6 +2,7 @@
 //! `workers` are thin HTTP clients of a running broker.
 
 mod client;
+mod up;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,8 @@ enum Command {
     Status(StatusArgs),
     /// List the workers the broker knows.
     Workers(BrokerArgs),
+    /// A whole farm in one command: the broker and local worker agents.
+    Up(up::UpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -119,15 +122,38 @@ fn parse_frames(s: &str) -> anyhow::Result<(i64, i64)> {
     }
 }
 
-/// Installs the log subscriber: `RENDERFARM_LOG` (or `RUST_LOG`) filters, info by default.
-pub fn init_tracing() {
+/// Installs the log subscriber: `RENDERFARM_LOG` (or `RUST_LOG`) filters;
+/// info by default, warnings only under `up`, whose progress bars say the rest.
+pub fn init_tracing(cli: &Cli) {
+    use std::io::IsTerminal;
+    let default = match cli.command {
+        Command::Up(_) => "warn",
+        _ => "info",
+    };
     let filter = std::env::var("RENDERFARM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// Resolves on the first Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Runs one command.
@@ -137,6 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => submit(args).await,
         Command::Status(args) => status(args).await,
         Command::Workers(args) => workers(args).await,
+        Command::Up(args) => up::up(args).await,
     }
 }
 
@@ -157,6 +184,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         app.port(),
         settings.data_dir.display()
     );
+    let handle = app.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        handle.stop(true).await;
+    });
     app.run_until_stopped().await?;
     tracing::info!("broker stopped");
     Ok(())

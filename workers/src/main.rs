@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             std::env::var("RENDERFARM_LOG").unwrap_or_else(|_| "info".into()),
         ))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

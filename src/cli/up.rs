@@ -1,0 +1,222 @@
+//! `renderfarm up`: the broker and N worker agents in one process, on the
+//! embedded store, stopped together by Ctrl-C. `--demo` renders a generated
+//! scene and shows its progress.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use renderfarm_wire::{Priority, Render, RenderSpec, RenderStatus, Worker};
+use renderfarm_worker::blender::check_blender;
+use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
+use renderfarm_worker::{Agent, AgentConfig, AgentSummary, StopSignals};
+use tokio::task::JoinHandle;
+
+use super::client::BrokerClient;
+use super::shutdown_signal;
+use crate::startup::{Application, Settings, StoreChoice};
+
+/// How long stopping agents get to hand their tasks back.
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(30);
+const MONITOR_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// How many local worker agents to start.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Render a generated demo scene, show its progress, print where the
+    /// frames are, and stop.
+    #[arg(long)]
+    demo: bool,
+    /// Frames in the demo scene.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    demo_frames: i64,
+    /// Address the broker listens on.
+    #[arg(long, env = "RENDERFARM_BIND", default_value = "127.0.0.1:8080")]
+    bind: String,
+    /// Where the store, the demo scene and the frames go.
+    #[arg(long, env = "RENDERFARM_DATA_DIR", default_value = "renderfarm-data")]
+    data_dir: PathBuf,
+    /// The Blender executable the agents run.
+    #[arg(long, env = "RENDERFARM_BLENDER", default_value = "blender")]
+    blender: PathBuf,
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // Before anything starts: a farm without Blender renders nothing.
+    check_blender(&args.blender).await?;
+    let data_dir = std::path::absolute(&args.data_dir)?;
+    let app = Application::build(Settings {
+        bind: args.bind.clone(),
+        data_dir: data_dir.clone(),
+        store: StoreChoice::Embedded,
+    })
+    .await?;
+    let broker = format!("http://127.0.0.1:{}", app.port());
+    let server_handle = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+
+    let signals = StopSignals::default();
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let mut agents: Vec<JoinHandle<anyhow::Result<AgentSummary>>> = Vec::new();
+    for i in 1..=args.workers {
+        let config = AgentConfig {
+            broker: broker.clone(),
+            name: format!("{host}-{i}"),
+            tags: Vec::new(),
+            blender: args.blender.clone(),
+            work_dir: data_dir.join("workers").join(i.to_string()),
+            heartbeat: Duration::from_secs(5),
+            log_interval: Duration::from_secs(1),
+            poll_wait: Duration::from_secs(30),
+        };
+        let agent = Agent::new(config, signals.clone()).await?;
+        agents.push(tokio::spawn(agent.run()));
+    }
+    println!(
+        "renderfarm is up: broker {broker} (data in {}), {} worker(s). Ctrl-C stops it all.",
+        data_dir.display(),
+        args.workers
+    );
+
+    let outcome = if args.demo {
+        tokio::select! {
+            outcome = run_demo(&broker, &args, &data_dir) => outcome,
+            _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted before the demo finished")),
+        }
+    } else {
+        println!("submit work with: renderfarm submit FILE.blend --frames 1-250 --broker {broker}");
+        shutdown_signal().await;
+        Ok(())
+    };
+
+    println!("stopping: the workers hand back their tasks, then the broker stops");
+    signals.stop.cancel();
+    signals.abort.cancel();
+    for agent in agents {
+        match tokio::time::timeout(AGENT_STOP_GRACE, agent).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "an agent stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "an agent crashed"),
+            Err(_) => tracing::warn!("an agent did not stop in time"),
+        }
+    }
+    server_handle.stop(true).await;
+    let _ = server.await;
+    outcome
+}
+
+async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let scene = data_dir.join("demo").join("demo.blend");
+    println!(
+        "making a {}-frame demo scene with Blender: {}",
+        args.demo_frames,
+        scene.display()
+    );
+    let spec = SceneSpec {
+        frames: args.demo_frames,
+        width: 160,
+        height: 90,
+        samples: 8,
+        denoise: false,
+    };
+    make_scene(&args.blender, &scene, spec).await?;
+    let client = BrokerClient::new(broker)?;
+    let render = client
+        .submit(&RenderSpec {
+            name: "demo".into(),
+            blend_file: scene.display().to_string(),
+            frame_start: 1,
+            frame_end: args.demo_frames,
+            chunk_size: 4,
+            priority: Priority::Normal,
+            max_retries: 1,
+            output: None,
+            engine: None,
+            tags: Vec::new(),
+        })
+        .await
+        .context("submitting the demo render")?;
+    let render = monitor(&client, &render).await?;
+    let frames_dir = std::path::Path::new(&render.output)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| render.output.clone());
+    if render.status == RenderStatus::Completed {
+        println!(
+            "demo render completed: {} frames in {frames_dir}",
+            render.progress.frames_done
+        );
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "demo render ended {}: see `GET {broker}/renders/{}/tasks` and each task's log",
+            render.status.as_str(),
+            render.id
+        )
+    }
+}
+
+/// Shows one bar for the render and one per worker until the render is finished.
+async fn monitor(client: &BrokerClient, render: &Render) -> anyhow::Result<Render> {
+    let bars = MultiProgress::new();
+    let render_style =
+        ProgressStyle::with_template("{prefix:>14} [{bar:40.cyan/blue}] {pos}/{len} frames {msg}")?
+            .progress_chars("=> ");
+    let worker_style =
+        ProgressStyle::with_template("{prefix:>14} [{bar:40.green/white}] {pos}/{len} {msg}")?
+            .progress_chars("=> ");
+    let render_bar = bars.add(ProgressBar::new(render.progress.frames_total as u64));
+    render_bar.set_style(render_style);
+    render_bar.set_prefix(render.name.clone());
+    let mut worker_bars: Vec<(uuid::Uuid, ProgressBar)> = Vec::new();
+    let id = render.id.to_string();
+    loop {
+        let now = client.render(&id).await?;
+        render_bar.set_position(now.progress.frames_done.max(0) as u64);
+        render_bar.set_message(now.status.as_str().to_string());
+        for worker in client.workers().await? {
+            let bar = match worker_bars.iter().find(|(w, _)| *w == worker.id) {
+                Some((_, bar)) => bar.clone(),
+                None => {
+                    let bar = bars.add(ProgressBar::new(1));
+                    bar.set_style(worker_style.clone());
+                    bar.set_prefix(worker.name.clone());
+                    worker_bars.push((worker.id, bar.clone()));
+                    bar
+                }
+            };
+            show_worker(client, &worker, &bar).await;
+        }
+        if now.status.is_finished() {
+            render_bar.finish();
+            for (_, bar) in &worker_bars {
+                bar.finish_and_clear();
+            }
+            return Ok(now);
+        }
+        tokio::time::sleep(MONITOR_INTERVAL).await;
+    }
+}
+
+async fn show_worker(client: &BrokerClient, worker: &Worker, bar: &ProgressBar) {
+    let task = match worker.current_task_id {
+        Some(id) => client.task(&id.to_string()).await.ok(),
+        None => None,
+    };
+    match task {
+        Some(task) => {
+            bar.set_length((task.frame_end - task.frame_start + 1).max(1) as u64);
+            bar.set_position(task.frames_done.max(0) as u64);
+            bar.set_message(format!("frames {}-{}", task.frame_start, task.frame_end));
+        }
+        None => {
+            bar.set_length(1);
+            bar.set_position(0);
+            bar.set_message(worker.status.as_str().to_string());
+        }
+    }
+}
