@@ -1,55 +1,11 @@
 //! The broker is killed with SIGKILL and restarted on the same data directory:
 //! everything it acknowledged is still there, identical.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use common::BrokerProcess as Broker;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-struct Broker {
-    child: Child,
-    address: String,
-}
-
-impl Broker {
-    /// Starts `renderfarm serve` on a free port and waits for its "listening" line.
-    fn start(data_dir: &Path) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RENDERFARM_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the renderfarm binary starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("a first line");
-        let address = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        Broker { child, address }
-    }
-
-    fn kill_9(mut self) {
-        // Child::kill sends SIGKILL on Unix: no shutdown code runs.
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn get(client: &reqwest::Client, broker: &Broker, path: &str) -> Value {
     let response = client
@@ -86,7 +42,7 @@ fn render_body(name: &str, end: i64) -> Value {
 async fn a_render_claimed_and_completed_survives_kill_9_identical() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let broker = Broker::start(dir.path());
+    let broker = Broker::start(dir.path(), "127.0.0.1:0");
 
     let (status, render) = post(&client, &broker, "/renders", render_body("survivor", 4)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -137,7 +93,7 @@ async fn a_render_claimed_and_completed_survives_kill_9_identical() {
         .unwrap();
     broker.kill_9();
 
-    let broker = Broker::start(dir.path());
+    let broker = Broker::start(dir.path(), "127.0.0.1:0");
     for (path, want) in paths.iter().zip(&before) {
         assert_eq!(
             &get(&client, &broker, path).await,
@@ -176,7 +132,7 @@ async fn a_render_claimed_and_completed_survives_kill_9_identical() {
 async fn every_acknowledged_submission_survives_a_kill_9_right_after() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let broker = Broker::start(dir.path());
+    let broker = Broker::start(dir.path(), "127.0.0.1:0");
     let submits = (0..40).map(|i| {
         let client = client.clone();
         let url = format!("{}/renders", broker.address);
@@ -193,7 +149,7 @@ async fn every_acknowledged_submission_survives_a_kill_9_right_after() {
     });
     let acknowledged = futures::future::join_all(submits).await;
     broker.kill_9();
-    let broker = Broker::start(dir.path());
+    let broker = Broker::start(dir.path(), "127.0.0.1:0");
     for render in acknowledged {
         let id = render["id"].as_str().unwrap();
         let after = get(&client, &broker, &format!("/renders/{id}")).await;

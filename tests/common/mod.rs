@@ -1,0 +1,234 @@
+//! Helpers shared by the black-box test files: brokers (in-process on port 0,
+//! or the real binary as a child process), worker agents, Blender.
+// Each test file uses a different part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use renderfarm::startup::{Application, Settings, StoreChoice};
+use renderfarm_worker::{Agent, AgentConfig, AgentSummary, StopSignals};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+/// The broker binary as a child process, so tests can SIGKILL it.
+pub struct BrokerProcess {
+    child: Child,
+    pub address: String,
+}
+
+impl BrokerProcess {
+    /// Starts `renderfarm serve` on `bind` (port 0 for a free one) and waits
+    /// for the line that names its address.
+    pub fn start(data_dir: &Path, bind: &str) -> BrokerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+            .args(["serve", "--bind", bind, "--data-dir"])
+            .arg(data_dir)
+            .env("RENDERFARM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the renderfarm binary starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("a first line");
+        let address = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        BrokerProcess { child, address }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port")
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A broker inside the test process on port 0 with a fresh data directory.
+pub struct TestBroker {
+    pub address: String,
+    pub data_dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let app = Application::build(Settings {
+            bind: "127.0.0.1:0".into(),
+            data_dir: data_dir.path().to_path_buf(),
+            store: StoreChoice::Embedded,
+        })
+        .await
+        .expect("broker builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        TestBroker {
+            address,
+            data_dir,
+            client: reqwest::Client::new(),
+        }
+    }
+}
+
+pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    response.json().await.expect("JSON")
+}
+
+pub async fn send_json(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: &Value,
+) -> Value {
+    let response = client
+        .request(method.clone(), &url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    assert!(
+        response.status().is_success(),
+        "{method} {url}: {}",
+        response.status()
+    );
+    response.json().await.expect("JSON")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, failing the test after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Blender to test with, or `None` after a visible SKIPPED line. With
+/// `RENDERFARM_REQUIRE_BLENDER=1` (CI), a missing Blender fails the test.
+pub async fn blender_or_skip(test: &str) -> Option<PathBuf> {
+    let blender =
+        PathBuf::from(std::env::var("RENDERFARM_BLENDER").unwrap_or_else(|_| "blender".into()));
+    match renderfarm_worker::blender::check_blender(&blender).await {
+        Ok(_) => Some(blender),
+        Err(e) => {
+            if std::env::var("RENDERFARM_REQUIRE_BLENDER").as_deref() == Ok("1") {
+                panic!("{test}: Blender is required (RENDERFARM_REQUIRE_BLENDER=1) but: {e:#}");
+            }
+            // Written to the stderr handle itself, which the test harness does
+            // not capture, so the skip shows in every run.
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: no working Blender ({e:#}); install it with `apt-get install blender`");
+            None
+        }
+    }
+}
+
+/// A worker agent running inside the test process.
+pub struct TestAgent {
+    pub signals: StopSignals,
+    pub handle: JoinHandle<anyhow::Result<AgentSummary>>,
+    pub work_dir: tempfile::TempDir,
+}
+
+impl TestAgent {
+    /// Starts an agent with short intervals so tests need not wait long.
+    pub async fn start(broker: &str, name: &str, blender: &Path) -> TestAgent {
+        let work_dir = tempfile::tempdir().expect("work dir");
+        let config = AgentConfig {
+            broker: broker.to_string(),
+            name: name.to_string(),
+            tags: Vec::new(),
+            blender: blender.to_path_buf(),
+            work_dir: work_dir.path().to_path_buf(),
+            heartbeat: Duration::from_millis(300),
+            log_interval: Duration::from_millis(200),
+            poll_wait: Duration::from_secs(10),
+        };
+        let signals = StopSignals::default();
+        let agent = Agent::new(config, signals.clone())
+            .await
+            .expect("agent starts");
+        let handle = tokio::spawn(agent.run());
+        TestAgent {
+            signals,
+            handle,
+            work_dir,
+        }
+    }
+
+    /// Stops it (handing back any task) and returns what it did.
+    pub async fn stop(self) -> AgentSummary {
+        self.signals.stop.cancel();
+        self.signals.abort.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the agent stops")
+            .expect("the agent did not panic")
+            .expect("the agent ran without error")
+    }
+}
+
+/// Process ids of running Blender processes whose command line names `blend`.
+pub fn blender_pids(blend: &Path) -> Vec<i32> {
+    let needle = blend.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true);
+            !zombie
+                && cmdline.split('\0').any(|a| a == needle)
+                && cmdline.split('\0').any(|a| a == "-a")
+        })
+        .collect()
+}

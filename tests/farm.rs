@@ -1,0 +1,441 @@
+//! A whole farm: a real broker, real worker agents, real Blender rendering
+//! scenes these tests generate with Blender's own Python.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{
+    blender_or_skip, blender_pids, get_json, send_json, wait_for, BrokerProcess, TestAgent,
+    TestBroker,
+};
+use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const RENDER_LIMIT: Duration = Duration::from_secs(120);
+
+async fn scene(dir: &Path, name: &str, spec: SceneSpec, blender: &Path) -> String {
+    let path = dir.join(format!("{name}.blend"));
+    make_scene(blender, &path, spec)
+        .await
+        .expect("Blender makes the scene");
+    path.display().to_string()
+}
+
+fn submission(name: &str, blend: &str, frames: i64, chunk: i64, output: &Path) -> Value {
+    json!({
+        "name": name,
+        "blend_file": blend,
+        "frame_start": 1,
+        "frame_end": frames,
+        "chunk_size": chunk,
+        "output": format!("{}/frame_####", output.display()),
+    })
+}
+
+async fn submit(broker: &str, client: &reqwest::Client, body: &Value) -> Value {
+    send_json(client, Method::POST, format!("{broker}/renders"), body).await
+}
+
+async fn wait_for_render_status(
+    broker: &str,
+    client: &reqwest::Client,
+    id: &str,
+    statuses: &[&str],
+) -> Value {
+    wait_for(
+        &format!("render {id} to be {statuses:?}"),
+        RENDER_LIMIT,
+        || async {
+            let render = get_json(client, format!("{broker}/renders/{id}")).await;
+            statuses
+                .contains(&render["status"].as_str().unwrap_or_default())
+                .then_some(render)
+        },
+    )
+    .await
+}
+
+async fn tasks_of(broker: &str, client: &reqwest::Client, id: &str) -> Vec<Value> {
+    get_json(client, format!("{broker}/renders/{id}/tasks")).await["items"]
+        .as_array()
+        .expect("tasks")
+        .clone()
+}
+
+/// Waits until `count` workers are registered and have had time to start
+/// their long poll.
+async fn wait_for_workers(broker: &str, client: &reqwest::Client, count: usize) {
+    wait_for(
+        "the agents to register",
+        Duration::from_secs(30),
+        || async {
+            let workers = get_json(client, format!("{broker}/workers")).await;
+            (workers.as_array().map_or(0, Vec::len) >= count).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_agents_render_a_twelve_frame_scene_in_chunks_of_three() {
+    let Some(blender) =
+        blender_or_skip("two_agents_render_a_twelve_frame_scene_in_chunks_of_three").await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let blend = scene(files.path(), "walk", SceneSpec::tiny(12), &blender).await;
+    let a = TestAgent::start(&broker.address, "agent-a", &blender).await;
+    let b = TestAgent::start(&broker.address, "agent-b", &blender).await;
+    wait_for_workers(&broker.address, &broker.client, 2).await;
+
+    let out = files.path().join("frames");
+    let render = submit(
+        &broker.address,
+        &broker.client,
+        &submission("walk", &blend, 12, 3, &out),
+    )
+    .await;
+    let id = render["id"].as_str().unwrap();
+    let done = wait_for_render_status(
+        &broker.address,
+        &broker.client,
+        id,
+        &["completed", "failed"],
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"]["frames_done"], 12);
+
+    let mut frames: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    frames.sort();
+    let want: Vec<String> = (1..=12).map(|f| format!("frame_{f:04}.png")).collect();
+    assert_eq!(frames, want);
+    for f in &frames {
+        assert!(
+            std::fs::metadata(out.join(f)).unwrap().len() > 100,
+            "{f} holds an image"
+        );
+    }
+    let tasks = tasks_of(&broker.address, &broker.client, id).await;
+    assert_eq!(tasks.len(), 4);
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["status"] == "completed" && t["frames_done"] == 3),
+        "{tasks:?}"
+    );
+    let workers: HashSet<&str> = tasks
+        .iter()
+        .filter_map(|t| t["worker_id"].as_str())
+        .collect();
+    assert_eq!(workers.len(), 2, "both agents rendered: {tasks:?}");
+    let log = broker
+        .client
+        .get(format!(
+            "{}/tasks/{}/log",
+            broker.address,
+            tasks[0]["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("Saved:") && log.contains("Fra:1"),
+        "the task log holds Blender's output: {log}"
+    );
+
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    assert_eq!(sa.completed + sb.completed, 4);
+    assert!(sa.completed > 0 && sb.completed > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scene_with_denoising_fails_with_blenders_exit_code_and_reason() {
+    let Some(blender) =
+        blender_or_skip("a_scene_with_denoising_fails_with_blenders_exit_code_and_reason").await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let spec = SceneSpec {
+        denoise: true,
+        ..SceneSpec::tiny(2)
+    };
+    let blend = scene(files.path(), "denoise", spec, &blender).await;
+    let agent = TestAgent::start(&broker.address, "agent", &blender).await;
+    let mut body = submission("denoise", &blend, 2, 2, &files.path().join("out"));
+    body["max_retries"] = json!(1);
+    let render = submit(&broker.address, &broker.client, &body).await;
+    let id = render["id"].as_str().unwrap();
+
+    let task = wait_for("the task to fail", RENDER_LIMIT, || async {
+        let tasks = tasks_of(&broker.address, &broker.client, id).await;
+        tasks.into_iter().find(|t| t["status"] == "failed")
+    })
+    .await;
+    assert_eq!(task["exit_code"], 1);
+    let reason = task["failure_reason"].as_str().unwrap();
+    assert!(reason.contains("OpenImageDenoiser"), "{reason}");
+    assert!(reason.contains("exited with code 1"), "{reason}");
+    assert!(
+        reason.lines().count() <= 51,
+        "a summary and at most 50 lines of output"
+    );
+    let render = get_json(&broker.client, format!("{}/renders/{id}", broker.address)).await;
+    assert_eq!(
+        render["status"], "rendering",
+        "a retry is left (the scheduler's to make)"
+    );
+    assert_eq!(render["progress"]["tasks_failed"], 1);
+    let summary = agent.stop().await;
+    assert_eq!(summary.failed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canceling_a_render_kills_blender_within_two_seconds_of_the_abort() {
+    let Some(blender) =
+        blender_or_skip("canceling_a_render_kills_blender_within_two_seconds_of_the_abort").await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let files = tempfile::tempdir().unwrap();
+    // Long enough that it cannot finish before the cancel.
+    let blend = scene(files.path(), "long", SceneSpec::tiny(2000), &blender).await;
+    let agent = TestAgent::start(&broker.address, "agent", &blender).await;
+    let render = submit(
+        &broker.address,
+        &broker.client,
+        &submission("long", &blend, 2000, 2000, &files.path().join("out")),
+    )
+    .await;
+    let id = render["id"].as_str().unwrap();
+    let blend_path = Path::new(&blend);
+    wait_for(
+        "Blender to render its first frame",
+        RENDER_LIMIT,
+        || async {
+            let tasks = tasks_of(&broker.address, &broker.client, id).await;
+            (tasks[0]["frames_done"].as_i64().unwrap_or(0) > 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        blender_pids(blend_path).len(),
+        1,
+        "one Blender renders the task"
+    );
+
+    let canceled_at = Instant::now();
+    send_json(
+        &broker.client,
+        Method::PUT,
+        format!("{}/renders/{id}/status", broker.address),
+        &json!({ "action": "cancel" }),
+    )
+    .await;
+    // The next heartbeat (every 300 ms here) carries the abort.
+    wait_for("Blender to be gone", Duration::from_secs(10), || async {
+        blender_pids(blend_path).is_empty().then_some(())
+    })
+    .await;
+    let gone_after = canceled_at.elapsed();
+    assert!(
+        gone_after <= Duration::from_millis(2300),
+        "Blender lived {gone_after:?} after the cancel"
+    );
+    let tasks = tasks_of(&broker.address, &broker.client, id).await;
+    assert_eq!(tasks[0]["status"], "canceled");
+    let summary = agent.stop().await;
+    assert_eq!(summary.aborted, 1);
+    assert_eq!(
+        (summary.completed, summary.failed),
+        (0, 0),
+        "nothing was reported under the dead lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_delivers_its_completion_after_a_five_second_broker_outage() {
+    let Some(blender) =
+        blender_or_skip("an_agent_delivers_its_completion_after_a_five_second_broker_outage").await
+    else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
+    let address = broker.address.clone();
+    let port = broker.port();
+    let blend = scene(files.path(), "outage", SceneSpec::tiny(40), &blender).await;
+    let agent = TestAgent::start(&address, "agent", &blender).await;
+    let render = submit(
+        &address,
+        &client,
+        &submission("outage", &blend, 40, 40, &files.path().join("out")),
+    )
+    .await;
+    let id = render["id"].as_str().unwrap().to_string();
+    wait_for("the task to start", RENDER_LIMIT, || async {
+        let tasks = tasks_of(&address, &client, &id).await;
+        (tasks[0]["status"] == "running").then_some(())
+    })
+    .await;
+
+    broker.kill_9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let broker = BrokerProcess::start(data.path(), &format!("127.0.0.1:{port}"));
+    let done =
+        wait_for_render_status(&broker.address, &client, &id, &["completed", "failed"]).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let task_id = tasks_of(&broker.address, &client, &id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = client
+        .get(format!("{}/tasks/{task_id}/log", broker.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("frame_0040"),
+        "the log written during the outage arrived too"
+    );
+    assert_eq!(
+        std::fs::read_dir(files.path().join("out")).unwrap().count(),
+        40
+    );
+    let summary = agent.stop().await;
+    assert_eq!(summary.completed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_agent_hands_its_task_back_without_a_failure() {
+    let Some(blender) =
+        blender_or_skip("a_stopping_agent_hands_its_task_back_without_a_failure").await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let blend = scene(files.path(), "handback", SceneSpec::tiny(2000), &blender).await;
+    let agent = TestAgent::start(&broker.address, "agent", &blender).await;
+    let render = submit(
+        &broker.address,
+        &broker.client,
+        &submission("handback", &blend, 2000, 2000, &files.path().join("out")),
+    )
+    .await;
+    let id = render["id"].as_str().unwrap();
+    wait_for("the task to start", RENDER_LIMIT, || async {
+        let tasks = tasks_of(&broker.address, &broker.client, id).await;
+        (tasks[0]["frames_done"].as_i64().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    let summary = agent.stop().await;
+    assert_eq!(summary.released, 1);
+    assert!(
+        blender_pids(Path::new(&blend)).is_empty(),
+        "Blender was stopped"
+    );
+    let task = &tasks_of(&broker.address, &broker.client, id).await[0];
+    assert_eq!(
+        (
+            task["status"].as_str(),
+            task["retries"].as_i64(),
+            task["worker_id"].as_str()
+        ),
+        (Some("pending"), Some(0), None)
+    );
+    let render = get_json(&broker.client, format!("{}/renders/{id}", broker.address)).await;
+    assert_eq!(render["progress"]["tasks_failed"], 0);
+}
+
+#[tokio::test]
+async fn an_agent_without_blender_says_how_to_install_it_before_registering() {
+    let broker = TestBroker::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let config = renderfarm_worker::AgentConfig {
+        broker: broker.address.clone(),
+        name: "no-blender".into(),
+        tags: vec![],
+        blender: work.path().join("not-blender"),
+        work_dir: work.path().to_path_buf(),
+        heartbeat: Duration::from_secs(1),
+        log_interval: Duration::from_secs(1),
+        poll_wait: Duration::from_secs(1),
+    };
+    let err = match renderfarm_worker::Agent::new(config, Default::default()).await {
+        Ok(_) => panic!("an agent without Blender must not start"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("--blender") && err.contains("apt-get install blender"),
+        "{err}"
+    );
+    let workers = get_json(&broker.client, format!("{}/workers", broker.address)).await;
+    assert_eq!(workers, json!([]), "it did not register");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_demo_renders_the_demo_scene_and_prints_where_the_frames_are() {
+    let Some(blender) =
+        blender_or_skip("up_with_demo_renders_the_demo_scene_and_prints_where_the_frames_are")
+            .await
+    else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+        .args([
+            "up",
+            "--demo",
+            "--workers",
+            "2",
+            "--demo-frames",
+            "8",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg("--blender")
+        .arg(&blender)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(RENDER_LIMIT, output)
+        .await
+        .expect("the demo finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("demo render completed"))
+        .expect("a completion line");
+    let dir = line.rsplit(" in ").next().unwrap();
+    let frames = std::fs::read_dir(dir).unwrap().count();
+    assert_eq!(frames, 8, "{line}");
+}
