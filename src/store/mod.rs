@@ -4,6 +4,7 @@
 //! status change: they ask `crate::domain`.
 
 pub mod conformance;
+pub mod mongodb;
 pub mod sqlite;
 
 use async_trait::async_trait;

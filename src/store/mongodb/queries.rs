@@ -1,0 +1,626 @@
+//! Every filter, sort and update document the MongoDB store sends, built by
+//! small pure functions so that each can be checked without a server. Field
+//! names here are the ones `migrations/mongodb/` validates and indexes.
+
+use bson::{doc, Bson, Document};
+use chrono::{DateTime, Utc};
+use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
+
+use crate::domain::progress_after;
+use crate::store::RenderFilter;
+
+/// The index the claim walks; named in the migration and hinted by the claim.
+pub const CLAIM_INDEX: &str = "tasks_claim";
+
+/// A point in time as stored: BSON dates hold milliseconds.
+pub fn bson_time(t: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_chrono(t)
+}
+
+fn opt_time(t: Option<bson::DateTime>) -> Bson {
+    t.map_or(Bson::Null, Bson::DateTime)
+}
+
+/// Whether workers may be handed the tasks of a render in this status:
+/// paused, canceled and finished renders are never dispatched.
+pub fn dispatchable(status: RenderStatus) -> bool {
+    matches!(status, RenderStatus::Queued | RenderStatus::Rendering)
+}
+
+/// Pending tasks of dispatchable renders that need no tag the worker lacks
+/// (the render's tags must be a subset of the worker's).
+pub fn claim_filter(worker_tags: &[String]) -> Document {
+    doc! {
+        "status": TaskStatus::Pending.as_str(),
+        "runnable": true,
+        "required_tags": { "$not": { "$elemMatch": { "$nin": worker_tags } } },
+    }
+}
+
+/// Dispatch order: the highest priority, then the oldest render, then the
+/// lowest frames. Matches the key order of [`CLAIM_INDEX`] after its two
+/// equality fields, so the server walks the index and stops at the first match.
+pub fn claim_sort() -> Document {
+    doc! { "priority": -1, "render_seq": 1, "frame_start": 1 }
+}
+
+/// Hands a task to `worker` under a new `lease`.
+pub fn claim_update(to: TaskStatus, worker: &str, lease: &str, now: DateTime<Utc>) -> Document {
+    doc! {
+        "$set": {
+            "status": to.as_str(),
+            "worker_id": worker,
+            "lease_id": lease,
+            "frames_done": 0_i64,
+            "started_at": bson_time(now),
+            "finished_at": Bson::Null,
+        }
+    }
+}
+
+/// The task `worker` is rendering now, if any.
+pub fn held_filter(worker: &str) -> Document {
+    doc! { "worker_id": worker, "status": TaskStatus::Running.as_str() }
+}
+
+/// The task, only while it is running under `lease`: every report is fenced
+/// by this, so a stale lease matches nothing and changes nothing.
+pub fn lease_filter(task: &str, lease: &str) -> Document {
+    doc! { "_id": task, "lease_id": lease, "status": TaskStatus::Running.as_str() }
+}
+
+/// Adds "take the next log sequence number" to a report's update when it
+/// carries log text; the number is read from the document before the update.
+fn with_log_seq(mut update: Document, has_log: bool) -> Document {
+    if has_log {
+        update.insert("$inc", doc! { "log_chunks": 1_i64 });
+    }
+    update
+}
+
+/// A running task's progress.
+pub fn progress_update(frames_done: i64, has_log: bool) -> Document {
+    with_log_seq(doc! { "$set": { "frames_done": frames_done } }, has_log)
+}
+
+/// Every frame of the task rendered.
+pub fn complete_update(to: TaskStatus, frames: i64, now: DateTime<Utc>, has_log: bool) -> Document {
+    with_log_seq(
+        doc! { "$set": {
+            "status": to.as_str(),
+            "frames_done": frames,
+            "finished_at": bson_time(now),
+        } },
+        has_log,
+    )
+}
+
+/// Blender failed; frames done are forgotten (a retry renders them again).
+pub fn fail_update(
+    to: TaskStatus,
+    exit_code: Option<i64>,
+    reason: &str,
+    now: DateTime<Utc>,
+    has_log: bool,
+) -> Document {
+    with_log_seq(
+        doc! { "$set": {
+            "status": to.as_str(),
+            "frames_done": 0_i64,
+            "exit_code": exit_code.map_or(Bson::Null, Bson::Int64),
+            "failure_reason": reason,
+            "finished_at": bson_time(now),
+        } },
+        has_log,
+    )
+}
+
+/// The task goes back to the queue without counting as a failure: no worker,
+/// no lease.
+pub fn requeue_update(to: TaskStatus, has_log: bool) -> Document {
+    with_log_seq(
+        doc! { "$set": {
+            "status": to.as_str(),
+            "worker_id": Bson::Null,
+            "lease_id": Bson::Null,
+            "frames_done": 0_i64,
+        } },
+        has_log,
+    )
+}
+
+/// The `$inc` of a render's counters by `delta`; the render's version moves
+/// too, so a status compare-and-set based on older counters fails and is
+/// recomputed.
+pub fn progress_inc(delta: &Progress) -> Document {
+    let mut inc = Document::new();
+    let fields = [
+        ("tasks_total", delta.tasks_total),
+        ("tasks_pending", delta.tasks_pending),
+        ("tasks_running", delta.tasks_running),
+        ("tasks_completed", delta.tasks_completed),
+        ("tasks_failed", delta.tasks_failed),
+        ("tasks_canceled", delta.tasks_canceled),
+        ("frames_total", delta.frames_total),
+        ("frames_done", delta.frames_done),
+    ];
+    for (field, value) in fields {
+        if value != 0 {
+            inc.insert(field, value);
+        }
+    }
+    inc.insert("version", 1_i64);
+    inc
+}
+
+/// The counter change of `tasks` tasks moving from `from` to `to` with
+/// `frames` more frames done (negative: fewer), as the domain counts it.
+pub fn progress_delta(from: TaskStatus, to: TaskStatus, tasks: i64, frames: i64) -> Progress {
+    let one = progress_after(Progress::default(), Some(from), to, 0);
+    Progress {
+        tasks_total: one.tasks_total * tasks,
+        tasks_pending: one.tasks_pending * tasks,
+        tasks_running: one.tasks_running * tasks,
+        tasks_completed: one.tasks_completed * tasks,
+        tasks_failed: one.tasks_failed * tasks,
+        tasks_canceled: one.tasks_canceled * tasks,
+        frames_total: one.frames_total * tasks,
+        frames_done: frames,
+    }
+}
+
+/// Adds two counter changes.
+pub fn add_progress(a: Progress, b: Progress) -> Progress {
+    Progress {
+        tasks_total: a.tasks_total + b.tasks_total,
+        tasks_pending: a.tasks_pending + b.tasks_pending,
+        tasks_running: a.tasks_running + b.tasks_running,
+        tasks_completed: a.tasks_completed + b.tasks_completed,
+        tasks_failed: a.tasks_failed + b.tasks_failed,
+        tasks_canceled: a.tasks_canceled + b.tasks_canceled,
+        frames_total: a.frames_total + b.frames_total,
+        frames_done: a.frames_done + b.frames_done,
+    }
+}
+
+/// The update of a render after one of its tasks moved from `from` to `to`;
+/// `failed_for_good` marks that the task failed with no retry left.
+pub fn render_counter_inc(
+    from: TaskStatus,
+    to: TaskStatus,
+    frames: i64,
+    failed_for_good: bool,
+) -> Document {
+    let mut update = doc! { "$inc": progress_inc(&progress_delta(from, to, 1, frames)) };
+    if failed_for_good {
+        update.insert("$set", doc! { "failed_for_good": true });
+    }
+    update
+}
+
+/// The render, only while it still is at `version`: the compare-and-set that
+/// makes concurrent brokers converge on one status.
+pub fn render_cas_filter(render: &str, version: i64) -> Document {
+    doc! { "_id": render, "version": version }
+}
+
+/// A render's status and the times that go with it, as decided by the domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub status: RenderStatus,
+    pub started_at: Option<bson::DateTime>,
+    pub finished_at: Option<bson::DateTime>,
+    /// An operator's requeue starts the render over.
+    pub reset_failure: bool,
+}
+
+/// Writes a status change (under [`render_cas_filter`]).
+pub fn status_update(change: &StatusChange) -> Document {
+    let mut set = doc! {
+        "status": change.status.as_str(),
+        "started_at": opt_time(change.started_at),
+        "finished_at": opt_time(change.finished_at),
+    };
+    if change.reset_failure {
+        set.insert("failed_for_good", false);
+    }
+    doc! { "$set": set, "$inc": { "version": 1_i64 } }
+}
+
+/// When a render that was `before` and is now `after` finished: now when it
+/// just finished, never while unfinished, unchanged otherwise.
+pub fn finished_at_after(
+    before: RenderStatus,
+    after: RenderStatus,
+    finished_at: Option<bson::DateTime>,
+    now: DateTime<Utc>,
+) -> Option<bson::DateTime> {
+    if after.is_finished() && !before.is_finished() {
+        Some(bson_time(now))
+    } else if !after.is_finished() {
+        None
+    } else {
+        finished_at
+    }
+}
+
+/// Marks every task of the render runnable or not, unless a newer status
+/// change (a higher render `version`) already did: concurrent pause and
+/// resume leave the tasks as the later one says.
+pub fn runnable_sync(render: &str, runnable: bool, version: i64) -> (Document, Document) {
+    (
+        doc! { "render_id": render, "runnable_version": { "$lt": version } },
+        doc! { "$set": { "runnable": runnable, "runnable_version": version } },
+    )
+}
+
+/// The render's tasks in `status`, for a bulk change.
+pub fn bulk_filter(render: &str, status: TaskStatus) -> Document {
+    doc! { "render_id": render, "status": status.as_str() }
+}
+
+/// A bulk change to `to`. A task run again starts from scratch, with no
+/// worker and no lease.
+pub fn bulk_update(to: TaskStatus, now: DateTime<Utc>) -> Document {
+    if to == TaskStatus::Pending {
+        doc! { "$set": {
+            "status": to.as_str(),
+            "retries": 0_i64,
+            "worker_id": Bson::Null,
+            "lease_id": Bson::Null,
+            "frames_done": 0_i64,
+            "exit_code": Bson::Null,
+            "failure_reason": Bson::Null,
+            "started_at": Bson::Null,
+            "finished_at": Bson::Null,
+        } }
+    } else {
+        doc! { "$set": { "status": to.as_str(), "finished_at": bson_time(now) } }
+    }
+}
+
+/// Sums the frames done of the tasks a filter selects.
+pub fn frames_done_sum(filter: Document) -> Vec<Document> {
+    vec![
+        doc! { "$match": filter },
+        doc! { "$group": { "_id": Bson::Null, "frames": { "$sum": "$frames_done" } } },
+    ]
+}
+
+/// Which renders a listing shows.
+pub fn render_list_filter(filter: &RenderFilter) -> Document {
+    let mut query = Document::new();
+    if let Some(status) = filter.status {
+        query.insert("status", status.as_str());
+    }
+    if let Some(priority) = filter.priority {
+        query.insert("priority", priority.rank());
+    }
+    query
+}
+
+/// Newest first.
+pub fn render_list_sort() -> Document {
+    doc! { "seq": -1 }
+}
+
+/// Lowest frames first.
+pub fn task_list_sort() -> Document {
+    doc! { "frame_start": 1 }
+}
+
+/// Records that a worker is alive.
+pub fn alive_update(now: DateTime<Utc>) -> Document {
+    doc! { "$set": { "last_heartbeat": bson_time(now), "offline": false } }
+}
+
+/// Takes the next number of a named sequence (creating it at 1).
+pub fn next_seq_update() -> Document {
+    doc! { "$inc": { "seq": 1_i64 } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use renderfarm_wire::Priority;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn the_claim_takes_pending_runnable_tasks_whose_tags_the_worker_has() {
+        let tags = vec!["gpu".to_string(), "linux".to_string()];
+        assert_eq!(
+            claim_filter(&tags),
+            doc! {
+                "status": "pending",
+                "runnable": true,
+                "required_tags": { "$not": { "$elemMatch": { "$nin": ["gpu", "linux"] } } },
+            }
+        );
+        let untagged = claim_filter(&[]);
+        assert_eq!(
+            untagged.get_document("required_tags").unwrap(),
+            &doc! { "$not": { "$elemMatch": { "$nin": [] } } },
+            "a worker without tags takes only renders that need none"
+        );
+    }
+
+    #[test]
+    fn the_claim_sorts_by_priority_then_render_age_then_frame() {
+        let sort = claim_sort();
+        assert_eq!(
+            sort,
+            doc! { "priority": -1, "render_seq": 1, "frame_start": 1 }
+        );
+        let keys: Vec<&str> = sort.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["priority", "render_seq", "frame_start"],
+            "order matters"
+        );
+    }
+
+    #[test]
+    fn a_claim_sets_the_worker_and_a_fresh_lease() {
+        let update = claim_update(TaskStatus::Running, "w1", "l1", t(5));
+        assert_eq!(
+            update,
+            doc! { "$set": {
+                "status": "running",
+                "worker_id": "w1",
+                "lease_id": "l1",
+                "frames_done": 0_i64,
+                "started_at": bson::DateTime::from_millis(1_800_000_005_000),
+                "finished_at": Bson::Null,
+            } }
+        );
+    }
+
+    #[test]
+    fn reports_match_only_the_running_task_under_its_lease() {
+        assert_eq!(
+            lease_filter("t1", "l1"),
+            doc! { "_id": "t1", "lease_id": "l1", "status": "running" }
+        );
+        assert_eq!(
+            held_filter("w1"),
+            doc! { "worker_id": "w1", "status": "running" }
+        );
+    }
+
+    #[test]
+    fn reports_with_log_text_take_a_log_sequence_number() {
+        assert_eq!(
+            progress_update(3, true),
+            doc! { "$set": { "frames_done": 3_i64 }, "$inc": { "log_chunks": 1_i64 } }
+        );
+        assert_eq!(
+            progress_update(3, false),
+            doc! { "$set": { "frames_done": 3_i64 } }
+        );
+        let fail = fail_update(TaskStatus::Failed, Some(1), "denoiser", t(0), false);
+        assert_eq!(
+            fail,
+            doc! { "$set": {
+                "status": "failed",
+                "frames_done": 0_i64,
+                "exit_code": 1_i64,
+                "failure_reason": "denoiser",
+                "finished_at": bson::DateTime::from_millis(1_800_000_000_000),
+            } }
+        );
+        let no_code = fail_update(TaskStatus::Failed, None, "killed", t(0), true);
+        assert_eq!(
+            no_code.get_document("$set").unwrap().get("exit_code"),
+            Some(&Bson::Null)
+        );
+        assert_eq!(
+            requeue_update(TaskStatus::Pending, false),
+            doc! { "$set": {
+                "status": "pending",
+                "worker_id": Bson::Null,
+                "lease_id": Bson::Null,
+                "frames_done": 0_i64,
+            } }
+        );
+        assert_eq!(
+            complete_update(TaskStatus::Completed, 5, t(9), false),
+            doc! { "$set": {
+                "status": "completed",
+                "frames_done": 5_i64,
+                "finished_at": bson::DateTime::from_millis(1_800_000_009_000),
+            } }
+        );
+    }
+
+    #[test]
+    fn counters_move_with_the_task_and_bump_the_version() {
+        assert_eq!(
+            render_counter_inc(TaskStatus::Pending, TaskStatus::Running, 0, false),
+            doc! { "$inc": { "tasks_pending": -1_i64, "tasks_running": 1_i64, "version": 1_i64 } }
+        );
+        assert_eq!(
+            render_counter_inc(TaskStatus::Running, TaskStatus::Completed, 4, false),
+            doc! { "$inc": {
+                "tasks_running": -1_i64,
+                "tasks_completed": 1_i64,
+                "frames_done": 4_i64,
+                "version": 1_i64,
+            } }
+        );
+        assert_eq!(
+            render_counter_inc(TaskStatus::Running, TaskStatus::Running, -2, false),
+            doc! { "$inc": { "frames_done": -2_i64, "version": 1_i64 } },
+            "progress moves frames only"
+        );
+        assert_eq!(
+            render_counter_inc(TaskStatus::Running, TaskStatus::Failed, -3, true),
+            doc! {
+                "$inc": {
+                    "tasks_running": -1_i64,
+                    "tasks_failed": 1_i64,
+                    "frames_done": -3_i64,
+                    "version": 1_i64,
+                },
+                "$set": { "failed_for_good": true },
+            }
+        );
+    }
+
+    #[test]
+    fn bulk_moves_count_every_task_they_changed() {
+        let cancel = add_progress(
+            progress_delta(TaskStatus::Pending, TaskStatus::Canceled, 3, 0),
+            progress_delta(TaskStatus::Running, TaskStatus::Canceled, 1, 0),
+        );
+        assert_eq!(
+            progress_inc(&cancel),
+            doc! {
+                "tasks_pending": -3_i64,
+                "tasks_running": -1_i64,
+                "tasks_canceled": 4_i64,
+                "version": 1_i64,
+            }
+        );
+        assert_eq!(
+            progress_inc(&progress_delta(
+                TaskStatus::Completed,
+                TaskStatus::Pending,
+                2,
+                -10
+            )),
+            doc! {
+                "tasks_pending": 2_i64,
+                "tasks_completed": -2_i64,
+                "frames_done": -10_i64,
+                "version": 1_i64,
+            }
+        );
+        assert_eq!(
+            bulk_filter("r1", TaskStatus::Failed),
+            doc! { "render_id": "r1", "status": "failed" }
+        );
+        let reset = bulk_update(TaskStatus::Pending, t(0));
+        let set = reset.get_document("$set").unwrap();
+        assert_eq!(set.get_str("status").unwrap(), "pending");
+        for cleared in [
+            "worker_id",
+            "lease_id",
+            "exit_code",
+            "failure_reason",
+            "started_at",
+            "finished_at",
+        ] {
+            assert_eq!(set.get(cleared), Some(&Bson::Null), "{cleared}");
+        }
+        assert_eq!(set.get_i64("retries").unwrap(), 0);
+        assert_eq!(
+            bulk_update(TaskStatus::Canceled, t(1)),
+            doc! { "$set": {
+                "status": "canceled",
+                "finished_at": bson::DateTime::from_millis(1_800_000_001_000),
+            } }
+        );
+        assert_eq!(
+            frames_done_sum(bulk_filter("r1", TaskStatus::Completed)),
+            vec![
+                doc! { "$match": { "render_id": "r1", "status": "completed" } },
+                doc! { "$group": { "_id": Bson::Null, "frames": { "$sum": "$frames_done" } } },
+            ]
+        );
+    }
+
+    #[test]
+    fn status_changes_are_compare_and_set_on_the_version() {
+        assert_eq!(
+            render_cas_filter("r1", 7),
+            doc! { "_id": "r1", "version": 7_i64 }
+        );
+        let change = StatusChange {
+            status: RenderStatus::Queued,
+            started_at: None,
+            finished_at: None,
+            reset_failure: true,
+        };
+        assert_eq!(
+            status_update(&change),
+            doc! {
+                "$set": {
+                    "status": "queued",
+                    "started_at": Bson::Null,
+                    "finished_at": Bson::Null,
+                    "failed_for_good": false,
+                },
+                "$inc": { "version": 1_i64 },
+            }
+        );
+    }
+
+    #[test]
+    fn a_render_is_finished_once_and_unfinished_when_reopened() {
+        use RenderStatus as S;
+        let earlier = Some(bson_time(t(1)));
+        let now = t(9);
+        assert_eq!(
+            finished_at_after(S::Rendering, S::Completed, None, now),
+            Some(bson_time(now))
+        );
+        assert_eq!(
+            finished_at_after(S::Failed, S::Completed, earlier, now),
+            earlier
+        );
+        assert_eq!(
+            finished_at_after(S::Completed, S::Queued, earlier, now),
+            None
+        );
+        assert_eq!(finished_at_after(S::Queued, S::Rendering, None, now), None);
+    }
+
+    #[test]
+    fn only_queued_and_rendering_renders_are_dispatched() {
+        let yes: Vec<_> = RenderStatus::ALL
+            .into_iter()
+            .filter(|s| dispatchable(*s))
+            .collect();
+        assert_eq!(yes, vec![RenderStatus::Queued, RenderStatus::Rendering]);
+    }
+
+    #[test]
+    fn runnable_flags_follow_only_newer_render_versions() {
+        assert_eq!(
+            runnable_sync("r1", false, 4),
+            (
+                doc! { "render_id": "r1", "runnable_version": { "$lt": 4_i64 } },
+                doc! { "$set": { "runnable": false, "runnable_version": 4_i64 } },
+            )
+        );
+    }
+
+    #[test]
+    fn listings_filter_on_status_and_priority_rank() {
+        assert_eq!(render_list_filter(&RenderFilter::default()), doc! {});
+        assert_eq!(
+            render_list_filter(&RenderFilter {
+                status: Some(RenderStatus::Paused),
+                priority: Some(Priority::High),
+            }),
+            doc! { "status": "paused", "priority": 2_i64 }
+        );
+        assert_eq!(render_list_sort(), doc! { "seq": -1 });
+        assert_eq!(task_list_sort(), doc! { "frame_start": 1 });
+    }
+
+    #[test]
+    fn heartbeats_and_sequences_are_plain_updates() {
+        assert_eq!(
+            alive_update(t(0)),
+            doc! { "$set": {
+                "last_heartbeat": bson::DateTime::from_millis(1_800_000_000_000),
+                "offline": false,
+            } }
+        );
+        assert_eq!(next_seq_update(), doc! { "$inc": { "seq": 1_i64 } });
+    }
+}
