@@ -192,14 +192,16 @@ mod tests {
 
     #[test]
     fn the_lowest_priority_then_the_most_recently_started_task_makes_way() {
-        let table: Vec<(
-            &str,
+        // (what, overdue work, running work, idle workers' tags, preempted tasks, workers wanted)
+        type Case = (
+            &'static str,
             Vec<OverdueWork>,
             Vec<RunningWork>,
             Vec<Vec<String>>,
             Vec<u128>,
             i64,
-        )> = vec![
+        );
+        let table: Vec<Case> = vec![
             (
                 "lowest level first",
                 vec![overdue(1, Priority::Urgent, 1, &[])],
