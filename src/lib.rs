@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod domain;
+pub mod scheduler;
 pub mod startup;
 pub mod store;
 

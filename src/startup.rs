@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
+use crate::scheduler::{Scheduler, SchedulerSettings};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -46,6 +47,19 @@ pub struct Settings {
     pub bind: String,
     pub data_dir: PathBuf,
     pub store: StoreChoice,
+    pub scheduler: SchedulerSettings,
+}
+
+impl Settings {
+    /// Settings with the scheduler's defaults.
+    pub fn new(bind: impl Into<String>, data_dir: impl Into<PathBuf>, store: StoreChoice) -> Self {
+        Self {
+            bind: bind.into(),
+            data_dir: data_dir.into(),
+            store,
+            scheduler: SchedulerSettings::default(),
+        }
+    }
 }
 
 /// A broker bound to its port, ready to run.
@@ -53,6 +67,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    scheduler: Arc<Scheduler>,
 }
 
 impl Application {
@@ -74,11 +89,19 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
+        let work_available = Arc::new(Notify::new());
+        let scheduler = Scheduler::new(
+            store.clone(),
+            clock.clone(),
+            settings.scheduler.clone(),
+            work_available.clone(),
+        );
         let state = web::Data::new(AppState {
             store,
             clock,
             data_dir,
-            work_available: Notify::new(),
+            work_available,
+            scheduler: scheduler.clone(),
         });
         let listener = TcpListener::bind(&settings.bind).with_context(|| {
             format!(
@@ -103,10 +126,12 @@ impl Application {
         .client_request_timeout(Duration::from_secs(30))
         .listen(listener)?
         .run();
+        scheduler.start().await?;
         Ok(Self {
             port,
             server,
             state,
+            scheduler,
         })
     }
 
@@ -125,9 +150,17 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until stopped through [`Application::handle`].
+    /// The broker's scheduler (tests drive its tick by hand).
+    pub fn scheduler(&self) -> Arc<Scheduler> {
+        self.scheduler.clone()
+    }
+
+    /// Serves until stopped through [`Application::handle`], then stops the
+    /// scheduler and gives up its lease.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.scheduler.stop().await;
+        served
     }
 }
 

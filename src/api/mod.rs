@@ -5,6 +5,7 @@ mod body;
 pub mod error;
 mod health;
 mod renders;
+mod scheduler;
 mod tasks;
 mod workers;
 
@@ -20,6 +21,7 @@ pub use body::JsonBody;
 pub use error::ApiError;
 
 use crate::clock::Clock;
+use crate::scheduler::Scheduler;
 use crate::store::{PageRequest, Store};
 
 /// The largest JSON body accepted (a log chunk is the big one).
@@ -33,7 +35,8 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// Woken whenever work may have become claimable, so long-polling workers
     /// try again at once instead of polling the store.
-    pub work_available: Notify,
+    pub work_available: Arc<Notify>,
+    pub scheduler: Arc<Scheduler>,
 }
 
 impl AppState {
@@ -52,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     renders::configure(cfg);
     workers::configure(cfg);
     tasks::configure(cfg);
+    scheduler::configure(cfg);
 }
 
 /// The answer for a path that matches no route.

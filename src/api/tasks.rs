@@ -2,7 +2,7 @@
 
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use renderfarm_wire::{CompleteReport, FailReport, ProgressReport, ReleaseReport};
+use renderfarm_wire::{CompleteReport, FailReport, ProgressReport, ReleaseReport, TaskDetail};
 use uuid::Uuid;
 
 use super::{parse_id, resource, ApiError, AppState, JsonBody};
@@ -22,7 +22,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id("task", &id)?;
-    Ok(HttpResponse::Ok().json(state.store.get_task(id).await?))
+    let task = state.store.get_task(id).await?;
+    let history = state.store.task_history(id).await?;
+    Ok(HttpResponse::Ok().json(TaskDetail { task, history }))
 }
 
 async fn log(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

@@ -45,6 +45,75 @@ struct ServeArgs {
     /// Store to use: leave out for the embedded SQLite store, or a mongodb:// URI.
     #[arg(long, env = "MONGODB_URI")]
     store: Option<String>,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+/// The scheduler's settings, shared by `serve` and `up`.
+#[derive(Debug, Clone, Args)]
+pub struct SchedulerArgs {
+    /// Time between two scheduler ticks.
+    #[arg(long, env = "RENDERFARM_TICK", default_value = "30s", value_parser = parse_positive_duration)]
+    tick: std::time::Duration,
+    /// A worker silent this long is lost; its task goes back to the queue.
+    #[arg(long, env = "RENDERFARM_WORKER_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    worker_timeout: std::time::Duration,
+    /// How long urgent work may wait before it preempts lower work ("never" to turn off).
+    #[arg(long, env = "RENDERFARM_WAIT_URGENT", default_value = "0s", value_parser = parse_allowance)]
+    wait_urgent: Allowance,
+    /// How long high-priority work may wait before it preempts lower work.
+    #[arg(long, env = "RENDERFARM_WAIT_HIGH", default_value = "2m", value_parser = parse_allowance)]
+    wait_high: Allowance,
+    /// How long normal work may wait before it preempts low work.
+    #[arg(long, env = "RENDERFARM_WAIT_NORMAL", default_value = "30m", value_parser = parse_allowance)]
+    wait_normal: Allowance,
+    /// How long low work may wait (it has nothing lower to preempt).
+    #[arg(long, env = "RENDERFARM_WAIT_LOW", default_value = "never", value_parser = parse_allowance)]
+    wait_low: Allowance,
+}
+
+/// A wait allowance: a duration, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance(Option<std::time::Duration>);
+
+fn parse_allowance(s: &str) -> Result<Allowance, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(Allowance(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| Allowance(Some(d)))
+        .map_err(|e| {
+            format!("{s:?} is not a duration such as 0s, 90s, 2m or 1h, nor \"never\": {e}")
+        })
+}
+
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("give a duration above zero, such as 30s".into()),
+        Err(e) => Err(format!("{s:?} is not a duration such as 30s or 2m: {e}")),
+    }
+}
+
+impl SchedulerArgs {
+    /// The scheduler settings these flags ask for.
+    pub fn settings(&self) -> anyhow::Result<crate::scheduler::SchedulerSettings> {
+        let chrono = |d: std::time::Duration| {
+            chrono::Duration::from_std(d).map_err(|_| anyhow::anyhow!("{d:?} is too long"))
+        };
+        let allowance = |a: Allowance| a.0.map(chrono).transpose();
+        Ok(crate::scheduler::SchedulerSettings {
+            tick: self.tick,
+            worker_timeout: chrono(self.worker_timeout)?,
+            allowances: crate::domain::Allowances {
+                low: allowance(self.wait_low)?,
+                normal: allowance(self.wait_normal)?,
+                high: allowance(self.wait_high)?,
+                urgent: allowance(self.wait_urgent)?,
+            },
+            periodic: true,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +241,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bind: args.bind,
         data_dir: args.data_dir,
         store: StoreChoice::parse(args.store.as_deref())?,
+        scheduler: args.scheduler.settings()?,
     };
     let app = Application::build(settings.clone()).await?;
     let host = settings
@@ -307,7 +377,8 @@ async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_frames;
+    use super::{parse_allowance, parse_frames, Allowance, Cli};
+    use clap::Parser;
 
     #[test]
     fn frame_arguments_parse_as_ranges_or_single_frames() {
@@ -315,5 +386,24 @@ mod tests {
         assert_eq!(parse_frames("7").unwrap(), (7, 7));
         assert!(parse_frames("a-b").is_err());
         assert!(parse_frames("").is_err());
+    }
+
+    #[test]
+    fn scheduler_flags_take_durations_or_never_and_default_to_the_documented_values() {
+        assert_eq!(parse_allowance("never").unwrap(), Allowance(None));
+        assert_eq!(
+            parse_allowance("2m").unwrap(),
+            Allowance(Some(std::time::Duration::from_secs(120)))
+        );
+        assert!(parse_allowance("soon").is_err());
+        let cli = Cli::try_parse_from(["renderfarm", "serve"]).unwrap();
+        let super::Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let s = args.scheduler.settings().unwrap();
+        assert_eq!(s.tick, std::time::Duration::from_secs(30));
+        assert_eq!(s.worker_timeout, chrono::Duration::seconds(60));
+        assert_eq!(s.allowances, crate::domain::Allowances::default());
+        assert!(Cli::try_parse_from(["renderfarm", "serve", "--tick", "0s"]).is_err());
     }
 }

@@ -43,6 +43,8 @@ pub struct UpArgs {
     /// The Blender executable the agents run.
     #[arg(long, env = "RENDERFARM_BLENDER", default_value = "blender")]
     blender: PathBuf,
+    #[command(flatten)]
+    scheduler: super::SchedulerArgs,
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -53,6 +55,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         bind: args.bind.clone(),
         data_dir: data_dir.clone(),
         store: StoreChoice::Embedded,
+        scheduler: args.scheduler.settings()?,
     })
     .await?;
     let broker = format!("http://127.0.0.1:{}", app.port());

@@ -5,6 +5,7 @@
 
 mod frames;
 mod render;
+mod scheduling;
 mod task;
 mod worker;
 
@@ -17,6 +18,7 @@ pub use renderfarm_wire::{
     Assignment, HeartbeatAction, Priority, Progress, Render, RenderAction, RenderStatus, Task,
     TaskStatus, Worker, WorkerAction, WorkerStatus,
 };
+pub use scheduling::{plan_preemption, Allowances, OverdueWork, PreemptionPlan, RunningWork};
 pub use task::{statuses_affected_by, task_transition, TaskEvent};
 pub use worker::{
     claim_permission, heartbeat_action, validate_worker_spec, worker_status, worker_transition,

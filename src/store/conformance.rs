@@ -13,7 +13,8 @@ use renderfarm_wire::{
 use uuid::Uuid;
 
 use super::{PageRequest, RenderFilter, Store, StoreError, TaskReport};
-use crate::domain::{validate_worker_spec, NewRender, RenderCommand, ValidRenderSpec};
+use crate::domain::{validate_worker_spec, Allowances, NewRender, RenderCommand, ValidRenderSpec};
+use renderfarm_wire::HistoryEvent;
 
 /// Every conformance function by name, for the per-backend test macro.
 #[macro_export]
@@ -39,6 +40,12 @@ macro_rules! conformance_tests {
             task_logs_accumulate_in_order,
             unknown_ids_are_not_found,
             concurrent_claimers_get_every_task_exactly_once,
+            lost_workers_go_offline_and_their_tasks_are_requeued_without_a_failure,
+            failed_tasks_are_retried_until_none_is_left_then_the_render_fails,
+            preemption_sees_overdue_work_running_work_and_idle_workers,
+            preemption_takes_a_task_back_only_under_its_current_lease,
+            one_lease_holder_at_a_time_and_a_takeover_once_it_lapses,
+            the_history_tells_what_happened_to_a_task,
         );
     };
     (@each $make_store:expr; $($name:ident),* $(,)?) => {
@@ -1002,4 +1009,452 @@ pub async fn concurrent_claimers_get_every_task_exactly_once(store: &dyn Store) 
     let done = store.get_render(r.id).await.unwrap();
     assert_eq!(done.status, RenderStatus::Completed);
     assert_eq!(done.progress.tasks_completed, TASKS);
+    assert_counters_exact(store).await;
+}
+
+/// Counters kept up to date change by change must agree with a recount.
+async fn assert_counters_exact(store: &dyn Store) {
+    assert_eq!(
+        store.roll_up_renders(t0()).await.unwrap(),
+        0,
+        "a recount found drifted counters"
+    );
+}
+
+pub async fn lost_workers_go_offline_and_their_tasks_are_requeued_without_a_failure(
+    store: &dyn Store,
+) {
+    let r = store
+        .create_render(plan("r", 1, 2, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let lost = worker(store, "lost", &[]).await;
+    let alive = worker(store, "alive", &[]).await;
+    let a = store.claim_next_task(lost, t0()).await.unwrap().unwrap();
+    let b = store.claim_next_task(alive, t0()).await.unwrap().unwrap();
+    let later = t0() + Duration::seconds(90);
+    store
+        .heartbeat(
+            alive,
+            &Heartbeat {
+                task_id: Some(b.task_id),
+                lease_id: Some(b.lease_id),
+                frames_done: None,
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    let outcome = store
+        .requeue_lost_workers(later - Duration::seconds(60), later)
+        .await
+        .unwrap();
+    assert_eq!(outcome.workers, vec![lost]);
+    assert_eq!(outcome.requeued.len(), 1);
+    assert_eq!(
+        (
+            outcome.requeued[0].task_id,
+            outcome.requeued[0].render_id,
+            outcome.requeued[0].worker_id
+        ),
+        (a.task_id, r.id, Some(lost))
+    );
+    let task = store.get_task(a.task_id).await.unwrap();
+    assert_eq!(
+        (task.status, task.retries, task.worker_id),
+        (TaskStatus::Pending, 0, None)
+    );
+    assert_eq!(
+        store.get_worker(lost).await.unwrap().status,
+        WorkerStatus::Offline
+    );
+    assert_eq!(
+        store.get_worker(alive).await.unwrap().status,
+        WorkerStatus::Busy
+    );
+    let render = store.get_render(r.id).await.unwrap();
+    assert_eq!(
+        (
+            render.progress.tasks_running,
+            render.progress.tasks_pending,
+            render.progress.tasks_failed
+        ),
+        (1, 1, 0)
+    );
+    assert!(
+        store
+            .requeue_lost_workers(later - Duration::seconds(60), later)
+            .await
+            .unwrap()
+            .workers
+            .is_empty(),
+        "once only"
+    );
+    // The lost worker comes back: its old lease is stale, its next claim works.
+    let err = store
+        .report_task(a.task_id, a.lease_id, TaskReport::Complete, None, later)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)));
+    let beat = Heartbeat {
+        task_id: Some(a.task_id),
+        lease_id: Some(a.lease_id),
+        frames_done: None,
+    };
+    assert_eq!(
+        store.heartbeat(lost, &beat, later).await.unwrap(),
+        HeartbeatAction::Abort
+    );
+    let again = store
+        .claim_next_task(lost, later)
+        .await
+        .unwrap()
+        .expect("its task is claimable again");
+    assert_eq!(again.task_id, a.task_id);
+    assert_ne!(again.lease_id, a.lease_id);
+    assert_eq!(
+        store.get_worker(lost).await.unwrap().status,
+        WorkerStatus::Busy
+    );
+    assert_counters_exact(store).await;
+}
+
+pub async fn failed_tasks_are_retried_until_none_is_left_then_the_render_fails(store: &dyn Store) {
+    let r = store
+        .create_render(plan_with("r", 1, 2, 1, Priority::Normal, t0(), |s| {
+            s.max_retries = 1
+        }))
+        .await
+        .unwrap();
+    let w = worker(store, "w", &[]).await;
+    let fail = |a: renderfarm_wire::Assignment| async move {
+        store
+            .report_task(
+                a.task_id,
+                a.lease_id,
+                TaskReport::Fail {
+                    exit_code: Some(1),
+                    reason: "boom".into(),
+                },
+                None,
+                t0(),
+            )
+            .await
+            .unwrap()
+    };
+    let a = claim(store, w).await.unwrap();
+    fail(a.clone()).await;
+    let outcome = store.retry_failed_tasks(t0()).await.unwrap();
+    assert_eq!(
+        outcome
+            .retried
+            .iter()
+            .map(|m| m.task_id)
+            .collect::<Vec<_>>(),
+        vec![a.task_id]
+    );
+    assert!(outcome.failed.is_empty());
+    let task = store.get_task(a.task_id).await.unwrap();
+    assert_eq!(
+        (task.status, task.retries, task.worker_id),
+        (TaskStatus::Pending, 1, None)
+    );
+    assert_eq!(
+        store.get_render(r.id).await.unwrap().status,
+        RenderStatus::Rendering
+    );
+    assert!(
+        store
+            .retry_failed_tasks(t0())
+            .await
+            .unwrap()
+            .retried
+            .is_empty(),
+        "nothing failed is left"
+    );
+
+    let again = claim(store, w).await.unwrap();
+    assert_eq!(
+        again.task_id, a.task_id,
+        "the retried chunk comes first (lower frame)"
+    );
+    fail(again).await;
+    let render = store.get_render(r.id).await.unwrap();
+    assert_eq!(render.status, RenderStatus::Failed, "no retry left");
+    assert_eq!(
+        (render.progress.tasks_failed, render.progress.tasks_canceled),
+        (1, 1)
+    );
+    let outcome = store.retry_failed_tasks(t0()).await.unwrap();
+    assert!(
+        outcome.retried.is_empty() && outcome.failed.is_empty(),
+        "a failed render's tasks stay failed"
+    );
+    assert_eq!(store.get_task(a.task_id).await.unwrap().retries, 1);
+    assert_counters_exact(store).await;
+}
+
+pub async fn preemption_sees_overdue_work_running_work_and_idle_workers(store: &dyn Store) {
+    let low = store
+        .create_render(plan("low", 1, 2, 1, Priority::Low, t0()))
+        .await
+        .unwrap();
+    let busy = worker(store, "busy", &["gpu"]).await;
+    let running = claim(store, busy).await.unwrap();
+    assert_eq!(running.render_id, low.id);
+    let idle = worker(store, "idle", &["cpu"]).await;
+    store
+        .change_worker(idle, WorkerAction::Drain, t0())
+        .await
+        .unwrap();
+    let urgent = store
+        .create_render(plan_with("urgent", 1, 3, 1, Priority::Urgent, t0(), |s| {
+            s.tags = vec!["gpu".into()]
+        }))
+        .await
+        .unwrap();
+    let normal = store
+        .create_render(plan("normal", 1, 1, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let idle2 = worker(store, "idle2", &[]).await;
+
+    let inputs = store
+        .preemption_inputs(&Allowances::default(), t0())
+        .await
+        .unwrap();
+    let overdue: Vec<_> = inputs
+        .overdue
+        .iter()
+        .map(|o| (o.render_id, o.priority, o.tasks, o.tags.clone()))
+        .collect();
+    assert_eq!(
+        overdue,
+        vec![(urgent.id, Priority::Urgent, 3, vec!["gpu".to_string()])],
+        "normal waits 30 minutes, low never"
+    );
+    assert_eq!(inputs.running.len(), 1);
+    let r = &inputs.running[0];
+    assert_eq!(
+        (
+            r.task_id,
+            r.lease_id,
+            r.priority,
+            r.started_at,
+            r.worker_tags.clone()
+        ),
+        (
+            running.task_id,
+            running.lease_id,
+            Priority::Low,
+            t0(),
+            vec!["gpu".to_string()]
+        )
+    );
+    assert_eq!(
+        inputs.idle_worker_tags,
+        vec![Vec::<String>::new()],
+        "draining and busy workers are not idle"
+    );
+
+    let later = store
+        .preemption_inputs(&Allowances::default(), t0() + Duration::minutes(31))
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = later.overdue.iter().map(|o| o.render_id).collect();
+    assert_eq!(
+        ids,
+        vec![urgent.id, normal.id],
+        "dispatch order: urgent, then normal; low never"
+    );
+    let _ = idle2;
+}
+
+pub async fn preemption_takes_a_task_back_only_under_its_current_lease(store: &dyn Store) {
+    let r = store
+        .create_render(plan("r", 1, 4, 4, Priority::Low, t0()))
+        .await
+        .unwrap();
+    let w = worker(store, "w", &[]).await;
+    let a = claim(store, w).await.unwrap();
+    store
+        .report_task(
+            a.task_id,
+            a.lease_id,
+            TaskReport::Progress { frames_done: 2 },
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .preempt_task(a.task_id, Uuid::new_v4(), t0())
+            .await
+            .unwrap(),
+        None,
+        "a foreign lease"
+    );
+    let moved = store
+        .preempt_task(a.task_id, a.lease_id, t0())
+        .await
+        .unwrap()
+        .expect("preempted");
+    assert_eq!(
+        (moved.task_id, moved.render_id, moved.worker_id),
+        (a.task_id, r.id, Some(w))
+    );
+    let task = store.get_task(a.task_id).await.unwrap();
+    assert_eq!(
+        (task.status, task.retries, task.frames_done),
+        (TaskStatus::Pending, 0, 0)
+    );
+    let beat = Heartbeat {
+        task_id: Some(a.task_id),
+        lease_id: Some(a.lease_id),
+        frames_done: None,
+    };
+    assert_eq!(
+        store.heartbeat(w, &beat, t0()).await.unwrap(),
+        HeartbeatAction::Abort
+    );
+    assert_eq!(
+        store
+            .preempt_task(a.task_id, a.lease_id, t0())
+            .await
+            .unwrap(),
+        None,
+        "once only"
+    );
+    let render = store.get_render(r.id).await.unwrap();
+    assert_eq!(
+        (
+            render.progress.tasks_pending,
+            render.progress.frames_done,
+            render.progress.tasks_failed
+        ),
+        (1, 0, 0)
+    );
+    assert_counters_exact(store).await;
+}
+
+pub async fn one_lease_holder_at_a_time_and_a_takeover_once_it_lapses(store: &dyn Store) {
+    let ttl = Duration::seconds(60);
+    assert_eq!(store.current_lease("scheduler").await.unwrap(), None);
+    let a = store
+        .acquire_lease("scheduler", "broker-a", ttl, t0())
+        .await
+        .unwrap();
+    assert_eq!((a.holder.as_str(), a.expires_at), ("broker-a", t0() + ttl));
+    let b = store
+        .acquire_lease("scheduler", "broker-b", ttl, t0() + Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(b.holder, "broker-a", "held and not lapsed");
+    let renewed = store
+        .acquire_lease("scheduler", "broker-a", ttl, t0() + Duration::seconds(50))
+        .await
+        .unwrap();
+    assert_eq!(renewed.expires_at, t0() + Duration::seconds(110));
+    let still = store
+        .acquire_lease("scheduler", "broker-b", ttl, t0() + Duration::seconds(100))
+        .await
+        .unwrap();
+    assert_eq!(still.holder, "broker-a", "the renewal counts");
+    let taken = store
+        .acquire_lease("scheduler", "broker-b", ttl, t0() + Duration::seconds(111))
+        .await
+        .unwrap();
+    assert_eq!(taken.holder, "broker-b", "taken over once lapsed");
+    store.release_lease("scheduler", "broker-a").await.unwrap();
+    assert_eq!(
+        store
+            .current_lease("scheduler")
+            .await
+            .unwrap()
+            .map(|l| l.holder),
+        Some("broker-b".into()),
+        "only the holder releases"
+    );
+    store.release_lease("scheduler", "broker-b").await.unwrap();
+    assert_eq!(store.current_lease("scheduler").await.unwrap(), None);
+    let other = store
+        .acquire_lease("other-job", "broker-a", ttl, t0())
+        .await
+        .unwrap();
+    assert_eq!(other.holder, "broker-a", "leases are per name");
+    let contenders = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
+    let results = futures::future::join_all(
+        contenders
+            .iter()
+            .map(|c| store.acquire_lease("race", c, ttl, t0())),
+    )
+    .await;
+    let holders: HashSet<String> = results.into_iter().map(|r| r.unwrap().holder).collect();
+    assert_eq!(
+        holders.len(),
+        1,
+        "concurrent contenders agree on one holder: {holders:?}"
+    );
+}
+
+pub async fn the_history_tells_what_happened_to_a_task(store: &dyn Store) {
+    store
+        .create_render(plan_with("r", 1, 1, 1, Priority::Normal, t0(), |s| {
+            s.max_retries = 2
+        }))
+        .await
+        .unwrap();
+    let w1 = worker(store, "w1", &[]).await;
+    let w2 = worker(store, "w2", &[]).await;
+    let a = claim(store, w1).await.unwrap();
+    store
+        .report_task(
+            a.task_id,
+            a.lease_id,
+            TaskReport::Fail {
+                exit_code: Some(3),
+                reason: "x".into(),
+            },
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    store.retry_failed_tasks(t0()).await.unwrap();
+    let b = claim(store, w2).await.unwrap();
+    store
+        .preempt_task(b.task_id, b.lease_id, t0())
+        .await
+        .unwrap();
+    let c = claim(store, w1).await.unwrap();
+    store
+        .report_task(c.task_id, c.lease_id, TaskReport::Release, None, t0())
+        .await
+        .unwrap();
+    let d = claim(store, w2).await.unwrap();
+    complete(store, &d).await;
+    let history = store.task_history(a.task_id).await.unwrap();
+    let events: Vec<(HistoryEvent, Option<Uuid>)> =
+        history.iter().map(|h| (h.event, h.worker_id)).collect();
+    assert_eq!(
+        events,
+        vec![
+            (HistoryEvent::Assigned, Some(w1)),
+            (HistoryEvent::Failed, Some(w1)),
+            (HistoryEvent::Retried, None),
+            (HistoryEvent::Assigned, Some(w2)),
+            (HistoryEvent::Preempted, Some(w2)),
+            (HistoryEvent::Assigned, Some(w1)),
+            (HistoryEvent::Released, Some(w1)),
+            (HistoryEvent::Assigned, Some(w2)),
+            (HistoryEvent::Completed, Some(w2)),
+        ]
+    );
+    assert!(history.iter().all(|h| h.at == t0()));
+    assert_eq!(history[1].detail.as_deref(), Some("exit code 3"));
+    assert!(matches!(
+        store.task_history(Uuid::new_v4()).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

@@ -10,12 +10,15 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{
-    Assignment, Heartbeat, HeartbeatAction, Page, Priority, Render, RenderStatus, Task, Worker,
-    WorkerAction,
+    Assignment, Heartbeat, HeartbeatAction, LeaderLease, Page, Priority, Render, RenderStatus,
+    Task, TaskHistoryEntry, Worker, WorkerAction,
 };
 use uuid::Uuid;
 
-use crate::domain::{IllegalTransition, NewRender, RenderCommand, ValidWorkerSpec};
+use crate::domain::{
+    Allowances, IllegalTransition, NewRender, OverdueWork, RenderCommand, RunningWork,
+    ValidWorkerSpec,
+};
 
 /// The small vocabulary every backend's failures are translated into, once.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,41 @@ pub enum TaskReport {
     Release,
 }
 
+/// A task the scheduler moved, for its log and its report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedTask {
+    pub task_id: Uuid,
+    pub render_id: Uuid,
+    /// The worker it was taken from, if any.
+    pub worker_id: Option<Uuid>,
+}
+
+/// What the lost-worker step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LostWorkers {
+    pub workers: Vec<Uuid>,
+    pub requeued: Vec<MovedTask>,
+}
+
+/// What the retry step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retries {
+    /// Put back to pending with one retry more.
+    pub retried: Vec<MovedTask>,
+    /// No retry left: their renders were failed by this step.
+    pub failed: Vec<MovedTask>,
+}
+
+/// What preemption decides on, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreemptionInputs {
+    /// Pending work past its priority's allowance, in dispatch order.
+    pub overdue: Vec<OverdueWork>,
+    pub running: Vec<RunningWork>,
+    /// Tags of each worker that could take work now.
+    pub idle_worker_tags: Vec<Vec<String>>,
+}
+
 /// The operations the broker needs from persistence.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -193,4 +231,58 @@ pub trait Store: Send + Sync + 'static {
         log: Option<String>,
         now: DateTime<Utc>,
     ) -> StoreResult<Task>;
+
+    /// What happened to the task, oldest first.
+    async fn task_history(&self, task_id: Uuid) -> StoreResult<Vec<TaskHistoryEntry>>;
+
+    /// Marks every worker whose last sign of life is at or before `cutoff`
+    /// offline, and puts its running task back to pending without counting a
+    /// failure (its lease is void from then on).
+    async fn requeue_lost_workers(
+        &self,
+        cutoff: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LostWorkers>;
+
+    /// Puts failed tasks with a retry left back to pending, one retry more;
+    /// fails the render of any failed task with none left (its pending tasks
+    /// are canceled, running ones may finish).
+    async fn retry_failed_tasks(&self, now: DateTime<Utc>) -> StoreResult<Retries>;
+
+    /// Overdue pending work, running work and idle workers, for preemption.
+    async fn preemption_inputs(
+        &self,
+        allowances: &Allowances,
+        now: DateTime<Utc>,
+    ) -> StoreResult<PreemptionInputs>;
+
+    /// Takes a running task back for more urgent work, if it still runs under
+    /// `lease_id` (`None` when it moved on meanwhile). Not a failure; the
+    /// worker's next heartbeat answers abort.
+    async fn preempt_task(
+        &self,
+        task_id: Uuid,
+        lease_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<MovedTask>>;
+
+    /// Recounts the counters and status of every unfinished render from its
+    /// tasks; returns how many renders were corrected.
+    async fn roll_up_renders(&self, now: DateTime<Utc>) -> StoreResult<i64>;
+
+    /// Takes the lease `name` for `holder` until `now + ttl` if it is free,
+    /// lapsed or already `holder`'s; returns the lease as it stands after.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LeaderLease>;
+
+    /// Gives the lease up if `holder` has it, so another broker takes over at once.
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
+
+    /// The lease `name` as it stands, if anyone ever held it.
+    async fn current_lease(&self, name: &str) -> StoreResult<Option<LeaderLease>>;
 }

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use r2d2_sqlite::SqliteConnectionManager;
 use renderfarm_wire::{
-    Assignment, Heartbeat, HeartbeatAction, Page, Priority, Progress, Render, RenderStatus, Task,
-    TaskStatus, Worker, WorkerAction,
+    Assignment, Heartbeat, HeartbeatAction, HistoryEvent, LeaderLease, Page, Priority, Progress,
+    Render, RenderStatus, Task, TaskHistoryEntry, TaskStatus, Worker, WorkerAction,
 };
 use rusqlite::types::Type;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
@@ -27,11 +27,15 @@ use rusqlite_migration::{Migrations, M};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{PageRequest, RenderFilter, Store, StoreError, StoreResult, TaskReport};
+use super::{
+    LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter, Retries, Store,
+    StoreError, StoreResult, TaskReport,
+};
 use crate::domain::{
     claim_permission, heartbeat_action, progress_after, render_transition, roll_up,
-    task_transition, tasks_affected, worker_status, worker_transition, ClaimPermission, LeaseView,
-    NewRender, RenderCommand, TaskEvent, ValidWorkerSpec, WorkerMode,
+    task_transition, tasks_affected, worker_status, worker_transition, Allowances, ClaimPermission,
+    LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec,
+    WorkerMode,
 };
 
 /// The database file's name inside the data directory.
@@ -42,9 +46,10 @@ const MAX_BATCH: usize = 512;
 const READ_POOL_SIZE: u32 = 4;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "../../migrations/sqlite/0001_initial.sql"
-    ))])
+    Migrations::new(vec![
+        M::up(include_str!("../../migrations/sqlite/0001_initial.sql")),
+        M::up(include_str!("../../migrations/sqlite/0002_scheduler.sql")),
+    ])
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -581,16 +586,16 @@ fn bulk_task_change(
             // A task run again starts from scratch, with no worker and no lease.
             "UPDATE tasks SET status = ?3, retries = 0, worker_id = NULL, lease_id = NULL, \
              frames_done = 0, exit_code = NULL, failure_reason = NULL, started_at = NULL, \
-             finished_at = NULL WHERE render_seq = ?1 AND status = ?2"
+             finished_at = NULL, queued_at = ?4 WHERE render_seq = ?1 AND status = ?2"
         } else {
             "UPDATE tasks SET status = ?3, finished_at = ?4 WHERE render_seq = ?1 AND status = ?2"
         };
-        let mut stmt = conn.prepare_cached(sql)?;
-        if to == TaskStatus::Pending {
-            stmt.execute(params![render_seq, status.as_str(), to.as_str()])?;
-        } else {
-            stmt.execute(params![render_seq, status.as_str(), to.as_str(), ts(now)])?;
-        }
+        conn.prepare_cached(sql)?.execute(params![
+            render_seq,
+            status.as_str(),
+            to.as_str(),
+            ts(now)
+        ])?;
     }
     Ok(())
 }
@@ -687,12 +692,45 @@ fn mark_alive(conn: &Connection, worker_id: Uuid, now: DateTime<Utc>) -> StoreRe
     mode.ok_or_else(|| StoreError::not_found("worker", worker_id))
 }
 
-fn requeue_task(conn: &Connection, task: &LeasedTask, now: DateTime<Utc>) -> StoreResult<()> {
+/// Appends one line to a task's history.
+fn record_history(
+    conn: &Connection,
+    task_seq: i64,
+    event: HistoryEvent,
+    worker_id: Option<&str>,
+    detail: Option<&str>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO task_history (task_seq, at, event, worker_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![task_seq, ts(now), event.as_str(), worker_id, detail])?;
+    Ok(())
+}
+
+/// Takes a running task from its worker without counting a failure; the
+/// history says why (`event`, `detail`).
+fn requeue_task(
+    conn: &Connection,
+    task: &LeasedTask,
+    event: HistoryEvent,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
     let to = task_transition(task.status, TaskEvent::Requeue)?;
     conn.prepare_cached(
-        "UPDATE tasks SET status = ?2, worker_id = NULL, lease_id = NULL, frames_done = 0 WHERE seq = ?1",
+        "UPDATE tasks SET status = ?2, worker_id = NULL, lease_id = NULL, frames_done = 0, \
+         queued_at = ?3 WHERE seq = ?1",
     )?
-    .execute(params![task.seq, to.as_str()])?;
+    .execute(params![task.seq, to.as_str(), ts(now)])?;
+    record_history(
+        conn,
+        task.seq,
+        event,
+        task.worker_id.as_deref(),
+        Some(detail),
+        now,
+    )?;
     roll_task_move(
         conn,
         task.render_seq,
@@ -752,9 +790,10 @@ impl Store for SqliteStore {
             ])?;
             let render_seq = conn.last_insert_rowid();
             let mut insert = conn.prepare_cached(
-                "INSERT INTO tasks (id, render_seq, priority, frame_start, frame_end, status) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+                "INSERT INTO tasks (id, render_seq, priority, frame_start, frame_end, status, queued_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
             )?;
+            let queued_at = ts(r.created_at);
             for frames in new.chunks() {
                 insert.execute(params![
                     Uuid::now_v7().to_string(),
@@ -762,6 +801,7 @@ impl Store for SqliteStore {
                     r.priority.rank(),
                     frames.start(),
                     frames.end(),
+                    queued_at,
                 ])?;
             }
             load_render_by_seq(conn, render_seq)
@@ -966,7 +1006,7 @@ impl Store for SqliteStore {
                     .optional()?;
                 if let Some(task_id) = running.and_then(|t| Uuid::parse_str(&t).ok()) {
                     let task = load_leased_task(conn, task_id)?;
-                    requeue_task(conn, &task, now)?;
+                    requeue_task(conn, &task, HistoryEvent::Requeued, "its worker was disabled", now)?;
                     tracing::info!(worker_id = %id, task_id = %task_id, "task of disabled worker requeued");
                 }
             }
@@ -1056,6 +1096,7 @@ impl Store for SqliteStore {
             )?
             .execute(params![task_seq, to.as_str(), worker_id.to_string(), lease.to_string(), ts(now)])?;
             roll_task_move(conn, render_seq, TaskStatus::Pending, to, 0, false, now)?;
+            record_history(conn, task_seq, HistoryEvent::Assigned, Some(&worker_id.to_string()), None, now)?;
             let assignment = conn
                 .prepare_cached(&format!(
                     "SELECT {ASSIGNMENT_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq WHERE t.seq = ?1"
@@ -1095,8 +1136,9 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![task.seq, to.as_str(), task.frames, ts(now)])?;
                     roll_task_move(conn, task.render_seq, task.status, to, task.frames - task.frames_done, false, now)?;
+                    record_history(conn, task.seq, HistoryEvent::Completed, task.worker_id.as_deref(), None, now)?;
                 }
-                TaskReport::Release => requeue_task(conn, &task, now)?,
+                TaskReport::Release => requeue_task(conn, &task, HistoryEvent::Released, "its worker stopped and handed it back", now)?,
                 TaskReport::Fail { exit_code, reason } => {
                     let to = task_transition(task.status, TaskEvent::Fail)?;
                     conn.prepare_cached(
@@ -1110,6 +1152,11 @@ impl Store for SqliteStore {
                     };
                     let failed_for_good = task_transition(to, retry).is_err();
                     roll_task_move(conn, task.render_seq, task.status, to, -task.frames_done, failed_for_good, now)?;
+                    let detail = match exit_code {
+                        Some(code) => format!("exit code {code}"),
+                        None => "no exit code".to_string(),
+                    };
+                    record_history(conn, task.seq, HistoryEvent::Failed, task.worker_id.as_deref(), Some(&detail), now)?;
                 }
             }
             append_log(conn, task.seq, log.as_deref())?;
@@ -1117,4 +1164,283 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn task_history(&self, task_id: Uuid) -> StoreResult<Vec<TaskHistoryEntry>> {
+        self.read(move |conn| {
+            let seq: i64 = conn
+                .prepare_cached("SELECT seq FROM tasks WHERE id = ?1")?
+                .query_row([task_id.to_string()], |row| row.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("task", task_id))?;
+            Ok(conn
+                .prepare_cached("SELECT at, event, worker_id, detail FROM task_history WHERE task_seq = ?1 ORDER BY seq")?
+                .query_map([seq], |row| {
+                    Ok(TaskHistoryEntry {
+                        at: get_time(row, 0)?,
+                        event: get_enum(row, 1, HistoryEvent::parse)?,
+                        worker_id: get_opt_uuid(row, 2)?,
+                        detail: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn requeue_lost_workers(
+        &self,
+        cutoff: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LostWorkers> {
+        self.write(move |conn| {
+            let lost: Vec<(String, String)> = conn
+                .prepare_cached(
+                    "UPDATE workers SET offline = 1 WHERE offline = 0 AND last_heartbeat <= ?1 \
+                     RETURNING id, last_heartbeat",
+                )?
+                .query_map([ts(cutoff)], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut outcome = LostWorkers::default();
+            for (worker, last_seen) in lost {
+                let worker_id =
+                    Uuid::parse_str(&worker).map_err(|e| StoreError::Unexpected(e.into()))?;
+                outcome.workers.push(worker_id);
+                let running: Vec<String> = conn
+                    .prepare_cached(
+                        "SELECT id FROM tasks WHERE worker_id = ?1 AND status = 'running'",
+                    )?
+                    .query_map([&worker], |row| row.get(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                for task in running {
+                    let task_id =
+                        Uuid::parse_str(&task).map_err(|e| StoreError::Unexpected(e.into()))?;
+                    let leased = load_leased_task(conn, task_id)?;
+                    let detail = format!("its worker was lost: no sign of life since {last_seen}");
+                    requeue_task(conn, &leased, HistoryEvent::Requeued, &detail, now)?;
+                    outcome.requeued.push(moved(conn, &leased, task_id)?);
+                }
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn retry_failed_tasks(&self, now: DateTime<Utc>) -> StoreResult<Retries> {
+        self.write(move |conn| {
+            let failed: Vec<Uuid> = conn
+                .prepare_cached(
+                    "SELECT t.id FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+                     WHERE t.status = 'failed' AND r.status IN ('queued', 'rendering', 'paused') \
+                     ORDER BY t.priority DESC, t.render_seq, t.frame_start",
+                )?
+                .query_map([], |row| get_uuid(row, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut outcome = Retries::default();
+            for task_id in failed {
+                let task = load_leased_task(conn, task_id)?;
+                let retry = TaskEvent::Retry {
+                    retries: task.retries,
+                    max_retries: task.max_retries,
+                };
+                match task_transition(task.status, retry) {
+                    Ok(to) => {
+                        conn.prepare_cached(
+                            "UPDATE tasks SET status = ?2, retries = retries + 1, worker_id = NULL, \
+                             lease_id = NULL, frames_done = 0, started_at = NULL, finished_at = NULL, \
+                             queued_at = ?3 WHERE seq = ?1",
+                        )?
+                        .execute(params![task.seq, to.as_str(), ts(now)])?;
+                        roll_task_move(conn, task.render_seq, task.status, to, 0, false, now)?;
+                        let detail = format!("retry {} of {}", task.retries + 1, task.max_retries);
+                        record_history(conn, task.seq, HistoryEvent::Retried, None, Some(&detail), now)?;
+                        outcome.retried.push(moved(conn, &task, task_id)?);
+                    }
+                    Err(_) => {
+                        // No retry left: the render fails (roll-up cancels its pending work).
+                        roll_task_move(conn, task.render_seq, task.status, task.status, 0, true, now)?;
+                        outcome.failed.push(moved(conn, &task, task_id)?);
+                    }
+                }
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn preemption_inputs(
+        &self,
+        allowances: &Allowances,
+        now: DateTime<Utc>,
+    ) -> StoreResult<PreemptionInputs> {
+        let cutoffs: Vec<Option<String>> = Priority::ALL
+            .into_iter()
+            .map(|p| allowances.overdue_cutoff(p, now).map(ts))
+            .collect();
+        self.read(move |conn| {
+            // A NULL cutoff (never overdue) makes the comparison false.
+            let overdue = conn
+                .prepare_cached(
+                    "SELECT r.id, r.priority, r.tags, COUNT(*) FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+                     WHERE t.status = 'pending' AND r.status IN ('queued', 'rendering') \
+                       AND t.queued_at <= (CASE t.priority WHEN 0 THEN ?1 WHEN 1 THEN ?2 WHEN 2 THEN ?3 ELSE ?4 END) \
+                     GROUP BY r.seq ORDER BY r.priority DESC, r.seq",
+                )?
+                .query_map(params_from_iter(cutoffs.iter()), |row| {
+                    let rank: i64 = row.get(1)?;
+                    Ok(OverdueWork {
+                        render_id: get_uuid(row, 0)?,
+                        priority: Priority::from_rank(rank)
+                            .ok_or_else(|| conversion_error(1, "priority", &rank.to_string()))?,
+                        tags: get_tags(row, 2)?,
+                        tasks: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let running = conn
+                .prepare_cached(
+                    "SELECT t.id, t.lease_id, t.priority, t.started_at, w.tags FROM tasks t \
+                     JOIN workers w ON w.id = t.worker_id WHERE t.status = 'running'",
+                )?
+                .query_map([], |row| {
+                    let rank: i64 = row.get(2)?;
+                    Ok(RunningWork {
+                        task_id: get_uuid(row, 0)?,
+                        lease_id: get_uuid(row, 1)?,
+                        priority: Priority::from_rank(rank)
+                            .ok_or_else(|| conversion_error(2, "priority", &rank.to_string()))?,
+                        started_at: get_time(row, 3)?,
+                        worker_tags: get_tags(row, 4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let idle_worker_tags = conn
+                .prepare_cached(
+                    "SELECT w.tags FROM workers w WHERE w.mode = 'active' AND w.offline = 0 \
+                     AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.worker_id = w.id AND t.status = 'running')",
+                )?
+                .query_map([], |row| get_tags(row, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(PreemptionInputs {
+                overdue,
+                running,
+                idle_worker_tags,
+            })
+        })
+        .await
+    }
+
+    async fn preempt_task(
+        &self,
+        task_id: Uuid,
+        lease_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<MovedTask>> {
+        self.write(move |conn| {
+            let task = load_leased_task(conn, task_id)?;
+            if task.status != TaskStatus::Running || !task.held_under(lease_id, None) {
+                return Ok(None);
+            }
+            requeue_task(
+                conn,
+                &task,
+                HistoryEvent::Preempted,
+                "taken back for more urgent work",
+                now,
+            )?;
+            Ok(Some(moved(conn, &task, task_id)?))
+        })
+        .await
+    }
+
+    async fn roll_up_renders(&self, now: DateTime<Utc>) -> StoreResult<i64> {
+        self.write(move |conn| {
+            let active: Vec<i64> = conn
+                .prepare_cached("SELECT seq FROM renders WHERE status IN ('queued', 'rendering', 'paused')")?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut corrected = 0;
+            for seq in active {
+                let mut state = load_render_state(conn, seq)?;
+                let before = (state.status, state.progress, state.failed_for_good);
+                state.progress = count_progress(conn, seq, state.progress.frames_total)?;
+                let stuck: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+                         WHERE t.render_seq = ?1 AND t.status = 'failed' AND t.retries >= r.max_retries)",
+                    )?
+                    .query_row([seq], |row| row.get(0))?;
+                state.failed_for_good |= stuck;
+                let status = roll_up(state.status, &state.progress, state.started_at.is_some(), state.failed_for_good);
+                if (status, state.progress, state.failed_for_good) != before {
+                    corrected += 1;
+                    let was = state.status;
+                    save_rolled_up(conn, state, was, now)?;
+                }
+            }
+            Ok(corrected)
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LeaderLease> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+            )?
+            .execute(params![name, holder, ts(now + ttl), ts(now)])?;
+            load_lease(conn, &name)?.ok_or_else(|| StoreError::Unexpected(anyhow::anyhow!("lease {name} vanished")))
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")?
+                .execute(params![name, holder])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn current_lease(&self, name: &str) -> StoreResult<Option<LeaderLease>> {
+        let name = name.to_string();
+        self.read(move |conn| load_lease(conn, &name)).await
+    }
+}
+
+fn load_lease(conn: &Connection, name: &str) -> StoreResult<Option<LeaderLease>> {
+    Ok(conn
+        .prepare_cached("SELECT holder, expires_at FROM leases WHERE name = ?1")?
+        .query_row([name], |row| {
+            Ok(LeaderLease {
+                holder: row.get(0)?,
+                expires_at: get_time(row, 1)?,
+            })
+        })
+        .optional()?)
+}
+
+/// A moved task as the scheduler reports it.
+fn moved(conn: &Connection, task: &LeasedTask, task_id: Uuid) -> StoreResult<MovedTask> {
+    let render_id = conn
+        .prepare_cached("SELECT id FROM renders WHERE seq = ?1")?
+        .query_row([task.render_seq], |row| get_uuid(row, 0))?;
+    Ok(MovedTask {
+        task_id,
+        render_id,
+        worker_id: task
+            .worker_id
+            .as_deref()
+            .and_then(|w| Uuid::parse_str(w).ok()),
+    })
 }

@@ -13,11 +13,7 @@ pub struct TestApp {
 
 pub async fn spawn_app() -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
-        bind: "127.0.0.1:0".into(),
-        data_dir: data_dir.path().to_path_buf(),
-        store: StoreChoice::Embedded,
-    };
+    let settings = Settings::new("127.0.0.1:0", data_dir.path(), StoreChoice::Embedded);
     let app = Application::build(settings).await.expect("broker builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

@@ -77,11 +77,11 @@ pub struct TestBroker {
 impl TestBroker {
     pub async fn start() -> TestBroker {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let app = Application::build(Settings {
-            bind: "127.0.0.1:0".into(),
-            data_dir: data_dir.path().to_path_buf(),
-            store: StoreChoice::Embedded,
-        })
+        let app = Application::build(Settings::new(
+            "127.0.0.1:0",
+            data_dir.path(),
+            StoreChoice::Embedded,
+        ))
         .await
         .expect("broker builds");
         let address = format!("http://127.0.0.1:{}", app.port());

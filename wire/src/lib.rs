@@ -258,6 +258,128 @@ pub struct Task {
     pub finished_at: Option<Timestamp>,
 }
 
+/// Something that happened to a task, as its history shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryEvent {
+    /// A worker claimed it.
+    Assigned,
+    Completed,
+    Failed,
+    /// Its worker handed it back unfinished.
+    Released,
+    /// Taken from its worker (lost, or disabled) without counting a failure.
+    Requeued,
+    /// Taken from its worker for more urgent work.
+    Preempted,
+    /// Put back to pending after a failure.
+    Retried,
+}
+
+impl HistoryEvent {
+    pub const ALL: [HistoryEvent; 7] = [
+        HistoryEvent::Assigned,
+        HistoryEvent::Completed,
+        HistoryEvent::Failed,
+        HistoryEvent::Released,
+        HistoryEvent::Requeued,
+        HistoryEvent::Preempted,
+        HistoryEvent::Retried,
+    ];
+
+    /// The lowercase name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryEvent::Assigned => "assigned",
+            HistoryEvent::Completed => "completed",
+            HistoryEvent::Failed => "failed",
+            HistoryEvent::Released => "released",
+            HistoryEvent::Requeued => "requeued",
+            HistoryEvent::Preempted => "preempted",
+            HistoryEvent::Retried => "retried",
+        }
+    }
+
+    /// The event named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// One line of a task's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskHistoryEntry {
+    pub at: Timestamp,
+    pub event: HistoryEvent,
+    /// The worker concerned, if any.
+    pub worker_id: Option<Uuid>,
+    /// Why, in words (e.g. "worker lost: no heartbeat for 60s").
+    pub detail: Option<String>,
+}
+
+/// `GET /tasks/{id}`: a task with its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub task: Task,
+    /// Oldest first.
+    pub history: Vec<TaskHistoryEntry>,
+}
+
+/// What one scheduler tick did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TickReport {
+    /// Tasks of lost workers put back to pending.
+    pub requeued: i64,
+    /// Failed tasks put back to pending for another try.
+    pub retried: i64,
+    /// Failed tasks with no retry left whose render this tick failed.
+    pub failed: i64,
+    /// Running tasks taken from their workers for more urgent work.
+    pub preempted: i64,
+    /// How many more workers would be needed now for the work that waited
+    /// past its allowance.
+    pub workers_wanted: i64,
+    /// Workers marked offline.
+    pub workers_lost: i64,
+    /// When the tick ran (the scheduler's clock).
+    pub ran_at: Option<Timestamp>,
+}
+
+/// Who leads the scheduler, when several brokers share a store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaderLease {
+    /// The broker instance holding the lease.
+    pub holder: String,
+    pub expires_at: Timestamp,
+}
+
+/// `GET /scheduler`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedulerStatus {
+    /// This broker instance.
+    pub instance: String,
+    /// The current leader, if any broker holds the lease.
+    pub leader: Option<LeaderLease>,
+    /// True when this broker runs the periodic tick.
+    pub is_leader: bool,
+    pub last_report: Option<TickReport>,
+    pub next_tick_at: Option<Timestamp>,
+    pub tick_seconds: f64,
+    pub worker_timeout_seconds: f64,
+    /// Wait allowance per priority level in seconds; null means never preempts.
+    pub allowances: PriorityAllowances,
+}
+
+/// A wait allowance per priority level, in seconds; `None`: never.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriorityAllowances {
+    pub low: Option<f64>,
+    pub normal: Option<f64>,
+    pub high: Option<f64>,
+    pub urgent: Option<f64>,
+}
+
 /// `POST /workers`: a worker agent introduces itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

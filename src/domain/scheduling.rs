@@ -1,0 +1,298 @@
+//! The scheduler's decisions, as pure functions: when work has waited too
+//! long for its priority, and which running work makes way for it.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Duration, Utc};
+use renderfarm_wire::{Priority, PriorityAllowances};
+use uuid::Uuid;
+
+/// How long pending work of each priority may wait before it may preempt
+/// running work of a lower priority; `None`: never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowances {
+    pub low: Option<Duration>,
+    pub normal: Option<Duration>,
+    pub high: Option<Duration>,
+    pub urgent: Option<Duration>,
+}
+
+impl Default for Allowances {
+    /// urgent at once, high after 2 minutes, normal after 30, low never.
+    fn default() -> Self {
+        Self {
+            low: None,
+            normal: Some(Duration::minutes(30)),
+            high: Some(Duration::minutes(2)),
+            urgent: Some(Duration::zero()),
+        }
+    }
+}
+
+impl Allowances {
+    pub fn for_priority(&self, priority: Priority) -> Option<Duration> {
+        match priority {
+            Priority::Low => self.low,
+            Priority::Normal => self.normal,
+            Priority::High => self.high,
+            Priority::Urgent => self.urgent,
+        }
+    }
+
+    /// Pending work of `priority` that became pending at or before this
+    /// moment is overdue at `now`; `None`: never overdue.
+    pub fn overdue_cutoff(&self, priority: Priority, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.for_priority(priority).map(|allowance| now - allowance)
+    }
+
+    /// As shown by `GET /scheduler`.
+    pub fn to_wire(self) -> PriorityAllowances {
+        let secs = |d: Option<Duration>| d.map(|d| d.num_milliseconds() as f64 / 1000.0);
+        PriorityAllowances {
+            low: secs(self.low),
+            normal: secs(self.normal),
+            high: secs(self.high),
+            urgent: secs(self.urgent),
+        }
+    }
+}
+
+/// Overdue pending work of one render, in dispatch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverdueWork {
+    pub render_id: Uuid,
+    pub priority: Priority,
+    /// Tags a worker needs to take it.
+    pub tags: Vec<String>,
+    /// How many of its tasks are overdue.
+    pub tasks: i64,
+}
+
+/// A task being rendered, as preemption sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningWork {
+    pub task_id: Uuid,
+    pub lease_id: Uuid,
+    pub priority: Priority,
+    pub started_at: DateTime<Utc>,
+    /// The tags of the worker rendering it: the overdue work it could take
+    /// once freed.
+    pub worker_tags: Vec<String>,
+}
+
+/// What preemption decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreemptionPlan {
+    /// Running tasks to take back, with the lease they run under.
+    pub preempt: Vec<(Uuid, Uuid)>,
+    /// Overdue tasks left with no worker: how many more workers would help now.
+    pub workers_wanted: i64,
+}
+
+fn carries(worker_tags: &[String], required: &[String]) -> bool {
+    required.iter().all(|t| worker_tags.contains(t))
+}
+
+/// Decides which running tasks make way for overdue work. `overdue` is in
+/// dispatch order; each overdue task first takes an idle worker that can run
+/// it, else preempts one running task of a strictly lower priority whose
+/// worker can run it — the lowest priority first, then the most recently
+/// started (least work lost) — else counts as a worker wanted.
+pub fn plan_preemption(
+    overdue: &[OverdueWork],
+    running: &[RunningWork],
+    idle_worker_tags: &[Vec<String>],
+) -> PreemptionPlan {
+    let mut plan = PreemptionPlan::default();
+    let mut idle: Vec<&Vec<String>> = idle_worker_tags.iter().collect();
+    let mut taken: HashSet<Uuid> = HashSet::new();
+    for work in overdue {
+        let mut left = work.tasks;
+        while left > 0 {
+            if let Some(i) = idle.iter().position(|tags| carries(tags, &work.tags)) {
+                idle.swap_remove(i);
+                left -= 1;
+                continue;
+            }
+            let victim = running
+                .iter()
+                .filter(|r| {
+                    r.priority < work.priority
+                        && !taken.contains(&r.task_id)
+                        && carries(&r.worker_tags, &work.tags)
+                })
+                .min_by_key(|r| (r.priority, std::cmp::Reverse(r.started_at)));
+            match victim {
+                Some(v) => {
+                    taken.insert(v.task_id);
+                    plan.preempt.push((v.task_id, v.lease_id));
+                    left -= 1;
+                }
+                None => {
+                    // Nothing else can serve this render's overdue tasks.
+                    plan.workers_wanted += left;
+                    left = 0;
+                }
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn overdue(render: u128, priority: Priority, tasks: i64, tags: &[&str]) -> OverdueWork {
+        OverdueWork {
+            render_id: id(render),
+            priority,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            tasks,
+        }
+    }
+
+    fn running(task: u128, priority: Priority, started: i64, tags: &[&str]) -> RunningWork {
+        RunningWork {
+            task_id: id(task),
+            lease_id: id(task + 1000),
+            priority,
+            started_at: at(started),
+            worker_tags: tags.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    fn preempted(plan: &PreemptionPlan) -> Vec<u128> {
+        plan.preempt.iter().map(|(t, _)| t.as_u128()).collect()
+    }
+
+    #[test]
+    fn allowances_default_to_urgent_now_high_two_minutes_normal_thirty_low_never() {
+        let a = Allowances::default();
+        let now = at(10_000);
+        assert_eq!(a.overdue_cutoff(Priority::Urgent, now), Some(now));
+        assert_eq!(
+            a.overdue_cutoff(Priority::High, now),
+            Some(now - Duration::minutes(2))
+        );
+        assert_eq!(
+            a.overdue_cutoff(Priority::Normal, now),
+            Some(now - Duration::minutes(30))
+        );
+        assert_eq!(a.overdue_cutoff(Priority::Low, now), None);
+    }
+
+    #[test]
+    fn the_lowest_priority_then_the_most_recently_started_task_makes_way() {
+        // (what, overdue work, running work, idle workers' tags, preempted tasks, workers wanted)
+        type Case = (
+            &'static str,
+            Vec<OverdueWork>,
+            Vec<RunningWork>,
+            Vec<Vec<String>>,
+            Vec<u128>,
+            i64,
+        );
+        let table: Vec<Case> = vec![
+            (
+                "lowest level first",
+                vec![overdue(1, Priority::Urgent, 1, &[])],
+                vec![
+                    running(10, Priority::Normal, 0, &[]),
+                    running(11, Priority::Low, 0, &[]),
+                ],
+                vec![],
+                vec![11],
+                0,
+            ),
+            (
+                "then the most recently started",
+                vec![overdue(1, Priority::Urgent, 1, &[])],
+                vec![
+                    running(10, Priority::Low, 5, &[]),
+                    running(11, Priority::Low, 50, &[]),
+                    running(12, Priority::Low, 20, &[]),
+                ],
+                vec![],
+                vec![11],
+                0,
+            ),
+            (
+                "only strictly lower levels",
+                vec![overdue(1, Priority::High, 2, &[])],
+                vec![
+                    running(10, Priority::High, 0, &[]),
+                    running(11, Priority::Urgent, 0, &[]),
+                    running(12, Priority::Normal, 0, &[]),
+                ],
+                vec![],
+                vec![12],
+                1,
+            ),
+            (
+                "an idle worker that can take it is used first",
+                vec![overdue(1, Priority::Urgent, 2, &[])],
+                vec![running(10, Priority::Low, 0, &[])],
+                vec![vec![]],
+                vec![10],
+                0,
+            ),
+            (
+                "an idle worker without the tags does not count",
+                vec![overdue(1, Priority::Urgent, 1, &["gpu"])],
+                vec![
+                    running(10, Priority::Low, 0, &["cpu"]),
+                    running(11, Priority::Low, 0, &["gpu"]),
+                ],
+                vec![vec!["cpu".into()]],
+                vec![11],
+                0,
+            ),
+            (
+                "each running task is taken once; the rest is demand",
+                vec![
+                    overdue(1, Priority::Urgent, 3, &[]),
+                    overdue(2, Priority::High, 2, &[]),
+                ],
+                vec![
+                    running(10, Priority::Low, 0, &[]),
+                    running(11, Priority::Normal, 0, &[]),
+                ],
+                vec![],
+                vec![10, 11],
+                3,
+            ),
+            (
+                "nothing overdue, nothing to do",
+                vec![],
+                vec![running(10, Priority::Low, 0, &[])],
+                vec![],
+                vec![],
+                0,
+            ),
+        ];
+        for (what, overdue, running, idle, want, wanted) in table {
+            let plan = plan_preemption(&overdue, &running, &idle);
+            assert_eq!(preempted(&plan), want, "{what}");
+            assert_eq!(plan.workers_wanted, wanted, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_million_overdue_tasks_are_planned_without_a_million_steps() {
+        let plan = plan_preemption(
+            &[overdue(1, Priority::Urgent, 1_000_000, &[])],
+            &[running(10, Priority::Low, 0, &[])],
+            &[],
+        );
+        assert_eq!((plan.preempt.len(), plan.workers_wanted), (1, 999_999));
+    }
+}

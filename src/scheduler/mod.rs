@@ -1,0 +1,263 @@
+//! The periodic tick that keeps a farm honest: it requeues the work of lost
+//! workers, retries failed tasks (then fails them), preempts low-priority work
+//! for work that waited past its allowance, and rolls render counters up.
+//!
+//! Every decision comes from `crate::domain`; "now" comes from the injected
+//! clock, so tests advance time and call [`Scheduler::tick`] instead of
+//! sleeping. When several brokers share a store, only the holder of the
+//! `scheduler` lease runs the periodic tick.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use renderfarm_wire::{SchedulerStatus, TickReport};
+use tokio::sync::Notify;
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::clock::Clock;
+use crate::domain::{plan_preemption, Allowances};
+use crate::store::{Store, StoreResult};
+
+/// The name of the lease that says which broker runs the tick.
+pub const LEADER_LEASE: &str = "scheduler";
+
+/// How the scheduler behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerSettings {
+    /// Time between two ticks.
+    pub tick: Duration,
+    /// A worker silent for this long is lost.
+    pub worker_timeout: chrono::Duration,
+    pub allowances: Allowances,
+    /// Run the tick on its own every `tick`; off where ticks are driven by
+    /// hand (tests, `POST /scheduler/run`).
+    pub periodic: bool,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(30),
+            worker_timeout: chrono::Duration::seconds(60),
+            allowances: Allowances::default(),
+            periodic: true,
+        }
+    }
+}
+
+impl SchedulerSettings {
+    /// How long a leader's lease lasts: three ticks, so a leader that misses
+    /// two ticks keeps its place and one that died is replaced soon after.
+    fn lease_ttl(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.tick * 3).unwrap_or(chrono::Duration::seconds(90))
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    last_report: Option<TickReport>,
+    next_tick_at: Option<DateTime<Utc>>,
+    is_leader: bool,
+}
+
+/// The scheduler of one broker instance.
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    settings: SchedulerSettings,
+    instance: String,
+    work_available: Arc<Notify>,
+    state: Mutex<State>,
+    /// One tick at a time, periodic or by hand.
+    running: tokio::sync::Mutex<()>,
+    cron: tokio::sync::Mutex<Option<JobScheduler>>,
+}
+
+impl Scheduler {
+    /// `work_available` is woken when a tick puts work back in the queue.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: SchedulerSettings,
+        work_available: Arc<Notify>,
+    ) -> Arc<Self> {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let short = uuid::Uuid::new_v4().simple().to_string();
+        Arc::new(Self {
+            store,
+            clock,
+            settings,
+            instance: format!("{host}-{}-{}", std::process::id(), &short[..8]),
+            work_available,
+            state: Mutex::new(State::default()),
+            running: tokio::sync::Mutex::new(()),
+            cron: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// This broker instance's name in the leader lease.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn settings(&self) -> &SchedulerSettings {
+        &self.settings
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs every step once, now, whoever leads: the operator's "run it now".
+    pub async fn tick(&self) -> StoreResult<TickReport> {
+        let _one_at_a_time = self.running.lock().await;
+        let now = self.clock.now();
+        let mut report = TickReport {
+            ran_at: Some(now),
+            ..TickReport::default()
+        };
+
+        let lost = self
+            .store
+            .requeue_lost_workers(now - self.settings.worker_timeout, now)
+            .await?;
+        for worker_id in &lost.workers {
+            tracing::warn!(worker_id = %worker_id, timeout = ?self.settings.worker_timeout, "worker lost: no sign of life");
+        }
+        for m in &lost.requeued {
+            tracing::info!(task_id = %m.task_id, render_id = %m.render_id, worker_id = ?m.worker_id, "requeued the task of a lost worker");
+        }
+        report.workers_lost = lost.workers.len() as i64;
+        report.requeued = lost.requeued.len() as i64;
+
+        let retries = self.store.retry_failed_tasks(now).await?;
+        for m in &retries.retried {
+            tracing::info!(task_id = %m.task_id, render_id = %m.render_id, "retrying a failed task");
+        }
+        for m in &retries.failed {
+            tracing::warn!(task_id = %m.task_id, render_id = %m.render_id, "task failed with no retry left; render failed");
+        }
+        report.retried = retries.retried.len() as i64;
+        report.failed = retries.failed.len() as i64;
+
+        let inputs = self
+            .store
+            .preemption_inputs(&self.settings.allowances, now)
+            .await?;
+        let plan = plan_preemption(&inputs.overdue, &inputs.running, &inputs.idle_worker_tags);
+        for (task_id, lease_id) in plan.preempt {
+            if let Some(m) = self.store.preempt_task(task_id, lease_id, now).await? {
+                tracing::info!(task_id = %m.task_id, render_id = %m.render_id, worker_id = ?m.worker_id, lease_id = %lease_id, "preempted for more urgent work");
+                report.preempted += 1;
+            }
+        }
+        report.workers_wanted = plan.workers_wanted;
+        if plan.workers_wanted > 0 {
+            tracing::info!(
+                workers_wanted = plan.workers_wanted,
+                "work waits past its allowance and no worker can take it"
+            );
+        }
+
+        let corrected = self.store.roll_up_renders(now).await?;
+        if corrected > 0 {
+            tracing::warn!(
+                renders = corrected,
+                "render counters corrected by the roll-up"
+            );
+        }
+
+        if report.requeued + report.retried + report.preempted > 0 {
+            self.work_available.notify_waiters();
+        }
+        self.state().last_report = Some(report.clone());
+        Ok(report)
+    }
+
+    /// The periodic tick: take or renew the leader lease; run the steps only
+    /// when this broker leads.
+    pub async fn scheduled_tick(&self) {
+        let now = self.clock.now();
+        let lease = self
+            .store
+            .acquire_lease(LEADER_LEASE, &self.instance, self.settings.lease_ttl(), now)
+            .await;
+        let leads = match lease {
+            Ok(lease) => lease.holder == self.instance,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the store to take the scheduler lease");
+                false
+            }
+        };
+        {
+            let mut state = self.state();
+            if leads != state.is_leader {
+                tracing::info!(instance = %self.instance, leads, "scheduler leadership changed");
+            }
+            state.is_leader = leads;
+            state.next_tick_at = chrono::Duration::from_std(self.settings.tick)
+                .ok()
+                .map(|t| now + t);
+        }
+        if leads {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "scheduler tick failed; the next one will try again");
+            }
+        }
+    }
+
+    /// What `GET /scheduler` shows.
+    pub async fn status(&self) -> StoreResult<SchedulerStatus> {
+        let leader = self.store.current_lease(LEADER_LEASE).await?;
+        let now = self.clock.now();
+        let state = self.state();
+        let is_leader = leader
+            .as_ref()
+            .is_some_and(|l| l.holder == self.instance && l.expires_at > now);
+        Ok(SchedulerStatus {
+            instance: self.instance.clone(),
+            leader,
+            is_leader,
+            last_report: state.last_report.clone(),
+            next_tick_at: state.next_tick_at,
+            tick_seconds: self.settings.tick.as_secs_f64(),
+            worker_timeout_seconds: self.settings.worker_timeout.num_milliseconds() as f64 / 1000.0,
+            allowances: self.settings.allowances.to_wire(),
+        })
+    }
+
+    /// Starts the periodic tick (if the settings ask for it), with a first
+    /// election right away.
+    pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        if !self.settings.periodic {
+            return Ok(());
+        }
+        let cron = JobScheduler::new().await?;
+        let me = Arc::clone(self);
+        let job = Job::new_repeated_async(self.settings.tick, move |_id, _locked| {
+            let me = Arc::clone(&me);
+            Box::pin(async move { me.scheduled_tick().await })
+        })?;
+        cron.add(job).await?;
+        cron.start().await?;
+        *self.cron.lock().await = Some(cron);
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.scheduled_tick().await });
+        Ok(())
+    }
+
+    /// Stops the periodic tick and gives up the lease so another broker
+    /// takes over at its next tick.
+    pub async fn stop(&self) {
+        if let Some(mut cron) = self.cron.lock().await.take() {
+            if let Err(e) = cron.shutdown().await {
+                tracing::warn!(error = %e, "stopping the scheduler's timer");
+            }
+        }
+        if let Err(e) = self.store.release_lease(LEADER_LEASE, &self.instance).await {
+            tracing::warn!(error = %e, "could not give up the scheduler lease; it lapses on its own");
+        }
+        self.state().is_leader = false;
+    }
+}
