@@ -40,17 +40,21 @@ use mongodb::error::{Error as DriverError, ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, ConnectionString, Hint, ReturnDocument};
 use mongodb::{Client, Collection, Database};
 use renderfarm_wire::{
-    Assignment, Heartbeat, HeartbeatAction, Page, Priority, Progress, Render, RenderStatus, Task,
-    TaskStatus, Worker, WorkerAction,
+    Assignment, Heartbeat, HeartbeatAction, HistoryEvent, LeaderLease, Page, Priority, Progress,
+    Render, RenderStatus, Task, TaskHistoryEntry, TaskStatus, Worker, WorkerAction,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{PageRequest, RenderFilter, Store, StoreError, StoreResult, TaskReport};
+use super::{
+    LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter, Retries, Store,
+    StoreError, StoreResult, TaskReport,
+};
 use crate::domain::{
-    claim_permission, heartbeat_action, render_transition, roll_up, task_transition,
-    tasks_affected, worker_status, worker_transition, ClaimPermission, LeaseView, NewRender,
-    RenderCommand, TaskEvent, ValidWorkerSpec, WorkerMode,
+    claim_permission, heartbeat_action, progress_after, render_transition, roll_up,
+    task_transition, tasks_affected, worker_status, worker_transition, Allowances, ClaimPermission,
+    LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec,
+    WorkerMode,
 };
 use queries::*;
 
@@ -64,6 +68,8 @@ const TASKS: &str = "tasks";
 const WORKERS: &str = "workers";
 const TASK_LOGS: &str = "task_logs";
 const COUNTERS: &str = "counters";
+const TASK_HISTORY: &str = "task_history";
+const LEASES: &str = "leases";
 
 /// How long an operation waits for a reachable server before it answers
 /// `Unavailable` (503), unless the URI sets `serverSelectionTimeoutMS`.
@@ -301,8 +307,12 @@ struct TaskDoc {
     failure_reason: Option<String>,
     started_at: Option<bson::DateTime>,
     finished_at: Option<bson::DateTime>,
+    /// When the task last became pending: its wait is counted from here.
+    queued_at: bson::DateTime,
     /// How many log chunks were appended: the next chunk's sequence number.
     log_chunks: i64,
+    /// How many history entries it has: the next entry's sequence number.
+    history_seq: i64,
 }
 
 impl TaskDoc {
@@ -327,7 +337,9 @@ impl TaskDoc {
             failure_reason: None,
             started_at: None,
             finished_at: None,
+            queued_at: render.created_at,
             log_chunks: 0,
+            history_seq: 0,
         }
     }
 
@@ -414,6 +426,50 @@ struct LogDoc {
     task_id: String,
     seq: i64,
     text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HistoryDoc {
+    task_id: String,
+    /// Taken from the task's `history_seq` by the change it records.
+    seq: i64,
+    at: bson::DateTime,
+    event: String,
+    worker_id: Option<String>,
+    detail: Option<String>,
+}
+
+impl HistoryDoc {
+    fn to_entry(&self) -> StoreResult<TaskHistoryEntry> {
+        Ok(TaskHistoryEntry {
+            at: self.at.to_chrono(),
+            event: HistoryEvent::parse(&self.event).ok_or_else(|| {
+                corrupt(format!(
+                    "a history event {:?} of task {}",
+                    self.event, self.task_id
+                ))
+            })?,
+            worker_id: parse_opt_uuid(self.worker_id.as_deref(), "worker id")?,
+            detail: self.detail.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseDoc {
+    #[serde(rename = "_id")]
+    name: String,
+    holder: String,
+    expires_at: bson::DateTime,
+}
+
+impl LeaseDoc {
+    fn to_lease(&self) -> LeaderLease {
+        LeaderLease {
+            holder: self.holder.clone(),
+            expires_at: self.expires_at.to_chrono(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -580,6 +636,14 @@ impl MongoStore {
 
     fn logs(&self) -> StoreResult<Collection<LogDoc>> {
         Ok(self.db()?.collection(TASK_LOGS))
+    }
+
+    fn history(&self) -> StoreResult<Collection<HistoryDoc>> {
+        Ok(self.db()?.collection(TASK_HISTORY))
+    }
+
+    fn leases(&self) -> StoreResult<Collection<LeaseDoc>> {
+        Ok(self.db()?.collection(LEASES))
     }
 }
 
@@ -848,27 +912,50 @@ impl MongoStore {
         let Some(row) = cursor.try_next().await? else {
             return Ok(0);
         };
-        match row.get("frames") {
-            Some(Bson::Int64(n)) => Ok(*n),
-            Some(Bson::Int32(n)) => Ok(i64::from(*n)),
-            Some(Bson::Double(n)) => Ok(*n as i64),
-            other => Err(corrupt(format!("a frame sum of {other:?}"))),
-        }
+        row.get("frames")
+            .and_then(bson_i64)
+            .ok_or_else(|| corrupt(format!("a frame sum in {row:?}")))
+    }
+
+    /// Appends one line to a task's history. `seq` comes from the task
+    /// change it records, so entries read back in the order they happened.
+    async fn record_history(
+        &self,
+        task: &str,
+        seq: i64,
+        event: HistoryEvent,
+        worker: Option<&str>,
+        detail: Option<String>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.history()?
+            .insert_one(HistoryDoc {
+                task_id: task.to_string(),
+                seq,
+                at: bson_time(now),
+                event: event.as_str().into(),
+                worker_id: worker.map(str::to_string),
+                detail,
+            })
+            .await?;
+        Ok(())
     }
 
     /// Puts a running task back in the queue without counting a failure,
-    /// under its current lease (nothing happens if the lease moved on).
+    /// under its current lease (nothing happens if the lease moved on); the
+    /// history says why. Returns the task as it was.
     async fn requeue_under_lease(
         &self,
-        task: &TaskDoc,
+        task: &str,
         lease: &str,
+        why: (HistoryEvent, &str),
         has_log: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<TaskDoc>> {
         let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
         let before = self
             .tasks()?
-            .find_one_and_update(lease_filter(&task.id, lease), requeue_update(to, has_log))
+            .find_one_and_update(lease_filter(task, lease), requeue_update(to, now, has_log))
             .return_document(ReturnDocument::Before)
             .await?;
         if let Some(before) = &before {
@@ -878,6 +965,16 @@ impl MongoStore {
                 to,
                 -before.frames_done,
                 false,
+                now,
+            )
+            .await?;
+            let (event, detail) = why;
+            self.record_history(
+                &before.id,
+                before.history_seq,
+                event,
+                before.worker_id.as_deref(),
+                Some(detail.to_string()),
                 now,
             )
             .await?;
@@ -927,6 +1024,115 @@ impl MongoStore {
         Ok(before)
     }
 
+    async fn ensure_task_exists(&self, id: &str) -> StoreResult<()> {
+        let exists = self
+            .db()?
+            .collection::<Document>(TASKS)
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        match exists {
+            Some(_) => Ok(()),
+            None => Err(StoreError::not_found("task", id)),
+        }
+    }
+
+    /// Counts the render's tasks by status, as the domain counts them.
+    async fn count_progress(&self, render: &str, frames_total: i64) -> StoreResult<Progress> {
+        let rows: Vec<Document> = self
+            .db()?
+            .collection::<Document>(TASKS)
+            .aggregate(recount_pipeline(render))
+            .await?
+            .try_collect()
+            .await?;
+        let mut progress = Progress {
+            frames_total,
+            ..Progress::default()
+        };
+        for row in rows {
+            let status = row
+                .get_str("_id")
+                .ok()
+                .and_then(TaskStatus::parse)
+                .ok_or_else(|| corrupt(format!("a task status in {row:?}")))?;
+            let tasks = row.get("tasks").and_then(bson_i64).unwrap_or(0);
+            let frames = row.get("frames").and_then(bson_i64).unwrap_or(0);
+            progress = add_progress(progress, new_tasks(status, tasks));
+            progress.frames_done += frames;
+        }
+        Ok(progress)
+    }
+
+    /// Recounts one unfinished render from its tasks and writes what
+    /// differs (compare-and-set); true when something was corrected.
+    async fn recount_render(&self, mut doc: RenderDoc, now: DateTime<Utc>) -> StoreResult<bool> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let before = doc.status()?;
+            if before.is_finished() {
+                return Ok(false);
+            }
+            let progress = self.count_progress(&doc.id, doc.frames_total).await?;
+            let stuck = self
+                .tasks()?
+                .count_documents(stuck_filter(&doc.id))
+                .limit(1)
+                .await?
+                > 0;
+            let failed_for_good = doc.failed_for_good || stuck;
+            let status = roll_up(before, &progress, doc.started_at.is_some(), failed_for_good);
+            if (status, progress, failed_for_good) == (before, doc.progress(), doc.failed_for_good)
+            {
+                return Ok(false);
+            }
+            let change = StatusChange {
+                status,
+                started_at: doc.started_at,
+                finished_at: finished_at_after(before, status, doc.finished_at, now),
+                reset_failure: false,
+            };
+            let written = self
+                .renders()?
+                .find_one_and_update(
+                    render_cas_filter(&doc.id, doc.version),
+                    recount_update(&progress, failed_for_good, &change),
+                )
+                .return_document(ReturnDocument::After)
+                .await?;
+            match written {
+                Some(after) => {
+                    tracing::warn!(render_id = %after.id, "render counters corrected from its tasks");
+                    self.after_status_write(before, after, now).await?;
+                    return Ok(true);
+                }
+                None => doc = self.load_render(&doc.id).await?,
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "render {} changed too often to recount; the next tick tries again",
+            doc.id
+        )))
+    }
+
+    async fn running_tasks(&self) -> StoreResult<Vec<TaskDoc>> {
+        Ok(self
+            .tasks()?
+            .find(doc! { "status": TaskStatus::Running.as_str() })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    async fn workers_by_id(&self, ids: Vec<&str>) -> StoreResult<HashMap<String, WorkerDoc>> {
+        let docs: Vec<WorkerDoc> = self
+            .workers()?
+            .find(doc! { "_id": { "$in": ids } })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.into_iter().map(|w| (w.id.clone(), w)).collect())
+    }
+
     async fn current_task_of(&self, worker: &str) -> StoreResult<Option<TaskDoc>> {
         Ok(self.tasks()?.find_one(held_filter(worker)).await?)
     }
@@ -953,13 +1159,57 @@ impl MongoStore {
         match keeper {
             Some(keeper) if keeper.id != mine.id => {
                 if let Some(lease) = mine.lease_id.as_deref() {
-                    self.requeue_under_lease(&mine, lease, false, now).await?;
+                    self.requeue_under_lease(
+                        &mine.id,
+                        lease,
+                        (
+                            HistoryEvent::Requeued,
+                            "claimed twice at once; its worker keeps its other task",
+                        ),
+                        false,
+                        now,
+                    )
+                    .await?;
                 }
                 Ok(keeper)
             }
             _ => Ok(mine),
         }
     }
+}
+
+/// A number from an aggregation result, whatever width the server chose.
+fn bson_i64(value: &Bson) -> Option<i64> {
+    match value {
+        Bson::Int64(n) => Some(*n),
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Double(n) => Some(*n as i64),
+        _ => None,
+    }
+}
+
+/// The counters `n` tasks in `status` add to a recount.
+fn new_tasks(status: TaskStatus, n: i64) -> Progress {
+    let one = progress_after(Progress::default(), None, status, 0);
+    Progress {
+        tasks_total: one.tasks_total * n,
+        tasks_pending: one.tasks_pending * n,
+        tasks_running: one.tasks_running * n,
+        tasks_completed: one.tasks_completed * n,
+        tasks_failed: one.tasks_failed * n,
+        tasks_canceled: one.tasks_canceled * n,
+        frames_total: 0,
+        frames_done: 0,
+    }
+}
+
+/// A moved task as the scheduler reports it.
+fn moved(task: &TaskDoc) -> StoreResult<MovedTask> {
+    Ok(MovedTask {
+        task_id: parse_uuid(&task.id, "task id")?,
+        render_id: parse_uuid(&task.render_id, "render id")?,
+        worker_id: parse_opt_uuid(task.worker_id.as_deref(), "worker id")?,
+    })
 }
 
 fn page_bounds(page: PageRequest) -> (i64, i64) {
@@ -1130,15 +1380,7 @@ impl Store for MongoStore {
 
     async fn task_log(&self, id: Uuid) -> StoreResult<String> {
         let id = id.to_string();
-        let exists = self
-            .db()?
-            .collection::<Document>(TASKS)
-            .find_one(doc! { "_id": &id })
-            .projection(doc! { "_id": 1 })
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::not_found("task", id));
-        }
+        self.ensure_task_exists(&id).await?;
         let mut chunks = self
             .logs()?
             .find(doc! { "task_id": &id })
@@ -1247,7 +1489,13 @@ impl Store for MongoStore {
             if let Some(task) = self.current_task_of(&id_s).await? {
                 if let Some(lease) = task.lease_id.clone() {
                     if self
-                        .requeue_under_lease(&task, &lease, false, now)
+                        .requeue_under_lease(
+                            &task.id,
+                            &lease,
+                            (HistoryEvent::Requeued, "its worker was disabled"),
+                            false,
+                            now,
+                        )
                         .await?
                         .is_some()
                     {
@@ -1333,6 +1581,15 @@ impl Store for MongoStore {
         let render = self
             .move_render(&task.render_id, TaskStatus::Pending, to, 0, false, now)
             .await?;
+        self.record_history(
+            &task.id,
+            task.history_seq - 1,
+            HistoryEvent::Assigned,
+            Some(&worker_key),
+            None,
+            now,
+        )
+        .await?;
         let task = self.keep_one_task(&worker_key, task, now).await?;
         let render = if task.render_id == render.id {
             render
@@ -1373,8 +1630,17 @@ impl Store for MongoStore {
                     .await?
             }
             TaskReport::Release => {
-                self.requeue_under_lease(&task, &lease, has_log, now)
-                    .await?
+                self.requeue_under_lease(
+                    &id,
+                    &lease,
+                    (
+                        HistoryEvent::Released,
+                        "its worker stopped and handed it back",
+                    ),
+                    has_log,
+                    now,
+                )
+                .await?
             }
             TaskReport::Complete => {
                 let to = task_transition(TaskStatus::Running, TaskEvent::Complete)?;
@@ -1392,6 +1658,15 @@ impl Store for MongoStore {
                         to,
                         b.frames() - b.frames_done,
                         false,
+                        now,
+                    )
+                    .await?;
+                    self.record_history(
+                        &id,
+                        b.history_seq,
+                        HistoryEvent::Completed,
+                        b.worker_id.as_deref(),
+                        None,
                         now,
                     )
                     .await?;
@@ -1422,6 +1697,19 @@ impl Store for MongoStore {
                         now,
                     )
                     .await?;
+                    let detail = match exit_code {
+                        Some(code) => format!("exit code {code}"),
+                        None => "no exit code".to_string(),
+                    };
+                    self.record_history(
+                        &id,
+                        b.history_seq,
+                        HistoryEvent::Failed,
+                        b.worker_id.as_deref(),
+                        Some(detail),
+                        now,
+                    )
+                    .await?;
                 }
                 before
             }
@@ -1440,6 +1728,359 @@ impl Store for MongoStore {
                 .await?;
         }
         self.load_task(&id).await?.to_task()
+    }
+
+    async fn task_history(&self, task_id: Uuid) -> StoreResult<Vec<TaskHistoryEntry>> {
+        let id = task_id.to_string();
+        self.ensure_task_exists(&id).await?;
+        let docs: Vec<HistoryDoc> = self
+            .history()?
+            .find(doc! { "task_id": &id })
+            .sort(doc! { "seq": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        docs.iter().map(HistoryDoc::to_entry).collect()
+    }
+
+    async fn requeue_lost_workers(
+        &self,
+        cutoff: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LostWorkers> {
+        let workers = self.workers()?;
+        let mut outcome = LostWorkers::default();
+        let silent: Vec<WorkerDoc> = workers
+            .find(doc! { "offline": false, "last_heartbeat": { "$lte": bson_time(cutoff) } })
+            .sort(doc! { "seq": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        for w in &silent {
+            // Conditional, so one broker marks it once and a heartbeat that
+            // came in meanwhile keeps it.
+            let marked = workers
+                .update_one(
+                    lost_worker_filter(&w.id, cutoff),
+                    doc! { "$set": { "offline": true } },
+                )
+                .await?;
+            if marked.modified_count == 1 {
+                outcome.workers.push(parse_uuid(&w.id, "worker id")?);
+            }
+        }
+        // From the running tasks rather than the workers just marked, so the
+        // task of a worker marked by a tick that stopped half way is not
+        // left running forever.
+        let running = self.running_tasks().await?;
+        let holders = self
+            .workers_by_id(
+                running
+                    .iter()
+                    .filter_map(|t| t.worker_id.as_deref())
+                    .collect(),
+            )
+            .await?;
+        for task in &running {
+            let Some(worker) = task.worker_id.as_deref().and_then(|w| holders.get(w)) else {
+                continue;
+            };
+            let (Some(lease), true) = (
+                task.lease_id.as_deref(),
+                worker.last_heartbeat <= bson_time(cutoff),
+            ) else {
+                continue;
+            };
+            let last_seen = worker
+                .last_heartbeat
+                .to_chrono()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let detail = format!("its worker was lost: no sign of life since {last_seen}");
+            if let Some(before) = self
+                .requeue_under_lease(
+                    &task.id,
+                    lease,
+                    (HistoryEvent::Requeued, &detail),
+                    false,
+                    now,
+                )
+                .await?
+            {
+                outcome.requeued.push(moved(&before)?);
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn retry_failed_tasks(&self, now: DateTime<Utc>) -> StoreResult<Retries> {
+        let tasks = self.tasks()?;
+        let failed: Vec<TaskDoc> = tasks
+            .find(doc! { "status": TaskStatus::Failed.as_str() })
+            .sort(claim_sort())
+            .await?
+            .try_collect()
+            .await?;
+        if failed.is_empty() {
+            return Ok(Retries::default());
+        }
+        // A finished render's failed tasks stay failed.
+        let render_ids: Vec<&str> = failed.iter().map(|t| t.render_id.as_str()).collect();
+        let open_statuses: Vec<&str> = RenderStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_finished())
+            .map(RenderStatus::as_str)
+            .collect();
+        let open: Vec<Document> = self
+            .db()?
+            .collection::<Document>(RENDERS)
+            .find(doc! { "_id": { "$in": render_ids }, "status": { "$in": open_statuses } })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let open: std::collections::HashSet<&str> =
+            open.iter().filter_map(|d| d.get_str("_id").ok()).collect();
+        let mut outcome = Retries::default();
+        for task in failed
+            .iter()
+            .filter(|t| open.contains(t.render_id.as_str()))
+        {
+            let retry = TaskEvent::Retry {
+                retries: task.retries,
+                max_retries: task.max_retries,
+            };
+            match task_transition(task.status()?, retry) {
+                Ok(to) => {
+                    let before = tasks
+                        .find_one_and_update(
+                            retry_filter(&task.id, task.retries),
+                            retry_update(to, now),
+                        )
+                        .return_document(ReturnDocument::Before)
+                        .await?;
+                    let Some(before) = before else {
+                        continue;
+                    };
+                    self.move_render(
+                        &before.render_id,
+                        TaskStatus::Failed,
+                        to,
+                        -before.frames_done,
+                        false,
+                        now,
+                    )
+                    .await?;
+                    let detail = format!("retry {} of {}", before.retries + 1, before.max_retries);
+                    self.record_history(
+                        &before.id,
+                        before.history_seq,
+                        HistoryEvent::Retried,
+                        None,
+                        Some(detail),
+                        now,
+                    )
+                    .await?;
+                    outcome.retried.push(moved(&before)?);
+                }
+                Err(_) => {
+                    // No retry left: the render fails (its roll-up cancels
+                    // the pending work).
+                    self.move_render(
+                        &task.render_id,
+                        TaskStatus::Failed,
+                        TaskStatus::Failed,
+                        0,
+                        true,
+                        now,
+                    )
+                    .await?;
+                    outcome.failed.push(moved(task)?);
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn preemption_inputs(
+        &self,
+        allowances: &Allowances,
+        now: DateTime<Utc>,
+    ) -> StoreResult<PreemptionInputs> {
+        let cutoffs: Vec<(i64, DateTime<Utc>)> = Priority::ALL
+            .into_iter()
+            .filter_map(|p| allowances.overdue_cutoff(p, now).map(|c| (p.rank(), c)))
+            .collect();
+        let mut overdue = Vec::new();
+        if let Some(pipeline) = overdue_pipeline(&cutoffs) {
+            let rows: Vec<Document> = self
+                .db()?
+                .collection::<Document>(TASKS)
+                .aggregate(pipeline)
+                .await?
+                .try_collect()
+                .await?;
+            for row in rows {
+                let bad = || corrupt(format!("an overdue-work row {row:?}"));
+                let rank = row.get("priority").and_then(bson_i64).ok_or_else(bad)?;
+                let tags = row
+                    .get_array("tags")
+                    .map_err(|_| bad())?
+                    .iter()
+                    .map(|t| t.as_str().map(str::to_string).ok_or_else(bad))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                overdue.push(OverdueWork {
+                    render_id: parse_uuid(row.get_str("_id").map_err(|_| bad())?, "render id")?,
+                    priority: Priority::from_rank(rank).ok_or_else(bad)?,
+                    tags,
+                    tasks: row.get("tasks").and_then(bson_i64).ok_or_else(bad)?,
+                });
+            }
+        }
+        let running_tasks = self.running_tasks().await?;
+        let holders = self
+            .workers_by_id(
+                running_tasks
+                    .iter()
+                    .filter_map(|t| t.worker_id.as_deref())
+                    .collect(),
+            )
+            .await?;
+        let mut running = Vec::new();
+        for task in &running_tasks {
+            // As a join would: a task whose worker is gone is not preemptible.
+            let Some(worker) = task.worker_id.as_deref().and_then(|w| holders.get(w)) else {
+                continue;
+            };
+            running.push(RunningWork {
+                task_id: parse_uuid(&task.id, "task id")?,
+                lease_id: parse_uuid(task.lease_id.as_deref().unwrap_or_default(), "lease id")?,
+                priority: Priority::from_rank(task.priority).ok_or_else(|| {
+                    corrupt(format!("task {} with priority {}", task.id, task.priority))
+                })?,
+                started_at: task
+                    .started_at
+                    .ok_or_else(|| corrupt(format!("running task {} without a start", task.id)))?
+                    .to_chrono(),
+                worker_tags: worker.tags.clone(),
+            });
+        }
+        let busy: std::collections::HashSet<&str> = running_tasks
+            .iter()
+            .filter_map(|t| t.worker_id.as_deref())
+            .collect();
+        let available: Vec<WorkerDoc> = self
+            .workers()?
+            .find(doc! { "mode": WorkerMode::Active.as_str(), "offline": false })
+            .sort(doc! { "seq": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let idle_worker_tags = available
+            .into_iter()
+            .filter(|w| !busy.contains(w.id.as_str()))
+            .map(|w| w.tags)
+            .collect();
+        Ok(PreemptionInputs {
+            overdue,
+            running,
+            idle_worker_tags,
+        })
+    }
+
+    async fn preempt_task(
+        &self,
+        task_id: Uuid,
+        lease_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<MovedTask>> {
+        let id = task_id.to_string();
+        let lease = lease_id.to_string();
+        let task = self.load_task(&id).await?;
+        if task.status()? != TaskStatus::Running || task.lease_id.as_deref() != Some(&lease) {
+            return Ok(None);
+        }
+        self.requeue_under_lease(
+            &id,
+            &lease,
+            (HistoryEvent::Preempted, "taken back for more urgent work"),
+            false,
+            now,
+        )
+        .await?
+        .as_ref()
+        .map(moved)
+        .transpose()
+    }
+
+    async fn roll_up_renders(&self, now: DateTime<Utc>) -> StoreResult<i64> {
+        let open_statuses: Vec<&str> = RenderStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_finished())
+            .map(RenderStatus::as_str)
+            .collect();
+        let open: Vec<RenderDoc> = self
+            .renders()?
+            .find(doc! { "status": { "$in": open_statuses } })
+            .await?
+            .try_collect()
+            .await?;
+        let mut corrected = 0;
+        for doc in open {
+            if self.recount_render(doc, now).await? {
+                corrected += 1;
+            }
+        }
+        Ok(corrected)
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LeaderLease> {
+        let leases = self.leases()?;
+        for _ in 0..3 {
+            let taken = leases
+                .find_one_and_update(
+                    lease_take_filter(name, holder, now),
+                    lease_take_update(holder, now + ttl),
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            match taken {
+                Ok(Some(lease)) => return Ok(lease.to_lease()),
+                Ok(None) => {}
+                // Someone else holds it and it has not lapsed (the upsert
+                // tried to create a second document with its name).
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(current) = leases.find_one(doc! { "_id": name }).await? {
+                return Ok(current.to_lease());
+            }
+            // Released between the two steps: try again.
+        }
+        Err(StoreError::Unavailable(format!(
+            "the lease {name} changed hands too often to take; the next tick tries again"
+        )))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
+        self.leases()?
+            .delete_one(doc! { "_id": name, "holder": holder })
+            .await?;
+        Ok(())
+    }
+
+    async fn current_lease(&self, name: &str) -> StoreResult<Option<LeaderLease>> {
+        Ok(self
+            .leases()?
+            .find_one(doc! { "_id": name })
+            .await?
+            .map(|l| l.to_lease()))
     }
 }
 

@@ -21,10 +21,16 @@ use crate::store::{StoreError, StoreResult};
 pub const MIGRATIONS: &str = "migrations";
 
 /// Every migration, oldest first; the number in the name is its version.
-const FILES: &[(&str, &str)] = &[(
-    "0001_initial",
-    include_str!("../../../migrations/mongodb/0001_initial.json"),
-)];
+const FILES: &[(&str, &str)] = &[
+    (
+        "0001_initial",
+        include_str!("../../../migrations/mongodb/0001_initial.json"),
+    ),
+    (
+        "0002_scheduler",
+        include_str!("../../../migrations/mongodb/0002_scheduler.json"),
+    ),
+];
 
 /// The server's code for "collection already exists".
 const NAMESPACE_EXISTS: i32 = 48;

@@ -44,9 +44,37 @@ pub fn claim_sort() -> Document {
     doc! { "priority": -1, "render_seq": 1, "frame_start": 1 }
 }
 
+/// Adds 1 to `field` in the update's `$inc`.
+fn add_inc(mut update: Document, field: &str) -> Document {
+    match update.get_mut("$inc") {
+        Some(Bson::Document(inc)) => {
+            inc.insert(field, 1_i64);
+        }
+        _ => {
+            update.insert("$inc", doc! { field: 1_i64 });
+        }
+    }
+    update
+}
+
+/// Every task change that its history records takes the next history
+/// sequence number (read from the document before the change).
+fn with_history(update: Document) -> Document {
+    add_inc(update, "history_seq")
+}
+
+/// A report that carries log text takes the next log sequence number.
+fn with_log_seq(update: Document, has_log: bool) -> Document {
+    if has_log {
+        add_inc(update, "log_chunks")
+    } else {
+        update
+    }
+}
+
 /// Hands a task to `worker` under a new `lease`.
 pub fn claim_update(to: TaskStatus, worker: &str, lease: &str, now: DateTime<Utc>) -> Document {
-    doc! {
+    with_history(doc! {
         "$set": {
             "status": to.as_str(),
             "worker_id": worker,
@@ -55,7 +83,7 @@ pub fn claim_update(to: TaskStatus, worker: &str, lease: &str, now: DateTime<Utc
             "started_at": bson_time(now),
             "finished_at": Bson::Null,
         }
-    }
+    })
 }
 
 /// The task `worker` is rendering now, if any.
@@ -69,16 +97,7 @@ pub fn lease_filter(task: &str, lease: &str) -> Document {
     doc! { "_id": task, "lease_id": lease, "status": TaskStatus::Running.as_str() }
 }
 
-/// Adds "take the next log sequence number" to a report's update when it
-/// carries log text; the number is read from the document before the update.
-fn with_log_seq(mut update: Document, has_log: bool) -> Document {
-    if has_log {
-        update.insert("$inc", doc! { "log_chunks": 1_i64 });
-    }
-    update
-}
-
-/// A running task's progress.
+/// A running task's progress (not a history event).
 pub fn progress_update(frames_done: i64, has_log: bool) -> Document {
     with_log_seq(doc! { "$set": { "frames_done": frames_done } }, has_log)
 }
@@ -86,11 +105,11 @@ pub fn progress_update(frames_done: i64, has_log: bool) -> Document {
 /// Every frame of the task rendered.
 pub fn complete_update(to: TaskStatus, frames: i64, now: DateTime<Utc>, has_log: bool) -> Document {
     with_log_seq(
-        doc! { "$set": {
+        with_history(doc! { "$set": {
             "status": to.as_str(),
             "frames_done": frames,
             "finished_at": bson_time(now),
-        } },
+        } }),
         has_log,
     )
 }
@@ -104,29 +123,52 @@ pub fn fail_update(
     has_log: bool,
 ) -> Document {
     with_log_seq(
-        doc! { "$set": {
+        with_history(doc! { "$set": {
             "status": to.as_str(),
             "frames_done": 0_i64,
             "exit_code": exit_code.map_or(Bson::Null, Bson::Int64),
             "failure_reason": reason,
             "finished_at": bson_time(now),
-        } },
+        } }),
         has_log,
     )
 }
 
 /// The task goes back to the queue without counting as a failure: no worker,
-/// no lease.
-pub fn requeue_update(to: TaskStatus, has_log: bool) -> Document {
+/// no lease, waiting from now.
+pub fn requeue_update(to: TaskStatus, now: DateTime<Utc>, has_log: bool) -> Document {
     with_log_seq(
-        doc! { "$set": {
+        with_history(doc! { "$set": {
             "status": to.as_str(),
             "worker_id": Bson::Null,
             "lease_id": Bson::Null,
             "frames_done": 0_i64,
-        } },
+            "queued_at": bson_time(now),
+        } }),
         has_log,
     )
+}
+
+/// The failed task, only while it is still failed after `retries` retries:
+/// one broker retries it once.
+pub fn retry_filter(task: &str, retries: i64) -> Document {
+    doc! { "_id": task, "status": TaskStatus::Failed.as_str(), "retries": retries }
+}
+
+/// A failed task gets another attempt, from scratch.
+pub fn retry_update(to: TaskStatus, now: DateTime<Utc>) -> Document {
+    doc! {
+        "$set": {
+            "status": to.as_str(),
+            "worker_id": Bson::Null,
+            "lease_id": Bson::Null,
+            "frames_done": 0_i64,
+            "started_at": Bson::Null,
+            "finished_at": Bson::Null,
+            "queued_at": bson_time(now),
+        },
+        "$inc": { "retries": 1_i64, "history_seq": 1_i64 },
+    }
 }
 
 /// The `$inc` of a render's counters by `delta`; the render's version moves
@@ -273,6 +315,7 @@ pub fn bulk_update(to: TaskStatus, now: DateTime<Utc>) -> Document {
             "failure_reason": Bson::Null,
             "started_at": Bson::Null,
             "finished_at": Bson::Null,
+            "queued_at": bson_time(now),
         } }
     } else {
         doc! { "$set": { "status": to.as_str(), "finished_at": bson_time(now) } }
@@ -317,6 +360,101 @@ pub fn alive_update(now: DateTime<Utc>) -> Document {
 /// Takes the next number of a named sequence (creating it at 1).
 pub fn next_seq_update() -> Document {
     doc! { "$inc": { "seq": 1_i64 } }
+}
+
+/// Counts a render's tasks by status, with their frames done.
+pub fn recount_pipeline(render: &str) -> Vec<Document> {
+    vec![
+        doc! { "$match": { "render_id": render } },
+        doc! { "$group": {
+            "_id": "$status",
+            "tasks": { "$sum": 1_i64 },
+            "frames": { "$sum": "$frames_done" },
+        } },
+    ]
+}
+
+/// A failed task of the render with no retry left.
+pub fn stuck_filter(render: &str) -> Document {
+    doc! {
+        "render_id": render,
+        "status": TaskStatus::Failed.as_str(),
+        "$expr": { "$gte": ["$retries", "$max_retries"] },
+    }
+}
+
+/// Overwrites a render's counters and status with a recount, under
+/// [`render_cas_filter`].
+pub fn recount_update(
+    progress: &Progress,
+    failed_for_good: bool,
+    change: &StatusChange,
+) -> Document {
+    let mut update = status_update(change);
+    if let Ok(set) = update.get_document_mut("$set") {
+        set.insert("tasks_total", progress.tasks_total);
+        set.insert("tasks_pending", progress.tasks_pending);
+        set.insert("tasks_running", progress.tasks_running);
+        set.insert("tasks_completed", progress.tasks_completed);
+        set.insert("tasks_failed", progress.tasks_failed);
+        set.insert("tasks_canceled", progress.tasks_canceled);
+        set.insert("frames_done", progress.frames_done);
+        set.insert("failed_for_good", failed_for_good);
+    }
+    update
+}
+
+/// Pending tasks of dispatchable renders that became pending at or before
+/// their priority's cutoff, counted per render in dispatch order. `cutoffs`
+/// holds (priority rank, cutoff) for the levels that may be overdue at all;
+/// `None` when none may.
+pub fn overdue_pipeline(cutoffs: &[(i64, DateTime<Utc>)]) -> Option<Vec<Document>> {
+    if cutoffs.is_empty() {
+        return None;
+    }
+    let per_level: Vec<Document> = cutoffs
+        .iter()
+        .map(
+            |(rank, cutoff)| doc! { "priority": rank, "queued_at": { "$lte": bson_time(*cutoff) } },
+        )
+        .collect();
+    Some(vec![
+        doc! { "$match": {
+            "status": TaskStatus::Pending.as_str(),
+            "runnable": true,
+            "$or": per_level,
+        } },
+        doc! { "$group": {
+            "_id": "$render_id",
+            "priority": { "$first": "$priority" },
+            "render_seq": { "$first": "$render_seq" },
+            "tags": { "$first": "$required_tags" },
+            "tasks": { "$sum": 1_i64 },
+        } },
+        doc! { "$sort": { "priority": -1, "render_seq": 1 } },
+    ])
+}
+
+/// The worker, only while it is marked alive and silent since `cutoff`: one
+/// broker marks it offline once, and a heartbeat in between keeps it.
+pub fn lost_worker_filter(worker: &str, cutoff: DateTime<Utc>) -> Document {
+    doc! { "_id": worker, "offline": false, "last_heartbeat": { "$lte": bson_time(cutoff) } }
+}
+
+/// The lease `name`, only when `holder` may take it: it is theirs or it lapsed.
+pub fn lease_take_filter(name: &str, holder: &str, now: DateTime<Utc>) -> Document {
+    doc! {
+        "_id": name,
+        "$or": [
+            { "holder": holder },
+            { "expires_at": { "$lte": bson_time(now) } },
+        ],
+    }
+}
+
+/// Takes or renews the lease until `expires_at`.
+pub fn lease_take_update(holder: &str, expires_at: DateTime<Utc>) -> Document {
+    doc! { "$set": { "holder": holder, "expires_at": bson_time(expires_at) } }
 }
 
 #[cfg(test)]
@@ -374,7 +512,7 @@ mod tests {
                 "frames_done": 0_i64,
                 "started_at": bson::DateTime::from_millis(1_800_000_005_000),
                 "finished_at": Bson::Null,
-            } }
+            }, "$inc": { "history_seq": 1_i64 } }
         );
     }
 
@@ -409,7 +547,7 @@ mod tests {
                 "exit_code": 1_i64,
                 "failure_reason": "denoiser",
                 "finished_at": bson::DateTime::from_millis(1_800_000_000_000),
-            } }
+            }, "$inc": { "history_seq": 1_i64 } }
         );
         let no_code = fail_update(TaskStatus::Failed, None, "killed", t(0), true);
         assert_eq!(
@@ -417,21 +555,23 @@ mod tests {
             Some(&Bson::Null)
         );
         assert_eq!(
-            requeue_update(TaskStatus::Pending, false),
+            requeue_update(TaskStatus::Pending, t(3), false),
             doc! { "$set": {
                 "status": "pending",
                 "worker_id": Bson::Null,
                 "lease_id": Bson::Null,
                 "frames_done": 0_i64,
-            } }
+                "queued_at": bson::DateTime::from_millis(1_800_000_003_000),
+            }, "$inc": { "history_seq": 1_i64 } }
         );
         assert_eq!(
-            complete_update(TaskStatus::Completed, 5, t(9), false),
+            complete_update(TaskStatus::Completed, 5, t(9), true),
             doc! { "$set": {
                 "status": "completed",
                 "frames_done": 5_i64,
                 "finished_at": bson::DateTime::from_millis(1_800_000_009_000),
-            } }
+            }, "$inc": { "history_seq": 1_i64, "log_chunks": 1_i64 } },
+            "a report with log text takes both sequence numbers"
         );
     }
 
@@ -622,5 +762,136 @@ mod tests {
             } }
         );
         assert_eq!(next_seq_update(), doc! { "$inc": { "seq": 1_i64 } });
+    }
+
+    #[test]
+    fn a_retry_is_taken_once_and_counts_one_retry_more() {
+        assert_eq!(
+            retry_filter("t1", 0),
+            doc! { "_id": "t1", "status": "failed", "retries": 0_i64 }
+        );
+        assert_eq!(
+            retry_update(TaskStatus::Pending, t(2)),
+            doc! {
+                "$set": {
+                    "status": "pending",
+                    "worker_id": Bson::Null,
+                    "lease_id": Bson::Null,
+                    "frames_done": 0_i64,
+                    "started_at": Bson::Null,
+                    "finished_at": Bson::Null,
+                    "queued_at": bson::DateTime::from_millis(1_800_000_002_000),
+                },
+                "$inc": { "retries": 1_i64, "history_seq": 1_i64 },
+            }
+        );
+    }
+
+    #[test]
+    fn overdue_work_is_pending_runnable_work_past_its_level_cutoff() {
+        assert_eq!(overdue_pipeline(&[]), None, "no level may be overdue");
+        let pipeline = overdue_pipeline(&[(3, t(0)), (2, t(-120))]).unwrap();
+        assert_eq!(
+            pipeline,
+            vec![
+                doc! { "$match": {
+                    "status": "pending",
+                    "runnable": true,
+                    "$or": [
+                        { "priority": 3_i64, "queued_at": { "$lte": bson::DateTime::from_millis(1_800_000_000_000) } },
+                        { "priority": 2_i64, "queued_at": { "$lte": bson::DateTime::from_millis(1_799_999_880_000) } },
+                    ],
+                } },
+                doc! { "$group": {
+                    "_id": "$render_id",
+                    "priority": { "$first": "$priority" },
+                    "render_seq": { "$first": "$render_seq" },
+                    "tags": { "$first": "$required_tags" },
+                    "tasks": { "$sum": 1_i64 },
+                } },
+                doc! { "$sort": { "priority": -1, "render_seq": 1 } },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_worker_is_marked_once_and_only_while_silent() {
+        assert_eq!(
+            lost_worker_filter("w1", t(0)),
+            doc! {
+                "_id": "w1",
+                "offline": false,
+                "last_heartbeat": { "$lte": bson::DateTime::from_millis(1_800_000_000_000) },
+            }
+        );
+    }
+
+    #[test]
+    fn a_lease_is_taken_when_it_is_ours_or_lapsed() {
+        assert_eq!(
+            lease_take_filter("scheduler", "b1", t(0)),
+            doc! {
+                "_id": "scheduler",
+                "$or": [
+                    { "holder": "b1" },
+                    { "expires_at": { "$lte": bson::DateTime::from_millis(1_800_000_000_000) } },
+                ],
+            }
+        );
+        assert_eq!(
+            lease_take_update("b1", t(90)),
+            doc! { "$set": {
+                "holder": "b1",
+                "expires_at": bson::DateTime::from_millis(1_800_000_090_000),
+            } }
+        );
+    }
+
+    #[test]
+    fn a_recount_groups_tasks_by_status_and_finds_stuck_failures() {
+        assert_eq!(
+            recount_pipeline("r1"),
+            vec![
+                doc! { "$match": { "render_id": "r1" } },
+                doc! { "$group": {
+                    "_id": "$status",
+                    "tasks": { "$sum": 1_i64 },
+                    "frames": { "$sum": "$frames_done" },
+                } },
+            ]
+        );
+        assert_eq!(
+            stuck_filter("r1"),
+            doc! {
+                "render_id": "r1",
+                "status": "failed",
+                "$expr": { "$gte": ["$retries", "$max_retries"] },
+            }
+        );
+        let progress = Progress {
+            tasks_total: 2,
+            tasks_completed: 1,
+            tasks_failed: 1,
+            frames_total: 8,
+            frames_done: 4,
+            ..Progress::default()
+        };
+        let change = StatusChange {
+            status: RenderStatus::Failed,
+            started_at: Some(bson_time(t(0))),
+            finished_at: Some(bson_time(t(5))),
+            reset_failure: false,
+        };
+        let update = recount_update(&progress, true, &change);
+        let set = update.get_document("$set").unwrap();
+        assert_eq!(set.get_str("status").unwrap(), "failed");
+        assert_eq!(set.get_i64("tasks_completed").unwrap(), 1);
+        assert_eq!(set.get_i64("frames_done").unwrap(), 4);
+        assert!(set.get_bool("failed_for_good").unwrap());
+        assert!(set.get("frames_total").is_none(), "fixed at submission");
+        assert_eq!(
+            update.get_document("$inc").unwrap(),
+            &doc! { "version": 1_i64 }
+        );
     }
 }
