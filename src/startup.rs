@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::scheduler::{Scheduler, SchedulerSettings};
+use crate::store::mongodb::{MigrationMode, MongoStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -48,6 +49,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub store: StoreChoice,
     pub scheduler: SchedulerSettings,
+    /// Apply pending store migrations at start. Off (`serve --no-migrate`),
+    /// a MongoDB broker stays unready until `renderfarm migrate` has run; the
+    /// embedded store always migrates when it opens.
+    pub migrate: bool,
 }
 
 impl Settings {
@@ -58,6 +63,7 @@ impl Settings {
             data_dir: data_dir.into(),
             store,
             scheduler: SchedulerSettings::default(),
+            migrate: true,
         }
     }
 }
@@ -170,13 +176,30 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
             let data_dir = settings.data_dir.clone();
             let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir))
                 .await?
-                .with_context(|| format!("opening the embedded store under {}", settings.data_dir.display()))?;
+                .with_context(|| {
+                    format!(
+                        "opening the embedded store under {}",
+                        settings.data_dir.display()
+                    )
+                })?;
             tracing::info!(path = %store.path().display(), "embedded SQLite store open");
             Ok(Arc::new(store))
         }
-        StoreChoice::MongoDb(_) => anyhow::bail!(
-            "the MongoDB store is not built yet; leave out --store and MONGODB_URI to use the embedded SQLite store under --data-dir"
-        ),
+        StoreChoice::MongoDb(uri) => {
+            // Returns at once: the broker serves (and answers 503 for what
+            // needs the store) while it connects in the background.
+            let mode = if settings.migrate {
+                MigrationMode::Apply
+            } else {
+                MigrationMode::RequireApplied
+            };
+            let store = MongoStore::start(uri, mode).context("--store / MONGODB_URI")?;
+            tracing::info!(
+                target_db = store.target(),
+                "MongoDB store: connecting in the background"
+            );
+            Ok(Arc::new(store))
+        }
     }
 }
 

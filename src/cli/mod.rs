@@ -6,6 +6,7 @@ mod up;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use renderfarm_wire::{Priority, RenderSpec};
 
@@ -32,6 +33,8 @@ enum Command {
     Workers(BrokerArgs),
     /// A whole farm in one command: the broker and local worker agents.
     Up(up::UpArgs),
+    /// Bring the store's schema up to date (`serve` does it at start too).
+    Migrate(MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -45,8 +48,22 @@ struct ServeArgs {
     /// Store to use: leave out for the embedded SQLite store, or a mongodb:// URI.
     #[arg(long, env = "MONGODB_URI")]
     store: Option<String>,
+    /// Do not apply store migrations at start; a MongoDB broker then stays
+    /// unready until `renderfarm migrate` has applied them.
+    #[arg(long, env = "RENDERFARM_NO_MIGRATE")]
+    no_migrate: bool,
     #[command(flatten)]
     scheduler: SchedulerArgs,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// Where the embedded store lives (when no MongoDB URI is given).
+    #[arg(long, env = "RENDERFARM_DATA_DIR", default_value = "renderfarm-data")]
+    data_dir: PathBuf,
+    /// Store to migrate: leave out for the embedded SQLite store, or a mongodb:// URI.
+    #[arg(long, env = "MONGODB_URI")]
+    store: Option<String>,
 }
 
 /// The scheduler's settings, shared by `serve` and `up`.
@@ -233,16 +250,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status(args).await,
         Command::Workers(args) => workers(args).await,
         Command::Up(args) => up::up(args).await,
+        Command::Migrate(args) => migrate(args).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = Settings {
-        bind: args.bind,
-        data_dir: args.data_dir,
-        store: StoreChoice::parse(args.store.as_deref())?,
-        scheduler: args.scheduler.settings()?,
-    };
+    let mut settings = Settings::new(
+        args.bind,
+        args.data_dir,
+        StoreChoice::parse(args.store.as_deref())?,
+    );
+    settings.scheduler = args.scheduler.settings()?;
+    settings.migrate = !args.no_migrate;
     let app = Application::build(settings.clone()).await?;
     let host = settings
         .bind
@@ -262,6 +281,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     app.run_until_stopped().await?;
     tracing::info!("broker stopped");
+    Ok(())
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    match StoreChoice::parse(args.store.as_deref())? {
+        StoreChoice::Embedded => {
+            let data_dir = args.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || {
+                crate::store::sqlite::SqliteStore::open(&data_dir)
+            })
+            .await??;
+            println!(
+                "the embedded store {} is up to date",
+                store.path().display()
+            );
+        }
+        StoreChoice::MongoDb(uri) => {
+            let store = crate::store::mongodb::MongoStore::connect(&uri, None)
+                .await
+                .context("connecting to MongoDB (is it running, and is the URI right?)")?;
+            let applied = store.migrate().await?;
+            if applied.is_empty() {
+                println!(
+                    "MongoDB at {}: nothing to apply, the schema is up to date",
+                    store.target()
+                );
+            }
+            for name in applied {
+                println!("MongoDB at {}: applied {name}", store.target());
+            }
+        }
+    }
     Ok(())
 }
 

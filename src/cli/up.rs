@@ -51,13 +51,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Before anything starts: a farm without Blender renders nothing.
     check_blender(&args.blender).await?;
     let data_dir = std::path::absolute(&args.data_dir)?;
-    let app = Application::build(Settings {
-        bind: args.bind.clone(),
-        data_dir: data_dir.clone(),
-        store: StoreChoice::Embedded,
-        scheduler: args.scheduler.settings()?,
-    })
-    .await?;
+    let mut settings = Settings::new(args.bind.clone(), data_dir.clone(), StoreChoice::Embedded);
+    settings.scheduler = args.scheduler.settings()?;
+    let app = Application::build(settings).await?;
     let broker = format!("http://127.0.0.1:{}", app.port());
     let server_handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());

@@ -125,27 +125,51 @@ fn is_duplicate_key(e: &DriverError) -> bool {
 
 impl From<DriverError> for StoreError {
     fn from(e: DriverError) -> Self {
-        let unreachable = matches!(
-            e.kind.as_ref(),
-            ErrorKind::ServerSelection { .. }
-                | ErrorKind::Io(_)
-                | ErrorKind::ConnectionPoolCleared { .. }
-                | ErrorKind::DnsResolve { .. }
-                | ErrorKind::Shutdown
-                | ErrorKind::Write(WriteFailure::WriteConcernError(_))
-        ) || e.contains_label("RetryableWriteError")
+        // Clients get a short reason; the driver's full account (topology,
+        // labels) goes to the log.
+        let unavailable = |why: String| {
+            tracing::debug!(error = %e, "MongoDB unavailable");
+            StoreError::Unavailable(why)
+        };
+        match e.kind.as_ref() {
+            ErrorKind::ServerSelection { .. } => {
+                return unavailable(
+                    "no MongoDB server answered in time; check that MongoDB runs and that the URI names the right hosts"
+                        .into(),
+                )
+            }
+            ErrorKind::Io(io) => return unavailable(format!("the connection to MongoDB failed: {io}")),
+            ErrorKind::ConnectionPoolCleared { .. } | ErrorKind::Shutdown => {
+                return unavailable("the connection to MongoDB was lost".into())
+            }
+            ErrorKind::DnsResolve { message, .. } => {
+                return unavailable(format!("the MongoDB hosts cannot be resolved: {message}"))
+            }
+            ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
+                return unavailable(format!(
+                    "MongoDB could not confirm the write: {}",
+                    w.message
+                ))
+            }
+            ErrorKind::Authentication { .. } => {
+                return unavailable(
+                    "MongoDB refused the credentials in the store URI; fix the URI and restart the broker"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        let code = error_code(&e);
+        if code.is_some_and(|c| TRANSIENT_CODES.contains(&c))
+            || e.contains_label("RetryableWriteError")
             || e.contains_label("TransientTransactionError")
-            || error_code(&e).is_some_and(|c| TRANSIENT_CODES.contains(&c));
-        if unreachable {
-            return StoreError::Unavailable(format!("MongoDB cannot serve the request now ({e})"));
+        {
+            return unavailable(format!(
+                "MongoDB cannot serve the request now (error code {})",
+                code.map_or_else(|| "none".into(), |c| c.to_string())
+            ));
         }
-        if let ErrorKind::Authentication { .. } = e.kind.as_ref() {
-            return StoreError::Unavailable(
-                "MongoDB refused the credentials in the store URI; fix the URI and restart the broker"
-                    .into(),
-            );
-        }
-        if is_duplicate_key(&e) {
+        if code == Some(DUPLICATE_KEY) {
             return StoreError::Conflict(
                 "something with the same identity is already stored; it was not stored again"
                     .into(),
@@ -660,20 +684,19 @@ async fn connect_in_background(inner: Weak<Inner>, uri: String, mode: MigrationM
                 tracing::info!(target_db = %strong.target, "MongoDB store ready");
                 return;
             }
-            Err(e) => {
+            Err((short, detail)) => {
                 attempts += 1;
-                let why = format!(
-                    "MongoDB at {} is not ready: {e}; the broker keeps trying",
-                    strong.target
-                );
                 // Loud at first and then every ~minute, quiet in between.
                 if attempts == 1 || attempts % 12 == 0 {
-                    tracing::warn!("{why}");
+                    tracing::warn!(target_db = %strong.target, error = %detail, "MongoDB is not ready; the broker keeps trying");
                 } else {
-                    tracing::debug!("{why}");
+                    tracing::debug!(target_db = %strong.target, error = %detail, "MongoDB is not ready");
                 }
                 if let Ok(mut w) = strong.waiting_for.lock() {
-                    *w = why;
+                    *w = format!(
+                        "MongoDB at {} is not ready ({short}); the broker keeps trying to connect",
+                        strong.target
+                    );
                 }
             }
         }
@@ -683,24 +706,36 @@ async fn connect_in_background(inner: Weak<Inner>, uri: String, mode: MigrationM
     }
 }
 
-async fn connect_once(uri: &str, mode: MigrationMode) -> StoreResult<Database> {
-    let (client, name) = client_for(uri).await?;
+/// One attempt to connect and bring the schema up; on failure, a short
+/// reason for clients and the full one for the log.
+async fn connect_once(uri: &str, mode: MigrationMode) -> Result<Database, (String, String)> {
+    let short = |e: StoreError| match e {
+        StoreError::Unavailable(why) => why,
+        other => other.to_string(),
+    };
+    let (client, name) = client_for(uri).await.map_err(|e| {
+        let full = format!("{e:?}");
+        (short(e), full)
+    })?;
     let db = client.database(&name);
-    db.run_command(doc! { "ping": 1 }).await?;
-    match mode {
-        MigrationMode::Apply => {
-            migrations::apply(&db).await?;
-        }
-        MigrationMode::RequireApplied => {
-            let pending = migrations::pending(&db).await?;
-            if !pending.is_empty() {
-                return Err(StoreError::Unavailable(format!(
-                    "the database lacks migrations {}; run `renderfarm migrate --store <uri>` (or start serve without --no-migrate)",
-                    pending.join(", ")
-                )));
-            }
-        }
-    }
+    db.run_command(doc! { "ping": 1 })
+        .await
+        .map_err(|e| (short(StoreError::from(e.clone())), e.to_string()))?;
+    let schema = match mode {
+        MigrationMode::Apply => migrations::apply(&db).await.map(drop),
+        MigrationMode::RequireApplied => match migrations::pending(&db).await {
+            Ok(pending) if pending.is_empty() => Ok(()),
+            Ok(pending) => Err(StoreError::Unavailable(format!(
+                "the database lacks migrations {}; run `renderfarm migrate --store <uri>` (or start serve without --no-migrate)",
+                pending.join(", ")
+            ))),
+            Err(e) => Err(e),
+        },
+    };
+    schema.map_err(|e| {
+        let full = format!("{e:?}");
+        (short(e), full)
+    })?;
     Ok(db)
 }
 
