@@ -23,9 +23,18 @@ impl BrokerProcess {
     /// Starts `renderfarm serve` on `bind` (port 0 for a free one) and waits
     /// for the line that names its address.
     pub fn start(data_dir: &Path, bind: &str) -> BrokerProcess {
+        Self::start_with(data_dir, bind, &[])
+    }
+
+    /// As [`BrokerProcess::start`], with more arguments for `serve` (e.g.
+    /// `--store mongodb://...`).
+    pub fn start_with(data_dir: &Path, bind: &str, extra: &[&str]) -> BrokerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
             .args(["serve", "--bind", bind, "--data-dir"])
             .arg(data_dir)
+            .args(extra)
+            // The store is what the test says, not what the shell has.
+            .env_remove("MONGODB_URI")
             .env("RENDERFARM_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -51,6 +60,11 @@ impl BrokerProcess {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("a port")
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL: no shutdown code runs.
