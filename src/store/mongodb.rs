@@ -674,11 +674,14 @@ impl MongoStore {
 async fn connect_in_background(inner: Weak<Inner>, uri: String, mode: MigrationMode) {
     let mut delay = Duration::from_millis(500);
     let mut attempts = 0_u32;
+    // One client for every attempt: it keeps watching the servers and
+    // connects as soon as one appears.
+    let mut client: Option<(Client, String)> = None;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        match connect_once(&uri, mode).await {
+        match connect_once(&mut client, &uri, mode).await {
             Ok(db) => {
                 let _ = strong.db.set(db);
                 tracing::info!(target_db = %strong.target, "MongoDB store ready");
@@ -708,16 +711,26 @@ async fn connect_in_background(inner: Weak<Inner>, uri: String, mode: MigrationM
 
 /// One attempt to connect and bring the schema up; on failure, a short
 /// reason for clients and the full one for the log.
-async fn connect_once(uri: &str, mode: MigrationMode) -> Result<Database, (String, String)> {
+async fn connect_once(
+    client: &mut Option<(Client, String)>,
+    uri: &str,
+    mode: MigrationMode,
+) -> Result<Database, (String, String)> {
     let short = |e: StoreError| match e {
         StoreError::Unavailable(why) => why,
         other => other.to_string(),
     };
-    let (client, name) = client_for(uri).await.map_err(|e| {
-        let full = format!("{e:?}");
-        (short(e), full)
-    })?;
-    let db = client.database(&name);
+    if client.is_none() {
+        let made = client_for(uri).await.map_err(|e| {
+            let full = format!("{e:?}");
+            (short(e), full)
+        })?;
+        *client = Some(made);
+    }
+    let Some((client, name)) = client.as_ref() else {
+        return Err(("no MongoDB client".into(), "no MongoDB client".into()));
+    };
+    let db = client.database(name);
     db.run_command(doc! { "ping": 1 })
         .await
         .map_err(|e| (short(StoreError::from(e.clone())), e.to_string()))?;
