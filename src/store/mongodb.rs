@@ -1165,7 +1165,7 @@ impl MongoStore {
     async fn running_tasks(&self) -> StoreResult<Vec<TaskDoc>> {
         Ok(self
             .tasks()?
-            .find(doc! { "status": TaskStatus::Running.as_str() })
+            .find(status_filter(TaskStatus::Running))
             .await?
             .try_collect()
             .await?)
@@ -1485,7 +1485,7 @@ impl Store for MongoStore {
         let running: Vec<Document> = self
             .db()?
             .collection::<Document>(TASKS)
-            .find(doc! { "worker_id": { "$in": ids }, "status": TaskStatus::Running.as_str() })
+            .find(running_of_workers_filter(&ids))
             .projection(doc! { "_id": 1, "worker_id": 1 })
             .await?
             .try_collect()
@@ -1515,10 +1515,7 @@ impl Store for MongoStore {
                 .ok_or_else(|| StoreError::not_found("worker", &id_s))?;
             let next = worker_transition(doc.mode()?, action)?;
             let changed = workers
-                .update_one(
-                    doc! { "_id": &id_s, "mode": &doc.mode },
-                    doc! { "$set": { "mode": next.as_str() } },
-                )
+                .update_one(mode_cas_filter(&id_s, &doc.mode), mode_update(next))
                 .await?;
             if changed.matched_count == 1 {
                 to = Some(next);
@@ -1799,7 +1796,7 @@ impl Store for MongoStore {
         let workers = self.workers()?;
         let mut outcome = LostWorkers::default();
         let silent: Vec<WorkerDoc> = workers
-            .find(doc! { "offline": false, "last_heartbeat": { "$lte": bson_time(cutoff) } })
+            .find(silent_workers_filter(cutoff))
             .sort(doc! { "seq": 1 })
             .await?
             .try_collect()
@@ -1808,10 +1805,7 @@ impl Store for MongoStore {
             // Conditional, so one broker marks it once and a heartbeat that
             // came in meanwhile keeps it.
             let marked = workers
-                .update_one(
-                    lost_worker_filter(&w.id, cutoff),
-                    doc! { "$set": { "offline": true } },
-                )
+                .update_one(lost_worker_filter(&w.id, cutoff), offline_update())
                 .await?;
             if marked.modified_count == 1 {
                 outcome.workers.push(parse_uuid(&w.id, "worker id")?);
@@ -1863,7 +1857,7 @@ impl Store for MongoStore {
     async fn retry_failed_tasks(&self, now: DateTime<Utc>) -> StoreResult<Retries> {
         let tasks = self.tasks()?;
         let failed: Vec<TaskDoc> = tasks
-            .find(doc! { "status": TaskStatus::Failed.as_str() })
+            .find(status_filter(TaskStatus::Failed))
             .sort(claim_sort())
             .await?
             .try_collect()
@@ -1873,15 +1867,10 @@ impl Store for MongoStore {
         }
         // A finished render's failed tasks stay failed.
         let render_ids: Vec<&str> = failed.iter().map(|t| t.render_id.as_str()).collect();
-        let open_statuses: Vec<&str> = RenderStatus::ALL
-            .into_iter()
-            .filter(|s| !s.is_finished())
-            .map(RenderStatus::as_str)
-            .collect();
         let open: Vec<Document> = self
             .db()?
             .collection::<Document>(RENDERS)
-            .find(doc! { "_id": { "$in": render_ids }, "status": { "$in": open_statuses } })
+            .find(open_renders_filter(Some(render_ids)))
             .projection(doc! { "_id": 1 })
             .await?
             .try_collect()
@@ -2018,7 +2007,7 @@ impl Store for MongoStore {
             .collect();
         let available: Vec<WorkerDoc> = self
             .workers()?
-            .find(doc! { "mode": WorkerMode::Active.as_str(), "offline": false })
+            .find(available_workers_filter())
             .sort(doc! { "seq": 1 })
             .await?
             .try_collect()
@@ -2061,14 +2050,9 @@ impl Store for MongoStore {
     }
 
     async fn roll_up_renders(&self, now: DateTime<Utc>) -> StoreResult<i64> {
-        let open_statuses: Vec<&str> = RenderStatus::ALL
-            .into_iter()
-            .filter(|s| !s.is_finished())
-            .map(RenderStatus::as_str)
-            .collect();
         let open: Vec<RenderDoc> = self
             .renders()?
-            .find(doc! { "status": { "$in": open_statuses } })
+            .find(open_renders_filter(None))
             .await?
             .try_collect()
             .await?;
@@ -2118,7 +2102,7 @@ impl Store for MongoStore {
 
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
         self.leases()?
-            .delete_one(doc! { "_id": name, "holder": holder })
+            .delete_one(lease_release_filter(name, holder))
             .await?;
         Ok(())
     }

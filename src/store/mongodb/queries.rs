@@ -6,7 +6,7 @@ use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 
-use crate::domain::progress_after;
+use crate::domain::{progress_after, WorkerMode};
 use crate::store::RenderFilter;
 
 /// The index the claim walks; named in the migration and hinted by the claim.
@@ -457,6 +457,59 @@ pub fn lease_take_update(holder: &str, expires_at: DateTime<Utc>) -> Document {
     doc! { "$set": { "holder": holder, "expires_at": bson_time(expires_at) } }
 }
 
+/// Tasks in one status.
+pub fn status_filter(status: TaskStatus) -> Document {
+    doc! { "status": status.as_str() }
+}
+
+/// The running tasks of these workers.
+pub fn running_of_workers_filter(workers: &[&str]) -> Document {
+    doc! { "worker_id": { "$in": workers }, "status": TaskStatus::Running.as_str() }
+}
+
+/// Renders not finished (queued, rendering, paused), among `ids` if given.
+pub fn open_renders_filter(ids: Option<Vec<&str>>) -> Document {
+    let open: Vec<&str> = RenderStatus::ALL
+        .into_iter()
+        .filter(|s| !s.is_finished())
+        .map(RenderStatus::as_str)
+        .collect();
+    let mut filter = doc! { "status": { "$in": open } };
+    if let Some(ids) = ids {
+        filter.insert("_id", doc! { "$in": ids });
+    }
+    filter
+}
+
+/// The worker, only while its mode is still `mode`: operator changes are
+/// compare-and-set.
+pub fn mode_cas_filter(worker: &str, mode: &str) -> Document {
+    doc! { "_id": worker, "mode": mode }
+}
+
+pub fn mode_update(mode: WorkerMode) -> Document {
+    doc! { "$set": { "mode": mode.as_str() } }
+}
+
+/// Workers marked alive that have been silent since `cutoff`.
+pub fn silent_workers_filter(cutoff: DateTime<Utc>) -> Document {
+    doc! { "offline": false, "last_heartbeat": { "$lte": bson_time(cutoff) } }
+}
+
+pub fn offline_update() -> Document {
+    doc! { "$set": { "offline": true } }
+}
+
+/// Workers that could take work now, if they hold none.
+pub fn available_workers_filter() -> Document {
+    doc! { "mode": WorkerMode::Active.as_str(), "offline": false }
+}
+
+/// The lease, only if `holder` has it.
+pub fn lease_release_filter(name: &str, holder: &str) -> Document {
+    doc! { "_id": name, "holder": holder }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -892,6 +945,57 @@ mod tests {
         assert_eq!(
             update.get_document("$inc").unwrap(),
             &doc! { "version": 1_i64 }
+        );
+    }
+
+    #[test]
+    fn workers_change_by_compare_and_set_and_go_offline_once_silent() {
+        assert_eq!(
+            mode_cas_filter("w1", "active"),
+            doc! { "_id": "w1", "mode": "active" }
+        );
+        assert_eq!(
+            mode_update(WorkerMode::Disabled),
+            doc! { "$set": { "mode": "disabled" } }
+        );
+        assert_eq!(
+            silent_workers_filter(t(0)),
+            doc! {
+                "offline": false,
+                "last_heartbeat": { "$lte": bson::DateTime::from_millis(1_800_000_000_000) },
+            }
+        );
+        assert_eq!(offline_update(), doc! { "$set": { "offline": true } });
+        assert_eq!(
+            available_workers_filter(),
+            doc! { "mode": "active", "offline": false }
+        );
+        assert_eq!(
+            running_of_workers_filter(&["w1", "w2"]),
+            doc! { "worker_id": { "$in": ["w1", "w2"] }, "status": "running" }
+        );
+    }
+
+    #[test]
+    fn open_renders_are_the_unfinished_ones() {
+        assert_eq!(
+            open_renders_filter(None),
+            doc! { "status": { "$in": ["queued", "rendering", "paused"] } }
+        );
+        assert_eq!(
+            open_renders_filter(Some(vec!["r1"])),
+            doc! {
+                "status": { "$in": ["queued", "rendering", "paused"] },
+                "_id": { "$in": ["r1"] },
+            }
+        );
+        assert_eq!(
+            status_filter(TaskStatus::Failed),
+            doc! { "status": "failed" }
+        );
+        assert_eq!(
+            lease_release_filter("scheduler", "b1"),
+            doc! { "_id": "scheduler", "holder": "b1" }
         );
     }
 }
