@@ -13,6 +13,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -168,6 +169,26 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Box<dyn WriteJob>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     path: PathBuf,
+    /// Dropped with the store, which ends the checkpoint thread.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Copies the WAL into the database file from its own connection, so the
+/// writer never pauses for a checkpoint's fsync (SQLite's automatic
+/// checkpoint runs inside the commit that crosses the threshold, which put
+/// tens of milliseconds on some claims). PASSIVE never blocks the writer.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(CHECKPOINT_INTERVAL)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the next one will try again");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
 impl SqliteStore {
@@ -185,6 +206,7 @@ impl SqliteStore {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
+             PRAGMA wal_autocheckpoint = 0;
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000;",
         )?;
@@ -207,10 +229,18 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Unexpected(e.into()))?;
+        let checkpoints = Connection::open(&path)?;
+        checkpoints.execute_batch("PRAGMA busy_timeout = 5000;")?;
+        let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoints, stopped))
+            .map_err(|e| StoreError::Unexpected(e.into()))?;
         Ok(Self {
             writer: tx,
             readers,
             path,
+            _stop_checkpoints: stop_checkpoints,
         })
     }
 
