@@ -111,6 +111,40 @@ async fn complete(
     Ok(started.elapsed())
 }
 
+/// A simulated worker's own keep-alive HTTP/1 connection: far less client
+/// work per request than a pooled client, so the broker, not the load
+/// generator, is what the figures measure.
+struct Connection {
+    host: String,
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl Connection {
+    async fn open(broker: &str) -> anyhow::Result<Connection> {
+        let host = broker.trim_start_matches("http://").to_string();
+        let stream = tokio::net::TcpStream::connect(&host).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Connection { host, sender })
+    }
+
+    /// POSTs `body` to `path`; the status and the body bytes.
+    async fn post(&mut self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, bytes::Bytes)> {
+        use http_body_util::BodyExt;
+        let request = hyper::Request::post(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
 #[derive(Default)]
 struct Samples {
     claims: Vec<Duration>,
@@ -130,14 +164,30 @@ pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
     let started = Instant::now();
     let mut runs = Vec::with_capacity(workers);
     for worker in registered {
-        let (http, address, samples) = (http.clone(), address.clone(), samples.clone());
+        let (address, samples) = (address.clone(), samples.clone());
         runs.push(tokio::spawn(async move {
             let mut mine = Samples::default();
+            let mut conn = Connection::open(&address).await?;
+            let claim_path = format!("/workers/{}/request-task", worker.id);
             loop {
-                let (assignment, took) = claim(&http, &address, &worker, 0).await?;
-                let Some(a) = assignment else { break };
-                mine.claims.push(took);
-                mine.completes.push(complete(&http, &address, &a).await?);
+                let started = Instant::now();
+                let (status, body) = conn.post(&claim_path, Vec::new()).await?;
+                let a: Assignment = match status {
+                    200 => serde_json::from_slice(&body)?,
+                    204 => break,
+                    other => anyhow::bail!("request-task answered {other}"),
+                };
+                mine.claims.push(started.elapsed());
+                let started = Instant::now();
+                let report = serde_json::to_vec(&CompleteReport {
+                    lease_id: a.lease_id,
+                    log: None,
+                })?;
+                let (status, _) = conn
+                    .post(&format!("/tasks/{}/complete", a.task_id), report)
+                    .await?;
+                anyhow::ensure!(status == 200, "complete answered {status}");
+                mine.completes.push(started.elapsed());
             }
             let mut all = samples.lock().await;
             all.claims.extend(mine.claims);
