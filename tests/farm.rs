@@ -439,3 +439,68 @@ async fn up_with_demo_renders_the_demo_scene_and_prints_where_the_frames_are() {
     let frames = std::fs::read_dir(dir).unwrap().count();
     assert_eq!(frames, 8, "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_urgent_render_preempts_a_real_agent_whose_low_chunk_later_completes() {
+    let Some(blender) =
+        blender_or_skip("an_urgent_render_preempts_a_real_agent_whose_low_chunk_later_completes")
+            .await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let low_blend = scene(files.path(), "low", SceneSpec::tiny(60), &blender).await;
+    let urgent_blend = scene(files.path(), "urgent", SceneSpec::tiny(2), &blender).await;
+    let agent = TestAgent::start(&broker.address, "only", &blender).await;
+    let mut low = submission("low", &low_blend, 60, 60, &files.path().join("low"));
+    low["priority"] = json!("low");
+    let low = submit(&broker.address, &broker.client, &low).await;
+    let low_id = low["id"].as_str().unwrap();
+    let first = wait_for("the low chunk to render", RENDER_LIMIT, || async {
+        let tasks = tasks_of(&broker.address, &broker.client, low_id).await;
+        (tasks[0]["frames_done"].as_i64().unwrap_or(0) > 0).then(|| tasks[0].clone())
+    })
+    .await;
+
+    let mut urgent = submission("urgent", &urgent_blend, 2, 2, &files.path().join("urgent"));
+    urgent["priority"] = json!("urgent");
+    let urgent = submit(&broker.address, &broker.client, &urgent).await;
+    let report = send_json(
+        &broker.client,
+        Method::POST,
+        format!("{}/scheduler/run", broker.address),
+        &json!(null),
+    )
+    .await;
+    assert_eq!(report["preempted"], 1, "{report}");
+    let urgent_id = urgent["id"].as_str().unwrap();
+    wait_for_render_status(&broker.address, &broker.client, urgent_id, &["completed"]).await;
+    let low_done = wait_for_render_status(
+        &broker.address,
+        &broker.client,
+        low_id,
+        &["completed", "failed"],
+    )
+    .await;
+    assert_eq!(low_done["status"], "completed");
+    let detail = get_json(
+        &broker.client,
+        format!("{}/tasks/{}", broker.address, first["id"].as_str().unwrap()),
+    )
+    .await;
+    let events: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["assigned", "preempted", "assigned", "completed"]);
+    assert_eq!(detail["retries"], 0);
+    assert_eq!(
+        std::fs::read_dir(files.path().join("low")).unwrap().count(),
+        60
+    );
+    let summary = agent.stop().await;
+    assert_eq!((summary.aborted, summary.completed), (1, 2));
+}
