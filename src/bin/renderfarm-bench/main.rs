@@ -33,7 +33,7 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         queued: i64,
         /// Claims measured (each then completed).
-        #[arg(long, default_value_t = 2_000)]
+        #[arg(long, default_value_t = 5_000)]
         claims: usize,
     },
     /// With W idle workers long-polling: time from a submit answered to the
