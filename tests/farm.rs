@@ -81,6 +81,43 @@ async fn wait_for_workers(broker: &str, client: &reqwest::Client, count: usize) 
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
+/// Waits until the render's first task has a frame done; returns that task.
+async fn wait_for_first_frame(broker: &TestBroker, id: &str) -> Value {
+    wait_for("Blender to render a first frame", RENDER_LIMIT, || async {
+        let tasks = tasks_of(&broker.address, &broker.client, id).await;
+        (tasks[0]["frames_done"].as_i64().unwrap_or(0) > 0).then(|| tasks[0].clone())
+    })
+    .await
+}
+
+/// A broker and one agent rendering one chunk too long to finish during the
+/// test, past its first frame.
+struct LongRender {
+    broker: TestBroker,
+    agent: TestAgent,
+    blend: String,
+    id: String,
+    _files: tempfile::TempDir,
+}
+
+async fn start_long_render(blender: &Path, name: &str) -> LongRender {
+    let broker = TestBroker::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let blend = scene(files.path(), name, SceneSpec::tiny(2000), blender).await;
+    let agent = TestAgent::start(&broker.address, "agent", blender).await;
+    let body = submission(name, &blend, 2000, 2000, &files.path().join("out"));
+    let render = submit(&broker.address, &broker.client, &body).await;
+    let id = render["id"].as_str().unwrap().to_string();
+    wait_for_first_frame(&broker, &id).await;
+    LongRender {
+        broker,
+        agent,
+        blend,
+        id,
+        _files: files,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_agents_render_a_twelve_frame_scene_in_chunks_of_three() {
     let Some(blender) =
@@ -207,33 +244,18 @@ async fn a_scene_with_denoising_fails_with_blenders_exit_code_and_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn canceling_a_render_kills_blender_within_two_seconds_of_the_abort() {
-    let Some(blender) =
-        blender_or_skip("canceling_a_render_kills_blender_within_two_seconds_of_the_abort").await
-    else {
+    let test = "canceling_a_render_kills_blender_within_two_seconds_of_the_abort";
+    let Some(blender) = blender_or_skip(test).await else {
         return;
     };
-    let broker = TestBroker::start().await;
-    let files = tempfile::tempdir().unwrap();
-    // Long enough that it cannot finish before the cancel.
-    let blend = scene(files.path(), "long", SceneSpec::tiny(2000), &blender).await;
-    let agent = TestAgent::start(&broker.address, "agent", &blender).await;
-    let render = submit(
-        &broker.address,
-        &broker.client,
-        &submission("long", &blend, 2000, 2000, &files.path().join("out")),
-    )
-    .await;
-    let id = render["id"].as_str().unwrap();
+    let LongRender {
+        broker,
+        agent,
+        blend,
+        id,
+        ..
+    } = start_long_render(&blender, "long").await;
     let blend_path = Path::new(&blend);
-    wait_for(
-        "Blender to render its first frame",
-        RENDER_LIMIT,
-        || async {
-            let tasks = tasks_of(&broker.address, &broker.client, id).await;
-            (tasks[0]["frames_done"].as_i64().unwrap_or(0) > 0).then_some(())
-        },
-    )
-    .await;
     assert_eq!(
         blender_pids(blend_path).len(),
         1,
@@ -241,11 +263,12 @@ async fn canceling_a_render_kills_blender_within_two_seconds_of_the_abort() {
     );
 
     let canceled_at = Instant::now();
+    let cancel = json!({ "action": "cancel" });
     send_json(
         &broker.client,
         Method::PUT,
         format!("{}/renders/{id}/status", broker.address),
-        &json!({ "action": "cancel" }),
+        &cancel,
     )
     .await;
     // The next heartbeat (every 300 ms here) carries the abort.
@@ -258,7 +281,7 @@ async fn canceling_a_render_kills_blender_within_two_seconds_of_the_abort() {
         gone_after <= Duration::from_millis(2300),
         "Blender lived {gone_after:?} after the cancel"
     );
-    let tasks = tasks_of(&broker.address, &broker.client, id).await;
+    let tasks = tasks_of(&broker.address, &broker.client, &id).await;
     assert_eq!(tasks[0]["status"], "canceled");
     let summary = agent.stop().await;
     assert_eq!(summary.aborted, 1);
@@ -334,29 +357,20 @@ async fn a_stopping_agent_hands_its_task_back_without_a_failure() {
     else {
         return;
     };
-    let broker = TestBroker::start().await;
-    let files = tempfile::tempdir().unwrap();
-    let blend = scene(files.path(), "handback", SceneSpec::tiny(2000), &blender).await;
-    let agent = TestAgent::start(&broker.address, "agent", &blender).await;
-    let render = submit(
-        &broker.address,
-        &broker.client,
-        &submission("handback", &blend, 2000, 2000, &files.path().join("out")),
-    )
-    .await;
-    let id = render["id"].as_str().unwrap();
-    wait_for("the task to start", RENDER_LIMIT, || async {
-        let tasks = tasks_of(&broker.address, &broker.client, id).await;
-        (tasks[0]["frames_done"].as_i64().unwrap_or(0) > 0).then_some(())
-    })
-    .await;
+    let LongRender {
+        broker,
+        agent,
+        blend,
+        id,
+        ..
+    } = start_long_render(&blender, "handback").await;
     let summary = agent.stop().await;
     assert_eq!(summary.released, 1);
     assert!(
         blender_pids(Path::new(&blend)).is_empty(),
         "Blender was stopped"
     );
-    let task = &tasks_of(&broker.address, &broker.client, id).await[0];
+    let task = &tasks_of(&broker.address, &broker.client, &id).await[0];
     assert_eq!(
         (
             task["status"].as_str(),
@@ -438,4 +452,65 @@ async fn up_with_demo_renders_the_demo_scene_and_prints_where_the_frames_are() {
     let dir = line.rsplit(" in ").next().unwrap();
     let frames = std::fs::read_dir(dir).unwrap().count();
     assert_eq!(frames, 8, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_urgent_render_preempts_a_real_agent_whose_low_chunk_later_completes() {
+    let Some(blender) =
+        blender_or_skip("an_urgent_render_preempts_a_real_agent_whose_low_chunk_later_completes")
+            .await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let low_blend = scene(files.path(), "low", SceneSpec::tiny(60), &blender).await;
+    let urgent_blend = scene(files.path(), "urgent", SceneSpec::tiny(2), &blender).await;
+    let agent = TestAgent::start(&broker.address, "only", &blender).await;
+    let mut low = submission("low", &low_blend, 60, 60, &files.path().join("low"));
+    low["priority"] = json!("low");
+    let low = submit(&broker.address, &broker.client, &low).await;
+    let low_id = low["id"].as_str().unwrap();
+    let first = wait_for_first_frame(&broker, low_id).await;
+
+    let mut urgent = submission("urgent", &urgent_blend, 2, 2, &files.path().join("urgent"));
+    urgent["priority"] = json!("urgent");
+    let urgent = submit(&broker.address, &broker.client, &urgent).await;
+    let report = send_json(
+        &broker.client,
+        Method::POST,
+        format!("{}/scheduler/run", broker.address),
+        &json!(null),
+    )
+    .await;
+    assert_eq!(report["preempted"], 1, "{report}");
+    let urgent_id = urgent["id"].as_str().unwrap();
+    wait_for_render_status(&broker.address, &broker.client, urgent_id, &["completed"]).await;
+    let low_done = wait_for_render_status(
+        &broker.address,
+        &broker.client,
+        low_id,
+        &["completed", "failed"],
+    )
+    .await;
+    assert_eq!(low_done["status"], "completed");
+    let detail = get_json(
+        &broker.client,
+        format!("{}/tasks/{}", broker.address, first["id"].as_str().unwrap()),
+    )
+    .await;
+    let events: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["assigned", "preempted", "assigned", "completed"]);
+    assert_eq!(detail["retries"], 0);
+    assert_eq!(
+        std::fs::read_dir(files.path().join("low")).unwrap().count(),
+        60
+    );
+    let summary = agent.stop().await;
+    assert_eq!((summary.aborted, summary.completed), (1, 2));
 }

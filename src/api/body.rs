@@ -43,15 +43,21 @@ fn is_json(req: &HttpRequest) -> bool {
     }
 }
 
-/// Parses `bytes` as JSON into `T`, naming the field that does not fit.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+/// Parses `bytes` as JSON into `T`, naming the field that does not fit;
+/// `what` names the route, for messages.
+pub fn parse_json<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::Invalid(format!(
-            "{what} needs a JSON body; see /api-docs for its fields"
+            "{} needs a JSON body; see /api-docs for its fields",
+            what()
         )));
     }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let what = what();
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -75,31 +81,41 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let what = format!(
-            "{} {}",
-            req.method(),
-            req.match_pattern()
-                .unwrap_or_else(|| req.path().to_string())
-        );
+        // The route is named in error messages only: matching its pattern
+        // again costs a route search, so bodies that parse skip it.
+        let request = req.clone();
+        let what = move || {
+            let route = request
+                .match_pattern()
+                .unwrap_or_else(|| request.path().to_string());
+            format!("{} {route}", request.method())
+        };
         if !is_json(req) {
             let err = ApiError::UnsupportedMediaType(format!(
-                "{what} takes JSON: send the header Content-Type: application/json"
+                "{} takes JSON: send the header Content-Type: application/json",
+                what()
             ));
             return Box::pin(async move { Err(err.into()) });
         }
         let bytes = web::Bytes::from_request(req, payload);
         Box::pin(async move {
-            let bytes = bytes.await.map_err(|e| -> actix_web::Error {
-                if e.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(format!(
-                        "the body of {what} is larger than the {MAX_BODY_BYTES} bytes accepted; send less (split logs into several reports)"
-                    ))
-                    .into()
-                } else {
-                    ApiError::Invalid(format!("the body of {what} could not be read: {e}")).into()
+            let bytes = match bytes.await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    let too_large = e.as_response_error().status_code()
+                        == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE;
+                    let err = if too_large {
+                        ApiError::PayloadTooLarge(format!(
+                            "the body of {} is larger than the {MAX_BODY_BYTES} bytes accepted; send less (split logs into several reports)",
+                            what()
+                        ))
+                    } else {
+                        ApiError::Invalid(format!("the body of {} could not be read: {e}", what()))
+                    };
+                    return Err(err.into());
                 }
-            })?;
-            Ok(JsonBody(parse_json(&bytes, &what)?))
+            };
+            Ok(JsonBody(parse_json(&bytes, what)?))
         })
     }
 }

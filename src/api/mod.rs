@@ -51,10 +51,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
         .app_data(web::QueryConfig::default().error_handler(error::query_error))
         .app_data(web::PathConfig::default().error_handler(error::path_error));
-    health::configure(cfg);
-    renders::configure(cfg);
+    // Routes are tried in this order, each dynamic one a pattern match: the
+    // workers' hot paths (request-task, reports, heartbeats) go first.
     workers::configure(cfg);
     tasks::configure(cfg);
+    renders::configure(cfg);
+    health::configure(cfg);
     scheduler::configure(cfg);
 }
 

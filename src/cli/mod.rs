@@ -11,7 +11,6 @@ use clap::{Args, Parser, Subcommand};
 use renderfarm_wire::{Priority, RenderSpec};
 
 use crate::startup::{Application, Settings, StoreChoice};
-use client::BrokerClient;
 
 /// A render farm for Blender.
 #[derive(Debug, Parser)]
@@ -336,8 +335,11 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         engine: args.engine,
         tags: args.tags,
     };
-    let client = BrokerClient::new(&args.broker.broker)?;
-    let render = client.submit(&spec).await?;
+    let client = client::connect(&args.broker.broker)?;
+    let render = client
+        .submit(&spec)
+        .await
+        .map_err(client::explain(&args.broker.broker))?;
     if args.broker.json {
         println!("{}", serde_json::to_string_pretty(&render)?);
     } else {
@@ -357,8 +359,11 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = BrokerClient::new(&args.broker.broker)?;
-    let render = client.render(&args.id).await?;
+    let client = client::connect(&args.broker.broker)?;
+    let render = client
+        .render(&args.id)
+        .await
+        .map_err(client::explain(&args.broker.broker))?;
     if args.broker.json {
         println!("{}", serde_json::to_string_pretty(&render)?);
         return Ok(());
@@ -393,8 +398,11 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
-    let client = BrokerClient::new(&args.broker)?;
-    let workers = client.workers().await?;
+    let client = client::connect(&args.broker)?;
+    let workers = client
+        .workers()
+        .await
+        .map_err(client::explain(&args.broker))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&workers)?);
         return Ok(());

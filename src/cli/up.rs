@@ -14,9 +14,10 @@ use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use renderfarm_worker::{Agent, AgentConfig, AgentSummary, StopSignals};
 use tokio::task::JoinHandle;
 
-use super::client::BrokerClient;
+use super::client::explain;
 use super::shutdown_signal;
 use crate::startup::{Application, Settings, StoreChoice};
+use renderfarm_worker::client::BrokerClient;
 
 /// How long stopping agents get to hand their tasks back.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(30);
@@ -138,6 +139,7 @@ async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> an
             tags: Vec::new(),
         })
         .await
+        .map_err(explain(broker))
         .context("submitting the demo render")?;
     let render = monitor(&client, &render).await?;
     let frames_dir = std::path::Path::new(&render.output)
@@ -174,10 +176,10 @@ async fn monitor(client: &BrokerClient, render: &Render) -> anyhow::Result<Rende
     let mut worker_bars: Vec<(uuid::Uuid, ProgressBar)> = Vec::new();
     let id = render.id.to_string();
     loop {
-        let now = client.render(&id).await?;
+        let now = client.render(&id).await.map_err(explain(client.base()))?;
         render_bar.set_position(now.progress.frames_done.max(0) as u64);
         render_bar.set_message(now.status.as_str().to_string());
-        for worker in client.workers().await? {
+        for worker in client.workers().await.map_err(explain(client.base()))? {
             let bar = match worker_bars.iter().find(|(w, _)| *w == worker.id) {
                 Some((_, bar)) => bar.clone(),
                 None => {
@@ -203,7 +205,7 @@ async fn monitor(client: &BrokerClient, render: &Render) -> anyhow::Result<Rende
 
 async fn show_worker(client: &BrokerClient, worker: &Worker, bar: &ProgressBar) {
     let task = match worker.current_task_id {
-        Some(id) => client.task(&id.to_string()).await.ok(),
+        Some(id) => client.task(&id.to_string()).await.ok().map(|d| d.task),
         None => None,
     };
     match task {

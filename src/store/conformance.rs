@@ -125,10 +125,19 @@ async fn claim(store: &dyn Store, worker: Uuid) -> Option<renderfarm_wire::Assig
 }
 
 async fn complete(store: &dyn Store, a: &renderfarm_wire::Assignment) {
+    report(store, a, TaskReport::Complete).await;
+}
+
+/// A report under the assignment's lease that must be accepted.
+async fn report(
+    store: &dyn Store,
+    a: &renderfarm_wire::Assignment,
+    report: TaskReport,
+) -> renderfarm_wire::Task {
     store
-        .report_task(a.task_id, a.lease_id, TaskReport::Complete, None, t0())
+        .report_task(a.task_id, a.lease_id, report.clone(), None, t0())
         .await
-        .expect("complete");
+        .unwrap_or_else(|e| panic!("{report:?}: {e}"))
 }
 
 pub async fn creating_a_render_stores_it_with_all_its_tasks(store: &dyn Store) {
@@ -382,16 +391,7 @@ pub async fn a_released_task_is_queued_again_without_a_failure(store: &dyn Store
     let w1 = worker(store, "stopping", &[]).await;
     let w2 = worker(store, "next", &[]).await;
     let a = claim(store, w1).await.unwrap();
-    store
-        .report_task(
-            a.task_id,
-            a.lease_id,
-            TaskReport::Progress { frames_done: 2 },
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    report(store, &a, TaskReport::Progress { frames_done: 2 }).await;
     let released = store
         .report_task(
             a.task_id,
@@ -566,19 +566,15 @@ pub async fn a_failure_with_a_retry_left_keeps_the_render_going(store: &dyn Stor
         .unwrap();
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.unwrap();
-    store
-        .report_task(
-            a.task_id,
-            a.lease_id,
-            TaskReport::Fail {
-                exit_code: Some(134),
-                reason: "crash".into(),
-            },
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    report(
+        store,
+        &a,
+        TaskReport::Fail {
+            exit_code: Some(134),
+            reason: "crash".into(),
+        },
+    )
+    .await;
     let render = store.get_render(r.id).await.unwrap();
     assert_eq!(render.status, RenderStatus::Rendering);
     assert_eq!(
@@ -1277,16 +1273,7 @@ pub async fn preemption_takes_a_task_back_only_under_its_current_lease(store: &d
         .unwrap();
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.unwrap();
-    store
-        .report_task(
-            a.task_id,
-            a.lease_id,
-            TaskReport::Progress { frames_done: 2 },
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    report(store, &a, TaskReport::Progress { frames_done: 2 }).await;
     assert_eq!(
         store
             .preempt_task(a.task_id, Uuid::new_v4(), t0())
@@ -1408,19 +1395,15 @@ pub async fn the_history_tells_what_happened_to_a_task(store: &dyn Store) {
     let w1 = worker(store, "w1", &[]).await;
     let w2 = worker(store, "w2", &[]).await;
     let a = claim(store, w1).await.unwrap();
-    store
-        .report_task(
-            a.task_id,
-            a.lease_id,
-            TaskReport::Fail {
-                exit_code: Some(3),
-                reason: "x".into(),
-            },
-            None,
-            t0(),
-        )
-        .await
-        .unwrap();
+    report(
+        store,
+        &a,
+        TaskReport::Fail {
+            exit_code: Some(3),
+            reason: "x".into(),
+        },
+    )
+    .await;
     store.retry_failed_tasks(t0()).await.unwrap();
     let b = claim(store, w2).await.unwrap();
     store

@@ -13,6 +13,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -168,6 +169,26 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Box<dyn WriteJob>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     path: PathBuf,
+    /// Dropped with the store, which ends the checkpoint thread.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Copies the WAL into the database file from its own connection, so the
+/// writer never pauses for a checkpoint's fsync (SQLite's automatic
+/// checkpoint runs inside the commit that crosses the threshold, which put
+/// tens of milliseconds on some claims). PASSIVE never blocks the writer.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(CHECKPOINT_INTERVAL)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the next one will try again");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
 impl SqliteStore {
@@ -185,6 +206,7 @@ impl SqliteStore {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
+             PRAGMA wal_autocheckpoint = 0;
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000;",
         )?;
@@ -207,10 +229,18 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Unexpected(e.into()))?;
+        let checkpoints = Connection::open(&path)?;
+        checkpoints.execute_batch("PRAGMA busy_timeout = 5000;")?;
+        let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoints, stopped))
+            .map_err(|e| StoreError::Unexpected(e.into()))?;
         Ok(Self {
             writer: tx,
             readers,
             path,
+            _stop_checkpoints: stop_checkpoints,
         })
     }
 
@@ -1057,7 +1087,15 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Assignment>> {
         self.write(move |conn| {
-            let mode = mark_alive(conn, worker_id, now)?;
+            let (mode, worker_tags): (WorkerMode, String) = conn
+                .prepare_cached(
+                    "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 RETURNING mode, tags",
+                )?
+                .query_row(params![worker_id.to_string(), ts(now)], |row| {
+                    Ok((get_enum(row, 0, WorkerMode::parse)?, row.get(1)?))
+                })
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("worker", worker_id))?;
             let held = conn
                 .prepare_cached(&format!(
                     "SELECT {ASSIGNMENT_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq \
@@ -1071,25 +1109,35 @@ impl Store for SqliteStore {
             if claim_permission(mode)? == ClaimPermission::NoNewWork {
                 return Ok(None);
             }
-            let worker_tags: String = conn
-                .prepare_cached("SELECT tags FROM workers WHERE id = ?1")?
-                .query_row([worker_id.to_string()], |row| row.get(0))?;
             let candidate = conn
                 .prepare_cached(
-                    "SELECT t.seq, t.render_seq FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+                    "SELECT t.seq, t.render_seq, t.id, r.id, r.blend_file, t.frame_start, t.frame_end, \
+                       r.output, r.engine FROM tasks t JOIN renders r ON r.seq = t.render_seq \
                      WHERE t.status = 'pending' AND r.status IN ('queued', 'rendering') \
                        AND (r.tags = '[]' OR NOT EXISTS ( \
                              SELECT 1 FROM json_each(r.tags) need \
                              WHERE need.value NOT IN (SELECT have.value FROM json_each(?1) have))) \
                      ORDER BY t.status, t.priority DESC, t.render_seq, t.frame_start LIMIT 1",
                 )?
-                .query_row([worker_tags], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
+                .query_row([worker_tags], |row| {
+                    let assignment = Assignment {
+                        task_id: get_uuid(row, 2)?,
+                        render_id: get_uuid(row, 3)?,
+                        lease_id: Uuid::new_v4(),
+                        blend_file: row.get(4)?,
+                        frame_start: row.get(5)?,
+                        frame_end: row.get(6)?,
+                        output: row.get(7)?,
+                        engine: row.get(8)?,
+                    };
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, assignment))
+                })
                 .optional()?;
-            let Some((task_seq, render_seq)) = candidate else {
+            let Some((task_seq, render_seq, assignment)) = candidate else {
                 return Ok(None);
             };
             let to = task_transition(TaskStatus::Pending, TaskEvent::Claim)?;
-            let lease = Uuid::new_v4();
+            let lease = assignment.lease_id;
             conn.prepare_cached(
                 "UPDATE tasks SET status = ?2, worker_id = ?3, lease_id = ?4, frames_done = 0, \
                  started_at = ?5, finished_at = NULL WHERE seq = ?1",
@@ -1097,11 +1145,6 @@ impl Store for SqliteStore {
             .execute(params![task_seq, to.as_str(), worker_id.to_string(), lease.to_string(), ts(now)])?;
             roll_task_move(conn, render_seq, TaskStatus::Pending, to, 0, false, now)?;
             record_history(conn, task_seq, HistoryEvent::Assigned, Some(&worker_id.to_string()), None, now)?;
-            let assignment = conn
-                .prepare_cached(&format!(
-                    "SELECT {ASSIGNMENT_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq WHERE t.seq = ?1"
-                ))?
-                .query_row([task_seq], assignment_from_row)?;
             tracing::debug!(
                 worker_id = %worker_id,
                 task_id = %assignment.task_id,

@@ -1,11 +1,12 @@
-//! The worker's HTTP client of the broker: one method per route it uses, and
-//! errors sorted by what the agent should do about them.
+//! An HTTP client of the broker, used by the worker agent and by the
+//! `renderfarm` command line: one method per route, and errors sorted by what
+//! the caller should do about them.
 
 use std::time::Duration;
 
 use renderfarm_wire::{
     Assignment, CompleteReport, ErrorBody, FailReport, Heartbeat, HeartbeatReply, ProgressReport,
-    ReleaseReport, Task, Worker, WorkerSpec,
+    ReleaseReport, Render, RenderSpec, Task, TaskDetail, Worker, WorkerSpec,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -120,6 +121,38 @@ impl BrokerClient {
             .ok_or_else(|| self.unexpected_empty(&path))
     }
 
+    /// `POST /renders`.
+    pub async fn submit(&self, spec: &RenderSpec) -> Result<Render, ClientError> {
+        self.post("/renders".into(), spec, REQUEST_TIMEOUT)
+            .await?
+            .ok_or_else(|| self.unexpected_empty("/renders"))
+    }
+
+    /// `GET /renders/{id}`.
+    pub async fn render(&self, id: &str) -> Result<Render, ClientError> {
+        self.get(&format!("/renders/{id}")).await
+    }
+
+    /// `GET /tasks/{id}`.
+    pub async fn task(&self, id: &str) -> Result<TaskDetail, ClientError> {
+        self.get(&format!("/tasks/{id}")).await
+    }
+
+    /// `GET /workers`.
+    pub async fn workers(&self) -> Result<Vec<Worker>, ClientError> {
+        self.get("/workers").await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT);
+        self.answer(path, request)
+            .await?
+            .ok_or_else(|| self.unexpected_empty(path))
+    }
+
     fn unexpected_empty(&self, path: &str) -> ClientError {
         ClientError::Unreachable(self.base.clone(), format!("{path} answered without a body"))
     }
@@ -140,6 +173,16 @@ impl BrokerClient {
         if !json.is_null() {
             request = request.json(&json);
         }
+        self.answer(&path, request).await
+    }
+
+    /// Sends `request`; `None` for a 204, else the body, or the error sorted
+    /// by what the caller should do.
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Option<T>, ClientError> {
         let response = request
             .send()
             .await
@@ -154,7 +197,7 @@ impl BrokerClient {
             .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
         if status.is_success() {
             return serde_json::from_str(&text).map(Some).map_err(|e| {
-                ClientError::Rejected(status, format!("the answer to {path} is not what this agent expects ({e}); are the broker and agent the same version?"))
+                ClientError::Rejected(status, format!("the answer to {path} is not what this client expects ({e}); are the broker and this program the same version?"))
             });
         }
         let message = serde_json::from_str::<ErrorBody>(&text)

@@ -1,0 +1,210 @@
+//! Real Blender: a generated scene rendered through the farm (broker + W
+//! agents), then the same chunks by W plain Blender processes side by side,
+//! as a user would with `xargs -P W`, in the same run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use renderfarm_wire::{Priority, Render, RenderSpec};
+use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
+use renderfarm_worker::blender::{check_blender, RenderJob};
+use renderfarm_worker::{Agent, AgentConfig, StopSignals};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::broker::Broker;
+
+/// A scene whose chunks take a few seconds of rendering each on 2 cores.
+fn bench_scene(frames: i64) -> SceneSpec {
+    SceneSpec {
+        frames,
+        width: 160,
+        height: 90,
+        samples: 16,
+        denoise: false,
+    }
+}
+
+pub async fn farm(
+    workers: usize,
+    frames: i64,
+    chunk: i64,
+    blender: &Path,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        workers > 0 && frames > 0 && chunk > 0,
+        "give positive --workers, --frames and --chunk"
+    );
+    check_blender(blender).await?;
+    let dir = tempfile::tempdir()?;
+    let scene = dir.path().join("bench.blend");
+    make_scene(blender, &scene, bench_scene(frames)).await?;
+    let chunks: Vec<(i64, i64)> = (1..=frames)
+        .step_by(chunk as usize)
+        .map(|s| (s, (s + chunk - 1).min(frames)))
+        .collect();
+
+    let farm_seconds =
+        through_the_farm(workers, frames, chunk, blender, &scene, dir.path()).await?;
+    let baseline_seconds = plain_parallel(
+        workers,
+        &chunks,
+        blender,
+        &scene,
+        &dir.path().join("baseline"),
+    )
+    .await?;
+    Ok(json!({
+        "bench": "farm",
+        "workers": workers,
+        "frames": frames,
+        "chunk": chunk,
+        "chunks": chunks.len(),
+        "farm_seconds": (farm_seconds * 1000.0).round() / 1000.0,
+        "baseline_seconds": (baseline_seconds * 1000.0).round() / 1000.0,
+        "efficiency": (baseline_seconds / farm_seconds * 1000.0).round() / 1000.0,
+    })
+    .to_string())
+}
+
+async fn through_the_farm(
+    workers: usize,
+    frames: i64,
+    chunk: i64,
+    blender: &Path,
+    scene: &Path,
+    dir: &Path,
+) -> anyhow::Result<f64> {
+    let broker = Broker::start()?;
+    let signals = StopSignals::default();
+    let mut agents = Vec::new();
+    for i in 0..workers {
+        let config = AgentConfig {
+            broker: broker.address.clone(),
+            name: format!("bench-{i}"),
+            tags: vec![],
+            blender: blender.to_path_buf(),
+            work_dir: dir.join(format!("agent-{i}")),
+            heartbeat: Duration::from_secs(10),
+            log_interval: Duration::from_secs(1),
+            poll_wait: Duration::from_secs(30),
+        };
+        let agent = Agent::new(config, signals.clone()).await?;
+        agents.push(tokio::spawn(agent.run()));
+    }
+    let http = reqwest::Client::new();
+    // Wait until every agent is registered and polling, as a farm at rest.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers_now: Vec<serde_json::Value> = http
+            .get(format!("{}/workers", broker.address))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if workers_now.len() >= workers {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the agents did not register");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let spec = RenderSpec {
+        name: "bench".into(),
+        blend_file: scene.display().to_string(),
+        frame_start: 1,
+        frame_end: frames,
+        chunk_size: chunk,
+        priority: Priority::Normal,
+        max_retries: 0,
+        output: Some(format!("{}/farm/frame_####", dir.display())),
+        engine: None,
+        tags: vec![],
+    };
+    let started = Instant::now();
+    let render: Render = http
+        .post(format!("{}/renders", broker.address))
+        .json(&spec)
+        .send()
+        .await?
+        .json()
+        .await?;
+    // Poll the render at a fine grain so the measured end is close to the real one.
+    let finished = loop {
+        let now: Render = http
+            .get(format!("{}/renders/{}", broker.address, render.id))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if now.status.is_finished() {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        finished.status == renderfarm_wire::RenderStatus::Completed,
+        "the farm render ended {}",
+        finished.status.as_str()
+    );
+    signals.stop.cancel();
+    signals.abort.cancel();
+    for agent in agents {
+        let _ = agent.await;
+    }
+    Ok(seconds)
+}
+
+async fn plain_parallel(
+    workers: usize,
+    chunks: &[(i64, i64)],
+    blender: &Path,
+    scene: &Path,
+    out: &Path,
+) -> anyhow::Result<f64> {
+    let queue = Arc::new(Mutex::new(chunks.to_vec()));
+    let started = Instant::now();
+    let mut runners = Vec::new();
+    for _ in 0..workers {
+        let (queue, blender, scene, out) = (
+            queue.clone(),
+            blender.to_path_buf(),
+            scene.to_path_buf(),
+            out.to_path_buf(),
+        );
+        runners.push(tokio::spawn(async move {
+            loop {
+                let Some((from, to)) = queue.lock().await.pop() else {
+                    break;
+                };
+                let job = RenderJob {
+                    blend_file: scene.display().to_string(),
+                    output: format!("{}/frame_####", out.display()),
+                    engine: None,
+                    from,
+                    to,
+                };
+                let status = tokio::process::Command::new(&blender)
+                    .args(job.args())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .await
+                    .context("running Blender")?;
+                anyhow::ensure!(
+                    status.success(),
+                    "Blender failed on frames {from}-{to}: {status}"
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for r in runners {
+        r.await??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,339 @@
+//! Simulated workers (HTTP clients on one runtime, no Blender) against the
+//! broker: dispatch throughput, claim latency by queue depth, and the time
+//! from a submission to the first task received.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use renderfarm_wire::{
+    Assignment, CompleteReport, Priority, Render, RenderSpec, Worker, WorkerSpec,
+};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::broker::Broker;
+use crate::quantile_ms;
+
+fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(120))
+        .build()?)
+}
+
+fn spec(name: &str, tasks: i64) -> RenderSpec {
+    RenderSpec {
+        name: name.into(),
+        blend_file: "/bench/scene.blend".into(),
+        frame_start: 1,
+        frame_end: tasks,
+        chunk_size: 1,
+        priority: Priority::Normal,
+        max_retries: 0,
+        output: None,
+        engine: None,
+        tags: vec![],
+    }
+}
+
+async fn submit(http: &reqwest::Client, broker: &str, spec: &RenderSpec) -> anyhow::Result<Render> {
+    let response = http
+        .post(format!("{broker}/renders"))
+        .json(spec)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().as_u16() == 202,
+        "submit answered {}",
+        response.status()
+    );
+    Ok(response.json().await?)
+}
+
+async fn register(http: &reqwest::Client, broker: &str, name: String) -> anyhow::Result<Worker> {
+    let response = http
+        .post(format!("{broker}/workers"))
+        .json(&WorkerSpec { name, tags: vec![] })
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().as_u16() == 201,
+        "register answered {}",
+        response.status()
+    );
+    Ok(response.json().await?)
+}
+
+/// One claim: the assignment (None for 204) and how long it took.
+async fn claim(
+    http: &reqwest::Client,
+    broker: &str,
+    worker: &Worker,
+    wait: u32,
+) -> anyhow::Result<(Option<Assignment>, Duration)> {
+    let started = Instant::now();
+    let response = http
+        .post(format!(
+            "{broker}/workers/{}/request-task?wait={wait}",
+            worker.id
+        ))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let assignment = match status {
+        200 => Some(response.json::<Assignment>().await?),
+        204 => None,
+        other => anyhow::bail!("request-task answered {other}"),
+    };
+    Ok((assignment, started.elapsed()))
+}
+
+async fn complete(
+    http: &reqwest::Client,
+    broker: &str,
+    a: &Assignment,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let response = http
+        .post(format!("{broker}/tasks/{}/complete", a.task_id))
+        .json(&CompleteReport {
+            lease_id: a.lease_id,
+            log: None,
+        })
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "complete answered {}",
+        response.status()
+    );
+    Ok(started.elapsed())
+}
+
+/// A simulated worker's own keep-alive HTTP/1 connection: far less client
+/// work per request than a pooled client, so the broker, not the load
+/// generator, is what the figures measure.
+struct Connection {
+    host: String,
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl Connection {
+    async fn open(broker: &str) -> anyhow::Result<Connection> {
+        let host = broker.trim_start_matches("http://").to_string();
+        let stream = tokio::net::TcpStream::connect(&host).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Connection { host, sender })
+    }
+
+    /// POSTs `body` to `path`; the status and the body bytes.
+    async fn post(&mut self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, bytes::Bytes)> {
+        use http_body_util::BodyExt;
+        let request = hyper::Request::post(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    claims: Vec<Duration>,
+    completes: Vec<Duration>,
+}
+
+pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
+    let broker = Broker::start()?;
+    let http = client(workers)?;
+    let address = broker.address.clone();
+    let mut registered = Vec::with_capacity(workers);
+    for i in 0..workers {
+        registered.push(register(&http, &address, format!("sim-{i}")).await?);
+    }
+    submit(&http, &address, &spec("dispatch", tasks)).await?;
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let started = Instant::now();
+    let mut runs = Vec::with_capacity(workers);
+    for worker in registered {
+        let (address, samples) = (address.clone(), samples.clone());
+        runs.push(tokio::spawn(async move {
+            let mut mine = Samples::default();
+            let mut conn = Connection::open(&address).await?;
+            let claim_path = format!("/workers/{}/request-task", worker.id);
+            loop {
+                let started = Instant::now();
+                let (status, body) = conn.post(&claim_path, Vec::new()).await?;
+                let a: Assignment = match status {
+                    200 => serde_json::from_slice(&body)?,
+                    204 => break,
+                    other => anyhow::bail!("request-task answered {other}"),
+                };
+                mine.claims.push(started.elapsed());
+                let started = Instant::now();
+                let report = serde_json::to_vec(&CompleteReport {
+                    lease_id: a.lease_id,
+                    log: None,
+                })?;
+                let (status, _) = conn
+                    .post(&format!("/tasks/{}/complete", a.task_id), report)
+                    .await?;
+                anyhow::ensure!(status == 200, "complete answered {status}");
+                mine.completes.push(started.elapsed());
+            }
+            let mut all = samples.lock().await;
+            all.claims.extend(mine.claims);
+            all.completes.extend(mine.completes);
+            anyhow::Ok(())
+        }));
+    }
+    for run in runs {
+        run.await.context("a simulated worker panicked")??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (rss, peak) = broker.rss_mb();
+    let mut samples = samples.lock().await;
+    samples.claims.sort();
+    samples.completes.sort();
+    let done = samples.claims.len();
+    anyhow::ensure!(
+        done as i64 == tasks,
+        "{done} of {tasks} tasks were dispatched"
+    );
+    Ok(json!({
+        "bench": "dispatch",
+        "tasks": done,
+        "workers": workers,
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+        "tasks_per_sec": (done as f64 / seconds).round(),
+        "claim_p50_ms": quantile_ms(&samples.claims, 0.50),
+        "claim_p99_ms": quantile_ms(&samples.claims, 0.99),
+        "complete_p99_ms": quantile_ms(&samples.completes, 0.99),
+        "broker_rss_mb": rss,
+        "broker_peak_rss_mb": peak,
+    })
+    .to_string())
+}
+
+pub async fn depth(queued: i64, claims: usize) -> anyhow::Result<String> {
+    let broker = Broker::start()?;
+    let http = client(4)?;
+    let address = broker.address.clone();
+    let fill = Instant::now();
+    // Renders hold at most 1,000,000 frames; bigger queues take several.
+    let mut left = queued;
+    let mut n = 0;
+    while left > 0 {
+        let size = left.min(1_000_000);
+        submit(&http, &address, &spec(&format!("depth-{n}"), size)).await?;
+        left -= size;
+        n += 1;
+    }
+    let fill_seconds = fill.elapsed().as_secs_f64();
+    // A bulk insert leaves a large WAL that the checkpointer copies back over
+    // the next seconds; measure the steady state after it, not the copy.
+    let settle = Duration::from_secs((queued / 100_000).clamp(0, 10) as u64);
+    tokio::time::sleep(settle).await;
+    let worker = register(&http, &address, "depth".into()).await?;
+    const WARM_UP: i64 = 50;
+    let claims = claims.min((queued - WARM_UP).max(1) as usize);
+    // Warm up connections and caches before measuring.
+    for _ in 0..WARM_UP.min(queued) {
+        if let (Some(a), _) = claim(&http, &address, &worker, 0).await? {
+            complete(&http, &address, &a).await?;
+        }
+    }
+    let mut samples = Vec::with_capacity(claims);
+    for _ in 0..claims {
+        let (assignment, took) = claim(&http, &address, &worker, 0).await?;
+        let a = assignment.context("the queue ran dry; measure fewer claims")?;
+        samples.push(took);
+        complete(&http, &address, &a).await?;
+    }
+    samples.sort();
+    let (rss, peak) = broker.rss_mb();
+    Ok(json!({
+        "bench": "depth",
+        "queued": queued,
+        "claims": claims,
+        "fill_seconds": (fill_seconds * 100.0).round() / 100.0,
+        "settle_seconds": settle.as_secs(),
+        "claim_p50_ms": quantile_ms(&samples, 0.50),
+        "claim_p99_ms": quantile_ms(&samples, 0.99),
+        "broker_rss_mb": rss,
+        "broker_peak_rss_mb": peak,
+    })
+    .to_string())
+}
+
+pub async fn latency(workers: usize, submits: usize) -> anyhow::Result<String> {
+    let broker = Broker::start()?;
+    let http = client(workers + 2)?;
+    let address = broker.address.clone();
+    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel::<(uuid::Uuid, Instant)>();
+    let mut pollers = Vec::new();
+    for i in 0..workers {
+        let worker = register(&http, &address, format!("idle-{i}")).await?;
+        let (http, address, tx) = (http.clone(), address.clone(), tx.clone());
+        pollers.push(tokio::spawn(async move {
+            loop {
+                let Ok((assignment, _)) = claim(&http, &address, &worker, 30).await else {
+                    break;
+                };
+                if let Some(a) = assignment {
+                    let at = Instant::now();
+                    if tx.send((a.render_id, at)).is_err() {
+                        break;
+                    }
+                    let _ = complete(&http, &address, &a).await;
+                }
+            }
+        }));
+    }
+    // Let every worker reach its long poll.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut samples = Vec::with_capacity(submits);
+    let mut from_sent = Vec::with_capacity(submits);
+    for i in 0..submits {
+        let sent = Instant::now();
+        let render = submit(&http, &address, &spec(&format!("latency-{i}"), 1)).await?;
+        let answered = Instant::now();
+        let (render_id, at) = tokio::time::timeout(Duration::from_secs(30), received.recv())
+            .await
+            .context("no worker received the task within 30 s")?
+            .context("the workers stopped")?;
+        anyhow::ensure!(
+            render_id == render.id,
+            "a worker received another render's task"
+        );
+        // A worker may get the task before the submitter reads its 202: 0.
+        samples.push(at.saturating_duration_since(answered));
+        from_sent.push(at.saturating_duration_since(sent));
+        // Let the worker finish and wait again, as an idle farm would.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for p in pollers {
+        p.abort();
+    }
+    samples.sort();
+    from_sent.sort();
+    Ok(json!({
+        "bench": "latency",
+        "workers": workers,
+        "submits": submits,
+        "p50_ms": quantile_ms(&samples, 0.50),
+        "p99_ms": quantile_ms(&samples, 0.99),
+        "max_ms": quantile_ms(&samples, 1.0),
+        "from_sent_p50_ms": quantile_ms(&from_sent, 0.50),
+        "from_sent_p99_ms": quantile_ms(&from_sent, 0.99),
+    })
+    .to_string())
+}

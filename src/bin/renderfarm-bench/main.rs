@@ -1,0 +1,107 @@
+//! `renderfarm-bench`: measures the broker the way the speed claims are made.
+//! Each subcommand starts what it measures itself (the `renderfarm` broker as
+//! a child process on loopback with a fresh store in a temporary directory,
+//! so its memory is its own) and prints one JSON line last.
+
+mod broker;
+mod farm;
+mod load;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks of the renderfarm broker.
+#[derive(Debug, Parser)]
+#[command(name = "renderfarm-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// W simulated workers loop request-task → complete as fast as they can.
+    Dispatch {
+        #[arg(long, default_value_t = 200)]
+        workers: usize,
+        #[arg(long, default_value_t = 100_000)]
+        tasks: i64,
+    },
+    /// Claim latency with N tasks already queued, and the broker's memory.
+    Depth {
+        #[arg(long, default_value_t = 1_000)]
+        queued: i64,
+        /// Claims measured (each then completed).
+        #[arg(long, default_value_t = 5_000)]
+        claims: usize,
+    },
+    /// With W idle workers long-polling: time from a submit answered to the
+    /// first task received by a worker.
+    Latency {
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        #[arg(long, default_value_t = 200)]
+        submits: usize,
+    },
+    /// Real Blender: the farm against W plain parallel Blender processes.
+    Farm {
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 48)]
+        frames: i64,
+        #[arg(long, default_value_t = 8)]
+        chunk: i64,
+        #[arg(long, default_value = "blender")]
+        blender: std::path::PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RENDERFARM_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dispatch { workers, tasks } => load::dispatch(workers, tasks).await,
+            Command::Depth { queued, claims } => load::depth(queued, claims).await,
+            Command::Latency { workers, submits } => load::latency(workers, submits).await,
+            Command::Farm {
+                workers,
+                frames,
+                chunk,
+                blender,
+            } => farm::farm(workers, frames, chunk, &blender).await,
+        }
+    });
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `q`-quantile of sorted durations, in milliseconds.
+pub fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    (sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
