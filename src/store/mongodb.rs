@@ -1186,43 +1186,34 @@ impl MongoStore {
     }
 
     /// Two claims of one worker that raced past the "already holds a task"
-    /// check may both have taken a task. All agree to keep the one started
-    /// first (then the lowest id); the claimer of any other hands it back.
-    /// Returns the task the worker keeps.
+    /// check may both have taken a task. A claimer that finds its worker
+    /// holding more than one hands its own back, so a worker never keeps
+    /// two (if both hand theirs back, the worker simply asks again). Returns
+    /// the task the worker holds now, if any.
     async fn keep_one_task(
         &self,
         worker: &str,
         mine: TaskDoc,
         now: DateTime<Utc>,
-    ) -> StoreResult<TaskDoc> {
-        let held: Vec<TaskDoc> = self
-            .tasks()?
-            .find(held_filter(worker))
-            .await?
-            .try_collect()
-            .await?;
-        let keeper = held
-            .into_iter()
-            .min_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
-        match keeper {
-            Some(keeper) if keeper.id != mine.id => {
-                if let Some(lease) = mine.lease_id.as_deref() {
-                    self.requeue_under_lease(
-                        &mine.id,
-                        lease,
-                        (
-                            HistoryEvent::Requeued,
-                            "claimed twice at once; its worker keeps its other task",
-                        ),
-                        false,
-                        now,
-                    )
-                    .await?;
-                }
-                Ok(keeper)
-            }
-            _ => Ok(mine),
+    ) -> StoreResult<Option<TaskDoc>> {
+        let held = self.tasks()?.count_documents(held_filter(worker)).await?;
+        if held <= 1 {
+            return Ok(Some(mine));
         }
+        if let Some(lease) = mine.lease_id.as_deref() {
+            self.requeue_under_lease(
+                &mine.id,
+                lease,
+                (
+                    HistoryEvent::Requeued,
+                    "claimed twice at once; its worker keeps its other task",
+                ),
+                false,
+                now,
+            )
+            .await?;
+        }
+        self.current_task_of(worker).await
     }
 }
 
@@ -1635,7 +1626,9 @@ impl Store for MongoStore {
             now,
         )
         .await?;
-        let task = self.keep_one_task(&worker_key, task, now).await?;
+        let Some(task) = self.keep_one_task(&worker_key, task, now).await? else {
+            return Ok(None);
+        };
         let render = if task.render_id == render.id {
             render
         } else {
