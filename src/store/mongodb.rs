@@ -51,10 +51,9 @@ use super::{
     StoreError, StoreResult, TaskReport,
 };
 use crate::domain::{
-    claim_permission, heartbeat_action, progress_after, render_transition, roll_up,
-    task_transition, tasks_affected, worker_status, worker_transition, Allowances, ClaimPermission,
-    LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec,
-    WorkerMode,
+    claim_permission, heartbeat_action, render_transition, roll_up, task_transition,
+    tasks_affected, worker_status, worker_transition, Allowances, ClaimPermission, LeaseView,
+    NewRender, OverdueWork, RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec, WorkerMode,
 };
 use queries::*;
 
@@ -942,7 +941,7 @@ impl MongoStore {
                 .modified_count;
             let changed = i64::try_from(changed).unwrap_or(i64::MAX);
             if changed > 0 {
-                delta = add_progress(delta, progress_delta(*status, to, changed, -frames));
+                delta = add_progress(delta, progress_delta(Some(*status), to, changed, -frames));
             }
         }
         self.renders()?
@@ -1110,7 +1109,7 @@ impl MongoStore {
                 .ok_or_else(|| corrupt(format!("a task status in {row:?}")))?;
             let tasks = row.get("tasks").and_then(bson_i64).unwrap_or(0);
             let frames = row.get("frames").and_then(bson_i64).unwrap_or(0);
-            progress = add_progress(progress, new_tasks(status, tasks));
+            progress = add_progress(progress, progress_delta(None, status, tasks, 0));
             progress.frames_done += frames;
         }
         Ok(progress)
@@ -1237,21 +1236,6 @@ fn bson_i64(value: &Bson) -> Option<i64> {
     }
 }
 
-/// The counters `n` tasks in `status` add to a recount.
-fn new_tasks(status: TaskStatus, n: i64) -> Progress {
-    let one = progress_after(Progress::default(), None, status, 0);
-    Progress {
-        tasks_total: one.tasks_total * n,
-        tasks_pending: one.tasks_pending * n,
-        tasks_running: one.tasks_running * n,
-        tasks_completed: one.tasks_completed * n,
-        tasks_failed: one.tasks_failed * n,
-        tasks_canceled: one.tasks_canceled * n,
-        frames_total: 0,
-        frames_done: 0,
-    }
-}
-
 /// A moved task as the scheduler reports it.
 fn moved(task: &TaskDoc) -> StoreResult<MovedTask> {
     Ok(MovedTask {
@@ -1259,6 +1243,31 @@ fn moved(task: &TaskDoc) -> StoreResult<MovedTask> {
         render_id: parse_uuid(&task.render_id, "render id")?,
         worker_id: parse_opt_uuid(task.worker_id.as_deref(), "worker id")?,
     })
+}
+
+/// One page of a sorted listing.
+async fn fetch_page<T>(
+    collection: &Collection<T>,
+    filter: Document,
+    sort: Document,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Vec<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    // A limit of 0 means "no limit" to the server.
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(collection
+        .find(filter)
+        .sort(sort)
+        .skip(u64::try_from(offset).unwrap_or(0))
+        .limit(limit)
+        .await?
+        .try_collect()
+        .await?)
 }
 
 fn page_bounds(page: PageRequest) -> (i64, i64) {
@@ -1330,19 +1339,7 @@ impl Store for MongoStore {
         let renders = self.renders()?;
         let total = renders.count_documents(query.clone()).await?;
         let (limit, offset) = page_bounds(page);
-        // A limit of 0 means "no limit" to the server.
-        let docs: Vec<RenderDoc> = if limit == 0 {
-            Vec::new()
-        } else {
-            renders
-                .find(query)
-                .sort(render_list_sort())
-                .skip(u64::try_from(offset).unwrap_or(0))
-                .limit(limit)
-                .await?
-                .try_collect()
-                .await?
-        };
+        let docs = fetch_page(&renders, query, render_list_sort(), limit, offset).await?;
         Ok(Page {
             items: docs
                 .iter()
@@ -1357,18 +1354,14 @@ impl Store for MongoStore {
     async fn list_tasks(&self, render_id: Uuid, page: PageRequest) -> StoreResult<Page<Task>> {
         let render = self.load_render(&render_id.to_string()).await?;
         let (limit, offset) = page_bounds(page);
-        let docs: Vec<TaskDoc> = if limit == 0 {
-            Vec::new()
-        } else {
-            self.tasks()?
-                .find(doc! { "render_id": &render.id })
-                .sort(task_list_sort())
-                .skip(u64::try_from(offset).unwrap_or(0))
-                .limit(limit)
-                .await?
-                .try_collect()
-                .await?
-        };
+        let docs = fetch_page(
+            &self.tasks()?,
+            doc! { "render_id": &render.id },
+            task_list_sort(),
+            limit,
+            offset,
+        )
+        .await?;
         Ok(Page {
             items: docs
                 .iter()

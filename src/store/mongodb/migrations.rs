@@ -221,19 +221,21 @@ mod tests {
         }
     }
 
+    /// The index `name` of `collection`, as the migrations define it.
+    fn index(collection: &str, name: &str) -> IndexSpec {
+        all()
+            .unwrap()
+            .into_iter()
+            .flat_map(|m| m.collections)
+            .filter(|c| c.name == collection)
+            .flat_map(|c| c.indexes)
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("no index {name} on {collection}"))
+    }
+
     #[test]
     fn index_keys_keep_the_order_written_in_the_file() {
-        let all = all().unwrap();
-        let tasks = all[0]
-            .collections
-            .iter()
-            .find(|c| c.name == "tasks")
-            .unwrap();
-        let claim = tasks
-            .indexes
-            .iter()
-            .find(|i| i.name == super::super::queries::CLAIM_INDEX)
-            .expect("the claim index is defined");
+        let claim = index("tasks", super::super::queries::CLAIM_INDEX);
         let keys: Vec<&str> = claim.key.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -263,18 +265,7 @@ mod tests {
 
     #[test]
     fn index_specs_become_index_models_with_their_names_and_options() {
-        let all = all().unwrap();
-        let tasks = all[0]
-            .collections
-            .iter()
-            .find(|c| c.name == "tasks")
-            .unwrap();
-        let by_worker = tasks
-            .indexes
-            .iter()
-            .find(|i| i.name == "tasks_running_by_worker")
-            .unwrap()
-            .model();
+        let by_worker = index("tasks", "tasks_running_by_worker").model();
         let options = by_worker.options.unwrap();
         assert_eq!(options.name.as_deref(), Some("tasks_running_by_worker"));
         assert_eq!(
@@ -282,12 +273,7 @@ mod tests {
             Some(doc! { "status": "running" })
         );
         assert_eq!(options.unique, None);
-        let renders = all[0]
-            .collections
-            .iter()
-            .find(|c| c.name == "renders")
-            .unwrap();
-        let by_seq = renders.indexes[0].model();
+        let by_seq = index("renders", "renders_by_seq").model();
         assert_eq!(by_seq.options.unwrap().unique, Some(true));
     }
 }

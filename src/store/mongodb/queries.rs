@@ -195,10 +195,16 @@ pub fn progress_inc(delta: &Progress) -> Document {
     inc
 }
 
-/// The counter change of `tasks` tasks moving from `from` to `to` with
-/// `frames` more frames done (negative: fewer), as the domain counts it.
-pub fn progress_delta(from: TaskStatus, to: TaskStatus, tasks: i64, frames: i64) -> Progress {
-    let one = progress_after(Progress::default(), Some(from), to, 0);
+/// The counter change of `tasks` tasks moving from `from` (`None`: tasks
+/// counted anew) to `to` with `frames` more frames done (negative: fewer),
+/// as the domain counts it.
+pub fn progress_delta(
+    from: Option<TaskStatus>,
+    to: TaskStatus,
+    tasks: i64,
+    frames: i64,
+) -> Progress {
+    let one = progress_after(Progress::default(), from, to, 0);
     Progress {
         tasks_total: one.tasks_total * tasks,
         tasks_pending: one.tasks_pending * tasks,
@@ -233,7 +239,7 @@ pub fn render_counter_inc(
     frames: i64,
     failed_for_good: bool,
 ) -> Document {
-    let mut update = doc! { "$inc": progress_inc(&progress_delta(from, to, 1, frames)) };
+    let mut update = doc! { "$inc": progress_inc(&progress_delta(Some(from), to, 1, frames)) };
     if failed_for_good {
         update.insert("$set", doc! { "failed_for_good": true });
     }
@@ -665,8 +671,8 @@ mod tests {
     #[test]
     fn bulk_moves_count_every_task_they_changed() {
         let cancel = add_progress(
-            progress_delta(TaskStatus::Pending, TaskStatus::Canceled, 3, 0),
-            progress_delta(TaskStatus::Running, TaskStatus::Canceled, 1, 0),
+            progress_delta(Some(TaskStatus::Pending), TaskStatus::Canceled, 3, 0),
+            progress_delta(Some(TaskStatus::Running), TaskStatus::Canceled, 1, 0),
         );
         assert_eq!(
             progress_inc(&cancel),
@@ -679,7 +685,7 @@ mod tests {
         );
         assert_eq!(
             progress_inc(&progress_delta(
-                TaskStatus::Completed,
+                Some(TaskStatus::Completed),
                 TaskStatus::Pending,
                 2,
                 -10

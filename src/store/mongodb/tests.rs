@@ -290,7 +290,7 @@ fn every_render_update_leaves_a_valid_render() {
         finished_at: None,
         reset_failure: true,
     };
-    let cancel_all = progress_delta(TaskStatus::Pending, TaskStatus::Canceled, 2, 0);
+    let cancel_all = progress_delta(Some(TaskStatus::Pending), TaskStatus::Canceled, 2, 0);
     let steps: Vec<Document> = vec![
         render_counter_inc(TaskStatus::Pending, TaskStatus::Running, 0, false),
         status_update(&running),
