@@ -54,6 +54,9 @@ enum Command {
         chunk: i64,
         #[arg(long, default_value = "blender")]
         blender: std::path::PathBuf,
+        /// Farm and baseline runs, alternated; the best of each is compared.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
     },
 }
 
@@ -82,7 +85,8 @@ fn main() -> ExitCode {
                 frames,
                 chunk,
                 blender,
-            } => farm::farm(workers, frames, chunk, &blender).await,
+                rounds,
+            } => farm::farm(workers, frames, chunk, rounds, &blender).await,
         }
     });
     match result {
