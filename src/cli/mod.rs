@@ -1,5 +1,6 @@
 //! The `renderfarm` command: `serve` runs the broker; `submit`, `status` and
-//! `workers` are thin HTTP clients of a running broker.
+//! `workers` are thin HTTP clients of a running broker; `openapi` prints the
+//! API's spec.
 
 mod client;
 mod up;
@@ -32,6 +33,8 @@ enum Command {
     Workers(BrokerArgs),
     /// A whole farm in one command: the broker and local worker agents.
     Up(up::UpArgs),
+    /// Print the broker's OpenAPI spec (JSON), as served at /api-docs/openapi.json.
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +167,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status(args).await,
         Command::Workers(args) => workers(args).await,
         Command::Up(args) => up::up(args).await,
+        Command::Openapi => {
+            use std::io::Write;
+            std::io::stdout().write_all(crate::api::openapi::spec_json().as_bytes())?;
+            Ok(())
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use uuid::Uuid;
 pub type Timestamp = DateTime<Utc>;
 
 /// How urgent a render is; higher levels are dispatched first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -61,6 +62,7 @@ impl Priority {
 }
 
 /// Where a render is in its life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RenderStatus {
@@ -110,6 +112,7 @@ impl RenderStatus {
 }
 
 /// Where one chunk of frames is in its life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -148,6 +151,7 @@ impl TaskStatus {
 }
 
 /// What a worker is doing, as an operator sees it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerStatus {
@@ -179,34 +183,72 @@ fn default_max_retries() -> i64 {
     1
 }
 
+// The `schema(...)` bounds below document the checks the broker makes on
+// input (in its `domain` module); keep the two in step, the broker's contract
+// tests and its fuzzing in CI send requests on both sides of every bound.
+
 /// `POST /renders`: what a user submits.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "shot010", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "priority": "high", "tags": ["gpu"]})))]
 pub struct RenderSpec {
+    /// Shown in listings; 1 to 200 characters, no control characters, not
+    /// only spaces.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: String,
+    /// The .blend file, as the workers see its path.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 4096))]
     pub blend_file: String,
+    /// First frame to render (0 or more).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub frame_start: i64,
+    /// Last frame to render, at least `frame_start`; one render holds at most
+    /// 1,000,000 frames.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub frame_end: i64,
+    /// Frames per task.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000, default = 10)
+    )]
     #[serde(default = "default_chunk_size")]
     pub chunk_size: i64,
+    #[cfg_attr(feature = "openapi", schema(default = "normal"))]
     #[serde(default)]
     pub priority: Priority,
+    /// How many times a failed task is tried again.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100, default = 1))]
     #[serde(default = "default_max_retries")]
     pub max_retries: i64,
     /// Blender output pattern (`-o`); the broker picks one under its data
     /// directory when absent.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 4096))]
     #[serde(default)]
     pub output: Option<String>,
     /// Blender render engine (`-E`), e.g. `CYCLES`; the file's own when absent.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z0-9_]{1,64}$"))]
     #[serde(default)]
     pub engine: Option<String>,
     /// Only workers carrying every one of these tags may render it.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_items = 32, value_type = Vec<Tag>, default = json!([]))
+    )]
     #[serde(default)]
     pub tags: Vec<String>,
 }
 
+/// A worker tag: 1 to 64 of `A-Z a-z 0-9 - _ . :`.
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$", example = "gpu")]
+pub struct Tag(pub String);
+
 /// Counters that roll up from a render's tasks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10})))]
 pub struct Progress {
     pub tasks_total: i64,
     pub tasks_pending: i64,
@@ -219,7 +261,9 @@ pub struct Progress {
 }
 
 /// A render as the broker reports it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Render {
     pub id: Uuid,
     pub name: String,
@@ -230,17 +274,31 @@ pub struct Render {
     pub frame_end: i64,
     pub chunk_size: i64,
     pub max_retries: i64,
+    /// Where Blender writes the frames (`-o`).
     pub output: String,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub engine: Option<String>,
     pub tags: Vec<String>,
     pub progress: Progress,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
+    /// When the first task was handed out.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
     pub started_at: Option<Timestamp>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
     pub finished_at: Option<Timestamp>,
 }
 
 /// One chunk of a render's frames.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "frame_start": 1, "frame_end": 10, "status": "running", "retries": 0, "worker_id": "01a20b20-ef29-734d-8df5-13233266e6e2", "frames_done": 4, "exit_code": null, "failure_reason": null, "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Task {
     pub id: Uuid,
     pub render_id: Uuid,
@@ -249,38 +307,68 @@ pub struct Task {
     pub status: TaskStatus,
     /// How many times the task was put back to pending after failing.
     pub retries: i64,
+    /// The worker running it, or that ran it last.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub worker_id: Option<Uuid>,
     pub frames_done: i64,
+    /// Blender's exit code in the last failure report.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub exit_code: Option<i64>,
     /// Why the last attempt failed, as the worker reported it.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub failure_reason: Option<String>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
     pub started_at: Option<Timestamp>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
     pub finished_at: Option<Timestamp>,
 }
 
 /// `POST /workers`: a worker agent introduces itself.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "node-01", "tags": ["gpu", "linux"]})))]
 pub struct WorkerSpec {
+    /// 1 to 200 characters, no control characters, not only spaces.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: String,
+    /// What the machine offers (e.g. `gpu`); renders that ask for tags go only
+    /// to workers carrying all of them.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_items = 32, value_type = Vec<Tag>, default = json!([]))
+    )]
     #[serde(default)]
     pub tags: Vec<String>,
 }
 
 /// A worker as the broker reports it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-ef29-734d-8df5-13233266e6e2", "name": "node-01", "status": "idle", "tags": ["gpu", "linux"], "last_heartbeat": "2026-11-24T01:17:17.481778Z", "current_task_id": null, "registered_at": "2026-11-24T01:17:17.481778Z"})))]
 pub struct Worker {
     pub id: Uuid,
     pub name: String,
     pub status: WorkerStatus,
     pub tags: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub last_heartbeat: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub current_task_id: Option<Uuid>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub registered_at: Timestamp,
 }
 
 /// The answer to `POST /workers/{id}/request-task`: one chunk to render.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null})))]
 pub struct Assignment {
     pub task_id: Uuid,
     pub render_id: Uuid,
@@ -291,14 +379,19 @@ pub struct Assignment {
     pub frame_start: i64,
     pub frame_end: i64,
     pub output: String,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub engine: Option<String>,
 }
 
 /// `POST /tasks/{id}/progress`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "frames_done": 4, "log": "Fra:4 Mem:12.5M | Time:00:00.41 | Sample 4/4\n"})))]
 pub struct ProgressReport {
     pub lease_id: Uuid,
+    /// Frames of this task finished so far: 0 to the task's frame count.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub frames_done: i64,
     /// Log text produced since the previous report; appended to the task's log.
     #[serde(default)]
@@ -306,49 +399,67 @@ pub struct ProgressReport {
 }
 
 /// `POST /tasks/{id}/complete`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "log": "Saved: '/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_0010.png'\n"})))]
 pub struct CompleteReport {
     pub lease_id: Uuid,
+    /// The rest of the log; appended to the task's log.
     #[serde(default)]
     pub log: Option<String>,
 }
 
 /// `POST /tasks/{id}/fail`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "exit_code": 1, "reason": "Error: Build without OpenImageDenoiser", "log": "Fra:1 Mem:12.5M | Denoising\n"})))]
 pub struct FailReport {
     pub lease_id: Uuid,
+    /// Blender's exit code, if it exited.
     #[serde(default)]
     pub exit_code: Option<i64>,
+    /// Why it failed (not only spaces); the broker keeps its last 64 KiB.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub reason: String,
+    /// The rest of the log; appended to the task's log.
     #[serde(default)]
     pub log: Option<String>,
 }
 
 /// `POST /tasks/{id}/release`: the worker gives the task back unfinished
 /// (it is stopping); the task is queued again without counting a failure.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "log": "Fra:3 Mem:12.5M\n"})))]
 pub struct ReleaseReport {
     pub lease_id: Uuid,
+    /// The rest of the log; appended to the task's log.
     #[serde(default)]
     pub log: Option<String>,
 }
 
-/// `POST /workers/{id}/heartbeat`.
+/// `POST /workers/{id}/heartbeat`: send `task_id` and `lease_id` together
+/// while rendering, neither when idle.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "frames_done": 4})))]
 pub struct Heartbeat {
     #[serde(default)]
     pub task_id: Option<Uuid>,
     #[serde(default)]
     pub lease_id: Option<Uuid>,
+    /// Frames of the task finished so far.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     #[serde(default)]
     pub frames_done: Option<i64>,
 }
 
 /// What the broker wants a worker to do with the task it holds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeartbeatAction {
@@ -359,12 +470,15 @@ pub enum HeartbeatAction {
 }
 
 /// The answer to a heartbeat.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"action": "continue"})))]
 pub struct HeartbeatReply {
     pub action: HeartbeatAction,
 }
 
 /// What an operator can ask of a render.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RenderAction {
@@ -375,13 +489,16 @@ pub enum RenderAction {
 }
 
 /// `PUT /renders/{id}/status`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"action": "pause"})))]
 pub struct RenderStatusChange {
     pub action: RenderAction,
 }
 
 /// What an operator can ask of a worker.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerAction {
@@ -394,13 +511,16 @@ pub enum WorkerAction {
 }
 
 /// `PUT /workers/{id}/status`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"action": "drain"})))]
 pub struct WorkerStatusChange {
     pub action: WorkerAction,
 }
 
 /// One page of a listing.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -411,18 +531,50 @@ pub struct Page<T> {
 }
 
 /// The body of every error answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"error": "not_found", "message": "no render with id 0b8f3c4e-5d6a-4f1b-9c2d-3e4f5a6b7c8d"})))]
 pub struct ErrorBody {
     /// A stable machine-readable code, e.g. `invalid_input`, `not_found`.
+    #[cfg_attr(feature = "openapi", schema(value_type = ErrorCode))]
     pub error: String,
     /// What went wrong and how to fix it.
     pub message: String,
 }
 
+/// The error codes, one per kind of failure.
+// Documentation only: `ErrorBody::error` stays a string on the wire, so that
+// clients built before a new code was added still parse the body.
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400
+    InvalidInput,
+    /// 404
+    NotFound,
+    /// 405
+    MethodNotAllowed,
+    /// 409
+    Conflict,
+    /// 413
+    PayloadTooLarge,
+    /// 415
+    UnsupportedMediaType,
+    /// 500
+    Internal,
+    /// 503
+    Unavailable,
+}
+
 /// `GET /health` and `GET /ready`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"status": "ready", "store": "sqlite"})))]
 pub struct HealthReport {
+    /// `ok` (health), `ready`, or `not ready: <why>`.
     pub status: String,
+    /// The store backend (`sqlite`); null from `/health`.
     #[serde(default)]
     pub store: Option<String>,
 }

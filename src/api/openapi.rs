@@ -1,0 +1,210 @@
+//! The OpenAPI description of the HTTP API, built from the handlers'
+//! `#[utoipa::path]` annotations and the wire types' schemas. Served at
+//! `/api-docs/openapi.json` (with Swagger UI at `/api-docs/`), printed by
+//! `renderfarm openapi`, and committed as `openapi/openapi.json`; the black-box
+//! tests check every answer they get against it.
+
+use std::sync::LazyLock;
+
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, ResponseError};
+use renderfarm_wire::{ErrorBody, ErrorCode};
+use serde_json::Value;
+use utoipa::{OpenApi, ToResponse};
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::{health, renders, tasks, workers, ApiError};
+
+/// Where Swagger UI lives; the spec sits beside it.
+pub const DOCS_PATH: &str = "/api-docs";
+/// Where the spec is served.
+pub const SPEC_PATH: &str = "/api-docs/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "renderfarm broker",
+        description = "A pull-based render farm for Blender. Users submit renders; worker agents \
+register, pull tasks (chunks of frames) with `POST /workers/{id}/request-task`, and report \
+progress and results under the lease each assignment carries. Operators steer renders and \
+workers.\n\nEvery error answer is JSON, `{\"error\": \"<code>\", \"message\": \"<what went wrong \
+and how to fix it>\"}`, including malformed JSON, unknown routes (404) and wrong methods (405, \
+with `Allow`). Request bodies are JSON (`Content-Type: application/json`, or none) of at most \
+1 MiB, and unknown fields are refused.",
+    ),
+    paths(
+        renders::submit,
+        renders::list,
+        renders::get,
+        renders::tasks,
+        renders::change_status,
+        renders::complete,
+        workers::register,
+        workers::list,
+        workers::get,
+        workers::change_status,
+        workers::heartbeat,
+        workers::request_task,
+        tasks::get,
+        tasks::log,
+        tasks::progress,
+        tasks::complete,
+        tasks::fail,
+        tasks::release,
+        health::health,
+        health::ready,
+    ),
+    components(schemas(ErrorBody, ErrorCode), responses(
+        BadRequest,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Internal,
+        Unavailable,
+    )),
+    tags(
+        (name = "renders", description = "Submit renders, follow them, and steer them (operators)."),
+        (name = "workers", description = "Worker agents register, heartbeat and pull tasks; operators drain, disable and enable them."),
+        (name = "tasks", description = "One chunk of a render's frames: its state, its log, and the lease-guarded reports of the worker running it."),
+        (name = "health", description = "Liveness and readiness probes."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The request does not fit the route. The message names the field or
+/// parameter at fault and what it should be.
+#[derive(ToResponse)]
+#[response(
+    description = "Invalid input: malformed JSON, a missing or unknown field, a value out of range, or a bad query parameter. The message names the field.",
+    example = json!({"error": "invalid_input", "message": "frame_end: is 2, before frame_start 5; give frame_end >= frame_start"})
+)]
+pub struct BadRequest(pub ErrorBody);
+
+/// No such render, task or worker (ids are UUIDs).
+#[derive(ToResponse)]
+#[response(
+    description = "No render, task or worker with that id (a malformed id names nothing, so it is a 404 too).",
+    example = json!({"error": "not_found", "message": "no render with id 0b8f3c4e-5d6a-4f1b-9c2d-3e4f5a6b7c8d"})
+)]
+pub struct NotFound(pub ErrorBody);
+
+/// The change conflicts with the current state; nothing was changed.
+#[derive(ToResponse)]
+#[response(
+    description = "Conflict: a stale lease (the task was reassigned, canceled or finished: stop working on it), a status change the state machine does not allow from the current status, or a disabled worker asking for work. Nothing was changed.",
+    example = json!({"error": "conflict", "message": "the lease presented for task 01a20b20-eeb3-759a-bc8b-10a14eccf12a is not its current one (the task was reassigned, canceled or finished); stop working on it and ask for a new task"})
+)]
+pub struct Conflict(pub ErrorBody);
+
+/// The body is over the 1 MiB limit.
+#[derive(ToResponse)]
+#[response(
+    description = "The body is larger than the 1 MiB accepted.",
+    example = json!({"error": "payload_too_large", "message": "the body of POST /renders is larger than the 1048576 bytes accepted; send less (split logs into several reports)"})
+)]
+pub struct PayloadTooLarge(pub ErrorBody);
+
+/// The body is declared as something other than JSON.
+#[derive(ToResponse)]
+#[response(
+    description = "The Content-Type is not JSON; send `Content-Type: application/json` (or none).",
+    example = json!({"error": "unsupported_media_type", "message": "POST /renders takes JSON: send the header Content-Type: application/json"})
+)]
+pub struct UnsupportedMediaType(pub ErrorBody);
+
+/// A failure the broker did not expect; its cause is in the broker's log.
+#[derive(ToResponse)]
+#[response(
+    description = "The broker hit an unexpected error; the cause is in its log, never in the answer.",
+    example = json!({"error": "internal", "message": "the broker hit an unexpected error; it was logged. Retry later, and report it if it persists"})
+)]
+pub struct Internal(pub ErrorBody);
+
+/// The store cannot be reached just now.
+#[derive(ToResponse)]
+#[response(
+    description = "The store is unavailable (e.g. the broker is shutting down); retry after `Retry-After` seconds.",
+    headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
+    example = json!({"error": "unavailable", "message": "the store is unavailable: the store is shutting down; retry shortly"})
+)]
+pub struct Unavailable(pub ErrorBody);
+
+/// Response headers the broker sends with every answer of that status.
+/// utoipa 5 cannot mark a response header `required`, so [`spec`] adds the
+/// flag; headers not listed (`Retry-After` on a render that may be finished)
+/// are sent only sometimes.
+const ALWAYS_SENT_HEADERS: &[(&str, &str, &str, &str)] = &[
+    ("/renders", "post", "202", "Location"),
+    ("/renders", "post", "202", "Retry-After"),
+    ("/workers", "post", "201", "Location"),
+    ("/workers/{id}/request-task", "post", "204", "Retry-After"),
+    ("/ready", "get", "503", "Retry-After"),
+];
+
+/// Built once: every server worker thread serves the same document.
+static SPEC: LazyLock<Value> = LazyLock::new(spec);
+
+/// Serves Swagger UI under `/api-docs/` and the spec beside it.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        SwaggerUi::new(format!("{DOCS_PATH}/{{_:.*}}"))
+            .external_url_unchecked(SPEC_PATH, SPEC.clone()),
+    )
+    // Swagger UI loads its files relative to the page, so the page must be
+    // the folder `/api-docs/`, not `/api-docs`.
+    .service(web::redirect(DOCS_PATH, format!("{DOCS_PATH}/")));
+}
+
+/// Gives the bare 404s of Swagger UI's file server (`/api-docs/no-such-file`)
+/// the JSON error body every other answer of the broker has.
+pub fn json_not_found<B: 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new().handler(actix_web::http::StatusCode::NOT_FOUND, |res| {
+        if res.headers().contains_key(header::CONTENT_TYPE) {
+            return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+        }
+        let (req, _) = res.into_parts();
+        let response = ApiError::NotFound(format!(
+            "there is nothing at {}; the API docs are at {DOCS_PATH}/",
+            req.path()
+        ))
+        .error_response();
+        Ok(ErrorHandlerResponse::Response(
+            ServiceResponse::new(req, response).map_into_right_body(),
+        ))
+    })
+}
+
+/// The spec as served and committed.
+pub fn spec() -> Value {
+    let mut spec = serde_json::to_value(ApiDoc::openapi())
+        .expect("utoipa's OpenApi is maps of strings and serializes to JSON");
+    for (path, method, status, header) in ALWAYS_SENT_HEADERS {
+        if let Some(h) = spec
+            .pointer_mut(&format!(
+                "/paths/{}/{method}/responses/{status}/headers/{header}",
+                path.replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(Value::as_object_mut)
+        {
+            h.insert("required".into(), Value::Bool(true));
+        }
+    }
+    if let Some(h) = spec
+        .pointer_mut("/components/responses/Unavailable/headers/Retry-After")
+        .and_then(Value::as_object_mut)
+    {
+        h.insert("required".into(), Value::Bool(true));
+    }
+    spec
+}
+
+/// The spec as pretty JSON with a final newline, as `renderfarm openapi`
+/// prints it and `openapi/openapi.json` holds it.
+pub fn spec_json() -> String {
+    let mut text = serde_json::to_string_pretty(&spec()).expect("a JSON value serializes to JSON");
+    text.push('\n');
+    text
+}
