@@ -208,3 +208,47 @@ pub fn spec_json() -> String {
     text.push('\n');
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::workers::MAX_WAIT_SECONDS;
+    use crate::store::PageRequest;
+
+    #[test]
+    fn every_always_sent_header_names_a_declared_header() {
+        let spec = spec();
+        for (path, method, status, header) in ALWAYS_SENT_HEADERS {
+            let declared = &spec["paths"][path][method]["responses"][status]["headers"][header];
+            assert_eq!(
+                declared["required"],
+                Value::Bool(true),
+                "{method} {path} {status} does not declare {header}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_declared_bounds_are_the_enforced_ones() {
+        let spec = spec();
+        let param = |path: &str, method: &str, name: &str| {
+            spec["paths"][path][method]["parameters"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+                .map(|p| p["schema"].clone())
+                .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
+        };
+        for path in ["/renders", "/renders/{id}/tasks"] {
+            let limit = param(path, "get", "limit");
+            assert_eq!(limit["maximum"], PageRequest::MAX_LIMIT);
+            assert_eq!(limit["default"], PageRequest::default().limit);
+            assert_eq!(param(path, "get", "offset")["minimum"], 0);
+        }
+        let wait = param("/workers/{id}/request-task", "post", "wait");
+        assert_eq!(wait["maximum"].as_f64(), Some(MAX_WAIT_SECONDS));
+        assert_eq!(
+            spec["components"]["schemas"]["RenderSpec"]["properties"]["chunk_size"]["maximum"],
+            crate::domain::MAX_FRAMES_PER_RENDER
+        );
+    }
+}

@@ -1,7 +1,9 @@
 //! Black-box tests of the broker's HTTP API: a real broker on port 0, a real
 //! SQLite file, real HTTP.
 
+mod api_docs;
 mod bad_input;
+mod contract;
 mod helpers;
 mod lifecycle;
 mod long_poll;
