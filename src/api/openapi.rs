@@ -198,7 +198,39 @@ pub fn spec() -> Value {
     {
         h.insert("required".into(), Value::Bool(true));
     }
+    camel_case_links(&mut spec);
     spec
+}
+
+/// utoipa 5 writes the fields of a Link Object in snake case
+/// (`operation_id`); OpenAPI names them in camel case (`operationId`), and
+/// tools ignore links spelled otherwise.
+fn camel_case_links(spec: &mut Value) {
+    let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses"))
+        .filter_map(Value::as_object_mut)
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links"))
+        .filter_map(Value::as_object_mut)
+        .flat_map(|links| links.values_mut())
+        .filter_map(Value::as_object_mut);
+    for link in links {
+        for (from, to) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(from) {
+                link.insert(to.into(), value);
+            }
+        }
+    }
 }
 
 /// The spec as pretty JSON with a final newline, as `renderfarm openapi`
@@ -225,6 +257,28 @@ mod tests {
                 Value::Bool(true),
                 "{method} {path} {status} does not declare {header}"
             );
+        }
+    }
+
+    #[test]
+    fn every_link_names_an_operation_of_the_spec_in_openapi_spelling() {
+        let spec = spec();
+        let mut operations = Vec::new();
+        let mut links = Vec::new();
+        for item in spec["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                operations.push(operation["operationId"].clone());
+                for response in operation["responses"].as_object().unwrap().values() {
+                    if let Some(l) = response.get("links").and_then(Value::as_object) {
+                        links.extend(l.values().cloned());
+                    }
+                }
+            }
+        }
+        assert!(links.len() >= 10, "{} links", links.len());
+        for link in links {
+            assert!(operations.contains(&link["operationId"]), "{link}");
+            assert!(link.get("operation_id").is_none() && link.get("request_body").is_none());
         }
     }
 

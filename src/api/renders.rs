@@ -51,6 +51,12 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
                 ("Location" = String, description = "Where to follow the render: `/renders/{id}`."),
                 ("Retry-After" = u32, description = "Seconds to wait before asking about it.")
             ),
+            links(
+                ("get_render" = (operation_id = "get_render", parameters(("id" = "$response.body#/id")), description = "Follow the render.")),
+                ("list_render_tasks" = (operation_id = "list_render_tasks", parameters(("id" = "$response.body#/id")), description = "Its tasks.")),
+                ("change_render_status" = (operation_id = "change_render_status", parameters(("id" = "$response.body#/id")), description = "Pause, resume, cancel or requeue it.")),
+                ("complete_render" = (operation_id = "complete_render", parameters(("id" = "$response.body#/id")), description = "Mark it complete.")),
+            ),
             example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
         (status = 400, response = super::openapi::BadRequest),
         (status = 413, response = super::openapi::PayloadTooLarge),

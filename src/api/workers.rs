@@ -42,7 +42,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     request_body = WorkerSpec,
     responses(
         (status = 201, description = "Registered.", body = Worker,
-            headers(("Location" = String, description = "The worker: `/workers/{id}`."))),
+            headers(("Location" = String, description = "The worker: `/workers/{id}`.")),
+            links(
+                ("request_task" = (operation_id = "request_task", parameters(("id" = "$response.body#/id")), description = "Ask for work.")),
+                ("heartbeat" = (operation_id = "heartbeat", parameters(("id" = "$response.body#/id")), request_body = json!({}), description = "Say it is alive while idle.")),
+                ("get_worker" = (operation_id = "get_worker", parameters(("id" = "$response.body#/id")), description = "The worker.")),
+                ("change_worker_status" = (operation_id = "change_worker_status", parameters(("id" = "$response.body#/id")), description = "Drain, disable or enable it.")),
+            )),
         (status = 400, response = super::openapi::BadRequest),
         (status = 413, response = super::openapi::PayloadTooLarge),
         (status = 415, response = super::openapi::UnsupportedMediaType),
@@ -166,6 +172,13 @@ pub(super) async fn heartbeat(
     body: JsonBody<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("worker", &id)?;
+    // Checked here, not only against the task: a beat from an idle worker,
+    // or under a stale lease, never reaches the task.
+    if let Some(frames) = body.frames_done.filter(|f| *f < 0) {
+        return Err(ApiError::Invalid(format!(
+            "frames_done is {frames}; give 0 or more"
+        )));
+    }
     let action = state.store.heartbeat(id, &body, state.clock.now()).await?;
     Ok(HttpResponse::Ok().json(HeartbeatReply { action }))
 }
@@ -205,7 +218,16 @@ fn wait_duration(wait: Option<f64>) -> Result<Duration, ApiError> {
     operation_id = "request_task",
     params(("id" = Uuid, Path, description = "The worker's id."), RequestQuery),
     responses(
-        (status = 200, description = "A task to render, under a new lease.", body = Assignment),
+        (status = 200, description = "A task to render, under a new lease.", body = Assignment,
+            links(
+                ("get_task" = (operation_id = "get_task", parameters(("id" = "$response.body#/task_id")), description = "The task.")),
+                ("get_task_log" = (operation_id = "get_task_log", parameters(("id" = "$response.body#/task_id")), description = "Its log.")),
+                ("heartbeat" = (operation_id = "heartbeat", parameters(("id" = "$request.path.id")), request_body = json!({"task_id": "$response.body#/task_id", "lease_id": "$response.body#/lease_id"}), description = "Say the worker is alive and rendering it.")),
+                ("report_progress" = (operation_id = "report_progress", parameters(("id" = "$response.body#/task_id")), request_body = json!({"lease_id": "$response.body#/lease_id", "frames_done": 1}), description = "Report progress under the lease.")),
+                ("report_complete" = (operation_id = "report_complete", parameters(("id" = "$response.body#/task_id")), request_body = json!({"lease_id": "$response.body#/lease_id"}), description = "Report it done under the lease.")),
+                ("report_failure" = (operation_id = "report_failure", parameters(("id" = "$response.body#/task_id")), request_body = json!({"lease_id": "$response.body#/lease_id", "exit_code": 1, "reason": "Error: Build without OpenImageDenoiser"}), description = "Report it failed under the lease.")),
+                ("release_task" = (operation_id = "release_task", parameters(("id" = "$response.body#/task_id")), request_body = json!({"lease_id": "$response.body#/lease_id"}), description = "Hand it back under the lease.")),
+            )),
         (status = 204, description = "No work for this worker now (or it is draining); ask again after `Retry-After`.",
             headers(("Retry-After" = u32, description = "Seconds to wait before asking again."))),
         (status = 400, response = super::openapi::BadRequest),

@@ -175,6 +175,72 @@ impl WorkerStatus {
     }
 }
 
+/// Integers in request bodies. JSON Schema, and so the OpenAPI spec, counts
+/// `10.0` as the integer 10, and clients that keep numbers as floats send it
+/// that way; a number with no fraction is taken as the integer it equals.
+mod whole {
+    use serde::de::{Deserializer, Error, Visitor};
+    use std::fmt;
+
+    struct Whole;
+
+    impl Visitor<'_> for Whole {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a whole number")
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
+            // 2^63 is exact as an f64; every whole f64 below it fits an i64.
+            const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+            if v.fract() == 0.0 && (-LIMIT..LIMIT).contains(&v) {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    struct MaybeWhole;
+
+    impl<'de> Visitor<'de> for MaybeWhole {
+        type Value = Option<i64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a whole number or null")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            number(d).map(Some)
+        }
+    }
+
+    pub fn number<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        d.deserialize_any(Whole)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        d.deserialize_option(MaybeWhole)
+    }
+}
+
 fn default_chunk_size() -> i64 {
     10
 }
@@ -195,35 +261,59 @@ fn default_max_retries() -> i64 {
 pub struct RenderSpec {
     /// Shown in listings; 1 to 200 characters, no control characters, not
     /// only spaces.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 200,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     pub name: String,
-    /// The .blend file, as the workers see its path.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 4096))]
+    /// The .blend file, as the workers see its path: at most 4096 bytes, no
+    /// control characters, not only spaces.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 4096,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     pub blend_file: String,
     /// First frame to render (0 or more).
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(deserialize_with = "whole::number")]
     pub frame_start: i64,
     /// Last frame to render, at least `frame_start`; one render holds at most
     /// 1,000,000 frames.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(deserialize_with = "whole::number")]
     pub frame_end: i64,
     /// Frames per task.
     #[cfg_attr(
         feature = "openapi",
         schema(minimum = 1, maximum = 1_000_000, default = 10)
     )]
-    #[serde(default = "default_chunk_size")]
+    #[serde(default = "default_chunk_size", deserialize_with = "whole::number")]
     pub chunk_size: i64,
     #[cfg_attr(feature = "openapi", schema(default = "normal"))]
     #[serde(default)]
     pub priority: Priority,
     /// How many times a failed task is tried again.
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100, default = 1))]
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "default_max_retries", deserialize_with = "whole::number")]
     pub max_retries: i64,
     /// Blender output pattern (`-o`); the broker picks one under its data
-    /// directory when absent.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 4096))]
+    /// directory when absent. Same rules as `blend_file`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 4096,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     #[serde(default)]
     pub output: Option<String>,
     /// Blender render engine (`-E`), e.g. `CYCLES`; the file's own when absent.
@@ -336,7 +426,14 @@ pub struct Task {
 #[cfg_attr(feature = "openapi", schema(example = json!({"name": "node-01", "tags": ["gpu", "linux"]})))]
 pub struct WorkerSpec {
     /// 1 to 200 characters, no control characters, not only spaces.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 200,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     pub name: String,
     /// What the machine offers (e.g. `gpu`); renders that ask for tags go only
     /// to workers carrying all of them.
@@ -392,6 +489,7 @@ pub struct ProgressReport {
     pub lease_id: Uuid,
     /// Frames of this task finished so far: 0 to the task's frame count.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(deserialize_with = "whole::number")]
     pub frames_done: i64,
     /// Log text produced since the previous report; appended to the task's log.
     #[serde(default)]
@@ -418,7 +516,7 @@ pub struct CompleteReport {
 pub struct FailReport {
     pub lease_id: Uuid,
     /// Blender's exit code, if it exited.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional")]
     pub exit_code: Option<i64>,
     /// Why it failed (not only spaces); the broker keeps its last 64 KiB.
     #[cfg_attr(feature = "openapi", schema(min_length = 1))]
@@ -454,7 +552,7 @@ pub struct Heartbeat {
     pub lease_id: Option<Uuid>,
     /// Frames of the task finished so far.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional")]
     pub frames_done: Option<i64>,
 }
 
@@ -577,4 +675,37 @@ pub struct HealthReport {
     /// The store backend (`sqlite`); null from `/health`.
     #[serde(default)]
     pub store: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(frame_end: &str) -> Result<RenderSpec, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"name": "n", "blend_file": "/f.blend", "frame_start": 1, "frame_end": {frame_end}}}"#
+        ))
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats_but_fractions_are_refused() {
+        assert_eq!(spec("10").unwrap().frame_end, 10);
+        assert_eq!(spec("10.0").unwrap().frame_end, 10);
+        assert_eq!(spec("-3e2").unwrap().frame_end, -300);
+        for bad in [
+            "2.5",
+            "1e19",
+            "9223372036854775808",
+            "\"7\"",
+            "null",
+            "true",
+        ] {
+            assert!(spec(bad).is_err(), "{bad} was accepted");
+        }
+        let beat: Heartbeat = serde_json::from_str(r#"{"frames_done": 4.0}"#).unwrap();
+        assert_eq!(beat.frames_done, Some(4));
+        let beat: Heartbeat = serde_json::from_str(r#"{"frames_done": null}"#).unwrap();
+        assert_eq!(beat.frames_done, None);
+        assert!(serde_json::from_str::<Heartbeat>(r#"{"frames_done": 0.5}"#).is_err());
+    }
 }
