@@ -71,7 +71,7 @@ pub async fn send(request: reqwest::RequestBuilder) -> ApiResponse {
 
 /// The spec the broker serves, and the schema validators built from it.
 pub struct Contract {
-    spec: Value,
+    pub spec: Value,
     validators: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
 

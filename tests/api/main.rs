@@ -8,3 +8,4 @@ mod helpers;
 mod lifecycle;
 mod long_poll;
 mod operators;
+mod postman;
