@@ -128,7 +128,7 @@ pub struct Internal(pub ErrorBody);
 #[response(
     description = "The store is unavailable (e.g. the broker is shutting down); retry after `Retry-After` seconds.",
     headers(("Retry-After" = u32, description = "Seconds to wait before retrying.")),
-    example = json!({"error": "unavailable", "message": "the store is unavailable: the store is shutting down; retry shortly"})
+    example = json!({"error": "unavailable", "message": "the disk holding the data directory is full; retry shortly"})
 )]
 pub struct Unavailable(pub ErrorBody);
 
