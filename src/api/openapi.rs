@@ -10,9 +10,9 @@ use actix_web::dev::ServiceResponse;
 use actix_web::http::header;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, ResponseError};
-use renderfarm_wire::{ErrorBody, ErrorCode};
+use renderfarm_wire::{ErrorBody, ErrorCode, Task};
 use serde_json::Value;
-use utoipa::{OpenApi, ToResponse};
+use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{health, renders, tasks, workers, ApiError};
@@ -131,6 +131,39 @@ pub struct Internal(pub ErrorBody);
     example = json!({"error": "unavailable", "message": "the disk holding the data directory is full; retry shortly"})
 )]
 pub struct Unavailable(pub ErrorBody);
+
+/// What every route that uses the store may answer besides its own.
+#[derive(IntoResponses)]
+pub enum StoreErrors {
+    #[response(status = 500)]
+    Internal(#[ref_response] Internal),
+    #[response(status = 503)]
+    Unavailable(#[ref_response] Unavailable),
+}
+
+/// What every route that reads a JSON body may answer about the body.
+#[derive(IntoResponses)]
+pub enum BodyErrors {
+    #[response(status = 400)]
+    BadRequest(#[ref_response] BadRequest),
+    #[response(status = 413)]
+    PayloadTooLarge(#[ref_response] PayloadTooLarge),
+    #[response(status = 415)]
+    UnsupportedMediaType(#[ref_response] UnsupportedMediaType),
+}
+
+/// The answers to a worker's lease-guarded report about its task.
+#[derive(IntoResponses)]
+pub enum TaskReportAnswers {
+    /// The task after the report.
+    #[response(status = 200)]
+    Reported(Task),
+    #[response(status = 404)]
+    NotFound(#[ref_response] NotFound),
+    /// The lease is stale: drop the task and send nothing more about it.
+    #[response(status = 409)]
+    Conflict(#[ref_response] Conflict),
+}
 
 /// Response headers the broker sends with every answer of that status.
 /// utoipa 5 cannot mark a response header `required`, so [`spec`] adds the

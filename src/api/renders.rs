@@ -58,11 +58,8 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
                 ("complete_render" = (operation_id = "complete_render", parameters(("id" = "$response.body#/id")), description = "Mark it complete.")),
             ),
             example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn submit(
@@ -120,8 +117,7 @@ pub(super) struct ListQuery {
     responses(
         (status = 200, description = "One page of renders; `total` counts every match.", body = Page<Render>),
         (status = 400, response = super::openapi::BadRequest),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn list(
@@ -150,8 +146,7 @@ pub(super) async fn list(
     responses(
         (status = 200, description = "The render.", body = Render, headers(("Retry-After" = u32, description = "Seconds to wait before asking again; sent while the render is not finished."))),
         (status = 404, response = super::openapi::NotFound),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn get(
@@ -174,8 +169,7 @@ pub(super) async fn get(
         (status = 200, description = "One page of the render's tasks.", body = Page<Task>),
         (status = 400, response = super::openapi::BadRequest),
         (status = 404, response = super::openapi::NotFound),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn tasks(
@@ -203,13 +197,10 @@ pub(super) async fn tasks(
     request_body = RenderStatusChange,
     responses(
         (status = 200, description = "The render after the change.", body = Render, headers(("Retry-After" = u32, description = "Seconds to wait before asking again; sent while the render is not finished."))),
-        (status = 400, response = super::openapi::BadRequest),
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn change_status(
@@ -235,8 +226,7 @@ pub(super) async fn change_status(
         (status = 200, description = "The completed render.", body = Render, headers(("Retry-After" = u32, description = "Seconds to wait before asking again; sent while the render is not finished."))),
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn complete(

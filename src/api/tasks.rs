@@ -30,8 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     responses(
         (status = 200, description = "The task.", body = Task),
         (status = 404, response = super::openapi::NotFound),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn get(
@@ -53,8 +52,7 @@ pub(super) async fn get(
         (status = 200, description = "The log (empty before the first report).", body = String, content_type = "text/plain",
             example = "Fra:4 Mem:12.5M | Time:00:00.41 | Sample 4/4\nSaved: '/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_0010.png'\n"),
         (status = 404, response = super::openapi::NotFound),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn log(
@@ -93,16 +91,7 @@ async fn report(
     operation_id = "report_progress",
     params(("id" = Uuid, Path, description = "The task's id.")),
     request_body = ProgressReport,
-    responses(
-        (status = 200, description = "The task after the report.", body = Task),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
-    )
+    responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
 )]
 pub(super) async fn progress(
     state: web::Data<AppState>,
@@ -132,16 +121,7 @@ pub(super) async fn progress(
     operation_id = "report_complete",
     params(("id" = Uuid, Path, description = "The task's id.")),
     request_body = CompleteReport,
-    responses(
-        (status = 200, description = "The task after the report.", body = Task),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
-    )
+    responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
 )]
 pub(super) async fn complete(
     state: web::Data<AppState>,
@@ -164,16 +144,7 @@ pub(super) async fn complete(
     operation_id = "report_failure",
     params(("id" = Uuid, Path, description = "The task's id.")),
     request_body = FailReport,
-    responses(
-        (status = 200, description = "The task after the report.", body = Task),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
-    )
+    responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
 )]
 pub(super) async fn fail(
     state: web::Data<AppState>,
@@ -206,16 +177,7 @@ pub(super) async fn fail(
     operation_id = "release_task",
     params(("id" = Uuid, Path, description = "The task's id.")),
     request_body = ReleaseReport,
-    responses(
-        (status = 200, description = "The task after the report.", body = Task),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
-    )
+    responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
 )]
 pub(super) async fn release(
     state: web::Data<AppState>,

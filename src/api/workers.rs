@@ -49,11 +49,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 ("get_worker" = (operation_id = "get_worker", parameters(("id" = "$response.body#/id")), description = "The worker.")),
                 ("change_worker_status" = (operation_id = "change_worker_status", parameters(("id" = "$response.body#/id")), description = "Drain, disable or enable it.")),
             )),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn register(
@@ -75,8 +72,7 @@ pub(super) async fn register(
     operation_id = "list_workers",
     responses(
         (status = 200, description = "The workers, in registration order.", body = Vec<Worker>),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -93,8 +89,7 @@ pub(super) async fn list(state: web::Data<AppState>) -> Result<HttpResponse, Api
     responses(
         (status = 200, description = "The worker.", body = Worker),
         (status = 404, response = super::openapi::NotFound),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn get(
@@ -119,13 +114,10 @@ pub(super) async fn get(
     request_body = WorkerStatusChange,
     responses(
         (status = 200, description = "The worker after the change.", body = Worker),
-        (status = 400, response = super::openapi::BadRequest),
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn change_status(
@@ -158,12 +150,9 @@ pub(super) async fn change_status(
     request_body = Heartbeat,
     responses(
         (status = 200, description = "What to do with the task held.", body = HeartbeatReply),
-        (status = 400, response = super::openapi::BadRequest),
         (status = 404, response = super::openapi::NotFound),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn heartbeat(
@@ -233,8 +222,7 @@ fn wait_duration(wait: Option<f64>) -> Result<Duration, ApiError> {
         (status = 400, response = super::openapi::BadRequest),
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
-        (status = 500, response = super::openapi::Internal),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::StoreErrors,
     )
 )]
 // Waiting requests are woken by [`AppState::wake_workers`], not by polling
