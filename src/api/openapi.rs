@@ -22,6 +22,7 @@ pub const DOCS_PATH: &str = "/api-docs";
 /// Where the spec is served.
 pub const SPEC_PATH: &str = "/api-docs/openapi.json";
 
+/// The broker's API: every route, its answers, and the schemas they use.
 #[derive(OpenApi)]
 #[openapi(
     info(

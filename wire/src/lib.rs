@@ -232,10 +232,12 @@ mod whole {
         }
     }
 
+    /// An `i64` written as a JSON integer, or as a float with no fraction.
     pub fn number<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         d.deserialize_any(Whole)
     }
 
+    /// As [`number`], or null.
     pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         d.deserialize_option(MaybeWhole)
     }
