@@ -26,6 +26,19 @@ fn the_committed_spec_is_the_one_the_code_generates() {
     }
 }
 
+#[test]
+fn renderfarm_openapi_prints_the_spec() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+        .arg("openapi")
+        .output()
+        .expect("renderfarm runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8(out.stdout).expect("UTF-8"),
+        renderfarm::api::openapi::spec_json()
+    );
+}
+
 #[tokio::test]
 async fn the_broker_serves_the_spec_and_swagger_ui() {
     let app = spawn_app().await;
