@@ -32,7 +32,11 @@ fn renderfarm_openapi_prints_the_spec() {
         .arg("openapi")
         .output()
         .expect("renderfarm runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8(out.stdout).expect("UTF-8"),
         renderfarm::api::openapi::spec_json()
