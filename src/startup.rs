@@ -119,6 +119,7 @@ impl Application {
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(api::openapi::json_not_found())
                 .app_data(app_state.clone())
                 .configure(api::configure)
                 .default_service(web::to(api::no_route))

@@ -49,11 +49,23 @@ pub fn parse_json<T: DeserializeOwned>(
     bytes: &[u8],
     what: impl FnOnce() -> String,
 ) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::Invalid(format!(
-            "{} needs a JSON body; see /api-docs for its fields",
-            what()
-        )));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::Invalid(format!(
+                "{} needs a JSON body; see /api-docs for its fields",
+                what()
+            )))
+        }
+        // Serde reads a struct from an array of its fields in order too
+        // (`["a", "b"]`); no body of this API is an array, so refuse it
+        // before that.
+        Some(b'[') => {
+            return Err(ApiError::Invalid(format!(
+                "the body of {} is a JSON array; expected a JSON object with named fields (see /api-docs)",
+                what()
+            )))
+        }
+        Some(_) => {}
     }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {

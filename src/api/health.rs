@@ -11,16 +11,37 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/ready", "GET").route(web::get().to(ready)));
 }
 
-/// The process is up and answering.
-async fn health() -> HttpResponse {
+/// Liveness: the process is up and answering.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    operation_id = "health",
+    responses(
+        (status = 200, description = "Up.", body = HealthReport, example = json!({"status": "ok", "store": null})),
+    )
+)]
+pub(super) async fn health() -> HttpResponse {
     HttpResponse::Ok().json(HealthReport {
         status: "ok".into(),
         store: None,
     })
 }
 
-/// The broker can serve requests: its store answers.
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
+/// Readiness: the broker can serve requests, its store answers.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    operation_id = "ready",
+    responses(
+        (status = 200, description = "Ready.", body = HealthReport, example = json!({"status": "ready", "store": "sqlite"})),
+        (status = 503, description = "Not ready: the store does not answer; ask again after `Retry-After`.", body = HealthReport,
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again.")),
+            example = json!({"status": "not ready: the store is unavailable: the store is shutting down", "store": "sqlite"})),
+    )
+)]
+pub(super) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let backend = state.store.backend().to_string();
     match state.store.ping().await {
         Ok(()) => HttpResponse::Ok().json(HealthReport {

@@ -4,6 +4,7 @@
 mod body;
 pub mod error;
 mod health;
+pub mod openapi;
 mod renders;
 mod scheduler;
 mod tasks;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest};
 use serde::Deserialize;
 use tokio::sync::Notify;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 pub use body::JsonBody;
@@ -58,6 +60,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     renders::configure(cfg);
     health::configure(cfg);
     scheduler::configure(cfg);
+    openapi::configure(cfg);
 }
 
 /// The answer for a path that matches no route.
@@ -92,11 +95,16 @@ fn parse_id(kind: &str, raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-/// `?limit=&offset=` on listings.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+/// `?limit=&offset=` on listings; any other parameter is refused.
+#[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PageQuery {
+    /// Items per page.
+    #[param(nullable = false, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
+    /// Items to skip.
+    #[param(nullable = false, minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 

@@ -2,8 +2,9 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use renderfarm_wire::{Priority, Render, RenderSpec, RenderStatus, RenderStatusChange};
+use renderfarm_wire::{Page, Priority, Render, RenderSpec, RenderStatus, RenderStatusChange, Task};
 use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::{parse_id, resource, ApiError, AppState, JsonBody, PageQuery};
@@ -33,7 +34,35 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
     response.json(render)
 }
 
-async fn submit(
+/// Submit a render.
+///
+/// The frames `frame_start..=frame_end` are cut into tasks of `chunk_size`
+/// frames (1–10 in chunks of 3: 1–3, 4–6, 7–9, 10–10). Follow the render at
+/// `Location`.
+#[utoipa::path(
+    post,
+    path = "/renders",
+    tag = "renders",
+    operation_id = "submit_render",
+    request_body = RenderSpec,
+    responses(
+        (status = 202, description = "Accepted and queued: the render, with its tasks counted in `progress`.", body = Render,
+            headers(
+                ("Location" = String, description = "Where to follow the render: `/renders/{id}`."),
+                ("Retry-After" = u32, description = "Seconds to wait before asking about it.")
+            ),
+            links(
+                ("get_render" = (operation_id = "get_render", parameters(("id" = "$response.body#/id")), description = "Follow the render.")),
+                ("list_render_tasks" = (operation_id = "list_render_tasks", parameters(("id" = "$response.body#/id")), description = "Its tasks.")),
+                ("change_render_status" = (operation_id = "change_render_status", parameters(("id" = "$response.body#/id")), description = "Pause, resume, cancel or requeue it.")),
+                ("complete_render" = (operation_id = "complete_render", parameters(("id" = "$response.body#/id")), description = "Mark it complete.")),
+            ),
+            example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn submit(
     state: web::Data<AppState>,
     body: JsonBody<RenderSpec>,
 ) -> Result<HttpResponse, ApiError> {
@@ -59,16 +88,39 @@ async fn submit(
     Ok(render_response(response, &render))
 }
 
-#[derive(Debug, Deserialize)]
+/// `?status=&priority=&limit=&offset=`; any other parameter is refused.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(super) struct ListQuery {
+    /// Only renders in this status.
+    #[param(nullable = false)]
     status: Option<RenderStatus>,
+    /// Only renders of this priority.
+    #[param(nullable = false)]
     priority: Option<Priority>,
+    /// Renders per page.
+    #[param(nullable = false, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
+    /// Renders to skip.
+    #[param(nullable = false, minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 
-async fn list(
+/// List renders, newest first.
+#[utoipa::path(
+    get,
+    path = "/renders",
+    tag = "renders",
+    operation_id = "list_renders",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of renders; `total` counts every match.", body = Page<Render>),
+        (status = 400, response = super::openapi::BadRequest),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -84,13 +136,43 @@ async fn list(
     Ok(HttpResponse::Ok().json(state.store.list_renders(&filter, page).await?))
 }
 
-async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+/// One render, with its progress.
+#[utoipa::path(
+    get,
+    path = "/renders/{id}",
+    tag = "renders",
+    operation_id = "get_render",
+    params(("id" = Uuid, Path, description = "The render's id.")),
+    responses(
+        (status = 200, description = "The render.", body = Render, headers(("Retry-After" = u32, description = "Seconds to wait before asking again; sent while the render is not finished."))),
+        (status = 404, response = super::openapi::NotFound),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
     let render = state.store.get_render(id).await?;
     Ok(render_response(HttpResponse::Ok(), &render))
 }
 
-async fn tasks(
+/// A render's tasks, lowest frames first.
+#[utoipa::path(
+    get,
+    path = "/renders/{id}/tasks",
+    tag = "renders",
+    operation_id = "list_render_tasks",
+    params(("id" = Uuid, Path, description = "The render's id."), PageQuery),
+    responses(
+        (status = 200, description = "One page of the render's tasks.", body = Page<Task>),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn tasks(
     state: web::Data<AppState>,
     id: web::Path<String>,
     query: web::Query<PageQuery>,
@@ -100,7 +182,28 @@ async fn tasks(
     Ok(HttpResponse::Ok().json(state.store.list_tasks(id, page).await?))
 }
 
-async fn change_status(
+/// Pause, resume, cancel or requeue a render.
+///
+/// `pause` from queued or rendering (running tasks may finish; nothing new is
+/// handed out); `resume` a paused render; `cancel` anything unfinished
+/// (workers are told to abort); `requeue` a failed or canceled render (its
+/// unfinished tasks go back to pending).
+#[utoipa::path(
+    put,
+    path = "/renders/{id}/status",
+    tag = "renders",
+    operation_id = "change_render_status",
+    params(("id" = Uuid, Path, description = "The render's id.")),
+    request_body = RenderStatusChange,
+    responses(
+        (status = 200, description = "The render after the change.", body = Render, headers(("Retry-After" = u32, description = "Seconds to wait before asking again; sent while the render is not finished."))),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn change_status(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<RenderStatusChange>,
@@ -110,7 +213,23 @@ async fn change_status(
     command_response(&state, id, command).await
 }
 
-async fn complete(
+/// Mark a render complete (an operator's call: good enough as it is).
+///
+/// Its unfinished tasks are canceled. Takes no body.
+#[utoipa::path(
+    post,
+    path = "/renders/{id}/complete",
+    tag = "renders",
+    operation_id = "complete_render",
+    params(("id" = Uuid, Path, description = "The render's id.")),
+    responses(
+        (status = 200, description = "The completed render.", body = Render, headers(("Retry-After" = u32, description = "Seconds to wait before asking again; sent while the render is not finished."))),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn complete(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

@@ -1,6 +1,11 @@
 //! `/scheduler`: what the periodic tick did, and running it now.
 
 use actix_web::{web, HttpResponse};
+#[allow(unused_imports)] // the annotations' examples use json!
+use serde_json::json;
+
+#[allow(unused_imports)] // named by the OpenAPI annotations
+use renderfarm_wire::{SchedulerStatus, TickReport};
 
 use super::{resource, ApiError, AppState};
 
@@ -9,11 +14,40 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/scheduler/run", "POST").route(web::post().to(run)));
 }
 
-async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The scheduler: who leads it, its settings, the last tick's report and
+/// when the next tick runs.
+#[utoipa::path(
+    get,
+    path = "/scheduler",
+    tag = "scheduler",
+    operation_id = "get_scheduler",
+    responses(
+        (status = 200, description = "The scheduler as this broker sees it.", body = SchedulerStatus,
+            example = json!({"instance": "render-01-4242-1a2b3c4d", "leader": {"holder": "render-01-4242-1a2b3c4d", "expires_at": "2026-11-24T02:10:30Z"}, "is_leader": true,
+                "last_report": {"requeued": 1, "retried": 0, "failed": 0, "preempted": 1, "workers_wanted": 0, "workers_lost": 1, "ran_at": "2026-11-24T02:09:00Z"},
+                "next_tick_at": "2026-11-24T02:09:30Z", "tick_seconds": 30.0, "worker_timeout_seconds": 60.0,
+                "allowances": {"low": null, "normal": 1800.0, "high": 120.0, "urgent": 0.0}})),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.scheduler.status().await?))
 }
 
-/// Runs one tick now, on this broker, whoever leads.
-async fn run(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Runs one scheduler tick now, on this broker, whoever leads: lost workers'
+/// tasks requeued, failed tasks retried, overdue work preempting lower work,
+/// render counters rolled up.
+#[utoipa::path(
+    post,
+    path = "/scheduler/run",
+    tag = "scheduler",
+    operation_id = "run_scheduler",
+    responses(
+        (status = 200, description = "What the tick did.", body = TickReport,
+            example = json!({"requeued": 1, "retried": 0, "failed": 0, "preempted": 1, "workers_wanted": 0, "workers_lost": 1, "ran_at": "2026-11-24T02:09:00Z"})),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn run(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.scheduler.tick().await?))
 }

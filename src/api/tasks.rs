@@ -20,14 +20,47 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/tasks/{id}/release", "POST").route(web::post().to(release)));
 }
 
-async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+/// One task.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    operation_id = "get_task",
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "The task with its history (assigned, completed, failed, released, requeued, preempted, retried).", body = TaskDetail),
+        (status = 404, response = super::openapi::NotFound),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id("task", &id)?;
     let task = state.store.get_task(id).await?;
     let history = state.store.task_history(id).await?;
     Ok(HttpResponse::Ok().json(TaskDetail { task, history }))
 }
 
-async fn log(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+/// A task's log: what its workers reported, in order, as plain text.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/log",
+    tag = "tasks",
+    operation_id = "get_task_log",
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "The log (empty before the first report).", body = String, content_type = "text/plain",
+            example = "Fra:4 Mem:12.5M | Time:00:00.41 | Sample 4/4\nSaved: '/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_0010.png'\n"),
+        (status = 404, response = super::openapi::NotFound),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn log(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id("task", &id)?;
     let text = state.store.task_log(id).await?;
     Ok(HttpResponse::Ok()
@@ -50,7 +83,19 @@ async fn report(
     Ok(HttpResponse::Ok().json(task))
 }
 
-async fn progress(
+/// Report progress on a task: frames done so far, and new log lines.
+///
+/// Lease-guarded: a stale lease gets 409 and changes nothing.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/progress",
+    tag = "tasks",
+    operation_id = "report_progress",
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    request_body = ProgressReport,
+    responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
+)]
+pub(super) async fn progress(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<ProgressReport>,
@@ -67,7 +112,20 @@ async fn progress(
     .await
 }
 
-async fn complete(
+/// Report a task done: every frame rendered.
+///
+/// Lease-guarded: a stale lease gets 409 and changes nothing. The last task
+/// to complete completes the render.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/complete",
+    tag = "tasks",
+    operation_id = "report_complete",
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    request_body = CompleteReport,
+    responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
+)]
+pub(super) async fn complete(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<CompleteReport>,
@@ -76,7 +134,21 @@ async fn complete(
     report(&state, &id, body.lease_id, TaskReport::Complete, body.log).await
 }
 
-async fn fail(
+/// Report a task failed (Blender exited non-zero, a frame is missing, ...).
+///
+/// Lease-guarded: a stale lease gets 409 and changes nothing. The task goes
+/// back to pending while it has retries left; after that it fails, and so
+/// does its render.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/fail",
+    tag = "tasks",
+    operation_id = "report_failure",
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    request_body = FailReport,
+    responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
+)]
+pub(super) async fn fail(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<FailReport>,
@@ -96,7 +168,20 @@ async fn fail(
     report(&state, &id, body.lease_id, fail, body.log).await
 }
 
-async fn release(
+/// Hand a task back unfinished (the worker is stopping).
+///
+/// Lease-guarded: a stale lease gets 409 and changes nothing. The task is
+/// queued again without counting a failure.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/release",
+    tag = "tasks",
+    operation_id = "release_task",
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    request_body = ReleaseReport,
+    responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
+)]
+pub(super) async fn release(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<ReleaseReport>,

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use renderfarm_wire::{Heartbeat, HeartbeatReply, WorkerSpec, WorkerStatusChange};
+use renderfarm_wire::{
+    Assignment, Heartbeat, HeartbeatReply, Worker, WorkerSpec, WorkerStatusChange,
+};
 use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::{parse_id, resource, ApiError, AppState, JsonBody};
@@ -28,7 +31,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/workers/{id}/request-task", "POST").route(web::post().to(request_task)));
 }
 
-async fn register(
+/// Register a worker agent.
+///
+/// Keep the `id`: every later call of the agent names it.
+#[utoipa::path(
+    post,
+    path = "/workers",
+    tag = "workers",
+    operation_id = "register_worker",
+    request_body = WorkerSpec,
+    responses(
+        (status = 201, description = "Registered.", body = Worker,
+            headers(("Location" = String, description = "The worker: `/workers/{id}`.")),
+            links(
+                ("request_task" = (operation_id = "request_task", parameters(("id" = "$response.body#/id")), description = "Ask for work.")),
+                ("heartbeat" = (operation_id = "heartbeat", parameters(("id" = "$response.body#/id")), request_body = json!({}), description = "Say it is alive while idle.")),
+                ("get_worker" = (operation_id = "get_worker", parameters(("id" = "$response.body#/id")), description = "The worker.")),
+                ("change_worker_status" = (operation_id = "change_worker_status", parameters(("id" = "$response.body#/id")), description = "Drain, disable or enable it.")),
+            )),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn register(
     state: web::Data<AppState>,
     body: JsonBody<WorkerSpec>,
 ) -> Result<HttpResponse, ApiError> {
@@ -39,16 +64,63 @@ async fn register(
         .json(worker))
 }
 
-async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Every worker the broker knows, with its status and current task.
+#[utoipa::path(
+    get,
+    path = "/workers",
+    tag = "workers",
+    operation_id = "list_workers",
+    responses(
+        (status = 200, description = "The workers, in registration order.", body = Vec<Worker>),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.store.list_workers().await?))
 }
 
-async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+/// One worker.
+#[utoipa::path(
+    get,
+    path = "/workers/{id}",
+    tag = "workers",
+    operation_id = "get_worker",
+    params(("id" = Uuid, Path, description = "The worker's id.")),
+    responses(
+        (status = 200, description = "The worker.", body = Worker),
+        (status = 404, response = super::openapi::NotFound),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id("worker", &id)?;
     Ok(HttpResponse::Ok().json(state.store.get_worker(id).await?))
 }
 
-async fn change_status(
+/// Drain, disable or enable a worker.
+///
+/// `drain`: finish the current task, take no new one (asking for work gets
+/// 204). `disable`: take no work at all (asking gets 409); its current task
+/// goes back to the queue without counting a failure. `enable`: back to work.
+#[utoipa::path(
+    put,
+    path = "/workers/{id}/status",
+    tag = "workers",
+    operation_id = "change_worker_status",
+    params(("id" = Uuid, Path, description = "The worker's id.")),
+    request_body = WorkerStatusChange,
+    responses(
+        (status = 200, description = "The worker after the change.", body = Worker),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn change_status(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<WorkerStatusChange>,
@@ -63,20 +135,51 @@ async fn change_status(
     Ok(HttpResponse::Ok().json(worker))
 }
 
-async fn heartbeat(
+/// Tell the broker the worker is alive (and how far its task is).
+///
+/// While rendering, send the `task_id` and `lease_id` of the assignment; the
+/// answer says whether to go on (`continue`) or to stop at once and send
+/// nothing more under that lease (`abort`: the render was canceled or the
+/// task given to someone else). When idle, send `{}`.
+#[utoipa::path(
+    post,
+    path = "/workers/{id}/heartbeat",
+    tag = "workers",
+    operation_id = "heartbeat",
+    params(("id" = Uuid, Path, description = "The worker's id.")),
+    request_body = Heartbeat,
+    responses(
+        (status = 200, description = "What to do with the task held.", body = HeartbeatReply),
+        (status = 404, response = super::openapi::NotFound),
+        super::openapi::BodyErrors,
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn heartbeat(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("worker", &id)?;
+    // Checked here, not only against the task: a beat from an idle worker,
+    // or under a stale lease, never reaches the task.
+    if let Some(frames) = body.frames_done.filter(|f| *f < 0) {
+        return Err(ApiError::Invalid(format!(
+            "frames_done is {frames}; give 0 or more"
+        )));
+    }
     let action = state.store.heartbeat(id, &body, state.clock.now()).await?;
     Ok(HttpResponse::Ok().json(HeartbeatReply { action }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `?wait=`; any other parameter is refused.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct RequestQuery {
-    /// Seconds to wait for work before answering 204.
+pub(super) struct RequestQuery {
+    /// Seconds to wait for work before answering 204 (0 to 60, fractions
+    /// allowed); 0 answers at once.
+    #[param(nullable = false, minimum = 0, maximum = 60, default = 0, example = 30)]
     wait: Option<f64>,
 }
 
@@ -90,9 +193,41 @@ fn wait_duration(wait: Option<f64>) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// Hands the worker a task. With `?wait=S` it waits up to S seconds for work
-/// to appear, woken by [`AppState::wake_workers`], not by polling the store.
-async fn request_task(
+/// Ask for a task (the pull).
+///
+/// Answers the next task by priority, then age, then frames, that the
+/// worker's tags allow, with a fresh `lease_id`; or 204 when there is none.
+/// Asking again while holding a task returns the same assignment. A draining
+/// worker gets 204, a disabled one 409. With `?wait=S` the broker holds the
+/// request up to S seconds until work appears (a long poll).
+#[utoipa::path(
+    post,
+    path = "/workers/{id}/request-task",
+    tag = "workers",
+    operation_id = "request_task",
+    params(("id" = Uuid, Path, description = "The worker's id."), RequestQuery),
+    responses(
+        (status = 200, description = "A task to render, under a new lease.", body = Assignment,
+            links(
+                ("get_task" = (operation_id = "get_task", parameters(("id" = "$response.body#/task_id")), description = "The task.")),
+                ("get_task_log" = (operation_id = "get_task_log", parameters(("id" = "$response.body#/task_id")), description = "Its log.")),
+                ("heartbeat" = (operation_id = "heartbeat", parameters(("id" = "$request.path.id")), request_body = json!({"task_id": "$response.body#/task_id", "lease_id": "$response.body#/lease_id"}), description = "Say the worker is alive and rendering it.")),
+                ("report_progress" = (operation_id = "report_progress", parameters(("id" = "$response.body#/task_id")), request_body = json!({"lease_id": "$response.body#/lease_id", "frames_done": 1}), description = "Report progress under the lease.")),
+                ("report_complete" = (operation_id = "report_complete", parameters(("id" = "$response.body#/task_id")), request_body = json!({"lease_id": "$response.body#/lease_id"}), description = "Report it done under the lease.")),
+                ("report_failure" = (operation_id = "report_failure", parameters(("id" = "$response.body#/task_id")), request_body = json!({"lease_id": "$response.body#/lease_id", "exit_code": 1, "reason": "Error: Build without OpenImageDenoiser"}), description = "Report it failed under the lease.")),
+                ("release_task" = (operation_id = "release_task", parameters(("id" = "$response.body#/task_id")), request_body = json!({"lease_id": "$response.body#/lease_id"}), description = "Hand it back under the lease.")),
+            )),
+        (status = 204, description = "No work for this worker now (or it is draining); ask again after `Retry-After`.",
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again."))),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        super::openapi::StoreErrors,
+    )
+)]
+// Waiting requests are woken by [`AppState::wake_workers`], not by polling
+// the store.
+pub(super) async fn request_task(
     state: web::Data<AppState>,
     id: web::Path<String>,
     query: web::Query<RequestQuery>,

@@ -1,5 +1,6 @@
 //! The `renderfarm` command: `serve` runs the broker; `submit`, `status` and
-//! `workers` are thin HTTP clients of a running broker.
+//! `workers` are thin HTTP clients of a running broker; `openapi` prints the
+//! API's spec.
 
 mod client;
 mod up;
@@ -34,6 +35,8 @@ enum Command {
     Up(up::UpArgs),
     /// Bring the store's schema up to date (`serve` does it at start too).
     Migrate(MigrateArgs),
+    /// Print the broker's OpenAPI spec (JSON), as served at /api-docs/openapi.json.
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +253,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workers(args) => workers(args).await,
         Command::Up(args) => up::up(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Openapi => {
+            use std::io::Write;
+            std::io::stdout().write_all(crate::api::openapi::spec_json().as_bytes())?;
+            Ok(())
+        }
     }
 }
 

@@ -28,8 +28,10 @@ impl FrameRange {
                 format!("is {end}, before frame_start {start}; give frame_end >= frame_start"),
             ));
         }
-        let len = end - start + 1;
-        if len > MAX_FRAMES_PER_RENDER {
+        // `end - start` cannot overflow (both are >= 0); adding 1 can, for
+        // 0..=i64::MAX, so compare before adding.
+        if end - start >= MAX_FRAMES_PER_RENDER {
+            let len = i128::from(end) - i128::from(start) + 1;
             return Err(ValidationError::new(
                 "frame_end",
                 format!(
@@ -94,7 +96,8 @@ pub fn chunk(range: FrameRange, size: ChunkSize) -> impl Iterator<Item = FrameRa
         .step_by(step as usize)
         .map(move |start| FrameRange {
             start,
-            end: (start + step - 1).min(range.end),
+            // Saturating: a range may end at i64::MAX.
+            end: start.saturating_add(step - 1).min(range.end),
         })
 }
 
@@ -158,6 +161,16 @@ mod tests {
         assert_eq!(
             FrameRange::new(1, MAX_FRAMES_PER_RENDER).unwrap().len(),
             MAX_FRAMES_PER_RENDER
+        );
+        // Found by fuzzing the API: the frame count overflowed.
+        assert_eq!(FrameRange::new(0, i64::MAX).unwrap_err().field, "frame_end");
+    }
+
+    #[test]
+    fn ranges_at_the_end_of_the_numbers_chunk_without_overflow() {
+        assert_eq!(
+            pairs(i64::MAX - 2, i64::MAX, 10),
+            vec![(i64::MAX - 2, i64::MAX)]
         );
     }
 

@@ -101,13 +101,12 @@ pub(crate) fn validate_name(field: &'static str, name: &str) -> Result<String, V
     if trimmed.is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }
-    if trimmed.chars().count() > MAX_NAME_LEN {
+    // Counted before trimming, as the API spec's maxLength counts.
+    let length = name.chars().count();
+    if length > MAX_NAME_LEN {
         return Err(ValidationError::new(
             field,
-            format!(
-                "is {} characters long; use at most {MAX_NAME_LEN}",
-                trimmed.chars().count()
-            ),
+            format!("is {length} characters long; use at most {MAX_NAME_LEN}"),
         ));
     }
     if trimmed.chars().any(char::is_control) {

@@ -84,7 +84,24 @@ async fn bad_submissions_are_refused_with_a_message_naming_the_problem() {
             with("max_retries", json!(-1)),
             "max_retries",
         ),
+        // Found by fuzzing: the frame count overflowed and the broker panicked.
+        (
+            "frames up to the largest number",
+            with("frame_end", json!(i64::MAX)),
+            "frame_end",
+        ),
+        (
+            "control character in the name",
+            with("name", json!("shot\u{7}010")),
+            "control",
+        ),
         ("array body", json!([1, 2, 3]), "expected"),
+        // Serde would read these as the fields in order.
+        (
+            "fields as an array",
+            json!(["n", "/f.blend", 1, 2]),
+            "array",
+        ),
         ("null body", Value::Null, "expected"),
     ];
     for (what, body, mention) in cases {
@@ -106,13 +123,13 @@ async fn bodies_that_are_not_json_are_refused() {
         assert_error(response, StatusCode::BAD_REQUEST).await;
     }
     let wrong_type = app
-        .client
-        .post(app.url("/renders"))
-        .header("content-type", "text/csv")
-        .body("a,b")
-        .send()
-        .await
-        .unwrap();
+        .send(
+            app.client
+                .post(app.url("/renders"))
+                .header("content-type", "text/csv")
+                .body("a,b"),
+        )
+        .await;
     assert!(wrong_type.status().is_client_error());
     assert_error(wrong_type, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
@@ -231,11 +248,15 @@ async fn bad_worker_messages_are_refused() {
     for (kind, body) in bad_reports {
         assert_error(app.report(task, kind, &body).await, StatusCode::BAD_REQUEST).await;
     }
-    assert_error(
-        app.heartbeat(&worker, &json!({ "task_id": task })).await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
+    for beat in [
+        json!({ "task_id": task }),
+        // Found by fuzzing: an array was read as the fields in order, and a
+        // negative count was let through when no task was named.
+        json!([null, null]),
+        json!({ "frames_done": -1 }),
+    ] {
+        assert_error(app.heartbeat(&worker, &beat).await, StatusCode::BAD_REQUEST).await;
+    }
     assert_error(
         app.heartbeat(
             &worker,
@@ -268,4 +289,18 @@ async fn bad_worker_messages_are_refused() {
     )
     .await;
     assert_eq!(app.task(task).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn whole_numbers_written_as_floats_are_taken_as_integers() {
+    // The spec says "integer", and JSON Schema counts 2.0 as one.
+    let app = spawn_app().await;
+    let mut body = render_body("floats", 1, 4, 2, "normal");
+    body["chunk_size"] = json!(2.0);
+    body["frame_end"] = json!(4.0);
+    let render = app.submit_ok(&body).await;
+    assert_eq!(
+        (render["chunk_size"].clone(), render["frame_end"].clone()),
+        (json!(2), json!(4))
+    );
 }

@@ -1,9 +1,12 @@
 //! `TestApp`: a real broker on port 0 with a fresh SQLite data directory, and
-//! one method per endpoint.
+//! one method per endpoint. Every request goes through [`TestApp::send`], so
+//! every answer is checked against the OpenAPI spec.
 
 use renderfarm::startup::{Application, Settings, StoreChoice};
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+
+pub use crate::contract::ApiResponse as Response;
 
 pub struct TestApp {
     pub address: String,
@@ -69,6 +72,12 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// Sends a request built on `self.client` and checks the answer against
+    /// the spec; the one way the tests talk to the broker.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Response {
+        crate::contract::send(request).await
+    }
+
     pub async fn raw(&self, method: Method, path: &str, body: Option<&str>) -> Response {
         let mut request = self.client.request(method, self.url(path));
         if let Some(body) = body {
@@ -76,33 +85,19 @@ impl TestApp {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
-        request.send().await.expect("request sent")
+        self.send(request).await
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.send(self.client.post(self.url(path)).json(body)).await
     }
 
     pub async fn put_json(&self, path: &str, body: &Value) -> Response {
-        self.client
-            .put(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.send(self.client.put(self.url(path)).json(body)).await
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request sent")
+        self.send(self.client.get(self.url(path))).await
     }
 
     pub async fn submit(&self, body: &Value) -> Response {

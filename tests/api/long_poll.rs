@@ -19,7 +19,7 @@ async fn a_waiting_worker_is_woken_by_a_submission() {
     let poll = {
         let client = app.client.clone();
         let url = app.url(&format!("/workers/{worker}/request-task?wait=30"));
-        tokio::spawn(async move { client.post(url).send().await })
+        tokio::spawn(crate::contract::send(client.post(url)))
     };
     // Let the request reach the broker and start waiting.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -29,7 +29,6 @@ async fn a_waiting_worker_is_woken_by_a_submission() {
     let response = tokio::time::timeout(WOKEN_WITHIN, poll)
         .await
         .expect("the waiting worker was woken by the submission")
-        .unwrap()
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(json_of(response).await["render_id"], render["id"]);
@@ -49,7 +48,7 @@ async fn waiting_workers_are_woken_by_a_resume_and_share_the_work_out() {
         let worker = app.register_ok(&format!("w{i}")).await;
         let client = app.client.clone();
         let url = app.url(&format!("/workers/{worker}/request-task?wait=30"));
-        polls.push(tokio::spawn(async move { client.post(url).send().await }));
+        polls.push(tokio::spawn(crate::contract::send(client.post(url))));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -61,7 +60,6 @@ async fn waiting_workers_are_woken_by_a_resume_and_share_the_work_out() {
         let response = tokio::time::timeout(WOKEN_WITHIN, poll)
             .await
             .expect("woken by the resume")
-            .unwrap()
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         tasks.insert(
@@ -90,11 +88,12 @@ async fn a_wait_beyond_a_minute_is_refused() {
     let worker = app.register_ok("greedy").await;
     for wait in ["61", "-1", "soon"] {
         let response = app
-            .client
-            .post(app.url(&format!("/workers/{worker}/request-task?wait={wait}")))
-            .send()
-            .await
-            .unwrap();
+            .raw(
+                reqwest::Method::POST,
+                &format!("/workers/{worker}/request-task?wait={wait}"),
+                None,
+            )
+            .await;
         let message = assert_error(response, StatusCode::BAD_REQUEST).await;
         assert!(message.contains("wait"), "{message}");
     }

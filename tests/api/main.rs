@@ -1,8 +1,11 @@
 //! Black-box tests of the broker's HTTP API: a real broker on port 0, a real
 //! SQLite file, real HTTP.
 
+mod api_docs;
 mod bad_input;
+mod contract;
 mod helpers;
 mod lifecycle;
 mod long_poll;
 mod operators;
+mod postman;

@@ -180,6 +180,33 @@ pub async fn blender_or_skip(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// Headless Chromium to look at pages with, or `None` after a visible
+/// SKIPPED line. With `RENDERFARM_REQUIRE_CHROMIUM=1` (CI), a missing Chromium
+/// fails the test.
+pub fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let chromium =
+        PathBuf::from(std::env::var("RENDERFARM_CHROMIUM").unwrap_or_else(|_| "chromium".into()));
+    let problem = match Command::new(&chromium).arg("--version").output() {
+        Ok(out) if out.status.success() => return Some(chromium),
+        Ok(out) => format!(
+            "`{} --version` failed: {}",
+            chromium.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("cannot run {}: {e}", chromium.display()),
+    };
+    if std::env::var("RENDERFARM_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
+        panic!("{test}: Chromium is required (RENDERFARM_REQUIRE_CHROMIUM=1) but {problem}");
+    }
+    // Written to the stderr handle itself, which the test harness does not
+    // capture, so the skip shows in every run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: no headless Chromium ({problem}); install it with `apt-get install chromium`"
+    );
+    None
+}
+
 /// A worker agent running inside the test process.
 pub struct TestAgent {
     pub signals: StopSignals,

@@ -13,6 +13,7 @@ use uuid::Uuid;
 pub type Timestamp = DateTime<Utc>;
 
 /// How urgent a render is; higher levels are dispatched first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -61,6 +62,7 @@ impl Priority {
 }
 
 /// Where a render is in its life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RenderStatus {
@@ -110,6 +112,7 @@ impl RenderStatus {
 }
 
 /// Where one chunk of frames is in its life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -148,6 +151,7 @@ impl TaskStatus {
 }
 
 /// What a worker is doing, as an operator sees it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerStatus {
@@ -171,6 +175,74 @@ impl WorkerStatus {
     }
 }
 
+/// Integers in request bodies. JSON Schema, and so the OpenAPI spec, counts
+/// `10.0` as the integer 10, and clients that keep numbers as floats send it
+/// that way; a number with no fraction is taken as the integer it equals.
+mod whole {
+    use serde::de::{Deserializer, Error, Visitor};
+    use std::fmt;
+
+    struct Whole;
+
+    impl Visitor<'_> for Whole {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a whole number")
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
+            // 2^63 is exact as an f64; every whole f64 below it fits an i64.
+            const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+            if v.fract() == 0.0 && (-LIMIT..LIMIT).contains(&v) {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    struct MaybeWhole;
+
+    impl<'de> Visitor<'de> for MaybeWhole {
+        type Value = Option<i64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a whole number or null")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            number(d).map(Some)
+        }
+    }
+
+    /// An `i64` written as a JSON integer, or as a float with no fraction.
+    pub fn number<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        d.deserialize_any(Whole)
+    }
+
+    /// As [`number`], or null.
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        d.deserialize_option(MaybeWhole)
+    }
+}
+
 fn default_chunk_size() -> i64 {
     10
 }
@@ -179,34 +251,96 @@ fn default_max_retries() -> i64 {
     1
 }
 
+// The `schema(...)` bounds below document the checks the broker makes on
+// input (in its `domain` module); keep the two in step, the broker's contract
+// tests and its fuzzing in CI send requests on both sides of every bound.
+
 /// `POST /renders`: what a user submits.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "shot010", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "priority": "high", "tags": ["gpu"]})))]
 pub struct RenderSpec {
+    /// Shown in listings; 1 to 200 characters, no control characters, not
+    /// only spaces.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 200,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     pub name: String,
+    /// The .blend file, as the workers see its path: at most 4096 bytes, no
+    /// control characters, not only spaces.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 4096,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     pub blend_file: String,
+    /// First frame to render (0 or more).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(deserialize_with = "whole::number")]
     pub frame_start: i64,
+    /// Last frame to render, at least `frame_start`; one render holds at most
+    /// 1,000,000 frames.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(deserialize_with = "whole::number")]
     pub frame_end: i64,
-    #[serde(default = "default_chunk_size")]
+    /// Frames per task.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 1_000_000, default = 10)
+    )]
+    #[serde(default = "default_chunk_size", deserialize_with = "whole::number")]
     pub chunk_size: i64,
+    #[cfg_attr(feature = "openapi", schema(default = "normal"))]
     #[serde(default)]
     pub priority: Priority,
-    #[serde(default = "default_max_retries")]
+    /// How many times a failed task is tried again.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100, default = 1))]
+    #[serde(default = "default_max_retries", deserialize_with = "whole::number")]
     pub max_retries: i64,
     /// Blender output pattern (`-o`); the broker picks one under its data
-    /// directory when absent.
+    /// directory when absent. Same rules as `blend_file`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 4096,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     #[serde(default)]
     pub output: Option<String>,
     /// Blender render engine (`-E`), e.g. `CYCLES`; the file's own when absent.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z0-9_]{1,64}$"))]
     #[serde(default)]
     pub engine: Option<String>,
     /// Only workers carrying every one of these tags may render it.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_items = 32, value_type = Vec<Tag>, default = json!([]))
+    )]
     #[serde(default)]
     pub tags: Vec<String>,
 }
 
+/// A worker tag: 1 to 64 of `A-Z a-z 0-9 - _ . :`.
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$", example = "gpu")]
+pub struct Tag(pub String);
+
 /// Counters that roll up from a render's tasks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10})))]
 pub struct Progress {
     pub tasks_total: i64,
     pub tasks_pending: i64,
@@ -219,7 +353,9 @@ pub struct Progress {
 }
 
 /// A render as the broker reports it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Render {
     pub id: Uuid,
     pub name: String,
@@ -230,17 +366,31 @@ pub struct Render {
     pub frame_end: i64,
     pub chunk_size: i64,
     pub max_retries: i64,
+    /// Where Blender writes the frames (`-o`).
     pub output: String,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub engine: Option<String>,
     pub tags: Vec<String>,
     pub progress: Progress,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
+    /// When the first task was handed out.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
     pub started_at: Option<Timestamp>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
     pub finished_at: Option<Timestamp>,
 }
 
 /// One chunk of a render's frames.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "frame_start": 1, "frame_end": 10, "status": "running", "retries": 0, "worker_id": "01a20b20-ef29-734d-8df5-13233266e6e2", "frames_done": 4, "exit_code": null, "failure_reason": null, "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Task {
     pub id: Uuid,
     pub render_id: Uuid,
@@ -249,16 +399,30 @@ pub struct Task {
     pub status: TaskStatus,
     /// How many times the task was put back to pending after failing.
     pub retries: i64,
+    /// The worker running it, or that ran it last.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub worker_id: Option<Uuid>,
     pub frames_done: i64,
+    /// Blender's exit code in the last failure report.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub exit_code: Option<i64>,
     /// Why the last attempt failed, as the worker reported it.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub failure_reason: Option<String>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
     pub started_at: Option<Timestamp>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
     pub finished_at: Option<Timestamp>,
 }
 
 /// Something that happened to a task, as its history shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HistoryEvent {
@@ -307,17 +471,22 @@ impl HistoryEvent {
 }
 
 /// One line of a task's history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskHistoryEntry {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
     pub event: HistoryEvent,
     /// The worker concerned, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub worker_id: Option<Uuid>,
     /// Why, in words (e.g. "worker lost: no heartbeat for 60s").
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub detail: Option<String>,
 }
 
 /// `GET /tasks/{id}`: a task with its history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskDetail {
     #[serde(flatten)]
@@ -327,6 +496,7 @@ pub struct TaskDetail {
 }
 
 /// What one scheduler tick did.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TickReport {
     /// Tasks of lost workers put back to pending.
@@ -343,27 +513,34 @@ pub struct TickReport {
     /// Workers marked offline.
     pub workers_lost: i64,
     /// When the tick ran (the scheduler's clock).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, required = true))]
     pub ran_at: Option<Timestamp>,
 }
 
 /// Who leads the scheduler, when several brokers share a store.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaderLease {
     /// The broker instance holding the lease.
     pub holder: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub expires_at: Timestamp,
 }
 
 /// `GET /scheduler`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchedulerStatus {
     /// This broker instance.
     pub instance: String,
     /// The current leader, if any broker holds the lease.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub leader: Option<LeaderLease>,
     /// True when this broker runs the periodic tick.
     pub is_leader: bool,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_report: Option<TickReport>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, required = true))]
     pub next_tick_at: Option<Timestamp>,
     pub tick_seconds: f64,
     pub worker_timeout_seconds: f64,
@@ -372,37 +549,66 @@ pub struct SchedulerStatus {
 }
 
 /// A wait allowance per priority level, in seconds; `None`: never.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PriorityAllowances {
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub low: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub normal: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub high: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub urgent: Option<f64>,
 }
 
 /// `POST /workers`: a worker agent introduces itself.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "node-01", "tags": ["gpu", "linux"]})))]
 pub struct WorkerSpec {
+    /// 1 to 200 characters, no control characters, not only spaces.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 200,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+        )
+    )]
     pub name: String,
+    /// What the machine offers (e.g. `gpu`); renders that ask for tags go only
+    /// to workers carrying all of them.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_items = 32, value_type = Vec<Tag>, default = json!([]))
+    )]
     #[serde(default)]
     pub tags: Vec<String>,
 }
 
 /// A worker as the broker reports it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-ef29-734d-8df5-13233266e6e2", "name": "node-01", "status": "idle", "tags": ["gpu", "linux"], "last_heartbeat": "2026-11-24T01:17:17.481778Z", "current_task_id": null, "registered_at": "2026-11-24T01:17:17.481778Z"})))]
 pub struct Worker {
     pub id: Uuid,
     pub name: String,
     pub status: WorkerStatus,
     pub tags: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub last_heartbeat: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub current_task_id: Option<Uuid>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub registered_at: Timestamp,
 }
 
 /// The answer to `POST /workers/{id}/request-task`: one chunk to render.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null})))]
 pub struct Assignment {
     pub task_id: Uuid,
     pub render_id: Uuid,
@@ -413,14 +619,20 @@ pub struct Assignment {
     pub frame_start: i64,
     pub frame_end: i64,
     pub output: String,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub engine: Option<String>,
 }
 
 /// `POST /tasks/{id}/progress`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "frames_done": 4, "log": "Fra:4 Mem:12.5M | Time:00:00.41 | Sample 4/4\n"})))]
 pub struct ProgressReport {
     pub lease_id: Uuid,
+    /// Frames of this task finished so far: 0 to the task's frame count.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(deserialize_with = "whole::number")]
     pub frames_done: i64,
     /// Log text produced since the previous report; appended to the task's log.
     #[serde(default)]
@@ -428,49 +640,67 @@ pub struct ProgressReport {
 }
 
 /// `POST /tasks/{id}/complete`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "log": "Saved: '/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_0010.png'\n"})))]
 pub struct CompleteReport {
     pub lease_id: Uuid,
+    /// The rest of the log; appended to the task's log.
     #[serde(default)]
     pub log: Option<String>,
 }
 
 /// `POST /tasks/{id}/fail`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "exit_code": 1, "reason": "Error: Build without OpenImageDenoiser", "log": "Fra:1 Mem:12.5M | Denoising\n"})))]
 pub struct FailReport {
     pub lease_id: Uuid,
-    #[serde(default)]
+    /// Blender's exit code, if it exited.
+    #[serde(default, deserialize_with = "whole::optional")]
     pub exit_code: Option<i64>,
+    /// Why it failed (not only spaces); the broker keeps its last 64 KiB.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub reason: String,
+    /// The rest of the log; appended to the task's log.
     #[serde(default)]
     pub log: Option<String>,
 }
 
 /// `POST /tasks/{id}/release`: the worker gives the task back unfinished
 /// (it is stopping); the task is queued again without counting a failure.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "log": "Fra:3 Mem:12.5M\n"})))]
 pub struct ReleaseReport {
     pub lease_id: Uuid,
+    /// The rest of the log; appended to the task's log.
     #[serde(default)]
     pub log: Option<String>,
 }
 
-/// `POST /workers/{id}/heartbeat`.
+/// `POST /workers/{id}/heartbeat`: send `task_id` and `lease_id` together
+/// while rendering, neither when idle.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "frames_done": 4})))]
 pub struct Heartbeat {
     #[serde(default)]
     pub task_id: Option<Uuid>,
     #[serde(default)]
     pub lease_id: Option<Uuid>,
-    #[serde(default)]
+    /// Frames of the task finished so far.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(default, deserialize_with = "whole::optional")]
     pub frames_done: Option<i64>,
 }
 
 /// What the broker wants a worker to do with the task it holds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeartbeatAction {
@@ -481,12 +711,15 @@ pub enum HeartbeatAction {
 }
 
 /// The answer to a heartbeat.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"action": "continue"})))]
 pub struct HeartbeatReply {
     pub action: HeartbeatAction,
 }
 
 /// What an operator can ask of a render.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RenderAction {
@@ -497,13 +730,16 @@ pub enum RenderAction {
 }
 
 /// `PUT /renders/{id}/status`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"action": "pause"})))]
 pub struct RenderStatusChange {
     pub action: RenderAction,
 }
 
 /// What an operator can ask of a worker.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerAction {
@@ -516,13 +752,16 @@ pub enum WorkerAction {
 }
 
 /// `PUT /workers/{id}/status`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"action": "drain"})))]
 pub struct WorkerStatusChange {
     pub action: WorkerAction,
 }
 
 /// One page of a listing.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -533,18 +772,83 @@ pub struct Page<T> {
 }
 
 /// The body of every error answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"error": "not_found", "message": "no render with id 0b8f3c4e-5d6a-4f1b-9c2d-3e4f5a6b7c8d"})))]
 pub struct ErrorBody {
     /// A stable machine-readable code, e.g. `invalid_input`, `not_found`.
+    #[cfg_attr(feature = "openapi", schema(value_type = ErrorCode))]
     pub error: String,
     /// What went wrong and how to fix it.
     pub message: String,
 }
 
+/// The error codes, one per kind of failure.
+// Documentation only: `ErrorBody::error` stays a string on the wire, so that
+// clients built before a new code was added still parse the body.
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400
+    InvalidInput,
+    /// 404
+    NotFound,
+    /// 405
+    MethodNotAllowed,
+    /// 409
+    Conflict,
+    /// 413
+    PayloadTooLarge,
+    /// 415
+    UnsupportedMediaType,
+    /// 500
+    Internal,
+    /// 503
+    Unavailable,
+}
+
 /// `GET /health` and `GET /ready`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"status": "ready", "store": "sqlite"})))]
 pub struct HealthReport {
+    /// `ok` (health), `ready`, or `not ready: <why>`.
     pub status: String,
+    /// The store backend (`sqlite`); null from `/health`.
     #[serde(default)]
     pub store: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(frame_end: &str) -> Result<RenderSpec, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"name": "n", "blend_file": "/f.blend", "frame_start": 1, "frame_end": {frame_end}}}"#
+        ))
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats_but_fractions_are_refused() {
+        assert_eq!(spec("10").unwrap().frame_end, 10);
+        assert_eq!(spec("10.0").unwrap().frame_end, 10);
+        assert_eq!(spec("-3e2").unwrap().frame_end, -300);
+        for bad in [
+            "2.5",
+            "1e19",
+            "9223372036854775808",
+            "\"7\"",
+            "null",
+            "true",
+        ] {
+            assert!(spec(bad).is_err(), "{bad} was accepted");
+        }
+        let beat: Heartbeat = serde_json::from_str(r#"{"frames_done": 4.0}"#).unwrap();
+        assert_eq!(beat.frames_done, Some(4));
+        let beat: Heartbeat = serde_json::from_str(r#"{"frames_done": null}"#).unwrap();
+        assert_eq!(beat.frames_done, None);
+        assert!(serde_json::from_str::<Heartbeat>(r#"{"frames_done": 0.5}"#).is_err());
+    }
 }
