@@ -174,7 +174,7 @@ pub struct SqliteStore {
 }
 
 /// How often the WAL is copied back into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Copies the WAL into the database file from its own connection, so the
 /// writer never pauses for a checkpoint's fsync (SQLite's automatic
