@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::BrokerProcess as Broker;
+use common::{task_log, BrokerProcess as Broker};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -83,14 +83,7 @@ async fn a_render_claimed_and_completed_survives_kill_9_identical() {
     for path in &paths {
         before.push(get(&client, &broker, path).await);
     }
-    let log_before = client
-        .get(format!("{}/tasks/{first_task}/log", broker.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log_before = task_log(&client, &broker.address, first_task).await;
     broker.kill_9();
 
     let broker = Broker::start(dir.path(), "127.0.0.1:0");
@@ -101,14 +94,7 @@ async fn a_render_claimed_and_completed_survives_kill_9_identical() {
             "{path} after kill -9"
         );
     }
-    let log_after = client
-        .get(format!("{}/tasks/{first_task}/log", broker.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log_after = task_log(&client, &broker.address, first_task).await;
     assert_eq!(log_after, log_before);
     assert_eq!(log_after, "Fra:1\n");
     // The lease handed out before the crash still holds.

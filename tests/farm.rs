@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    blender_or_skip, blender_pids, get_json, send_json, wait_for, BrokerProcess, TestAgent,
-    TestBroker,
+    blender_or_skip, blender_pids, get_json, send_json, task_log, wait_for, BrokerProcess,
+    TestAgent, TestBroker,
 };
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use reqwest::Method;
@@ -176,19 +176,12 @@ async fn two_agents_render_a_twelve_frame_scene_in_chunks_of_three() {
         .filter_map(|t| t["worker_id"].as_str())
         .collect();
     assert_eq!(workers.len(), 2, "both agents rendered: {tasks:?}");
-    let log = broker
-        .client
-        .get(format!(
-            "{}/tasks/{}/log",
-            broker.address,
-            tasks[0]["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = task_log(
+        &broker.client,
+        &broker.address,
+        tasks[0]["id"].as_str().unwrap(),
+    )
+    .await;
     assert!(
         log.contains("Saved:") && log.contains("Fra:1"),
         "the task log holds Blender's output: {log}"
@@ -330,14 +323,7 @@ async fn an_agent_delivers_its_completion_after_a_five_second_broker_outage() {
         .as_str()
         .unwrap()
         .to_string();
-    let log = client
-        .get(format!("{}/tasks/{task_id}/log", broker.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = task_log(&client, &broker.address, &task_id).await;
     assert!(
         log.contains("frame_0040"),
         "the log written during the outage arrived too"

@@ -710,16 +710,21 @@ fn append_log(conn: &Connection, task_seq: i64, log: Option<&str>) -> StoreResul
     Ok(())
 }
 
-fn mark_alive(conn: &Connection, worker_id: Uuid, now: DateTime<Utc>) -> StoreResult<WorkerMode> {
-    let mode = conn
-        .prepare_cached(
-            "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 RETURNING mode",
-        )?
-        .query_row(params![worker_id.to_string(), ts(now)], |row| {
-            get_enum(row, 0, WorkerMode::parse)
-        })
-        .optional()?;
-    mode.ok_or_else(|| StoreError::not_found("worker", worker_id))
+/// Records a sign of life from the worker; returns its mode and its tags
+/// (JSON), which a claim needs next.
+fn mark_alive(
+    conn: &Connection,
+    worker_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<(WorkerMode, String)> {
+    conn.prepare_cached(
+        "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 RETURNING mode, tags",
+    )?
+    .query_row(params![worker_id.to_string(), ts(now)], |row| {
+        Ok((get_enum(row, 0, WorkerMode::parse)?, row.get(1)?))
+    })
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("worker", worker_id))
 }
 
 /// Appends one line to a task's history.
@@ -918,12 +923,14 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Render> {
         self.write(move |conn| {
-            let render = load_render(conn, id)?;
-            let to = render_transition(render.status, command)?;
             let seq: i64 = conn
                 .prepare_cached("SELECT seq FROM renders WHERE id = ?1")?
-                .query_row([id.to_string()], |row| row.get(0))?;
+                .query_row([id.to_string()], |row| row.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("render", id))?;
             let mut state = load_render_state(conn, seq)?;
+            let before = state.status;
+            let to = render_transition(before, command)?;
             if let Some((event, from)) = tasks_affected(command, &state.progress) {
                 bulk_task_change(conn, seq, event, &from, now)?;
                 state.progress = count_progress(conn, seq, state.progress.frames_total)?;
@@ -933,7 +940,7 @@ impl Store for SqliteStore {
                 state.failed_for_good = false;
             }
             state.status = to;
-            save_rolled_up(conn, state, render.status, now)?;
+            save_rolled_up(conn, state, before, now)?;
             tracing::info!(render_id = %id, ?command, "operator changed render");
             load_render_by_seq(conn, seq)
         })
@@ -1087,15 +1094,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Assignment>> {
         self.write(move |conn| {
-            let (mode, worker_tags): (WorkerMode, String) = conn
-                .prepare_cached(
-                    "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 RETURNING mode, tags",
-                )?
-                .query_row(params![worker_id.to_string(), ts(now)], |row| {
-                    Ok((get_enum(row, 0, WorkerMode::parse)?, row.get(1)?))
-                })
-                .optional()?
-                .ok_or_else(|| StoreError::not_found("worker", worker_id))?;
+            let (mode, worker_tags) = mark_alive(conn, worker_id, now)?;
             let held = conn
                 .prepare_cached(&format!(
                     "SELECT {ASSIGNMENT_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq \

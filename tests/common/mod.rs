@@ -122,6 +122,22 @@ pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
     response.json().await.expect("JSON")
 }
 
+/// A task's log as the broker serves it.
+pub async fn task_log(client: &reqwest::Client, broker: &str, task_id: &str) -> String {
+    let url = format!("{broker}/tasks/{task_id}/log");
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    response.text().await.expect("log text")
+}
+
 pub async fn send_json(
     client: &reqwest::Client,
     method: reqwest::Method,
