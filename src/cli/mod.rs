@@ -1,9 +1,10 @@
-//! The `renderfarm` command: `serve` runs the broker; `submit`, `status` and
-//! `workers` are thin HTTP clients of a running broker; `openapi` prints the
+//! The `renderfarm` command: `serve` runs the broker; `submit`, `status`,
+//! `watch` and `workers` are thin HTTP clients of a running broker; `openapi` prints the
 //! API's spec.
 
 mod client;
 mod up;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,8 @@ enum Command {
     Submit(SubmitArgs),
     /// Show one render and its progress.
     Status(StatusArgs),
+    /// Follow renders live until they finish (exit 0 only if all completed).
+    Watch(watch::WatchArgs),
     /// List the workers the broker knows.
     Workers(BrokerArgs),
     /// A whole farm in one command: the broker and local worker agents.
@@ -250,6 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Submit(args) => submit(args).await,
         Command::Status(args) => status(args).await,
+        Command::Watch(args) => watch::watch(args).await,
         Command::Workers(args) => workers(args).await,
         Command::Up(args) => up::up(args).await,
         Command::Migrate(args) => migrate(args).await,
@@ -361,7 +365,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             render.priority.as_str(),
             render.output
         );
-        println!("follow it with: renderfarm status {}", render.id);
+        println!("follow it with: renderfarm watch {}", render.id);
     }
     Ok(())
 }

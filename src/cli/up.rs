@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use renderfarm_wire::{Priority, Render, RenderSpec, RenderStatus, Worker};
+use renderfarm_wire::{Priority, RenderSpec, RenderStatus};
 use renderfarm_worker::blender::check_blender;
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use renderfarm_worker::{Agent, AgentConfig, AgentSummary, StopSignals};
@@ -16,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::client::explain;
 use super::shutdown_signal;
+use super::watch::{follow, Target, View};
 use crate::startup::{Application, Settings, StoreChoice};
 use renderfarm_worker::client::BrokerClient;
 
@@ -141,7 +141,12 @@ async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> an
         .await
         .map_err(explain(broker))
         .context("submitting the demo render")?;
-    let render = monitor(&client, &render).await?;
+    let mut view = View::for_output(false);
+    let target = Target::These(vec![render.id.to_string()]);
+    let render = follow(&client, &target, MONITOR_INTERVAL, &mut view)
+        .await?
+        .pop()
+        .context("the demo render vanished")?;
     let frames_dir = std::path::Path::new(&render.output)
         .parent()
         .map(|p| p.display().to_string())
@@ -158,66 +163,5 @@ async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> an
             render.status.as_str(),
             render.id
         )
-    }
-}
-
-/// Shows one bar for the render and one per worker until the render is finished.
-async fn monitor(client: &BrokerClient, render: &Render) -> anyhow::Result<Render> {
-    let bars = MultiProgress::new();
-    let render_style =
-        ProgressStyle::with_template("{prefix:>14} [{bar:40.cyan/blue}] {pos}/{len} frames {msg}")?
-            .progress_chars("=> ");
-    let worker_style =
-        ProgressStyle::with_template("{prefix:>14} [{bar:40.green/white}] {pos}/{len} {msg}")?
-            .progress_chars("=> ");
-    let render_bar = bars.add(ProgressBar::new(render.progress.frames_total as u64));
-    render_bar.set_style(render_style);
-    render_bar.set_prefix(render.name.clone());
-    let mut worker_bars: Vec<(uuid::Uuid, ProgressBar)> = Vec::new();
-    let id = render.id.to_string();
-    loop {
-        let now = client.render(&id).await.map_err(explain(client.base()))?;
-        render_bar.set_position(now.progress.frames_done.max(0) as u64);
-        render_bar.set_message(now.status.as_str().to_string());
-        for worker in client.workers().await.map_err(explain(client.base()))? {
-            let bar = match worker_bars.iter().find(|(w, _)| *w == worker.id) {
-                Some((_, bar)) => bar.clone(),
-                None => {
-                    let bar = bars.add(ProgressBar::new(1));
-                    bar.set_style(worker_style.clone());
-                    bar.set_prefix(worker.name.clone());
-                    worker_bars.push((worker.id, bar.clone()));
-                    bar
-                }
-            };
-            show_worker(client, &worker, &bar).await;
-        }
-        if now.status.is_finished() {
-            render_bar.finish();
-            for (_, bar) in &worker_bars {
-                bar.finish_and_clear();
-            }
-            return Ok(now);
-        }
-        tokio::time::sleep(MONITOR_INTERVAL).await;
-    }
-}
-
-async fn show_worker(client: &BrokerClient, worker: &Worker, bar: &ProgressBar) {
-    let task = match worker.current_task_id {
-        Some(id) => client.task(&id.to_string()).await.ok().map(|d| d.task),
-        None => None,
-    };
-    match task {
-        Some(task) => {
-            bar.set_length((task.frame_end - task.frame_start + 1).max(1) as u64);
-            bar.set_position(task.frames_done.max(0) as u64);
-            bar.set_message(format!("frames {}-{}", task.frame_start, task.frame_end));
-        }
-        None => {
-            bar.set_length(1);
-            bar.set_position(0);
-            bar.set_message(worker.status.as_str().to_string());
-        }
     }
 }

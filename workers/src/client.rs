@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use renderfarm_wire::{
-    Assignment, CompleteReport, ErrorBody, FailReport, Heartbeat, HeartbeatReply, ProgressReport,
-    ReleaseReport, Render, RenderSpec, Task, TaskDetail, Worker, WorkerSpec,
+    Assignment, CompleteReport, ErrorBody, FailReport, Heartbeat, HeartbeatReply, Page,
+    ProgressReport, ReleaseReport, Render, RenderSpec, RenderStatus, Task, TaskDetail, Worker,
+    WorkerSpec,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -131,6 +132,19 @@ impl BrokerClient {
     /// `GET /renders/{id}`.
     pub async fn render(&self, id: &str) -> Result<Render, ClientError> {
         self.get(&format!("/renders/{id}")).await
+    }
+
+    /// `GET /renders?status=S&limit=N`: the newest `limit` renders in `status`.
+    pub async fn renders(
+        &self,
+        status: RenderStatus,
+        limit: i64,
+    ) -> Result<Page<Render>, ClientError> {
+        self.get(&format!(
+            "/renders?status={}&limit={limit}",
+            status.as_str()
+        ))
+        .await
     }
 
     /// `GET /tasks/{id}`.
