@@ -12,6 +12,7 @@ use common::{
     TestAgent, TestBroker,
 };
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
+use renderfarm_worker::blender::TEMP_DIR;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -88,6 +89,18 @@ async fn wait_for_first_frame(broker: &TestBroker, id: &str) -> Value {
         (tasks[0]["frames_done"].as_i64().unwrap_or(0) > 0).then(|| tasks[0].clone())
     })
     .await
+}
+
+/// How many Blender session directories (`blender_XXXXXX`) `dir` holds.
+fn blender_session_dirs(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("blender_"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// A broker and one agent rendering one chunk too long to finish during the
@@ -254,6 +267,12 @@ async fn canceling_a_render_kills_blender_within_two_seconds_of_the_abort() {
         1,
         "one Blender renders the task"
     );
+    let temp_dir = agent.work_dir.path().join(TEMP_DIR);
+    assert_eq!(
+        blender_session_dirs(&temp_dir),
+        1,
+        "Blender keeps its session files in the agent's work directory"
+    );
 
     let canceled_at = Instant::now();
     let cancel = json!({ "action": "cancel" });
@@ -276,6 +295,12 @@ async fn canceling_a_render_kills_blender_within_two_seconds_of_the_abort() {
     );
     let tasks = tasks_of(&broker.address, &broker.client, &id).await;
     assert_eq!(tasks[0]["status"], "canceled");
+    wait_for(
+        "the killed Blender's session files to be removed",
+        Duration::from_secs(5),
+        || async { (blender_session_dirs(&temp_dir) == 0).then_some(()) },
+    )
+    .await;
     let summary = agent.stop().await;
     assert_eq!(summary.aborted, 1);
     assert_eq!(

@@ -5,7 +5,7 @@ pub mod output;
 pub mod scene;
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -103,14 +103,33 @@ pub struct RunningBlender {
 pub struct BlenderProcess {
     child: Child,
     pid: Option<u32>,
+    temp_dir: PathBuf,
 }
 
+/// Where Blender keeps its session files, under the work directory: a killed
+/// Blender cannot remove its own, and months of aborted tasks would otherwise
+/// fill the machine's /tmp.
+pub const TEMP_DIR: &str = "blender-tmp";
+
 /// Starts Blender on `job` in `work_dir`, in a process group of its own so
-/// that killing it takes any children along. No shell is involved.
+/// that killing it takes any children along. No shell is involved. One
+/// Blender at a time per work directory: its temporary directory starts empty.
 pub fn start(blender: &Path, job: &RenderJob, work_dir: &Path) -> anyhow::Result<RunningBlender> {
+    let temp_dir = work_dir.join(TEMP_DIR);
+    match std::fs::remove_dir_all(&temp_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("emptying {}", temp_dir.display()))
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(&temp_dir)
+        .with_context(|| format!("creating {}", temp_dir.display()))?;
     let mut child = Command::new(blender)
         .args(job.args())
         .current_dir(work_dir)
+        // Blender looks at TMP before TMPDIR.
+        .env("TMP", &temp_dir)
+        .env("TMPDIR", &temp_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -127,7 +146,11 @@ pub fn start(blender: &Path, job: &RenderJob, work_dir: &Path) -> anyhow::Result
         tokio::spawn(forward_lines(stderr, tx));
     }
     Ok(RunningBlender {
-        process: BlenderProcess { child, pid },
+        process: BlenderProcess {
+            child,
+            pid,
+            temp_dir,
+        },
         lines,
     })
 }
@@ -161,12 +184,15 @@ impl BlenderProcess {
     }
 
     /// Kills Blender and everything it started, at once (SIGKILL to the
-    /// process group), and reaps it.
+    /// process group), reaps it and removes the session files it left.
     pub async fn kill(&mut self) {
         if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
         let _ = self.child.kill().await;
+        if let Err(e) = tokio::fs::remove_dir_all(&self.temp_dir).await {
+            tracing::debug!(error = %e, dir = %self.temp_dir.display(), "could not remove Blender's temporary files");
+        }
     }
 }
 
