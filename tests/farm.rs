@@ -394,6 +394,46 @@ async fn a_stopping_agent_hands_its_task_back_without_a_failure() {
     assert_eq!(render["progress"]["tasks_failed"], 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_stopped_while_waiting_leaves_no_task_to_its_abandoned_request() {
+    let test = "an_agent_stopped_while_waiting_leaves_no_task_to_its_abandoned_request";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let agent = TestAgent::start(&broker.address, "leaving", &blender).await;
+    wait_for_workers(&broker.address, &broker.client, 1).await;
+    let summary = agent.stop().await;
+    assert_eq!(
+        summary.released, 0,
+        "nothing was handed out before the stop"
+    );
+
+    // The broker still holds the agent's long poll (10 s here): work that
+    // arrives now must not go to it.
+    let body = json!({"name": "after", "blend_file": "/p/after.blend", "frame_start": 1, "frame_end": 2, "chunk_size": 1});
+    let render = submit(&broker.address, &broker.client, &body).await;
+    let id = render["id"].as_str().unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let statuses: Vec<Value> = tasks_of(&broker.address, &broker.client, id)
+            .await
+            .iter()
+            .map(|t| t["status"].clone())
+            .collect();
+        assert_eq!(
+            statuses,
+            ["pending", "pending"],
+            "no task went to the stopped agent"
+        );
+    }
+    let workers = get_json(&broker.client, format!("{}/workers", broker.address)).await;
+    assert_eq!(
+        workers[0]["status"], "draining",
+        "the stopped agent takes no work"
+    );
+}
+
 #[tokio::test]
 async fn an_agent_without_blender_says_how_to_install_it_before_registering() {
     let broker = TestBroker::start().await;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use renderfarm_wire::{
     Assignment, CompleteReport, FailReport, Heartbeat, HeartbeatAction, ProgressReport,
-    ReleaseReport, WorkerSpec,
+    ReleaseReport, WorkerAction, WorkerSpec,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -152,7 +152,10 @@ impl Agent {
         let mut retry = backoff();
         while !self.signals.stop.is_cancelled() {
             let answer = tokio::select! {
-                _ = self.signals.stop.cancelled() => break,
+                _ = self.signals.stop.cancelled() => {
+                    self.hand_back_abandoned_claim(worker_id).await;
+                    break;
+                }
                 answer = self.client.request_task(worker_id, self.config.poll_wait) => answer,
             };
             match answer {
@@ -184,6 +187,38 @@ impl Agent {
         }
         tracing::info!(summary = ?self.summary, "agent stopped");
         Ok(self.summary)
+    }
+
+    /// A long poll dropped at stop goes on at the broker, which cannot see
+    /// that the connection is gone (actix-web runs the handler to its end),
+    /// and may still hand this worker a task nobody will render. Drain the
+    /// worker so the poll takes nothing more, then ask once without waiting:
+    /// a worker holding a task is answered with it, and it goes straight back.
+    async fn hand_back_abandoned_claim(&mut self, worker_id: Uuid) {
+        if let Err(e) = self
+            .client
+            .change_worker(worker_id, WorkerAction::Drain)
+            .await
+        {
+            tracing::warn!(error = %e, "could not tell the broker this worker stops; a task it hands out now waits for the worker timeout");
+            return;
+        }
+        match self.client.request_task(worker_id, Duration::ZERO).await {
+            Ok(None) => {}
+            Ok(Some(assignment)) => {
+                tracing::info!(task_id = %assignment.task_id, "handing back a task given to the abandoned request");
+                self.summary.released += 1;
+                self.deliver(FinalReport::Release {
+                    task_id: assignment.task_id,
+                    body: ReleaseReport {
+                        lease_id: assignment.lease_id,
+                        log: Some("the worker agent stopped before it started this task\n".into()),
+                    },
+                })
+                .await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not check for a task handed out at stop"),
+        }
     }
 
     /// Sleeps, unless told to stop.

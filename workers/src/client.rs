@@ -7,7 +7,7 @@ use std::time::Duration;
 use renderfarm_wire::{
     Assignment, CompleteReport, ErrorBody, FailReport, Heartbeat, HeartbeatReply, Page,
     ProgressReport, ReleaseReport, Render, RenderSpec, RenderStatus, Task, TaskDetail, Worker,
-    WorkerSpec,
+    WorkerAction, WorkerSpec, WorkerStatusChange,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -81,6 +81,23 @@ impl BrokerClient {
     ) -> Result<Option<Assignment>, ClientError> {
         let path = format!("/workers/{worker}/request-task?wait={}", wait.as_secs_f64());
         self.post(path, &(), wait + REQUEST_TIMEOUT).await
+    }
+
+    /// `PUT /workers/{id}/status`: drain, disable or enable a worker.
+    pub async fn change_worker(
+        &self,
+        worker: Uuid,
+        action: WorkerAction,
+    ) -> Result<Worker, ClientError> {
+        let path = format!("/workers/{worker}/status");
+        let request = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .json(&WorkerStatusChange { action });
+        self.answer(&path, request)
+            .await?
+            .ok_or_else(|| self.unexpected_empty(&path))
     }
 
     pub async fn heartbeat(
