@@ -102,3 +102,142 @@ fn bad_arguments_and_a_missing_broker_get_clear_errors() {
     assert!(!ok);
     assert!(err.contains("no render with id"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_change_and_read_logs_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
+    let b = broker.address.clone();
+    let submit = |name: &str, priority: &str| {
+        let (ok, out, err) = renderfarm(&[
+            "submit",
+            &format!("/p/{name}.blend"),
+            "--frames",
+            "1-4",
+            "--chunk",
+            "2",
+            "--priority",
+            priority,
+            "--broker",
+            &b,
+        ]);
+        assert!(ok, "{err}");
+        out.split_whitespace().nth(2).expect("an id").to_string()
+    };
+    let a = submit("alpha", "normal");
+    let c = submit("gamma", "low");
+
+    let (ok, out, err) = renderfarm(&["renders", "--broker", &b]);
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[0].starts_with(&c) && rows[0].contains("queued"),
+        "newest first: {out}"
+    );
+    assert!(rows[1].starts_with(&a) && rows[1].contains("0/4"), "{out}");
+    let (ok, out, _) = renderfarm(&["renders", "--status", "paused", "--broker", &b]);
+    assert!(ok);
+    assert!(out.contains("no renders match"), "{out}");
+    let (ok, _, err) = renderfarm(&["renders", "--status", "stuck", "--broker", &b]);
+    assert!(!ok);
+    assert!(err.contains("not a render status"), "{err}");
+
+    let (ok, out, err) = renderfarm(&["pause", &a, "--broker", &b]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("render {a} \"alpha\" is now paused")),
+        "{out}"
+    );
+    let (ok, out, _) = renderfarm(&["renders", "--status", "paused", "--broker", &b]);
+    assert!(ok);
+    assert!(out.contains(&a) && !out.contains(&c), "{out}");
+    let (ok, out, err) = renderfarm(&["resume", &a, "--broker", &b]);
+    assert!(ok, "{err}");
+    assert!(out.contains("is now queued"), "{out}");
+    let (ok, _, err) = renderfarm(&["resume", &a, "--broker", &b]);
+    assert!(!ok, "resuming a queued render is refused");
+    assert!(
+        err.contains("resume"),
+        "the broker's reason is shown: {err}"
+    );
+    let (ok, out, _) = renderfarm(&["cancel", &c, "--broker", &b]);
+    assert!(ok && out.contains("is now canceled"), "{out}");
+    let (ok, out, _) = renderfarm(&["requeue", &c, "--broker", &b]);
+    assert!(ok && out.contains("is now queued"), "{out}");
+
+    let client = reqwest::Client::new();
+    let worker = common::send_json(
+        &client,
+        reqwest::Method::POST,
+        format!("{b}/workers"),
+        &serde_json::json!({"name": "node-1"}),
+    )
+    .await;
+    let w = worker["id"].as_str().unwrap().to_string();
+    for (command, status) in [
+        ("drain", "draining"),
+        ("enable", "idle"),
+        ("disable", "disabled"),
+        ("enable", "idle"),
+    ] {
+        let (ok, out, err) = renderfarm(&[command, &w, "--broker", &b]);
+        assert!(ok, "{command}: {err}");
+        assert!(
+            out.contains(&format!("worker {w} \"node-1\" is now {status}")),
+            "{command}: {out}"
+        );
+    }
+
+    let task = common::send_json(
+        &client,
+        reqwest::Method::POST,
+        format!("{b}/workers/{w}/request-task"),
+        &serde_json::json!({}),
+    )
+    .await;
+    let (task_id, lease) = (
+        task["task_id"].as_str().unwrap().to_string(),
+        task["lease_id"].clone(),
+    );
+    common::send_json(
+        &client,
+        reqwest::Method::POST,
+        format!("{b}/tasks/{task_id}/progress"),
+        &serde_json::json!({"lease_id": lease, "frames_done": 1, "log": "Fra:1 rendering\n"}),
+    )
+    .await;
+    let (ok, out, err) = renderfarm(&["log", &task_id, "--broker", &b]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "Fra:1 rendering\n");
+
+    // Following: what is added arrives, and the command ends with the task.
+    let follow = {
+        let (task_id, b) = (task_id.clone(), b.clone());
+        tokio::task::spawn_blocking(move || {
+            renderfarm(&[
+                "log",
+                &task_id,
+                "--follow",
+                "--interval",
+                "100ms",
+                "--broker",
+                &b,
+            ])
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    common::send_json(
+        &client,
+        reqwest::Method::POST,
+        format!("{b}/tasks/{task_id}/complete"),
+        &serde_json::json!({"lease_id": lease, "log": "Saved: frame_0001.png\n"}),
+    )
+    .await;
+    let (ok, out, err) = tokio::time::timeout(std::time::Duration::from_secs(10), follow)
+        .await
+        .expect("--follow ends once the task completed")
+        .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out, "Fra:1 rendering\nSaved: frame_0001.png\n");
+}

@@ -1,8 +1,9 @@
-//! The `renderfarm` command: `serve` runs the broker; `submit`, `status`,
-//! `watch` and `workers` are thin HTTP clients of a running broker; `openapi` prints the
-//! API's spec.
+//! The `renderfarm` command: `serve` runs the broker and `up` a whole farm;
+//! `openapi` prints the API's spec; the others are thin HTTP clients of a
+//! running broker.
 
 mod client;
+mod operator;
 mod up;
 mod watch;
 
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use renderfarm_wire::{Priority, RenderSpec};
+use renderfarm_wire::{Priority, RenderAction, RenderSpec, WorkerAction};
 
 use crate::startup::{Application, Settings, StoreChoice};
 
@@ -32,8 +33,26 @@ enum Command {
     Status(StatusArgs),
     /// Follow renders live until they finish (exit 0 only if all completed).
     Watch(watch::WatchArgs),
+    /// List renders, newest first.
+    Renders(operator::RendersArgs),
+    /// Pause a render: its running chunks finish, no new ones start.
+    Pause(operator::TargetArgs),
+    /// Resume a paused render.
+    Resume(operator::TargetArgs),
+    /// Cancel a render: its chunks stop and none start again.
+    Cancel(operator::TargetArgs),
+    /// Render a finished render again: the chunks that did not complete, or all if all did.
+    Requeue(operator::TargetArgs),
+    /// Print a task's log (`--follow` to keep printing until it ends).
+    Log(operator::LogArgs),
     /// List the workers the broker knows.
     Workers(BrokerArgs),
+    /// Let a worker finish its task, then give it no more.
+    Drain(operator::TargetArgs),
+    /// Give a worker no work (its task goes back to the queue).
+    Disable(operator::TargetArgs),
+    /// Let a drained or disabled worker take work again.
+    Enable(operator::TargetArgs),
     /// A whole farm in one command: the broker and local worker agents.
     Up(up::UpArgs),
     /// Bring the store's schema up to date (`serve` does it at start too).
@@ -254,7 +273,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => submit(args).await,
         Command::Status(args) => status(args).await,
         Command::Watch(args) => watch::watch(args).await,
+        Command::Renders(args) => operator::renders(args).await,
+        Command::Pause(args) => operator::change_render(args, RenderAction::Pause).await,
+        Command::Resume(args) => operator::change_render(args, RenderAction::Resume).await,
+        Command::Cancel(args) => operator::change_render(args, RenderAction::Cancel).await,
+        Command::Requeue(args) => operator::change_render(args, RenderAction::Requeue).await,
+        Command::Log(args) => operator::log(args).await,
         Command::Workers(args) => workers(args).await,
+        Command::Drain(args) => operator::change_worker(args, WorkerAction::Drain).await,
+        Command::Disable(args) => operator::change_worker(args, WorkerAction::Disable).await,
+        Command::Enable(args) => operator::change_worker(args, WorkerAction::Enable).await,
         Command::Up(args) => up::up(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Openapi => {

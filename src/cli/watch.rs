@@ -126,7 +126,7 @@ async fn look(
                 RenderStatus::Queued,
                 RenderStatus::Paused,
             ] {
-                for render in client.renders(status, LIST_LIMIT).await?.items {
+                for render in client.renders(Some(status), None, LIST_LIMIT).await?.items {
                     seen.insert(render.id);
                     upsert(renders, render);
                 }

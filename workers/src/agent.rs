@@ -197,7 +197,7 @@ impl Agent {
     async fn hand_back_abandoned_claim(&mut self, worker_id: Uuid) {
         if let Err(e) = self
             .client
-            .change_worker(worker_id, WorkerAction::Drain)
+            .change_worker(&worker_id.to_string(), WorkerAction::Drain)
             .await
         {
             tracing::warn!(error = %e, "could not tell the broker this worker stops; a task it hands out now waits for the worker timeout");

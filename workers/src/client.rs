@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use renderfarm_wire::{
-    Assignment, CompleteReport, ErrorBody, FailReport, Heartbeat, HeartbeatReply, Page,
-    ProgressReport, ReleaseReport, Render, RenderSpec, RenderStatus, Task, TaskDetail, Worker,
-    WorkerAction, WorkerSpec, WorkerStatusChange,
+    Assignment, CompleteReport, ErrorBody, FailReport, Heartbeat, HeartbeatReply, Page, Priority,
+    ProgressReport, ReleaseReport, Render, RenderAction, RenderSpec, RenderStatus,
+    RenderStatusChange, Task, TaskDetail, Worker, WorkerAction, WorkerSpec, WorkerStatusChange,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -86,18 +86,14 @@ impl BrokerClient {
     /// `PUT /workers/{id}/status`: drain, disable or enable a worker.
     pub async fn change_worker(
         &self,
-        worker: Uuid,
+        worker: &str,
         action: WorkerAction,
     ) -> Result<Worker, ClientError> {
-        let path = format!("/workers/{worker}/status");
-        let request = self
-            .http
-            .put(format!("{}{path}", self.base))
-            .timeout(REQUEST_TIMEOUT)
-            .json(&WorkerStatusChange { action });
-        self.answer(&path, request)
-            .await?
-            .ok_or_else(|| self.unexpected_empty(&path))
+        self.put(
+            format!("/workers/{worker}/status"),
+            &WorkerStatusChange { action },
+        )
+        .await
     }
 
     pub async fn heartbeat(
@@ -151,17 +147,56 @@ impl BrokerClient {
         self.get(&format!("/renders/{id}")).await
     }
 
-    /// `GET /renders?status=S&limit=N`: the newest `limit` renders in `status`.
+    /// `GET /renders`: the newest `limit` renders, filtered by status and priority.
     pub async fn renders(
         &self,
-        status: RenderStatus,
+        status: Option<RenderStatus>,
+        priority: Option<Priority>,
         limit: i64,
     ) -> Result<Page<Render>, ClientError> {
-        self.get(&format!(
-            "/renders?status={}&limit={limit}",
-            status.as_str()
-        ))
+        let mut path = format!("/renders?limit={limit}");
+        if let Some(status) = status {
+            path.push_str(&format!("&status={}", status.as_str()));
+        }
+        if let Some(priority) = priority {
+            path.push_str(&format!("&priority={}", priority.as_str()));
+        }
+        self.get(&path).await
+    }
+
+    /// `PUT /renders/{id}/status`: pause, resume, cancel or requeue a render.
+    pub async fn change_render(
+        &self,
+        id: &str,
+        action: RenderAction,
+    ) -> Result<Render, ClientError> {
+        self.put(
+            format!("/renders/{id}/status"),
+            &RenderStatusChange { action },
+        )
         .await
+    }
+
+    /// `GET /tasks/{id}/log`: the task's log so far.
+    pub async fn task_log(&self, id: &str) -> Result<String, ClientError> {
+        let path = format!("/tasks/{id}/log");
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(self.error(status, text))
+        }
     }
 
     /// `GET /tasks/{id}`.
@@ -207,6 +242,22 @@ impl BrokerClient {
         self.answer(&path, request).await
     }
 
+    /// PUTs `body` as JSON; the answer's body.
+    async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: String,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let request = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .json(body);
+        self.answer(&path, request)
+            .await?
+            .ok_or_else(|| self.unexpected_empty(&path))
+    }
+
     /// Sends `request`; `None` for a 204, else the body, or the error sorted
     /// by what the caller should do.
     async fn answer<T: DeserializeOwned>(
@@ -231,10 +282,15 @@ impl BrokerClient {
                 ClientError::Rejected(status, format!("the answer to {path} is not what this client expects ({e}); are the broker and this program the same version?"))
             });
         }
+        Err(self.error(status, text))
+    }
+
+    /// The error for a failed answer with body `text`, sorted by what to do.
+    fn error(&self, status: StatusCode, text: String) -> ClientError {
         let message = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| b.message)
             .unwrap_or(text);
-        Err(match status {
+        match status {
             StatusCode::CONFLICT => ClientError::Conflict(message),
             StatusCode::NOT_FOUND => ClientError::NotFound(message),
             s if s.is_server_error()
@@ -244,6 +300,6 @@ impl BrokerClient {
                 ClientError::Unreachable(self.base.clone(), format!("{s}: {message}"))
             }
             s => ClientError::Rejected(s, message),
-        })
+        }
     }
 }

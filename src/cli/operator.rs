@@ -1,0 +1,181 @@
+//! Operator commands of the command line: list renders, change a render or a
+//! worker, read (or follow) a task's log. Each is one or two calls to the
+//! broker's HTTP API.
+
+use std::time::Duration;
+
+use clap::Args;
+use renderfarm_wire::{Priority, RenderAction, RenderStatus, TaskStatus, WorkerAction};
+
+use super::client::{connect, explain};
+use super::BrokerArgs;
+
+#[derive(Debug, Args)]
+pub struct RendersArgs {
+    /// Only renders in this status (queued, rendering, paused, completed, failed, canceled).
+    #[arg(long, value_parser = parse_render_status)]
+    status: Option<RenderStatus>,
+    /// Only renders of this priority.
+    #[arg(long, value_parser = super::parse_priority)]
+    priority: Option<Priority>,
+    /// How many to show, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
+    limit: i64,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+/// One id and the broker, for the commands that change one thing.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The id, as listed by `renders` or `workers`.
+    id: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// The task's id (from `GET /renders/{id}/tasks`, or a worker's current task).
+    task: String,
+    /// Keep printing what is added until the task has finished.
+    #[arg(long, short)]
+    follow: bool,
+    /// Time between two looks when following.
+    #[arg(long, default_value = "1s", value_parser = super::parse_positive_duration)]
+    interval: Duration,
+    #[arg(
+        long,
+        env = "RENDERFARM_BROKER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    broker: String,
+}
+
+fn parse_render_status(s: &str) -> Result<RenderStatus, String> {
+    RenderStatus::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a render status; use queued, rendering, paused, completed, failed or canceled")
+    })
+}
+
+pub async fn renders(args: RendersArgs) -> anyhow::Result<()> {
+    let base = &args.broker.broker;
+    let page = connect(base)?
+        .renders(args.status, args.priority, args.limit)
+        .await
+        .map_err(explain(base))?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(());
+    }
+    if page.items.is_empty() {
+        println!("no renders match; submit one with: renderfarm submit FILE.blend --frames 1-250");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  submitted",
+        "id", "name", "status", "prio", "frames done"
+    );
+    for r in &page.items {
+        println!(
+            "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  {}",
+            r.id,
+            r.name,
+            r.status.as_str(),
+            r.priority.as_str(),
+            format!("{}/{}", r.progress.frames_done, r.progress.frames_total),
+            r.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    if page.total > page.items.len() as i64 {
+        println!(
+            "({} of {} shown; --limit shows more)",
+            page.items.len(),
+            page.total
+        );
+    }
+    Ok(())
+}
+
+pub async fn change_render(args: TargetArgs, action: RenderAction) -> anyhow::Result<()> {
+    let base = &args.broker.broker;
+    let render = connect(base)?
+        .change_render(&args.id, action)
+        .await
+        .map_err(explain(base))?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&render)?);
+    } else {
+        println!(
+            "render {} \"{}\" is now {}",
+            render.id,
+            render.name,
+            render.status.as_str()
+        );
+    }
+    Ok(())
+}
+
+pub async fn change_worker(args: TargetArgs, action: WorkerAction) -> anyhow::Result<()> {
+    let base = &args.broker.broker;
+    let worker = connect(base)?
+        .change_worker(&args.id, action)
+        .await
+        .map_err(explain(base))?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&worker)?);
+    } else {
+        println!(
+            "worker {} \"{}\" is now {}",
+            worker.id,
+            worker.name,
+            worker.status.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// Prints the log; with `--follow`, what is added too, until the task has
+/// completed, failed or been canceled.
+pub async fn log(args: LogArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let base = &args.broker;
+    let client = connect(base)?;
+    let mut shown = 0;
+    loop {
+        // The status first: a log read after it holds everything written
+        // before the task finished.
+        let status = if args.follow {
+            Some(
+                client
+                    .task(&args.task)
+                    .await
+                    .map_err(explain(base))?
+                    .task
+                    .status,
+            )
+        } else {
+            None
+        };
+        let log = client.task_log(&args.task).await.map_err(explain(base))?;
+        // Logs only grow; a shorter one means the broker lost its data.
+        let new = log.get(shown..).unwrap_or(&log);
+        let mut out = std::io::stdout().lock();
+        out.write_all(new.as_bytes())?;
+        out.flush()?;
+        shown = log.len();
+        match status {
+            None => return Ok(()),
+            Some(TaskStatus::Completed | TaskStatus::Canceled) => return Ok(()),
+            Some(TaskStatus::Failed) => {
+                anyhow::bail!(
+                    "task {} failed (the scheduler retries it while retries are left)",
+                    args.task
+                )
+            }
+            Some(TaskStatus::Pending | TaskStatus::Running) => {}
+        }
+        tokio::time::sleep(args.interval).await;
+    }
+}
