@@ -43,7 +43,9 @@ pub(super) async fn get(
     Ok(HttpResponse::Ok().json(TaskDetail { task, history }))
 }
 
-/// A task's log: what its workers reported, in order, as plain text.
+/// A task's log: what its workers reported, in order, as plain text. A task
+/// keeps its first chunk and its newest ones, 4 MiB in all; a line where
+/// older chunks were dropped says how many bytes went.
 #[utoipa::path(
     get,
     path = "/tasks/{id}/log",

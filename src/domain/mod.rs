@@ -4,12 +4,14 @@
 //! themselves.
 
 mod frames;
+mod log;
 mod render;
 mod scheduling;
 mod task;
 mod worker;
 
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
+pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
 pub use render::{
     progress_after, render_transition, roll_up, tasks_affected, NewRender, RenderCommand,
     ValidRenderSpec,

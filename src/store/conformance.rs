@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
             operator_commands_change_renders_and_their_tasks,
             listings_filter_and_paginate,
             task_logs_accumulate_in_order,
+            a_task_log_keeps_its_first_and_newest_output_within_its_bound,
             unknown_ids_are_not_found,
             concurrent_claimers_get_every_task_exactly_once,
             lost_workers_go_offline_and_their_tasks_are_requeued_without_a_failure,
@@ -937,6 +938,77 @@ pub async fn task_logs_accumulate_in_order(store: &dyn Store) {
         store.task_log(a.task_id).await.unwrap(),
         "Fra:1 Mem:10M | Rendering\nSaved: '/tmp/0001.png'\nBlender quit\n"
     );
+}
+
+pub async fn a_task_log_keeps_its_first_and_newest_output_within_its_bound(store: &dyn Store) {
+    use crate::domain::{TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
+    store
+        .create_render(plan("r", 1, 1, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let w = worker(store, "w", &[]).await;
+    let a = claim(store, w).await.unwrap();
+    // Chunks of 256 KiB, each line naming its chunk: twice the bound in all.
+    let chunk = |i: usize| {
+        let line = format!("chunk {i:03} Fra:1 | Sample 7/128\n");
+        line.repeat(256 * 1024 / line.len())
+    };
+    let chunks = (2 * TASK_LOG_LIMIT as usize) / chunk(0).len();
+    for i in 0..chunks {
+        store
+            .report_task(
+                a.task_id,
+                a.lease_id,
+                TaskReport::Progress { frames_done: 0 },
+                Some(chunk(i)),
+                t0(),
+            )
+            .await
+            .unwrap();
+    }
+    let log = store.task_log(a.task_id).await.unwrap();
+    assert!(
+        log.len() as i64 <= TASK_LOG_LIMIT + 1024,
+        "the log is kept within its bound: {} bytes",
+        log.len()
+    );
+    assert!(
+        log.len() as i64 >= TASK_LOG_TRIMMED - chunk(0).len() as i64,
+        "only what the bound asks is dropped: {} bytes kept",
+        log.len()
+    );
+    assert!(log.starts_with(&chunk(0)), "the first chunk stays");
+    assert!(log.ends_with(&chunk(chunks - 1)), "the newest chunk stays");
+    let marker = log
+        .lines()
+        .find(|l| l.starts_with("[renderfarm: "))
+        .expect("a line says where chunks were dropped");
+    let dropped: usize = marker
+        .trim_start_matches("[renderfarm: ")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("the marker counts the bytes dropped");
+    // The marker is a line of its own, with a newline before it.
+    let kept = log.len() - (marker.len() + 2);
+    assert_eq!(
+        dropped + kept,
+        chunks * chunk(0).len(),
+        "kept and dropped add up to what was sent"
+    );
+    // The kept chunks are whole and in order: the first, then the newest run.
+    let mut names: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("chunk "))
+        .map(|l| &l[6..9])
+        .collect();
+    names.dedup();
+    let resumed: usize = names[1].parse().unwrap();
+    let expected: Vec<String> = std::iter::once(0)
+        .chain(resumed..chunks)
+        .map(|i| format!("{i:03}"))
+        .collect();
+    assert_eq!(names, expected);
 }
 
 pub async fn unknown_ids_are_not_found(store: &dyn Store) {

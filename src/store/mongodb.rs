@@ -51,9 +51,10 @@ use super::{
     StoreError, StoreResult, TaskReport,
 };
 use crate::domain::{
-    claim_permission, heartbeat_action, render_transition, roll_up, task_transition,
-    tasks_affected, worker_status, worker_transition, Allowances, ClaimPermission, LeaseView,
-    NewRender, OverdueWork, RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec, WorkerMode,
+    claim_permission, heartbeat_action, join_log, log_chunks_to_drop, render_transition, roll_up,
+    task_transition, tasks_affected, worker_status, worker_transition, Allowances, ClaimPermission,
+    LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec,
+    WorkerMode, TASK_LOG_LIMIT,
 };
 use queries::*;
 
@@ -338,6 +339,11 @@ struct TaskDoc {
     queued_at: bson::DateTime,
     /// How many log chunks were appended: the next chunk's sequence number.
     log_chunks: i64,
+    /// Bytes of log kept, and bytes dropped to keep the log within its bound.
+    #[serde(default)]
+    log_bytes: i64,
+    #[serde(default)]
+    log_dropped: i64,
     /// How many history entries it has: the next entry's sequence number.
     history_seq: i64,
 }
@@ -366,6 +372,8 @@ impl TaskDoc {
             finished_at: None,
             queued_at: render.created_at,
             log_chunks: 0,
+            log_bytes: 0,
+            log_dropped: 0,
             history_seq: 0,
         }
     }
@@ -453,6 +461,18 @@ struct LogDoc {
     task_id: String,
     seq: i64,
     text: String,
+    /// The text's length in bytes, so trimming need not read the text.
+    /// Chunks written before the bound existed count as 0.
+    #[serde(default)]
+    bytes: i64,
+}
+
+/// A log chunk's place and size, for trimming.
+#[derive(Debug, Deserialize)]
+struct LogSize {
+    seq: i64,
+    #[serde(default)]
+    bytes: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1000,13 +1020,16 @@ impl MongoStore {
         task: &str,
         lease: &str,
         why: (HistoryEvent, &str),
-        has_log: bool,
+        log_bytes: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<TaskDoc>> {
         let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
         let before = self
             .tasks()?
-            .find_one_and_update(lease_filter(task, lease), requeue_update(to, now, has_log))
+            .find_one_and_update(
+                lease_filter(task, lease),
+                requeue_update(to, now, log_bytes),
+            )
             .return_document(ReturnDocument::Before)
             .await?;
         if let Some(before) = &before {
@@ -1040,7 +1063,7 @@ impl MongoStore {
         task: &TaskDoc,
         lease: &str,
         frames_done: i64,
-        has_log: bool,
+        log_bytes: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<TaskDoc>> {
         if !(0..=task.frames()).contains(&frames_done) {
@@ -1054,7 +1077,7 @@ impl MongoStore {
             .tasks()?
             .find_one_and_update(
                 lease_filter(&task.id, lease),
-                progress_update(frames_done, has_log),
+                progress_update(frames_done, log_bytes),
             )
             .return_document(ReturnDocument::Before)
             .await?;
@@ -1073,6 +1096,39 @@ impl MongoStore {
             }
         }
         Ok(before)
+    }
+
+    /// Drops the oldest chunks between a task's first and newest once its
+    /// log outgrew its bound (see `domain::log_chunks_to_drop`). Reports
+    /// under one lease come one at a time, so no two trims of a task race.
+    async fn trim_log(&self, task: &str, total: i64) -> StoreResult<()> {
+        let chunks: Vec<LogSize> = self
+            .logs()?
+            .clone_with_type::<LogSize>()
+            .find(doc! { "task_id": task })
+            .projection(doc! { "_id": 0, "seq": 1, "bytes": 1 })
+            .sort(doc! { "seq": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let Some(droppable) = chunks.get(1..chunks.len().saturating_sub(1)) else {
+            return Ok(());
+        };
+        let sizes: Vec<i64> = droppable.iter().map(|c| c.bytes).collect();
+        let (count, dropped) = log_chunks_to_drop(total, &sizes);
+        if count == 0 {
+            return Ok(());
+        }
+        self.logs()?
+            .delete_many(doc! {
+                "task_id": task,
+                "seq": { "$gt": chunks[0].seq, "$lte": droppable[count - 1].seq },
+            })
+            .await?;
+        self.tasks()?
+            .update_one(doc! { "_id": task }, log_trimmed_update(dropped))
+            .await?;
+        Ok(())
     }
 
     async fn ensure_task_exists(&self, id: &str) -> StoreResult<()> {
@@ -1217,7 +1273,7 @@ impl MongoStore {
                     HistoryEvent::Requeued,
                     "claimed twice at once; its worker keeps its other task",
                 ),
-                false,
+                None,
                 now,
             )
             .await?;
@@ -1422,17 +1478,18 @@ impl Store for MongoStore {
 
     async fn task_log(&self, id: Uuid) -> StoreResult<String> {
         let id = id.to_string();
-        self.ensure_task_exists(&id).await?;
-        let mut chunks = self
+        let task = self.load_task(&id).await?;
+        let chunks: Vec<LogDoc> = self
             .logs()?
             .find(doc! { "task_id": &id })
             .sort(doc! { "seq": 1 })
+            .await?
+            .try_collect()
             .await?;
-        let mut log = String::new();
-        while let Some(chunk) = chunks.try_next().await? {
-            log.push_str(&chunk.text);
-        }
-        Ok(log)
+        Ok(join_log(
+            chunks.into_iter().map(|c| c.text),
+            task.log_dropped,
+        ))
     }
 
     async fn register_worker(
@@ -1532,7 +1589,7 @@ impl Store for MongoStore {
                             &task.id,
                             &lease,
                             (HistoryEvent::Requeued, "its worker was disabled"),
-                            false,
+                            None,
                             now,
                         )
                         .await?
@@ -1577,7 +1634,7 @@ impl Store for MongoStore {
             (action, &task, beat.frames_done)
         {
             if self
-                .record_progress(task, &lease_id, frames, false, now)
+                .record_progress(task, &lease_id, frames, None, now)
                 .await?
                 .is_none()
             {
@@ -1663,11 +1720,11 @@ impl Store for MongoStore {
             return Err(StoreError::stale_lease(task_id));
         }
         let log = log.filter(|t| !t.is_empty());
-        let has_log = log.is_some();
+        let log_bytes = log.as_ref().map(|text| text.len() as i64);
         let tasks = self.tasks()?;
         let before = match &report {
             TaskReport::Progress { frames_done } => {
-                self.record_progress(&task, &lease, *frames_done, has_log, now)
+                self.record_progress(&task, &lease, *frames_done, log_bytes, now)
                     .await?
             }
             TaskReport::Release => {
@@ -1678,7 +1735,7 @@ impl Store for MongoStore {
                         HistoryEvent::Released,
                         "its worker stopped and handed it back",
                     ),
-                    has_log,
+                    log_bytes,
                     now,
                 )
                 .await?
@@ -1688,7 +1745,7 @@ impl Store for MongoStore {
                 let before = tasks
                     .find_one_and_update(
                         lease_filter(&id, &lease),
-                        complete_update(to, task.frames(), now, has_log),
+                        complete_update(to, task.frames(), now, log_bytes),
                     )
                     .return_document(ReturnDocument::Before)
                     .await?;
@@ -1719,7 +1776,7 @@ impl Store for MongoStore {
                 let before = tasks
                     .find_one_and_update(
                         lease_filter(&id, &lease),
-                        fail_update(to, *exit_code, reason, now, has_log),
+                        fail_update(to, *exit_code, reason, now, log_bytes),
                     )
                     .return_document(ReturnDocument::Before)
                     .await?;
@@ -1760,13 +1817,19 @@ impl Store for MongoStore {
             return Err(StoreError::stale_lease(task_id));
         };
         if let Some(text) = log {
+            let bytes = text.len() as i64;
             self.logs()?
                 .insert_one(LogDoc {
                     task_id: id.clone(),
                     seq: before.log_chunks,
                     text,
+                    bytes,
                 })
                 .await?;
+            let total = before.log_bytes + bytes;
+            if total > TASK_LOG_LIMIT {
+                self.trim_log(&id, total).await?;
+            }
         }
         self.load_task(&id).await?.to_task()
     }
@@ -1839,7 +1902,7 @@ impl Store for MongoStore {
                     &task.id,
                     lease,
                     (HistoryEvent::Requeued, &detail),
-                    false,
+                    None,
                     now,
                 )
                 .await?
@@ -2036,7 +2099,7 @@ impl Store for MongoStore {
             &id,
             &lease,
             (HistoryEvent::Preempted, "taken back for more urgent work"),
-            false,
+            None,
             now,
         )
         .await?

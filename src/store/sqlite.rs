@@ -33,10 +33,10 @@ use super::{
     StoreError, StoreResult, TaskReport,
 };
 use crate::domain::{
-    claim_permission, heartbeat_action, progress_after, render_transition, roll_up,
-    task_transition, tasks_affected, worker_status, worker_transition, Allowances, ClaimPermission,
-    LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec,
-    WorkerMode,
+    claim_permission, heartbeat_action, join_log, log_chunks_to_drop, progress_after,
+    render_transition, roll_up, task_transition, tasks_affected, worker_status, worker_transition,
+    Allowances, ClaimPermission, LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork,
+    TaskEvent, ValidWorkerSpec, WorkerMode, TASK_LOG_LIMIT,
 };
 
 /// The database file's name inside the data directory.
@@ -50,6 +50,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../migrations/sqlite/0001_initial.sql")),
         M::up(include_str!("../../migrations/sqlite/0002_scheduler.sql")),
+        M::up(include_str!("../../migrations/sqlite/0003_log_limit.sql")),
     ])
 }
 
@@ -702,11 +703,43 @@ fn record_progress(
     )
 }
 
+/// Appends a chunk to the task's log, then drops old chunks if the log
+/// outgrew its bound (see `domain::log_chunks_to_drop`).
 fn append_log(conn: &Connection, task_seq: i64, log: Option<&str>) -> StoreResult<()> {
-    if let Some(text) = log.filter(|t| !t.is_empty()) {
-        conn.prepare_cached("INSERT INTO task_logs (task_seq, text) VALUES (?1, ?2)")?
-            .execute(params![task_seq, text])?;
+    let Some(text) = log.filter(|t| !t.is_empty()) else {
+        return Ok(());
+    };
+    let bytes = text.len() as i64;
+    conn.prepare_cached("INSERT INTO task_logs (task_seq, text, bytes) VALUES (?1, ?2, ?3)")?
+        .execute(params![task_seq, text, bytes])?;
+    let total: i64 = conn
+        .prepare_cached(
+            "UPDATE tasks SET log_bytes = log_bytes + ?2 WHERE seq = ?1 RETURNING log_bytes",
+        )?
+        .query_row(params![task_seq, bytes], |row| row.get(0))?;
+    if total <= TASK_LOG_LIMIT {
+        return Ok(());
     }
+    let chunks = conn
+        .prepare_cached("SELECT seq, bytes FROM task_logs WHERE task_seq = ?1 ORDER BY seq")?
+        .query_map([task_seq], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(droppable) = chunks.get(1..chunks.len().saturating_sub(1)) else {
+        return Ok(());
+    };
+    let sizes: Vec<i64> = droppable.iter().map(|(_, bytes)| *bytes).collect();
+    let (count, dropped) = log_chunks_to_drop(total, &sizes);
+    if count == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached("DELETE FROM task_logs WHERE task_seq = ?1 AND seq > ?2 AND seq <= ?3")?
+        .execute(params![task_seq, chunks[0].0, droppable[count - 1].0])?;
+    conn.prepare_cached(
+        "UPDATE tasks SET log_bytes = log_bytes - ?2, log_dropped = log_dropped + ?2 WHERE seq = ?1",
+    )?
+    .execute(params![task_seq, dropped])?;
     Ok(())
 }
 
@@ -961,19 +994,17 @@ impl Store for SqliteStore {
 
     async fn task_log(&self, id: Uuid) -> StoreResult<String> {
         self.read(move |conn| {
-            let seq: i64 = conn
-                .prepare_cached("SELECT seq FROM tasks WHERE id = ?1")?
-                .query_row([id.to_string()], |row| row.get(0))
+            let (seq, dropped): (i64, i64) = conn
+                .prepare_cached("SELECT seq, log_dropped FROM tasks WHERE id = ?1")?
+                .query_row([id.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?
                 .ok_or_else(|| StoreError::not_found("task", id))?;
-            let mut log = String::new();
             let mut stmt =
                 conn.prepare_cached("SELECT text FROM task_logs WHERE task_seq = ?1 ORDER BY seq")?;
-            let mut rows = stmt.query([seq])?;
-            while let Some(row) = rows.next()? {
-                log.push_str(&row.get::<_, String>(0)?);
-            }
-            Ok(log)
+            let chunks = stmt
+                .query_map([seq], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(join_log(chunks, dropped))
         })
         .await
     }

@@ -63,13 +63,17 @@ fn with_history(update: Document) -> Document {
     add_inc(update, "history_seq")
 }
 
-/// A report that carries log text takes the next log sequence number.
-fn with_log_seq(update: Document, has_log: bool) -> Document {
-    if has_log {
-        add_inc(update, "log_chunks")
-    } else {
-        update
+/// A report that carries log text takes the next log sequence number and
+/// counts the text's bytes toward the task's log bound.
+fn with_log(update: Document, log_bytes: Option<i64>) -> Document {
+    let Some(bytes) = log_bytes else {
+        return update;
+    };
+    let mut update = add_inc(update, "log_chunks");
+    if let Ok(inc) = update.get_document_mut("$inc") {
+        inc.insert("log_bytes", bytes);
     }
+    update
 }
 
 /// Hands a task to `worker` under a new `lease`.
@@ -98,19 +102,24 @@ pub fn lease_filter(task: &str, lease: &str) -> Document {
 }
 
 /// A running task's progress (not a history event).
-pub fn progress_update(frames_done: i64, has_log: bool) -> Document {
-    with_log_seq(doc! { "$set": { "frames_done": frames_done } }, has_log)
+pub fn progress_update(frames_done: i64, log_bytes: Option<i64>) -> Document {
+    with_log(doc! { "$set": { "frames_done": frames_done } }, log_bytes)
 }
 
 /// Every frame of the task rendered.
-pub fn complete_update(to: TaskStatus, frames: i64, now: DateTime<Utc>, has_log: bool) -> Document {
-    with_log_seq(
+pub fn complete_update(
+    to: TaskStatus,
+    frames: i64,
+    now: DateTime<Utc>,
+    log_bytes: Option<i64>,
+) -> Document {
+    with_log(
         with_history(doc! { "$set": {
             "status": to.as_str(),
             "frames_done": frames,
             "finished_at": bson_time(now),
         } }),
-        has_log,
+        log_bytes,
     )
 }
 
@@ -120,9 +129,9 @@ pub fn fail_update(
     exit_code: Option<i64>,
     reason: &str,
     now: DateTime<Utc>,
-    has_log: bool,
+    log_bytes: Option<i64>,
 ) -> Document {
-    with_log_seq(
+    with_log(
         with_history(doc! { "$set": {
             "status": to.as_str(),
             "frames_done": 0_i64,
@@ -130,14 +139,14 @@ pub fn fail_update(
             "failure_reason": reason,
             "finished_at": bson_time(now),
         } }),
-        has_log,
+        log_bytes,
     )
 }
 
 /// The task goes back to the queue without counting as a failure: no worker,
 /// no lease, waiting from now.
-pub fn requeue_update(to: TaskStatus, now: DateTime<Utc>, has_log: bool) -> Document {
-    with_log_seq(
+pub fn requeue_update(to: TaskStatus, now: DateTime<Utc>, log_bytes: Option<i64>) -> Document {
+    with_log(
         with_history(doc! { "$set": {
             "status": to.as_str(),
             "worker_id": Bson::Null,
@@ -145,8 +154,13 @@ pub fn requeue_update(to: TaskStatus, now: DateTime<Utc>, has_log: bool) -> Docu
             "frames_done": 0_i64,
             "queued_at": bson_time(now),
         } }),
-        has_log,
+        log_bytes,
     )
+}
+
+/// `dropped` bytes of a task's log were trimmed away.
+pub fn log_trimmed_update(dropped: i64) -> Document {
+    doc! { "$inc": { "log_bytes": -dropped, "log_dropped": dropped } }
 }
 
 /// The failed task, only while it is still failed after `retries` retries:
@@ -588,16 +602,16 @@ mod tests {
     }
 
     #[test]
-    fn reports_with_log_text_take_a_log_sequence_number() {
+    fn reports_with_log_text_take_a_log_sequence_number_and_count_its_bytes() {
         assert_eq!(
-            progress_update(3, true),
-            doc! { "$set": { "frames_done": 3_i64 }, "$inc": { "log_chunks": 1_i64 } }
+            progress_update(3, Some(120)),
+            doc! { "$set": { "frames_done": 3_i64 }, "$inc": { "log_chunks": 1_i64, "log_bytes": 120_i64 } }
         );
         assert_eq!(
-            progress_update(3, false),
+            progress_update(3, None),
             doc! { "$set": { "frames_done": 3_i64 } }
         );
-        let fail = fail_update(TaskStatus::Failed, Some(1), "denoiser", t(0), false);
+        let fail = fail_update(TaskStatus::Failed, Some(1), "denoiser", t(0), None);
         assert_eq!(
             fail,
             doc! { "$set": {
@@ -608,13 +622,13 @@ mod tests {
                 "finished_at": bson::DateTime::from_millis(1_800_000_000_000),
             }, "$inc": { "history_seq": 1_i64 } }
         );
-        let no_code = fail_update(TaskStatus::Failed, None, "killed", t(0), true);
+        let no_code = fail_update(TaskStatus::Failed, None, "killed", t(0), Some(7));
         assert_eq!(
             no_code.get_document("$set").unwrap().get("exit_code"),
             Some(&Bson::Null)
         );
         assert_eq!(
-            requeue_update(TaskStatus::Pending, t(3), false),
+            requeue_update(TaskStatus::Pending, t(3), None),
             doc! { "$set": {
                 "status": "pending",
                 "worker_id": Bson::Null,
@@ -624,12 +638,12 @@ mod tests {
             }, "$inc": { "history_seq": 1_i64 } }
         );
         assert_eq!(
-            complete_update(TaskStatus::Completed, 5, t(9), true),
+            complete_update(TaskStatus::Completed, 5, t(9), Some(64)),
             doc! { "$set": {
                 "status": "completed",
                 "frames_done": 5_i64,
                 "finished_at": bson::DateTime::from_millis(1_800_000_009_000),
-            }, "$inc": { "history_seq": 1_i64, "log_chunks": 1_i64 } },
+            }, "$inc": { "history_seq": 1_i64, "log_chunks": 1_i64, "log_bytes": 64_i64 } },
             "a report with log text takes both sequence numbers"
         );
     }

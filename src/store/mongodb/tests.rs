@@ -200,6 +200,7 @@ fn every_document_written_passes_its_collection_validator() {
         task_id: tasks[0].id.clone(),
         seq: 0,
         text: "Fra:1\n".into(),
+        bytes: 6,
     };
     assert_valid("task_logs", &bson::to_document(&log).unwrap());
     for (worker_id, detail) in [
@@ -239,16 +240,17 @@ fn every_task_update_leaves_a_valid_task() {
     let steps: Vec<Document> = vec![
         runnable_sync("r", true, 0).1,
         claim_update(TaskStatus::Running, "w1", "l1", t(1)),
-        progress_update(2, true),
-        fail_update(TaskStatus::Failed, Some(1), "boom", t(2), true),
+        progress_update(2, Some(10)),
+        fail_update(TaskStatus::Failed, Some(1), "boom", t(2), Some(20)),
         retry_update(TaskStatus::Pending, t(3)),
         claim_update(TaskStatus::Running, "w2", "l2", t(4)),
-        fail_update(TaskStatus::Failed, None, "killed", t(5), false),
+        fail_update(TaskStatus::Failed, None, "killed", t(5), None),
         retry_update(TaskStatus::Pending, t(6)),
         claim_update(TaskStatus::Running, "w1", "l3", t(7)),
-        requeue_update(TaskStatus::Pending, t(8), true),
+        requeue_update(TaskStatus::Pending, t(8), Some(5)),
         claim_update(TaskStatus::Running, "w1", "l4", t(9)),
-        complete_update(TaskStatus::Completed, 4, t(10), true),
+        complete_update(TaskStatus::Completed, 4, t(10), Some(7)),
+        log_trimmed_update(12),
         bulk_update(TaskStatus::Pending, t(11)),
         runnable_sync("r", false, 3).1,
         bulk_update(TaskStatus::Canceled, t(12)),
@@ -265,6 +267,11 @@ fn every_task_update_leaves_a_valid_task() {
         (decoded.retries, decoded.log_chunks, decoded.history_seq),
         (0, 4, 10),
         "reset clears retries; every report with log and every history event counted"
+    );
+    assert_eq!(
+        (decoded.log_bytes, decoded.log_dropped),
+        (30, 12),
+        "log bytes counted as sent, less what trimming dropped"
     );
 }
 
