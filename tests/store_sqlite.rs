@@ -47,3 +47,43 @@ async fn reopening_the_store_keeps_what_was_committed_and_migrates_once() {
         created.created_at.timestamp_micros()
     );
 }
+
+#[tokio::test]
+async fn a_render_whose_pending_count_drifted_does_not_hide_the_next_render() {
+    use renderfarm::store::conformance::{plan, worker};
+    use renderfarm::wire::Priority;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let now = chrono::Utc::now();
+    let high = store
+        .create_render(plan("high", 1, 1, 1, Priority::High, now))
+        .await
+        .unwrap();
+    let normal = store
+        .create_render(plan("normal", 1, 1, 1, Priority::Normal, now))
+        .await
+        .unwrap();
+    // The claim picks a render by its pending counter: make the high render's
+    // say 1 while its only task is running elsewhere (a drift the
+    // scheduler's roll-up would repair at its next tick).
+    let other = worker(&store, "other", &[]).await;
+    let first = store.claim_next_task(other, now).await.unwrap().unwrap();
+    assert_eq!(first.render_id, high.id);
+    rusqlite::Connection::open(dir.path().join(renderfarm::store::sqlite::DB_FILE))
+        .unwrap()
+        .execute(
+            "UPDATE renders SET tasks_pending = 1 WHERE id = ?1",
+            [high.id.to_string()],
+        )
+        .unwrap();
+    let w = worker(&store, "w", &[]).await;
+    let next = store
+        .claim_next_task(w, now)
+        .await
+        .unwrap()
+        .expect("a task");
+    assert_eq!(
+        next.render_id, normal.id,
+        "the next render's chunk is found past the drifted one"
+    );
+}

@@ -108,7 +108,8 @@ fn plan_with(
     )
 }
 
-async fn worker(store: &dyn Store, name: &str, tags: &[&str]) -> Uuid {
+/// Registers a worker named `name` with `tags`; its id.
+pub async fn worker(store: &dyn Store, name: &str, tags: &[&str]) -> Uuid {
     let spec = validate_worker_spec(WorkerSpec {
         name: name.into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),

@@ -743,6 +743,61 @@ fn append_log(conn: &Connection, task_seq: i64, log: Option<&str>) -> StoreResul
     Ok(())
 }
 
+/// The task a worker with `worker_tags` (JSON) should take next, with its
+/// and its render's row numbers: the renders first (only the unfinished ones
+/// with pending work, by priority then age), then the chosen render's lowest
+/// pending chunk. Going through the renders means a paused or canceled
+/// render's pending chunks are never walked, however many there are.
+fn next_pending_task(
+    conn: &Connection,
+    worker_tags: &str,
+) -> StoreResult<Option<(i64, i64, Assignment)>> {
+    let mut renders = conn.prepare_cached(
+        "SELECT r.seq, r.priority, r.id, r.blend_file, r.output, r.engine FROM renders r \
+         WHERE r.status IN ('queued', 'rendering') AND r.tasks_pending > 0 \
+           AND (r.tags = '[]' OR NOT EXISTS ( \
+                 SELECT 1 FROM json_each(r.tags) need \
+                 WHERE need.value NOT IN (SELECT have.value FROM json_each(?1) have))) \
+         ORDER BY r.priority DESC, r.seq",
+    )?;
+    let mut rows = renders.query([worker_tags])?;
+    let mut first_chunk = conn.prepare_cached(
+        "SELECT seq, id, frame_start, frame_end FROM tasks \
+         WHERE status = 'pending' AND priority = ?1 AND render_seq = ?2 \
+         ORDER BY frame_start LIMIT 1",
+    )?;
+    // The first render has a pending chunk unless its counter drifted (the
+    // scheduler's roll-up recounts it); then the next render is tried.
+    while let Some(render) = rows.next()? {
+        let render_seq: i64 = render.get(0)?;
+        let priority: i64 = render.get(1)?;
+        let chunk = first_chunk
+            .query_row(params![priority, render_seq], |task| {
+                Ok((
+                    task.get::<_, i64>(0)?,
+                    get_uuid(task, 1)?,
+                    task.get(2)?,
+                    task.get(3)?,
+                ))
+            })
+            .optional()?;
+        if let Some((task_seq, task_id, frame_start, frame_end)) = chunk {
+            let assignment = Assignment {
+                task_id,
+                render_id: get_uuid(render, 2)?,
+                lease_id: Uuid::new_v4(),
+                blend_file: render.get(3)?,
+                frame_start,
+                frame_end,
+                output: render.get(4)?,
+                engine: render.get(5)?,
+            };
+            return Ok(Some((task_seq, render_seq, assignment)));
+        }
+    }
+    Ok(None)
+}
+
 /// Records a sign of life from the worker; returns its mode and its tags
 /// (JSON), which a claim needs next.
 fn mark_alive(
@@ -1139,31 +1194,7 @@ impl Store for SqliteStore {
             if claim_permission(mode)? == ClaimPermission::NoNewWork {
                 return Ok(None);
             }
-            let candidate = conn
-                .prepare_cached(
-                    "SELECT t.seq, t.render_seq, t.id, r.id, r.blend_file, t.frame_start, t.frame_end, \
-                       r.output, r.engine FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-                     WHERE t.status = 'pending' AND r.status IN ('queued', 'rendering') \
-                       AND (r.tags = '[]' OR NOT EXISTS ( \
-                             SELECT 1 FROM json_each(r.tags) need \
-                             WHERE need.value NOT IN (SELECT have.value FROM json_each(?1) have))) \
-                     ORDER BY t.status, t.priority DESC, t.render_seq, t.frame_start LIMIT 1",
-                )?
-                .query_row([worker_tags], |row| {
-                    let assignment = Assignment {
-                        task_id: get_uuid(row, 2)?,
-                        render_id: get_uuid(row, 3)?,
-                        lease_id: Uuid::new_v4(),
-                        blend_file: row.get(4)?,
-                        frame_start: row.get(5)?,
-                        frame_end: row.get(6)?,
-                        output: row.get(7)?,
-                        engine: row.get(8)?,
-                    };
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, assignment))
-                })
-                .optional()?;
-            let Some((task_seq, render_seq, assignment)) = candidate else {
+            let Some((task_seq, render_seq, assignment)) = next_pending_task(conn, &worker_tags)? else {
                 return Ok(None);
             };
             let to = task_transition(TaskStatus::Pending, TaskEvent::Claim)?;

@@ -223,11 +223,26 @@ pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
     .to_string())
 }
 
-pub async fn depth(queued: i64, claims: usize) -> anyhow::Result<String> {
+pub async fn depth(queued: i64, claims: usize, paused: i64) -> anyhow::Result<String> {
     let broker = Broker::start()?;
     let http = client(4)?;
     let address = broker.address.clone();
     let fill = Instant::now();
+    if paused > 0 {
+        let mut urgent = spec("paused-urgent", paused.min(1_000_000));
+        urgent.priority = Priority::Urgent;
+        let render = submit(&http, &address, &urgent).await?;
+        let response = http
+            .put(format!("{address}/renders/{}/status", render.id))
+            .json(&json!({"action": "pause"}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "pausing answered {}",
+            response.status()
+        );
+    }
     // Renders hold at most 1,000,000 frames; bigger queues take several.
     let mut left = queued;
     let mut n = 0;
@@ -240,7 +255,7 @@ pub async fn depth(queued: i64, claims: usize) -> anyhow::Result<String> {
     let fill_seconds = fill.elapsed().as_secs_f64();
     // A bulk insert leaves a large WAL that the checkpointer copies back over
     // the next seconds; measure the steady state after it, not the copy.
-    let settle = Duration::from_secs((queued / 100_000).clamp(0, 10) as u64);
+    let settle = Duration::from_secs(((queued + paused) / 100_000).clamp(0, 10) as u64);
     tokio::time::sleep(settle).await;
     let worker = register(&http, &address, "depth".into()).await?;
     const WARM_UP: i64 = 50;
@@ -263,6 +278,7 @@ pub async fn depth(queued: i64, claims: usize) -> anyhow::Result<String> {
     Ok(json!({
         "bench": "depth",
         "queued": queued,
+        "paused_ahead": paused.min(1_000_000),
         "claims": claims,
         "fill_seconds": (fill_seconds * 100.0).round() / 100.0,
         "settle_seconds": settle.as_secs(),

@@ -35,6 +35,10 @@ enum Command {
         /// Claims measured (each then completed).
         #[arg(long, default_value_t = 5_000)]
         claims: usize,
+        /// Chunks of a paused urgent render queued ahead of that work: what
+        /// an operator's pause of a big render leaves behind.
+        #[arg(long, default_value_t = 0)]
+        paused: i64,
     },
     /// With W idle workers long-polling: time from a submit answered to the
     /// first task received by a worker.
@@ -78,7 +82,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dispatch { workers, tasks } => load::dispatch(workers, tasks).await,
-            Command::Depth { queued, claims } => load::depth(queued, claims).await,
+            Command::Depth {
+                queued,
+                claims,
+                paused,
+            } => load::depth(queued, claims, paused).await,
             Command::Latency { workers, submits } => load::latency(workers, submits).await,
             Command::Farm {
                 workers,
