@@ -240,4 +240,22 @@ async fn operators_list_change_and_read_logs_from_the_command_line() {
         .unwrap();
     assert!(ok, "{err}");
     assert_eq!(out, "Fra:1 rendering\nSaved: frame_0001.png\n");
+
+    let (ok, out, err) = renderfarm(&["tasks", &a, "--broker", &b]);
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).take(2).collect();
+    assert!(
+        rows[0].starts_with(&task_id) && rows[0].contains("1-2") && rows[0].contains("completed"),
+        "{out}"
+    );
+    assert!(
+        rows[1].contains("3-4") && rows[1].contains("pending"),
+        "{out}"
+    );
+    let (ok, out, _) = renderfarm(&["tasks", &a, "--status", "pending", "--broker", &b]);
+    assert!(ok);
+    assert!(out.contains("3-4") && !out.contains(&task_id), "{out}");
+    let (ok, out, _) = renderfarm(&["tasks", &a, "--status", "failed", "--broker", &b]);
+    assert!(ok);
+    assert!(out.contains("no tasks match (0 in all"), "{out}");
 }

@@ -2,7 +2,9 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use renderfarm_wire::{Page, Priority, Render, RenderSpec, RenderStatus, RenderStatusChange, Task};
+use renderfarm_wire::{
+    Page, Priority, Render, RenderSpec, RenderStatus, RenderStatusChange, Task, TaskStatus,
+};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -158,13 +160,29 @@ pub(super) async fn get(
     Ok(render_response(HttpResponse::Ok(), &render))
 }
 
-/// A render's tasks, lowest frames first.
+/// `?status=&limit=&offset=`; any other parameter is refused.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TasksQuery {
+    /// Only tasks in this status, e.g. `failed`.
+    #[param(nullable = false)]
+    status: Option<TaskStatus>,
+    /// Tasks per page.
+    #[param(nullable = false, minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<i64>,
+    /// Tasks to skip.
+    #[param(nullable = false, minimum = 0, default = 0)]
+    offset: Option<i64>,
+}
+
+/// A render's tasks, lowest frames first; `total` counts every match.
 #[utoipa::path(
     get,
     path = "/renders/{id}/tasks",
     tag = "renders",
     operation_id = "list_render_tasks",
-    params(("id" = Uuid, Path, description = "The render's id."), PageQuery),
+    params(("id" = Uuid, Path, description = "The render's id."), TasksQuery),
     responses(
         (status = 200, description = "One page of the render's tasks.", body = Page<Task>),
         (status = 400, response = super::openapi::BadRequest),
@@ -175,11 +193,15 @@ pub(super) async fn get(
 pub(super) async fn tasks(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    query: web::Query<PageQuery>,
+    query: web::Query<TasksQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
-    let page = PageRequest::try_from(query.into_inner())?;
-    Ok(HttpResponse::Ok().json(state.store.list_tasks(id, page).await?))
+    let q = query.into_inner();
+    let page = PageRequest::try_from(PageQuery {
+        limit: q.limit,
+        offset: q.offset,
+    })?;
+    Ok(HttpResponse::Ok().json(state.store.list_tasks(id, q.status, page).await?))
 }
 
 /// Pause, resume, cancel or requeue a render.

@@ -35,6 +35,8 @@ enum Command {
     Watch(watch::WatchArgs),
     /// List renders, newest first.
     Renders(operator::RendersArgs),
+    /// List a render's tasks (chunks), e.g. the failed ones.
+    Tasks(operator::TasksArgs),
     /// Pause a render: its running chunks finish, no new ones start.
     Pause(operator::TargetArgs),
     /// Resume a paused render.
@@ -274,6 +276,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status(args).await,
         Command::Watch(args) => watch::watch(args).await,
         Command::Renders(args) => operator::renders(args).await,
+        Command::Tasks(args) => operator::tasks(args).await,
         Command::Pause(args) => operator::change_render(args, RenderAction::Pause).await,
         Command::Resume(args) => operator::change_render(args, RenderAction::Resume).await,
         Command::Cancel(args) => operator::change_render(args, RenderAction::Cancel).await,

@@ -25,6 +25,23 @@ pub struct RendersArgs {
     broker: BrokerArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    /// The render's id.
+    render: String,
+    /// Only tasks in this status (pending, running, completed, failed, canceled).
+    #[arg(long, value_parser = parse_task_status)]
+    status: Option<TaskStatus>,
+    /// How many to show, lowest frames first.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1000))]
+    limit: i64,
+    /// How many to skip.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    offset: i64,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
 /// One id and the broker, for the commands that change one thing.
 #[derive(Debug, Args)]
 pub struct TargetArgs {
@@ -56,6 +73,59 @@ fn parse_render_status(s: &str) -> Result<RenderStatus, String> {
     RenderStatus::parse(s).ok_or_else(|| {
         format!("{s:?} is not a render status; use queued, rendering, paused, completed, failed or canceled")
     })
+}
+
+fn parse_task_status(s: &str) -> Result<TaskStatus, String> {
+    TaskStatus::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a task status; use pending, running, completed, failed or canceled")
+    })
+}
+
+pub async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
+    let base = &args.broker.broker;
+    let page = connect(base)?
+        .tasks(&args.render, args.status, args.limit, args.offset)
+        .await
+        .map_err(explain(base))?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(());
+    }
+    if page.items.is_empty() {
+        println!("no tasks match ({} in all with this filter)", page.total);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:>13}  {:<9}  {:>7}  {:<36}  why it failed",
+        "id", "frames", "status", "retries", "worker"
+    );
+    for t in &page.items {
+        println!(
+            "{:<36}  {:>13}  {:<9}  {:>7}  {:<36}  {}",
+            t.id,
+            format!("{}-{}", t.frame_start, t.frame_end),
+            t.status.as_str(),
+            t.retries,
+            t.worker_id
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "-".into()),
+            t.failure_reason
+                .as_deref()
+                .and_then(|r| r.lines().rev().find(|l| !l.trim().is_empty()))
+                .unwrap_or("")
+        );
+    }
+    let shown = args.offset + page.items.len() as i64;
+    if shown < page.total {
+        println!(
+            "({}-{} of {} shown; --offset {shown} shows the next)",
+            args.offset + 1,
+            shown,
+            page.total
+        );
+    }
+    println!("a task's Blender output: renderfarm log TASK_ID");
+    Ok(())
 }
 
 pub async fn renders(args: RendersArgs) -> anyhow::Result<()> {

@@ -148,7 +148,7 @@ pub async fn creating_a_render_stores_it_with_all_its_tasks(store: &dyn Store) {
     assert_eq!(created, new.render, "the stored render is the planned one");
     assert_eq!(store.get_render(created.id).await.unwrap(), created);
     let tasks = store
-        .list_tasks(created.id, PageRequest::default())
+        .list_tasks(created.id, None, PageRequest::default())
         .await
         .unwrap();
     let ranges: Vec<_> = tasks
@@ -870,12 +870,14 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
         vec![ids[0]]
     );
     let r = store
-        .create_render(plan("many", 1, 10, 1, Priority::Normal, t0()))
+        // Urgent: the claims below take its tasks before the others'.
+        .create_render(plan("many", 1, 10, 1, Priority::Urgent, t0()))
         .await
         .unwrap();
     let tasks = store
         .list_tasks(
             r.id,
+            None,
             PageRequest {
                 limit: 3,
                 offset: 8,
@@ -892,12 +894,60 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
         vec![9, 10]
     );
     assert_eq!(tasks.total, 10);
+    // Two of its tasks claimed, one of those completed: filter by status.
+    let w0 = worker(store, "w0", &[]).await;
+    let first = claim(store, w0).await.unwrap();
+    complete(store, &first).await;
+    let second = claim(store, w0).await.unwrap();
+    let frames_in = |status: TaskStatus, page: PageRequest| async move {
+        let page = store.list_tasks(r.id, Some(status), page).await.unwrap();
+        assert!(page.items.iter().all(|t| t.status == status), "{page:?}");
+        (
+            page.items.iter().map(|t| t.frame_start).collect::<Vec<_>>(),
+            page.total,
+        )
+    };
+    assert_eq!(
+        frames_in(TaskStatus::Completed, PageRequest::default()).await,
+        (vec![1], 1)
+    );
+    assert_eq!(
+        frames_in(TaskStatus::Running, PageRequest::default()).await,
+        (vec![2], 1)
+    );
+    assert_eq!(
+        frames_in(
+            TaskStatus::Pending,
+            PageRequest {
+                limit: 2,
+                offset: 1
+            }
+        )
+        .await,
+        (vec![4, 5], 8),
+        "pages count within the status"
+    );
+    assert_eq!(
+        frames_in(TaskStatus::Failed, PageRequest::default()).await,
+        (vec![], 0)
+    );
+    store
+        .report_task(
+            second.task_id,
+            second.lease_id,
+            TaskReport::Release,
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
     let w1 = worker(store, "w1", &[]).await;
     let w2 = worker(store, "w2", &[]).await;
     let workers = store.list_workers().await.unwrap();
     assert_eq!(
         workers.iter().map(|w| w.id).collect::<Vec<_>>(),
-        vec![w1, w2]
+        vec![w0, w1, w2],
+        "workers in the order they registered"
     );
 }
 
@@ -1017,7 +1067,12 @@ pub async fn unknown_ids_are_not_found(store: &dyn Store) {
     let not_found =
         |r: Result<(), StoreError>| assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
     not_found(store.get_render(id).await.map(drop));
-    not_found(store.list_tasks(id, PageRequest::default()).await.map(drop));
+    not_found(
+        store
+            .list_tasks(id, None, PageRequest::default())
+            .await
+            .map(drop),
+    );
     not_found(
         store
             .change_render(id, RenderCommand::Pause, t0())

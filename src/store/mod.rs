@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{
     Assignment, Heartbeat, HeartbeatAction, LeaderLease, Page, Priority, Render, RenderStatus,
-    Task, TaskHistoryEntry, Worker, WorkerAction,
+    Task, TaskHistoryEntry, TaskStatus, Worker, WorkerAction,
 };
 use uuid::Uuid;
 
@@ -166,8 +166,13 @@ pub trait Store: Send + Sync + 'static {
         page: PageRequest,
     ) -> StoreResult<Page<Render>>;
 
-    /// The render's tasks, lowest frames first.
-    async fn list_tasks(&self, render_id: Uuid, page: PageRequest) -> StoreResult<Page<Task>>;
+    /// The render's tasks, lowest frames first; only those in `status` if given.
+    async fn list_tasks(
+        &self,
+        render_id: Uuid,
+        status: Option<TaskStatus>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Task>>;
 
     /// An operator's change of a render's status, with what it does to the
     /// render's tasks.

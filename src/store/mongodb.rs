@@ -1407,23 +1407,25 @@ impl Store for MongoStore {
         })
     }
 
-    async fn list_tasks(&self, render_id: Uuid, page: PageRequest) -> StoreResult<Page<Task>> {
+    async fn list_tasks(
+        &self,
+        render_id: Uuid,
+        status: Option<TaskStatus>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Task>> {
         let render = self.load_render(&render_id.to_string()).await?;
         let (limit, offset) = page_bounds(page);
-        let docs = fetch_page(
-            &self.tasks()?,
-            doc! { "render_id": &render.id },
-            task_list_sort(),
-            limit,
-            offset,
-        )
-        .await?;
+        let mut filter = doc! { "render_id": &render.id };
+        if let Some(status) = status {
+            filter.insert("status", status.as_str());
+        }
+        let docs = fetch_page(&self.tasks()?, filter, task_list_sort(), limit, offset).await?;
         Ok(Page {
             items: docs
                 .iter()
                 .map(TaskDoc::to_task)
                 .collect::<StoreResult<_>>()?,
-            total: render.tasks_total,
+            total: render.to_render()?.progress.tasks_in(status),
             limit,
             offset,
         })

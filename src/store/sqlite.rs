@@ -983,20 +983,34 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_tasks(&self, render_id: Uuid, page: PageRequest) -> StoreResult<Page<Task>> {
+    async fn list_tasks(
+        &self,
+        render_id: Uuid,
+        status: Option<TaskStatus>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Task>> {
         self.read(move |conn| {
             let render = load_render(conn, render_id)?;
             let (limit, offset) = page_bounds(page);
             let items = conn
                 .prepare_cached(&format!(
                     "SELECT {TASK_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-                     WHERE r.id = ?1 ORDER BY t.frame_start LIMIT ?2 OFFSET ?3"
+                     WHERE r.id = ?1 AND (?4 IS NULL OR t.status = ?4) \
+                     ORDER BY t.frame_start LIMIT ?2 OFFSET ?3"
                 ))?
-                .query_map(params![render_id.to_string(), limit, offset], task_from_row)?
+                .query_map(
+                    params![
+                        render_id.to_string(),
+                        limit,
+                        offset,
+                        status.map(TaskStatus::as_str)
+                    ],
+                    task_from_row,
+                )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Page {
                 items,
-                total: render.progress.tasks_total,
+                total: render.progress.tasks_in(status),
                 limit,
                 offset,
             })

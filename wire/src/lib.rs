@@ -352,6 +352,20 @@ pub struct Progress {
     pub frames_done: i64,
 }
 
+impl Progress {
+    /// How many tasks are in `status`; all of them for `None`.
+    pub fn tasks_in(&self, status: Option<TaskStatus>) -> i64 {
+        match status {
+            None => self.tasks_total,
+            Some(TaskStatus::Pending) => self.tasks_pending,
+            Some(TaskStatus::Running) => self.tasks_running,
+            Some(TaskStatus::Completed) => self.tasks_completed,
+            Some(TaskStatus::Failed) => self.tasks_failed,
+            Some(TaskStatus::Canceled) => self.tasks_canceled,
+        }
+    }
+}
+
 /// A render as the broker reports it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use renderfarm_wire::{
     Assignment, CompleteReport, ErrorBody, FailReport, Heartbeat, HeartbeatReply, Page, Priority,
     ProgressReport, ReleaseReport, Render, RenderAction, RenderSpec, RenderStatus,
-    RenderStatusChange, Task, TaskDetail, Worker, WorkerAction, WorkerSpec, WorkerStatusChange,
+    RenderStatusChange, Task, TaskDetail, TaskStatus, Worker, WorkerAction, WorkerSpec,
+    WorkerStatusChange,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -160,6 +161,22 @@ impl BrokerClient {
         }
         if let Some(priority) = priority {
             path.push_str(&format!("&priority={}", priority.as_str()));
+        }
+        self.get(&path).await
+    }
+
+    /// `GET /renders/{id}/tasks`: up to `limit` of a render's tasks from
+    /// `offset`, lowest frames first, only those in `status` if given.
+    pub async fn tasks(
+        &self,
+        render: &str,
+        status: Option<TaskStatus>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Page<Task>, ClientError> {
+        let mut path = format!("/renders/{render}/tasks?limit={limit}&offset={offset}");
+        if let Some(status) = status {
+            path.push_str(&format!("&status={}", status.as_str()));
         }
         self.get(&path).await
     }
