@@ -53,7 +53,14 @@ pub struct Settings {
     /// a MongoDB broker stays unready until `renderfarm migrate` has run; the
     /// embedded store always migrates when it opens.
     pub migrate: bool,
+    /// How many long polls may wait at once; more get 429.
+    pub max_waiting: usize,
 }
+
+/// The default of [`Settings::max_waiting`]: far more workers than a studio
+/// has, and within the descriptors a process may open once `serve` has
+/// raised its limit.
+pub const DEFAULT_MAX_WAITING: usize = 4096;
 
 impl Settings {
     /// Settings with the scheduler's defaults.
@@ -64,6 +71,7 @@ impl Settings {
             store,
             scheduler: SchedulerSettings::default(),
             migrate: true,
+            max_waiting: DEFAULT_MAX_WAITING,
         }
     }
 }
@@ -108,6 +116,8 @@ impl Application {
             data_dir,
             work_available,
             scheduler: scheduler.clone(),
+            waiting: Default::default(),
+            max_waiting: settings.max_waiting,
         });
         let listener = TcpListener::bind(&settings.bind).with_context(|| {
             format!(

@@ -11,6 +11,7 @@ mod tasks;
 mod workers;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest};
@@ -39,12 +40,36 @@ pub struct AppState {
     /// try again at once instead of polling the store.
     pub work_available: Arc<Notify>,
     pub scheduler: Arc<Scheduler>,
+    /// Long polls waiting now, and how many may: each holds a connection
+    /// (a file descriptor) for up to a minute.
+    pub waiting: AtomicUsize,
+    pub max_waiting: usize,
 }
 
 impl AppState {
     /// Tells every waiting worker to look for work again.
     pub fn wake_workers(&self) {
         self.work_available.notify_waiters();
+    }
+
+    /// A place among the waiting long polls, held until dropped; `None` when
+    /// `max_waiting` are waiting already.
+    pub fn wait_slot(&self) -> Option<WaitSlot<'_>> {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_waiting).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaitSlot(&self.waiting))
+    }
+}
+
+/// One waiting long poll, counted in [`AppState::waiting`] while it lives.
+pub struct WaitSlot<'a>(&'a AtomicUsize);
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -66,6 +66,7 @@ with `Allow`). Request bodies are JSON (`Content-Type: application/json`, or non
         PayloadTooLarge,
         UnsupportedMediaType,
         Internal,
+        TooManyRequests,
         Unavailable,
     )),
     tags(
@@ -126,6 +127,15 @@ pub struct UnsupportedMediaType(pub ErrorBody);
     example = json!({"error": "internal", "message": "the broker hit an unexpected error; it was logged. Retry later, and report it if it persists"})
 )]
 pub struct Internal(pub ErrorBody);
+
+/// The broker holds as many waiting long polls as it may.
+#[derive(ToResponse)]
+#[response(
+    description = "As many workers as the broker holds (`--max-waiting`) are waiting for work already; ask again after `Retry-After` seconds.",
+    headers(("Retry-After" = u32, description = "Seconds to wait before asking again.")),
+    example = json!({"error": "too_many_requests", "message": "4096 workers are waiting for work on this broker already, as many as it holds (--max-waiting); ask again after Retry-After seconds, or raise --max-waiting"})
+)]
+pub struct TooManyRequests(pub ErrorBody);
 
 /// The store cannot be reached just now.
 #[derive(ToResponse)]
@@ -229,11 +239,15 @@ pub fn spec() -> Value {
             h.insert("required".into(), Value::Bool(true));
         }
     }
-    if let Some(h) = spec
-        .pointer_mut("/components/responses/Unavailable/headers/Retry-After")
-        .and_then(Value::as_object_mut)
-    {
-        h.insert("required".into(), Value::Bool(true));
+    for response in ["Unavailable", "TooManyRequests"] {
+        if let Some(h) = spec
+            .pointer_mut(&format!(
+                "/components/responses/{response}/headers/Retry-After"
+            ))
+            .and_then(Value::as_object_mut)
+        {
+            h.insert("required".into(), Value::Bool(true));
+        }
     }
     camel_case_links(&mut spec);
     spec

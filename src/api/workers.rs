@@ -222,6 +222,7 @@ fn wait_duration(wait: Option<f64>) -> Result<Duration, ApiError> {
         (status = 400, response = super::openapi::BadRequest),
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
+        (status = 429, response = super::openapi::TooManyRequests),
         super::openapi::StoreErrors,
     )
 )]
@@ -234,6 +235,7 @@ pub(super) async fn request_task(
 ) -> Result<HttpResponse, ApiError> {
     let id: Uuid = parse_id("worker", &id)?;
     let deadline = tokio::time::Instant::now() + wait_duration(query.wait)?;
+    let mut slot = None;
     loop {
         // Registered before the claim, so work submitted between the claim and
         // the wait still wakes this request.
@@ -247,6 +249,15 @@ pub(super) async fn request_task(
             return Ok(HttpResponse::NoContent()
                 .insert_header((header::RETRY_AFTER, IDLE_RETRY_AFTER))
                 .finish());
+        }
+        // Only a request that must wait takes a place among the waiting.
+        if slot.is_none() {
+            slot = Some(state.wait_slot().ok_or_else(|| {
+                ApiError::TooManyRequests(format!(
+                    "{} workers are waiting for work on this broker already, as many as it holds (--max-waiting); ask again after Retry-After seconds, or raise --max-waiting",
+                    state.max_waiting
+                ))
+            })?);
         }
         tokio::select! {
             _ = &mut woken => {}

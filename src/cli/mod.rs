@@ -78,6 +78,11 @@ struct ServeArgs {
     /// unready until `renderfarm migrate` has applied them.
     #[arg(long, env = "RENDERFARM_NO_MIGRATE")]
     no_migrate: bool,
+    /// How many workers may wait for work at once (each long poll holds a
+    /// connection); more are told 429 and to come back.
+    #[arg(long, env = "RENDERFARM_MAX_WAITING", default_value_t = crate::startup::DEFAULT_MAX_WAITING as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_waiting: u32,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -304,6 +309,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     settings.scheduler = args.scheduler.settings()?;
     settings.migrate = !args.no_migrate;
+    settings.max_waiting = args.max_waiting as usize;
+    raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings.clone()).await?;
     let host = settings
         .bind
@@ -324,6 +331,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     app.run_until_stopped().await?;
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// Lifts the soft limit on open files to the hard one: every waiting worker
+/// holds a connection, and the usual soft limit (1,024) is below the number
+/// of workers a broker may hold. Says so when even the hard limit is short.
+pub fn raise_open_file_limit(max_waiting: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // Room for the store, the log and the clients that are not workers.
+    const OTHER_FILES: u64 = 256;
+    let wanted = max_waiting as u64 + OTHER_FILES;
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return;
+        }
+    };
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            max_waiting,
+            "the open-file limit is below what --max-waiting needs; raise it (ulimit -n, LimitNOFILE=) or lower --max-waiting"
+        );
+    }
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {

@@ -54,6 +54,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = std::path::absolute(&args.data_dir)?;
     let mut settings = Settings::new(args.bind.clone(), data_dir.clone(), StoreChoice::Embedded);
     settings.scheduler = args.scheduler.settings()?;
+    super::raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings).await?;
     let broker = format!("http://127.0.0.1:{}", app.port());
     let server_handle = app.handle();

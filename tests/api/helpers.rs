@@ -15,8 +15,14 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A broker whose settings `adjust` changed first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings::new("127.0.0.1:0", data_dir.path(), StoreChoice::Embedded);
+    let mut settings = Settings::new("127.0.0.1:0", data_dir.path(), StoreChoice::Embedded);
+    adjust(&mut settings);
     let app = Application::build(settings).await.expect("broker builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

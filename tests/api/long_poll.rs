@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{assert_error, json_of, render_body, spawn_app};
+use crate::helpers::{assert_error, json_of, render_body, spawn_app, spawn_app_with};
 
 /// Far shorter than the 30 s the workers ask to wait: a request that ends
 /// within it was woken, not timed out.
@@ -97,4 +97,57 @@ async fn a_wait_beyond_a_minute_is_refused() {
         let message = assert_error(response, StatusCode::BAD_REQUEST).await;
         assert!(message.contains("wait"), "{message}");
     }
+}
+
+#[tokio::test]
+async fn a_broker_holding_its_most_waiting_workers_tells_the_next_to_come_back() {
+    let app = spawn_app_with(|s| s.max_waiting = 2).await;
+    let mut polls = Vec::new();
+    for i in 0..2 {
+        let worker = app.register_ok(&format!("patient-{i}")).await;
+        let url = app.url(&format!("/workers/{worker}/request-task?wait=30"));
+        polls.push(tokio::spawn(crate::contract::send(app.client.post(url))));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let third = app.register_ok("one-too-many").await;
+    let response = app.request_task(&third, Some(30.0)).await;
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("5")
+    );
+    let message = assert_error(response, StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(message.contains("--max-waiting"), "{message}");
+    // Asking without waiting takes no place: it is answered as usual.
+    assert_eq!(
+        app.request_task(&third, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // Work for all three: the two waiting are woken, and their places free.
+    app.submit_ok(&render_body("for-all", 1, 3, 1, "normal"))
+        .await;
+    for poll in polls {
+        let response = tokio::time::timeout(WOKEN_WITHIN, poll)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let response = app.request_task(&third, Some(30.0)).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the third gets the last task"
+    );
+    // The answered polls gave their places back: a new worker may wait.
+    let fourth = app.register_ok("later").await;
+    assert_eq!(
+        app.request_task(&fourth, Some(0.5)).await.status(),
+        StatusCode::NO_CONTENT,
+        "it waited out its half second instead of being turned away"
+    );
 }

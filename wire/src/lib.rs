@@ -816,6 +816,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// 415
     UnsupportedMediaType,
+    /// 429
+    TooManyRequests,
     /// 500
     Internal,
     /// 503
