@@ -160,8 +160,9 @@ async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> an
         Ok(())
     } else {
         anyhow::bail!(
-            "demo render ended {}: see `GET {broker}/renders/{}/tasks` and each task's log",
+            "demo render ended {}; to see why, start the broker on the same data (`renderfarm serve --data-dir {}`), then `renderfarm tasks {} --status failed` and `renderfarm log TASK_ID`",
             render.status.as_str(),
+            data_dir.display(),
             render.id
         )
     }

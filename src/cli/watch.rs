@@ -67,9 +67,8 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     anyhow::bail!(
-        "not completed: {}; each task's log is at {}/tasks/{{id}}/log (ids from GET /renders/{{id}}/tasks)",
-        unsuccessful.join(", "),
-        client.base()
+        "not completed: {}; see why with `renderfarm tasks ID --status failed` and `renderfarm log TASK_ID`",
+        unsuccessful.join(", ")
     )
 }
 
