@@ -992,22 +992,27 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let render = load_render(conn, render_id)?;
             let (limit, offset) = page_bounds(page);
-            let items = conn
-                .prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-                     WHERE r.id = ?1 AND (?4 IS NULL OR t.status = ?4) \
-                     ORDER BY t.frame_start LIMIT ?2 OFFSET ?3"
-                ))?
-                .query_map(
-                    params![
-                        render_id.to_string(),
-                        limit,
-                        offset,
-                        status.map(TaskStatus::as_str)
-                    ],
-                    task_from_row,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let id = render_id.to_string();
+            let items = match status {
+                None => conn
+                    .prepare_cached(&format!(
+                        "SELECT {TASK_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+                         WHERE r.id = ?1 ORDER BY t.frame_start LIMIT ?2 OFFSET ?3"
+                    ))?
+                    .query_map(params![id, limit, offset], task_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                // A task has its render's priority: with it, the claim index
+                // finds one status of one render in frame order, however
+                // many tasks of other statuses the render has.
+                Some(status) => conn
+                    .prepare_cached(&format!(
+                        "SELECT {TASK_COLUMNS} FROM renders r \
+                         JOIN tasks t ON t.render_seq = r.seq AND t.priority = r.priority \
+                         WHERE r.id = ?1 AND t.status = ?4 ORDER BY t.frame_start LIMIT ?2 OFFSET ?3"
+                    ))?
+                    .query_map(params![id, limit, offset, status.as_str()], task_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            };
             Ok(Page {
                 items,
                 total: render.progress.tasks_in(status),
