@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{send_json, wait_for, TestBroker};
+use common::{send_json, wait_for, BrokerProcess, TestBroker};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -220,4 +220,65 @@ async fn watch_of_an_unknown_render_says_so() {
         .await;
     assert!(!ok);
     assert!(err.contains("no render with id"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_carries_on_through_a_broker_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
+    let (address, port) = (broker.address.clone(), broker.port());
+    let client = reqwest::Client::new();
+    let render = send_json(
+        &client,
+        Method::POST,
+        format!("{address}/renders"),
+        &json!({"name": "restart", "blend_file": "/p/restart.blend", "frame_start": 1, "frame_end": 1}),
+    )
+    .await;
+    let id = render["id"].as_str().unwrap().to_string();
+    let watch = Watch::start(&address, &[&id]);
+    watch
+        .saw(
+            "the render",
+            &format!("render {id} \"restart\" 0/1 frames, queued"),
+        )
+        .await;
+
+    broker.kill_9();
+    // A few looks find nobody there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _broker = BrokerProcess::start(data.path(), &format!("127.0.0.1:{port}"));
+    let worker = send_json(
+        &client,
+        Method::POST,
+        format!("{address}/workers"),
+        &json!({"name": "after-restart"}),
+    )
+    .await;
+    let task = send_json(
+        &client,
+        Method::POST,
+        format!(
+            "{address}/workers/{}/request-task",
+            worker["id"].as_str().unwrap()
+        ),
+        &json!({}),
+    )
+    .await;
+    send_json(
+        &client,
+        Method::POST,
+        format!(
+            "{address}/tasks/{}/complete",
+            task["task_id"].as_str().unwrap()
+        ),
+        &json!({"lease_id": task["lease_id"]}),
+    )
+    .await;
+
+    let (ok, lines, err) = watch.end().await;
+    assert!(ok, "the render completed after the restart: {err}");
+    assert!(err.contains("trying again"), "the outage was shown: {err}");
+    let done = format!("render {id} \"restart\" 1/1 frames, completed");
+    assert!(lines.iter().any(|l| l.ends_with(&done)), "{lines:#?}");
 }
