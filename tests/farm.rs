@@ -13,6 +13,7 @@ use common::{
 };
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use renderfarm_worker::blender::TEMP_DIR;
+use renderfarm_worker::{Agent, AgentConfig, StopSignals};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -432,6 +433,38 @@ async fn an_agent_stopped_while_waiting_leaves_no_task_to_its_abandoned_request(
         workers[0]["status"], "draining",
         "the stopped agent takes no work"
     );
+}
+
+#[tokio::test]
+async fn two_agents_cannot_share_a_work_directory() {
+    let Some(blender) = blender_or_skip("two_agents_cannot_share_a_work_directory").await else {
+        return;
+    };
+    let work_dir = tempfile::tempdir().unwrap();
+    let config = |name: &str| AgentConfig {
+        broker: "http://127.0.0.1:1".into(),
+        name: name.into(),
+        tags: Vec::new(),
+        blender: blender.clone(),
+        work_dir: work_dir.path().to_path_buf(),
+        heartbeat: Duration::from_secs(1),
+        log_interval: Duration::from_secs(1),
+        poll_wait: Duration::from_secs(1),
+    };
+    let first = Agent::new(config("first"), StopSignals::default())
+        .await
+        .expect("the first agent takes the work directory");
+    let second = Agent::new(config("second"), StopSignals::default()).await;
+    let message = format!("{:#}", second.err().expect("the second is refused"));
+    assert!(
+        message.contains("another renderfarm-worker uses the work directory")
+            && message.contains("--work-dir"),
+        "{message}"
+    );
+    drop(first);
+    Agent::new(config("third"), StopSignals::default())
+        .await
+        .expect("free again once the first agent is gone");
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use nix::fcntl::{Flock, FlockArg};
 use renderfarm_wire::{
     Assignment, CompleteReport, FailReport, Heartbeat, HeartbeatAction, ProgressReport,
     ReleaseReport, WorkerAction, WorkerSpec,
@@ -123,7 +124,13 @@ pub struct Agent {
     client: BrokerClient,
     signals: StopSignals,
     summary: AgentSummary,
+    /// Held while the agent lives: its saved reports and Blender's session
+    /// files in the work directory are its alone.
+    _work_dir_lock: Flock<std::fs::File>,
 }
+
+/// The lock file that keeps a work directory to one agent.
+const LOCK_FILE: &str = "agent.lock";
 
 impl Agent {
     /// Checks Blender before anything else, so a broken setup is reported
@@ -134,12 +141,26 @@ impl Agent {
         std::fs::create_dir_all(config.work_dir.join(PENDING_DIR)).with_context(|| {
             format!("creating the work directory {}", config.work_dir.display())
         })?;
+        let lock_path = config.work_dir.join(LOCK_FILE);
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let work_dir_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "another renderfarm-worker uses the work directory {} ({e}); give each agent its own --work-dir (or --name)",
+                config.work_dir.display()
+            )
+        })?;
         let client = BrokerClient::new(&config.broker)?;
         Ok(Self {
             config,
             client,
             signals,
             summary: AgentSummary::default(),
+            _work_dir_lock: work_dir_lock,
         })
     }
 
