@@ -258,4 +258,14 @@ async fn operators_list_change_and_read_logs_from_the_command_line() {
     let (ok, out, _) = renderfarm(&["tasks", &a, "--status", "failed", "--broker", &b]);
     assert!(ok);
     assert!(out.contains("no tasks match (0 in all"), "{out}");
+
+    let (ok, _, err) = renderfarm(&["delete", &a, "--broker", &b]);
+    assert!(!ok, "an unfinished render is not deleted");
+    assert!(err.contains("cancel it first"), "{err}");
+    renderfarm(&["cancel", &a, "--broker", &b]);
+    let (ok, out, err) = renderfarm(&["delete", &a, "--broker", &b]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("render {a} deleted")), "{out}");
+    let (_, out, _) = renderfarm(&["renders", "--broker", &b]);
+    assert!(out.contains(&c) && !out.contains(&a), "{out}");
 }

@@ -39,6 +39,7 @@ with `Allow`). Request bodies are JSON (`Content-Type: application/json`, or non
         renders::submit,
         renders::list,
         renders::get,
+        renders::delete,
         renders::tasks,
         renders::change_status,
         renders::complete,

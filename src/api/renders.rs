@@ -22,7 +22,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(submit))
             .route(web::get().to(list)),
     )
-    .service(resource("/renders/{id}", "GET").route(web::get().to(get)))
+    .service(
+        resource("/renders/{id}", "GET, DELETE")
+            .route(web::get().to(get))
+            .route(web::delete().to(delete)),
+    )
     .service(resource("/renders/{id}/tasks", "GET").route(web::get().to(tasks)))
     .service(resource("/renders/{id}/status", "PUT").route(web::put().to(change_status)))
     .service(resource("/renders/{id}/complete", "POST").route(web::post().to(complete)));
@@ -174,6 +178,33 @@ pub(super) struct TasksQuery {
     /// Tasks to skip.
     #[param(nullable = false, minimum = 0, default = 0)]
     offset: Option<i64>,
+}
+
+/// Delete a finished render.
+///
+/// Removes a completed, failed or canceled render with its tasks, their logs
+/// and history, once none of its chunks is still rendering. The frames on
+/// disk stay where they are.
+#[utoipa::path(
+    delete,
+    path = "/renders/{id}",
+    tag = "renders",
+    operation_id = "delete_render",
+    params(("id" = Uuid, Path, description = "The render's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn delete(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id("render", &id)?;
+    state.store.delete_render(id).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// A render's tasks, lowest frames first; `total` counts every match.

@@ -45,6 +45,8 @@ enum Command {
     Cancel(operator::TargetArgs),
     /// Render a finished render again: the chunks that did not complete, or all if all did.
     Requeue(operator::TargetArgs),
+    /// Delete a finished render with its tasks and logs (its frames stay).
+    Delete(operator::TargetArgs),
     /// Print a task's log (`--follow` to keep printing until it ends).
     Log(operator::LogArgs),
     /// List the workers the broker knows.
@@ -286,6 +288,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => operator::change_render(args, RenderAction::Resume).await,
         Command::Cancel(args) => operator::change_render(args, RenderAction::Cancel).await,
         Command::Requeue(args) => operator::change_render(args, RenderAction::Requeue).await,
+        Command::Delete(args) => operator::delete_render(args).await,
         Command::Log(args) => operator::log(args).await,
         Command::Workers(args) => workers(args).await,
         Command::Drain(args) => operator::change_worker(args, WorkerAction::Drain).await,

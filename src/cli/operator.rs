@@ -187,6 +187,19 @@ pub async fn change_render(args: TargetArgs, action: RenderAction) -> anyhow::Re
     Ok(())
 }
 
+pub async fn delete_render(args: TargetArgs) -> anyhow::Result<()> {
+    let base = &args.broker.broker;
+    connect(base)?
+        .delete_render(&args.id)
+        .await
+        .map_err(explain(base))?;
+    println!(
+        "render {} deleted, with its tasks and logs; its frames stay on disk",
+        args.id
+    );
+    Ok(())
+}
+
 pub async fn change_worker(args: TargetArgs, action: WorkerAction) -> anyhow::Result<()> {
     let base = &args.broker.broker;
     let worker = connect(base)?

@@ -13,8 +13,8 @@ mod worker;
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
 pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
 pub use render::{
-    progress_after, render_transition, roll_up, tasks_affected, NewRender, RenderCommand,
-    ValidRenderSpec,
+    check_deletable, progress_after, render_transition, roll_up, tasks_affected, NewRender,
+    RenderCommand, ValidRenderSpec,
 };
 pub use renderfarm_wire::{
     Assignment, HeartbeatAction, Priority, Progress, Render, RenderAction, RenderStatus, Task,

@@ -236,6 +236,23 @@ pub fn render_transition(
     Ok(to)
 }
 
+/// Whether a render may be deleted: only a finished one whose tasks have all
+/// stopped (a failed render's running chunks may still be rendering).
+pub fn check_deletable(status: RenderStatus, tasks_running: i64) -> Result<(), IllegalTransition> {
+    if !status.is_finished() {
+        return Err(IllegalTransition::new(format!(
+            "cannot delete a render that is {}: only a completed, failed or canceled render can be deleted; cancel it first",
+            status.as_str()
+        )));
+    }
+    if tasks_running > 0 {
+        return Err(IllegalTransition::new(format!(
+            "cannot delete this render yet: {tasks_running} of its chunks are still rendering; delete it once they have ended"
+        )));
+    }
+    Ok(())
+}
+
 /// Which tasks an operator's command changes, and how: `None` when it leaves
 /// the tasks alone. Requeue re-runs what did not complete; a render whose
 /// tasks all completed is rendered again whole.
@@ -319,6 +336,32 @@ mod tests {
     use super::*;
     use RenderCommand as C;
     use RenderStatus as S;
+
+    #[test]
+    fn only_finished_renders_with_nothing_running_can_be_deleted() {
+        // (status, tasks running, deletable)
+        let table: &[(S, i64, bool)] = &[
+            (S::Queued, 0, false),
+            (S::Rendering, 0, false),
+            (S::Paused, 0, false),
+            (S::Completed, 0, true),
+            (S::Failed, 0, true),
+            (S::Canceled, 0, true),
+            (S::Failed, 2, false),
+        ];
+        for (status, running, deletable) in table {
+            assert_eq!(
+                check_deletable(*status, *running).is_ok(),
+                *deletable,
+                "{status:?} with {running} running"
+            );
+        }
+        let message = check_deletable(S::Failed, 2).unwrap_err().message;
+        assert!(
+            message.contains("2 of its chunks are still rendering"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn operator_commands_follow_the_render_status_table() {

@@ -12,7 +12,7 @@ use renderfarm_wire::{
 };
 use uuid::Uuid;
 
-use super::{PageRequest, RenderFilter, Store, StoreError, TaskReport};
+use super::{PageRequest, RenderFilter, Store, StoreError, StoreResult, TaskReport};
 use crate::domain::{validate_worker_spec, Allowances, NewRender, RenderCommand, ValidRenderSpec};
 use renderfarm_wire::HistoryEvent;
 
@@ -36,6 +36,7 @@ macro_rules! conformance_tests {
             heartbeats_answer_abort_once_the_task_is_taken_away,
             disabled_and_draining_workers_take_no_new_work,
             operator_commands_change_renders_and_their_tasks,
+            only_a_finished_render_is_deleted_and_it_goes_whole,
             listings_filter_and_paginate,
             task_logs_accumulate_in_order,
             a_task_log_keeps_its_first_and_newest_output_within_its_bound,
@@ -715,6 +716,93 @@ pub async fn disabled_and_draining_workers_take_no_new_work(store: &dyn Store) {
         .await
         .unwrap();
     assert!(claim(store, w).await.is_some());
+}
+
+pub async fn only_a_finished_render_is_deleted_and_it_goes_whole(store: &dyn Store) {
+    let keep = store
+        .create_render(plan("keep", 1, 2, 1, Priority::Low, t0()))
+        .await
+        .unwrap();
+    let r = store
+        .create_render(plan_with("doomed", 1, 3, 1, Priority::Urgent, t0(), |s| {
+            s.max_retries = 0
+        }))
+        .await
+        .unwrap();
+    let conflict = |e: Result<(), StoreError>| {
+        assert!(matches!(e, Err(StoreError::Conflict(_))), "{e:?}");
+    };
+    conflict(store.delete_render(r.id).await);
+
+    // Its first chunk completes with a log; its second fails for good while
+    // the third is still rendering: failed, but not deletable yet.
+    let w = worker(store, "w", &[]).await;
+    let w2 = worker(store, "w2", &[]).await;
+    let first = claim(store, w).await.unwrap();
+    store
+        .report_task(
+            first.task_id,
+            first.lease_id,
+            TaskReport::Complete,
+            Some("Saved\n".into()),
+            t0(),
+        )
+        .await
+        .unwrap();
+    let second = claim(store, w).await.unwrap();
+    let third = claim(store, w2).await.unwrap();
+    assert_eq!(third.render_id, r.id);
+    report(
+        store,
+        &second,
+        TaskReport::Fail {
+            exit_code: Some(1),
+            reason: "denoiser".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        store.get_render(r.id).await.unwrap().status,
+        RenderStatus::Failed
+    );
+    conflict(store.delete_render(r.id).await);
+    complete(store, &third).await;
+
+    store.delete_render(r.id).await.unwrap();
+    let gone = |e: StoreResult<()>| {
+        assert!(matches!(e, Err(StoreError::NotFound { .. })), "{e:?}");
+    };
+    gone(store.get_render(r.id).await.map(drop));
+    gone(
+        store
+            .list_tasks(r.id, None, PageRequest::default())
+            .await
+            .map(drop),
+    );
+    gone(store.get_task(first.task_id).await.map(drop));
+    gone(store.task_log(first.task_id).await.map(drop));
+    gone(store.task_history(first.task_id).await.map(drop));
+    gone(store.delete_render(r.id).await);
+    // The other render is untouched.
+    assert_eq!(
+        store
+            .list_renders(&RenderFilter::default(), PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|x| x.id)
+            .collect::<Vec<_>>(),
+        vec![keep.id]
+    );
+    assert_eq!(
+        store
+            .list_tasks(keep.id, None, PageRequest::default())
+            .await
+            .unwrap()
+            .total,
+        2
+    );
 }
 
 pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store) {

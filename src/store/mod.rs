@@ -174,6 +174,11 @@ pub trait Store: Send + Sync + 'static {
         page: PageRequest,
     ) -> StoreResult<Page<Task>>;
 
+    /// Deletes a finished render with its tasks, their logs and history
+    /// (see `domain::check_deletable`; Conflict otherwise). Frames on disk
+    /// stay where they are.
+    async fn delete_render(&self, id: Uuid) -> StoreResult<()>;
+
     /// An operator's change of a render's status, with what it does to the
     /// render's tasks.
     async fn change_render(

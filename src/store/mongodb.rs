@@ -51,10 +51,10 @@ use super::{
     StoreError, StoreResult, TaskReport,
 };
 use crate::domain::{
-    claim_permission, heartbeat_action, join_log, log_chunks_to_drop, render_transition, roll_up,
-    task_transition, tasks_affected, worker_status, worker_transition, Allowances, ClaimPermission,
-    LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec,
-    WorkerMode, TASK_LOG_LIMIT,
+    check_deletable, claim_permission, heartbeat_action, join_log, log_chunks_to_drop,
+    render_transition, roll_up, task_transition, tasks_affected, worker_status, worker_transition,
+    Allowances, ClaimPermission, LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork,
+    TaskEvent, ValidWorkerSpec, WorkerMode, TASK_LOG_LIMIT,
 };
 use queries::*;
 
@@ -69,6 +69,8 @@ const WORKERS: &str = "workers";
 const TASK_LOGS: &str = "task_logs";
 const COUNTERS: &str = "counters";
 const TASK_HISTORY: &str = "task_history";
+/// Task ids per `$in` when deleting a render's logs and history.
+const DELETE_BATCH: usize = 10_000;
 const LEASES: &str = "leases";
 
 /// How long an operation waits for a reachable server before it answers
@@ -465,6 +467,13 @@ struct LogDoc {
     /// Chunks written before the bound existed count as 0.
     #[serde(default)]
     bytes: i64,
+}
+
+/// A document's id alone.
+#[derive(Debug, Deserialize)]
+struct IdOnly {
+    #[serde(rename = "_id")]
+    id: String,
 }
 
 /// A log chunk's place and size, for trimming.
@@ -1429,6 +1438,35 @@ impl Store for MongoStore {
             limit,
             offset,
         })
+    }
+
+    async fn delete_render(&self, id: Uuid) -> StoreResult<()> {
+        let id = id.to_string();
+        let render = self.load_render(&id).await?;
+        check_deletable(render.status()?, render.tasks_running)?;
+        // The render goes first: from then on nothing of it is visible, and
+        // what a crash leaves behind is finished tasks no query reaches.
+        self.renders()?.delete_one(doc! { "_id": &id }).await?;
+        let tasks: Vec<IdOnly> = self
+            .tasks()?
+            .clone_with_type::<IdOnly>()
+            .find(doc! { "render_id": &id })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let task_ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        for batch in task_ids.chunks(DELETE_BATCH) {
+            self.logs()?
+                .delete_many(doc! { "task_id": { "$in": batch } })
+                .await?;
+            self.history()?
+                .delete_many(doc! { "task_id": { "$in": batch } })
+                .await?;
+        }
+        self.tasks()?.delete_many(doc! { "render_id": &id }).await?;
+        tracing::info!(render_id = %id, "render deleted");
+        Ok(())
     }
 
     async fn change_render(

@@ -33,10 +33,10 @@ use super::{
     StoreError, StoreResult, TaskReport,
 };
 use crate::domain::{
-    claim_permission, heartbeat_action, join_log, log_chunks_to_drop, progress_after,
-    render_transition, roll_up, task_transition, tasks_affected, worker_status, worker_transition,
-    Allowances, ClaimPermission, LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork,
-    TaskEvent, ValidWorkerSpec, WorkerMode, TASK_LOG_LIMIT,
+    check_deletable, claim_permission, heartbeat_action, join_log, log_chunks_to_drop,
+    progress_after, render_transition, roll_up, task_transition, tasks_affected, worker_status,
+    worker_transition, Allowances, ClaimPermission, LeaseView, NewRender, OverdueWork,
+    RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec, WorkerMode, TASK_LOG_LIMIT,
 };
 
 /// The database file's name inside the data directory.
@@ -1019,6 +1019,29 @@ impl Store for SqliteStore {
                 limit,
                 offset,
             })
+        })
+        .await
+    }
+
+    async fn delete_render(&self, id: Uuid) -> StoreResult<()> {
+        self.write(move |conn| {
+            let seq: i64 = conn
+                .prepare_cached("SELECT seq FROM renders WHERE id = ?1")?
+                .query_row([id.to_string()], |row| row.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("render", id))?;
+            let state = load_render_state(conn, seq)?;
+            check_deletable(state.status, state.progress.tasks_running)?;
+            for statement in [
+                "DELETE FROM task_logs WHERE task_seq IN (SELECT seq FROM tasks WHERE render_seq = ?1)",
+                "DELETE FROM task_history WHERE task_seq IN (SELECT seq FROM tasks WHERE render_seq = ?1)",
+                "DELETE FROM tasks WHERE render_seq = ?1",
+                "DELETE FROM renders WHERE seq = ?1",
+            ] {
+                conn.prepare_cached(statement)?.execute([seq])?;
+            }
+            tracing::info!(render_id = %id, "render deleted");
+            Ok(())
         })
         .await
     }

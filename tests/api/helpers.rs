@@ -141,6 +141,11 @@ impl TestApp {
         .await
     }
 
+    pub async fn delete_render(&self, id: &str) -> Response {
+        self.raw(Method::DELETE, &format!("/renders/{id}"), None)
+            .await
+    }
+
     pub async fn complete_render(&self, id: &str) -> Response {
         self.raw(Method::POST, &format!("/renders/{id}/complete"), None)
             .await

@@ -67,6 +67,47 @@ async fn an_operator_can_mark_a_render_complete_once() {
 }
 
 #[tokio::test]
+async fn a_finished_render_can_be_deleted_and_an_unfinished_one_cannot() {
+    let app = spawn_app().await;
+    let render = app
+        .submit_ok(&render_body("old-shot", 1, 4, 2, "normal"))
+        .await;
+    let id = render["id"].as_str().unwrap();
+    let message = assert_error(app.delete_render(id).await, StatusCode::CONFLICT).await;
+    assert!(message.contains("cancel it first"), "{message}");
+
+    let worker = app.register_ok("w").await;
+    let task = app.claim_ok(&worker).await;
+    app.change_render(id, "cancel").await;
+    let response = app.delete_render(id).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_error(
+        app.get(&format!("/renders/{id}")).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let task_id = task["task_id"].as_str().unwrap();
+    assert_error(
+        app.get(&format!("/tasks/{task_id}")).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // The worker that held a chunk of it is free, and told to stop.
+    let beat = app
+        .heartbeat(
+            &worker,
+            &json!({"task_id": task_id, "lease_id": task["lease_id"]}),
+        )
+        .await;
+    assert_eq!(json_of(beat).await["action"], "abort");
+    assert_eq!(
+        app.workers().await[0]["current_task_id"],
+        serde_json::Value::Null
+    );
+    assert_error(app.delete_render(id).await, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test]
 async fn draining_and_disabling_a_worker() {
     let app = spawn_app().await;
     app.submit_ok(&render_body("r", 1, 3, 1, "normal")).await;

@@ -194,6 +194,18 @@ impl BrokerClient {
         .await
     }
 
+    /// `DELETE /renders/{id}`: a finished render, with its tasks and logs.
+    pub async fn delete_render(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/renders/{id}");
+        let request = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT);
+        self.answer::<serde_json::Value>(&path, request)
+            .await
+            .map(drop)
+    }
+
     /// `GET /tasks/{id}/log`: the task's log so far.
     pub async fn task_log(&self, id: &str) -> Result<String, ClientError> {
         let path = format!("/tasks/{id}/log");
