@@ -302,8 +302,21 @@ async fn canceling_a_render_kills_blender_within_two_seconds_of_the_abort() {
         || async { (blender_session_dirs(&temp_dir) == 0).then_some(()) },
     )
     .await;
+    let task_id = tasks[0]["id"].as_str().unwrap().to_string();
     let summary = agent.stop().await;
-    assert_eq!(summary.aborted, 1);
+    // If this fails, what the broker saw of the task says why.
+    let seen = get_json(
+        &broker.client,
+        format!("{}/tasks/{task_id}", broker.address),
+    )
+    .await;
+    let log = task_log(&broker.client, &broker.address, &task_id).await;
+    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+    assert_eq!(
+        summary.aborted, 1,
+        "{summary:?}\nhistory: {}\nlog tail (newest first): {tail:#?}",
+        seen["history"]
+    );
     assert_eq!(
         (summary.completed, summary.failed),
         (0, 0),
