@@ -25,10 +25,19 @@ fn start_time() -> DateTime<Utc> {
 
 impl Farm {
     async fn start(data_dir: &std::path::Path, clock: Arc<ManualClock>) -> Farm {
+        Farm::start_with(data_dir, clock, SchedulerSettings::default()).await
+    }
+
+    /// A farm whose scheduler has `scheduler`'s settings, ticked by hand.
+    async fn start_with(
+        data_dir: &std::path::Path,
+        clock: Arc<ManualClock>,
+        scheduler: SchedulerSettings,
+    ) -> Farm {
         let mut settings = Settings::new("127.0.0.1:0", data_dir, StoreChoice::Embedded);
         settings.scheduler = SchedulerSettings {
             periodic: false,
-            ..SchedulerSettings::default()
+            ..scheduler
         };
         let app = Application::build_with_clock(settings, clock.clone())
             .await
@@ -430,4 +439,55 @@ async fn two_brokers_on_one_store_elect_exactly_one_leader_and_the_other_takes_o
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     a.scheduler.scheduled_tick().await;
     assert_eq!(a.get("/scheduler").await["is_leader"], true);
+}
+
+#[tokio::test]
+async fn finished_renders_are_deleted_once_they_ended_longer_ago_than_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = SchedulerSettings {
+        keep_finished: Some(Duration::days(7)),
+        ..SchedulerSettings::default()
+    };
+    let farm = Farm::start_with(
+        dir.path(),
+        Arc::new(ManualClock::new(start_time())),
+        retention,
+    )
+    .await;
+    let done = farm.submit("done", 1, 1, "normal", 0).await;
+    let waiting = farm.submit("waiting", 1, 1, "low", 0).await;
+    let worker = farm.register("w").await;
+    let task = farm.claim(&worker).await.unwrap();
+    assert_eq!(task["render_id"], done.as_str());
+    assert_eq!(
+        farm.report(&task, "complete", json!({})).await,
+        StatusCode::OK
+    );
+
+    farm.advance(6 * 24 * 3600);
+    assert_eq!(farm.tick().await["purged"], 0, "six days: kept");
+    farm.advance(2 * 24 * 3600);
+    assert_eq!(farm.tick().await["purged"], 1, "eight days: deleted");
+    let (status, _) = farm
+        .send(reqwest::Method::GET, &format!("/renders/{done}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = farm
+        .send(
+            reqwest::Method::GET,
+            &format!("/tasks/{}", task["task_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "its tasks went with it");
+    assert_eq!(
+        farm.get(&format!("/renders/{waiting}")).await["status"],
+        "queued",
+        "unfinished work stays"
+    );
+    assert_eq!(
+        farm.get("/scheduler").await["keep_finished_seconds"],
+        7.0 * 24.0 * 3600.0
+    );
+    farm.handle.stop(true).await;
 }

@@ -24,9 +24,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     responses(
         (status = 200, description = "The scheduler as this broker sees it.", body = SchedulerStatus,
             example = json!({"instance": "render-01-4242-1a2b3c4d", "leader": {"holder": "render-01-4242-1a2b3c4d", "expires_at": "2026-11-24T02:10:30Z"}, "is_leader": true,
-                "last_report": {"requeued": 1, "retried": 0, "failed": 0, "preempted": 1, "workers_wanted": 0, "workers_lost": 1, "ran_at": "2026-11-24T02:09:00Z"},
+                "last_report": {"requeued": 1, "retried": 0, "failed": 0, "preempted": 1, "workers_wanted": 0, "workers_lost": 1, "purged": 0, "ran_at": "2026-11-24T02:09:00Z"},
                 "next_tick_at": "2026-11-24T02:09:30Z", "tick_seconds": 30.0, "worker_timeout_seconds": 60.0,
-                "allowances": {"low": null, "normal": 1800.0, "high": 120.0, "urgent": 0.0}})),
+                "allowances": {"low": null, "normal": 1800.0, "high": 120.0, "urgent": 0.0}, "keep_finished_seconds": 2592000.0})),
         super::openapi::StoreErrors,
     )
 )]
@@ -36,7 +36,7 @@ pub(super) async fn status(state: web::Data<AppState>) -> Result<HttpResponse, A
 
 /// Runs one scheduler tick now, on this broker, whoever leads: lost workers'
 /// tasks requeued, failed tasks retried, overdue work preempting lower work,
-/// render counters rolled up.
+/// render counters rolled up, finished renders past the retention deleted.
 #[utoipa::path(
     post,
     path = "/scheduler/run",
@@ -44,7 +44,7 @@ pub(super) async fn status(state: web::Data<AppState>) -> Result<HttpResponse, A
     operation_id = "run_scheduler",
     responses(
         (status = 200, description = "What the tick did.", body = TickReport,
-            example = json!({"requeued": 1, "retried": 0, "failed": 0, "preempted": 1, "workers_wanted": 0, "workers_lost": 1, "ran_at": "2026-11-24T02:09:00Z"})),
+            example = json!({"requeued": 1, "retried": 0, "failed": 0, "preempted": 1, "workers_wanted": 0, "workers_lost": 1, "purged": 0, "ran_at": "2026-11-24T02:09:00Z"})),
         super::openapi::StoreErrors,
     )
 )]

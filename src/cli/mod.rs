@@ -120,6 +120,10 @@ pub struct SchedulerArgs {
     /// How long low work may wait (it has nothing lower to preempt).
     #[arg(long, env = "RENDERFARM_WAIT_LOW", default_value = "never", value_parser = parse_allowance)]
     wait_low: Allowance,
+    /// Delete finished renders (with their tasks and logs; frames stay on
+    /// disk) this long after they ended, e.g. 30d; "never" keeps them.
+    #[arg(long, env = "RENDERFARM_KEEP_FINISHED", default_value = "never", value_parser = parse_allowance)]
+    keep_finished: Allowance,
 }
 
 /// A wait allowance: a duration, or never.
@@ -162,6 +166,7 @@ impl SchedulerArgs {
                 urgent: allowance(self.wait_urgent)?,
             },
             periodic: true,
+            keep_finished: allowance(self.keep_finished)?,
         })
     }
 }
@@ -547,6 +552,19 @@ mod tests {
         assert_eq!(s.tick, std::time::Duration::from_secs(30));
         assert_eq!(s.worker_timeout, chrono::Duration::seconds(60));
         assert_eq!(s.allowances, crate::domain::Allowances::default());
+        assert_eq!(
+            s.keep_finished, None,
+            "finished renders are kept unless asked"
+        );
         assert!(Cli::try_parse_from(["renderfarm", "serve", "--tick", "0s"]).is_err());
+        let cli =
+            Cli::try_parse_from(["renderfarm", "serve", "--keep-finished", "30days"]).unwrap();
+        let super::Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            args.scheduler.settings().unwrap().keep_finished,
+            Some(chrono::Duration::days(30))
+        );
     }
 }

@@ -17,7 +17,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::clock::Clock;
 use crate::domain::{plan_preemption, Allowances};
-use crate::store::{Store, StoreResult};
+use crate::store::{Store, StoreError, StoreResult};
 
 /// The name of the lease that says which broker runs the tick.
 pub const LEADER_LEASE: &str = "scheduler";
@@ -33,7 +33,13 @@ pub struct SchedulerSettings {
     /// Run the tick on its own every `tick`; off where ticks are driven by
     /// hand (tests, `POST /scheduler/run`).
     pub periodic: bool,
+    /// Delete finished renders this long after they ended; `None` keeps them.
+    pub keep_finished: Option<chrono::Duration>,
 }
+
+/// Finished renders deleted per tick at most, so one tick never holds the
+/// store for long; the rest go in the next ticks.
+const PURGE_BATCH: usize = 100;
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
@@ -42,6 +48,7 @@ impl Default for SchedulerSettings {
             worker_timeout: chrono::Duration::seconds(60),
             allowances: Allowances::default(),
             periodic: true,
+            keep_finished: None,
         }
     }
 }
@@ -168,11 +175,37 @@ impl Scheduler {
             );
         }
 
+        if let Some(keep) = self.settings.keep_finished {
+            report.purged = self.purge_finished(now - keep).await?;
+        }
+
         if report.requeued + report.retried + report.preempted > 0 {
             self.work_available.notify_waiters();
         }
         self.state().last_report = Some(report.clone());
         Ok(report)
+    }
+
+    /// Retention: deletes up to [`PURGE_BATCH`] renders that finished before
+    /// `cutoff`; how many went. One that changed meanwhile (requeued, say)
+    /// is left alone.
+    async fn purge_finished(&self, cutoff: DateTime<Utc>) -> StoreResult<i64> {
+        let mut purged = 0;
+        for render_id in self
+            .store
+            .finished_renders_before(cutoff, PURGE_BATCH)
+            .await?
+        {
+            match self.store.delete_render(render_id).await {
+                Ok(()) => {
+                    tracing::info!(render_id = %render_id, %cutoff, "deleted a render finished before the retention");
+                    purged += 1;
+                }
+                Err(StoreError::Conflict(_) | StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(purged)
     }
 
     /// The periodic tick: take or renew the leader lease; run the steps only
@@ -224,6 +257,10 @@ impl Scheduler {
             tick_seconds: self.settings.tick.as_secs_f64(),
             worker_timeout_seconds: self.settings.worker_timeout.num_milliseconds() as f64 / 1000.0,
             allowances: self.settings.allowances.to_wire(),
+            keep_finished_seconds: self
+                .settings
+                .keep_finished
+                .map(|d| d.num_milliseconds() as f64 / 1000.0),
         })
     }
 

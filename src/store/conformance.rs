@@ -37,6 +37,7 @@ macro_rules! conformance_tests {
             disabled_and_draining_workers_take_no_new_work,
             operator_commands_change_renders_and_their_tasks,
             only_a_finished_render_is_deleted_and_it_goes_whole,
+            finished_renders_are_found_by_when_they_ended,
             listings_filter_and_paginate,
             task_logs_accumulate_in_order,
             a_task_log_keeps_its_first_and_newest_output_within_its_bound,
@@ -803,6 +804,83 @@ pub async fn only_a_finished_render_is_deleted_and_it_goes_whole(store: &dyn Sto
             .total,
         2
     );
+}
+
+pub async fn finished_renders_are_found_by_when_they_ended(store: &dyn Store) {
+    let at = |s: i64| t0() + Duration::seconds(s);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = store
+            .create_render(plan(&format!("f{i}"), 1, 1, 1, Priority::Low, t0()))
+            .await
+            .unwrap();
+        ids.push(r.id);
+    }
+    store
+        .create_render(plan("unfinished", 1, 1, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    for (i, when) in [(2, 10), (0, 20), (1, 30)] {
+        store
+            .change_render(ids[i], RenderCommand::Cancel, at(when))
+            .await
+            .unwrap();
+    }
+    let before = |t: i64, limit: usize| store.finished_renders_before(at(t), limit);
+    assert_eq!(
+        before(25, 10).await.unwrap(),
+        vec![ids[2], ids[0]],
+        "ended before, first first"
+    );
+    assert_eq!(
+        before(60, 2).await.unwrap(),
+        vec![ids[2], ids[0]],
+        "at most the limit"
+    );
+    assert_eq!(before(60, 10).await.unwrap(), vec![ids[2], ids[0], ids[1]]);
+
+    // A failed render whose other chunk still renders is not finished with.
+    let busy = store
+        .create_render(plan_with("busy", 1, 2, 1, Priority::Urgent, at(40), |s| {
+            s.max_retries = 0
+        }))
+        .await
+        .unwrap();
+    let (w1, w2) = (
+        worker(store, "w1", &[]).await,
+        worker(store, "w2", &[]).await,
+    );
+    let failing = claim(store, w1).await.unwrap();
+    let rendering = claim(store, w2).await.unwrap();
+    store
+        .report_task(
+            failing.task_id,
+            failing.lease_id,
+            TaskReport::Fail {
+                exit_code: Some(1),
+                reason: "denoiser".into(),
+            },
+            None,
+            at(50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_render(busy.id).await.unwrap().status,
+        RenderStatus::Failed
+    );
+    assert!(!before(3600, 10).await.unwrap().contains(&busy.id));
+    store
+        .report_task(
+            rendering.task_id,
+            rendering.lease_id,
+            TaskReport::Complete,
+            None,
+            at(55),
+        )
+        .await
+        .unwrap();
+    assert!(before(3600, 10).await.unwrap().contains(&busy.id));
 }
 
 pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store) {

@@ -174,6 +174,14 @@ pub trait Store: Send + Sync + 'static {
         page: PageRequest,
     ) -> StoreResult<Page<Task>>;
 
+    /// Up to `limit` renders that finished before `before` with none of their
+    /// chunks still rendering, those that ended first first.
+    async fn finished_renders_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Uuid>>;
+
     /// Deletes a finished render with its tasks, their logs and history
     /// (see `domain::check_deletable`; Conflict otherwise). Frames on disk
     /// stay where they are.

@@ -1440,6 +1440,31 @@ impl Store for MongoStore {
         })
     }
 
+    async fn finished_renders_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Uuid>> {
+        let finished: Vec<IdOnly> = self
+            .renders()?
+            .clone_with_type::<IdOnly>()
+            .find(doc! {
+                "status": { "$in": ["completed", "failed", "canceled"] },
+                "tasks_running": 0_i64,
+                "finished_at": { "$lt": bson_time(before) },
+            })
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "finished_at": 1 })
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await?;
+        finished
+            .iter()
+            .map(|r| parse_uuid(&r.id, "render id"))
+            .collect()
+    }
+
     async fn delete_render(&self, id: Uuid) -> StoreResult<()> {
         let id = id.to_string();
         let render = self.load_render(&id).await?;

@@ -1023,6 +1023,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn finished_renders_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<Uuid>> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id FROM renders \
+                 WHERE status IN ('completed', 'failed', 'canceled') AND tasks_running = 0 \
+                   AND finished_at < ?1 \
+                 ORDER BY finished_at LIMIT ?2",
+            )?
+            .query_map(params![ts(before), limit as i64], |row| get_uuid(row, 0))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(StoreError::from)
+        })
+        .await
+    }
+
     async fn delete_render(&self, id: Uuid) -> StoreResult<()> {
         self.write(move |conn| {
             let seq: i64 = conn

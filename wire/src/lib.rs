@@ -526,6 +526,9 @@ pub struct TickReport {
     pub workers_wanted: i64,
     /// Workers marked offline.
     pub workers_lost: i64,
+    /// Finished renders deleted for having ended longer ago than the
+    /// retention (`--keep-finished`).
+    pub purged: i64,
     /// When the tick ran (the scheduler's clock).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, required = true))]
     pub ran_at: Option<Timestamp>,
@@ -560,6 +563,10 @@ pub struct SchedulerStatus {
     pub worker_timeout_seconds: f64,
     /// Wait allowance per priority level in seconds; null means never preempts.
     pub allowances: PriorityAllowances,
+    /// Finished renders are deleted this many seconds after they ended;
+    /// null: kept until an operator deletes them.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub keep_finished_seconds: Option<f64>,
 }
 
 /// A wait allowance per priority level, in seconds; `None`: never.
