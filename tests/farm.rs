@@ -111,7 +111,10 @@ struct LongRender {
     agent: TestAgent,
     blend: String,
     id: String,
-    _files: tempfile::TempDir,
+    /// Holds the scene and the frames. Bind it by name when destructuring:
+    /// `..` would drop it at once, and Blender, finding its output directory
+    /// gone while it saves a frame, fails the chunk on its own (exit 1).
+    files: tempfile::TempDir,
 }
 
 async fn start_long_render(blender: &Path, name: &str) -> LongRender {
@@ -128,7 +131,7 @@ async fn start_long_render(blender: &Path, name: &str) -> LongRender {
         agent,
         blend,
         id,
-        _files: files,
+        files,
     }
 }
 
@@ -260,7 +263,7 @@ async fn canceling_a_render_kills_blender_within_two_seconds_of_the_abort() {
         agent,
         blend,
         id,
-        ..
+        files: _files,
     } = start_long_render(&blender, "long").await;
     let blend_path = Path::new(&blend);
     assert_eq!(
@@ -387,7 +390,7 @@ async fn a_stopping_agent_hands_its_task_back_without_a_failure() {
         agent,
         blend,
         id,
-        ..
+        files: _files,
     } = start_long_render(&blender, "handback").await;
     let summary = agent.stop().await;
     assert_eq!(summary.released, 1);

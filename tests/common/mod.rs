@@ -233,6 +233,14 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts an agent with short intervals so tests need not wait long.
     pub async fn start(broker: &str, name: &str, blender: &Path) -> TestAgent {
+        // RENDERFARM_TEST_LOG=1 shows what the in-process agents did, for a
+        // failure that the assertions alone do not explain.
+        if std::env::var_os("RENDERFARM_TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter("renderfarm_worker=debug")
+                .try_init();
+        }
         let work_dir = tempfile::tempdir().expect("work dir");
         let config = AgentConfig {
             broker: broker.to_string(),

@@ -420,6 +420,7 @@ impl Agent {
             Some(code) => format!("Blender exited with code {code}"),
             None => "Blender was killed by a signal".to_string(),
         };
+        tracing::warn!(task_id = %a.task_id, "{summary}");
         let reason = format!("{summary}; the last lines of its output:\n{}", log.tail());
         Ending::Report(FinalReport::Fail {
             task_id: a.task_id,
