@@ -12,7 +12,7 @@ pub fn connect(base: &str) -> anyhow::Result<BrokerClient> {
 pub fn explain(base: &str) -> impl Fn(ClientError) -> anyhow::Error + '_ {
     move |e| {
         match e {
-        ClientError::Unreachable(_, cause) => anyhow::anyhow!(
+        ClientError::Unreachable { cause, .. } => anyhow::anyhow!(
             "cannot reach the broker at {base} ({cause}): is `renderfarm serve` running? (--broker or RENDERFARM_BROKER to point elsewhere)"
         ),
         ClientError::NotFound(message) | ClientError::Conflict(message) => anyhow::anyhow!("{message}"),

@@ -111,6 +111,21 @@ fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// The most of a broker's `Retry-After` the agent honours: a misconfigured
+/// proxy must not park a render machine for an hour.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The pause before trying again after `error`: our own jittered backoff, on
+/// top of the broker's `Retry-After` when it gave one, so that a crowd of
+/// agents told the same number does not come back in the same instant.
+fn retry_delay(backoff: Option<Duration>, error: &ClientError) -> Duration {
+    let ours = backoff.unwrap_or(Duration::from_secs(10));
+    match error.retry_after() {
+        Some(asked) => asked.min(MAX_RETRY_AFTER) + ours,
+        None => ours,
+    }
+}
+
 /// How a task ended on this agent.
 enum Ending {
     Report(FinalReport),
@@ -200,7 +215,7 @@ impl Agent {
                     }
                 }
                 Err(e) => {
-                    let delay = retry.next().unwrap_or(Duration::from_secs(10));
+                    let delay = retry_delay(retry.next(), &e);
                     tracing::warn!(error = %e, ?delay, "cannot get work; trying again");
                     self.pause(delay).await;
                 }
@@ -266,7 +281,7 @@ impl Agent {
                     return Some(worker.id);
                 }
                 Err(e) => {
-                    let delay = retry.next().unwrap_or(Duration::from_secs(10));
+                    let delay = retry_delay(retry.next(), &e);
                     tracing::warn!(error = %e, ?delay, "cannot register; trying again");
                     if self.signals.stop.is_cancelled() {
                         return None;
@@ -451,7 +466,7 @@ impl Agent {
                     return;
                 }
                 Err(e) => {
-                    let delay = retry.next().unwrap_or(Duration::from_secs(10));
+                    let delay = retry_delay(retry.next(), &e);
                     tracing::warn!(error = %e, ?delay, "report not delivered; trying again");
                     if self.signals.stop.is_cancelled() {
                         let deadline = *stop_deadline.get_or_insert_with(|| {
@@ -627,5 +642,31 @@ mod tests {
         write_atomically(&path, &serde_json::to_vec(&report).unwrap()).unwrap();
         let back: FinalReport = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn the_agent_waits_at_least_what_the_broker_asked_and_never_an_hour() {
+        let busy = |retry_after| ClientError::Unreachable {
+            base: "http://b".into(),
+            cause: "429".into(),
+            retry_after,
+        };
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        let cases = [
+            // (our backoff, the error, the pause)
+            (Some(ms(300)), busy(None), ms(300)),
+            (None, busy(None), s(10)),
+            (Some(ms(300)), busy(Some(s(5))), ms(5300)),
+            (Some(ms(300)), busy(Some(s(3600))), s(60) + ms(300)),
+            (
+                Some(ms(300)),
+                ClientError::Conflict("stale".into()),
+                ms(300),
+            ),
+        ];
+        for (backoff, error, want) in cases {
+            assert_eq!(retry_delay(backoff, &error), want, "{backoff:?} {error:?}");
+        }
     }
 }

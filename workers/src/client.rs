@@ -22,9 +22,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The broker could not be reached, timed out, or is overloaded or
-    /// restarting (5xx, 429): try again later.
-    #[error("the broker at {0} is unreachable: {1}")]
-    Unreachable(String, String),
+    /// restarting (5xx, 429): try again later, not before `retry_after` when
+    /// the broker said when (its `Retry-After`).
+    #[error("the broker at {base} is unreachable: {cause}")]
+    Unreachable {
+        base: String,
+        cause: String,
+        retry_after: Option<Duration>,
+    },
     /// 409: the lease is stale, the worker is disabled, or the change is not
     /// allowed now. Retrying the same request will not help.
     #[error("the broker refused: {0}")]
@@ -41,7 +46,15 @@ pub enum ClientError {
 impl ClientError {
     /// True when the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Unreachable(..))
+        matches!(self, ClientError::Unreachable { .. })
+    }
+
+    /// How long the broker asked to be left alone, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Unreachable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -215,16 +228,17 @@ impl BrokerClient {
             .timeout(REQUEST_TIMEOUT)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+            .map_err(|e| self.unreachable(e.to_string()))?;
         let status = response.status();
+        let retry_after = retry_after(response.headers());
         let text = response
             .text()
             .await
-            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+            .map_err(|e| self.unreachable(e.to_string()))?;
         if status.is_success() {
             Ok(text)
         } else {
-            Err(self.error(status, text))
+            Err(self.error(status, text, retry_after))
         }
     }
 
@@ -249,7 +263,15 @@ impl BrokerClient {
     }
 
     fn unexpected_empty(&self, path: &str) -> ClientError {
-        ClientError::Unreachable(self.base.clone(), format!("{path} answered without a body"))
+        self.unreachable(format!("{path} answered without a body"))
+    }
+
+    fn unreachable(&self, cause: String) -> ClientError {
+        ClientError::Unreachable {
+            base: self.base.clone(),
+            cause,
+            retry_after: None,
+        }
     }
 
     /// POSTs `body` (nothing for `()`); `None` for a 204.
@@ -297,25 +319,31 @@ impl BrokerClient {
         let response = request
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+            .map_err(|e| self.unreachable(e.to_string()))?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
+        let retry_after = retry_after(response.headers());
         let text = response
             .text()
             .await
-            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+            .map_err(|e| self.unreachable(e.to_string()))?;
         if status.is_success() {
             return serde_json::from_str(&text).map(Some).map_err(|e| {
                 ClientError::Rejected(status, format!("the answer to {path} is not what this client expects ({e}); are the broker and this program the same version?"))
             });
         }
-        Err(self.error(status, text))
+        Err(self.error(status, text, retry_after))
     }
 
     /// The error for a failed answer with body `text`, sorted by what to do.
-    fn error(&self, status: StatusCode, text: String) -> ClientError {
+    fn error(
+        &self,
+        status: StatusCode,
+        text: String,
+        retry_after: Option<Duration>,
+    ) -> ClientError {
         let message = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| b.message)
             .unwrap_or(text);
@@ -326,9 +354,20 @@ impl BrokerClient {
                 || s == StatusCode::TOO_MANY_REQUESTS
                 || s == StatusCode::REQUEST_TIMEOUT =>
             {
-                ClientError::Unreachable(self.base.clone(), format!("{s}: {message}"))
+                ClientError::Unreachable {
+                    base: self.base.clone(),
+                    cause: format!("{s}: {message}"),
+                    retry_after,
+                }
             }
             s => ClientError::Rejected(s, message),
         }
     }
+}
+
+/// A `Retry-After` given in seconds (the only form the broker sends); a date
+/// or garbage counts as not given.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
