@@ -157,6 +157,18 @@ impl From<DriverError> for StoreError {
                     w.message
                 ))
             }
+            // Every document written, but not confirmed as the write
+            // concern asks: the same as for a single write.
+            ErrorKind::InsertMany(m)
+                if m.write_errors.as_ref().is_none_or(|w| w.is_empty()) =>
+            {
+                if let Some(w) = &m.write_concern_error {
+                    return unavailable(format!(
+                        "MongoDB could not confirm the write: {}",
+                        w.message
+                    ));
+                }
+            }
             ErrorKind::Authentication { .. } => {
                 return unavailable(
                     "MongoDB refused the credentials in the store URI; fix the URI and restart the broker"
@@ -1445,6 +1457,10 @@ impl Store for MongoStore {
         before: DateTime<Utc>,
         limit: usize,
     ) -> StoreResult<Vec<Uuid>> {
+        // MongoDB reads a limit of 0 as no limit at all.
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let finished: Vec<IdOnly> = self
             .renders()?
             .clone_with_type::<IdOnly>()

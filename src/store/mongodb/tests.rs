@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
-use mongodb::error::{CommandError, Error as DriverError, ErrorKind, WriteError, WriteFailure};
+use mongodb::error::{
+    CommandError, Error as DriverError, ErrorKind, InsertManyError, WriteError, WriteFailure,
+};
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus};
 
 use super::migrations;
@@ -441,6 +443,16 @@ fn driver_errors_become_the_store_vocabulary() {
         StoreError::Unexpected(_)
     ));
     assert_eq!(error_code(&command_error(48, "NamespaceExists")), Some(48));
+    // Every task inserted but the write concern unconfirmed (e.g. `w=majority`
+    // with a member down): try again later, like a single write.
+    let unconfirmed: InsertManyError = bson::from_document(doc! {
+        "writeConcernError": { "code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out" },
+    })
+    .unwrap();
+    assert!(matches!(
+        StoreError::from(driver_error(ErrorKind::InsertMany(unconfirmed))),
+        StoreError::Unavailable(_)
+    ));
 }
 
 #[tokio::test]
