@@ -482,6 +482,14 @@ struct RenderState {
     failed_for_good: bool,
 }
 
+/// The render's row key; not found when no render has that id.
+fn render_seq(conn: &Connection, id: Uuid) -> StoreResult<i64> {
+    conn.prepare_cached("SELECT seq FROM renders WHERE id = ?1")?
+        .query_row([id.to_string()], |row| row.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::not_found("render", id))
+}
+
 fn load_render_state(conn: &Connection, seq: i64) -> StoreResult<RenderState> {
     Ok(conn
         .prepare_cached(
@@ -1044,11 +1052,7 @@ impl Store for SqliteStore {
 
     async fn delete_render(&self, id: Uuid) -> StoreResult<()> {
         self.write(move |conn| {
-            let seq: i64 = conn
-                .prepare_cached("SELECT seq FROM renders WHERE id = ?1")?
-                .query_row([id.to_string()], |row| row.get(0))
-                .optional()?
-                .ok_or_else(|| StoreError::not_found("render", id))?;
+            let seq = render_seq(conn, id)?;
             let state = load_render_state(conn, seq)?;
             check_deletable(state.status, state.progress.tasks_running)?;
             for statement in [
@@ -1072,11 +1076,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Render> {
         self.write(move |conn| {
-            let seq: i64 = conn
-                .prepare_cached("SELECT seq FROM renders WHERE id = ?1")?
-                .query_row([id.to_string()], |row| row.get(0))
-                .optional()?
-                .ok_or_else(|| StoreError::not_found("render", id))?;
+            let seq = render_seq(conn, id)?;
             let mut state = load_render_state(conn, seq)?;
             let before = state.status;
             let to = render_transition(before, command)?;

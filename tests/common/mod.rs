@@ -108,9 +108,10 @@ impl TestBroker {
     }
 }
 
-pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
+/// GETs `url`, which must answer with a success.
+async fn get_ok(client: &reqwest::Client, url: &str) -> reqwest::Response {
     let response = client
-        .get(&url)
+        .get(url)
         .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
@@ -119,23 +120,17 @@ pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
         "GET {url}: {}",
         response.status()
     );
-    response.json().await.expect("JSON")
+    response
+}
+
+pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    get_ok(client, &url).await.json().await.expect("JSON")
 }
 
 /// A task's log as the broker serves it.
 pub async fn task_log(client: &reqwest::Client, broker: &str, task_id: &str) -> String {
     let url = format!("{broker}/tasks/{task_id}/log");
-    let response = client
-        .get(&url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert!(
-        response.status().is_success(),
-        "GET {url}: {}",
-        response.status()
-    );
-    response.text().await.expect("log text")
+    get_ok(client, &url).await.text().await.expect("log text")
 }
 
 pub async fn send_json(
