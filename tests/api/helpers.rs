@@ -10,6 +10,9 @@ pub use crate::contract::ApiResponse as Response;
 
 pub struct TestApp {
     pub address: String,
+    /// The broker's state, for a test that must wait for something no
+    /// route shows (how many long polls are waiting).
+    pub state: actix_web::web::Data<renderfarm::api::AppState>,
     pub client: reqwest::Client,
     pub data_dir: tempfile::TempDir,
 }
@@ -25,9 +28,11 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     adjust(&mut settings);
     let app = Application::build(settings).await.expect("broker builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
+        state,
         client: reqwest::Client::new(),
         data_dir,
     }

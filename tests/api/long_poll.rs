@@ -108,20 +108,19 @@ async fn a_broker_holding_its_most_waiting_workers_tells_the_next_to_come_back()
         let url = app.url(&format!("/workers/{worker}/request-task?wait=30"));
         polls.push(tokio::spawn(crate::contract::send(app.client.post(url))));
     }
-    let third = app.register_ok("one-too-many").await;
-    // Until both polls have reached the broker, a short poll of the third
-    // still finds room and runs out empty.
+    // Both polls must hold their places before the third asks: asked any
+    // earlier, it would take one of them itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let response = loop {
-        let response = app.request_task(&third, Some(0.2)).await;
-        if response.status() != StatusCode::NO_CONTENT {
-            break response;
-        }
+    while app.state.waiting.load(std::sync::atomic::Ordering::SeqCst) < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the two polls never took their places"
         );
-    };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let third = app.register_ok("one-too-many").await;
+    let response = app.request_task(&third, Some(30.0)).await;
     assert_eq!(
         response
             .headers()
