@@ -2,7 +2,11 @@
 //! domain ("claim the next task for this worker"), not generic CRUD; each
 //! backend decides how to make every operation atomic. Backends never decide a
 //! status change: they ask `crate::domain`.
+//!
+//! The conformance suite is a test tool, absent from a build without the
+//! `conformance` feature (such as the release binary).
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod mongodb;
 pub mod sqlite;
