@@ -13,7 +13,7 @@
 //!   is a conflict, never a silent success.
 //! - **Render counters follow the tasks by `$inc`**, one per task move (or per
 //!   bulk `update_many`, counting what it modified), so concurrent moves add
-//!   up. The render's status is then recomputed with the domain's `roll_up`
+//!   up. The render's status is then recomputed with the domain's `tallied_status`
 //!   and written with a compare-and-set on the render's `version`, which
 //!   every counter change bumps: a status decided from stale counters is
 //!   recomputed, so concurrent brokers converge.
@@ -48,13 +48,13 @@ use uuid::Uuid;
 
 use super::{
     LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter, Retries, Store,
-    StoreError, StoreResult, TaskReport,
+    StoreError, StoreResult,
 };
 use crate::domain::{
     check_deletable, claim_permission, heartbeat_action, join_log, log_chunks_to_drop,
-    render_transition, roll_up, task_transition, tasks_affected, worker_status, worker_transition,
-    Allowances, ClaimPermission, LeaseView, NewRender, OverdueWork, RenderCommand, RunningWork,
-    TaskEvent, ValidWorkerSpec, WorkerMode, TASK_LOG_LIMIT,
+    render_transition, tallied_status, task_transition, tasks_affected, worker_status,
+    worker_transition, Allowances, ClaimPermission, LeaseView, NewRender, OverdueWork,
+    RenderCommand, RunningWork, TaskEvent, TaskReport, ValidWorkerSpec, WorkerMode, TASK_LOG_LIMIT,
 };
 use queries::*;
 
@@ -79,7 +79,7 @@ const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tasks per `insert_many` (the driver splits further to fit message sizes).
 const TASK_BATCH: usize = 10_000;
-/// Compare-and-set attempts before a render is declared too busy to settle.
+/// Compare-and-set attempts before a render is declared too busy to save its tally.
 const MAX_CAS_ATTEMPTS: usize = 64;
 /// How long a recount that found a difference waits for in-flight counter
 /// updates before it writes; and how often it tries.
@@ -188,10 +188,7 @@ impl From<DriverError> for StoreError {
             ));
         }
         if code == Some(DUPLICATE_KEY) {
-            return StoreError::Conflict(
-                "something with the same identity is already stored; it was not stored again"
-                    .into(),
-            );
+            return StoreError::AlreadyExists;
         }
         StoreError::Unexpected(anyhow::Error::new(e).context("MongoDB operation failed"))
     }
@@ -851,8 +848,8 @@ impl MongoStore {
     }
 
     /// Moves the render's counters after one of its tasks moved, then
-    /// settles its status (a task that is running means the render started).
-    async fn move_render(
+    /// saves its tally (a task that is running means the render started).
+    async fn tally_task_move(
         &self,
         render: &str,
         from: TaskStatus,
@@ -870,13 +867,13 @@ impl MongoStore {
             .return_document(ReturnDocument::After)
             .await?
             .ok_or_else(|| corrupt(format!("tasks of render {render}, which is missing")))?;
-        self.settle(doc, to == TaskStatus::Running, now).await
+        self.save_tally(doc, to == TaskStatus::Running, now).await
     }
 
-    /// Writes the status the domain's roll-up gives the render's counters,
+    /// Writes the status the domain gives the render's tally,
     /// by compare-and-set on its version; recomputes from a fresh read when
     /// another change came first.
-    async fn settle(
+    async fn save_tally(
         &self,
         mut doc: RenderDoc,
         started: bool,
@@ -885,7 +882,7 @@ impl MongoStore {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let before = doc.status()?;
             let started_at = doc.started_at.or(started.then(|| bson_time(now)));
-            let status = roll_up(
+            let status = tallied_status(
                 before,
                 &doc.progress(),
                 started_at.is_some(),
@@ -927,8 +924,8 @@ impl MongoStore {
             }
         }
         // The change that called this is stored already; the next change of
-        // the render, or the scheduler's roll-up, settles its status.
-        tracing::warn!(render_id = %doc.id, "render changed too often to settle its status now");
+        // the render, or the scheduler's recount, saves its tally.
+        tracing::warn!(render_id = %doc.id, "render changed too often to save its tally now");
         Ok(doc)
     }
 
@@ -1054,7 +1051,7 @@ impl MongoStore {
             .return_document(ReturnDocument::Before)
             .await?;
         if let Some(before) = &before {
-            self.move_render(
+            self.tally_task_move(
                 &before.render_id,
                 TaskStatus::Running,
                 to,
@@ -1105,7 +1102,7 @@ impl MongoStore {
         if let Some(before) = &before {
             let delta = frames_done - before.frames_done;
             if delta != 0 {
-                self.move_render(
+                self.tally_task_move(
                     &before.render_id,
                     TaskStatus::Running,
                     TaskStatus::Running,
@@ -1166,7 +1163,7 @@ impl MongoStore {
     }
 
     /// Counts the render's tasks by status, as the domain counts them.
-    async fn count_progress(&self, render: &str, frames_total: i64) -> StoreResult<Progress> {
+    async fn count_tally(&self, render: &str, frames_total: i64) -> StoreResult<Progress> {
         let rows: Vec<Document> = self
             .db()?
             .collection::<Document>(TASKS)
@@ -1201,13 +1198,13 @@ impl MongoStore {
     /// the recount (an `$inc` landing meanwhile moves it and the recount is
     /// redone); a render that keeps moving is left to the next tick, its
     /// counters being kept up to date by those very moves.
-    async fn recount_render(&self, mut doc: RenderDoc, now: DateTime<Utc>) -> StoreResult<bool> {
+    async fn recount_tally(&self, mut doc: RenderDoc, now: DateTime<Utc>) -> StoreResult<bool> {
         for _ in 0..RECOUNT_ATTEMPTS {
             let before = doc.status()?;
             if before.is_finished() {
                 return Ok(false);
             }
-            let progress = self.count_progress(&doc.id, doc.frames_total).await?;
+            let progress = self.count_tally(&doc.id, doc.frames_total).await?;
             let stuck = self
                 .tasks()?
                 .count_documents(stuck_filter(&doc.id))
@@ -1215,7 +1212,8 @@ impl MongoStore {
                 .await?
                 > 0;
             let failed_for_good = doc.failed_for_good || stuck;
-            let status = roll_up(before, &progress, doc.started_at.is_some(), failed_for_good);
+            let status =
+                tallied_status(before, &progress, doc.started_at.is_some(), failed_for_good);
             if (status, progress, failed_for_good) == (before, doc.progress(), doc.failed_for_good)
             {
                 return Ok(false);
@@ -1548,7 +1546,7 @@ impl Store for MongoStore {
         if let Some((event, statuses)) = tasks_affected(command, &progress) {
             doc = self.bulk_task_change(&id, event, &statuses, now).await?;
         }
-        let doc = self.settle(doc, false, now).await?;
+        let doc = self.save_tally(doc, false, now).await?;
         tracing::info!(render_id = %id, ?command, "operator changed render");
         doc.to_render()
     }
@@ -1756,7 +1754,7 @@ impl Store for MongoStore {
             return Ok(None);
         };
         let render = self
-            .move_render(&task.render_id, TaskStatus::Pending, to, 0, false, now)
+            .tally_task_move(&task.render_id, TaskStatus::Pending, to, 0, false, now)
             .await?;
         self.record_history(
             &task.id,
@@ -1798,7 +1796,7 @@ impl Store for MongoStore {
         let task = self.load_task(&id).await?;
         if task.lease_id.as_deref() != Some(lease.as_str()) || task.status()? != TaskStatus::Running
         {
-            return Err(StoreError::stale_lease(task_id));
+            return Err(StoreError::StaleLease { task_id });
         }
         let log = log.filter(|t| !t.is_empty());
         let log_bytes = log.as_ref().map(|text| text.len() as i64);
@@ -1831,7 +1829,7 @@ impl Store for MongoStore {
                     .return_document(ReturnDocument::Before)
                     .await?;
                 if let Some(b) = &before {
-                    self.move_render(
+                    self.tally_task_move(
                         &b.render_id,
                         TaskStatus::Running,
                         to,
@@ -1867,7 +1865,7 @@ impl Store for MongoStore {
                         max_retries: b.max_retries,
                     };
                     let failed_for_good = task_transition(to, retry).is_err();
-                    self.move_render(
+                    self.tally_task_move(
                         &b.render_id,
                         TaskStatus::Running,
                         to,
@@ -1895,7 +1893,7 @@ impl Store for MongoStore {
         };
         let Some(before) = before else {
             // The lease moved on between the check and the write.
-            return Err(StoreError::stale_lease(task_id));
+            return Err(StoreError::StaleLease { task_id });
         };
         if let Some(text) = log {
             let bytes = text.len() as i64;
@@ -2038,7 +2036,7 @@ impl Store for MongoStore {
                     let Some(before) = before else {
                         continue;
                     };
-                    self.move_render(
+                    self.tally_task_move(
                         &before.render_id,
                         TaskStatus::Failed,
                         to,
@@ -2060,9 +2058,9 @@ impl Store for MongoStore {
                     outcome.retried.push(moved(&before)?);
                 }
                 Err(_) => {
-                    // No retry left: the render fails (its roll-up cancels
+                    // No retry left: the render fails (saving its tally cancels
                     // the pending work).
-                    self.move_render(
+                    self.tally_task_move(
                         &task.render_id,
                         TaskStatus::Failed,
                         TaskStatus::Failed,
@@ -2189,7 +2187,7 @@ impl Store for MongoStore {
         .transpose()
     }
 
-    async fn roll_up_renders(&self, now: DateTime<Utc>) -> StoreResult<i64> {
+    async fn recount_tallies(&self, now: DateTime<Utc>) -> StoreResult<i64> {
         let open: Vec<RenderDoc> = self
             .renders()?
             .find(open_renders_filter(None))
@@ -2198,7 +2196,7 @@ impl Store for MongoStore {
             .await?;
         let mut corrected = 0;
         for doc in open {
-            if self.recount_render(doc, now).await? {
+            if self.recount_tally(doc, now).await? {
                 corrected += 1;
             }
         }

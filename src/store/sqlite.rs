@@ -30,13 +30,13 @@ use uuid::Uuid;
 
 use super::{
     LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter, Retries, Store,
-    StoreError, StoreResult, TaskReport,
+    StoreError, StoreResult,
 };
 use crate::domain::{
     check_deletable, claim_permission, heartbeat_action, join_log, log_chunks_to_drop,
-    progress_after, render_transition, roll_up, task_transition, tasks_affected, worker_status,
+    render_transition, tallied_status, tally_after, task_transition, tasks_affected, worker_status,
     worker_transition, Allowances, ClaimPermission, LeaseView, NewRender, OverdueWork,
-    RenderCommand, RunningWork, TaskEvent, ValidWorkerSpec, WorkerMode, TASK_LOG_LIMIT,
+    RenderCommand, RunningWork, TaskEvent, TaskReport, ValidWorkerSpec, WorkerMode, TASK_LOG_LIMIT,
 };
 
 /// The database file's name inside the data directory.
@@ -472,8 +472,8 @@ fn load_worker(conn: &Connection, id: Uuid) -> StoreResult<Worker> {
     .ok_or_else(|| StoreError::not_found("worker", id))
 }
 
-/// The state of a render that the roll-up reads and writes.
-struct RenderState {
+/// A render's tally: its counters and the status they give, as read and written together.
+struct RenderTally {
     seq: i64,
     status: RenderStatus,
     progress: Progress,
@@ -490,7 +490,7 @@ fn render_seq(conn: &Connection, id: Uuid) -> StoreResult<i64> {
         .ok_or_else(|| StoreError::not_found("render", id))
 }
 
-fn load_render_state(conn: &Connection, seq: i64) -> StoreResult<RenderState> {
+fn load_tally(conn: &Connection, seq: i64) -> StoreResult<RenderTally> {
     Ok(conn
         .prepare_cached(
             "SELECT seq, status, tasks_total, tasks_pending, tasks_running, tasks_completed, \
@@ -498,7 +498,7 @@ fn load_render_state(conn: &Connection, seq: i64) -> StoreResult<RenderState> {
              failed_for_good FROM renders WHERE seq = ?1",
         )?
         .query_row([seq], |row| {
-            Ok(RenderState {
+            Ok(RenderTally {
                 seq: row.get(0)?,
                 status: get_enum(row, 1, RenderStatus::parse)?,
                 progress: progress_from_row(row, 2)?,
@@ -509,17 +509,17 @@ fn load_render_state(conn: &Connection, seq: i64) -> StoreResult<RenderState> {
         })?)
 }
 
-/// Writes the render's new counters and the status the roll-up gives them;
+/// Writes the render's new counters and the status they give (its tally);
 /// `before` is the status the render had when the change began. A render that
 /// just failed for good has its pending tasks canceled (running ones may
 /// finish).
-fn save_rolled_up(
+fn save_tally(
     conn: &Connection,
-    mut state: RenderState,
+    mut state: RenderTally,
     before: RenderStatus,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    let status = roll_up(
+    let status = tallied_status(
         state.status,
         &state.progress,
         state.started_at.is_some(),
@@ -538,7 +538,7 @@ fn save_rolled_up(
             &[TaskStatus::Pending],
             now,
         )?;
-        state.progress = count_progress(conn, state.seq, state.progress.frames_total)?;
+        state.progress = count_tally(conn, state.seq, state.progress.frames_total)?;
     }
     let p = &state.progress;
     conn.prepare_cached(
@@ -572,7 +572,7 @@ fn save_rolled_up(
 }
 
 /// Moves the counters of a render after one of its tasks moved.
-fn roll_task_move(
+fn tally_task_move(
     conn: &Connection,
     render_seq: i64,
     from: TaskStatus,
@@ -581,18 +581,18 @@ fn roll_task_move(
     failed_for_good: bool,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    let mut state = load_render_state(conn, render_seq)?;
-    state.progress = progress_after(state.progress, Some(from), to, frames_delta);
+    let mut state = load_tally(conn, render_seq)?;
+    state.progress = tally_after(state.progress, Some(from), to, frames_delta);
     if to == TaskStatus::Running && state.started_at.is_none() {
         state.started_at = Some(ts(now));
     }
     state.failed_for_good |= failed_for_good;
     let before = state.status;
-    save_rolled_up(conn, state, before, now)
+    save_tally(conn, state, before, now)
 }
 
 /// Recounts a render's counters from its tasks, after a change to many.
-fn count_progress(conn: &Connection, render_seq: i64, frames_total: i64) -> StoreResult<Progress> {
+fn count_tally(conn: &Connection, render_seq: i64, frames_total: i64) -> StoreResult<Progress> {
     let mut progress = Progress {
         frames_total,
         ..Progress::default()
@@ -605,7 +605,7 @@ fn count_progress(conn: &Connection, render_seq: i64, frames_total: i64) -> Stor
         let status = get_enum(row, 0, TaskStatus::parse)?;
         let count: i64 = row.get(1)?;
         let frames: i64 = row.get(2)?;
-        progress = (0..count).fold(progress, |p, _| progress_after(p, None, status, 0));
+        progress = (0..count).fold(progress, |p, _| tally_after(p, None, status, 0));
         progress.frames_done += frames;
     }
     Ok(progress)
@@ -700,7 +700,7 @@ fn record_progress(
     conn.prepare_cached("UPDATE tasks SET frames_done = ?2 WHERE seq = ?1")?
         .execute(params![task.seq, frames_done])?;
     let delta = frames_done - task.frames_done;
-    roll_task_move(
+    tally_task_move(
         conn,
         task.render_seq,
         task.status,
@@ -775,7 +775,7 @@ fn next_pending_task(
          ORDER BY frame_start LIMIT 1",
     )?;
     // The first render has a pending chunk unless its counter drifted (the
-    // scheduler's roll-up recounts it); then the next render is tried.
+    // scheduler's recount repairs it); then the next render is tried.
     while let Some(render) = rows.next()? {
         let render_seq: i64 = render.get(0)?;
         let priority: i64 = render.get(1)?;
@@ -862,7 +862,7 @@ fn requeue_task(
         Some(detail),
         now,
     )?;
-    roll_task_move(
+    tally_task_move(
         conn,
         task.render_seq,
         task.status,
@@ -1053,7 +1053,7 @@ impl Store for SqliteStore {
     async fn delete_render(&self, id: Uuid) -> StoreResult<()> {
         self.write(move |conn| {
             let seq = render_seq(conn, id)?;
-            let state = load_render_state(conn, seq)?;
+            let state = load_tally(conn, seq)?;
             check_deletable(state.status, state.progress.tasks_running)?;
             for statement in [
                 "DELETE FROM task_logs WHERE task_seq IN (SELECT seq FROM tasks WHERE render_seq = ?1)",
@@ -1077,19 +1077,19 @@ impl Store for SqliteStore {
     ) -> StoreResult<Render> {
         self.write(move |conn| {
             let seq = render_seq(conn, id)?;
-            let mut state = load_render_state(conn, seq)?;
+            let mut state = load_tally(conn, seq)?;
             let before = state.status;
             let to = render_transition(before, command)?;
             if let Some((event, from)) = tasks_affected(command, &state.progress) {
                 bulk_task_change(conn, seq, event, &from, now)?;
-                state.progress = count_progress(conn, seq, state.progress.frames_total)?;
+                state.progress = count_tally(conn, seq, state.progress.frames_total)?;
             }
             if command == RenderCommand::Requeue {
                 state.started_at = None;
                 state.failed_for_good = false;
             }
             state.status = to;
-            save_rolled_up(conn, state, before, now)?;
+            save_tally(conn, state, before, now)?;
             tracing::info!(render_id = %id, ?command, "operator changed render");
             load_render_by_seq(conn, seq)
         })
@@ -1265,7 +1265,7 @@ impl Store for SqliteStore {
                  started_at = ?5, finished_at = NULL WHERE seq = ?1",
             )?
             .execute(params![task_seq, to.as_str(), worker_id.to_string(), lease.to_string(), ts(now)])?;
-            roll_task_move(conn, render_seq, TaskStatus::Pending, to, 0, false, now)?;
+            tally_task_move(conn, render_seq, TaskStatus::Pending, to, 0, false, now)?;
             record_history(conn, task_seq, HistoryEvent::Assigned, Some(&worker_id.to_string()), None, now)?;
             tracing::debug!(
                 worker_id = %worker_id,
@@ -1290,7 +1290,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let task = load_leased_task(conn, task_id)?;
             if !task.held_under(lease_id, None) || task.status != TaskStatus::Running {
-                return Err(StoreError::stale_lease(task_id));
+                return Err(StoreError::StaleLease { task_id });
             }
             match &report {
                 TaskReport::Progress { frames_done } => record_progress(conn, &task, *frames_done, now)?,
@@ -1300,7 +1300,7 @@ impl Store for SqliteStore {
                         "UPDATE tasks SET status = ?2, frames_done = ?3, finished_at = ?4 WHERE seq = ?1",
                     )?
                     .execute(params![task.seq, to.as_str(), task.frames, ts(now)])?;
-                    roll_task_move(conn, task.render_seq, task.status, to, task.frames - task.frames_done, false, now)?;
+                    tally_task_move(conn, task.render_seq, task.status, to, task.frames - task.frames_done, false, now)?;
                     record_history(conn, task.seq, HistoryEvent::Completed, task.worker_id.as_deref(), None, now)?;
                 }
                 TaskReport::Release => requeue_task(conn, &task, HistoryEvent::Released, "its worker stopped and handed it back", now)?,
@@ -1316,7 +1316,7 @@ impl Store for SqliteStore {
                         max_retries: task.max_retries,
                     };
                     let failed_for_good = task_transition(to, retry).is_err();
-                    roll_task_move(conn, task.render_seq, task.status, to, -task.frames_done, failed_for_good, now)?;
+                    tally_task_move(conn, task.render_seq, task.status, to, -task.frames_done, failed_for_good, now)?;
                     let detail = match exit_code {
                         Some(code) => format!("exit code {code}"),
                         None => "no exit code".to_string(),
@@ -1415,14 +1415,14 @@ impl Store for SqliteStore {
                              queued_at = ?3 WHERE seq = ?1",
                         )?
                         .execute(params![task.seq, to.as_str(), ts(now)])?;
-                        roll_task_move(conn, task.render_seq, task.status, to, 0, false, now)?;
+                        tally_task_move(conn, task.render_seq, task.status, to, 0, false, now)?;
                         let detail = format!("retry {} of {}", task.retries + 1, task.max_retries);
                         record_history(conn, task.seq, HistoryEvent::Retried, None, Some(&detail), now)?;
                         outcome.retried.push(moved(conn, &task, task_id)?);
                     }
                     Err(_) => {
-                        // No retry left: the render fails (roll-up cancels its pending work).
-                        roll_task_move(conn, task.render_seq, task.status, task.status, 0, true, now)?;
+                        // No retry left: the render fails (saving its tally cancels its pending work).
+                        tally_task_move(conn, task.render_seq, task.status, task.status, 0, true, now)?;
                         outcome.failed.push(moved(conn, &task, task_id)?);
                     }
                 }
@@ -1517,7 +1517,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn roll_up_renders(&self, now: DateTime<Utc>) -> StoreResult<i64> {
+    async fn recount_tallies(&self, now: DateTime<Utc>) -> StoreResult<i64> {
         self.write(move |conn| {
             let active: Vec<i64> = conn
                 .prepare_cached("SELECT seq FROM renders WHERE status IN ('queued', 'rendering', 'paused')")?
@@ -1525,9 +1525,9 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut corrected = 0;
             for seq in active {
-                let mut state = load_render_state(conn, seq)?;
+                let mut state = load_tally(conn, seq)?;
                 let before = (state.status, state.progress, state.failed_for_good);
-                state.progress = count_progress(conn, seq, state.progress.frames_total)?;
+                state.progress = count_tally(conn, seq, state.progress.frames_total)?;
                 let stuck: bool = conn
                     .prepare_cached(
                         "SELECT EXISTS (SELECT 1 FROM tasks t JOIN renders r ON r.seq = t.render_seq \
@@ -1535,11 +1535,11 @@ impl Store for SqliteStore {
                     )?
                     .query_row([seq], |row| row.get(0))?;
                 state.failed_for_good |= stuck;
-                let status = roll_up(state.status, &state.progress, state.started_at.is_some(), state.failed_for_good);
+                let status = tallied_status(state.status, &state.progress, state.started_at.is_some(), state.failed_for_good);
                 if (status, state.progress, state.failed_for_good) != before {
                     corrected += 1;
                     let was = state.status;
-                    save_rolled_up(conn, state, was, now)?;
+                    save_tally(conn, state, was, now)?;
                 }
             }
             Ok(corrected)

@@ -2,8 +2,8 @@
 
 use std::collections::HashSet;
 
-use crate::domain::RenderCommand;
-use crate::store::{PageRequest, Store, StoreError, TaskReport};
+use crate::domain::{RenderCommand, TaskReport, WorkerUnavailable};
+use crate::store::{PageRequest, Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction, WorkerStatus};
 use uuid::Uuid;
@@ -186,12 +186,15 @@ pub async fn disabled_and_draining_workers_take_no_new_work(store: &dyn Store) {
     assert_eq!(disabled.status, WorkerStatus::Disabled);
     let err = store.claim_next_task(w, t0()).await.unwrap_err();
     assert!(
-        matches!(err, StoreError::Conflict(ref m) if m.contains("enable")),
+        matches!(
+            err,
+            StoreError::WorkerUnavailable(WorkerUnavailable::Disabled)
+        ),
         "{err:?}"
     );
     assert!(matches!(
         store.change_worker(w, WorkerAction::Drain, t0()).await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::IllegalTransition(_))
     ));
     store
         .change_worker(w, WorkerAction::Enable, t0())

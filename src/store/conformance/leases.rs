@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use crate::domain::RenderCommand;
-use crate::store::{Store, StoreError, TaskReport};
+use crate::domain::TaskReport;
+use crate::store::{Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::{Heartbeat, HeartbeatAction, Priority, TaskStatus, WorkerAction};
 use uuid::Uuid;
@@ -74,7 +75,7 @@ pub async fn a_stale_lease_changes_nothing(store: &dyn Store) {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, StoreError::Conflict(_)),
+            matches!(err, StoreError::StaleLease { .. }),
             "{report:?}: {err:?}"
         );
         let err = store
@@ -82,7 +83,7 @@ pub async fn a_stale_lease_changes_nothing(store: &dyn Store) {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, StoreError::Conflict(_)),
+            matches!(err, StoreError::StaleLease { .. }),
             "a foreign lease: {err:?}"
         );
     }
@@ -98,7 +99,7 @@ pub async fn a_stale_lease_changes_nothing(store: &dyn Store) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::Conflict(_)),
+        matches!(err, StoreError::StaleLease { .. }),
         "a finished task takes no more reports"
     );
 }

@@ -1,7 +1,8 @@
 //! Listings, filters, pages, and unknown ids.
 
 use crate::domain::RenderCommand;
-use crate::store::{PageRequest, RenderFilter, Store, StoreError, TaskReport};
+use crate::domain::TaskReport;
+use crate::store::{PageRequest, RenderFilter, Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction};
 use uuid::Uuid;

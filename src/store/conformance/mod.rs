@@ -26,7 +26,8 @@ use chrono::{DateTime, Utc};
 use renderfarm_wire::{Priority, RenderSpec, WorkerSpec};
 use uuid::Uuid;
 
-use super::{Store, TaskReport};
+use super::Store;
+use crate::domain::TaskReport;
 use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
 
 /// Every conformance function by name, for the per-backend test macro.
@@ -160,7 +161,7 @@ async fn report(
 /// Counters kept up to date change by change must agree with a recount.
 async fn assert_counters_exact(store: &dyn Store) {
     assert_eq!(
-        store.roll_up_renders(t0()).await.unwrap(),
+        store.recount_tallies(t0()).await.unwrap(),
         0,
         "a recount found drifted counters"
     );

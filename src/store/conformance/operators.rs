@@ -1,7 +1,8 @@
 //! An operator's changes to renders: pause, resume, cancel, requeue, delete.
 
 use crate::domain::RenderCommand;
-use crate::store::{PageRequest, RenderFilter, Store, StoreError, StoreResult, TaskReport};
+use crate::domain::TaskReport;
+use crate::store::{PageRequest, RenderFilter, Store, StoreError, StoreResult};
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus};
 
 use super::{claim, complete, plan, plan_with, report, t0, worker};
@@ -26,7 +27,7 @@ pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store)
     assert_eq!(resumed.status, RenderStatus::Rendering, "it had started");
     assert!(matches!(
         store.change_render(r.id, RenderCommand::Resume, t0()).await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::IllegalTransition(_))
     ));
     let running = claim(store, w).await.unwrap();
     let canceled = store
@@ -71,7 +72,7 @@ pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store)
         store
             .change_render(r.id, RenderCommand::Complete, t0())
             .await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::IllegalTransition(_))
     ));
     let whole = store
         .change_render(r.id, RenderCommand::Requeue, t0())
@@ -95,7 +96,7 @@ pub async fn only_a_finished_render_is_deleted_and_it_goes_whole(store: &dyn Sto
         .await
         .unwrap();
     let conflict = |e: Result<(), StoreError>| {
-        assert!(matches!(e, Err(StoreError::Conflict(_))), "{e:?}");
+        assert!(matches!(e, Err(StoreError::IllegalTransition(_))), "{e:?}");
     };
     conflict(store.delete_render(r.id).await);
 

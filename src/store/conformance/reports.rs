@@ -1,6 +1,7 @@
 //! What a worker's reports under its lease do to the task and its render.
 
-use crate::store::{Store, StoreError, TaskReport};
+use crate::domain::TaskReport;
+use crate::store::{Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::HistoryEvent;
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerStatus};
@@ -54,7 +55,7 @@ pub async fn a_released_task_is_queued_again_without_a_failure(store: &dyn Store
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::Conflict(_)),
+        matches!(err, StoreError::StaleLease { .. }),
         "the released lease is stale"
     );
     let b = claim(store, w2).await.expect("the task is claimable again");

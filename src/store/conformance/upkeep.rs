@@ -1,7 +1,8 @@
 //! The scheduler's upkeep: lost workers, retries, preemption, purging.
 
+use crate::domain::TaskReport;
 use crate::domain::{Allowances, RenderCommand};
-use crate::store::{Store, StoreError, TaskReport};
+use crate::store::{Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::{
     Heartbeat, HeartbeatAction, Priority, RenderStatus, TaskStatus, WorkerAction, WorkerStatus,
@@ -84,7 +85,7 @@ pub async fn lost_workers_go_offline_and_their_tasks_are_requeued_without_a_fail
         .report_task(a.task_id, a.lease_id, TaskReport::Complete, None, later)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)));
+    assert!(matches!(err, StoreError::StaleLease { .. }));
     let beat = Heartbeat {
         task_id: Some(a.task_id),
         lease_id: Some(a.lease_id),

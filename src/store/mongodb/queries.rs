@@ -6,7 +6,7 @@ use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 
-use crate::domain::{progress_after, WorkerMode};
+use crate::domain::{tally_after, WorkerMode};
 use crate::store::RenderFilter;
 
 /// The index the claim walks; named in the migration and hinted by the claim.
@@ -218,7 +218,7 @@ pub fn progress_delta(
     tasks: i64,
     frames: i64,
 ) -> Progress {
-    let one = progress_after(Progress::default(), from, to, 0);
+    let one = tally_after(Progress::default(), from, to, 0);
     Progress {
         tasks_total: one.tasks_total * tasks,
         tasks_pending: one.tasks_pending * tasks,

@@ -425,7 +425,7 @@ fn driver_errors_become_the_store_vocabulary() {
     assert!(is_duplicate_key(&duplicate));
     assert!(matches!(
         StoreError::from(duplicate),
-        StoreError::Conflict(_)
+        StoreError::AlreadyExists
     ));
     let invalid: WriteError = bson::from_document(doc! {
         "code": 121,
