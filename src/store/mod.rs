@@ -5,6 +5,7 @@
 
 pub mod conformance;
 pub mod mongodb;
+pub mod snapshot;
 pub mod sqlite;
 
 use async_trait::async_trait;
