@@ -11,7 +11,7 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-async fn fresh_store() -> Option<Harness> {
+async fn fresh_store(_test: &str) -> Option<Harness> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(dir.path()).expect("open sqlite store");
     Some(Harness {
@@ -20,7 +20,7 @@ async fn fresh_store() -> Option<Harness> {
     })
 }
 
-renderfarm::conformance_tests!(fresh_store());
+renderfarm::conformance_tests!(fresh_store);
 
 #[tokio::test]
 async fn reopening_the_store_keeps_what_was_committed_and_migrates_once() {

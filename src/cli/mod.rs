@@ -3,6 +3,7 @@
 //! running broker.
 
 mod client;
+mod migrate_store;
 mod operator;
 mod up;
 mod watch;
@@ -61,6 +62,9 @@ enum Command {
     Up(up::UpArgs),
     /// Bring the store's schema up to date (`serve` does it at start too).
     Migrate(MigrateArgs),
+    /// Copy a farm from the embedded store into MongoDB: renders, tasks,
+    /// logs, history and workers.
+    MigrateStore(migrate_store::MigrateStoreArgs),
     /// Print the broker's OpenAPI spec (JSON), as served at /api-docs/openapi.json.
     Openapi,
 }
@@ -301,6 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enable(args) => operator::change_worker(args, WorkerAction::Enable).await,
         Command::Up(args) => up::up(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::MigrateStore(args) => migrate_store::migrate_store(args).await,
         Command::Openapi => {
             use std::io::Write;
             std::io::stdout().write_all(crate::api::openapi::spec_json().as_bytes())?;

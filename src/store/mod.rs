@@ -9,6 +9,7 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod mongodb;
+pub mod snapshot;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -27,6 +27,7 @@
 
 mod migrations;
 mod queries;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};

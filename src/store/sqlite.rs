@@ -11,6 +11,8 @@
 //! transaction across a crash or `kill -9` of the broker; only a power loss or
 //! OS crash can take back the last commits.
 
+mod snapshot;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -415,6 +417,19 @@ fn worker_from_row(row: &Row) -> rusqlite::Result<Worker> {
         last_heartbeat: get_time(row, 5)?,
         current_task_id,
         registered_at: get_time(row, 6)?,
+    })
+}
+
+/// A task's history, oldest first, by the task's row key.
+const HISTORY_OF_TASK: &str =
+    "SELECT at, event, worker_id, detail FROM task_history WHERE task_seq = ?1 ORDER BY seq";
+
+fn history_from_row(row: &Row) -> rusqlite::Result<TaskHistoryEntry> {
+    Ok(TaskHistoryEntry {
+        at: get_time(row, 0)?,
+        event: get_enum(row, 1, HistoryEvent::parse)?,
+        worker_id: get_opt_uuid(row, 2)?,
+        detail: row.get(3)?,
     })
 }
 
@@ -1338,15 +1353,8 @@ impl Store for SqliteStore {
                 .optional()?
                 .ok_or_else(|| StoreError::not_found("task", task_id))?;
             Ok(conn
-                .prepare_cached("SELECT at, event, worker_id, detail FROM task_history WHERE task_seq = ?1 ORDER BY seq")?
-                .query_map([seq], |row| {
-                    Ok(TaskHistoryEntry {
-                        at: get_time(row, 0)?,
-                        event: get_enum(row, 1, HistoryEvent::parse)?,
-                        worker_id: get_opt_uuid(row, 2)?,
-                        detail: row.get(3)?,
-                    })
-                })?
+                .prepare_cached(HISTORY_OF_TASK)?
+                .query_map([seq], history_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await

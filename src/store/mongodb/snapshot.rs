@@ -1,0 +1,173 @@
+//! Writing a farm copied from another store, for `migrate-store`. A render
+//! goes in the way `create_render` puts one in: its tasks (not runnable),
+//! their logs and history, then the render document, then its tasks made
+//! runnable; so it shows and dispatches only once whole, and what an
+//! interrupted copy left of it (tasks without a render) is cleared first.
+
+use async_trait::async_trait;
+use bson::doc;
+
+use super::{
+    bson_time, dispatchable, HistoryDoc, LogDoc, MongoStore, RenderDoc, TaskDoc, WorkerDoc,
+    RENDERS, TASK_BATCH, WORKERS,
+};
+use crate::store::snapshot::{ImportFarm, RenderRecord, TaskRecord, WorkerRecord};
+use crate::store::{StoreError, StoreResult};
+
+#[async_trait]
+impl ImportFarm for MongoStore {
+    async fn holds_anything(&self) -> StoreResult<bool> {
+        let render = self.renders()?.find_one(doc! {}).await?;
+        let worker = self.workers()?.find_one(doc! {}).await?;
+        Ok(render.is_some() || worker.is_some())
+    }
+
+    async fn import_render(&self, record: RenderRecord) -> StoreResult<bool> {
+        let id = record.render.id.to_string();
+        if self
+            .renders()?
+            .find_one(doc! { "_id": &id })
+            .await?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        self.clear_leftovers(&id).await?;
+        let seq = self.next_seq(RENDERS).await?;
+        let mut render = RenderDoc::planned(&record.render, seq);
+        render.failed_for_good = record.failed_for_good;
+
+        let mut tasks = Vec::with_capacity(TASK_BATCH);
+        let mut logs = Vec::new();
+        let mut history = Vec::new();
+        for task in &record.tasks {
+            let (doc, task_logs, task_history) = task_docs(&render, task);
+            tasks.push(doc);
+            logs.extend(task_logs);
+            history.extend(task_history);
+            if tasks.len() == TASK_BATCH {
+                self.tasks()?.insert_many(&tasks).await?;
+                tasks.clear();
+            }
+        }
+        if !tasks.is_empty() {
+            self.tasks()?.insert_many(&tasks).await?;
+        }
+        for batch in logs.chunks(TASK_BATCH) {
+            self.logs()?.insert_many(batch).await?;
+        }
+        for batch in history.chunks(TASK_BATCH) {
+            self.history()?.insert_many(batch).await?;
+        }
+        // The render appears only now, whole.
+        self.renders()?.insert_one(&render).await?;
+        if dispatchable(record.render.status) {
+            self.sync_runnable(&render.id, true, render.version).await?;
+        }
+        Ok(true)
+    }
+
+    async fn import_worker(&self, worker: WorkerRecord) -> StoreResult<bool> {
+        let id = worker.id.to_string();
+        if self
+            .workers()?
+            .find_one(doc! { "_id": &id })
+            .await?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let seq = self.next_seq(WORKERS).await?;
+        self.workers()?
+            .insert_one(WorkerDoc {
+                id,
+                seq,
+                name: worker.name,
+                tags: worker.tags,
+                mode: worker.mode.as_str().into(),
+                offline: worker.offline,
+                last_heartbeat: bson_time(worker.last_heartbeat),
+                registered_at: bson_time(worker.registered_at),
+            })
+            .await?;
+        Ok(true)
+    }
+}
+
+impl MongoStore {
+    /// Deletes the tasks, logs and history of a render whose document is
+    /// missing: what an interrupted import (or create) left behind.
+    async fn clear_leftovers(&self, render: &str) -> StoreResult<()> {
+        let ids: Vec<String> = self
+            .tasks()?
+            .distinct("_id", doc! { "render_id": render })
+            .await?
+            .into_iter()
+            .map(|id| {
+                id.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| StoreError::Unexpected(anyhow::anyhow!("a task id {id:?}")))
+            })
+            .collect::<StoreResult<_>>()?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for batch in ids.chunks(TASK_BATCH) {
+            let of_tasks = doc! { "task_id": { "$in": batch } };
+            self.logs()?.delete_many(of_tasks.clone()).await?;
+            self.history()?.delete_many(of_tasks).await?;
+        }
+        self.tasks()?
+            .delete_many(doc! { "render_id": render })
+            .await?;
+        Ok(())
+    }
+}
+
+/// A task's documents: the task itself (not yet runnable), its log chunks
+/// and its history entries, numbered as the store numbers them.
+fn task_docs(render: &RenderDoc, record: &TaskRecord) -> (TaskDoc, Vec<LogDoc>, Vec<HistoryDoc>) {
+    let task = &record.task;
+    let id = task.id.to_string();
+    let mut doc = TaskDoc::planned(render, task.frame_start, task.frame_end);
+    doc.id = id.clone();
+    doc.status = task.status.as_str().into();
+    doc.retries = task.retries;
+    doc.worker_id = task.worker_id.map(|w| w.to_string());
+    doc.lease_id = record.lease_id.map(|l| l.to_string());
+    doc.frames_done = task.frames_done;
+    doc.exit_code = task.exit_code;
+    doc.failure_reason = task.failure_reason.clone();
+    doc.started_at = task.started_at.map(bson_time);
+    doc.finished_at = task.finished_at.map(bson_time);
+    doc.queued_at = bson_time(record.queued_at);
+    doc.log_chunks = record.log.len() as i64;
+    doc.log_bytes = record.log.iter().map(|c| c.len() as i64).sum();
+    doc.log_dropped = record.log_dropped;
+    doc.history_seq = record.history.len() as i64;
+    let logs = record
+        .log
+        .iter()
+        .enumerate()
+        .map(|(seq, text)| LogDoc {
+            task_id: id.clone(),
+            seq: seq as i64,
+            text: text.clone(),
+            bytes: text.len() as i64,
+        })
+        .collect();
+    let history = record
+        .history
+        .iter()
+        .enumerate()
+        .map(|(seq, entry)| HistoryDoc {
+            task_id: id.clone(),
+            seq: seq as i64,
+            at: bson_time(entry.at),
+            event: entry.event.as_str().into(),
+            worker_id: entry.worker_id.map(|w| w.to_string()),
+            detail: entry.detail.clone(),
+        })
+        .collect();
+    (doc, logs, history)
+}

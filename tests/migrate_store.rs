@@ -1,0 +1,258 @@
+//! `renderfarm migrate-store`: a farm run on the embedded store is copied
+//! into MongoDB (a real server with `TEST_MONGODB_URI`, else the in-memory
+//! stand-in of `renderfarm-testkit`), and a broker on MongoDB then shows
+//! every render, task, log, history entry and worker as the SQLite broker
+//! did — and carries on: the running task's lease still holds.
+
+mod common;
+
+use std::process::Command;
+
+use common::{get_json, send_json, BrokerProcess};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn renderfarm(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+        .args(args)
+        .output()
+        .expect("runs");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// Everything the API shows of the farm, keyed so that order of listing
+/// does not matter where the API does not promise one.
+async fn everything(client: &reqwest::Client, broker: &str) -> Value {
+    let renders = get_json(client, format!("{broker}/renders?limit=100")).await;
+    let mut shown = serde_json::Map::new();
+    for render in renders["items"].as_array().expect("a page of renders") {
+        let id = render["id"].as_str().expect("an id");
+        let one = get_json(client, format!("{broker}/renders/{id}")).await;
+        let tasks = get_json(client, format!("{broker}/renders/{id}/tasks?limit=1000")).await;
+        let mut task_details = serde_json::Map::new();
+        for task in tasks["items"].as_array().expect("a page of tasks") {
+            let task_id = task["id"].as_str().expect("a task id");
+            let detail = get_json(client, format!("{broker}/tasks/{task_id}")).await;
+            let log = common::task_log(client, broker, task_id).await;
+            task_details.insert(task_id.into(), json!({ "detail": detail, "log": log }));
+        }
+        shown.insert(
+            id.into(),
+            json!({ "listed": render, "render": one, "tasks": tasks, "task_details": task_details }),
+        );
+    }
+    let workers = get_json(client, format!("{broker}/workers")).await;
+    let mut value = json!({ "order": renders["items"].as_array().unwrap().iter().map(|r| r["id"].clone()).collect::<Vec<_>>(),
+                            "total": renders["total"], "renders": shown, "workers": workers });
+    to_milliseconds(&mut value);
+    value
+}
+
+/// MongoDB keeps times to the millisecond (BSON dates); SQLite to the
+/// microsecond. Times are compared at the precision both keep.
+fn to_milliseconds(value: &mut Value) {
+    match value {
+        Value::String(s) => {
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+                *s = t
+                    .with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(to_milliseconds),
+        Value::Object(fields) => fields.values_mut().for_each(to_milliseconds),
+        _ => {}
+    }
+}
+
+async fn submit(client: &reqwest::Client, broker: &str, spec: Value) -> String {
+    let render = send_json(client, Method::POST, format!("{broker}/renders"), &spec).await;
+    render["id"].as_str().expect("an id").to_string()
+}
+
+async fn register(client: &reqwest::Client, broker: &str, name: &str, tags: &[&str]) -> String {
+    let worker = send_json(
+        client,
+        Method::POST,
+        format!("{broker}/workers"),
+        &json!({ "name": name, "tags": tags }),
+    )
+    .await;
+    worker["id"].as_str().expect("an id").to_string()
+}
+
+async fn claim(client: &reqwest::Client, broker: &str, worker: &str) -> Value {
+    send_json(
+        client,
+        Method::POST,
+        format!("{broker}/workers/{worker}/request-task"),
+        &json!({}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on() {
+    let Some(mongo) = renderfarm_testkit::mongodb_for_tests("migrate-store") else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let data = tempfile::tempdir().unwrap();
+
+    // A farm with something in every state.
+    let (before, running) = {
+        let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
+        let b = broker.address.as_str();
+        let urgent = submit(&client, b, json!({"name": "urgent", "blend_file": "/p/u.blend", "frame_start": 1, "frame_end": 30, "chunk_size": 10, "priority": "urgent", "max_retries": 1})).await;
+        let gpu = submit(&client, b, json!({"name": "gpu", "blend_file": "/p/g.blend", "frame_start": 1, "frame_end": 4, "chunk_size": 2, "tags": ["gpu"]})).await;
+        let paused = submit(&client, b, json!({"name": "paused", "blend_file": "/p/p.blend", "frame_start": 1, "frame_end": 5, "chunk_size": 5})).await;
+        let canceled = submit(&client, b, json!({"name": "canceled", "blend_file": "/p/c.blend", "frame_start": 1, "frame_end": 5, "chunk_size": 5})).await;
+        let cpu = register(&client, b, "cpu-1", &[]).await;
+        let gpu_worker = register(&client, b, "gpu-1", &["gpu"]).await;
+        let spare = register(&client, b, "spare", &[]).await;
+
+        // cpu-1: completes one chunk with a log, fails the next (a retry
+        // remains), and holds a third.
+        let first = claim(&client, b, &cpu).await;
+        let (task, lease) = (first["task_id"].as_str().unwrap(), &first["lease_id"]);
+        send_json(
+            &client,
+            Method::POST,
+            format!("{b}/tasks/{task}/progress"),
+            &json!({"lease_id": lease, "frames_done": 4, "log": "Fra:4 Saved: frame_0004.png\n"}),
+        )
+        .await;
+        send_json(
+            &client,
+            Method::POST,
+            format!("{b}/tasks/{task}/complete"),
+            &json!({"lease_id": lease, "log": "done\n"}),
+        )
+        .await;
+        let second = claim(&client, b, &cpu).await;
+        let task = second["task_id"].as_str().unwrap();
+        send_json(&client, Method::POST, format!("{b}/tasks/{task}/fail"),
+            &json!({"lease_id": second["lease_id"], "exit_code": 1, "reason": "Blender exited with 1", "log": "Error: out of memory\n"})).await;
+        let third = claim(&client, b, &cpu).await;
+        send_json(
+            &client,
+            Method::POST,
+            format!("{b}/tasks/{}/progress", third["task_id"].as_str().unwrap()),
+            &json!({"lease_id": third["lease_id"], "frames_done": 2}),
+        )
+        .await;
+        // gpu-1: the urgent render has nothing pending (its failed chunk
+        // waits for the scheduler's retry), so the oldest normal one, which
+        // needs a GPU.
+        let tagged = claim(&client, b, &gpu_worker).await;
+        assert_eq!(tagged["render_id"].as_str(), Some(gpu.as_str()));
+        send_json(
+            &client,
+            Method::POST,
+            format!("{b}/tasks/{}/complete", tagged["task_id"].as_str().unwrap()),
+            &json!({"lease_id": tagged["lease_id"]}),
+        )
+        .await;
+        for (id, action) in [(&paused, "pause"), (&canceled, "cancel")] {
+            send_json(
+                &client,
+                Method::PUT,
+                format!("{b}/renders/{id}/status"),
+                &json!({"action": action}),
+            )
+            .await;
+        }
+        send_json(
+            &client,
+            Method::PUT,
+            format!("{b}/workers/{spare}/status"),
+            &json!({"action": "disable"}),
+        )
+        .await;
+        let _ = urgent;
+        (everything(&client, b).await, third)
+    };
+    assert_eq!(before["total"], 4);
+
+    let database = format!("migrate_{}", uuid::Uuid::new_v4().simple());
+    let to = format!("{}/{database}", mongo.uri().trim_end_matches('/'));
+    let from = data.path().to_str().unwrap();
+    let (ok, out) = renderfarm(&["migrate-store", "--from", from, "--to", &to]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("copied 4 renders (") && out.contains("and 3 workers"),
+        "{out}"
+    );
+
+    // Copying again is refused: the target is no longer empty.
+    let (ok, out) = renderfarm(&["migrate-store", "--from", from, "--to", &to]);
+    assert!(!ok, "a second copy into the same database is refused");
+    assert!(
+        out.contains("--into-non-empty"),
+        "the refusal says how: {out}"
+    );
+    let (ok, out) = renderfarm(&[
+        "migrate-store",
+        "--from",
+        from,
+        "--to",
+        &to,
+        "--into-non-empty",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("copied 0 renders") && out.contains("already there: 4 renders, 3 workers"),
+        "{out}"
+    );
+
+    let mongo_dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with(mongo_dir.path(), "127.0.0.1:0", &["--store", &to]);
+    let b = broker.address.as_str();
+    common::wait_for(
+        "the MongoDB broker to be ready",
+        std::time::Duration::from_secs(20),
+        || async {
+            let ready = client.get(format!("{b}/ready")).send().await.ok()?;
+            ready.status().is_success().then_some(())
+        },
+    )
+    .await;
+    let after = everything(&client, b).await;
+    assert_eq!(
+        after, before,
+        "the API shows the copied farm as it showed the original"
+    );
+
+    // The farm carries on: the running chunk's lease holds, and its
+    // completion moves the render's counters.
+    let task = running["task_id"].as_str().unwrap();
+    send_json(
+        &client,
+        Method::POST,
+        format!("{b}/tasks/{task}/complete"),
+        &json!({"lease_id": running["lease_id"]}),
+    )
+    .await;
+    let render = get_json(
+        &client,
+        format!("{b}/renders/{}", running["render_id"].as_str().unwrap()),
+    )
+    .await;
+    let was = &before["renders"][running["render_id"].as_str().unwrap()]["render"]["progress"];
+    assert_eq!(
+        render["progress"]["tasks_completed"].as_i64(),
+        was["tasks_completed"].as_i64().map(|n| n + 1)
+    );
+    drop(broker);
+    cleanup(&mongo, &database).await;
+}
+
+async fn cleanup(mongo: &renderfarm_testkit::MongoTarget, database: &str) {
+    if let Ok(store) =
+        renderfarm::store::mongodb::MongoStore::connect(mongo.uri(), Some(database)).await
+    {
+        let _ = store.drop_database().await;
+    }
+}
