@@ -6,6 +6,7 @@
 //! The conformance suite is a test tool, absent from a build without the
 //! `conformance` feature (such as the release binary).
 
+mod by_concern;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod mongodb;

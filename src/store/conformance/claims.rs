@@ -2,13 +2,13 @@
 
 use std::collections::HashSet;
 
-use crate::domain::{RenderCommand, TaskReport, WorkerUnavailable};
-use crate::store::{PageRequest, Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction, WorkerStatus};
 use uuid::Uuid;
 
 use super::{assert_counters_exact, claim, complete, plan, plan_with, t0, worker};
+use crate::domain::{RenderCommand, TaskReport, WorkerUnavailable};
+use crate::store::{PageRequest, Store, StoreError};
 
 pub async fn creating_a_render_stores_it_with_all_its_tasks(store: &dyn Store) {
     let new = plan("shot010", 1, 10, 3, Priority::High, t0());

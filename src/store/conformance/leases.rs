@@ -2,14 +2,14 @@
 
 use std::collections::HashSet;
 
-use crate::domain::RenderCommand;
-use crate::domain::TaskReport;
-use crate::store::{Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::{Heartbeat, HeartbeatAction, Priority, TaskStatus, WorkerAction};
 use uuid::Uuid;
 
 use super::{assert_counters_exact, claim, complete, plan, report, t0, worker};
+use crate::domain::RenderCommand;
+use crate::domain::TaskReport;
+use crate::store::{Store, StoreError};
 
 pub async fn every_claim_mints_a_new_lease(store: &dyn Store) {
     let r = store

@@ -1,13 +1,13 @@
 //! Listings, filters, pages, and unknown ids.
 
-use crate::domain::RenderCommand;
-use crate::domain::TaskReport;
-use crate::store::{PageRequest, RenderFilter, Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction};
 use uuid::Uuid;
 
 use super::{claim, complete, plan, t0, worker};
+use crate::domain::RenderCommand;
+use crate::domain::TaskReport;
+use crate::store::{PageRequest, RenderFilter, Store, StoreError};
 
 pub async fn listings_filter_and_paginate(store: &dyn Store) {
     let mut ids = Vec::new();

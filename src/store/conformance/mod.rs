@@ -15,13 +15,6 @@ mod operators;
 mod reports;
 mod upkeep;
 
-pub use claims::*;
-pub use leases::*;
-pub use listings::*;
-pub use operators::*;
-pub use reports::*;
-pub use upkeep::*;
-
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{Priority, RenderSpec, WorkerSpec};
 use uuid::Uuid;
@@ -29,6 +22,13 @@ use uuid::Uuid;
 use super::Store;
 use crate::domain::TaskReport;
 use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
+
+pub use claims::*;
+pub use leases::*;
+pub use listings::*;
+pub use operators::*;
+pub use reports::*;
+pub use upkeep::*;
 
 /// Every conformance function by name, for the per-backend test macro.
 ///

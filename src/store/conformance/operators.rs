@@ -1,11 +1,11 @@
 //! An operator's changes to renders: pause, resume, cancel, requeue, delete.
 
-use crate::domain::RenderCommand;
-use crate::domain::TaskReport;
-use crate::store::{PageRequest, RenderFilter, Store, StoreError, StoreResult};
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus};
 
 use super::{claim, complete, plan, plan_with, report, t0, worker};
+use crate::domain::RenderCommand;
+use crate::domain::TaskReport;
+use crate::store::{PageRequest, RenderFilter, Store, StoreError, StoreResult};
 
 pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store) {
     let r = store

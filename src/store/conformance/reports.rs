@@ -1,13 +1,13 @@
 //! What a worker's reports under its lease do to the task and its render.
 
-use crate::domain::TaskReport;
-use crate::store::{Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::HistoryEvent;
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerStatus};
 use uuid::Uuid;
 
 use super::{claim, complete, plan, plan_with, report, t0, worker};
+use crate::domain::TaskReport;
+use crate::store::{Store, StoreError};
 
 pub async fn a_released_task_is_queued_again_without_a_failure(store: &dyn Store) {
     let r = store

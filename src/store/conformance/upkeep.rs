@@ -1,8 +1,5 @@
 //! The scheduler's upkeep: lost workers, retries, preemption, purging.
 
-use crate::domain::TaskReport;
-use crate::domain::{Allowances, RenderCommand};
-use crate::store::{Store, StoreError};
 use chrono::Duration;
 use renderfarm_wire::{
     Heartbeat, HeartbeatAction, Priority, RenderStatus, TaskStatus, WorkerAction, WorkerStatus,
@@ -10,6 +7,9 @@ use renderfarm_wire::{
 use uuid::Uuid;
 
 use super::{assert_counters_exact, claim, plan, plan_with, t0, worker};
+use crate::domain::TaskReport;
+use crate::domain::{Allowances, RenderCommand};
+use crate::store::{Store, StoreError};
 
 pub async fn lost_workers_go_offline_and_their_tasks_are_requeued_without_a_failure(
     store: &dyn Store,

@@ -1,14 +1,15 @@
 //! Connecting (and migrating) in the background, so the broker starts while MongoDB is down.
 
-use crate::store::{StoreError, StoreResult};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
 use bson::doc;
 use mongodb::error::ErrorKind;
 use mongodb::options::{ClientOptions, ConnectionString};
 use mongodb::{Client, Database};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
 
 use super::*;
+use crate::store::{StoreError, StoreResult};
 
 /// How long an operation waits for a reachable server before it answers
 /// `Unavailable` (503), unless the URI sets `serverSelectionTimeoutMS`.

@@ -1,16 +1,17 @@
 //! A render's tally (counters and the status they give), kept up to date one task move at a time by `$inc` and a compare-and-set on the render's version.
 
-use crate::domain::tally_after;
-use crate::domain::{tallied_status, TaskEvent};
-use crate::store::StoreResult;
+use std::time::Duration;
+
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
-use std::time::Duration;
 
 use super::{documents::*, errors::*, renders::*, tasks::*, *};
+use crate::domain::tally_after;
+use crate::domain::{tallied_status, TaskEvent};
+use crate::store::StoreResult;
 
 /// Compare-and-set attempts before a render is declared too busy to save its tally.
 pub(super) const MAX_CAS_ATTEMPTS: usize = 64;

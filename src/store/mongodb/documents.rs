@@ -1,7 +1,5 @@
 //! Documents as stored. Ids are UUID strings; times are BSON dates (ms).
 
-use crate::domain::{worker_status, WorkerMode};
-use crate::store::StoreResult;
 use bson::{doc, Bson};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{
@@ -12,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{errors::*, *};
+use crate::domain::{worker_status, WorkerMode};
+use crate::store::StoreResult;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct RenderDoc {
@@ -365,4 +365,36 @@ pub fn bson_time(t: DateTime<Utc>) -> bson::DateTime {
 
 pub(super) fn opt_time(t: Option<bson::DateTime>) -> Bson {
     t.map_or(Bson::Null, Bson::DateTime)
+}
+
+/// Adds 1 to `field` in the update's `$inc`.
+pub(super) fn add_inc(mut update: Document, field: &str) -> Document {
+    match update.get_mut("$inc") {
+        Some(Bson::Document(inc)) => {
+            inc.insert(field, 1_i64);
+        }
+        _ => {
+            update.insert("$inc", doc! { field: 1_i64 });
+        }
+    }
+    update
+}
+
+/// Every task change that its history records takes the next history
+/// sequence number (read from the document before the change).
+pub(super) fn with_history(update: Document) -> Document {
+    add_inc(update, "history_seq")
+}
+
+/// A report that carries log text takes the next log sequence number and
+/// counts the text's bytes toward the task's log bound.
+pub(super) fn with_log(update: Document, log_bytes: Option<i64>) -> Document {
+    let Some(bytes) = log_bytes else {
+        return update;
+    };
+    let mut update = add_inc(update, "log_chunks");
+    if let Ok(inc) = update.get_document_mut("$inc") {
+        inc.insert("log_bytes", bytes);
+    }
+    update
 }

@@ -1,8 +1,9 @@
 //! The driver's errors, translated into the store's vocabulary here, once.
 
-use crate::store::{StoreError, StoreResult};
 use mongodb::error::{Error as DriverError, ErrorKind, WriteFailure};
 use uuid::Uuid;
+
+use crate::store::{StoreError, StoreResult};
 
 /// The server's code for a duplicate key.
 pub(super) const DUPLICATE_KEY: i32 = 11000;

@@ -1,10 +1,5 @@
 //! Renders: submit, read, list, delete, and operator commands.
 
-use crate::domain::{
-    check_deletable, render_transition, task_transition, tasks_affected, NewRender, RenderCommand,
-    TaskEvent,
-};
-use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -13,6 +8,11 @@ use renderfarm_wire::{Page, Progress, Render, RenderStatus, TaskStatus};
 use uuid::Uuid;
 
 use super::{counters::*, documents::*, tasks::*, *};
+use crate::domain::{
+    check_deletable, render_transition, task_transition, tasks_affected, NewRender, RenderCommand,
+    TaskEvent,
+};
+use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
 /// Task ids per `$in` when deleting a render's logs and history.
 pub(super) const DELETE_BATCH: usize = 10_000;

@@ -1,10 +1,5 @@
 //! Tasks: claims, reports under the lease, logs and history.
 
-use crate::domain::{
-    claim_permission, join_log, log_chunks_to_drop, task_transition, ClaimPermission, TaskEvent,
-    TaskReport, TASK_LOG_LIMIT,
-};
-use crate::store::{PageRequest, StoreError, StoreResult};
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -15,6 +10,11 @@ use renderfarm_wire::{
 use uuid::Uuid;
 
 use super::{documents::*, *};
+use crate::domain::{
+    claim_permission, join_log, log_chunks_to_drop, task_transition, ClaimPermission, TaskEvent,
+    TaskReport, TASK_LOG_LIMIT,
+};
+use crate::store::{PageRequest, StoreError, StoreResult};
 
 impl MongoStore {
     pub(super) async fn load_task(&self, id: &str) -> StoreResult<TaskDoc> {
@@ -496,38 +496,6 @@ pub fn claim_filter(worker_tags: &[String]) -> Document {
 /// equality fields, so the server walks the index and stops at the first match.
 pub fn claim_sort() -> Document {
     doc! { "priority": -1, "render_seq": 1, "frame_start": 1 }
-}
-
-/// Adds 1 to `field` in the update's `$inc`.
-pub(super) fn add_inc(mut update: Document, field: &str) -> Document {
-    match update.get_mut("$inc") {
-        Some(Bson::Document(inc)) => {
-            inc.insert(field, 1_i64);
-        }
-        _ => {
-            update.insert("$inc", doc! { field: 1_i64 });
-        }
-    }
-    update
-}
-
-/// Every task change that its history records takes the next history
-/// sequence number (read from the document before the change).
-pub(super) fn with_history(update: Document) -> Document {
-    add_inc(update, "history_seq")
-}
-
-/// A report that carries log text takes the next log sequence number and
-/// counts the text's bytes toward the task's log bound.
-pub(super) fn with_log(update: Document, log_bytes: Option<i64>) -> Document {
-    let Some(bytes) = log_bytes else {
-        return update;
-    };
-    let mut update = add_inc(update, "log_chunks");
-    if let Ok(inc) = update.get_document_mut("$inc") {
-        inc.insert("log_bytes", bytes);
-    }
-    update
 }
 
 /// Hands a task to `worker` under a new `lease`.

@@ -1,7 +1,5 @@
 //! The scheduler's upkeep: lost workers, retries, preemption, purging, recounts, the leader lease.
 
-use crate::domain::{task_transition, Allowances, OverdueWork, RunningWork, TaskEvent};
-use crate::store::{LostWorkers, MovedTask, PreemptionInputs, Retries, StoreError, StoreResult};
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -10,6 +8,8 @@ use renderfarm_wire::{HistoryEvent, LeaderLease, Priority, TaskStatus};
 use uuid::Uuid;
 
 use super::{documents::*, errors::*, renders::*, tasks::*, workers::*, *};
+use crate::domain::{task_transition, Allowances, OverdueWork, RunningWork, TaskEvent};
+use crate::store::{LostWorkers, MovedTask, PreemptionInputs, Retries, StoreError, StoreResult};
 
 impl MongoStore {
     pub(super) async fn running_tasks(&self) -> StoreResult<Vec<TaskDoc>> {

@@ -1,16 +1,17 @@
 //! Workers: registration, operator changes, heartbeats.
 
-use crate::domain::{heartbeat_action, worker_transition, LeaseView, ValidWorkerSpec, WorkerMode};
-use crate::store::{Store, StoreError, StoreResult};
+use std::collections::HashMap;
+
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use renderfarm_wire::{Heartbeat, HeartbeatAction, HistoryEvent, Worker, WorkerAction};
-use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::{counters::*, documents::*, upkeep::*, *};
+use crate::domain::{heartbeat_action, worker_transition, LeaseView, ValidWorkerSpec, WorkerMode};
+use crate::store::{Store, StoreError, StoreResult};
 
 impl MongoStore {
     /// Marks the worker alive; its document as it is now.

@@ -1,12 +1,12 @@
 //! A render's tally (counters and the status they give), kept up to date one task move at a time.
 
-use crate::domain::{tallied_status, tally_after, TaskEvent};
-use crate::store::StoreResult;
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 use rusqlite::{params, Connection};
 
 use super::{rows::*, tasks::*};
+use crate::domain::{tallied_status, tally_after, TaskEvent};
+use crate::store::StoreResult;
 
 /// A render's tally: its counters and the status they give, as read and written together.
 pub(super) struct RenderTally {

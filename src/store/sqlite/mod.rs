@@ -12,6 +12,7 @@
 //! OS crash can take back the last commits.
 
 mod counters;
+mod errors;
 mod renders;
 mod rows;
 mod snapshot;
@@ -20,24 +21,16 @@ mod upkeep;
 mod workers;
 mod writer;
 
-use super::{
-    LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter, Retries, Store,
-    StoreError, StoreResult,
-};
-use crate::domain::{Allowances, NewRender, RenderCommand, TaskReport, ValidWorkerSpec};
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use std::path::{Path, PathBuf};
+
 use r2d2_sqlite::SqliteConnectionManager;
-use renderfarm_wire::{
-    Assignment, Heartbeat, HeartbeatAction, LeaderLease, Page, Render, Task, TaskHistoryEntry,
-    TaskStatus, Worker, WorkerAction,
-};
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
-use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
-use uuid::Uuid;
 
+use super::{StoreError, StoreResult};
+
+use errors::pool_unavailable;
 use writer::*;
 
 /// The database file's name inside the data directory.
@@ -55,30 +48,6 @@ fn migrations() -> Migrations<'static> {
             "../../../migrations/sqlite/0003_log_limit.sql"
         )),
     ])
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode;
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-                StoreError::Unavailable(format!("the database is busy: {e}"))
-            }
-            Some(ErrorCode::DiskFull) => {
-                StoreError::Unavailable("the disk holding the data directory is full".into())
-            }
-            Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
-                StoreError::Unavailable(format!("the database file cannot be written: {e}"))
-            }
-            _ => StoreError::Unexpected(e.into()),
-        }
-    }
-}
-
-impl From<r2d2::Error> for StoreError {
-    fn from(e: r2d2::Error) -> Self {
-        StoreError::Unavailable(format!("no database connection is free: {e}"))
-    }
 }
 
 /// The embedded SQLite store.
@@ -121,7 +90,8 @@ impl SqliteStore {
             .with_init(|c| c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;"));
         let readers = r2d2::Pool::builder()
             .max_size(READ_POOL_SIZE)
-            .build(manager)?;
+            .build(manager)
+            .map_err(pool_unavailable)?;
 
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         std::thread::Builder::new()
@@ -175,7 +145,7 @@ impl SqliteStore {
     {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = pool.get()?;
+            let conn = pool.get().map_err(pool_unavailable)?;
             work(&conn)
         })
         .await
@@ -183,176 +153,11 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
-    }
-
-    async fn create_render(&self, new: NewRender) -> StoreResult<Render> {
-        renders::create_render(self, new).await
-    }
-
-    async fn get_render(&self, id: Uuid) -> StoreResult<Render> {
-        renders::get_render(self, id).await
-    }
-
-    async fn list_renders(
-        &self,
-        filter: &RenderFilter,
-        page: PageRequest,
-    ) -> StoreResult<Page<Render>> {
-        renders::list_renders(self, filter, page).await
-    }
-
-    async fn list_tasks(
-        &self,
-        render_id: Uuid,
-        status: Option<TaskStatus>,
-        page: PageRequest,
-    ) -> StoreResult<Page<Task>> {
-        tasks::list_tasks(self, render_id, status, page).await
-    }
-
-    async fn finished_renders_before(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> StoreResult<Vec<Uuid>> {
-        upkeep::finished_renders_before(self, before, limit).await
-    }
-
-    async fn delete_render(&self, id: Uuid) -> StoreResult<()> {
-        renders::delete_render(self, id).await
-    }
-
-    async fn change_render(
-        &self,
-        id: Uuid,
-        command: RenderCommand,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Render> {
-        renders::change_render(self, id, command, now).await
-    }
-
-    async fn get_task(&self, id: Uuid) -> StoreResult<Task> {
-        tasks::get_task(self, id).await
-    }
-
-    async fn task_log(&self, id: Uuid) -> StoreResult<String> {
-        tasks::task_log(self, id).await
-    }
-
-    async fn register_worker(
-        &self,
-        spec: ValidWorkerSpec,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Worker> {
-        workers::register_worker(self, spec, now).await
-    }
-
-    async fn get_worker(&self, id: Uuid) -> StoreResult<Worker> {
-        workers::get_worker(self, id).await
-    }
-
-    async fn list_workers(&self) -> StoreResult<Vec<Worker>> {
-        workers::list_workers(self).await
-    }
-
-    async fn change_worker(
-        &self,
-        id: Uuid,
-        action: WorkerAction,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Worker> {
-        workers::change_worker(self, id, action, now).await
-    }
-
-    async fn heartbeat(
-        &self,
-        worker_id: Uuid,
-        beat: &Heartbeat,
-        now: DateTime<Utc>,
-    ) -> StoreResult<HeartbeatAction> {
-        workers::heartbeat(self, worker_id, beat, now).await
-    }
-
-    async fn claim_next_task(
-        &self,
-        worker_id: Uuid,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Assignment>> {
-        tasks::claim_next_task(self, worker_id, now).await
-    }
-
-    async fn report_task(
-        &self,
-        task_id: Uuid,
-        lease_id: Uuid,
-        report: TaskReport,
-        log: Option<String>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Task> {
-        tasks::report_task(self, task_id, lease_id, report, log, now).await
-    }
-
-    async fn task_history(&self, task_id: Uuid) -> StoreResult<Vec<TaskHistoryEntry>> {
-        tasks::task_history(self, task_id).await
-    }
-
-    async fn requeue_lost_workers(
-        &self,
-        cutoff: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<LostWorkers> {
-        upkeep::requeue_lost_workers(self, cutoff, now).await
-    }
-
-    async fn retry_failed_tasks(&self, now: DateTime<Utc>) -> StoreResult<Retries> {
-        upkeep::retry_failed_tasks(self, now).await
-    }
-
-    async fn preemption_inputs(
-        &self,
-        allowances: &Allowances,
-        now: DateTime<Utc>,
-    ) -> StoreResult<PreemptionInputs> {
-        upkeep::preemption_inputs(self, allowances, now).await
-    }
-
-    async fn preempt_task(
-        &self,
-        task_id: Uuid,
-        lease_id: Uuid,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<MovedTask>> {
-        upkeep::preempt_task(self, task_id, lease_id, now).await
-    }
-
-    async fn recount_tallies(&self, now: DateTime<Utc>) -> StoreResult<i64> {
-        upkeep::recount_tallies(self, now).await
-    }
-
-    async fn acquire_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: chrono::Duration,
-        now: DateTime<Utc>,
-    ) -> StoreResult<LeaderLease> {
-        upkeep::acquire_lease(self, name, holder, ttl, now).await
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
-        upkeep::release_lease(self, name, holder).await
-    }
-
-    async fn current_lease(&self, name: &str) -> StoreResult<Option<LeaderLease>> {
-        upkeep::current_lease(self, name).await
-    }
+/// Answers when the store can serve requests now.
+async fn ping(store: &SqliteStore) -> StoreResult<()> {
+    store
+        .read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+        .await
 }
+
+crate::store::by_concern::store_by_concern!(SqliteStore, backend = "sqlite", ping = ping);

@@ -1,13 +1,13 @@
 //! Renders: submit, read, list, delete, and operator commands.
 
-use crate::domain::{check_deletable, render_transition, tasks_affected, NewRender, RenderCommand};
-use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{Page, Render};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::{counters::*, rows::*, tasks::*, *};
+use crate::domain::{check_deletable, render_transition, tasks_affected, NewRender, RenderCommand};
+use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
 pub(super) fn load_render(conn: &Connection, id: Uuid) -> StoreResult<Render> {
     conn.prepare_cached(&format!(

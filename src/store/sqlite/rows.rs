@@ -1,7 +1,5 @@
 //! Row mapping: the columns each query selects and the values they become.
 
-use crate::domain::{worker_status, WorkerMode};
-use crate::store::PageRequest;
 use chrono::{DateTime, SecondsFormat, Utc};
 use renderfarm_wire::{
     Assignment, HistoryEvent, Priority, Progress, Render, RenderStatus, Task, TaskHistoryEntry,
@@ -10,6 +8,9 @@ use renderfarm_wire::{
 use rusqlite::types::Type;
 use rusqlite::Row;
 use uuid::Uuid;
+
+use crate::domain::{worker_status, WorkerMode};
+use crate::store::PageRequest;
 
 pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)

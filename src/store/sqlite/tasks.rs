@@ -1,16 +1,16 @@
 //! Tasks: claims, reports under the lease, logs and history.
 
-use crate::domain::{
-    claim_permission, join_log, log_chunks_to_drop, task_transition, ClaimPermission, TaskEvent,
-    TaskReport, TASK_LOG_LIMIT,
-};
-use crate::store::{PageRequest, StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{Assignment, HistoryEvent, Page, Task, TaskHistoryEntry, TaskStatus};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::{counters::*, renders::*, rows::*, workers::*, *};
+use crate::domain::{
+    claim_permission, join_log, log_chunks_to_drop, task_transition, ClaimPermission, TaskEvent,
+    TaskReport, TASK_LOG_LIMIT,
+};
+use crate::store::{PageRequest, StoreError, StoreResult};
 
 pub(super) fn load_task_by_seq(conn: &Connection, seq: i64) -> StoreResult<Task> {
     Ok(conn

@@ -1,15 +1,15 @@
 //! The scheduler's upkeep: lost workers, retries, preemption, purging, recounts, the leader lease.
 
-use crate::domain::{
-    tallied_status, task_transition, Allowances, OverdueWork, RunningWork, TaskEvent,
-};
-use crate::store::{LostWorkers, MovedTask, PreemptionInputs, Retries, StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{HistoryEvent, LeaderLease, Priority, TaskStatus};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::{counters::*, rows::*, tasks::*, *};
+use crate::domain::{
+    tallied_status, task_transition, Allowances, OverdueWork, RunningWork, TaskEvent,
+};
+use crate::store::{LostWorkers, MovedTask, PreemptionInputs, Retries, StoreError, StoreResult};
 
 pub(super) async fn finished_renders_before(
     store: &SqliteStore,

@@ -1,13 +1,13 @@
 //! Workers: registration, operator changes, heartbeats.
 
-use crate::domain::{heartbeat_action, worker_transition, LeaseView, ValidWorkerSpec, WorkerMode};
-use crate::store::{StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{Heartbeat, HeartbeatAction, HistoryEvent, Worker, WorkerAction};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::{rows::*, tasks::*, *};
+use crate::domain::{heartbeat_action, worker_transition, LeaseView, ValidWorkerSpec, WorkerMode};
+use crate::store::{StoreError, StoreResult};
 
 pub(super) fn load_worker(conn: &Connection, id: Uuid) -> StoreResult<Worker> {
     conn.prepare_cached(&format!(

@@ -1,10 +1,12 @@
 //! The one writer thread: group commit of every write, and checkpoints off the commit path.
 
-use crate::store::{StoreError, StoreResult};
-use rusqlite::Connection;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
+
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{StoreError, StoreResult};
 
 /// The most writes committed together.
 pub(super) const MAX_BATCH: usize = 512;

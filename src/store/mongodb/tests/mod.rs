@@ -12,7 +12,10 @@ use chrono::{DateTime, Utc};
 use mongodb::error::{
     CommandError, Error as DriverError, ErrorKind, InsertManyError, WriteError, WriteFailure,
 };
+use mongodb::options::ConnectionString;
+use renderfarm_wire::Progress;
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus};
+use uuid::Uuid;
 
 use super::migrations;
 use super::{
@@ -20,8 +23,7 @@ use super::{
     *,
 };
 use crate::domain::WorkerMode;
-use mongodb::options::ConnectionString;
-use renderfarm_wire::Progress;
+use crate::store::Store;
 
 mod queries;
 use crate::store::conformance::plan;

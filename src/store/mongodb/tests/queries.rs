@@ -1,12 +1,13 @@
 //! The filter, sort and update documents the store sends, checked without a server.
 
-use crate::domain::WorkerMode;
 use bson::{doc, Bson};
 use chrono::{DateTime, Utc};
+use renderfarm_wire::Priority;
 use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 
 use super::super::{counters::*, documents::*, renders::*, tasks::*, upkeep::*, workers::*, *};
-use renderfarm_wire::Priority;
+use crate::domain::WorkerMode;
+use crate::store::RenderFilter;
 
 fn t(s: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()

@@ -1,0 +1,203 @@
+//! Both backends implement [`Store`](super::Store) the same way: every
+//! operation is the function of the same name in the file of its concern
+//! (`renders.rs`, `tasks.rs`, `workers.rs`, `upkeep.rs`), so the two folders
+//! stay mirrors and an operation is found in the same place on both sides.
+
+/// Implements `Store` for `$store`, invoked in the backend's `mod.rs`: each
+/// operation calls `renders::`, `tasks::`, `workers::` or `upkeep::` there
+/// (paths resolve where the macro is invoked); `backend` and `ping` are the
+/// backend's own.
+macro_rules! store_by_concern {
+    ($store:ty, backend = $backend:literal, ping = $ping:path) => {
+        const _: () = {
+            use ::chrono::{DateTime, Utc};
+            use ::renderfarm_wire::{
+                Assignment, Heartbeat, HeartbeatAction, LeaderLease, Page, Render, Task,
+                TaskHistoryEntry, TaskStatus, Worker, WorkerAction,
+            };
+            use ::uuid::Uuid;
+            use $crate::domain::{
+                Allowances, NewRender, RenderCommand, TaskReport, ValidWorkerSpec,
+            };
+            use $crate::store::{
+                LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter, Retries,
+                Store, StoreResult,
+            };
+
+            #[::async_trait::async_trait]
+            impl Store for $store {
+                fn backend(&self) -> &'static str {
+                    $backend
+                }
+
+                async fn ping(&self) -> StoreResult<()> {
+                    $ping(self).await
+                }
+
+                async fn create_render(&self, new: NewRender) -> StoreResult<Render> {
+                    renders::create_render(self, new).await
+                }
+
+                async fn get_render(&self, id: Uuid) -> StoreResult<Render> {
+                    renders::get_render(self, id).await
+                }
+
+                async fn list_renders(
+                    &self,
+                    filter: &RenderFilter,
+                    page: PageRequest,
+                ) -> StoreResult<Page<Render>> {
+                    renders::list_renders(self, filter, page).await
+                }
+
+                async fn list_tasks(
+                    &self,
+                    render_id: Uuid,
+                    status: Option<TaskStatus>,
+                    page: PageRequest,
+                ) -> StoreResult<Page<Task>> {
+                    tasks::list_tasks(self, render_id, status, page).await
+                }
+
+                async fn finished_renders_before(
+                    &self,
+                    before: DateTime<Utc>,
+                    limit: usize,
+                ) -> StoreResult<Vec<Uuid>> {
+                    upkeep::finished_renders_before(self, before, limit).await
+                }
+
+                async fn delete_render(&self, id: Uuid) -> StoreResult<()> {
+                    renders::delete_render(self, id).await
+                }
+
+                async fn change_render(
+                    &self,
+                    id: Uuid,
+                    command: RenderCommand,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Render> {
+                    renders::change_render(self, id, command, now).await
+                }
+
+                async fn get_task(&self, id: Uuid) -> StoreResult<Task> {
+                    tasks::get_task(self, id).await
+                }
+
+                async fn task_log(&self, id: Uuid) -> StoreResult<String> {
+                    tasks::task_log(self, id).await
+                }
+
+                async fn register_worker(
+                    &self,
+                    spec: ValidWorkerSpec,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Worker> {
+                    workers::register_worker(self, spec, now).await
+                }
+
+                async fn get_worker(&self, id: Uuid) -> StoreResult<Worker> {
+                    workers::get_worker(self, id).await
+                }
+
+                async fn list_workers(&self) -> StoreResult<Vec<Worker>> {
+                    workers::list_workers(self).await
+                }
+
+                async fn change_worker(
+                    &self,
+                    id: Uuid,
+                    action: WorkerAction,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Worker> {
+                    workers::change_worker(self, id, action, now).await
+                }
+
+                async fn heartbeat(
+                    &self,
+                    worker_id: Uuid,
+                    beat: &Heartbeat,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<HeartbeatAction> {
+                    workers::heartbeat(self, worker_id, beat, now).await
+                }
+
+                async fn claim_next_task(
+                    &self,
+                    worker_id: Uuid,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Option<Assignment>> {
+                    tasks::claim_next_task(self, worker_id, now).await
+                }
+
+                async fn report_task(
+                    &self,
+                    task_id: Uuid,
+                    lease_id: Uuid,
+                    report: TaskReport,
+                    log: Option<String>,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Task> {
+                    tasks::report_task(self, task_id, lease_id, report, log, now).await
+                }
+
+                async fn task_history(&self, task_id: Uuid) -> StoreResult<Vec<TaskHistoryEntry>> {
+                    tasks::task_history(self, task_id).await
+                }
+
+                async fn requeue_lost_workers(
+                    &self,
+                    cutoff: DateTime<Utc>,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<LostWorkers> {
+                    upkeep::requeue_lost_workers(self, cutoff, now).await
+                }
+
+                async fn retry_failed_tasks(&self, now: DateTime<Utc>) -> StoreResult<Retries> {
+                    upkeep::retry_failed_tasks(self, now).await
+                }
+
+                async fn preemption_inputs(
+                    &self,
+                    allowances: &Allowances,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<PreemptionInputs> {
+                    upkeep::preemption_inputs(self, allowances, now).await
+                }
+
+                async fn preempt_task(
+                    &self,
+                    task_id: Uuid,
+                    lease_id: Uuid,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Option<MovedTask>> {
+                    upkeep::preempt_task(self, task_id, lease_id, now).await
+                }
+
+                async fn recount_tallies(&self, now: DateTime<Utc>) -> StoreResult<i64> {
+                    upkeep::recount_tallies(self, now).await
+                }
+
+                async fn acquire_lease(
+                    &self,
+                    name: &str,
+                    holder: &str,
+                    ttl: chrono::Duration,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<LeaderLease> {
+                    upkeep::acquire_lease(self, name, holder, ttl, now).await
+                }
+
+                async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
+                    upkeep::release_lease(self, name, holder).await
+                }
+
+                async fn current_lease(&self, name: &str) -> StoreResult<Option<LeaderLease>> {
+                    upkeep::current_lease(self, name).await
+                }
+            }
+        };
+    };
+}
+
+pub(crate) use store_by_concern;
