@@ -3,6 +3,7 @@
 //! these functions to decide every status change, and never decide one
 //! themselves.
 
+pub(crate) mod dispatch;
 mod frames;
 mod log;
 mod render;
@@ -10,21 +11,29 @@ mod scheduling;
 mod task;
 mod worker;
 
+pub use dispatch::{
+    carries_tags, is_claimable, lease_accepts, ClaimKey, LeaseRefusal, SortOrder, TaskLease,
+    CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, CLAIM_ORDER, LEASED_TASK_STATUS,
+};
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
 pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
 pub use render::{
-    check_deletable, render_transition, tallied_status, tally_after, tasks_affected, NewRender,
-    RenderCommand, ValidRenderSpec,
+    check_deletable, finished_at_after, render_change, render_transition, tallied_status,
+    tally_after, tasks_affected, NewRender, RenderChange, RenderCommand, Tally, ValidRenderSpec,
+    FINISHED_RENDER_STATUSES, UNFINISHED_RENDER_STATUSES,
 };
 pub use renderfarm_wire::{
     Assignment, HeartbeatAction, Priority, Progress, Render, RenderAction, RenderStatus, Task,
     TaskStatus, Worker, WorkerAction, WorkerStatus,
 };
 pub use scheduling::{plan_preemption, Allowances, OverdueWork, PreemptionPlan, RunningWork};
-pub use task::{statuses_affected_by, task_transition, TaskEvent, TaskReport};
+pub use task::{
+    check_frames_done, heartbeat_task, retries_exhausted, statuses_affected_by, task_transition,
+    FramesOutOfRange, Requeue, TaskEvent, TaskReport, UnpairedLease,
+};
 pub use worker::{
     claim_permission, heartbeat_action, validate_worker_spec, worker_status, worker_transition,
-    ClaimPermission, LeaseView, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
+    ClaimPermission, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
 };
 
 /// A request value that breaks a rule; `message` says how to fix it.

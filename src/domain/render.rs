@@ -337,6 +337,110 @@ pub fn tallied_status(
     }
 }
 
+/// Renders in these statuses are finished: nothing of theirs runs again
+/// unless an operator requeues them.
+pub const FINISHED_RENDER_STATUSES: &[RenderStatus] = &[
+    RenderStatus::Completed,
+    RenderStatus::Failed,
+    RenderStatus::Canceled,
+];
+
+/// Renders in these statuses are not finished: the scheduler still looks
+/// after their tasks and counters.
+pub const UNFINISHED_RENDER_STATUSES: &[RenderStatus] = &[
+    RenderStatus::Queued,
+    RenderStatus::Rendering,
+    RenderStatus::Paused,
+];
+
+/// A render's tally as stored, in the store's own representation of a
+/// moment (`T`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally<T> {
+    /// The status the render has now (an operator's command may just have set it).
+    pub status: RenderStatus,
+    pub progress: Progress,
+    pub started_at: Option<T>,
+    pub finished_at: Option<T>,
+    /// A task of it failed with no retry left.
+    pub failed_for_good: bool,
+}
+
+/// What a render undergoes once its counters moved (a task moved, an
+/// operator acted, or a recount corrected them): the store writes these
+/// values and cancels `tasks_to_cancel`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderChange<T> {
+    pub status: RenderStatus,
+    pub started_at: Option<T>,
+    pub finished_at: Option<T>,
+    /// The render's tasks in these statuses are canceled: a render that just
+    /// failed for good cancels its pending work (running work may finish).
+    pub tasks_to_cancel: &'static [TaskStatus],
+}
+
+impl<T: PartialEq> RenderChange<T> {
+    /// Whether writing this change would change what `tally` stores.
+    pub fn changes(&self, tally: &Tally<T>) -> bool {
+        self.status != tally.status
+            || self.started_at != tally.started_at
+            || self.finished_at != tally.finished_at
+            || !self.tasks_to_cancel.is_empty()
+    }
+}
+
+/// When a render that was `before` and is now `after` finished: `now` when
+/// it just finished, never while unfinished, unchanged otherwise.
+pub fn finished_at_after<T>(
+    before: RenderStatus,
+    after: RenderStatus,
+    finished_at: Option<T>,
+    now: T,
+) -> Option<T> {
+    if after.is_finished() && !before.is_finished() {
+        Some(now)
+    } else if !after.is_finished() {
+        None
+    } else {
+        finished_at
+    }
+}
+
+/// The change of a render whose tally is `tally`, when it had status `before`
+/// as the change began; `task_started` when a task of it just started
+/// running. It finishes `now` when it just became finished, is unfinished
+/// again when its status is, and fails its pending work when it just failed.
+pub fn render_change<T: Clone>(
+    before: RenderStatus,
+    tally: &Tally<T>,
+    task_started: bool,
+    now: T,
+) -> RenderChange<T> {
+    let started_at = match &tally.started_at {
+        Some(at) => Some(at.clone()),
+        None => task_started.then(|| now.clone()),
+    };
+    let status = tallied_status(
+        tally.status,
+        &tally.progress,
+        started_at.is_some(),
+        tally.failed_for_good,
+    );
+    let finished_at = finished_at_after(before, status, tally.finished_at.clone(), now);
+    let tasks_to_cancel: &'static [TaskStatus] =
+        if status == RenderStatus::Failed && before != RenderStatus::Failed {
+            &[TaskStatus::Pending]
+        } else {
+            &[]
+        };
+    RenderChange {
+        status,
+        started_at,
+        finished_at,
+        tasks_to_cancel,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +616,122 @@ mod tests {
                 *want,
                 "{current:?} {p:?} started={started} failed={failed}"
             );
+        }
+    }
+
+    #[test]
+    fn every_render_status_is_finished_or_unfinished_once() {
+        for status in [
+            S::Queued,
+            S::Rendering,
+            S::Paused,
+            S::Completed,
+            S::Failed,
+            S::Canceled,
+        ] {
+            assert_eq!(
+                FINISHED_RENDER_STATUSES.contains(&status),
+                status.is_finished()
+            );
+            assert_eq!(
+                UNFINISHED_RENDER_STATUSES.contains(&status),
+                !status.is_finished()
+            );
+        }
+    }
+
+    #[test]
+    fn a_render_is_finished_once_and_unfinished_when_reopened() {
+        assert_eq!(
+            finished_at_after(S::Rendering, S::Completed, None, 9),
+            Some(9)
+        );
+        assert_eq!(
+            finished_at_after(S::Failed, S::Completed, Some(1), 9),
+            Some(1)
+        );
+        assert_eq!(finished_at_after(S::Completed, S::Queued, Some(1), 9), None);
+        assert_eq!(finished_at_after(S::Queued, S::Rendering, None, 9), None);
+    }
+
+    #[test]
+    fn a_render_changes_with_its_tally() {
+        // Times as plain numbers: the rule only compares and copies them.
+        let tally = |status, progress, started_at, finished_at, failed_for_good| Tally {
+            status,
+            progress,
+            started_at,
+            finished_at,
+            failed_for_good,
+        };
+        let none: &[TaskStatus] = &[];
+        let pending: &[TaskStatus] = &[TaskStatus::Pending];
+        // (before, tally, task started, want status, started, finished, cancel)
+        let table = [
+            // The first claim starts the render.
+            (
+                S::Queued,
+                tally(S::Queued, progress(2, 1, 1, 0, 0), None, None, false),
+                true,
+                S::Rendering,
+                Some(9),
+                None,
+                none,
+            ),
+            // The last completion finishes it, now.
+            (
+                S::Rendering,
+                tally(S::Rendering, progress(2, 0, 0, 2, 0), Some(1), None, false),
+                false,
+                S::Completed,
+                Some(1),
+                Some(9),
+                none,
+            ),
+            // A failure with no retry left fails it and cancels its pending work.
+            (
+                S::Rendering,
+                tally(S::Rendering, progress(3, 1, 1, 0, 1), Some(1), None, true),
+                false,
+                S::Failed,
+                Some(1),
+                Some(9),
+                pending,
+            ),
+            // Already failed: its finish time stays, nothing more to cancel.
+            (
+                S::Failed,
+                tally(S::Failed, progress(3, 0, 1, 0, 2), Some(1), Some(5), true),
+                false,
+                S::Failed,
+                Some(1),
+                Some(5),
+                none,
+            ),
+            // Requeued by an operator: unfinished again.
+            (
+                S::Completed,
+                tally(S::Queued, progress(2, 2, 0, 0, 0), Some(1), Some(5), false),
+                false,
+                S::Rendering,
+                Some(1),
+                None,
+                none,
+            ),
+        ];
+        for (before, tally, task_started, status, started_at, finished_at, cancel) in table {
+            let change = render_change(before, &tally, task_started, 9);
+            assert_eq!(
+                change,
+                RenderChange {
+                    status,
+                    started_at,
+                    finished_at,
+                    tasks_to_cancel: cancel
+                },
+                "{before:?} {tally:?}"
+            );
+            assert!(change.changes(&tally) || (before == S::Failed));
         }
     }
 

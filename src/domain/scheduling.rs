@@ -7,6 +7,8 @@ use chrono::{DateTime, Duration, Utc};
 use renderfarm_wire::{Priority, PriorityAllowances};
 use uuid::Uuid;
 
+use super::carries_tags;
+
 /// How long pending work of each priority may wait before it may preempt
 /// running work of a lower priority; `None`: never.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,10 +91,6 @@ pub struct PreemptionPlan {
     pub workers_wanted: i64,
 }
 
-fn carries(worker_tags: &[String], required: &[String]) -> bool {
-    required.iter().all(|t| worker_tags.contains(t))
-}
-
 /// Decides which running tasks make way for overdue work. `overdue` is in
 /// dispatch order; each overdue task first takes an idle worker that can run
 /// it, else preempts one running task of a strictly lower priority whose
@@ -109,7 +107,7 @@ pub fn plan_preemption(
     for work in overdue {
         let mut left = work.tasks;
         while left > 0 {
-            if let Some(i) = idle.iter().position(|tags| carries(tags, &work.tags)) {
+            if let Some(i) = idle.iter().position(|tags| carries_tags(tags, &work.tags)) {
                 idle.swap_remove(i);
                 left -= 1;
                 continue;
@@ -119,7 +117,7 @@ pub fn plan_preemption(
                 .filter(|r| {
                     r.priority < work.priority
                         && !taken.contains(&r.task_id)
-                        && carries(&r.worker_tags, &work.tags)
+                        && carries_tags(&r.worker_tags, &work.tags)
                 })
                 .min_by_key(|r| (r.priority, std::cmp::Reverse(r.started_at)));
             match victim {

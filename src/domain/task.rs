@@ -1,8 +1,87 @@
 //! The task status machine.
 
-use renderfarm_wire::TaskStatus;
+use renderfarm_wire::{HistoryEvent, TaskStatus};
+use uuid::Uuid;
 
 use super::IllegalTransition;
+
+/// Why a running task goes back to the queue without counting as a failure;
+/// its history says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    /// Its worker stopped and handed it back.
+    Released,
+    /// Taken back for more urgent work.
+    Preempted,
+    /// Its worker went silent; `last_seen` as the store writes times.
+    WorkerLost { last_seen: String },
+    /// An operator disabled its worker.
+    WorkerDisabled,
+    /// Its worker was handed two tasks by concurrent claims and keeps the other.
+    ClaimedTwice,
+}
+
+impl Requeue {
+    /// The line the task's history gets.
+    pub fn history(&self) -> (HistoryEvent, String) {
+        match self {
+            Requeue::Released => (
+                HistoryEvent::Released,
+                "its worker stopped and handed it back".into(),
+            ),
+            Requeue::Preempted => (
+                HistoryEvent::Preempted,
+                "taken back for more urgent work".into(),
+            ),
+            Requeue::WorkerLost { last_seen } => (
+                HistoryEvent::Requeued,
+                format!("its worker was lost: no sign of life since {last_seen}"),
+            ),
+            Requeue::WorkerDisabled => (HistoryEvent::Requeued, "its worker was disabled".into()),
+            Requeue::ClaimedTwice => (
+                HistoryEvent::Requeued,
+                "claimed twice at once; its worker keeps its other task".into(),
+            ),
+        }
+    }
+}
+
+/// A progress report of more frames than the task has (or fewer than none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("frames_done is {frames_done}, but this task has {frames} frame(s); report 0 to {frames}")]
+pub struct FramesOutOfRange {
+    pub frames_done: i64,
+    pub frames: i64,
+}
+
+/// Checks a report of `frames_done` frames of a task of `frames` frames.
+pub fn check_frames_done(frames_done: i64, frames: i64) -> Result<(), FramesOutOfRange> {
+    if (0..=frames).contains(&frames_done) {
+        Ok(())
+    } else {
+        Err(FramesOutOfRange {
+            frames_done,
+            frames,
+        })
+    }
+}
+
+/// A heartbeat that names a task without its lease, or a lease without its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("send task_id and lease_id together (both from your assignment), or neither when idle")]
+pub struct UnpairedLease;
+
+/// The task and lease a heartbeat names: both, or neither (an idle worker).
+pub fn heartbeat_task(
+    task_id: Option<Uuid>,
+    lease_id: Option<Uuid>,
+) -> Result<Option<(Uuid, Uuid)>, UnpairedLease> {
+    match (task_id, lease_id) {
+        (None, None) => Ok(None),
+        (Some(task), Some(lease)) => Ok(Some((task, lease))),
+        _ => Err(UnpairedLease),
+    }
+}
 
 /// Something that happens to one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +119,12 @@ pub enum TaskReport {
     Release,
 }
 
+/// Whether a failed task that was retried `retries` times may not be retried
+/// again: its render fails for good.
+pub fn retries_exhausted(retries: i64, max_retries: i64) -> bool {
+    retries >= max_retries
+}
+
 /// The status `event` moves a task in `from` to, or why it cannot.
 pub fn task_transition(
     from: TaskStatus,
@@ -58,7 +143,7 @@ pub fn task_transition(
             },
             S::Failed,
         ) => {
-            if retries < max_retries {
+            if !retries_exhausted(retries, max_retries) {
                 Ok(S::Pending)
             } else {
                 Err(IllegalTransition::new(format!(
@@ -91,6 +176,30 @@ mod tests {
     use super::*;
     use TaskEvent as E;
     use TaskStatus as S;
+
+    #[test]
+    fn progress_is_between_none_and_every_frame_of_the_task() {
+        for (done, frames, ok) in [(0, 4, true), (4, 4, true), (5, 4, false), (-1, 4, false)] {
+            assert_eq!(
+                check_frames_done(done, frames).is_ok(),
+                ok,
+                "{done} of {frames}"
+            );
+        }
+        assert!(check_frames_done(5, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("report 0 to 4"));
+    }
+
+    #[test]
+    fn a_heartbeat_names_its_task_and_lease_together_or_neither() {
+        let (t, l) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(heartbeat_task(None, None), Ok(None));
+        assert_eq!(heartbeat_task(Some(t), Some(l)), Ok(Some((t, l))));
+        assert_eq!(heartbeat_task(Some(t), None), Err(UnpairedLease));
+        assert_eq!(heartbeat_task(None, Some(l)), Err(UnpairedLease));
+    }
 
     #[test]
     fn task_events_follow_the_status_table() {

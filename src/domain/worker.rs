@@ -1,9 +1,12 @@
 //! Workers: what an operator may do to one, what status it shows, whether it
 //! may take work, and what its heartbeat is answered.
 
-use renderfarm_wire::{HeartbeatAction, TaskStatus, WorkerAction, WorkerSpec, WorkerStatus};
+use renderfarm_wire::{HeartbeatAction, WorkerAction, WorkerSpec, WorkerStatus};
+use uuid::Uuid;
 
-use super::{validate_name, validate_tags, IllegalTransition, ValidationError};
+use super::{
+    lease_accepts, validate_name, validate_tags, IllegalTransition, TaskLease, ValidationError,
+};
 
 /// The operator's say over a worker, as stored. Busy, idle and offline are
 /// not stored: they follow from its task and its heartbeats.
@@ -100,24 +103,12 @@ pub fn claim_permission(mode: WorkerMode) -> Result<ClaimPermission, WorkerUnava
     }
 }
 
-/// What the store knows of the task a heartbeat names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseView {
-    pub status: TaskStatus,
-    /// The lease presented is the task's current one and the task is held by
-    /// this worker.
-    pub lease_matches: bool,
-}
-
-/// The answer to a heartbeat that names a task: keep rendering only while the
-/// worker still holds the task's current lease and the task is running.
+/// The answer to a heartbeat from `worker` that names a task under `lease`:
+/// keep rendering only while the lease is accepted (see [`lease_accepts`]).
 /// `None` means the task is unknown.
-pub fn heartbeat_action(task: Option<LeaseView>) -> HeartbeatAction {
+pub fn heartbeat_action(task: Option<&TaskLease>, lease: Uuid, worker: Uuid) -> HeartbeatAction {
     match task {
-        Some(LeaseView {
-            status: TaskStatus::Running,
-            lease_matches: true,
-        }) => HeartbeatAction::Continue,
+        Some(task) if lease_accepts(task, lease, Some(worker)).is_ok() => HeartbeatAction::Continue,
         _ => HeartbeatAction::Abort,
     }
 }
@@ -125,6 +116,7 @@ pub fn heartbeat_action(task: Option<LeaseView>) -> HeartbeatAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use renderfarm_wire::TaskStatus;
     use WorkerAction as A;
     use WorkerMode as M;
 
@@ -184,28 +176,26 @@ mod tests {
     #[test]
     fn heartbeats_abort_unless_the_lease_is_current_and_running() {
         use TaskStatus as T;
-        let view = |status, lease_matches| {
-            Some(LeaseView {
-                status,
-                lease_matches,
-            })
+        let (lease, me) = (Uuid::from_u128(1), Uuid::from_u128(10));
+        let task = |status, lease_id| TaskLease {
+            status,
+            lease_id: Some(lease_id),
+            worker_id: Some(me),
         };
+        let table = [
+            (task(T::Running, lease), HeartbeatAction::Continue),
+            (task(T::Running, Uuid::from_u128(2)), HeartbeatAction::Abort),
+            (task(T::Canceled, lease), HeartbeatAction::Abort),
+            (task(T::Pending, lease), HeartbeatAction::Abort),
+        ];
+        for (task, want) in table {
+            assert_eq!(heartbeat_action(Some(&task), lease, me), want, "{task:?}");
+        }
+        let someone_else = Uuid::from_u128(11);
         assert_eq!(
-            heartbeat_action(view(T::Running, true)),
-            HeartbeatAction::Continue
-        );
-        assert_eq!(
-            heartbeat_action(view(T::Running, false)),
+            heartbeat_action(Some(&task(T::Running, lease)), lease, someone_else),
             HeartbeatAction::Abort
         );
-        assert_eq!(
-            heartbeat_action(view(T::Canceled, true)),
-            HeartbeatAction::Abort
-        );
-        assert_eq!(
-            heartbeat_action(view(T::Pending, true)),
-            HeartbeatAction::Abort
-        );
-        assert_eq!(heartbeat_action(None), HeartbeatAction::Abort);
+        assert_eq!(heartbeat_action(None, lease, me), HeartbeatAction::Abort);
     }
 }

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Allowances, IllegalTransition, NewRender, OverdueWork, RenderCommand, RunningWork, TaskReport,
-    ValidWorkerSpec, WorkerUnavailable,
+    ValidWorkerSpec, WorkerMode, WorkerUnavailable,
 };
 
 /// The small vocabulary every backend's failures are translated into, once.
@@ -79,6 +79,30 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A status (or mode) as both backends store it: the text the domain's
+/// value is spelled with, for queries built from the domain's values.
+pub(crate) trait Stored: Copy {
+    fn stored(self) -> &'static str;
+}
+
+impl Stored for RenderStatus {
+    fn stored(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Stored for TaskStatus {
+    fn stored(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Stored for WorkerMode {
+    fn stored(self) -> &'static str {
+        self.as_str()
+    }
+}
 
 /// Which renders a listing shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -227,11 +251,11 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<HeartbeatAction>;
 
-    /// Hands the worker its next task under a new lease: the highest priority
-    /// first, then the oldest render, then the lowest frames; never a task of
-    /// a paused or canceled render, nor one whose render needs tags the worker
-    /// lacks. A worker that already holds a running task gets that one again.
-    /// `None`: nothing for this worker now.
+    /// Hands the worker its next task under a new lease, by the domain's
+    /// rules: in `domain::CLAIM_ORDER`, only of a render in
+    /// `domain::CLAIMABLE_RENDER_STATUSES` whose tags the worker carries
+    /// (`domain::carries_tags`). A worker that already holds a running task
+    /// gets that one again. `None`: nothing for this worker now.
     async fn claim_next_task(
         &self,
         worker_id: Uuid,

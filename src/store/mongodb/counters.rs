@@ -8,9 +8,10 @@ use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 
-use super::{documents::*, errors::*, renders::*, tasks::*, *};
+use super::rules::retries_exhausted;
+use super::{documents::*, errors::*, renders::*, *};
 use crate::domain::tally_after;
-use crate::domain::{tallied_status, TaskEvent};
+use crate::domain::{is_claimable, render_change, Tally, TaskEvent};
 use crate::store::StoreResult;
 
 /// Compare-and-set attempts before a render is declared too busy to save its tally.
@@ -69,25 +70,18 @@ impl MongoStore {
     ) -> StoreResult<RenderDoc> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let before = doc.status()?;
-            let started_at = doc.started_at.or(started.then(|| bson_time(now)));
-            let status = tallied_status(
-                before,
-                &doc.progress(),
-                started_at.is_some(),
-                doc.failed_for_good,
-            );
-            let change = StatusChange {
-                status,
-                started_at,
-                finished_at: finished_at_after(before, status, doc.finished_at, now),
-                reset_failure: false,
-            };
-            if change.status == before
-                && change.started_at == doc.started_at
-                && change.finished_at == doc.finished_at
-            {
+            let tally = doc.tally()?;
+            let domain_change = render_change(before, &tally, started, bson_time(now));
+            if !domain_change.changes(&tally) {
                 return Ok(doc);
             }
+            let status = domain_change.status;
+            let change = StatusChange {
+                status,
+                started_at: domain_change.started_at,
+                finished_at: domain_change.finished_at,
+                reset_failure: false,
+            };
             let written = self
                 .renders()?
                 .find_one_and_update(
@@ -106,7 +100,9 @@ impl MongoStore {
                             "render status changed"
                         );
                     }
-                    return self.after_status_write(before, after, now).await;
+                    return self
+                        .after_status_write(before, after, domain_change.tasks_to_cancel, now)
+                        .await;
                 }
                 None => doc = self.load_render(&doc.id).await?,
             }
@@ -118,22 +114,22 @@ impl MongoStore {
     }
 
     /// What follows a written status change: the tasks' runnable flags, and
-    /// for a render that just failed for good, its pending tasks canceled
-    /// (running ones may finish).
+    /// the tasks the domain's change cancels (`RenderChange::tasks_to_cancel`).
     pub(super) async fn after_status_write(
         &self,
         before: RenderStatus,
         doc: RenderDoc,
+        tasks_to_cancel: &[TaskStatus],
         now: DateTime<Utc>,
     ) -> StoreResult<RenderDoc> {
         let after = doc.status()?;
-        if dispatchable(before) != dispatchable(after) {
-            self.sync_runnable(&doc.id, dispatchable(after), doc.version)
+        if is_claimable(before) != is_claimable(after) {
+            self.sync_runnable(&doc.id, is_claimable(after), doc.version)
                 .await?;
         }
-        if after == RenderStatus::Failed && before != RenderStatus::Failed {
+        if !tasks_to_cancel.is_empty() {
             return self
-                .bulk_task_change(&doc.id, TaskEvent::Cancel, &[TaskStatus::Pending], now)
+                .bulk_task_change(&doc.id, TaskEvent::Cancel, tasks_to_cancel, now)
                 .await;
         }
         Ok(doc)
@@ -215,8 +211,13 @@ impl MongoStore {
                 .await?
                 > 0;
             let failed_for_good = doc.failed_for_good || stuck;
-            let status =
-                tallied_status(before, &progress, doc.started_at.is_some(), failed_for_good);
+            let recounted = Tally {
+                progress,
+                failed_for_good,
+                ..doc.tally()?
+            };
+            let domain_change = render_change(before, &recounted, false, bson_time(now));
+            let status = domain_change.status;
             if (status, progress, failed_for_good) == (before, doc.progress(), doc.failed_for_good)
             {
                 return Ok(false);
@@ -224,8 +225,8 @@ impl MongoStore {
             tokio::time::sleep(RECOUNT_SETTLE).await;
             let change = StatusChange {
                 status,
-                started_at: doc.started_at,
-                finished_at: finished_at_after(before, status, doc.finished_at, now),
+                started_at: domain_change.started_at,
+                finished_at: domain_change.finished_at,
                 reset_failure: false,
             };
             let written = self
@@ -239,7 +240,8 @@ impl MongoStore {
             match written {
                 Some(after) => {
                     tracing::warn!(render_id = %after.id, "render counters corrected from its tasks");
-                    self.after_status_write(before, after, now).await?;
+                    self.after_status_write(before, after, domain_change.tasks_to_cancel, now)
+                        .await?;
                     return Ok(true);
                 }
                 None => doc = self.load_render(&doc.id).await?,
@@ -354,23 +356,6 @@ pub fn status_update(change: &StatusChange) -> Document {
     doc! { "$set": set, "$inc": { "version": 1_i64 } }
 }
 
-/// When a render that was `before` and is now `after` finished: now when it
-/// just finished, never while unfinished, unchanged otherwise.
-pub fn finished_at_after(
-    before: RenderStatus,
-    after: RenderStatus,
-    finished_at: Option<bson::DateTime>,
-    now: DateTime<Utc>,
-) -> Option<bson::DateTime> {
-    if after.is_finished() && !before.is_finished() {
-        Some(bson_time(now))
-    } else if !after.is_finished() {
-        None
-    } else {
-        finished_at
-    }
-}
-
 /// Marks every task of the render runnable or not, unless a newer status
 /// change (a higher render `version`) already did: concurrent pause and
 /// resume leave the tasks as the later one says.
@@ -406,7 +391,7 @@ pub fn stuck_filter(render: &str) -> Document {
     doc! {
         "render_id": render,
         "status": TaskStatus::Failed.as_str(),
-        "$expr": { "$gte": ["$retries", "$max_retries"] },
+        "$expr": retries_exhausted(),
     }
 }
 

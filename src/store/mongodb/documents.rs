@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{errors::*, *};
-use crate::domain::{worker_status, WorkerMode};
+use crate::domain::{worker_status, Tally, TaskLease, WorkerMode};
 use crate::store::StoreResult;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +95,17 @@ impl RenderDoc {
             frames_total: self.frames_total,
             frames_done: self.frames_done,
         }
+    }
+
+    /// The render's tally, for the domain's rules.
+    pub(super) fn tally(&self) -> StoreResult<Tally<bson::DateTime>> {
+        Ok(Tally {
+            status: self.status()?,
+            progress: self.progress(),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            failed_for_good: self.failed_for_good,
+        })
     }
 
     pub(super) fn to_render(&self) -> StoreResult<Render> {
@@ -200,6 +211,15 @@ impl TaskDoc {
     pub(super) fn status(&self) -> StoreResult<TaskStatus> {
         TaskStatus::parse(&self.status)
             .ok_or_else(|| corrupt(format!("task {} with status {:?}", self.id, self.status)))
+    }
+
+    /// What the domain's lease rule needs.
+    pub(super) fn lease(&self) -> StoreResult<TaskLease> {
+        Ok(TaskLease {
+            status: self.status()?,
+            lease_id: parse_opt_uuid(self.lease_id.as_deref(), "lease id")?,
+            worker_id: parse_opt_uuid(self.worker_id.as_deref(), "worker id")?,
+        })
     }
 
     pub(super) fn to_task(&self) -> StoreResult<Task> {

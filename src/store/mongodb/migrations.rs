@@ -249,7 +249,7 @@ mod tests {
         );
         assert_eq!(claim.key.get("priority").and_then(Bson::as_i64), Some(-1));
         // The claim's sort must be the index's order after its equality fields.
-        let sort = super::super::tasks::claim_sort();
+        let sort = super::super::rules::claim_sort();
         let sort_keys: Vec<&str> = sort.keys().map(String::as_str).collect();
         assert_eq!(&keys[2..], sort_keys.as_slice());
     }

@@ -31,6 +31,7 @@ mod documents;
 mod errors;
 mod migrations;
 mod renders;
+mod rules;
 mod snapshot;
 mod tasks;
 mod upkeep;

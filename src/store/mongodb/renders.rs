@@ -7,10 +7,10 @@ use mongodb::options::ReturnDocument;
 use renderfarm_wire::{Page, Progress, Render, RenderStatus, TaskStatus};
 use uuid::Uuid;
 
-use super::{counters::*, documents::*, tasks::*, *};
+use super::{counters::*, documents::*, *};
 use crate::domain::{
-    check_deletable, render_transition, task_transition, tasks_affected, NewRender, RenderCommand,
-    TaskEvent,
+    check_deletable, finished_at_after, is_claimable, render_transition, task_transition,
+    tasks_affected, NewRender, RenderCommand, TaskEvent,
 };
 use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
@@ -97,7 +97,7 @@ pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreRe
         let _ = tasks.delete_many(doc! { "render_id": &render.id }).await;
         return Err(e);
     }
-    if dispatchable(new.render.status) {
+    if is_claimable(new.render.status) {
         store.sync_runnable(&render.id, true, render.version)
             .await
             .map_err(|e| {
@@ -184,7 +184,7 @@ pub(super) async fn change_render(
         let change = StatusChange {
             status: to,
             started_at: if requeue { None } else { doc.started_at },
-            finished_at: finished_at_after(from, to, doc.finished_at, now),
+            finished_at: finished_at_after(from, to, doc.finished_at, bson_time(now)),
             reset_failure: requeue,
         };
         if let Some(after) = renders
@@ -201,7 +201,9 @@ pub(super) async fn change_render(
             "render {id} changed too often to apply the command; retry"
         )));
     };
-    let mut doc = store.after_status_write(from, after, now).await?;
+    // No operator command fails a render: nothing to cancel beyond what the
+    // command itself changes below.
+    let mut doc = store.after_status_write(from, after, &[], now).await?;
     if let Some((event, statuses)) = tasks_affected(command, &progress) {
         doc = store.bulk_task_change(&id, event, &statuses, now).await?;
     }

@@ -9,8 +9,8 @@ use bson::doc;
 
 use super::documents::{bson_time, HistoryDoc, LogDoc, RenderDoc, TaskDoc, WorkerDoc};
 use super::renders::TASK_BATCH;
-use super::tasks::dispatchable;
 use super::{MongoStore, RENDERS, WORKERS};
+use crate::domain::is_claimable;
 use crate::store::snapshot::{ImportFarm, RenderRecord, TaskRecord, WorkerRecord};
 use crate::store::{StoreError, StoreResult};
 
@@ -61,7 +61,7 @@ impl ImportFarm for MongoStore {
         }
         // The render appears only now, whole.
         self.renders()?.insert_one(&render).await?;
-        if dispatchable(record.render.status) {
+        if is_claimable(record.render.status) {
             self.sync_runnable(&render.id, true, render.version).await?;
         }
         Ok(true)

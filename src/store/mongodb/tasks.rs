@@ -4,15 +4,15 @@ use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::{Hint, ReturnDocument};
-use renderfarm_wire::{
-    Assignment, HistoryEvent, Page, RenderStatus, Task, TaskHistoryEntry, TaskStatus,
-};
+use renderfarm_wire::{Assignment, HistoryEvent, Page, Task, TaskHistoryEntry, TaskStatus};
 use uuid::Uuid;
 
+use super::rules::{carries_tags, claim_sort};
 use super::{documents::*, *};
 use crate::domain::{
-    claim_permission, join_log, log_chunks_to_drop, task_transition, ClaimPermission, TaskEvent,
-    TaskReport, TASK_LOG_LIMIT,
+    check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
+    task_transition, ClaimPermission, Requeue, TaskEvent, TaskReport, CLAIMABLE_TASK_STATUS,
+    LEASED_TASK_STATUS, TASK_LOG_LIMIT,
 };
 use crate::store::{PageRequest, StoreError, StoreResult};
 
@@ -55,7 +55,7 @@ impl MongoStore {
         &self,
         task: &str,
         lease: &str,
-        why: (HistoryEvent, &str),
+        why: &Requeue,
         log_bytes: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<TaskDoc>> {
@@ -78,7 +78,7 @@ impl MongoStore {
                 now,
             )
             .await?;
-            let (event, detail) = why;
+            let (event, detail) = why.history();
             self.record_history(
                 &before.id,
                 before.history_seq,
@@ -102,13 +102,8 @@ impl MongoStore {
         log_bytes: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<TaskDoc>> {
-        if !(0..=task.frames()).contains(&frames_done) {
-            return Err(StoreError::Invalid(format!(
-                "frames_done is {frames_done}, but this task has {} frame(s); report 0 to {}",
-                task.frames(),
-                task.frames()
-            )));
-        }
+        check_frames_done(frames_done, task.frames())
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let before = self
             .tasks()?
             .find_one_and_update(
@@ -200,17 +195,8 @@ impl MongoStore {
             return Ok(Some(mine));
         }
         if let Some(lease) = mine.lease_id.as_deref() {
-            self.requeue_under_lease(
-                &mine.id,
-                lease,
-                (
-                    HistoryEvent::Requeued,
-                    "claimed twice at once; its worker keeps its other task",
-                ),
-                None,
-                now,
-            )
-            .await?;
+            self.requeue_under_lease(&mine.id, lease, &Requeue::ClaimedTwice, None, now)
+                .await?;
         }
         self.current_task_of(worker).await
     }
@@ -331,9 +317,8 @@ pub(super) async fn report_task(
     let id = task_id.to_string();
     let lease = lease_id.to_string();
     let task = store.load_task(&id).await?;
-    if task.lease_id.as_deref() != Some(lease.as_str()) || task.status()? != TaskStatus::Running {
-        return Err(StoreError::StaleLease { task_id });
-    }
+    lease_accepts(&task.lease()?, lease_id, None)
+        .map_err(|_| StoreError::StaleLease { task_id })?;
     let log = log.filter(|t| !t.is_empty());
     let log_bytes = log.as_ref().map(|text| text.len() as i64);
     let tasks = store.tasks()?;
@@ -345,16 +330,7 @@ pub(super) async fn report_task(
         }
         TaskReport::Release => {
             store
-                .requeue_under_lease(
-                    &id,
-                    &lease,
-                    (
-                        HistoryEvent::Released,
-                        "its worker stopped and handed it back",
-                    ),
-                    log_bytes,
-                    now,
-                )
+                .requeue_under_lease(&id, &lease, &Requeue::Released, log_bytes, now)
                 .await?
         }
         TaskReport::Complete => {
@@ -475,27 +451,17 @@ pub(super) async fn task_history(
 /// The index the claim walks; named in the migration and hinted by the claim.
 pub const CLAIM_INDEX: &str = "tasks_claim";
 
-/// Whether workers may be handed the tasks of a render in this status:
-/// paused, canceled and finished renders are never dispatched.
-pub fn dispatchable(status: RenderStatus) -> bool {
-    matches!(status, RenderStatus::Queued | RenderStatus::Rendering)
-}
-
-/// Pending tasks of dispatchable renders that need no tag the worker lacks
-/// (the render's tags must be a subset of the worker's).
+/// Claimable tasks (`runnable`: of a claimable render, kept in step with the
+/// render's status) whose render needs no tag the worker lacks. Sorted by
+/// `rules::claim_sort`, which matches the key order of [`CLAIM_INDEX`] after
+/// its two equality fields, so the server walks the index and stops at the
+/// first match.
 pub fn claim_filter(worker_tags: &[String]) -> Document {
     doc! {
-        "status": TaskStatus::Pending.as_str(),
+        "status": CLAIMABLE_TASK_STATUS.as_str(),
         "runnable": true,
-        "required_tags": { "$not": { "$elemMatch": { "$nin": worker_tags } } },
+        "required_tags": carries_tags(worker_tags),
     }
-}
-
-/// Dispatch order: the highest priority, then the oldest render, then the
-/// lowest frames. Matches the key order of [`CLAIM_INDEX`] after its two
-/// equality fields, so the server walks the index and stops at the first match.
-pub fn claim_sort() -> Document {
-    doc! { "priority": -1, "render_seq": 1, "frame_start": 1 }
 }
 
 /// Hands a task to `worker` under a new `lease`.
@@ -520,7 +486,7 @@ pub fn held_filter(worker: &str) -> Document {
 /// The task, only while it is running under `lease`: every report is fenced
 /// by this, so a stale lease matches nothing and changes nothing.
 pub fn lease_filter(task: &str, lease: &str) -> Document {
-    doc! { "_id": task, "lease_id": lease, "status": TaskStatus::Running.as_str() }
+    doc! { "_id": task, "lease_id": lease, "status": LEASED_TASK_STATUS.as_str() }
 }
 
 /// A running task's progress (not a history event).

@@ -7,8 +7,12 @@ use mongodb::options::ReturnDocument;
 use renderfarm_wire::{HistoryEvent, LeaderLease, Priority, TaskStatus};
 use uuid::Uuid;
 
-use super::{documents::*, errors::*, renders::*, tasks::*, workers::*, *};
-use crate::domain::{task_transition, Allowances, OverdueWork, RunningWork, TaskEvent};
+use super::rules::{claim_sort, is_in};
+use super::{documents::*, errors::*, renders::*, workers::*, *};
+use crate::domain::{
+    task_transition, Allowances, OverdueWork, Requeue, RunningWork, TaskEvent,
+    FINISHED_RENDER_STATUSES,
+};
 use crate::store::{LostWorkers, MovedTask, PreemptionInputs, Retries, StoreError, StoreResult};
 
 impl MongoStore {
@@ -44,7 +48,7 @@ pub(super) async fn finished_renders_before(
         .renders()?
         .clone_with_type::<IdOnly>()
         .find(doc! {
-            "status": { "$in": ["completed", "failed", "canceled"] },
+            "status": is_in(FINISHED_RENDER_STATUSES),
             "tasks_running": 0_i64,
             "finished_at": { "$lt": bson_time(before) },
         })
@@ -109,15 +113,9 @@ pub(super) async fn requeue_lost_workers(
             .last_heartbeat
             .to_chrono()
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let detail = format!("its worker was lost: no sign of life since {last_seen}");
+        let why = Requeue::WorkerLost { last_seen };
         if let Some(before) = store
-            .requeue_under_lease(
-                &task.id,
-                lease,
-                (HistoryEvent::Requeued, &detail),
-                None,
-                now,
-            )
+            .requeue_under_lease(&task.id, lease, &why, None, now)
             .await?
         {
             outcome.requeued.push(moved(&before)?);
@@ -315,13 +313,7 @@ pub(super) async fn preempt_task(
         return Ok(None);
     }
     store
-        .requeue_under_lease(
-            &id,
-            &lease,
-            (HistoryEvent::Preempted, "taken back for more urgent work"),
-            None,
-            now,
-        )
+        .requeue_under_lease(&id, &lease, &Requeue::Preempted, None, now)
         .await?
         .as_ref()
         .map(moved)

@@ -6,11 +6,13 @@ use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
-use renderfarm_wire::{Heartbeat, HeartbeatAction, HistoryEvent, Worker, WorkerAction};
+use renderfarm_wire::{Heartbeat, HeartbeatAction, Worker, WorkerAction};
 use uuid::Uuid;
 
 use super::{counters::*, documents::*, upkeep::*, *};
-use crate::domain::{heartbeat_action, worker_transition, LeaseView, ValidWorkerSpec, WorkerMode};
+use crate::domain::{
+    heartbeat_action, heartbeat_task, worker_transition, Requeue, ValidWorkerSpec, WorkerMode,
+};
 use crate::store::{Store, StoreError, StoreResult};
 
 impl MongoStore {
@@ -134,13 +136,7 @@ pub(super) async fn change_worker(
         if let Some(task) = store.current_task_of(&id_s).await? {
             if let Some(lease) = task.lease_id.clone() {
                 if store
-                    .requeue_under_lease(
-                        &task.id,
-                        &lease,
-                        (HistoryEvent::Requeued, "its worker was disabled"),
-                        None,
-                        now,
-                    )
+                    .requeue_under_lease(&task.id, &lease, &Requeue::WorkerDisabled, None, now)
                     .await?
                     .is_some()
                 {
@@ -160,28 +156,19 @@ pub(super) async fn heartbeat(
 ) -> StoreResult<HeartbeatAction> {
     let worker = worker_id.to_string();
     store.mark_alive(&worker, now).await?;
-    let (task_id, lease_id) = match (beat.task_id, beat.lease_id) {
-        (None, None) => return Ok(HeartbeatAction::Continue),
-        (Some(t), Some(l)) => (t.to_string(), l.to_string()),
-        _ => return Err(StoreError::Invalid(
-            "send task_id and lease_id together (both from your assignment), or neither when idle"
-                .into(),
-        )),
+    let Some((task_id, lease_id)) = heartbeat_task(beat.task_id, beat.lease_id)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?
+    else {
+        return Ok(HeartbeatAction::Continue);
     };
+    let task_id = task_id.to_string();
     let task = store.tasks()?.find_one(doc! { "_id": &task_id }).await?;
-    let view = match &task {
-        Some(t) => Some(LeaseView {
-            status: t.status()?,
-            lease_matches: t.lease_id.as_deref() == Some(lease_id.as_str())
-                && t.worker_id.as_deref() == Some(worker.as_str()),
-        }),
-        None => None,
-    };
-    let action = heartbeat_action(view);
+    let held = task.as_ref().map(|t| t.lease()).transpose()?;
+    let action = heartbeat_action(held.as_ref(), lease_id, worker_id);
     if let (HeartbeatAction::Continue, Some(task), Some(frames)) = (action, &task, beat.frames_done)
     {
         if store
-            .record_progress(task, &lease_id, frames, None, now)
+            .record_progress(task, &lease_id.to_string(), frames, None, now)
             .await?
             .is_none()
         {

@@ -5,7 +5,7 @@ use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 use rusqlite::{params, Connection};
 
 use super::{rows::*, tasks::*};
-use crate::domain::{tallied_status, tally_after, TaskEvent};
+use crate::domain::{render_change, tally_after, Tally, TaskEvent};
 use crate::store::StoreResult;
 
 /// A render's tally: its counters and the status they give, as read and written together.
@@ -37,33 +37,36 @@ pub(super) fn load_tally(conn: &Connection, seq: i64) -> StoreResult<RenderTally
         })?)
 }
 
-/// Writes the render's new counters and the status they give (its tally);
-/// `before` is the status the render had when the change began. A render that
-/// just failed for good has its pending tasks canceled (running ones may
-/// finish).
+/// Writes the render's new counters and the change the domain gives the
+/// render for them (`domain::render_change`); `before` is the status the
+/// render had when the change began, `task_started` whether a task of it
+/// just started running.
 pub(super) fn save_tally(
     conn: &Connection,
     mut state: RenderTally,
     before: RenderStatus,
+    task_started: bool,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    let status = tallied_status(
-        state.status,
-        &state.progress,
-        state.started_at.is_some(),
-        state.failed_for_good,
+    let change = render_change(
+        before,
+        &Tally {
+            status: state.status,
+            progress: state.progress,
+            started_at: state.started_at.take(),
+            finished_at: state.finished_at.take(),
+            failed_for_good: state.failed_for_good,
+        },
+        task_started,
+        ts(now),
     );
-    if status.is_finished() && !before.is_finished() {
-        state.finished_at = Some(ts(now));
-    } else if !status.is_finished() {
-        state.finished_at = None;
-    }
-    if status == RenderStatus::Failed && before != RenderStatus::Failed {
+    let status = change.status;
+    if !change.tasks_to_cancel.is_empty() {
         bulk_task_change(
             conn,
             state.seq,
             TaskEvent::Cancel,
-            &[TaskStatus::Pending],
+            change.tasks_to_cancel,
             now,
         )?;
         state.progress = count_tally(conn, state.seq, state.progress.frames_total)?;
@@ -84,8 +87,8 @@ pub(super) fn save_tally(
         p.tasks_failed,
         p.tasks_canceled,
         p.frames_done,
-        state.started_at,
-        state.finished_at,
+        change.started_at,
+        change.finished_at,
         state.failed_for_good,
     ])?;
     if status != before {
@@ -111,12 +114,9 @@ pub(super) fn tally_task_move(
 ) -> StoreResult<()> {
     let mut state = load_tally(conn, render_seq)?;
     state.progress = tally_after(state.progress, Some(from), to, frames_delta);
-    if to == TaskStatus::Running && state.started_at.is_none() {
-        state.started_at = Some(ts(now));
-    }
     state.failed_for_good |= failed_for_good;
     let before = state.status;
-    save_tally(conn, state, before, now)
+    save_tally(conn, state, before, to == TaskStatus::Running, now)
 }
 
 /// Recounts a render's counters from its tasks, after a change to many.

@@ -15,6 +15,7 @@ mod counters;
 mod errors;
 mod renders;
 mod rows;
+mod rules;
 mod snapshot;
 mod tasks;
 mod upkeep;

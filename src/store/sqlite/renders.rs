@@ -1,10 +1,14 @@
 //! Renders: submit, read, list, delete, and operator commands.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
+use renderfarm_wire::TaskStatus;
 use renderfarm_wire::{Page, Render};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use uuid::Uuid;
 
+use super::rules::*;
 use super::{counters::*, rows::*, tasks::*, *};
 use crate::domain::{check_deletable, render_transition, tasks_affected, NewRender, RenderCommand};
 use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
@@ -63,10 +67,7 @@ pub(super) async fn create_render(store: &SqliteStore, new: NewRender) -> StoreR
             ts(r.created_at),
         ])?;
         let render_seq = conn.last_insert_rowid();
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO tasks (id, render_seq, priority, frame_start, frame_end, status, queued_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
-        )?;
+        let mut insert = conn.prepare_cached(&INSERT_TASK)?;
         let queued_at = ts(r.created_at);
         for frames in new.chunks() {
             insert.execute(params![
@@ -174,9 +175,18 @@ pub(super) async fn change_render(
                 state.failed_for_good = false;
             }
             state.status = to;
-            save_tally(conn, state, before, now)?;
+            save_tally(conn, state, before, false, now)?;
             tracing::info!(render_id = %id, ?command, "operator changed render");
             load_render_by_seq(conn, seq)
         })
         .await
 }
+
+/// A new task of a render, ready to be claimed.
+static INSERT_TASK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO tasks (id, render_seq, priority, frame_start, frame_end, status, queued_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, {}, ?6)",
+        lit(TaskStatus::Pending)
+    )
+});

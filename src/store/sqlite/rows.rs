@@ -1,5 +1,7 @@
 //! Row mapping: the columns each query selects and the values they become.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use renderfarm_wire::{
     Assignment, HistoryEvent, Priority, Progress, Render, RenderStatus, Task, TaskHistoryEntry,
@@ -9,6 +11,8 @@ use rusqlite::types::Type;
 use rusqlite::Row;
 use uuid::Uuid;
 
+use super::rules::*;
+use crate::domain::LEASED_TASK_STATUS;
 use crate::domain::{worker_status, WorkerMode};
 use crate::store::PageRequest;
 
@@ -130,8 +134,14 @@ pub(super) fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
     })
 }
 
-pub(super) const WORKER_COLUMNS: &str = "w.id, w.name, w.mode, w.offline, w.tags, w.last_heartbeat, \
-     w.registered_at, (SELECT t.id FROM tasks t WHERE t.worker_id = w.id AND t.status = 'running' LIMIT 1)";
+/// A worker's columns, with the task it is rendering.
+pub(super) static WORKER_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "w.id, w.name, w.mode, w.offline, w.tags, w.last_heartbeat, w.registered_at, \
+         (SELECT t.id FROM tasks t WHERE t.worker_id = w.id AND t.status = {} LIMIT 1)",
+        lit(LEASED_TASK_STATUS)
+    )
+});
 
 pub(super) fn worker_from_row(row: &Row) -> rusqlite::Result<Worker> {
     let mode = get_enum(row, 2, WorkerMode::parse)?;

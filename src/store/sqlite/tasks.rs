@@ -1,14 +1,20 @@
 //! Tasks: claims, reports under the lease, logs and history.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{Assignment, HistoryEvent, Page, Task, TaskHistoryEntry, TaskStatus};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
+use super::rules::*;
 use super::{counters::*, renders::*, rows::*, workers::*, *};
 use crate::domain::{
-    claim_permission, join_log, log_chunks_to_drop, task_transition, ClaimPermission, TaskEvent,
-    TaskReport, TASK_LOG_LIMIT,
+    check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
+    task_transition, ClaimPermission, Requeue, TaskEvent, TaskLease, TaskReport, TASK_LOG_LIMIT,
+};
+use crate::domain::{
+    ClaimKey, CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS,
 };
 use crate::store::{PageRequest, StoreError, StoreResult};
 
@@ -62,11 +68,14 @@ pub(super) struct LeasedTask {
 }
 
 impl LeasedTask {
-    pub(super) fn held_under(&self, lease: Uuid, worker: Option<Uuid>) -> bool {
-        let lease_ok = self.lease_id.as_deref() == Some(lease.to_string().as_str());
-        let worker_ok =
-            worker.is_none_or(|w| self.worker_id.as_deref() == Some(w.to_string().as_str()));
-        lease_ok && worker_ok
+    /// What the domain's lease rule needs (an unreadable id matches no lease).
+    pub(super) fn lease(&self) -> TaskLease {
+        let id = |s: &Option<String>| s.as_deref().and_then(|s| Uuid::parse_str(s).ok());
+        TaskLease {
+            status: self.status,
+            lease_id: id(&self.lease_id),
+            worker_id: id(&self.worker_id),
+        }
     }
 }
 
@@ -100,12 +109,7 @@ pub(super) fn record_progress(
     frames_done: i64,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
-    if !(0..=task.frames).contains(&frames_done) {
-        return Err(StoreError::Invalid(format!(
-            "frames_done is {frames_done}, but this task has {} frame(s); report 0 to {}",
-            task.frames, task.frames
-        )));
-    }
+    check_frames_done(frames_done, task.frames).map_err(|e| StoreError::Invalid(e.to_string()))?;
     conn.prepare_cached("UPDATE tasks SET frames_done = ?2 WHERE seq = ?1")?
         .execute(params![task.seq, frames_done])?;
     let delta = frames_done - task.frames_done;
@@ -169,20 +173,9 @@ pub(super) fn next_pending_task(
     conn: &Connection,
     worker_tags: &str,
 ) -> StoreResult<Option<(i64, i64, Assignment)>> {
-    let mut renders = conn.prepare_cached(
-        "SELECT r.seq, r.priority, r.id, r.blend_file, r.output, r.engine FROM renders r \
-         WHERE r.status IN ('queued', 'rendering') AND r.tasks_pending > 0 \
-           AND (r.tags = '[]' OR NOT EXISTS ( \
-                 SELECT 1 FROM json_each(r.tags) need \
-                 WHERE need.value NOT IN (SELECT have.value FROM json_each(?1) have))) \
-         ORDER BY r.priority DESC, r.seq",
-    )?;
+    let mut renders = conn.prepare_cached(&CLAIMABLE_RENDERS)?;
     let mut rows = renders.query([worker_tags])?;
-    let mut first_chunk = conn.prepare_cached(
-        "SELECT seq, id, frame_start, frame_end FROM tasks \
-         WHERE status = 'pending' AND priority = ?1 AND render_seq = ?2 \
-         ORDER BY frame_start LIMIT 1",
-    )?;
+    let mut first_chunk = conn.prepare_cached(&FIRST_CLAIMABLE_CHUNK)?;
     // The first render has a pending chunk unless its counter drifted (the
     // scheduler's recount repairs it); then the next render is tried.
     while let Some(render) = rows.next()? {
@@ -236,10 +229,10 @@ pub(super) fn record_history(
 pub(super) fn requeue_task(
     conn: &Connection,
     task: &LeasedTask,
-    event: HistoryEvent,
-    detail: &str,
+    why: &Requeue,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
+    let (event, detail) = why.history();
     let to = task_transition(task.status, TaskEvent::Requeue)?;
     conn.prepare_cached(
         "UPDATE tasks SET status = ?2, worker_id = NULL, lease_id = NULL, frames_done = 0, \
@@ -251,7 +244,7 @@ pub(super) fn requeue_task(
         task.seq,
         event,
         task.worker_id.as_deref(),
-        Some(detail),
+        Some(&detail),
         now,
     )?;
     tally_task_move(
@@ -345,10 +338,7 @@ pub(super) async fn claim_next_task(
         .write(move |conn| {
             let (mode, worker_tags) = mark_alive(conn, worker_id, now)?;
             let held = conn
-                .prepare_cached(&format!(
-                "SELECT {ASSIGNMENT_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-                 WHERE t.worker_id = ?1 AND t.status = 'running' LIMIT 1"
-            ))?
+                .prepare_cached(&HELD_ASSIGNMENT)?
                 .query_row([worker_id.to_string()], assignment_from_row)
                 .optional()?;
             if held.is_some() {
@@ -405,9 +395,7 @@ pub(super) async fn report_task(
 ) -> StoreResult<Task> {
     store.write(move |conn| {
         let task = load_leased_task(conn, task_id)?;
-        if !task.held_under(lease_id, None) || task.status != TaskStatus::Running {
-            return Err(StoreError::StaleLease { task_id });
-        }
+        lease_accepts(&task.lease(), lease_id, None).map_err(|_| StoreError::StaleLease { task_id })?;
         match &report {
             TaskReport::Progress { frames_done } => record_progress(conn, &task, *frames_done, now)?,
             TaskReport::Complete => {
@@ -419,7 +407,7 @@ pub(super) async fn report_task(
                 tally_task_move(conn, task.render_seq, task.status, to, task.frames - task.frames_done, false, now)?;
                 record_history(conn, task.seq, HistoryEvent::Completed, task.worker_id.as_deref(), None, now)?;
             }
-            TaskReport::Release => requeue_task(conn, &task, HistoryEvent::Released, "its worker stopped and handed it back", now)?,
+            TaskReport::Release => requeue_task(conn, &task, &Requeue::Released, now)?,
             TaskReport::Fail { exit_code, reason } => {
                 let to = task_transition(task.status, TaskEvent::Fail)?;
                 conn.prepare_cached(
@@ -464,3 +452,36 @@ pub(super) async fn task_history(
         })
         .await
 }
+
+/// The assignment a worker holds already, if any.
+static HELD_ASSIGNMENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+         WHERE t.worker_id = ?1 AND t.status = {} LIMIT 1",
+        lit(LEASED_TASK_STATUS)
+    )
+});
+
+/// The renders whose pending work the worker with tags `?1` (JSON) may
+/// claim, in claim order.
+static CLAIMABLE_RENDERS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT r.seq, r.priority, r.id, r.blend_file, r.output, r.engine FROM renders r \
+         WHERE r.status {} AND r.tasks_pending > 0 AND {} ORDER BY {}",
+        is_in(CLAIMABLE_RENDER_STATUSES),
+        carries_tags("?1", "r.tags"),
+        claim_order(render_column),
+    )
+});
+
+/// The first claimable chunk of the render `?2` (of priority `?1`, which
+/// the claim index leads with).
+static FIRST_CLAIMABLE_CHUNK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT t.seq, t.id, t.frame_start, t.frame_end FROM tasks t \
+         WHERE t.status = {} AND t.priority = ?1 AND t.render_seq = ?2 \
+         ORDER BY {} LIMIT 1",
+        lit(CLAIMABLE_TASK_STATUS),
+        claim_order(|key| (key == ClaimKey::FrameStart).then_some("t.frame_start")),
+    )
+});

@@ -1,13 +1,21 @@
 //! The scheduler's upkeep: lost workers, retries, preemption, purging, recounts, the leader lease.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{HistoryEvent, LeaderLease, Priority, TaskStatus};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use uuid::Uuid;
 
+use super::rules::*;
 use super::{counters::*, rows::*, tasks::*, *};
 use crate::domain::{
-    tallied_status, task_transition, Allowances, OverdueWork, RunningWork, TaskEvent,
+    lease_accepts, tallied_status, task_transition, Allowances, OverdueWork, Requeue, RunningWork,
+    TaskEvent,
+};
+use crate::domain::{
+    WorkerMode, CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, FINISHED_RENDER_STATUSES,
+    LEASED_TASK_STATUS, UNFINISHED_RENDER_STATUSES,
 };
 use crate::store::{LostWorkers, MovedTask, PreemptionInputs, Retries, StoreError, StoreResult};
 
@@ -18,15 +26,10 @@ pub(super) async fn finished_renders_before(
 ) -> StoreResult<Vec<Uuid>> {
     store
         .read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id FROM renders \
-             WHERE status IN ('completed', 'failed', 'canceled') AND tasks_running = 0 \
-               AND finished_at < ?1 \
-             ORDER BY finished_at LIMIT ?2",
-            )?
-            .query_map(params![ts(before), limit as i64], |row| get_uuid(row, 0))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(StoreError::from)
+            conn.prepare_cached(&FINISHED_BEFORE)?
+                .query_map(params![ts(before), limit as i64], |row| get_uuid(row, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(StoreError::from)
         })
         .await
 }
@@ -51,17 +54,17 @@ pub(super) async fn requeue_lost_workers(
                     Uuid::parse_str(&worker).map_err(|e| StoreError::Unexpected(e.into()))?;
                 outcome.workers.push(worker_id);
                 let running: Vec<String> = conn
-                    .prepare_cached(
-                        "SELECT id FROM tasks WHERE worker_id = ?1 AND status = 'running'",
-                    )?
+                    .prepare_cached(&RUNNING_TASKS_OF_WORKER)?
                     .query_map([&worker], |row| row.get(0))?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 for task in running {
                     let task_id =
                         Uuid::parse_str(&task).map_err(|e| StoreError::Unexpected(e.into()))?;
                     let leased = load_leased_task(conn, task_id)?;
-                    let detail = format!("its worker was lost: no sign of life since {last_seen}");
-                    requeue_task(conn, &leased, HistoryEvent::Requeued, &detail, now)?;
+                    let why = Requeue::WorkerLost {
+                        last_seen: last_seen.clone(),
+                    };
+                    requeue_task(conn, &leased, &why, now)?;
                     outcome.requeued.push(moved(conn, &leased, task_id)?);
                 }
             }
@@ -77,11 +80,7 @@ pub(super) async fn retry_failed_tasks(
     store
         .write(move |conn| {
             let failed: Vec<Uuid> = conn
-                .prepare_cached(
-                    "SELECT t.id FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-                 WHERE t.status = 'failed' AND r.status IN ('queued', 'rendering', 'paused') \
-                 ORDER BY t.priority DESC, t.render_seq, t.frame_start",
-                )?
+                .prepare_cached(&FAILED_TASKS)?
                 .query_map([], |row| get_uuid(row, 0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut outcome = Retries::default();
@@ -140,57 +139,46 @@ pub(super) async fn preemption_inputs(
         .into_iter()
         .map(|p| allowances.overdue_cutoff(p, now).map(ts))
         .collect();
-    store.read(move |conn| {
-        // A NULL cutoff (never overdue) makes the comparison false.
-        let overdue = conn
-            .prepare_cached(
-                "SELECT r.id, r.priority, r.tags, COUNT(*) FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-                 WHERE t.status = 'pending' AND r.status IN ('queued', 'rendering') \
-                   AND t.queued_at <= (CASE t.priority WHEN 0 THEN ?1 WHEN 1 THEN ?2 WHEN 2 THEN ?3 ELSE ?4 END) \
-                 GROUP BY r.seq ORDER BY r.priority DESC, r.seq",
-            )?
-            .query_map(params_from_iter(cutoffs.iter()), |row| {
-                let rank: i64 = row.get(1)?;
-                Ok(OverdueWork {
-                    render_id: get_uuid(row, 0)?,
-                    priority: Priority::from_rank(rank)
-                        .ok_or_else(|| conversion_error(1, "priority", &rank.to_string()))?,
-                    tags: get_tags(row, 2)?,
-                    tasks: row.get(3)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let running = conn
-            .prepare_cached(
-                "SELECT t.id, t.lease_id, t.priority, t.started_at, w.tags FROM tasks t \
-                 JOIN workers w ON w.id = t.worker_id WHERE t.status = 'running'",
-            )?
-            .query_map([], |row| {
-                let rank: i64 = row.get(2)?;
-                Ok(RunningWork {
-                    task_id: get_uuid(row, 0)?,
-                    lease_id: get_uuid(row, 1)?,
-                    priority: Priority::from_rank(rank)
-                        .ok_or_else(|| conversion_error(2, "priority", &rank.to_string()))?,
-                    started_at: get_time(row, 3)?,
-                    worker_tags: get_tags(row, 4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let idle_worker_tags = conn
-            .prepare_cached(
-                "SELECT w.tags FROM workers w WHERE w.mode = 'active' AND w.offline = 0 \
-                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.worker_id = w.id AND t.status = 'running')",
-            )?
-            .query_map([], |row| get_tags(row, 0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(PreemptionInputs {
-            overdue,
-            running,
-            idle_worker_tags,
+    store
+        .read(move |conn| {
+            let overdue = conn
+                .prepare_cached(&OVERDUE_WORK)?
+                .query_map(params_from_iter(cutoffs.iter()), |row| {
+                    let rank: i64 = row.get(1)?;
+                    Ok(OverdueWork {
+                        render_id: get_uuid(row, 0)?,
+                        priority: Priority::from_rank(rank)
+                            .ok_or_else(|| conversion_error(1, "priority", &rank.to_string()))?,
+                        tags: get_tags(row, 2)?,
+                        tasks: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let running = conn
+                .prepare_cached(&RUNNING_WORK)?
+                .query_map([], |row| {
+                    let rank: i64 = row.get(2)?;
+                    Ok(RunningWork {
+                        task_id: get_uuid(row, 0)?,
+                        lease_id: get_uuid(row, 1)?,
+                        priority: Priority::from_rank(rank)
+                            .ok_or_else(|| conversion_error(2, "priority", &rank.to_string()))?,
+                        started_at: get_time(row, 3)?,
+                        worker_tags: get_tags(row, 4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let idle_worker_tags = conn
+                .prepare_cached(&IDLE_WORKER_TAGS)?
+                .query_map([], |row| get_tags(row, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(PreemptionInputs {
+                overdue,
+                running,
+                idle_worker_tags,
+            })
         })
-    })
-    .await
+        .await
 }
 
 pub(super) async fn preempt_task(
@@ -202,49 +190,46 @@ pub(super) async fn preempt_task(
     store
         .write(move |conn| {
             let task = load_leased_task(conn, task_id)?;
-            if task.status != TaskStatus::Running || !task.held_under(lease_id, None) {
+            if lease_accepts(&task.lease(), lease_id, None).is_err() {
                 return Ok(None);
             }
-            requeue_task(
-                conn,
-                &task,
-                HistoryEvent::Preempted,
-                "taken back for more urgent work",
-                now,
-            )?;
+            requeue_task(conn, &task, &Requeue::Preempted, now)?;
             Ok(Some(moved(conn, &task, task_id)?))
         })
         .await
 }
 
 pub(super) async fn recount_tallies(store: &SqliteStore, now: DateTime<Utc>) -> StoreResult<i64> {
-    store.write(move |conn| {
-        let active: Vec<i64> = conn
-            .prepare_cached("SELECT seq FROM renders WHERE status IN ('queued', 'rendering', 'paused')")?
-            .query_map([], |row| row.get(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut corrected = 0;
-        for seq in active {
-            let mut state = load_tally(conn, seq)?;
-            let before = (state.status, state.progress, state.failed_for_good);
-            state.progress = count_tally(conn, seq, state.progress.frames_total)?;
-            let stuck: bool = conn
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-                     WHERE t.render_seq = ?1 AND t.status = 'failed' AND t.retries >= r.max_retries)",
-                )?
-                .query_row([seq], |row| row.get(0))?;
-            state.failed_for_good |= stuck;
-            let status = tallied_status(state.status, &state.progress, state.started_at.is_some(), state.failed_for_good);
-            if (status, state.progress, state.failed_for_good) != before {
-                corrected += 1;
-                let was = state.status;
-                save_tally(conn, state, was, now)?;
+    store
+        .write(move |conn| {
+            let active: Vec<i64> = conn
+                .prepare_cached(&UNFINISHED_RENDERS)?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut corrected = 0;
+            for seq in active {
+                let mut state = load_tally(conn, seq)?;
+                let before = (state.status, state.progress, state.failed_for_good);
+                state.progress = count_tally(conn, seq, state.progress.frames_total)?;
+                let stuck: bool = conn
+                    .prepare_cached(&FAILED_FOR_GOOD)?
+                    .query_row([seq], |row| row.get(0))?;
+                state.failed_for_good |= stuck;
+                let status = tallied_status(
+                    state.status,
+                    &state.progress,
+                    state.started_at.is_some(),
+                    state.failed_for_good,
+                );
+                if (status, state.progress, state.failed_for_good) != before {
+                    corrected += 1;
+                    let was = state.status;
+                    save_tally(conn, state, was, false, now)?;
+                }
             }
-        }
-        Ok(corrected)
-    })
-    .await
+            Ok(corrected)
+        })
+        .await
 }
 
 pub(super) async fn acquire_lease(
@@ -316,3 +301,84 @@ pub(super) fn moved(conn: &Connection, task: &LeasedTask, task_id: Uuid) -> Stor
             .and_then(|w| Uuid::parse_str(w).ok()),
     })
 }
+
+/// Finished renders with nothing running that ended before `?1`, those
+/// that ended first first, at most `?2`.
+static FINISHED_BEFORE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id FROM renders WHERE status {} AND tasks_running = 0 AND finished_at < ?1 \
+         ORDER BY finished_at LIMIT ?2",
+        is_in(FINISHED_RENDER_STATUSES)
+    )
+});
+
+/// The tasks the worker `?1` is rendering.
+static RUNNING_TASKS_OF_WORKER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id FROM tasks WHERE worker_id = ?1 AND status = {}",
+        lit(LEASED_TASK_STATUS)
+    )
+});
+
+/// Failed tasks of unfinished renders, in claim order.
+static FAILED_TASKS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT t.id FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+         WHERE t.status = {} AND r.status {} ORDER BY {}",
+        lit(TaskStatus::Failed),
+        is_in(UNFINISHED_RENDER_STATUSES),
+        claim_order(task_column),
+    )
+});
+
+/// Claimable work pending since before its priority's cutoff (`?1`..`?4`,
+/// low to urgent; a NULL cutoff, never overdue, makes the comparison
+/// false), counted per render in claim order.
+static OVERDUE_WORK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT r.id, r.priority, r.tags, COUNT(*) FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+         WHERE t.status = {} AND r.status {} \
+           AND t.queued_at <= (CASE t.priority WHEN 0 THEN ?1 WHEN 1 THEN ?2 WHEN 2 THEN ?3 ELSE ?4 END) \
+         GROUP BY r.seq ORDER BY {}",
+        lit(CLAIMABLE_TASK_STATUS),
+        is_in(CLAIMABLE_RENDER_STATUSES),
+        claim_order(render_column),
+    )
+});
+
+/// Every task being rendered, with its worker's tags.
+static RUNNING_WORK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT t.id, t.lease_id, t.priority, t.started_at, w.tags FROM tasks t \
+         JOIN workers w ON w.id = t.worker_id WHERE t.status = {}",
+        lit(LEASED_TASK_STATUS)
+    )
+});
+
+/// The tags of every worker that could take work now.
+static IDLE_WORKER_TAGS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT w.tags FROM workers w WHERE w.mode = {} AND w.offline = 0 \
+         AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.worker_id = w.id AND t.status = {})",
+        lit(WorkerMode::Active),
+        lit(LEASED_TASK_STATUS)
+    )
+});
+
+/// Renders whose tallies the scheduler recounts.
+static UNFINISHED_RENDERS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT seq FROM renders WHERE status {}",
+        is_in(UNFINISHED_RENDER_STATUSES)
+    )
+});
+
+/// Whether the render `?1` has a failed task with no retry left.
+static FAILED_FOR_GOOD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+         WHERE t.render_seq = ?1 AND t.status = {} AND {})",
+        lit(TaskStatus::Failed),
+        retries_exhausted("t.retries", "r.max_retries"),
+    )
+});

@@ -1,17 +1,24 @@
 //! Workers: registration, operator changes, heartbeats.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
-use renderfarm_wire::{Heartbeat, HeartbeatAction, HistoryEvent, Worker, WorkerAction};
+use renderfarm_wire::{Heartbeat, HeartbeatAction, Worker, WorkerAction};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
+use super::rules::*;
 use super::{rows::*, tasks::*, *};
-use crate::domain::{heartbeat_action, worker_transition, LeaseView, ValidWorkerSpec, WorkerMode};
+use crate::domain::LEASED_TASK_STATUS;
+use crate::domain::{
+    heartbeat_action, heartbeat_task, worker_transition, Requeue, ValidWorkerSpec, WorkerMode,
+};
 use crate::store::{StoreError, StoreResult};
 
 pub(super) fn load_worker(conn: &Connection, id: Uuid) -> StoreResult<Worker> {
     conn.prepare_cached(&format!(
-        "SELECT {WORKER_COLUMNS} FROM workers w WHERE w.id = ?1"
+        "SELECT {} FROM workers w WHERE w.id = ?1",
+        *WORKER_COLUMNS
     ))?
     .query_row([id.to_string()], worker_from_row)
     .optional()?
@@ -69,7 +76,8 @@ pub(super) async fn list_workers(store: &SqliteStore) -> StoreResult<Vec<Worker>
         .read(|conn| {
             Ok(conn
                 .prepare_cached(&format!(
-                    "SELECT {WORKER_COLUMNS} FROM workers w ORDER BY w.seq"
+                    "SELECT {} FROM workers w ORDER BY w.seq",
+                    *WORKER_COLUMNS
                 ))?
                 .query_map([], worker_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
@@ -97,12 +105,12 @@ pub(super) async fn change_worker(
             // queue without counting as a failure, and its next heartbeat
             // answers abort.
             let running: Option<String> = conn
-                .prepare_cached("SELECT id FROM tasks WHERE worker_id = ?1 AND status = 'running' LIMIT 1")?
+                .prepare_cached(&RUNNING_TASK_OF_WORKER)?
                 .query_row([id.to_string()], |row| row.get(0))
                 .optional()?;
             if let Some(task_id) = running.and_then(|t| Uuid::parse_str(&t).ok()) {
                 let task = load_leased_task(conn, task_id)?;
-                requeue_task(conn, &task, HistoryEvent::Requeued, "its worker was disabled", now)?;
+                requeue_task(conn, &task, &Requeue::WorkerDisabled, now)?;
                 tracing::info!(worker_id = %id, task_id = %task_id, "task of disabled worker requeued");
             }
         }
@@ -118,31 +126,38 @@ pub(super) async fn heartbeat(
     now: DateTime<Utc>,
 ) -> StoreResult<HeartbeatAction> {
     let beat = beat.clone();
-    store.write(move |conn| {
-        mark_alive(conn, worker_id, now)?;
-        let (task_id, lease_id) = match (beat.task_id, beat.lease_id) {
-            (None, None) => return Ok(HeartbeatAction::Continue),
-            (Some(t), Some(l)) => (t, l),
-            _ => {
-                return Err(StoreError::Invalid(
-                    "send task_id and lease_id together (both from your assignment), or neither when idle".into(),
-                ))
+    store
+        .write(move |conn| {
+            mark_alive(conn, worker_id, now)?;
+            let Some((task_id, lease_id)) = heartbeat_task(beat.task_id, beat.lease_id)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?
+            else {
+                return Ok(HeartbeatAction::Continue);
+            };
+            let task = match load_leased_task(conn, task_id) {
+                Ok(task) => Some(task),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let action = heartbeat_action(
+                task.as_ref().map(|t| t.lease()).as_ref(),
+                lease_id,
+                worker_id,
+            );
+            if let (HeartbeatAction::Continue, Some(task), Some(frames)) =
+                (action, &task, beat.frames_done)
+            {
+                record_progress(conn, task, frames, now)?;
             }
-        };
-        let task = match load_leased_task(conn, task_id) {
-            Ok(task) => Some(task),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        };
-        let view = task.as_ref().map(|t| LeaseView {
-            status: t.status,
-            lease_matches: t.held_under(lease_id, Some(worker_id)),
-        });
-        let action = heartbeat_action(view);
-        if let (HeartbeatAction::Continue, Some(task), Some(frames)) = (action, &task, beat.frames_done) {
-            record_progress(conn, task, frames, now)?;
-        }
-        Ok(action)
-    })
-    .await
+            Ok(action)
+        })
+        .await
 }
+
+/// The task a worker is rendering, if any.
+static RUNNING_TASK_OF_WORKER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id FROM tasks WHERE worker_id = ?1 AND status = {} LIMIT 1",
+        lit(LEASED_TASK_STATUS)
+    )
+});

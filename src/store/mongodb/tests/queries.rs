@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use renderfarm_wire::Priority;
 use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 
+use super::super::rules::claim_sort;
 use super::super::{counters::*, documents::*, renders::*, tasks::*, upkeep::*, workers::*, *};
 use crate::domain::WorkerMode;
 use crate::store::RenderFilter;
@@ -73,6 +74,36 @@ fn reports_match_only_the_running_task_under_its_lease() {
         held_filter("w1"),
         doc! { "worker_id": "w1", "status": "running" }
     );
+}
+
+#[test]
+fn the_lease_filter_matches_what_the_domain_s_lease_rule_accepts() {
+    use crate::domain::{lease_accepts, TaskLease};
+    let (lease, other) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+    let worker = Some(uuid::Uuid::from_u128(10));
+    let filter = lease_filter("t1", &lease.to_string());
+    for status in TaskStatus::ALL {
+        for lease_id in [Some(lease), Some(other), None] {
+            let task = TaskLease {
+                status,
+                lease_id,
+                worker_id: worker,
+            };
+            let stored = doc! {
+                "_id": "t1",
+                "lease_id": lease_id.map(|l| l.to_string()),
+                "status": status.as_str(),
+            };
+            // The filter is equalities only: it matches a document holding
+            // every one of its values.
+            let matched = filter.iter().all(|(k, v)| stored.get(k) == Some(v));
+            assert_eq!(
+                matched,
+                lease_accepts(&task, lease, None).is_ok(),
+                "{task:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -243,35 +274,6 @@ fn status_changes_are_compare_and_set_on_the_version() {
             "$inc": { "version": 1_i64 },
         }
     );
-}
-
-#[test]
-fn a_render_is_finished_once_and_unfinished_when_reopened() {
-    use RenderStatus as S;
-    let earlier = Some(bson_time(t(1)));
-    let now = t(9);
-    assert_eq!(
-        finished_at_after(S::Rendering, S::Completed, None, now),
-        Some(bson_time(now))
-    );
-    assert_eq!(
-        finished_at_after(S::Failed, S::Completed, earlier, now),
-        earlier
-    );
-    assert_eq!(
-        finished_at_after(S::Completed, S::Queued, earlier, now),
-        None
-    );
-    assert_eq!(finished_at_after(S::Queued, S::Rendering, None, now), None);
-}
-
-#[test]
-fn only_queued_and_rendering_renders_are_dispatched() {
-    let yes: Vec<_> = RenderStatus::ALL
-        .into_iter()
-        .filter(|s| dispatchable(*s))
-        .collect();
-    assert_eq!(yes, vec![RenderStatus::Queued, RenderStatus::Rendering]);
 }
 
 #[test]
