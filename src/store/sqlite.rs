@@ -46,6 +46,11 @@ pub const DB_FILE: &str = "renderfarm.sqlite3";
 
 /// The most writes committed together.
 const MAX_BATCH: usize = 512;
+/// Tasks written (or deleted) per transaction when a big render is created
+/// (or deleted): a claim that waits behind one batch waits a few
+/// milliseconds, where a whole render of 1,000,000 tasks held the writer for
+/// six seconds.
+const TASK_WRITE_BATCH: usize = 2_000;
 const READ_POOL_SIZE: u32 = 4;
 
 fn migrations() -> Migrations<'static> {
@@ -53,6 +58,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/sqlite/0001_initial.sql")),
         M::up(include_str!("../../migrations/sqlite/0002_scheduler.sql")),
         M::up(include_str!("../../migrations/sqlite/0003_log_limit.sql")),
+        M::up(include_str!(
+            "../../migrations/sqlite/0004_hidden_renders.sql"
+        )),
     ])
 }
 
@@ -220,6 +228,7 @@ impl SqliteStore {
             ))
         })?;
         conn.set_prepared_statement_cache_capacity(64);
+        remove_hidden_renders(&conn)?;
 
         let manager = SqliteConnectionManager::file(&path)
             .with_init(|c| c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;"));
@@ -250,6 +259,15 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Deletes a hidden render batch by batch, each its own write.
+    async fn remove_hidden_render(&self, render_seq: i64) -> StoreResult<()> {
+        while self
+            .write(move |conn| delete_hidden_batch(conn, render_seq))
+            .await?
+        {}
+        Ok(())
     }
 
     async fn write<R, F>(&self, work: F) -> StoreResult<R>
@@ -455,7 +473,7 @@ fn assignment_from_row(row: &Row) -> rusqlite::Result<Assignment> {
 
 fn load_render(conn: &Connection, id: Uuid) -> StoreResult<Render> {
     conn.prepare_cached(&format!(
-        "SELECT {RENDER_COLUMNS} FROM renders r WHERE r.id = ?1"
+        "SELECT {RENDER_COLUMNS} FROM renders r WHERE r.id = ?1 AND r.hidden = 0"
     ))?
     .query_row([id.to_string()], render_from_row)
     .optional()?
@@ -498,8 +516,113 @@ struct RenderState {
 }
 
 /// The render's row key; not found when no render has that id.
+/// Inserts the render's row, hidden and with no pending task to claim yet;
+/// its row key.
+fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
+    conn.prepare_cached(
+        "INSERT INTO renders (id, name, status, priority, blend_file, frame_start, frame_end, \
+         chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
+         tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
+         frames_done, created_at, hidden) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, 1)",
+    )?
+    .execute(params![
+        r.id.to_string(),
+        r.name,
+        r.status.as_str(),
+        r.priority.rank(),
+        r.blend_file,
+        r.frame_start,
+        r.frame_end,
+        r.chunk_size,
+        r.max_retries,
+        r.output,
+        r.engine,
+        tags_json(&r.tags),
+        r.progress.tasks_total,
+        r.progress.frames_total,
+        ts(r.created_at),
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Inserts pending tasks of frames `chunks` for the render at `render_seq`.
+fn insert_tasks(
+    conn: &Connection,
+    render_seq: i64,
+    r: &Render,
+    chunks: &[(i64, i64)],
+) -> StoreResult<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO tasks (id, render_seq, priority, frame_start, frame_end, status, queued_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+    )?;
+    let queued_at = ts(r.created_at);
+    for (start, end) in chunks {
+        insert.execute(params![
+            Uuid::now_v7().to_string(),
+            render_seq,
+            r.priority.rank(),
+            start,
+            end,
+            queued_at,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Deletes up to one batch of a hidden render's tasks (with their logs and
+/// history), or the render itself once none is left; true while there is
+/// more to delete.
+fn delete_hidden_batch(conn: &Connection, render_seq: i64) -> StoreResult<bool> {
+    // The same batch each time: the render's first tasks by row key.
+    const BATCH: &str = "SELECT seq FROM tasks WHERE render_seq = ?1 ORDER BY seq LIMIT ?2";
+    let args = params![render_seq, TASK_WRITE_BATCH as i64];
+    conn.prepare_cached(&format!(
+        "DELETE FROM task_logs WHERE task_seq IN ({BATCH})"
+    ))?
+    .execute(args)?;
+    conn.prepare_cached(&format!(
+        "DELETE FROM task_history WHERE task_seq IN ({BATCH})"
+    ))?
+    .execute(args)?;
+    let deleted = conn
+        .prepare_cached(&format!("DELETE FROM tasks WHERE seq IN ({BATCH})"))?
+        .execute(args)?;
+    if deleted > 0 {
+        return Ok(true);
+    }
+    conn.prepare_cached("DELETE FROM renders WHERE seq = ?1 AND hidden = 1")?
+        .execute([render_seq])?;
+    Ok(false)
+}
+
+/// Removes every hidden render: what a broker that died half-way through a
+/// big submit or delete left. Runs at start, before anything is served.
+fn remove_hidden_renders(conn: &Connection) -> StoreResult<()> {
+    let hidden: Vec<i64> = conn
+        .prepare("SELECT seq FROM renders WHERE hidden = 1")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for seq in hidden {
+        tracing::warn!(
+            render_seq = seq,
+            "removing a render left half-written or half-deleted by the last run"
+        );
+        loop {
+            let tx = conn.unchecked_transaction()?;
+            let more = delete_hidden_batch(&tx, seq)?;
+            tx.commit()?;
+            if !more {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn render_seq(conn: &Connection, id: Uuid) -> StoreResult<i64> {
-    conn.prepare_cached("SELECT seq FROM renders WHERE id = ?1")?
+    conn.prepare_cached("SELECT seq FROM renders WHERE id = ?1 AND hidden = 0")?
         .query_row([id.to_string()], |row| row.get(0))
         .optional()?
         .ok_or_else(|| StoreError::not_found("render", id))
@@ -777,7 +900,7 @@ fn next_pending_task(
 ) -> StoreResult<Option<(i64, i64, Assignment)>> {
     let mut renders = conn.prepare_cached(
         "SELECT r.seq, r.priority, r.id, r.blend_file, r.output, r.engine FROM renders r \
-         WHERE r.status IN ('queued', 'rendering') AND r.tasks_pending > 0 \
+         WHERE r.status IN ('queued', 'rendering') AND r.tasks_pending > 0 AND r.hidden = 0 \
            AND (r.tags = '[]' OR NOT EXISTS ( \
                  SELECT 1 FROM json_each(r.tags) need \
                  WHERE need.value NOT IN (SELECT have.value FROM json_each(?1) have))) \
@@ -907,52 +1030,49 @@ impl Store for SqliteStore {
     }
 
     async fn create_render(&self, new: NewRender) -> StoreResult<Render> {
-        self.write(move |conn| {
-            let r = &new.render;
-            conn.prepare_cached(
-                "INSERT INTO renders (id, name, status, priority, blend_file, frame_start, frame_end, \
-                 chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
-                 tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
-                 frames_done, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0, 0, 0, 0, ?15, 0, ?16)",
-            )?
-            .execute(params![
-                r.id.to_string(),
-                r.name,
-                r.status.as_str(),
-                r.priority.rank(),
-                r.blend_file,
-                r.frame_start,
-                r.frame_end,
-                r.chunk_size,
-                r.max_retries,
-                r.output,
-                r.engine,
-                tags_json(&r.tags),
-                r.progress.tasks_total,
-                r.progress.tasks_pending,
-                r.progress.frames_total,
-                ts(r.created_at),
-            ])?;
-            let render_seq = conn.last_insert_rowid();
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO tasks (id, render_seq, priority, frame_start, frame_end, status, queued_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
-            )?;
-            let queued_at = ts(r.created_at);
-            for frames in new.chunks() {
-                insert.execute(params![
-                    Uuid::now_v7().to_string(),
-                    render_seq,
-                    r.priority.rank(),
-                    frames.start(),
-                    frames.end(),
-                    queued_at,
-                ])?;
+        // Batches that commit separately, so that a render of a million
+        // tasks does not hold the writer (and every claim behind it) for
+        // seconds. The render stays hidden until its last batch is in.
+        let render = new.render.clone();
+        let chunks: Vec<(i64, i64)> = new.chunks().map(|f| (f.start(), f.end())).collect();
+        let batches: Vec<Vec<(i64, i64)>> =
+            chunks.chunks(TASK_WRITE_BATCH).map(<[_]>::to_vec).collect();
+        let last = batches.len().saturating_sub(1);
+        let mut render_seq = None;
+        for (i, batch) in batches.into_iter().enumerate() {
+            let render = render.clone();
+            let written = self
+                .write(move |conn| {
+                    let seq = match render_seq {
+                        Some(seq) => seq,
+                        None => insert_hidden_render(conn, &render)?,
+                    };
+                    insert_tasks(conn, seq, &render, &batch)?;
+                    if i == last {
+                        conn.prepare_cached(
+                            "UPDATE renders SET hidden = 0, tasks_pending = ?2 WHERE seq = ?1",
+                        )?
+                        .execute(params![seq, render.progress.tasks_pending])?;
+                    }
+                    Ok(seq)
+                })
+                .await;
+            match written {
+                Ok(seq) => render_seq = Some(seq),
+                Err(e) => {
+                    if let Some(seq) = render_seq {
+                        // What is written stays hidden; the next start
+                        // removes it if this cannot.
+                        let _ = self.remove_hidden_render(seq).await;
+                    }
+                    return Err(e);
+                }
             }
-            load_render_by_seq(conn, render_seq)
-        })
-        .await
+        }
+        let seq = render_seq.ok_or_else(|| {
+            StoreError::Unexpected(anyhow::anyhow!("a render planned without tasks"))
+        })?;
+        self.read(move |conn| load_render_by_seq(conn, seq)).await
     }
 
     async fn get_render(&self, id: Uuid) -> StoreResult<Render> {
@@ -976,11 +1096,8 @@ impl Store for SqliteStore {
                 args.push(priority.rank().into());
                 clauses.push(format!("r.priority = ?{}", args.len()));
             }
-            let filter_sql = if clauses.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", clauses.join(" AND "))
-            };
+            clauses.push("r.hidden = 0".to_string());
+            let filter_sql = format!("WHERE {}", clauses.join(" AND "));
             let total: i64 = conn
                 .prepare_cached(&format!("SELECT COUNT(*) FROM renders r {filter_sql}"))?
                 .query_row(params_from_iter(args.iter()), |row| row.get(0))?;
@@ -1055,7 +1172,7 @@ impl Store for SqliteStore {
             conn.prepare_cached(
                 "SELECT id FROM renders \
                  WHERE status IN ('completed', 'failed', 'canceled') AND tasks_running = 0 \
-                   AND finished_at < ?1 \
+                   AND finished_at < ?1 AND hidden = 0 \
                  ORDER BY finished_at LIMIT ?2",
             )?
             .query_map(params![ts(before), limit as i64], |row| get_uuid(row, 0))?
@@ -1066,22 +1183,21 @@ impl Store for SqliteStore {
     }
 
     async fn delete_render(&self, id: Uuid) -> StoreResult<()> {
-        self.write(move |conn| {
-            let seq = render_seq(conn, id)?;
-            let state = load_render_state(conn, seq)?;
-            check_deletable(state.status, state.progress.tasks_running)?;
-            for statement in [
-                "DELETE FROM task_logs WHERE task_seq IN (SELECT seq FROM tasks WHERE render_seq = ?1)",
-                "DELETE FROM task_history WHERE task_seq IN (SELECT seq FROM tasks WHERE render_seq = ?1)",
-                "DELETE FROM tasks WHERE render_seq = ?1",
-                "DELETE FROM renders WHERE seq = ?1",
-            ] {
-                conn.prepare_cached(statement)?.execute([seq])?;
-            }
-            tracing::info!(render_id = %id, "render deleted");
-            Ok(())
-        })
-        .await
+        // Hidden first (gone for every reader from here on), then removed in
+        // batches like a big submit is written.
+        let seq = self
+            .write(move |conn| {
+                let seq = render_seq(conn, id)?;
+                let state = load_render_state(conn, seq)?;
+                check_deletable(state.status, state.progress.tasks_running)?;
+                conn.prepare_cached("UPDATE renders SET hidden = 1 WHERE seq = ?1")?
+                    .execute([seq])?;
+                Ok(seq)
+            })
+            .await?;
+        self.remove_hidden_render(seq).await?;
+        tracing::info!(render_id = %id, "render deleted");
+        Ok(())
     }
 
     async fn change_render(
@@ -1454,7 +1570,7 @@ impl Store for SqliteStore {
             let overdue = conn
                 .prepare_cached(
                     "SELECT r.id, r.priority, r.tags, COUNT(*) FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-                     WHERE t.status = 'pending' AND r.status IN ('queued', 'rendering') \
+                     WHERE t.status = 'pending' AND r.status IN ('queued', 'rendering') AND r.hidden = 0 \
                        AND t.queued_at <= (CASE t.priority WHEN 0 THEN ?1 WHEN 1 THEN ?2 WHEN 2 THEN ?3 ELSE ?4 END) \
                      GROUP BY r.seq ORDER BY r.priority DESC, r.seq",
                 )?
@@ -1528,7 +1644,7 @@ impl Store for SqliteStore {
     async fn roll_up_renders(&self, now: DateTime<Utc>) -> StoreResult<i64> {
         self.write(move |conn| {
             let active: Vec<i64> = conn
-                .prepare_cached("SELECT seq FROM renders WHERE status IN ('queued', 'rendering', 'paused')")?
+                .prepare_cached("SELECT seq FROM renders WHERE status IN ('queued', 'rendering', 'paused') AND hidden = 0")?
                 .query_map([], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut corrected = 0;

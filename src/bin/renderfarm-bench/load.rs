@@ -15,14 +15,14 @@ use tokio::sync::Mutex;
 use crate::broker::Broker;
 use crate::quantile_ms;
 
-fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
+pub fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .timeout(Duration::from_secs(120))
         .build()?)
 }
 
-fn spec(name: &str, tasks: i64) -> RenderSpec {
+pub fn spec(name: &str, tasks: i64) -> RenderSpec {
     RenderSpec {
         name: name.into(),
         blend_file: "/bench/scene.blend".into(),
@@ -37,7 +37,11 @@ fn spec(name: &str, tasks: i64) -> RenderSpec {
     }
 }
 
-async fn submit(http: &reqwest::Client, broker: &str, spec: &RenderSpec) -> anyhow::Result<Render> {
+pub async fn submit(
+    http: &reqwest::Client,
+    broker: &str,
+    spec: &RenderSpec,
+) -> anyhow::Result<Render> {
     let response = http
         .post(format!("{broker}/renders"))
         .json(spec)
@@ -51,7 +55,11 @@ async fn submit(http: &reqwest::Client, broker: &str, spec: &RenderSpec) -> anyh
     Ok(response.json().await?)
 }
 
-async fn register(http: &reqwest::Client, broker: &str, name: String) -> anyhow::Result<Worker> {
+pub async fn register(
+    http: &reqwest::Client,
+    broker: &str,
+    name: String,
+) -> anyhow::Result<Worker> {
     let response = http
         .post(format!("{broker}/workers"))
         .json(&WorkerSpec { name, tags: vec![] })
@@ -114,13 +122,13 @@ async fn complete(
 /// A simulated worker's own keep-alive HTTP/1 connection: far less client
 /// work per request than a pooled client, so the broker, not the load
 /// generator, is what the figures measure.
-struct Connection {
+pub struct Connection {
     host: String,
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
 }
 
 impl Connection {
-    async fn open(broker: &str) -> anyhow::Result<Connection> {
+    pub async fn open(broker: &str) -> anyhow::Result<Connection> {
         let host = broker.trim_start_matches("http://").to_string();
         let stream = tokio::net::TcpStream::connect(&host).await?;
         stream.set_nodelay(true)?;
@@ -130,8 +138,36 @@ impl Connection {
         Ok(Connection { host, sender })
     }
 
+    /// One round of a simulated worker: claim, then complete what it got.
+    /// How long the claim and the completion took; `None` when there was
+    /// nothing to claim.
+    pub async fn claim_and_complete(
+        &mut self,
+        worker: &Worker,
+    ) -> anyhow::Result<Option<(Duration, Duration)>> {
+        let started = Instant::now();
+        let claim_path = format!("/workers/{}/request-task", worker.id);
+        let (status, body) = self.post(&claim_path, Vec::new()).await?;
+        let a: Assignment = match status {
+            200 => serde_json::from_slice(&body)?,
+            204 => return Ok(None),
+            other => anyhow::bail!("request-task answered {other}"),
+        };
+        let claimed = started.elapsed();
+        let started = Instant::now();
+        let report = serde_json::to_vec(&CompleteReport {
+            lease_id: a.lease_id,
+            log: None,
+        })?;
+        let (status, _) = self
+            .post(&format!("/tasks/{}/complete", a.task_id), report)
+            .await?;
+        anyhow::ensure!(status == 200, "complete answered {status}");
+        Ok(Some((claimed, started.elapsed())))
+    }
+
     /// POSTs `body` to `path`; the status and the body bytes.
-    async fn post(&mut self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, bytes::Bytes)> {
+    pub async fn post(&mut self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, bytes::Bytes)> {
         use http_body_util::BodyExt;
         let request = hyper::Request::post(path)
             .header("host", &self.host)
@@ -168,26 +204,9 @@ pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
         runs.push(tokio::spawn(async move {
             let mut mine = Samples::default();
             let mut conn = Connection::open(&address).await?;
-            let claim_path = format!("/workers/{}/request-task", worker.id);
-            loop {
-                let started = Instant::now();
-                let (status, body) = conn.post(&claim_path, Vec::new()).await?;
-                let a: Assignment = match status {
-                    200 => serde_json::from_slice(&body)?,
-                    204 => break,
-                    other => anyhow::bail!("request-task answered {other}"),
-                };
-                mine.claims.push(started.elapsed());
-                let started = Instant::now();
-                let report = serde_json::to_vec(&CompleteReport {
-                    lease_id: a.lease_id,
-                    log: None,
-                })?;
-                let (status, _) = conn
-                    .post(&format!("/tasks/{}/complete", a.task_id), report)
-                    .await?;
-                anyhow::ensure!(status == 200, "complete answered {status}");
-                mine.completes.push(started.elapsed());
+            while let Some((claimed, completed)) = conn.claim_and_complete(&worker).await? {
+                mine.claims.push(claimed);
+                mine.completes.push(completed);
             }
             let mut all = samples.lock().await;
             all.claims.extend(mine.claims);
