@@ -22,8 +22,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
-/// How long one ordinary request may take before it counts as unreachable.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one ordinary request may take, by default, before it counts as
+/// unreachable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -58,6 +59,8 @@ pub struct BrokerClient {
     /// The same, parsed: routes are appended to its path.
     root: Url,
     http: reqwest::Client,
+    /// How long one request may take (a long poll: this on top of its wait).
+    timeout: Duration,
 }
 
 impl BrokerClient {
@@ -77,7 +80,19 @@ impl BrokerClient {
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(Self { base, root, http })
+        Ok(Self {
+            base,
+            root,
+            http,
+            timeout: REQUEST_TIMEOUT,
+        })
+    }
+
+    /// The same client, with `timeout` for one request instead of
+    /// [`REQUEST_TIMEOUT`] (a long poll waits this on top of its wait).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The broker's address.
@@ -212,7 +227,7 @@ impl BrokerClient {
         let request = self
             .request(Method::POST, &["workers", &worker, "request-task"])
             .query(&[("wait", wait.as_secs_f64().to_string())])
-            .timeout(wait + REQUEST_TIMEOUT);
+            .timeout(wait + self.timeout);
         self.maybe(request).await
     }
 
@@ -293,12 +308,12 @@ impl BrokerClient {
     // --- one request ---
 
     /// A request to the route made of `segments` (each percent-encoded, so
-    /// an id typed by a person cannot change the route), with the ordinary
+    /// an id typed by a person cannot change the route), with the client's
     /// timeout.
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
         self.http
             .request(method, self.url(segments))
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(self.timeout)
     }
 
     fn url(&self, segments: &[&str]) -> Url {
