@@ -158,9 +158,7 @@ impl BrokerClient {
         id: impl Display,
         action: RenderAction,
     ) -> Result<Render, ClientError> {
-        let id = id.to_string();
-        let request = self.request(Method::PUT, &["renders", &id, "status"]);
-        self.answer(request.json(&RenderStatusChange { action }))
+        self.change_status("renders", id, &RenderStatusChange { action })
             .await
     }
 
@@ -198,10 +196,21 @@ impl BrokerClient {
         id: impl Display,
         action: WorkerAction,
     ) -> Result<Worker, ClientError> {
-        let id = id.to_string();
-        let request = self.request(Method::PUT, &["workers", &id, "status"]);
-        self.answer(request.json(&WorkerStatusChange { action }))
+        self.change_status("workers", id, &WorkerStatusChange { action })
             .await
+    }
+
+    /// `PUT /{resource}/{id}/status`: an operator's change of a render or
+    /// a worker.
+    async fn change_status<B: Serialize, T: DeserializeOwned>(
+        &self,
+        resource: &str,
+        id: impl Display,
+        change: &B,
+    ) -> Result<T, ClientError> {
+        let id = id.to_string();
+        let request = self.request(Method::PUT, &[resource, &id, "status"]);
+        self.answer(request.json(change)).await
     }
 
     /// `POST /workers/{id}/heartbeat`: the worker is alive (and how far it
