@@ -7,6 +7,8 @@
 mod error;
 
 pub use error::ClientError;
+/// The status of a [`ClientError::Rejected`] answer.
+pub use reqwest::StatusCode;
 
 use std::fmt::Display;
 use std::time::Duration;
@@ -17,7 +19,7 @@ use renderfarm_wire::{
     RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker,
     WorkerAction, WorkerSpec, WorkerStatusChange,
 };
-use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
@@ -284,10 +286,8 @@ impl BrokerClient {
     /// `GET /tasks/{id}/log`: the task's log so far (plain text).
     pub async fn task_log(&self, id: impl Display) -> Result<String, ClientError> {
         let id = id.to_string();
-        let (_, text) = self
-            .send(self.request(Method::GET, &["tasks", &id, "log"]))
-            .await?;
-        Ok(text)
+        let request = build(self.request(Method::GET, &["tasks", &id, "log"]))?;
+        Ok(self.execute(request).await?.1)
     }
 
     // --- scheduler and health ---
@@ -358,7 +358,7 @@ impl BrokerClient {
         &self,
         request: RequestBuilder,
     ) -> Result<(String, Option<T>), ClientError> {
-        let request = self.build(request)?;
+        let request = build(request)?;
         let path = request.url().path().to_string();
         let (status, text) = self.execute(request).await?;
         if status == StatusCode::NO_CONTENT {
@@ -375,11 +375,6 @@ impl BrokerClient {
 
     /// Sends `request`; the answer's status and text when it succeeded, else
     /// the error sorted by what the caller should do.
-    async fn send(&self, request: RequestBuilder) -> Result<(StatusCode, String), ClientError> {
-        let request = self.build(request)?;
-        self.execute(request).await
-    }
-
     async fn execute(
         &self,
         request: reqwest::Request,
@@ -407,17 +402,6 @@ impl BrokerClient {
         }
     }
 
-    /// A request this client cannot even make (a body that does not
-    /// serialise) would never be accepted.
-    fn build(&self, request: RequestBuilder) -> Result<reqwest::Request, ClientError> {
-        request.build().map_err(|e| {
-            ClientError::Rejected(
-                StatusCode::BAD_REQUEST,
-                format!("cannot make the request: {e}"),
-            )
-        })
-    }
-
     fn unreachable(&self, cause: String) -> ClientError {
         ClientError::Unreachable {
             base: self.base.clone(),
@@ -425,6 +409,17 @@ impl BrokerClient {
             retry_after: None,
         }
     }
+}
+
+/// A request this client cannot even make (a body that does not serialise)
+/// would never be accepted.
+fn build(request: RequestBuilder) -> Result<reqwest::Request, ClientError> {
+    request.build().map_err(|e| {
+        ClientError::Rejected(
+            StatusCode::BAD_REQUEST,
+            format!("cannot make the request: {e}"),
+        )
+    })
 }
 
 /// The `limit` and `offset` query pairs that are set.
