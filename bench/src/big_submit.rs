@@ -12,7 +12,7 @@ use renderfarm_wire::Priority;
 use serde_json::json;
 
 use crate::broker::Broker;
-use crate::load::{client, register, spec, submit, Connection};
+use crate::load::{client, register, spec, Connection};
 use crate::quantile_ms;
 
 /// Work the simulated workers claim from while the big render goes in.
@@ -25,17 +25,17 @@ const AFTER: Duration = Duration::from_secs(1);
 
 pub async fn big_submit(workers: usize, frames: i64) -> anyhow::Result<String> {
     let broker = Broker::start()?;
-    let http = client(workers + 1)?;
+    let client = client(&broker)?;
     let address = broker.address.clone();
     let mut background = spec("background", BACKGROUND_TASKS);
     background.priority = Priority::High;
-    submit(&http, &address, &background).await?;
+    client.submit(&background).await?;
     // Let the background render's WAL be checkpointed before measuring.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut runs = Vec::with_capacity(workers);
     for i in 0..workers {
-        let worker = register(&http, &address, format!("sim-{i}")).await?;
+        let worker = register(&client, format!("sim-{i}")).await?;
         let (address, stop) = (address.clone(), stop.clone());
         runs.push(tokio::spawn(async move {
             // (when the claim was sent, how long it took)
@@ -56,7 +56,7 @@ pub async fn big_submit(workers: usize, frames: i64) -> anyhow::Result<String> {
     let submit_started = Instant::now();
     let mut big = spec("huge", frames);
     big.priority = Priority::Low;
-    submit(&http, &address, &big).await?;
+    client.submit(&big).await?;
     let submit_answered = Instant::now();
     tokio::time::sleep(AFTER).await;
     stop.store(true, Ordering::Relaxed);
