@@ -146,8 +146,8 @@ const FAIL_CEILING: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_and_reports_cost_a_bounded_number_of_mongodb_commands() {
+    use renderfarm::domain::TaskReport;
     use renderfarm::store::conformance::{plan, worker};
-    use renderfarm::store::TaskReport;
     use renderfarm::wire::Priority;
 
     let Some(harness) =

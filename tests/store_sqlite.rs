@@ -65,7 +65,7 @@ async fn a_render_whose_pending_count_drifted_does_not_hide_the_next_render() {
         .unwrap();
     // The claim picks a render by its pending counter: make the high render's
     // say 1 while its only task is running elsewhere (a drift the
-    // scheduler's roll-up would repair at its next tick).
+    // scheduler's recount would repair at its next tick).
     let other = worker(&store, "other", &[]).await;
     let first = store.claim_next_task(other, now).await.unwrap().unwrap();
     assert_eq!(first.render_id, high.id);

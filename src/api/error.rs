@@ -101,7 +101,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::StaleLease { .. }
+            | StoreError::IllegalTransition(_)
+            | StoreError::WorkerUnavailable(_)
+            | StoreError::AlreadyExists => ApiError::Conflict(e.to_string()),
             StoreError::Invalid(m) => ApiError::Invalid(m),
             StoreError::Unavailable(m) => ApiError::Unavailable(format!("{m}; retry shortly")),
             StoreError::Unexpected(cause) => ApiError::Unexpected(cause),

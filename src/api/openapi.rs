@@ -75,7 +75,7 @@ with `Allow`). Request bodies are JSON (`Content-Type: application/json`, or non
         (name = "workers", description = "Worker agents register, heartbeat and pull tasks; operators drain, disable and enable them."),
         (name = "tasks", description = "One chunk of a render's frames: its state, its log, and the lease-guarded reports of the worker running it."),
         (name = "health", description = "Liveness and readiness probes."),
-        (name = "scheduler", description = "The periodic tick: lost workers, retries, preemption, roll-up; run it now, see what it did."),
+        (name = "scheduler", description = "The periodic tick: lost workers, retries, preemption, counter recount; run it now, see what it did."),
     )
 )]
 pub struct ApiDoc;

@@ -36,7 +36,7 @@ pub(super) async fn status(state: web::Data<AppState>) -> Result<HttpResponse, A
 
 /// Runs one scheduler tick now, on this broker, whoever leads: lost workers'
 /// tasks requeued, failed tasks retried, overdue work preempting lower work,
-/// render counters rolled up, finished renders past the retention deleted.
+/// render counters recounted, finished renders past the retention deleted.
 #[utoipa::path(
     post,
     path = "/scheduler/run",

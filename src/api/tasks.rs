@@ -6,7 +6,7 @@ use renderfarm_wire::{CompleteReport, FailReport, ProgressReport, ReleaseReport,
 use uuid::Uuid;
 
 use super::{parse_id, resource, ApiError, AppState, JsonBody};
-use crate::store::TaskReport;
+use crate::domain::TaskReport;
 
 /// The longest failure reason kept; the full output is in the task's log.
 const MAX_REASON_BYTES: usize = 64 * 1024;

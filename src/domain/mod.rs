@@ -13,7 +13,7 @@ mod worker;
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
 pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
 pub use render::{
-    check_deletable, progress_after, render_transition, roll_up, tasks_affected, NewRender,
+    check_deletable, render_transition, tallied_status, tally_after, tasks_affected, NewRender,
     RenderCommand, ValidRenderSpec,
 };
 pub use renderfarm_wire::{
@@ -21,10 +21,10 @@ pub use renderfarm_wire::{
     TaskStatus, Worker, WorkerAction, WorkerStatus,
 };
 pub use scheduling::{plan_preemption, Allowances, OverdueWork, PreemptionPlan, RunningWork};
-pub use task::{statuses_affected_by, task_transition, TaskEvent};
+pub use task::{statuses_affected_by, task_transition, TaskEvent, TaskReport};
 pub use worker::{
     claim_permission, heartbeat_action, validate_worker_spec, worker_status, worker_transition,
-    ClaimPermission, LeaseView, ValidWorkerSpec, WorkerMode,
+    ClaimPermission, LeaseView, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
 };
 
 /// A request value that breaks a rule; `message` says how to fix it.

@@ -205,7 +205,7 @@ impl RenderCommand {
 }
 
 /// The status an operator's command leads to. Resume and requeue lead to
-/// `queued`; [`roll_up`] then moves a render that has started to `rendering`.
+/// `queued`; [`tallied_status`] then moves a render that has started to `rendering`.
 pub fn render_transition(
     from: RenderStatus,
     command: RenderCommand,
@@ -276,9 +276,15 @@ pub fn tasks_affected(
     }
 }
 
+/// A render's **tally** is its task counters ([`Progress`]) and the status they
+/// give it ([`tallied_status`]). Stores keep it up to date one task move at a
+/// time and recount it from the tasks when it may have drifted; every name for
+/// that work speaks of the tally (`tally_task_move`, `save_tally`,
+/// `recount_tallies`).
+///
 /// The counters after one task moves from `from` (None: a new task) to `to`,
 /// with `frames_delta` frames more (or fewer) done.
-pub fn progress_after(
+pub fn tally_after(
     mut progress: Progress,
     from: Option<TaskStatus>,
     to: TaskStatus,
@@ -306,7 +312,7 @@ pub fn progress_after(
 /// was claimed; `failed_for_good` is true when a task failed with no retry
 /// left. Canceled, completed and failed stick until an operator acts; a paused
 /// render stays paused until its work is all done or failed for good.
-pub fn roll_up(
+pub fn tallied_status(
     current: RenderStatus,
     progress: &Progress,
     started: bool,
@@ -502,7 +508,7 @@ mod tests {
         ];
         for (current, p, started, failed, want) in table {
             assert_eq!(
-                roll_up(*current, p, *started, *failed),
+                tallied_status(*current, p, *started, *failed),
                 *want,
                 "{current:?} {p:?} started={started} failed={failed}"
             );
@@ -545,12 +551,12 @@ mod tests {
     #[test]
     fn counters_move_with_each_task() {
         let p = Progress::default();
-        let p = progress_after(p, None, TaskStatus::Pending, 0);
-        let p = progress_after(p, None, TaskStatus::Pending, 0);
+        let p = tally_after(p, None, TaskStatus::Pending, 0);
+        let p = tally_after(p, None, TaskStatus::Pending, 0);
         assert_eq!((p.tasks_total, p.tasks_pending), (2, 2));
-        let p = progress_after(p, Some(TaskStatus::Pending), TaskStatus::Running, 0);
-        let p = progress_after(p, Some(TaskStatus::Running), TaskStatus::Running, 3);
-        let p = progress_after(p, Some(TaskStatus::Running), TaskStatus::Completed, 2);
+        let p = tally_after(p, Some(TaskStatus::Pending), TaskStatus::Running, 0);
+        let p = tally_after(p, Some(TaskStatus::Running), TaskStatus::Running, 3);
+        let p = tally_after(p, Some(TaskStatus::Running), TaskStatus::Completed, 2);
         assert_eq!(
             p,
             Progress {

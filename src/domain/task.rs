@@ -24,6 +24,22 @@ pub enum TaskEvent {
     Reset,
 }
 
+/// What a worker reports about the task it holds, under its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskReport {
+    Progress {
+        frames_done: i64,
+    },
+    Complete,
+    Fail {
+        exit_code: Option<i64>,
+        reason: String,
+    },
+    /// The worker hands the task back unfinished; it is queued again without
+    /// counting as a failure.
+    Release,
+}
+
 /// The status `event` moves a task in `from` to, or why it cannot.
 pub fn task_transition(
     from: TaskStatus,

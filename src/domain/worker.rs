@@ -83,15 +83,20 @@ pub enum ClaimPermission {
     NoNewWork,
 }
 
-/// Decides whether a worker in `mode` may claim. A disabled worker asking is
-/// an error the operator should hear about.
-pub fn claim_permission(mode: WorkerMode) -> Result<ClaimPermission, IllegalTransition> {
+/// Why a worker asking for work may not have any; a conflict the operator
+/// should hear about (a draining worker simply gets none, without an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerUnavailable {
+    #[error("this worker is disabled and takes no work; enable it with PUT /workers/{{id}}/status {{\"action\":\"enable\"}}")]
+    Disabled,
+}
+
+/// Decides whether a worker in `mode` may claim.
+pub fn claim_permission(mode: WorkerMode) -> Result<ClaimPermission, WorkerUnavailable> {
     match mode {
         WorkerMode::Active => Ok(ClaimPermission::Allowed),
         WorkerMode::Draining => Ok(ClaimPermission::NoNewWork),
-        WorkerMode::Disabled => Err(IllegalTransition::new(
-            "this worker is disabled and takes no work; enable it with PUT /workers/{id}/status {\"action\":\"enable\"}",
-        )),
+        WorkerMode::Disabled => Err(WorkerUnavailable::Disabled),
     }
 }
 
@@ -169,10 +174,11 @@ mod tests {
             claim_permission(M::Draining),
             Ok(ClaimPermission::NoNewWork)
         );
-        assert!(claim_permission(M::Disabled)
-            .unwrap_err()
-            .message
-            .contains("enable"));
+        assert_eq!(
+            claim_permission(M::Disabled),
+            Err(WorkerUnavailable::Disabled)
+        );
+        assert!(WorkerUnavailable::Disabled.to_string().contains("enable"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The periodic tick that keeps a farm honest: it requeues the work of lost
 //! workers, retries failed tasks (then fails them), preempts low-priority work
-//! for work that waited past its allowance, and rolls render counters up.
+//! for work that waited past its allowance, and recounts the renders' tallies.
 //!
 //! Every decision comes from `crate::domain`; "now" comes from the injected
 //! clock, so tests advance time and call [`Scheduler::tick`] instead of
@@ -167,11 +167,11 @@ impl Scheduler {
             );
         }
 
-        let corrected = self.store.roll_up_renders(now).await?;
+        let corrected = self.store.recount_tallies(now).await?;
         if corrected > 0 {
             tracing::warn!(
                 renders = corrected,
-                "render counters corrected by the roll-up"
+                "render counters corrected by the recount"
             );
         }
 
@@ -201,7 +201,7 @@ impl Scheduler {
                     tracing::info!(render_id = %render_id, %cutoff, "deleted a render finished before the retention");
                     purged += 1;
                 }
-                Err(StoreError::Conflict(_) | StoreError::NotFound { .. }) => {}
+                Err(e) if e.is_conflict() || matches!(e, StoreError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

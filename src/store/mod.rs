@@ -2,7 +2,11 @@
 //! domain ("claim the next task for this worker"), not generic CRUD; each
 //! backend decides how to make every operation atomic. Backends never decide a
 //! status change: they ask `crate::domain`.
+//!
+//! The conformance suite is a test tool, absent from a build without the
+//! `conformance` feature (such as the release binary).
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod mongodb;
 pub mod snapshot;
@@ -17,8 +21,8 @@ use renderfarm_wire::{
 use uuid::Uuid;
 
 use crate::domain::{
-    Allowances, IllegalTransition, NewRender, OverdueWork, RenderCommand, RunningWork,
-    ValidWorkerSpec,
+    Allowances, IllegalTransition, NewRender, OverdueWork, RenderCommand, RunningWork, TaskReport,
+    ValidWorkerSpec, WorkerUnavailable,
 };
 
 /// The small vocabulary every backend's failures are translated into, once.
@@ -27,10 +31,19 @@ pub enum StoreError {
     /// No such render, task or worker.
     #[error("no {kind} with id {id}")]
     NotFound { kind: &'static str, id: String },
-    /// The change conflicts with the current state: a stale lease, an illegal
-    /// status change, a disabled worker.
-    #[error("{0}")]
-    Conflict(String),
+    /// The lease presented is not the task's current one (fencing): the
+    /// task was reassigned, canceled or finished meanwhile.
+    #[error("the lease presented for task {task_id} is not its current one (the task was reassigned, canceled or finished); stop working on it and ask for a new task")]
+    StaleLease { task_id: Uuid },
+    /// The state machine does not allow the change from the current status.
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    /// The worker may not take work in its current mode.
+    #[error(transparent)]
+    WorkerUnavailable(#[from] WorkerUnavailable),
+    /// Something with the same identity is stored already.
+    #[error("something with the same identity is already stored; it was not stored again")]
+    AlreadyExists,
     /// The request names things that exist but asks for something impossible
     /// (e.g. more frames done than the task has).
     #[error("{0}")]
@@ -43,12 +56,6 @@ pub enum StoreError {
     Unexpected(#[source] anyhow::Error),
 }
 
-impl From<IllegalTransition> for StoreError {
-    fn from(e: IllegalTransition) -> Self {
-        StoreError::Conflict(e.message)
-    }
-}
-
 impl StoreError {
     pub(crate) fn not_found(kind: &'static str, id: impl ToString) -> Self {
         StoreError::NotFound {
@@ -57,10 +64,16 @@ impl StoreError {
         }
     }
 
-    pub(crate) fn stale_lease(task_id: Uuid) -> Self {
-        StoreError::Conflict(format!(
-            "the lease presented for task {task_id} is not its current one (the task was reassigned, canceled or finished); stop working on it and ask for a new task"
-        ))
+    /// The change conflicts with the current state (HTTP 409), whichever
+    /// conflict it is.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            StoreError::StaleLease { .. }
+                | StoreError::IllegalTransition(_)
+                | StoreError::WorkerUnavailable(_)
+                | StoreError::AlreadyExists
+        )
     }
 }
 
@@ -92,22 +105,6 @@ impl Default for PageRequest {
             offset: 0,
         }
     }
-}
-
-/// What a worker reports about the task it holds, under its lease.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TaskReport {
-    Progress {
-        frames_done: i64,
-    },
-    Complete,
-    Fail {
-        exit_code: Option<i64>,
-        reason: String,
-    },
-    /// The worker hands the task back unfinished; it is queued again without
-    /// counting as a failure.
-    Release,
 }
 
 /// A task the scheduler moved, for its log and its report.
@@ -184,7 +181,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Uuid>>;
 
     /// Deletes a finished render with its tasks, their logs and history
-    /// (see `domain::check_deletable`; Conflict otherwise). Frames on disk
+    /// (see `domain::check_deletable`; `IllegalTransition` otherwise). Frames on disk
     /// stay where they are.
     async fn delete_render(&self, id: Uuid) -> StoreResult<()>;
 
@@ -241,7 +238,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Assignment>>;
 
     /// Applies a worker's report if `lease_id` is the task's current lease
-    /// (else `Conflict` and nothing changes); appends `log` to the task's log.
+    /// (else `StaleLease` and nothing changes); appends `log` to the task's log.
     async fn report_task(
         &self,
         task_id: Uuid,
@@ -287,7 +284,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Recounts the counters and status of every unfinished render from its
     /// tasks; returns how many renders were corrected.
-    async fn roll_up_renders(&self, now: DateTime<Utc>) -> StoreResult<i64>;
+    async fn recount_tallies(&self, now: DateTime<Utc>) -> StoreResult<i64>;
 
     /// Takes the lease `name` for `holder` until `now + ttl` if it is free,
     /// lapsed or already `holder`'s; returns the lease as it stands after.

@@ -14,7 +14,7 @@ use mongodb::options::{IndexOptions, ValidationAction, ValidationLevel};
 use mongodb::{Database, IndexModel};
 use serde::Deserialize;
 
-use super::{error_code, is_duplicate_key};
+use super::errors::{error_code, is_duplicate_key};
 use crate::store::{StoreError, StoreResult};
 
 /// The collection that records applied versions.
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn index_keys_keep_the_order_written_in_the_file() {
-        let claim = index("tasks", super::super::queries::CLAIM_INDEX);
+        let claim = index("tasks", super::super::tasks::CLAIM_INDEX);
         let keys: Vec<&str> = claim.key.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -249,7 +249,7 @@ mod tests {
         );
         assert_eq!(claim.key.get("priority").and_then(Bson::as_i64), Some(-1));
         // The claim's sort must be the index's order after its equality fields.
-        let sort = super::super::queries::claim_sort();
+        let sort = super::super::tasks::claim_sort();
         let sort_keys: Vec<&str> = sort.keys().map(String::as_str).collect();
         assert_eq!(&keys[2..], sort_keys.as_slice());
     }

@@ -7,10 +7,10 @@
 use async_trait::async_trait;
 use bson::doc;
 
-use super::{
-    bson_time, dispatchable, HistoryDoc, LogDoc, MongoStore, RenderDoc, TaskDoc, WorkerDoc,
-    RENDERS, TASK_BATCH, WORKERS,
-};
+use super::documents::{bson_time, HistoryDoc, LogDoc, RenderDoc, TaskDoc, WorkerDoc};
+use super::renders::TASK_BATCH;
+use super::tasks::dispatchable;
+use super::{MongoStore, RENDERS, WORKERS};
 use crate::store::snapshot::{ImportFarm, RenderRecord, TaskRecord, WorkerRecord};
 use crate::store::{StoreError, StoreResult};
 

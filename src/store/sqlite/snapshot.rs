@@ -4,10 +4,12 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use uuid::Uuid;
 
-use super::{
-    get_enum, get_opt_uuid, get_tags, get_time, get_uuid, history_from_row, load_render,
-    render_seq, task_from_row, SqliteStore, HISTORY_OF_TASK, TASK_COLUMNS,
+use super::renders::{load_render, render_seq};
+use super::rows::{
+    get_enum, get_opt_uuid, get_tags, get_time, get_uuid, history_from_row, task_from_row,
+    HISTORY_OF_TASK, TASK_COLUMNS,
 };
+use super::SqliteStore;
 use crate::domain::WorkerMode;
 use crate::store::snapshot::{ExportFarm, RenderRecord, TaskRecord, WorkerRecord};
 use crate::store::StoreResult;

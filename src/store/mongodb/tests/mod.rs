@@ -15,8 +15,15 @@ use mongodb::error::{
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus};
 
 use super::migrations;
-use super::queries::*;
-use super::*;
+use super::{
+    connect::*, counters::*, documents::*, errors::*, renders::*, tasks::*, upkeep::*, workers::*,
+    *,
+};
+use crate::domain::WorkerMode;
+use mongodb::options::ConnectionString;
+use renderfarm_wire::Progress;
+
+mod queries;
 use crate::store::conformance::plan;
 
 fn t(s: i64) -> DateTime<Utc> {
@@ -425,7 +432,7 @@ fn driver_errors_become_the_store_vocabulary() {
     assert!(is_duplicate_key(&duplicate));
     assert!(matches!(
         StoreError::from(duplicate),
-        StoreError::Conflict(_)
+        StoreError::AlreadyExists
     ));
     let invalid: WriteError = bson::from_document(doc! {
         "code": 121,

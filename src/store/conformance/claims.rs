@@ -1,0 +1,243 @@
+//! Which task a claim hands out, to whom, and exactly once.
+
+use std::collections::HashSet;
+
+use crate::domain::{RenderCommand, TaskReport, WorkerUnavailable};
+use crate::store::{PageRequest, Store, StoreError};
+use chrono::Duration;
+use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction, WorkerStatus};
+use uuid::Uuid;
+
+use super::{assert_counters_exact, claim, complete, plan, plan_with, t0, worker};
+
+pub async fn creating_a_render_stores_it_with_all_its_tasks(store: &dyn Store) {
+    let new = plan("shot010", 1, 10, 3, Priority::High, t0());
+    let created = store.create_render(new.clone()).await.unwrap();
+    assert_eq!(created, new.render, "the stored render is the planned one");
+    assert_eq!(store.get_render(created.id).await.unwrap(), created);
+    let tasks = store
+        .list_tasks(created.id, None, PageRequest::default())
+        .await
+        .unwrap();
+    let ranges: Vec<_> = tasks
+        .items
+        .iter()
+        .map(|t| (t.frame_start, t.frame_end))
+        .collect();
+    assert_eq!(ranges, vec![(1, 3), (4, 6), (7, 9), (10, 10)]);
+    assert_eq!(tasks.total, 4);
+    for task in &tasks.items {
+        assert_eq!(task.status, TaskStatus::Pending);
+        assert_eq!(task.render_id, created.id);
+        assert_eq!(
+            (task.retries, task.frames_done, task.worker_id),
+            (0, 0, None)
+        );
+        assert_eq!(store.get_task(task.id).await.unwrap(), *task);
+    }
+}
+
+pub async fn claims_follow_priority_then_age_then_frame(store: &dyn Store) {
+    let old_low = store
+        .create_render(plan("old-low", 1, 2, 1, Priority::Low, t0()))
+        .await
+        .unwrap();
+    let old_normal = store
+        .create_render(plan("old-normal", 1, 2, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let new_normal = store
+        .create_render(plan(
+            "new-normal",
+            1,
+            1,
+            1,
+            Priority::Normal,
+            t0() + Duration::seconds(1),
+        ))
+        .await
+        .unwrap();
+    let urgent = store
+        .create_render(plan(
+            "urgent",
+            5,
+            6,
+            1,
+            Priority::Urgent,
+            t0() + Duration::seconds(2),
+        ))
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    for i in 0..7 {
+        let w = worker(store, &format!("w{i}"), &[]).await;
+        let a = claim(store, w).await.expect("work is left");
+        order.push((a.render_id, a.frame_start));
+    }
+    let want = vec![
+        (urgent.id, 5),
+        (urgent.id, 6),
+        (old_normal.id, 1),
+        (old_normal.id, 2),
+        (new_normal.id, 1),
+        (old_low.id, 1),
+        (old_low.id, 2),
+    ];
+    assert_eq!(order, want);
+    let w = worker(store, "late", &[]).await;
+    assert_eq!(claim(store, w).await, None, "everything was handed out");
+}
+
+pub async fn paused_and_canceled_renders_are_never_claimed(store: &dyn Store) {
+    let paused = store
+        .create_render(plan("paused", 1, 3, 1, Priority::Urgent, t0()))
+        .await
+        .unwrap();
+    let canceled = store
+        .create_render(plan("canceled", 1, 3, 1, Priority::Urgent, t0()))
+        .await
+        .unwrap();
+    let open = store
+        .create_render(plan("open", 1, 1, 1, Priority::Low, t0()))
+        .await
+        .unwrap();
+    store
+        .change_render(paused.id, RenderCommand::Pause, t0())
+        .await
+        .unwrap();
+    store
+        .change_render(canceled.id, RenderCommand::Cancel, t0())
+        .await
+        .unwrap();
+    let w = worker(store, "w", &[]).await;
+    let a = claim(store, w).await.expect("the open render has work");
+    assert_eq!(a.render_id, open.id);
+    complete(store, &a).await;
+    assert_eq!(claim(store, w).await, None);
+    store
+        .change_render(paused.id, RenderCommand::Resume, t0())
+        .await
+        .unwrap();
+    assert_eq!(claim(store, w).await.expect("resumed").render_id, paused.id);
+}
+
+pub async fn only_workers_with_the_required_tags_claim(store: &dyn Store) {
+    let gpu = store
+        .create_render(plan_with("gpu", 1, 1, 1, Priority::Urgent, t0(), |s| {
+            s.tags = vec!["gpu".into(), "linux".into()]
+        }))
+        .await
+        .unwrap();
+    let any = store
+        .create_render(plan("any", 1, 1, 1, Priority::Low, t0()))
+        .await
+        .unwrap();
+    let plain = worker(store, "plain", &["linux"]).await;
+    let strong = worker(store, "strong", &["gpu", "linux", "big"]).await;
+    assert_eq!(
+        claim(store, plain).await.unwrap().render_id,
+        any.id,
+        "lacks gpu"
+    );
+    assert_eq!(claim(store, strong).await.unwrap().render_id, gpu.id);
+}
+
+pub async fn a_worker_holding_a_task_gets_the_same_assignment_again(store: &dyn Store) {
+    store
+        .create_render(plan("r", 1, 4, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let w = worker(store, "w", &[]).await;
+    let first = claim(store, w).await.unwrap();
+    let again = claim(store, w).await.unwrap();
+    assert_eq!(first, again, "its earlier answer may have been lost");
+    let render = store.get_render(first.render_id).await.unwrap();
+    assert_eq!(render.progress.tasks_running, 1);
+    let shown = store.get_worker(w).await.unwrap();
+    assert_eq!(
+        (shown.status, shown.current_task_id),
+        (WorkerStatus::Busy, Some(first.task_id))
+    );
+}
+
+pub async fn disabled_and_draining_workers_take_no_new_work(store: &dyn Store) {
+    store
+        .create_render(plan("r", 1, 3, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let w = worker(store, "w", &[]).await;
+    let a = claim(store, w).await.unwrap();
+    let drained = store
+        .change_worker(w, WorkerAction::Drain, t0())
+        .await
+        .unwrap();
+    assert_eq!(drained.status, WorkerStatus::Draining);
+    assert_eq!(
+        claim(store, w).await,
+        Some(a.clone()),
+        "a draining worker keeps its task"
+    );
+    complete(store, &a).await;
+    assert_eq!(claim(store, w).await, None, "and takes no new one");
+    let disabled = store
+        .change_worker(w, WorkerAction::Disable, t0())
+        .await
+        .unwrap();
+    assert_eq!(disabled.status, WorkerStatus::Disabled);
+    let err = store.claim_next_task(w, t0()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::WorkerUnavailable(WorkerUnavailable::Disabled)
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(
+        store.change_worker(w, WorkerAction::Drain, t0()).await,
+        Err(StoreError::IllegalTransition(_))
+    ));
+    store
+        .change_worker(w, WorkerAction::Enable, t0())
+        .await
+        .unwrap();
+    assert!(claim(store, w).await.is_some());
+}
+
+/// 32 claimers drain 2,000 tasks at once: every task is handed out exactly
+/// once, and every claim's completion is accepted.
+pub async fn concurrent_claimers_get_every_task_exactly_once(store: &dyn Store) {
+    const CLAIMERS: usize = 32;
+    const TASKS: i64 = 2_000;
+    let r = store
+        .create_render(plan("race", 1, TASKS, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let mut workers = Vec::new();
+    for i in 0..CLAIMERS {
+        workers.push(worker(store, &format!("racer{i}"), &[]).await);
+    }
+    let runs = workers.iter().map(|w| async move {
+        let mut got = Vec::new();
+        while let Some(a) = store.claim_next_task(*w, t0()).await.expect("claim") {
+            store
+                .report_task(a.task_id, a.lease_id, TaskReport::Complete, None, t0())
+                .await
+                .expect("complete under a fresh lease");
+            got.push(a.task_id);
+        }
+        got
+    });
+    let results = futures::future::join_all(runs).await;
+    let all: Vec<Uuid> = results.iter().flatten().copied().collect();
+    let distinct: HashSet<Uuid> = all.iter().copied().collect();
+    assert_eq!(all.len() as i64, TASKS, "every task handed out once");
+    assert_eq!(distinct.len(), all.len(), "no task handed out twice");
+    assert!(
+        results.iter().filter(|r| !r.is_empty()).count() > 1,
+        "claimers ran side by side"
+    );
+    let done = store.get_render(r.id).await.unwrap();
+    assert_eq!(done.status, RenderStatus::Completed);
+    assert_eq!(done.progress.tasks_completed, TASKS);
+    assert_counters_exact(store).await;
+}

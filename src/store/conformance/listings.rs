@@ -1,0 +1,202 @@
+//! Listings, filters, pages, and unknown ids.
+
+use crate::domain::RenderCommand;
+use crate::domain::TaskReport;
+use crate::store::{PageRequest, RenderFilter, Store, StoreError};
+use chrono::Duration;
+use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction};
+use uuid::Uuid;
+
+use super::{claim, complete, plan, t0, worker};
+
+pub async fn listings_filter_and_paginate(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let priority = if i % 2 == 0 {
+            Priority::High
+        } else {
+            Priority::Low
+        };
+        let r = store
+            .create_render(plan(
+                &format!("r{i}"),
+                1,
+                1,
+                1,
+                priority,
+                t0() + Duration::seconds(i),
+            ))
+            .await
+            .unwrap();
+        ids.push(r.id);
+    }
+    store
+        .change_render(ids[0], RenderCommand::Pause, t0())
+        .await
+        .unwrap();
+    let all = store
+        .list_renders(&RenderFilter::default(), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(all.total, 5);
+    assert_eq!(
+        all.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>(),
+        "newest first"
+    );
+    let page = store
+        .list_renders(
+            &RenderFilter::default(),
+            PageRequest {
+                limit: 2,
+                offset: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
+    assert_eq!((page.total, page.limit, page.offset), (5, 2, 2));
+    let high = store
+        .list_renders(
+            &RenderFilter {
+                priority: Some(Priority::High),
+                status: None,
+            },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(high.total, 3);
+    let paused_high = store
+        .list_renders(
+            &RenderFilter {
+                priority: Some(Priority::High),
+                status: Some(RenderStatus::Paused),
+            },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        paused_high.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    let r = store
+        // Urgent: the claims below take its tasks before the others'.
+        .create_render(plan("many", 1, 10, 1, Priority::Urgent, t0()))
+        .await
+        .unwrap();
+    let tasks = store
+        .list_tasks(
+            r.id,
+            None,
+            PageRequest {
+                limit: 3,
+                offset: 8,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        tasks
+            .items
+            .iter()
+            .map(|t| t.frame_start)
+            .collect::<Vec<_>>(),
+        vec![9, 10]
+    );
+    assert_eq!(tasks.total, 10);
+    // Two of its tasks claimed, one of those completed: filter by status.
+    let w0 = worker(store, "w0", &[]).await;
+    let first = claim(store, w0).await.unwrap();
+    complete(store, &first).await;
+    let second = claim(store, w0).await.unwrap();
+    let frames_in = |status: TaskStatus, page: PageRequest| async move {
+        let page = store.list_tasks(r.id, Some(status), page).await.unwrap();
+        assert!(page.items.iter().all(|t| t.status == status), "{page:?}");
+        (
+            page.items.iter().map(|t| t.frame_start).collect::<Vec<_>>(),
+            page.total,
+        )
+    };
+    assert_eq!(
+        frames_in(TaskStatus::Completed, PageRequest::default()).await,
+        (vec![1], 1)
+    );
+    assert_eq!(
+        frames_in(TaskStatus::Running, PageRequest::default()).await,
+        (vec![2], 1)
+    );
+    assert_eq!(
+        frames_in(
+            TaskStatus::Pending,
+            PageRequest {
+                limit: 2,
+                offset: 1
+            }
+        )
+        .await,
+        (vec![4, 5], 8),
+        "pages count within the status"
+    );
+    assert_eq!(
+        frames_in(TaskStatus::Failed, PageRequest::default()).await,
+        (vec![], 0)
+    );
+    store
+        .report_task(
+            second.task_id,
+            second.lease_id,
+            TaskReport::Release,
+            None,
+            t0(),
+        )
+        .await
+        .unwrap();
+    let w1 = worker(store, "w1", &[]).await;
+    let w2 = worker(store, "w2", &[]).await;
+    let workers = store.list_workers().await.unwrap();
+    assert_eq!(
+        workers.iter().map(|w| w.id).collect::<Vec<_>>(),
+        vec![w0, w1, w2],
+        "workers in the order they registered"
+    );
+}
+
+pub async fn unknown_ids_are_not_found(store: &dyn Store) {
+    let id = Uuid::new_v4();
+    let not_found =
+        |r: Result<(), StoreError>| assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+    not_found(store.get_render(id).await.map(drop));
+    not_found(
+        store
+            .list_tasks(id, None, PageRequest::default())
+            .await
+            .map(drop),
+    );
+    not_found(
+        store
+            .change_render(id, RenderCommand::Pause, t0())
+            .await
+            .map(drop),
+    );
+    not_found(store.get_task(id).await.map(drop));
+    not_found(store.task_log(id).await.map(drop));
+    not_found(store.get_worker(id).await.map(drop));
+    not_found(
+        store
+            .change_worker(id, WorkerAction::Drain, t0())
+            .await
+            .map(drop),
+    );
+    not_found(store.claim_next_task(id, t0()).await.map(drop));
+    not_found(
+        store
+            .report_task(id, id, TaskReport::Complete, None, t0())
+            .await
+            .map(drop),
+    );
+}

@@ -1,0 +1,172 @@
+//! The behaviour every [`Store`] backend must show, as plain async functions
+//! that take a fresh, empty store. Each backend has one test per function
+//! (see [`conformance_tests!`](crate::conformance_tests)); the functions panic
+//! on the first broken promise.
+//!
+//! A test tool, not part of the public API: it exists only in the crate's own
+//! tests and under the `conformance` feature, which the integration tests turn
+//! on through the crate's dev-dependency on itself. A build without it, such
+//! as the release binary, has no such module.
+
+mod claims;
+mod leases;
+mod listings;
+mod operators;
+mod reports;
+mod upkeep;
+
+pub use claims::*;
+pub use leases::*;
+pub use listings::*;
+pub use operators::*;
+pub use reports::*;
+pub use upkeep::*;
+
+use chrono::{DateTime, Utc};
+use renderfarm_wire::{Priority, RenderSpec, WorkerSpec};
+use uuid::Uuid;
+
+use super::Store;
+use crate::domain::TaskReport;
+use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
+
+/// Every conformance function by name, for the per-backend test macro.
+///
+/// `$make_store` is an async function taking the test's name (so a backend's
+/// harness can skip what its test server cannot show) and returning
+/// `Option<harness>` with a `store` field; `None` skips the test.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make_store:path) => {
+        $crate::conformance_tests!(@each $make_store;
+            creating_a_render_stores_it_with_all_its_tasks,
+            claims_follow_priority_then_age_then_frame,
+            paused_and_canceled_renders_are_never_claimed,
+            only_workers_with_the_required_tags_claim,
+            a_worker_holding_a_task_gets_the_same_assignment_again,
+            every_claim_mints_a_new_lease,
+            a_stale_lease_changes_nothing,
+            a_released_task_is_queued_again_without_a_failure,
+            the_first_claim_starts_and_the_last_completion_completes_the_render,
+            a_failure_with_no_retry_left_fails_the_render,
+            a_failure_with_a_retry_left_keeps_the_render_going,
+            progress_outside_the_task_is_rejected,
+            heartbeats_answer_abort_once_the_task_is_taken_away,
+            disabled_and_draining_workers_take_no_new_work,
+            operator_commands_change_renders_and_their_tasks,
+            only_a_finished_render_is_deleted_and_it_goes_whole,
+            finished_renders_are_found_by_when_they_ended,
+            listings_filter_and_paginate,
+            task_logs_accumulate_in_order,
+            a_task_log_keeps_its_first_and_newest_output_within_its_bound,
+            unknown_ids_are_not_found,
+            concurrent_claimers_get_every_task_exactly_once,
+            lost_workers_go_offline_and_their_tasks_are_requeued_without_a_failure,
+            failed_tasks_are_retried_until_none_is_left_then_the_render_fails,
+            preemption_sees_overdue_work_running_work_and_idle_workers,
+            preemption_takes_a_task_back_only_under_its_current_lease,
+            one_lease_holder_at_a_time_and_a_takeover_once_it_lapses,
+            the_history_tells_what_happened_to_a_task,
+        );
+    };
+    (@each $make_store:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let store = $make_store(stringify!($name)).await;
+                let Some(store) = store else { return };
+                $crate::store::conformance::$name(&*store.store).await;
+            }
+        )*
+    };
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).expect("a valid fixed time")
+}
+
+/// A render plan for tests: frames `start..=end` in chunks of `chunk`.
+pub fn plan(
+    name: &str,
+    start: i64,
+    end: i64,
+    chunk: i64,
+    priority: Priority,
+    now: DateTime<Utc>,
+) -> NewRender {
+    plan_with(name, start, end, chunk, priority, now, |_| {})
+}
+
+fn plan_with(
+    name: &str,
+    start: i64,
+    end: i64,
+    chunk: i64,
+    priority: Priority,
+    now: DateTime<Utc>,
+    adjust: impl FnOnce(&mut RenderSpec),
+) -> NewRender {
+    let mut spec = RenderSpec {
+        name: name.into(),
+        blend_file: format!("/projects/{name}.blend"),
+        frame_start: start,
+        frame_end: end,
+        chunk_size: chunk,
+        priority,
+        max_retries: 1,
+        output: None,
+        engine: None,
+        tags: vec![],
+    };
+    adjust(&mut spec);
+    let valid = ValidRenderSpec::try_from(spec).expect("a valid test render");
+    NewRender::plan(
+        valid,
+        Uuid::new_v4(),
+        |id| format!("/tmp/renders/{id}/frame_####"),
+        now,
+    )
+}
+
+/// Registers a worker named `name` with `tags`; its id.
+pub async fn worker(store: &dyn Store, name: &str, tags: &[&str]) -> Uuid {
+    let spec = validate_worker_spec(WorkerSpec {
+        name: name.into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+    })
+    .expect("a valid test worker");
+    store
+        .register_worker(spec, t0())
+        .await
+        .expect("register worker")
+        .id
+}
+
+async fn claim(store: &dyn Store, worker: Uuid) -> Option<renderfarm_wire::Assignment> {
+    store.claim_next_task(worker, t0()).await.expect("claim")
+}
+
+async fn complete(store: &dyn Store, a: &renderfarm_wire::Assignment) {
+    report(store, a, TaskReport::Complete).await;
+}
+
+/// A report under the assignment's lease that must be accepted.
+async fn report(
+    store: &dyn Store,
+    a: &renderfarm_wire::Assignment,
+    report: TaskReport,
+) -> renderfarm_wire::Task {
+    store
+        .report_task(a.task_id, a.lease_id, report.clone(), None, t0())
+        .await
+        .unwrap_or_else(|e| panic!("{report:?}: {e}"))
+}
+
+/// Counters kept up to date change by change must agree with a recount.
+async fn assert_counters_exact(store: &dyn Store) {
+    assert_eq!(
+        store.recount_tallies(t0()).await.unwrap(),
+        0,
+        "a recount found drifted counters"
+    );
+}

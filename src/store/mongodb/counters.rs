@@ -1,0 +1,431 @@
+//! A render's tally (counters and the status they give), kept up to date one task move at a time by `$inc` and a compare-and-set on the render's version.
+
+use crate::domain::tally_after;
+use crate::domain::{tallied_status, TaskEvent};
+use crate::store::StoreResult;
+use bson::{doc, Bson, Document};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::options::ReturnDocument;
+use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
+use std::time::Duration;
+
+use super::{documents::*, errors::*, renders::*, tasks::*, *};
+
+/// Compare-and-set attempts before a render is declared too busy to save its tally.
+pub(super) const MAX_CAS_ATTEMPTS: usize = 64;
+
+/// How long a recount that found a difference waits for in-flight counter
+/// updates before it writes; and how often it tries.
+pub(super) const RECOUNT_SETTLE: Duration = Duration::from_millis(250);
+
+pub(super) const RECOUNT_ATTEMPTS: usize = 3;
+
+impl MongoStore {
+    /// Makes every task of a render runnable or not, fenced by `version`.
+    pub(super) async fn sync_runnable(
+        &self,
+        render: &str,
+        runnable: bool,
+        version: i64,
+    ) -> StoreResult<()> {
+        let (filter, update) = runnable_sync(render, runnable, version);
+        self.tasks()?.update_many(filter, update).await?;
+        Ok(())
+    }
+
+    /// Moves the render's counters after one of its tasks moved, then
+    /// saves its tally (a task that is running means the render started).
+    pub(super) async fn tally_task_move(
+        &self,
+        render: &str,
+        from: TaskStatus,
+        to: TaskStatus,
+        frames: i64,
+        failed_for_good: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RenderDoc> {
+        let doc = self
+            .renders()?
+            .find_one_and_update(
+                doc! { "_id": render },
+                render_counter_inc(from, to, frames, failed_for_good),
+            )
+            .return_document(ReturnDocument::After)
+            .await?
+            .ok_or_else(|| corrupt(format!("tasks of render {render}, which is missing")))?;
+        self.save_tally(doc, to == TaskStatus::Running, now).await
+    }
+
+    /// Writes the status the domain gives the render's tally,
+    /// by compare-and-set on its version; recomputes from a fresh read when
+    /// another change came first.
+    pub(super) async fn save_tally(
+        &self,
+        mut doc: RenderDoc,
+        started: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RenderDoc> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let before = doc.status()?;
+            let started_at = doc.started_at.or(started.then(|| bson_time(now)));
+            let status = tallied_status(
+                before,
+                &doc.progress(),
+                started_at.is_some(),
+                doc.failed_for_good,
+            );
+            let change = StatusChange {
+                status,
+                started_at,
+                finished_at: finished_at_after(before, status, doc.finished_at, now),
+                reset_failure: false,
+            };
+            if change.status == before
+                && change.started_at == doc.started_at
+                && change.finished_at == doc.finished_at
+            {
+                return Ok(doc);
+            }
+            let written = self
+                .renders()?
+                .find_one_and_update(
+                    render_cas_filter(&doc.id, doc.version),
+                    status_update(&change),
+                )
+                .return_document(ReturnDocument::After)
+                .await?;
+            match written {
+                Some(after) => {
+                    if status != before {
+                        tracing::info!(
+                            render_id = %after.id,
+                            from = before.as_str(),
+                            to = status.as_str(),
+                            "render status changed"
+                        );
+                    }
+                    return self.after_status_write(before, after, now).await;
+                }
+                None => doc = self.load_render(&doc.id).await?,
+            }
+        }
+        // The change that called this is stored already; the next change of
+        // the render, or the scheduler's recount, saves its tally.
+        tracing::warn!(render_id = %doc.id, "render changed too often to save its tally now");
+        Ok(doc)
+    }
+
+    /// What follows a written status change: the tasks' runnable flags, and
+    /// for a render that just failed for good, its pending tasks canceled
+    /// (running ones may finish).
+    pub(super) async fn after_status_write(
+        &self,
+        before: RenderStatus,
+        doc: RenderDoc,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RenderDoc> {
+        let after = doc.status()?;
+        if dispatchable(before) != dispatchable(after) {
+            self.sync_runnable(&doc.id, dispatchable(after), doc.version)
+                .await?;
+        }
+        if after == RenderStatus::Failed && before != RenderStatus::Failed {
+            return self
+                .bulk_task_change(&doc.id, TaskEvent::Cancel, &[TaskStatus::Pending], now)
+                .await;
+        }
+        Ok(doc)
+    }
+
+    pub(super) async fn frames_done_in(
+        &self,
+        render: &str,
+        status: TaskStatus,
+    ) -> StoreResult<i64> {
+        let mut cursor = self
+            .db()?
+            .collection::<Document>(TASKS)
+            .aggregate(frames_done_sum(bulk_filter(render, status)))
+            .await?;
+        let Some(row) = cursor.try_next().await? else {
+            return Ok(0);
+        };
+        row.get("frames")
+            .and_then(bson_i64)
+            .ok_or_else(|| corrupt(format!("a frame sum in {row:?}")))
+    }
+
+    /// Counts the render's tasks by status, as the domain counts them.
+    pub(super) async fn count_tally(
+        &self,
+        render: &str,
+        frames_total: i64,
+    ) -> StoreResult<Progress> {
+        let rows: Vec<Document> = self
+            .db()?
+            .collection::<Document>(TASKS)
+            .aggregate(recount_pipeline(render))
+            .await?
+            .try_collect()
+            .await?;
+        let mut progress = Progress {
+            frames_total,
+            ..Progress::default()
+        };
+        for row in rows {
+            let status = row
+                .get_str("_id")
+                .ok()
+                .and_then(TaskStatus::parse)
+                .ok_or_else(|| corrupt(format!("a task status in {row:?}")))?;
+            let tasks = row.get("tasks").and_then(bson_i64).unwrap_or(0);
+            let frames = row.get("frames").and_then(bson_i64).unwrap_or(0);
+            progress = add_progress(progress, progress_delta(None, status, tasks, 0));
+            progress.frames_done += frames;
+        }
+        Ok(progress)
+    }
+
+    /// Recounts one unfinished render from its tasks and writes what
+    /// differs (compare-and-set); true when something was corrected.
+    ///
+    /// A task change and its counter `$inc` are two writes, so a recount may
+    /// see a move whose `$inc` is still on its way. A difference is written
+    /// only if the render's version stays put for [`RECOUNT_SETTLE`] after
+    /// the recount (an `$inc` landing meanwhile moves it and the recount is
+    /// redone); a render that keeps moving is left to the next tick, its
+    /// counters being kept up to date by those very moves.
+    pub(super) async fn recount_tally(
+        &self,
+        mut doc: RenderDoc,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        for _ in 0..RECOUNT_ATTEMPTS {
+            let before = doc.status()?;
+            if before.is_finished() {
+                return Ok(false);
+            }
+            let progress = self.count_tally(&doc.id, doc.frames_total).await?;
+            let stuck = self
+                .tasks()?
+                .count_documents(stuck_filter(&doc.id))
+                .limit(1)
+                .await?
+                > 0;
+            let failed_for_good = doc.failed_for_good || stuck;
+            let status =
+                tallied_status(before, &progress, doc.started_at.is_some(), failed_for_good);
+            if (status, progress, failed_for_good) == (before, doc.progress(), doc.failed_for_good)
+            {
+                return Ok(false);
+            }
+            tokio::time::sleep(RECOUNT_SETTLE).await;
+            let change = StatusChange {
+                status,
+                started_at: doc.started_at,
+                finished_at: finished_at_after(before, status, doc.finished_at, now),
+                reset_failure: false,
+            };
+            let written = self
+                .renders()?
+                .find_one_and_update(
+                    render_cas_filter(&doc.id, doc.version),
+                    recount_update(&progress, failed_for_good, &change),
+                )
+                .return_document(ReturnDocument::After)
+                .await?;
+            match written {
+                Some(after) => {
+                    tracing::warn!(render_id = %after.id, "render counters corrected from its tasks");
+                    self.after_status_write(before, after, now).await?;
+                    return Ok(true);
+                }
+                None => doc = self.load_render(&doc.id).await?,
+            }
+        }
+        tracing::debug!(render_id = %doc.id, "render busy; its recount waits for the next tick");
+        Ok(false)
+    }
+}
+
+/// The `$inc` of a render's counters by `delta`; the render's version moves
+/// too, so a status compare-and-set based on older counters fails and is
+/// recomputed.
+pub fn progress_inc(delta: &Progress) -> Document {
+    let mut inc = Document::new();
+    let fields = [
+        ("tasks_total", delta.tasks_total),
+        ("tasks_pending", delta.tasks_pending),
+        ("tasks_running", delta.tasks_running),
+        ("tasks_completed", delta.tasks_completed),
+        ("tasks_failed", delta.tasks_failed),
+        ("tasks_canceled", delta.tasks_canceled),
+        ("frames_total", delta.frames_total),
+        ("frames_done", delta.frames_done),
+    ];
+    for (field, value) in fields {
+        if value != 0 {
+            inc.insert(field, value);
+        }
+    }
+    inc.insert("version", 1_i64);
+    inc
+}
+
+/// The counter change of `tasks` tasks moving from `from` (`None`: tasks
+/// counted anew) to `to` with `frames` more frames done (negative: fewer),
+/// as the domain counts it.
+pub fn progress_delta(
+    from: Option<TaskStatus>,
+    to: TaskStatus,
+    tasks: i64,
+    frames: i64,
+) -> Progress {
+    let one = tally_after(Progress::default(), from, to, 0);
+    Progress {
+        tasks_total: one.tasks_total * tasks,
+        tasks_pending: one.tasks_pending * tasks,
+        tasks_running: one.tasks_running * tasks,
+        tasks_completed: one.tasks_completed * tasks,
+        tasks_failed: one.tasks_failed * tasks,
+        tasks_canceled: one.tasks_canceled * tasks,
+        frames_total: one.frames_total * tasks,
+        frames_done: frames,
+    }
+}
+
+/// Adds two counter changes.
+pub fn add_progress(a: Progress, b: Progress) -> Progress {
+    Progress {
+        tasks_total: a.tasks_total + b.tasks_total,
+        tasks_pending: a.tasks_pending + b.tasks_pending,
+        tasks_running: a.tasks_running + b.tasks_running,
+        tasks_completed: a.tasks_completed + b.tasks_completed,
+        tasks_failed: a.tasks_failed + b.tasks_failed,
+        tasks_canceled: a.tasks_canceled + b.tasks_canceled,
+        frames_total: a.frames_total + b.frames_total,
+        frames_done: a.frames_done + b.frames_done,
+    }
+}
+
+/// The update of a render after one of its tasks moved from `from` to `to`;
+/// `failed_for_good` marks that the task failed with no retry left.
+pub fn render_counter_inc(
+    from: TaskStatus,
+    to: TaskStatus,
+    frames: i64,
+    failed_for_good: bool,
+) -> Document {
+    let mut update = doc! { "$inc": progress_inc(&progress_delta(Some(from), to, 1, frames)) };
+    if failed_for_good {
+        update.insert("$set", doc! { "failed_for_good": true });
+    }
+    update
+}
+
+/// The render, only while it still is at `version`: the compare-and-set that
+/// makes concurrent brokers converge on one status.
+pub fn render_cas_filter(render: &str, version: i64) -> Document {
+    doc! { "_id": render, "version": version }
+}
+
+/// A render's status and the times that go with it, as decided by the domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub status: RenderStatus,
+    pub started_at: Option<bson::DateTime>,
+    pub finished_at: Option<bson::DateTime>,
+    /// An operator's requeue starts the render over.
+    pub reset_failure: bool,
+}
+
+/// Writes a status change (under [`render_cas_filter`]).
+pub fn status_update(change: &StatusChange) -> Document {
+    let mut set = doc! {
+        "status": change.status.as_str(),
+        "started_at": opt_time(change.started_at),
+        "finished_at": opt_time(change.finished_at),
+    };
+    if change.reset_failure {
+        set.insert("failed_for_good", false);
+    }
+    doc! { "$set": set, "$inc": { "version": 1_i64 } }
+}
+
+/// When a render that was `before` and is now `after` finished: now when it
+/// just finished, never while unfinished, unchanged otherwise.
+pub fn finished_at_after(
+    before: RenderStatus,
+    after: RenderStatus,
+    finished_at: Option<bson::DateTime>,
+    now: DateTime<Utc>,
+) -> Option<bson::DateTime> {
+    if after.is_finished() && !before.is_finished() {
+        Some(bson_time(now))
+    } else if !after.is_finished() {
+        None
+    } else {
+        finished_at
+    }
+}
+
+/// Marks every task of the render runnable or not, unless a newer status
+/// change (a higher render `version`) already did: concurrent pause and
+/// resume leave the tasks as the later one says.
+pub fn runnable_sync(render: &str, runnable: bool, version: i64) -> (Document, Document) {
+    (
+        doc! { "render_id": render, "runnable_version": { "$lt": version } },
+        doc! { "$set": { "runnable": runnable, "runnable_version": version } },
+    )
+}
+
+/// Sums the frames done of the tasks a filter selects.
+pub fn frames_done_sum(filter: Document) -> Vec<Document> {
+    vec![
+        doc! { "$match": filter },
+        doc! { "$group": { "_id": Bson::Null, "frames": { "$sum": "$frames_done" } } },
+    ]
+}
+
+/// Counts a render's tasks by status, with their frames done.
+pub fn recount_pipeline(render: &str) -> Vec<Document> {
+    vec![
+        doc! { "$match": { "render_id": render } },
+        doc! { "$group": {
+            "_id": "$status",
+            "tasks": { "$sum": 1_i64 },
+            "frames": { "$sum": "$frames_done" },
+        } },
+    ]
+}
+
+/// A failed task of the render with no retry left.
+pub fn stuck_filter(render: &str) -> Document {
+    doc! {
+        "render_id": render,
+        "status": TaskStatus::Failed.as_str(),
+        "$expr": { "$gte": ["$retries", "$max_retries"] },
+    }
+}
+
+/// Overwrites a render's counters and status with a recount, under
+/// [`render_cas_filter`].
+pub fn recount_update(
+    progress: &Progress,
+    failed_for_good: bool,
+    change: &StatusChange,
+) -> Document {
+    let mut update = status_update(change);
+    if let Ok(set) = update.get_document_mut("$set") {
+        set.insert("tasks_total", progress.tasks_total);
+        set.insert("tasks_pending", progress.tasks_pending);
+        set.insert("tasks_running", progress.tasks_running);
+        set.insert("tasks_completed", progress.tasks_completed);
+        set.insert("tasks_failed", progress.tasks_failed);
+        set.insert("tasks_canceled", progress.tasks_canceled);
+        set.insert("frames_done", progress.frames_done);
+        set.insert("failed_for_good", failed_for_good);
+    }
+    update
+}

@@ -1,0 +1,368 @@
+//! Documents as stored. Ids are UUID strings; times are BSON dates (ms).
+
+use crate::domain::{worker_status, WorkerMode};
+use crate::store::StoreResult;
+use bson::{doc, Bson};
+use chrono::{DateTime, Utc};
+use renderfarm_wire::{
+    Assignment, HistoryEvent, LeaderLease, Priority, Progress, Render, RenderStatus, Task,
+    TaskHistoryEntry, TaskStatus, Worker,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{errors::*, *};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct RenderDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    /// Creation order, from the `renders` counter: listings and dispatch age.
+    pub(super) seq: i64,
+    pub(super) name: String,
+    pub(super) status: String,
+    pub(super) priority: i64,
+    pub(super) blend_file: String,
+    pub(super) frame_start: i64,
+    pub(super) frame_end: i64,
+    pub(super) chunk_size: i64,
+    pub(super) max_retries: i64,
+    pub(super) output: String,
+    pub(super) engine: Option<String>,
+    pub(super) tags: Vec<String>,
+    pub(super) tasks_total: i64,
+    pub(super) tasks_pending: i64,
+    pub(super) tasks_running: i64,
+    pub(super) tasks_completed: i64,
+    pub(super) tasks_failed: i64,
+    pub(super) tasks_canceled: i64,
+    pub(super) frames_total: i64,
+    pub(super) frames_done: i64,
+    pub(super) failed_for_good: bool,
+    pub(super) created_at: bson::DateTime,
+    pub(super) started_at: Option<bson::DateTime>,
+    pub(super) finished_at: Option<bson::DateTime>,
+    /// Bumped by every change; status writes compare-and-set on it.
+    pub(super) version: i64,
+}
+
+impl RenderDoc {
+    pub(super) fn planned(r: &Render, seq: i64) -> Self {
+        let p = &r.progress;
+        Self {
+            id: r.id.to_string(),
+            seq,
+            name: r.name.clone(),
+            status: r.status.as_str().into(),
+            priority: r.priority.rank(),
+            blend_file: r.blend_file.clone(),
+            frame_start: r.frame_start,
+            frame_end: r.frame_end,
+            chunk_size: r.chunk_size,
+            max_retries: r.max_retries,
+            output: r.output.clone(),
+            engine: r.engine.clone(),
+            tags: r.tags.clone(),
+            tasks_total: p.tasks_total,
+            tasks_pending: p.tasks_pending,
+            tasks_running: p.tasks_running,
+            tasks_completed: p.tasks_completed,
+            tasks_failed: p.tasks_failed,
+            tasks_canceled: p.tasks_canceled,
+            frames_total: p.frames_total,
+            frames_done: p.frames_done,
+            failed_for_good: false,
+            created_at: bson_time(r.created_at),
+            started_at: r.started_at.map(bson_time),
+            finished_at: r.finished_at.map(bson_time),
+            version: 0,
+        }
+    }
+
+    pub(super) fn status(&self) -> StoreResult<RenderStatus> {
+        RenderStatus::parse(&self.status)
+            .ok_or_else(|| corrupt(format!("render {} with status {:?}", self.id, self.status)))
+    }
+
+    pub(super) fn progress(&self) -> Progress {
+        Progress {
+            tasks_total: self.tasks_total,
+            tasks_pending: self.tasks_pending,
+            tasks_running: self.tasks_running,
+            tasks_completed: self.tasks_completed,
+            tasks_failed: self.tasks_failed,
+            tasks_canceled: self.tasks_canceled,
+            frames_total: self.frames_total,
+            frames_done: self.frames_done,
+        }
+    }
+
+    pub(super) fn to_render(&self) -> StoreResult<Render> {
+        Ok(Render {
+            id: parse_uuid(&self.id, "render id")?,
+            name: self.name.clone(),
+            status: self.status()?,
+            priority: Priority::from_rank(self.priority).ok_or_else(|| {
+                corrupt(format!(
+                    "render {} with priority {}",
+                    self.id, self.priority
+                ))
+            })?,
+            blend_file: self.blend_file.clone(),
+            frame_start: self.frame_start,
+            frame_end: self.frame_end,
+            chunk_size: self.chunk_size,
+            max_retries: self.max_retries,
+            output: self.output.clone(),
+            engine: self.engine.clone(),
+            tags: self.tags.clone(),
+            progress: self.progress(),
+            created_at: self.created_at.to_chrono(),
+            started_at: self.started_at.map(bson::DateTime::to_chrono),
+            finished_at: self.finished_at.map(bson::DateTime::to_chrono),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct TaskDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) render_id: String,
+    // Copies of the render's, for the claim filter and sort.
+    pub(super) render_seq: i64,
+    pub(super) priority: i64,
+    pub(super) required_tags: Vec<String>,
+    /// False while the render may not be dispatched (paused, finished, or
+    /// not yet stored).
+    pub(super) runnable: bool,
+    /// The render version that last set `runnable`.
+    pub(super) runnable_version: i64,
+    pub(super) max_retries: i64,
+    pub(super) frame_start: i64,
+    pub(super) frame_end: i64,
+    pub(super) status: String,
+    pub(super) retries: i64,
+    pub(super) worker_id: Option<String>,
+    pub(super) lease_id: Option<String>,
+    pub(super) frames_done: i64,
+    pub(super) exit_code: Option<i64>,
+    pub(super) failure_reason: Option<String>,
+    pub(super) started_at: Option<bson::DateTime>,
+    pub(super) finished_at: Option<bson::DateTime>,
+    /// When the task last became pending: its wait is counted from here.
+    pub(super) queued_at: bson::DateTime,
+    /// How many log chunks were appended: the next chunk's sequence number.
+    pub(super) log_chunks: i64,
+    /// Bytes of log kept, and bytes dropped to keep the log within its bound.
+    #[serde(default)]
+    pub(super) log_bytes: i64,
+    #[serde(default)]
+    pub(super) log_dropped: i64,
+    /// How many history entries it has: the next entry's sequence number.
+    pub(super) history_seq: i64,
+}
+
+impl TaskDoc {
+    pub(super) fn planned(render: &RenderDoc, frame_start: i64, frame_end: i64) -> Self {
+        Self {
+            id: Uuid::now_v7().to_string(),
+            render_id: render.id.clone(),
+            render_seq: render.seq,
+            priority: render.priority,
+            required_tags: render.tags.clone(),
+            runnable: false,
+            runnable_version: -1,
+            max_retries: render.max_retries,
+            frame_start,
+            frame_end,
+            status: TaskStatus::Pending.as_str().into(),
+            retries: 0,
+            worker_id: None,
+            lease_id: None,
+            frames_done: 0,
+            exit_code: None,
+            failure_reason: None,
+            started_at: None,
+            finished_at: None,
+            queued_at: render.created_at,
+            log_chunks: 0,
+            log_bytes: 0,
+            log_dropped: 0,
+            history_seq: 0,
+        }
+    }
+
+    pub(super) fn frames(&self) -> i64 {
+        self.frame_end - self.frame_start + 1
+    }
+
+    pub(super) fn status(&self) -> StoreResult<TaskStatus> {
+        TaskStatus::parse(&self.status)
+            .ok_or_else(|| corrupt(format!("task {} with status {:?}", self.id, self.status)))
+    }
+
+    pub(super) fn to_task(&self) -> StoreResult<Task> {
+        Ok(Task {
+            id: parse_uuid(&self.id, "task id")?,
+            render_id: parse_uuid(&self.render_id, "render id")?,
+            frame_start: self.frame_start,
+            frame_end: self.frame_end,
+            status: self.status()?,
+            retries: self.retries,
+            worker_id: parse_opt_uuid(self.worker_id.as_deref(), "worker id")?,
+            frames_done: self.frames_done,
+            exit_code: self.exit_code,
+            failure_reason: self.failure_reason.clone(),
+            started_at: self.started_at.map(bson::DateTime::to_chrono),
+            finished_at: self.finished_at.map(bson::DateTime::to_chrono),
+        })
+    }
+
+    pub(super) fn assignment(&self, render: &RenderDoc) -> StoreResult<Assignment> {
+        let lease = self
+            .lease_id
+            .as_deref()
+            .ok_or_else(|| corrupt(format!("running task {} without a lease", self.id)))?;
+        Ok(Assignment {
+            task_id: parse_uuid(&self.id, "task id")?,
+            render_id: parse_uuid(&self.render_id, "render id")?,
+            lease_id: parse_uuid(lease, "lease id")?,
+            blend_file: render.blend_file.clone(),
+            frame_start: self.frame_start,
+            frame_end: self.frame_end,
+            output: render.output.clone(),
+            engine: render.engine.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct WorkerDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    /// Registration order.
+    pub(super) seq: i64,
+    pub(super) name: String,
+    pub(super) tags: Vec<String>,
+    pub(super) mode: String,
+    pub(super) offline: bool,
+    pub(super) last_heartbeat: bson::DateTime,
+    pub(super) registered_at: bson::DateTime,
+}
+
+impl WorkerDoc {
+    pub(super) fn mode(&self) -> StoreResult<WorkerMode> {
+        WorkerMode::parse(&self.mode)
+            .ok_or_else(|| corrupt(format!("worker {} with mode {:?}", self.id, self.mode)))
+    }
+
+    pub(super) fn to_worker(&self, current_task: Option<&str>) -> StoreResult<Worker> {
+        let current_task_id = parse_opt_uuid(current_task, "task id")?;
+        Ok(Worker {
+            id: parse_uuid(&self.id, "worker id")?,
+            name: self.name.clone(),
+            status: worker_status(self.mode()?, self.offline, current_task_id.is_some()),
+            tags: self.tags.clone(),
+            last_heartbeat: self.last_heartbeat.to_chrono(),
+            current_task_id,
+            registered_at: self.registered_at.to_chrono(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct LogDoc {
+    pub(super) task_id: String,
+    pub(super) seq: i64,
+    pub(super) text: String,
+    /// The text's length in bytes, so trimming need not read the text.
+    /// Chunks written before the bound existed count as 0.
+    #[serde(default)]
+    pub(super) bytes: i64,
+}
+
+/// A document's id alone.
+#[derive(Debug, Deserialize)]
+pub(super) struct IdOnly {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+}
+
+/// A log chunk's place and size, for trimming.
+#[derive(Debug, Deserialize)]
+pub(super) struct LogSize {
+    pub(super) seq: i64,
+    #[serde(default)]
+    pub(super) bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct HistoryDoc {
+    pub(super) task_id: String,
+    /// Taken from the task's `history_seq` by the change it records.
+    pub(super) seq: i64,
+    pub(super) at: bson::DateTime,
+    pub(super) event: String,
+    pub(super) worker_id: Option<String>,
+    pub(super) detail: Option<String>,
+}
+
+impl HistoryDoc {
+    pub(super) fn to_entry(&self) -> StoreResult<TaskHistoryEntry> {
+        Ok(TaskHistoryEntry {
+            at: self.at.to_chrono(),
+            event: HistoryEvent::parse(&self.event).ok_or_else(|| {
+                corrupt(format!(
+                    "a history event {:?} of task {}",
+                    self.event, self.task_id
+                ))
+            })?,
+            worker_id: parse_opt_uuid(self.worker_id.as_deref(), "worker id")?,
+            detail: self.detail.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct LeaseDoc {
+    #[serde(rename = "_id")]
+    pub(super) name: String,
+    pub(super) holder: String,
+    pub(super) expires_at: bson::DateTime,
+}
+
+impl LeaseDoc {
+    pub(super) fn to_lease(&self) -> LeaderLease {
+        LeaderLease {
+            holder: self.holder.clone(),
+            expires_at: self.expires_at.to_chrono(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CounterDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) seq: i64,
+}
+
+/// A number from an aggregation result, whatever width the server chose.
+pub(super) fn bson_i64(value: &Bson) -> Option<i64> {
+    match value {
+        Bson::Int64(n) => Some(*n),
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Double(n) => Some(*n as i64),
+        _ => None,
+    }
+}
+
+/// A point in time as stored: BSON dates hold milliseconds.
+pub fn bson_time(t: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_chrono(t)
+}
+
+pub(super) fn opt_time(t: Option<bson::DateTime>) -> Bson {
+    t.map_or(Bson::Null, Bson::DateTime)
+}

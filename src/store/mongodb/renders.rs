@@ -1,0 +1,273 @@
+//! Renders: submit, read, list, delete, and operator commands.
+
+use crate::domain::{
+    check_deletable, render_transition, task_transition, tasks_affected, NewRender, RenderCommand,
+    TaskEvent,
+};
+use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
+use bson::{doc, Bson, Document};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::options::ReturnDocument;
+use renderfarm_wire::{Page, Progress, Render, RenderStatus, TaskStatus};
+use uuid::Uuid;
+
+use super::{counters::*, documents::*, tasks::*, *};
+
+/// Task ids per `$in` when deleting a render's logs and history.
+pub(super) const DELETE_BATCH: usize = 10_000;
+
+/// Tasks per `insert_many` (the driver splits further to fit message sizes).
+pub(super) const TASK_BATCH: usize = 10_000;
+
+impl MongoStore {
+    pub(super) async fn load_render(&self, id: &str) -> StoreResult<RenderDoc> {
+        self.renders()?
+            .find_one(doc! { "_id": id })
+            .await?
+            .ok_or_else(|| StoreError::not_found("render", id))
+    }
+
+    /// Applies `event` to every task of the render in one of `from`, then
+    /// moves the render's counters by what was actually changed (so moves
+    /// made concurrently by single-task updates are neither lost nor counted
+    /// twice).
+    pub(super) async fn bulk_task_change(
+        &self,
+        render: &str,
+        event: TaskEvent,
+        from: &[TaskStatus],
+        now: DateTime<Utc>,
+    ) -> StoreResult<RenderDoc> {
+        let tasks = self.tasks()?;
+        let mut delta = Progress::default();
+        for status in from {
+            let to = task_transition(*status, event)?;
+            // Only tasks that run again lose their frames; they are in a
+            // finished status, which nothing else changes meanwhile.
+            let frames = if to == TaskStatus::Pending {
+                self.frames_done_in(render, *status).await?
+            } else {
+                0
+            };
+            let changed = tasks
+                .update_many(bulk_filter(render, *status), bulk_update(to, now))
+                .await?
+                .modified_count;
+            let changed = i64::try_from(changed).unwrap_or(i64::MAX);
+            if changed > 0 {
+                delta = add_progress(delta, progress_delta(Some(*status), to, changed, -frames));
+            }
+        }
+        self.renders()?
+            .find_one_and_update(
+                doc! { "_id": render },
+                doc! { "$inc": progress_inc(&delta) },
+            )
+            .return_document(ReturnDocument::After)
+            .await?
+            .ok_or_else(|| StoreError::not_found("render", render))
+    }
+}
+
+pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreResult<Render> {
+    let seq = store.next_seq(RENDERS).await?;
+    let render = RenderDoc::planned(&new.render, seq);
+    let tasks = store.tasks()?;
+    let stored = async {
+        let mut batch = Vec::with_capacity(TASK_BATCH);
+        for frames in new.chunks() {
+            batch.push(TaskDoc::planned(&render, frames.start(), frames.end()));
+            if batch.len() == TASK_BATCH {
+                tasks.insert_many(&batch).await?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            tasks.insert_many(&batch).await?;
+        }
+        // The render appears only now, whole.
+        store.renders()?.insert_one(&render).await?;
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    if let Err(e) = stored {
+        // Best effort: the tasks are unreachable without their render,
+        // but they take space.
+        let _ = tasks.delete_many(doc! { "render_id": &render.id }).await;
+        return Err(e);
+    }
+    if dispatchable(new.render.status) {
+        store.sync_runnable(&render.id, true, render.version)
+            .await
+            .map_err(|e| {
+                tracing::error!(render_id = %render.id, error = %e, "render stored but its tasks were not released; pause and resume it to release them");
+                e
+            })?;
+    }
+    render.to_render()
+}
+
+pub(super) async fn get_render(store: &MongoStore, id: Uuid) -> StoreResult<Render> {
+    store.load_render(&id.to_string()).await?.to_render()
+}
+
+pub(super) async fn list_renders(
+    store: &MongoStore,
+    filter: &RenderFilter,
+    page: PageRequest,
+) -> StoreResult<Page<Render>> {
+    let query = render_list_filter(filter);
+    let renders = store.renders()?;
+    let total = renders.count_documents(query.clone()).await?;
+    let (limit, offset) = page_bounds(page);
+    let docs = fetch_page(&renders, query, render_list_sort(), limit, offset).await?;
+    Ok(Page {
+        items: docs
+            .iter()
+            .map(RenderDoc::to_render)
+            .collect::<StoreResult<_>>()?,
+        total: i64::try_from(total).unwrap_or(i64::MAX),
+        limit,
+        offset,
+    })
+}
+
+pub(super) async fn delete_render(store: &MongoStore, id: Uuid) -> StoreResult<()> {
+    let id = id.to_string();
+    let render = store.load_render(&id).await?;
+    check_deletable(render.status()?, render.tasks_running)?;
+    // The render goes first: from then on nothing of it is visible, and
+    // what a crash leaves behind is finished tasks no query reaches.
+    store.renders()?.delete_one(doc! { "_id": &id }).await?;
+    let tasks: Vec<IdOnly> = store
+        .tasks()?
+        .clone_with_type::<IdOnly>()
+        .find(doc! { "render_id": &id })
+        .projection(doc! { "_id": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    let task_ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    for batch in task_ids.chunks(DELETE_BATCH) {
+        store
+            .logs()?
+            .delete_many(doc! { "task_id": { "$in": batch } })
+            .await?;
+        store
+            .history()?
+            .delete_many(doc! { "task_id": { "$in": batch } })
+            .await?;
+    }
+    store
+        .tasks()?
+        .delete_many(doc! { "render_id": &id })
+        .await?;
+    tracing::info!(render_id = %id, "render deleted");
+    Ok(())
+}
+
+pub(super) async fn change_render(
+    store: &MongoStore,
+    id: Uuid,
+    command: RenderCommand,
+    now: DateTime<Utc>,
+) -> StoreResult<Render> {
+    let id = id.to_string();
+    let renders = store.renders()?;
+    let mut written = None;
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let doc = store.load_render(&id).await?;
+        let from = doc.status()?;
+        let to = render_transition(from, command)?;
+        let requeue = command == RenderCommand::Requeue;
+        let change = StatusChange {
+            status: to,
+            started_at: if requeue { None } else { doc.started_at },
+            finished_at: finished_at_after(from, to, doc.finished_at, now),
+            reset_failure: requeue,
+        };
+        if let Some(after) = renders
+            .find_one_and_update(render_cas_filter(&id, doc.version), status_update(&change))
+            .return_document(ReturnDocument::After)
+            .await?
+        {
+            written = Some((from, doc.progress(), after));
+            break;
+        }
+    }
+    let Some((from, progress, after)) = written else {
+        return Err(StoreError::Unavailable(format!(
+            "render {id} changed too often to apply the command; retry"
+        )));
+    };
+    let mut doc = store.after_status_write(from, after, now).await?;
+    if let Some((event, statuses)) = tasks_affected(command, &progress) {
+        doc = store.bulk_task_change(&id, event, &statuses, now).await?;
+    }
+    let doc = store.save_tally(doc, false, now).await?;
+    tracing::info!(render_id = %id, ?command, "operator changed render");
+    doc.to_render()
+}
+
+/// The render's tasks in `status`, for a bulk change.
+pub fn bulk_filter(render: &str, status: TaskStatus) -> Document {
+    doc! { "render_id": render, "status": status.as_str() }
+}
+
+/// A bulk change to `to`. A task run again starts from scratch, with no
+/// worker and no lease.
+pub fn bulk_update(to: TaskStatus, now: DateTime<Utc>) -> Document {
+    if to == TaskStatus::Pending {
+        doc! { "$set": {
+            "status": to.as_str(),
+            "retries": 0_i64,
+            "worker_id": Bson::Null,
+            "lease_id": Bson::Null,
+            "frames_done": 0_i64,
+            "exit_code": Bson::Null,
+            "failure_reason": Bson::Null,
+            "started_at": Bson::Null,
+            "finished_at": Bson::Null,
+            "queued_at": bson_time(now),
+        } }
+    } else {
+        doc! { "$set": { "status": to.as_str(), "finished_at": bson_time(now) } }
+    }
+}
+
+/// Which renders a listing shows.
+pub fn render_list_filter(filter: &RenderFilter) -> Document {
+    let mut query = Document::new();
+    if let Some(status) = filter.status {
+        query.insert("status", status.as_str());
+    }
+    if let Some(priority) = filter.priority {
+        query.insert("priority", priority.rank());
+    }
+    query
+}
+
+/// Newest first.
+pub fn render_list_sort() -> Document {
+    doc! { "seq": -1 }
+}
+
+/// Tasks in one status.
+pub fn status_filter(status: TaskStatus) -> Document {
+    doc! { "status": status.as_str() }
+}
+
+/// Renders not finished (queued, rendering, paused), among `ids` if given.
+pub fn open_renders_filter(ids: Option<Vec<&str>>) -> Document {
+    let open: Vec<&str> = RenderStatus::ALL
+        .into_iter()
+        .filter(|s| !s.is_finished())
+        .map(RenderStatus::as_str)
+        .collect();
+    let mut filter = doc! { "status": { "$in": open } };
+    if let Some(ids) = ids {
+        filter.insert("_id", doc! { "$in": ids });
+    }
+    filter
+}

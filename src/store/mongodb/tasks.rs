@@ -1,0 +1,623 @@
+//! Tasks: claims, reports under the lease, logs and history.
+
+use crate::domain::{
+    claim_permission, join_log, log_chunks_to_drop, task_transition, ClaimPermission, TaskEvent,
+    TaskReport, TASK_LOG_LIMIT,
+};
+use crate::store::{PageRequest, StoreError, StoreResult};
+use bson::{doc, Bson, Document};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::options::{Hint, ReturnDocument};
+use renderfarm_wire::{
+    Assignment, HistoryEvent, Page, RenderStatus, Task, TaskHistoryEntry, TaskStatus,
+};
+use uuid::Uuid;
+
+use super::{documents::*, *};
+
+impl MongoStore {
+    pub(super) async fn load_task(&self, id: &str) -> StoreResult<TaskDoc> {
+        self.tasks()?
+            .find_one(doc! { "_id": id })
+            .await?
+            .ok_or_else(|| StoreError::not_found("task", id))
+    }
+
+    /// Appends one line to a task's history. `seq` comes from the task
+    /// change it records, so entries read back in the order they happened.
+    pub(super) async fn record_history(
+        &self,
+        task: &str,
+        seq: i64,
+        event: HistoryEvent,
+        worker: Option<&str>,
+        detail: Option<String>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.history()?
+            .insert_one(HistoryDoc {
+                task_id: task.to_string(),
+                seq,
+                at: bson_time(now),
+                event: event.as_str().into(),
+                worker_id: worker.map(str::to_string),
+                detail,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Puts a running task back in the queue without counting a failure,
+    /// under its current lease (nothing happens if the lease moved on); the
+    /// history says why. Returns the task as it was.
+    pub(super) async fn requeue_under_lease(
+        &self,
+        task: &str,
+        lease: &str,
+        why: (HistoryEvent, &str),
+        log_bytes: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<TaskDoc>> {
+        let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
+        let before = self
+            .tasks()?
+            .find_one_and_update(
+                lease_filter(task, lease),
+                requeue_update(to, now, log_bytes),
+            )
+            .return_document(ReturnDocument::Before)
+            .await?;
+        if let Some(before) = &before {
+            self.tally_task_move(
+                &before.render_id,
+                TaskStatus::Running,
+                to,
+                -before.frames_done,
+                false,
+                now,
+            )
+            .await?;
+            let (event, detail) = why;
+            self.record_history(
+                &before.id,
+                before.history_seq,
+                event,
+                before.worker_id.as_deref(),
+                Some(detail.to_string()),
+                now,
+            )
+            .await?;
+        }
+        Ok(before)
+    }
+
+    /// Records a running task's frames done under `lease`; `None` when the
+    /// lease is no longer current.
+    pub(super) async fn record_progress(
+        &self,
+        task: &TaskDoc,
+        lease: &str,
+        frames_done: i64,
+        log_bytes: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<TaskDoc>> {
+        if !(0..=task.frames()).contains(&frames_done) {
+            return Err(StoreError::Invalid(format!(
+                "frames_done is {frames_done}, but this task has {} frame(s); report 0 to {}",
+                task.frames(),
+                task.frames()
+            )));
+        }
+        let before = self
+            .tasks()?
+            .find_one_and_update(
+                lease_filter(&task.id, lease),
+                progress_update(frames_done, log_bytes),
+            )
+            .return_document(ReturnDocument::Before)
+            .await?;
+        if let Some(before) = &before {
+            let delta = frames_done - before.frames_done;
+            if delta != 0 {
+                self.tally_task_move(
+                    &before.render_id,
+                    TaskStatus::Running,
+                    TaskStatus::Running,
+                    delta,
+                    false,
+                    now,
+                )
+                .await?;
+            }
+        }
+        Ok(before)
+    }
+
+    /// Drops the oldest chunks between a task's first and newest once its
+    /// log outgrew its bound (see `domain::log_chunks_to_drop`). Reports
+    /// under one lease come one at a time, so no two trims of a task race.
+    pub(super) async fn trim_log(&self, task: &str, total: i64) -> StoreResult<()> {
+        let chunks: Vec<LogSize> = self
+            .logs()?
+            .clone_with_type::<LogSize>()
+            .find(doc! { "task_id": task })
+            .projection(doc! { "_id": 0, "seq": 1, "bytes": 1 })
+            .sort(doc! { "seq": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let Some(droppable) = chunks.get(1..chunks.len().saturating_sub(1)) else {
+            return Ok(());
+        };
+        let sizes: Vec<i64> = droppable.iter().map(|c| c.bytes).collect();
+        let (count, dropped) = log_chunks_to_drop(total, &sizes);
+        if count == 0 {
+            return Ok(());
+        }
+        self.logs()?
+            .delete_many(doc! {
+                "task_id": task,
+                "seq": { "$gt": chunks[0].seq, "$lte": droppable[count - 1].seq },
+            })
+            .await?;
+        self.tasks()?
+            .update_one(doc! { "_id": task }, log_trimmed_update(dropped))
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn ensure_task_exists(&self, id: &str) -> StoreResult<()> {
+        let exists = self
+            .db()?
+            .collection::<Document>(TASKS)
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        match exists {
+            Some(_) => Ok(()),
+            None => Err(StoreError::not_found("task", id)),
+        }
+    }
+
+    pub(super) async fn current_task_of(&self, worker: &str) -> StoreResult<Option<TaskDoc>> {
+        Ok(self.tasks()?.find_one(held_filter(worker)).await?)
+    }
+
+    /// Two claims of one worker that raced past the "already holds a task"
+    /// check may both have taken a task. A claimer that finds its worker
+    /// holding more than one hands its own back, so a worker never keeps
+    /// two (if both hand theirs back, the worker simply asks again). Returns
+    /// the task the worker holds now, if any.
+    pub(super) async fn keep_one_task(
+        &self,
+        worker: &str,
+        mine: TaskDoc,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<TaskDoc>> {
+        let held = self.tasks()?.count_documents(held_filter(worker)).await?;
+        if held <= 1 {
+            return Ok(Some(mine));
+        }
+        if let Some(lease) = mine.lease_id.as_deref() {
+            self.requeue_under_lease(
+                &mine.id,
+                lease,
+                (
+                    HistoryEvent::Requeued,
+                    "claimed twice at once; its worker keeps its other task",
+                ),
+                None,
+                now,
+            )
+            .await?;
+        }
+        self.current_task_of(worker).await
+    }
+}
+
+pub(super) async fn list_tasks(
+    store: &MongoStore,
+    render_id: Uuid,
+    status: Option<TaskStatus>,
+    page: PageRequest,
+) -> StoreResult<Page<Task>> {
+    let render = store.load_render(&render_id.to_string()).await?;
+    let (limit, offset) = page_bounds(page);
+    let mut filter = doc! { "render_id": &render.id };
+    if let Some(status) = status {
+        filter.insert("status", status.as_str());
+    }
+    let docs = fetch_page(&store.tasks()?, filter, task_list_sort(), limit, offset).await?;
+    Ok(Page {
+        items: docs
+            .iter()
+            .map(TaskDoc::to_task)
+            .collect::<StoreResult<_>>()?,
+        total: render.to_render()?.progress.tasks_in(status),
+        limit,
+        offset,
+    })
+}
+
+pub(super) async fn get_task(store: &MongoStore, id: Uuid) -> StoreResult<Task> {
+    store.load_task(&id.to_string()).await?.to_task()
+}
+
+pub(super) async fn task_log(store: &MongoStore, id: Uuid) -> StoreResult<String> {
+    let id = id.to_string();
+    let task = store.load_task(&id).await?;
+    let chunks: Vec<LogDoc> = store
+        .logs()?
+        .find(doc! { "task_id": &id })
+        .sort(doc! { "seq": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    Ok(join_log(
+        chunks.into_iter().map(|c| c.text),
+        task.log_dropped,
+    ))
+}
+
+pub(super) async fn claim_next_task(
+    store: &MongoStore,
+    worker_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<Assignment>> {
+    let worker_key = worker_id.to_string();
+    let worker = store.mark_alive(&worker_key, now).await?;
+    if let Some(held) = store.current_task_of(&worker_key).await? {
+        let render = store.load_render(&held.render_id).await?;
+        return held.assignment(&render).map(Some);
+    }
+    if claim_permission(worker.mode()?)? == ClaimPermission::NoNewWork {
+        return Ok(None);
+    }
+    let to = task_transition(TaskStatus::Pending, TaskEvent::Claim)?;
+    let lease = Uuid::new_v4().to_string();
+    let claimed = store
+        .tasks()?
+        .find_one_and_update(
+            claim_filter(&worker.tags),
+            claim_update(to, &worker_key, &lease, now),
+        )
+        .sort(claim_sort())
+        .hint(Hint::Name(CLAIM_INDEX.into()))
+        .return_document(ReturnDocument::After)
+        .await?;
+    let Some(task) = claimed else {
+        return Ok(None);
+    };
+    let render = store
+        .tally_task_move(&task.render_id, TaskStatus::Pending, to, 0, false, now)
+        .await?;
+    store
+        .record_history(
+            &task.id,
+            task.history_seq - 1,
+            HistoryEvent::Assigned,
+            Some(&worker_key),
+            None,
+            now,
+        )
+        .await?;
+    let Some(task) = store.keep_one_task(&worker_key, task, now).await? else {
+        return Ok(None);
+    };
+    let render = if task.render_id == render.id {
+        render
+    } else {
+        store.load_render(&task.render_id).await?
+    };
+    tracing::debug!(
+        worker_id = %worker_id,
+        task_id = %task.id,
+        render_id = %task.render_id,
+        lease_id = ?task.lease_id,
+        "task claimed"
+    );
+    task.assignment(&render).map(Some)
+}
+
+pub(super) async fn report_task(
+    store: &MongoStore,
+    task_id: Uuid,
+    lease_id: Uuid,
+    report: TaskReport,
+    log: Option<String>,
+    now: DateTime<Utc>,
+) -> StoreResult<Task> {
+    let id = task_id.to_string();
+    let lease = lease_id.to_string();
+    let task = store.load_task(&id).await?;
+    if task.lease_id.as_deref() != Some(lease.as_str()) || task.status()? != TaskStatus::Running {
+        return Err(StoreError::StaleLease { task_id });
+    }
+    let log = log.filter(|t| !t.is_empty());
+    let log_bytes = log.as_ref().map(|text| text.len() as i64);
+    let tasks = store.tasks()?;
+    let before = match &report {
+        TaskReport::Progress { frames_done } => {
+            store
+                .record_progress(&task, &lease, *frames_done, log_bytes, now)
+                .await?
+        }
+        TaskReport::Release => {
+            store
+                .requeue_under_lease(
+                    &id,
+                    &lease,
+                    (
+                        HistoryEvent::Released,
+                        "its worker stopped and handed it back",
+                    ),
+                    log_bytes,
+                    now,
+                )
+                .await?
+        }
+        TaskReport::Complete => {
+            let to = task_transition(TaskStatus::Running, TaskEvent::Complete)?;
+            let before = tasks
+                .find_one_and_update(
+                    lease_filter(&id, &lease),
+                    complete_update(to, task.frames(), now, log_bytes),
+                )
+                .return_document(ReturnDocument::Before)
+                .await?;
+            if let Some(b) = &before {
+                store
+                    .tally_task_move(
+                        &b.render_id,
+                        TaskStatus::Running,
+                        to,
+                        b.frames() - b.frames_done,
+                        false,
+                        now,
+                    )
+                    .await?;
+                store
+                    .record_history(
+                        &id,
+                        b.history_seq,
+                        HistoryEvent::Completed,
+                        b.worker_id.as_deref(),
+                        None,
+                        now,
+                    )
+                    .await?;
+            }
+            before
+        }
+        TaskReport::Fail { exit_code, reason } => {
+            let to = task_transition(TaskStatus::Running, TaskEvent::Fail)?;
+            let before = tasks
+                .find_one_and_update(
+                    lease_filter(&id, &lease),
+                    fail_update(to, *exit_code, reason, now, log_bytes),
+                )
+                .return_document(ReturnDocument::Before)
+                .await?;
+            if let Some(b) = &before {
+                let retry = TaskEvent::Retry {
+                    retries: b.retries,
+                    max_retries: b.max_retries,
+                };
+                let failed_for_good = task_transition(to, retry).is_err();
+                store
+                    .tally_task_move(
+                        &b.render_id,
+                        TaskStatus::Running,
+                        to,
+                        -b.frames_done,
+                        failed_for_good,
+                        now,
+                    )
+                    .await?;
+                let detail = match exit_code {
+                    Some(code) => format!("exit code {code}"),
+                    None => "no exit code".to_string(),
+                };
+                store
+                    .record_history(
+                        &id,
+                        b.history_seq,
+                        HistoryEvent::Failed,
+                        b.worker_id.as_deref(),
+                        Some(detail),
+                        now,
+                    )
+                    .await?;
+            }
+            before
+        }
+    };
+    let Some(before) = before else {
+        // The lease moved on between the check and the write.
+        return Err(StoreError::StaleLease { task_id });
+    };
+    if let Some(text) = log {
+        let bytes = text.len() as i64;
+        store
+            .logs()?
+            .insert_one(LogDoc {
+                task_id: id.clone(),
+                seq: before.log_chunks,
+                text,
+                bytes,
+            })
+            .await?;
+        let total = before.log_bytes + bytes;
+        if total > TASK_LOG_LIMIT {
+            store.trim_log(&id, total).await?;
+        }
+    }
+    store.load_task(&id).await?.to_task()
+}
+
+pub(super) async fn task_history(
+    store: &MongoStore,
+    task_id: Uuid,
+) -> StoreResult<Vec<TaskHistoryEntry>> {
+    let id = task_id.to_string();
+    store.ensure_task_exists(&id).await?;
+    let docs: Vec<HistoryDoc> = store
+        .history()?
+        .find(doc! { "task_id": &id })
+        .sort(doc! { "seq": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    docs.iter().map(HistoryDoc::to_entry).collect()
+}
+
+/// The index the claim walks; named in the migration and hinted by the claim.
+pub const CLAIM_INDEX: &str = "tasks_claim";
+
+/// Whether workers may be handed the tasks of a render in this status:
+/// paused, canceled and finished renders are never dispatched.
+pub fn dispatchable(status: RenderStatus) -> bool {
+    matches!(status, RenderStatus::Queued | RenderStatus::Rendering)
+}
+
+/// Pending tasks of dispatchable renders that need no tag the worker lacks
+/// (the render's tags must be a subset of the worker's).
+pub fn claim_filter(worker_tags: &[String]) -> Document {
+    doc! {
+        "status": TaskStatus::Pending.as_str(),
+        "runnable": true,
+        "required_tags": { "$not": { "$elemMatch": { "$nin": worker_tags } } },
+    }
+}
+
+/// Dispatch order: the highest priority, then the oldest render, then the
+/// lowest frames. Matches the key order of [`CLAIM_INDEX`] after its two
+/// equality fields, so the server walks the index and stops at the first match.
+pub fn claim_sort() -> Document {
+    doc! { "priority": -1, "render_seq": 1, "frame_start": 1 }
+}
+
+/// Adds 1 to `field` in the update's `$inc`.
+pub(super) fn add_inc(mut update: Document, field: &str) -> Document {
+    match update.get_mut("$inc") {
+        Some(Bson::Document(inc)) => {
+            inc.insert(field, 1_i64);
+        }
+        _ => {
+            update.insert("$inc", doc! { field: 1_i64 });
+        }
+    }
+    update
+}
+
+/// Every task change that its history records takes the next history
+/// sequence number (read from the document before the change).
+pub(super) fn with_history(update: Document) -> Document {
+    add_inc(update, "history_seq")
+}
+
+/// A report that carries log text takes the next log sequence number and
+/// counts the text's bytes toward the task's log bound.
+pub(super) fn with_log(update: Document, log_bytes: Option<i64>) -> Document {
+    let Some(bytes) = log_bytes else {
+        return update;
+    };
+    let mut update = add_inc(update, "log_chunks");
+    if let Ok(inc) = update.get_document_mut("$inc") {
+        inc.insert("log_bytes", bytes);
+    }
+    update
+}
+
+/// Hands a task to `worker` under a new `lease`.
+pub fn claim_update(to: TaskStatus, worker: &str, lease: &str, now: DateTime<Utc>) -> Document {
+    with_history(doc! {
+        "$set": {
+            "status": to.as_str(),
+            "worker_id": worker,
+            "lease_id": lease,
+            "frames_done": 0_i64,
+            "started_at": bson_time(now),
+            "finished_at": Bson::Null,
+        }
+    })
+}
+
+/// The task `worker` is rendering now, if any.
+pub fn held_filter(worker: &str) -> Document {
+    doc! { "worker_id": worker, "status": TaskStatus::Running.as_str() }
+}
+
+/// The task, only while it is running under `lease`: every report is fenced
+/// by this, so a stale lease matches nothing and changes nothing.
+pub fn lease_filter(task: &str, lease: &str) -> Document {
+    doc! { "_id": task, "lease_id": lease, "status": TaskStatus::Running.as_str() }
+}
+
+/// A running task's progress (not a history event).
+pub fn progress_update(frames_done: i64, log_bytes: Option<i64>) -> Document {
+    with_log(doc! { "$set": { "frames_done": frames_done } }, log_bytes)
+}
+
+/// Every frame of the task rendered.
+pub fn complete_update(
+    to: TaskStatus,
+    frames: i64,
+    now: DateTime<Utc>,
+    log_bytes: Option<i64>,
+) -> Document {
+    with_log(
+        with_history(doc! { "$set": {
+            "status": to.as_str(),
+            "frames_done": frames,
+            "finished_at": bson_time(now),
+        } }),
+        log_bytes,
+    )
+}
+
+/// Blender failed; frames done are forgotten (a retry renders them again).
+pub fn fail_update(
+    to: TaskStatus,
+    exit_code: Option<i64>,
+    reason: &str,
+    now: DateTime<Utc>,
+    log_bytes: Option<i64>,
+) -> Document {
+    with_log(
+        with_history(doc! { "$set": {
+            "status": to.as_str(),
+            "frames_done": 0_i64,
+            "exit_code": exit_code.map_or(Bson::Null, Bson::Int64),
+            "failure_reason": reason,
+            "finished_at": bson_time(now),
+        } }),
+        log_bytes,
+    )
+}
+
+/// The task goes back to the queue without counting as a failure: no worker,
+/// no lease, waiting from now.
+pub fn requeue_update(to: TaskStatus, now: DateTime<Utc>, log_bytes: Option<i64>) -> Document {
+    with_log(
+        with_history(doc! { "$set": {
+            "status": to.as_str(),
+            "worker_id": Bson::Null,
+            "lease_id": Bson::Null,
+            "frames_done": 0_i64,
+            "queued_at": bson_time(now),
+        } }),
+        log_bytes,
+    )
+}
+
+/// `dropped` bytes of a task's log were trimmed away.
+pub fn log_trimmed_update(dropped: i64) -> Document {
+    doc! { "$inc": { "log_bytes": -dropped, "log_dropped": dropped } }
+}
+
+/// Lowest frames first.
+pub fn task_list_sort() -> Document {
+    doc! { "frame_start": 1 }
+}

@@ -1,0 +1,212 @@
+//! Workers: registration, operator changes, heartbeats.
+
+use crate::domain::{heartbeat_action, worker_transition, LeaseView, ValidWorkerSpec, WorkerMode};
+use crate::store::{Store, StoreError, StoreResult};
+use bson::{doc, Document};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::options::ReturnDocument;
+use renderfarm_wire::{Heartbeat, HeartbeatAction, HistoryEvent, Worker, WorkerAction};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+use super::{counters::*, documents::*, upkeep::*, *};
+
+impl MongoStore {
+    /// Marks the worker alive; its document as it is now.
+    pub(super) async fn mark_alive(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<WorkerDoc> {
+        self.workers()?
+            .find_one_and_update(doc! { "_id": worker }, alive_update(now))
+            .return_document(ReturnDocument::After)
+            .await?
+            .ok_or_else(|| StoreError::not_found("worker", worker))
+    }
+
+    pub(super) async fn workers_by_id(
+        &self,
+        ids: Vec<&str>,
+    ) -> StoreResult<HashMap<String, WorkerDoc>> {
+        let docs: Vec<WorkerDoc> = self
+            .workers()?
+            .find(doc! { "_id": { "$in": ids } })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.into_iter().map(|w| (w.id.clone(), w)).collect())
+    }
+}
+
+pub(super) async fn register_worker(
+    store: &MongoStore,
+    spec: ValidWorkerSpec,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    let seq = store.next_seq(WORKERS).await?;
+    let doc = WorkerDoc {
+        id: Uuid::now_v7().to_string(),
+        seq,
+        name: spec.name,
+        tags: spec.tags,
+        mode: WorkerMode::Active.as_str().into(),
+        offline: false,
+        last_heartbeat: bson_time(now),
+        registered_at: bson_time(now),
+    };
+    store.workers()?.insert_one(&doc).await?;
+    tracing::info!(worker_id = %doc.id, name = %doc.name, "worker registered");
+    doc.to_worker(None)
+}
+
+pub(super) async fn get_worker(store: &MongoStore, id: Uuid) -> StoreResult<Worker> {
+    let id = id.to_string();
+    let doc = store
+        .workers()?
+        .find_one(doc! { "_id": &id })
+        .await?
+        .ok_or_else(|| StoreError::not_found("worker", &id))?;
+    let task = store.current_task_of(&id).await?;
+    doc.to_worker(task.as_ref().map(|t| t.id.as_str()))
+}
+
+pub(super) async fn list_workers(store: &MongoStore) -> StoreResult<Vec<Worker>> {
+    let docs: Vec<WorkerDoc> = store
+        .workers()?
+        .find(doc! {})
+        .sort(doc! { "seq": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    let ids: Vec<&str> = docs.iter().map(|w| w.id.as_str()).collect();
+    let running: Vec<Document> = store
+        .db()?
+        .collection::<Document>(TASKS)
+        .find(running_of_workers_filter(&ids))
+        .projection(doc! { "_id": 1, "worker_id": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    let current: HashMap<&str, &str> = running
+        .iter()
+        .filter_map(|t| Some((t.get_str("worker_id").ok()?, t.get_str("_id").ok()?)))
+        .collect();
+    docs.iter()
+        .map(|w| w.to_worker(current.get(w.id.as_str()).copied()))
+        .collect()
+}
+
+pub(super) async fn change_worker(
+    store: &MongoStore,
+    id: Uuid,
+    action: WorkerAction,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    let id_s = id.to_string();
+    let workers = store.workers()?;
+    let mut to = None;
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let doc = workers
+            .find_one(doc! { "_id": &id_s })
+            .await?
+            .ok_or_else(|| StoreError::not_found("worker", &id_s))?;
+        let next = worker_transition(doc.mode()?, action)?;
+        let changed = workers
+            .update_one(mode_cas_filter(&id_s, &doc.mode), mode_update(next))
+            .await?;
+        if changed.matched_count == 1 {
+            to = Some(next);
+            break;
+        }
+    }
+    let Some(to) = to else {
+        return Err(StoreError::Unavailable(format!(
+            "worker {id} changed too often to apply the action; retry"
+        )));
+    };
+    if to == WorkerMode::Disabled {
+        // A disabled machine stops now: its task goes back to the queue
+        // without counting as a failure, and its next heartbeat answers
+        // abort.
+        if let Some(task) = store.current_task_of(&id_s).await? {
+            if let Some(lease) = task.lease_id.clone() {
+                if store
+                    .requeue_under_lease(
+                        &task.id,
+                        &lease,
+                        (HistoryEvent::Requeued, "its worker was disabled"),
+                        None,
+                        now,
+                    )
+                    .await?
+                    .is_some()
+                {
+                    tracing::info!(worker_id = %id, task_id = %task.id, "task of disabled worker requeued");
+                }
+            }
+        }
+    }
+    store.get_worker(id).await
+}
+
+pub(super) async fn heartbeat(
+    store: &MongoStore,
+    worker_id: Uuid,
+    beat: &Heartbeat,
+    now: DateTime<Utc>,
+) -> StoreResult<HeartbeatAction> {
+    let worker = worker_id.to_string();
+    store.mark_alive(&worker, now).await?;
+    let (task_id, lease_id) = match (beat.task_id, beat.lease_id) {
+        (None, None) => return Ok(HeartbeatAction::Continue),
+        (Some(t), Some(l)) => (t.to_string(), l.to_string()),
+        _ => return Err(StoreError::Invalid(
+            "send task_id and lease_id together (both from your assignment), or neither when idle"
+                .into(),
+        )),
+    };
+    let task = store.tasks()?.find_one(doc! { "_id": &task_id }).await?;
+    let view = match &task {
+        Some(t) => Some(LeaseView {
+            status: t.status()?,
+            lease_matches: t.lease_id.as_deref() == Some(lease_id.as_str())
+                && t.worker_id.as_deref() == Some(worker.as_str()),
+        }),
+        None => None,
+    };
+    let action = heartbeat_action(view);
+    if let (HeartbeatAction::Continue, Some(task), Some(frames)) = (action, &task, beat.frames_done)
+    {
+        if store
+            .record_progress(task, &lease_id, frames, None, now)
+            .await?
+            .is_none()
+        {
+            // The lease moved on between the read and the write.
+            return Ok(HeartbeatAction::Abort);
+        }
+    }
+    Ok(action)
+}
+
+/// Records that a worker is alive.
+pub fn alive_update(now: DateTime<Utc>) -> Document {
+    doc! { "$set": { "last_heartbeat": bson_time(now), "offline": false } }
+}
+
+/// The worker, only while its mode is still `mode`: operator changes are
+/// compare-and-set.
+pub fn mode_cas_filter(worker: &str, mode: &str) -> Document {
+    doc! { "_id": worker, "mode": mode }
+}
+
+pub fn mode_update(mode: WorkerMode) -> Document {
+    doc! { "$set": { "mode": mode.as_str() } }
+}
+
+/// Workers that could take work now, if they hold none.
+pub fn available_workers_filter() -> Document {
+    doc! { "mode": WorkerMode::Active.as_str(), "offline": false }
+}

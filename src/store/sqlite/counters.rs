@@ -1,0 +1,144 @@
+//! A render's tally (counters and the status they give), kept up to date one task move at a time.
+
+use crate::domain::{tallied_status, tally_after, TaskEvent};
+use crate::store::StoreResult;
+use chrono::{DateTime, Utc};
+use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
+use rusqlite::{params, Connection};
+
+use super::{rows::*, tasks::*};
+
+/// A render's tally: its counters and the status they give, as read and written together.
+pub(super) struct RenderTally {
+    pub(super) seq: i64,
+    pub(super) status: RenderStatus,
+    pub(super) progress: Progress,
+    pub(super) started_at: Option<String>,
+    pub(super) finished_at: Option<String>,
+    pub(super) failed_for_good: bool,
+}
+
+pub(super) fn load_tally(conn: &Connection, seq: i64) -> StoreResult<RenderTally> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq, status, tasks_total, tasks_pending, tasks_running, tasks_completed, \
+             tasks_failed, tasks_canceled, frames_total, frames_done, started_at, finished_at, \
+             failed_for_good FROM renders WHERE seq = ?1",
+        )?
+        .query_row([seq], |row| {
+            Ok(RenderTally {
+                seq: row.get(0)?,
+                status: get_enum(row, 1, RenderStatus::parse)?,
+                progress: progress_from_row(row, 2)?,
+                started_at: row.get(10)?,
+                finished_at: row.get(11)?,
+                failed_for_good: row.get(12)?,
+            })
+        })?)
+}
+
+/// Writes the render's new counters and the status they give (its tally);
+/// `before` is the status the render had when the change began. A render that
+/// just failed for good has its pending tasks canceled (running ones may
+/// finish).
+pub(super) fn save_tally(
+    conn: &Connection,
+    mut state: RenderTally,
+    before: RenderStatus,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let status = tallied_status(
+        state.status,
+        &state.progress,
+        state.started_at.is_some(),
+        state.failed_for_good,
+    );
+    if status.is_finished() && !before.is_finished() {
+        state.finished_at = Some(ts(now));
+    } else if !status.is_finished() {
+        state.finished_at = None;
+    }
+    if status == RenderStatus::Failed && before != RenderStatus::Failed {
+        bulk_task_change(
+            conn,
+            state.seq,
+            TaskEvent::Cancel,
+            &[TaskStatus::Pending],
+            now,
+        )?;
+        state.progress = count_tally(conn, state.seq, state.progress.frames_total)?;
+    }
+    let p = &state.progress;
+    conn.prepare_cached(
+        "UPDATE renders SET status = ?2, tasks_total = ?3, tasks_pending = ?4, tasks_running = ?5, \
+         tasks_completed = ?6, tasks_failed = ?7, tasks_canceled = ?8, frames_done = ?9, \
+         started_at = ?10, finished_at = ?11, failed_for_good = ?12 WHERE seq = ?1",
+    )?
+    .execute(params![
+        state.seq,
+        status.as_str(),
+        p.tasks_total,
+        p.tasks_pending,
+        p.tasks_running,
+        p.tasks_completed,
+        p.tasks_failed,
+        p.tasks_canceled,
+        p.frames_done,
+        state.started_at,
+        state.finished_at,
+        state.failed_for_good,
+    ])?;
+    if status != before {
+        tracing::info!(
+            render_seq = state.seq,
+            from = before.as_str(),
+            to = status.as_str(),
+            "render status changed"
+        );
+    }
+    Ok(())
+}
+
+/// Moves the counters of a render after one of its tasks moved.
+pub(super) fn tally_task_move(
+    conn: &Connection,
+    render_seq: i64,
+    from: TaskStatus,
+    to: TaskStatus,
+    frames_delta: i64,
+    failed_for_good: bool,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let mut state = load_tally(conn, render_seq)?;
+    state.progress = tally_after(state.progress, Some(from), to, frames_delta);
+    if to == TaskStatus::Running && state.started_at.is_none() {
+        state.started_at = Some(ts(now));
+    }
+    state.failed_for_good |= failed_for_good;
+    let before = state.status;
+    save_tally(conn, state, before, now)
+}
+
+/// Recounts a render's counters from its tasks, after a change to many.
+pub(super) fn count_tally(
+    conn: &Connection,
+    render_seq: i64,
+    frames_total: i64,
+) -> StoreResult<Progress> {
+    let mut progress = Progress {
+        frames_total,
+        ..Progress::default()
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, COUNT(*), SUM(frames_done) FROM tasks WHERE render_seq = ?1 GROUP BY status",
+    )?;
+    let mut rows = stmt.query([render_seq])?;
+    while let Some(row) = rows.next()? {
+        let status = get_enum(row, 0, TaskStatus::parse)?;
+        let count: i64 = row.get(1)?;
+        let frames: i64 = row.get(2)?;
+        progress = (0..count).fold(progress, |p, _| tally_after(p, None, status, 0));
+        progress.frames_done += frames;
+    }
+    Ok(progress)
+}

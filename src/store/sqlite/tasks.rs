@@ -1,0 +1,466 @@
+//! Tasks: claims, reports under the lease, logs and history.
+
+use crate::domain::{
+    claim_permission, join_log, log_chunks_to_drop, task_transition, ClaimPermission, TaskEvent,
+    TaskReport, TASK_LOG_LIMIT,
+};
+use crate::store::{PageRequest, StoreError, StoreResult};
+use chrono::{DateTime, Utc};
+use renderfarm_wire::{Assignment, HistoryEvent, Page, Task, TaskHistoryEntry, TaskStatus};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::{counters::*, renders::*, rows::*, workers::*, *};
+
+pub(super) fn load_task_by_seq(conn: &Connection, seq: i64) -> StoreResult<Task> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq WHERE t.seq = ?1"
+        ))?
+        .query_row([seq], task_from_row)?)
+}
+
+/// Applies `event` to every task of the render that is in one of `from`.
+pub(super) fn bulk_task_change(
+    conn: &Connection,
+    render_seq: i64,
+    event: TaskEvent,
+    from: &[TaskStatus],
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    for status in from {
+        let to = task_transition(*status, event)?;
+        let sql = if to == TaskStatus::Pending {
+            // A task run again starts from scratch, with no worker and no lease.
+            "UPDATE tasks SET status = ?3, retries = 0, worker_id = NULL, lease_id = NULL, \
+             frames_done = 0, exit_code = NULL, failure_reason = NULL, started_at = NULL, \
+             finished_at = NULL, queued_at = ?4 WHERE render_seq = ?1 AND status = ?2"
+        } else {
+            "UPDATE tasks SET status = ?3, finished_at = ?4 WHERE render_seq = ?1 AND status = ?2"
+        };
+        conn.prepare_cached(sql)?.execute(params![
+            render_seq,
+            status.as_str(),
+            to.as_str(),
+            ts(now)
+        ])?;
+    }
+    Ok(())
+}
+
+/// What a lease-guarded report needs to know about the task it names.
+pub(super) struct LeasedTask {
+    pub(super) seq: i64,
+    pub(super) render_seq: i64,
+    pub(super) status: TaskStatus,
+    pub(super) lease_id: Option<String>,
+    pub(super) worker_id: Option<String>,
+    pub(super) frames: i64,
+    pub(super) frames_done: i64,
+    pub(super) retries: i64,
+    pub(super) max_retries: i64,
+}
+
+impl LeasedTask {
+    pub(super) fn held_under(&self, lease: Uuid, worker: Option<Uuid>) -> bool {
+        let lease_ok = self.lease_id.as_deref() == Some(lease.to_string().as_str());
+        let worker_ok =
+            worker.is_none_or(|w| self.worker_id.as_deref() == Some(w.to_string().as_str()));
+        lease_ok && worker_ok
+    }
+}
+
+pub(super) fn load_leased_task(conn: &Connection, id: Uuid) -> StoreResult<LeasedTask> {
+    conn.prepare_cached(
+        "SELECT t.seq, t.render_seq, t.status, t.lease_id, t.worker_id, t.frame_end - t.frame_start + 1, \
+         t.frames_done, t.retries, r.max_retries FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+         WHERE t.id = ?1",
+    )?
+    .query_row([id.to_string()], |row| {
+        Ok(LeasedTask {
+            seq: row.get(0)?,
+            render_seq: row.get(1)?,
+            status: get_enum(row, 2, TaskStatus::parse)?,
+            lease_id: row.get(3)?,
+            worker_id: row.get(4)?,
+            frames: row.get(5)?,
+            frames_done: row.get(6)?,
+            retries: row.get(7)?,
+            max_retries: row.get(8)?,
+        })
+    })
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("task", id))
+}
+
+/// Records how many frames of a running task are done.
+pub(super) fn record_progress(
+    conn: &Connection,
+    task: &LeasedTask,
+    frames_done: i64,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    if !(0..=task.frames).contains(&frames_done) {
+        return Err(StoreError::Invalid(format!(
+            "frames_done is {frames_done}, but this task has {} frame(s); report 0 to {}",
+            task.frames, task.frames
+        )));
+    }
+    conn.prepare_cached("UPDATE tasks SET frames_done = ?2 WHERE seq = ?1")?
+        .execute(params![task.seq, frames_done])?;
+    let delta = frames_done - task.frames_done;
+    tally_task_move(
+        conn,
+        task.render_seq,
+        task.status,
+        task.status,
+        delta,
+        false,
+        now,
+    )
+}
+
+/// Appends a chunk to the task's log, then drops old chunks if the log
+/// outgrew its bound (see `domain::log_chunks_to_drop`).
+pub(super) fn append_log(conn: &Connection, task_seq: i64, log: Option<&str>) -> StoreResult<()> {
+    let Some(text) = log.filter(|t| !t.is_empty()) else {
+        return Ok(());
+    };
+    let bytes = text.len() as i64;
+    conn.prepare_cached("INSERT INTO task_logs (task_seq, text, bytes) VALUES (?1, ?2, ?3)")?
+        .execute(params![task_seq, text, bytes])?;
+    let total: i64 = conn
+        .prepare_cached(
+            "UPDATE tasks SET log_bytes = log_bytes + ?2 WHERE seq = ?1 RETURNING log_bytes",
+        )?
+        .query_row(params![task_seq, bytes], |row| row.get(0))?;
+    if total <= TASK_LOG_LIMIT {
+        return Ok(());
+    }
+    let chunks = conn
+        .prepare_cached("SELECT seq, bytes FROM task_logs WHERE task_seq = ?1 ORDER BY seq")?
+        .query_map([task_seq], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(droppable) = chunks.get(1..chunks.len().saturating_sub(1)) else {
+        return Ok(());
+    };
+    let sizes: Vec<i64> = droppable.iter().map(|(_, bytes)| *bytes).collect();
+    let (count, dropped) = log_chunks_to_drop(total, &sizes);
+    if count == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached("DELETE FROM task_logs WHERE task_seq = ?1 AND seq > ?2 AND seq <= ?3")?
+        .execute(params![task_seq, chunks[0].0, droppable[count - 1].0])?;
+    conn.prepare_cached(
+        "UPDATE tasks SET log_bytes = log_bytes - ?2, log_dropped = log_dropped + ?2 WHERE seq = ?1",
+    )?
+    .execute(params![task_seq, dropped])?;
+    Ok(())
+}
+
+/// The task a worker with `worker_tags` (JSON) should take next, with its
+/// and its render's row numbers: the renders first (only the unfinished ones
+/// with pending work, by priority then age), then the chosen render's lowest
+/// pending chunk. Going through the renders means a paused or canceled
+/// render's pending chunks are never walked, however many there are.
+pub(super) fn next_pending_task(
+    conn: &Connection,
+    worker_tags: &str,
+) -> StoreResult<Option<(i64, i64, Assignment)>> {
+    let mut renders = conn.prepare_cached(
+        "SELECT r.seq, r.priority, r.id, r.blend_file, r.output, r.engine FROM renders r \
+         WHERE r.status IN ('queued', 'rendering') AND r.tasks_pending > 0 AND r.hidden = 0 \
+           AND (r.tags = '[]' OR NOT EXISTS ( \
+                 SELECT 1 FROM json_each(r.tags) need \
+                 WHERE need.value NOT IN (SELECT have.value FROM json_each(?1) have))) \
+         ORDER BY r.priority DESC, r.seq",
+    )?;
+    let mut rows = renders.query([worker_tags])?;
+    let mut first_chunk = conn.prepare_cached(
+        "SELECT seq, id, frame_start, frame_end FROM tasks \
+         WHERE status = 'pending' AND priority = ?1 AND render_seq = ?2 \
+         ORDER BY frame_start LIMIT 1",
+    )?;
+    // The first render has a pending chunk unless its counter drifted (the
+    // scheduler's recount repairs it); then the next render is tried.
+    while let Some(render) = rows.next()? {
+        let render_seq: i64 = render.get(0)?;
+        let priority: i64 = render.get(1)?;
+        let chunk = first_chunk
+            .query_row(params![priority, render_seq], |task| {
+                Ok((
+                    task.get::<_, i64>(0)?,
+                    get_uuid(task, 1)?,
+                    task.get(2)?,
+                    task.get(3)?,
+                ))
+            })
+            .optional()?;
+        if let Some((task_seq, task_id, frame_start, frame_end)) = chunk {
+            let assignment = Assignment {
+                task_id,
+                render_id: get_uuid(render, 2)?,
+                lease_id: Uuid::new_v4(),
+                blend_file: render.get(3)?,
+                frame_start,
+                frame_end,
+                output: render.get(4)?,
+                engine: render.get(5)?,
+            };
+            return Ok(Some((task_seq, render_seq, assignment)));
+        }
+    }
+    Ok(None)
+}
+
+/// Appends one line to a task's history.
+pub(super) fn record_history(
+    conn: &Connection,
+    task_seq: i64,
+    event: HistoryEvent,
+    worker_id: Option<&str>,
+    detail: Option<&str>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO task_history (task_seq, at, event, worker_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![task_seq, ts(now), event.as_str(), worker_id, detail])?;
+    Ok(())
+}
+
+/// Takes a running task from its worker without counting a failure; the
+/// history says why (`event`, `detail`).
+pub(super) fn requeue_task(
+    conn: &Connection,
+    task: &LeasedTask,
+    event: HistoryEvent,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let to = task_transition(task.status, TaskEvent::Requeue)?;
+    conn.prepare_cached(
+        "UPDATE tasks SET status = ?2, worker_id = NULL, lease_id = NULL, frames_done = 0, \
+         queued_at = ?3 WHERE seq = ?1",
+    )?
+    .execute(params![task.seq, to.as_str(), ts(now)])?;
+    record_history(
+        conn,
+        task.seq,
+        event,
+        task.worker_id.as_deref(),
+        Some(detail),
+        now,
+    )?;
+    tally_task_move(
+        conn,
+        task.render_seq,
+        task.status,
+        to,
+        -task.frames_done,
+        false,
+        now,
+    )
+}
+
+pub(super) async fn list_tasks(
+    store: &SqliteStore,
+    render_id: Uuid,
+    status: Option<TaskStatus>,
+    page: PageRequest,
+) -> StoreResult<Page<Task>> {
+    store
+        .read(move |conn| {
+            let render = load_render(conn, render_id)?;
+            let (limit, offset) = page_bounds(page);
+            let id = render_id.to_string();
+            let items = match status {
+                None => conn
+                    .prepare_cached(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+                     WHERE r.id = ?1 ORDER BY t.frame_start LIMIT ?2 OFFSET ?3"
+                ))?
+                    .query_map(params![id, limit, offset], task_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                // A task has its render's priority: with it, the claim index
+                // finds one status of one render in frame order, however
+                // many tasks of other statuses the render has.
+                Some(status) => conn
+                    .prepare_cached(&format!(
+                        "SELECT {TASK_COLUMNS} FROM renders r \
+                     JOIN tasks t ON t.render_seq = r.seq AND t.priority = r.priority \
+                     WHERE r.id = ?1 AND t.status = ?4 ORDER BY t.frame_start LIMIT ?2 OFFSET ?3"
+                    ))?
+                    .query_map(params![id, limit, offset, status.as_str()], task_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            };
+            Ok(Page {
+                items,
+                total: render.progress.tasks_in(status),
+                limit,
+                offset,
+            })
+        })
+        .await
+}
+
+pub(super) async fn get_task(store: &SqliteStore, id: Uuid) -> StoreResult<Task> {
+    store.read(move |conn| {
+        conn.prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq WHERE t.id = ?1"
+        ))?
+        .query_row([id.to_string()], task_from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::not_found("task", id))
+    })
+    .await
+}
+
+pub(super) async fn task_log(store: &SqliteStore, id: Uuid) -> StoreResult<String> {
+    store
+        .read(move |conn| {
+            let (seq, dropped): (i64, i64) = conn
+                .prepare_cached("SELECT seq, log_dropped FROM tasks WHERE id = ?1")?
+                .query_row([id.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("task", id))?;
+            let mut stmt =
+                conn.prepare_cached("SELECT text FROM task_logs WHERE task_seq = ?1 ORDER BY seq")?;
+            let chunks = stmt
+                .query_map([seq], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(join_log(chunks, dropped))
+        })
+        .await
+}
+
+pub(super) async fn claim_next_task(
+    store: &SqliteStore,
+    worker_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<Assignment>> {
+    store
+        .write(move |conn| {
+            let (mode, worker_tags) = mark_alive(conn, worker_id, now)?;
+            let held = conn
+                .prepare_cached(&format!(
+                "SELECT {ASSIGNMENT_COLUMNS} FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+                 WHERE t.worker_id = ?1 AND t.status = 'running' LIMIT 1"
+            ))?
+                .query_row([worker_id.to_string()], assignment_from_row)
+                .optional()?;
+            if held.is_some() {
+                return Ok(held);
+            }
+            if claim_permission(mode)? == ClaimPermission::NoNewWork {
+                return Ok(None);
+            }
+            let Some((task_seq, render_seq, assignment)) = next_pending_task(conn, &worker_tags)?
+            else {
+                return Ok(None);
+            };
+            let to = task_transition(TaskStatus::Pending, TaskEvent::Claim)?;
+            let lease = assignment.lease_id;
+            conn.prepare_cached(
+                "UPDATE tasks SET status = ?2, worker_id = ?3, lease_id = ?4, frames_done = 0, \
+             started_at = ?5, finished_at = NULL WHERE seq = ?1",
+            )?
+            .execute(params![
+                task_seq,
+                to.as_str(),
+                worker_id.to_string(),
+                lease.to_string(),
+                ts(now)
+            ])?;
+            tally_task_move(conn, render_seq, TaskStatus::Pending, to, 0, false, now)?;
+            record_history(
+                conn,
+                task_seq,
+                HistoryEvent::Assigned,
+                Some(&worker_id.to_string()),
+                None,
+                now,
+            )?;
+            tracing::debug!(
+                worker_id = %worker_id,
+                task_id = %assignment.task_id,
+                render_id = %assignment.render_id,
+                lease_id = %lease,
+                "task claimed"
+            );
+            Ok(Some(assignment))
+        })
+        .await
+}
+
+pub(super) async fn report_task(
+    store: &SqliteStore,
+    task_id: Uuid,
+    lease_id: Uuid,
+    report: TaskReport,
+    log: Option<String>,
+    now: DateTime<Utc>,
+) -> StoreResult<Task> {
+    store.write(move |conn| {
+        let task = load_leased_task(conn, task_id)?;
+        if !task.held_under(lease_id, None) || task.status != TaskStatus::Running {
+            return Err(StoreError::StaleLease { task_id });
+        }
+        match &report {
+            TaskReport::Progress { frames_done } => record_progress(conn, &task, *frames_done, now)?,
+            TaskReport::Complete => {
+                let to = task_transition(task.status, TaskEvent::Complete)?;
+                conn.prepare_cached(
+                    "UPDATE tasks SET status = ?2, frames_done = ?3, finished_at = ?4 WHERE seq = ?1",
+                )?
+                .execute(params![task.seq, to.as_str(), task.frames, ts(now)])?;
+                tally_task_move(conn, task.render_seq, task.status, to, task.frames - task.frames_done, false, now)?;
+                record_history(conn, task.seq, HistoryEvent::Completed, task.worker_id.as_deref(), None, now)?;
+            }
+            TaskReport::Release => requeue_task(conn, &task, HistoryEvent::Released, "its worker stopped and handed it back", now)?,
+            TaskReport::Fail { exit_code, reason } => {
+                let to = task_transition(task.status, TaskEvent::Fail)?;
+                conn.prepare_cached(
+                    "UPDATE tasks SET status = ?2, frames_done = 0, exit_code = ?3, failure_reason = ?4, \
+                     finished_at = ?5 WHERE seq = ?1",
+                )?
+                .execute(params![task.seq, to.as_str(), exit_code, reason, ts(now)])?;
+                let retry = TaskEvent::Retry {
+                    retries: task.retries,
+                    max_retries: task.max_retries,
+                };
+                let failed_for_good = task_transition(to, retry).is_err();
+                tally_task_move(conn, task.render_seq, task.status, to, -task.frames_done, failed_for_good, now)?;
+                let detail = match exit_code {
+                    Some(code) => format!("exit code {code}"),
+                    None => "no exit code".to_string(),
+                };
+                record_history(conn, task.seq, HistoryEvent::Failed, task.worker_id.as_deref(), Some(&detail), now)?;
+            }
+        }
+        append_log(conn, task.seq, log.as_deref())?;
+        load_task_by_seq(conn, task.seq)
+    })
+    .await
+}
+
+pub(super) async fn task_history(
+    store: &SqliteStore,
+    task_id: Uuid,
+) -> StoreResult<Vec<TaskHistoryEntry>> {
+    store
+        .read(move |conn| {
+            let seq: i64 = conn
+                .prepare_cached("SELECT seq FROM tasks WHERE id = ?1")?
+                .query_row([task_id.to_string()], |row| row.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("task", task_id))?;
+            Ok(conn
+                .prepare_cached(HISTORY_OF_TASK)?
+                .query_map([seq], history_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+}

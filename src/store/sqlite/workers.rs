@@ -1,0 +1,148 @@
+//! Workers: registration, operator changes, heartbeats.
+
+use crate::domain::{heartbeat_action, worker_transition, LeaseView, ValidWorkerSpec, WorkerMode};
+use crate::store::{StoreError, StoreResult};
+use chrono::{DateTime, Utc};
+use renderfarm_wire::{Heartbeat, HeartbeatAction, HistoryEvent, Worker, WorkerAction};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::{rows::*, tasks::*, *};
+
+pub(super) fn load_worker(conn: &Connection, id: Uuid) -> StoreResult<Worker> {
+    conn.prepare_cached(&format!(
+        "SELECT {WORKER_COLUMNS} FROM workers w WHERE w.id = ?1"
+    ))?
+    .query_row([id.to_string()], worker_from_row)
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("worker", id))
+}
+
+/// Records a sign of life from the worker; returns its mode and its tags
+/// (JSON), which a claim needs next.
+pub(super) fn mark_alive(
+    conn: &Connection,
+    worker_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<(WorkerMode, String)> {
+    conn.prepare_cached(
+        "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 RETURNING mode, tags",
+    )?
+    .query_row(params![worker_id.to_string(), ts(now)], |row| {
+        Ok((get_enum(row, 0, WorkerMode::parse)?, row.get(1)?))
+    })
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("worker", worker_id))
+}
+
+pub(super) async fn register_worker(
+    store: &SqliteStore,
+    spec: ValidWorkerSpec,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    store
+        .write(move |conn| {
+            let id = Uuid::now_v7();
+            conn.prepare_cached(
+            "INSERT INTO workers (id, name, tags, mode, offline, last_heartbeat, registered_at) \
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)",
+        )?
+        .execute(params![
+            id.to_string(),
+            spec.name,
+            tags_json(&spec.tags),
+            WorkerMode::Active.as_str(),
+            ts(now)
+        ])?;
+            tracing::info!(worker_id = %id, name = %spec.name, "worker registered");
+            load_worker(conn, id)
+        })
+        .await
+}
+
+pub(super) async fn get_worker(store: &SqliteStore, id: Uuid) -> StoreResult<Worker> {
+    store.read(move |conn| load_worker(conn, id)).await
+}
+
+pub(super) async fn list_workers(store: &SqliteStore) -> StoreResult<Vec<Worker>> {
+    store
+        .read(|conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {WORKER_COLUMNS} FROM workers w ORDER BY w.seq"
+                ))?
+                .query_map([], worker_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+}
+
+pub(super) async fn change_worker(
+    store: &SqliteStore,
+    id: Uuid,
+    action: WorkerAction,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    store.write(move |conn| {
+        let mode: WorkerMode = conn
+            .prepare_cached("SELECT mode FROM workers WHERE id = ?1")?
+            .query_row([id.to_string()], |row| get_enum(row, 0, WorkerMode::parse))
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("worker", id))?;
+        let to = worker_transition(mode, action)?;
+        conn.prepare_cached("UPDATE workers SET mode = ?2 WHERE id = ?1")?
+            .execute(params![id.to_string(), to.as_str()])?;
+        if to == WorkerMode::Disabled {
+            // A disabled machine stops now: its task goes back to the
+            // queue without counting as a failure, and its next heartbeat
+            // answers abort.
+            let running: Option<String> = conn
+                .prepare_cached("SELECT id FROM tasks WHERE worker_id = ?1 AND status = 'running' LIMIT 1")?
+                .query_row([id.to_string()], |row| row.get(0))
+                .optional()?;
+            if let Some(task_id) = running.and_then(|t| Uuid::parse_str(&t).ok()) {
+                let task = load_leased_task(conn, task_id)?;
+                requeue_task(conn, &task, HistoryEvent::Requeued, "its worker was disabled", now)?;
+                tracing::info!(worker_id = %id, task_id = %task_id, "task of disabled worker requeued");
+            }
+        }
+        load_worker(conn, id)
+    })
+    .await
+}
+
+pub(super) async fn heartbeat(
+    store: &SqliteStore,
+    worker_id: Uuid,
+    beat: &Heartbeat,
+    now: DateTime<Utc>,
+) -> StoreResult<HeartbeatAction> {
+    let beat = beat.clone();
+    store.write(move |conn| {
+        mark_alive(conn, worker_id, now)?;
+        let (task_id, lease_id) = match (beat.task_id, beat.lease_id) {
+            (None, None) => return Ok(HeartbeatAction::Continue),
+            (Some(t), Some(l)) => (t, l),
+            _ => {
+                return Err(StoreError::Invalid(
+                    "send task_id and lease_id together (both from your assignment), or neither when idle".into(),
+                ))
+            }
+        };
+        let task = match load_leased_task(conn, task_id) {
+            Ok(task) => Some(task),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let view = task.as_ref().map(|t| LeaseView {
+            status: t.status,
+            lease_matches: t.held_under(lease_id, Some(worker_id)),
+        });
+        let action = heartbeat_action(view);
+        if let (HeartbeatAction::Continue, Some(task), Some(frames)) = (action, &task, beat.frames_done) {
+            record_progress(conn, task, frames, now)?;
+        }
+        Ok(action)
+    })
+    .await
+}
