@@ -76,6 +76,13 @@ fn bad_arguments_and_a_missing_broker_get_clear_errors() {
         err.contains("cannot reach the broker at http://127.0.0.1:1"),
         "{err}"
     );
+    let (ok, _, err) = renderfarm(&["workers", "--broker", "localhost:8080"]);
+    assert!(!ok);
+    assert!(
+        err.contains("localhost:8080 is not a broker address")
+            && err.contains("http://127.0.0.1:8080"),
+        "{err}"
+    );
     let (ok, _, err) = renderfarm(&["submit", "/p/a.blend", "--frames", "one-two"]);
     assert!(!ok);
     assert!(err.contains("--frames"), "{err}");

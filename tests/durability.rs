@@ -148,3 +148,73 @@ async fn every_acknowledged_submission_survives_a_kill_9_right_after() {
         );
     }
 }
+
+/// Rows of `table` in the broker's database, read beside the running (or
+/// killed) broker.
+fn count_rows(dir: &std::path::Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("renderfarm.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_render_killed_half_written_is_gone_after_the_restart_and_was_never_claimable() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let broker = Broker::start(dir.path(), "127.0.0.1:0");
+    let (status, worker) = post(&client, &broker, "/workers", json!({ "name": "w" })).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let claim = format!("/workers/{}/request-task", worker["id"].as_str().unwrap());
+
+    // A million one-frame tasks, written in batches; the answer never comes.
+    let huge = json!({ "name": "huge", "blend_file": "/p/h.blend", "frame_start": 1, "frame_end": 1_000_000, "chunk_size": 1 });
+    let submit = {
+        let (client, url) = (client.clone(), format!("{}/renders", broker.address));
+        tokio::spawn(async move { client.post(url).json(&huge).send().await })
+    };
+    let mut written = 0;
+    for _ in 0..600 {
+        written = count_rows(dir.path(), "tasks");
+        if written >= 20_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        written >= 20_000,
+        "the submit wrote {written} tasks in 30 s"
+    );
+    // Half-way: nothing of it is listed or claimable.
+    let listed = get(&client, &broker, "/renders").await;
+    assert_eq!(
+        listed["total"], 0,
+        "a render being written is not listed: {listed}"
+    );
+    let (status, _) = post(&client, &broker, &claim, json!(null)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "no task of it is claimable");
+    assert!(!submit.is_finished(), "the submit was still being written");
+    broker.kill_9();
+    submit.abort();
+    assert!(
+        count_rows(dir.path(), "tasks") > 0,
+        "the kill left part of it"
+    );
+
+    let broker = Broker::start(dir.path(), "127.0.0.1:0");
+    let listed = get(&client, &broker, "/renders").await;
+    assert_eq!(listed["total"], 0, "{listed}");
+    assert_eq!(
+        count_rows(dir.path(), "tasks"),
+        0,
+        "its tasks are removed at start"
+    );
+    assert_eq!(count_rows(dir.path(), "renders"), 0, "and so is its row");
+    let (status, _) = post(&client, &broker, &claim, json!(null)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}

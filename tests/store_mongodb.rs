@@ -114,3 +114,122 @@ async fn the_validators_reject_a_document_of_the_wrong_shape() {
         .unwrap_err();
     assert!(err.to_string().contains("validation"), "{err}");
 }
+
+/// Commands the driver sends, by name, while counting is on.
+#[derive(Default)]
+struct CommandCount {
+    counting: std::sync::atomic::AtomicBool,
+    names: std::sync::Mutex<Vec<String>>,
+}
+
+impl CommandCount {
+    /// Counts the commands `operation` sends; their names in order.
+    async fn during<T>(&self, operation: impl std::future::Future<Output = T>) -> (T, Vec<String>) {
+        self.names.lock().unwrap().clear();
+        self.counting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let out = operation.await;
+        self.counting
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        (out, std::mem::take(&mut *self.names.lock().unwrap()))
+    }
+}
+
+/// The MongoDB commands a claim and each report cost today, in the common
+/// case (no other claimer, no render status change beyond the first claim's).
+/// The design aims at two each (issue 10); these ceilings keep the count from
+/// creeping up meanwhile. A change that lowers a count lowers its ceiling.
+const CLAIM_CEILING: usize = 6;
+const PROGRESS_CEILING: usize = 5;
+const COMPLETE_CEILING: usize = 5;
+const FAIL_CEILING: usize = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_reports_cost_a_bounded_number_of_mongodb_commands() {
+    use renderfarm::domain::TaskReport;
+    use renderfarm::store::conformance::{plan, worker};
+    use renderfarm::wire::Priority;
+
+    let Some(harness) =
+        fresh_store("claims_and_reports_cost_a_bounded_number_of_mongodb_commands").await
+    else {
+        return;
+    };
+    let count = Arc::new(CommandCount::default());
+    let seen = count.clone();
+    let handler = mongodb::event::EventHandler::callback(move |event| {
+        if let mongodb::event::command::CommandEvent::Started(started) = event {
+            if seen.counting.load(std::sync::atomic::Ordering::SeqCst) {
+                seen.names.lock().unwrap().push(started.command_name);
+            }
+        }
+    });
+    let store = MongoStore::connect_observed(&harness.uri, Some(&harness.database), Some(handler))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    store
+        .create_render(plan("counted", 1, 40, 10, Priority::Normal, now))
+        .await
+        .unwrap();
+    let w = worker(&store, "counted", &[]).await;
+    // The first claim also starts the render (one status write more than the
+    // steady state); measure a later one.
+    let first = store.claim_next_task(w, now).await.unwrap().unwrap();
+    store
+        .report_task(
+            first.task_id,
+            first.lease_id,
+            TaskReport::Complete,
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+
+    let (claimed, claim) = count.during(store.claim_next_task(w, now)).await;
+    let a = claimed.unwrap().expect("a task");
+    let (_, progress) = count
+        .during(store.report_task(
+            a.task_id,
+            a.lease_id,
+            TaskReport::Progress { frames_done: 3 },
+            Some("Fra:3\n".into()),
+            now,
+        ))
+        .await;
+    let (_, complete) = count
+        .during(store.report_task(a.task_id, a.lease_id, TaskReport::Complete, None, now))
+        .await;
+    let b = store.claim_next_task(w, now).await.unwrap().unwrap();
+    let (_, fail) = count
+        .during(store.report_task(
+            b.task_id,
+            b.lease_id,
+            TaskReport::Fail {
+                exit_code: Some(1),
+                reason: "exit 1".into(),
+            },
+            None,
+            now,
+        ))
+        .await;
+    let _ = writeln!(
+        std::io::stderr(),
+        "MongoDB commands: claim {} {claim:?}; progress {} {progress:?}; complete {} {complete:?}; fail {} {fail:?}",
+        claim.len(),
+        progress.len(),
+        complete.len(),
+        fail.len()
+    );
+    assert!(claim.len() <= CLAIM_CEILING, "a claim costs {claim:?}");
+    assert!(
+        progress.len() <= PROGRESS_CEILING,
+        "a progress report costs {progress:?}"
+    );
+    assert!(
+        complete.len() <= COMPLETE_CEILING,
+        "a completion costs {complete:?}"
+    );
+    assert!(fail.len() <= FAIL_CEILING, "a failure costs {fail:?}");
+}

@@ -87,3 +87,47 @@ async fn a_render_whose_pending_count_drifted_does_not_hide_the_next_render() {
         "the next render's chunk is found past the drifted one"
     );
 }
+
+#[tokio::test]
+async fn a_render_bigger_than_a_write_batch_is_created_and_deleted_whole() {
+    use renderfarm::domain::RenderCommand;
+    use renderfarm::store::PageRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let now = chrono::Utc::now();
+    // Several write batches' worth of tasks, and one more.
+    let plan = renderfarm::store::conformance::plan(
+        "big",
+        1,
+        5_001,
+        1,
+        renderfarm::wire::Priority::Normal,
+        now,
+    );
+    let render = store.create_render(plan).await.unwrap();
+    assert_eq!(render.progress.tasks_total, 5_001);
+    assert_eq!(render.progress.tasks_pending, 5_001);
+    let page = PageRequest {
+        limit: 1,
+        offset: 0,
+    };
+    let tasks = store.list_tasks(render.id, None, page).await.unwrap();
+    assert_eq!(tasks.total, 5_001, "every batch is in");
+
+    store
+        .change_render(render.id, RenderCommand::Cancel, now)
+        .await
+        .unwrap();
+    store.delete_render(render.id).await.unwrap();
+    assert!(store.get_render(render.id).await.is_err());
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let left: i64 = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM tasks) + (SELECT COUNT(*) FROM renders)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "no row of it is left");
+}

@@ -1,11 +1,11 @@
-//! The command line's view of the broker: the worker crate's client, with
+//! The command line's view of the broker: the `renderfarm-client` crate, with
 //! errors worded for a person at a terminal.
 
-use renderfarm_worker::client::{BrokerClient, ClientError};
+use renderfarm_client::{BrokerClient, ClientError};
 
 /// A client of the broker at `base`.
 pub fn connect(base: &str) -> anyhow::Result<BrokerClient> {
-    BrokerClient::new(base)
+    BrokerClient::new(base).map_err(explain(base))
 }
 
 /// Words a client error for the command line.
@@ -15,8 +15,15 @@ pub fn explain(base: &str) -> impl Fn(ClientError) -> anyhow::Error + '_ {
         ClientError::Unreachable { cause, .. } => anyhow::anyhow!(
             "cannot reach the broker at {base} ({cause}): is `renderfarm serve` running? (--broker or RENDERFARM_BROKER to point elsewhere)"
         ),
-        ClientError::NotFound(message) | ClientError::Conflict(message) => anyhow::anyhow!("{message}"),
-        ClientError::Rejected(status, message) => anyhow::anyhow!("the broker answered {status}: {message}"),
+        ClientError::NotFound(message) | ClientError::Conflict(message) => {
+            anyhow::anyhow!("{message}")
+        }
+        ClientError::Rejected(status, message) => {
+            anyhow::anyhow!("the broker answered {status}: {message}")
+        }
+        e @ ClientError::InvalidAddress { .. } => {
+            anyhow::anyhow!("{e} (--broker or RENDERFARM_BROKER)")
+        }
     }
     }
 }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use renderfarm_client::{RenderQuery, TaskQuery};
 use renderfarm_wire::{Priority, RenderAction, RenderStatus, TaskStatus, WorkerAction};
 
 use super::client::{connect, explain};
@@ -84,7 +85,14 @@ fn parse_task_status(s: &str) -> Result<TaskStatus, String> {
 pub async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
     let base = &args.broker.broker;
     let page = connect(base)?
-        .tasks(&args.render, args.status, args.limit, args.offset)
+        .tasks(
+            &args.render,
+            &TaskQuery {
+                status: args.status,
+                limit: Some(args.limit),
+                offset: Some(args.offset),
+            },
+        )
         .await
         .map_err(explain(base))?;
     if args.broker.json {
@@ -131,7 +139,12 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
 pub async fn renders(args: RendersArgs) -> anyhow::Result<()> {
     let base = &args.broker.broker;
     let page = connect(base)?
-        .renders(args.status, args.priority, args.limit)
+        .renders(&RenderQuery {
+            status: args.status,
+            priority: args.priority,
+            limit: Some(args.limit),
+            offset: None,
+        })
         .await
         .map_err(explain(base))?;
     if args.broker.json {

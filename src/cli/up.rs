@@ -13,11 +13,10 @@ use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use renderfarm_worker::{Agent, AgentConfig, AgentSummary, StopSignals};
 use tokio::task::JoinHandle;
 
-use super::client::explain;
+use super::client::{connect, explain};
 use super::shutdown_signal;
 use super::watch::{follow, Target, View};
 use crate::startup::{Application, Settings, StoreChoice};
-use renderfarm_worker::client::BrokerClient;
 
 /// How long stopping agents get to hand their tasks back.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(30);
@@ -125,7 +124,7 @@ async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> an
         denoise: false,
     };
     make_scene(&args.blender, &scene, spec).await?;
-    let client = BrokerClient::new(broker)?;
+    let client = connect(broker)?;
     let render = client
         .submit(&RenderSpec {
             name: "demo".into(),

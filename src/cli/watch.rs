@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use renderfarm_client::{BrokerClient, ClientError, RenderQuery};
 use renderfarm_wire::{Render, RenderStatus, Task, Worker, WorkerStatus};
-use renderfarm_worker::client::{BrokerClient, ClientError};
 use uuid::Uuid;
 
 use super::client::explain;
@@ -125,7 +125,12 @@ async fn look(
                 RenderStatus::Queued,
                 RenderStatus::Paused,
             ] {
-                for render in client.renders(Some(status), None, LIST_LIMIT).await?.items {
+                let query = RenderQuery {
+                    status: Some(status),
+                    limit: Some(LIST_LIMIT),
+                    ..RenderQuery::default()
+                };
+                for render in client.renders(&query).await?.items {
                     seen.insert(render.id);
                     upsert(renders, render);
                 }
@@ -149,7 +154,7 @@ async fn look(
         let Some(task_id) = worker.current_task_id else {
             continue;
         };
-        let task = match client.task(&task_id.to_string()).await {
+        let task = match client.task(task_id).await {
             Ok(detail) => detail.task,
             // Finished and forgotten between the two looks.
             Err(ClientError::NotFound(_)) => continue,
@@ -165,7 +170,7 @@ async fn look(
 /// Fetches again every render in `renders` that has not finished.
 async fn refresh(client: &BrokerClient, renders: &mut [Render]) -> Result<(), ClientError> {
     for render in renders.iter_mut().filter(|r| !r.status.is_finished()) {
-        *render = client.render(&render.id.to_string()).await?;
+        *render = client.render(render.id).await?;
     }
     Ok(())
 }

@@ -131,7 +131,7 @@ async fn a_broker_holding_its_most_waiting_workers_tells_the_next_to_come_back()
     let message = assert_error(response, StatusCode::TOO_MANY_REQUESTS).await;
     assert!(message.contains("--max-waiting"), "{message}");
     // The agent's client reads that answer as "come back in 5 s".
-    let agent_client = renderfarm_worker::client::BrokerClient::new(&app.address).unwrap();
+    let agent_client = renderfarm_client::BrokerClient::new(&app.address).unwrap();
     let error = agent_client
         .request_task(third.parse().unwrap(), Duration::from_secs(30))
         .await

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use nix::fcntl::{Flock, FlockArg};
+use renderfarm_client::{BrokerClient, ClientError};
 use renderfarm_wire::{
     Assignment, CompleteReport, FailReport, Heartbeat, HeartbeatAction, ProgressReport,
     ReleaseReport, WorkerAction, WorkerSpec,
@@ -21,7 +22,6 @@ use uuid::Uuid;
 
 use crate::blender::output::RenderProgress;
 use crate::blender::{self, RenderJob};
-use crate::client::{BrokerClient, ClientError};
 
 /// Lines of Blender's output sent as the reason of a failure.
 pub const FAILURE_TAIL_LINES: usize = 50;
@@ -233,7 +233,7 @@ impl Agent {
     async fn hand_back_abandoned_claim(&mut self, worker_id: Uuid) {
         if let Err(e) = self
             .client
-            .change_worker(&worker_id.to_string(), WorkerAction::Drain)
+            .change_worker(worker_id, WorkerAction::Drain)
             .await
         {
             tracing::warn!(error = %e, "could not tell the broker this worker stops; a task it hands out now waits for the worker timeout");

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use bson::doc;
 use mongodb::error::ErrorKind;
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
 use mongodb::options::{ClientOptions, ConnectionString};
 use mongodb::{Client, Database};
 
@@ -47,7 +49,10 @@ pub(super) fn describe(conn: &ConnectionString) -> String {
 
 /// Builds a client (no I/O yet for `mongodb://`; `mongodb+srv://` resolves
 /// DNS) with short timeouts, so a missing server is reported in seconds.
-pub(super) async fn client_for(uri: &str) -> StoreResult<(Client, String)> {
+pub(super) async fn client_for(
+    uri: &str,
+    commands: Option<EventHandler<CommandEvent>>,
+) -> StoreResult<(Client, String)> {
     let mut options = ClientOptions::parse(uri)
         .await
         .map_err(|e| match e.kind.as_ref() {
@@ -61,6 +66,7 @@ pub(super) async fn client_for(uri: &str) -> StoreResult<(Client, String)> {
         .server_selection_timeout
         .get_or_insert(SERVER_SELECTION_TIMEOUT);
     options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
+    options.command_event_handler = commands;
     let database = options
         .default_database
         .clone()
@@ -84,9 +90,19 @@ impl MongoStore {
     /// else `renderfarm`) and checks that the server answers. Migrations are
     /// not applied: call [`MongoStore::migrate`]. For tools and tests.
     pub async fn connect(uri: &str, database: Option<&str>) -> StoreResult<Self> {
+        Self::connect_observed(uri, database, None).await
+    }
+
+    /// As [`MongoStore::connect`], with every command the driver sends
+    /// reported to `commands`: how tests count what an operation costs.
+    pub async fn connect_observed(
+        uri: &str,
+        database: Option<&str>,
+        commands: Option<EventHandler<CommandEvent>>,
+    ) -> StoreResult<Self> {
         let conn = ConnectionString::parse(uri)
             .map_err(|e| StoreError::Invalid(format!("the MongoDB URI is not valid: {e}")))?;
-        let (client, default_db) = client_for(uri).await?;
+        let (client, default_db) = client_for(uri, commands).await?;
         let name = database.map_or(default_db, str::to_string);
         let db = client.database(&name);
         db.run_command(doc! { "ping": 1 }).await?;
@@ -181,7 +197,7 @@ pub(super) async fn connect_once(
         other => other.to_string(),
     };
     if client.is_none() {
-        let made = client_for(uri).await.map_err(|e| {
+        let made = client_for(uri, None).await.map_err(|e| {
             let full = format!("{e:?}");
             (short(e), full)
         })?;

@@ -48,6 +48,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/sqlite/0003_log_limit.sql"
         )),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0004_hidden_renders.sql"
+        )),
     ])
 }
 
@@ -86,6 +89,7 @@ impl SqliteStore {
             ))
         })?;
         conn.set_prepared_statement_cache_capacity(64);
+        renders::remove_hidden_renders(&conn)?;
 
         let manager = SqliteConnectionManager::file(&path)
             .with_init(|c| c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;"));

@@ -15,7 +15,7 @@ use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
 pub(super) fn load_render(conn: &Connection, id: Uuid) -> StoreResult<Render> {
     conn.prepare_cached(&format!(
-        "SELECT {RENDER_COLUMNS} FROM renders r WHERE r.id = ?1"
+        "SELECT {RENDER_COLUMNS} FROM renders r WHERE r.id = ?1 AND r.hidden = 0"
     ))?
     .query_row([id.to_string()], render_from_row)
     .optional()?
@@ -32,56 +32,172 @@ pub(super) fn load_render_by_seq(conn: &Connection, seq: i64) -> StoreResult<Ren
 
 /// The render's row key; not found when no render has that id.
 pub(super) fn render_seq(conn: &Connection, id: Uuid) -> StoreResult<i64> {
-    conn.prepare_cached("SELECT seq FROM renders WHERE id = ?1")?
+    conn.prepare_cached("SELECT seq FROM renders WHERE id = ?1 AND hidden = 0")?
         .query_row([id.to_string()], |row| row.get(0))
         .optional()?
         .ok_or_else(|| StoreError::not_found("render", id))
 }
 
+/// Tasks written (or deleted) per transaction when a big render is created
+/// (or deleted): a claim that waits behind one batch waits a few
+/// milliseconds, where a whole render of 1,000,000 tasks held the writer for
+/// six seconds.
+const TASK_WRITE_BATCH: usize = 2_000;
+
 pub(super) async fn create_render(store: &SqliteStore, new: NewRender) -> StoreResult<Render> {
-    store.write(move |conn| {
-        let r = &new.render;
-        conn.prepare_cached(
-            "INSERT INTO renders (id, name, status, priority, blend_file, frame_start, frame_end, \
-             chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
-             tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
-             frames_done, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0, 0, 0, 0, ?15, 0, ?16)",
-        )?
-        .execute(params![
-            r.id.to_string(),
-            r.name,
-            r.status.as_str(),
-            r.priority.rank(),
-            r.blend_file,
-            r.frame_start,
-            r.frame_end,
-            r.chunk_size,
-            r.max_retries,
-            r.output,
-            r.engine,
-            tags_json(&r.tags),
-            r.progress.tasks_total,
-            r.progress.tasks_pending,
-            r.progress.frames_total,
-            ts(r.created_at),
-        ])?;
-        let render_seq = conn.last_insert_rowid();
-        let mut insert = conn.prepare_cached(&INSERT_TASK)?;
-        let queued_at = ts(r.created_at);
-        for frames in new.chunks() {
-            insert.execute(params![
-                Uuid::now_v7().to_string(),
-                render_seq,
-                r.priority.rank(),
-                frames.start(),
-                frames.end(),
-                queued_at,
-            ])?;
+    // Batches that commit separately, so that a render of a million tasks
+    // does not hold the writer (and every claim behind it) for seconds. The
+    // render stays hidden until its last batch is in.
+    let render = new.render.clone();
+    let chunks: Vec<(i64, i64)> = new.chunks().map(|f| (f.start(), f.end())).collect();
+    let batches: Vec<Vec<(i64, i64)>> =
+        chunks.chunks(TASK_WRITE_BATCH).map(<[_]>::to_vec).collect();
+    let last = batches.len().saturating_sub(1);
+    let mut render_seq = None;
+    for (i, batch) in batches.into_iter().enumerate() {
+        let render = render.clone();
+        let written = store
+            .write(move |conn| {
+                let seq = match render_seq {
+                    Some(seq) => seq,
+                    None => insert_hidden_render(conn, &render)?,
+                };
+                insert_tasks(conn, seq, &render, &batch)?;
+                if i == last {
+                    conn.prepare_cached(
+                        "UPDATE renders SET hidden = 0, tasks_pending = ?2 WHERE seq = ?1",
+                    )?
+                    .execute(params![seq, render.progress.tasks_pending])?;
+                }
+                Ok(seq)
+            })
+            .await;
+        match written {
+            Ok(seq) => render_seq = Some(seq),
+            Err(e) => {
+                if let Some(seq) = render_seq {
+                    // What is written stays hidden; the next start removes
+                    // it if this cannot.
+                    let _ = remove_hidden_render(store, seq).await;
+                }
+                return Err(e);
+            }
         }
-        load_render_by_seq(conn, render_seq)
-    })
-    .await
+    }
+    let seq = render_seq
+        .ok_or_else(|| StoreError::Unexpected(anyhow::anyhow!("a render planned without tasks")))?;
+    store.read(move |conn| load_render_by_seq(conn, seq)).await
+}
+
+/// Inserts the render's row, hidden and with no pending task to claim yet;
+/// its row key.
+fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
+    conn.prepare_cached(
+        "INSERT INTO renders (id, name, status, priority, blend_file, frame_start, frame_end, \
+         chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
+         tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
+         frames_done, created_at, hidden) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, 1)",
+    )?
+    .execute(params![
+        r.id.to_string(),
+        r.name,
+        r.status.as_str(),
+        r.priority.rank(),
+        r.blend_file,
+        r.frame_start,
+        r.frame_end,
+        r.chunk_size,
+        r.max_retries,
+        r.output,
+        r.engine,
+        tags_json(&r.tags),
+        r.progress.tasks_total,
+        r.progress.frames_total,
+        ts(r.created_at),
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Inserts pending tasks of frames `chunks` for the render at `render_seq`.
+fn insert_tasks(
+    conn: &Connection,
+    render_seq: i64,
+    r: &Render,
+    chunks: &[(i64, i64)],
+) -> StoreResult<()> {
+    let mut insert = conn.prepare_cached(&INSERT_TASK)?;
+    let queued_at = ts(r.created_at);
+    for (start, end) in chunks {
+        insert.execute(params![
+            Uuid::now_v7().to_string(),
+            render_seq,
+            r.priority.rank(),
+            start,
+            end,
+            queued_at,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Deletes up to one batch of a hidden render's tasks (with their logs and
+/// history), or the render itself once none is left; true while there is
+/// more to delete.
+fn delete_hidden_batch(conn: &Connection, render_seq: i64) -> StoreResult<bool> {
+    // The same batch each time: the render's first tasks by row key.
+    const BATCH: &str = "SELECT seq FROM tasks WHERE render_seq = ?1 ORDER BY seq LIMIT ?2";
+    let args = params![render_seq, TASK_WRITE_BATCH as i64];
+    conn.prepare_cached(&format!(
+        "DELETE FROM task_logs WHERE task_seq IN ({BATCH})"
+    ))?
+    .execute(args)?;
+    conn.prepare_cached(&format!(
+        "DELETE FROM task_history WHERE task_seq IN ({BATCH})"
+    ))?
+    .execute(args)?;
+    let deleted = conn
+        .prepare_cached(&format!("DELETE FROM tasks WHERE seq IN ({BATCH})"))?
+        .execute(args)?;
+    if deleted > 0 {
+        return Ok(true);
+    }
+    conn.prepare_cached("DELETE FROM renders WHERE seq = ?1 AND hidden = 1")?
+        .execute([render_seq])?;
+    Ok(false)
+}
+
+/// Deletes a hidden render batch by batch, each its own write.
+async fn remove_hidden_render(store: &SqliteStore, render_seq: i64) -> StoreResult<()> {
+    while store
+        .write(move |conn| delete_hidden_batch(conn, render_seq))
+        .await?
+    {}
+    Ok(())
+}
+
+/// Removes every hidden render: what a broker that died half-way through a
+/// big submit or delete left. Runs at start, before anything is served.
+pub(super) fn remove_hidden_renders(conn: &Connection) -> StoreResult<()> {
+    let hidden: Vec<i64> = conn
+        .prepare("SELECT seq FROM renders WHERE hidden = 1")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for seq in hidden {
+        tracing::warn!(
+            render_seq = seq,
+            "removing a render left half-written or half-deleted by the last run"
+        );
+        loop {
+            let tx = conn.unchecked_transaction()?;
+            let more = delete_hidden_batch(&tx, seq)?;
+            tx.commit()?;
+            if !more {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn get_render(store: &SqliteStore, id: Uuid) -> StoreResult<Render> {
@@ -105,11 +221,8 @@ pub(super) async fn list_renders(
             args.push(priority.rank().into());
             clauses.push(format!("r.priority = ?{}", args.len()));
         }
-        let filter_sql = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
+        clauses.push("r.hidden = 0".to_string());
+        let filter_sql = format!("WHERE {}", clauses.join(" AND "));
         let total: i64 = conn
             .prepare_cached(&format!("SELECT COUNT(*) FROM renders r {filter_sql}"))?
             .query_row(params_from_iter(args.iter()), |row| row.get(0))?;
@@ -136,22 +249,21 @@ pub(super) async fn list_renders(
 }
 
 pub(super) async fn delete_render(store: &SqliteStore, id: Uuid) -> StoreResult<()> {
-    store.write(move |conn| {
-        let seq = render_seq(conn, id)?;
-        let state = load_tally(conn, seq)?;
-        check_deletable(state.status, state.progress.tasks_running)?;
-        for statement in [
-            "DELETE FROM task_logs WHERE task_seq IN (SELECT seq FROM tasks WHERE render_seq = ?1)",
-            "DELETE FROM task_history WHERE task_seq IN (SELECT seq FROM tasks WHERE render_seq = ?1)",
-            "DELETE FROM tasks WHERE render_seq = ?1",
-            "DELETE FROM renders WHERE seq = ?1",
-        ] {
-            conn.prepare_cached(statement)?.execute([seq])?;
-        }
-        tracing::info!(render_id = %id, "render deleted");
-        Ok(())
-    })
-    .await
+    // Hidden first (gone for every reader from here on), then removed in
+    // batches like a big submit is written.
+    let seq = store
+        .write(move |conn| {
+            let seq = render_seq(conn, id)?;
+            let state = load_tally(conn, seq)?;
+            check_deletable(state.status, state.progress.tasks_running)?;
+            conn.prepare_cached("UPDATE renders SET hidden = 1 WHERE seq = ?1")?
+                .execute([seq])?;
+            Ok(seq)
+        })
+        .await?;
+    remove_hidden_render(store, seq).await?;
+    tracing::info!(render_id = %id, "render deleted");
+    Ok(())
 }
 
 pub(super) async fn change_render(

@@ -467,7 +467,7 @@ static HELD_ASSIGNMENT: LazyLock<String> = LazyLock::new(|| {
 static CLAIMABLE_RENDERS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT r.seq, r.priority, r.id, r.blend_file, r.output, r.engine FROM renders r \
-         WHERE r.status {} AND r.tasks_pending > 0 AND {} ORDER BY {}",
+         WHERE r.status {} AND r.tasks_pending > 0 AND r.hidden = 0 AND {} ORDER BY {}",
         is_in(CLAIMABLE_RENDER_STATUSES),
         carries_tags("?1", "r.tags"),
         claim_order(render_column),

@@ -307,7 +307,7 @@ pub(super) fn moved(conn: &Connection, task: &LeasedTask, task_id: Uuid) -> Stor
 static FINISHED_BEFORE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT id FROM renders WHERE status {} AND tasks_running = 0 AND finished_at < ?1 \
-         ORDER BY finished_at LIMIT ?2",
+         AND hidden = 0 ORDER BY finished_at LIMIT ?2",
         is_in(FINISHED_RENDER_STATUSES)
     )
 });
@@ -337,7 +337,7 @@ static FAILED_TASKS: LazyLock<String> = LazyLock::new(|| {
 static OVERDUE_WORK: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT r.id, r.priority, r.tags, COUNT(*) FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-         WHERE t.status = {} AND r.status {} \
+         WHERE t.status = {} AND r.status {} AND r.hidden = 0 \
            AND t.queued_at <= (CASE t.priority WHEN 0 THEN ?1 WHEN 1 THEN ?2 WHEN 2 THEN ?3 ELSE ?4 END) \
          GROUP BY r.seq ORDER BY {}",
         lit(CLAIMABLE_TASK_STATUS),
@@ -368,7 +368,7 @@ static IDLE_WORKER_TAGS: LazyLock<String> = LazyLock::new(|| {
 /// Renders whose tallies the scheduler recounts.
 static UNFINISHED_RENDERS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT seq FROM renders WHERE status {}",
+        "SELECT seq FROM renders WHERE status {} AND hidden = 0",
         is_in(UNFINISHED_RENDER_STATUSES)
     )
 });

@@ -20,7 +20,7 @@ fn broker_binary() -> anyhow::Result<PathBuf> {
     let candidate = dir.join("renderfarm");
     anyhow::ensure!(
         candidate.is_file(),
-        "{} is missing: build both with `cargo build --release --bins`",
+        "{} is missing: build both with `cargo build --release -p renderfarm -p renderfarm-bench`",
         candidate.display()
     );
     Ok(candidate)

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use renderfarm_wire::{Priority, Render, RenderSpec};
+use renderfarm_client::BrokerClient;
+use renderfarm_wire::{Priority, RenderSpec};
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use renderfarm_worker::blender::{check_blender, RenderJob};
 use renderfarm_worker::{Agent, AgentConfig, StopSignals};
@@ -113,17 +114,11 @@ async fn through_the_farm(
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));
     }
-    let http = reqwest::Client::new();
+    let client = BrokerClient::new(&broker.address)?;
     // Wait until every agent is registered and polling, as a farm at rest.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let workers_now: Vec<serde_json::Value> = http
-            .get(format!("{}/workers", broker.address))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if workers_now.len() >= workers {
+        if client.workers().await?.len() >= workers {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "the agents did not register");
@@ -144,23 +139,12 @@ async fn through_the_farm(
         tags: vec![],
     };
     let started = Instant::now();
-    let render: Render = http
-        .post(format!("{}/renders", broker.address))
-        .json(&spec)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let render = client.submit(&spec).await?;
     // The broker stamps the render's creation and its last task's completion;
     // those two times are the farm's, so polling can be slow and cost the
     // renders nothing.
     let finished = loop {
-        let now: Render = http
-            .get(format!("{}/renders/{}", broker.address, render.id))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let now = client.render(render.id).await?;
         if now.status.is_finished() {
             break now;
         }

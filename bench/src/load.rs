@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use renderfarm_client::BrokerClient;
 use renderfarm_wire::{
-    Assignment, CompleteReport, Priority, Render, RenderSpec, Worker, WorkerSpec,
+    Assignment, CompleteReport, Priority, RenderAction, RenderSpec, Worker, WorkerSpec,
 };
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -15,14 +16,14 @@ use tokio::sync::Mutex;
 use crate::broker::Broker;
 use crate::quantile_ms;
 
-fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .timeout(Duration::from_secs(120))
-        .build()?)
+/// The set-up calls and the measured claims of `depth` and `latency` go
+/// through the client the CLI and the agent use; a submit of a million
+/// frames may take longer than its ordinary timeout.
+pub fn client(broker: &Broker) -> anyhow::Result<BrokerClient> {
+    Ok(BrokerClient::new(&broker.address)?.with_timeout(Duration::from_secs(120)))
 }
 
-fn spec(name: &str, tasks: i64) -> RenderSpec {
+pub fn spec(name: &str, tasks: i64) -> RenderSpec {
     RenderSpec {
         name: name.into(),
         blend_file: "/bench/scene.blend".into(),
@@ -37,90 +38,40 @@ fn spec(name: &str, tasks: i64) -> RenderSpec {
     }
 }
 
-async fn submit(http: &reqwest::Client, broker: &str, spec: &RenderSpec) -> anyhow::Result<Render> {
-    let response = http
-        .post(format!("{broker}/renders"))
-        .json(spec)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().as_u16() == 202,
-        "submit answered {}",
-        response.status()
-    );
-    Ok(response.json().await?)
-}
-
-async fn register(http: &reqwest::Client, broker: &str, name: String) -> anyhow::Result<Worker> {
-    let response = http
-        .post(format!("{broker}/workers"))
-        .json(&WorkerSpec { name, tags: vec![] })
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().as_u16() == 201,
-        "register answered {}",
-        response.status()
-    );
-    Ok(response.json().await?)
+pub async fn register(client: &BrokerClient, name: String) -> anyhow::Result<Worker> {
+    Ok(client.register(&WorkerSpec { name, tags: vec![] }).await?)
 }
 
 /// One claim: the assignment (None for 204) and how long it took.
 async fn claim(
-    http: &reqwest::Client,
-    broker: &str,
+    client: &BrokerClient,
     worker: &Worker,
-    wait: u32,
+    wait: Duration,
 ) -> anyhow::Result<(Option<Assignment>, Duration)> {
     let started = Instant::now();
-    let response = http
-        .post(format!(
-            "{broker}/workers/{}/request-task?wait={wait}",
-            worker.id
-        ))
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    let assignment = match status {
-        200 => Some(response.json::<Assignment>().await?),
-        204 => None,
-        other => anyhow::bail!("request-task answered {other}"),
-    };
+    let assignment = client.request_task(worker.id, wait).await?;
     Ok((assignment, started.elapsed()))
 }
 
-async fn complete(
-    http: &reqwest::Client,
-    broker: &str,
-    a: &Assignment,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let response = http
-        .post(format!("{broker}/tasks/{}/complete", a.task_id))
-        .json(&CompleteReport {
-            lease_id: a.lease_id,
-            log: None,
-        })
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "complete answered {}",
-        response.status()
-    );
-    Ok(started.elapsed())
+async fn complete(client: &BrokerClient, a: &Assignment) -> anyhow::Result<()> {
+    let report = CompleteReport {
+        lease_id: a.lease_id,
+        log: None,
+    };
+    client.complete(a.task_id, &report).await?;
+    Ok(())
 }
 
 /// A simulated worker's own keep-alive HTTP/1 connection: far less client
 /// work per request than a pooled client, so the broker, not the load
 /// generator, is what the figures measure.
-struct Connection {
+pub struct Connection {
     host: String,
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
 }
 
 impl Connection {
-    async fn open(broker: &str) -> anyhow::Result<Connection> {
+    pub async fn open(broker: &str) -> anyhow::Result<Connection> {
         let host = broker.trim_start_matches("http://").to_string();
         let stream = tokio::net::TcpStream::connect(&host).await?;
         stream.set_nodelay(true)?;
@@ -130,8 +81,36 @@ impl Connection {
         Ok(Connection { host, sender })
     }
 
+    /// One round of a simulated worker: claim, then complete what it got.
+    /// How long the claim and the completion took; `None` when there was
+    /// nothing to claim.
+    pub async fn claim_and_complete(
+        &mut self,
+        worker: &Worker,
+    ) -> anyhow::Result<Option<(Duration, Duration)>> {
+        let started = Instant::now();
+        let claim_path = format!("/workers/{}/request-task", worker.id);
+        let (status, body) = self.post(&claim_path, Vec::new()).await?;
+        let a: Assignment = match status {
+            200 => serde_json::from_slice(&body)?,
+            204 => return Ok(None),
+            other => anyhow::bail!("request-task answered {other}"),
+        };
+        let claimed = started.elapsed();
+        let started = Instant::now();
+        let report = serde_json::to_vec(&CompleteReport {
+            lease_id: a.lease_id,
+            log: None,
+        })?;
+        let (status, _) = self
+            .post(&format!("/tasks/{}/complete", a.task_id), report)
+            .await?;
+        anyhow::ensure!(status == 200, "complete answered {status}");
+        Ok(Some((claimed, started.elapsed())))
+    }
+
     /// POSTs `body` to `path`; the status and the body bytes.
-    async fn post(&mut self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, bytes::Bytes)> {
+    pub async fn post(&mut self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, bytes::Bytes)> {
         use http_body_util::BodyExt;
         let request = hyper::Request::post(path)
             .header("host", &self.host)
@@ -153,13 +132,13 @@ struct Samples {
 
 pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
     let broker = Broker::start()?;
-    let http = client(workers)?;
+    let client = client(&broker)?;
     let address = broker.address.clone();
     let mut registered = Vec::with_capacity(workers);
     for i in 0..workers {
-        registered.push(register(&http, &address, format!("sim-{i}")).await?);
+        registered.push(register(&client, format!("sim-{i}")).await?);
     }
-    submit(&http, &address, &spec("dispatch", tasks)).await?;
+    client.submit(&spec("dispatch", tasks)).await?;
     let samples = Arc::new(Mutex::new(Samples::default()));
     let started = Instant::now();
     let mut runs = Vec::with_capacity(workers);
@@ -168,26 +147,9 @@ pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
         runs.push(tokio::spawn(async move {
             let mut mine = Samples::default();
             let mut conn = Connection::open(&address).await?;
-            let claim_path = format!("/workers/{}/request-task", worker.id);
-            loop {
-                let started = Instant::now();
-                let (status, body) = conn.post(&claim_path, Vec::new()).await?;
-                let a: Assignment = match status {
-                    200 => serde_json::from_slice(&body)?,
-                    204 => break,
-                    other => anyhow::bail!("request-task answered {other}"),
-                };
-                mine.claims.push(started.elapsed());
-                let started = Instant::now();
-                let report = serde_json::to_vec(&CompleteReport {
-                    lease_id: a.lease_id,
-                    log: None,
-                })?;
-                let (status, _) = conn
-                    .post(&format!("/tasks/{}/complete", a.task_id), report)
-                    .await?;
-                anyhow::ensure!(status == 200, "complete answered {status}");
-                mine.completes.push(started.elapsed());
+            while let Some((claimed, completed)) = conn.claim_and_complete(&worker).await? {
+                mine.claims.push(claimed);
+                mine.completes.push(completed);
             }
             let mut all = samples.lock().await;
             all.claims.extend(mine.claims);
@@ -225,30 +187,20 @@ pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
 
 pub async fn depth(queued: i64, claims: usize, paused: i64) -> anyhow::Result<String> {
     let broker = Broker::start()?;
-    let http = client(4)?;
-    let address = broker.address.clone();
+    let client = client(&broker)?;
     let fill = Instant::now();
     if paused > 0 {
         let mut urgent = spec("paused-urgent", paused.min(1_000_000));
         urgent.priority = Priority::Urgent;
-        let render = submit(&http, &address, &urgent).await?;
-        let response = http
-            .put(format!("{address}/renders/{}/status", render.id))
-            .json(&json!({"action": "pause"}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "pausing answered {}",
-            response.status()
-        );
+        let render = client.submit(&urgent).await?;
+        client.change_render(render.id, RenderAction::Pause).await?;
     }
     // Renders hold at most 1,000,000 frames; bigger queues take several.
     let mut left = queued;
     let mut n = 0;
     while left > 0 {
         let size = left.min(1_000_000);
-        submit(&http, &address, &spec(&format!("depth-{n}"), size)).await?;
+        client.submit(&spec(&format!("depth-{n}"), size)).await?;
         left -= size;
         n += 1;
     }
@@ -257,21 +209,21 @@ pub async fn depth(queued: i64, claims: usize, paused: i64) -> anyhow::Result<St
     // the next seconds; measure the steady state after it, not the copy.
     let settle = Duration::from_secs(((queued + paused) / 100_000).clamp(0, 10) as u64);
     tokio::time::sleep(settle).await;
-    let worker = register(&http, &address, "depth".into()).await?;
+    let worker = register(&client, "depth".into()).await?;
     const WARM_UP: i64 = 50;
     let claims = claims.min((queued - WARM_UP).max(1) as usize);
     // Warm up connections and caches before measuring.
     for _ in 0..WARM_UP.min(queued) {
-        if let (Some(a), _) = claim(&http, &address, &worker, 0).await? {
-            complete(&http, &address, &a).await?;
+        if let (Some(a), _) = claim(&client, &worker, Duration::ZERO).await? {
+            complete(&client, &a).await?;
         }
     }
     let mut samples = Vec::with_capacity(claims);
     for _ in 0..claims {
-        let (assignment, took) = claim(&http, &address, &worker, 0).await?;
+        let (assignment, took) = claim(&client, &worker, Duration::ZERO).await?;
         let a = assignment.context("the queue ran dry; measure fewer claims")?;
         samples.push(took);
-        complete(&http, &address, &a).await?;
+        complete(&client, &a).await?;
     }
     samples.sort();
     let (rss, peak) = broker.rss_mb();
@@ -292,16 +244,16 @@ pub async fn depth(queued: i64, claims: usize, paused: i64) -> anyhow::Result<St
 
 pub async fn latency(workers: usize, submits: usize) -> anyhow::Result<String> {
     let broker = Broker::start()?;
-    let http = client(workers + 2)?;
-    let address = broker.address.clone();
+    let client = client(&broker)?;
     let (tx, mut received) = tokio::sync::mpsc::unbounded_channel::<(uuid::Uuid, Instant)>();
     let mut pollers = Vec::new();
     for i in 0..workers {
-        let worker = register(&http, &address, format!("idle-{i}")).await?;
-        let (http, address, tx) = (http.clone(), address.clone(), tx.clone());
+        let worker = register(&client, format!("idle-{i}")).await?;
+        let (client, tx) = (client.clone(), tx.clone());
         pollers.push(tokio::spawn(async move {
             loop {
-                let Ok((assignment, _)) = claim(&http, &address, &worker, 30).await else {
+                let Ok((assignment, _)) = claim(&client, &worker, Duration::from_secs(30)).await
+                else {
                     break;
                 };
                 if let Some(a) = assignment {
@@ -309,7 +261,7 @@ pub async fn latency(workers: usize, submits: usize) -> anyhow::Result<String> {
                     if tx.send((a.render_id, at)).is_err() {
                         break;
                     }
-                    let _ = complete(&http, &address, &a).await;
+                    let _ = complete(&client, &a).await;
                 }
             }
         }));
@@ -320,7 +272,7 @@ pub async fn latency(workers: usize, submits: usize) -> anyhow::Result<String> {
     let mut from_sent = Vec::with_capacity(submits);
     for i in 0..submits {
         let sent = Instant::now();
-        let render = submit(&http, &address, &spec(&format!("latency-{i}"), 1)).await?;
+        let render = client.submit(&spec(&format!("latency-{i}"), 1)).await?;
         let answered = Instant::now();
         let (render_id, at) = tokio::time::timeout(Duration::from_secs(30), received.recv())
             .await

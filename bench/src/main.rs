@@ -3,6 +3,7 @@
 //! a child process on loopback with a fresh store in a temporary directory,
 //! so its memory is its own) and prints one JSON line last.
 
+mod big_submit;
 mod broker;
 mod farm;
 mod load;
@@ -48,6 +49,14 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         submits: usize,
     },
+    /// W simulated workers claim and complete in a loop while one render of
+    /// FRAMES frames (chunk 1) is submitted: claim latency during the submit.
+    BigSubmit {
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: i64,
+    },
     /// Real Blender: the farm against W plain parallel Blender processes.
     Farm {
         #[arg(long, default_value_t = 2)]
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
                 paused,
             } => load::depth(queued, claims, paused).await,
             Command::Latency { workers, submits } => load::latency(workers, submits).await,
+            Command::BigSubmit { workers, frames } => big_submit::big_submit(workers, frames).await,
             Command::Farm {
                 workers,
                 frames,

@@ -1,0 +1,168 @@
+//! What can go wrong talking to the broker, sorted by what the caller should
+//! do next, and how an HTTP answer becomes one of those.
+
+use std::time::Duration;
+
+use renderfarm_wire::ErrorBody;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+
+/// What went wrong talking to the broker, sorted by what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker's address is not one this client can talk to; nothing was
+    /// sent.
+    #[error("{base} is not a broker address ({cause}); give one such as http://127.0.0.1:8080")]
+    InvalidAddress { base: String, cause: String },
+    /// The broker could not be reached, timed out, or is overloaded or
+    /// restarting (5xx, 429, 408): try again later, not before `retry_after`
+    /// when the broker said when (its `Retry-After`).
+    #[error("the broker at {base} is unreachable: {cause}")]
+    Unreachable {
+        base: String,
+        cause: String,
+        retry_after: Option<Duration>,
+    },
+    /// 409: the lease is stale, the worker is disabled, or the change is not
+    /// allowed now. Retrying the same request will not help.
+    #[error("the broker refused: {0}")]
+    Conflict(String),
+    /// 404: the broker does not know this render, worker or task (a worker
+    /// agent registers again: the broker may have lost its data).
+    #[error("the broker does not know it: {0}")]
+    NotFound(String),
+    /// Any other 4xx, or an answer this client cannot read: the broker will
+    /// never accept this request from this program.
+    #[error("the broker rejected the request ({0}): {1}")]
+    Rejected(StatusCode, String),
+}
+
+impl ClientError {
+    /// True when the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
+
+    /// How long the broker asked to be left alone, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Unreachable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The error for a failed answer from the broker at `base`: its status,
+    /// its body `text` (the message of an [`ErrorBody`], else the text as
+    /// is), and its `Retry-After`.
+    pub(crate) fn from_answer(
+        base: &str,
+        status: StatusCode,
+        text: String,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.message)
+            .unwrap_or(text);
+        match status {
+            StatusCode::CONFLICT => ClientError::Conflict(message),
+            StatusCode::NOT_FOUND => ClientError::NotFound(message),
+            s if s.is_server_error()
+                || s == StatusCode::TOO_MANY_REQUESTS
+                || s == StatusCode::REQUEST_TIMEOUT =>
+            {
+                ClientError::Unreachable {
+                    base: base.to_string(),
+                    cause: format!("{s}: {message}"),
+                    retry_after,
+                }
+            }
+            s => ClientError::Rejected(s, message),
+        }
+    }
+}
+
+/// The answer's `Retry-After`, if it gave one this client understands.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// A `Retry-After` in whole seconds, the only form the broker sends; an
+/// HTTP date or anything else counts as not given.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_whole_seconds_and_anything_else_is_ignored() {
+        let cases = [
+            ("5", Some(Duration::from_secs(5))),
+            (" 30 ", Some(Duration::from_secs(30))),
+            ("0", Some(Duration::ZERO)),
+            ("", None),
+            ("-1", None),
+            ("1.5", None),
+            ("soon", None),
+            ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse_retry_after(value), want, "{value:?}");
+        }
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn answers_are_sorted_by_what_the_caller_should_do() {
+        let body = |message: &str| format!(r#"{{"error": "x", "message": "{message}"}}"#);
+        let five = Some(Duration::from_secs(5));
+        let error = |status: u16, text: String, retry_after| {
+            ClientError::from_answer(
+                "http://b",
+                StatusCode::from_u16(status).unwrap(),
+                text,
+                retry_after,
+            )
+        };
+
+        let e = error(409, body("stale lease"), None);
+        assert!(
+            matches!(&e, ClientError::Conflict(m) if m == "stale lease"),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable());
+
+        let e = error(404, body("no such task"), None);
+        assert!(
+            matches!(&e, ClientError::NotFound(m) if m == "no such task"),
+            "{e:?}"
+        );
+
+        for status in [429, 503, 500, 408] {
+            let e = error(status, body("busy"), five);
+            assert!(e.is_retryable(), "{status}: {e:?}");
+            assert_eq!(e.retry_after(), five, "{status}");
+            assert!(e.to_string().contains("busy"), "{e}");
+        }
+        assert_eq!(error(503, body("away"), None).retry_after(), None);
+
+        for status in [400, 413, 415, 405] {
+            let e = error(status, body("bad"), five);
+            assert!(
+                matches!(&e, ClientError::Rejected(s, m) if s.as_u16() == status && m == "bad"),
+                "{e:?}"
+            );
+            assert!(!e.is_retryable());
+            assert_eq!(e.retry_after(), None, "only a retryable error waits");
+        }
+
+        // Not an error body (a proxy's page, /ready's report): the text as is.
+        let e = error(502, "<html>Bad Gateway</html>".into(), None);
+        assert!(e.to_string().contains("<html>Bad Gateway</html>"), "{e}");
+    }
+}

@@ -1,0 +1,549 @@
+//! The typed HTTP client of the renderfarm broker, used by the `renderfarm`
+//! command line and the `renderfarm-worker` agent: one method per route of
+//! the broker's API, the bodies of `renderfarm-wire`, and one error type
+//! sorted by what the caller should do about it (try again, not before the
+//! broker's `Retry-After`; register again; give up).
+
+mod error;
+
+pub use error::ClientError;
+/// The status of a [`ClientError::Rejected`] answer.
+pub use reqwest::StatusCode;
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use renderfarm_wire::{
+    Assignment, CompleteReport, FailReport, HealthReport, Heartbeat, HeartbeatReply, Page,
+    Priority, ProgressReport, ReleaseReport, Render, RenderAction, RenderSpec, RenderStatus,
+    RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker,
+    WorkerAction, WorkerSpec, WorkerStatusChange,
+};
+use reqwest::{Method, RequestBuilder, Url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// How long one ordinary request may take, by default, before it counts as
+/// unreachable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Filters and page of `GET /renders`; `None` leaves each to the broker
+/// (every status and priority, its default page).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenderQuery {
+    pub status: Option<RenderStatus>,
+    pub priority: Option<Priority>,
+    /// Renders per page.
+    pub limit: Option<i64>,
+    /// Renders to skip.
+    pub offset: Option<i64>,
+}
+
+/// Filter and page of `GET /renders/{id}/tasks`; `None` leaves each to the
+/// broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    pub status: Option<TaskStatus>,
+    /// Tasks per page.
+    pub limit: Option<i64>,
+    /// Tasks to skip.
+    pub offset: Option<i64>,
+}
+
+/// A client of one broker. Cheap to clone: clones share their connections.
+#[derive(Debug, Clone)]
+pub struct BrokerClient {
+    /// The address as given, without a trailing slash, for messages.
+    base: String,
+    /// The same, parsed: routes are appended to its path.
+    root: Url,
+    http: reqwest::Client,
+    /// How long one request may take (a long poll: this on top of its wait).
+    timeout: Duration,
+}
+
+impl BrokerClient {
+    /// A client of the broker at `base` (`http://host:port`, perhaps with a
+    /// path prefix). Sends nothing yet.
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        let invalid = |cause: String| ClientError::InvalidAddress {
+            base: base.clone(),
+            cause,
+        };
+        let root = Url::parse(&base).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(root.scheme(), "http" | "https") || root.cannot_be_a_base() {
+            return Err(invalid("not an http:// URL".into()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            base,
+            root,
+            http,
+            timeout: REQUEST_TIMEOUT,
+        })
+    }
+
+    /// The same client, with `timeout` for one request instead of
+    /// [`REQUEST_TIMEOUT`] (a long poll waits this on top of its wait).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The broker's address.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    // --- renders ---
+
+    /// `POST /renders`: queue a render.
+    pub async fn submit(&self, spec: &RenderSpec) -> Result<Render, ClientError> {
+        self.answer(self.request(Method::POST, &["renders"]).json(spec))
+            .await
+    }
+
+    /// `GET /renders`: one page of renders, newest first.
+    pub async fn renders(&self, query: &RenderQuery) -> Result<Page<Render>, ClientError> {
+        let mut pairs = page_pairs(query.limit, query.offset);
+        if let Some(status) = query.status {
+            pairs.push(("status", status.as_str().to_string()));
+        }
+        if let Some(priority) = query.priority {
+            pairs.push(("priority", priority.as_str().to_string()));
+        }
+        self.answer(self.request(Method::GET, &["renders"]).query(&pairs))
+            .await
+    }
+
+    /// `GET /renders/{id}`: one render with its progress.
+    pub async fn render(&self, id: impl Display) -> Result<Render, ClientError> {
+        let id = id.to_string();
+        self.answer(self.request(Method::GET, &["renders", &id]))
+            .await
+    }
+
+    /// `DELETE /renders/{id}`: a finished render, with its tasks and logs.
+    pub async fn delete_render(&self, id: impl Display) -> Result<(), ClientError> {
+        let id = id.to_string();
+        self.maybe::<serde_json::Value>(self.request(Method::DELETE, &["renders", &id]))
+            .await
+            .map(drop)
+    }
+
+    /// `GET /renders/{id}/tasks`: one page of a render's tasks, lowest
+    /// frames first.
+    pub async fn tasks(
+        &self,
+        render: impl Display,
+        query: &TaskQuery,
+    ) -> Result<Page<Task>, ClientError> {
+        let render = render.to_string();
+        let mut pairs = page_pairs(query.limit, query.offset);
+        if let Some(status) = query.status {
+            pairs.push(("status", status.as_str().to_string()));
+        }
+        let request = self.request(Method::GET, &["renders", &render, "tasks"]);
+        self.answer(request.query(&pairs)).await
+    }
+
+    /// `PUT /renders/{id}/status`: pause, resume, cancel or requeue a render.
+    pub async fn change_render(
+        &self,
+        id: impl Display,
+        action: RenderAction,
+    ) -> Result<Render, ClientError> {
+        self.change_status("renders", id, &RenderStatusChange { action })
+            .await
+    }
+
+    /// `POST /renders/{id}/complete`: mark a render complete as it is; its
+    /// unfinished tasks are canceled.
+    pub async fn complete_render(&self, id: impl Display) -> Result<Render, ClientError> {
+        let id = id.to_string();
+        self.answer(self.request(Method::POST, &["renders", &id, "complete"]))
+            .await
+    }
+
+    // --- workers ---
+
+    /// `POST /workers`: register a worker.
+    pub async fn register(&self, spec: &WorkerSpec) -> Result<Worker, ClientError> {
+        self.answer(self.request(Method::POST, &["workers"]).json(spec))
+            .await
+    }
+
+    /// `GET /workers`: every worker, in registration order.
+    pub async fn workers(&self) -> Result<Vec<Worker>, ClientError> {
+        self.answer(self.request(Method::GET, &["workers"])).await
+    }
+
+    /// `GET /workers/{id}`: one worker.
+    pub async fn worker(&self, id: impl Display) -> Result<Worker, ClientError> {
+        let id = id.to_string();
+        self.answer(self.request(Method::GET, &["workers", &id]))
+            .await
+    }
+
+    /// `PUT /workers/{id}/status`: drain, disable or enable a worker.
+    pub async fn change_worker(
+        &self,
+        id: impl Display,
+        action: WorkerAction,
+    ) -> Result<Worker, ClientError> {
+        self.change_status("workers", id, &WorkerStatusChange { action })
+            .await
+    }
+
+    /// `PUT /{resource}/{id}/status`: an operator's change of a render or
+    /// a worker.
+    async fn change_status<B: Serialize, T: DeserializeOwned>(
+        &self,
+        resource: &str,
+        id: impl Display,
+        change: &B,
+    ) -> Result<T, ClientError> {
+        let id = id.to_string();
+        let request = self.request(Method::PUT, &[resource, &id, "status"]);
+        self.answer(request.json(change)).await
+    }
+
+    /// `POST /workers/{id}/heartbeat`: the worker is alive (and how far it
+    /// is); the answer says whether to go on with its task.
+    pub async fn heartbeat(
+        &self,
+        worker: Uuid,
+        beat: &Heartbeat,
+    ) -> Result<HeartbeatReply, ClientError> {
+        let worker = worker.to_string();
+        let request = self.request(Method::POST, &["workers", &worker, "heartbeat"]);
+        self.answer(request.json(beat)).await
+    }
+
+    /// `POST /workers/{id}/request-task`: asks for a task, waiting up to
+    /// `wait` for one. `None`: nothing to do now.
+    pub async fn request_task(
+        &self,
+        worker: Uuid,
+        wait: Duration,
+    ) -> Result<Option<Assignment>, ClientError> {
+        let worker = worker.to_string();
+        let request = self
+            .request(Method::POST, &["workers", &worker, "request-task"])
+            .query(&[("wait", wait.as_secs_f64().to_string())])
+            .timeout(wait + self.timeout);
+        self.maybe(request).await
+    }
+
+    // --- tasks ---
+
+    /// `POST /tasks/{id}/progress`, under the task's lease.
+    pub async fn progress(&self, task: Uuid, report: &ProgressReport) -> Result<Task, ClientError> {
+        self.report(task, "progress", report).await
+    }
+
+    /// `POST /tasks/{id}/complete`, under the task's lease.
+    pub async fn complete(&self, task: Uuid, report: &CompleteReport) -> Result<Task, ClientError> {
+        self.report(task, "complete", report).await
+    }
+
+    /// `POST /tasks/{id}/fail`, under the task's lease.
+    pub async fn fail(&self, task: Uuid, report: &FailReport) -> Result<Task, ClientError> {
+        self.report(task, "fail", report).await
+    }
+
+    /// `POST /tasks/{id}/release`: hand the task back unfinished, under its
+    /// lease.
+    pub async fn release(&self, task: Uuid, report: &ReleaseReport) -> Result<Task, ClientError> {
+        self.report(task, "release", report).await
+    }
+
+    async fn report<B: Serialize>(
+        &self,
+        task: Uuid,
+        kind: &str,
+        body: &B,
+    ) -> Result<Task, ClientError> {
+        let task = task.to_string();
+        let request = self.request(Method::POST, &["tasks", &task, kind]);
+        self.answer(request.json(body)).await
+    }
+
+    /// `GET /tasks/{id}`: one task with its history.
+    pub async fn task(&self, id: impl Display) -> Result<TaskDetail, ClientError> {
+        let id = id.to_string();
+        self.answer(self.request(Method::GET, &["tasks", &id]))
+            .await
+    }
+
+    /// `GET /tasks/{id}/log`: the task's log so far (plain text).
+    pub async fn task_log(&self, id: impl Display) -> Result<String, ClientError> {
+        let id = id.to_string();
+        let request = build(self.request(Method::GET, &["tasks", &id, "log"]))?;
+        Ok(self.execute(request).await?.1)
+    }
+
+    // --- scheduler and health ---
+
+    /// `GET /scheduler`: who leads it, its settings, its last tick.
+    pub async fn scheduler(&self) -> Result<SchedulerStatus, ClientError> {
+        self.answer(self.request(Method::GET, &["scheduler"])).await
+    }
+
+    /// `POST /scheduler/run`: run one tick now; what it did.
+    pub async fn run_scheduler(&self) -> Result<TickReport, ClientError> {
+        self.answer(self.request(Method::POST, &["scheduler", "run"]))
+            .await
+    }
+
+    /// `GET /health`: the broker is up.
+    pub async fn health(&self) -> Result<HealthReport, ClientError> {
+        self.answer(self.request(Method::GET, &["health"])).await
+    }
+
+    /// `GET /ready`: the broker can serve (its store answers). Not ready is
+    /// an [`ClientError::Unreachable`] with the broker's `Retry-After`.
+    pub async fn ready(&self) -> Result<HealthReport, ClientError> {
+        self.answer(self.request(Method::GET, &["ready"])).await
+    }
+
+    // --- one request ---
+
+    /// A request to the route made of `segments` (each percent-encoded, so
+    /// an id typed by a person cannot change the route), with the client's
+    /// timeout.
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        self.http
+            .request(method, self.url(segments))
+            .timeout(self.timeout)
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.root.clone();
+        // `new` made sure the address can take a path.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// Sends `request`; the answer's body as JSON, which it must have.
+    async fn answer<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ClientError> {
+        let (path, body) = self.fetch(request).await?;
+        body.ok_or_else(|| {
+            self.unreachable(format!(
+                "{path} answered without a body; is this a renderfarm broker?"
+            ))
+        })
+    }
+
+    /// Sends `request`; the answer's body as JSON, `None` for a 204.
+    async fn maybe<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<Option<T>, ClientError> {
+        Ok(self.fetch(request).await?.1)
+    }
+
+    /// Sends `request`; the route's path and the answer's body as JSON,
+    /// `None` for a 204.
+    async fn fetch<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<(String, Option<T>), ClientError> {
+        let request = build(request)?;
+        let path = request.url().path().to_string();
+        let (status, text) = self.execute(request).await?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok((path, None));
+        }
+        match serde_json::from_str(&text) {
+            Ok(body) => Ok((path, Some(body))),
+            Err(e) => Err(ClientError::Rejected(
+                status,
+                format!("the answer to {path} is not what this client expects ({e}); are the broker and this program the same version?"),
+            )),
+        }
+    }
+
+    /// Sends `request`; the answer's status and text when it succeeded, else
+    /// the error sorted by what the caller should do.
+    async fn execute(
+        &self,
+        request: reqwest::Request,
+    ) -> Result<(StatusCode, String), ClientError> {
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let status = response.status();
+        let retry_after = error::retry_after(response.headers());
+        let text = response
+            .text()
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        if status.is_success() {
+            Ok((status, text))
+        } else {
+            Err(ClientError::from_answer(
+                &self.base,
+                status,
+                text,
+                retry_after,
+            ))
+        }
+    }
+
+    fn unreachable(&self, cause: String) -> ClientError {
+        ClientError::Unreachable {
+            base: self.base.clone(),
+            cause,
+            retry_after: None,
+        }
+    }
+}
+
+/// A request this client cannot even make (a body that does not serialise)
+/// would never be accepted.
+fn build(request: RequestBuilder) -> Result<reqwest::Request, ClientError> {
+    request.build().map_err(|e| {
+        ClientError::Rejected(
+            StatusCode::BAD_REQUEST,
+            format!("cannot make the request: {e}"),
+        )
+    })
+}
+
+/// The `limit` and `offset` query pairs that are set.
+fn page_pairs(limit: Option<i64>, offset: Option<i64>) -> Vec<(&'static str, String)> {
+    [("limit", limit), ("offset", offset)]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v.to_string())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_appended_to_the_address_with_ids_encoded() {
+        let client = BrokerClient::new("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(client.base(), "http://127.0.0.1:8080");
+        assert_eq!(
+            client.url(&["renders", "abc", "tasks"]).as_str(),
+            "http://127.0.0.1:8080/renders/abc/tasks"
+        );
+        // An id typed with a slash or a question mark stays one segment.
+        assert_eq!(
+            client.url(&["renders", "a/b?c"]).as_str(),
+            "http://127.0.0.1:8080/renders/a%2Fb%3Fc"
+        );
+        let behind_a_proxy = BrokerClient::new("https://farm.example/api").unwrap();
+        assert_eq!(
+            behind_a_proxy.url(&["workers"]).as_str(),
+            "https://farm.example/api/workers"
+        );
+    }
+
+    #[test]
+    fn an_address_that_is_not_an_http_url_is_refused_before_anything_is_sent() {
+        for base in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "ftp://farm",
+            "",
+            "http://",
+        ] {
+            let error = BrokerClient::new(base).expect_err(base);
+            assert!(
+                matches!(error, ClientError::InvalidAddress { .. }),
+                "{base}: {error:?}"
+            );
+            assert!(!error.is_retryable());
+            assert!(
+                error.to_string().contains("http://127.0.0.1:8080"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_ask_only_for_what_was_set() {
+        assert_eq!(page_pairs(None, None), vec![]);
+        assert_eq!(
+            page_pairs(Some(50), Some(0)),
+            vec![("limit", "50".to_string()), ("offset", "0".to_string())]
+        );
+        assert_eq!(page_pairs(None, Some(7)), vec![("offset", "7".to_string())]);
+    }
+
+    /// A one-shot test double of a broker: a socket that answers any request
+    /// with `status` (`429 Too Many Requests`), `headers` and `body`.
+    async fn answering(status: &str, headers: &str, body: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let answer = format!(
+            "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_busy_broker_is_retried_after_the_time_it_asked_for() {
+        let address = answering(
+            "429 Too Many Requests",
+            "retry-after: 5\r\ncontent-type: application/json\r\n",
+            r#"{"error": "too_many_requests", "message": "wait: busy"}"#,
+        )
+        .await;
+        let client = BrokerClient::new(&address).unwrap();
+        let error = client
+            .request_task(Uuid::nil(), Duration::from_secs(1))
+            .await
+            .expect_err("turned away");
+        assert!(error.is_retryable(), "{error}");
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(5)));
+        assert!(error.to_string().contains("wait: busy"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn nothing_to_do_is_none_and_a_closed_port_is_unreachable() {
+        let address = answering("204 No Content", "retry-after: 1\r\n", "").await;
+        let client = BrokerClient::new(&address).unwrap();
+        let answer = client
+            .request_task(Uuid::nil(), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(answer, None);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let error = BrokerClient::new(&closed)
+            .unwrap()
+            .workers()
+            .await
+            .expect_err("nobody listens");
+        assert!(error.is_retryable(), "{error:?}");
+        assert_eq!(error.retry_after(), None);
+        assert!(error.to_string().contains(&closed), "{error}");
+    }
+}
