@@ -480,7 +480,7 @@ pub fn claim_update(to: TaskStatus, worker: &str, lease: &str, now: DateTime<Utc
 
 /// The task `worker` is rendering now, if any.
 pub fn held_filter(worker: &str) -> Document {
-    doc! { "worker_id": worker, "status": TaskStatus::Running.as_str() }
+    doc! { "worker_id": worker, "status": LEASED_TASK_STATUS.as_str() }
 }
 
 /// The task, only while it is running under `lease`: every report is fenced

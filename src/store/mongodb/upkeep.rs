@@ -11,7 +11,7 @@ use super::rules::{claim_sort, is_in};
 use super::{documents::*, errors::*, renders::*, workers::*, *};
 use crate::domain::{
     task_transition, Allowances, OverdueWork, Requeue, RunningWork, TaskEvent,
-    FINISHED_RENDER_STATUSES,
+    CLAIMABLE_TASK_STATUS, FINISHED_RENDER_STATUSES, LEASED_TASK_STATUS,
 };
 use crate::store::{LostWorkers, MovedTask, PreemptionInputs, Retries, StoreError, StoreResult};
 
@@ -428,7 +428,7 @@ pub fn overdue_pipeline(cutoffs: &[(i64, DateTime<Utc>)]) -> Option<Vec<Document
         .collect();
     Some(vec![
         doc! { "$match": {
-            "status": TaskStatus::Pending.as_str(),
+            "status": CLAIMABLE_TASK_STATUS.as_str(),
             "runnable": true,
             "$or": per_level,
         } },
@@ -467,7 +467,7 @@ pub fn lease_take_update(holder: &str, expires_at: DateTime<Utc>) -> Document {
 
 /// The running tasks of these workers.
 pub fn running_of_workers_filter(workers: &[&str]) -> Document {
-    doc! { "worker_id": { "$in": workers }, "status": TaskStatus::Running.as_str() }
+    doc! { "worker_id": { "$in": workers }, "status": LEASED_TASK_STATUS.as_str() }
 }
 
 /// Workers marked alive that have been silent since `cutoff`.
