@@ -1,6 +1,6 @@
 //! Renders: submit, read, list, delete, and operator commands.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use renderfarm_wire::TaskStatus;
@@ -42,28 +42,28 @@ pub(super) fn render_seq(conn: &Connection, id: Uuid) -> StoreResult<i64> {
 /// (or deleted): a claim that waits behind one batch waits a few
 /// milliseconds, where a whole render of 1,000,000 tasks held the writer for
 /// six seconds.
-const TASK_WRITE_BATCH: usize = 2_000;
+const TASK_WRITE_BATCH: usize = 1_000;
 
 pub(super) async fn create_render(store: &SqliteStore, new: NewRender) -> StoreResult<Render> {
     // Batches that commit separately, so that a render of a million tasks
     // does not hold the writer (and every claim behind it) for seconds. The
     // render stays hidden until its last batch is in.
-    let render = new.render.clone();
-    let chunks: Vec<(i64, i64)> = new.chunks().map(|f| (f.start(), f.end())).collect();
-    let batches: Vec<Vec<(i64, i64)>> =
-        chunks.chunks(TASK_WRITE_BATCH).map(<[_]>::to_vec).collect();
-    let last = batches.len().saturating_sub(1);
+    let render = Arc::new(new.render.clone());
+    let chunks: Arc<Vec<(i64, i64)>> =
+        Arc::new(new.chunks().map(|f| (f.start(), f.end())).collect());
+    let batches = chunks.len().div_ceil(TASK_WRITE_BATCH);
     let mut render_seq = None;
-    for (i, batch) in batches.into_iter().enumerate() {
-        let render = render.clone();
+    for i in 0..batches {
+        let (render, chunks) = (render.clone(), chunks.clone());
         let written = store
             .write(move |conn| {
                 let seq = match render_seq {
                     Some(seq) => seq,
                     None => insert_hidden_render(conn, &render)?,
                 };
-                insert_tasks(conn, seq, &render, &batch)?;
-                if i == last {
+                let end = ((i + 1) * TASK_WRITE_BATCH).min(chunks.len());
+                insert_tasks(conn, seq, &render, &chunks[i * TASK_WRITE_BATCH..end])?;
+                if i + 1 == batches {
                     conn.prepare_cached(
                         "UPDATE renders SET hidden = 0, tasks_pending = ?2 WHERE seq = ?1",
                     )?
