@@ -8,6 +8,7 @@ mod frames;
 mod log;
 mod render;
 mod scheduling;
+mod tally;
 mod task;
 mod worker;
 
@@ -18,8 +19,7 @@ pub use dispatch::{
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
 pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
 pub use render::{
-    check_deletable, finished_at_after, render_change, render_transition, tallied_status,
-    tally_after, tasks_affected, NewRender, RenderChange, RenderCommand, Tally, ValidRenderSpec,
+    check_deletable, render_transition, tasks_affected, NewRender, RenderCommand, ValidRenderSpec,
     FINISHED_RENDER_STATUSES, UNFINISHED_RENDER_STATUSES,
 };
 pub use renderfarm_wire::{
@@ -27,6 +27,9 @@ pub use renderfarm_wire::{
     TaskStatus, Worker, WorkerAction, WorkerStatus,
 };
 pub use scheduling::{plan_preemption, Allowances, OverdueWork, PreemptionPlan, RunningWork};
+pub use tally::{
+    finished_at_after, render_change, tallied_status, tally_after, RenderChange, Tally,
+};
 pub use task::{
     check_frames_done, heartbeat_task, retries_exhausted, statuses_affected_by, task_transition,
     FramesOutOfRange, Requeue, TaskEvent, TaskReport, UnpairedLease,

@@ -114,7 +114,7 @@ impl MongoStore {
     /// Returns at once and connects in the background, retrying until the
     /// server answers; then applies (or, with
     /// [`MigrationMode::RequireApplied`], waits for) the migrations. Until
-    /// then every operation and [`Store::ping`] answer `Unavailable`. Fails
+    /// then every operation and [`Store::ping`](crate::store::Store::ping) answer `Unavailable`. Fails
     /// only when the URI itself is malformed.
     pub fn start(uri: &str, mode: MigrationMode) -> StoreResult<Self> {
         let conn = ConnectionString::parse(uri).map_err(|e| {
