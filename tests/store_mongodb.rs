@@ -135,14 +135,22 @@ impl CommandCount {
     }
 }
 
-/// The MongoDB commands a claim and each report cost today, in the common
-/// case (no other claimer, no render status change beyond the first claim's).
-/// The design aims at two each (issue 10); these ceilings keep the count from
-/// creeping up meanwhile. A change that lowers a count lowers its ceiling.
-const CLAIM_CEILING: usize = 6;
-const PROGRESS_CEILING: usize = 5;
+/// The MongoDB commands a claim and each report cost, in the common case (no
+/// other claimer, no render status change beyond the first claim's), each
+/// report with a line of log, as agents send them. Issue 10 aims at two each;
+/// these ceilings are what the store needs today (they were 6 for a claim and
+/// 6 for a report before the claim trusted a unique index and reports stopped
+/// reading the task before and after), and
+/// keep the count from creeping up. A change that lowers a count lowers its
+/// ceiling. What is left: the worker's sign of life on a claim, the history
+/// line (its own collection: the stand-in has no `$push` to keep it in the
+/// task), the log chunk, and on completion a read of the task's frame count
+/// (an update cannot set one field from others without a pipeline update,
+/// which the stand-in lacks too).
+const CLAIM_CEILING: usize = 4;
+const PROGRESS_CEILING: usize = 3;
 const COMPLETE_CEILING: usize = 5;
-const FAIL_CEILING: usize = 5;
+const FAIL_CEILING: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_and_reports_cost_a_bounded_number_of_mongodb_commands() {
@@ -199,7 +207,13 @@ async fn claims_and_reports_cost_a_bounded_number_of_mongodb_commands() {
         ))
         .await;
     let (_, complete) = count
-        .during(store.report_task(a.task_id, a.lease_id, TaskReport::Complete, None, now))
+        .during(store.report_task(
+            a.task_id,
+            a.lease_id,
+            TaskReport::Complete,
+            Some("Saved: frame_0010.png\n".into()),
+            now,
+        ))
         .await;
     let b = store.claim_next_task(w, now).await.unwrap().unwrap();
     let (_, fail) = count
@@ -210,7 +224,7 @@ async fn claims_and_reports_cost_a_bounded_number_of_mongodb_commands() {
                 exit_code: Some(1),
                 reason: "exit 1".into(),
             },
-            None,
+            Some("Error: out of memory\n".into()),
             now,
         ))
         .await;

@@ -17,8 +17,6 @@ pub enum Requeue {
     WorkerLost { last_seen: String },
     /// An operator disabled its worker.
     WorkerDisabled,
-    /// Its worker was handed two tasks by concurrent claims and keeps the other.
-    ClaimedTwice,
 }
 
 impl Requeue {
@@ -38,10 +36,6 @@ impl Requeue {
                 format!("its worker was lost: no sign of life since {last_seen}"),
             ),
             Requeue::WorkerDisabled => (HistoryEvent::Requeued, "its worker was disabled".into()),
-            Requeue::ClaimedTwice => (
-                HistoryEvent::Requeued,
-                "claimed twice at once; its worker keeps its other task".into(),
-            ),
         }
     }
 }

@@ -46,6 +46,7 @@ macro_rules! conformance_tests {
             a_worker_holding_a_task_gets_the_same_assignment_again,
             every_claim_mints_a_new_lease,
             a_stale_lease_changes_nothing,
+            every_report_answers_the_task_as_stored,
             a_released_task_is_queued_again_without_a_failure,
             the_first_claim_starts_and_the_last_completion_completes_the_render,
             a_failure_with_no_retry_left_fails_the_render,

@@ -406,3 +406,45 @@ pub async fn the_history_tells_what_happened_to_a_task(store: &dyn Store) {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+/// What a report answers is the task as stored afterwards, for every kind of
+/// report (a backend may build its answer without reading the task back).
+pub async fn every_report_answers_the_task_as_stored(store: &dyn Store) {
+    store
+        .create_render(plan("answers", 1, 40, 10, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let w = worker(store, "answering", &[]).await;
+    let later = t0() + Duration::seconds(5);
+    let reports = [
+        TaskReport::Progress { frames_done: 3 },
+        TaskReport::Complete,
+        TaskReport::Fail {
+            exit_code: Some(2),
+            reason: "Blender exited with 2".into(),
+        },
+        TaskReport::Release,
+    ];
+    for kind in reports {
+        let a = claim(store, w).await.expect("a task to report on");
+        let answered = store
+            .report_task(
+                a.task_id,
+                a.lease_id,
+                kind.clone(),
+                Some("log\n".into()),
+                later,
+            )
+            .await
+            .unwrap();
+        let stored = store.get_task(a.task_id).await.unwrap();
+        assert_eq!(
+            answered, stored,
+            "the answer to {kind:?} is the stored task"
+        );
+        if matches!(kind, TaskReport::Progress { .. }) {
+            // Leave the worker free for the next claim.
+            complete(store, &a).await;
+        }
+    }
+}

@@ -418,3 +418,34 @@ pub(super) fn with_log(update: Document, log_bytes: Option<i64>) -> Document {
     }
     update
 }
+
+/// `before` with `update` applied as the server applies it: the task as a
+/// fenced `findAndModify` left it, without reading it back. Knows the
+/// operators the task updates use (`$set`, `$inc`); any other is refused
+/// rather than guessed.
+pub(super) fn applied<T>(before: &T, update: &Document) -> StoreResult<T>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+{
+    let mut doc = bson::to_document(before).map_err(|e| corrupt(format!("a document: {e}")))?;
+    for (operator, fields) in update {
+        let fields = fields
+            .as_document()
+            .ok_or_else(|| corrupt(format!("an update operator {operator} without fields")))?;
+        for (field, value) in fields {
+            match operator.as_str() {
+                "$set" => {
+                    doc.insert(field, value.clone());
+                }
+                "$inc" => {
+                    let now = doc.get(field).and_then(bson_i64).unwrap_or(0);
+                    let by = bson_i64(value)
+                        .ok_or_else(|| corrupt(format!("$inc of {field} by {value}")))?;
+                    doc.insert(field, now + by);
+                }
+                other => return Err(corrupt(format!("an update with {other}"))),
+            }
+        }
+    }
+    bson::from_document(doc).map_err(|e| corrupt(format!("a document after an update: {e}")))
+}

@@ -30,6 +30,10 @@ const FILES: &[(&str, &str)] = &[
         "0002_scheduler",
         include_str!("../../../migrations/mongodb/0002_scheduler.json"),
     ),
+    (
+        "0003_one_task_per_worker",
+        include_str!("../../../migrations/mongodb/0003_one_task_per_worker.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

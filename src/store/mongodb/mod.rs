@@ -7,10 +7,15 @@
 //!   Each task carries what the claim filter needs from its render (priority
 //!   rank, creation order `render_seq`, required tags, and a `runnable` flag
 //!   that is false while the render is paused or finished), so the server
-//!   picks and takes the next task atomically.
+//!   picks and takes the next task atomically. A unique partial index
+//!   (`tasks_one_running_per_worker`) lets a worker hold one running task:
+//!   the server refuses a second claim for it, however the claims race.
 //! - **Reports are fenced by the lease**: every task change by a worker is a
 //!   filtered update on `{_id, lease_id, status: "running"}`; matching nothing
-//!   is a conflict, never a silent success.
+//!   is a conflict, never a silent success. The update returns the task as it
+//!   was, and the answer is that task with the same update applied, so a
+//!   report does not read the task back (see the command counts asserted in
+//!   `tests/store_mongodb.rs`).
 //! - **Render counters follow the tasks by `$inc`**, one per task move (or per
 //!   bulk `update_many`, counting what it modified), so concurrent moves add
 //!   up. The render's status is then recomputed with the domain's `tallied_status`

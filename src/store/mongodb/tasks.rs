@@ -92,24 +92,26 @@ impl MongoStore {
         Ok(before)
     }
 
-    /// Records a running task's frames done under `lease`; `None` when the
-    /// lease is no longer current.
+    /// Records a running task's frames done under `lease`, in one command
+    /// fenced by the lease and by the task's frame count; `None` when that
+    /// matched nothing (the caller finds out why).
     pub(super) async fn record_progress(
         &self,
-        task: &TaskDoc,
+        task: &str,
         lease: &str,
         frames_done: i64,
         log_bytes: Option<i64>,
         now: DateTime<Utc>,
-    ) -> StoreResult<Option<TaskDoc>> {
-        check_frames_done(frames_done, task.frames())
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    ) -> StoreResult<Option<(TaskDoc, Document)>> {
+        if frames_done < 0 {
+            return Ok(None);
+        }
+        let mut filter = lease_filter(task, lease);
+        filter.insert("$expr", frames_at_least(frames_done));
+        let update = progress_update(frames_done, log_bytes);
         let before = self
             .tasks()?
-            .find_one_and_update(
-                lease_filter(&task.id, lease),
-                progress_update(frames_done, log_bytes),
-            )
+            .find_one_and_update(filter, update.clone())
             .return_document(ReturnDocument::Before)
             .await?;
         if let Some(before) = &before {
@@ -126,7 +128,31 @@ impl MongoStore {
                 .await?;
             }
         }
-        Ok(before)
+        Ok(before.map(|b| (b, update)))
+    }
+
+    /// Why a report fenced by its lease matched nothing: the task is
+    /// unknown, the lease is not (or no longer) its current one, or the
+    /// frames done do not fit the task.
+    async fn refusal(&self, task_id: Uuid, lease_id: Uuid, report: &TaskReport) -> StoreError {
+        let task = match self.load_task(&task_id.to_string()).await {
+            Ok(task) => task,
+            Err(e) => return e,
+        };
+        let lease = match task.lease() {
+            Ok(lease) => lease,
+            Err(e) => return e,
+        };
+        if lease_accepts(&lease, lease_id, None).is_err() {
+            return StoreError::StaleLease { task_id };
+        }
+        if let TaskReport::Progress { frames_done } = report {
+            if let Err(e) = check_frames_done(*frames_done, task.frames()) {
+                return StoreError::Invalid(e.to_string());
+            }
+        }
+        // The lease moved on between the write and this look.
+        StoreError::StaleLease { task_id }
     }
 
     /// Drops the oldest chunks between a task's first and newest once its
@@ -179,26 +205,14 @@ impl MongoStore {
         Ok(self.tasks()?.find_one(held_filter(worker)).await?)
     }
 
-    /// Two claims of one worker that raced past the "already holds a task"
-    /// check may both have taken a task. A claimer that finds its worker
-    /// holding more than one hands its own back, so a worker never keeps
-    /// two (if both hand theirs back, the worker simply asks again). Returns
-    /// the task the worker holds now, if any.
-    pub(super) async fn keep_one_task(
-        &self,
-        worker: &str,
-        mine: TaskDoc,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<TaskDoc>> {
-        let held = self.tasks()?.count_documents(held_filter(worker)).await?;
-        if held <= 1 {
-            return Ok(Some(mine));
-        }
-        if let Some(lease) = mine.lease_id.as_deref() {
-            self.requeue_under_lease(&mine.id, lease, &Requeue::ClaimedTwice, None, now)
-                .await?;
-        }
-        self.current_task_of(worker).await
+    /// The assignment of the task `worker` holds, if any: a worker that asks
+    /// again while it holds one gets the same one.
+    async fn held_assignment(&self, worker: &str) -> StoreResult<Option<Assignment>> {
+        let Some(held) = self.current_task_of(worker).await? else {
+            return Ok(None);
+        };
+        let render = self.load_render(&held.render_id).await?;
+        held.assignment(&render).map(Some)
     }
 }
 
@@ -253,15 +267,15 @@ pub(super) async fn claim_next_task(
 ) -> StoreResult<Option<Assignment>> {
     let worker_key = worker_id.to_string();
     let worker = store.mark_alive(&worker_key, now).await?;
-    if let Some(held) = store.current_task_of(&worker_key).await? {
-        let render = store.load_render(&held.render_id).await?;
-        return held.assignment(&render).map(Some);
-    }
     if claim_permission(worker.mode()?)? == ClaimPermission::NoNewWork {
-        return Ok(None);
+        return store.held_assignment(&worker_key).await;
     }
     let to = task_transition(TaskStatus::Pending, TaskEvent::Claim)?;
     let lease = Uuid::new_v4().to_string();
+    // The `tasks_one_running_per_worker` index lets a worker hold one running
+    // task: a worker that holds one already (it asked again, or two of its
+    // requests raced) is refused by the server here, atomically, and gets
+    // the one it holds. So the common claim needs no look beforehand.
     let claimed = store
         .tasks()?
         .find_one_and_update(
@@ -271,9 +285,12 @@ pub(super) async fn claim_next_task(
         .sort(claim_sort())
         .hint(Hint::Name(CLAIM_INDEX.into()))
         .return_document(ReturnDocument::After)
-        .await?;
-    let Some(task) = claimed else {
-        return Ok(None);
+        .await;
+    let task = match claimed {
+        Ok(Some(task)) => task,
+        Ok(None) => return Ok(None),
+        Err(e) if is_duplicate_key(&e) => return store.held_assignment(&worker_key).await,
+        Err(e) => return Err(e.into()),
     };
     let render = store
         .tally_task_move(&task.render_id, TaskStatus::Pending, to, 0, false, now)
@@ -288,14 +305,6 @@ pub(super) async fn claim_next_task(
             now,
         )
         .await?;
-    let Some(task) = store.keep_one_task(&worker_key, task, now).await? else {
-        return Ok(None);
-    };
-    let render = if task.render_id == render.id {
-        render
-    } else {
-        store.load_render(&task.render_id).await?
-    };
     tracing::debug!(
         worker_id = %worker_id,
         task_id = %task.id,
@@ -316,30 +325,35 @@ pub(super) async fn report_task(
 ) -> StoreResult<Task> {
     let id = task_id.to_string();
     let lease = lease_id.to_string();
-    let task = store.load_task(&id).await?;
-    lease_accepts(&task.lease()?, lease_id, None)
-        .map_err(|_| StoreError::StaleLease { task_id })?;
     let log = log.filter(|t| !t.is_empty());
     let log_bytes = log.as_ref().map(|text| text.len() as i64);
     let tasks = store.tasks()?;
-    let before = match &report {
+    // Each report is one update fenced by the lease, from which the task's
+    // new state follows (the same update applied to the task as it was);
+    // only a refused report looks further.
+    let changed: Option<(TaskDoc, Document)> = match &report {
         TaskReport::Progress { frames_done } => {
             store
-                .record_progress(&task, &lease, *frames_done, log_bytes, now)
+                .record_progress(&id, &lease, *frames_done, log_bytes, now)
                 .await?
         }
         TaskReport::Release => {
+            // The update `requeue_under_lease` sends, to apply to the task
+            // as it was.
+            let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
+            let update = requeue_update(to, now, log_bytes);
             store
                 .requeue_under_lease(&id, &lease, &Requeue::Released, log_bytes, now)
                 .await?
+                .map(|b| (b, update))
         }
         TaskReport::Complete => {
+            // Its frame count, which the update sets as its frames done.
+            let frames = store.load_task(&id).await?.frames();
             let to = task_transition(TaskStatus::Running, TaskEvent::Complete)?;
+            let update = complete_update(to, frames, now, log_bytes);
             let before = tasks
-                .find_one_and_update(
-                    lease_filter(&id, &lease),
-                    complete_update(to, task.frames(), now, log_bytes),
-                )
+                .find_one_and_update(lease_filter(&id, &lease), update.clone())
                 .return_document(ReturnDocument::Before)
                 .await?;
             if let Some(b) = &before {
@@ -364,15 +378,13 @@ pub(super) async fn report_task(
                     )
                     .await?;
             }
-            before
+            before.map(|b| (b, update))
         }
         TaskReport::Fail { exit_code, reason } => {
             let to = task_transition(TaskStatus::Running, TaskEvent::Fail)?;
+            let update = fail_update(to, *exit_code, reason, now, log_bytes);
             let before = tasks
-                .find_one_and_update(
-                    lease_filter(&id, &lease),
-                    fail_update(to, *exit_code, reason, now, log_bytes),
-                )
+                .find_one_and_update(lease_filter(&id, &lease), update.clone())
                 .return_document(ReturnDocument::Before)
                 .await?;
             if let Some(b) = &before {
@@ -406,12 +418,11 @@ pub(super) async fn report_task(
                     )
                     .await?;
             }
-            before
+            before.map(|b| (b, update))
         }
     };
-    let Some(before) = before else {
-        // The lease moved on between the check and the write.
-        return Err(StoreError::StaleLease { task_id });
+    let Some((before, update)) = changed else {
+        return Err(store.refusal(task_id, lease_id, &report).await);
     };
     if let Some(text) = log {
         let bytes = text.len() as i64;
@@ -429,7 +440,7 @@ pub(super) async fn report_task(
             store.trim_log(&id, total).await?;
         }
     }
-    store.load_task(&id).await?.to_task()
+    applied(&before, &update)?.to_task()
 }
 
 pub(super) async fn task_history(
@@ -487,6 +498,12 @@ pub fn held_filter(worker: &str) -> Document {
 /// by this, so a stale lease matches nothing and changes nothing.
 pub fn lease_filter(task: &str, lease: &str) -> Document {
     doc! { "_id": task, "lease_id": lease, "status": LEASED_TASK_STATUS.as_str() }
+}
+
+/// `domain::check_frames_done`'s upper bound as a condition on a task
+/// document: it has at least `frames_done` frames.
+pub fn frames_at_least(frames_done: i64) -> Document {
+    doc! { "$gte": ["$frame_end", { "$add": ["$frame_start", frames_done - 1] }] }
 }
 
 /// A running task's progress (not a history event).

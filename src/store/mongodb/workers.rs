@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::{counters::*, documents::*, upkeep::*, *};
 use crate::domain::{
-    heartbeat_action, heartbeat_task, worker_transition, Requeue, ValidWorkerSpec, WorkerMode,
+    check_frames_done, heartbeat_action, heartbeat_task, worker_transition, Requeue,
+    ValidWorkerSpec, WorkerMode,
 };
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -167,8 +168,9 @@ pub(super) async fn heartbeat(
     let action = heartbeat_action(held.as_ref(), lease_id, worker_id);
     if let (HeartbeatAction::Continue, Some(task), Some(frames)) = (action, &task, beat.frames_done)
     {
+        check_frames_done(frames, task.frames()).map_err(|e| StoreError::Invalid(e.to_string()))?;
         if store
-            .record_progress(task, &lease_id.to_string(), frames, None, now)
+            .record_progress(&task.id, &lease_id.to_string(), frames, None, now)
             .await?
             .is_none()
         {
