@@ -247,3 +247,92 @@ async fn claims_and_reports_cost_a_bounded_number_of_mongodb_commands() {
     );
     assert!(fail.len() <= FAIL_CEILING, "a failure costs {fail:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_broker_left_half_written_is_settled_once_its_marker_is_stale() {
+    use bson::{doc, Document};
+    use renderfarm::store::conformance::{plan, worker};
+    use renderfarm::wire::Priority;
+
+    let Some(harness) =
+        fresh_store("what_a_broker_left_half_written_is_settled_once_its_marker_is_stale").await
+    else {
+        return;
+    };
+    let store = &harness.store;
+    let client = mongodb::Client::with_uri_str(&harness.uri).await.unwrap();
+    let db = client.database(&harness.database);
+    let markers = db.collection::<Document>("renders_in_writing");
+    let tasks = db.collection::<Document>("tasks");
+    let t0 = chrono::Utc::now();
+
+    // Two renders written whole; a finished write leaves no marker.
+    let lost = store
+        .create_render(plan("lost", 1, 30, 10, Priority::Normal, t0))
+        .await
+        .unwrap();
+    let unreleased = store
+        .create_render(plan("unreleased", 1, 30, 10, Priority::Normal, t0))
+        .await
+        .unwrap();
+    assert_eq!(markers.count_documents(doc! {}).await.unwrap(), 0);
+
+    // What a broker that died mid-write leaves: for the first, tasks without
+    // their render; for the second, a render whose tasks were never released.
+    // Each with the marker its writer last refreshed at t0.
+    db.collection::<Document>("renders")
+        .delete_one(doc! { "_id": lost.id.to_string() })
+        .await
+        .unwrap();
+    for id in [lost.id, unreleased.id] {
+        // Tasks are written not runnable; only a stored render releases them.
+        tasks
+            .update_many(
+                doc! { "render_id": id.to_string() },
+                doc! { "$set": { "runnable": false, "runnable_version": -1_i64 } },
+            )
+            .await
+            .unwrap();
+        markers
+            .insert_one(doc! { "_id": id.to_string(), "alive_at": bson::DateTime::from_chrono(t0) })
+            .await
+            .unwrap();
+    }
+    let w = worker(&**store, "after", &[]).await;
+    assert!(
+        store.claim_next_task(w, t0).await.unwrap().is_none(),
+        "nothing of either is claimable"
+    );
+
+    // A writer may be slow: within its allowance nothing is touched.
+    let soon = t0 + chrono::Duration::minutes(5);
+    assert_eq!(store.clear_abandoned_writes(soon).await.unwrap(), 0);
+    assert_eq!(
+        tasks
+            .count_documents(doc! { "render_id": lost.id.to_string() })
+            .await
+            .unwrap(),
+        3
+    );
+
+    let late = t0 + chrono::Duration::minutes(11);
+    assert_eq!(store.clear_abandoned_writes(late).await.unwrap(), 2);
+    assert_eq!(
+        tasks
+            .count_documents(doc! { "render_id": lost.id.to_string() })
+            .await
+            .unwrap(),
+        0,
+        "the tasks of the render never stored are gone"
+    );
+    let claimed = store
+        .claim_next_task(w, late)
+        .await
+        .unwrap()
+        .expect("a task");
+    assert_eq!(
+        claimed.render_id, unreleased.id,
+        "the stored render's tasks are released"
+    );
+    assert_eq!(markers.count_documents(doc! {}).await.unwrap(), 0);
+}

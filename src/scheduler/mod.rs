@@ -174,6 +174,7 @@ impl Scheduler {
                 "render counters corrected by the recount"
             );
         }
+        self.store.clear_abandoned_writes(now).await?;
 
         if let Some(keep) = self.settings.keep_finished {
             report.purged = self.purge_finished(now - keep).await?;

@@ -178,6 +178,10 @@ macro_rules! store_by_concern {
                     upkeep::recount_tallies(self, now).await
                 }
 
+                async fn clear_abandoned_writes(&self, now: DateTime<Utc>) -> StoreResult<i64> {
+                    upkeep::clear_abandoned_writes(self, now).await
+                }
+
                 async fn acquire_lease(
                     &self,
                     name: &str,

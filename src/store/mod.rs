@@ -311,6 +311,11 @@ pub trait Store: Send + Sync + 'static {
     /// tasks; returns how many renders were corrected.
     async fn recount_tallies(&self, now: DateTime<Utc>) -> StoreResult<i64>;
 
+    /// Settles the renders whose writing a broker abandoned (it died while
+    /// storing one): a render never stored loses the tasks written for it; a
+    /// stored one gets its tasks released. Returns how many it settled.
+    async fn clear_abandoned_writes(&self, now: DateTime<Utc>) -> StoreResult<i64>;
+
     /// Takes the lease `name` for `holder` until `now + ttl` if it is free,
     /// lapsed or already `holder`'s; returns the lease as it stands after.
     async fn acquire_lease(

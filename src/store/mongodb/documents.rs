@@ -378,6 +378,16 @@ pub(super) fn bson_i64(value: &Bson) -> Option<i64> {
     }
 }
 
+/// A render whose documents are being written, and when its writer last
+/// showed progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct WritingDoc {
+    /// The render's id.
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) alive_at: bson::DateTime,
+}
+
 /// A point in time as stored: BSON dates hold milliseconds.
 pub fn bson_time(t: DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_chrono(t)

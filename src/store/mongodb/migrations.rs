@@ -34,6 +34,10 @@ const FILES: &[(&str, &str)] = &[
         "0003_one_task_per_worker",
         include_str!("../../../migrations/mongodb/0003_one_task_per_worker.json"),
     ),
+    (
+        "0004_renders_in_writing",
+        include_str!("../../../migrations/mongodb/0004_renders_in_writing.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

@@ -74,6 +74,11 @@ const TASK_HISTORY: &str = "task_history";
 
 const LEASES: &str = "leases";
 
+/// Renders being written: their tasks go in before the render document, so
+/// a broker that dies half-way leaves tasks nothing refers to; the marker
+/// says whose they are, and the scheduler clears them once it is stale.
+const RENDERS_IN_WRITING: &str = "renders_in_writing";
+
 struct Inner {
     /// Set once the server answered and the schema is current.
     db: OnceLock<Database>,
@@ -112,6 +117,10 @@ impl MongoStore {
 
     fn workers(&self) -> StoreResult<Collection<WorkerDoc>> {
         Ok(self.db()?.collection(WORKERS))
+    }
+
+    fn writing(&self) -> StoreResult<Collection<WritingDoc>> {
+        Ok(self.db()?.collection(RENDERS_IN_WRITING))
     }
 
     fn logs(&self) -> StoreResult<Collection<LogDoc>> {

@@ -74,6 +74,20 @@ pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreRe
     let seq = store.next_seq(RENDERS).await?;
     let render = RenderDoc::planned(&new.render, seq);
     let tasks = store.tasks()?;
+    // The marker's time moves on from the render's creation by the time the
+    // writing took, so it follows whatever clock the caller planned with.
+    let started = std::time::Instant::now();
+    let alive = |render: &RenderDoc| {
+        let elapsed = chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+        bson_time(render.created_at.to_chrono() + elapsed)
+    };
+    let writing = store.writing()?;
+    writing
+        .insert_one(WritingDoc {
+            id: render.id.clone(),
+            alive_at: alive(&render),
+        })
+        .await?;
     let stored = async {
         let mut batch = Vec::with_capacity(TASK_BATCH);
         for frames in new.chunks() {
@@ -81,6 +95,12 @@ pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreRe
             if batch.len() == TASK_BATCH {
                 tasks.insert_many(&batch).await?;
                 batch.clear();
+                writing
+                    .update_one(
+                        doc! { "_id": &render.id },
+                        doc! { "$set": { "alive_at": alive(&render) } },
+                    )
+                    .await?;
             }
         }
         if !batch.is_empty() {
@@ -88,24 +108,61 @@ pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreRe
         }
         // The render appears only now, whole.
         store.renders()?.insert_one(&render).await?;
+        if is_claimable(new.render.status) {
+            store
+                .sync_runnable(&render.id, true, render.version)
+                .await?;
+        }
         Ok::<_, StoreError>(())
     }
     .await;
     if let Err(e) = stored {
-        // Best effort: the tasks are unreachable without their render,
-        // but they take space.
-        let _ = tasks.delete_many(doc! { "render_id": &render.id }).await;
+        // Best effort; what is left, the scheduler clears once the marker
+        // is stale (`clear_abandoned_writes`).
+        if store
+            .renders()?
+            .find_one(doc! { "_id": &render.id })
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            let _ = tasks.delete_many(doc! { "render_id": &render.id }).await;
+            let _ = writing.delete_one(doc! { "_id": &render.id }).await;
+        }
         return Err(e);
     }
-    if is_claimable(new.render.status) {
-        store.sync_runnable(&render.id, true, render.version)
-            .await
-            .map_err(|e| {
-                tracing::error!(render_id = %render.id, error = %e, "render stored but its tasks were not released; pause and resume it to release them");
-                e
-            })?;
-    }
+    writing.delete_one(doc! { "_id": &render.id }).await?;
     render.to_render()
+}
+
+/// Deletes the tasks, logs and history of a render whose document is
+/// missing: what an interrupted create or import left behind.
+pub(super) async fn clear_leftovers(store: &MongoStore, render: &str) -> StoreResult<()> {
+    let ids: Vec<String> = store
+        .tasks()?
+        .distinct("_id", doc! { "render_id": render })
+        .await?
+        .into_iter()
+        .map(|id| {
+            id.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| StoreError::Unexpected(anyhow::anyhow!("a task id {id:?}")))
+        })
+        .collect::<StoreResult<_>>()?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for batch in ids.chunks(TASK_BATCH) {
+        let of_tasks = doc! { "task_id": { "$in": batch } };
+        store.logs()?.delete_many(of_tasks.clone()).await?;
+        store.history()?.delete_many(of_tasks).await?;
+    }
+    store
+        .tasks()?
+        .delete_many(doc! { "render_id": render })
+        .await?;
+    Ok(())
 }
 
 pub(super) async fn get_render(store: &MongoStore, id: Uuid) -> StoreResult<Render> {

@@ -12,7 +12,7 @@ use super::renders::TASK_BATCH;
 use super::{MongoStore, RENDERS, WORKERS};
 use crate::domain::is_claimable;
 use crate::store::snapshot::{ImportFarm, RenderRecord, TaskRecord, WorkerRecord};
-use crate::store::{StoreError, StoreResult};
+use crate::store::StoreResult;
 
 #[async_trait]
 impl ImportFarm for MongoStore {
@@ -32,7 +32,7 @@ impl ImportFarm for MongoStore {
         {
             return Ok(false);
         }
-        self.clear_leftovers(&id).await?;
+        super::renders::clear_leftovers(self, &id).await?;
         let seq = self.next_seq(RENDERS).await?;
         let mut render = RenderDoc::planned(&record.render, seq);
         render.failed_for_good = record.failed_for_good;
@@ -91,36 +91,6 @@ impl ImportFarm for MongoStore {
             })
             .await?;
         Ok(true)
-    }
-}
-
-impl MongoStore {
-    /// Deletes the tasks, logs and history of a render whose document is
-    /// missing: what an interrupted import (or create) left behind.
-    async fn clear_leftovers(&self, render: &str) -> StoreResult<()> {
-        let ids: Vec<String> = self
-            .tasks()?
-            .distinct("_id", doc! { "render_id": render })
-            .await?
-            .into_iter()
-            .map(|id| {
-                id.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| StoreError::Unexpected(anyhow::anyhow!("a task id {id:?}")))
-            })
-            .collect::<StoreResult<_>>()?;
-        if ids.is_empty() {
-            return Ok(());
-        }
-        for batch in ids.chunks(TASK_BATCH) {
-            let of_tasks = doc! { "task_id": { "$in": batch } };
-            self.logs()?.delete_many(of_tasks.clone()).await?;
-            self.history()?.delete_many(of_tasks).await?;
-        }
-        self.tasks()?
-            .delete_many(doc! { "render_id": render })
-            .await?;
-        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::rules::{claim_sort, is_in};
 use super::{documents::*, errors::*, renders::*, workers::*, *};
 use crate::domain::{
-    task_transition, Allowances, OverdueWork, Requeue, RunningWork, TaskEvent,
+    is_claimable, task_transition, Allowances, OverdueWork, Requeue, RunningWork, TaskEvent,
     CLAIMABLE_TASK_STATUS, FINISHED_RENDER_STATUSES, LEASED_TASK_STATUS,
 };
 use crate::store::{LostWorkers, MovedTask, PreemptionInputs, Retries, StoreError, StoreResult};
@@ -318,6 +318,47 @@ pub(super) async fn preempt_task(
         .as_ref()
         .map(moved)
         .transpose()
+}
+
+/// How long a render's writer may show no progress (it refreshes its marker
+/// every 10,000 tasks) before what it wrote is taken as abandoned.
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+pub(super) async fn clear_abandoned_writes(
+    store: &MongoStore,
+    now: DateTime<Utc>,
+) -> StoreResult<i64> {
+    let cutoff = now - chrono::Duration::from_std(ABANDONED_AFTER).unwrap_or_default();
+    let stale: Vec<WritingDoc> = store
+        .writing()?
+        .find(doc! { "alive_at": { "$lt": bson_time(cutoff) } })
+        .await?
+        .try_collect()
+        .await?;
+    let mut settled = 0;
+    for marker in stale {
+        match store
+            .renders()?
+            .find_one(doc! { "_id": &marker.id })
+            .await?
+        {
+            // Stored whole; its writer died before it released the tasks.
+            Some(render) if is_claimable(render.status()?) => {
+                store
+                    .sync_runnable(&render.id, true, render.version)
+                    .await?;
+            }
+            Some(_) => {}
+            None => super::renders::clear_leftovers(store, &marker.id).await?,
+        }
+        store
+            .writing()?
+            .delete_one(doc! { "_id": &marker.id })
+            .await?;
+        tracing::warn!(render_id = %marker.id, "settled a render its broker left half-written");
+        settled += 1;
+    }
+    Ok(settled)
 }
 
 pub(super) async fn recount_tallies(store: &MongoStore, now: DateTime<Utc>) -> StoreResult<i64> {

@@ -199,6 +199,16 @@ pub(super) async fn preempt_task(
         .await
 }
 
+/// Nothing to do while the store runs: one broker owns an embedded store,
+/// and a render it left hidden (half-written or half-deleted) when it died is
+/// removed when the store opens again (`renders::remove_hidden_renders`).
+pub(super) async fn clear_abandoned_writes(
+    _store: &SqliteStore,
+    _now: DateTime<Utc>,
+) -> StoreResult<i64> {
+    Ok(0)
+}
+
 pub(super) async fn recount_tallies(store: &SqliteStore, now: DateTime<Utc>) -> StoreResult<i64> {
     store
         .write(move |conn| {
