@@ -276,3 +276,73 @@ async fn operators_list_change_and_read_logs_from_the_command_line() {
     let (_, out, _) = renderfarm(&["renders", "--broker", &b]);
     assert!(out.contains(&c) && !out.contains(&a), "{out}");
 }
+
+#[test]
+fn tokens_are_made_listed_and_revoked_with_direct_access_to_the_store() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+        .args([
+            "token",
+            "create",
+            "--name",
+            "alice",
+            "--role",
+            "artist",
+            "--expires",
+            "90d",
+            "--data-dir",
+            dir,
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let secret = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert!(
+        secret.starts_with("rf_") && secret.len() == 67,
+        "the secret alone on stdout: {secret:?}"
+    );
+    let told = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        told.contains("role artist") && told.contains("expires"),
+        "{told}"
+    );
+
+    let (ok, out, err) = renderfarm(&["token", "list", "--data-dir", dir]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("artist") && out.contains("alice") && out.contains("usable"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&secret[3..]),
+        "a listing never shows a secret: {out}"
+    );
+    let id = out.split_whitespace().next().unwrap().to_string();
+
+    let (ok, out, err) = renderfarm(&["token", "revoke", &id, "--data-dir", dir]);
+    assert!(ok, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    let (_, out, _) = renderfarm(&["token", "list", "--data-dir", dir]);
+    assert!(out.contains("revoked"), "{out}");
+
+    let (ok, _, err) = renderfarm(&[
+        "token",
+        "create",
+        "--name",
+        "x",
+        "--role",
+        "root",
+        "--data-dir",
+        dir,
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("viewer, artist, operator, admin, worker"),
+        "{err}"
+    );
+}

@@ -5,6 +5,7 @@
 mod client;
 mod migrate_store;
 mod operator;
+mod token;
 mod up;
 mod watch;
 
@@ -65,6 +66,9 @@ enum Command {
     /// Copy a farm from the embedded store into MongoDB: renders, tasks,
     /// logs, history and workers.
     MigrateStore(migrate_store::MigrateStoreArgs),
+    /// Credentials: create, list and revoke tokens, with direct access to the
+    /// store (also how an admin who lost every admin token gets one back).
+    Token(token::TokenArgs),
     /// Print the broker's OpenAPI spec (JSON), as served at /api-docs/openapi.json.
     Openapi,
 }
@@ -306,6 +310,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::up(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::MigrateStore(args) => migrate_store::migrate_store(args).await,
+        Command::Token(args) => token::token(args).await,
         Command::Openapi => {
             use std::io::Write;
             std::io::stdout().write_all(crate::api::openapi::spec_json().as_bytes())?;

@@ -10,6 +10,7 @@ mod render;
 mod scheduling;
 mod tally;
 mod task;
+mod token;
 mod worker;
 
 pub use dispatch::{
@@ -33,6 +34,10 @@ pub use tally::{
 pub use task::{
     check_frames_done, heartbeat_task, retries_exhausted, statuses_affected_by, task_transition,
     FramesOutOfRange, Requeue, TaskEvent, TaskReport, UnpairedLease,
+};
+pub use token::{
+    plan_token, secret_from, secret_hash, secret_matches, NewToken, Role, StoredToken,
+    TokenRefusal, MAX_TOKEN_LIFETIME, SECRET_PREFIX,
 };
 pub use worker::{
     claim_permission, heartbeat_action, validate_worker_spec, worker_status, worker_transition,

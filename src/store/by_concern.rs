@@ -17,7 +17,7 @@ macro_rules! store_by_concern {
             };
             use ::uuid::Uuid;
             use $crate::domain::{
-                Allowances, NewRender, RenderCommand, TaskReport, ValidWorkerSpec,
+                Allowances, NewRender, RenderCommand, StoredToken, TaskReport, ValidWorkerSpec,
             };
             use $crate::store::{
                 LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter, Retries,
@@ -198,6 +198,26 @@ macro_rules! store_by_concern {
 
                 async fn current_lease(&self, name: &str) -> StoreResult<Option<LeaderLease>> {
                     upkeep::current_lease(self, name).await
+                }
+
+                async fn create_token(&self, token: StoredToken) -> StoreResult<StoredToken> {
+                    tokens::create_token(self, token).await
+                }
+
+                async fn list_tokens(&self) -> StoreResult<Vec<StoredToken>> {
+                    tokens::list_tokens(self).await
+                }
+
+                async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<StoredToken>> {
+                    tokens::token_by_hash(self, hash).await
+                }
+
+                async fn revoke_token(
+                    &self,
+                    id: Uuid,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<StoredToken> {
+                    tokens::revoke_token(self, id, now).await
                 }
             }
         };

@@ -22,8 +22,8 @@ use renderfarm_wire::{
 use uuid::Uuid;
 
 use crate::domain::{
-    Allowances, IllegalTransition, NewRender, OverdueWork, RenderCommand, RunningWork, TaskReport,
-    ValidWorkerSpec, WorkerMode, WorkerUnavailable,
+    Allowances, IllegalTransition, NewRender, OverdueWork, RenderCommand, RunningWork, StoredToken,
+    TaskReport, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
 };
 
 /// The small vocabulary every backend's failures are translated into, once.
@@ -331,4 +331,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The lease `name` as it stands, if anyone ever held it.
     async fn current_lease(&self, name: &str) -> StoreResult<Option<LeaderLease>>;
+
+    /// Stores a new token: its hash, never its secret.
+    async fn create_token(&self, token: StoredToken) -> StoreResult<StoredToken>;
+
+    /// Every token, oldest first.
+    async fn list_tokens(&self) -> StoreResult<Vec<StoredToken>>;
+
+    /// The token whose secret hashes to `hash`, if any (revoked and expired
+    /// ones too: the caller says why it refuses them).
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<StoredToken>>;
+
+    /// Revokes a token from `now` on; one revoked already keeps its time.
+    async fn revoke_token(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<StoredToken>;
 }

@@ -13,6 +13,7 @@ mod leases;
 mod listings;
 mod operators;
 mod reports;
+mod tokens;
 mod upkeep;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +29,7 @@ pub use leases::*;
 pub use listings::*;
 pub use operators::*;
 pub use reports::*;
+pub use tokens::*;
 pub use upkeep::*;
 
 /// Every conformance function by name, for the per-backend test macro.
@@ -47,6 +49,7 @@ macro_rules! conformance_tests {
             every_claim_mints_a_new_lease,
             a_stale_lease_changes_nothing,
             every_report_answers_the_task_as_stored,
+            tokens_are_kept_by_hash_listed_in_order_and_revoked_once,
             a_released_task_is_queued_again_without_a_failure,
             the_first_claim_starts_and_the_last_completion_completes_the_render,
             a_failure_with_no_retry_left_fails_the_render,

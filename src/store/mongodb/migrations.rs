@@ -38,6 +38,10 @@ const FILES: &[(&str, &str)] = &[
         "0004_renders_in_writing",
         include_str!("../../../migrations/mongodb/0004_renders_in_writing.json"),
     ),
+    (
+        "0005_tokens",
+        include_str!("../../../migrations/mongodb/0005_tokens.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

@@ -39,6 +39,7 @@ mod renders;
 mod rules;
 mod snapshot;
 mod tasks;
+mod tokens;
 mod upkeep;
 mod workers;
 
@@ -117,6 +118,10 @@ impl MongoStore {
 
     fn workers(&self) -> StoreResult<Collection<WorkerDoc>> {
         Ok(self.db()?.collection(WORKERS))
+    }
+
+    fn tokens(&self) -> StoreResult<Collection<tokens::TokenDoc>> {
+        Ok(self.db()?.collection(tokens::TOKENS))
     }
 
     fn writing(&self) -> StoreResult<Collection<WritingDoc>> {

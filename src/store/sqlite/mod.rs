@@ -18,6 +18,7 @@ mod rows;
 mod rules;
 mod snapshot;
 mod tasks;
+mod tokens;
 mod upkeep;
 mod workers;
 mod writer;
@@ -51,6 +52,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/sqlite/0004_hidden_renders.sql"
         )),
+        M::up(include_str!("../../../migrations/sqlite/0005_tokens.sql")),
     ])
 }
 
@@ -65,8 +67,20 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store under `data_dir` and brings its
-    /// schema up to date.
+    /// schema up to date, as its broker does: what a broker that died left
+    /// half-written is removed.
     pub fn open(data_dir: &Path) -> StoreResult<Self> {
+        Self::open_as(data_dir, true)
+    }
+
+    /// Opens the store for a tool that may run while its broker serves it
+    /// (e.g. `renderfarm token create`): it leaves the hidden renders alone,
+    /// since the broker may be writing one.
+    pub fn open_beside_broker(data_dir: &Path) -> StoreResult<Self> {
+        Self::open_as(data_dir, false)
+    }
+
+    fn open_as(data_dir: &Path, owner: bool) -> StoreResult<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot create the data directory {}: {e}",
@@ -89,7 +103,9 @@ impl SqliteStore {
             ))
         })?;
         conn.set_prepared_statement_cache_capacity(64);
-        renders::remove_hidden_renders(&conn)?;
+        if owner {
+            renders::remove_hidden_renders(&conn)?;
+        }
 
         let manager = SqliteConnectionManager::file(&path)
             .with_init(|c| c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;"));

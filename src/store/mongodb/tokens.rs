@@ -1,0 +1,113 @@
+//! Tokens: stored as the hash of their secret, looked up by it.
+
+use bson::doc;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::documents::bson_time;
+use super::errors::{corrupt, is_duplicate_key, parse_uuid};
+use super::MongoStore;
+use crate::domain::{Role, StoredToken};
+use crate::store::{StoreError, StoreResult};
+
+pub(super) const TOKENS: &str = "tokens";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct TokenDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    /// Creation order, for listings.
+    seq: i64,
+    name: String,
+    role: String,
+    hash: String,
+    created_at: bson::DateTime,
+    expires_at: Option<bson::DateTime>,
+    revoked_at: Option<bson::DateTime>,
+}
+
+impl TokenDoc {
+    fn to_token(&self) -> StoreResult<StoredToken> {
+        Ok(StoredToken {
+            id: parse_uuid(&self.id, "token id")?,
+            name: self.name.clone(),
+            role: Role::parse(&self.role)
+                .ok_or_else(|| corrupt(format!("token {} with role {:?}", self.id, self.role)))?,
+            hash: self.hash.clone(),
+            created_at: self.created_at.to_chrono(),
+            expires_at: self.expires_at.map(bson::DateTime::to_chrono),
+            revoked_at: self.revoked_at.map(bson::DateTime::to_chrono),
+        })
+    }
+}
+
+pub(super) async fn create_token(
+    store: &MongoStore,
+    token: StoredToken,
+) -> StoreResult<StoredToken> {
+    let seq = store.next_seq(TOKENS).await?;
+    let doc = TokenDoc {
+        id: token.id.to_string(),
+        seq,
+        name: token.name.clone(),
+        role: token.role.as_str().into(),
+        hash: token.hash.clone(),
+        created_at: bson_time(token.created_at),
+        expires_at: token.expires_at.map(bson_time),
+        revoked_at: token.revoked_at.map(bson_time),
+    };
+    match store.tokens()?.insert_one(&doc).await {
+        Ok(_) => doc.to_token(),
+        Err(e) if is_duplicate_key(&e) => Err(StoreError::AlreadyExists),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn list_tokens(store: &MongoStore) -> StoreResult<Vec<StoredToken>> {
+    let docs: Vec<TokenDoc> = store
+        .tokens()?
+        .find(doc! {})
+        .sort(doc! { "seq": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    docs.iter().map(TokenDoc::to_token).collect()
+}
+
+pub(super) async fn token_by_hash(
+    store: &MongoStore,
+    hash: &str,
+) -> StoreResult<Option<StoredToken>> {
+    store
+        .tokens()?
+        .find_one(doc! { "hash": hash })
+        .await?
+        .as_ref()
+        .map(TokenDoc::to_token)
+        .transpose()
+}
+
+pub(super) async fn revoke_token(
+    store: &MongoStore,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<StoredToken> {
+    let key = id.to_string();
+    // Only a token not revoked yet takes `now`; one revoked already keeps
+    // its time.
+    store
+        .tokens()?
+        .update_one(
+            doc! { "_id": &key, "revoked_at": null },
+            doc! { "$set": { "revoked_at": bson_time(now) } },
+        )
+        .await?;
+    store
+        .tokens()?
+        .find_one(doc! { "_id": &key })
+        .await?
+        .ok_or_else(|| StoreError::not_found("token", id))?
+        .to_token()
+}
