@@ -1,5 +1,6 @@
 //! Connecting (and migrating) in the background, so the broker starts while MongoDB is down.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -82,6 +83,7 @@ impl MongoStore {
                 db: OnceLock::new(),
                 waiting_for: Mutex::new(format!("not connected to MongoDB at {target} yet")),
                 target,
+                lease_frames: Mutex::new(HashMap::new()),
             }),
         }
     }

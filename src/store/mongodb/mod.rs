@@ -43,6 +43,7 @@ mod tokens;
 mod upkeep;
 mod workers;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bson::{doc, Document};
@@ -87,6 +88,42 @@ struct Inner {
     waiting_for: Mutex<String>,
     /// The servers and database, without credentials, for messages.
     target: String,
+    /// Frame counts of the tasks this broker handed out, by lease: a
+    /// completion sets the task's frames done to its frame count, which an
+    /// update cannot take from the document itself (that needs a pipeline
+    /// update), so without this it would read the task first. Frames never
+    /// change under a lease, so an entry is never stale; a lease missing here
+    /// (handed out by another broker, or before a restart) is read instead.
+    lease_frames: Mutex<HashMap<String, i64>>,
+}
+
+/// Leases remembered in [`Inner::lease_frames`] at most; past it the map
+/// starts over (entries whose reports went to another broker pile up).
+const MAX_REMEMBERED_LEASES: usize = 100_000;
+
+impl MongoStore {
+    /// Remembers the frame count of the task handed out under `lease`.
+    fn remember_frames(&self, lease: &str, frames: i64) {
+        let mut map = self
+            .inner
+            .lease_frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_REMEMBERED_LEASES {
+            map.clear();
+        }
+        map.insert(lease.to_string(), frames);
+    }
+
+    /// The frame count remembered for `lease`, forgotten now (the lease
+    /// ends with the report that asks).
+    fn recall_frames(&self, lease: &str) -> Option<i64> {
+        self.inner
+            .lease_frames
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(lease)
+    }
 }
 
 /// The MongoDB store.

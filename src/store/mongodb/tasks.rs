@@ -292,6 +292,7 @@ pub(super) async fn claim_next_task(
         Err(e) if is_duplicate_key(&e) => return store.held_assignment(&worker_key).await,
         Err(e) => return Err(e.into()),
     };
+    store.remember_frames(&lease, task.frames());
     let render = store
         .tally_task_move(&task.render_id, TaskStatus::Pending, to, 0, false, now)
         .await?;
@@ -340,6 +341,7 @@ pub(super) async fn report_task(
         TaskReport::Release => {
             // The update `requeue_under_lease` sends, to apply to the task
             // as it was.
+            store.recall_frames(&lease);
             let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
             let update = requeue_update(to, now, log_bytes);
             store
@@ -349,7 +351,10 @@ pub(super) async fn report_task(
         }
         TaskReport::Complete => {
             // Its frame count, which the update sets as its frames done.
-            let frames = store.load_task(&id).await?.frames();
+            let frames = match store.recall_frames(&lease) {
+                Some(frames) => frames,
+                None => store.load_task(&id).await?.frames(),
+            };
             let to = task_transition(TaskStatus::Running, TaskEvent::Complete)?;
             let update = complete_update(to, frames, now, log_bytes);
             let before = tasks
@@ -381,6 +386,7 @@ pub(super) async fn report_task(
             before.map(|b| (b, update))
         }
         TaskReport::Fail { exit_code, reason } => {
+            store.recall_frames(&lease);
             let to = task_transition(TaskStatus::Running, TaskEvent::Fail)?;
             let update = fail_update(to, *exit_code, reason, now, log_bytes);
             let before = tasks
