@@ -76,12 +76,7 @@ impl MongoStore {
                 return Ok(doc);
             }
             let status = domain_change.status;
-            let change = StatusChange {
-                status,
-                started_at: domain_change.started_at,
-                finished_at: domain_change.finished_at,
-                reset_failure: false,
-            };
+            let change = StatusChange::tallied(&domain_change);
             let written = self
                 .renders()?
                 .find_one_and_update(
@@ -223,12 +218,7 @@ impl MongoStore {
                 return Ok(false);
             }
             tokio::time::sleep(RECOUNT_SETTLE).await;
-            let change = StatusChange {
-                status,
-                started_at: domain_change.started_at,
-                finished_at: domain_change.finished_at,
-                reset_failure: false,
-            };
+            let change = StatusChange::tallied(&domain_change);
             let written = self
                 .renders()?
                 .find_one_and_update(
@@ -341,6 +331,18 @@ pub struct StatusChange {
     pub finished_at: Option<bson::DateTime>,
     /// An operator's requeue starts the render over.
     pub reset_failure: bool,
+}
+
+impl StatusChange {
+    /// The status change the domain's tally gives (never a requeue's reset).
+    pub fn tallied(change: &crate::domain::RenderChange<bson::DateTime>) -> Self {
+        Self {
+            status: change.status,
+            started_at: change.started_at,
+            finished_at: change.finished_at,
+            reset_failure: false,
+        }
+    }
 }
 
 /// Writes a status change (under [`render_cas_filter`]).

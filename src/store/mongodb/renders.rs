@@ -88,6 +88,9 @@ pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreRe
             alive_at: alive(&render),
         })
         .await?;
+    // Set once the render document is in: after that a failure leaves the
+    // render whole, its tasks unreleased until the scheduler releases them.
+    let mut render_stored = false;
     let stored = async {
         let mut batch = Vec::with_capacity(TASK_BATCH);
         for frames in new.chunks() {
@@ -108,6 +111,7 @@ pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreRe
         }
         // The render appears only now, whole.
         store.renders()?.insert_one(&render).await?;
+        render_stored = true;
         if is_claimable(new.render.status) {
             store
                 .sync_runnable(&render.id, true, render.version)
@@ -119,14 +123,7 @@ pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreRe
     if let Err(e) = stored {
         // Best effort; what is left, the scheduler clears once the marker
         // is stale (`clear_abandoned_writes`).
-        if store
-            .renders()?
-            .find_one(doc! { "_id": &render.id })
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
+        if !render_stored {
             let _ = tasks.delete_many(doc! { "render_id": &render.id }).await;
             let _ = writing.delete_one(doc! { "_id": &render.id }).await;
         }

@@ -63,17 +63,19 @@ pub(super) async fn create_render(store: &SqliteStore, new: NewRender) -> StoreR
                 };
                 let end = ((i + 1) * TASK_WRITE_BATCH).min(chunks.len());
                 insert_tasks(conn, seq, &render, &chunks[i * TASK_WRITE_BATCH..end])?;
-                if i + 1 == batches {
-                    conn.prepare_cached(
-                        "UPDATE renders SET hidden = 0, tasks_pending = ?2 WHERE seq = ?1",
-                    )?
-                    .execute(params![seq, render.progress.tasks_pending])?;
+                if i + 1 < batches {
+                    return Ok((seq, None));
                 }
-                Ok(seq)
+                conn.prepare_cached(
+                    "UPDATE renders SET hidden = 0, tasks_pending = ?2 WHERE seq = ?1",
+                )?
+                .execute(params![seq, render.progress.tasks_pending])?;
+                Ok((seq, Some(load_render_by_seq(conn, seq)?)))
             })
             .await;
         match written {
-            Ok(seq) => render_seq = Some(seq),
+            Ok((_, Some(stored))) => return Ok(stored),
+            Ok((seq, None)) => render_seq = Some(seq),
             Err(e) => {
                 if let Some(seq) = render_seq {
                     // What is written stays hidden; the next start removes
@@ -84,9 +86,9 @@ pub(super) async fn create_render(store: &SqliteStore, new: NewRender) -> StoreR
             }
         }
     }
-    let seq = render_seq
-        .ok_or_else(|| StoreError::Unexpected(anyhow::anyhow!("a render planned without tasks")))?;
-    store.read(move |conn| load_render_by_seq(conn, seq)).await
+    Err(StoreError::Unexpected(anyhow::anyhow!(
+        "a render planned without tasks"
+    )))
 }
 
 /// Inserts the render's row, hidden and with no pending task to claim yet;
