@@ -10,8 +10,10 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::Notify;
 
+use crate::api::auth::{AuthMode, Authenticator};
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
+use crate::credentials::{self, Bootstrap};
 use crate::scheduler::{Scheduler, SchedulerSettings};
 use crate::store::mongodb::{MigrationMode, MongoStore};
 use crate::store::sqlite::SqliteStore;
@@ -55,6 +57,10 @@ pub struct Settings {
     pub migrate: bool,
     /// How many long polls may wait at once; more get 429.
     pub max_waiting: usize,
+    /// Whether credentials are checked (`--auth off`: not).
+    pub auth: AuthMode,
+    /// Secrets the deployment chose for its admin and its workers' enrolment.
+    pub bootstrap: Bootstrap,
 }
 
 /// The default of [`Settings::max_waiting`]: far more workers than a studio
@@ -72,6 +78,8 @@ impl Settings {
             scheduler: SchedulerSettings::default(),
             migrate: true,
             max_waiting: DEFAULT_MAX_WAITING,
+            auth: AuthMode::On,
+            bootstrap: Bootstrap::default(),
         }
     }
 }
@@ -110,7 +118,13 @@ impl Application {
             settings.scheduler.clone(),
             work_available.clone(),
         );
+        if settings.auth == AuthMode::On {
+            start_credentials(store.clone(), clock.clone(), settings.bootstrap.clone()).await?;
+        } else {
+            tracing::warn!("AUTH IS OFF (--auth off): anyone who can reach this broker can submit, cancel and delete renders, remove workers and act as any worker. Use it only on a trusted single machine");
+        }
         let state = web::Data::new(AppState {
+            auth: Authenticator::new(settings.auth, store.clone()),
             store,
             clock,
             data_dir,
@@ -129,6 +143,7 @@ impl Application {
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(api::auth::authenticate))
                 .wrap(api::openapi::json_not_found())
                 .app_data(app_state.clone())
                 .configure(api::configure)
@@ -179,6 +194,54 @@ impl Application {
         self.scheduler.stop().await;
         served
     }
+}
+
+/// Stores the deployment's chosen secrets and, on a store with no token yet,
+/// issues the first admin token and prints it once. The embedded store is
+/// there at once; a MongoDB store may still be connecting, so its broker
+/// does this in the background as soon as the store answers.
+async fn start_credentials(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    chosen: Bootstrap,
+) -> anyhow::Result<()> {
+    let run = {
+        let store = store.clone();
+        move || async move {
+            if let Some(first) = credentials::bootstrap(store, &chosen, clock.now()).await? {
+                announce_first_admin(&first.secret);
+            }
+            anyhow::Ok(())
+        }
+    };
+    if store.ping().await.is_ok() {
+        return run().await;
+    }
+    tokio::spawn(async move {
+        loop {
+            if store.ping().await.is_ok() {
+                if let Err(e) = run().await {
+                    tracing::error!(error = %e, "storing the broker's first credentials failed");
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    Ok(())
+}
+
+/// The first admin token, shown once: only its hash is stored.
+fn announce_first_admin(secret: &str) {
+    eprintln!(
+        "\n================================================================\n\
+         renderfarm: the store had no credentials, so this broker made the\n\
+         first admin token. It is shown this once (only its hash is kept):\n\n    {secret}\n\n\
+         Use it as RENDERFARM_TOKEN (or --token) to make more:\n\
+         renderfarm token create --name alice --role artist --broker URL\n\
+         Lost it? On this machine: renderfarm token create --name admin --role admin --data-dir DIR\n\
+         ================================================================\n"
+    );
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {

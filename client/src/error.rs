@@ -27,6 +27,14 @@ pub enum ClientError {
     /// allowed now. Retrying the same request will not help.
     #[error("the broker refused: {0}")]
     Conflict(String),
+    /// 401: no usable credential (missing, unknown, expired or revoked);
+    /// a worker agent enrols again, a person needs a valid token.
+    #[error("the broker needs a valid credential: {0}")]
+    Unauthorized(String),
+    /// 403: the credential is valid but lacks the right (a role too low, a
+    /// worker acting as another). Retrying will not help.
+    #[error("the broker refused this credential: {0}")]
+    Forbidden(String),
     /// 404: the broker does not know this render, worker or task (a worker
     /// agent registers again: the broker may have lost its data).
     #[error("the broker does not know it: {0}")]
@@ -65,6 +73,8 @@ impl ClientError {
             .unwrap_or(text);
         match status {
             StatusCode::CONFLICT => ClientError::Conflict(message),
+            StatusCode::UNAUTHORIZED => ClientError::Unauthorized(message),
+            StatusCode::FORBIDDEN => ClientError::Forbidden(message),
             StatusCode::NOT_FOUND => ClientError::NotFound(message),
             s if s.is_server_error()
                 || s == StatusCode::TOO_MANY_REQUESTS

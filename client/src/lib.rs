@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use renderfarm_wire::{
     Assignment, CompleteReport, FailReport, HealthReport, Heartbeat, HeartbeatReply, Page,
-    Priority, ProgressReport, ReleaseReport, Render, RenderAction, RenderSpec, RenderStatus,
-    RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker,
-    WorkerAction, WorkerSpec, WorkerStatusChange,
+    Priority, ProgressReport, RegisteredWorker, ReleaseReport, Render, RenderAction, RenderSpec,
+    RenderStatus, RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport,
+    Worker, WorkerAction, WorkerSpec, WorkerStatusChange,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
@@ -63,6 +63,19 @@ pub struct BrokerClient {
     http: reqwest::Client,
     /// How long one request may take (a long poll: this on top of its wait).
     timeout: Duration,
+    /// Sent as `Authorization: Bearer …` with every request; never shown
+    /// in `Debug` output or errors.
+    token: Option<Secret>,
+}
+
+/// A credential, kept out of debug output and logs.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 impl BrokerClient {
@@ -87,6 +100,7 @@ impl BrokerClient {
             root,
             http,
             timeout: REQUEST_TIMEOUT,
+            token: None,
         })
     }
 
@@ -94,6 +108,16 @@ impl BrokerClient {
     /// [`REQUEST_TIMEOUT`] (a long poll waits this on top of its wait).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The same client, sending `token` as its bearer credential (`None`:
+    /// none, for a broker with auth off).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .map(Secret);
         self
     }
 
@@ -175,7 +199,7 @@ impl BrokerClient {
     // --- workers ---
 
     /// `POST /workers`: register a worker.
-    pub async fn register(&self, spec: &WorkerSpec) -> Result<Worker, ClientError> {
+    pub async fn register(&self, spec: &WorkerSpec) -> Result<RegisteredWorker, ClientError> {
         self.answer(self.request(Method::POST, &["workers"]).json(spec))
             .await
     }
@@ -320,9 +344,14 @@ impl BrokerClient {
     /// an id typed by a person cannot change the route), with the client's
     /// timeout.
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
-        self.http
+        let request = self
+            .http
             .request(method, self.url(segments))
-            .timeout(self.timeout)
+            .timeout(self.timeout);
+        match &self.token {
+            Some(Secret(token)) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     fn url(&self, segments: &[&str]) -> Url {

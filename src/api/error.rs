@@ -20,6 +20,12 @@ const TOO_MANY_RETRY_AFTER: &str = "5";
 pub enum ApiError {
     #[error("{0}")]
     Invalid(String),
+    /// No usable credential: missing, malformed, unknown, expired, revoked.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid credential without the right.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -42,6 +48,8 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::Invalid(_) => "invalid_input",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(..) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -58,6 +66,8 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -85,6 +95,9 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests(_) => {
                 response.insert_header((header::RETRY_AFTER, TOO_MANY_RETRY_AFTER));
             }
+            ApiError::Unauthorized(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"renderfarm\""));
+            }
             ApiError::MethodNotAllowed(_, allow) => {
                 response.insert_header((header::ALLOW, *allow));
             }
@@ -101,6 +114,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::NotYourTask { .. } => ApiError::Forbidden(e.to_string()),
             StoreError::StaleLease { .. }
             | StoreError::IllegalTransition(_)
             | StoreError::WorkerUnavailable(_)

@@ -17,6 +17,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     path = "/health",
     tag = "health",
     operation_id = "health",
+    security(()),
     responses(
         (status = 200, description = "Up.", body = HealthReport, example = json!({"status": "ok", "store": null})),
     )
@@ -34,6 +35,7 @@ pub(super) async fn health() -> HttpResponse {
     path = "/ready",
     tag = "health",
     operation_id = "ready",
+    security(()),
     responses(
         (status = 200, description = "Ready.", body = HealthReport, example = json!({"status": "ready", "store": "sqlite"})),
         (status = 503, description = "Not ready: the store does not answer; ask again after `Retry-After`.", body = HealthReport,

@@ -1,18 +1,23 @@
 //! The HTTP API: one module per resource, one error type, thin handlers that
 //! parse at the edge and call the store.
 
+pub mod auth;
 mod body;
 pub mod error;
 mod health;
 pub mod openapi;
 mod renders;
 mod scheduler;
+mod session;
+mod signed;
 mod tasks;
+mod tokens;
 mod workers;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix_web::{web, HttpRequest};
 use serde::Deserialize;
@@ -44,6 +49,8 @@ pub struct AppState {
     /// (a file descriptor) for up to a minute.
     pub waiting: AtomicUsize,
     pub max_waiting: usize,
+    /// Checks credentials (or lets everyone in, with `--auth off`).
+    pub auth: auth::Authenticator,
 }
 
 impl AppState {
@@ -85,7 +92,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     renders::configure(cfg);
     health::configure(cfg);
     scheduler::configure(cfg);
+    tokens::configure(cfg);
+    session::configure(cfg);
+    signed::configure(cfg);
     openapi::configure(cfg);
+}
+
+/// Every resource registered through [`resource`], with the methods it
+/// allows: what the auth test compares with the spec.
+static REGISTERED: Mutex<BTreeSet<(String, &'static str)>> = Mutex::new(BTreeSet::new());
+
+/// The routes served (path pattern, allowed methods), once an app was built.
+pub fn registered_routes() -> Vec<(String, &'static str)> {
+    REGISTERED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect()
 }
 
 /// The answer for a path that matches no route.
@@ -99,6 +123,10 @@ pub async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiEr
 
 /// A resource whose other methods get a JSON 405 naming the allowed ones.
 fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    REGISTERED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((path.to_string(), allow));
     web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
         Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed(
             format!(

@@ -15,7 +15,7 @@ use serde_json::Value;
 use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{health, renders, scheduler, tasks, workers, ApiError};
+use super::{health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError};
 
 /// Where Swagger UI lives; the spec sits beside it.
 pub const DOCS_PATH: &str = "/api-docs";
@@ -47,6 +47,8 @@ with `Allow`). Request bodies are JSON (`Content-Type: application/json`, or non
         workers::list,
         workers::get,
         workers::change_status,
+        workers::remove,
+        workers::revoke_secret,
         workers::heartbeat,
         workers::request_task,
         tasks::get,
@@ -59,8 +61,17 @@ with `Allow`). Request bodies are JSON (`Content-Type: application/json`, or non
         health::ready,
         scheduler::status,
         scheduler::run,
+        tokens::create,
+        tokens::list,
+        tokens::revoke,
+        session::sign_in,
+        session::whoami,
+        session::sign_out,
+        signed::sign,
     ),
     components(schemas(ErrorBody, ErrorCode), responses(
+        Unauthorized,
+        Forbidden,
         BadRequest,
         NotFound,
         Conflict,
@@ -76,9 +87,61 @@ with `Allow`). Request bodies are JSON (`Content-Type: application/json`, or non
         (name = "tasks", description = "One chunk of a render's frames: its state, its log, and the lease-guarded reports of the worker running it."),
         (name = "health", description = "Liveness and readiness probes."),
         (name = "scheduler", description = "The periodic tick: lost workers, retries, preemption, counter recount; run it now, see what it did."),
-    )
+        (name = "tokens", description = "Credentials (admins): issue, list and revoke tokens."),
+        (name = "session", description = "Browsers: sign in with a token for a session cookie; signed links for downloads."),
+    ),
+    modifiers(&Credentials)
 )]
 pub struct ApiDoc;
+
+/// Declares how callers present credentials. Each operation names the role
+/// it needs as the scopes of its security requirement (OpenAPI 3.1 allows
+/// role names there for schemes other than OAuth).
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from an admin (`renderfarm token create`, or `POST /tokens`), sent as `Authorization: Bearer rf_…`; a registered worker sends its own secret. Never in the URL.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                super::auth::SESSION_COOKIE,
+                "A browser's session from `POST /session`; every change made with it must carry `X-CSRF-Token`.",
+            ))),
+        );
+    }
+}
+
+/// No usable credential.
+#[derive(ToResponse)]
+#[response(
+    description = "No usable credential: none sent, malformed, unknown, expired or revoked. The message says which and how to get a valid one. Nothing was changed.",
+    headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"renderfarm\"`.")),
+    example = json!({"error": "unauthorized", "message": "the token was revoked; ask an admin for a new one (renderfarm token create)"})
+)]
+pub struct Unauthorized(pub ErrorBody);
+
+/// A valid credential without the right.
+#[derive(ToResponse)]
+#[response(
+    description = "The credential is valid but lacks the right: the message names the role needed (or, for a worker, that it may act only as itself). Nothing was changed.",
+    example = json!({"error": "forbidden", "message": "this needs the role operator or higher; the token \"alice\" has the role artist. Ask an admin for one with the role needed"})
+)]
+pub struct Forbidden(pub ErrorBody);
 
 /// The request does not fit the route. The message names the field or
 /// parameter at fault and what it should be.
@@ -251,7 +314,46 @@ pub fn spec() -> Value {
         }
     }
     camel_case_links(&mut spec);
+    answer_credential_errors(&mut spec);
     spec
+}
+
+/// Every operation that needs a credential may answer 401 and 403; said
+/// once here rather than in each annotation.
+fn answer_credential_errors(spec: &mut Value) {
+    let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for operation in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(Value::as_object_mut)
+    {
+        let needs_credential = operation
+            .get("security")
+            .and_then(Value::as_array)
+            .is_some_and(|reqs| {
+                reqs.iter()
+                    .any(|r| r.as_object().is_some_and(|o| !o.is_empty()))
+            });
+        if !needs_credential {
+            continue;
+        }
+        if let Some(responses) = operation
+            .get_mut("responses")
+            .and_then(Value::as_object_mut)
+        {
+            responses.insert(
+                "401".into(),
+                serde_json::json!({"$ref": "#/components/responses/Unauthorized"}),
+            );
+            responses.insert(
+                "403".into(),
+                serde_json::json!({"$ref": "#/components/responses/Forbidden"}),
+            );
+        }
+    }
 }
 
 /// utoipa 5 writes the fields of a Link Object in snake case

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use super::auth::{Access, Artist, Caller, Operator, Viewer};
 use super::{parse_id, resource, ApiError, AppState, JsonBody, PageQuery};
 use crate::domain::{NewRender, RenderCommand, ValidRenderSpec};
 use crate::store::{PageRequest, RenderFilter};
@@ -51,6 +52,7 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
     tag = "renders",
     operation_id = "submit_render",
     request_body = RenderSpec,
+    security(("bearer" = ["artist"]), ("session" = ["artist"])),
     responses(
         (status = 202, description = "Accepted and queued: the render, with its tasks counted in `progress`.", body = Render,
             headers(
@@ -69,6 +71,7 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
     )
 )]
 pub(super) async fn submit(
+    access: Access<Artist>,
     state: web::Data<AppState>,
     body: JsonBody<RenderSpec>,
 ) -> Result<HttpResponse, ApiError> {
@@ -120,6 +123,7 @@ pub(super) struct ListQuery {
     tag = "renders",
     operation_id = "list_renders",
     params(ListQuery),
+    security(("bearer" = ["viewer"]), ("session" = ["viewer"])),
     responses(
         (status = 200, description = "One page of renders; `total` counts every match.", body = Page<Render>),
         (status = 400, response = super::openapi::BadRequest),
@@ -127,6 +131,7 @@ pub(super) struct ListQuery {
     )
 )]
 pub(super) async fn list(
+    _access: Access<Viewer>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -149,6 +154,7 @@ pub(super) async fn list(
     tag = "renders",
     operation_id = "get_render",
     params(("id" = Uuid, Path, description = "The render's id.")),
+    security(("bearer" = ["viewer"]), ("session" = ["viewer"])),
     responses(
         (status = 200, description = "The render.", body = Render, headers(("Retry-After" = u32, description = "Seconds to wait before asking again; sent while the render is not finished."))),
         (status = 404, response = super::openapi::NotFound),
@@ -156,6 +162,7 @@ pub(super) async fn list(
     )
 )]
 pub(super) async fn get(
+    _access: Access<Viewer>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -191,6 +198,7 @@ pub(super) struct TasksQuery {
     tag = "renders",
     operation_id = "delete_render",
     params(("id" = Uuid, Path, description = "The render's id.")),
+    security(("bearer" = ["artist"]), ("session" = ["artist"])),
     responses(
         (status = 204, description = "Deleted."),
         (status = 404, response = super::openapi::NotFound),
@@ -199,10 +207,12 @@ pub(super) struct TasksQuery {
     )
 )]
 pub(super) async fn delete(
+    access: Access<Artist>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
+    may_change(&access.caller, &state, id).await?;
     state.store.delete_render(id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -214,6 +224,7 @@ pub(super) async fn delete(
     tag = "renders",
     operation_id = "list_render_tasks",
     params(("id" = Uuid, Path, description = "The render's id."), TasksQuery),
+    security(("bearer" = ["viewer"]), ("session" = ["viewer"])),
     responses(
         (status = 200, description = "One page of the render's tasks.", body = Page<Task>),
         (status = 400, response = super::openapi::BadRequest),
@@ -222,6 +233,7 @@ pub(super) async fn delete(
     )
 )]
 pub(super) async fn tasks(
+    _access: Access<Viewer>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     query: web::Query<TasksQuery>,
@@ -248,6 +260,7 @@ pub(super) async fn tasks(
     operation_id = "change_render_status",
     params(("id" = Uuid, Path, description = "The render's id.")),
     request_body = RenderStatusChange,
+    security(("bearer" = ["artist"]), ("session" = ["artist"])),
     responses(
         (status = 200, description = "The render after the change.", body = Render, headers(("Retry-After" = u32, description = "Seconds to wait before asking again; sent while the render is not finished."))),
         (status = 404, response = super::openapi::NotFound),
@@ -257,11 +270,13 @@ pub(super) async fn tasks(
     )
 )]
 pub(super) async fn change_status(
+    access: Access<Artist>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<RenderStatusChange>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
+    may_change(&access.caller, &state, id).await?;
     let command = RenderCommand::from(body.action);
     command_response(&state, id, command).await
 }
@@ -275,6 +290,7 @@ pub(super) async fn change_status(
     tag = "renders",
     operation_id = "complete_render",
     params(("id" = Uuid, Path, description = "The render's id.")),
+    security(("bearer" = ["operator"]), ("session" = ["operator"])),
     responses(
         (status = 200, description = "The completed render.", body = Render, headers(("Retry-After" = u32, description = "Seconds to wait before asking again; sent while the render is not finished."))),
         (status = 404, response = super::openapi::NotFound),
@@ -283,6 +299,7 @@ pub(super) async fn change_status(
     )
 )]
 pub(super) async fn complete(
+    _access: Access<Operator>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -303,4 +320,25 @@ async fn command_response(
         state.wake_workers();
     }
     Ok(render_response(HttpResponse::Ok(), &render))
+}
+
+/// Refuses an artist's change of a render someone else submitted; operators
+/// change every render.
+async fn may_change(caller: &Caller, state: &AppState, id: Uuid) -> Result<(), ApiError> {
+    if caller.may_act_on_any_render() {
+        return Ok(());
+    }
+    let render = state.store.get_render(id).await?;
+    let owner = render_owner(&render);
+    if owner.is_some() && owner == caller.name() {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "render {id} was submitted by {}; an artist changes only their own renders, an operator any",
+        owner.map_or("nobody known (before credentials)".to_string(), |o| format!("{o:?}"))
+    )))
+}
+
+fn render_owner(_render: &Render) -> Option<&str> {
+    None
 }

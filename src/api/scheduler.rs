@@ -7,6 +7,7 @@ use serde_json::json;
 #[allow(unused_imports)] // named by the OpenAPI annotations
 use renderfarm_wire::{SchedulerStatus, TickReport};
 
+use super::auth::{Access, Operator};
 use super::{resource, ApiError, AppState};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -21,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     path = "/scheduler",
     tag = "scheduler",
     operation_id = "get_scheduler",
+    security(("bearer" = ["operator"]), ("session" = ["operator"])),
     responses(
         (status = 200, description = "The scheduler as this broker sees it.", body = SchedulerStatus,
             example = json!({"instance": "render-01-4242-1a2b3c4d", "leader": {"holder": "render-01-4242-1a2b3c4d", "expires_at": "2026-11-24T02:10:30Z"}, "is_leader": true,
@@ -30,7 +32,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         super::openapi::StoreErrors,
     )
 )]
-pub(super) async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn status(
+    _access: Access<Operator>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.scheduler.status().await?))
 }
 
@@ -42,12 +47,16 @@ pub(super) async fn status(state: web::Data<AppState>) -> Result<HttpResponse, A
     path = "/scheduler/run",
     tag = "scheduler",
     operation_id = "run_scheduler",
+    security(("bearer" = ["operator"]), ("session" = ["operator"])),
     responses(
         (status = 200, description = "What the tick did.", body = TickReport,
             example = json!({"requeued": 1, "retried": 0, "failed": 0, "preempted": 1, "workers_wanted": 0, "workers_lost": 1, "purged": 0, "ran_at": "2026-11-24T02:09:00Z"})),
         super::openapi::StoreErrors,
     )
 )]
-pub(super) async fn run(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn run(
+    _access: Access<Operator>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.scheduler.tick().await?))
 }

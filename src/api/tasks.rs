@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use renderfarm_wire::{CompleteReport, FailReport, ProgressReport, ReleaseReport, TaskDetail};
 use uuid::Uuid;
 
+use super::auth::{Access, RegisteredWorker, Viewer};
 use super::{parse_id, resource, ApiError, AppState, JsonBody};
 use crate::domain::TaskReport;
 
@@ -27,6 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     tag = "tasks",
     operation_id = "get_task",
     params(("id" = Uuid, Path, description = "The task's id.")),
+    security(("bearer" = ["viewer"]), ("session" = ["viewer"])),
     responses(
         (status = 200, description = "The task with its history (assigned, completed, failed, released, requeued, preempted, retried).", body = TaskDetail),
         (status = 404, response = super::openapi::NotFound),
@@ -34,6 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
 )]
 pub(super) async fn get(
+    _access: Access<Viewer>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -52,6 +55,7 @@ pub(super) async fn get(
     tag = "tasks",
     operation_id = "get_task_log",
     params(("id" = Uuid, Path, description = "The task's id.")),
+    security(("bearer" = ["viewer"]), ("session" = ["viewer"])),
     responses(
         (status = 200, description = "The log (empty before the first report).", body = String, content_type = "text/plain",
             example = "Fra:4 Mem:12.5M | Time:00:00.41 | Sample 4/4\nSaved: '/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_0010.png'\n"),
@@ -60,6 +64,7 @@ pub(super) async fn get(
     )
 )]
 pub(super) async fn log(
+    _access: Access<Viewer>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -71,6 +76,7 @@ pub(super) async fn log(
 }
 
 async fn report(
+    access: Access<RegisteredWorker>,
     state: &AppState,
     id: &str,
     lease_id: Uuid,
@@ -80,7 +86,14 @@ async fn report(
     let id = parse_id("task", id)?;
     let task = state
         .store
-        .report_task(id, lease_id, report, log, state.clock.now())
+        .report_task_as(
+            access.caller.worker_id(),
+            id,
+            lease_id,
+            report,
+            log,
+            state.clock.now(),
+        )
         .await?;
     Ok(HttpResponse::Ok().json(task))
 }
@@ -95,9 +108,11 @@ async fn report(
     operation_id = "report_progress",
     params(("id" = Uuid, Path, description = "The task's id.")),
     request_body = ProgressReport,
+    security(("bearer" = ["worker"])),
     responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
 )]
 pub(super) async fn progress(
+    access: Access<RegisteredWorker>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<ProgressReport>,
@@ -105,6 +120,7 @@ pub(super) async fn progress(
     let body = body.into_inner();
     let frames_done = body.frames_done;
     report(
+        access,
         &state,
         &id,
         body.lease_id,
@@ -125,15 +141,25 @@ pub(super) async fn progress(
     operation_id = "report_complete",
     params(("id" = Uuid, Path, description = "The task's id.")),
     request_body = CompleteReport,
+    security(("bearer" = ["worker"])),
     responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
 )]
 pub(super) async fn complete(
+    access: Access<RegisteredWorker>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<CompleteReport>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    report(&state, &id, body.lease_id, TaskReport::Complete, body.log).await
+    report(
+        access,
+        &state,
+        &id,
+        body.lease_id,
+        TaskReport::Complete,
+        body.log,
+    )
+    .await
 }
 
 /// Report a task failed (Blender exited non-zero, a frame is missing, ...).
@@ -148,9 +174,11 @@ pub(super) async fn complete(
     operation_id = "report_failure",
     params(("id" = Uuid, Path, description = "The task's id.")),
     request_body = FailReport,
+    security(("bearer" = ["worker"])),
     responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
 )]
 pub(super) async fn fail(
+    access: Access<RegisteredWorker>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<FailReport>,
@@ -167,7 +195,7 @@ pub(super) async fn fail(
         exit_code: body.exit_code,
         reason: keep_tail(reason, MAX_REASON_BYTES).to_string(),
     };
-    report(&state, &id, body.lease_id, fail, body.log).await
+    report(access, &state, &id, body.lease_id, fail, body.log).await
 }
 
 /// Hand a task back unfinished (the worker is stopping).
@@ -181,15 +209,25 @@ pub(super) async fn fail(
     operation_id = "release_task",
     params(("id" = Uuid, Path, description = "The task's id.")),
     request_body = ReleaseReport,
+    security(("bearer" = ["worker"])),
     responses(super::openapi::TaskReportAnswers, super::openapi::BodyErrors, super::openapi::StoreErrors)
 )]
 pub(super) async fn release(
+    access: Access<RegisteredWorker>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<ReleaseReport>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let response = report(&state, &id, body.lease_id, TaskReport::Release, body.log).await?;
+    let response = report(
+        access,
+        &state,
+        &id,
+        body.lease_id,
+        TaskReport::Release,
+        body.log,
+    )
+    .await?;
     // The task is claimable again.
     state.wake_workers();
     Ok(response)

@@ -5,14 +5,19 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use renderfarm_wire::{
-    Assignment, Heartbeat, HeartbeatReply, Worker, WorkerSpec, WorkerStatusChange,
+    Assignment, Heartbeat, HeartbeatReply, RegisteredWorker as Registration, Worker, WorkerAction,
+    WorkerSpec, WorkerStatusChange,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use super::auth::{
+    Access, Caller, Enrolment, Operator, OperatorOrWorker, RegisteredWorker, Viewer,
+};
 use super::{parse_id, resource, ApiError, AppState, JsonBody};
-use crate::domain::validate_worker_spec;
+use crate::credentials::random_bytes;
+use crate::domain::{plan_worker_secret, validate_worker_spec};
 
 /// The longest a worker may wait in one `request-task`.
 pub const MAX_WAIT_SECONDS: f64 = 60.0;
@@ -25,7 +30,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(register))
             .route(web::get().to(list)),
     )
-    .service(resource("/workers/{id}", "GET").route(web::get().to(get)))
+    .service(
+        resource("/workers/{id}", "GET, DELETE")
+            .route(web::get().to(get))
+            .route(web::delete().to(remove)),
+    )
+    .service(resource("/workers/{id}/secret", "DELETE").route(web::delete().to(revoke_secret)))
     .service(resource("/workers/{id}/status", "PUT").route(web::put().to(change_status)))
     .service(resource("/workers/{id}/heartbeat", "POST").route(web::post().to(heartbeat)))
     .service(resource("/workers/{id}/request-task", "POST").route(web::post().to(request_task)));
@@ -33,15 +43,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Register a worker agent.
 ///
-/// Keep the `id`: every later call of the agent names it.
+/// Needs an enrolment token (role `worker`). Keep the `id` and the `secret`:
+/// every later call of the agent names the id and sends the secret as its
+/// bearer token; a worker can act only as itself.
 #[utoipa::path(
     post,
     path = "/workers",
     tag = "workers",
     operation_id = "register_worker",
     request_body = WorkerSpec,
+    security(("bearer" = ["worker"])),
     responses(
-        (status = 201, description = "Registered.", body = Worker,
+        (status = 201, description = "Registered: the worker and the secret it acts with from now on.", body = Registration,
             headers(("Location" = String, description = "The worker: `/workers/{id}`.")),
             links(
                 ("request_task" = (operation_id = "request_task", parameters(("id" = "$response.body#/id")), description = "Ask for work.")),
@@ -54,14 +67,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
 )]
 pub(super) async fn register(
+    access: Access<Enrolment>,
     state: web::Data<AppState>,
     body: JsonBody<WorkerSpec>,
 ) -> Result<HttpResponse, ApiError> {
     let spec = validate_worker_spec(body.into_inner())?;
-    let worker = state.store.register_worker(spec, state.clock.now()).await?;
+    let now = state.clock.now();
+    let worker = state.store.register_worker(spec, now).await?;
+    // The worker's own credential; with auth off there is none to give. A
+    // broker that dies between the two writes leaves a worker nobody can
+    // act as, which goes offline like any silent one.
+    let secret = match access.caller {
+        Caller::Trusted => None,
+        Caller::Token(_) => {
+            let random = random_bytes().map_err(ApiError::Unexpected)?;
+            let new = plan_worker_secret(worker.id, &worker.name, Uuid::now_v7(), random, now);
+            state.store.create_token(new.token).await?;
+            Some(new.secret)
+        }
+    };
+    tracing::info!(worker_id = %worker.id, name = %worker.name, "worker registered");
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/workers/{}", worker.id)))
-        .json(worker))
+        .json(Registration { worker, secret }))
 }
 
 /// Every worker the broker knows, with its status and current task.
@@ -70,12 +98,16 @@ pub(super) async fn register(
     path = "/workers",
     tag = "workers",
     operation_id = "list_workers",
+    security(("bearer" = ["operator", "worker"]), ("session" = ["operator"])),
     responses(
         (status = 200, description = "The workers, in registration order.", body = Vec<Worker>),
         super::openapi::StoreErrors,
     )
 )]
-pub(super) async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn list(
+    _access: Access<Viewer>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.store.list_workers().await?))
 }
 
@@ -86,6 +118,7 @@ pub(super) async fn list(state: web::Data<AppState>) -> Result<HttpResponse, Api
     tag = "workers",
     operation_id = "get_worker",
     params(("id" = Uuid, Path, description = "The worker's id.")),
+    security(("bearer" = ["viewer"]), ("session" = ["viewer"])),
     responses(
         (status = 200, description = "The worker.", body = Worker),
         (status = 404, response = super::openapi::NotFound),
@@ -93,6 +126,7 @@ pub(super) async fn list(state: web::Data<AppState>) -> Result<HttpResponse, Api
     )
 )]
 pub(super) async fn get(
+    _access: Access<Viewer>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -112,6 +146,7 @@ pub(super) async fn get(
     operation_id = "change_worker_status",
     params(("id" = Uuid, Path, description = "The worker's id.")),
     request_body = WorkerStatusChange,
+    security(("bearer" = ["operator"]), ("session" = ["operator"])),
     responses(
         (status = 200, description = "The worker after the change.", body = Worker),
         (status = 404, response = super::openapi::NotFound),
@@ -121,11 +156,21 @@ pub(super) async fn get(
     )
 )]
 pub(super) async fn change_status(
+    access: Access<OperatorOrWorker>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<WorkerStatusChange>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("worker", &id)?;
+    if access.caller.worker_id().is_some() {
+        access.caller.require_worker(id)?;
+        if body.action != WorkerAction::Drain {
+            return Err(ApiError::Forbidden(
+                "a worker may only drain itself; enabling and disabling workers is for operators"
+                    .into(),
+            ));
+        }
+    }
     let worker = state
         .store
         .change_worker(id, body.action, state.clock.now())
@@ -148,6 +193,7 @@ pub(super) async fn change_status(
     operation_id = "heartbeat",
     params(("id" = Uuid, Path, description = "The worker's id.")),
     request_body = Heartbeat,
+    security(("bearer" = ["worker"])),
     responses(
         (status = 200, description = "What to do with the task held.", body = HeartbeatReply),
         (status = 404, response = super::openapi::NotFound),
@@ -156,11 +202,13 @@ pub(super) async fn change_status(
     )
 )]
 pub(super) async fn heartbeat(
+    access: Access<RegisteredWorker>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: JsonBody<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("worker", &id)?;
+    access.caller.require_worker(id)?;
     // Checked here, not only against the task: a beat from an idle worker,
     // or under a stale lease, never reaches the task.
     if let Some(frames) = body.frames_done.filter(|f| *f < 0) {
@@ -206,6 +254,7 @@ fn wait_duration(wait: Option<f64>) -> Result<Duration, ApiError> {
     tag = "workers",
     operation_id = "request_task",
     params(("id" = Uuid, Path, description = "The worker's id."), RequestQuery),
+    security(("bearer" = ["worker"])),
     responses(
         (status = 200, description = "A task to render, under a new lease.", body = Assignment,
             links(
@@ -229,11 +278,13 @@ fn wait_duration(wait: Option<f64>) -> Result<Duration, ApiError> {
 // Waiting requests are woken by [`AppState::wake_workers`], not by polling
 // the store.
 pub(super) async fn request_task(
+    access: Access<RegisteredWorker>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     query: web::Query<RequestQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id: Uuid = parse_id("worker", &id)?;
+    access.caller.require_worker(id)?;
     let deadline = tokio::time::Instant::now() + wait_duration(query.wait)?;
     let mut slot = None;
     loop {
@@ -264,4 +315,78 @@ pub(super) async fn request_task(
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+/// Remove a worker.
+///
+/// Its running task goes back to the queue at once (not counted as a
+/// failure), its secrets are revoked, and it is forgotten. An agent still
+/// running there must enrol again to work.
+#[utoipa::path(
+    delete,
+    path = "/workers/{id}",
+    tag = "workers",
+    operation_id = "remove_worker",
+    params(("id" = Uuid, Path, description = "The worker's id.")),
+    security(("bearer" = ["operator"]), ("session" = ["operator"])),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, response = super::openapi::NotFound),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn remove(
+    _access: Access<Operator>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id("worker", &id)?;
+    let now = state.clock.now();
+    // Each step holds if the broker dies after it, and repeating the call
+    // finishes the rest: disabling takes the task back and stops claims,
+    // then the secrets go, then the record.
+    state
+        .store
+        .change_worker(id, WorkerAction::Disable, now)
+        .await?;
+    state.wake_workers();
+    state.store.revoke_worker_secrets(id, now).await?;
+    state.auth.forget_all();
+    state.store.delete_worker(id).await?;
+    tracing::info!(worker_id = %id, "worker removed");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Revoke a worker's secret.
+///
+/// The worker can no longer act: its agent must enrol again (and becomes a
+/// new worker); its running task returns to the queue when the worker is
+/// found lost. To stop it at once and forget it, remove it instead.
+#[utoipa::path(
+    delete,
+    path = "/workers/{id}/secret",
+    tag = "workers",
+    operation_id = "revoke_worker_secret",
+    params(("id" = Uuid, Path, description = "The worker's id.")),
+    security(("bearer" = ["operator"]), ("session" = ["operator"])),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, response = super::openapi::NotFound),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn revoke_secret(
+    _access: Access<Operator>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id("worker", &id)?;
+    state.store.get_worker(id).await?;
+    state
+        .store
+        .revoke_worker_secrets(id, state.clock.now())
+        .await?;
+    state.auth.forget_all();
+    tracing::info!(worker_id = %id, "worker secret revoked");
+    Ok(HttpResponse::NoContent().finish())
 }

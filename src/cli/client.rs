@@ -1,11 +1,25 @@
 //! The command line's view of the broker: the `renderfarm-client` crate, with
 //! errors worded for a person at a terminal.
 
+use std::sync::OnceLock;
+
 use renderfarm_client::{BrokerClient, ClientError};
 
-/// A client of the broker at `base`.
+/// The credential of this run of the command line (`--token`), set once
+/// before any command talks to the broker.
+static TOKEN: OnceLock<Option<String>> = OnceLock::new();
+
+/// Sets the credential every client of this run sends.
+pub fn use_token(token: Option<String>) {
+    let _ = TOKEN.set(token);
+}
+
+/// A client of the broker at `base`, with this run's credential.
 pub fn connect(base: &str) -> anyhow::Result<BrokerClient> {
-    BrokerClient::new(base).map_err(explain(base))
+    let token = TOKEN.get().cloned().flatten();
+    Ok(BrokerClient::new(base)
+        .map_err(explain(base))?
+        .with_token(token))
 }
 
 /// Words a client error for the command line.
@@ -18,6 +32,10 @@ pub fn explain(base: &str) -> impl Fn(ClientError) -> anyhow::Error + '_ {
         ClientError::NotFound(message) | ClientError::Conflict(message) => {
             anyhow::anyhow!("{message}")
         }
+        ClientError::Unauthorized(message) => anyhow::anyhow!(
+            "{message} (the command line sends --token or RENDERFARM_TOKEN)"
+        ),
+        ClientError::Forbidden(message) => anyhow::anyhow!("{message}"),
         ClientError::Rejected(status, message) => {
             anyhow::anyhow!("the broker answered {status}: {message}")
         }

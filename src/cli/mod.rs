@@ -15,6 +15,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use renderfarm_wire::{Priority, RenderAction, RenderSpec, WorkerAction};
 
+use crate::api::auth::AuthMode;
+use crate::credentials::Bootstrap;
 use crate::startup::{Application, Settings, StoreChoice};
 
 /// A render farm for Blender.
@@ -23,6 +25,18 @@ use crate::startup::{Application, Settings, StoreChoice};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The credential the command line sends to the broker (an admin gives
+    /// it: `renderfarm token create`). Never put it in a URL.
+    #[arg(long, global = true, env = "RENDERFARM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the credential (e.g. the one `renderfarm up` writes).
+    #[arg(
+        long,
+        global = true,
+        env = "RENDERFARM_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,8 +107,61 @@ struct ServeArgs {
     #[arg(long, env = "RENDERFARM_MAX_WAITING", default_value_t = crate::startup::DEFAULT_MAX_WAITING as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_waiting: u32,
+    /// `off`: check no credentials, for a trusted single machine only.
+    #[arg(long, env = "RENDERFARM_AUTH", default_value = "on", value_parser = parse_auth)]
+    auth: AuthMode,
+    /// An admin secret chosen by the deployment (e.g. compose's secret); the
+    /// broker stores its hash at start. Without it, a broker whose store has
+    /// no token yet makes an admin token and prints it once.
+    #[arg(long, env = "RENDERFARM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// The same, read from a file (a Docker or Kubernetes secret).
+    #[arg(
+        long,
+        env = "RENDERFARM_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
+    admin_token_file: Option<PathBuf>,
+    /// An enrolment secret (role worker) chosen by the deployment, for its
+    /// worker agents to register with.
+    #[arg(long, env = "RENDERFARM_ENROLMENT_TOKEN", hide_env_values = true)]
+    enrolment_token: Option<String>,
+    /// The same, read from a file.
+    #[arg(
+        long,
+        env = "RENDERFARM_ENROLMENT_TOKEN_FILE",
+        conflicts_with = "enrolment_token"
+    )]
+    enrolment_token_file: Option<PathBuf>,
     #[command(flatten)]
     scheduler: SchedulerArgs,
+}
+
+fn parse_auth(s: &str) -> Result<AuthMode, String> {
+    match s {
+        "on" => Ok(AuthMode::On),
+        "off" => Ok(AuthMode::Off),
+        other => Err(format!("{other:?}: say on (the default) or off")),
+    }
+}
+
+/// A secret given directly or in a file (trailing newline dropped).
+pub(crate) fn secret_from(
+    direct: Option<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        let secret = text.trim().to_string();
+        if secret.is_empty() {
+            anyhow::bail!("the token file {} is empty", path.display());
+        }
+        return Ok(Some(secret));
+    }
+    Ok(direct
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty()))
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +357,7 @@ pub async fn shutdown_signal() {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    client::use_token(secret_from(cli.token, cli.token_file.as_deref())?);
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Submit(args) => submit(args).await,
@@ -328,6 +396,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     settings.scheduler = args.scheduler.settings()?;
     settings.migrate = !args.no_migrate;
     settings.max_waiting = args.max_waiting as usize;
+    settings.auth = args.auth;
+    settings.bootstrap = Bootstrap {
+        admin_secret: secret_from(args.admin_token, args.admin_token_file.as_deref())?,
+        enrolment_secret: secret_from(args.enrolment_token, args.enrolment_token_file.as_deref())?,
+    };
     raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings.clone()).await?;
     let host = settings

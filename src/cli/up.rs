@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 use super::client::{connect, explain};
 use super::shutdown_signal;
 use super::watch::{follow, Target, View};
+use crate::credentials::{random_bytes, Bootstrap};
+use crate::domain::secret_from;
 use crate::startup::{Application, Settings, StoreChoice};
 
 /// How long stopping agents get to hand their tasks back.
@@ -51,7 +53,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Before anything starts: a farm without Blender renders nothing.
     check_blender(&args.blender).await?;
     let data_dir = std::path::absolute(&args.data_dir)?;
+    let credentials = UpCredentials::load_or_make(&data_dir)?;
     let mut settings = Settings::new(args.bind.clone(), data_dir.clone(), StoreChoice::Embedded);
+    settings.bootstrap = Bootstrap {
+        admin_secret: Some(credentials.admin.clone()),
+        enrolment_secret: Some(credentials.enrolment.clone()),
+    };
     settings.scheduler = args.scheduler.settings()?;
     super::raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings).await?;
@@ -72,6 +79,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             heartbeat: Duration::from_secs(5),
             log_interval: Duration::from_secs(1),
             poll_wait: Duration::from_secs(30),
+            enrolment_token: Some(credentials.enrolment.clone()),
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));
@@ -81,10 +89,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         data_dir.display(),
         args.workers
     );
+    println!(
+        "the command line's admin token is in {}: export RENDERFARM_TOKEN_FILE={0}",
+        credentials.admin_file.display()
+    );
 
     let outcome = if args.demo {
         tokio::select! {
-            outcome = run_demo(&broker, &args, &data_dir) => outcome,
+            outcome = run_demo(&broker, &credentials.admin, &args, &data_dir) => outcome,
             _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted before the demo finished")),
         }
     } else {
@@ -109,7 +121,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     outcome
 }
 
-async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> anyhow::Result<()> {
+async fn run_demo(
+    broker: &str,
+    token: &str,
+    args: &UpArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
     let scene = data_dir.join("demo").join("demo.blend");
     println!(
         "making a {}-frame demo scene with Blender: {}",
@@ -124,7 +141,7 @@ async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> an
         denoise: false,
     };
     make_scene(&args.blender, &scene, spec).await?;
-    let client = connect(broker)?;
+    let client = connect(broker)?.with_token(Some(token.to_string()));
     let render = client
         .submit(&RenderSpec {
             name: "demo".into(),
@@ -164,5 +181,48 @@ async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> an
             data_dir.display(),
             render.id
         )
+    }
+}
+
+/// The farm's own credentials: an admin token for the command line and an
+/// enrolment token for the local agents, kept in the data directory (only
+/// this user may read them) so that every `up` on it uses the same ones.
+struct UpCredentials {
+    admin: String,
+    admin_file: PathBuf,
+    enrolment: String,
+}
+
+impl UpCredentials {
+    fn load_or_make(data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = data_dir.join("credentials");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let admin_file = dir.join("admin.token");
+        Ok(Self {
+            admin: Self::secret_in(&admin_file)?,
+            enrolment: Self::secret_in(&dir.join("enrolment.token"))?,
+            admin_file,
+        })
+    }
+
+    fn secret_in(path: &std::path::Path) -> anyhow::Result<String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return Ok(text.trim().to_string());
+            }
+        }
+        let secret = secret_from(random_bytes()?);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        file.write_all(format!("{secret}\n").as_bytes())?;
+        file.sync_all()?;
+        Ok(secret)
     }
 }

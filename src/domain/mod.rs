@@ -36,12 +36,13 @@ pub use task::{
     FramesOutOfRange, Requeue, TaskEvent, TaskReport, UnpairedLease,
 };
 pub use token::{
-    plan_token, secret_from, secret_hash, secret_matches, NewToken, Role, StoredToken,
-    TokenRefusal, MAX_TOKEN_LIFETIME, SECRET_PREFIX,
+    csrf_for, csrf_matches, plan_session, plan_token, plan_worker_secret, secret_from, secret_hash,
+    secret_matches, NewToken, Role, StoredToken, TokenRefusal, MAX_TOKEN_LIFETIME, SECRET_PREFIX,
+    SESSION_LIFETIME,
 };
 pub use worker::{
     claim_permission, heartbeat_action, validate_worker_spec, worker_status, worker_transition,
-    ClaimPermission, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
+    ClaimPermission, ValidWorkerSpec, WorkerMode, WorkerUnavailable, REMOVE_ONLY_DISABLED,
 };
 
 /// A request value that breaks a rule; `message` says how to fix it.

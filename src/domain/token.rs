@@ -103,6 +103,12 @@ pub struct StoredToken {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The registered worker this secret identifies; such a token acts as
+    /// that worker only. `None` for people's tokens and enrolment tokens.
+    pub worker_id: Option<Uuid>,
+    /// The token a browser signed in with, when this is that sign-in's
+    /// session: it dies with its parent.
+    pub session_of: Option<Uuid>,
 }
 
 /// Why a presented token is not accepted.
@@ -166,9 +172,83 @@ pub fn plan_token(
             created_at: now,
             expires_at: lifetime.map(|l| now + l),
             revoked_at: None,
+            worker_id: None,
+            session_of: None,
         },
         secret,
     })
+}
+
+/// Plans the secret of a worker just registered: it acts as that worker
+/// only, and lives until an operator revokes it or removes the worker.
+pub fn plan_worker_secret(
+    worker_id: Uuid,
+    worker_name: &str,
+    id: Uuid,
+    random: [u8; 32],
+    now: DateTime<Utc>,
+) -> NewToken {
+    let secret = secret_from(random);
+    NewToken {
+        token: StoredToken {
+            id,
+            name: format!("worker {worker_name}"),
+            role: Role::Worker,
+            hash: secret_hash(&secret),
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+            worker_id: Some(worker_id),
+            session_of: None,
+        },
+        secret,
+    }
+}
+
+/// How long a browser's sign-in lasts: a working day and then some.
+pub const SESSION_LIFETIME: Duration = Duration::hours(12);
+
+/// Plans a browser session for the holder of `parent`: same name and role,
+/// for [`SESSION_LIFETIME`] or until `parent` expires, whichever is sooner.
+pub fn plan_session(
+    parent: &StoredToken,
+    id: Uuid,
+    random: [u8; 32],
+    now: DateTime<Utc>,
+) -> NewToken {
+    let secret = secret_from(random);
+    let ends = now + SESSION_LIFETIME;
+    NewToken {
+        token: StoredToken {
+            id,
+            name: parent.name.clone(),
+            role: parent.role,
+            hash: secret_hash(&secret),
+            created_at: now,
+            expires_at: Some(parent.expires_at.map_or(ends, |p| p.min(ends))),
+            revoked_at: None,
+            worker_id: None,
+            session_of: Some(parent.id),
+        },
+        secret,
+    }
+}
+
+/// The value a browser session's holder must send back in `X-CSRF-Token` on
+/// every change it asks for: derived from the session's secret, so it needs
+/// no storage, and a page of another site that cannot read the cookie cannot
+/// compute it.
+pub fn csrf_for(session_secret: &str) -> String {
+    hex::encode(Sha256::digest(format!("csrf:{session_secret}").as_bytes()))
+}
+
+/// Whether `presented` is the CSRF value of `session_secret`, compared in
+/// constant time.
+pub fn csrf_matches(session_secret: &str, presented: &str) -> bool {
+    csrf_for(session_secret)
+        .as_bytes()
+        .ct_eq(presented.as_bytes())
+        .into()
 }
 
 #[cfg(test)]

@@ -66,6 +66,12 @@ pub fn worker_transition(
     }
 }
 
+/// Why a worker that is not disabled is not removed: disabling first takes
+/// its task back to the queue and stops it claiming, so nothing it holds is
+/// lost with its record.
+pub const REMOVE_ONLY_DISABLED: &str =
+    "only a disabled worker is removed: disable it first (PUT /workers/{id}/status {\"action\":\"disable\"}); DELETE /workers/{id} does both";
+
 /// What an operator sees of a worker.
 pub fn worker_status(mode: WorkerMode, offline: bool, has_task: bool) -> WorkerStatus {
     match mode {

@@ -130,15 +130,16 @@ macro_rules! store_by_concern {
                     tasks::claim_next_task(self, worker_id, now).await
                 }
 
-                async fn report_task(
+                async fn report_task_as(
                     &self,
+                    holder: Option<Uuid>,
                     task_id: Uuid,
                     lease_id: Uuid,
                     report: TaskReport,
                     log: Option<String>,
                     now: DateTime<Utc>,
                 ) -> StoreResult<Task> {
-                    tasks::report_task(self, task_id, lease_id, report, log, now).await
+                    tasks::report_task(self, holder, task_id, lease_id, report, log, now).await
                 }
 
                 async fn task_history(&self, task_id: Uuid) -> StoreResult<Vec<TaskHistoryEntry>> {
@@ -218,6 +219,18 @@ macro_rules! store_by_concern {
                     now: DateTime<Utc>,
                 ) -> StoreResult<StoredToken> {
                     tokens::revoke_token(self, id, now).await
+                }
+
+                async fn revoke_worker_secrets(
+                    &self,
+                    worker_id: Uuid,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<u64> {
+                    tokens::revoke_worker_secrets(self, worker_id, now).await
+                }
+
+                async fn delete_worker(&self, id: Uuid) -> StoreResult<()> {
+                    workers::delete_worker(self, id).await
                 }
             }
         };

@@ -22,8 +22,8 @@ use renderfarm_wire::{
 use uuid::Uuid;
 
 use crate::domain::{
-    Allowances, IllegalTransition, NewRender, OverdueWork, RenderCommand, RunningWork, StoredToken,
-    TaskReport, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
+    Allowances, IllegalTransition, LeaseRefusal, NewRender, OverdueWork, RenderCommand,
+    RunningWork, StoredToken, TaskReport, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
 };
 
 /// The small vocabulary every backend's failures are translated into, once.
@@ -36,6 +36,9 @@ pub enum StoreError {
     /// task was reassigned, canceled or finished meanwhile.
     #[error("the lease presented for task {task_id} is not its current one (the task was reassigned, canceled or finished); stop working on it and ask for a new task")]
     StaleLease { task_id: Uuid },
+    /// The lease is the task's current one, but another worker holds it.
+    #[error("task {task_id} is held by another worker; a worker reports only for the tasks it was given")]
+    NotYourTask { task_id: Uuid },
     /// The state machine does not allow the change from the current status.
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
@@ -58,6 +61,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// What a refused lease is to the caller: another worker's task is
+    /// forbidden; anything else is a stale lease.
+    pub(crate) fn lease_refused(task_id: Uuid, why: LeaseRefusal) -> Self {
+        match why {
+            LeaseRefusal::OtherWorker => StoreError::NotYourTask { task_id },
+            LeaseRefusal::NotCurrent | LeaseRefusal::NotRunning => {
+                StoreError::StaleLease { task_id }
+            }
+        }
+    }
+
     pub(crate) fn not_found(kind: &'static str, id: impl ToString) -> Self {
         StoreError::NotFound {
             kind,
@@ -271,6 +285,22 @@ pub trait Store: Send + Sync + 'static {
         report: TaskReport,
         log: Option<String>,
         now: DateTime<Utc>,
+    ) -> StoreResult<Task> {
+        self.report_task_as(None, task_id, lease_id, report, log, now)
+            .await
+    }
+
+    /// As [`Store::report_task`], from the worker `holder` when the caller
+    /// is known: a current lease held by another worker is `NotYourTask`
+    /// and changes nothing (a leaked lease is no credential).
+    async fn report_task_as(
+        &self,
+        holder: Option<Uuid>,
+        task_id: Uuid,
+        lease_id: Uuid,
+        report: TaskReport,
+        log: Option<String>,
+        now: DateTime<Utc>,
     ) -> StoreResult<Task>;
 
     /// What happened to the task, oldest first.
@@ -342,6 +372,14 @@ pub trait Store: Send + Sync + 'static {
     /// ones too: the caller says why it refuses them).
     async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<StoredToken>>;
 
-    /// Revokes a token from `now` on; one revoked already keeps its time.
+    /// Revokes a token from `now` on, and the browser sessions signed in
+    /// with it; one revoked already keeps its time.
     async fn revoke_token(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<StoredToken>;
+
+    /// Revokes every secret of the worker; returns how many were live.
+    async fn revoke_worker_secrets(&self, worker_id: Uuid, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Forgets a disabled worker (`IllegalTransition` when it is not
+    /// disabled: disabling first puts its task back in the queue).
+    async fn delete_worker(&self, id: Uuid) -> StoreResult<()>;
 }

@@ -813,6 +813,10 @@ pub struct ErrorBody {
 pub enum ErrorCode {
     /// 400
     InvalidInput,
+    /// 401: no credential, or one that is not (or no longer) valid
+    Unauthorized,
+    /// 403: a valid credential without the right
+    Forbidden,
     /// 404
     NotFound,
     /// 405
@@ -874,4 +878,122 @@ mod tests {
         assert_eq!(beat.frames_done, None);
         assert!(serde_json::from_str::<Heartbeat>(r#"{"frames_done": 0.5}"#).is_err());
     }
+}
+
+/// `POST /tokens`: a new credential for a person, a script or a fleet of
+/// workers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "alice", "role": "artist", "expires": "90d"})))]
+pub struct TokenSpec {
+    /// Who holds it (renders they submit record this name as their owner).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
+    pub name: String,
+    /// `viewer` (reads), `artist` (submits, changes its own renders),
+    /// `operator` (every render and worker action), `admin` (tokens), or
+    /// `worker` (enrols render machines).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(viewer|artist|operator|admin|worker)$")
+    )]
+    pub role: String,
+    /// How long it lives, e.g. `90d`, `12h`; none: until revoked.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// A credential as the broker lists it: never its secret.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "0b8f3c4e-5d6a-4f1b-9c2d-3e4f5a6b7c8d", "name": "alice", "role": "artist", "created_at": "2026-11-24T01:17:17.363091Z", "expires_at": null, "revoked_at": null, "worker_id": null, "session_of": null})))]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: Timestamp,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
+    pub expires_at: Option<Timestamp>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
+    pub revoked_at: Option<Timestamp>,
+    /// The registered worker whose own secret this is.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub worker_id: Option<Uuid>,
+    /// The token a browser signed in with, when this is that session.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub session_of: Option<Uuid>,
+}
+
+/// The answer to `POST /tokens`: the token and its secret, shown this once.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    #[serde(flatten)]
+    pub token: TokenInfo,
+    /// Send it as `Authorization: Bearer <secret>`. Only its hash is kept:
+    /// it cannot be shown again.
+    pub secret: String,
+}
+
+/// The answer to `POST /workers`: the worker, and the secret it acts with.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredWorker {
+    #[serde(flatten)]
+    pub worker: Worker,
+    /// The worker's own credential for every later request
+    /// (`Authorization: Bearer <secret>`); null when the broker runs with
+    /// auth off. Shown this once.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub secret: Option<String>,
+}
+
+/// `GET /session`, and the answer to signing in: who the browser acts as.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "alice", "role": "artist", "expires_at": "2026-11-24T13:17:17.363091Z", "csrf": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"})))]
+pub struct SessionInfo {
+    pub name: String,
+    pub role: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
+    pub expires_at: Option<Timestamp>,
+    /// Send it as `X-CSRF-Token` with every change made with the session
+    /// cookie; null when the caller used a bearer token.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub csrf: Option<String>,
+}
+
+/// `POST /signed-urls`: a link to one download that another program can
+/// open without a credential, for a short while.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"path": "/tasks/01a20b20-eeb3-759a-bc8b-10a14eccf12a/log", "expires_in": 300})))]
+pub struct SignedUrlRequest {
+    /// The path to sign, e.g. `/tasks/{id}/log`; only GET routes.
+    pub path: String,
+    /// Seconds it stays valid: 1 to 3600, default 300.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3600))]
+    #[serde(default, deserialize_with = "whole::optional")]
+    pub expires_in: Option<i64>,
+}
+
+/// A signed URL.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedUrl {
+    /// The path with its signature, relative to the broker's address.
+    pub url: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: Timestamp,
 }

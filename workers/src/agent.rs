@@ -48,6 +48,10 @@ pub struct AgentConfig {
     pub log_interval: Duration,
     /// How long one `request-task` waits for work.
     pub poll_wait: Duration,
+    /// The fleet's enrolment token (role `worker`), to register with; `None`
+    /// for a broker with auth off. Once registered, the agent acts with the
+    /// secret the broker gave it, kept in the work directory.
+    pub enrolment_token: Option<String>,
 }
 
 /// How the agent is told to stop.
@@ -139,6 +143,8 @@ pub struct Agent {
     client: BrokerClient,
     signals: StopSignals,
     summary: AgentSummary,
+    /// The client with the enrolment token, to register with.
+    enrolment: BrokerClient,
     /// Held while the agent lives: its saved reports and Blender's session
     /// files in the work directory are its alone.
     _work_dir_lock: Flock<std::fs::File>,
@@ -146,6 +152,19 @@ pub struct Agent {
 
 /// The lock file that keeps a work directory to one agent.
 const LOCK_FILE: &str = "agent.lock";
+/// Who the agent is at its broker: kept across restarts, so that an agent
+/// restarted on the same work directory is the same worker again.
+const IDENTITY_FILE: &str = "identity.json";
+
+/// The worker this agent is, as the broker registered it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    /// The broker that knows it.
+    broker: String,
+    worker_id: Uuid,
+    /// Its own credential; `None` from a broker with auth off.
+    secret: Option<String>,
+}
 
 impl Agent {
     /// Checks Blender before anything else, so a broken setup is reported
@@ -169,10 +188,12 @@ impl Agent {
                 config.work_dir.display()
             )
         })?;
-        let client = BrokerClient::new(&config.broker)?;
+        let enrolment =
+            BrokerClient::new(&config.broker)?.with_token(config.enrolment_token.clone());
         Ok(Self {
             config,
-            client,
+            client: enrolment.clone(),
+            enrolment,
             signals,
             summary: AgentSummary::default(),
             _work_dir_lock: work_dir_lock,
@@ -181,7 +202,11 @@ impl Agent {
 
     /// Runs until told to stop; returns what it did.
     pub async fn run(mut self) -> anyhow::Result<AgentSummary> {
-        let Some(mut worker_id) = self.register().await else {
+        let known = self.saved_identity();
+        let Some(mut worker_id) = (match known {
+            Some(id) => Some(id),
+            None => self.register().await?,
+        }) else {
             return Ok(self.summary);
         };
         self.deliver_saved_reports().await;
@@ -207,9 +232,9 @@ impl Agent {
                     self.run_task(worker_id, assignment).instrument(span).await;
                 }
                 Ok(None) => retry = backoff(),
-                Err(ClientError::NotFound(message)) => {
-                    tracing::warn!(%message, "the broker no longer knows this worker; registering again");
-                    match self.register().await {
+                Err(ClientError::NotFound(message)) | Err(ClientError::Unauthorized(message)) => {
+                    tracing::warn!(%message, "the broker no longer knows this worker (or its secret was revoked); registering again");
+                    match self.register().await? {
                         Some(id) => worker_id = id,
                         None => break,
                     }
@@ -265,26 +290,84 @@ impl Agent {
         }
     }
 
+    /// The worker this work directory was registered as at this broker,
+    /// if any; the agent acts with its secret from now on.
+    fn saved_identity(&mut self) -> Option<Uuid> {
+        let path = self.config.work_dir.join(IDENTITY_FILE);
+        let text = std::fs::read_to_string(&path).ok()?;
+        let identity: Identity = match serde_json::from_str(&text) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable worker identity; registering anew");
+                return None;
+            }
+        };
+        if identity.broker != self.enrolment.base() {
+            tracing::info!(was = %identity.broker, "the worker identity is for another broker; registering anew");
+            return None;
+        }
+        tracing::info!(worker_id = %identity.worker_id, "the same worker as before (identity kept in the work directory)");
+        self.client = self.enrolment.clone().with_token(identity.secret);
+        self.summary.worker_id = Some(identity.worker_id);
+        Some(identity.worker_id)
+    }
+
+    /// Keeps the identity where only this user can read it: the secret is
+    /// the worker's credential.
+    fn save_identity(&self, identity: &Identity) -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.config.work_dir.join(IDENTITY_FILE);
+        let partial = path.with_extension("json.partial");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&partial)
+            .with_context(|| format!("writing {}", partial.display()))?;
+        file.write_all(serde_json::to_string(identity)?.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
     /// Registers, retrying while the broker is unreachable. `None` when told
-    /// to stop first.
-    async fn register(&mut self) -> Option<Uuid> {
+    /// to stop first; an error when the broker refuses the enrolment token.
+    async fn register(&mut self) -> anyhow::Result<Option<Uuid>> {
         let spec = WorkerSpec {
             name: self.config.name.clone(),
             tags: self.config.tags.clone(),
         };
         let mut retry = backoff();
         loop {
-            match self.client.register(&spec).await {
-                Ok(worker) => {
+            match self.enrolment.register(&spec).await {
+                Ok(registered) => {
+                    let worker = registered.worker;
                     tracing::info!(worker_id = %worker.id, name = %worker.name, broker = %self.client.base(), "registered");
+                    let identity = Identity {
+                        broker: self.enrolment.base().to_string(),
+                        worker_id: worker.id,
+                        secret: registered.secret,
+                    };
+                    if let Err(e) = self.save_identity(&identity) {
+                        tracing::warn!(error = %e, "could not keep the worker identity; a restart will register a new worker");
+                    }
+                    self.client = self.enrolment.clone().with_token(identity.secret);
                     self.summary.worker_id = Some(worker.id);
-                    return Some(worker.id);
+                    return Ok(Some(worker.id));
+                }
+                Err(e @ (ClientError::Unauthorized(_) | ClientError::Forbidden(_))) => {
+                    anyhow::bail!(
+                        "cannot register with the broker at {}: {e}. Give the agent the fleet's enrolment token with --token (or RENDERFARM_TOKEN); an admin makes one with: renderfarm token create --name fleet --role worker",
+                        self.enrolment.base()
+                    );
                 }
                 Err(e) => {
                     let delay = retry_delay(retry.next(), &e);
                     tracing::warn!(error = %e, ?delay, "cannot register; trying again");
                     if self.signals.stop.is_cancelled() {
-                        return None;
+                        return Ok(None);
                     }
                     self.pause(delay).await;
                 }
@@ -378,7 +461,7 @@ impl Agent {
                                 log.mark_sent();
                                 reported_frames = frames;
                             }
-                            Err(ClientError::Conflict(_)) | Err(ClientError::NotFound(_)) => {
+                            Err(ClientError::Conflict(_) | ClientError::NotFound(_) | ClientError::Forbidden(_) | ClientError::Unauthorized(_)) => {
                                 blender.process.kill().await;
                                 return Ending::Aborted;
                             }
@@ -463,6 +546,10 @@ impl Agent {
                 }
                 Err(ClientError::Rejected(status, message)) => {
                     tracing::error!(%status, %message, "the broker rejected the report; dropping it");
+                    return;
+                }
+                Err(ClientError::Forbidden(message)) | Err(ClientError::Unauthorized(message)) => {
+                    tracing::error!(%message, "the broker does not take this worker's report any more (its secret was revoked or the task is another's); dropping it");
                     return;
                 }
                 Err(e) => {

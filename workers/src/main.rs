@@ -18,6 +18,10 @@ struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     broker: String,
+    /// The fleet's enrolment token (role worker) to register with; after
+    /// that the agent acts with its own secret, kept in the work directory.
+    #[arg(long, env = "RENDERFARM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Name shown to operators (default: the host name).
     #[arg(long, env = "RENDERFARM_WORKER_NAME")]
     name: Option<String>,
@@ -92,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         heartbeat: cli.heartbeat,
         log_interval: cli.log_interval,
         poll_wait: cli.poll_wait,
+        enrolment_token: cli.token,
     };
     let signals = StopSignals::default();
     let agent = Agent::new(config, signals.clone()).await?;

@@ -42,6 +42,10 @@ const FILES: &[(&str, &str)] = &[
         "0005_tokens",
         include_str!("../../../migrations/mongodb/0005_tokens.json"),
     ),
+    (
+        "0006_worker_secrets",
+        include_str!("../../../migrations/mongodb/0006_worker_secrets.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

@@ -55,6 +55,7 @@ impl MongoStore {
         &self,
         task: &str,
         lease: &str,
+        holder: Option<&str>,
         why: &Requeue,
         log_bytes: Option<i64>,
         now: DateTime<Utc>,
@@ -63,7 +64,7 @@ impl MongoStore {
         let before = self
             .tasks()?
             .find_one_and_update(
-                lease_filter(task, lease),
+                report_filter(task, lease, holder),
                 requeue_update(to, now, log_bytes),
             )
             .return_document(ReturnDocument::Before)
@@ -99,6 +100,7 @@ impl MongoStore {
         &self,
         task: &str,
         lease: &str,
+        holder: Option<&str>,
         frames_done: i64,
         log_bytes: Option<i64>,
         now: DateTime<Utc>,
@@ -106,7 +108,7 @@ impl MongoStore {
         if frames_done < 0 {
             return Ok(None);
         }
-        let mut filter = lease_filter(task, lease);
+        let mut filter = report_filter(task, lease, holder);
         filter.insert("$expr", frames_at_least(frames_done));
         let update = progress_update(frames_done, log_bytes);
         let before = self
@@ -134,7 +136,13 @@ impl MongoStore {
     /// Why a report fenced by its lease matched nothing: the task is
     /// unknown, the lease is not (or no longer) its current one, or the
     /// frames done do not fit the task.
-    async fn refusal(&self, task_id: Uuid, lease_id: Uuid, report: &TaskReport) -> StoreError {
+    async fn refusal(
+        &self,
+        holder: Option<Uuid>,
+        task_id: Uuid,
+        lease_id: Uuid,
+        report: &TaskReport,
+    ) -> StoreError {
         let task = match self.load_task(&task_id.to_string()).await {
             Ok(task) => task,
             Err(e) => return e,
@@ -143,8 +151,8 @@ impl MongoStore {
             Ok(lease) => lease,
             Err(e) => return e,
         };
-        if lease_accepts(&lease, lease_id, None).is_err() {
-            return StoreError::StaleLease { task_id };
+        if let Err(why) = lease_accepts(&lease, lease_id, holder) {
+            return StoreError::lease_refused(task_id, why);
         }
         if let TaskReport::Progress { frames_done } = report {
             if let Err(e) = check_frames_done(*frames_done, task.frames()) {
@@ -318,6 +326,7 @@ pub(super) async fn claim_next_task(
 
 pub(super) async fn report_task(
     store: &MongoStore,
+    holder: Option<Uuid>,
     task_id: Uuid,
     lease_id: Uuid,
     report: TaskReport,
@@ -326,6 +335,8 @@ pub(super) async fn report_task(
 ) -> StoreResult<Task> {
     let id = task_id.to_string();
     let lease = lease_id.to_string();
+    let holder_s = holder.map(|w| w.to_string());
+    let holder_s = holder_s.as_deref();
     let log = log.filter(|t| !t.is_empty());
     let log_bytes = log.as_ref().map(|text| text.len() as i64);
     let tasks = store.tasks()?;
@@ -335,7 +346,7 @@ pub(super) async fn report_task(
     let changed: Option<(TaskDoc, Document)> = match &report {
         TaskReport::Progress { frames_done } => {
             store
-                .record_progress(&id, &lease, *frames_done, log_bytes, now)
+                .record_progress(&id, &lease, holder_s, *frames_done, log_bytes, now)
                 .await?
         }
         TaskReport::Release => {
@@ -345,7 +356,7 @@ pub(super) async fn report_task(
             let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
             let update = requeue_update(to, now, log_bytes);
             store
-                .requeue_under_lease(&id, &lease, &Requeue::Released, log_bytes, now)
+                .requeue_under_lease(&id, &lease, holder_s, &Requeue::Released, log_bytes, now)
                 .await?
                 .map(|b| (b, update))
         }
@@ -358,7 +369,7 @@ pub(super) async fn report_task(
             let to = task_transition(TaskStatus::Running, TaskEvent::Complete)?;
             let update = complete_update(to, frames, now, log_bytes);
             let before = tasks
-                .find_one_and_update(lease_filter(&id, &lease), update.clone())
+                .find_one_and_update(report_filter(&id, &lease, holder_s), update.clone())
                 .return_document(ReturnDocument::Before)
                 .await?;
             if let Some(b) = &before {
@@ -390,7 +401,7 @@ pub(super) async fn report_task(
             let to = task_transition(TaskStatus::Running, TaskEvent::Fail)?;
             let update = fail_update(to, *exit_code, reason, now, log_bytes);
             let before = tasks
-                .find_one_and_update(lease_filter(&id, &lease), update.clone())
+                .find_one_and_update(report_filter(&id, &lease, holder_s), update.clone())
                 .return_document(ReturnDocument::Before)
                 .await?;
             if let Some(b) = &before {
@@ -428,7 +439,7 @@ pub(super) async fn report_task(
         }
     };
     let Some((before, update)) = changed else {
-        return Err(store.refusal(task_id, lease_id, &report).await);
+        return Err(store.refusal(holder, task_id, lease_id, &report).await);
     };
     if let Some(text) = log {
         let bytes = text.len() as i64;
@@ -504,6 +515,15 @@ pub fn held_filter(worker: &str) -> Document {
 /// by this, so a stale lease matches nothing and changes nothing.
 pub fn lease_filter(task: &str, lease: &str) -> Document {
     doc! { "_id": task, "lease_id": lease, "status": LEASED_TASK_STATUS.as_str() }
+}
+
+/// [`lease_filter`], and held by `holder` when the reporting worker is known.
+pub fn report_filter(task: &str, lease: &str, holder: Option<&str>) -> Document {
+    let mut filter = lease_filter(task, lease);
+    if let Some(worker) = holder {
+        filter.insert("worker_id", worker);
+    }
+    filter
 }
 
 /// `domain::check_frames_done`'s upper bound as a condition on a task

@@ -26,6 +26,10 @@ pub(super) struct TokenDoc {
     created_at: bson::DateTime,
     expires_at: Option<bson::DateTime>,
     revoked_at: Option<bson::DateTime>,
+    #[serde(default)]
+    worker_id: Option<String>,
+    #[serde(default)]
+    session_of: Option<String>,
 }
 
 impl TokenDoc {
@@ -39,6 +43,16 @@ impl TokenDoc {
             created_at: self.created_at.to_chrono(),
             expires_at: self.expires_at.map(bson::DateTime::to_chrono),
             revoked_at: self.revoked_at.map(bson::DateTime::to_chrono),
+            worker_id: self
+                .worker_id
+                .as_deref()
+                .map(|w| parse_uuid(w, "token's worker id"))
+                .transpose()?,
+            session_of: self
+                .session_of
+                .as_deref()
+                .map(|p| parse_uuid(p, "token's parent id"))
+                .transpose()?,
         })
     }
 }
@@ -57,6 +71,8 @@ pub(super) async fn create_token(
         created_at: bson_time(token.created_at),
         expires_at: token.expires_at.map(bson_time),
         revoked_at: token.revoked_at.map(bson_time),
+        worker_id: token.worker_id.map(|w| w.to_string()),
+        session_of: token.session_of.map(|p| p.to_string()),
     };
     match store.tokens()?.insert_one(&doc).await {
         Ok(_) => doc.to_token(),
@@ -96,11 +112,14 @@ pub(super) async fn revoke_token(
 ) -> StoreResult<StoredToken> {
     let key = id.to_string();
     // Only a token not revoked yet takes `now`; one revoked already keeps
-    // its time.
+    // its time. A browser's sessions of the token end with it.
     store
         .tokens()?
-        .update_one(
-            doc! { "_id": &key, "revoked_at": null },
+        .update_many(
+            doc! {
+                "$or": [ { "_id": &key }, { "session_of": &key } ],
+                "revoked_at": null,
+            },
             doc! { "$set": { "revoked_at": bson_time(now) } },
         )
         .await?;
@@ -110,4 +129,19 @@ pub(super) async fn revoke_token(
         .await?
         .ok_or_else(|| StoreError::not_found("token", id))?
         .to_token()
+}
+
+pub(super) async fn revoke_worker_secrets(
+    store: &MongoStore,
+    worker_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<u64> {
+    Ok(store
+        .tokens()?
+        .update_many(
+            doc! { "worker_id": worker_id.to_string(), "revoked_at": null },
+            doc! { "$set": { "revoked_at": bson_time(now) } },
+        )
+        .await?
+        .modified_count)
 }

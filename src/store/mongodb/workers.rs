@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::{counters::*, documents::*, upkeep::*, *};
 use crate::domain::{
-    check_frames_done, heartbeat_action, heartbeat_task, worker_transition, Requeue,
-    ValidWorkerSpec, WorkerMode,
+    check_frames_done, heartbeat_action, heartbeat_task, worker_transition, IllegalTransition,
+    Requeue, ValidWorkerSpec, WorkerMode, REMOVE_ONLY_DISABLED,
 };
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -137,7 +137,14 @@ pub(super) async fn change_worker(
         if let Some(task) = store.current_task_of(&id_s).await? {
             if let Some(lease) = task.lease_id.clone() {
                 if store
-                    .requeue_under_lease(&task.id, &lease, &Requeue::WorkerDisabled, None, now)
+                    .requeue_under_lease(
+                        &task.id,
+                        &lease,
+                        None,
+                        &Requeue::WorkerDisabled,
+                        None,
+                        now,
+                    )
                     .await?
                     .is_some()
                 {
@@ -170,7 +177,7 @@ pub(super) async fn heartbeat(
     {
         check_frames_done(frames, task.frames()).map_err(|e| StoreError::Invalid(e.to_string()))?;
         if store
-            .record_progress(&task.id, &lease_id.to_string(), frames, None, now)
+            .record_progress(&task.id, &lease_id.to_string(), None, frames, None, now)
             .await?
             .is_none()
         {
@@ -199,4 +206,17 @@ pub fn mode_update(mode: WorkerMode) -> Document {
 /// Workers that could take work now, if they hold none.
 pub fn available_workers_filter() -> Document {
     doc! { "mode": WorkerMode::Active.as_str(), "offline": false }
+}
+
+pub(super) async fn delete_worker(store: &MongoStore, id: Uuid) -> StoreResult<()> {
+    let id_s = id.to_string();
+    let deleted = store
+        .workers()?
+        .delete_one(doc! { "_id": &id_s, "mode": WorkerMode::Disabled.as_str() })
+        .await?;
+    if deleted.deleted_count == 1 {
+        return Ok(());
+    }
+    store.get_worker(id).await?;
+    Err(IllegalTransition::new(REMOVE_ONLY_DISABLED).into())
 }

@@ -53,6 +53,9 @@ fn migrations() -> Migrations<'static> {
             "../../../migrations/sqlite/0004_hidden_renders.sql"
         )),
         M::up(include_str!("../../../migrations/sqlite/0005_tokens.sql")),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0006_worker_secrets.sql"
+        )),
     ])
 }
 

@@ -387,6 +387,7 @@ pub(super) async fn claim_next_task(
 
 pub(super) async fn report_task(
     store: &SqliteStore,
+    holder: Option<Uuid>,
     task_id: Uuid,
     lease_id: Uuid,
     report: TaskReport,
@@ -395,7 +396,8 @@ pub(super) async fn report_task(
 ) -> StoreResult<Task> {
     store.write(move |conn| {
         let task = load_leased_task(conn, task_id)?;
-        lease_accepts(&task.lease(), lease_id, None).map_err(|_| StoreError::StaleLease { task_id })?;
+        lease_accepts(&task.lease(), lease_id, holder)
+            .map_err(|why| StoreError::lease_refused(task_id, why))?;
         match &report {
             TaskReport::Progress { frames_done } => record_progress(conn, &task, *frames_done, now)?,
             TaskReport::Complete => {

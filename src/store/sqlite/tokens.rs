@@ -8,7 +8,8 @@ use super::{rows::*, *};
 use crate::domain::{Role, StoredToken};
 use crate::store::{StoreError, StoreResult};
 
-const TOKEN_COLUMNS: &str = "id, name, role, hash, created_at, expires_at, revoked_at";
+const TOKEN_COLUMNS: &str =
+    "id, name, role, hash, created_at, expires_at, revoked_at, worker_id, session_of";
 
 fn token_from_row(row: &Row) -> rusqlite::Result<StoredToken> {
     Ok(StoredToken {
@@ -19,6 +20,8 @@ fn token_from_row(row: &Row) -> rusqlite::Result<StoredToken> {
         created_at: get_time(row, 4)?,
         expires_at: get_opt_time(row, 5)?,
         revoked_at: get_opt_time(row, 6)?,
+        worker_id: get_opt_uuid(row, 7)?,
+        session_of: get_opt_uuid(row, 8)?,
     })
 }
 
@@ -30,8 +33,8 @@ pub(super) async fn create_token(
         .write(move |conn| {
             let inserted = conn
                 .prepare_cached(
-                    "INSERT INTO tokens (id, name, role, hash, created_at, expires_at, revoked_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO tokens (id, name, role, hash, created_at, expires_at, revoked_at, \
+                     worker_id, session_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?
                 .execute(params![
                     token.id.to_string(),
@@ -41,6 +44,8 @@ pub(super) async fn create_token(
                     ts(token.created_at),
                     token.expires_at.map(ts),
                     token.revoked_at.map(ts),
+                    token.worker_id.map(|w| w.to_string()),
+                    token.session_of.map(|p| p.to_string()),
                 ]);
             match inserted {
                 Ok(_) => Ok(token),
@@ -90,6 +95,11 @@ pub(super) async fn revoke_token(
 ) -> StoreResult<StoredToken> {
     store
         .write(move |conn| {
+            // A browser's sessions of the token end with it.
+            conn.prepare_cached(
+                "UPDATE tokens SET revoked_at = ?2 WHERE session_of = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![id.to_string(), ts(now)])?;
             conn.prepare_cached(&format!(
                 "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1 \
                  RETURNING {TOKEN_COLUMNS}"
@@ -97,6 +107,22 @@ pub(super) async fn revoke_token(
             .query_row(params![id.to_string(), ts(now)], token_from_row)
             .optional()?
             .ok_or_else(|| StoreError::not_found("token", id))
+        })
+        .await
+}
+
+pub(super) async fn revoke_worker_secrets(
+    store: &SqliteStore,
+    worker_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<u64> {
+    store
+        .write(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "UPDATE tokens SET revoked_at = ?2 WHERE worker_id = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![worker_id.to_string(), ts(now)])? as u64)
         })
         .await
 }

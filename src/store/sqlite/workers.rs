@@ -11,7 +11,8 @@ use super::rules::*;
 use super::{rows::*, tasks::*, *};
 use crate::domain::LEASED_TASK_STATUS;
 use crate::domain::{
-    heartbeat_action, heartbeat_task, worker_transition, Requeue, ValidWorkerSpec, WorkerMode,
+    heartbeat_action, heartbeat_task, worker_transition, IllegalTransition, Requeue,
+    ValidWorkerSpec, WorkerMode, REMOVE_ONLY_DISABLED,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -161,3 +162,18 @@ static RUNNING_TASK_OF_WORKER: LazyLock<String> = LazyLock::new(|| {
         lit(LEASED_TASK_STATUS)
     )
 });
+
+pub(super) async fn delete_worker(store: &SqliteStore, id: Uuid) -> StoreResult<()> {
+    store
+        .write(move |conn| {
+            let deleted = conn
+                .prepare_cached("DELETE FROM workers WHERE id = ?1 AND mode = ?2")?
+                .execute(params![id.to_string(), WorkerMode::Disabled.as_str()])?;
+            if deleted == 1 {
+                return Ok(());
+            }
+            load_worker(conn, id)?;
+            Err(IllegalTransition::new(REMOVE_ONLY_DISABLED).into())
+        })
+        .await
+}
