@@ -35,6 +35,11 @@ impl ApiResponse {
 
     /// The body as text (async and fallible like `reqwest::Response::text`,
     /// so tests read the same either way).
+    /// The body as JSON, without consuming the answer.
+    pub fn peek_json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
     pub async fn text(self) -> Result<String, std::string::FromUtf8Error> {
         String::from_utf8(self.body)
     }

@@ -1,6 +1,13 @@
 //! `TestApp`: a real broker on port 0 with a fresh SQLite data directory, and
 //! one method per endpoint. Every request goes through [`TestApp::send`], so
-//! every answer is checked against the OpenAPI spec.
+//! every answer is checked against the OpenAPI spec, and carries the
+//! credential a real caller of that route would: the fleet's enrolment
+//! token to register, a worker's own secret for its routes (the secret the
+//! broker gave it, the holder's for a task's reports), the admin's for the
+//! rest. A request that sets its own `Authorization` keeps it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use renderfarm::startup::{Application, Settings, StoreChoice};
 use reqwest::{Method, StatusCode};
@@ -15,6 +22,27 @@ pub struct TestApp {
     pub state: actix_web::web::Data<renderfarm::api::AppState>,
     pub client: reqwest::Client,
     pub data_dir: tempfile::TempDir,
+    /// The admin's secret (chosen at start, as a deployment would).
+    pub admin: String,
+    /// The fleet's enrolment secret.
+    pub enrolment: String,
+    credentials: Mutex<Credentials>,
+}
+
+/// What the helper learned from the broker's answers.
+#[derive(Default)]
+struct Credentials {
+    /// Each registered worker's own secret, by worker id.
+    workers: HashMap<String, String>,
+    /// The worker each claimed task went to, by task id.
+    holders: HashMap<String, String>,
+    /// The worker registered last, for reports about tasks never claimed here.
+    last_worker: Option<String>,
+}
+
+/// A new random secret, as `renderfarm token create` makes them.
+pub fn new_secret() -> String {
+    renderfarm::domain::secret_from(renderfarm::credentials::random_bytes().expect("randomness"))
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -25,6 +53,11 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut settings = Settings::new("127.0.0.1:0", data_dir.path(), StoreChoice::Embedded);
+    let (admin, enrolment) = (new_secret(), new_secret());
+    settings.bootstrap = renderfarm::credentials::Bootstrap {
+        admin_secret: Some(admin.clone()),
+        enrolment_secret: Some(enrolment.clone()),
+    };
     adjust(&mut settings);
     let app = Application::build(settings).await.expect("broker builds");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -35,6 +68,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         state,
         client: reqwest::Client::new(),
         data_dir,
+        admin,
+        enrolment,
+        credentials: Mutex::new(Credentials::default()),
     }
 }
 
@@ -86,7 +122,71 @@ impl TestApp {
     /// Sends a request built on `self.client` and checks the answer against
     /// the spec; the one way the tests talk to the broker.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Response {
-        crate::contract::send(request).await
+        let (client, request) = request.build_split();
+        let mut request = request.expect("a well-formed request");
+        let method = request.method().clone();
+        let path = request.url().path().to_string();
+        if !request.headers().contains_key("authorization") {
+            let secret = self.credential_for(&method, &path);
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {secret}").parse().expect("a header value"),
+            );
+        }
+        let answer =
+            crate::contract::send(reqwest::RequestBuilder::from_parts(client, request)).await;
+        self.learn(&method, &path, &answer);
+        answer
+    }
+
+    /// The credential a real caller of `method path` holds.
+    fn credential_for(&self, method: &Method, path: &str) -> String {
+        let known = self.credentials.lock().expect("credentials lock");
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let worker_secret = |id: &str| known.workers.get(id).cloned();
+        let last = || known.last_worker.as_deref().and_then(worker_secret);
+        let chosen = match (method.as_str(), segments.as_slice()) {
+            ("POST", ["workers"]) => Some(self.enrolment.clone()),
+            ("POST", ["workers", id, "heartbeat" | "request-task"]) => {
+                worker_secret(id).or_else(last)
+            }
+            ("POST", ["tasks", id, "progress" | "complete" | "fail" | "release"]) => known
+                .holders
+                .get(*id)
+                .and_then(|w| worker_secret(w))
+                .or_else(last),
+            _ => None,
+        };
+        chosen.unwrap_or_else(|| self.admin.clone())
+    }
+
+    /// Remembers the secrets and holders the broker's answers reveal.
+    fn learn(&self, method: &Method, path: &str, answer: &Response) {
+        if method != Method::POST || answer.status() != StatusCode::OK && answer.status() != StatusCode::CREATED {
+            return;
+        }
+        let Some(body) = answer.peek_json() else { return };
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let mut known = self.credentials.lock().expect("credentials lock");
+        match segments.as_slice() {
+            ["workers"] => {
+                if let (Some(id), Some(secret)) = (body["id"].as_str(), body["secret"].as_str()) {
+                    known.workers.insert(id.to_string(), secret.to_string());
+                    known.last_worker = Some(id.to_string());
+                }
+            }
+            ["workers", id, "request-task"] => {
+                if let Some(task) = body["task_id"].as_str() {
+                    known.holders.insert(task.to_string(), id.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The secret of a worker registered through this helper.
+    pub fn worker_secret(&self, worker: &str) -> String {
+        self.credentials.lock().expect("credentials lock").workers[worker].clone()
     }
 
     pub async fn raw(&self, method: Method, path: &str, body: Option<&str>) -> Response {
