@@ -17,8 +17,16 @@ async fn the_broker_starts_and_answers_503_while_mongodb_is_unreachable() {
         "127.0.0.1:0",
         &["--store", "mongodb://127.0.0.1:1/x"],
     );
+    // With a credential: checking it needs the store, which is away, so the
+    // answer is 503 (retry), never 401 (it is not the credential's fault).
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", common::ADMIN_TOKEN).parse().unwrap(),
+    );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
+        .default_headers(headers)
         .build()
         .unwrap();
     let url = |path: &str| format!("{}{path}", broker.address);

@@ -2,12 +2,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::BrokerProcess;
 
 fn renderfarm(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+    let output = common::renderfarm_command()
         .args(args)
         .output()
         .expect("runs");
@@ -173,7 +171,7 @@ async fn operators_list_change_and_read_logs_from_the_command_line() {
     let (ok, out, _) = renderfarm(&["requeue", &c, "--broker", &b]);
     assert!(ok && out.contains("is now queued"), "{out}");
 
-    let client = reqwest::Client::new();
+    let client = common::admin_client();
     let worker = common::send_json(
         &client,
         reqwest::Method::POST,
@@ -281,7 +279,7 @@ async fn operators_list_change_and_read_logs_from_the_command_line() {
 fn tokens_are_made_listed_and_revoked_with_direct_access_to_the_store() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+    let output = common::renderfarm_command()
         .args([
             "token",
             "create",

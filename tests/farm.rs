@@ -336,7 +336,7 @@ async fn an_agent_delivers_its_completion_after_a_five_second_broker_outage() {
     };
     let data = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = common::admin_client();
     let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
     let address = broker.address.clone();
     let port = broker.port();
@@ -466,6 +466,7 @@ async fn two_agents_cannot_share_a_work_directory() {
         heartbeat: Duration::from_secs(1),
         log_interval: Duration::from_secs(1),
         poll_wait: Duration::from_secs(1),
+        enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
     };
     let first = Agent::new(config("first"), StopSignals::default())
         .await
@@ -496,6 +497,7 @@ async fn an_agent_without_blender_says_how_to_install_it_before_registering() {
         heartbeat: Duration::from_secs(1),
         log_interval: Duration::from_secs(1),
         poll_wait: Duration::from_secs(1),
+        enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
     };
     let err = match renderfarm_worker::Agent::new(config, Default::default()).await {
         Ok(_) => panic!("an agent without Blender must not start"),
@@ -518,7 +520,7 @@ async fn up_with_demo_renders_the_demo_scene_and_prints_where_the_frames_are() {
         return;
     };
     let data = tempfile::tempdir().unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+    let output = tokio::process::Command::from(common::renderfarm_command())
         .args([
             "up",
             "--demo",

@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{get_json, send_json, BrokerProcess};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 fn renderfarm(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+    let output = common::renderfarm_command()
         .args(args)
         .output()
         .expect("runs");
@@ -98,7 +96,7 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
     let Some(mongo) = renderfarm_testkit::mongodb_for_tests("migrate-store") else {
         return;
     };
-    let client = reqwest::Client::new();
+    let client = common::admin_client();
     let data = tempfile::tempdir().unwrap();
 
     // A farm with something in every state.

@@ -35,6 +35,9 @@ impl Farm {
         scheduler: SchedulerSettings,
     ) -> Farm {
         let mut settings = Settings::new("127.0.0.1:0", data_dir, StoreChoice::Embedded);
+        // The scheduler's stories, told by one trusted caller: who may do
+        // what is the API tests' subject (tests/api/auth.rs).
+        settings.auth = renderfarm::api::auth::AuthMode::Off;
         settings.scheduler = SchedulerSettings {
             periodic: false,
             ..scheduler

@@ -21,7 +21,7 @@ struct Watch {
 
 impl Watch {
     fn start(broker: &str, args: &[&str]) -> Watch {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_renderfarm"))
+        let mut child = Command::from(common::renderfarm_command())
             .arg("watch")
             .args(args)
             .args(["--interval", "100ms", "--broker", broker])
@@ -227,7 +227,7 @@ async fn a_watch_carries_on_through_a_broker_restart() {
     let data = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
     let (address, port) = (broker.address.clone(), broker.port());
-    let client = reqwest::Client::new();
+    let client = common::admin_client();
     let render = send_json(
         &client,
         Method::POST,

@@ -30,7 +30,14 @@ impl Broker {
     pub fn start() -> anyhow::Result<Broker> {
         let data_dir = tempfile::tempdir()?;
         let mut child = Command::new(broker_binary()?)
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--auth",
+                "off",
+                "--bind",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir.path())
             .env("RENDERFARM_LOG", "error")
             .stdout(Stdio::piped())

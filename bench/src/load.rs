@@ -39,7 +39,10 @@ pub fn spec(name: &str, tasks: i64) -> RenderSpec {
 }
 
 pub async fn register(client: &BrokerClient, name: String) -> anyhow::Result<Worker> {
-    Ok(client.register(&WorkerSpec { name, tags: vec![] }).await?)
+    Ok(client
+        .register(&WorkerSpec { name, tags: vec![] })
+        .await?
+        .worker)
 }
 
 /// One claim: the assignment (None for 204) and how long it took.

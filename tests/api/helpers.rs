@@ -162,10 +162,14 @@ impl TestApp {
 
     /// Remembers the secrets and holders the broker's answers reveal.
     fn learn(&self, method: &Method, path: &str, answer: &Response) {
-        if method != Method::POST || answer.status() != StatusCode::OK && answer.status() != StatusCode::CREATED {
+        if method != Method::POST
+            || answer.status() != StatusCode::OK && answer.status() != StatusCode::CREATED
+        {
             return;
         }
-        let Some(body) = answer.peek_json() else { return };
+        let Some(body) = answer.peek_json() else {
+            return;
+        };
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let mut known = self.credentials.lock().expect("credentials lock");
         match segments.as_slice() {

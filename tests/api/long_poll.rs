@@ -19,7 +19,9 @@ async fn a_waiting_worker_is_woken_by_a_submission() {
     let poll = {
         let client = app.client.clone();
         let url = app.url(&format!("/workers/{worker}/request-task?wait=30"));
-        tokio::spawn(crate::contract::send(client.post(url).bearer_auth(app.worker_secret(&worker))))
+        tokio::spawn(crate::contract::send(
+            client.post(url).bearer_auth(app.worker_secret(&worker)),
+        ))
     };
     // Let the request reach the broker and start waiting.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -48,7 +50,9 @@ async fn waiting_workers_are_woken_by_a_resume_and_share_the_work_out() {
         let worker = app.register_ok(&format!("w{i}")).await;
         let client = app.client.clone();
         let url = app.url(&format!("/workers/{worker}/request-task?wait=30"));
-        polls.push(tokio::spawn(crate::contract::send(client.post(url).bearer_auth(app.worker_secret(&worker)))));
+        polls.push(tokio::spawn(crate::contract::send(
+            client.post(url).bearer_auth(app.worker_secret(&worker)),
+        )));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -106,7 +110,9 @@ async fn a_broker_holding_its_most_waiting_workers_tells_the_next_to_come_back()
     for i in 0..2 {
         let worker = app.register_ok(&format!("patient-{i}")).await;
         let url = app.url(&format!("/workers/{worker}/request-task?wait=30"));
-        polls.push(tokio::spawn(crate::contract::send(app.client.post(url).bearer_auth(app.worker_secret(&worker)))));
+        polls.push(tokio::spawn(crate::contract::send(
+            app.client.post(url).bearer_auth(app.worker_secret(&worker)),
+        )));
     }
     // Both polls must hold their places before the third asks: asked any
     // earlier, it would take one of them itself.

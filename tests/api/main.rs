@@ -2,6 +2,7 @@
 //! SQLite file, real HTTP.
 
 mod api_docs;
+mod auth;
 mod bad_input;
 mod contract;
 mod helpers;

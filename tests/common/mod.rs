@@ -19,6 +19,42 @@ pub struct BrokerProcess {
     pub address: String,
 }
 
+/// The admin secret every test broker starts with (chosen, as a deployment
+/// would with RENDERFARM_ADMIN_TOKEN), and what the command line sends.
+pub const ADMIN_TOKEN: &str = "rf_test_admin_0123456789abcdef0123456789abcdef";
+/// The enrolment secret the test agents register with.
+pub const ENROLMENT_TOKEN: &str = "rf_test_enrolment_0123456789abcdef0123456789ab";
+
+/// A client that sends the admin's credential with every request.
+pub fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {ADMIN_TOKEN}")
+            .parse()
+            .expect("a header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a client")
+}
+
+/// The `renderfarm` command, with the admin's credential in its environment.
+pub fn renderfarm_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_renderfarm"));
+    command.env("RENDERFARM_TOKEN", ADMIN_TOKEN);
+    command
+}
+
+/// The credentials a test broker starts with.
+pub fn test_bootstrap() -> renderfarm::credentials::Bootstrap {
+    renderfarm::credentials::Bootstrap {
+        admin_secret: Some(ADMIN_TOKEN.into()),
+        enrolment_secret: Some(ENROLMENT_TOKEN.into()),
+    }
+}
+
 impl BrokerProcess {
     /// Starts `renderfarm serve` on `bind` (port 0 for a free one) and waits
     /// for the line that names its address.
@@ -36,6 +72,9 @@ impl BrokerProcess {
             // The store is what the test says, not what the shell has.
             .env_remove("MONGODB_URI")
             .env("RENDERFARM_LOG", "warn")
+            .env("RENDERFARM_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RENDERFARM_ENROLMENT_TOKEN", ENROLMENT_TOKEN)
+            .env_remove("RENDERFARM_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -91,19 +130,15 @@ pub struct TestBroker {
 impl TestBroker {
     pub async fn start() -> TestBroker {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let app = Application::build(Settings::new(
-            "127.0.0.1:0",
-            data_dir.path(),
-            StoreChoice::Embedded,
-        ))
-        .await
-        .expect("broker builds");
+        let mut settings = Settings::new("127.0.0.1:0", data_dir.path(), StoreChoice::Embedded);
+        settings.bootstrap = test_bootstrap();
+        let app = Application::build(settings).await.expect("broker builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped());
         TestBroker {
             address,
             data_dir,
-            client: reqwest::Client::new(),
+            client: admin_client(),
         }
     }
 }
@@ -133,15 +168,32 @@ pub async fn task_log(client: &reqwest::Client, broker: &str, task_id: &str) -> 
     get_ok(client, &url).await.text().await.expect("log text")
 }
 
+/// The workers' own secrets and the tasks they claimed, learned from the
+/// answers [`send_json`] saw, so that each later request carries the
+/// credential its real caller holds.
+static LEARNED: std::sync::Mutex<Option<Learned>> = std::sync::Mutex::new(None);
+
+#[derive(Default)]
+struct Learned {
+    secrets: std::collections::HashMap<String, String>,
+    holders: std::collections::HashMap<String, String>,
+}
+
+/// Sends `body` as JSON with the credential of the route's real caller:
+/// the enrolment token to register, a worker's own secret for its routes,
+/// the admin's (the client's default) otherwise.
 pub async fn send_json(
     client: &reqwest::Client,
     method: reqwest::Method,
     url: String,
     body: &Value,
 ) -> Value {
-    let response = client
-        .request(method.clone(), &url)
-        .json(body)
+    let request = with_credential(
+        client.request(method.clone(), &url).json(body),
+        &method,
+        &url,
+    );
+    let response = request
         .send()
         .await
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
@@ -150,7 +202,66 @@ pub async fn send_json(
         "{method} {url}: {}",
         response.status()
     );
-    response.json().await.expect("JSON")
+    let answer: Value = response.json().await.expect("JSON");
+    learn(&url, &answer);
+    answer
+}
+
+fn segments_of(url: &str) -> Vec<String> {
+    let path = reqwest::Url::parse(url).expect("a URL").path().to_string();
+    path.trim_start_matches('/')
+        .split('/')
+        .map(String::from)
+        .collect()
+}
+
+/// `request` (to `method url`) with the credential its real caller holds,
+/// when that is not the client's default admin.
+pub fn with_credential(
+    request: reqwest::RequestBuilder,
+    method: &reqwest::Method,
+    url: &str,
+) -> reqwest::RequestBuilder {
+    let segments = segments_of(url);
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let bearer = {
+        let learned = LEARNED.lock().unwrap();
+        let learned = learned.as_ref();
+        let secret_of = |worker: &str| learned.and_then(|l| l.secrets.get(worker).cloned());
+        match (method.as_str(), segments.as_slice()) {
+            ("POST", ["workers"]) => Some(ENROLMENT_TOKEN.to_string()),
+            ("POST", ["workers", id, "heartbeat" | "request-task"]) => secret_of(id),
+            ("POST", ["tasks", id, _]) => learned
+                .and_then(|l| l.holders.get(*id))
+                .and_then(|w| secret_of(w)),
+            _ => None,
+        }
+    };
+    match bearer {
+        Some(secret) => request.bearer_auth(secret),
+        None => request,
+    }
+}
+
+/// Remembers the worker secrets and task holders an answer from `url` shows.
+pub fn learn(url: &str, answer: &Value) {
+    let segments = segments_of(url);
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let mut learned = LEARNED.lock().unwrap();
+    let learned = learned.get_or_insert_with(Learned::default);
+    match segments.as_slice() {
+        ["workers"] => {
+            if let (Some(id), Some(secret)) = (answer["id"].as_str(), answer["secret"].as_str()) {
+                learned.secrets.insert(id.into(), secret.into());
+            }
+        }
+        ["workers", id, "request-task"] => {
+            if let Some(task) = answer["task_id"].as_str() {
+                learned.holders.insert(task.into(), id.to_string());
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, failing the test after `limit`.
@@ -246,6 +357,7 @@ impl TestAgent {
             heartbeat: Duration::from_millis(300),
             log_interval: Duration::from_millis(200),
             poll_wait: Duration::from_secs(10),
+            enrolment_token: Some(ENROLMENT_TOKEN.into()),
         };
         let signals = StopSignals::default();
         let agent = Agent::new(config, signals.clone())

@@ -22,6 +22,9 @@ struct Cli {
     /// that the agent acts with its own secret, kept in the work directory.
     #[arg(long, env = "RENDERFARM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the enrolment token (a Docker or Kubernetes secret).
+    #[arg(long, env = "RENDERFARM_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// Name shown to operators (default: the host name).
     #[arg(long, env = "RENDERFARM_WORKER_NAME")]
     name: Option<String>,
@@ -96,7 +99,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         heartbeat: cli.heartbeat,
         log_interval: cli.log_interval,
         poll_wait: cli.poll_wait,
-        enrolment_token: cli.token,
+        enrolment_token: match &cli.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading the token file {}: {e}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => cli.token,
+        },
     };
     let signals = StopSignals::default();
     let agent = Agent::new(config, signals.clone()).await?;
