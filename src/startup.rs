@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::Notify;
 
+use crate::api::rate_limit::{self, Limiters};
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::scheduler::{Scheduler, SchedulerSettings};
@@ -55,7 +57,12 @@ pub struct Settings {
     pub migrate: bool,
     /// How many long polls may wait at once; more get 429.
     pub max_waiting: usize,
+    /// Requests per credential on the people's and the workers' routes
+    /// (`serve --rate-limit`, `--worker-rate-limit`).
+    pub rate_limits: RateLimits,
 }
+
+pub use crate::api::rate_limit::{Per, RateLimit, RateLimits};
 
 /// The default of [`Settings::max_waiting`]: far more workers than a studio
 /// has, and within the descriptors a process may open once `serve` has
@@ -72,6 +79,7 @@ impl Settings {
             scheduler: SchedulerSettings::default(),
             migrate: true,
             max_waiting: DEFAULT_MAX_WAITING,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -82,6 +90,8 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     scheduler: Arc<Scheduler>,
+    /// Forgets the rate limiters' idle keys while the server runs.
+    limiter_pruner: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -127,12 +137,21 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let app_state = state.clone();
+        let limiters = Arc::new(Limiters::new(settings.rate_limits));
+        let limiter_pruner = rate_limit::spawn_pruner(Arc::downgrade(&limiters));
         let server = HttpServer::new(move || {
+            let limiters = limiters.clone();
             App::new()
                 .wrap(api::openapi::json_not_found())
                 .app_data(app_state.clone())
                 .configure(api::configure)
                 .default_service(web::to(api::no_route))
+                // Wrapped last, so outermost: the limiter runs before anything
+                // else, authentication included, and limits floods of bad
+                // credentials too. Keep it the last `wrap`.
+                .wrap(from_fn(move |req, next| {
+                    rate_limit::limit(limiters.clone(), req, next)
+                }))
         })
         // Long polls hold requests for up to a minute; stopping should not
         // wait for them, the workers ask again.
@@ -149,6 +168,7 @@ impl Application {
             server,
             state,
             scheduler,
+            limiter_pruner,
         })
     }
 
@@ -176,6 +196,7 @@ impl Application {
     /// scheduler and gives up its lease.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
+        self.limiter_pruner.abort();
         self.scheduler.stop().await;
         served
     }

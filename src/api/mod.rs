@@ -5,6 +5,7 @@ mod body;
 pub mod error;
 mod health;
 pub mod openapi;
+pub mod rate_limit;
 mod renders;
 mod scheduler;
 mod tasks;
