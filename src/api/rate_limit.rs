@@ -341,9 +341,7 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 /// An IPv4 address as is; an IPv6 one (not IPv4-mapped) cut to its /64.
 fn network_of(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(
-            u128::from(v6) & !u128::from(u64::MAX),
-        )),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
         v4 => v4,
     }
 }
@@ -569,7 +567,11 @@ mod tests {
         for (text, want) in cases {
             let parsed: RateLimit = text.parse().unwrap_or_else(|e| panic!("{text:?}: {e}"));
             assert_eq!(parsed, want, "{text:?}");
-            assert_eq!(parsed.to_string().parse::<RateLimit>(), Ok(want), "{text:?}");
+            assert_eq!(
+                parsed.to_string().parse::<RateLimit>(),
+                Ok(want),
+                "{text:?}"
+            );
         }
         assert_eq!(RateLimit::new(20, Per::Second, 20).to_string(), "20/s");
         assert_eq!(RateLimit::new(2, Per::Minute, 5).to_string(), "2/m:5");
@@ -581,7 +583,17 @@ mod tests {
     #[test]
     fn a_malformed_limit_is_refused_with_the_accepted_forms() {
         for text in [
-            "", "20", "20/h", "0/s", "-1/s", "x/s", "20/s:0", "20/s:", "20/s:x", "1.5/s", "20 per s",
+            "",
+            "20",
+            "20/h",
+            "0/s",
+            "-1/s",
+            "x/s",
+            "20/s:0",
+            "20/s:",
+            "20/s:x",
+            "1.5/s",
+            "20 per s",
             "99999999999/s",
         ] {
             let error = text.parse::<RateLimit>().unwrap_err();
@@ -600,24 +612,60 @@ mod tests {
         let get = Method::GET;
         let cases = [
             (&post, "/workers".to_string(), Some(Budget::Workers)),
-            (&post, format!("/workers/{id}/heartbeat"), Some(Budget::Workers)),
-            (&post, format!("/workers/{id}/request-task"), Some(Budget::Workers)),
-            (&post, format!("/tasks/{id}/progress"), Some(Budget::Workers)),
-            (&post, format!("/tasks/{id}/complete"), Some(Budget::Workers)),
+            (
+                &post,
+                format!("/workers/{id}/heartbeat"),
+                Some(Budget::Workers),
+            ),
+            (
+                &post,
+                format!("/workers/{id}/request-task"),
+                Some(Budget::Workers),
+            ),
+            (
+                &post,
+                format!("/tasks/{id}/progress"),
+                Some(Budget::Workers),
+            ),
+            (
+                &post,
+                format!("/tasks/{id}/complete"),
+                Some(Budget::Workers),
+            ),
             (&post, format!("/tasks/{id}/fail"), Some(Budget::Workers)),
             (&post, format!("/tasks/{id}/release"), Some(Budget::Workers)),
             (&get, "/workers".to_string(), Some(Budget::People)),
             (&get, format!("/workers/{id}"), Some(Budget::People)),
             (&get, format!("/tasks/{id}"), Some(Budget::People)),
             (&get, format!("/tasks/{id}/log"), Some(Budget::People)),
-            (&get, format!("/workers/{id}/heartbeat"), Some(Budget::People)),
-            (&Method::PUT, format!("/workers/{id}/status"), Some(Budget::People)),
+            (
+                &get,
+                format!("/workers/{id}/heartbeat"),
+                Some(Budget::People),
+            ),
+            (
+                &Method::PUT,
+                format!("/workers/{id}/status"),
+                Some(Budget::People),
+            ),
             (&post, "/renders".to_string(), Some(Budget::People)),
-            (&post, format!("/renders/{id}/complete"), Some(Budget::People)),
+            (
+                &post,
+                format!("/renders/{id}/complete"),
+                Some(Budget::People),
+            ),
             (&post, "/scheduler/run".to_string(), Some(Budget::People)),
             (&post, "/workers/".to_string(), Some(Budget::People)),
-            (&post, "/workers//heartbeat".to_string(), Some(Budget::People)),
-            (&post, format!("/tasks/{id}/complete/x"), Some(Budget::People)),
+            (
+                &post,
+                "/workers//heartbeat".to_string(),
+                Some(Budget::People),
+            ),
+            (
+                &post,
+                format!("/tasks/{id}/complete/x"),
+                Some(Budget::People),
+            ),
             (&get, "/api-docs/".to_string(), Some(Budget::People)),
             (&get, "/health".to_string(), None),
             (&get, "/ready".to_string(), None),
@@ -644,10 +692,8 @@ mod tests {
             bearer,
             key(TestRequest::default().insert_header((header::AUTHORIZATION, "Bearer rf_other")))
         );
-        let session = key(TestRequest::default().insert_header((
-            header::COOKIE,
-            "theme=dark; rf_session=abc; lang=en",
-        )));
+        let session = key(TestRequest::default()
+            .insert_header((header::COOKIE, "theme=dark; rf_session=abc; lang=en")));
         assert!(matches!(session, Key::Session(_)), "{session:?}");
         assert_ne!(
             session,
@@ -761,7 +807,10 @@ mod tests {
         let message = limiters
             .refusal(Budget::People, &Key::Credential(digest(b"Bearer rf_x")), 30)
             .to_string();
-        assert!(message.contains("--rate-limit") && message.contains("2/m"), "{message}");
+        assert!(
+            message.contains("--rate-limit") && message.contains("2/m"),
+            "{message}"
+        );
         assert!(message.contains("retry in 30 s"), "{message}");
         assert!(message.contains("Authorization"), "{message}");
         let message = limiters

@@ -585,7 +585,9 @@ mod tests {
         assert_eq!(args.worker_rate_limit, RateLimit::Off);
         let args = serve_args(&["--worker-rate-limit", "50/s:200"]).unwrap();
         assert_eq!(args.worker_rate_limit, RateLimit::new(50, Per::Second, 200));
-        let error = serve_args(&["--rate-limit", "lots"]).unwrap_err().to_string();
+        let error = serve_args(&["--rate-limit", "lots"])
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("--rate-limit") && error.contains("N/s or N/m"),
             "{error}"
