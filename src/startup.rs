@@ -2,15 +2,18 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::api::auth::{AuthMode, Authenticator};
+use crate::api::rate_limit::{self, Limiters};
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::{self, Bootstrap};
@@ -61,7 +64,12 @@ pub struct Settings {
     pub auth: AuthMode,
     /// Secrets the deployment chose for its admin and its workers' enrolment.
     pub bootstrap: Bootstrap,
+    /// Requests per credential on the people's and the workers' routes
+    /// (`serve --rate-limit`, `--worker-rate-limit`).
+    pub rate_limits: RateLimits,
 }
+
+pub use crate::api::rate_limit::{Per, RateLimit, RateLimits};
 
 /// The default of [`Settings::max_waiting`]: far more workers than a studio
 /// has, and within the descriptors a process may open once `serve` has
@@ -80,6 +88,7 @@ impl Settings {
             max_waiting: DEFAULT_MAX_WAITING,
             auth: AuthMode::On,
             bootstrap: Bootstrap::default(),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -90,6 +99,8 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     scheduler: Arc<Scheduler>,
+    /// Forgets the rate limiters' idle keys while the server runs.
+    limiter_pruner: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -118,13 +129,21 @@ impl Application {
             settings.scheduler.clone(),
             work_available.clone(),
         );
+        let credentials_ready = Arc::new(AtomicBool::new(settings.auth == AuthMode::Off));
         if settings.auth == AuthMode::On {
-            start_credentials(store.clone(), clock.clone(), settings.bootstrap.clone()).await?;
+            start_credentials(
+                store.clone(),
+                clock.clone(),
+                settings.bootstrap.clone(),
+                credentials_ready.clone(),
+            )
+            .await?;
         } else {
             tracing::warn!("AUTH IS OFF (--auth off): anyone who can reach this broker can submit, cancel and delete renders, remove workers and act as any worker. Use it only on a trusted single machine");
         }
         let state = web::Data::new(AppState {
             auth: Authenticator::new(settings.auth, store.clone()),
+            credentials_ready,
             store,
             clock,
             data_dir,
@@ -141,13 +160,22 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let app_state = state.clone();
+        let limiters = Arc::new(Limiters::new(settings.rate_limits));
+        let limiter_pruner = rate_limit::spawn_pruner(Arc::downgrade(&limiters));
         let server = HttpServer::new(move || {
+            let limiters = limiters.clone();
             App::new()
                 .wrap(actix_web::middleware::from_fn(api::auth::authenticate))
                 .wrap(api::openapi::json_not_found())
                 .app_data(app_state.clone())
                 .configure(api::configure)
                 .default_service(web::to(api::no_route))
+                // Wrapped last, so outermost: the limiter runs before anything
+                // else, authentication included, and limits floods of bad
+                // credentials too. Keep it the last `wrap`.
+                .wrap(from_fn(move |req, next| {
+                    rate_limit::limit(limiters.clone(), req, next)
+                }))
         })
         // Long polls hold requests for up to a minute; stopping should not
         // wait for them, the workers ask again.
@@ -164,6 +192,7 @@ impl Application {
             server,
             state,
             scheduler,
+            limiter_pruner,
         })
     }
 
@@ -191,6 +220,7 @@ impl Application {
     /// scheduler and gives up its lease.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
+        self.limiter_pruner.abort();
         self.scheduler.stop().await;
         served
     }
@@ -204,6 +234,7 @@ async fn start_credentials(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     chosen: Bootstrap,
+    ready: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let run = {
         let store = store.clone();
@@ -211,6 +242,7 @@ async fn start_credentials(
             if let Some(first) = credentials::bootstrap(store, &chosen, clock.now()).await? {
                 announce_first_admin(&first.secret);
             }
+            ready.store(true, Ordering::Release);
             anyhow::Ok(())
         }
     };
@@ -225,7 +257,7 @@ async fn start_credentials(
                 }
                 return;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     Ok(())

@@ -39,6 +39,11 @@ impl Broker {
                 "--data-dir",
             ])
             .arg(data_dir.path())
+            // Every simulated worker and client comes from 127.0.0.1 without a
+            // credential, so the rate limiter would count the whole benchmark
+            // as one client and hold it to one client's budget. The benchmarks
+            // measure the broker's work, not that limit: both budgets off.
+            .args(["--rate-limit", "off", "--worker-rate-limit", "off"])
             .env("RENDERFARM_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -80,7 +80,13 @@ impl Authenticator {
             Some(token) => token,
             None => {
                 let token = self.store.token_by_hash(&hash).await?;
-                self.remember(hash, token.clone());
+                // Only found tokens are remembered: an unknown one may be
+                // stored a moment later (a deployment's secret adopted by a
+                // broker still connecting to MongoDB), and the rate limiter,
+                // not this cache, bounds what guessing costs.
+                if token.is_some() {
+                    self.remember(hash, token.clone());
+                }
                 token
             }
         };

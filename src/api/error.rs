@@ -13,8 +13,6 @@ use crate::store::StoreError;
 
 /// Seconds a client should wait before retrying after a 503.
 const UNAVAILABLE_RETRY_AFTER: &str = "5";
-/// Seconds a worker should wait before asking again after a 429.
-const TOO_MANY_RETRY_AFTER: &str = "5";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -36,8 +34,12 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("{0}")]
-    TooManyRequests(String),
+    /// 429: try again after `retry_after_secs` (sent as `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("unexpected failure")]
@@ -55,7 +57,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Unexpected(_) => "internal",
         }
@@ -73,7 +75,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -92,8 +94,10 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER));
             }
-            ApiError::TooManyRequests(_) => {
-                response.insert_header((header::RETRY_AFTER, TOO_MANY_RETRY_AFTER));
+            ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             ApiError::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"renderfarm\""));

@@ -45,7 +45,19 @@ pub(super) async fn health() -> HttpResponse {
 )]
 pub(super) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let backend = state.store.backend().to_string();
-    match state.store.ping().await {
+    let pinged = state.store.ping().await.and_then(|()| {
+        if state
+            .credentials_ready
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            Ok(())
+        } else {
+            Err(crate::store::StoreError::Unavailable(
+                "the deployment's credentials are not stored yet".into(),
+            ))
+        }
+    });
+    match pinged {
         Ok(()) => HttpResponse::Ok().json(HealthReport {
             status: "ready".into(),
             store: Some(backend),

@@ -6,6 +6,7 @@ mod body;
 pub mod error;
 mod health;
 pub mod openapi;
+pub mod rate_limit;
 mod renders;
 mod scheduler;
 mod session;
@@ -51,6 +52,9 @@ pub struct AppState {
     pub max_waiting: usize,
     /// Checks credentials (or lets everyone in, with `--auth off`).
     pub auth: auth::Authenticator,
+    /// Whether the credentials the broker starts with are stored (a MongoDB
+    /// broker stores them once its store answers); not ready before.
+    pub credentials_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {

@@ -33,7 +33,14 @@ progress and results under the lease each assignment carries. Operators steer re
 workers.\n\nEvery error answer is JSON, `{\"error\": \"<code>\", \"message\": \"<what went wrong \
 and how to fix it>\"}`, including malformed JSON, unknown routes (404) and wrong methods (405, \
 with `Allow`). Request bodies are JSON (`Content-Type: application/json`, or none) of at most \
-1 MiB, and unknown fields are refused.",
+1 MiB, and unknown fields are refused.\n\nRate limits: each client (its `Authorization` header, \
+else its `rf_session` cookie, else its address) has two budgets, one for the workers' routes \
+(`POST /workers`, heartbeats, `request-task` and the task reports) and one for everything else; \
+`/health` and `/ready` are not limited. The broker's flags set them (`--rate-limit`, \
+`--worker-rate-limit`). Every limited answer carries `RateLimit-Limit` (the requests that may \
+come at once), `RateLimit-Remaining` (what is left of them) and `RateLimit-Reset` (seconds until \
+all are back), as draft-ietf-httpapi-ratelimit-headers-06 defines them; a request over the limit \
+is answered 429 with `Retry-After`.",
     ),
     paths(
         renders::submit,
@@ -192,12 +199,18 @@ pub struct UnsupportedMediaType(pub ErrorBody);
 )]
 pub struct Internal(pub ErrorBody);
 
-/// The broker holds as many waiting long polls as it may.
+/// The client is over its rate limit, or (`request-task`) the broker holds
+/// as many waiting long polls as it may.
 #[derive(ToResponse)]
 #[response(
-    description = "As many workers as the broker holds (`--max-waiting`) are waiting for work already; ask again after `Retry-After` seconds.",
-    headers(("Retry-After" = u32, description = "Seconds to wait before asking again.")),
-    example = json!({"error": "too_many_requests", "message": "4096 workers are waiting for work on this broker already, as many as it holds (--max-waiting); ask again after Retry-After seconds, or raise --max-waiting"})
+    description = "Too many requests: this client (its credential, or its address) spent its budget of requests (`--rate-limit`, or `--worker-rate-limit` on the workers' routes), or, on `request-task`, as many workers as the broker holds (`--max-waiting`) are waiting for work already. Ask again after `Retry-After` seconds.",
+    headers(
+        ("Retry-After" = u32, description = "Seconds to wait before asking again."),
+        ("RateLimit-Limit" = u32, description = "Requests this client may make at once on this budget (draft-ietf-httpapi-ratelimit-headers-06); sent with every answer of a limited route."),
+        ("RateLimit-Remaining" = u32, description = "What is left of them: 0 when refused."),
+        ("RateLimit-Reset" = u32, description = "Seconds until all of them are back; on a 429, the same as `Retry-After`."),
+    ),
+    example = json!({"error": "too_many_requests", "message": "too many requests to the API with this Authorization header: this broker allows 300/s:600 per client (--rate-limit); retry in 1 s (Retry-After)"})
 )]
 pub struct TooManyRequests(pub ErrorBody);
 
@@ -313,6 +326,7 @@ pub fn spec() -> Value {
             h.insert("required".into(), Value::Bool(true));
         }
     }
+    declare_rate_limited(&mut spec);
     camel_case_links(&mut spec);
     answer_credential_errors(&mut spec);
     spec
@@ -351,6 +365,30 @@ fn answer_credential_errors(spec: &mut Value) {
             responses.insert(
                 "403".into(),
                 serde_json::json!({"$ref": "#/components/responses/Forbidden"}),
+            );
+        }
+    }
+}
+
+/// Every operation the rate limiter counts may answer 429: declared here,
+/// once, rather than on each handler, with the same rule the limiter uses.
+fn declare_rate_limited(spec: &mut Value) {
+    let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths {
+        if super::rate_limit::is_unlimited(path) {
+            continue;
+        }
+        let responses = item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|item| item.values_mut())
+            .filter_map(|operation| operation.get_mut("responses"))
+            .filter_map(Value::as_object_mut);
+        for responses in responses {
+            responses.entry("429").or_insert_with(
+                || serde_json::json!({ "$ref": "#/components/responses/TooManyRequests" }),
             );
         }
     }
@@ -412,6 +450,23 @@ mod tests {
                 "{method} {path} {status} does not declare {header}"
             );
         }
+    }
+
+    #[test]
+    fn every_rate_limited_operation_declares_429_and_the_probes_do_not() {
+        let spec = spec();
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let declared = operation["responses"].get("429").is_some();
+                assert_eq!(
+                    declared,
+                    !crate::api::rate_limit::is_unlimited(path),
+                    "{method} {path}"
+                );
+            }
+        }
+        assert!(!crate::api::rate_limit::is_unlimited("/renders"));
+        assert!(crate::api::rate_limit::is_unlimited("/health"));
     }
 
     #[test]

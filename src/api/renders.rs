@@ -71,7 +71,7 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
     )
 )]
 pub(super) async fn submit(
-    access: Access<Artist>,
+    _access: Access<Artist>,
     state: web::Data<AppState>,
     body: JsonBody<RenderSpec>,
 ) -> Result<HttpResponse, ApiError> {

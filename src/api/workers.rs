@@ -23,6 +23,8 @@ use crate::domain::{plan_worker_secret, validate_worker_spec};
 pub const MAX_WAIT_SECONDS: f64 = 60.0;
 /// Seconds a worker told "nothing to do" should wait before asking again.
 const IDLE_RETRY_AFTER: &str = "1";
+/// Seconds a worker turned away by `--max-waiting` waits before asking again.
+const FULL_RETRY_AFTER_SECS: u64 = 5;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -304,10 +306,13 @@ pub(super) async fn request_task(
         // Only a request that must wait takes a place among the waiting.
         if slot.is_none() {
             slot = Some(state.wait_slot().ok_or_else(|| {
-                ApiError::TooManyRequests(format!(
-                    "{} workers are waiting for work on this broker already, as many as it holds (--max-waiting); ask again after Retry-After seconds, or raise --max-waiting",
-                    state.max_waiting
-                ))
+                ApiError::TooManyRequests {
+                    message: format!(
+                        "{} workers are waiting for work on this broker already, as many as it holds (--max-waiting); ask again after Retry-After seconds, or raise --max-waiting",
+                        state.max_waiting
+                    ),
+                    retry_after_secs: FULL_RETRY_AFTER_SECS,
+                }
             })?);
         }
         tokio::select! {

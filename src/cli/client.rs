@@ -26,6 +26,12 @@ pub fn connect(base: &str) -> anyhow::Result<BrokerClient> {
 pub fn explain(base: &str) -> impl Fn(ClientError) -> anyhow::Error + '_ {
     move |e| {
         match e {
+        // It answered (429 over its rate limit, 503 while its store is away)
+        // and said when to come back.
+        ClientError::Unreachable { cause, retry_after: Some(wait), .. } => anyhow::anyhow!(
+            "the broker at {base} turned the request away ({cause}); try again in {} s",
+            wait.as_secs()
+        ),
         ClientError::Unreachable { cause, .. } => anyhow::anyhow!(
             "cannot reach the broker at {base} ({cause}): is `renderfarm serve` running? (--broker or RENDERFARM_BROKER to point elsewhere)"
         ),

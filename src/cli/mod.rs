@@ -17,7 +17,7 @@ use renderfarm_wire::{Priority, RenderAction, RenderSpec, WorkerAction};
 
 use crate::api::auth::AuthMode;
 use crate::credentials::Bootstrap;
-use crate::startup::{Application, Settings, StoreChoice};
+use crate::startup::{Application, RateLimit, RateLimits, Settings, StoreChoice};
 
 /// A render farm for Blender.
 #[derive(Debug, Parser)]
@@ -133,6 +133,21 @@ struct ServeArgs {
         conflicts_with = "enrolment_token"
     )]
     enrolment_token_file: Option<PathBuf>,
+    /// Requests each client may make to the API (every route but the
+    /// workers' below and /health, /ready): N/s or N/m (a second or a
+    /// minute), optionally :BURST, how many may come at once (N if left out);
+    /// or "off". A client is its Authorization header, else its session
+    /// cookie, else its address; one over the limit is answered 429 with
+    /// Retry-After.
+    #[arg(long, env = "RENDERFARM_RATE_LIMIT", value_name = "N/s[:BURST]",
+          default_value_t = RateLimits::DEFAULT_PEOPLE, value_parser = parse_rate_limit)]
+    rate_limit: RateLimit,
+    /// As --rate-limit, for the workers' own routes, on a budget of their own:
+    /// registering, heartbeats, request-task and the task reports
+    /// (progress, complete, fail, release).
+    #[arg(long, env = "RENDERFARM_WORKER_RATE_LIMIT", value_name = "N/s[:BURST]",
+          default_value_t = RateLimits::DEFAULT_WORKERS, value_parser = parse_rate_limit)]
+    worker_rate_limit: RateLimit,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -162,6 +177,10 @@ pub(crate) fn secret_from(
     Ok(direct
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty()))
+}
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    s.parse()
 }
 
 #[derive(Debug, Args)]
@@ -401,6 +420,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_secret: secret_from(args.admin_token, args.admin_token_file.as_deref())?,
         enrolment_secret: secret_from(args.enrolment_token, args.enrolment_token_file.as_deref())?,
     };
+    settings.rate_limits = RateLimits {
+        people: args.rate_limit,
+        workers: args.worker_rate_limit,
+    };
     raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings.clone()).await?;
     let host = settings
@@ -609,7 +632,40 @@ async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{parse_allowance, parse_frames, Allowance, Cli};
+    use crate::startup::{Per, RateLimit, RateLimits};
     use clap::Parser;
+
+    fn serve_args(args: &[&str]) -> Result<super::ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["renderfarm", "serve"].iter().chain(args))?;
+        match cli.command {
+            super::Command::Serve(args) => Ok(args),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_limit_flags_default_to_the_settings_defaults_and_refuse_bad_forms_clearly() {
+        let args = serve_args(&[]).unwrap();
+        assert_eq!(
+            RateLimits {
+                people: args.rate_limit,
+                workers: args.worker_rate_limit
+            },
+            RateLimits::default()
+        );
+        let args = serve_args(&["--rate-limit", "2/m", "--worker-rate-limit", "off"]).unwrap();
+        assert_eq!(args.rate_limit, RateLimit::new(2, Per::Minute, 2));
+        assert_eq!(args.worker_rate_limit, RateLimit::Off);
+        let args = serve_args(&["--worker-rate-limit", "50/s:200"]).unwrap();
+        assert_eq!(args.worker_rate_limit, RateLimit::new(50, Per::Second, 200));
+        let error = serve_args(&["--rate-limit", "lots"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--rate-limit") && error.contains("N/s or N/m"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn frame_arguments_parse_as_ranges_or_single_frames() {

@@ -85,9 +85,15 @@ pub async fn follow(
     let mut renders: Vec<Render> = Vec::new();
     let mut first = true;
     loop {
+        // The broker's Retry-After (over the rate limit, store away) when it
+        // asks for longer than the interval.
+        let mut pause = interval;
         match look(client, target, &mut renders).await {
             Ok(workers) => view.show(&renders, &workers),
-            Err(e) if !first && e.is_retryable() => view.note(&format!("{e}; trying again")),
+            Err(e) if !first && e.is_retryable() => {
+                pause = pause.max(e.retry_after().unwrap_or_default());
+                view.note(&format!("{e}; trying again"));
+            }
             Err(e) => return Err(explain(client.base())(e)),
         }
         first = false;
@@ -100,7 +106,7 @@ pub async fn follow(
             // Finished renders were shown once as such; stop following them.
             Target::Unfinished => renders.retain(|r| !r.status.is_finished()),
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

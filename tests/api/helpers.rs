@@ -27,6 +27,8 @@ pub struct TestApp {
     /// The fleet's enrolment secret.
     pub enrolment: String,
     credentials: Mutex<Credentials>,
+    /// False when the test turned credentials off: requests go as built.
+    auth_on: bool,
 }
 
 /// What the helper learned from the broker's answers.
@@ -59,6 +61,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         enrolment_secret: Some(enrolment.clone()),
     };
     adjust(&mut settings);
+    let auth_on = settings.auth == renderfarm::api::auth::AuthMode::On;
     let app = Application::build(settings).await.expect("broker builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
@@ -71,6 +74,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         admin,
         enrolment,
         credentials: Mutex::new(Credentials::default()),
+        auth_on,
     }
 }
 
@@ -126,7 +130,7 @@ impl TestApp {
         let mut request = request.expect("a well-formed request");
         let method = request.method().clone();
         let path = request.url().path().to_string();
-        if !request.headers().contains_key("authorization") {
+        if self.auth_on && !request.headers().contains_key("authorization") {
             let secret = self.credential_for(&method, &path);
             request.headers_mut().insert(
                 "authorization",

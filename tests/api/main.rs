@@ -10,3 +10,4 @@ mod lifecycle;
 mod long_poll;
 mod operators;
 mod postman;
+mod rate_limits;

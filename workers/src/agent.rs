@@ -130,6 +130,15 @@ fn retry_delay(backoff: Option<Duration>, error: &ClientError) -> Duration {
     }
 }
 
+/// Until when a rendering agent sends no heartbeat or progress after
+/// `error`: the broker's `Retry-After` (at most [`MAX_RETRY_AFTER`]), else not
+/// at all (the next tick tries again).
+fn quiet_after(error: &ClientError) -> Option<tokio::time::Instant> {
+    error
+        .retry_after()
+        .map(|asked| tokio::time::Instant::now() + asked.min(MAX_RETRY_AFTER))
+}
+
 /// How a task ended on this agent.
 enum Ending {
     Report(FinalReport),
@@ -427,6 +436,10 @@ impl Agent {
         let mut flush = tokio::time::interval(self.config.log_interval);
         let mut reported_frames = 0;
         let mut lines_open = true;
+        // Heartbeats and progress wait until then when the broker answered
+        // one with a Retry-After (over the rate limit, store away); the log
+        // keeps what was not sent.
+        let mut quiet_until: Option<tokio::time::Instant> = None;
         let exit = loop {
             tokio::select! {
                 line = blender.lines.recv(), if lines_open => match line {
@@ -438,6 +451,9 @@ impl Agent {
                 },
                 status = blender.process.wait() => break status,
                 _ = heartbeat.tick() => {
+                    if quiet_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                        continue;
+                    }
                     let beat = Heartbeat {
                         task_id: Some(a.task_id),
                         lease_id: Some(a.lease_id),
@@ -449,10 +465,16 @@ impl Agent {
                             return Ending::Aborted;
                         }
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "heartbeat not delivered; rendering on"),
+                        Err(e) => {
+                            quiet_until = quiet_after(&e);
+                            tracing::warn!(error = %e, "heartbeat not delivered; rendering on");
+                        }
                     }
                 }
                 _ = flush.tick() => {
+                    if quiet_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                        continue;
+                    }
                     if log.has_unsent() || progress.frames_done() != reported_frames {
                         let frames = progress.frames_done();
                         let report = ProgressReport { lease_id: a.lease_id, frames_done: frames, log: Some(log.unsent().to_string()) };
@@ -465,7 +487,10 @@ impl Agent {
                                 blender.process.kill().await;
                                 return Ending::Aborted;
                             }
-                            Err(e) => tracing::warn!(error = %e, "progress not delivered; keeping the log to send later"),
+                            Err(e) => {
+                                quiet_until = quiet_after(&e);
+                                tracing::warn!(error = %e, "progress not delivered; keeping the log to send later");
+                            }
                         }
                     }
                 }
@@ -755,5 +780,24 @@ mod tests {
         for (backoff, error, want) in cases {
             assert_eq!(retry_delay(backoff, &error), want, "{backoff:?} {error:?}");
         }
+    }
+
+    #[test]
+    fn heartbeats_and_progress_keep_quiet_for_what_the_broker_asked_and_never_an_hour() {
+        let busy = |retry_after| ClientError::Unreachable {
+            base: "http://b".into(),
+            cause: "429 Too Many Requests".into(),
+            retry_after,
+        };
+        let before = tokio::time::Instant::now();
+        let until = quiet_after(&busy(Some(Duration::from_secs(3)))).expect("a pause");
+        assert!(until >= before + Duration::from_secs(3), "{until:?}");
+        let until = quiet_after(&busy(Some(Duration::from_secs(3600)))).expect("a pause");
+        assert!(
+            until <= tokio::time::Instant::now() + MAX_RETRY_AFTER,
+            "{until:?}"
+        );
+        assert_eq!(quiet_after(&busy(None)), None, "no Retry-After, no pause");
+        assert_eq!(quiet_after(&ClientError::Conflict("stale".into())), None);
     }
 }
