@@ -10,11 +10,14 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::{parse_id, resource, ApiError, AppState, JsonBody, PageQuery};
-use crate::domain::{NewRender, RenderCommand, ValidRenderSpec};
+use crate::domain::{validate_name, NewRender, RenderCommand, ValidRenderSpec};
 use crate::store::{PageRequest, RenderFilter};
 
 /// Seconds a client should wait before asking about an unfinished render again.
 const RENDER_RETRY_AFTER: &str = "5";
+
+/// The `owner` a caller gives to list their own renders.
+pub const OWNER_ME: &str = "me";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -63,7 +66,7 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
                 ("change_render_status" = (operation_id = "change_render_status", parameters(("id" = "$response.body#/id")), description = "Pause, resume, cancel or requeue it.")),
                 ("complete_render" = (operation_id = "complete_render", parameters(("id" = "$response.body#/id")), description = "Mark it complete.")),
             ),
-            example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
+            example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "owner": null, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
         super::openapi::BodyErrors,
         super::openapi::StoreErrors,
     )
@@ -77,6 +80,7 @@ pub(super) async fn submit(
     let new = NewRender::plan(
         spec,
         Uuid::now_v7(),
+        None,
         |id| {
             renders_dir
                 .join(id.to_string())
@@ -94,7 +98,7 @@ pub(super) async fn submit(
     Ok(render_response(response, &render))
 }
 
-/// `?status=&priority=&limit=&offset=`; any other parameter is refused.
+/// `?status=&priority=&owner=&limit=&offset=`; any other parameter is refused.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -105,12 +109,44 @@ pub(super) struct ListQuery {
     /// Only renders of this priority.
     #[param(nullable = false)]
     priority: Option<Priority>,
+    /// Only renders submitted by this person (the name of the credential
+    /// they submitted with); `me` for the caller's own, which needs the
+    /// broker to know callers (400 with `--auth off`).
+    #[param(
+        nullable = false,
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        example = "me"
+    )]
+    owner: Option<String>,
     /// Renders per page.
     #[param(nullable = false, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
     /// Renders to skip.
     #[param(nullable = false, minimum = 0, default = 0)]
     offset: Option<i64>,
+}
+
+/// The owner a listing asks for: `me` is the caller, whose name the auth
+/// layer knows (`None`: it does not, and asking for `me` is a 400); any other
+/// name is checked as credential names are and taken as given.
+fn owner_filter(
+    raw: Option<String>,
+    caller_name: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    if raw == OWNER_ME {
+        return match caller_name {
+            Some(name) => Ok(Some(name.to_string())),
+            None => Err(ApiError::Invalid(format!(
+                "owner={OWNER_ME} lists the caller's own renders, but this broker does not know who is calling (it runs without credentials); give the owner's name instead"
+            ))),
+        };
+    }
+    Ok(Some(validate_name("owner", &raw)?))
 }
 
 /// List renders, newest first.
@@ -138,6 +174,7 @@ pub(super) async fn list(
     let filter = RenderFilter {
         status: q.status,
         priority: q.priority,
+        owner: owner_filter(q.owner, None)?,
     };
     Ok(HttpResponse::Ok().json(state.store.list_renders(&filter, page).await?))
 }
@@ -297,10 +334,47 @@ async fn command_response(
 ) -> Result<HttpResponse, ApiError> {
     let render = state
         .store
-        .change_render(id, command, state.clock.now())
+        .change_render(id, command, None, state.clock.now())
         .await?;
     if matches!(command, RenderCommand::Resume | RenderCommand::Requeue) {
         state.wake_workers();
     }
     Ok(render_response(HttpResponse::Ok(), &render))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_me_is_the_caller_and_needs_one() {
+        assert_eq!(owner_filter(None, Some("alice")).unwrap(), None);
+        assert_eq!(
+            owner_filter(Some("me".into()), Some("alice")).unwrap(),
+            Some("alice".to_string())
+        );
+        let refused = owner_filter(Some("me".into()), None).unwrap_err();
+        assert!(matches!(refused, ApiError::Invalid(_)), "{refused:?}");
+        assert!(
+            refused.to_string().contains("give the owner's name"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn other_owners_are_names_checked_as_credential_names_are() {
+        assert_eq!(
+            owner_filter(Some(" bob ".into()), None).unwrap(),
+            Some("bob".to_string())
+        );
+        for bad in ["", "  ", "a\nb", &"x".repeat(201)] {
+            assert!(
+                matches!(
+                    owner_filter(Some(bad.to_string()), Some("alice")),
+                    Err(ApiError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 }

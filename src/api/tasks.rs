@@ -28,7 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     operation_id = "get_task",
     params(("id" = Uuid, Path, description = "The task's id.")),
     responses(
-        (status = 200, description = "The task with its history (assigned, completed, failed, released, requeued, preempted, retried).", body = TaskDetail),
+        (status = 200, description = "The task with its history (assigned, completed, failed, released, requeued, preempted, retried, canceled), each line naming who did it when a person did.", body = TaskDetail),
         (status = 404, response = super::openapi::NotFound),
         super::openapi::StoreErrors,
     )

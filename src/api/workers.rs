@@ -128,7 +128,7 @@ pub(super) async fn change_status(
     let id = parse_id("worker", &id)?;
     let worker = state
         .store
-        .change_worker(id, body.action, state.clock.now())
+        .change_worker(id, body.action, None, state.clock.now())
         .await?;
     // Disabling a busy worker puts its task back in the queue.
     state.wake_workers();

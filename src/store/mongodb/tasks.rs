@@ -25,7 +25,10 @@ impl MongoStore {
     }
 
     /// Appends one line to a task's history. `seq` comes from the task
-    /// change it records, so entries read back in the order they happened.
+    /// change it records, so entries read back in the order they happened;
+    /// `actor` is the person who did it, if a person did.
+    // One argument per column of the line, as on the SQLite side.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn record_history(
         &self,
         task: &str,
@@ -33,6 +36,7 @@ impl MongoStore {
         event: HistoryEvent,
         worker: Option<&str>,
         detail: Option<String>,
+        actor: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         self.history()?
@@ -43,6 +47,7 @@ impl MongoStore {
                 event: event.as_str().into(),
                 worker_id: worker.map(str::to_string),
                 detail,
+                actor: actor.map(str::to_string),
             })
             .await?;
         Ok(())
@@ -50,12 +55,14 @@ impl MongoStore {
 
     /// Puts a running task back in the queue without counting a failure,
     /// under its current lease (nothing happens if the lease moved on); the
-    /// history says why. Returns the task as it was.
+    /// history says why, and who did it (`actor`, when a person did).
+    /// Returns the task as it was.
     pub(super) async fn requeue_under_lease(
         &self,
         task: &str,
         lease: &str,
         why: &Requeue,
+        actor: Option<&str>,
         log_bytes: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<TaskDoc>> {
@@ -85,6 +92,7 @@ impl MongoStore {
                 event,
                 before.worker_id.as_deref(),
                 Some(detail.to_string()),
+                actor,
                 now,
             )
             .await?;
@@ -303,6 +311,7 @@ pub(super) async fn claim_next_task(
             HistoryEvent::Assigned,
             Some(&worker_key),
             None,
+            None,
             now,
         )
         .await?;
@@ -345,7 +354,7 @@ pub(super) async fn report_task(
             let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
             let update = requeue_update(to, now, log_bytes);
             store
-                .requeue_under_lease(&id, &lease, &Requeue::Released, log_bytes, now)
+                .requeue_under_lease(&id, &lease, &Requeue::Released, None, log_bytes, now)
                 .await?
                 .map(|b| (b, update))
         }
@@ -378,6 +387,7 @@ pub(super) async fn report_task(
                         b.history_seq,
                         HistoryEvent::Completed,
                         b.worker_id.as_deref(),
+                        None,
                         None,
                         now,
                     )
@@ -420,6 +430,7 @@ pub(super) async fn report_task(
                         HistoryEvent::Failed,
                         b.worker_id.as_deref(),
                         Some(detail),
+                        None,
                         now,
                     )
                     .await?;

@@ -106,6 +106,7 @@ pub(super) async fn change_worker(
     store: &MongoStore,
     id: Uuid,
     action: WorkerAction,
+    actor: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<Worker> {
     let id_s = id.to_string();
@@ -137,7 +138,14 @@ pub(super) async fn change_worker(
         if let Some(task) = store.current_task_of(&id_s).await? {
             if let Some(lease) = task.lease_id.clone() {
                 if store
-                    .requeue_under_lease(&task.id, &lease, &Requeue::WorkerDisabled, None, now)
+                    .requeue_under_lease(
+                        &task.id,
+                        &lease,
+                        &Requeue::WorkerDisabled,
+                        actor,
+                        None,
+                        now,
+                    )
                     .await?
                     .is_some()
                 {

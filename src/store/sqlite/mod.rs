@@ -53,6 +53,9 @@ fn migrations() -> Migrations<'static> {
             "../../../migrations/sqlite/0004_hidden_renders.sql"
         )),
         M::up(include_str!("../../../migrations/sqlite/0005_tokens.sql")),
+        // 0006 is the credentials' next change, coming separately; migrations
+        // count by position, so it goes in before this one.
+        M::up(include_str!("../../../migrations/sqlite/0007_owner.sql")),
     ])
 }
 
