@@ -149,6 +149,18 @@ async fn operators_list_change_and_read_logs_from_the_command_line() {
     let (ok, _, err) = renderfarm(&["renders", "--status", "stuck", "--broker", &b]);
     assert!(!ok);
     assert!(err.contains("not a render status"), "{err}");
+    let (ok, out, err) = renderfarm(&["renders", "--owner", "alice", "--broker", &b]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("no renders match"),
+        "submitted by no one: {out}"
+    );
+    let (ok, _, err) = renderfarm(&["renders", "--owner", "me", "--broker", &b]);
+    assert!(
+        !ok,
+        "a broker without credentials does not know who `me` is"
+    );
+    assert!(err.contains("does not know who is calling"), "{err}");
 
     let (ok, out, err) = renderfarm(&["pause", &a, "--broker", &b]);
     assert!(ok, "{err}");
