@@ -128,9 +128,9 @@ pub(super) struct ListQuery {
     offset: Option<i64>,
 }
 
-/// The owner a listing asks for: `me` is the caller, whose name the auth
-/// layer knows (`None`: it does not, and asking for `me` is a 400); any other
-/// name is checked as credential names are and taken as given.
+/// The owner a listing asks for: a name, checked as credential names are;
+/// `me` is the caller, whose name the auth layer knows (`None`: it does not,
+/// and asking for `me` is a 400).
 fn owner_filter(
     raw: Option<String>,
     caller_name: Option<&str>,
@@ -138,15 +138,16 @@ fn owner_filter(
     let Some(raw) = raw else {
         return Ok(None);
     };
-    if raw == OWNER_ME {
-        return match caller_name {
-            Some(name) => Ok(Some(name.to_string())),
-            None => Err(ApiError::Invalid(format!(
-                "owner={OWNER_ME} lists the caller's own renders, but this broker does not know who is calling (it runs without credentials); give the owner's name instead"
-            ))),
-        };
+    let name = validate_name("owner", &raw)?;
+    if name != OWNER_ME {
+        return Ok(Some(name));
     }
-    Ok(Some(validate_name("owner", &raw)?))
+    match caller_name {
+        Some(caller) => Ok(Some(caller.to_string())),
+        None => Err(ApiError::Invalid(format!(
+            "owner={OWNER_ME} lists the caller's own renders, but this broker does not know who is calling (it runs without credentials); give the owner's name instead"
+        ))),
+    }
 }
 
 /// List renders, newest first.
@@ -349,10 +350,12 @@ mod tests {
     #[test]
     fn owner_me_is_the_caller_and_needs_one() {
         assert_eq!(owner_filter(None, Some("alice")).unwrap(), None);
-        assert_eq!(
-            owner_filter(Some("me".into()), Some("alice")).unwrap(),
-            Some("alice".to_string())
-        );
+        for me in ["me", " me "] {
+            assert_eq!(
+                owner_filter(Some(me.into()), Some("alice")).unwrap(),
+                Some("alice".to_string())
+            );
+        }
         let refused = owner_filter(Some("me".into()), None).unwrap_err();
         assert!(matches!(refused, ApiError::Invalid(_)), "{refused:?}");
         assert!(
