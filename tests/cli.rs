@@ -147,6 +147,16 @@ async fn operators_list_change_and_read_logs_from_the_command_line() {
     let (ok, _, err) = renderfarm(&["renders", "--status", "stuck", "--broker", &b]);
     assert!(!ok);
     assert!(err.contains("not a render status"), "{err}");
+    let (ok, out, err) = renderfarm(&["renders", "--owner", "alice", "--broker", &b]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("no renders match"),
+        "submitted by no one: {out}"
+    );
+    // The command line's token is the test admin's: its renders are `me`.
+    let (ok, out, err) = renderfarm(&["renders", "--owner", "me", "--broker", &b]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&a) && out.contains(&c), "{out}");
 
     let (ok, out, err) = renderfarm(&["pause", &a, "--broker", &b]);
     assert!(ok, "{err}");

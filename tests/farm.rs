@@ -616,3 +616,123 @@ async fn an_urgent_render_preempts_a_real_agent_whose_low_chunk_later_completes(
     let summary = agent.stop().await;
     assert_eq!((summary.aborted, summary.completed), (1, 2));
 }
+
+/// The secret a test agent got when it registered, as it keeps it.
+fn agent_identity(agent: &TestAgent) -> (String, String) {
+    let text = std::fs::read_to_string(agent.work_dir.path().join("identity.json"))
+        .expect("the agent keeps its identity in its work directory");
+    let identity: Value = serde_json::from_str(&text).unwrap();
+    (
+        identity["worker_id"].as_str().unwrap().to_string(),
+        identity["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_b_cannot_heartbeat_claim_or_report_as_agent_a_and_a_renders_on() {
+    let Some(blender) =
+        blender_or_skip("agent_b_cannot_heartbeat_claim_or_report_as_agent_a_and_a_renders_on")
+            .await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let blend = scene(files.path(), "mine", SceneSpec::tiny(40), &blender).await;
+    let a = TestAgent::start(&broker.address, "agent-a", &blender).await;
+    let b = TestAgent::start(&broker.address, "agent-b", &blender).await;
+    wait_for_workers(&broker.address, &broker.client, 2).await;
+    let out = files.path().join("frames");
+    // One chunk: one agent renders it, the other has nothing to do.
+    let render = submit(
+        &broker.address,
+        &broker.client,
+        &submission("mine", &blend, 40, 40, &out),
+    )
+    .await;
+    let id = render["id"].as_str().unwrap().to_string();
+    let task = wait_for_first_frame(&broker, &id).await;
+    let task_id = task["id"].as_str().unwrap().to_string();
+    let holder = task["worker_id"].as_str().unwrap().to_string();
+    let (ida, _) = agent_identity(&a);
+    let (idb, secret_b) = agent_identity(&b);
+    let (holder_id, other_secret) = if holder == ida {
+        (ida.clone(), secret_b.clone())
+    } else {
+        assert_eq!(holder, idb);
+        (idb.clone(), agent_identity(&a).1)
+    };
+
+    let raw = reqwest::Client::new();
+    let as_other = |path: &str| {
+        raw.post(format!("{}{path}", broker.address))
+            .bearer_auth(&other_secret)
+    };
+    let lease = "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c";
+    let attempts = [
+        as_other(&format!("/workers/{holder_id}/heartbeat"))
+            .json(&json!({ "task_id": task_id, "lease_id": lease, "frames_done": 6 })),
+        as_other(&format!("/workers/{holder_id}/request-task")),
+        as_other(&format!("/tasks/{task_id}/progress"))
+            .json(&json!({ "lease_id": lease, "frames_done": 6 })),
+        as_other(&format!("/tasks/{task_id}/complete")).json(&json!({ "lease_id": lease })),
+        as_other(&format!("/tasks/{task_id}/fail"))
+            .json(&json!({ "lease_id": lease, "reason": "sabotage" })),
+        as_other(&format!("/tasks/{task_id}/release")).json(&json!({ "lease_id": lease })),
+    ];
+    for attempt in attempts {
+        let response = attempt.send().await.unwrap();
+        let url = response.url().clone();
+        assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN, "{url}");
+    }
+    // The holder's work is untouched: it finishes the render itself.
+    let done = wait_for_render_status(
+        &broker.address,
+        &broker.client,
+        &id,
+        &["completed", "failed"],
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let tasks = tasks_of(&broker.address, &broker.client, &id).await;
+    assert_eq!(tasks[0]["worker_id"].as_str(), Some(holder_id.as_str()));
+    assert_eq!(tasks[0]["retries"], 0);
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    assert_eq!(sa.completed + sb.completed, 1);
+    assert_eq!(sa.aborted + sb.aborted + sa.failed + sb.failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_restarted_on_its_work_directory_is_the_same_worker() {
+    let Some(blender) =
+        blender_or_skip("an_agent_restarted_on_its_work_directory_is_the_same_worker").await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let config = || AgentConfig {
+        broker: broker.address.clone(),
+        name: "keeper".into(),
+        tags: Vec::new(),
+        blender: blender.clone(),
+        work_dir: work.path().to_path_buf(),
+        heartbeat: Duration::from_millis(300),
+        log_interval: Duration::from_millis(200),
+        poll_wait: Duration::from_secs(1),
+        enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let signals = StopSignals::default();
+        let agent = Agent::new(config(), signals.clone()).await.unwrap();
+        let running = tokio::spawn(agent.run());
+        wait_for_workers(&broker.address, &broker.client, 1).await;
+        signals.stop.cancel();
+        let summary = running.await.unwrap().unwrap();
+        ids.push(summary.worker_id.expect("a worker id"));
+    }
+    assert_eq!(ids[0], ids[1], "the same worker both times");
+    let workers = get_json(&broker.client, format!("{}/workers", broker.address)).await;
+    assert_eq!(workers.as_array().unwrap().len(), 1, "{workers}");
+}

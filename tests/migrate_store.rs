@@ -247,6 +247,102 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
     cleanup(&mongo, &database).await;
 }
 
+/// Who submitted each render and who acted on its tasks travel with the
+/// farm. The API does not take owners from credentials yet, so this farm is
+/// made through the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_and_actors_are_copied_with_the_farm() {
+    use renderfarm::domain::RenderCommand;
+    use renderfarm::store::conformance::{plan, plan_by, worker};
+    use renderfarm::store::mongodb::MongoStore;
+    use renderfarm::store::snapshot::copy_farm;
+    use renderfarm::store::sqlite::SqliteStore;
+    use renderfarm::store::{PageRequest, RenderFilter, Store};
+    use renderfarm_wire::{Priority, WorkerAction};
+
+    let Some(mongo) = renderfarm_testkit::mongodb_for_tests("migrate-store owners") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let sqlite = SqliteStore::open(data.path()).unwrap();
+    let owned = sqlite
+        .create_render(plan_by("alice", "owned", 1, 2, 1, Priority::Normal, now))
+        .await
+        .unwrap();
+    let anonymous = sqlite
+        .create_render(plan("anonymous", 1, 2, 1, Priority::Low, now))
+        .await
+        .unwrap();
+    let w = worker(&sqlite, "w", &[]).await;
+    let taken = sqlite.claim_next_task(w, now).await.unwrap().unwrap();
+    assert_eq!(taken.render_id, owned.id);
+    sqlite
+        .change_render(owned.id, RenderCommand::Cancel, Some("bob"), now)
+        .await
+        .unwrap();
+    let again = sqlite.claim_next_task(w, now).await.unwrap().unwrap();
+    assert_eq!(again.render_id, anonymous.id);
+    sqlite
+        .change_worker(w, WorkerAction::Disable, Some("carol"), now)
+        .await
+        .unwrap();
+
+    let database = format!("migrate_{}", uuid::Uuid::new_v4().simple());
+    let target = MongoStore::connect(mongo.uri(), Some(&database))
+        .await
+        .unwrap();
+    target.migrate().await.unwrap();
+    copy_farm(&sqlite, &target, |_, _| {}).await.unwrap();
+
+    for id in [owned.id, anonymous.id] {
+        assert_eq!(
+            target.get_render(id).await.unwrap(),
+            sqlite.get_render(id).await.unwrap()
+        );
+    }
+    assert_eq!(
+        target.get_render(owned.id).await.unwrap().owner.as_deref(),
+        Some("alice")
+    );
+    let tasks = sqlite
+        .list_tasks(owned.id, None, PageRequest::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .chain(
+            sqlite
+                .list_tasks(anonymous.id, None, PageRequest::default())
+                .await
+                .unwrap()
+                .items,
+        );
+    let mut actors = Vec::new();
+    for task in tasks {
+        let history = sqlite.task_history(task.id).await.unwrap();
+        assert_eq!(target.task_history(task.id).await.unwrap(), history);
+        actors.extend(history.into_iter().filter_map(|h| h.actor));
+    }
+    actors.sort();
+    assert_eq!(actors, ["bob", "bob", "carol"]);
+    let alice = target
+        .list_renders(
+            &RenderFilter {
+                owner: Some("alice".into()),
+                ..RenderFilter::default()
+            },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![owned.id]
+    );
+    cleanup(&mongo, &database).await;
+}
+
 async fn cleanup(mongo: &renderfarm_testkit::MongoTarget, database: &str) {
     if let Ok(store) =
         renderfarm::store::mongodb::MongoStore::connect(mongo.uri(), Some(database)).await

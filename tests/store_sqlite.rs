@@ -116,7 +116,7 @@ async fn a_render_bigger_than_a_write_batch_is_created_and_deleted_whole() {
     assert_eq!(tasks.total, 5_001, "every batch is in");
 
     store
-        .change_render(render.id, RenderCommand::Cancel, now)
+        .change_render(render.id, RenderCommand::Cancel, None, now)
         .await
         .unwrap();
     store.delete_render(render.id).await.unwrap();

@@ -31,11 +31,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Filters and page of `GET /renders`; `None` leaves each to the broker
-/// (every status and priority, its default page).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// (every status, priority and owner, its default page).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderQuery {
     pub status: Option<RenderStatus>,
     pub priority: Option<Priority>,
+    /// Only the renders this person submitted (the name of their
+    /// credential); `me` for the caller's own.
+    pub owner: Option<String>,
     /// Renders per page.
     pub limit: Option<i64>,
     /// Renders to skip.
@@ -142,6 +145,9 @@ impl BrokerClient {
         }
         if let Some(priority) = query.priority {
             pairs.push(("priority", priority.as_str().to_string()));
+        }
+        if let Some(owner) = &query.owner {
+            pairs.push(("owner", owner.clone()));
         }
         self.answer(self.request(Method::GET, &["renders"]).query(&pairs))
             .await

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::auth::{Access, Artist, Caller, Operator, Viewer};
 use super::{parse_id, resource, ApiError, AppState, JsonBody, PageQuery};
-use crate::domain::{NewRender, RenderCommand, ValidRenderSpec};
+use crate::domain::{validate_name, NewRender, RenderCommand, ValidRenderSpec, OWNER_ME};
 use crate::store::{PageRequest, RenderFilter};
 
 /// Seconds a client should wait before asking about an unfinished render again.
@@ -65,13 +65,13 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
                 ("change_render_status" = (operation_id = "change_render_status", parameters(("id" = "$response.body#/id")), description = "Pause, resume, cancel or requeue it.")),
                 ("complete_render" = (operation_id = "complete_render", parameters(("id" = "$response.body#/id")), description = "Mark it complete.")),
             ),
-            example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
+            example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "owner": null, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
         super::openapi::BodyErrors,
         super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn submit(
-    _access: Access<Artist>,
+    access: Access<Artist>,
     state: web::Data<AppState>,
     body: JsonBody<RenderSpec>,
 ) -> Result<HttpResponse, ApiError> {
@@ -80,6 +80,7 @@ pub(super) async fn submit(
     let new = NewRender::plan(
         spec,
         Uuid::now_v7(),
+        access.caller.name().map(String::from),
         |id| {
             renders_dir
                 .join(id.to_string())
@@ -97,7 +98,7 @@ pub(super) async fn submit(
     Ok(render_response(response, &render))
 }
 
-/// `?status=&priority=&limit=&offset=`; any other parameter is refused.
+/// `?status=&priority=&owner=&limit=&offset=`; any other parameter is refused.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -108,12 +109,45 @@ pub(super) struct ListQuery {
     /// Only renders of this priority.
     #[param(nullable = false)]
     priority: Option<Priority>,
+    /// Only renders submitted by this person (the name of the credential
+    /// they submitted with); `me` for the caller's own, which needs the
+    /// broker to know callers (400 with `--auth off`).
+    #[param(
+        nullable = false,
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        example = "me"
+    )]
+    owner: Option<String>,
     /// Renders per page.
     #[param(nullable = false, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
     /// Renders to skip.
     #[param(nullable = false, minimum = 0, default = 0)]
     offset: Option<i64>,
+}
+
+/// The owner a listing asks for: a name, checked as credential names are;
+/// `me` is the caller, whose name the auth layer knows (`None`: it does not,
+/// and asking for `me` is a 400).
+fn owner_filter(
+    raw: Option<String>,
+    caller_name: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let name = validate_name("owner", &raw)?;
+    if name != OWNER_ME {
+        return Ok(Some(name));
+    }
+    match caller_name {
+        Some(caller) => Ok(Some(caller.to_string())),
+        None => Err(ApiError::Invalid(format!(
+            "owner={OWNER_ME} lists the caller's own renders, but this broker does not know who is calling (it runs without credentials); give the owner's name instead"
+        ))),
+    }
 }
 
 /// List renders, newest first.
@@ -131,7 +165,7 @@ pub(super) struct ListQuery {
     )
 )]
 pub(super) async fn list(
-    _access: Access<Viewer>,
+    access: Access<Viewer>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -143,6 +177,7 @@ pub(super) async fn list(
     let filter = RenderFilter {
         status: q.status,
         priority: q.priority,
+        owner: owner_filter(q.owner, access.caller.name())?,
     };
     Ok(HttpResponse::Ok().json(state.store.list_renders(&filter, page).await?))
 }
@@ -278,7 +313,7 @@ pub(super) async fn change_status(
     let id = parse_id("render", &id)?;
     may_change(&access.caller, &state, id).await?;
     let command = RenderCommand::from(body.action);
-    command_response(&state, id, command).await
+    command_response(&state, &access.caller, id, command).await
 }
 
 /// Mark a render complete (an operator's call: good enough as it is).
@@ -299,22 +334,23 @@ pub(super) async fn change_status(
     )
 )]
 pub(super) async fn complete(
-    _access: Access<Operator>,
+    access: Access<Operator>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
-    command_response(&state, id, RenderCommand::Complete).await
+    command_response(&state, &access.caller, id, RenderCommand::Complete).await
 }
 
 async fn command_response(
     state: &AppState,
+    caller: &Caller,
     id: Uuid,
     command: RenderCommand,
 ) -> Result<HttpResponse, ApiError> {
     let render = state
         .store
-        .change_render(id, command, state.clock.now())
+        .change_render(id, command, caller.name(), state.clock.now())
         .await?;
     if matches!(command, RenderCommand::Resume | RenderCommand::Requeue) {
         state.wake_workers();
@@ -329,7 +365,7 @@ async fn may_change(caller: &Caller, state: &AppState, id: Uuid) -> Result<(), A
         return Ok(());
     }
     let render = state.store.get_render(id).await?;
-    let owner = render_owner(&render);
+    let owner = render.owner.as_deref();
     if owner.is_some() && owner == caller.name() {
         return Ok(());
     }
@@ -339,6 +375,41 @@ async fn may_change(caller: &Caller, state: &AppState, id: Uuid) -> Result<(), A
     )))
 }
 
-fn render_owner(_render: &Render) -> Option<&str> {
-    None
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_me_is_the_caller_and_needs_one() {
+        assert_eq!(owner_filter(None, Some("alice")).unwrap(), None);
+        for me in ["me", " me "] {
+            assert_eq!(
+                owner_filter(Some(me.into()), Some("alice")).unwrap(),
+                Some("alice".to_string())
+            );
+        }
+        let refused = owner_filter(Some("me".into()), None).unwrap_err();
+        assert!(matches!(refused, ApiError::Invalid(_)), "{refused:?}");
+        assert!(
+            refused.to_string().contains("give the owner's name"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn other_owners_are_names_checked_as_credential_names_are() {
+        assert_eq!(
+            owner_filter(Some(" bob ".into()), None).unwrap(),
+            Some("bob".to_string())
+        );
+        for bad in ["", "  ", "a\nb", &"x".repeat(201)] {
+            assert!(
+                matches!(
+                    owner_filter(Some(bad.to_string()), Some("alice")),
+                    Err(ApiError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 }

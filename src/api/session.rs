@@ -126,7 +126,7 @@ pub(super) async fn whoami(
     path = "/session",
     tag = "session",
     operation_id = "sign_out",
-    security(("session" = ["viewer"])),
+    security(("session" = ["viewer"]), ("bearer" = ["viewer"])),
     responses(
         (status = 204, description = "Signed out."),
         super::openapi::StoreErrors,

@@ -30,7 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     params(("id" = Uuid, Path, description = "The task's id.")),
     security(("bearer" = ["viewer"]), ("session" = ["viewer"])),
     responses(
-        (status = 200, description = "The task with its history (assigned, completed, failed, released, requeued, preempted, retried).", body = TaskDetail),
+        (status = 200, description = "The task with its history (assigned, completed, failed, released, requeued, preempted, retried, canceled), each line naming who did it when a person did.", body = TaskDetail),
         (status = 404, response = super::openapi::NotFound),
         super::openapi::StoreErrors,
     )

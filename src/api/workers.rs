@@ -5,8 +5,8 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use renderfarm_wire::{
-    Assignment, Heartbeat, HeartbeatReply, RegisteredWorker as Registration, Worker, WorkerAction,
-    WorkerSpec, WorkerStatusChange,
+    Assignment, ErrorBody, Heartbeat, HeartbeatReply, RegisteredWorker as Registration, Worker,
+    WorkerAction, WorkerSpec, WorkerStatusChange,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -175,7 +175,7 @@ pub(super) async fn change_status(
     }
     let worker = state
         .store
-        .change_worker(id, body.action, state.clock.now())
+        .change_worker(id, body.action, access.caller.name(), state.clock.now())
         .await?;
     // Disabling a busy worker puts its task back in the queue.
     state.wake_workers();
@@ -337,11 +337,12 @@ pub(super) async fn request_task(
     responses(
         (status = 204, description = "Removed."),
         (status = 404, response = super::openapi::NotFound),
+        (status = 409, description = "Someone enabled the worker again between its disabling and its removal; nothing more changed. Ask again.", body = ErrorBody),
         super::openapi::StoreErrors,
     )
 )]
 pub(super) async fn remove(
-    _access: Access<Operator>,
+    access: Access<Operator>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -352,7 +353,7 @@ pub(super) async fn remove(
     // then the secrets go, then the record.
     state
         .store
-        .change_worker(id, WorkerAction::Disable, now)
+        .change_worker(id, WorkerAction::Disable, access.caller.name(), now)
         .await?;
     state.wake_workers();
     state.store.revoke_worker_secrets(id, now).await?;

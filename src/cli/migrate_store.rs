@@ -80,6 +80,10 @@ pub async fn migrate_store(args: MigrateStoreArgs) -> anyhow::Result<()> {
         file.display(),
         target.target()
     );
+    println!(
+        "copied {} tokens (their hashes), {} already there",
+        report.tokens_copied, report.tokens_already_there
+    );
     if report.renders_already_there + report.workers_already_there > 0 {
         println!(
             "left alone, already there: {} renders, {} workers",

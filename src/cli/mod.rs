@@ -589,6 +589,9 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         p.tasks_canceled
     );
     println!("output    {}", render.output);
+    if let Some(owner) = &render.owner {
+        println!("owner     {owner}");
+    }
     Ok(())
 }
 

@@ -19,6 +19,10 @@ pub struct RendersArgs {
     /// Only renders of this priority.
     #[arg(long, value_parser = super::parse_priority)]
     priority: Option<Priority>,
+    /// Only renders this person submitted (the name of their credential);
+    /// `me` for your own.
+    #[arg(long)]
+    owner: Option<String>,
     /// How many to show, newest first.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
     limit: i64,
@@ -142,6 +146,7 @@ pub async fn renders(args: RendersArgs) -> anyhow::Result<()> {
         .renders(&RenderQuery {
             status: args.status,
             priority: args.priority,
+            owner: args.owner,
             limit: Some(args.limit),
             offset: None,
         })
@@ -156,19 +161,20 @@ pub async fn renders(args: RendersArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  submitted",
-        "id", "name", "status", "prio", "frames done"
+        "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  {:<20}  owner",
+        "id", "name", "status", "prio", "frames done", "submitted"
     );
     for r in &page.items {
         println!(
-            "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  {}",
+            "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  {:<20}  {}",
             r.id,
             r.name,
             r.status.as_str(),
             r.priority.as_str(),
             format!("{}/{}", r.progress.frames_done, r.progress.frames_total),
             r.created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.owner.as_deref().unwrap_or("-")
         );
     }
     if page.total > page.items.len() as i64 {

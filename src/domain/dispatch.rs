@@ -88,16 +88,23 @@ pub enum LeaseRefusal {
 
 /// Whether a report (or heartbeat) under `lease` counts for `task`: only
 /// while the task runs under that very lease, and, when the caller names
-/// itself (`worker`), is held by that worker.
+/// itself (`worker`), is held by that worker. A running task held by
+/// another worker is refused as such whatever the lease (a worker's report
+/// about another's task is forbidden, not merely stale).
 pub fn lease_accepts(
     task: &TaskLease,
     lease: Uuid,
     worker: Option<Uuid>,
 ) -> Result<(), LeaseRefusal> {
+    let held_by_another =
+        task.worker_id.is_some() && worker.is_some_and(|w| task.worker_id != Some(w));
+    if held_by_another && task.status == LEASED_TASK_STATUS {
+        return Err(LeaseRefusal::OtherWorker);
+    }
     if task.lease_id != Some(lease) {
         return Err(LeaseRefusal::NotCurrent);
     }
-    if worker.is_some_and(|w| task.worker_id != Some(w)) {
+    if held_by_another {
         return Err(LeaseRefusal::OtherWorker);
     }
     if task.status != LEASED_TASK_STATUS {
@@ -162,6 +169,16 @@ mod tests {
                 task(T::Running, Some(lease), Some(someone)),
                 Some(me),
                 Err(R::OtherWorker),
+            ),
+            (
+                task(T::Running, Some(other_lease), Some(someone)),
+                Some(me),
+                Err(R::OtherWorker),
+            ),
+            (
+                task(T::Pending, None, Some(someone)),
+                Some(me),
+                Err(R::NotCurrent),
             ),
             (
                 task(T::Completed, Some(lease), Some(me)),

@@ -20,8 +20,8 @@ pub use dispatch::{
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
 pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
 pub use render::{
-    check_deletable, render_transition, tasks_affected, NewRender, RenderCommand, ValidRenderSpec,
-    FINISHED_RENDER_STATUSES, UNFINISHED_RENDER_STATUSES,
+    check_deletable, render_transition, tasks_affected, BulkCause, NewRender, RenderCommand,
+    ValidRenderSpec, FINISHED_RENDER_STATUSES, UNFINISHED_RENDER_STATUSES,
 };
 pub use renderfarm_wire::{
     Assignment, HeartbeatAction, Priority, Progress, Render, RenderAction, RenderStatus, Task,
@@ -37,8 +37,8 @@ pub use task::{
 };
 pub use token::{
     csrf_for, csrf_matches, plan_session, plan_token, plan_worker_secret, secret_from, secret_hash,
-    secret_matches, NewToken, Role, StoredToken, TokenRefusal, MAX_TOKEN_LIFETIME, SECRET_PREFIX,
-    SESSION_LIFETIME,
+    secret_matches, NewToken, Role, StoredToken, TokenRefusal, MAX_TOKEN_LIFETIME, OWNER_ME,
+    SECRET_PREFIX, SESSION_LIFETIME,
 };
 pub use worker::{
     claim_permission, heartbeat_action, validate_worker_spec, worker_status, worker_transition,

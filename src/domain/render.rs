@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{
-    Priority, Progress, Render, RenderAction, RenderSpec, RenderStatus, TaskStatus,
+    HistoryEvent, Priority, Progress, Render, RenderAction, RenderSpec, RenderStatus, TaskStatus,
 };
 use uuid::Uuid;
 
@@ -125,11 +125,13 @@ pub struct NewRender {
 }
 
 impl NewRender {
-    /// Builds the record of a new render; `default_output` names where frames
-    /// go when the user did not say.
+    /// Builds the record of a new render submitted by `owner` (the name of
+    /// the caller's credential; `None` without credentials);
+    /// `default_output` names where frames go when the user did not say.
     pub fn plan(
         spec: ValidRenderSpec,
         id: Uuid,
+        owner: Option<String>,
         default_output: impl FnOnce(Uuid) -> String,
         now: DateTime<Utc>,
     ) -> Self {
@@ -153,6 +155,7 @@ impl NewRender {
                 frames_total: spec.frames.len(),
                 ..Progress::default()
             },
+            owner,
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -201,6 +204,41 @@ impl RenderCommand {
             RenderCommand::Requeue => "requeue",
             RenderCommand::Complete => "complete",
         }
+    }
+
+    /// What the command did to the render, for history lines.
+    fn done(self) -> &'static str {
+        match self {
+            RenderCommand::Pause => "paused",
+            RenderCommand::Resume => "resumed",
+            RenderCommand::Cancel => "canceled",
+            RenderCommand::Requeue => "requeued",
+            RenderCommand::Complete => "marked complete",
+        }
+    }
+}
+
+/// Why a bulk change moves many tasks of a render at once (see
+/// [`tasks_affected`] and `RenderChange::tasks_to_cancel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkCause {
+    /// An operator's command.
+    Command(RenderCommand),
+    /// The render failed for good: its pending work is canceled.
+    RenderFailed,
+}
+
+impl BulkCause {
+    /// The line the history of every task that `event` moves gets. Who did
+    /// it (the operator behind a command) is recorded beside it.
+    pub fn history(self, event: TaskEvent) -> (HistoryEvent, String) {
+        let detail = match self {
+            BulkCause::Command(command) => format!("its render was {}", command.done()),
+            BulkCause::RenderFailed => {
+                "its render failed: a task of it failed with no retry left".to_string()
+            }
+        };
+        (event.history_event(), detail)
     }
 }
 
@@ -439,6 +477,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn tasks_moved_in_bulk_say_why_in_their_history() {
+        use HistoryEvent as H;
+        let table = [
+            (
+                BulkCause::Command(C::Cancel),
+                TaskEvent::Cancel,
+                H::Canceled,
+                "its render was canceled",
+            ),
+            (
+                BulkCause::Command(C::Complete),
+                TaskEvent::Cancel,
+                H::Canceled,
+                "its render was marked complete",
+            ),
+            (
+                BulkCause::Command(C::Requeue),
+                TaskEvent::Reset,
+                H::Requeued,
+                "its render was requeued",
+            ),
+            (
+                BulkCause::RenderFailed,
+                TaskEvent::Cancel,
+                H::Canceled,
+                "its render failed: a task of it failed with no retry left",
+            ),
+        ];
+        for (cause, event, want, detail) in table {
+            assert_eq!(
+                cause.history(event),
+                (want, detail.to_string()),
+                "{cause:?} {event:?}"
+            );
+        }
+    }
+
     fn spec() -> RenderSpec {
         RenderSpec {
             name: "shot 010".into(),
@@ -462,10 +538,12 @@ mod tests {
         let new = NewRender::plan(
             valid,
             id,
+            Some("alice".into()),
             |id| format!("/data/renders/{id}/frame_####"),
             now,
         );
         assert_eq!(new.render.status, S::Queued);
+        assert_eq!(new.render.owner.as_deref(), Some("alice"));
         assert_eq!(
             new.render.tags,
             vec!["gpu".to_string(), "linux".to_string()]

@@ -97,6 +97,21 @@ pub enum TaskEvent {
     Reset,
 }
 
+impl TaskEvent {
+    /// The history event that records a task taking this event. A requeue's
+    /// reason may name it more precisely ([`Requeue::history`]).
+    pub fn history_event(self) -> HistoryEvent {
+        match self {
+            TaskEvent::Claim => HistoryEvent::Assigned,
+            TaskEvent::Complete => HistoryEvent::Completed,
+            TaskEvent::Fail => HistoryEvent::Failed,
+            TaskEvent::Retry { .. } => HistoryEvent::Retried,
+            TaskEvent::Requeue | TaskEvent::Reset => HistoryEvent::Requeued,
+            TaskEvent::Cancel => HistoryEvent::Canceled,
+        }
+    }
+}
+
 /// What a worker reports about the task it holds, under its lease.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskReport {

@@ -70,6 +70,9 @@ impl Role {
     }
 }
 
+/// What a listing's `owner` says to mean "the caller".
+pub const OWNER_ME: &str = "me";
+
 /// The prefix of every secret, so that one pasted in the wrong place (a log,
 /// a chat) is recognisable and secret scanners can find it.
 pub const SECRET_PREFIX: &str = "rf_";
@@ -154,6 +157,12 @@ pub fn plan_token(
     now: DateTime<Utc>,
 ) -> Result<NewToken, ValidationError> {
     let name = validate_name("name", name)?;
+    if name.eq_ignore_ascii_case(OWNER_ME) {
+        return Err(ValidationError::new(
+            "name",
+            "\"me\" stands for the caller in listings (GET /renders?owner=me); give the person's own name",
+        ));
+    }
     if let Some(lifetime) = lifetime {
         if lifetime <= Duration::zero() || lifetime > MAX_TOKEN_LIFETIME {
             return Err(ValidationError::new(

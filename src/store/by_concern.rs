@@ -75,9 +75,10 @@ macro_rules! store_by_concern {
                     &self,
                     id: Uuid,
                     command: RenderCommand,
+                    actor: Option<&str>,
                     now: DateTime<Utc>,
                 ) -> StoreResult<Render> {
-                    renders::change_render(self, id, command, now).await
+                    renders::change_render(self, id, command, actor, now).await
                 }
 
                 async fn get_task(&self, id: Uuid) -> StoreResult<Task> {
@@ -108,9 +109,10 @@ macro_rules! store_by_concern {
                     &self,
                     id: Uuid,
                     action: WorkerAction,
+                    actor: Option<&str>,
                     now: DateTime<Utc>,
                 ) -> StoreResult<Worker> {
-                    workers::change_worker(self, id, action, now).await
+                    workers::change_worker(self, id, action, actor, now).await
                 }
 
                 async fn heartbeat(

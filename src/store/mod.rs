@@ -123,6 +123,8 @@ impl Stored for WorkerMode {
 pub struct RenderFilter {
     pub status: Option<RenderStatus>,
     pub priority: Option<Priority>,
+    /// Only the renders this person submitted (`Render::owner`).
+    pub owner: Option<String>,
 }
 
 /// Which slice of a listing to return.
@@ -225,11 +227,14 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_render(&self, id: Uuid) -> StoreResult<()>;
 
     /// An operator's change of a render's status, with what it does to the
-    /// render's tasks.
+    /// render's tasks. Every task it moves gets a line in its history
+    /// (`domain::BulkCause`) naming `actor`, the person who gave the command
+    /// (`None` when the broker does not know callers).
     async fn change_render(
         &self,
         id: Uuid,
         command: RenderCommand,
+        actor: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Render>;
 
@@ -249,10 +254,14 @@ pub trait Store: Send + Sync + 'static {
     /// In order of registration.
     async fn list_workers(&self) -> StoreResult<Vec<Worker>>;
 
+    /// An operator's change of a worker's mode. Disabling a busy worker
+    /// puts its task back in the queue; that task's history names `actor`,
+    /// the person who did it (`None` when the broker does not know callers).
     async fn change_worker(
         &self,
         id: Uuid,
         action: WorkerAction,
+        actor: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Worker>;
 

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use renderfarm_wire::{Render, Task, TaskHistoryEntry};
 use uuid::Uuid;
 
-use super::StoreResult;
+use super::{Store, StoreError, StoreResult};
 use crate::domain::WorkerMode;
 
 /// A render with everything stored about it.
@@ -52,7 +52,7 @@ pub struct WorkerRecord {
 
 /// A store a farm can be copied from.
 #[async_trait]
-pub trait ExportFarm: Send + Sync {
+pub trait ExportFarm: Store + Send + Sync {
     /// Every render's id, oldest first.
     async fn render_ids(&self) -> StoreResult<Vec<Uuid>>;
     /// One render with its tasks, logs and history.
@@ -63,7 +63,7 @@ pub trait ExportFarm: Send + Sync {
 
 /// A store a farm can be copied into.
 #[async_trait]
-pub trait ImportFarm: Send + Sync {
+pub trait ImportFarm: Store + Send + Sync {
     /// Whether it holds any render or worker already.
     async fn holds_anything(&self) -> StoreResult<bool>;
     /// Stores the render as it was exported; false (and nothing changes)
@@ -83,6 +83,10 @@ pub struct CopyReport {
     pub tasks_copied: u64,
     pub workers_copied: u64,
     pub workers_already_there: u64,
+    /// Credentials (hashes only), so that every token and every worker's
+    /// secret works on the copy as on the original.
+    pub tokens_copied: u64,
+    pub tokens_already_there: u64,
 }
 
 /// Copies every worker, then every render oldest first (so the target's
@@ -95,6 +99,13 @@ pub async fn copy_farm(
     mut on_render: impl FnMut(&CopyReport, usize) + Send,
 ) -> StoreResult<CopyReport> {
     let mut report = CopyReport::default();
+    for token in from.list_tokens().await? {
+        match to.create_token(token).await {
+            Ok(_) => report.tokens_copied += 1,
+            Err(StoreError::AlreadyExists) => report.tokens_already_there += 1,
+            Err(e) => return Err(e),
+        }
+    }
     for worker in from.export_workers().await? {
         if to.import_worker(worker).await? {
             report.workers_copied += 1;

@@ -400,3 +400,117 @@ async fn a_signed_url_opens_one_download_without_a_credential_until_altered() {
     let refused = crate::contract::send(app.client.get(app.url(&later))).await;
     assert_error(refused, StatusCode::UNAUTHORIZED).await;
 }
+
+async fn named_token(app: &TestApp, name: &str, role: &str) -> String {
+    let response = app
+        .post_json("/tokens", &json!({ "name": name, "role": role }))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    json_of(response).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn artists_change_only_their_own_renders_and_operators_actions_name_them() {
+    let app = spawn_app().await;
+    let alice = named_token(&app, "alice", "artist").await;
+    let bob = named_token(&app, "bob", "artist").await;
+    let ops = named_token(&app, "olga", "operator").await;
+    let submit = |who: &str, name: &str| {
+        app.client
+            .post(app.url("/renders"))
+            .json(&crate::helpers::render_body(name, 1, 2, 1, "normal"))
+            .bearer_auth(who.to_string())
+    };
+    let mine = json_of(app.send(submit(&alice, "alices")).await).await;
+    assert_eq!(mine["owner"], "alice");
+    let theirs = json_of(app.send(submit(&bob, "bobs")).await).await;
+    assert_eq!(theirs["owner"], "bob");
+
+    let listed = json_of(
+        app.send(
+            app.client
+                .get(app.url("/renders?owner=me"))
+                .bearer_auth(&alice),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(listed["total"], 1, "{listed}");
+    assert_eq!(listed["items"][0]["id"], mine["id"]);
+
+    let pause = |who: &str, id: &Value| {
+        app.client
+            .put(app.url(&format!("/renders/{}/status", id.as_str().unwrap())))
+            .json(&json!({ "action": "cancel" }))
+            .bearer_auth(who.to_string())
+    };
+    let refused = app.send(pause(&bob, &mine["id"])).await;
+    let message = assert_error(refused, StatusCode::FORBIDDEN).await;
+    assert!(message.contains("\"alice\""), "{message}");
+    assert_eq!(
+        app.render(mine["id"].as_str().unwrap()).await["status"],
+        "queued"
+    );
+    assert_eq!(
+        app.send(pause(&alice, &mine["id"])).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.send(pause(&ops, &theirs["id"])).await.status(),
+        StatusCode::OK
+    );
+
+    // The operator's cancel is in the history of bob's tasks, with her name.
+    let tasks = app.render_tasks(theirs["id"].as_str().unwrap()).await;
+    let task = tasks["items"][0]["id"].as_str().unwrap().to_string();
+    let history = app.task(&task).await["history"].clone();
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["actor"], "olga", "{history}");
+}
+
+#[tokio::test]
+async fn a_worker_cannot_act_as_another_even_with_its_valid_lease() {
+    let app = spawn_app().await;
+    app.submit_ok(&crate::helpers::render_body("mine", 1, 4, 4, "normal"))
+        .await;
+    let a = app.register_ok("a").await;
+    let b = app.register_ok("b").await;
+    let b_secret = app.worker_secret(&b);
+    let assignment = app.claim_ok(&a).await;
+    let task = assignment["task_id"].as_str().unwrap().to_string();
+    let lease = assignment["lease_id"].clone();
+    let as_b = |request: reqwest::RequestBuilder| request.bearer_auth(&b_secret);
+
+    let attempts = [
+        as_b(app.client.post(app.url(&format!("/workers/{a}/heartbeat"))))
+            .json(&json!({ "task_id": task, "lease_id": lease, "frames_done": 3 })),
+        as_b(
+            app.client
+                .post(app.url(&format!("/workers/{a}/request-task"))),
+        ),
+        as_b(app.client.post(app.url(&format!("/tasks/{task}/progress"))))
+            .json(&json!({ "lease_id": lease, "frames_done": 3 })),
+        as_b(app.client.post(app.url(&format!("/tasks/{task}/complete"))))
+            .json(&json!({ "lease_id": lease })),
+        as_b(app.client.post(app.url(&format!("/tasks/{task}/fail"))))
+            .json(&json!({ "lease_id": lease, "reason": "sabotage" })),
+        as_b(app.client.post(app.url(&format!("/tasks/{task}/release"))))
+            .json(&json!({ "lease_id": lease })),
+    ];
+    for attempt in attempts {
+        let response = app.send(attempt).await;
+        assert_error(response, StatusCode::FORBIDDEN).await;
+    }
+    // A's work is untouched, and A carries on under its lease.
+    let detail = app.task(&task).await;
+    assert_eq!(detail["status"], "running");
+    assert_eq!(detail["worker_id"].as_str(), Some(a.as_str()));
+    assert_eq!(detail["frames_done"], 0);
+    let done = app
+        .report(&task, "complete", &json!({ "lease_id": lease }))
+        .await;
+    assert_eq!(done.status(), StatusCode::OK);
+}

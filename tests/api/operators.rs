@@ -1,9 +1,12 @@
 //! What operators do: steer renders and workers, list and filter.
 
+use chrono::Utc;
+use renderfarm::store::conformance::plan_by;
+use renderfarm_wire::Priority;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, json_of, render_body, spawn_app};
+use crate::helpers::{assert_error, json_of, render_body, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn pause_resume_cancel_and_requeue_follow_the_status_machine() {
@@ -184,4 +187,93 @@ async fn renders_are_listed_newest_first_with_filters_and_pages() {
     ] {
         assert_error(app.list_renders(bad).await, StatusCode::BAD_REQUEST).await;
     }
+}
+
+#[tokio::test]
+async fn renders_are_listed_by_owner_and_me_needs_a_known_caller() {
+    let app = spawn_app_with(|s| s.auth = renderfarm::api::auth::AuthMode::Off).await;
+    let anonymous = app
+        .submit_ok(&render_body("anonymous", 1, 1, 1, "normal"))
+        .await;
+    assert_eq!(
+        anonymous["owner"],
+        Value::Null,
+        "submitted without credentials"
+    );
+    // The API takes owners from credentials, which this broker does not
+    // check (auth off): renders with owners go in through the store.
+    let mut owned = Vec::new();
+    for (owner, name) in [("alice", "a1"), ("bob", "b1"), ("alice", "a2")] {
+        let new = plan_by(owner, name, 1, 1, 1, Priority::Normal, Utc::now());
+        owned.push(
+            app.state
+                .store
+                .create_render(new)
+                .await
+                .unwrap()
+                .id
+                .to_string(),
+        );
+    }
+
+    let alice = json_of(app.list_renders("?owner=alice").await).await;
+    assert_eq!(alice["total"], 2);
+    let listed: Vec<&str> = alice["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [owned[2].as_str(), owned[0].as_str()],
+        "newest first"
+    );
+    assert!(alice["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["owner"] == "alice"));
+    let bob_paged = json_of(app.list_renders("?owner=bob&status=queued&limit=1").await).await;
+    assert_eq!(bob_paged["items"][0]["id"], owned[1].as_str());
+    assert_eq!(
+        json_of(app.list_renders("?owner=carol").await).await["total"],
+        0
+    );
+    assert_eq!(json_of(app.list_renders("").await).await["total"], 4);
+
+    let message = assert_error(app.list_renders("?owner=me").await, StatusCode::BAD_REQUEST).await;
+    assert!(
+        message.contains("does not know who is calling"),
+        "{message}"
+    );
+    assert_error(app.list_renders("?owner=").await, StatusCode::BAD_REQUEST).await;
+    assert_error(
+        app.list_renders(&format!("?owner={}", "x".repeat(201)))
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_canceled_render_shows_in_its_tasks_history_naming_no_one_without_credentials() {
+    let app = spawn_app_with(|s| s.auth = renderfarm::api::auth::AuthMode::Off).await;
+    let render = app.submit_ok(&render_body("r", 1, 2, 1, "normal")).await;
+    let id = render["id"].as_str().unwrap();
+    let worker = app.register_ok("w").await;
+    let assignment = app.claim_ok(&worker).await;
+    assert_eq!(
+        app.change_render(id, "cancel").await.status(),
+        StatusCode::OK
+    );
+    let task = app.task(assignment["task_id"].as_str().unwrap()).await;
+    let history = task["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0]["event"], "assigned");
+    assert_eq!(history[0]["actor"], Value::Null);
+    assert_eq!(history[1]["event"], "canceled");
+    assert_eq!(history[1]["worker_id"], worker.as_str());
+    assert_eq!(history[1]["detail"], "its render was canceled");
+    assert_eq!(history[1]["actor"], Value::Null);
 }

@@ -369,7 +369,7 @@ impl Progress {
 /// A render as the broker reports it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Render {
     pub id: Uuid,
     pub name: String,
@@ -386,6 +386,11 @@ pub struct Render {
     pub engine: Option<String>,
     pub tags: Vec<String>,
     pub progress: Progress,
+    /// Who submitted it: the name of the credential it came with; null when
+    /// the broker ran without credentials (`--auth off`), or for a render
+    /// submitted before renders recorded it.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub owner: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
     /// When the first task was handed out.
@@ -446,16 +451,21 @@ pub enum HistoryEvent {
     Failed,
     /// Its worker handed it back unfinished.
     Released,
-    /// Taken from its worker (lost, or disabled) without counting a failure.
+    /// Put back to pending without counting a failure: taken from its
+    /// worker (lost, or disabled), or run again because an operator
+    /// requeued its render.
     Requeued,
     /// Taken from its worker for more urgent work.
     Preempted,
     /// Put back to pending after a failure.
     Retried,
+    /// Canceled with its render: an operator canceled it or marked it
+    /// complete, or it failed for good.
+    Canceled,
 }
 
 impl HistoryEvent {
-    pub const ALL: [HistoryEvent; 7] = [
+    pub const ALL: [HistoryEvent; 8] = [
         HistoryEvent::Assigned,
         HistoryEvent::Completed,
         HistoryEvent::Failed,
@@ -463,6 +473,7 @@ impl HistoryEvent {
         HistoryEvent::Requeued,
         HistoryEvent::Preempted,
         HistoryEvent::Retried,
+        HistoryEvent::Canceled,
     ];
 
     /// The lowercase name used on the wire and in the store.
@@ -475,6 +486,7 @@ impl HistoryEvent {
             HistoryEvent::Requeued => "requeued",
             HistoryEvent::Preempted => "preempted",
             HistoryEvent::Retried => "retried",
+            HistoryEvent::Canceled => "canceled",
         }
     }
 
@@ -497,6 +509,13 @@ pub struct TaskHistoryEntry {
     /// Why, in words (e.g. "worker lost: no heartbeat for 60s").
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub detail: Option<String>,
+    /// Who did it, when a person did: the name of the credential of the
+    /// operator who canceled or requeued the render, or disabled the
+    /// worker. Null for what workers and the scheduler did, when the broker
+    /// ran without credentials, and in entries written before history
+    /// recorded it.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub actor: Option<String>,
 }
 
 /// `GET /tasks/{id}`: a task with its history.

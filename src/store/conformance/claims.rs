@@ -102,11 +102,11 @@ pub async fn paused_and_canceled_renders_are_never_claimed(store: &dyn Store) {
         .await
         .unwrap();
     store
-        .change_render(paused.id, RenderCommand::Pause, t0())
+        .change_render(paused.id, RenderCommand::Pause, None, t0())
         .await
         .unwrap();
     store
-        .change_render(canceled.id, RenderCommand::Cancel, t0())
+        .change_render(canceled.id, RenderCommand::Cancel, None, t0())
         .await
         .unwrap();
     let w = worker(store, "w", &[]).await;
@@ -115,7 +115,7 @@ pub async fn paused_and_canceled_renders_are_never_claimed(store: &dyn Store) {
     complete(store, &a).await;
     assert_eq!(claim(store, w).await, None);
     store
-        .change_render(paused.id, RenderCommand::Resume, t0())
+        .change_render(paused.id, RenderCommand::Resume, None, t0())
         .await
         .unwrap();
     assert_eq!(claim(store, w).await.expect("resumed").render_id, paused.id);
@@ -168,7 +168,7 @@ pub async fn disabled_and_draining_workers_take_no_new_work(store: &dyn Store) {
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.unwrap();
     let drained = store
-        .change_worker(w, WorkerAction::Drain, t0())
+        .change_worker(w, WorkerAction::Drain, None, t0())
         .await
         .unwrap();
     assert_eq!(drained.status, WorkerStatus::Draining);
@@ -180,7 +180,7 @@ pub async fn disabled_and_draining_workers_take_no_new_work(store: &dyn Store) {
     complete(store, &a).await;
     assert_eq!(claim(store, w).await, None, "and takes no new one");
     let disabled = store
-        .change_worker(w, WorkerAction::Disable, t0())
+        .change_worker(w, WorkerAction::Disable, None, t0())
         .await
         .unwrap();
     assert_eq!(disabled.status, WorkerStatus::Disabled);
@@ -193,11 +193,13 @@ pub async fn disabled_and_draining_workers_take_no_new_work(store: &dyn Store) {
         "{err:?}"
     );
     assert!(matches!(
-        store.change_worker(w, WorkerAction::Drain, t0()).await,
+        store
+            .change_worker(w, WorkerAction::Drain, None, t0())
+            .await,
         Err(StoreError::IllegalTransition(_))
     ));
     store
-        .change_worker(w, WorkerAction::Enable, t0())
+        .change_worker(w, WorkerAction::Enable, None, t0())
         .await
         .unwrap();
     assert!(claim(store, w).await.is_some());

@@ -20,7 +20,7 @@ pub async fn every_claim_mints_a_new_lease(store: &dyn Store) {
     let w2 = worker(store, "w2", &[]).await;
     let first = claim(store, w1).await.unwrap();
     store
-        .change_worker(w1, WorkerAction::Disable, t0())
+        .change_worker(w1, WorkerAction::Disable, None, t0())
         .await
         .unwrap();
     let second = claim(store, w2)
@@ -49,7 +49,7 @@ pub async fn a_stale_lease_changes_nothing(store: &dyn Store) {
     let w2 = worker(store, "w2", &[]).await;
     let old = claim(store, w1).await.unwrap();
     store
-        .change_worker(w1, WorkerAction::Disable, t0())
+        .change_worker(w1, WorkerAction::Disable, None, t0())
         .await
         .unwrap();
     let new = claim(store, w2).await.unwrap();
@@ -139,7 +139,7 @@ pub async fn heartbeats_answer_abort_once_the_task_is_taken_away(store: &dyn Sto
         HeartbeatAction::Abort
     );
     store
-        .change_render(r.id, RenderCommand::Cancel, later)
+        .change_render(r.id, RenderCommand::Cancel, None, later)
         .await
         .unwrap();
     assert_eq!(

@@ -4,10 +4,97 @@ use chrono::Duration;
 use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction};
 use uuid::Uuid;
 
-use super::{claim, complete, plan, t0, worker};
+use super::{claim, complete, plan, plan_by, t0, worker};
 use crate::domain::RenderCommand;
 use crate::domain::TaskReport;
 use crate::store::{PageRequest, RenderFilter, Store, StoreError};
+
+pub async fn renders_keep_who_submitted_them_and_list_by_owner(store: &dyn Store) {
+    let at = |s| t0() + Duration::seconds(s);
+    let mut ids = Vec::new();
+    for (i, owner) in [Some("alice"), Some("bob"), Some("alice"), None]
+        .into_iter()
+        .enumerate()
+    {
+        let new = match owner {
+            Some(owner) => plan_by(
+                owner,
+                &format!("r{i}"),
+                1,
+                2,
+                1,
+                Priority::Normal,
+                at(i as i64),
+            ),
+            None => plan(&format!("r{i}"), 1, 2, 1, Priority::Normal, at(i as i64)),
+        };
+        let created = store.create_render(new).await.unwrap();
+        assert_eq!(created.owner.as_deref(), owner, "as created");
+        assert_eq!(
+            store.get_render(created.id).await.unwrap().owner.as_deref(),
+            owner,
+            "as read back"
+        );
+        ids.push(created.id);
+    }
+    let listed = |owner: &str, status: Option<RenderStatus>, page: PageRequest| {
+        let filter = RenderFilter {
+            status,
+            owner: Some(owner.to_string()),
+            ..RenderFilter::default()
+        };
+        async move { store.list_renders(&filter, page).await.unwrap() }
+    };
+    let alice = listed("alice", None, PageRequest::default()).await;
+    assert_eq!(
+        alice.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[0]],
+        "newest first"
+    );
+    assert_eq!(alice.total, 2);
+    assert!(alice
+        .items
+        .iter()
+        .all(|r| r.owner.as_deref() == Some("alice")));
+    let second = listed(
+        "alice",
+        None,
+        PageRequest {
+            limit: 1,
+            offset: 1,
+        },
+    )
+    .await;
+    assert_eq!(
+        (
+            second.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+            second.total
+        ),
+        (vec![ids[0]], 2)
+    );
+    store
+        .change_render(ids[0], RenderCommand::Pause, Some("alice"), t0())
+        .await
+        .unwrap();
+    let paused = listed("alice", Some(RenderStatus::Paused), PageRequest::default()).await;
+    assert_eq!(
+        paused.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    assert_eq!(
+        listed("bob", Some(RenderStatus::Paused), PageRequest::default())
+            .await
+            .total,
+        0
+    );
+    let nobody = listed("carol", None, PageRequest::default()).await;
+    assert_eq!((nobody.items.len(), nobody.total), (0, 0));
+    let all = store
+        .list_renders(&RenderFilter::default(), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(all.total, 4, "no owner filter: everyone's and no one's");
+}
 
 pub async fn listings_filter_and_paginate(store: &dyn Store) {
     let mut ids = Vec::new();
@@ -31,7 +118,7 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
         ids.push(r.id);
     }
     store
-        .change_render(ids[0], RenderCommand::Pause, t0())
+        .change_render(ids[0], RenderCommand::Pause, None, t0())
         .await
         .unwrap();
     let all = store
@@ -63,7 +150,7 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
         .list_renders(
             &RenderFilter {
                 priority: Some(Priority::High),
-                status: None,
+                ..RenderFilter::default()
             },
             PageRequest::default(),
         )
@@ -75,6 +162,7 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
             &RenderFilter {
                 priority: Some(Priority::High),
                 status: Some(RenderStatus::Paused),
+                owner: None,
             },
             PageRequest::default(),
         )
@@ -179,7 +267,7 @@ pub async fn unknown_ids_are_not_found(store: &dyn Store) {
     );
     not_found(
         store
-            .change_render(id, RenderCommand::Pause, t0())
+            .change_render(id, RenderCommand::Pause, None, t0())
             .await
             .map(drop),
     );
@@ -188,7 +276,7 @@ pub async fn unknown_ids_are_not_found(store: &dyn Store) {
     not_found(store.get_worker(id).await.map(drop));
     not_found(
         store
-            .change_worker(id, WorkerAction::Drain, t0())
+            .change_worker(id, WorkerAction::Drain, None, t0())
             .await
             .map(drop),
     );

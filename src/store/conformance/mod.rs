@@ -58,9 +58,11 @@ macro_rules! conformance_tests {
             heartbeats_answer_abort_once_the_task_is_taken_away,
             disabled_and_draining_workers_take_no_new_work,
             operator_commands_change_renders_and_their_tasks,
+            operator_actions_in_a_task_history_name_who_did_them,
             only_a_finished_render_is_deleted_and_it_goes_whole,
             finished_renders_are_found_by_when_they_ended,
             listings_filter_and_paginate,
+            renders_keep_who_submitted_them_and_list_by_owner,
             task_logs_accumulate_in_order,
             a_task_log_keeps_its_first_and_newest_output_within_its_bound,
             unknown_ids_are_not_found,
@@ -89,7 +91,8 @@ fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000, 0).expect("a valid fixed time")
 }
 
-/// A render plan for tests: frames `start..=end` in chunks of `chunk`.
+/// A render plan for tests: frames `start..=end` in chunks of `chunk`,
+/// submitted without credentials (no owner).
 pub fn plan(
     name: &str,
     start: i64,
@@ -99,6 +102,21 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> NewRender {
     plan_with(name, start, end, chunk, priority, now, |_| {})
+}
+
+/// As [`plan`], submitted by `owner`.
+pub fn plan_by(
+    owner: &str,
+    name: &str,
+    start: i64,
+    end: i64,
+    chunk: i64,
+    priority: Priority,
+    now: DateTime<Utc>,
+) -> NewRender {
+    let mut new = plan(name, start, end, chunk, priority, now);
+    new.render.owner = Some(owner.to_string());
+    new
 }
 
 fn plan_with(
@@ -127,6 +145,7 @@ fn plan_with(
     NewRender::plan(
         valid,
         Uuid::new_v4(),
+        None,
         |id| format!("/tmp/renders/{id}/frame_####"),
         now,
     )

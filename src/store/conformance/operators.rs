@@ -1,11 +1,183 @@
 //! An operator's changes to renders: pause, resume, cancel, requeue, delete.
 
-use renderfarm_wire::{Priority, RenderStatus, TaskStatus};
+use chrono::Duration;
+use renderfarm_wire::{HistoryEvent, Priority, RenderStatus, TaskStatus, WorkerAction};
+use uuid::Uuid;
 
-use super::{claim, complete, plan, plan_with, report, t0, worker};
+use super::{assert_counters_exact, claim, complete, plan, plan_with, report, t0, worker};
 use crate::domain::RenderCommand;
 use crate::domain::TaskReport;
 use crate::store::{PageRequest, RenderFilter, Store, StoreError, StoreResult};
+
+/// A history line as the tests compare it: event, worker, actor, detail.
+type Line = (HistoryEvent, Option<Uuid>, Option<String>, Option<String>);
+
+async fn history_lines(store: &dyn Store, task: Uuid) -> Vec<Line> {
+    store
+        .task_history(task)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.event, h.worker_id, h.actor, h.detail))
+        .collect()
+}
+
+fn line(
+    event: HistoryEvent,
+    worker: Option<Uuid>,
+    actor: Option<&str>,
+    detail: Option<&str>,
+) -> Line {
+    (
+        event,
+        worker,
+        actor.map(str::to_string),
+        detail.map(str::to_string),
+    )
+}
+
+/// The operator's commands write a line in the history of every task they
+/// move, naming who gave them; what workers and the scheduler do names no one.
+pub async fn operator_actions_in_a_task_history_name_who_did_them(store: &dyn Store) {
+    use HistoryEvent as H;
+    let r = store
+        .create_render(plan("r", 1, 2, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let w1 = worker(store, "w1", &[]).await;
+    let w2 = worker(store, "w2", &[]).await;
+    let running = claim(store, w1).await.unwrap();
+    let pending = store
+        .list_tasks(r.id, Some(TaskStatus::Pending), PageRequest::default())
+        .await
+        .unwrap()
+        .items[0]
+        .id;
+    let later = t0() + Duration::seconds(10);
+
+    // Canceled by alice: the running task keeps its worker in the line, the
+    // pending one had none.
+    store
+        .change_render(r.id, RenderCommand::Cancel, Some("alice"), later)
+        .await
+        .unwrap();
+    let canceled = Some("its render was canceled");
+    assert_eq!(
+        history_lines(store, running.task_id).await,
+        vec![
+            line(H::Assigned, Some(w1), None, None),
+            line(H::Canceled, Some(w1), Some("alice"), canceled),
+        ]
+    );
+    assert_eq!(
+        history_lines(store, pending).await,
+        vec![line(H::Canceled, None, Some("alice"), canceled)]
+    );
+
+    // Requeued by bob: every task runs again, with no worker.
+    store
+        .change_render(r.id, RenderCommand::Requeue, Some("bob"), later)
+        .await
+        .unwrap();
+    let requeued = line(
+        H::Requeued,
+        None,
+        Some("bob"),
+        Some("its render was requeued"),
+    );
+    assert_eq!(history_lines(store, pending).await.last(), Some(&requeued));
+
+    // Taken again, then its worker disabled by carol.
+    let again = claim(store, w2).await.unwrap();
+    assert_eq!(again.task_id, running.task_id);
+    store
+        .change_worker(w2, WorkerAction::Disable, Some("carol"), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        history_lines(store, running.task_id).await,
+        vec![
+            line(H::Assigned, Some(w1), None, None),
+            line(H::Canceled, Some(w1), Some("alice"), canceled),
+            requeued.clone(),
+            line(H::Assigned, Some(w2), None, None),
+            line(
+                H::Requeued,
+                Some(w2),
+                Some("carol"),
+                Some("its worker was disabled")
+            ),
+        ]
+    );
+    let at: Vec<_> = store
+        .task_history(running.task_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.at)
+        .collect();
+    assert_eq!(at, [t0(), later, later, t0(), later], "when each was done");
+
+    // A command from a broker that knows no callers names no one.
+    let done = store
+        .change_render(r.id, RenderCommand::Complete, None, later)
+        .await
+        .unwrap();
+    assert_eq!(done.status, RenderStatus::Completed);
+    assert_eq!(
+        history_lines(store, pending).await.last(),
+        Some(&line(
+            H::Canceled,
+            None,
+            None,
+            Some("its render was marked complete")
+        ))
+    );
+
+    // A render failed for good cancels its pending work: no one did that.
+    let doomed = store
+        .create_render(plan_with("doomed", 1, 2, 1, Priority::Normal, t0(), |s| {
+            s.max_retries = 0
+        }))
+        .await
+        .unwrap();
+    let w3 = worker(store, "w3", &[]).await;
+    let failing = claim(store, w3).await.unwrap();
+    assert_eq!(failing.render_id, doomed.id);
+    report(
+        store,
+        &failing,
+        TaskReport::Fail {
+            exit_code: Some(1),
+            reason: "out of memory".into(),
+        },
+    )
+    .await;
+    let rest = store
+        .list_tasks(
+            doomed.id,
+            Some(TaskStatus::Canceled),
+            PageRequest::default(),
+        )
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(rest.len(), 1);
+    assert_eq!(
+        history_lines(store, rest[0].id).await,
+        vec![line(
+            H::Canceled,
+            None,
+            None,
+            Some("its render failed: a task of it failed with no retry left")
+        )]
+    );
+    assert!(history_lines(store, failing.task_id)
+        .await
+        .iter()
+        .all(|(_, _, actor, _)| actor.is_none()));
+    assert_counters_exact(store).await;
+}
 
 pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store) {
     let r = store
@@ -16,22 +188,24 @@ pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store)
     let a = claim(store, w).await.unwrap();
     complete(store, &a).await;
     let paused = store
-        .change_render(r.id, RenderCommand::Pause, t0())
+        .change_render(r.id, RenderCommand::Pause, None, t0())
         .await
         .unwrap();
     assert_eq!(paused.status, RenderStatus::Paused);
     let resumed = store
-        .change_render(r.id, RenderCommand::Resume, t0())
+        .change_render(r.id, RenderCommand::Resume, None, t0())
         .await
         .unwrap();
     assert_eq!(resumed.status, RenderStatus::Rendering, "it had started");
     assert!(matches!(
-        store.change_render(r.id, RenderCommand::Resume, t0()).await,
+        store
+            .change_render(r.id, RenderCommand::Resume, None, t0())
+            .await,
         Err(StoreError::IllegalTransition(_))
     ));
     let running = claim(store, w).await.unwrap();
     let canceled = store
-        .change_render(r.id, RenderCommand::Cancel, t0())
+        .change_render(r.id, RenderCommand::Cancel, None, t0())
         .await
         .unwrap();
     assert_eq!(canceled.status, RenderStatus::Canceled);
@@ -47,7 +221,7 @@ pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store)
         TaskStatus::Canceled
     );
     let requeued = store
-        .change_render(r.id, RenderCommand::Requeue, t0())
+        .change_render(r.id, RenderCommand::Requeue, None, t0())
         .await
         .unwrap();
     assert_eq!(requeued.status, RenderStatus::Queued);
@@ -63,19 +237,19 @@ pub async fn operator_commands_change_renders_and_their_tasks(store: &dyn Store)
     let again = claim(store, w).await.unwrap();
     assert_ne!(again.lease_id, running.lease_id);
     let completed = store
-        .change_render(r.id, RenderCommand::Complete, t0())
+        .change_render(r.id, RenderCommand::Complete, None, t0())
         .await
         .unwrap();
     assert_eq!(completed.status, RenderStatus::Completed);
     assert!(completed.finished_at.is_some());
     assert!(matches!(
         store
-            .change_render(r.id, RenderCommand::Complete, t0())
+            .change_render(r.id, RenderCommand::Complete, None, t0())
             .await,
         Err(StoreError::IllegalTransition(_))
     ));
     let whole = store
-        .change_render(r.id, RenderCommand::Requeue, t0())
+        .change_render(r.id, RenderCommand::Requeue, None, t0())
         .await
         .unwrap();
     assert_eq!(

@@ -400,6 +400,10 @@ pub async fn the_history_tells_what_happened_to_a_task(store: &dyn Store) {
         ]
     );
     assert!(history.iter().all(|h| h.at == t0()));
+    assert!(
+        history.iter().all(|h| h.actor.is_none()),
+        "workers and the scheduler are no one's actions: {history:?}"
+    );
     assert_eq!(history[1].detail.as_deref(), Some("exit code 3"));
     assert!(matches!(
         store.task_history(Uuid::new_v4()).await,

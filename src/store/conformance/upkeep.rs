@@ -194,7 +194,7 @@ pub async fn preemption_sees_overdue_work_running_work_and_idle_workers(store: &
     assert_eq!(running.render_id, low.id);
     let idle = worker(store, "idle", &["cpu"]).await;
     store
-        .change_worker(idle, WorkerAction::Drain, t0())
+        .change_worker(idle, WorkerAction::Drain, None, t0())
         .await
         .unwrap();
     let urgent = store
@@ -276,7 +276,7 @@ pub async fn finished_renders_are_found_by_when_they_ended(store: &dyn Store) {
         .unwrap();
     for (i, when) in [(2, 10), (0, 20), (1, 30)] {
         store
-            .change_render(ids[i], RenderCommand::Cancel, at(when))
+            .change_render(ids[i], RenderCommand::Cancel, None, at(when))
             .await
             .unwrap();
     }

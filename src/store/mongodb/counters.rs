@@ -11,7 +11,7 @@ use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 use super::rules::retries_exhausted;
 use super::{documents::*, errors::*, renders::*, *};
 use crate::domain::tally_after;
-use crate::domain::{is_claimable, render_change, Tally, TaskEvent};
+use crate::domain::{is_claimable, render_change, BulkCause, Tally, TaskEvent};
 use crate::store::StoreResult;
 
 /// Compare-and-set attempts before a render is declared too busy to save its tally.
@@ -124,7 +124,14 @@ impl MongoStore {
         }
         if !tasks_to_cancel.is_empty() {
             return self
-                .bulk_task_change(&doc.id, TaskEvent::Cancel, tasks_to_cancel, now)
+                .bulk_task_change(
+                    &doc.id,
+                    TaskEvent::Cancel,
+                    tasks_to_cancel,
+                    BulkCause::RenderFailed,
+                    None,
+                    now,
+                )
                 .await;
         }
         Ok(doc)

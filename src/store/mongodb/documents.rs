@@ -44,6 +44,9 @@ pub(super) struct RenderDoc {
     pub(super) finished_at: Option<bson::DateTime>,
     /// Bumped by every change; status writes compare-and-set on it.
     pub(super) version: i64,
+    /// Who submitted it; absent from renders stored before renders recorded it.
+    #[serde(default)]
+    pub(super) owner: Option<String>,
 }
 
 impl RenderDoc {
@@ -76,6 +79,7 @@ impl RenderDoc {
             started_at: r.started_at.map(bson_time),
             finished_at: r.finished_at.map(bson_time),
             version: 0,
+            owner: r.owner.clone(),
         }
     }
 
@@ -131,6 +135,7 @@ impl RenderDoc {
             created_at: self.created_at.to_chrono(),
             started_at: self.started_at.map(bson::DateTime::to_chrono),
             finished_at: self.finished_at.map(bson::DateTime::to_chrono),
+            owner: self.owner.clone(),
         })
     }
 }
@@ -309,6 +314,15 @@ pub(super) struct IdOnly {
     pub(super) id: String,
 }
 
+/// A task moved by a bulk change, as its history needs it.
+#[derive(Debug, Deserialize)]
+pub(super) struct BulkMoved {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) history_seq: i64,
+    pub(super) worker_id: Option<String>,
+}
+
 /// A log chunk's place and size, for trimming.
 #[derive(Debug, Deserialize)]
 pub(super) struct LogSize {
@@ -326,6 +340,10 @@ pub(super) struct HistoryDoc {
     pub(super) event: String,
     pub(super) worker_id: Option<String>,
     pub(super) detail: Option<String>,
+    /// Who did it, when a person did; absent from entries written before
+    /// history recorded it.
+    #[serde(default)]
+    pub(super) actor: Option<String>,
 }
 
 impl HistoryDoc {
@@ -340,6 +358,7 @@ impl HistoryDoc {
             })?,
             worker_id: parse_opt_uuid(self.worker_id.as_deref(), "worker id")?,
             detail: self.detail.clone(),
+            actor: self.actor.clone(),
         })
     }
 }

@@ -4,13 +4,13 @@ use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
-use renderfarm_wire::{Page, Progress, Render, RenderStatus, TaskStatus};
+use renderfarm_wire::{HistoryEvent, Page, Progress, Render, RenderStatus, TaskStatus};
 use uuid::Uuid;
 
 use super::{counters::*, documents::*, *};
 use crate::domain::{
     check_deletable, finished_at_after, is_claimable, render_transition, task_transition,
-    tasks_affected, NewRender, RenderCommand, TaskEvent,
+    tasks_affected, BulkCause, NewRender, RenderCommand, TaskEvent,
 };
 use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
@@ -31,15 +31,25 @@ impl MongoStore {
     /// Applies `event` to every task of the render in one of `from`, then
     /// moves the render's counters by what was actually changed (so moves
     /// made concurrently by single-task updates are neither lost nor counted
-    /// twice).
+    /// twice). Each task moved gets a line in its history saying why
+    /// (`cause`) and who did it (`actor`), naming the worker the task keeps.
+    ///
+    /// The history is written after the change, from the tasks it marked:
+    /// exact as long as nothing else moves them in between, which holds
+    /// because what it leaves is canceled (no worker's or scheduler's change
+    /// applies) or pending and not runnable (callers make the tasks of a
+    /// requeued render runnable only afterwards).
     pub(super) async fn bulk_task_change(
         &self,
         render: &str,
         event: TaskEvent,
         from: &[TaskStatus],
+        cause: BulkCause,
+        actor: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<RenderDoc> {
         let tasks = self.tasks()?;
+        let (history_event, detail) = cause.history(event);
         let mut delta = Progress::default();
         for status in from {
             let to = task_transition(*status, event)?;
@@ -50,13 +60,16 @@ impl MongoStore {
             } else {
                 0
             };
+            let change = Uuid::new_v4().to_string();
             let changed = tasks
-                .update_many(bulk_filter(render, *status), bulk_update(to, now))
+                .update_many(bulk_filter(render, *status), bulk_update(to, now, &change))
                 .await?
                 .modified_count;
             let changed = i64::try_from(changed).unwrap_or(i64::MAX);
             if changed > 0 {
                 delta = add_progress(delta, progress_delta(Some(*status), to, changed, -frames));
+                self.record_bulk_history(render, &change, history_event, &detail, actor, now)
+                    .await?;
             }
         }
         self.renders()?
@@ -67,6 +80,47 @@ impl MongoStore {
             .return_document(ReturnDocument::After)
             .await?
             .ok_or_else(|| StoreError::not_found("render", render))
+    }
+
+    /// Writes the history line of every task the bulk change `change` moved
+    /// (see [`bulk_update`]), in batches.
+    async fn record_bulk_history(
+        &self,
+        render: &str,
+        change: &str,
+        event: HistoryEvent,
+        detail: &str,
+        actor: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut moved = self
+            .tasks()?
+            .clone_with_type::<BulkMoved>()
+            .find(bulk_moved_filter(render, change))
+            .projection(doc! { "_id": 1, "history_seq": 1, "worker_id": 1 })
+            .await?;
+        let history = self.history()?;
+        let mut batch = Vec::with_capacity(TASK_BATCH);
+        while let Some(task) = moved.try_next().await? {
+            batch.push(HistoryDoc {
+                task_id: task.id,
+                // The change took the sequence number before the one it left.
+                seq: task.history_seq - 1,
+                at: bson_time(now),
+                event: event.as_str().into(),
+                worker_id: task.worker_id,
+                detail: Some(detail.to_string()),
+                actor: actor.map(str::to_string),
+            });
+            if batch.len() == TASK_BATCH {
+                history.insert_many(&batch).await?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            history.insert_many(&batch).await?;
+        }
+        Ok(())
     }
 }
 
@@ -225,6 +279,7 @@ pub(super) async fn change_render(
     store: &MongoStore,
     id: Uuid,
     command: RenderCommand,
+    actor: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<Render> {
     let id = id.to_string();
@@ -255,11 +310,24 @@ pub(super) async fn change_render(
             "render {id} changed too often to apply the command; retry"
         )));
     };
-    // No operator command fails a render: nothing to cancel beyond what the
-    // command itself changes below.
-    let mut doc = store.after_status_write(from, after, &[], now).await?;
+    // The tasks move while none of them can be claimed, so that no claim
+    // races the move and its history (see `bulk_task_change`): a render
+    // that stops being claimable stops first, one that becomes claimable (a
+    // requeue) only after. No operator command fails a render: nothing to
+    // cancel beyond what the command itself changes.
+    let claimable = is_claimable(after.status()?);
+    let mut doc = after;
+    if !claimable {
+        doc = store.after_status_write(from, doc, &[], now).await?;
+    }
     if let Some((event, statuses)) = tasks_affected(command, &progress) {
-        doc = store.bulk_task_change(&id, event, &statuses, now).await?;
+        let cause = BulkCause::Command(command);
+        doc = store
+            .bulk_task_change(&id, event, &statuses, cause, actor, now)
+            .await?;
+    }
+    if claimable {
+        doc = store.after_status_write(from, doc, &[], now).await?;
     }
     let doc = store.save_tally(doc, false, now).await?;
     tracing::info!(render_id = %id, ?command, "operator changed render");
@@ -271,10 +339,12 @@ pub fn bulk_filter(render: &str, status: TaskStatus) -> Document {
     doc! { "render_id": render, "status": status.as_str() }
 }
 
-/// A bulk change to `to`. A task run again starts from scratch, with no
-/// worker and no lease.
-pub fn bulk_update(to: TaskStatus, now: DateTime<Utc>) -> Document {
-    if to == TaskStatus::Pending {
+/// A bulk change to `to`, marked with the change's id (`bulk_change`) so
+/// that its history finds the tasks it moved, each of which takes a history
+/// sequence number. A task run again starts from scratch, with no worker and
+/// no lease.
+pub fn bulk_update(to: TaskStatus, now: DateTime<Utc>, change: &str) -> Document {
+    let update = if to == TaskStatus::Pending {
         doc! { "$set": {
             "status": to.as_str(),
             "retries": 0_i64,
@@ -286,10 +356,22 @@ pub fn bulk_update(to: TaskStatus, now: DateTime<Utc>) -> Document {
             "started_at": Bson::Null,
             "finished_at": Bson::Null,
             "queued_at": bson_time(now),
+            "bulk_change": change,
         } }
     } else {
-        doc! { "$set": { "status": to.as_str(), "finished_at": bson_time(now) } }
-    }
+        doc! { "$set": {
+            "status": to.as_str(),
+            "finished_at": bson_time(now),
+            "bulk_change": change,
+        } }
+    };
+    with_history(update)
+}
+
+/// The render's tasks that the bulk change `change` moved (and nothing
+/// moved in bulk since).
+pub fn bulk_moved_filter(render: &str, change: &str) -> Document {
+    doc! { "render_id": render, "bulk_change": change }
 }
 
 /// Which renders a listing shows.
@@ -300,6 +382,9 @@ pub fn render_list_filter(filter: &RenderFilter) -> Document {
     }
     if let Some(priority) = filter.priority {
         query.insert("priority", priority.rank());
+    }
+    if let Some(owner) = &filter.owner {
+        query.insert("owner", owner.as_str());
     }
     query
 }

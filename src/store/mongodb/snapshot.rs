@@ -137,6 +137,7 @@ fn task_docs(render: &RenderDoc, record: &TaskRecord) -> (TaskDoc, Vec<LogDoc>, 
             event: entry.event.as_str().into(),
             worker_id: entry.worker_id.map(|w| w.to_string()),
             detail: entry.detail.clone(),
+            actor: entry.actor.clone(),
         })
         .collect();
     (doc, logs, history)

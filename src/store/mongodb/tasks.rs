@@ -25,7 +25,10 @@ impl MongoStore {
     }
 
     /// Appends one line to a task's history. `seq` comes from the task
-    /// change it records, so entries read back in the order they happened.
+    /// change it records, so entries read back in the order they happened;
+    /// `actor` is the person who did it, if a person did.
+    // One argument per column of the line, as on the SQLite side.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn record_history(
         &self,
         task: &str,
@@ -33,6 +36,7 @@ impl MongoStore {
         event: HistoryEvent,
         worker: Option<&str>,
         detail: Option<String>,
+        actor: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         self.history()?
@@ -43,6 +47,7 @@ impl MongoStore {
                 event: event.as_str().into(),
                 worker_id: worker.map(str::to_string),
                 detail,
+                actor: actor.map(str::to_string),
             })
             .await?;
         Ok(())
@@ -50,23 +55,22 @@ impl MongoStore {
 
     /// Puts a running task back in the queue without counting a failure,
     /// under its current lease (nothing happens if the lease moved on); the
-    /// history says why. Returns the task as it was.
+    /// history says why, and who did it (`actor`, when a person did).
+    /// Returns the task as it was.
+    /// `fence`: [`lease_filter`], or [`report_filter`] when the worker
+    /// reporting is known.
     pub(super) async fn requeue_under_lease(
         &self,
-        task: &str,
-        lease: &str,
-        holder: Option<&str>,
+        fence: Document,
         why: &Requeue,
+        actor: Option<&str>,
         log_bytes: Option<i64>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<TaskDoc>> {
         let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
         let before = self
             .tasks()?
-            .find_one_and_update(
-                report_filter(task, lease, holder),
-                requeue_update(to, now, log_bytes),
-            )
+            .find_one_and_update(fence, requeue_update(to, now, log_bytes))
             .return_document(ReturnDocument::Before)
             .await?;
         if let Some(before) = &before {
@@ -86,6 +90,7 @@ impl MongoStore {
                 event,
                 before.worker_id.as_deref(),
                 Some(detail.to_string()),
+                actor,
                 now,
             )
             .await?;
@@ -311,6 +316,7 @@ pub(super) async fn claim_next_task(
             HistoryEvent::Assigned,
             Some(&worker_key),
             None,
+            None,
             now,
         )
         .await?;
@@ -356,7 +362,13 @@ pub(super) async fn report_task(
             let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
             let update = requeue_update(to, now, log_bytes);
             store
-                .requeue_under_lease(&id, &lease, holder_s, &Requeue::Released, log_bytes, now)
+                .requeue_under_lease(
+                    report_filter(&id, &lease, holder_s),
+                    &Requeue::Released,
+                    None,
+                    log_bytes,
+                    now,
+                )
                 .await?
                 .map(|b| (b, update))
         }
@@ -389,6 +401,7 @@ pub(super) async fn report_task(
                         b.history_seq,
                         HistoryEvent::Completed,
                         b.worker_id.as_deref(),
+                        None,
                         None,
                         now,
                     )
@@ -431,6 +444,7 @@ pub(super) async fn report_task(
                         HistoryEvent::Failed,
                         b.worker_id.as_deref(),
                         Some(detail),
+                        None,
                         now,
                     )
                     .await?;

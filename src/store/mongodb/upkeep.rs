@@ -115,7 +115,13 @@ pub(super) async fn requeue_lost_workers(
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let why = Requeue::WorkerLost { last_seen };
         if let Some(before) = store
-            .requeue_under_lease(&task.id, lease, None, &why, None, now)
+            .requeue_under_lease(
+                super::tasks::lease_filter(&task.id, lease),
+                &why,
+                None,
+                None,
+                now,
+            )
             .await?
         {
             outcome.requeued.push(moved(&before)?);
@@ -189,6 +195,7 @@ pub(super) async fn retry_failed_tasks(
                         HistoryEvent::Retried,
                         None,
                         Some(detail),
+                        None,
                         now,
                     )
                     .await?;
@@ -313,7 +320,13 @@ pub(super) async fn preempt_task(
         return Ok(None);
     }
     store
-        .requeue_under_lease(&id, &lease, None, &Requeue::Preempted, None, now)
+        .requeue_under_lease(
+            super::tasks::lease_filter(&id, &lease),
+            &Requeue::Preempted,
+            None,
+            None,
+            now,
+        )
         .await?
         .as_ref()
         .map(moved)

@@ -106,6 +106,7 @@ pub(super) async fn change_worker(
     store: &MongoStore,
     id: Uuid,
     action: WorkerAction,
+    actor: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<Worker> {
     let id_s = id.to_string();
@@ -138,10 +139,9 @@ pub(super) async fn change_worker(
             if let Some(lease) = task.lease_id.clone() {
                 if store
                     .requeue_under_lease(
-                        &task.id,
-                        &lease,
-                        None,
+                        super::tasks::lease_filter(&task.id, &lease),
                         &Requeue::WorkerDisabled,
+                        actor,
                         None,
                         now,
                     )

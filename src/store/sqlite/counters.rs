@@ -5,7 +5,7 @@ use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 use rusqlite::{params, Connection};
 
 use super::{rows::*, tasks::*};
-use crate::domain::{render_change, tally_after, Tally, TaskEvent};
+use crate::domain::{render_change, tally_after, BulkCause, Tally, TaskEvent};
 use crate::store::StoreResult;
 
 /// A render's tally: its counters and the status they give, as read and written together.
@@ -67,6 +67,8 @@ pub(super) fn save_tally(
             state.seq,
             TaskEvent::Cancel,
             change.tasks_to_cancel,
+            BulkCause::RenderFailed,
+            None,
             now,
         )?;
         state.progress = count_tally(conn, state.seq, state.progress.frames_total)?;

@@ -56,6 +56,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/sqlite/0006_worker_secrets.sql"
         )),
+        M::up(include_str!("../../../migrations/sqlite/0007_owner.sql")),
     ])
 }
 

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use super::rules::*;
 use super::{counters::*, rows::*, tasks::*, *};
-use crate::domain::{check_deletable, render_transition, tasks_affected, NewRender, RenderCommand};
+use crate::domain::{
+    check_deletable, render_transition, tasks_affected, BulkCause, NewRender, RenderCommand,
+};
 use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
 pub(super) fn load_render(conn: &Connection, id: Uuid) -> StoreResult<Render> {
@@ -98,8 +100,8 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         "INSERT INTO renders (id, name, status, priority, blend_file, frame_start, frame_end, \
          chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
          tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
-         frames_done, created_at, hidden) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, 1)",
+         frames_done, created_at, owner, hidden) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, ?16, 1)",
     )?
     .execute(params![
         r.id.to_string(),
@@ -117,6 +119,7 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         r.progress.tasks_total,
         r.progress.frames_total,
         ts(r.created_at),
+        r.owner,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -223,6 +226,10 @@ pub(super) async fn list_renders(
             args.push(priority.rank().into());
             clauses.push(format!("r.priority = ?{}", args.len()));
         }
+        if let Some(owner) = filter.owner {
+            args.push(owner.into());
+            clauses.push(format!("r.owner = ?{}", args.len()));
+        }
         clauses.push("r.hidden = 0".to_string());
         let filter_sql = format!("WHERE {}", clauses.join(" AND "));
         let total: i64 = conn
@@ -272,8 +279,10 @@ pub(super) async fn change_render(
     store: &SqliteStore,
     id: Uuid,
     command: RenderCommand,
+    actor: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<Render> {
+    let actor = actor.map(str::to_string);
     store
         .write(move |conn| {
             let seq = render_seq(conn, id)?;
@@ -281,7 +290,8 @@ pub(super) async fn change_render(
             let before = state.status;
             let to = render_transition(before, command)?;
             if let Some((event, from)) = tasks_affected(command, &state.progress) {
-                bulk_task_change(conn, seq, event, &from, now)?;
+                let cause = BulkCause::Command(command);
+                bulk_task_change(conn, seq, event, &from, cause, actor.as_deref(), now)?;
                 state.progress = count_tally(conn, seq, state.progress.frames_total)?;
             }
             if command == RenderCommand::Requeue {

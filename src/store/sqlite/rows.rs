@@ -75,7 +75,7 @@ pub(super) const RENDER_COLUMNS: &str =
     "r.id, r.name, r.status, r.priority, r.blend_file, r.frame_start, \
      r.frame_end, r.chunk_size, r.max_retries, r.output, r.engine, r.tags, r.tasks_total, \
      r.tasks_pending, r.tasks_running, r.tasks_completed, r.tasks_failed, r.tasks_canceled, \
-     r.frames_total, r.frames_done, r.created_at, r.started_at, r.finished_at";
+     r.frames_total, r.frames_done, r.created_at, r.started_at, r.finished_at, r.owner";
 
 pub(super) fn progress_from_row(row: &Row, first: usize) -> rusqlite::Result<Progress> {
     Ok(Progress {
@@ -110,6 +110,7 @@ pub(super) fn render_from_row(row: &Row) -> rusqlite::Result<Render> {
         created_at: get_time(row, 20)?,
         started_at: get_opt_time(row, 21)?,
         finished_at: get_opt_time(row, 22)?,
+        owner: row.get(23)?,
     })
 }
 
@@ -160,7 +161,7 @@ pub(super) fn worker_from_row(row: &Row) -> rusqlite::Result<Worker> {
 
 /// A task's history, oldest first, by the task's row key.
 pub(super) const HISTORY_OF_TASK: &str =
-    "SELECT at, event, worker_id, detail FROM task_history WHERE task_seq = ?1 ORDER BY seq";
+    "SELECT at, event, worker_id, detail, actor FROM task_history WHERE task_seq = ?1 ORDER BY seq";
 
 pub(super) fn history_from_row(row: &Row) -> rusqlite::Result<TaskHistoryEntry> {
     Ok(TaskHistoryEntry {
@@ -168,6 +169,7 @@ pub(super) fn history_from_row(row: &Row) -> rusqlite::Result<TaskHistoryEntry> 
         event: get_enum(row, 1, HistoryEvent::parse)?,
         worker_id: get_opt_uuid(row, 2)?,
         detail: row.get(3)?,
+        actor: row.get(4)?,
     })
 }
 

@@ -11,7 +11,8 @@ use super::rules::*;
 use super::{counters::*, renders::*, rows::*, workers::*, *};
 use crate::domain::{
     check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
-    task_transition, ClaimPermission, Requeue, TaskEvent, TaskLease, TaskReport, TASK_LOG_LIMIT,
+    task_transition, BulkCause, ClaimPermission, Requeue, TaskEvent, TaskLease, TaskReport,
+    TASK_LOG_LIMIT,
 };
 use crate::domain::{
     ClaimKey, CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS,
@@ -26,16 +27,40 @@ pub(super) fn load_task_by_seq(conn: &Connection, seq: i64) -> StoreResult<Task>
         .query_row([seq], task_from_row)?)
 }
 
-/// Applies `event` to every task of the render that is in one of `from`.
+/// Applies `event` to every task of the render that is in one of `from`;
+/// each gets a line in its history saying why (`cause`) and who did it
+/// (`actor`), naming the worker the task keeps (none when it runs again).
 pub(super) fn bulk_task_change(
     conn: &Connection,
     render_seq: i64,
     event: TaskEvent,
     from: &[TaskStatus],
+    cause: BulkCause,
+    actor: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
+    let (history_event, detail) = cause.history(event);
     for status in from {
         let to = task_transition(*status, event)?;
+        let worker = if to == TaskStatus::Pending {
+            "NULL"
+        } else {
+            "worker_id"
+        };
+        // Written before the change, which moves them out of `status`: the
+        // same tasks, in one transaction.
+        conn.prepare_cached(&format!(
+            "INSERT INTO task_history (task_seq, at, event, worker_id, detail, actor) \
+             SELECT seq, ?3, ?4, {worker}, ?5, ?6 FROM tasks WHERE render_seq = ?1 AND status = ?2"
+        ))?
+        .execute(params![
+            render_seq,
+            status.as_str(),
+            ts(now),
+            history_event.as_str(),
+            detail,
+            actor
+        ])?;
         let sql = if to == TaskStatus::Pending {
             // A task run again starts from scratch, with no worker and no lease.
             "UPDATE tasks SET status = ?3, retries = 0, worker_id = NULL, lease_id = NULL, \
@@ -208,28 +233,40 @@ pub(super) fn next_pending_task(
     Ok(None)
 }
 
-/// Appends one line to a task's history.
+/// Appends one line to a task's history; `actor` is the person who did it,
+/// if a person did.
 pub(super) fn record_history(
     conn: &Connection,
     task_seq: i64,
     event: HistoryEvent,
     worker_id: Option<&str>,
     detail: Option<&str>,
+    actor: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
     conn.prepare_cached(
-        "INSERT INTO task_history (task_seq, at, event, worker_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO task_history (task_seq, at, event, worker_id, detail, actor) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![task_seq, ts(now), event.as_str(), worker_id, detail])?;
+    .execute(params![
+        task_seq,
+        ts(now),
+        event.as_str(),
+        worker_id,
+        detail,
+        actor
+    ])?;
     Ok(())
 }
 
 /// Takes a running task from its worker without counting a failure; the
-/// history says why (`event`, `detail`).
+/// history says why (`event`, `detail`) and who did it (`actor`, when a
+/// person did).
 pub(super) fn requeue_task(
     conn: &Connection,
     task: &LeasedTask,
     why: &Requeue,
+    actor: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
     let (event, detail) = why.history();
@@ -245,6 +282,7 @@ pub(super) fn requeue_task(
         event,
         task.worker_id.as_deref(),
         Some(&detail),
+        actor,
         now,
     )?;
     tally_task_move(
@@ -371,6 +409,7 @@ pub(super) async fn claim_next_task(
                 HistoryEvent::Assigned,
                 Some(&worker_id.to_string()),
                 None,
+                None,
                 now,
             )?;
             tracing::debug!(
@@ -407,9 +446,9 @@ pub(super) async fn report_task(
                 )?
                 .execute(params![task.seq, to.as_str(), task.frames, ts(now)])?;
                 tally_task_move(conn, task.render_seq, task.status, to, task.frames - task.frames_done, false, now)?;
-                record_history(conn, task.seq, HistoryEvent::Completed, task.worker_id.as_deref(), None, now)?;
+                record_history(conn, task.seq, HistoryEvent::Completed, task.worker_id.as_deref(), None, None, now)?;
             }
-            TaskReport::Release => requeue_task(conn, &task, &Requeue::Released, now)?,
+            TaskReport::Release => requeue_task(conn, &task, &Requeue::Released, None, now)?,
             TaskReport::Fail { exit_code, reason } => {
                 let to = task_transition(task.status, TaskEvent::Fail)?;
                 conn.prepare_cached(
@@ -427,7 +466,7 @@ pub(super) async fn report_task(
                     Some(code) => format!("exit code {code}"),
                     None => "no exit code".to_string(),
                 };
-                record_history(conn, task.seq, HistoryEvent::Failed, task.worker_id.as_deref(), Some(&detail), now)?;
+                record_history(conn, task.seq, HistoryEvent::Failed, task.worker_id.as_deref(), Some(&detail), None, now)?;
             }
         }
         append_log(conn, task.seq, log.as_deref())?;

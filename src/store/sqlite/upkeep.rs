@@ -64,7 +64,7 @@ pub(super) async fn requeue_lost_workers(
                     let why = Requeue::WorkerLost {
                         last_seen: last_seen.clone(),
                     };
-                    requeue_task(conn, &leased, &why, now)?;
+                    requeue_task(conn, &leased, &why, None, now)?;
                     outcome.requeued.push(moved(conn, &leased, task_id)?);
                 }
             }
@@ -106,6 +106,7 @@ pub(super) async fn retry_failed_tasks(
                             HistoryEvent::Retried,
                             None,
                             Some(&detail),
+                            None,
                             now,
                         )?;
                         outcome.retried.push(moved(conn, &task, task_id)?);
@@ -193,7 +194,7 @@ pub(super) async fn preempt_task(
             if lease_accepts(&task.lease(), lease_id, None).is_err() {
                 return Ok(None);
             }
-            requeue_task(conn, &task, &Requeue::Preempted, now)?;
+            requeue_task(conn, &task, &Requeue::Preempted, None, now)?;
             Ok(Some(moved(conn, &task, task_id)?))
         })
         .await

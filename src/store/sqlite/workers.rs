@@ -90,8 +90,10 @@ pub(super) async fn change_worker(
     store: &SqliteStore,
     id: Uuid,
     action: WorkerAction,
+    actor: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<Worker> {
+    let actor = actor.map(str::to_string);
     store.write(move |conn| {
         let mode: WorkerMode = conn
             .prepare_cached("SELECT mode FROM workers WHERE id = ?1")?
@@ -111,7 +113,7 @@ pub(super) async fn change_worker(
                 .optional()?;
             if let Some(task_id) = running.and_then(|t| Uuid::parse_str(&t).ok()) {
                 let task = load_leased_task(conn, task_id)?;
-                requeue_task(conn, &task, &Requeue::WorkerDisabled, now)?;
+                requeue_task(conn, &task, &Requeue::WorkerDisabled, actor.as_deref(), now)?;
                 tracing::info!(worker_id = %id, task_id = %task_id, "task of disabled worker requeued");
             }
         }

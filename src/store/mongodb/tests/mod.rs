@@ -190,7 +190,9 @@ fn planned() -> (RenderDoc, Vec<TaskDoc>) {
 
 #[test]
 fn every_document_written_passes_its_collection_validator() {
-    let (render, tasks) = planned();
+    let (mut render, tasks) = planned();
+    assert_valid("renders", &bson::to_document(&render).unwrap());
+    render.owner = Some("alice".into());
     assert_valid("renders", &bson::to_document(&render).unwrap());
     assert_eq!(tasks.len(), 3);
     for task in &tasks {
@@ -214,19 +216,27 @@ fn every_document_written_passes_its_collection_validator() {
         bytes: 6,
     };
     assert_valid("task_logs", &bson::to_document(&log).unwrap());
-    for (worker_id, detail) in [
-        (Some("w1".to_string()), None),
-        (None, Some("retry 1 of 2".to_string())),
+    for (worker_id, detail, actor) in [
+        (Some("w1".to_string()), None, None),
+        (None, Some("retry 1 of 2".to_string()), None),
+        (
+            None,
+            Some("its render was canceled".into()),
+            Some("alice".into()),
+        ),
     ] {
-        let entry = HistoryDoc {
-            task_id: tasks[0].id.clone(),
-            seq: 0,
-            at: bson_time(t(0)),
-            event: renderfarm_wire::HistoryEvent::Retried.as_str().into(),
-            worker_id,
-            detail,
-        };
-        assert_valid("task_history", &bson::to_document(&entry).unwrap());
+        for event in renderfarm_wire::HistoryEvent::ALL {
+            let entry = HistoryDoc {
+                task_id: tasks[0].id.clone(),
+                seq: 0,
+                at: bson_time(t(0)),
+                event: event.as_str().into(),
+                worker_id: worker_id.clone(),
+                detail: detail.clone(),
+                actor: actor.clone(),
+            };
+            assert_valid("task_history", &bson::to_document(&entry).unwrap());
+        }
     }
     let lease = LeaseDoc {
         name: "scheduler".into(),
@@ -262,9 +272,9 @@ fn every_task_update_leaves_a_valid_task() {
         claim_update(TaskStatus::Running, "w1", "l4", t(9)),
         complete_update(TaskStatus::Completed, 4, t(10), Some(7)),
         log_trimmed_update(12),
-        bulk_update(TaskStatus::Pending, t(11)),
+        bulk_update(TaskStatus::Pending, t(11), "c1"),
         runnable_sync("r", false, 3).1,
-        bulk_update(TaskStatus::Canceled, t(12)),
+        bulk_update(TaskStatus::Canceled, t(12), "c2"),
     ];
     for (i, update) in steps.iter().enumerate() {
         apply(&mut task, update);
@@ -276,7 +286,7 @@ fn every_task_update_leaves_a_valid_task() {
     let decoded: TaskDoc = bson::from_document(task).unwrap();
     assert_eq!(
         (decoded.retries, decoded.log_chunks, decoded.history_seq),
-        (0, 4, 10),
+        (0, 4, 12),
         "reset clears retries; every report with log and every history event counted"
     );
     assert_eq!(

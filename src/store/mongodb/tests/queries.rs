@@ -220,9 +220,14 @@ fn bulk_moves_count_every_task_they_changed() {
         bulk_filter("r1", TaskStatus::Failed),
         doc! { "render_id": "r1", "status": "failed" }
     );
-    let reset = bulk_update(TaskStatus::Pending, t(0));
+    let reset = bulk_update(TaskStatus::Pending, t(0), "c1");
     let set = reset.get_document("$set").unwrap();
     assert_eq!(set.get_str("status").unwrap(), "pending");
+    assert_eq!(set.get_str("bulk_change").unwrap(), "c1");
+    assert_eq!(
+        reset.get_document("$inc").unwrap(),
+        &doc! { "history_seq": 1_i64 }
+    );
     for cleared in [
         "worker_id",
         "lease_id",
@@ -235,11 +240,19 @@ fn bulk_moves_count_every_task_they_changed() {
     }
     assert_eq!(set.get_i64("retries").unwrap(), 0);
     assert_eq!(
-        bulk_update(TaskStatus::Canceled, t(1)),
-        doc! { "$set": {
-            "status": "canceled",
-            "finished_at": bson::DateTime::from_millis(1_800_000_001_000),
-        } }
+        bulk_update(TaskStatus::Canceled, t(1), "c2"),
+        doc! {
+            "$set": {
+                "status": "canceled",
+                "finished_at": bson::DateTime::from_millis(1_800_000_001_000),
+                "bulk_change": "c2",
+            },
+            "$inc": { "history_seq": 1_i64 },
+        }
+    );
+    assert_eq!(
+        bulk_moved_filter("r1", "c2"),
+        doc! { "render_id": "r1", "bulk_change": "c2" }
     );
     assert_eq!(
         frames_done_sum(bulk_filter("r1", TaskStatus::Completed)),
@@ -288,14 +301,15 @@ fn runnable_flags_follow_only_newer_render_versions() {
 }
 
 #[test]
-fn listings_filter_on_status_and_priority_rank() {
+fn listings_filter_on_status_priority_rank_and_owner() {
     assert_eq!(render_list_filter(&RenderFilter::default()), doc! {});
     assert_eq!(
         render_list_filter(&RenderFilter {
             status: Some(RenderStatus::Paused),
             priority: Some(Priority::High),
+            owner: Some("alice".into()),
         }),
-        doc! { "status": "paused", "priority": 2_i64 }
+        doc! { "status": "paused", "priority": 2_i64, "owner": "alice" }
     );
     assert_eq!(render_list_sort(), doc! { "seq": -1 });
     assert_eq!(task_list_sort(), doc! { "frame_start": 1 });
