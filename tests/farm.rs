@@ -466,6 +466,7 @@ async fn two_agents_cannot_share_a_work_directory() {
         heartbeat: Duration::from_secs(1),
         log_interval: Duration::from_secs(1),
         poll_wait: Duration::from_secs(1),
+        ca_file: None,
     };
     let first = Agent::new(config("first"), StopSignals::default())
         .await
@@ -496,6 +497,7 @@ async fn an_agent_without_blender_says_how_to_install_it_before_registering() {
         heartbeat: Duration::from_secs(1),
         log_interval: Duration::from_secs(1),
         poll_wait: Duration::from_secs(1),
+        ca_file: None,
     };
     let err = match renderfarm_worker::Agent::new(config, Default::default()).await {
         Ok(_) => panic!("an agent without Blender must not start"),

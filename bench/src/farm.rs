@@ -110,6 +110,7 @@ async fn through_the_farm(
             heartbeat: Duration::from_secs(10),
             log_interval: Duration::from_secs(1),
             poll_wait: Duration::from_secs(30),
+            ca_file: None,
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));

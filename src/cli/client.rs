@@ -1,11 +1,11 @@
 //! The command line's view of the broker: the `renderfarm-client` crate, with
 //! errors worded for a person at a terminal.
 
-use renderfarm_client::{BrokerClient, ClientError};
+use renderfarm_client::{BrokerClient, ClientError, ClientOptions};
 
-/// A client of the broker at `base`.
-pub fn connect(base: &str) -> anyhow::Result<BrokerClient> {
-    BrokerClient::new(base).map_err(explain(base))
+/// A client of the broker at `base`, set up by `options` (`--ca`).
+pub fn connect(base: &str, options: &ClientOptions) -> anyhow::Result<BrokerClient> {
+    BrokerClient::with_options(base, options).map_err(explain(base))
 }
 
 /// Words a client error for the command line.
@@ -23,6 +23,9 @@ pub fn explain(base: &str) -> impl Fn(ClientError) -> anyhow::Error + '_ {
         }
         e @ ClientError::InvalidAddress { .. } => {
             anyhow::anyhow!("{e} (--broker or RENDERFARM_BROKER)")
+        }
+        e @ (ClientError::InvalidCa { .. } | ClientError::UntrustedCertificate { .. }) => {
+            anyhow::anyhow!("{e}")
         }
     }
     }

@@ -93,6 +93,24 @@ struct ServeArgs {
     #[arg(long, env = "RENDERFARM_MAX_WAITING", default_value_t = crate::startup::DEFAULT_MAX_WAITING as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_waiting: u32,
+    /// Serve HTTPS with this certificate (PEM: the broker's, then any
+    /// intermediate ones), with --tls-key. Leave both out for plain HTTP, e.g.
+    /// behind a proxy that terminates TLS.
+    #[arg(
+        long,
+        env = "RENDERFARM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "RENDERFARM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -188,9 +206,22 @@ struct BrokerArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     broker: String,
+    /// The PEM certificate of the authority that signed an https:// broker's
+    /// certificate (a private CA), trusted on top of the system's.
+    #[arg(long, env = "RENDERFARM_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print the broker's JSON answer instead of a summary.
     #[arg(long)]
     json: bool,
+}
+
+impl BrokerArgs {
+    /// How to connect to the broker, beyond its address.
+    fn client_options(&self) -> renderfarm_client::ClientOptions {
+        renderfarm_client::ClientOptions {
+            ca_file: self.ca.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -328,6 +359,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     settings.scheduler = args.scheduler.settings()?;
     settings.migrate = !args.no_migrate;
     settings.max_waiting = args.max_waiting as usize;
+    // Clap makes sure both or neither are given.
+    settings.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| crate::tls::TlsFiles { cert, key });
     raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings.clone()).await?;
     let host = settings
@@ -336,7 +372,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_or("127.0.0.1", |(host, _)| host);
     // On stdout, one line, so scripts (and tests) that bind port 0 learn the port.
     println!(
-        "renderfarm broker listening on http://{host}:{} (data dir {})",
+        "renderfarm broker listening on {}://{host}:{} (data dir {})",
+        app.scheme(),
         app.port(),
         settings.data_dir.display()
     );
@@ -434,7 +471,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         engine: args.engine,
         tags: args.tags,
     };
-    let client = client::connect(&args.broker.broker)?;
+    let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
     let render = client
         .submit(&spec)
         .await
@@ -458,7 +495,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = client::connect(&args.broker.broker)?;
+    let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
     let render = client
         .render(&args.id)
         .await
@@ -497,7 +534,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
-    let client = client::connect(&args.broker)?;
+    let client = client::connect(&args.broker, &args.client_options())?;
     let workers = client
         .workers()
         .await

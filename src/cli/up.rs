@@ -72,6 +72,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             heartbeat: Duration::from_secs(5),
             log_interval: Duration::from_secs(1),
             poll_wait: Duration::from_secs(30),
+            ca_file: None,
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));
@@ -124,7 +125,7 @@ async fn run_demo(broker: &str, args: &UpArgs, data_dir: &std::path::Path) -> an
         denoise: false,
     };
     make_scene(&args.blender, &scene, spec).await?;
-    let client = connect(broker)?;
+    let client = connect(broker, &Default::default())?;
     let render = client
         .submit(&RenderSpec {
             name: "demo".into(),

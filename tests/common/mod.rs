@@ -246,6 +246,7 @@ impl TestAgent {
             heartbeat: Duration::from_millis(300),
             log_interval: Duration::from_millis(200),
             poll_wait: Duration::from_secs(10),
+            ca_file: None,
         };
         let signals = StopSignals::default();
         let agent = Agent::new(config, signals.clone())

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use nix::fcntl::{Flock, FlockArg};
-use renderfarm_client::{BrokerClient, ClientError};
+use renderfarm_client::{BrokerClient, ClientError, ClientOptions};
 use renderfarm_wire::{
     Assignment, CompleteReport, FailReport, Heartbeat, HeartbeatAction, ProgressReport,
     ReleaseReport, WorkerAction, WorkerSpec,
@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub log_interval: Duration,
     /// How long one `request-task` waits for work.
     pub poll_wait: Duration,
+    /// A PEM file of certificate authorities to trust for an `https://`
+    /// broker, on top of the system's (`--ca`).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How the agent is told to stop.
@@ -169,7 +172,10 @@ impl Agent {
                 config.work_dir.display()
             )
         })?;
-        let client = BrokerClient::new(&config.broker)?;
+        let options = ClientOptions {
+            ca_file: config.ca_file.clone(),
+        };
+        let client = BrokerClient::with_options(&config.broker, &options)?;
         Ok(Self {
             config,
             client,
@@ -179,9 +185,10 @@ impl Agent {
         })
     }
 
-    /// Runs until told to stop; returns what it did.
+    /// Runs until told to stop; returns what it did. Fails when the broker
+    /// cannot be talked to as set up (its TLS certificate is not trusted).
     pub async fn run(mut self) -> anyhow::Result<AgentSummary> {
-        let Some(mut worker_id) = self.register().await else {
+        let Some(mut worker_id) = self.register().await? else {
             return Ok(self.summary);
         };
         self.deliver_saved_reports().await;
@@ -209,11 +216,12 @@ impl Agent {
                 Ok(None) => retry = backoff(),
                 Err(ClientError::NotFound(message)) => {
                     tracing::warn!(%message, "the broker no longer knows this worker; registering again");
-                    match self.register().await {
+                    match self.register().await? {
                         Some(id) => worker_id = id,
                         None => break,
                     }
                 }
+                Err(e @ ClientError::UntrustedCertificate { .. }) => return Err(e.into()),
                 Err(e) => {
                     let delay = retry_delay(retry.next(), &e);
                     tracing::warn!(error = %e, ?delay, "cannot get work; trying again");
@@ -266,8 +274,9 @@ impl Agent {
     }
 
     /// Registers, retrying while the broker is unreachable. `None` when told
-    /// to stop first.
-    async fn register(&mut self) -> Option<Uuid> {
+    /// to stop first; an error when retrying cannot help (an untrusted
+    /// certificate).
+    async fn register(&mut self) -> anyhow::Result<Option<Uuid>> {
         let spec = WorkerSpec {
             name: self.config.name.clone(),
             tags: self.config.tags.clone(),
@@ -278,13 +287,14 @@ impl Agent {
                 Ok(worker) => {
                     tracing::info!(worker_id = %worker.id, name = %worker.name, broker = %self.client.base(), "registered");
                     self.summary.worker_id = Some(worker.id);
-                    return Some(worker.id);
+                    return Ok(Some(worker.id));
                 }
+                Err(e @ ClientError::UntrustedCertificate { .. }) => return Err(e.into()),
                 Err(e) => {
                     let delay = retry_delay(retry.next(), &e);
                     tracing::warn!(error = %e, ?delay, "cannot register; trying again");
                     if self.signals.stop.is_cancelled() {
-                        return None;
+                        return Ok(None);
                     }
                     self.pause(delay).await;
                 }

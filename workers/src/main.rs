@@ -18,6 +18,10 @@ struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     broker: String,
+    /// The PEM certificate of the authority that signed an https:// broker's
+    /// certificate (a private CA), trusted on top of the system's.
+    #[arg(long, env = "RENDERFARM_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Name shown to operators (default: the host name).
     #[arg(long, env = "RENDERFARM_WORKER_NAME")]
     name: Option<String>,
@@ -92,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         heartbeat: cli.heartbeat,
         log_interval: cli.log_interval,
         poll_wait: cli.poll_wait,
+        ca_file: cli.ca,
     };
     let signals = StopSignals::default();
     let agent = Agent::new(config, signals.clone()).await?;
