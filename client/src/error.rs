@@ -1,6 +1,7 @@
 //! What can go wrong talking to the broker, sorted by what the caller should
 //! do next, and how an HTTP answer becomes one of those.
 
+use std::error::Error as StdError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -89,6 +90,43 @@ impl ClientError {
             s => ClientError::Rejected(s, message),
         }
     }
+}
+
+/// `error` and what caused it, outermost first. An io::Error's `source()`
+/// skips the error it wraps (a TLS error, perhaps inside another io::Error),
+/// so the chain looks inside instead.
+pub(crate) fn causes<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(
+        Some(error),
+        |&error: &&'a (dyn StdError + 'static)| match error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => error.source(),
+        },
+    )
+}
+
+/// `error` with its causes, `: `-separated ("error sending request …:
+/// client error (Connect): tcp connect error: Connection refused"), each
+/// said once (an io::Error shows the error it wraps).
+pub(crate) fn describe(error: &(dyn StdError + 'static)) -> String {
+    let mut text = String::new();
+    let mut last = String::new();
+    for cause in causes(error) {
+        let message = cause.to_string();
+        if !message.is_empty() && message != last {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+        last = message;
+    }
+    text
 }
 
 /// The answer's `Retry-After`, if it gave one this client understands.

@@ -428,7 +428,13 @@ impl BrokerClient {
                 base: self.base.clone(),
                 cause,
             },
-            None => self.unreachable(error.to_string()),
+            None => {
+                let mut cause = error::describe(&error);
+                if let Some(hint) = tls::scheme_hint(&error, self.root.scheme()) {
+                    cause = format!("{cause}; {hint}");
+                }
+                self.unreachable(cause)
+            }
         }
     }
 

@@ -3,7 +3,6 @@
 //! plus a private one from a PEM file, and how a refused certificate is told
 //! apart from a broker that is away.
 
-use std::error::Error as StdError;
 use std::path::Path;
 use std::sync::Once;
 use std::time::Duration;
@@ -72,21 +71,30 @@ pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, Cli
 /// got no answer: TLS verified it and refused (an unknown authority, another
 /// name, expired).
 pub(crate) fn certificate_problem(error: &reqwest::Error) -> Option<String> {
-    let mut next: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(error) = next {
-        // An io::Error hides the error it wraps from `source()`.
-        let tls = error.downcast_ref::<rustls::Error>().or_else(|| {
-            error
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls @ rustls::Error::InvalidCertificate(_)) = tls {
-            return Some(tls.to_string());
+    crate::error::causes(error).find_map(|cause| match cause.downcast_ref() {
+        Some(tls @ rustls::Error::InvalidCertificate(_)) => Some(tls.to_string()),
+        _ => None,
+    })
+}
+
+/// What to check when `error` looks like the broker speaks the other
+/// scheme: TLS that got no TLS back, or plain HTTP answered with TLS.
+pub(crate) fn scheme_hint(error: &reqwest::Error, scheme: &str) -> Option<&'static str> {
+    let mut causes = crate::error::causes(error);
+    match scheme {
+        "https"
+            if causes
+                .any(|c| matches!(c.downcast_ref(), Some(rustls::Error::InvalidMessage(_)))) =>
+        {
+            Some("does the broker serve plain HTTP? its address then starts with http://")
         }
-        next = error.source();
+        // A TLS alert read as an HTTP answer: hyper's words for it (the test
+        // of plain HTTP against a TLS broker in tests/tls.rs holds them).
+        "http" if causes.any(|c| c.to_string().contains("invalid HTTP version")) => {
+            Some("does the broker serve HTTPS? its address then starts with https://")
+        }
+        _ => None,
     }
-    None
 }
 
 #[cfg(test)]

@@ -287,11 +287,13 @@ fn parse_frames(s: &str) -> anyhow::Result<(i64, i64)> {
 
 /// Installs the log subscriber: `RENDERFARM_LOG` (or `RUST_LOG`) filters;
 /// info by default, warnings only under `up`, whose progress bars say the rest.
+/// The TLS verifier's own report of a refused certificate is left out by
+/// default: the command's error says it, with what to do.
 pub fn init_tracing(cli: &Cli) {
     use std::io::IsTerminal;
     let default = match cli.command {
-        Command::Up(_) => "warn",
-        _ => "info",
+        Command::Up(_) => "warn,rustls_platform_verifier=off",
+        _ => "info,rustls_platform_verifier=off",
     };
     let filter = std::env::var("RENDERFARM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))

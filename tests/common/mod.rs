@@ -47,7 +47,7 @@ impl BrokerProcess {
             .expect("a first line");
         let address = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
         BrokerProcess { child, address }
