@@ -17,7 +17,7 @@ async fn the_broker_starts_and_answers_503_while_mongodb_is_unreachable() {
         "127.0.0.1:0",
         &["--store", "mongodb://127.0.0.1:1/x"],
     );
-    let client = reqwest::Client::builder()
+    let client = renderfarm_client::http_client_builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();

@@ -173,7 +173,7 @@ async fn operators_list_change_and_read_logs_from_the_command_line() {
     let (ok, out, _) = renderfarm(&["requeue", &c, "--broker", &b]);
     assert!(ok && out.contains("is now queued"), "{out}");
 
-    let client = reqwest::Client::new();
+    let client = renderfarm_client::http_client_builder().build().unwrap();
     let worker = common::send_json(
         &client,
         reqwest::Method::POST,

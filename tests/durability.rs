@@ -41,7 +41,7 @@ fn render_body(name: &str, end: i64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_render_claimed_and_completed_survives_kill_9_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = renderfarm_client::http_client_builder().build().unwrap();
     let broker = Broker::start(dir.path(), "127.0.0.1:0");
 
     let (status, render) = post(&client, &broker, "/renders", render_body("survivor", 4)).await;
@@ -117,7 +117,7 @@ async fn a_render_claimed_and_completed_survives_kill_9_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_submission_survives_a_kill_9_right_after() {
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = renderfarm_client::http_client_builder().build().unwrap();
     let broker = Broker::start(dir.path(), "127.0.0.1:0");
     let submits = (0..40).map(|i| {
         let client = client.clone();
@@ -166,7 +166,7 @@ fn count_rows(dir: &std::path::Path, table: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_render_killed_half_written_is_gone_after_the_restart_and_was_never_claimable() {
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = renderfarm_client::http_client_builder().build().unwrap();
     let broker = Broker::start(dir.path(), "127.0.0.1:0");
     let (status, worker) = post(&client, &broker, "/workers", json!({ "name": "w" })).await;
     assert_eq!(status, StatusCode::CREATED);

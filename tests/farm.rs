@@ -336,7 +336,7 @@ async fn an_agent_delivers_its_completion_after_a_five_second_broker_outage() {
     };
     let data = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    let client = renderfarm_client::http_client_builder().build().unwrap();
     let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
     let address = broker.address.clone();
     let port = broker.port();

@@ -98,7 +98,7 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
     let Some(mongo) = renderfarm_testkit::mongodb_for_tests("migrate-store") else {
         return;
     };
-    let client = reqwest::Client::new();
+    let client = renderfarm_client::http_client_builder().build().unwrap();
     let data = tempfile::tempdir().unwrap();
 
     // A farm with something in every state.

@@ -227,7 +227,7 @@ async fn a_watch_carries_on_through_a_broker_restart() {
     let data = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
     let (address, port) = (broker.address.clone(), broker.port());
-    let client = reqwest::Client::new();
+    let client = renderfarm_client::http_client_builder().build().unwrap();
     let render = send_json(
         &client,
         Method::POST,

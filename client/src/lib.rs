@@ -10,6 +10,7 @@ mod tls;
 pub use error::ClientError;
 /// The status of a [`ClientError::Rejected`] answer.
 pub use reqwest::StatusCode;
+pub use tls::http_client_builder;
 
 use std::fmt::Display;
 use std::path::PathBuf;

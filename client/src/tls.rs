@@ -22,16 +22,25 @@ pub(crate) fn http_client(
     authorities: Vec<reqwest::Certificate>,
     connect_timeout: Duration,
 ) -> reqwest::Result<reqwest::Client> {
-    install_crypto_provider();
-    let builder = || reqwest::Client::builder().connect_timeout(connect_timeout);
+    let builder = || http_client_builder().connect_timeout(connect_timeout);
     builder()
         .tls_certs_merge(authorities.clone())
         .build()
         .or_else(|_| builder().tls_certs_only(authorities).build())
 }
 
+/// A builder of plain reqwest clients, for a program's requests of its own
+/// (tests, tools). reqwest is built with rustls but no crypto provider of
+/// its own (ring is the farm's, without cmake or OpenSSL), so
+/// `reqwest::Client::new()` panics until one is installed; this installs
+/// ring first, unless the program chose another.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
+}
+
 /// Makes ring the process's rustls provider, unless the program chose one
-/// first. reqwest (built with `rustls-no-provider`) panics without one.
+/// first.
 fn install_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {

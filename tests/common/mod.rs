@@ -103,7 +103,7 @@ impl TestBroker {
         TestBroker {
             address,
             data_dir,
-            client: reqwest::Client::new(),
+            client: renderfarm_client::http_client_builder().build().unwrap(),
         }
     }
 }
