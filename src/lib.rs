@@ -10,5 +10,6 @@ pub mod domain;
 pub mod scheduler;
 pub mod startup;
 pub mod store;
+pub mod tls;
 
 pub use renderfarm_wire as wire;

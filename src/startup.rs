@@ -21,6 +21,7 @@ use crate::scheduler::{Scheduler, SchedulerSettings};
 use crate::store::mongodb::{MigrationMode, MongoStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::tls::TlsFiles;
 
 /// Which store the broker keeps its state in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,9 @@ pub struct Settings {
     /// Requests per credential on the people's and the workers' routes
     /// (`serve --rate-limit`, `--worker-rate-limit`).
     pub rate_limits: RateLimits,
+    /// Serve HTTPS with this certificate and key; `None` serves plain HTTP
+    /// (on one machine, or behind a proxy that terminates TLS).
+    pub tls: Option<TlsFiles>,
 }
 
 pub use crate::api::rate_limit::{Per, RateLimit, RateLimits};
@@ -89,6 +93,7 @@ impl Settings {
             auth: AuthMode::On,
             bootstrap: Bootstrap::default(),
             rate_limits: RateLimits::default(),
+            tls: None,
         }
     }
 }
@@ -96,6 +101,7 @@ impl Settings {
 /// A broker bound to its port, ready to run.
 pub struct Application {
     port: u16,
+    scheme: &'static str,
     server: Server,
     state: web::Data<AppState>,
     scheduler: Arc<Scheduler>,
@@ -115,6 +121,12 @@ impl Application {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
+        // Before the store: wrong files are found without touching it.
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(TlsFiles::server_config)
+            .transpose()?;
         let store = open_store(&settings).await?;
         let data_dir = std::path::absolute(&settings.data_dir).with_context(|| {
             format!(
@@ -159,6 +171,7 @@ impl Application {
             )
         })?;
         let port = listener.local_addr()?.port();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let app_state = state.clone();
         let limiters = Arc::new(Limiters::new(settings.rate_limits));
         let limiter_pruner = rate_limit::spawn_pruner(Arc::downgrade(&limiters));
@@ -183,12 +196,16 @@ impl Application {
         // The caller decides when to stop (`serve` on a signal, `up` after
         // its agents have handed their tasks back).
         .disable_signals()
-        .client_request_timeout(Duration::from_secs(30))
-        .listen(listener)?
+        .client_request_timeout(Duration::from_secs(30));
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        }
         .run();
         scheduler.start().await?;
         Ok(Self {
             port,
+            scheme,
             server,
             state,
             scheduler,
@@ -199,6 +216,11 @@ impl Application {
     /// The port the broker listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `https` when the broker serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
     }
 
     /// The state the handlers share (the store, the clock).

@@ -119,6 +119,15 @@ async fn swagger_ui_in_a_browser_shows_every_operation_of_the_spec() {
         "operations of the spec missing from the rendered page: {missing:?} (shown: {shown:?})"
     );
     assert!(dom.contains("renderfarm broker"), "the title shows");
+    // The spec's bearer scheme gives the page its Authorize button, and every
+    // operation that needs a credential its lock.
+    assert!(dom.contains("btn authorize"), "the Authorize button shows");
+    let locks = dom.matches("authorization__btn").count();
+    let secured = declared.len() - 2; // all but /health and /ready
+    assert!(
+        locks >= secured,
+        "{locks} locks for {secured} secured operations"
+    );
 
     let screenshot = artifacts_dir().join("api-docs.png");
     let _ = std::fs::remove_file(&screenshot);

@@ -24,7 +24,7 @@ async fn the_broker_starts_and_answers_503_while_mongodb_is_unreachable() {
         reqwest::header::AUTHORIZATION,
         format!("Bearer {}", common::ADMIN_TOKEN).parse().unwrap(),
     );
-    let client = reqwest::Client::builder()
+    let client = renderfarm_client::http_client_builder()
         .timeout(Duration::from_secs(20))
         .default_headers(headers)
         .build()

@@ -467,6 +467,7 @@ async fn two_agents_cannot_share_a_work_directory() {
         log_interval: Duration::from_secs(1),
         poll_wait: Duration::from_secs(1),
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
+        ca_file: None,
     };
     let first = Agent::new(config("first"), StopSignals::default())
         .await
@@ -498,6 +499,7 @@ async fn an_agent_without_blender_says_how_to_install_it_before_registering() {
         log_interval: Duration::from_secs(1),
         poll_wait: Duration::from_secs(1),
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
+        ca_file: None,
     };
     let err = match renderfarm_worker::Agent::new(config, Default::default()).await {
         Ok(_) => panic!("an agent without Blender must not start"),
@@ -663,7 +665,7 @@ async fn agent_b_cannot_heartbeat_claim_or_report_as_agent_a_and_a_renders_on() 
         (idb.clone(), agent_identity(&a).1)
     };
 
-    let raw = reqwest::Client::new();
+    let raw = renderfarm_client::http_client_builder().build().unwrap();
     let as_other = |path: &str| {
         raw.post(format!("{}{path}", broker.address))
             .bearer_auth(&other_secret)
@@ -721,6 +723,7 @@ async fn an_agent_restarted_on_its_work_directory_is_the_same_worker() {
         log_interval: Duration::from_millis(200),
         poll_wait: Duration::from_secs(1),
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
+        ca_file: None,
     };
     let mut ids = Vec::new();
     for _ in 0..2 {

@@ -51,7 +51,7 @@ impl Farm {
         tokio::spawn(app.run_until_stopped());
         Farm {
             address,
-            client: reqwest::Client::new(),
+            client: renderfarm_client::http_client_builder().build().unwrap(),
             clock,
             scheduler,
             handle,

@@ -111,6 +111,7 @@ async fn through_the_farm(
             log_interval: Duration::from_secs(1),
             poll_wait: Duration::from_secs(30),
             enrolment_token: None,
+            ca_file: None,
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));

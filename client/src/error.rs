@@ -1,6 +1,8 @@
 //! What can go wrong talking to the broker, sorted by what the caller should
 //! do next, and how an HTTP answer becomes one of those.
 
+use std::error::Error as StdError;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use renderfarm_wire::ErrorBody;
@@ -14,6 +16,15 @@ pub enum ClientError {
     /// sent.
     #[error("{base} is not a broker address ({cause}); give one such as http://127.0.0.1:8080")]
     InvalidAddress { base: String, cause: String },
+    /// The certificate authority file (`--ca`) cannot be used; nothing was
+    /// sent.
+    #[error("--ca {}: {cause}; give the PEM file of the certificate authority that signed the broker's certificate", path.display())]
+    InvalidCa { path: PathBuf, cause: String },
+    /// The broker's TLS certificate is not one this client trusts (signed by
+    /// an authority it does not know, made for another name, expired).
+    /// Retrying will not help until the setup changes.
+    #[error("the broker at {base} presented a TLS certificate this client does not trust ({cause}): give the certificate of the authority that signed it with --ca FILE (or RENDERFARM_CA), and check that the certificate names the host in the broker's address")]
+    UntrustedCertificate { base: String, cause: String },
     /// The broker could not be reached, timed out, or is overloaded or
     /// restarting (5xx, 429, 408): try again later, not before `retry_after`
     /// when the broker said when (its `Retry-After`).
@@ -89,6 +100,43 @@ impl ClientError {
             s => ClientError::Rejected(s, message),
         }
     }
+}
+
+/// `error` and what caused it, outermost first. An io::Error's `source()`
+/// skips the error it wraps (a TLS error, perhaps inside another io::Error),
+/// so the chain looks inside instead.
+pub(crate) fn causes<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(
+        Some(error),
+        |&error: &&'a (dyn StdError + 'static)| match error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => error.source(),
+        },
+    )
+}
+
+/// `error` with its causes, `: `-separated ("error sending request …:
+/// client error (Connect): tcp connect error: Connection refused"), each
+/// said once (an io::Error shows the error it wraps).
+pub(crate) fn describe(error: &(dyn StdError + 'static)) -> String {
+    let mut text = String::new();
+    let mut last = String::new();
+    for cause in causes(error) {
+        let message = cause.to_string();
+        if !message.is_empty() && message != last {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+        last = message;
+    }
+    text
 }
 
 /// The answer's `Retry-After`, if it gave one this client understands.

@@ -5,12 +5,15 @@
 //! broker's `Retry-After`; register again; give up).
 
 mod error;
+mod tls;
 
 pub use error::ClientError;
 /// The status of a [`ClientError::Rejected`] answer.
 pub use reqwest::StatusCode;
+pub use tls::http_client_builder;
 
 use std::fmt::Display;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use renderfarm_wire::{
@@ -81,10 +84,24 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// How a [`BrokerClient`] connects, beyond the broker's address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// A PEM file of certificate authorities to trust for an `https://`
+    /// broker, on top of the system's (a studio's private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
 impl BrokerClient {
-    /// A client of the broker at `base` (`http://host:port`, perhaps with a
-    /// path prefix). Sends nothing yet.
+    /// A client of the broker at `base` (`http://host:port` or `https://…`,
+    /// perhaps with a path prefix), trusting the system's certificate
+    /// authorities. Sends nothing yet.
     pub fn new(base: &str) -> Result<Self, ClientError> {
+        Self::with_options(base, &ClientOptions::default())
+    }
+
+    /// As [`BrokerClient::new`], set up by `options` (e.g. a private CA).
+    pub fn with_options(base: &str, options: &ClientOptions) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_string();
         let invalid = |cause: String| ClientError::InvalidAddress {
             base: base.clone(),
@@ -92,12 +109,14 @@ impl BrokerClient {
         };
         let root = Url::parse(&base).map_err(|e| invalid(e.to_string()))?;
         if !matches!(root.scheme(), "http" | "https") || root.cannot_be_a_base() {
-            return Err(invalid("not an http:// URL".into()));
+            return Err(invalid("not an http:// or https:// URL".into()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| invalid(e.to_string()))?;
+        let authorities = match &options.ca_file {
+            Some(ca_file) => tls::read_ca_file(ca_file)?,
+            None => Vec::new(),
+        };
+        let http =
+            tls::http_client(authorities, CONNECT_TIMEOUT).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             base,
             root,
@@ -418,7 +437,7 @@ impl BrokerClient {
             .http
             .execute(request)
             .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
+            .map_err(|e| self.not_sent(e))?;
         let status = response.status();
         let retry_after = error::retry_after(response.headers());
         let text = response
@@ -434,6 +453,24 @@ impl BrokerClient {
                 text,
                 retry_after,
             ))
+        }
+    }
+
+    /// The error for a request that got no answer: a certificate this
+    /// client does not trust is a setting to change, anything else may pass.
+    fn not_sent(&self, error: reqwest::Error) -> ClientError {
+        match tls::certificate_problem(&error) {
+            Some(cause) => ClientError::UntrustedCertificate {
+                base: self.base.clone(),
+                cause,
+            },
+            None => {
+                let mut cause = error::describe(&error);
+                if let Some(hint) = tls::scheme_hint(&error, self.root.scheme()) {
+                    cause = format!("{cause}; {hint}");
+                }
+                self.unreachable(cause)
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use renderfarm_client::{BrokerClient, ClientError};
+use renderfarm_client::{BrokerClient, ClientError, ClientOptions};
 
 /// The credential of this run of the command line (`--token`), set once
 /// before any command talks to the broker.
@@ -14,10 +14,11 @@ pub fn use_token(token: Option<String>) {
     let _ = TOKEN.set(token);
 }
 
-/// A client of the broker at `base`, with this run's credential.
-pub fn connect(base: &str) -> anyhow::Result<BrokerClient> {
+/// A client of the broker at `base`, set up by `options` (`--ca`), with
+/// this run's credential.
+pub fn connect(base: &str, options: &ClientOptions) -> anyhow::Result<BrokerClient> {
     let token = TOKEN.get().cloned().flatten();
-    Ok(BrokerClient::new(base)
+    Ok(BrokerClient::with_options(base, options)
         .map_err(explain(base))?
         .with_token(token))
 }
@@ -47,6 +48,9 @@ pub fn explain(base: &str) -> impl Fn(ClientError) -> anyhow::Error + '_ {
         }
         e @ ClientError::InvalidAddress { .. } => {
             anyhow::anyhow!("{e} (--broker or RENDERFARM_BROKER)")
+        }
+        e @ (ClientError::InvalidCa { .. } | ClientError::UntrustedCertificate { .. }) => {
+            anyhow::anyhow!("{e}")
         }
     }
     }

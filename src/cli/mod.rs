@@ -148,6 +148,24 @@ struct ServeArgs {
     #[arg(long, env = "RENDERFARM_WORKER_RATE_LIMIT", value_name = "N/s[:BURST]",
           default_value_t = RateLimits::DEFAULT_WORKERS, value_parser = parse_rate_limit)]
     worker_rate_limit: RateLimit,
+    /// Serve HTTPS with this certificate (PEM: the broker's, then any
+    /// intermediate ones), with --tls-key. Leave both out for plain HTTP, e.g.
+    /// behind a proxy that terminates TLS.
+    #[arg(
+        long,
+        env = "RENDERFARM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "RENDERFARM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -274,9 +292,22 @@ struct BrokerArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     broker: String,
+    /// The PEM certificate of the authority that signed an https:// broker's
+    /// certificate (a private CA), trusted on top of the system's.
+    #[arg(long, env = "RENDERFARM_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print the broker's JSON answer instead of a summary.
     #[arg(long)]
     json: bool,
+}
+
+impl BrokerArgs {
+    /// How to connect to the broker, beyond its address.
+    fn client_options(&self) -> renderfarm_client::ClientOptions {
+        renderfarm_client::ClientOptions {
+            ca_file: self.ca.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -342,11 +373,13 @@ fn parse_frames(s: &str) -> anyhow::Result<(i64, i64)> {
 
 /// Installs the log subscriber: `RENDERFARM_LOG` (or `RUST_LOG`) filters;
 /// info by default, warnings only under `up`, whose progress bars say the rest.
+/// The TLS verifier's own report of a refused certificate is left out by
+/// default: the command's error says it, with what to do.
 pub fn init_tracing(cli: &Cli) {
     use std::io::IsTerminal;
     let default = match cli.command {
-        Command::Up(_) => "warn",
-        _ => "info",
+        Command::Up(_) => "warn,rustls_platform_verifier=off",
+        _ => "info,rustls_platform_verifier=off",
     };
     let filter = std::env::var("RENDERFARM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -424,6 +457,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         people: args.rate_limit,
         workers: args.worker_rate_limit,
     };
+    // Clap makes sure both or neither are given.
+    settings.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| crate::tls::TlsFiles { cert, key });
     raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings.clone()).await?;
     let host = settings
@@ -432,7 +470,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_or("127.0.0.1", |(host, _)| host);
     // On stdout, one line, so scripts (and tests) that bind port 0 learn the port.
     println!(
-        "renderfarm broker listening on http://{host}:{} (data dir {})",
+        "renderfarm broker listening on {}://{host}:{} (data dir {})",
+        app.scheme(),
         app.port(),
         settings.data_dir.display()
     );
@@ -530,7 +569,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         engine: args.engine,
         tags: args.tags,
     };
-    let client = client::connect(&args.broker.broker)?;
+    let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
     let render = client
         .submit(&spec)
         .await
@@ -554,7 +593,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = client::connect(&args.broker.broker)?;
+    let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
     let render = client
         .render(&args.id)
         .await
@@ -596,7 +635,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
-    let client = client::connect(&args.broker)?;
+    let client = client::connect(&args.broker, &args.client_options())?;
     let workers = client
         .workers()
         .await

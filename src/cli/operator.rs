@@ -72,6 +72,10 @@ pub struct LogArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     broker: String,
+    /// The PEM certificate of the authority that signed an https:// broker's
+    /// certificate (a private CA), trusted on top of the system's.
+    #[arg(long, env = "RENDERFARM_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 }
 
 fn parse_render_status(s: &str) -> Result<RenderStatus, String> {
@@ -88,7 +92,7 @@ fn parse_task_status(s: &str) -> Result<TaskStatus, String> {
 
 pub async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
     let base = &args.broker.broker;
-    let page = connect(base)?
+    let page = connect(base, &args.broker.client_options())?
         .tasks(
             &args.render,
             &TaskQuery {
@@ -142,7 +146,7 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
 
 pub async fn renders(args: RendersArgs) -> anyhow::Result<()> {
     let base = &args.broker.broker;
-    let page = connect(base)?
+    let page = connect(base, &args.broker.client_options())?
         .renders(&RenderQuery {
             status: args.status,
             priority: args.priority,
@@ -189,7 +193,7 @@ pub async fn renders(args: RendersArgs) -> anyhow::Result<()> {
 
 pub async fn change_render(args: TargetArgs, action: RenderAction) -> anyhow::Result<()> {
     let base = &args.broker.broker;
-    let render = connect(base)?
+    let render = connect(base, &args.broker.client_options())?
         .change_render(&args.id, action)
         .await
         .map_err(explain(base))?;
@@ -208,7 +212,7 @@ pub async fn change_render(args: TargetArgs, action: RenderAction) -> anyhow::Re
 
 pub async fn delete_render(args: TargetArgs) -> anyhow::Result<()> {
     let base = &args.broker.broker;
-    connect(base)?
+    connect(base, &args.broker.client_options())?
         .delete_render(&args.id)
         .await
         .map_err(explain(base))?;
@@ -221,7 +225,7 @@ pub async fn delete_render(args: TargetArgs) -> anyhow::Result<()> {
 
 pub async fn change_worker(args: TargetArgs, action: WorkerAction) -> anyhow::Result<()> {
     let base = &args.broker.broker;
-    let worker = connect(base)?
+    let worker = connect(base, &args.broker.client_options())?
         .change_worker(&args.id, action)
         .await
         .map_err(explain(base))?;
@@ -243,7 +247,10 @@ pub async fn change_worker(args: TargetArgs, action: WorkerAction) -> anyhow::Re
 pub async fn log(args: LogArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let base = &args.broker;
-    let client = connect(base)?;
+    let options = renderfarm_client::ClientOptions {
+        ca_file: args.ca.clone(),
+    };
+    let client = connect(base, &options)?;
     let mut shown = 0;
     loop {
         // The status first: a log read after it holds everything written

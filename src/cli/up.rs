@@ -80,6 +80,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             log_interval: Duration::from_secs(1),
             poll_wait: Duration::from_secs(30),
             enrolment_token: Some(credentials.enrolment.clone()),
+            ca_file: None,
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));
@@ -141,7 +142,7 @@ async fn run_demo(
         denoise: false,
     };
     make_scene(&args.blender, &scene, spec).await?;
-    let client = connect(broker)?.with_token(Some(token.to_string()));
+    let client = connect(broker, &Default::default())?.with_token(Some(token.to_string()));
     let render = client
         .submit(&RenderSpec {
             name: "demo".into(),

@@ -42,7 +42,7 @@ pub enum Target {
 /// Exits 0 when every render named completed; an error names the ones that
 /// failed or were canceled.
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let client = super::client::connect(&args.broker.broker)?;
+    let client = super::client::connect(&args.broker.broker, &args.broker.client_options())?;
     let mut view = View::for_output(args.broker.json);
     let target = if args.ids.is_empty() {
         Target::Unfinished

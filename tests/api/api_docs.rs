@@ -52,7 +52,7 @@ async fn the_broker_serves_the_spec_and_swagger_ui() {
 
     // A browser that types /api-docs lands on the page, whose files load
     // relative to /api-docs/.
-    let no_redirects = reqwest::Client::builder()
+    let no_redirects = renderfarm_client::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -69,7 +69,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp {
         address,
         state,
-        client: reqwest::Client::new(),
+        client: renderfarm_client::http_client_builder().build().unwrap(),
         data_dir,
         admin,
         enrolment,

@@ -34,7 +34,7 @@ pub fn admin_client() -> reqwest::Client {
             .parse()
             .expect("a header value"),
     );
-    reqwest::Client::builder()
+    renderfarm_client::http_client_builder()
         .default_headers(headers)
         .build()
         .expect("a client")
@@ -86,7 +86,7 @@ impl BrokerProcess {
             .expect("a first line");
         let address = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
         BrokerProcess { child, address }
@@ -358,6 +358,7 @@ impl TestAgent {
             log_interval: Duration::from_millis(200),
             poll_wait: Duration::from_secs(10),
             enrolment_token: Some(ENROLMENT_TOKEN.into()),
+            ca_file: None,
         };
         let signals = StopSignals::default();
         let agent = Agent::new(config, signals.clone())

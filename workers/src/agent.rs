@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use nix::fcntl::{Flock, FlockArg};
-use renderfarm_client::{BrokerClient, ClientError};
+use renderfarm_client::{BrokerClient, ClientError, ClientOptions};
 use renderfarm_wire::{
     Assignment, CompleteReport, FailReport, Heartbeat, HeartbeatAction, ProgressReport,
     ReleaseReport, WorkerAction, WorkerSpec,
@@ -52,6 +52,9 @@ pub struct AgentConfig {
     /// for a broker with auth off. Once registered, the agent acts with the
     /// secret the broker gave it, kept in the work directory.
     pub enrolment_token: Option<String>,
+    /// A PEM file of certificate authorities to trust for an `https://`
+    /// broker, on top of the system's (`--ca`).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How the agent is told to stop.
@@ -197,8 +200,11 @@ impl Agent {
                 config.work_dir.display()
             )
         })?;
-        let enrolment =
-            BrokerClient::new(&config.broker)?.with_token(config.enrolment_token.clone());
+        let options = ClientOptions {
+            ca_file: config.ca_file.clone(),
+        };
+        let enrolment = BrokerClient::with_options(&config.broker, &options)?
+            .with_token(config.enrolment_token.clone());
         Ok(Self {
             config,
             client: enrolment.clone(),
@@ -209,7 +215,8 @@ impl Agent {
         })
     }
 
-    /// Runs until told to stop; returns what it did.
+    /// Runs until told to stop; returns what it did. Fails when the broker
+    /// cannot be talked to as set up (its TLS certificate is not trusted).
     pub async fn run(mut self) -> anyhow::Result<AgentSummary> {
         let known = self.saved_identity();
         let Some(mut worker_id) = (match known {
@@ -248,6 +255,7 @@ impl Agent {
                         None => break,
                     }
                 }
+                Err(e @ ClientError::UntrustedCertificate { .. }) => return Err(e.into()),
                 Err(e) => {
                     let delay = retry_delay(retry.next(), &e);
                     tracing::warn!(error = %e, ?delay, "cannot get work; trying again");
@@ -342,7 +350,8 @@ impl Agent {
     }
 
     /// Registers, retrying while the broker is unreachable. `None` when told
-    /// to stop first; an error when the broker refuses the enrolment token.
+    /// to stop first; an error when retrying cannot help (the enrolment
+    /// token refused, an untrusted certificate).
     async fn register(&mut self) -> anyhow::Result<Option<Uuid>> {
         let spec = WorkerSpec {
             name: self.config.name.clone(),
@@ -372,6 +381,7 @@ impl Agent {
                         self.enrolment.base()
                     );
                 }
+                Err(e @ ClientError::UntrustedCertificate { .. }) => return Err(e.into()),
                 Err(e) => {
                     let delay = retry_delay(retry.next(), &e);
                     tracing::warn!(error = %e, ?delay, "cannot register; trying again");

@@ -25,6 +25,10 @@ struct Cli {
     /// A file holding the enrolment token (a Docker or Kubernetes secret).
     #[arg(long, env = "RENDERFARM_TOKEN_FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// The PEM certificate of the authority that signed an https:// broker's
+    /// certificate (a private CA), trusted on top of the system's.
+    #[arg(long, env = "RENDERFARM_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Name shown to operators (default: the host name).
     #[arg(long, env = "RENDERFARM_WORKER_NAME")]
     name: Option<String>,
@@ -54,9 +58,12 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The TLS verifier's own report of a refused certificate is left out by
+    // default: the agent's error says it, with what to do.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("RENDERFARM_LOG").unwrap_or_else(|_| "info".into()),
+            std::env::var("RENDERFARM_LOG")
+                .unwrap_or_else(|_| "info,rustls_platform_verifier=off".into()),
         ))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -108,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ),
             None => cli.token,
         },
+        ca_file: cli.ca,
     };
     let signals = StopSignals::default();
     let agent = Agent::new(config, signals.clone()).await?;
