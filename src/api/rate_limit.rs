@@ -368,10 +368,20 @@ pub enum Decision {
     Refused { limit: u32, retry_after_secs: u64 },
 }
 
+/// Refused credentials (401) one address may present before it is turned
+/// away for a while. Each made-up credential has a budget of its own, so
+/// without this a guesser could try as fast as the store answers; a person
+/// who mistyped a token a few times is not held up.
+pub const FAILED_CREDENTIALS: RateLimit = RateLimit::new(30, Per::Minute, 30);
+
 /// The limiters of both budgets, shared by every server thread.
 pub struct Limiters<C: Clock = DefaultClock> {
     people: Option<Limiter<C>>,
     workers: Option<Limiter<C>>,
+    /// Refused credentials by address ([`FAILED_CREDENTIALS`]), and the
+    /// addresses turned away until when.
+    failures: Option<Limiter<C>>,
+    turned_away: std::sync::Mutex<std::collections::HashMap<IpAddr, std::time::Instant>>,
 }
 
 impl Limiters {
@@ -391,9 +401,16 @@ impl<C: Clock + Clone> Limiters<C> {
                     .with_middleware::<StateInformationMiddleware>(),
             })
         };
+        let any = limits.people != RateLimit::Off || limits.workers != RateLimit::Off;
         Limiters {
             people: limiter(limits.people),
             workers: limiter(limits.workers),
+            failures: if any {
+                limiter(FAILED_CREDENTIALS)
+            } else {
+                None
+            },
+            turned_away: Default::default(),
         }
     }
 }
@@ -438,13 +455,45 @@ impl<C: Clock> Limiters<C> {
         })
     }
 
+    /// Counts a credential `address` presented that the broker refused.
+    pub fn count_refused_credential(&self, address: IpAddr) {
+        let Some(failures) = &self.failures else {
+            return;
+        };
+        let address = network_of(address);
+        if let Err(refusal) = failures.keyed.check_key(&Key::Address(address)) {
+            let wait = refusal.wait_time_from(failures.keyed.clock().now());
+            self.turned_away()
+                .insert(address, std::time::Instant::now() + wait);
+        }
+    }
+
+    /// Seconds `address` must still wait after presenting too many refused
+    /// credentials; `None` when it need not.
+    pub fn turned_away_for(&self, address: IpAddr) -> Option<u64> {
+        let until = *self.turned_away().get(&network_of(address))?;
+        let left = until.checked_duration_since(std::time::Instant::now())?;
+        Some(whole_seconds(left).max(1))
+    }
+
+    fn turned_away(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<IpAddr, std::time::Instant>> {
+        self.turned_away.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Forgets the keys whose budget is whole again (they would start afresh
     /// anyway), and gives back the memory they held.
     pub fn prune(&self) {
-        for limiter in [&self.people, &self.workers].into_iter().flatten() {
+        for limiter in [&self.people, &self.workers, &self.failures]
+            .into_iter()
+            .flatten()
+        {
             limiter.keyed.retain_recent();
             limiter.keyed.shrink_to_fit();
         }
+        let now = std::time::Instant::now();
+        self.turned_away().retain(|_, until| *until > now);
     }
 
     /// The keys remembered now, over both budgets.
@@ -501,14 +550,38 @@ pub async fn limit<B: MessageBody>(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let key = Key::of(req.request());
+    let address = req.peer_addr().map(|a| a.ip());
+    if let Some(retry_after_secs) = address.and_then(|a| limiters.turned_away_for(a)) {
+        let response = ApiError::TooManyRequests {
+            message: format!(
+                "this address presented too many credentials the broker refused (at most {FAILED_CREDENTIALS}); check the token and retry in {retry_after_secs} s (Retry-After)"
+            ),
+            retry_after_secs,
+        }
+        .error_response();
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    let presents_credential = matches!(key, Key::Credential(_) | Key::Session(_));
+    let count_refusal = |status: actix_web::http::StatusCode| {
+        if presents_credential && status == actix_web::http::StatusCode::UNAUTHORIZED {
+            if let Some(address) = address {
+                limiters.count_refused_credential(address);
+            }
+        }
+    };
     match limiters.check(budget, &key) {
-        None => Ok(next.call(req).await?.map_into_left_body()),
+        None => {
+            let response = next.call(req).await?;
+            count_refusal(response.status());
+            Ok(response.map_into_left_body())
+        }
         Some(Decision::Allowed {
             limit,
             remaining,
             reset_secs,
         }) => {
             let mut response = next.call(req).await?;
+            count_refusal(response.status());
             insert_headers(response.headers_mut(), limit, remaining, reset_secs);
             Ok(response.map_into_left_body())
         }

@@ -120,13 +120,13 @@ pub(super) async fn whoami(
 }
 
 /// Sign this browser out: its session ends on every broker and the cookie
-/// is cleared.
+/// is cleared. Only a session signs out (a bearer token is revoked instead).
 #[utoipa::path(
     delete,
     path = "/session",
     tag = "session",
     operation_id = "sign_out",
-    security(("session" = ["viewer"]), ("bearer" = ["viewer"])),
+    security(("session" = ["viewer"])),
     responses(
         (status = 204, description = "Signed out."),
         super::openapi::StoreErrors,
@@ -138,13 +138,18 @@ pub(super) async fn sign_out(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     if let Caller::Token(token) = &access.caller {
-        if token.session_of.is_some() {
-            state
-                .store
-                .revoke_token(token.id, state.clock.now())
-                .await?;
-            state.auth.forget(&token.hash);
+        // A bearer token is no session (and one presented beside a session
+        // cookie speaks for the request): it is revoked at DELETE /tokens/{id}.
+        if token.session_of.is_none() {
+            return Err(ApiError::Unauthorized(
+                "signing out ends a browser session: send its cookie (rf_session) alone; a bearer token is revoked by an admin with DELETE /tokens/{id}".into(),
+            ));
         }
+        state
+            .store
+            .revoke_token(token.id, state.clock.now())
+            .await?;
+        state.auth.forget(&token.hash);
     }
     Ok(HttpResponse::NoContent()
         .cookie(session_cookie(&req, String::new(), time::Duration::ZERO))

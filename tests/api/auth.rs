@@ -23,6 +23,8 @@ enum Needs {
     Worker,
     /// An operator, or the worker itself (draining itself).
     OperatorOrWorker,
+    /// A person's browser session (its cookie): a bearer token is not one.
+    Session,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,7 +70,7 @@ const TABLE: &[(&str, &str, Needs)] = {
         ("DELETE", "/tokens/{id}", Person(Admin)),
         ("GET", "/session", Person(Viewer)),
         ("POST", "/session", Person(Viewer)),
-        ("DELETE", "/session", Person(Viewer)),
+        ("DELETE", "/session", Session),
         ("POST", "/signed-urls", Person(Viewer)),
     ]
 };
@@ -214,6 +216,16 @@ async fn every_operation_asks_for_exactly_the_access_the_table_says() {
 }
 
 fn check(holder: &Holder, needs: &Needs, status: StatusCode, method: &str, template: &str) {
+    if *needs == Needs::Session {
+        // A person's bearer token is no session: 401 says to send the
+        // cookie; any other credential lacks the role.
+        let want = match holder {
+            Holder::Person(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::FORBIDDEN,
+        };
+        assert_eq!(status, want, "{holder:?}: {method} {template}");
+        return;
+    }
     assert_ne!(
         status,
         StatusCode::UNAUTHORIZED,

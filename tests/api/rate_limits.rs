@@ -239,3 +239,33 @@ async fn off_turns_limiting_off() {
         assert!(!has_rate_limit_headers(&beat));
     }
 }
+
+#[tokio::test]
+async fn an_address_presenting_many_refused_credentials_is_turned_away_for_a_while() {
+    // Credentials checked, default limits: each made-up credential would have
+    // a budget of its own, so the refusals count against the address.
+    let app = crate::helpers::spawn_app().await;
+    let allowed = renderfarm::api::rate_limit::FAILED_CREDENTIALS.to_string();
+    let burst: usize = allowed.split('/').next().unwrap().parse().unwrap();
+    for i in 0..=burst {
+        let guess = format!("Bearer rf_guess_{i:064}");
+        let response = app
+            .send(
+                app.client
+                    .get(app.url("/renders"))
+                    .header(AUTHORIZATION, guess),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    // Now even a good credential from that address waits.
+    let response = app.get("/renders").await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(number(&response, "retry-after").is_some_and(|s| s >= 1));
+    let body = json_of(response).await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("refused"), "{message}");
+    assert!(!message.contains("rf_guess"), "{message}");
+    // The probes are never limited.
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+}
