@@ -212,7 +212,11 @@ async fn a_worker_over_the_workers_budget_is_refused_naming_that_budget() {
     assert!(message.contains("--worker-rate-limit"), "{message}");
 
     let listed = get_as(&app, "/workers", &None).await;
-    assert_eq!(listed.status(), StatusCode::OK, "the people's budget is off");
+    assert_eq!(
+        listed.status(),
+        StatusCode::OK,
+        "the people's budget is off"
+    );
     assert!(!has_rate_limit_headers(&listed));
 }
 
