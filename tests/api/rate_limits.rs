@@ -106,7 +106,7 @@ async fn a_client_over_its_budget_is_told_429_with_when_to_retry_and_what_is_lef
         "never echoes the credential: {message}"
     );
 
-    // Still refused: refusals do not spend what comes back.
+    // Still refused until the wait is over.
     let again = get_as(&app, "/renders", &artist).await;
     assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS);
 }
