@@ -185,6 +185,8 @@ pub struct RateLimits {
     pub people: RateLimit,
     /// Per credential on the workers' routes.
     pub workers: RateLimit,
+    /// Per address, the credentials it presented that were refused (401).
+    pub refused_credentials: RateLimit,
 }
 
 impl RateLimits {
@@ -193,6 +195,7 @@ impl RateLimits {
     pub const OFF: RateLimits = RateLimits {
         people: RateLimit::Off,
         workers: RateLimit::Off,
+        refused_credentials: RateLimit::Off,
     };
     /// The default of the people's budget. A `watch` asks for each render it
     /// follows and for the task of each busy worker every second (about 100
@@ -214,6 +217,7 @@ impl Default for RateLimits {
         RateLimits {
             people: Self::DEFAULT_PEOPLE,
             workers: Self::DEFAULT_WORKERS,
+            refused_credentials: FAILED_CREDENTIALS,
         }
     }
 }
@@ -368,8 +372,8 @@ pub enum Decision {
     Refused { limit: u32, retry_after_secs: u64 },
 }
 
-/// Refused credentials (401) one address may present before it is turned
-/// away for a while. Each made-up credential has a budget of its own, so
+/// The default of [`RateLimits::refused_credentials`]: refused credentials
+/// (401) one address may present before it is turned away for a while. Each made-up credential has a budget of its own, so
 /// without this a guesser could try as fast as the store answers; a person
 /// who mistyped a token a few times is not held up.
 pub const FAILED_CREDENTIALS: RateLimit = RateLimit::new(30, Per::Minute, 30);
@@ -401,15 +405,10 @@ impl<C: Clock + Clone> Limiters<C> {
                     .with_middleware::<StateInformationMiddleware>(),
             })
         };
-        let any = limits.people != RateLimit::Off || limits.workers != RateLimit::Off;
         Limiters {
             people: limiter(limits.people),
             workers: limiter(limits.workers),
-            failures: if any {
-                limiter(FAILED_CREDENTIALS)
-            } else {
-                None
-            },
+            failures: limiter(limits.refused_credentials),
             turned_away: Default::default(),
         }
     }
@@ -418,7 +417,7 @@ impl<C: Clock + Clone> Limiters<C> {
 impl<C: Clock> Limiters<C> {
     /// True when neither budget is limited.
     pub fn is_off(&self) -> bool {
-        self.people.is_none() && self.workers.is_none()
+        self.people.is_none() && self.workers.is_none() && self.failures.is_none()
     }
 
     fn limiter(&self, budget: Budget) -> Option<&Limiter<C>> {
@@ -554,7 +553,7 @@ pub async fn limit<B: MessageBody>(
     if let Some(retry_after_secs) = address.and_then(|a| limiters.turned_away_for(a)) {
         let response = ApiError::TooManyRequests {
             message: format!(
-                "this address presented too many credentials the broker refused (at most {FAILED_CREDENTIALS}); check the token and retry in {retry_after_secs} s (Retry-After)"
+                "this address presented too many credentials the broker refused (--refused-credential-limit); check the token and retry in {retry_after_secs} s (Retry-After)"
             ),
             retry_after_secs,
         }
@@ -798,6 +797,7 @@ mod tests {
         RateLimits {
             people: RateLimit::new(2, Per::Minute, 2),
             workers: RateLimit::Off,
+            refused_credentials: RateLimit::Off,
         }
     }
 

@@ -148,6 +148,12 @@ struct ServeArgs {
     #[arg(long, env = "RENDERFARM_WORKER_RATE_LIMIT", value_name = "N/s[:BURST]",
           default_value_t = RateLimits::DEFAULT_WORKERS, value_parser = parse_rate_limit)]
     worker_rate_limit: RateLimit,
+    /// Credentials the broker refuses (401) that one address may present,
+    /// in the same form, before it is answered 429 for a while whatever it
+    /// presents: each made-up credential has a budget of its own.
+    #[arg(long, env = "RENDERFARM_REFUSED_CREDENTIAL_LIMIT", value_name = "N/m[:BURST]",
+          default_value_t = crate::api::rate_limit::FAILED_CREDENTIALS, value_parser = parse_rate_limit)]
+    refused_credential_limit: RateLimit,
     /// Serve HTTPS with this certificate (PEM: the broker's, then any
     /// intermediate ones), with --tls-key. Leave both out for plain HTTP, e.g.
     /// behind a proxy that terminates TLS.
@@ -456,6 +462,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     settings.rate_limits = RateLimits {
         people: args.rate_limit,
         workers: args.worker_rate_limit,
+        refused_credentials: args.refused_credential_limit,
     };
     // Clap makes sure both or neither are given.
     settings.tls = args
@@ -691,7 +698,8 @@ mod tests {
         assert_eq!(
             RateLimits {
                 people: args.rate_limit,
-                workers: args.worker_rate_limit
+                workers: args.worker_rate_limit,
+                refused_credentials: args.refused_credential_limit,
             },
             RateLimits::default()
         );

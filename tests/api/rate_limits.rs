@@ -75,6 +75,7 @@ async fn a_client_over_its_budget_is_told_429_with_when_to_retry_and_what_is_lef
     let app = app_with(RateLimits {
         people: TWO_A_MINUTE,
         workers: RateLimit::Off,
+        refused_credentials: RateLimit::Off,
     })
     .await;
     let artist: Credential = Some((AUTHORIZATION, "Bearer rf_artists_very_own_secret"));
@@ -116,6 +117,7 @@ async fn a_throttled_client_does_not_hold_up_the_workers_on_its_address() {
     let app = app_with(RateLimits {
         people: TWO_A_MINUTE,
         workers: RateLimits::DEFAULT_WORKERS,
+        refused_credentials: RateLimit::Off,
     })
     .await;
     // No credential: everything below is one client, 127.0.0.1.
@@ -149,6 +151,7 @@ async fn another_credential_is_not_throttled_by_the_first() {
     let app = app_with(RateLimits {
         people: TWO_A_MINUTE,
         workers: RateLimit::Off,
+        refused_credentials: RateLimit::Off,
     })
     .await;
     let first: Credential = Some((AUTHORIZATION, "Bearer rf_first"));
@@ -178,6 +181,7 @@ async fn the_probes_are_never_throttled() {
     let app = app_with(RateLimits {
         people: ONE_A_MINUTE,
         workers: ONE_A_MINUTE,
+        refused_credentials: RateLimit::Off,
     })
     .await;
     for _ in 0..20 {
@@ -203,6 +207,7 @@ async fn a_worker_over_the_workers_budget_is_refused_naming_that_budget() {
     let app = app_with(RateLimits {
         people: RateLimit::Off,
         workers: TWO_A_MINUTE,
+        refused_credentials: RateLimit::Off,
     })
     .await;
     let worker = app.register_ok("render-02").await;
