@@ -150,6 +150,11 @@ impl Broker {
         self.credentials.as_ref().map(|c| c.enrolment.clone())
     }
 
+    /// The broker's process id, for /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Resident memory now and at its peak, in MiB, from /proc.
     pub fn rss_mb(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -32,7 +32,16 @@ pub struct Comparison<S> {
     pub budget_percent: f64,
     /// Rounds of each side.
     pub rounds: usize,
+    /// Other figures of the runs' lines to summarise (by their median),
+    /// for the reader; the verdict is on `figure` alone.
+    pub details: &'static [&'static str],
 }
+
+/// The field of a run's line that says how much of the machine's CPUs other
+/// work used meanwhile, in % (see `machine`), when the bench measures it.
+const OTHERS_CPU: &str = "others_cpu_percent";
+/// Up to this, a round counts as run on a quiet machine.
+const QUIET_PERCENT: f64 = 10.0;
 
 /// One round's run: the figure compared and the run's whole JSON line.
 pub struct Run {
@@ -52,10 +61,12 @@ impl<S: Copy> Comparison<S> {
         anyhow::ensure!(self.rounds > 0, "give at least one round");
         let mut baseline_runs = Vec::with_capacity(self.rounds);
         let mut candidate_runs = Vec::with_capacity(self.rounds);
+        let mut baseline_lines = Vec::with_capacity(self.rounds);
+        let mut candidate_lines = Vec::with_capacity(self.rounds);
         for round in 1..=self.rounds {
-            for (side, runs) in [
-                (&self.baseline, &mut baseline_runs),
-                (&self.candidate, &mut candidate_runs),
+            for (side, runs, lines) in [
+                (&self.baseline, &mut baseline_runs, &mut baseline_lines),
+                (&self.candidate, &mut candidate_runs, &mut candidate_lines),
             ] {
                 let Run { figure, line } = run(side.setting).await?;
                 println!(
@@ -63,6 +74,7 @@ impl<S: Copy> Comparison<S> {
                     self.rounds, self.what, side.label, self.unit
                 );
                 runs.push(figure);
+                lines.push(line);
             }
         }
         let best = |runs: &[f64]| runs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -70,6 +82,20 @@ impl<S: Copy> Comparison<S> {
         // Positive: the candidate is slower.
         let slower_percent = (best_baseline - best_candidate) / best_baseline * 100.0;
         let pass = slower_percent <= self.budget_percent;
+        // The machine is shared: say when the rounds compared ran beside
+        // other work, which the best-of cannot be trusted to have avoided.
+        let busiest_best = [
+            (&baseline_runs, &baseline_lines),
+            (&candidate_runs, &candidate_lines),
+        ]
+        .iter()
+        .filter_map(|(runs, lines)| {
+            let best_index = (0..runs.len()).max_by(|&i, &j| runs[i].total_cmp(&runs[j]))?;
+            lines[best_index][OTHERS_CPU].as_f64()
+        })
+        .fold(None, |most: Option<f64>, x| {
+            Some(most.map_or(x, |m| m.max(x)))
+        });
         let verdict = if pass { "PASS" } else { "FAIL" };
         let (b, c) = (self.baseline.label, self.candidate.label);
         println!(
@@ -88,6 +114,37 @@ impl<S: Copy> Comparison<S> {
             what = self.what,
             budget = self.budget_percent,
         );
+        if let Some(busiest) = busiest_best.filter(|&b| b > QUIET_PERCENT) {
+            println!(
+                "caution: other work used up to {busiest:.0} % of the machine's CPUs during the best rounds (quiet: at most {QUIET_PERCENT:.0} %); the verdict is weak, run again when the machine is quiet"
+            );
+        }
+        let (b_median, c_median) = (median(&baseline_runs), median(&candidate_runs));
+        println!(
+            "medians, for the spread: {what}={b} {b_median:.0} {unit}, {what}={c} {c_median:.0} {unit}",
+            what = self.what,
+            unit = self.unit,
+        );
+        let mut details = serde_json::Map::new();
+        for name in self.details {
+            let of = |lines: &[Value]| {
+                median(
+                    &lines
+                        .iter()
+                        .filter_map(|l| l[*name].as_f64())
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+            let (b_detail, c_detail) = (round3(of(&baseline_lines)), round3(of(&candidate_lines)));
+            println!(
+                "median {name}: {what}={b} {b_detail}, {what}={c} {c_detail} ({:+.1} %)",
+                (c_detail - b_detail) / b_detail * 100.0,
+                what = self.what,
+            );
+            details.insert(format!("median_{name}_{b}"), json!(b_detail));
+            details.insert(format!("median_{name}_{c}"), json!(c_detail));
+        }
         let round0 = |runs: &[f64]| runs.iter().map(|f| f.round()).collect::<Vec<_>>();
         let round1 = |x: f64| (x * 10.0).round() / 10.0;
         let mut summary = json!({
@@ -105,6 +162,25 @@ impl<S: Copy> Comparison<S> {
         summary[format!("best_{c}")] = json!(best_candidate.round());
         summary[format!("{b}_runs")] = json!(round0(&baseline_runs));
         summary[format!("{c}_runs")] = json!(round0(&candidate_runs));
+        if let Some(busiest) = busiest_best {
+            summary["best_rounds_others_cpu_percent"] = json!(busiest);
+        }
+        summary[format!("median_{b}")] = json!(b_median.round());
+        summary[format!("median_{c}")] = json!(c_median.round());
+        for (name, value) in details {
+            summary[name] = value;
+        }
         Ok(summary)
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }

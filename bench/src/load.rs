@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::broker::{Auth, Broker};
 use crate::compare::{Comparison, Run, Side};
+use crate::machine;
 use crate::quantile_ms;
 
 pub fn spec(name: &str, tasks: i64) -> RenderSpec {
@@ -201,6 +202,11 @@ pub async fn dispatch(
                 },
                 budget_percent: AUTH_BUDGET_PERCENT,
                 rounds,
+                details: &[
+                    "broker_cpu_us_per_task",
+                    "claim_p99_ms",
+                    "others_cpu_percent",
+                ],
             };
             let mut summary = comparison
                 .run(|auth| dispatch_once(workers, tasks, auth))
@@ -224,6 +230,7 @@ async fn dispatch_once(workers: usize, tasks: i64, auth: Auth) -> anyhow::Result
     }
     broker.admin()?.submit(&spec("dispatch", tasks)).await?;
     let samples = Arc::new(Mutex::new(Samples::default()));
+    let before = machine::Reading::now(broker.pid())?;
     let started = Instant::now();
     let mut runs = Vec::with_capacity(workers);
     for registered in registered {
@@ -247,6 +254,7 @@ async fn dispatch_once(workers: usize, tasks: i64, auth: Auth) -> anyhow::Result
         run.await.context("a simulated worker panicked")??;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let (cpu, others_percent) = machine::Reading::now(broker.pid())?.since(&before);
     let (rss, peak) = broker.rss_mb();
     let mut samples = samples.lock().await;
     samples.claims.sort();
@@ -269,6 +277,13 @@ async fn dispatch_once(workers: usize, tasks: i64, auth: Auth) -> anyhow::Result
             "claim_p50_ms": quantile_ms(&samples.claims, 0.50),
             "claim_p99_ms": quantile_ms(&samples.claims, 0.99),
             "complete_p99_ms": quantile_ms(&samples.completes, 0.99),
+            // The broker's CPU time (all threads) per task claimed and
+            // completed: its work, less sensitive than the rate to what
+            // else the machine does.
+            "broker_cpu_us_per_task": (cpu.as_secs_f64() * 1e6 / done as f64 * 10.0).round() / 10.0,
+            // What else used the machine's CPUs meanwhile: a round with
+            // much of it says more about the machine than the broker.
+            "others_cpu_percent": others_percent.round(),
             "broker_rss_mb": rss,
             "broker_peak_rss_mb": peak,
         }),

@@ -10,6 +10,7 @@ mod broker;
 mod compare;
 mod farm;
 mod load;
+mod machine;
 
 use std::process::ExitCode;
 
