@@ -137,9 +137,13 @@ impl<S: Copy> Comparison<S> {
             };
             let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
             let (b_detail, c_detail) = (round3(of(&baseline_lines)), round3(of(&candidate_lines)));
+            let change = if b_detail == 0.0 {
+                String::new()
+            } else {
+                format!(" ({:+.1} %)", (c_detail - b_detail) / b_detail * 100.0)
+            };
             println!(
-                "median {name}: {what}={b} {b_detail}, {what}={c} {c_detail} ({:+.1} %)",
-                (c_detail - b_detail) / b_detail * 100.0,
+                "median {name}: {what}={b} {b_detail}, {what}={c} {c_detail}{change}",
                 what = self.what,
             );
             details.insert(format!("median_{name}_{b}"), json!(b_detail));
