@@ -11,8 +11,8 @@ use anyhow::Context;
 use renderfarm_wire::Priority;
 use serde_json::json;
 
-use crate::broker::Broker;
-use crate::load::{client, register, spec, Connection};
+use crate::broker::{Auth, Broker};
+use crate::load::{register, spec, Connection};
 use crate::quantile_ms;
 
 /// Work the simulated workers claim from while the big render goes in.
@@ -23,9 +23,10 @@ const WARM_UP: Duration = Duration::from_secs(2);
 /// it held up finish.
 const AFTER: Duration = Duration::from_secs(1);
 
-pub async fn big_submit(workers: usize, frames: i64) -> anyhow::Result<String> {
-    let broker = Broker::start()?;
-    let client = client(&broker)?;
+pub async fn big_submit(workers: usize, frames: i64, auth: Auth) -> anyhow::Result<String> {
+    let broker = Broker::start(auth)?;
+    let client = broker.admin()?;
+    let enrolment = broker.enrolment()?;
     let address = broker.address.clone();
     let mut background = spec("background", BACKGROUND_TASKS);
     background.priority = Priority::High;
@@ -35,16 +36,16 @@ pub async fn big_submit(workers: usize, frames: i64) -> anyhow::Result<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut runs = Vec::with_capacity(workers);
     for i in 0..workers {
-        let worker = register(&client, format!("sim-{i}")).await?;
+        let registered = register(&enrolment, format!("sim-{i}")).await?;
         let (address, stop) = (address.clone(), stop.clone());
         runs.push(tokio::spawn(async move {
             // (when the claim was sent, how long it took)
             let mut samples: Vec<(Instant, Duration)> = Vec::new();
-            let mut conn = Connection::open(&address).await?;
+            let mut conn = Connection::open(&address, registered.secret.as_deref()).await?;
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
                 let (claimed, _) = conn
-                    .claim_and_complete(&worker)
+                    .claim_and_complete(&registered.worker)
                     .await?
                     .context("the background render ran dry")?;
                 samples.push((sent, claimed));
@@ -83,6 +84,7 @@ pub async fn big_submit(workers: usize, frames: i64) -> anyhow::Result<String> {
     let (rss, peak) = broker.rss_mb();
     Ok(json!({
         "bench": "big-submit",
+        "auth": auth.as_str(),
         "frames": frames,
         "workers": workers,
         "submit_seconds": ((submit_answered - submit_started).as_secs_f64() * 1000.0).round() / 1000.0,

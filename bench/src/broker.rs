@@ -1,15 +1,62 @@
 //! The broker under measurement: the real `renderfarm serve` binary as a
-//! child process, with a fresh data directory.
+//! child process, with a fresh data directory. Every benchmark's broker is
+//! started by [`Broker::start`], so its settings are all in one place (a
+//! setting that would weigh on the figures, such as a rate limit, is turned
+//! off there with one more argument).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::Context;
+use renderfarm_client::BrokerClient;
+
+/// Whether the broker checks credentials (`renderfarm serve --auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Auth {
+    /// The product's default: every request carries a bearer token.
+    On,
+    /// No credentials at all (a trusted single machine).
+    Off,
+}
+
+impl Auth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Auth::On => "on",
+            Auth::Off => "off",
+        }
+    }
+}
+
+/// The secrets the bench chose for its broker, as a deployment would.
+struct Credentials {
+    /// Submits, reads, operator actions.
+    admin: String,
+    /// Registers the simulated workers; each then acts with its own secret.
+    enrolment: String,
+}
+
+impl Credentials {
+    fn random() -> anyhow::Result<Credentials> {
+        let secret = || {
+            anyhow::Ok(renderfarm::domain::secret_from(
+                renderfarm::credentials::random_bytes()?,
+            ))
+        };
+        Ok(Credentials {
+            admin: secret()?,
+            enrolment: secret()?,
+        })
+    }
+}
 
 pub struct Broker {
     child: Child,
     pub address: String,
+    /// `None` with auth off.
+    credentials: Option<Credentials>,
     _data_dir: tempfile::TempDir,
 }
 
@@ -26,25 +73,44 @@ fn broker_binary() -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
+/// How long one set-up request may take: a submit of a million frames takes
+/// longer than the client's ordinary timeout.
+const SET_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl Broker {
-    pub fn start() -> anyhow::Result<Broker> {
+    /// Starts a broker with a fresh store and `auth`; with auth on, it
+    /// stores an admin and an enrolment secret chosen here.
+    pub fn start(auth: Auth) -> anyhow::Result<Broker> {
         let data_dir = tempfile::tempdir()?;
-        let mut child = Command::new(broker_binary()?)
-            .args([
-                "serve",
-                "--auth",
-                "off",
-                "--bind",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+        let credentials = match auth {
+            Auth::On => Some(Credentials::random()?),
+            Auth::Off => None,
+        };
+        let mut command = Command::new(broker_binary()?);
+        // The broker's settings are these alone: none of the caller's
+        // RENDERFARM_* variables (a token file, a store URI) reach it.
+        for (name, _) in std::env::vars_os() {
+            let name_str = name.to_string_lossy();
+            if name_str.starts_with("RENDERFARM_") || name_str == "MONGODB_URI" {
+                command.env_remove(&name);
+            }
+        }
+        command
+            .args(["serve", "--bind", "127.0.0.1:0", "--auth", auth.as_str()])
+            .arg("--data-dir")
             .arg(data_dir.path())
-            // Every simulated worker and client comes from 127.0.0.1 without a
-            // credential, so the rate limiter would count the whole benchmark
-            // as one client and hold it to one client's budget. The benchmarks
-            // measure the broker's work, not that limit: both budgets off.
+            // The benchmarks measure the broker's work, not its rate limits:
+            // with auth off every simulated worker is the same client
+            // (127.0.0.1 without a credential) and would share one budget.
             .args(["--rate-limit", "off", "--worker-rate-limit", "off"])
-            .env("RENDERFARM_LOG", "error")
+            .env("RENDERFARM_LOG", "error");
+        if let Some(c) = &credentials {
+            // In the environment, not on the command line that `ps` shows.
+            command
+                .env("RENDERFARM_ADMIN_TOKEN", &c.admin)
+                .env("RENDERFARM_ENROLMENT_TOKEN", &c.enrolment);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -60,8 +126,33 @@ impl Broker {
         Ok(Broker {
             child,
             address,
+            credentials,
             _data_dir: data_dir,
         })
+    }
+
+    /// A client with the admin token (none with auth off): submits, reads.
+    pub fn admin(&self) -> anyhow::Result<BrokerClient> {
+        Ok(BrokerClient::new(&self.address)?
+            .with_timeout(SET_UP_TIMEOUT)
+            .with_token(self.credentials.as_ref().map(|c| c.admin.clone())))
+    }
+
+    /// A client with the enrolment token, to register workers with.
+    pub fn enrolment(&self) -> anyhow::Result<BrokerClient> {
+        Ok(BrokerClient::new(&self.address)?
+            .with_timeout(SET_UP_TIMEOUT)
+            .with_token(self.enrolment_token()))
+    }
+
+    /// The enrolment secret (none with auth off), for real agents.
+    pub fn enrolment_token(&self) -> Option<String> {
+        self.credentials.as_ref().map(|c| c.enrolment.clone())
+    }
+
+    /// The broker's process id, for /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Resident memory now and at its peak, in MiB, from /proc.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use renderfarm_client::BrokerClient;
 use renderfarm_wire::{Priority, RenderSpec};
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use renderfarm_worker::blender::{check_blender, RenderJob};
@@ -15,7 +14,7 @@ use renderfarm_worker::{Agent, AgentConfig, StopSignals};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::broker::Broker;
+use crate::broker::{Auth, Broker};
 
 /// A scene whose chunks take a few seconds of rendering each on 2 cores.
 fn bench_scene(frames: i64) -> SceneSpec {
@@ -34,6 +33,7 @@ pub async fn farm(
     chunk: i64,
     rounds: usize,
     blender: &Path,
+    auth: Auth,
 ) -> anyhow::Result<String> {
     anyhow::ensure!(
         workers > 0 && frames > 0 && chunk > 0,
@@ -54,8 +54,9 @@ pub async fn farm(
     let mut baseline_runs = Vec::new();
     for round in 0..rounds.max(1) {
         let round_dir = dir.path().join(format!("round-{round}"));
-        farm_runs
-            .push(through_the_farm(workers, frames, chunk, blender, &scene, &round_dir).await?);
+        farm_runs.push(
+            through_the_farm(workers, frames, chunk, blender, &scene, &round_dir, auth).await?,
+        );
         baseline_runs.push(
             plain_parallel(
                 workers,
@@ -76,6 +77,7 @@ pub async fn farm(
     };
     Ok(json!({
         "bench": "farm",
+        "auth": auth.as_str(),
         "workers": workers,
         "frames": frames,
         "chunk": chunk,
@@ -96,8 +98,9 @@ async fn through_the_farm(
     blender: &Path,
     scene: &Path,
     dir: &Path,
+    auth: Auth,
 ) -> anyhow::Result<f64> {
-    let broker = Broker::start()?;
+    let broker = Broker::start(auth)?;
     let signals = StopSignals::default();
     let mut agents = Vec::new();
     for i in 0..workers {
@@ -110,13 +113,13 @@ async fn through_the_farm(
             heartbeat: Duration::from_secs(10),
             log_interval: Duration::from_secs(1),
             poll_wait: Duration::from_secs(30),
-            enrolment_token: None,
+            enrolment_token: broker.enrolment_token(),
             ca_file: None,
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));
     }
-    let client = BrokerClient::new(&broker.address)?;
+    let client = broker.admin()?;
     // Wait until every agent is registered and polling, as a farm at rest.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -8,20 +8,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use renderfarm_client::BrokerClient;
 use renderfarm_wire::{
-    Assignment, CompleteReport, Priority, RenderAction, RenderSpec, Worker, WorkerSpec,
+    Assignment, CompleteReport, Priority, RegisteredWorker, RenderAction, RenderSpec, Worker,
+    WorkerSpec,
 };
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::broker::Broker;
+use crate::broker::{Auth, Broker};
+use crate::compare::{Comparison, Run, Side};
+use crate::machine;
 use crate::quantile_ms;
-
-/// The set-up calls and the measured claims of `depth` and `latency` go
-/// through the client the CLI and the agent use; a submit of a million
-/// frames may take longer than its ordinary timeout.
-pub fn client(broker: &Broker) -> anyhow::Result<BrokerClient> {
-    Ok(BrokerClient::new(&broker.address)?.with_timeout(Duration::from_secs(120)))
-}
 
 pub fn spec(name: &str, tasks: i64) -> RenderSpec {
     RenderSpec {
@@ -38,11 +34,19 @@ pub fn spec(name: &str, tasks: i64) -> RenderSpec {
     }
 }
 
-pub async fn register(client: &BrokerClient, name: String) -> anyhow::Result<Worker> {
-    Ok(client
+/// Registers a worker through `enrolment` (a client with the enrolment
+/// token): the worker and the secret it acts with.
+pub async fn register(enrolment: &BrokerClient, name: String) -> anyhow::Result<RegisteredWorker> {
+    Ok(enrolment
         .register(&WorkerSpec { name, tags: vec![] })
-        .await?
-        .worker)
+        .await?)
+}
+
+/// The set-up calls and the measured claims of `depth` and `latency` go
+/// through the client the CLI and the agent use: this one acts as the
+/// registered worker.
+fn as_worker(enrolment: &BrokerClient, registered: &RegisteredWorker) -> BrokerClient {
+    enrolment.clone().with_token(registered.secret.clone())
 }
 
 /// One claim: the assignment (None for 204) and how long it took.
@@ -70,18 +74,33 @@ async fn complete(client: &BrokerClient, a: &Assignment) -> anyhow::Result<()> {
 /// generator, is what the figures measure.
 pub struct Connection {
     host: String,
+    /// `Bearer <the worker's secret>`, sent with every request; none with
+    /// auth off.
+    authorization: Option<hyper::header::HeaderValue>,
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
 }
 
 impl Connection {
-    pub async fn open(broker: &str) -> anyhow::Result<Connection> {
+    /// A connection of the worker whose secret is `secret`.
+    pub async fn open(broker: &str, secret: Option<&str>) -> anyhow::Result<Connection> {
         let host = broker.trim_start_matches("http://").to_string();
+        let authorization = secret
+            .map(|s| {
+                let mut value = hyper::header::HeaderValue::try_from(format!("Bearer {s}"))?;
+                value.set_sensitive(true);
+                anyhow::Ok(value)
+            })
+            .transpose()?;
         let stream = tokio::net::TcpStream::connect(&host).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        Ok(Connection { host, sender })
+        Ok(Connection {
+            host,
+            authorization,
+            sender,
+        })
     }
 
     /// One round of a simulated worker: claim, then complete what it got.
@@ -97,7 +116,10 @@ impl Connection {
         let a: Assignment = match status {
             200 => serde_json::from_slice(&body)?,
             204 => return Ok(None),
-            other => anyhow::bail!("request-task answered {other}"),
+            other => anyhow::bail!(
+                "request-task answered {other}: {}",
+                String::from_utf8_lossy(&body)
+            ),
         };
         let claimed = started.elapsed();
         let started = Instant::now();
@@ -105,20 +127,27 @@ impl Connection {
             lease_id: a.lease_id,
             log: None,
         })?;
-        let (status, _) = self
+        let (status, body) = self
             .post(&format!("/tasks/{}/complete", a.task_id), report)
             .await?;
-        anyhow::ensure!(status == 200, "complete answered {status}");
+        anyhow::ensure!(
+            status == 200,
+            "complete answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
         Ok(Some((claimed, started.elapsed())))
     }
 
     /// POSTs `body` to `path`; the status and the body bytes.
     pub async fn post(&mut self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, bytes::Bytes)> {
         use http_body_util::BodyExt;
-        let request = hyper::Request::post(path)
+        let mut request = hyper::Request::post(path)
             .header("host", &self.host)
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+            .header("content-type", "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization.clone());
+        }
+        let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
@@ -133,24 +162,85 @@ struct Samples {
     completes: Vec<Duration>,
 }
 
-pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
-    let broker = Broker::start()?;
-    let client = client(&broker)?;
+/// How `dispatch` runs its broker: with auth on or off, or both compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DispatchAuth {
+    On,
+    Off,
+    /// Rounds of auth off and auth on, alternated; the best of each compared.
+    Compare,
+}
+
+/// How much slower dispatch may be with auth on than off (issue 11).
+const AUTH_BUDGET_PERCENT: f64 = 5.0;
+
+pub async fn dispatch(
+    workers: usize,
+    tasks: i64,
+    auth: DispatchAuth,
+    rounds: usize,
+) -> anyhow::Result<String> {
+    let auth = match auth {
+        DispatchAuth::On => Auth::On,
+        DispatchAuth::Off => Auth::Off,
+        DispatchAuth::Compare => {
+            // A broker's auth is fixed when it starts, so each round has a
+            // broker of its own; its fresh store also keeps the rounds alike
+            // (a shared one would hold every earlier round's tasks).
+            let comparison = Comparison {
+                bench: "dispatch",
+                what: "auth",
+                figure: "tasks_per_sec",
+                unit: "tasks/s",
+                baseline: Side {
+                    label: "off",
+                    setting: Auth::Off,
+                },
+                candidate: Side {
+                    label: "on",
+                    setting: Auth::On,
+                },
+                budget_percent: AUTH_BUDGET_PERCENT,
+                rounds,
+                details: &[
+                    "broker_cpu_us_per_task",
+                    "claim_p99_ms",
+                    "others_cpu_percent",
+                ],
+            };
+            let mut summary = comparison
+                .run(|auth| dispatch_once(workers, tasks, auth))
+                .await?;
+            summary["workers"] = json!(workers);
+            summary["tasks"] = json!(tasks);
+            return Ok(summary.to_string());
+        }
+    };
+    Ok(dispatch_once(workers, tasks, auth).await?.line.to_string())
+}
+
+/// One dispatch run with a broker of its own.
+async fn dispatch_once(workers: usize, tasks: i64, auth: Auth) -> anyhow::Result<Run> {
+    let broker = Broker::start(auth)?;
+    let enrolment = broker.enrolment()?;
     let address = broker.address.clone();
     let mut registered = Vec::with_capacity(workers);
     for i in 0..workers {
-        registered.push(register(&client, format!("sim-{i}")).await?);
+        registered.push(register(&enrolment, format!("sim-{i}")).await?);
     }
-    client.submit(&spec("dispatch", tasks)).await?;
+    broker.admin()?.submit(&spec("dispatch", tasks)).await?;
     let samples = Arc::new(Mutex::new(Samples::default()));
+    let before = machine::Reading::now(broker.pid())?;
     let started = Instant::now();
     let mut runs = Vec::with_capacity(workers);
-    for worker in registered {
+    for registered in registered {
         let (address, samples) = (address.clone(), samples.clone());
         runs.push(tokio::spawn(async move {
             let mut mine = Samples::default();
-            let mut conn = Connection::open(&address).await?;
-            while let Some((claimed, completed)) = conn.claim_and_complete(&worker).await? {
+            let mut conn = Connection::open(&address, registered.secret.as_deref()).await?;
+            while let Some((claimed, completed)) =
+                conn.claim_and_complete(&registered.worker).await?
+            {
                 mine.claims.push(claimed);
                 mine.completes.push(completed);
             }
@@ -164,6 +254,7 @@ pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
         run.await.context("a simulated worker panicked")??;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let (cpu, others_percent) = machine::Reading::now(broker.pid())?.since(&before);
     let (rss, peak) = broker.rss_mb();
     let mut samples = samples.lock().await;
     samples.claims.sort();
@@ -173,24 +264,35 @@ pub async fn dispatch(workers: usize, tasks: i64) -> anyhow::Result<String> {
         done as i64 == tasks,
         "{done} of {tasks} tasks were dispatched"
     );
-    Ok(json!({
-        "bench": "dispatch",
-        "tasks": done,
-        "workers": workers,
-        "seconds": (seconds * 1000.0).round() / 1000.0,
-        "tasks_per_sec": (done as f64 / seconds).round(),
-        "claim_p50_ms": quantile_ms(&samples.claims, 0.50),
-        "claim_p99_ms": quantile_ms(&samples.claims, 0.99),
-        "complete_p99_ms": quantile_ms(&samples.completes, 0.99),
-        "broker_rss_mb": rss,
-        "broker_peak_rss_mb": peak,
+    let tasks_per_sec = done as f64 / seconds;
+    Ok(Run {
+        figure: tasks_per_sec,
+        line: json!({
+            "bench": "dispatch",
+            "auth": auth.as_str(),
+            "tasks": done,
+            "workers": workers,
+            "seconds": (seconds * 1000.0).round() / 1000.0,
+            "tasks_per_sec": tasks_per_sec.round(),
+            "claim_p50_ms": quantile_ms(&samples.claims, 0.50),
+            "claim_p99_ms": quantile_ms(&samples.claims, 0.99),
+            "complete_p99_ms": quantile_ms(&samples.completes, 0.99),
+            // The broker's CPU time (all threads) per task claimed and
+            // completed: its work, less sensitive than the rate to what
+            // else the machine does.
+            "broker_cpu_us_per_task": (cpu.as_secs_f64() * 1e6 / done as f64 * 10.0).round() / 10.0,
+            // What else used the machine's CPUs meanwhile: a round with
+            // much of it says more about the machine than the broker.
+            "others_cpu_percent": others_percent.round(),
+            "broker_rss_mb": rss,
+            "broker_peak_rss_mb": peak,
+        }),
     })
-    .to_string())
 }
 
-pub async fn depth(queued: i64, claims: usize, paused: i64) -> anyhow::Result<String> {
-    let broker = Broker::start()?;
-    let client = client(&broker)?;
+pub async fn depth(queued: i64, claims: usize, paused: i64, auth: Auth) -> anyhow::Result<String> {
+    let broker = Broker::start(auth)?;
+    let client = broker.admin()?;
     let fill = Instant::now();
     if paused > 0 {
         let mut urgent = spec("paused-urgent", paused.min(1_000_000));
@@ -212,7 +314,8 @@ pub async fn depth(queued: i64, claims: usize, paused: i64) -> anyhow::Result<St
     // the next seconds; measure the steady state after it, not the copy.
     let settle = Duration::from_secs(((queued + paused) / 100_000).clamp(0, 10) as u64);
     tokio::time::sleep(settle).await;
-    let worker = register(&client, "depth".into()).await?;
+    let registered = register(&broker.enrolment()?, "depth".into()).await?;
+    let (client, worker) = (as_worker(&client, &registered), registered.worker);
     const WARM_UP: i64 = 50;
     let claims = claims.min((queued - WARM_UP).max(1) as usize);
     // Warm up connections and caches before measuring.
@@ -232,6 +335,7 @@ pub async fn depth(queued: i64, claims: usize, paused: i64) -> anyhow::Result<St
     let (rss, peak) = broker.rss_mb();
     Ok(json!({
         "bench": "depth",
+        "auth": auth.as_str(),
         "queued": queued,
         "paused_ahead": paused.min(1_000_000),
         "claims": claims,
@@ -245,14 +349,16 @@ pub async fn depth(queued: i64, claims: usize, paused: i64) -> anyhow::Result<St
     .to_string())
 }
 
-pub async fn latency(workers: usize, submits: usize) -> anyhow::Result<String> {
-    let broker = Broker::start()?;
-    let client = client(&broker)?;
+pub async fn latency(workers: usize, submits: usize, auth: Auth) -> anyhow::Result<String> {
+    let broker = Broker::start(auth)?;
+    let client = broker.admin()?;
+    let enrolment = broker.enrolment()?;
     let (tx, mut received) = tokio::sync::mpsc::unbounded_channel::<(uuid::Uuid, Instant)>();
     let mut pollers = Vec::new();
     for i in 0..workers {
-        let worker = register(&client, format!("idle-{i}")).await?;
-        let (client, tx) = (client.clone(), tx.clone());
+        let registered = register(&enrolment, format!("idle-{i}")).await?;
+        let (client, worker) = (as_worker(&enrolment, &registered), registered.worker);
+        let tx = tx.clone();
         pollers.push(tokio::spawn(async move {
             loop {
                 let Ok((assignment, _)) = claim(&client, &worker, Duration::from_secs(30)).await
@@ -298,6 +404,7 @@ pub async fn latency(workers: usize, submits: usize) -> anyhow::Result<String> {
     from_sent.sort();
     Ok(json!({
         "bench": "latency",
+        "auth": auth.as_str(),
         "workers": workers,
         "submits": submits,
         "p50_ms": quantile_ms(&samples, 0.50),

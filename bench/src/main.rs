@@ -1,16 +1,23 @@
 //! `renderfarm-bench`: measures the broker the way the speed claims are made.
 //! Each subcommand starts what it measures itself (the `renderfarm` broker as
 //! a child process on loopback with a fresh store in a temporary directory,
-//! so its memory is its own) and prints one JSON line last.
+//! so its memory is its own) and prints one JSON line last. Its broker
+//! checks credentials (`--auth on`, the product's default) unless told
+//! `--auth off`.
 
 mod big_submit;
 mod broker;
+mod compare;
 mod farm;
 mod load;
+mod machine;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use broker::Auth;
+use load::DispatchAuth;
 
 /// Benchmarks of the renderfarm broker.
 #[derive(Debug, Parser)]
@@ -28,6 +35,14 @@ enum Command {
         workers: usize,
         #[arg(long, default_value_t = 100_000)]
         tasks: i64,
+        /// The broker's `--auth`; `compare` alternates rounds of off and on
+        /// (a fresh broker each) and compares the best of each against the
+        /// 5 % budget.
+        #[arg(long, value_enum, default_value = "on")]
+        auth: DispatchAuth,
+        /// With `--auth compare`: rounds of each.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Claim latency with N tasks already queued, and the broker's memory.
     Depth {
@@ -40,6 +55,9 @@ enum Command {
         /// an operator's pause of a big render leaves behind.
         #[arg(long, default_value_t = 0)]
         paused: i64,
+        /// The broker's `--auth`.
+        #[arg(long, value_enum, default_value = "on")]
+        auth: Auth,
     },
     /// With W idle workers long-polling: time from a submit answered to the
     /// first task received by a worker.
@@ -48,6 +66,9 @@ enum Command {
         workers: usize,
         #[arg(long, default_value_t = 200)]
         submits: usize,
+        /// The broker's `--auth`.
+        #[arg(long, value_enum, default_value = "on")]
+        auth: Auth,
     },
     /// W simulated workers claim and complete in a loop while one render of
     /// FRAMES frames (chunk 1) is submitted: claim latency during the submit.
@@ -56,6 +77,9 @@ enum Command {
         workers: usize,
         #[arg(long, default_value_t = 1_000_000)]
         frames: i64,
+        /// The broker's `--auth`.
+        #[arg(long, value_enum, default_value = "on")]
+        auth: Auth,
     },
     /// Real Blender: the farm against W plain parallel Blender processes.
     Farm {
@@ -70,6 +94,9 @@ enum Command {
         /// Farm and baseline runs, alternated; the best of each is compared.
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// The broker's `--auth`.
+        #[arg(long, value_enum, default_value = "on")]
+        auth: Auth,
     },
 }
 
@@ -90,21 +117,36 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dispatch { workers, tasks } => load::dispatch(workers, tasks).await,
+            Command::Dispatch {
+                workers,
+                tasks,
+                auth,
+                rounds,
+            } => load::dispatch(workers, tasks, auth, rounds).await,
             Command::Depth {
                 queued,
                 claims,
                 paused,
-            } => load::depth(queued, claims, paused).await,
-            Command::Latency { workers, submits } => load::latency(workers, submits).await,
-            Command::BigSubmit { workers, frames } => big_submit::big_submit(workers, frames).await,
+                auth,
+            } => load::depth(queued, claims, paused, auth).await,
+            Command::Latency {
+                workers,
+                submits,
+                auth,
+            } => load::latency(workers, submits, auth).await,
+            Command::BigSubmit {
+                workers,
+                frames,
+                auth,
+            } => big_submit::big_submit(workers, frames, auth).await,
             Command::Farm {
                 workers,
                 frames,
                 chunk,
                 blender,
                 rounds,
-            } => farm::farm(workers, frames, chunk, rounds, &blender).await,
+                auth,
+            } => farm::farm(workers, frames, chunk, rounds, &blender, auth).await,
         }
     });
     match result {
