@@ -11,5 +11,6 @@ pub mod scheduler;
 pub mod startup;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 pub use renderfarm_wire as wire;

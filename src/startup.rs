@@ -182,6 +182,7 @@ impl Application {
                 .wrap(api::openapi::json_not_found())
                 .app_data(app_state.clone())
                 .configure(api::configure)
+                .configure(crate::web::configure)
                 .default_service(web::to(api::no_route))
                 // Wrapped last, so outermost: the limiter runs before anything
                 // else, authentication included, and limits floods of bad

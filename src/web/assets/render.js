@@ -1,0 +1,332 @@
+// One render: its settings, progress and time left, its tasks, the log and
+// history of a task (followed live while it renders), and its frames. All
+// of it follows this render's own event stream.
+
+import { api, query, mayChange, mayOperate } from './api.js';
+import {
+  h, replace, progressBar, statusChip, timeEl, errorBox, duration, between, framesText, shortId, notice,
+} from './ui.js';
+
+const TASKS_PAGE = 50;
+const FINISHED = ['completed', 'failed', 'canceled'];
+
+export async function renderPage(main, ctx, id) {
+  let render;
+  try {
+    render = await api('GET', `/renders/${encodeURIComponent(id)}`);
+  } catch (e) {
+    if (e.status === 404) {
+      document.title = 'Render not found · renderfarm';
+      replace(main, h('section', { id: 'not-found' },
+        h('h1', {}, 'Render not found'),
+        errorBox(e),
+        h('p', {}, 'It may have been deleted, or the link is wrong. ', h('a', { href: '#/renders' }, 'See every render'), '.')));
+      return;
+    }
+    throw e;
+  }
+  document.title = `${render.name} · renderfarm`;
+
+  let tasks = [];
+  let tasksTotal = 0;
+  let tasksOffset = 0;
+  let workers = new Map();
+  let openTask = ctx.params.get('task');
+
+  const heading = h('div');
+  const actionResult = h('div', { 'aria-live': 'polite' });
+  const progress = h('section', { class: 'panel', 'aria-labelledby': 'progress-h' });
+  const settings = h('section', { class: 'panel', 'aria-labelledby': 'settings-h' });
+  const latest = h('section', { class: 'panel', 'aria-labelledby': 'latest-h' });
+  const tasksBox = h('section', { class: 'panel', 'aria-labelledby': 'tasks-h' });
+  const taskPanel = h('section', { class: 'panel', id: 'task-panel', 'aria-labelledby': 'task-h', hidden: true });
+  const framesBox = h('section', { class: 'panel', 'aria-labelledby': 'frames-h' });
+  replace(main, heading, actionResult, progress, h('div', { class: 'two' }, settings, latest), tasksBox, taskPanel, framesBox);
+
+  function drawHeader() {
+    const mine = mayChange(render);
+    const can = {
+      pause: ['queued', 'rendering'].includes(render.status),
+      resume: render.status === 'paused',
+      cancel: ['queued', 'rendering', 'paused'].includes(render.status),
+      requeue: FINISHED.includes(render.status),
+      delete: FINISHED.includes(render.status),
+    };
+    const labels = { pause: 'Pause', resume: 'Resume', cancel: 'Cancel', requeue: 'Requeue', delete: 'Delete' };
+    replace(heading,
+      h('p', {}, h('a', { href: '#/renders' }, '← Renders')),
+      h('h1', {}, render.name, ' ', statusChip(render.status)),
+      mine ? h('div', { class: 'actions', role: 'group', 'aria-label': 'Act on this render' },
+        Object.keys(labels).filter((a) => can[a]).map((a) => h('button', {
+          type: 'button', 'data-action': a, class: a === 'cancel' || a === 'delete' ? 'danger' : '',
+          onclick: () => act(a, labels[a]),
+        }, labels[a]))) : null);
+  }
+
+  async function act(action, label) {
+    if (action === 'delete' && !confirm(`Delete ${render.name} with its tasks and logs?`)) return;
+    try {
+      if (action === 'delete') {
+        await api('DELETE', `/renders/${render.id}`);
+        location.hash = '#/renders';
+        notice(`${render.name} was deleted.`, 'notice');
+        return;
+      }
+      render = await api('PUT', `/renders/${render.id}/status`, { action });
+      replace(actionResult, h('div', { class: 'notice' }, `${label}: done. The render is ${render.status}.`));
+      drawAll();
+      ctx.soon('tasks', loadTasks);
+    } catch (e) {
+      replace(actionResult, errorBox(e, label));
+    }
+  }
+
+  function drawProgress() {
+    const p = render.progress;
+    let left = '—';
+    if (render.status === 'rendering' && p.frames_done > 0 && render.started_at) {
+      const rate = p.frames_done / between(render.started_at);
+      if (rate > 0) left = `about ${duration((p.frames_total - p.frames_done) / rate)} (${(rate * 60).toFixed(1)} frames a minute)`;
+    } else if (render.status === 'completed') {
+      left = 'done';
+    }
+    replace(progress,
+      h('h2', { id: 'progress-h' }, 'Progress'),
+      progressBar(p.frames_done, p.frames_total, `${p.frames_done} of ${p.frames_total} frames rendered`),
+      h('div', { class: 'stat' }, h('span', {}, 'Estimated time left'), h('b', { id: 'eta' }, left)),
+      h('div', { class: 'muted' },
+        `Chunks: ${p.tasks_completed} done, ${p.tasks_running} rendering, ${p.tasks_pending} waiting, ${p.tasks_failed} failed, ${p.tasks_canceled} canceled, of ${p.tasks_total}.`));
+  }
+
+  function drawSettings() {
+    const row = (k, v) => [h('dt', {}, k), h('dd', {}, v)];
+    replace(settings,
+      h('h2', { id: 'settings-h' }, 'Settings'),
+      h('dl', { class: 'settings' },
+        row('Blend file', render.blend_file),
+        row('Frames', `${render.frame_start}–${render.frame_end} in chunks of ${render.chunk_size}`),
+        row('Priority', render.priority),
+        row('Engine', render.engine ?? 'as saved in the file'),
+        row('Output', render.output),
+        row('Retries per chunk', render.max_retries),
+        row('Worker tags', render.tags.length ? render.tags.join(', ') : 'any worker'),
+        row('Owner', render.owner ?? '—'),
+        row('Submitted', timeEl(render.created_at)),
+        row('Started', timeEl(render.started_at)),
+        row('Finished', timeEl(render.finished_at)),
+        row('Id', render.id)));
+  }
+
+  function drawAll() {
+    drawHeader();
+    drawProgress();
+    drawSettings();
+  }
+
+  async function loadWorkers() {
+    try {
+      const list = await api('GET', '/workers');
+      workers = new Map(list.map((w) => [w.id, w.name]));
+      drawTasks();
+    } catch {
+      // Worker names are a nicety: their ids show instead.
+    }
+  }
+
+  async function loadTasks() {
+    try {
+      const page = await api('GET', `/renders/${render.id}/tasks${query({ limit: TASKS_PAGE, offset: tasksOffset })}`);
+      tasks = page.items;
+      tasksTotal = page.total;
+      if (tasks.some((t) => t.worker_id && !workers.has(t.worker_id))) ctx.soon('workers', loadWorkers);
+      drawTasks();
+    } catch (e) {
+      replace(tasksBox, h('h2', { id: 'tasks-h' }, 'Tasks'), errorBox(e));
+    }
+  }
+
+  function drawTasks() {
+    const operate = mayOperate();
+    const pages = Math.max(1, Math.ceil(tasksTotal / TASKS_PAGE));
+    const pageNo = Math.floor(tasksOffset / TASKS_PAGE) + 1;
+    replace(tasksBox,
+      h('h2', { id: 'tasks-h' }, `Tasks (${tasksTotal})`),
+      h('div', { class: 'table-wrap' }, h('table', {},
+        h('thead', {}, h('tr', {},
+          h('th', {}, 'Frames'), h('th', {}, 'Status'), h('th', {}, 'Worker'), h('th', { class: 'num' }, 'Done'),
+          h('th', { class: 'num' }, 'Retries'), h('th', { class: 'hide-narrow' }, 'Duration'), h('th', {}, 'Actions'))),
+        h('tbody', {}, tasks.map((t) => h('tr', { 'data-task': t.id, class: t.id === openTask ? 'selected' : '' },
+          h('td', {}, framesText(t)),
+          h('td', {}, statusChip(t.status),
+            t.failure_reason ? h('div', { class: 'reason' }, t.failure_reason, t.exit_code != null ? ` (exit ${t.exit_code})` : '') : null),
+          h('td', {}, t.worker_id ? (workers.get(t.worker_id) ?? shortId(t.worker_id)) : '—'),
+          h('td', { class: 'num' }, `${t.frames_done}/${t.frame_end - t.frame_start + 1}`),
+          h('td', { class: 'num' }, t.retries),
+          h('td', { class: 'hide-narrow' }, t.started_at ? duration(between(t.started_at, t.finished_at)) : '—'),
+          h('td', {}, h('div', { class: 'actions' },
+            h('button', { type: 'button', 'data-log': t.id, 'aria-label': `Log of frames ${framesText(t)}`, onclick: () => openLog(t.id) }, 'Log'),
+            operate && t.status !== 'pending'
+              ? h('button', { type: 'button', 'data-requeue': t.id, 'aria-label': `Requeue frames ${framesText(t)}`, onclick: () => requeueTask(t) }, 'Requeue')
+              : null))))))),
+      pages > 1 ? h('div', { class: 'pager' },
+        h('button', { type: 'button', disabled: pageNo <= 1, onclick: () => { tasksOffset -= TASKS_PAGE; loadTasks(); } }, '← Previous'),
+        h('span', {}, `Page ${pageNo} of ${pages}`),
+        h('button', { type: 'button', disabled: pageNo >= pages, onclick: () => { tasksOffset += TASKS_PAGE; loadTasks(); } }, 'Next →')) : null);
+  }
+
+  async function requeueTask(t) {
+    try {
+      await api('POST', `/tasks/${t.id}/requeue`, {});
+      replace(actionResult, h('div', { class: 'notice' }, `Frames ${framesText(t)} are queued again.`));
+    } catch (e) {
+      replace(actionResult, errorBox(e, `Requeue frames ${framesText(t)}`));
+    }
+    ctx.soon('tasks', loadTasks);
+  }
+
+  // The open task: its history and its log, followed while it renders.
+  const logPre = h('pre', { class: 'log', tabindex: '0', 'aria-label': 'Task log' });
+  let taskDetail = null;
+
+  function openLog(taskId) {
+    openTask = taskId;
+    // The page stays as it is (no reload): only the address changes, so it
+    // can be shared or reloaded.
+    history.replaceState(null, '', `#/renders/${render.id}?task=${taskId}`);
+    drawTasks();
+    logPre.textContent = '';
+    loadTaskDetail();
+    loadLog();
+    taskPanel.hidden = false;
+    taskPanel.scrollIntoView({ block: 'nearest' });
+    logPre.focus({ preventScroll: true });
+  }
+
+  async function loadTaskDetail() {
+    const taskId = openTask;
+    try {
+      taskDetail = await api('GET', `/tasks/${taskId}`);
+    } catch (e) {
+      taskDetail = null;
+      replace(taskPanel, h('h2', { id: 'task-h' }, 'Task'), errorBox(e));
+      return;
+    }
+    if (taskId === openTask) drawTaskPanel();
+  }
+
+  async function loadLog() {
+    const taskId = openTask;
+    const atEnd = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
+    try {
+      const text = await api('GET', `/tasks/${taskId}/log`);
+      if (taskId !== openTask) return;
+      logPre.textContent = text || '(nothing logged yet)';
+    } catch (e) {
+      logPre.textContent = `The log could not be read: ${e.message}`;
+    }
+    if (atEnd) logPre.scrollTop = logPre.scrollHeight;
+  }
+
+  function drawTaskPanel() {
+    const t = taskDetail;
+    const live = t.status === 'running';
+    replace(taskPanel,
+      h('h2', { id: 'task-h' }, `Frames ${framesText(t)} `, statusChip(t.status)),
+      t.failure_reason ? h('p', { class: 'reason', id: 'failure-reason' }, `Failed: ${t.failure_reason}`, t.exit_code != null ? ` (exit code ${t.exit_code})` : '') : null,
+      h('h3', {}, 'History'),
+      t.history.length === 0 ? h('p', { class: 'muted' }, 'Nothing happened to it yet.')
+        : h('ol', { class: 'history' }, t.history.map((e) => h('li', {},
+          timeEl(e.at), ' — ', e.event,
+          e.worker_id ? ` on ${workers.get(e.worker_id) ?? shortId(e.worker_id)}` : '',
+          e.actor ? ` by ${e.actor}` : '',
+          e.detail ? `: ${e.detail}` : ''))),
+      h('div', { class: 'actions' },
+        h('h3', {}, live ? 'Log (following live)' : 'Log'),
+        h('a', { class: 'button', href: `/tasks/${t.id}/log`, download: `task-${t.id}.log` }, 'Download log'),
+        h('button', { type: 'button', onclick: () => { openTask = null; taskPanel.hidden = true; history.replaceState(null, '', `#/renders/${render.id}`); drawTasks(); } }, 'Close')),
+      logPre);
+  }
+
+  async function loadFrames() {
+    let answer;
+    try {
+      answer = await api('GET', `/renders/${render.id}/frames`);
+    } catch (e) {
+      replace(latest, h('h2', { id: 'latest-h' }, 'Latest frame'), errorBox(e));
+      replace(framesBox);
+      return;
+    }
+    const frames = answer.frames || [];
+    const newest = frames.reduce((a, f) => (!a || f.modified_at > a.modified_at ? f : a), null);
+    replace(latest,
+      h('h2', { id: 'latest-h' }, newest ? `Latest frame: ${newest.frame}` : 'Latest frame'),
+      newest ? h('img', { class: 'frame-latest', src: newest.url, alt: `Frame ${newest.frame} of ${render.name}` })
+        : h('p', { class: 'muted' }, 'No frame is rendered yet.'));
+    replace(framesBox,
+      h('h2', { id: 'frames-h' }, `Frames done (${frames.length})`),
+      frames.length === 0 ? h('p', { class: 'muted' }, 'None yet.')
+        : h('div', { class: 'frames' }, frames.map((f) => h('figure', {},
+          h('a', { href: f.url, target: '_blank', rel: 'noopener' },
+            h('img', { src: f.url, loading: 'lazy', alt: `Frame ${f.frame}` })),
+          h('figcaption', {}, f.frame)))));
+  }
+
+  function reloadAll() {
+    ctx.soon('render', async () => {
+      try {
+        render = await api('GET', `/renders/${render.id}`);
+        drawAll();
+      } catch (e) {
+        replace(actionResult, errorBox(e));
+      }
+    });
+    ctx.soon('tasks', loadTasks);
+    ctx.soon('frames', loadFrames);
+    if (openTask) {
+      ctx.soon('task', loadTaskDetail);
+      ctx.soon('log', loadLog);
+    }
+  }
+
+  ctx.stream(`/events${query({ render: render.id })}`, {
+    render: (e) => {
+      const changed = e.status !== render.status;
+      render = { ...render, status: e.status, progress: e.progress ?? render.progress };
+      if (changed) {
+        // Status changes carry timestamps (started, finished) the event does not.
+        ctx.soon('render', async () => { render = await api('GET', `/renders/${render.id}`); drawAll(); });
+        ctx.soon('tasks', loadTasks);
+      }
+      drawAll();
+    },
+    render_deleted: () => {
+      replace(main, h('h1', {}, 'Render deleted'),
+        h('p', {}, `${render.name} was deleted. `, h('a', { href: '#/renders' }, 'See every render'), '.'));
+      ctx.leave();
+    },
+    task: (e) => {
+      ctx.soon('tasks', loadTasks);
+      if (e.status === 'completed') ctx.soon('frames', loadFrames);
+      if (e.task_id === openTask) ctx.soon('task', loadTaskDetail);
+    },
+    progress: (e) => {
+      const t = tasks.find((x) => x.id === e.task_id);
+      if (t && t.frames_done !== e.frames_done) {
+        t.frames_done = e.frames_done;
+        drawTasks();
+      }
+      ctx.soon('frames', loadFrames);
+    },
+    log: (e) => {
+      if (e.task_id === openTask) ctx.soon('log', loadLog);
+    },
+  }, reloadAll);
+
+  drawAll();
+  await Promise.all([loadWorkers(), loadTasks(), loadFrames()]);
+  if (openTask) {
+    taskPanel.hidden = false;
+    replace(taskPanel, h('p', { class: 'muted' }, 'Loading the task…'));
+    await Promise.all([loadTaskDetail(), loadLog()]);
+  }
+}

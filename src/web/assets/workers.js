@@ -1,0 +1,95 @@
+// The workers: what each does now and how far it is, with the operator's
+// drain, disable and enable. Follows the farm's event stream.
+
+import { api, mayOperate } from './api.js';
+import { h, replace, statusChip, timeEl, errorBox, progressBar, framesText } from './ui.js';
+
+export async function workersPage(main, ctx) {
+  let workers = [];
+  const tasks = new Map();
+  const result = h('div', { 'aria-live': 'polite' });
+  const table = h('div', { class: 'table-wrap' });
+  replace(main, h('h1', {}, 'Workers'), result, table);
+
+  async function load() {
+    try {
+      workers = await api('GET', '/workers');
+    } catch (e) {
+      replace(table, errorBox(e));
+      return;
+    }
+    // The task each busy worker holds, for its frames and render.
+    await Promise.all(workers.filter((w) => w.current_task_id && !tasks.has(w.current_task_id)).map(async (w) => {
+      try {
+        tasks.set(w.current_task_id, await api('GET', `/tasks/${w.current_task_id}`));
+      } catch {
+        // Finished meanwhile: its events will bring the next state.
+      }
+    }));
+    draw();
+  }
+
+  function actionsFor(w) {
+    if (!mayOperate()) return null;
+    const can = {
+      drain: ['idle', 'busy'].includes(w.status),
+      disable: w.status !== 'disabled',
+      enable: ['draining', 'disabled'].includes(w.status),
+    };
+    const labels = { drain: 'Drain', disable: 'Disable', enable: 'Enable' };
+    return h('div', { class: 'actions' }, Object.keys(labels).filter((a) => can[a]).map((a) => h('button', {
+      type: 'button', 'data-action': a, 'aria-label': `${labels[a]} ${w.name}`, onclick: () => act(w, a, labels[a]),
+    }, labels[a])));
+  }
+
+  async function act(w, action, label) {
+    try {
+      await api('PUT', `/workers/${w.id}/status`, { action });
+      replace(result, h('div', { class: 'notice' }, `${label} ${w.name}: done.`));
+    } catch (e) {
+      replace(result, errorBox(e, `${label} ${w.name}`));
+    }
+    await load();
+  }
+
+  function current(w) {
+    const t = w.current_task_id && tasks.get(w.current_task_id);
+    if (!t) return w.current_task_id ? 'a task' : '—';
+    const count = t.frame_end - t.frame_start + 1;
+    return h('div', {},
+      h('a', { href: `#/renders/${t.render_id}?task=${t.id}` }, `frames ${framesText(t)}`),
+      h('div', {}, progressBar(t.frames_done, count, `${w.name}: ${t.frames_done} of ${count} frames`)));
+  }
+
+  function draw() {
+    const operate = mayOperate();
+    replace(table, workers.length === 0
+      ? h('p', { class: 'muted' }, 'No worker has registered. Start one with: renderfarm-worker --broker URL --token ENROLMENT_TOKEN')
+      : h('table', {},
+        h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Status'), h('th', {}, 'Current task'),
+          h('th', { class: 'hide-narrow' }, 'Tags'), h('th', { class: 'hide-narrow' }, 'Last heartbeat'), operate ? h('th', {}, 'Actions') : null)),
+        h('tbody', {}, workers.map((w) => h('tr', { 'data-worker': w.id },
+          h('td', {}, w.name),
+          h('td', {}, statusChip(w.status)),
+          h('td', {}, current(w)),
+          h('td', { class: 'hide-narrow' }, h('span', { class: 'tags' }, w.tags.map((t) => h('span', { class: 'tag' }, t)))),
+          h('td', { class: 'hide-narrow' }, timeEl(w.last_heartbeat)),
+          operate ? h('td', {}, actionsFor(w)) : null)))));
+  }
+
+  ctx.stream('/events', {
+    worker: () => ctx.soon('workers', load),
+    worker_deleted: () => ctx.soon('workers', load),
+    task: () => ctx.soon('workers', load),
+    progress: (e) => {
+      const t = tasks.get(e.task_id);
+      if (t) {
+        t.frames_done = e.frames_done;
+        draw();
+      } else {
+        ctx.soon('workers', load);
+      }
+    },
+  }, () => ctx.soon('workers', load));
+  await load();
+}
