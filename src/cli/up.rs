@@ -94,6 +94,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         "the command line's admin token is in {}: export RENDERFARM_TOKEN_FILE={0}",
         credentials.admin_file.display()
     );
+    println!(
+        "the dashboard: {broker}/ (sign in with that token, or one made with `renderfarm token create`)"
+    );
 
     let outcome = if args.demo {
         tokio::select! {

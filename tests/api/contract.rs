@@ -97,6 +97,10 @@ impl Contract {
             // Swagger UI's own files are not part of the API.
             return Ok(());
         }
+        if path == "/" || path.starts_with(&format!("{}/", renderfarm::web::ASSETS_PATH)) {
+            // Nor are the dashboard's page and files (tests/api/dashboard.rs).
+            return Ok(());
+        }
         let Some((template, item)) = self.path_item(path) else {
             return self.check_error_outside_spec(answer, StatusCode::NOT_FOUND, "no route");
         };

@@ -5,6 +5,7 @@ mod api_docs;
 mod auth;
 mod bad_input;
 mod contract;
+mod dashboard;
 mod helpers;
 mod lifecycle;
 mod long_poll;
