@@ -15,7 +15,9 @@ use serde_json::Value;
 use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError};
+use super::{
+    events, health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError,
+};
 
 /// Where Swagger UI lives; the spec sits beside it.
 pub const DOCS_PATH: &str = "/api-docs";
@@ -75,6 +77,8 @@ is answered 429 with `Retry-After`.",
         session::whoami,
         session::sign_out,
         signed::sign,
+        events::events,
+        events::summary,
     ),
     components(schemas(ErrorBody, ErrorCode), responses(
         Unauthorized,
@@ -95,6 +99,7 @@ is answered 429 with `Retry-After`.",
         (name = "health", description = "Liveness and readiness probes."),
         (name = "scheduler", description = "The periodic tick: lost workers, retries, preemption, counter recount; run it now, see what it did."),
         (name = "tokens", description = "Credentials (admins): issue, list and revoke tokens."),
+        (name = "events", description = "The farm's changes as they happen (Server-Sent Events), resumable with `Last-Event-ID`; the farm in numbers, live."),
         (name = "session", description = "Browsers: sign in with a token for a session cookie; signed links for downloads."),
     ),
     modifiers(&Credentials)

@@ -4,6 +4,7 @@
 //! themselves.
 
 pub(crate) mod dispatch;
+mod events;
 mod frames;
 mod log;
 mod render;
@@ -17,6 +18,10 @@ pub use dispatch::{
     carries_tags, is_claimable, lease_accepts, ClaimKey, LeaseRefusal, SortOrder, TaskLease,
     CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, CLAIM_ORDER, LEASED_TASK_STATUS,
 };
+pub use events::{
+    contiguous_prefix, event_cutoff, resume_from, EventBounds, Resume, COALESCE_INTERVAL,
+    EVENTS_KEPT, EVENT_GAP_GRACE, EVENT_RETENTION, SUMMARY_INTERVAL, SUMMARY_RUNNING_LIMIT,
+};
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
 pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
 pub use render::{
@@ -24,8 +29,8 @@ pub use render::{
     ValidRenderSpec, FINISHED_RENDER_STATUSES, UNFINISHED_RENDER_STATUSES,
 };
 pub use renderfarm_wire::{
-    Assignment, HeartbeatAction, Priority, Progress, Render, RenderAction, RenderStatus, Task,
-    TaskStatus, Worker, WorkerAction, WorkerStatus,
+    Assignment, EventKind, FarmEvent, FarmSummary, HeartbeatAction, Priority, Progress, Render,
+    RenderAction, RenderStatus, Task, TaskStatus, Worker, WorkerAction, WorkerStatus,
 };
 pub use scheduling::{plan_preemption, Allowances, OverdueWork, PreemptionPlan, RunningWork};
 pub use tally::{

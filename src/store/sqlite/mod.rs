@@ -13,6 +13,7 @@
 
 mod counters;
 mod errors;
+mod events;
 mod renders;
 mod rows;
 mod rules;
@@ -57,6 +58,7 @@ fn migrations() -> Migrations<'static> {
             "../../../migrations/sqlite/0006_worker_secrets.sql"
         )),
         M::up(include_str!("../../../migrations/sqlite/0007_owner.sql")),
+        M::up(include_str!("../../../migrations/sqlite/0008_events.sql")),
     ])
 }
 
@@ -106,6 +108,7 @@ impl SqliteStore {
                 path.display()
             ))
         })?;
+        events::install_triggers(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         if owner {
             renders::remove_hidden_renders(&conn)?;
