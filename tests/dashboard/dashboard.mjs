@@ -85,9 +85,11 @@ async function browser() {
   return { context, page, requests, problems };
 }
 
-async function shoot(page, name) {
+async function shoot(page, name, { at } = {}) {
   for (const [label, size] of [['desktop', DESKTOP], ['phone', PHONE]]) {
     await page.setViewportSize(size);
+    if (at) await page.locator(at).scrollIntoViewIfNeeded();
+    else await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: join(ARTIFACTS, `dashboard-${name}-${label}.png`), fullPage: label === 'desktop' ? false : true });
   }
   await page.setViewportSize(DESKTOP);
@@ -196,12 +198,27 @@ await scenario('a render submitted from the form shows its progress move live, w
   const before = await done();
   await page.waitForFunction((b) => document.querySelector('#main section progress').value > b + 1, before, { timeout: WAIT });
   await page.waitForFunction(() => document.querySelector('[data-task] .status.completed'), null, { timeout: WAIT });
-  await page.locator('.frame-latest').waitFor({ timeout: WAIT });
   check(await page.evaluate(() => window.__sameDocument === true), 'the page was not reloaded');
   const eta = await textOf(page, '#eta');
   check(eta.startsWith('about'), `an estimate of the time left shows (${eta})`);
   await assertEventDriven(page, admin.requests, from, Date.now());
   await shoot(page, 'render');
+});
+
+await scenario('the latest frame and the frames done show as images', async () => {
+  check(longId, 'needs the submitted render');
+  try {
+    await page.locator('.frame-latest').waitFor({ timeout: 30_000 });
+  } catch {
+    throw new Error(`no frame shows; the page says: ${JSON.stringify(await textOf(page, '[aria-labelledby="latest-h"]'))} (GET /renders/{id}/frames is built on branch list)`);
+  }
+  await page.waitForFunction(() => {
+    const img = document.querySelector('.frame-latest');
+    return img.complete && img.naturalWidth === 320;
+  }, null, { timeout: WAIT });
+  const shown = await page.locator('.frames img').count();
+  check(shown > 0, 'the grid shows the frames done');
+  await shoot(page, 'render-frames');
 });
 
 await scenario('a running task\'s log opens and follows the render live', async () => {
@@ -215,7 +232,11 @@ await scenario('a running task\'s log opens and follows the render live', async 
   const first = (await log.textContent()).length;
   await page.waitForFunction((n) => document.querySelector('pre.log').textContent.length > n, first, { timeout: WAIT });
   check(await page.evaluate(() => location.hash.includes('?task=')), 'the open log is in the address');
-  await shoot(page, 'render-log');
+  // The download link is authenticated by the session cookie alone.
+  const href = await page.locator('#task-panel a[download]').getAttribute('href');
+  const download = await page.context().request.get(`${BASE}${href}`);
+  check(download.ok() && (await download.text()).includes('Fra:'), `the log downloads (${download.status()})`);
+  await shoot(page, 'render-log', { at: '#task-panel' });
 });
 
 await scenario('pause and resume from the render page', async () => {
@@ -281,6 +302,18 @@ await scenario('drain a worker, then enable it', async () => {
   await shoot(page, 'workers-draining');
   await page.locator('button[data-action="enable"]').first().click();
   await page.waitForFunction(() => !document.querySelector('tr[data-worker] .status.draining'), null, { timeout: WAIT });
+});
+
+await scenario('one task is requeued from its row', async () => {
+  check(failId, 'needs the failed render');
+  await open(page, `#/renders/${failId}`);
+  await page.locator('button[data-requeue]').first().click({ timeout: WAIT });
+  const answer = page.locator('#main .notice, #main .error').first();
+  await answer.waitFor({ timeout: WAIT });
+  const text = await answer.textContent();
+  check(/queued again/.test(text), `the task is queued again; the page says: ${text}`);
+  await page.locator('tr[data-task] button[data-log]').first().click();
+  await page.waitForFunction(() => /requeued/.test(document.querySelector('ol.history')?.textContent ?? ''), null, { timeout: WAIT });
 });
 
 await scenario('an unknown render id is a not-found page', async () => {

@@ -271,15 +271,17 @@ export async function renderPage(main, ctx, id) {
           h('figcaption', {}, f.frame)))));
   }
 
+  async function reloadRender() {
+    try {
+      render = await api('GET', `/renders/${render.id}`);
+      drawAll();
+    } catch (e) {
+      replace(actionResult, errorBox(e));
+    }
+  }
+
   function reloadAll() {
-    ctx.soon('render', async () => {
-      try {
-        render = await api('GET', `/renders/${render.id}`);
-        drawAll();
-      } catch (e) {
-        replace(actionResult, errorBox(e));
-      }
-    });
+    ctx.soon('render', reloadRender);
     ctx.soon('tasks', loadTasks);
     ctx.soon('frames', loadFrames);
     if (openTask) {
@@ -294,7 +296,7 @@ export async function renderPage(main, ctx, id) {
       render = { ...render, status: e.status, progress: e.progress ?? render.progress };
       if (changed) {
         // Status changes carry timestamps (started, finished) the event does not.
-        ctx.soon('render', async () => { render = await api('GET', `/renders/${render.id}`); drawAll(); });
+        ctx.soon('render', reloadRender);
         ctx.soon('tasks', loadTasks);
       }
       drawAll();
