@@ -203,10 +203,15 @@ await scenario('a render submitted from the form shows its progress move live, w
   check(eta.startsWith('about'), `an estimate of the time left shows (${eta})`);
   await assertEventDriven(page, admin.requests, from, Date.now());
   await shoot(page, 'render');
+  // The farm page while it renders (the README's picture).
+  await open(page, '#/');
+  await page.locator('[aria-labelledby="running"] a').first().waitFor({ timeout: WAIT });
+  await shoot(page, 'farm-busy');
 });
 
 await scenario('the latest frame and the frames done show as images', async () => {
   check(longId, 'needs the submitted render');
+  await open(page, `#/renders/${longId}`);
   try {
     await page.locator('.frame-latest').waitFor({ timeout: 30_000 });
   } catch {
@@ -223,6 +228,7 @@ await scenario('the latest frame and the frames done show as images', async () =
 
 await scenario('a running task\'s log opens and follows the render live', async () => {
   check(longId, 'needs the submitted render');
+  await open(page, `#/renders/${longId}`);
   const running = page.locator('tr[data-task]:has(.status.running) button[data-log]').first();
   await running.waitFor({ timeout: WAIT });
   await running.click();
