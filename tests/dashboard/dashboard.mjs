@@ -275,7 +275,10 @@ await scenario('a failed chunk shows its reason (Cycles denoising on this Blende
   const history = await textOf(page, 'ol.history');
   check(/failed/.test(history), `the history shows the failure: ${history}`);
   await page.waitForFunction(() => /OpenImageDenoiser/.test(document.querySelector('pre.log').textContent), null, { timeout: WAIT });
+  const top = await textOf(page, '[aria-labelledby="progress-h"] .reason');
+  check(/failed/.test(top), `the progress panel says why: ${top}`);
   await shoot(page, 'render-failed');
+  await shoot(page, 'render-failed-task', { at: '#task-panel' });
 });
 
 await scenario('cancel from the render page', async () => {
@@ -362,6 +365,10 @@ await scenario('when the stream drops the page says it is reconnecting, and reco
   await page.waitForFunction(() => document.getElementById('conn').textContent === 'live', null, { timeout: WAIT });
   await page.locator('[data-stat="frames-last-hour"]').waitFor({ timeout: WAIT });
   await shoot(page, 'farm');
+  // The system's dark scheme.
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await shoot(page, 'farm-dark');
+  await page.emulateMedia({ colorScheme: null });
 });
 
 await scenario('no page error happened', async () => {

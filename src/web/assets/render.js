@@ -95,7 +95,17 @@ export async function renderPage(main, ctx, id) {
       progressBar(p.frames_done, p.frames_total, `${p.frames_done} of ${p.frames_total} frames rendered`),
       h('div', { class: 'stat' }, h('span', {}, 'Estimated time left'), h('b', { id: 'eta' }, left)),
       h('div', { class: 'muted' },
-        `Chunks: ${p.tasks_completed} done, ${p.tasks_running} rendering, ${p.tasks_pending} waiting, ${p.tasks_failed} failed, ${p.tasks_canceled} canceled, of ${p.tasks_total}.`));
+        `Chunks: ${p.tasks_completed} done, ${p.tasks_running} rendering, ${p.tasks_pending} waiting, ${p.tasks_failed} failed, ${p.tasks_canceled} canceled, of ${p.tasks_total}.`),
+      whyFailed());
+  }
+
+  // The first reason on this page of tasks, so that a failed render says
+  // why at the top.
+  function whyFailed() {
+    const failed = tasks.find((t) => t.status === 'failed' && t.failure_reason);
+    if (!failed) return null;
+    return h('p', { class: 'reason' }, `Frames ${framesText(failed)} failed: ${failed.failure_reason}`,
+      failed.exit_code != null ? ` (exit code ${failed.exit_code})` : '');
   }
 
   function drawSettings() {
@@ -140,6 +150,7 @@ export async function renderPage(main, ctx, id) {
       tasksTotal = page.total;
       if (tasks.some((t) => t.worker_id && !workers.has(t.worker_id))) ctx.soon('workers', loadWorkers);
       drawTasks();
+      drawProgress();
     } catch (e) {
       replace(tasksBox, h('h2', { id: 'tasks-h' }, 'Tasks'), errorBox(e));
     }
