@@ -509,6 +509,19 @@ impl MongoStore {
         Ok(())
     }
 
+    /// Forgets a render's status event that has not been drained yet.
+    pub(super) async fn drop_render_event(
+        &self,
+        render: &str,
+        key_version: i64,
+    ) -> StoreResult<()> {
+        let field = format!("{OUTBOX}.{}", render_key(key_version));
+        self.renders()?
+            .update_one(doc! { "_id": render }, doc! { "$unset": { field: "" } })
+            .await?;
+        Ok(())
+    }
+
     /// Removes drained entries from a document's outbox: the whole outbox
     /// when nothing was added since it was read, else the drained keys.
     async fn clear_outbox(&self, collection: &str, doc: &Document) -> StoreResult<()> {

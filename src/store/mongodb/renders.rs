@@ -330,11 +330,11 @@ pub(super) async fn change_render(
             .return_document(ReturnDocument::After)
             .await?
         {
-            written = Some((from, doc.progress(), after));
+            written = Some((from, to, doc.progress(), after));
             break;
         }
     }
-    let Some((from, progress, after)) = written else {
+    let Some((from, to, progress, after)) = written else {
         return Err(StoreError::Unavailable(format!(
             "render {id} changed too often to apply the command; retry"
         )));
@@ -363,6 +363,13 @@ pub(super) async fn change_render(
         doc = store.after_status_write(from, doc, &[], now).await?;
     }
     let doc = store.save_tally(doc, false, now).await?;
+    if doc.status()? != to {
+        // The command's status was a step on the way (a resumed render
+        // that had started is rendering, not queued): the tally's status
+        // event tells where it ended, as the store's one write does on
+        // SQLite.
+        store.drop_render_event(&id, status_version).await?;
+    }
     tracing::info!(render_id = %id, ?command, "operator changed render");
     doc.to_render()
 }
