@@ -5,7 +5,10 @@
 //! broker's `Retry-After`; register again; give up).
 
 mod error;
+mod events;
 mod tls;
+
+pub use events::EventStream;
 
 pub use error::ClientError;
 /// The status of a [`ClientError::Rejected`] answer.
@@ -337,6 +340,50 @@ impl BrokerClient {
         let id = id.to_string();
         let request = build(self.request(Method::GET, &["tasks", &id, "log"]))?;
         Ok(self.execute(request).await?.1)
+    }
+
+    // --- events ---
+
+    /// `GET /events`: the farm's changes as they happen, only `render`'s
+    /// when given, from after event `after` when given (else from now).
+    /// The stream has no time limit (the broker sends a comment every 15 s
+    /// while nothing happens); connecting has the client's.
+    pub async fn events(
+        &self,
+        render: Option<Uuid>,
+        after: Option<i64>,
+    ) -> Result<EventStream, ClientError> {
+        let mut request = self
+            .http
+            .get(self.url(&["events"]))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(Secret(token)) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(render) = render {
+            request = request.query(&[("render", render.to_string())]);
+        }
+        if let Some(after) = after {
+            request = request.header("Last-Event-ID", after.to_string());
+        }
+        let request = build(request)?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| self.not_sent(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = error::retry_after(response.headers());
+            let text = response.text().await.unwrap_or_default();
+            return Err(ClientError::from_answer(
+                &self.base,
+                status,
+                text,
+                retry_after,
+            ));
+        }
+        Ok(EventStream::new(response, self.base.clone()))
     }
 
     // --- scheduler and health ---

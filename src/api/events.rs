@@ -30,8 +30,8 @@ use super::auth::{Access, Viewer};
 use super::{resource, ApiError, AppState};
 use crate::clock::Clock;
 use crate::domain::{
-    contiguous_prefix, event_cutoff, resume_from, Resume, COALESCE_INTERVAL, EVENTS_KEPT,
-    SUMMARY_INTERVAL, SUMMARY_RUNNING_LIMIT,
+    contiguous_prefix, resume_from, Resume, COALESCE_INTERVAL, SUMMARY_INTERVAL,
+    SUMMARY_RUNNING_LIMIT,
 };
 use crate::store::{PageRequest, RenderFilter, Store, StoreResult};
 
@@ -98,12 +98,6 @@ impl EventHub {
 
     fn position(&self) -> i64 {
         self.position.load(Ordering::Acquire)
-    }
-
-    /// Deletes what the log no longer keeps (`domain::EVENT_RETENTION`,
-    /// `EVENTS_KEPT`); run by the scheduler's tick.
-    pub async fn purge(store: &dyn Store, now: chrono::DateTime<Utc>) -> StoreResult<u64> {
-        store.purge_events(event_cutoff(now), EVENTS_KEPT).await
     }
 }
 

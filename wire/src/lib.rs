@@ -1090,7 +1090,6 @@ impl EventKind {
 /// absent.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", schema(example = json!({"id": 4182, "at": "2026-11-24T01:17:19.104233Z", "kind": "task", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "worker_id": "01a20b21-0c1d-7d3e-8f90-a1b2c3d4e5f6", "status": "running", "frames_done": 0})))]
 pub struct FarmEvent {
     /// Its place in the farm's sequence of events: strictly increasing.
