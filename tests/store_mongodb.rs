@@ -147,6 +147,9 @@ impl CommandCount {
 /// the one that handed the task out also reads the task's frame count (an
 /// update cannot set one field from others without a pipeline update, which
 /// the stand-in lacks too); the broker that handed it out remembers it.
+/// The event log added nothing: each status change writes its event into
+/// the task's or render's outbox in the update that makes the change (4, 3,
+/// 4 and 4 before the event log and after).
 const CLAIM_CEILING: usize = 4;
 const PROGRESS_CEILING: usize = 3;
 const COMPLETE_CEILING: usize = 4;

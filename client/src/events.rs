@@ -1,10 +1,13 @@
-//! `GET /events`: the broker's Server-Sent Events, read as [`FarmEvent`]s.
+//! `GET /events` and `GET /events/summary`: the broker's Server-Sent
+//! Events, read as [`FarmEvent`]s or [`renderfarm_wire::FarmSummary`]s.
 
+use std::marker::PhantomData;
 use std::pin::Pin;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 use renderfarm_wire::FarmEvent;
+use serde::de::DeserializeOwned;
 
 use crate::ClientError;
 
@@ -13,24 +16,26 @@ type Raw = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Err
 /// An open event stream. It ends (`None`) when the broker closes it; read
 /// again with [`crate::BrokerClient::events`] after [`EventStream::last_event_id`]
 /// to go on where it stopped.
-pub struct EventStream {
+pub struct EventStream<T = FarmEvent> {
     raw: Raw,
     base: String,
     last_event_id: Option<i64>,
+    what: PhantomData<fn() -> T>,
 }
 
-impl EventStream {
+impl<T: DeserializeOwned> EventStream<T> {
     pub(crate) fn new(response: reqwest::Response, base: String) -> Self {
         Self {
             raw: Box::pin(response.bytes_stream().eventsource()),
             base,
             last_event_id: None,
+            what: PhantomData,
         }
     }
 
     /// The next event, `None` once the stream ended. A broken connection is
     /// [`ClientError::Unreachable`].
-    pub async fn next(&mut self) -> Option<Result<FarmEvent, ClientError>> {
+    pub async fn next(&mut self) -> Option<Result<T, ClientError>> {
         loop {
             let raw = match self.raw.next().await? {
                 Ok(raw) => raw,
@@ -46,7 +51,7 @@ impl EventStream {
             if raw.data.is_empty() {
                 continue;
             }
-            let event: FarmEvent = match serde_json::from_str(&raw.data) {
+            let event: T = match serde_json::from_str(&raw.data) {
                 Ok(event) => event,
                 Err(e) => {
                     return Some(Err(ClientError::Rejected(
@@ -55,7 +60,9 @@ impl EventStream {
                     )))
                 }
             };
-            self.last_event_id = Some(event.id);
+            if let Ok(id) = raw.id.parse() {
+                self.last_event_id = Some(id);
+            }
             return Some(Ok(event));
         }
     }

@@ -20,10 +20,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use renderfarm_wire::{
-    Assignment, CompleteReport, FailReport, HealthReport, Heartbeat, HeartbeatReply, Page,
-    Priority, ProgressReport, RegisteredWorker, ReleaseReport, Render, RenderAction, RenderSpec,
-    RenderStatus, RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport,
-    Worker, WorkerAction, WorkerSpec, WorkerStatusChange,
+    Assignment, CompleteReport, FailReport, FarmSummary, HealthReport, Heartbeat, HeartbeatReply,
+    Page, Priority, ProgressReport, RegisteredWorker, ReleaseReport, Render, RenderAction,
+    RenderSpec, RenderStatus, RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus,
+    TickReport, Worker, WorkerAction, WorkerSpec, WorkerStatusChange,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
@@ -353,19 +353,39 @@ impl BrokerClient {
         render: Option<Uuid>,
         after: Option<i64>,
     ) -> Result<EventStream, ClientError> {
-        let mut request = self
-            .http
-            .get(self.url(&["events"]))
-            .header(reqwest::header::ACCEPT, "text/event-stream");
-        if let Some(Secret(token)) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let mut request = self.stream_request(&["events"]);
         if let Some(render) = render {
             request = request.query(&[("render", render.to_string())]);
         }
         if let Some(after) = after {
             request = request.header("Last-Event-ID", after.to_string());
         }
+        self.open_stream(request).await
+    }
+
+    /// `GET /events/summary`: the farm in numbers, at once and whenever they
+    /// change (at most once a second).
+    pub async fn summary(&self) -> Result<EventStream<FarmSummary>, ClientError> {
+        self.open_stream(self.stream_request(&["events", "summary"]))
+            .await
+    }
+
+    /// A request for an event stream: no time limit on the answer.
+    fn stream_request(&self, segments: &[&str]) -> RequestBuilder {
+        let request = self
+            .http
+            .get(self.url(segments))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        match &self.token {
+            Some(Secret(token)) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn open_stream<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<EventStream<T>, ClientError> {
         let request = build(request)?;
         let response = self
             .http

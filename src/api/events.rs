@@ -10,6 +10,7 @@
 //! render tallies) once a second, and keeps the latest farm summary for the
 //! summary streams.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, Responder};
 use actix_web_lab::sse;
+use bytestring::ByteString;
 use chrono::Utc;
 use renderfarm_wire::{
     EventKind, FarmEvent, FarmSummary, RenderStatus, RunningRender, WorkerCounts, WorkerStatus,
@@ -63,8 +65,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct EventHub {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    fanout: broadcast::Sender<Arc<FarmEvent>>,
-    /// Every event up to this id has been passed to `fanout` (or skipped
+    /// Every event, for the streams that follow the whole farm.
+    everything: broadcast::Sender<Arc<Encoded>>,
+    /// One render's events, for the streams that follow it (a dashboard's
+    /// render page): each gets only its render's, however busy the rest
+    /// of the farm is. Removed when nobody follows the render any more.
+    by_render: std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Arc<Encoded>>>>,
+    /// Every event up to this id has been passed on (or skipped
     /// after its gap's grace).
     position: AtomicI64,
     /// Wakes the reader early (a stream subscribed, coalesced events were
@@ -80,7 +87,8 @@ impl EventHub {
         Arc::new(Self {
             store,
             clock,
-            fanout: broadcast::channel(FANOUT_CAPACITY).0,
+            everything: broadcast::channel(FANOUT_CAPACITY).0,
+            by_render: Default::default(),
             position: AtomicI64::new(0),
             wake: Arc::new(Notify::new()),
             summary: watch::channel(None).0,
@@ -98,6 +106,63 @@ impl EventHub {
 
     fn position(&self) -> i64 {
         self.position.load(Ordering::Acquire)
+    }
+
+    /// A receiver of every event, or of one render's.
+    fn subscribe(&self, render: Option<Uuid>) -> broadcast::Receiver<Arc<Encoded>> {
+        match render {
+            None => self.everything.subscribe(),
+            Some(render) => self
+                .renders()
+                .entry(render)
+                .or_insert_with(|| broadcast::channel(FANOUT_CAPACITY / 4).0)
+                .subscribe(),
+        }
+    }
+
+    fn renders(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, broadcast::Sender<Arc<Encoded>>>> {
+        self.by_render.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether any stream is open; forgets the renders nobody follows.
+    fn listening(&self) -> bool {
+        let mut renders = self.renders();
+        renders.retain(|_, sender| sender.receiver_count() > 0);
+        !renders.is_empty() || self.everything.receiver_count() > 0
+    }
+
+    /// Passes `event` to the streams that follow it.
+    fn pass_on(&self, event: FarmEvent) {
+        let encoded = Arc::new(Encoded::new(event));
+        if let Some(render) = encoded.event.render_id {
+            if let Some(sender) = self.renders().get(&render) {
+                let _ = sender.send(encoded.clone());
+            }
+        }
+        let _ = self.everything.send(encoded);
+    }
+}
+
+/// An event with its JSON, made once for every stream that sends it.
+struct Encoded {
+    event: FarmEvent,
+    json: ByteString,
+}
+
+impl Encoded {
+    fn new(event: FarmEvent) -> Self {
+        let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_string());
+        Self {
+            event,
+            json: json.into(),
+        }
+    }
+
+    fn sse(&self) -> sse::Event {
+        sse::Data::new(self.json.clone())
+            .event(self.event.kind.as_str())
+            .id(self.event.id.to_string())
+            .into()
     }
 }
 
@@ -124,7 +189,7 @@ async fn read_loop(hub: std::sync::Weak<EventHub>) {
     let mut gap_since: Option<Instant> = None;
     loop {
         let Some(hub) = hub.upgrade() else { return };
-        let listening = hub.fanout.receiver_count() > 0;
+        let listening = hub.listening();
         if !started || !listening {
             // Nobody to tell: move to the end of the log, where the next
             // stream without a position starts.
@@ -154,7 +219,7 @@ async fn read_loop(hub: std::sync::Weak<EventHub>) {
                     };
                     for event in events.into_iter().take(pass) {
                         hub.position.store(event.id, Ordering::Release);
-                        let _ = hub.fanout.send(Arc::new(event));
+                        hub.pass_on(event);
                     }
                     if pass == READ_BATCH {
                         continue;
@@ -340,7 +405,7 @@ pub(super) async fn events(
     let hub = state.events.clone();
     // Subscribed before anything is read, so that nothing falls between the
     // log and the fan-out.
-    let fanout = hub.fanout.subscribe();
+    let fanout = hub.subscribe(query.render);
     hub.wake.notify_one();
     let start = match after {
         None => Start::At(hub.position()),
@@ -373,21 +438,13 @@ enum Start {
     Reset(i64, String),
 }
 
-fn sse_event(event: &FarmEvent) -> sse::Event {
-    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_string());
-    sse::Data::new(data)
-        .event(event.kind.as_str())
-        .id(event.id.to_string())
-        .into()
-}
-
 /// Feeds one stream: the log from where it starts up to the hub, then the
 /// hub's events; the log again whenever it falls behind the hub.
 async fn follow(
     hub: Arc<EventHub>,
     render: Option<Uuid>,
     start: Start,
-    mut fanout: broadcast::Receiver<Arc<FarmEvent>>,
+    mut fanout: broadcast::Receiver<Arc<Encoded>>,
     tx: mpsc::Sender<sse::Event>,
 ) {
     let mut seen = match start {
@@ -395,24 +452,23 @@ async fn follow(
         Start::Reset(newest, message) => {
             let mut reset = FarmEvent::new(newest, Utc::now(), EventKind::Reset);
             reset.message = Some(message);
-            if tx.send(sse_event(&reset)).await.is_err() {
+            if tx.send(Encoded::new(reset).sse()).await.is_err() {
                 return;
             }
             newest
         }
     };
-    let wanted = |event: &FarmEvent| render.is_none() || event.render_id == render;
     if catch_up(&hub, render, &mut seen, &tx).await.is_err() {
         return;
     }
     loop {
         match fanout.recv().await {
-            Ok(event) => {
-                if event.id <= seen {
+            Ok(encoded) => {
+                if encoded.event.id <= seen {
                     continue;
                 }
-                seen = event.id;
-                if wanted(&event) && tx.send(sse_event(&event)).await.is_err() {
+                seen = encoded.event.id;
+                if tx.send(encoded.sse()).await.is_err() {
                     return;
                 }
             }
@@ -450,7 +506,7 @@ async fn catch_up(
         let full = events.len() == READ_BATCH;
         for event in events.into_iter().take_while(|e| e.id <= until) {
             *seen = event.id;
-            tx.send(sse_event(&event)).await.map_err(|_| ())?;
+            tx.send(Encoded::new(event).sse()).await.map_err(|_| ())?;
         }
         if !full {
             break;

@@ -428,6 +428,8 @@ pub trait Store: Send + Sync + 'static {
     /// `progress` event for each running task whose frames done changed
     /// since its last one, a `log` event for each whose log grew, and a
     /// `render` event for each unfinished render whose progress changed.
+    /// A store that keeps status events in an outbox with each change
+    /// (MongoDB) records them here first: until then they are not visible.
     /// Called about once a `domain::COALESCE_INTERVAL` by every broker;
     /// what it records it records once. Returns how many events it recorded.
     async fn record_coalesced_events(&self, now: DateTime<Utc>) -> StoreResult<u64>;

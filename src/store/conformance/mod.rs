@@ -9,6 +9,7 @@
 //! as the release binary, has no such module.
 
 mod claims;
+mod events;
 mod leases;
 mod listings;
 mod operators;
@@ -25,6 +26,7 @@ use crate::domain::TaskReport;
 use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
 
 pub use claims::*;
+pub use events::*;
 pub use leases::*;
 pub use listings::*;
 pub use operators::*;
@@ -73,6 +75,8 @@ macro_rules! conformance_tests {
             preemption_takes_a_task_back_only_under_its_current_lease,
             one_lease_holder_at_a_time_and_a_takeover_once_it_lapses,
             the_history_tells_what_happened_to_a_task,
+            the_event_log_tells_every_change_once_in_order,
+            the_farm_summary_counts_renders_queue_and_recent_frames,
         );
     };
     (@each $make_store:path; $($name:ident),* $(,)?) => {

@@ -8,6 +8,7 @@ use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 
+use super::events::{add_set, render_event_set};
 use super::rules::retries_exhausted;
 use super::{documents::*, errors::*, renders::*, *};
 use crate::domain::tally_after;
@@ -77,12 +78,16 @@ impl MongoStore {
             }
             let status = domain_change.status;
             let change = StatusChange::tallied(&domain_change);
+            let mut update = status_update(&change);
+            if status != before {
+                update = add_set(
+                    update,
+                    render_event_set(doc.version + 1, status, doc.progress(), now),
+                );
+            }
             let written = self
                 .renders()?
-                .find_one_and_update(
-                    render_cas_filter(&doc.id, doc.version),
-                    status_update(&change),
-                )
+                .find_one_and_update(render_cas_filter(&doc.id, doc.version), update)
                 .return_document(ReturnDocument::After)
                 .await?;
             match written {
@@ -123,7 +128,7 @@ impl MongoStore {
                 .await?;
         }
         if !tasks_to_cancel.is_empty() {
-            return self
+            let after = self
                 .bulk_task_change(
                     &doc.id,
                     TaskEvent::Cancel,
@@ -132,7 +137,10 @@ impl MongoStore {
                     None,
                     now,
                 )
-                .await;
+                .await?;
+            // The status event tells the render as the cancel left it.
+            self.refresh_render_event(doc.version, &after).await?;
+            return Ok(after);
         }
         Ok(doc)
     }
@@ -226,12 +234,16 @@ impl MongoStore {
             }
             tokio::time::sleep(RECOUNT_SETTLE).await;
             let change = StatusChange::tallied(&domain_change);
+            let mut update = recount_update(&progress, failed_for_good, &change);
+            if status != before {
+                update = add_set(
+                    update,
+                    render_event_set(doc.version + 1, status, progress, now),
+                );
+            }
             let written = self
                 .renders()?
-                .find_one_and_update(
-                    render_cas_filter(&doc.id, doc.version),
-                    recount_update(&progress, failed_for_good, &change),
-                )
+                .find_one_and_update(render_cas_filter(&doc.id, doc.version), update)
                 .return_document(ReturnDocument::After)
                 .await?;
             match written {

@@ -47,6 +47,17 @@ pub(super) struct RenderDoc {
     /// Who submitted it; absent from renders stored before renders recorded it.
     #[serde(default)]
     pub(super) owner: Option<String>,
+    /// Its outbox of status events (`events::OUTBOX`) and the marker of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) events: Option<Document>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) has_events: Option<bool>,
+    /// The version and progress its last render event told: a coalesced
+    /// render event is recorded when they moved on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) seen_version: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) seen_progress: Option<Progress>,
 }
 
 impl RenderDoc {
@@ -80,6 +91,10 @@ impl RenderDoc {
             finished_at: r.finished_at.map(bson_time),
             version: 0,
             owner: r.owner.clone(),
+            events: None,
+            has_events: None,
+            seen_version: None,
+            seen_progress: None,
         }
     }
 
@@ -177,6 +192,12 @@ pub(super) struct TaskDoc {
     pub(super) log_dropped: i64,
     /// How many history entries it has: the next entry's sequence number.
     pub(super) history_seq: i64,
+    /// The frames done and log bytes written (kept + dropped) its last
+    /// events told: the next coalesced events tell what changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) seen_frames_done: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) seen_log_total: Option<i64>,
 }
 
 impl TaskDoc {
@@ -206,6 +227,8 @@ impl TaskDoc {
             log_bytes: 0,
             log_dropped: 0,
             history_seq: 0,
+            seen_frames_done: Some(0),
+            seen_log_total: Some(0),
         }
     }
 
@@ -274,6 +297,15 @@ pub(super) struct WorkerDoc {
     pub(super) offline: bool,
     pub(super) last_heartbeat: bson::DateTime,
     pub(super) registered_at: bson::DateTime,
+    /// Its outbox of status events (`events::OUTBOX`) and the marker of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) events: Option<Document>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) has_events: Option<bool>,
+    /// Whether its last event told it offline: a heartbeat brings it back
+    /// without writing an event, the next drain tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) seen_offline: Option<bool>,
 }
 
 impl WorkerDoc {

@@ -50,6 +50,10 @@ const FILES: &[(&str, &str)] = &[
         "0007_owner",
         include_str!("../../../migrations/mongodb/0007_owner.json"),
     ),
+    (
+        "0008_events",
+        include_str!("../../../migrations/mongodb/0008_events.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

@@ -89,13 +89,22 @@ struct Inner {
     waiting_for: Mutex<String>,
     /// The servers and database, without credentials, for messages.
     target: String,
-    /// Frame counts of the tasks this broker handed out, by lease: a
-    /// completion sets the task's frames done to its frame count, which an
-    /// update cannot take from the document itself (that needs a pipeline
-    /// update), so without this it would read the task first. Frames never
-    /// change under a lease, so an entry is never stale; a lease missing here
+    /// Frame counts and workers of the tasks this broker handed out, by
+    /// lease: a completion sets the task's frames done to its frame count,
+    /// which an update cannot take from the document itself (that needs a
+    /// pipeline update), and a report's event names the worker, which the
+    /// update that writes the event cannot take from the document either;
+    /// so without this a report would read the task first. Neither changes
+    /// under a lease, so an entry is never stale; a lease missing here
     /// (handed out by another broker, or before a restart) is read instead.
-    lease_frames: Mutex<HashMap<String, i64>>,
+    lease_frames: Mutex<HashMap<String, Handed>>,
+}
+
+/// What this broker remembers of a task it handed out.
+#[derive(Debug, Clone)]
+struct Handed {
+    frames: i64,
+    worker: String,
 }
 
 /// Leases remembered in [`Inner::lease_frames`] at most; past it the map
@@ -103,8 +112,8 @@ struct Inner {
 const MAX_REMEMBERED_LEASES: usize = 100_000;
 
 impl MongoStore {
-    /// Remembers the frame count of the task handed out under `lease`.
-    fn remember_frames(&self, lease: &str, frames: i64) {
+    /// Remembers the frame count and worker of the task handed out under `lease`.
+    fn remember_lease(&self, lease: &str, frames: i64, worker: &str) {
         let mut map = self
             .inner
             .lease_frames
@@ -113,12 +122,18 @@ impl MongoStore {
         if map.len() >= MAX_REMEMBERED_LEASES {
             map.clear();
         }
-        map.insert(lease.to_string(), frames);
+        map.insert(
+            lease.to_string(),
+            Handed {
+                frames,
+                worker: worker.to_string(),
+            },
+        );
     }
 
-    /// The frame count remembered for `lease`, forgotten now (the lease
-    /// ends with the report that asks).
-    fn recall_frames(&self, lease: &str) -> Option<i64> {
+    /// What is remembered of `lease`, forgotten now (the lease ends with
+    /// the report that asks).
+    fn recall_lease(&self, lease: &str) -> Option<Handed> {
         self.inner
             .lease_frames
             .lock()

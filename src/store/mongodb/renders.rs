@@ -7,10 +7,11 @@ use mongodb::options::ReturnDocument;
 use renderfarm_wire::{HistoryEvent, Page, Progress, Render, RenderStatus, TaskStatus};
 use uuid::Uuid;
 
+use super::events::{add_set, outbox_of, outbox_set, render_event_set, render_key, Entry};
 use super::{counters::*, documents::*, *};
 use crate::domain::{
     check_deletable, finished_at_after, is_claimable, render_transition, task_transition,
-    tasks_affected, BulkCause, NewRender, RenderCommand, TaskEvent,
+    tasks_affected, BulkCause, NewRender, RenderCommand, TaskEvent, LEASED_TASK_STATUS,
 };
 use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
@@ -61,8 +62,15 @@ impl MongoStore {
                 0
             };
             let change = Uuid::new_v4().to_string();
+            let mut update = bulk_update(to, now, &change);
+            if *status == LEASED_TASK_STATUS {
+                // Leaving running is a task event; the worker and frames
+                // done are each task's own, which the drain reads.
+                let key = format!("b{}", Uuid::new_v4().simple());
+                update = add_set(update, outbox_set(&key, &Entry::bulk_task(to, now)));
+            }
             let changed = tasks
-                .update_many(bulk_filter(render, *status), bulk_update(to, now, &change))
+                .update_many(bulk_filter(render, *status), update)
                 .await?
                 .modified_count;
             let changed = i64::try_from(changed).unwrap_or(i64::MAX);
@@ -126,7 +134,13 @@ impl MongoStore {
 
 pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreResult<Render> {
     let seq = store.next_seq(RENDERS).await?;
-    let render = RenderDoc::planned(&new.render, seq);
+    let mut render = RenderDoc::planned(&new.render, seq);
+    // It appears with its event, in the same insert.
+    let appeared = Entry::render(new.render.status, render.progress(), new.render.created_at);
+    render.events = Some(outbox_of(&render_key(render.version), &appeared));
+    render.has_events = Some(true);
+    render.seen_version = Some(render.version);
+    render.seen_progress = Some(render.progress());
     let tasks = store.tasks()?;
     // The marker's time moves on from the render's creation by the time the
     // writing took, so it follows whatever clock the caller planned with.
@@ -246,8 +260,16 @@ pub(super) async fn delete_render(store: &MongoStore, id: Uuid) -> StoreResult<(
     let render = store.load_render(&id).await?;
     check_deletable(render.status()?, render.tasks_running)?;
     // The render goes first: from then on nothing of it is visible, and
-    // what a crash leaves behind is finished tasks no query reaches.
-    store.renders()?.delete_one(doc! { "_id": &id }).await?;
+    // what a crash leaves behind is finished tasks no query reaches. Its
+    // waiting events, its tasks' and its deletion's are kept for the drain.
+    let deleted = store
+        .db()?
+        .collection::<Document>(RENDERS)
+        .find_one_and_delete(doc! { "_id": &id })
+        .await?;
+    if let Some(deleted) = deleted {
+        store.stash_render_deletion(deleted, Utc::now()).await?;
+    }
     let tasks: Vec<IdOnly> = store
         .tasks()?
         .clone_with_type::<IdOnly>()
@@ -296,16 +318,23 @@ pub(super) async fn change_render(
             finished_at: finished_at_after(from, to, doc.finished_at, bson_time(now)),
             reset_failure: requeue,
         };
+        let mut update = status_update(&change);
+        if to != from {
+            update = add_set(
+                update,
+                render_event_set(doc.version + 1, to, doc.progress(), now),
+            );
+        }
         if let Some(after) = renders
-            .find_one_and_update(render_cas_filter(&id, doc.version), status_update(&change))
+            .find_one_and_update(render_cas_filter(&id, doc.version), update)
             .return_document(ReturnDocument::After)
             .await?
         {
-            written = Some((from, doc.progress(), after));
+            written = Some((from, to, doc.progress(), after));
             break;
         }
     }
-    let Some((from, progress, after)) = written else {
+    let Some((from, to, progress, after)) = written else {
         return Err(StoreError::Unavailable(format!(
             "render {id} changed too often to apply the command; retry"
         )));
@@ -316,6 +345,7 @@ pub(super) async fn change_render(
     // requeue) only after. No operator command fails a render: nothing to
     // cancel beyond what the command itself changes.
     let claimable = is_claimable(after.status()?);
+    let status_version = after.version;
     let mut doc = after;
     if !claimable {
         doc = store.after_status_write(from, doc, &[], now).await?;
@@ -325,11 +355,21 @@ pub(super) async fn change_render(
         doc = store
             .bulk_task_change(&id, event, &statuses, cause, actor, now)
             .await?;
+        // The status event tells the render as the command left it, after
+        // the events of the tasks it moved.
+        store.refresh_render_event(status_version, &doc).await?;
     }
     if claimable {
         doc = store.after_status_write(from, doc, &[], now).await?;
     }
     let doc = store.save_tally(doc, false, now).await?;
+    if doc.status()? != to {
+        // The command's status was a step on the way (a resumed render
+        // that had started is rendering, not queued): the tally's status
+        // event tells where it ended, as the store's one write does on
+        // SQLite.
+        store.drop_render_event(&id, status_version).await?;
+    }
     tracing::info!(render_id = %id, ?command, "operator changed render");
     doc.to_render()
 }

@@ -36,6 +36,8 @@ impl ImportFarm for MongoStore {
         let seq = self.next_seq(RENDERS).await?;
         let mut render = RenderDoc::planned(&record.render, seq);
         render.failed_for_good = record.failed_for_good;
+        render.seen_version = Some(render.version);
+        render.seen_progress = Some(render.progress());
 
         let mut tasks = Vec::with_capacity(TASK_BATCH);
         let mut logs = Vec::new();
@@ -88,6 +90,9 @@ impl ImportFarm for MongoStore {
                 offline: worker.offline,
                 last_heartbeat: bson_time(worker.last_heartbeat),
                 registered_at: bson_time(worker.registered_at),
+                events: None,
+                has_events: None,
+                seen_offline: Some(worker.offline),
             })
             .await?;
         Ok(true)
@@ -115,6 +120,9 @@ fn task_docs(render: &RenderDoc, record: &TaskRecord) -> (TaskDoc, Vec<LogDoc>, 
     doc.log_bytes = record.log.iter().map(|c| c.len() as i64).sum();
     doc.log_dropped = record.log_dropped;
     doc.history_seq = record.history.len() as i64;
+    // A copy is not news: its events start from what it holds.
+    doc.seen_frames_done = Some(doc.frames_done);
+    doc.seen_log_total = Some(doc.log_bytes + doc.log_dropped);
     let logs = record
         .log
         .iter()

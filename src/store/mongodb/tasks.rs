@@ -7,6 +7,7 @@ use mongodb::options::{Hint, ReturnDocument};
 use renderfarm_wire::{Assignment, HistoryEvent, Page, Task, TaskHistoryEntry, TaskStatus};
 use uuid::Uuid;
 
+use super::events::{add_set, claimed_key, ended_key, outbox_set, Entry};
 use super::rules::{carries_tags, claim_sort};
 use super::{documents::*, *};
 use crate::domain::{
@@ -58,10 +59,15 @@ impl MongoStore {
     /// history says why, and who did it (`actor`, when a person did).
     /// Returns the task as it was.
     /// `fence`: [`lease_filter`], or [`report_filter`] when the worker
-    /// reporting is known.
+    /// reporting is known; `worker`: the one that held the lease, for the
+    /// event.
+    // One argument per thing the requeue records, as on the SQLite side.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn requeue_under_lease(
         &self,
         fence: Document,
+        lease: &str,
+        worker: Option<&str>,
         why: &Requeue,
         actor: Option<&str>,
         log_bytes: Option<i64>,
@@ -70,7 +76,7 @@ impl MongoStore {
         let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
         let before = self
             .tasks()?
-            .find_one_and_update(fence, requeue_update(to, now, log_bytes))
+            .find_one_and_update(fence, requeue_update(to, now, log_bytes, lease, worker))
             .return_document(ReturnDocument::Before)
             .await?;
         if let Some(before) = &before {
@@ -305,7 +311,7 @@ pub(super) async fn claim_next_task(
         Err(e) if is_duplicate_key(&e) => return store.held_assignment(&worker_key).await,
         Err(e) => return Err(e.into()),
     };
-    store.remember_frames(&lease, task.frames());
+    store.remember_lease(&lease, task.frames(), &worker_key);
     let render = store
         .tally_task_move(&task.render_id, TaskStatus::Pending, to, 0, false, now)
         .await?;
@@ -346,6 +352,23 @@ pub(super) async fn report_task(
     let log = log.filter(|t| !t.is_empty());
     let log_bytes = log.as_ref().map(|text| text.len() as i64);
     let tasks = store.tasks()?;
+    // A report that ends the lease names its worker in its event: the
+    // reporting worker's, or remembered from the claim, or read.
+    let handed = match report {
+        TaskReport::Progress { .. } => None,
+        _ => store.recall_lease(&lease),
+    };
+    let mut worker = holder_s
+        .map(str::to_string)
+        .or_else(|| handed.as_ref().map(|h| h.worker.clone()));
+    let mut frames = handed.map(|h| h.frames);
+    let ends = !matches!(report, TaskReport::Progress { .. });
+    if ends && (worker.is_none() || (frames.is_none() && matches!(report, TaskReport::Complete))) {
+        let task = store.load_task(&id).await?;
+        worker = worker.or(task.worker_id.clone());
+        frames = frames.or(Some(task.frames()));
+    }
+    let worker = worker.as_deref();
     // Each report is one update fenced by the lease, from which the task's
     // new state follows (the same update applied to the task as it was);
     // only a refused report looks further.
@@ -358,12 +381,13 @@ pub(super) async fn report_task(
         TaskReport::Release => {
             // The update `requeue_under_lease` sends, to apply to the task
             // as it was.
-            store.recall_frames(&lease);
             let to = task_transition(TaskStatus::Running, TaskEvent::Requeue)?;
-            let update = requeue_update(to, now, log_bytes);
+            let update = requeue_update(to, now, log_bytes, &lease, worker);
             store
                 .requeue_under_lease(
                     report_filter(&id, &lease, holder_s),
+                    &lease,
+                    worker,
                     &Requeue::Released,
                     None,
                     log_bytes,
@@ -374,12 +398,9 @@ pub(super) async fn report_task(
         }
         TaskReport::Complete => {
             // Its frame count, which the update sets as its frames done.
-            let frames = match store.recall_frames(&lease) {
-                Some(frames) => frames,
-                None => store.load_task(&id).await?.frames(),
-            };
+            let frames = frames.ok_or_else(|| StoreError::not_found("task", &id))?;
             let to = task_transition(TaskStatus::Running, TaskEvent::Complete)?;
-            let update = complete_update(to, frames, now, log_bytes);
+            let update = complete_update(to, frames, now, log_bytes, &lease, worker);
             let before = tasks
                 .find_one_and_update(report_filter(&id, &lease, holder_s), update.clone())
                 .return_document(ReturnDocument::Before)
@@ -410,9 +431,8 @@ pub(super) async fn report_task(
             before.map(|b| (b, update))
         }
         TaskReport::Fail { exit_code, reason } => {
-            store.recall_frames(&lease);
             let to = task_transition(TaskStatus::Running, TaskEvent::Fail)?;
-            let update = fail_update(to, *exit_code, reason, now, log_bytes);
+            let update = fail_update(to, *exit_code, reason, now, log_bytes, &lease, worker);
             let before = tasks
                 .find_one_and_update(report_filter(&id, &lease, holder_s), update.clone())
                 .return_document(ReturnDocument::Before)
@@ -506,9 +526,9 @@ pub fn claim_filter(worker_tags: &[String]) -> Document {
     }
 }
 
-/// Hands a task to `worker` under a new `lease`.
+/// Hands a task to `worker` under a new `lease`, with its event.
 pub fn claim_update(to: TaskStatus, worker: &str, lease: &str, now: DateTime<Utc>) -> Document {
-    with_history(doc! {
+    let update = with_history(doc! {
         "$set": {
             "status": to.as_str(),
             "worker_id": worker,
@@ -517,7 +537,23 @@ pub fn claim_update(to: TaskStatus, worker: &str, lease: &str, now: DateTime<Utc
             "started_at": bson_time(now),
             "finished_at": Bson::Null,
         }
-    })
+    });
+    with_task_event(update, claimed_key(lease), to, Some(worker), 0, now)
+}
+
+/// A status change to or from running records its event in the task's
+/// outbox, in the same update; its frames done are what the event tells.
+fn with_task_event(
+    update: Document,
+    key: String,
+    to: TaskStatus,
+    worker: Option<&str>,
+    frames_done: i64,
+    now: DateTime<Utc>,
+) -> Document {
+    let mut set = outbox_set(&key, &Entry::task(to, worker, frames_done, now));
+    set.insert("seen_frames_done", frames_done);
+    add_set(update, set)
 }
 
 /// The task `worker` is rendering now, if any.
@@ -557,15 +593,18 @@ pub fn complete_update(
     frames: i64,
     now: DateTime<Utc>,
     log_bytes: Option<i64>,
+    lease: &str,
+    worker: Option<&str>,
 ) -> Document {
-    with_log(
+    let update = with_log(
         with_history(doc! { "$set": {
             "status": to.as_str(),
             "frames_done": frames,
             "finished_at": bson_time(now),
         } }),
         log_bytes,
-    )
+    );
+    with_task_event(update, ended_key(lease), to, worker, frames, now)
 }
 
 /// Blender failed; frames done are forgotten (a retry renders them again).
@@ -575,8 +614,10 @@ pub fn fail_update(
     reason: &str,
     now: DateTime<Utc>,
     log_bytes: Option<i64>,
+    lease: &str,
+    worker: Option<&str>,
 ) -> Document {
-    with_log(
+    let update = with_log(
         with_history(doc! { "$set": {
             "status": to.as_str(),
             "frames_done": 0_i64,
@@ -585,13 +626,20 @@ pub fn fail_update(
             "finished_at": bson_time(now),
         } }),
         log_bytes,
-    )
+    );
+    with_task_event(update, ended_key(lease), to, worker, 0, now)
 }
 
 /// The task goes back to the queue without counting as a failure: no worker,
 /// no lease, waiting from now.
-pub fn requeue_update(to: TaskStatus, now: DateTime<Utc>, log_bytes: Option<i64>) -> Document {
-    with_log(
+pub fn requeue_update(
+    to: TaskStatus,
+    now: DateTime<Utc>,
+    log_bytes: Option<i64>,
+    lease: &str,
+    worker: Option<&str>,
+) -> Document {
+    let update = with_log(
         with_history(doc! { "$set": {
             "status": to.as_str(),
             "worker_id": Bson::Null,
@@ -600,7 +648,8 @@ pub fn requeue_update(to: TaskStatus, now: DateTime<Utc>, log_bytes: Option<i64>
             "queued_at": bson_time(now),
         } }),
         log_bytes,
-    )
+    );
+    with_task_event(update, ended_key(lease), to, worker, 0, now)
 }
 
 /// `dropped` bytes of a task's log were trimmed away.

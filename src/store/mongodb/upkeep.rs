@@ -7,11 +7,12 @@ use mongodb::options::ReturnDocument;
 use renderfarm_wire::{HistoryEvent, LeaderLease, Priority, TaskStatus};
 use uuid::Uuid;
 
+use super::events::{fresh_key, outbox_set, Entry};
 use super::rules::{claim_sort, is_in};
 use super::{documents::*, errors::*, renders::*, workers::*, *};
 use crate::domain::{
     is_claimable, task_transition, Allowances, OverdueWork, Requeue, RunningWork, TaskEvent,
-    CLAIMABLE_TASK_STATUS, FINISHED_RENDER_STATUSES, LEASED_TASK_STATUS,
+    WorkerMode, CLAIMABLE_TASK_STATUS, FINISHED_RENDER_STATUSES, LEASED_TASK_STATUS,
 };
 use crate::store::{LostWorkers, MovedTask, PreemptionInputs, Retries, StoreError, StoreResult};
 
@@ -81,7 +82,10 @@ pub(super) async fn requeue_lost_workers(
         // Conditional, so one broker marks it once and a heartbeat that
         // came in meanwhile keeps it.
         let marked = workers
-            .update_one(lost_worker_filter(&w.id, cutoff), offline_update())
+            .update_one(
+                lost_worker_filter(&w.id, cutoff),
+                offline_update(w.mode()?, now),
+            )
             .await?;
         if marked.modified_count == 1 {
             outcome.workers.push(parse_uuid(&w.id, "worker id")?);
@@ -117,6 +121,8 @@ pub(super) async fn requeue_lost_workers(
         if let Some(before) = store
             .requeue_under_lease(
                 super::tasks::lease_filter(&task.id, lease),
+                lease,
+                Some(&worker.id),
                 &why,
                 None,
                 None,
@@ -322,6 +328,8 @@ pub(super) async fn preempt_task(
     store
         .requeue_under_lease(
             super::tasks::lease_filter(&id, &lease),
+            &lease,
+            task.worker_id.as_deref(),
             &Requeue::Preempted,
             None,
             None,
@@ -529,8 +537,11 @@ pub fn silent_workers_filter(cutoff: DateTime<Utc>) -> Document {
     doc! { "offline": false, "last_heartbeat": { "$lte": bson_time(cutoff) } }
 }
 
-pub fn offline_update() -> Document {
-    doc! { "$set": { "offline": true } }
+/// Marks a worker offline, with its event (`mode`: as last read).
+pub fn offline_update(mode: WorkerMode, now: DateTime<Utc>) -> Document {
+    let mut set = doc! { "offline": true, "seen_offline": true };
+    set.extend(outbox_set(&fresh_key(), &Entry::worker(mode, true, now)));
+    doc! { "$set": set }
 }
 
 /// The lease, only if `holder` has it.

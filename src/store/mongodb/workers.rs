@@ -9,6 +9,7 @@ use mongodb::options::ReturnDocument;
 use renderfarm_wire::{Heartbeat, HeartbeatAction, Worker, WorkerAction};
 use uuid::Uuid;
 
+use super::events::{add_set, fresh_key, outbox_of, outbox_set, Entry};
 use super::{counters::*, documents::*, upkeep::*, *};
 use crate::domain::{
     check_frames_done, heartbeat_action, heartbeat_task, worker_transition, IllegalTransition,
@@ -59,6 +60,13 @@ pub(super) async fn register_worker(
         offline: false,
         last_heartbeat: bson_time(now),
         registered_at: bson_time(now),
+        // It appears with its event, in the same insert.
+        events: Some(outbox_of(
+            &fresh_key(),
+            &Entry::worker(WorkerMode::Active, false, now),
+        )),
+        has_events: Some(true),
+        seen_offline: Some(false),
     };
     store.workers()?.insert_one(&doc).await?;
     tracing::info!(worker_id = %doc.id, name = %doc.name, "worker registered");
@@ -118,8 +126,13 @@ pub(super) async fn change_worker(
             .await?
             .ok_or_else(|| StoreError::not_found("worker", &id_s))?;
         let next = worker_transition(doc.mode()?, action)?;
+        let mut update = mode_update(next);
+        if next.as_str() != doc.mode {
+            let event = Entry::worker(next, doc.offline, now);
+            update = add_set(update, outbox_set(&fresh_key(), &event));
+        }
         let changed = workers
-            .update_one(mode_cas_filter(&id_s, &doc.mode), mode_update(next))
+            .update_one(mode_cas_filter(&id_s, &doc.mode), update)
             .await?;
         if changed.matched_count == 1 {
             to = Some(next);
@@ -140,6 +153,8 @@ pub(super) async fn change_worker(
                 if store
                     .requeue_under_lease(
                         super::tasks::lease_filter(&task.id, &lease),
+                        &lease,
+                        task.worker_id.as_deref(),
                         &Requeue::WorkerDisabled,
                         actor,
                         None,
@@ -210,12 +225,14 @@ pub fn available_workers_filter() -> Document {
 
 pub(super) async fn delete_worker(store: &MongoStore, id: Uuid) -> StoreResult<()> {
     let id_s = id.to_string();
+    // Its waiting events and its deletion are kept for the drain.
     let deleted = store
-        .workers()?
-        .delete_one(doc! { "_id": &id_s, "mode": WorkerMode::Disabled.as_str() })
+        .db()?
+        .collection::<Document>(WORKERS)
+        .find_one_and_delete(doc! { "_id": &id_s, "mode": WorkerMode::Disabled.as_str() })
         .await?;
-    if deleted.deleted_count == 1 {
-        return Ok(());
+    if let Some(deleted) = deleted {
+        return store.stash_worker_deletion(deleted, Utc::now()).await;
     }
     store.get_worker(id).await?;
     Err(IllegalTransition::new(REMOVE_ONLY_DISABLED).into())

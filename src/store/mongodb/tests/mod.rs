@@ -207,6 +207,9 @@ fn every_document_written_passes_its_collection_validator() {
         offline: false,
         last_heartbeat: bson_time(t(0)),
         registered_at: bson_time(t(0)),
+        events: None,
+        has_events: None,
+        seen_offline: None,
     };
     assert_valid("workers", &bson::to_document(&worker).unwrap());
     let log = LogDoc {
@@ -262,15 +265,23 @@ fn every_task_update_leaves_a_valid_task() {
         runnable_sync("r", true, 0).1,
         claim_update(TaskStatus::Running, "w1", "l1", t(1)),
         progress_update(2, Some(10)),
-        fail_update(TaskStatus::Failed, Some(1), "boom", t(2), Some(20)),
+        fail_update(
+            TaskStatus::Failed,
+            Some(1),
+            "boom",
+            t(2),
+            Some(20),
+            "l1",
+            Some("w1"),
+        ),
         retry_update(TaskStatus::Pending, t(3)),
         claim_update(TaskStatus::Running, "w2", "l2", t(4)),
-        fail_update(TaskStatus::Failed, None, "killed", t(5), None),
+        fail_update(TaskStatus::Failed, None, "killed", t(5), None, "l2", None),
         retry_update(TaskStatus::Pending, t(6)),
         claim_update(TaskStatus::Running, "w1", "l3", t(7)),
-        requeue_update(TaskStatus::Pending, t(8), Some(5)),
+        requeue_update(TaskStatus::Pending, t(8), Some(5), "l3", Some("w1")),
         claim_update(TaskStatus::Running, "w1", "l4", t(9)),
-        complete_update(TaskStatus::Completed, 4, t(10), Some(7)),
+        complete_update(TaskStatus::Completed, 4, t(10), Some(7), "l4", Some("w1")),
         log_trimmed_update(12),
         bulk_update(TaskStatus::Pending, t(11), "c1"),
         runnable_sync("r", false, 3).1,
@@ -361,6 +372,9 @@ fn a_worker_stays_valid_as_it_beats_and_changes_mode() {
         offline: true,
         last_heartbeat: bson_time(t(0)),
         registered_at: bson_time(t(0)),
+        events: None,
+        has_events: None,
+        seen_offline: None,
     };
     let mut doc = bson::to_document(&worker).unwrap();
     apply(&mut doc, &alive_update(t(5)));

@@ -52,7 +52,7 @@ fn the_claim_sorts_by_priority_then_render_age_then_frame() {
 fn a_claim_sets_the_worker_and_a_fresh_lease() {
     let update = claim_update(TaskStatus::Running, "w1", "l1", t(5));
     assert_eq!(
-        update,
+        without_event(update),
         doc! { "$set": {
             "status": "running",
             "worker_id": "w1",
@@ -116,9 +116,17 @@ fn reports_with_log_text_take_a_log_sequence_number_and_count_its_bytes() {
         progress_update(3, None),
         doc! { "$set": { "frames_done": 3_i64 } }
     );
-    let fail = fail_update(TaskStatus::Failed, Some(1), "denoiser", t(0), None);
+    let fail = fail_update(
+        TaskStatus::Failed,
+        Some(1),
+        "denoiser",
+        t(0),
+        None,
+        "l1",
+        Some("w1"),
+    );
     assert_eq!(
-        fail,
+        without_event(fail),
         doc! { "$set": {
             "status": "failed",
             "frames_done": 0_i64,
@@ -127,13 +135,27 @@ fn reports_with_log_text_take_a_log_sequence_number_and_count_its_bytes() {
             "finished_at": bson::DateTime::from_millis(1_800_000_000_000),
         }, "$inc": { "history_seq": 1_i64 } }
     );
-    let no_code = fail_update(TaskStatus::Failed, None, "killed", t(0), Some(7));
+    let no_code = fail_update(
+        TaskStatus::Failed,
+        None,
+        "killed",
+        t(0),
+        Some(7),
+        "l1",
+        None,
+    );
     assert_eq!(
         no_code.get_document("$set").unwrap().get("exit_code"),
         Some(&Bson::Null)
     );
     assert_eq!(
-        requeue_update(TaskStatus::Pending, t(3), None),
+        without_event(requeue_update(
+            TaskStatus::Pending,
+            t(3),
+            None,
+            "l1",
+            Some("w1")
+        )),
         doc! { "$set": {
             "status": "pending",
             "worker_id": Bson::Null,
@@ -143,7 +165,14 @@ fn reports_with_log_text_take_a_log_sequence_number_and_count_its_bytes() {
         }, "$inc": { "history_seq": 1_i64 } }
     );
     assert_eq!(
-        complete_update(TaskStatus::Completed, 5, t(9), Some(64)),
+        without_event(complete_update(
+            TaskStatus::Completed,
+            5,
+            t(9),
+            Some(64),
+            "l1",
+            Some("w1")
+        )),
         doc! { "$set": {
             "status": "completed",
             "frames_done": 5_i64,
@@ -475,7 +504,10 @@ fn workers_change_by_compare_and_set_and_go_offline_once_silent() {
             "last_heartbeat": { "$lte": bson::DateTime::from_millis(1_800_000_000_000) },
         }
     );
-    assert_eq!(offline_update(), doc! { "$set": { "offline": true } });
+    assert_eq!(
+        without_event(offline_update(WorkerMode::Active, t(0))),
+        doc! { "$set": { "offline": true, "seen_offline": true } }
+    );
     assert_eq!(
         available_workers_filter(),
         doc! { "mode": "active", "offline": false }
@@ -507,4 +539,22 @@ fn open_renders_are_the_unfinished_ones() {
         lease_release_filter("scheduler", "b1"),
         doc! { "_id": "scheduler", "holder": "b1" }
     );
+}
+
+/// The update without its event (one outbox entry and its marker, and the
+/// frames done the event tells), which must be there.
+fn without_event(mut update: Document) -> Document {
+    let set = update.get_document_mut("$set").unwrap();
+    let keys: Vec<String> = set
+        .keys()
+        .filter(|k| k.starts_with("events."))
+        .cloned()
+        .collect();
+    assert_eq!(keys.len(), 1, "one event in {set}");
+    for key in keys {
+        set.remove(&key);
+    }
+    assert_eq!(set.remove("has_events"), Some(Bson::Boolean(true)));
+    set.remove("seen_frames_done");
+    update
 }
