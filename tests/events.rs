@@ -332,3 +332,58 @@ async fn a_stream_resumed_across_a_broker_sigkill_gets_every_event_exactly_once_
     assert_eq!(ids(&received), ids(&log), "every event once, in order");
     assert_eq!(received, log);
 }
+
+/// Two brokers on one MongoDB database, as replicas behind one address: a
+/// client that read part of the stream from one and reconnects to the other
+/// with `Last-Event-ID` gets the rest, once each, in order.
+#[tokio::test]
+async fn a_stream_moved_to_another_replica_on_mongodb_loses_and_repeats_nothing() {
+    let Some(target) = renderfarm_testkit::mongodb_for_tests("events across two brokers") else {
+        return;
+    };
+    let store = format!(
+        "{}/renderfarm_events_{}",
+        target.uri().trim_end_matches('/'),
+        Uuid::new_v4().simple()
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = BrokerProcess::start_with(dir_a.path(), "127.0.0.1:0", &["--store", &store]);
+    let b = BrokerProcess::start_with(dir_b.path(), "127.0.0.1:0", &["--store", &store]);
+    let (client_a, client_b) = (admin(&a), admin(&b));
+    for client in [&client_a, &client_b] {
+        // A MongoDB broker answers 503 until it has connected.
+        common::wait_for(
+            "the broker to be ready",
+            Duration::from_secs(30),
+            || async { client.ready().await.ok() },
+        )
+        .await;
+    }
+    let mut stream = client_a.events(None, Some(0)).await.unwrap();
+
+    let first = client_a.submit(&spec("on a", 4, 2)).await.unwrap();
+    let w = worker(&b, "w1").await;
+    let task = claim(&w).await;
+    let mut received = read_until(&mut stream, |e| e.task_id == Some(task.task_id)).await;
+    drop(stream);
+
+    // Changes on both replicas while the client moves.
+    client_b
+        .change_render(first.id, renderfarm_wire::RenderAction::Pause)
+        .await
+        .unwrap();
+    let second = client_a.submit(&spec("also on a", 2, 2)).await.unwrap();
+    let last = received.last().unwrap().id;
+    let mut moved = client_b.events(None, Some(last)).await.unwrap();
+    received.extend(read_until(&mut moved, |e| e.render_id == Some(second.id)).await);
+
+    let mut everything = client_a.events(None, Some(0)).await.unwrap();
+    let newest = received.last().unwrap().id;
+    let log = read_until(&mut everything, |e| e.id >= newest).await;
+    let ids = |events: &[FarmEvent]| events.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(&received), ids(&log), "every event once, in order");
+    assert!(received
+        .iter()
+        .any(|e| e.render_id == Some(first.id) && e.status.as_deref() == Some("paused")));
+    assert!(received.windows(2).all(|w| w[0].id < w[1].id));
+}
