@@ -353,6 +353,16 @@ impl BrokerClient {
         render: Option<Uuid>,
         after: Option<i64>,
     ) -> Result<EventStream, ClientError> {
+        self.events_as(render, after).await
+    }
+
+    /// [`BrokerClient::events`], each event's data read as `T` (e.g.
+    /// `serde::de::IgnoredAny` to count events without decoding them).
+    pub async fn events_as<T: DeserializeOwned>(
+        &self,
+        render: Option<Uuid>,
+        after: Option<i64>,
+    ) -> Result<EventStream<T>, ClientError> {
         let mut request = self.stream_request(&["events"]);
         if let Some(render) = render {
             request = request.query(&[("render", render.to_string())]);

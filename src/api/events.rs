@@ -11,14 +11,15 @@
 //! summary streams.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, Responder};
+use actix_web::web::{Bytes, BytesMut};
+use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use actix_web_lab::sse;
-use bytestring::ByteString;
 use chrono::Utc;
 use renderfarm_wire::{
     EventKind, FarmEvent, FarmSummary, RenderStatus, RunningRender, WorkerCounts, WorkerStatus,
@@ -143,28 +144,33 @@ impl EventHub {
     }
 }
 
-/// An event with its JSON, made once for every stream that sends it.
+/// An event with its frame on the wire, made once for every stream that
+/// sends it.
 struct Encoded {
     event: FarmEvent,
-    json: ByteString,
+    /// `id: …`, `event: …`, `data: {json}` and the blank line.
+    frame: Bytes,
 }
 
 impl Encoded {
     fn new(event: FarmEvent) -> Self {
         let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_string());
+        let frame = format!(
+            "id: {}\nevent: {}\ndata: {json}\n\n",
+            event.id,
+            event.kind.as_str()
+        );
         Self {
             event,
-            json: json.into(),
+            frame: Bytes::from(frame),
         }
     }
-
-    fn sse(&self) -> sse::Event {
-        sse::Data::new(self.json.clone())
-            .event(self.event.kind.as_str())
-            .id(self.event.id.to_string())
-            .into()
-    }
 }
+
+/// The frames one write carries at most: a busy stream sends what has
+/// gathered in one write rather than one write per event (a dashboard on a
+/// busy render gets thousands a second).
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// Logs a loop's failure once per run of failures, not on every turn.
 struct Complaint(Option<String>);
@@ -414,15 +420,22 @@ pub(super) async fn events(
             Resume::Reset { newest, message } => Start::Reset(newest, message),
         },
     };
-    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    let (tx, rx) = mpsc::channel::<Bytes>(CLIENT_QUEUE);
     tokio::spawn(follow(hub, query.render, start, fanout, tx));
-    Ok(sse::Sse::from_infallible_receiver(rx)
-        .with_keep_alive(KEEP_ALIVE)
-        .with_retry_duration(RECONNECT_AFTER)
-        .customize()
+    // Written here rather than with actix-web-lab's `Sse` (which the summary
+    // uses): that sends each event as a write of its own, and a stream on a
+    // busy render must batch them.
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|frames| (Ok::<_, Infallible>(frames), rx))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-store"))
         // Proxies such as nginx buffer responses unless told not to.
-        .insert_header(("X-Accel-Buffering", "no")))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
 }
 
 fn parse_event_id(raw: &str) -> Result<i64, ApiError> {
@@ -439,20 +452,25 @@ enum Start {
 }
 
 /// Feeds one stream: the log from where it starts up to the hub, then the
-/// hub's events; the log again whenever it falls behind the hub.
+/// hub's events, as many in one write as have gathered; the log again
+/// whenever it falls behind the hub.
 async fn follow(
     hub: Arc<EventHub>,
     render: Option<Uuid>,
     start: Start,
     mut fanout: broadcast::Receiver<Arc<Encoded>>,
-    tx: mpsc::Sender<sse::Event>,
+    tx: mpsc::Sender<Bytes>,
 ) {
+    let retry = format!("retry: {}\n\n", RECONNECT_AFTER.as_millis());
+    if tx.send(Bytes::from(retry)).await.is_err() {
+        return;
+    }
     let mut seen = match start {
         Start::At(after) => after,
         Start::Reset(newest, message) => {
             let mut reset = FarmEvent::new(newest, Utc::now(), EventKind::Reset);
             reset.message = Some(message);
-            if tx.send(Encoded::new(reset).sse()).await.is_err() {
+            if tx.send(Encoded::new(reset).frame).await.is_err() {
                 return;
             }
             newest
@@ -461,23 +479,48 @@ async fn follow(
     if catch_up(&hub, render, &mut seen, &tx).await.is_err() {
         return;
     }
+    let mut batch = BytesMut::new();
     loop {
-        match fanout.recv().await {
-            Ok(encoded) => {
-                if encoded.event.id <= seen {
-                    continue;
-                }
-                seen = encoded.event.id;
-                if tx.send(encoded.sse()).await.is_err() {
+        let first = tokio::select! {
+            first = fanout.recv() => first,
+            () = tokio::time::sleep(KEEP_ALIVE) => {
+                if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
                     return;
                 }
+                continue;
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                if catch_up(&hub, render, &mut seen, &tx).await.is_err() {
-                    return;
+        };
+        let mut lagged = false;
+        let mut next = Some(first);
+        while let Some(received) = next.take() {
+            match received {
+                Ok(encoded) => {
+                    if encoded.event.id > seen {
+                        seen = encoded.event.id;
+                        batch.extend_from_slice(&encoded.frame);
+                    }
                 }
+                Err(broadcast::error::RecvError::Lagged(_)) => lagged = true,
+                Err(broadcast::error::RecvError::Closed) => return,
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            if batch.len() < BATCH_BYTES && !lagged {
+                next = match fanout.try_recv() {
+                    Ok(encoded) => Some(Ok(encoded)),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Some(Err(broadcast::error::RecvError::Lagged(n)))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Some(Err(broadcast::error::RecvError::Closed))
+                    }
+                    Err(broadcast::error::TryRecvError::Empty) => None,
+                };
+            }
+        }
+        if !batch.is_empty() && tx.send(batch.split().freeze()).await.is_err() {
+            return;
+        }
+        if lagged && catch_up(&hub, render, &mut seen, &tx).await.is_err() {
+            return;
         }
     }
 }
@@ -487,7 +530,7 @@ async fn catch_up(
     hub: &EventHub,
     render: Option<Uuid>,
     seen: &mut i64,
-    tx: &mpsc::Sender<sse::Event>,
+    tx: &mpsc::Sender<Bytes>,
 ) -> Result<(), ()> {
     let until = hub.position();
     while *seen < until {
@@ -504,9 +547,13 @@ async fn catch_up(
             }
         };
         let full = events.len() == READ_BATCH;
+        let mut batch = BytesMut::new();
         for event in events.into_iter().take_while(|e| e.id <= until) {
             *seen = event.id;
-            tx.send(Encoded::new(event).sse()).await.map_err(|_| ())?;
+            batch.extend_from_slice(&Encoded::new(event).frame);
+        }
+        if !batch.is_empty() {
+            tx.send(batch.freeze()).await.map_err(|_| ())?;
         }
         if !full {
             break;
