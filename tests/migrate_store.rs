@@ -257,6 +257,7 @@ async fn owners_and_actors_are_copied_with_the_farm() {
     use renderfarm::store::mongodb::MongoStore;
     use renderfarm::store::snapshot::copy_farm;
     use renderfarm::store::sqlite::SqliteStore;
+    use renderfarm::domain::RenderOrder;
     use renderfarm::store::{PageRequest, RenderFilter, Store};
     use renderfarm_wire::{Priority, WorkerAction};
 
@@ -332,6 +333,7 @@ async fn owners_and_actors_are_copied_with_the_farm() {
                 owner: Some("alice".into()),
                 ..RenderFilter::default()
             },
+            RenderOrder::default(),
             PageRequest::default(),
         )
         .await

@@ -15,7 +15,9 @@ use serde_json::Value;
 use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError};
+use super::{
+    frames, health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError,
+};
 
 /// Where Swagger UI lives; the spec sits beside it.
 pub const DOCS_PATH: &str = "/api-docs";
@@ -50,6 +52,8 @@ is answered 429 with `Retry-After`.",
         renders::tasks,
         renders::change_status,
         renders::complete,
+        frames::list,
+        frames::frame,
         workers::register,
         workers::list,
         workers::get,
@@ -64,6 +68,7 @@ is answered 429 with `Retry-After`.",
         tasks::complete,
         tasks::fail,
         tasks::release,
+        tasks::requeue,
         health::health,
         health::ready,
         scheduler::status,

@@ -95,6 +95,11 @@ struct ServeArgs {
     /// Where the embedded store and default render outputs live.
     #[arg(long, env = "RENDERFARM_DATA_DIR", default_value = "renderfarm-data")]
     data_dir: PathBuf,
+    /// Where default render outputs go, and the only folder whose frames
+    /// the broker serves (`GET /renders/{id}/frames`) [default:
+    /// <data-dir>/renders].
+    #[arg(long, env = "RENDERFARM_OUTPUT_ROOT")]
+    output_root: Option<PathBuf>,
     /// Store to use: leave out for the embedded SQLite store, or a mongodb:// URI.
     #[arg(long, env = "MONGODB_URI")]
     store: Option<String>,
@@ -452,6 +457,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         StoreChoice::parse(args.store.as_deref())?,
     );
     settings.scheduler = args.scheduler.settings()?;
+    settings.output_root = args.output_root;
     settings.migrate = !args.no_migrate;
     settings.max_waiting = args.max_waiting as usize;
     settings.auth = args.auth;

@@ -5,6 +5,7 @@
 
 pub(crate) mod dispatch;
 mod frames;
+mod listing;
 mod log;
 mod render;
 mod scheduling;
@@ -18,13 +19,18 @@ pub use dispatch::{
     CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, CLAIM_ORDER, LEASED_TASK_STATUS,
 };
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
+pub use listing::{
+    compare_progress, compare_renders, default_order, name_matches, status_rank, validate_search,
+    RenderOrder, RenderSortKey, MAX_SEARCH_LEN,
+};
 pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
 pub use render::{
     check_deletable, render_transition, tasks_affected, BulkCause, NewRender, RenderCommand,
     ValidRenderSpec, FINISHED_RENDER_STATUSES, UNFINISHED_RENDER_STATUSES,
 };
 pub use renderfarm_wire::{
-    Assignment, HeartbeatAction, Priority, Progress, Render, RenderAction, RenderStatus, Task,
+    Assignment, HeartbeatAction, ListOrder, Priority, Progress, Render, RenderAction, RenderSort,
+    RenderStatus, Task,
     TaskStatus, Worker, WorkerAction, WorkerStatus,
 };
 pub use scheduling::{plan_preemption, Allowances, OverdueWork, PreemptionPlan, RunningWork};
@@ -32,8 +38,8 @@ pub use tally::{
     finished_at_after, render_change, tallied_status, tally_after, RenderChange, Tally,
 };
 pub use task::{
-    check_frames_done, heartbeat_task, retries_exhausted, statuses_affected_by, task_transition,
-    FramesOutOfRange, Requeue, TaskEvent, TaskReport, UnpairedLease,
+    check_frames_done, heartbeat_task, plan_task_requeue, retries_exhausted, statuses_affected_by, task_transition,
+    FramesOutOfRange, Requeue, TaskEvent, TaskRequeue, TaskReport, UnpairedLease,
 };
 pub use token::{
     csrf_for, csrf_matches, plan_session, plan_token, plan_worker_secret, secret_from, secret_hash,

@@ -5,7 +5,7 @@ use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction};
 use uuid::Uuid;
 
 use super::{claim, complete, plan, plan_by, t0, worker};
-use crate::domain::RenderCommand;
+use crate::domain::{RenderCommand, RenderOrder};
 use crate::domain::TaskReport;
 use crate::store::{PageRequest, RenderFilter, Store, StoreError};
 
@@ -43,7 +43,7 @@ pub async fn renders_keep_who_submitted_them_and_list_by_owner(store: &dyn Store
             owner: Some(owner.to_string()),
             ..RenderFilter::default()
         };
-        async move { store.list_renders(&filter, page).await.unwrap() }
+        async move { store.list_renders(&filter, RenderOrder::default(), page).await.unwrap() }
     };
     let alice = listed("alice", None, PageRequest::default()).await;
     assert_eq!(
@@ -90,7 +90,7 @@ pub async fn renders_keep_who_submitted_them_and_list_by_owner(store: &dyn Store
     let nobody = listed("carol", None, PageRequest::default()).await;
     assert_eq!((nobody.items.len(), nobody.total), (0, 0));
     let all = store
-        .list_renders(&RenderFilter::default(), PageRequest::default())
+        .list_renders(&RenderFilter::default(), RenderOrder::default(), PageRequest::default())
         .await
         .unwrap();
     assert_eq!(all.total, 4, "no owner filter: everyone's and no one's");
@@ -122,7 +122,7 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
         .await
         .unwrap();
     let all = store
-        .list_renders(&RenderFilter::default(), PageRequest::default())
+        .list_renders(&RenderFilter::default(), RenderOrder::default(), PageRequest::default())
         .await
         .unwrap();
     assert_eq!(all.total, 5);
@@ -134,6 +134,7 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
     let page = store
         .list_renders(
             &RenderFilter::default(),
+            RenderOrder::default(),
             PageRequest {
                 limit: 2,
                 offset: 2,
@@ -152,6 +153,7 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
                 priority: Some(Priority::High),
                 ..RenderFilter::default()
             },
+            RenderOrder::default(),
             PageRequest::default(),
         )
         .await
@@ -163,7 +165,9 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
                 priority: Some(Priority::High),
                 status: Some(RenderStatus::Paused),
                 owner: None,
+                search: None,
             },
+            RenderOrder::default(),
             PageRequest::default(),
         )
         .await

@@ -5,7 +5,7 @@ use renderfarm_wire::{HistoryEvent, Priority, RenderStatus, TaskStatus, WorkerAc
 use uuid::Uuid;
 
 use super::{assert_counters_exact, claim, complete, plan, plan_with, report, t0, worker};
-use crate::domain::RenderCommand;
+use crate::domain::{RenderCommand, RenderOrder};
 use crate::domain::TaskReport;
 use crate::store::{PageRequest, RenderFilter, Store, StoreError, StoreResult};
 
@@ -326,7 +326,7 @@ pub async fn only_a_finished_render_is_deleted_and_it_goes_whole(store: &dyn Sto
     // The other render is untouched.
     assert_eq!(
         store
-            .list_renders(&RenderFilter::default(), PageRequest::default())
+            .list_renders(&RenderFilter::default(), RenderOrder::default(), PageRequest::default())
             .await
             .unwrap()
             .items

@@ -57,6 +57,10 @@ fn migrations() -> Migrations<'static> {
             "../../../migrations/sqlite/0006_worker_secrets.sql"
         )),
         M::up(include_str!("../../../migrations/sqlite/0007_owner.sql")),
+        // 0008 is the events' migration, on main.
+        M::up(include_str!(
+            "../../../migrations/sqlite/0009_render_listing.sql"
+        )),
     ])
 }
 
