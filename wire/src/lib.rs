@@ -168,6 +168,13 @@ pub enum ListOrder {
 }
 
 impl ListOrder {
+    /// The order named `s` (`asc` or `desc`), if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [ListOrder::Asc, ListOrder::Desc]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+
     /// The name on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

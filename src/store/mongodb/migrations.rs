@@ -50,6 +50,11 @@ const FILES: &[(&str, &str)] = &[
         "0007_owner",
         include_str!("../../../migrations/mongodb/0007_owner.json"),
     ),
+    // 0008 is the events' migration, on main.
+    (
+        "0009_render_listing",
+        include_str!("../../../migrations/mongodb/0009_render_listing.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".
