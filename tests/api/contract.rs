@@ -25,6 +25,11 @@ impl ApiResponse {
         self.status
     }
 
+    /// The body as it came, for a file that is not text.
+    pub fn bytes(&self) -> &[u8] {
+        &self.body
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }

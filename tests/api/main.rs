@@ -7,6 +7,7 @@ mod bad_input;
 mod contract;
 mod helpers;
 mod lifecycle;
+mod listing;
 mod long_poll;
 mod operators;
 mod postman;
