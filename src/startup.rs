@@ -168,7 +168,10 @@ impl Application {
         } else {
             tracing::warn!("AUTH IS OFF (--auth off): anyone who can reach this broker can submit, cancel and delete renders, remove workers and act as any worker. Use it only on a trusted single machine");
         }
+        let events = api::events::EventHub::new(store.clone(), clock.clone());
+        events.start();
         let state = web::Data::new(AppState {
+            events,
             auth: Authenticator::new(settings.auth, store.clone()),
             credentials_ready,
             store,

@@ -174,12 +174,62 @@ pub enum DispatchAuth {
 /// How much slower dispatch may be with auth on than off (issue 11).
 const AUTH_BUDGET_PERCENT: f64 = 5.0;
 
+/// How much open dashboards may slow dispatch (issue 12).
+const DASHBOARD_BUDGET_PERCENT: f64 = 10.0;
+
 pub async fn dispatch(
     workers: usize,
     tasks: i64,
     auth: DispatchAuth,
     rounds: usize,
+    dashboards: usize,
+    compare_dashboards: bool,
 ) -> anyhow::Result<String> {
+    if compare_dashboards {
+        anyhow::ensure!(
+            dashboards > 0,
+            "--compare-dashboards needs --dashboards N (N > 0)"
+        );
+        let auth = match auth {
+            DispatchAuth::On => Auth::On,
+            DispatchAuth::Off => Auth::Off,
+            DispatchAuth::Compare => {
+                anyhow::bail!(
+                    "compare one thing at a time: --auth on or off with --compare-dashboards"
+                )
+            }
+        };
+        let comparison = Comparison {
+            bench: "dispatch",
+            what: "dashboards",
+            figure: "tasks_per_sec",
+            unit: "tasks/s",
+            baseline: Side {
+                label: "0",
+                setting: 0,
+            },
+            candidate: Side {
+                label: "open",
+                setting: dashboards,
+            },
+            budget_percent: DASHBOARD_BUDGET_PERCENT,
+            rounds,
+            lower_is_better: &["claim_p99_ms"],
+            details: &[
+                "broker_cpu_us_per_task",
+                "claim_p99_ms",
+                "events_received",
+                "others_cpu_percent",
+            ],
+        };
+        let mut summary = comparison
+            .run(|dashboards| dispatch_once(workers, tasks, auth, dashboards))
+            .await?;
+        summary["workers"] = json!(workers);
+        summary["tasks"] = json!(tasks);
+        summary["dashboards"] = json!(dashboards);
+        return Ok(summary.to_string());
+    }
     let auth = match auth {
         DispatchAuth::On => Auth::On,
         DispatchAuth::Off => Auth::Off,
@@ -202,6 +252,7 @@ pub async fn dispatch(
                 },
                 budget_percent: AUTH_BUDGET_PERCENT,
                 rounds,
+                lower_is_better: &[],
                 details: &[
                     "broker_cpu_us_per_task",
                     "claim_p99_ms",
@@ -209,18 +260,56 @@ pub async fn dispatch(
                 ],
             };
             let mut summary = comparison
-                .run(|auth| dispatch_once(workers, tasks, auth))
+                .run(|auth| dispatch_once(workers, tasks, auth, dashboards))
                 .await?;
             summary["workers"] = json!(workers);
             summary["tasks"] = json!(tasks);
             return Ok(summary.to_string());
         }
     };
-    Ok(dispatch_once(workers, tasks, auth).await?.line.to_string())
+    Ok(dispatch_once(workers, tasks, auth, dashboards)
+        .await?
+        .line
+        .to_string())
+}
+
+/// Opens `count` dashboards' streams on `render`: each the farm summary and
+/// the render's events, read as a browser would, until aborted. Counts
+/// what they receive.
+async fn open_dashboards(
+    admin: &BrokerClient,
+    render: uuid::Uuid,
+    count: usize,
+    received: Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    use std::sync::atomic::Ordering;
+    let mut readers = Vec::with_capacity(2 * count);
+    for _ in 0..count {
+        let mut summary = admin.summary().await?;
+        let mut events = admin.events(Some(render), None).await?;
+        let counted = received.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = summary.next().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        let counted = received.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = events.next().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    Ok(readers)
 }
 
 /// One dispatch run with a broker of its own.
-async fn dispatch_once(workers: usize, tasks: i64, auth: Auth) -> anyhow::Result<Run> {
+async fn dispatch_once(
+    workers: usize,
+    tasks: i64,
+    auth: Auth,
+    dashboards: usize,
+) -> anyhow::Result<Run> {
     let broker = Broker::start(auth)?;
     let enrolment = broker.enrolment()?;
     let address = broker.address.clone();
@@ -228,7 +317,10 @@ async fn dispatch_once(workers: usize, tasks: i64, auth: Auth) -> anyhow::Result
     for i in 0..workers {
         registered.push(register(&enrolment, format!("sim-{i}")).await?);
     }
-    broker.admin()?.submit(&spec("dispatch", tasks)).await?;
+    let admin = broker.admin()?;
+    let render = admin.submit(&spec("dispatch", tasks)).await?;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let readers = open_dashboards(&admin, render.id, dashboards, received.clone()).await?;
     let samples = Arc::new(Mutex::new(Samples::default()));
     let before = machine::Reading::now(broker.pid())?;
     let started = Instant::now();
@@ -255,6 +347,9 @@ async fn dispatch_once(workers: usize, tasks: i64, auth: Auth) -> anyhow::Result
     }
     let seconds = started.elapsed().as_secs_f64();
     let (cpu, others_percent) = machine::Reading::now(broker.pid())?.since(&before);
+    for reader in readers {
+        reader.abort();
+    }
     let (rss, peak) = broker.rss_mb();
     let mut samples = samples.lock().await;
     samples.claims.sort();
@@ -274,6 +369,8 @@ async fn dispatch_once(workers: usize, tasks: i64, auth: Auth) -> anyhow::Result
             "workers": workers,
             "seconds": (seconds * 1000.0).round() / 1000.0,
             "tasks_per_sec": tasks_per_sec.round(),
+            "dashboards": dashboards,
+            "events_received": received.load(std::sync::atomic::Ordering::Relaxed),
             "claim_p50_ms": quantile_ms(&samples.claims, 0.50),
             "claim_p99_ms": quantile_ms(&samples.claims, 0.99),
             "complete_p99_ms": quantile_ms(&samples.completes, 0.99),

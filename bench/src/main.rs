@@ -41,9 +41,19 @@ enum Command {
         /// 5 % budget.
         #[arg(long, value_enum, default_value = "on")]
         auth: DispatchAuth,
-        /// With `--auth compare`: rounds of each.
+        /// With `--auth compare` or `--compare-dashboards`: rounds of each.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Dashboards open during the run, each following the farm summary
+        /// (`GET /events/summary`) and the dispatched render's events
+        /// (`GET /events?render=`).
+        #[arg(long, default_value_t = 0)]
+        dashboards: usize,
+        /// Alternates rounds without and with `--dashboards` (a fresh
+        /// broker each) and compares the best of each, throughput and claim
+        /// p99, against the 10 % budget.
+        #[arg(long)]
+        compare_dashboards: bool,
     },
     /// Claim latency with N tasks already queued, and the broker's memory.
     Depth {
@@ -141,7 +151,9 @@ fn main() -> ExitCode {
                 tasks,
                 auth,
                 rounds,
-            } => load::dispatch(workers, tasks, auth, rounds).await,
+                dashboards,
+                compare_dashboards,
+            } => load::dispatch(workers, tasks, auth, rounds, dashboards, compare_dashboards).await,
             Command::Depth {
                 queued,
                 claims,

@@ -5,7 +5,10 @@
 //! broker's `Retry-After`; register again; give up).
 
 mod error;
+mod events;
 mod tls;
+
+pub use events::EventStream;
 
 pub use error::ClientError;
 /// The status of a [`ClientError::Rejected`] answer.
@@ -17,10 +20,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use renderfarm_wire::{
-    Assignment, CompleteReport, FailReport, FrameList, HealthReport, Heartbeat, HeartbeatReply,
-    ListOrder, Page, Priority, ProgressReport, RegisteredWorker, ReleaseReport, Render, RenderAction, RenderSort,
-    RenderSpec, RenderStatus, RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport,
-    Worker, WorkerAction, WorkerSpec, WorkerStatusChange,
+    Assignment, CompleteReport, FailReport, FarmSummary, FrameList, HealthReport, Heartbeat,
+    HeartbeatReply, ListOrder, Page, Priority, ProgressReport, RegisteredWorker, ReleaseReport,
+    Render, RenderAction, RenderSort, RenderSpec, RenderStatus, RenderStatusChange,
+    SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker, WorkerAction, WorkerSpec,
+    WorkerStatusChange,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
@@ -367,6 +371,70 @@ impl BrokerClient {
         let id = id.to_string();
         let request = build(self.request(Method::GET, &["tasks", &id, "log"]))?;
         Ok(self.execute(request).await?.1)
+    }
+
+    // --- events ---
+
+    /// `GET /events`: the farm's changes as they happen, only `render`'s
+    /// when given, from after event `after` when given (else from now).
+    /// The stream has no time limit (the broker sends a comment every 15 s
+    /// while nothing happens); connecting has the client's.
+    pub async fn events(
+        &self,
+        render: Option<Uuid>,
+        after: Option<i64>,
+    ) -> Result<EventStream, ClientError> {
+        let mut request = self.stream_request(&["events"]);
+        if let Some(render) = render {
+            request = request.query(&[("render", render.to_string())]);
+        }
+        if let Some(after) = after {
+            request = request.header("Last-Event-ID", after.to_string());
+        }
+        self.open_stream(request).await
+    }
+
+    /// `GET /events/summary`: the farm in numbers, at once and whenever they
+    /// change (at most once a second).
+    pub async fn summary(&self) -> Result<EventStream<FarmSummary>, ClientError> {
+        self.open_stream(self.stream_request(&["events", "summary"]))
+            .await
+    }
+
+    /// A request for an event stream: no time limit on the answer.
+    fn stream_request(&self, segments: &[&str]) -> RequestBuilder {
+        let request = self
+            .http
+            .get(self.url(segments))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        match &self.token {
+            Some(Secret(token)) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn open_stream<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<EventStream<T>, ClientError> {
+        let request = build(request)?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| self.not_sent(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = error::retry_after(response.headers());
+            let text = response.text().await.unwrap_or_default();
+            return Err(ClientError::from_answer(
+                &self.base,
+                status,
+                text,
+                retry_after,
+            ));
+        }
+        Ok(EventStream::new(response, self.base.clone()))
     }
 
     // --- scheduler and health ---

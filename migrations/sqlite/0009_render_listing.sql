@@ -1,5 +1,5 @@
 -- renderfarm embedded store, version 9: the dashboard's renders page.
--- Independent of version 8 (taken on another branch), and idempotent, so
+-- Independent of version 8 (the event log, from the same issue), and idempotent, so
 -- the two apply in either history.
 
 -- `sort=name` walks this index in either direction (ties by submission in

@@ -4,6 +4,7 @@
 pub mod auth;
 mod body;
 pub mod error;
+pub mod events;
 pub mod frames;
 mod health;
 pub mod openapi;
@@ -54,6 +55,8 @@ pub struct AppState {
     /// (a file descriptor) for up to a minute.
     pub waiting: AtomicUsize,
     pub max_waiting: usize,
+    /// The event log's reader and the farm summary, shared by every stream.
+    pub events: Arc<events::EventHub>,
     /// Checks credentials (or lets everyone in, with `--auth off`).
     pub auth: auth::Authenticator,
     /// Whether the credentials the broker starts with are stored (a MongoDB
@@ -98,6 +101,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     workers::configure(cfg);
     tasks::configure(cfg);
     renders::configure(cfg);
+    events::configure(cfg);
     frames::configure(cfg);
     health::configure(cfg);
     scheduler::configure(cfg);

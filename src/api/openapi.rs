@@ -16,7 +16,8 @@ use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    frames, health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError,
+    events, frames, health, renders, scheduler, session, signed, tasks, tokens, workers,
+    ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -80,6 +81,8 @@ is answered 429 with `Retry-After`.",
         session::whoami,
         session::sign_out,
         signed::sign,
+        events::events,
+        events::summary,
     ),
     components(schemas(ErrorBody, ErrorCode), responses(
         Unauthorized,
@@ -100,6 +103,7 @@ is answered 429 with `Retry-After`.",
         (name = "health", description = "Liveness and readiness probes."),
         (name = "scheduler", description = "The periodic tick: lost workers, retries, preemption, counter recount; run it now, see what it did."),
         (name = "tokens", description = "Credentials (admins): issue, list and revoke tokens."),
+        (name = "events", description = "The farm's changes as they happen (Server-Sent Events), resumable with `Last-Event-ID`; the farm in numbers, live."),
         (name = "session", description = "Browsers: sign in with a token for a session cookie; signed links for downloads."),
     ),
     modifiers(&Credentials)

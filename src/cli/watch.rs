@@ -5,12 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use renderfarm_client::{BrokerClient, ClientError, RenderQuery};
-use renderfarm_wire::{Render, RenderStatus, Task, Worker, WorkerStatus};
+use renderfarm_client::{BrokerClient, ClientError, EventStream, RenderQuery};
+use renderfarm_wire::{EventKind, FarmEvent, Render, RenderStatus, Task, Worker, WorkerStatus};
 use uuid::Uuid;
 
 use super::client::explain;
@@ -24,7 +24,9 @@ pub struct WatchArgs {
     /// Renders to follow, by id. Leave out to follow every unfinished render,
     /// new ones included, until Ctrl-C.
     ids: Vec<String>,
-    /// Time between two looks at the broker.
+    /// The least time between two looks at the broker; it looks when its
+    /// event stream tells of a change (or every interval, for a broker
+    /// without one).
     #[arg(long, default_value = "1s", value_parser = super::parse_positive_duration)]
     interval: Duration,
     #[command(flatten)]
@@ -74,8 +76,11 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
 
 /// Follows `target`, showing each look in `view`, until every render named
 /// has finished (never, for [`Target::Unfinished`]); returns their last state.
-/// The first look must reach the broker; later ones that cannot are shown and
-/// tried again, so a watch outlives a broker restart.
+/// It looks again when the broker's event stream (`GET /events`) tells of a
+/// change to what it shows, at most once an `interval`; a broker without
+/// the stream is asked every `interval` instead. The first look must reach
+/// the broker; later ones that cannot are shown and tried again, so a watch
+/// outlives a broker restart.
 pub async fn follow(
     client: &BrokerClient,
     target: &Target,
@@ -84,7 +89,10 @@ pub async fn follow(
 ) -> anyhow::Result<Vec<Render>> {
     let mut renders: Vec<Render> = Vec::new();
     let mut first = true;
+    // Opened before the first look, so that no change falls between the two.
+    let mut changes = Changes::open(client).await;
     loop {
+        let looked = Instant::now();
         // The broker's Retry-After (over the rate limit, store away) when it
         // asks for longer than the interval.
         let mut pause = interval;
@@ -106,7 +114,87 @@ pub async fn follow(
             // Finished renders were shown once as such; stop following them.
             Target::Unfinished => renders.retain(|r| !r.status.is_finished()),
         }
-        tokio::time::sleep(pause).await;
+        let followed: HashSet<Uuid> = renders.iter().map(|r| r.id).collect();
+        let shows = |event: &FarmEvent| match target {
+            // Any render may be new, and any task may be a followed one's.
+            Target::Unfinished => event.render_id.is_some(),
+            Target::These(_) => event.render_id.is_some_and(|id| followed.contains(&id)),
+        };
+        changes.wait(client, shows, pause, view).await;
+        // At most one look an interval, however many changes.
+        tokio::time::sleep_until((looked + pause).into()).await;
+    }
+}
+
+/// The broker's event stream, as `watch` uses it: to know when to look.
+struct Changes {
+    stream: Option<EventStream>,
+    /// The last event read, to resume after when the stream is opened again.
+    last: Option<i64>,
+    /// The broker has no event stream (an older broker): ask every interval.
+    polling: bool,
+}
+
+impl Changes {
+    async fn open(client: &BrokerClient) -> Self {
+        let mut changes = Self {
+            stream: None,
+            last: None,
+            polling: false,
+        };
+        changes.connect(client).await;
+        changes
+    }
+
+    async fn connect(&mut self, client: &BrokerClient) {
+        match client.events(None, self.last).await {
+            Ok(stream) => self.stream = Some(stream),
+            // A broker from before the event stream.
+            Err(ClientError::NotFound(_)) => self.polling = true,
+            // Unreachable now, say: poll until the stream opens again.
+            Err(_) => self.stream = None,
+        }
+    }
+
+    /// Waits until the stream tells of an event `shows` keeps; or for
+    /// `interval` when there is no stream (then tries to open it again).
+    async fn wait(
+        &mut self,
+        client: &BrokerClient,
+        shows: impl Fn(&FarmEvent) -> bool,
+        interval: Duration,
+        view: &View,
+    ) {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                tokio::time::sleep(interval).await;
+                if !self.polling {
+                    self.connect(client).await;
+                }
+                return;
+            };
+            match stream.next().await {
+                Some(Ok(event)) => {
+                    self.last = Some(event.id);
+                    if event.kind == EventKind::Reset || shows(&event) {
+                        return;
+                    }
+                }
+                // Broken or closed (the broker restarts): look now, and open
+                // it again after the last event read.
+                Some(Err(e)) => {
+                    view.note(&format!("{e}; following again"));
+                    self.stream = None;
+                    self.connect(client).await;
+                    return;
+                }
+                None => {
+                    self.stream = None;
+                    self.connect(client).await;
+                    return;
+                }
+            }
+        }
     }
 }
 

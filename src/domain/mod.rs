@@ -4,6 +4,7 @@
 //! themselves.
 
 pub(crate) mod dispatch;
+mod events;
 mod frames;
 mod listing;
 mod log;
@@ -18,6 +19,10 @@ pub use dispatch::{
     carries_tags, is_claimable, lease_accepts, ClaimKey, LeaseRefusal, SortOrder, TaskLease,
     CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, CLAIM_ORDER, LEASED_TASK_STATUS,
 };
+pub use events::{
+    contiguous_prefix, event_cutoff, resume_from, EventBounds, Resume, COALESCE_INTERVAL,
+    EVENTS_KEPT, EVENT_GAP_GRACE, EVENT_RETENTION, SUMMARY_INTERVAL, SUMMARY_RUNNING_LIMIT,
+};
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
 pub use listing::{
     compare_progress, compare_renders, default_order, name_matches, status_rank, validate_search,
@@ -29,9 +34,9 @@ pub use render::{
     ValidRenderSpec, FINISHED_RENDER_STATUSES, UNFINISHED_RENDER_STATUSES,
 };
 pub use renderfarm_wire::{
-    Assignment, HeartbeatAction, ListOrder, Priority, Progress, Render, RenderAction, RenderSort,
-    RenderStatus, Task,
-    TaskStatus, Worker, WorkerAction, WorkerStatus,
+    Assignment, EventKind, FarmEvent, FarmSummary, HeartbeatAction, ListOrder, Priority, Progress,
+    Render, RenderAction, RenderSort, RenderStatus, Task, TaskStatus, Worker, WorkerAction,
+    WorkerStatus,
 };
 pub use scheduling::{plan_preemption, Allowances, OverdueWork, PreemptionPlan, RunningWork};
 pub use tally::{

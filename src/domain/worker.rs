@@ -18,6 +18,13 @@ pub enum WorkerMode {
 }
 
 impl WorkerMode {
+    /// Every mode.
+    pub const ALL: [WorkerMode; 3] = [
+        WorkerMode::Active,
+        WorkerMode::Draining,
+        WorkerMode::Disabled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerMode::Active => "active",

@@ -175,6 +175,13 @@ impl Scheduler {
             );
         }
         self.store.clear_abandoned_writes(now).await?;
+        let events = self
+            .store
+            .purge_events(crate::domain::event_cutoff(now), crate::domain::EVENTS_KEPT)
+            .await?;
+        if events > 0 {
+            tracing::debug!(events, "old events purged");
+        }
 
         if let Some(keep) = self.settings.keep_finished {
             report.purged = self.purge_finished(now - keep).await?;

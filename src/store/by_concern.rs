@@ -1,6 +1,6 @@
 //! Both backends implement [`Store`](super::Store) the same way: every
 //! operation is the function of the same name in the file of its concern
-//! (`renders.rs`, `tasks.rs`, `workers.rs`, `upkeep.rs`), so the two folders
+//! (`renders.rs`, `tasks.rs`, `workers.rs`, `upkeep.rs`, `events.rs`), so the two folders
 //! stay mirrors and an operation is found in the same place on both sides.
 
 /// Implements `Store` for `$store`, invoked in the backend's `mod.rs`: each
@@ -12,16 +12,17 @@ macro_rules! store_by_concern {
         const _: () = {
             use ::chrono::{DateTime, Utc};
             use ::renderfarm_wire::{
-                Assignment, Heartbeat, HeartbeatAction, LeaderLease, Page, Render, Task,
+                Assignment, FarmEvent, Heartbeat, HeartbeatAction, LeaderLease, Page, Render, Task,
                 TaskHistoryEntry, TaskStatus, Worker, WorkerAction,
             };
             use ::uuid::Uuid;
             use $crate::domain::{
-                Allowances, NewRender, RenderCommand, RenderOrder, StoredToken, TaskReport, ValidWorkerSpec,
+                Allowances, EventBounds, NewRender, RenderCommand, RenderOrder, StoredToken,
+                TaskReport, ValidWorkerSpec,
             };
             use $crate::store::{
-                LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter, Retries,
-                Store, StoreResult,
+                FarmCounts, LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter,
+                Retries, Store, StoreResult,
             };
 
             #[::async_trait::async_trait]
@@ -243,6 +244,31 @@ macro_rules! store_by_concern {
 
                 async fn delete_worker(&self, id: Uuid) -> StoreResult<()> {
                     workers::delete_worker(self, id).await
+                }
+
+                async fn events_after(
+                    &self,
+                    after: i64,
+                    render: Option<Uuid>,
+                    limit: usize,
+                ) -> StoreResult<Vec<FarmEvent>> {
+                    events::events_after(self, after, render, limit).await
+                }
+
+                async fn event_bounds(&self) -> StoreResult<EventBounds> {
+                    events::event_bounds(self).await
+                }
+
+                async fn record_coalesced_events(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+                    events::record_coalesced_events(self, now).await
+                }
+
+                async fn purge_events(&self, before: DateTime<Utc>, keep: i64) -> StoreResult<u64> {
+                    events::purge_events(self, before, keep).await
+                }
+
+                async fn farm_counts(&self, since: DateTime<Utc>) -> StoreResult<FarmCounts> {
+                    events::farm_counts(self, since).await
                 }
             }
         };

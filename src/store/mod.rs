@@ -16,14 +16,16 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{
-    Assignment, Heartbeat, HeartbeatAction, LeaderLease, Page, Priority, Render, RenderStatus,
-    Task, TaskHistoryEntry, TaskStatus, Worker, WorkerAction,
+    Assignment, EventKind, FarmEvent, Heartbeat, HeartbeatAction, LeaderLease, Page, Priority,
+    QueueDepth, Render, RenderCounts, RenderStatus, Task, TaskHistoryEntry, TaskStatus, Worker,
+    WorkerAction,
 };
 use uuid::Uuid;
 
 use crate::domain::{
-    Allowances, IllegalTransition, RenderOrder, LeaseRefusal, NewRender, OverdueWork, RenderCommand,
-    RunningWork, StoredToken, TaskReport, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
+    Allowances, EventBounds, IllegalTransition, LeaseRefusal, NewRender, OverdueWork,
+    RenderCommand, RenderOrder, RunningWork, StoredToken, TaskReport, ValidWorkerSpec, WorkerMode,
+    WorkerUnavailable,
 };
 
 /// The small vocabulary every backend's failures are translated into, once.
@@ -112,6 +114,12 @@ impl Stored for TaskStatus {
     }
 }
 
+impl Stored for EventKind {
+    fn stored(self) -> &'static str {
+        self.as_str()
+    }
+}
+
 impl Stored for WorkerMode {
     fn stored(self) -> &'static str {
         self.as_str()
@@ -183,6 +191,16 @@ pub struct PreemptionInputs {
     pub running: Vec<RunningWork>,
     /// Tags of each worker that could take work now.
     pub idle_worker_tags: Vec<Vec<String>>,
+}
+
+/// What the farm summary counts in the store (`Store::farm_counts`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FarmCounts {
+    pub renders: RenderCounts,
+    /// Pending tasks of renders that may run, by priority.
+    pub queue: QueueDepth,
+    /// Frames of the tasks that completed since the time asked about.
+    pub frames_since: i64,
 }
 
 /// The operations the broker needs from persistence.
@@ -406,4 +424,34 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a disabled worker (`IllegalTransition` when it is not
     /// disabled: disabling first puts its task back in the queue).
     async fn delete_worker(&self, id: Uuid) -> StoreResult<()>;
+
+    /// Events after `after`, lowest id first, at most `limit`; only those of
+    /// `render` when given. Ids are handed out in order, but on a store
+    /// several brokers write, one may become visible after a higher one
+    /// (see `domain::contiguous_prefix`).
+    async fn events_after(
+        &self,
+        after: i64,
+        render: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<FarmEvent>>;
+
+    /// The event ids kept.
+    async fn event_bounds(&self) -> StoreResult<EventBounds>;
+
+    /// Records what is coalesced rather than recorded with each change: a
+    /// `progress` event for each running task whose frames done changed
+    /// since its last one, a `log` event for each whose log grew, and a
+    /// `render` event for each unfinished render whose progress changed.
+    /// Called about once a `domain::COALESCE_INTERVAL` by every broker;
+    /// what it records it records once. Returns how many events it recorded.
+    async fn record_coalesced_events(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Deletes events recorded before `before`, and all but the newest
+    /// `keep`; returns how many went.
+    async fn purge_events(&self, before: DateTime<Utc>, keep: i64) -> StoreResult<u64>;
+
+    /// The counts of the farm summary; `frames_since` counts the frames of
+    /// tasks completed since `since`.
+    async fn farm_counts(&self, since: DateTime<Utc>) -> StoreResult<FarmCounts>;
 }

@@ -75,6 +75,8 @@ const TABLE: &[(&str, &str, Needs)] = {
         ("POST", "/session", Person(Viewer)),
         ("DELETE", "/session", Session),
         ("POST", "/signed-urls", Person(Viewer)),
+        ("GET", "/events", Person(Viewer)),
+        ("GET", "/events/summary", Person(Viewer)),
     ]
 };
 

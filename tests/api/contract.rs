@@ -62,7 +62,11 @@ pub async fn send(request: reqwest::RequestBuilder) -> ApiResponse {
     let status = response.status();
     let headers = response.headers().clone();
     let url = response.url().clone();
-    let body = response.bytes().await.expect("the body").to_vec();
+    let body = if is_event_stream(&headers) {
+        first_events(response).await
+    } else {
+        response.bytes().await.expect("the body").to_vec()
+    };
     let answer = ApiResponse {
         status,
         headers,
@@ -77,6 +81,28 @@ pub async fn send(request: reqwest::RequestBuilder) -> ApiResponse {
         );
     }
     answer
+}
+
+fn is_event_stream(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// The start of an event stream, which never ends by itself: what arrived
+/// until its first event with data, or for two seconds.
+async fn first_events(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(until, response.chunk()).await {
+        body.extend_from_slice(&chunk);
+        let text = String::from_utf8_lossy(&body);
+        if text.contains("\ndata:") && text.ends_with("\n\n") {
+            break;
+        }
+    }
+    body
 }
 
 /// The spec the broker serves, and the schema validators built from it.
@@ -248,6 +274,16 @@ impl Contract {
         })?;
         if media_type == "application/json" {
             self.check_json(&media["schema"], answer)
+        } else if media_type == "text/event-stream" {
+            // Each event's data is one JSON document of the declared schema.
+            let text = std::str::from_utf8(&answer.body)
+                .map_err(|_| "an event stream that is not UTF-8".to_string())?;
+            for data in text.lines().filter_map(|l| l.strip_prefix("data:")) {
+                let data: Value = serde_json::from_str(data.trim())
+                    .map_err(|e| format!("an event's data is not JSON: {e}: {data}"))?;
+                self.validate_against(&media["schema"], &data)?;
+            }
+            Ok(())
         } else if media.get("schema").is_none() {
             // A file of that type (an image): bytes with no schema to check.
             Ok(())

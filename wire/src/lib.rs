@@ -1112,3 +1112,181 @@ pub struct SignedUrl {
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub expires_at: Timestamp,
 }
+
+/// What a [`FarmEvent`] tells of: its `event:` name on the stream.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A render appeared, changed status, or (at most once a second) its
+    /// progress changed: `render_id`, `status`, `progress`.
+    Render,
+    /// A render was deleted: `render_id`.
+    RenderDeleted,
+    /// A task changed status in a move that involves a worker (claimed,
+    /// completed, failed, released, requeued or preempted from running):
+    /// `task_id`, `render_id`, `status`, `worker_id`, `frames_done`. Bulk
+    /// moves of a whole render by an operator show as a `render` event.
+    Task,
+    /// A running task's frames done changed (at most once a second per task):
+    /// `task_id`, `render_id`, `worker_id`, `frames_done`.
+    Progress,
+    /// A running task's log grew (at most once a second per task): `task_id`,
+    /// `render_id`, `log_bytes` (bytes kept now).
+    Log,
+    /// A worker registered, or its mode or being offline changed:
+    /// `worker_id`, `status`.
+    Worker,
+    /// A worker was removed: `worker_id`.
+    WorkerDeleted,
+    /// Not stored: the stream could not resume where the client asked
+    /// (older than the broker keeps, or unknown): reload, then go on from
+    /// this event's id. `message` says why.
+    Reset,
+}
+
+impl EventKind {
+    /// Every kind that is stored (all but `reset`).
+    pub const STORED: [EventKind; 7] = [
+        EventKind::Render,
+        EventKind::RenderDeleted,
+        EventKind::Task,
+        EventKind::Progress,
+        EventKind::Log,
+        EventKind::Worker,
+        EventKind::WorkerDeleted,
+    ];
+
+    /// The snake_case name used on the wire (the SSE `event:` field) and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Render => "render",
+            EventKind::RenderDeleted => "render_deleted",
+            EventKind::Task => "task",
+            EventKind::Progress => "progress",
+            EventKind::Log => "log",
+            EventKind::Worker => "worker",
+            EventKind::WorkerDeleted => "worker_deleted",
+            EventKind::Reset => "reset",
+        }
+    }
+
+    /// The kind named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::STORED
+            .into_iter()
+            .chain([EventKind::Reset])
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One change in the farm, as `GET /events` sends it (the `data:` of one
+/// server-sent event; its `id:` and `event:` repeat `id` and `kind`). Which
+/// fields are set depends on `kind` (see [`EventKind`]); the others are
+/// absent.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": 4182, "at": "2026-11-24T01:17:19.104233Z", "kind": "task", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "worker_id": "01a20b21-0c1d-7d3e-8f90-a1b2c3d4e5f6", "status": "running", "frames_done": 0})))]
+pub struct FarmEvent {
+    /// Its place in the farm's sequence of events: strictly increasing.
+    pub id: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: Timestamp,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<Uuid>,
+    /// The new status of the render, task or worker the event names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames_done: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<i64>,
+    /// Why the stream starts over (`reset` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl FarmEvent {
+    /// An event of `kind` with nothing but its place and time set.
+    pub fn new(id: i64, at: Timestamp, kind: EventKind) -> Self {
+        Self {
+            id,
+            at,
+            kind,
+            render_id: None,
+            task_id: None,
+            worker_id: None,
+            status: None,
+            frames_done: None,
+            progress: None,
+            log_bytes: None,
+            message: None,
+        }
+    }
+}
+
+/// Renders by status (`GET /events/summary`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderCounts {
+    pub queued: i64,
+    pub rendering: i64,
+    pub paused: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub canceled: i64,
+}
+
+/// Pending tasks by priority: the queue's depth (`GET /events/summary`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    pub low: i64,
+    pub normal: i64,
+    pub high: i64,
+    pub urgent: i64,
+}
+
+/// Workers by status (`GET /events/summary`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCounts {
+    pub idle: i64,
+    pub busy: i64,
+    pub offline: i64,
+    pub draining: i64,
+    pub disabled: i64,
+}
+
+/// A render rendering now, in the farm summary.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningRender {
+    pub id: Uuid,
+    pub name: String,
+    pub priority: Priority,
+    pub progress: Progress,
+}
+
+/// The farm in numbers: the `data:` of `GET /events/summary`'s events.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FarmSummary {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: Timestamp,
+    pub renders: RenderCounts,
+    /// Pending tasks of renders that may run (not paused), by priority.
+    pub queue: QueueDepth,
+    pub workers: WorkerCounts,
+    /// Frames of tasks that completed in the last hour.
+    pub frames_last_hour: i64,
+    /// Renders rendering now, the most urgent first (at most 50).
+    pub running: Vec<RunningRender>,
+}

@@ -50,7 +50,7 @@ const FILES: &[(&str, &str)] = &[
         "0007_owner",
         include_str!("../../../migrations/mongodb/0007_owner.json"),
     ),
-    // 0008 is the events' migration, on main.
+    // 0008 is taken by the SQLite events' migration; MongoDB skips it.
     (
         "0009_render_listing",
         include_str!("../../../migrations/mongodb/0009_render_listing.json"),

@@ -34,6 +34,7 @@ mod connect;
 mod counters;
 mod documents;
 mod errors;
+mod events;
 mod migrations;
 mod renders;
 mod rules;

@@ -13,6 +13,7 @@
 
 mod counters;
 mod errors;
+mod events;
 mod renders;
 mod rows;
 mod rules;
@@ -57,7 +58,7 @@ fn migrations() -> Migrations<'static> {
             "../../../migrations/sqlite/0006_worker_secrets.sql"
         )),
         M::up(include_str!("../../../migrations/sqlite/0007_owner.sql")),
-        // 0008 is the events' migration, on main.
+        M::up(include_str!("../../../migrations/sqlite/0008_events.sql")),
         M::up(include_str!(
             "../../../migrations/sqlite/0009_render_listing.sql"
         )),
@@ -110,6 +111,7 @@ impl SqliteStore {
                 path.display()
             ))
         })?;
+        events::install_triggers(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         if owner {
             renders::remove_hidden_renders(&conn)?;
