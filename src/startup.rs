@@ -13,8 +13,8 @@ use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::api::auth::{AuthMode, Authenticator};
-use crate::api::rate_limit::{self, Limiters};
 use crate::api::frames::OutputRoot;
+use crate::api::rate_limit::{self, Limiters};
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::{self, Bootstrap};

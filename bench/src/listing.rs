@@ -38,7 +38,10 @@ pub async fn listing(
     rendered: usize,
     auth: Auth,
 ) -> anyhow::Result<String> {
-    anyhow::ensure!(renders > 0 && tasks >= renders as i64, "give at least one task per render");
+    anyhow::ensure!(
+        renders > 0 && tasks >= renders as i64,
+        "give at least one task per render"
+    );
     let broker = Broker::start(auth)?;
     let client = broker.admin()?;
 

@@ -166,7 +166,10 @@ async fn frames_on_disk(
             path: resolved,
             content_type,
             bytes: meta.len(),
-            modified_at: meta.modified().map(DateTime::<Utc>::from).unwrap_or_default(),
+            modified_at: meta
+                .modified()
+                .map(DateTime::<Utc>::from)
+                .unwrap_or_default(),
         });
     }
     Ok(out)
@@ -284,8 +287,8 @@ mod tests {
     fn every_image_type_served_is_declared_in_the_spec() {
         let spec: serde_json::Value =
             serde_json::from_str(&crate::api::openapi::spec_json()).unwrap();
-        let declared = &spec["paths"]["/renders/{id}/frames/{frame}"]["get"]["responses"]["200"]
-            ["content"];
+        let declared =
+            &spec["paths"]["/renders/{id}/frames/{frame}"]["get"]["responses"]["200"]["content"];
         for (extension, content_type) in IMAGE_TYPES {
             assert!(
                 declared.get(content_type).is_some(),

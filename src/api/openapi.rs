@@ -16,8 +16,7 @@ use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    events, frames, health, renders, scheduler, session, signed, tasks, tokens, workers,
-    ApiError,
+    events, frames, health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.

@@ -97,8 +97,7 @@ pub fn validate_search(raw: &str) -> Result<String, ValidationError> {
 /// written; SQLite's `LIKE` folds no more, and the MongoDB side spells the
 /// same rule).
 pub fn name_matches(name: &str, q: &str) -> bool {
-    name.to_ascii_lowercase()
-        .contains(&q.to_ascii_lowercase())
+    name.to_ascii_lowercase().contains(&q.to_ascii_lowercase())
 }
 
 /// What [`compare_renders`] reads of a render.
@@ -230,7 +229,10 @@ mod tests {
     fn progress_compares_exact_fractions() {
         assert_eq!(compare_progress((1, 2), (2, 4)), Ordering::Equal);
         assert_eq!(compare_progress((1, 3), (1, 2)), Ordering::Less);
-        assert_eq!(compare_progress((10, 10), (999_999, 1_000_000)), Ordering::Greater);
+        assert_eq!(
+            compare_progress((10, 10), (999_999, 1_000_000)),
+            Ordering::Greater
+        );
         assert_eq!(compare_progress((0, 0), (0, 5)), Ordering::Equal);
     }
 }

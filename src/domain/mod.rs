@@ -43,8 +43,8 @@ pub use tally::{
     finished_at_after, render_change, tallied_status, tally_after, RenderChange, Tally,
 };
 pub use task::{
-    check_frames_done, heartbeat_task, plan_task_requeue, retries_exhausted, statuses_affected_by, task_transition,
-    FramesOutOfRange, Requeue, TaskEvent, TaskRequeue, TaskReport, UnpairedLease,
+    check_frames_done, heartbeat_task, plan_task_requeue, retries_exhausted, statuses_affected_by,
+    task_transition, FramesOutOfRange, Requeue, TaskEvent, TaskReport, TaskRequeue, UnpairedLease,
 };
 pub use token::{
     csrf_for, csrf_matches, plan_session, plan_token, plan_worker_secret, secret_from, secret_hash,

@@ -164,15 +164,14 @@ pub fn plan_task_requeue(
     render: RenderStatus,
     progress: &Progress,
 ) -> Result<TaskRequeue, IllegalTransition> {
-    let event = match task {
-        TaskStatus::Pending => {
-            return Err(IllegalTransition::new(
+    let event =
+        match task {
+            TaskStatus::Pending => return Err(IllegalTransition::new(
                 "this task is pending: it is in the queue already and runs when a worker is free",
-            ))
-        }
-        TaskStatus::Running => TaskEvent::Requeue,
-        TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Canceled => TaskEvent::Reset,
-    };
+            )),
+            TaskStatus::Running => TaskEvent::Requeue,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Canceled => TaskEvent::Reset,
+        };
     task_transition(task, event)?;
     if !render.is_finished() {
         return Ok(TaskRequeue {
@@ -356,9 +355,19 @@ mod tests {
             (S::Completed, R::Rendering, tally(2, 0, 0), reset(None)),
             (S::Failed, R::Rendering, tally(1, 1, 0), reset(None)),
             (S::Completed, R::Paused, tally(1, 0, 0), reset(None)),
-            (S::Completed, R::Completed, tally(4, 0, 0), reset(Some(R::Queued))),
+            (
+                S::Completed,
+                R::Completed,
+                tally(4, 0, 0),
+                reset(Some(R::Queued)),
+            ),
             (S::Failed, R::Failed, tally(3, 1, 0), reset(Some(R::Queued))),
-            (S::Canceled, R::Canceled, tally(3, 0, 1), reset(Some(R::Queued))),
+            (
+                S::Canceled,
+                R::Canceled,
+                tally(3, 0, 1),
+                reset(Some(R::Queued)),
+            ),
             (S::Failed, R::Failed, tally(1, 1, 2), None),
             (S::Completed, R::Failed, tally(1, 1, 0), None),
             (S::Completed, R::Completed, tally(3, 0, 1), None),

@@ -55,7 +55,11 @@ async fn renders_are_searched_and_sorted_as_asked() {
         let page = json_of(app.list_renders(&format!("?sort={sort}&order=asc")).await).await;
         assert_eq!(names(&page), names(&oldest_first), "{sort}");
     }
-    let filtered = json_of(app.list_renders("?q=b-&status=queued&priority=normal").await).await;
+    let filtered = json_of(
+        app.list_renders("?q=b-&status=queued&priority=normal")
+            .await,
+    )
+    .await;
     assert_eq!(names(&filtered), ["b-roll"]);
 }
 
@@ -71,8 +75,16 @@ async fn an_unknown_sort_or_order_is_refused_naming_the_valid_ones() {
         assert!(message.contains(valid), "{message}");
     }
     let message = assert_error(app.list_renders("?order=up").await, StatusCode::BAD_REQUEST).await;
-    assert!(message.contains("asc") && message.contains("desc"), "{message}");
-    for bad in ["?q=", "?q=%0A", &format!("?q={}", "x".repeat(201)), "?sort="] {
+    assert!(
+        message.contains("asc") && message.contains("desc"),
+        "{message}"
+    );
+    for bad in [
+        "?q=",
+        "?q=%0A",
+        &format!("?q={}", "x".repeat(201)),
+        "?sort=",
+    ] {
         assert_error(app.list_renders(bad).await, StatusCode::BAD_REQUEST).await;
     }
 }
@@ -96,7 +108,9 @@ fn output_dir(render: &Value) -> std::path::PathBuf {
 #[tokio::test]
 async fn frames_are_listed_and_served_from_the_render_s_output_folder() {
     let app = spawn_app().await;
-    let render = app.submit_ok(&render_body("frames", 1, 3, 1, "normal")).await;
+    let render = app
+        .submit_ok(&render_body("frames", 1, 3, 1, "normal"))
+        .await;
     let id = render["id"].as_str().unwrap();
     assert!(
         render["output"]
@@ -120,7 +134,10 @@ async fn frames_are_listed_and_served_from_the_render_s_output_folder() {
     let listed = json_of(app.get(&format!("/renders/{id}/frames")).await).await;
     let frames = listed["frames"].as_array().unwrap();
     assert_eq!(
-        frames.iter().map(|f| f["frame"].clone()).collect::<Vec<_>>(),
+        frames
+            .iter()
+            .map(|f| f["frame"].clone())
+            .collect::<Vec<_>>(),
         [json!(1), json!(3)]
     );
     assert_eq!(frames[0]["url"], format!("/renders/{id}/frames/1"));
@@ -153,7 +170,10 @@ async fn frames_are_listed_and_served_from_the_render_s_output_folder() {
 async fn submit_with_output(app: &TestApp, name: &str, output: &str) -> String {
     let mut body = render_body(name, 1, 2, 1, "normal");
     body["output"] = json!(output);
-    app.submit_ok(&body).await["id"].as_str().unwrap().to_string()
+    app.submit_ok(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -212,12 +232,16 @@ async fn frames_outside_the_output_root_are_never_served() {
 #[tokio::test]
 async fn an_operator_requeues_one_task_and_its_worker_loses_it() {
     let app = spawn_app().await;
-    let render = app.submit_ok(&render_body("again", 1, 2, 1, "normal")).await;
+    let render = app
+        .submit_ok(&render_body("again", 1, 2, 1, "normal"))
+        .await;
     let worker = app.register_ok("w").await;
     let assignment = app.claim_ok(&worker).await;
     let task = assignment["task_id"].as_str().unwrap();
 
-    let requeued = app.post_json(&format!("/tasks/{task}/requeue"), &json!({})).await;
+    let requeued = app
+        .post_json(&format!("/tasks/{task}/requeue"), &json!({}))
+        .await;
     assert_eq!(requeued.status(), StatusCode::OK);
     let requeued = json_of(requeued).await;
     assert_eq!(
@@ -233,21 +257,31 @@ async fn an_operator_requeues_one_task_and_its_worker_loses_it() {
         .await;
     assert_error(stale, StatusCode::CONFLICT).await;
     let detail = app.task(task).await;
-    let last = detail["history"].as_array().unwrap().last().unwrap().clone();
+    let last = detail["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last["event"], "requeued");
     assert!(last["actor"].is_string(), "the operator is named: {last}");
 
     // Pending already: nothing to requeue.
     let message = assert_error(
-        app.raw(reqwest::Method::POST, &format!("/tasks/{task}/requeue"), None)
-            .await,
+        app.raw(
+            reqwest::Method::POST,
+            &format!("/tasks/{task}/requeue"),
+            None,
+        )
+        .await,
         StatusCode::CONFLICT,
     )
     .await;
     assert!(message.contains("pending"), "{message}");
     let unknown = "0b8f3c4e-5d6a-4f1b-9c2d-3e4f5a6b7c8d";
     assert_error(
-        app.post_json(&format!("/tasks/{unknown}/requeue"), &json!({})).await,
+        app.post_json(&format!("/tasks/{unknown}/requeue"), &json!({}))
+            .await,
         StatusCode::NOT_FOUND,
     )
     .await;

@@ -5,8 +5,8 @@ use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction};
 use uuid::Uuid;
 
 use super::{claim, complete, plan, plan_by, t0, worker};
-use crate::domain::{RenderCommand, RenderOrder};
 use crate::domain::TaskReport;
+use crate::domain::{RenderCommand, RenderOrder};
 use crate::store::{PageRequest, RenderFilter, Store, StoreError};
 
 pub async fn renders_keep_who_submitted_them_and_list_by_owner(store: &dyn Store) {
@@ -43,7 +43,12 @@ pub async fn renders_keep_who_submitted_them_and_list_by_owner(store: &dyn Store
             owner: Some(owner.to_string()),
             ..RenderFilter::default()
         };
-        async move { store.list_renders(&filter, RenderOrder::default(), page).await.unwrap() }
+        async move {
+            store
+                .list_renders(&filter, RenderOrder::default(), page)
+                .await
+                .unwrap()
+        }
     };
     let alice = listed("alice", None, PageRequest::default()).await;
     assert_eq!(
@@ -90,7 +95,11 @@ pub async fn renders_keep_who_submitted_them_and_list_by_owner(store: &dyn Store
     let nobody = listed("carol", None, PageRequest::default()).await;
     assert_eq!((nobody.items.len(), nobody.total), (0, 0));
     let all = store
-        .list_renders(&RenderFilter::default(), RenderOrder::default(), PageRequest::default())
+        .list_renders(
+            &RenderFilter::default(),
+            RenderOrder::default(),
+            PageRequest::default(),
+        )
         .await
         .unwrap();
     assert_eq!(all.total, 4, "no owner filter: everyone's and no one's");
@@ -122,7 +131,11 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
         .await
         .unwrap();
     let all = store
-        .list_renders(&RenderFilter::default(), RenderOrder::default(), PageRequest::default())
+        .list_renders(
+            &RenderFilter::default(),
+            RenderOrder::default(),
+            PageRequest::default(),
+        )
         .await
         .unwrap();
     assert_eq!(all.total, 5);
@@ -341,7 +354,11 @@ pub async fn listings_search_and_sort_as_the_domain_says(store: &dyn Store) {
         .await
         .unwrap();
     let all = store
-        .list_renders(&RenderFilter::default(), RenderOrder::default(), PageRequest::default())
+        .list_renders(
+            &RenderFilter::default(),
+            RenderOrder::default(),
+            PageRequest::default(),
+        )
         .await
         .unwrap();
     let submitted = |id| ids.iter().position(|i| *i == id).unwrap() as i64;
@@ -373,7 +390,10 @@ pub async fn listings_search_and_sort_as_the_domain_says(store: &dyn Store) {
                     .items
                     .iter()
                     .filter(|r| {
-                        filter.search.as_deref().is_none_or(|q| name_matches(&r.name, q))
+                        filter
+                            .search
+                            .as_deref()
+                            .is_none_or(|q| name_matches(&r.name, q))
                             && filter.priority.is_none_or(|p| p == r.priority)
                     })
                     .collect();
@@ -403,10 +423,13 @@ pub async fn listings_search_and_sort_as_the_domain_says(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(shots.total, 4, "Shot010, shot_020, SHOT030 and shot010");
-    assert!(store
-        .list_renders(&filters[4], RenderOrder::default(), PageRequest::default())
-        .await
-        .unwrap()
-        .items
-        .is_empty(), "only ASCII letters match in either case");
+    assert!(
+        store
+            .list_renders(&filters[4], RenderOrder::default(), PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "only ASCII letters match in either case"
+    );
 }

@@ -5,8 +5,8 @@ use renderfarm_wire::{HistoryEvent, Priority, RenderStatus, TaskStatus, WorkerAc
 use uuid::Uuid;
 
 use super::{assert_counters_exact, claim, complete, plan, plan_with, report, t0, worker};
-use crate::domain::{RenderCommand, RenderOrder};
 use crate::domain::TaskReport;
+use crate::domain::{RenderCommand, RenderOrder};
 use crate::store::{PageRequest, RenderFilter, Store, StoreError, StoreResult};
 
 /// A history line as the tests compare it: event, worker, actor, detail.
@@ -326,7 +326,11 @@ pub async fn only_a_finished_render_is_deleted_and_it_goes_whole(store: &dyn Sto
     // The other render is untouched.
     assert_eq!(
         store
-            .list_renders(&RenderFilter::default(), RenderOrder::default(), PageRequest::default())
+            .list_renders(
+                &RenderFilter::default(),
+                RenderOrder::default(),
+                PageRequest::default()
+            )
             .await
             .unwrap()
             .items
@@ -372,7 +376,10 @@ pub async fn an_operator_requeues_one_task_by_the_domain_s_rule(store: &dyn Stor
         )
         .await
         .unwrap_err();
-    assert!(matches!(refused, StoreError::IllegalTransition(_)), "{refused:?}");
+    assert!(
+        matches!(refused, StoreError::IllegalTransition(_)),
+        "{refused:?}"
+    );
 
     // Running: taken from w1, whose lease is void from now on.
     let task = store
@@ -382,7 +389,13 @@ pub async fn an_operator_requeues_one_task_by_the_domain_s_rule(store: &dyn Stor
     assert_eq!(task.status, TaskStatus::Pending);
     assert_eq!((task.worker_id, task.frames_done), (None, 0));
     let stale = store
-        .report_task(first.task_id, first.lease_id, TaskReport::Complete, None, later)
+        .report_task(
+            first.task_id,
+            first.lease_id,
+            TaskReport::Complete,
+            None,
+            later,
+        )
         .await
         .unwrap_err();
     assert!(matches!(stale, StoreError::StaleLease { .. }), "{stale:?}");
@@ -417,11 +430,16 @@ pub async fn an_operator_requeues_one_task_by_the_domain_s_rule(store: &dyn Stor
     assert_eq!(reopened.status, RenderStatus::Queued);
     assert_eq!((reopened.started_at, reopened.finished_at), (None, None));
     assert_eq!(
-        (reopened.progress.tasks_pending, reopened.progress.tasks_completed),
+        (
+            reopened.progress.tasks_pending,
+            reopened.progress.tasks_completed
+        ),
         (1, 1)
     );
     assert_counters_exact(store).await;
-    let again = claim(store, w2).await.expect("the reopened render's task is claimable");
+    let again = claim(store, w2)
+        .await
+        .expect("the reopened render's task is claimable");
     assert_eq!(again.task_id, first.task_id);
     complete(store, &again).await;
     assert_eq!(
@@ -461,7 +479,10 @@ pub async fn an_operator_requeues_one_task_by_the_domain_s_rule(store: &dyn Stor
         Some(&line(H::Requeued, Some(w1), None, detail))
     );
     let retried = claim(store, w1).await.unwrap();
-    assert_eq!((retried.task_id, retried.render_id), (a1.task_id, failing.id));
+    assert_eq!(
+        (retried.task_id, retried.render_id),
+        (a1.task_id, failing.id)
+    );
     complete(store, &retried).await;
     assert_eq!(
         store.get_render(failing.id).await.unwrap().status,

@@ -325,10 +325,15 @@ impl SortKeyDoc {
     pub(super) fn key(&self) -> StoreResult<crate::domain::RenderSortKey<'_>> {
         Ok(crate::domain::RenderSortKey {
             name: &self.name,
-            priority: Priority::from_rank(self.priority)
-                .ok_or_else(|| corrupt(format!("render {} with priority {}", self.id, self.priority)))?,
-            status: RenderStatus::parse(&self.status)
-                .ok_or_else(|| corrupt(format!("render {} with status {:?}", self.id, self.status)))?,
+            priority: Priority::from_rank(self.priority).ok_or_else(|| {
+                corrupt(format!(
+                    "render {} with priority {}",
+                    self.id, self.priority
+                ))
+            })?,
+            status: RenderStatus::parse(&self.status).ok_or_else(|| {
+                corrupt(format!("render {} with status {:?}", self.id, self.status))
+            })?,
             frames_done: self.frames_done,
             frames_total: self.frames_total,
             submitted: self.seq,

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::rules::{name_search, render_sort};
 use super::{counters::*, documents::*, *};
 use crate::domain::{
-    check_deletable, finished_at_after, is_claimable, render_transition, task_transition,
-    compare_renders, tasks_affected, BulkCause, NewRender, RenderCommand, RenderOrder, TaskEvent,
+    check_deletable, compare_renders, finished_at_after, is_claimable, render_transition,
+    task_transition, tasks_affected, BulkCause, NewRender, RenderCommand, RenderOrder, TaskEvent,
 };
 use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 

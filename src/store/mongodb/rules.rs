@@ -168,10 +168,12 @@ mod tests {
 
     #[test]
     fn the_bson_name_search_is_the_domain_s() {
-        let names = ["Shot010", "shot_010", "50%_done", "Été", "a\\b", "a.b", "x[y]"];
+        let names = [
+            "Shot010", "shot_010", "50%_done", "Été", "a\\b", "a.b", "x[y]",
+        ];
         let searches = [
-            "shot", "SHOT0", "t_0", "%_d", "%", "_", "été", "Ét", "\\", "a\\", "x", ".", "[", "]", "a.b",
-            "(", " ",
+            "shot", "SHOT0", "t_0", "%_d", "%", "_", "été", "Ét", "\\", "a\\", "x", ".", "[", "]",
+            "a.b", "(", " ",
         ];
         for q in searches {
             let Bson::RegularExpression(re) = name_search(q) else {

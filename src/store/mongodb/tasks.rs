@@ -7,13 +7,13 @@ use mongodb::options::{Hint, ReturnDocument};
 use renderfarm_wire::{Assignment, HistoryEvent, Page, Task, TaskHistoryEntry, TaskStatus};
 use uuid::Uuid;
 
-use super::rules::{carries_tags, claim_sort};
 use super::renders::run_again;
+use super::rules::{carries_tags, claim_sort};
 use super::{documents::*, *};
 use crate::domain::{
     check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
-    plan_task_requeue, task_transition, ClaimPermission, IllegalTransition, Requeue, TaskEvent, TaskReport, CLAIMABLE_TASK_STATUS,
-    LEASED_TASK_STATUS, TASK_LOG_LIMIT,
+    plan_task_requeue, task_transition, ClaimPermission, IllegalTransition, Requeue, TaskEvent,
+    TaskReport, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS, TASK_LOG_LIMIT,
 };
 use crate::store::{PageRequest, StoreError, StoreResult};
 

@@ -168,7 +168,9 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         let sql = format!("SELECT {}", name_search("?1", "?2"));
         let names = ["Shot010", "shot_010", "50%_done", "Été", "a\\b", "plain"];
-        let searches = ["shot", "SHOT0", "t_0", "%_d", "%", "_", "été", "Ét", "\\", "a\\", "x"];
+        let searches = [
+            "shot", "SHOT0", "t_0", "%_d", "%", "_", "été", "Ét", "\\", "a\\", "x",
+        ];
         for name in names {
             for q in searches {
                 let in_sql: bool = conn
@@ -204,7 +206,14 @@ mod tests {
             )
             .unwrap();
         }
-        let render = |(_, name, priority, status, done, total): &(i64, &str, i64, RenderStatus, i64, i64)| {
+        let render = |(_, name, priority, status, done, total): &(
+            i64,
+            &str,
+            i64,
+            RenderStatus,
+            i64,
+            i64,
+        )| {
             let mut r = crate::store::conformance::plan(
                 "x",
                 1,
@@ -225,7 +234,10 @@ mod tests {
             for order in [SortOrder::Ascending, SortOrder::Descending] {
                 let order = RenderOrder::new(sort, Some(order));
                 let in_sql: Vec<i64> = conn
-                    .prepare(&format!("SELECT r.seq FROM renders r ORDER BY {}", render_order(order)))
+                    .prepare(&format!(
+                        "SELECT r.seq FROM renders r ORDER BY {}",
+                        render_order(order)
+                    ))
                     .unwrap()
                     .query_map([], |row| row.get(0))
                     .unwrap()

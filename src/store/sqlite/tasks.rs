@@ -11,8 +11,8 @@ use super::rules::*;
 use super::{counters::*, renders::*, rows::*, workers::*, *};
 use crate::domain::{
     check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
-    plan_task_requeue, tally_after, task_transition, BulkCause, IllegalTransition, ClaimPermission, Requeue, TaskEvent, TaskLease, TaskReport,
-    TASK_LOG_LIMIT,
+    plan_task_requeue, tally_after, task_transition, BulkCause, ClaimPermission, IllegalTransition,
+    Requeue, TaskEvent, TaskLease, TaskReport, TASK_LOG_LIMIT,
 };
 use crate::domain::{
     ClaimKey, CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS,

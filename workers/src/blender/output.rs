@@ -175,7 +175,9 @@ impl OutputPattern {
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         let frame: i64 = rest[..digits].parse().ok()?;
         let after = &rest[digits..];
-        let extension = after.strip_prefix(self.suffix.as_str())?.strip_prefix('.')?;
+        let extension = after
+            .strip_prefix(self.suffix.as_str())?
+            .strip_prefix('.')?;
         // Only the spelling Blender writes: padded to the width, no more.
         if self.stem_name(frame) != file_name[..file_name.len() - extension.len() - 1] {
             return None;
