@@ -13,6 +13,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::api::auth::{AuthMode, Authenticator};
+use crate::api::frames::OutputRoot;
 use crate::api::rate_limit::{self, Limiters};
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
@@ -53,6 +54,9 @@ pub struct Settings {
     /// Address to listen on; port 0 picks a free one.
     pub bind: String,
     pub data_dir: PathBuf,
+    /// Where default outputs go and the only place frames are served from
+    /// (`serve --output-root`); `None`: `<data_dir>/renders`.
+    pub output_root: Option<PathBuf>,
     pub store: StoreChoice,
     pub scheduler: SchedulerSettings,
     /// Apply pending store migrations at start. Off (`serve --no-migrate`),
@@ -86,6 +90,7 @@ impl Settings {
         Self {
             bind: bind.into(),
             data_dir: data_dir.into(),
+            output_root: None,
             store,
             scheduler: SchedulerSettings::default(),
             migrate: true,
@@ -134,6 +139,16 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
+        let root = settings
+            .output_root
+            .clone()
+            .unwrap_or_else(|| data_dir.join("renders"));
+        let output_root = OutputRoot::open(&root).with_context(|| {
+            format!(
+                "cannot use the output root {}: make it (or give another with --output-root)",
+                root.display()
+            )
+        })?;
         let work_available = Arc::new(Notify::new());
         let scheduler = Scheduler::new(
             store.clone(),
@@ -162,6 +177,7 @@ impl Application {
             store,
             clock,
             data_dir,
+            output_root,
             work_available,
             scheduler: scheduler.clone(),
             waiting: Default::default(),

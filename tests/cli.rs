@@ -157,6 +157,38 @@ async fn operators_list_change_and_read_logs_from_the_command_line() {
     let (ok, out, err) = renderfarm(&["renders", "--owner", "me", "--broker", &b]);
     assert!(ok, "{err}");
     assert!(out.contains(&a) && out.contains(&c), "{out}");
+    let (ok, out, err) = renderfarm(&["renders", "--search", "ALP", "--broker", &b]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&a) && !out.contains(&c), "{out}");
+    for (order, first) in [(None, &a), (Some("desc"), &c)] {
+        let mut args = vec!["renders", "--sort", "name", "--broker", &b];
+        args.extend(order.map(|o| ["--order", o]).into_iter().flatten());
+        let (ok, out, err) = renderfarm(&args);
+        assert!(ok, "{err}");
+        let first_row = out.lines().nth(1).unwrap_or_default();
+        assert!(first_row.starts_with(first.as_str()), "{order:?}: {out}");
+    }
+    let (ok, _, err) = renderfarm(&["renders", "--sort", "size", "--broker", &b]);
+    assert!(!ok);
+    assert!(
+        err.contains("not a sort") && err.contains("progress"),
+        "{err}"
+    );
+    // One task of a queued render is pending: the broker says so.
+    let tasks = common::send_json(
+        &common::admin_client(),
+        reqwest::Method::GET,
+        format!("{b}/renders/{a}/tasks"),
+        &serde_json::json!(null),
+    )
+    .await;
+    let task = tasks["items"][0]["id"].as_str().unwrap().to_string();
+    let (ok, _, err) = renderfarm(&["requeue-task", &task, "--broker", &b]);
+    assert!(!ok, "a pending task is not requeued");
+    assert!(
+        err.contains("pending"),
+        "the broker's reason is shown: {err}"
+    );
 
     let (ok, out, err) = renderfarm(&["pause", &a, "--broker", &b]);
     assert!(ok, "{err}");

@@ -253,6 +253,7 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_and_actors_are_copied_with_the_farm() {
     use renderfarm::domain::RenderCommand;
+    use renderfarm::domain::RenderOrder;
     use renderfarm::store::conformance::{plan, plan_by, worker};
     use renderfarm::store::mongodb::MongoStore;
     use renderfarm::store::snapshot::copy_farm;
@@ -332,6 +333,7 @@ async fn owners_and_actors_are_copied_with_the_farm() {
                 owner: Some("alice".into()),
                 ..RenderFilter::default()
             },
+            RenderOrder::default(),
             PageRequest::default(),
         )
         .await

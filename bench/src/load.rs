@@ -45,12 +45,12 @@ pub async fn register(enrolment: &BrokerClient, name: String) -> anyhow::Result<
 /// The set-up calls and the measured claims of `depth` and `latency` go
 /// through the client the CLI and the agent use: this one acts as the
 /// registered worker.
-fn as_worker(enrolment: &BrokerClient, registered: &RegisteredWorker) -> BrokerClient {
+pub fn as_worker(enrolment: &BrokerClient, registered: &RegisteredWorker) -> BrokerClient {
     enrolment.clone().with_token(registered.secret.clone())
 }
 
 /// One claim: the assignment (None for 204) and how long it took.
-async fn claim(
+pub async fn claim(
     client: &BrokerClient,
     worker: &Worker,
     wait: Duration,
@@ -60,7 +60,7 @@ async fn claim(
     Ok((assignment, started.elapsed()))
 }
 
-async fn complete(client: &BrokerClient, a: &Assignment) -> anyhow::Result<()> {
+pub async fn complete(client: &BrokerClient, a: &Assignment) -> anyhow::Result<()> {
     let report = CompleteReport {
         lease_id: a.lease_id,
         log: None,

@@ -9,6 +9,7 @@ mod big_submit;
 mod broker;
 mod compare;
 mod farm;
+mod listing;
 mod load;
 mod machine;
 
@@ -91,6 +92,24 @@ enum Command {
         #[arg(long, value_enum, default_value = "on")]
         auth: Auth,
     },
+    /// The dashboard's renders page: a broker filled through its API with
+    /// RENDERS renders of TASKS tasks in all (RENDERED of them rendered by
+    /// simulated workers, some renders paused or canceled), then
+    /// `GET /renders?limit=50` timed REPETITIONS times for every sort and
+    /// order, a name search, a status filter and the last page.
+    Listing {
+        #[arg(long, default_value_t = 10_000)]
+        renders: usize,
+        #[arg(long, default_value_t = 200_000)]
+        tasks: i64,
+        #[arg(long, default_value_t = 20_000)]
+        rendered: usize,
+        #[arg(long, default_value_t = 30)]
+        repetitions: usize,
+        /// The broker's `--auth`.
+        #[arg(long, value_enum, default_value = "on")]
+        auth: Auth,
+    },
     /// Real Blender: the farm against W plain parallel Blender processes.
     Farm {
         #[arg(long, default_value_t = 2)]
@@ -151,6 +170,13 @@ fn main() -> ExitCode {
                 frames,
                 auth,
             } => big_submit::big_submit(workers, frames, auth).await,
+            Command::Listing {
+                renders,
+                tasks,
+                rendered,
+                repetitions,
+                auth,
+            } => listing::listing(renders, tasks, repetitions, rendered, auth).await,
             Command::Farm {
                 workers,
                 frames,

@@ -20,10 +20,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use renderfarm_wire::{
-    Assignment, CompleteReport, FailReport, FarmSummary, HealthReport, Heartbeat, HeartbeatReply,
-    Page, Priority, ProgressReport, RegisteredWorker, ReleaseReport, Render, RenderAction,
-    RenderSpec, RenderStatus, RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus,
-    TickReport, Worker, WorkerAction, WorkerSpec, WorkerStatusChange,
+    Assignment, CompleteReport, FailReport, FarmSummary, FrameList, HealthReport, Heartbeat,
+    HeartbeatReply, ListOrder, Page, Priority, ProgressReport, RegisteredWorker, ReleaseReport,
+    Render, RenderAction, RenderSort, RenderSpec, RenderStatus, RenderStatusChange,
+    SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker, WorkerAction, WorkerSpec,
+    WorkerStatusChange,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
@@ -45,6 +46,12 @@ pub struct RenderQuery {
     /// Only the renders this person submitted (the name of their
     /// credential); `me` for the caller's own.
     pub owner: Option<String>,
+    /// Only the renders whose name contains this (ASCII letters in either case).
+    pub search: Option<String>,
+    /// What they are ordered by (newest first when `None`).
+    pub sort: Option<RenderSort>,
+    /// Which way (the sort's own default when `None`).
+    pub order: Option<ListOrder>,
     /// Renders per page.
     pub limit: Option<i64>,
     /// Renders to skip.
@@ -170,6 +177,15 @@ impl BrokerClient {
         }
         if let Some(owner) = &query.owner {
             pairs.push(("owner", owner.clone()));
+        }
+        if let Some(search) = &query.search {
+            pairs.push(("q", search.clone()));
+        }
+        if let Some(sort) = query.sort {
+            pairs.push(("sort", sort.as_str().to_string()));
+        }
+        if let Some(order) = query.order {
+            pairs.push(("order", order.as_str().to_string()));
         }
         self.answer(self.request(Method::GET, &["renders"]).query(&pairs))
             .await
@@ -332,6 +348,21 @@ impl BrokerClient {
     pub async fn task(&self, id: impl Display) -> Result<TaskDetail, ClientError> {
         let id = id.to_string();
         self.answer(self.request(Method::GET, &["tasks", &id]))
+            .await
+    }
+
+    /// `POST /tasks/{id}/requeue`: an operator puts one task back in the
+    /// queue (a running one is taken from its worker).
+    pub async fn requeue_task(&self, id: impl Display) -> Result<Task, ClientError> {
+        let id = id.to_string();
+        self.answer(self.request(Method::POST, &["tasks", &id, "requeue"]))
+            .await
+    }
+
+    /// `GET /renders/{id}/frames`: the render's frames on the broker's disk.
+    pub async fn frames(&self, id: impl Display) -> Result<FrameList, ClientError> {
+        let id = id.to_string();
+        self.answer(self.request(Method::GET, &["renders", &id, "frames"]))
             .await
     }
 

@@ -33,8 +33,8 @@ use super::auth::{Access, Viewer};
 use super::{resource, ApiError, AppState};
 use crate::clock::Clock;
 use crate::domain::{
-    contiguous_prefix, resume_from, Resume, COALESCE_INTERVAL, SUMMARY_INTERVAL,
-    SUMMARY_RUNNING_LIMIT,
+    contiguous_prefix, resume_from, RenderOrder, RenderSort, Resume, COALESCE_INTERVAL,
+    SUMMARY_INTERVAL, SUMMARY_RUNNING_LIMIT,
 };
 use crate::store::{PageRequest, RenderFilter, Store, StoreResult};
 
@@ -318,6 +318,8 @@ pub async fn farm_summary(
                 status: Some(RenderStatus::Rendering),
                 ..Default::default()
             },
+            // The summary promises the most urgent first.
+            RenderOrder::new(RenderSort::Priority, None),
             PageRequest {
                 limit: SUMMARY_RUNNING_LIMIT,
                 offset: 0,

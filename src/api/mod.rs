@@ -5,6 +5,7 @@ pub mod auth;
 mod body;
 pub mod error;
 pub mod events;
+pub mod frames;
 mod health;
 pub mod openapi;
 pub mod rate_limit;
@@ -41,8 +42,11 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    /// Absolute; default outputs go under it.
+    /// Absolute; the store's files (SQLite) are under it.
     pub data_dir: PathBuf,
+    /// `--output-root`: default outputs go under it, and frames are served
+    /// only from under it.
+    pub output_root: frames::OutputRoot,
     /// Woken whenever work may have become claimable, so long-polling workers
     /// try again at once instead of polling the store.
     pub work_available: Arc<Notify>,
@@ -98,6 +102,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     tasks::configure(cfg);
     renders::configure(cfg);
     events::configure(cfg);
+    frames::configure(cfg);
     health::configure(cfg);
     scheduler::configure(cfg);
     tokens::configure(cfg);

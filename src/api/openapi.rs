@@ -16,7 +16,7 @@ use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    events, health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError,
+    events, frames, health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -52,6 +52,8 @@ is answered 429 with `Retry-After`.",
         renders::tasks,
         renders::change_status,
         renders::complete,
+        frames::list,
+        frames::frame,
         workers::register,
         workers::list,
         workers::get,
@@ -66,6 +68,7 @@ is answered 429 with `Retry-After`.",
         tasks::complete,
         tasks::fail,
         tasks::release,
+        tasks::requeue,
         health::health,
         health::ready,
         scheduler::status,

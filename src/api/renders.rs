@@ -3,7 +3,8 @@
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use renderfarm_wire::{
-    Page, Priority, Render, RenderSpec, RenderStatus, RenderStatusChange, Task, TaskStatus,
+    ListOrder, Page, Priority, Render, RenderSort, RenderSpec, RenderStatus, RenderStatusChange,
+    Task, TaskStatus,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -11,7 +12,10 @@ use uuid::Uuid;
 
 use super::auth::{Access, Artist, Caller, Operator, Viewer};
 use super::{parse_id, resource, ApiError, AppState, JsonBody, PageQuery};
-use crate::domain::{validate_name, NewRender, RenderCommand, ValidRenderSpec, OWNER_ME};
+use crate::domain::{
+    validate_name, validate_search, NewRender, RenderCommand, RenderOrder, SortOrder,
+    ValidRenderSpec, OWNER_ME,
+};
 use crate::store::{PageRequest, RenderFilter};
 
 /// Seconds a client should wait before asking about an unfinished render again.
@@ -76,7 +80,7 @@ pub(super) async fn submit(
     body: JsonBody<RenderSpec>,
 ) -> Result<HttpResponse, ApiError> {
     let spec = ValidRenderSpec::try_from(body.into_inner())?;
-    let renders_dir = state.data_dir.join("renders");
+    let renders_dir = &state.output_root.absolute;
     let new = NewRender::plan(
         spec,
         Uuid::now_v7(),
@@ -98,7 +102,8 @@ pub(super) async fn submit(
     Ok(render_response(response, &render))
 }
 
-/// `?status=&priority=&owner=&limit=&offset=`; any other parameter is refused.
+/// `?status=&priority=&owner=&q=&sort=&order=&limit=&offset=`; any other
+/// parameter is refused.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +125,24 @@ pub(super) struct ListQuery {
         example = "me"
     )]
     owner: Option<String>,
+    /// Only renders whose name contains this; ASCII letters match either
+    /// case (`shot` finds `Shot010`), other characters only as written.
+    #[param(
+        nullable = false,
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        example = "shot"
+    )]
+    q: Option<String>,
+    /// What the renders are ordered by; ties by submission, in the same
+    /// direction.
+    #[param(nullable = false)]
+    sort: Option<RenderSort>,
+    /// Which way: `desc` by default for `created`, `priority` and
+    /// `progress`, `asc` for `name` and `status`.
+    #[param(nullable = false)]
+    order: Option<ListOrder>,
     /// Renders per page.
     #[param(nullable = false, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
@@ -150,7 +173,10 @@ fn owner_filter(
     }
 }
 
-/// List renders, newest first.
+/// List renders: filter, search, sort and page.
+///
+/// Newest first unless `sort` and `order` say otherwise. An unknown `sort`
+/// or `order` is a 400 naming the valid ones.
 #[utoipa::path(
     get,
     path = "/renders",
@@ -178,8 +204,10 @@ pub(super) async fn list(
         status: q.status,
         priority: q.priority,
         owner: owner_filter(q.owner, access.caller.name())?,
+        search: q.q.as_deref().map(validate_search).transpose()?,
     };
-    Ok(HttpResponse::Ok().json(state.store.list_renders(&filter, page).await?))
+    let order = RenderOrder::new(q.sort.unwrap_or_default(), q.order.map(SortOrder::from));
+    Ok(HttpResponse::Ok().json(state.store.list_renders(&filter, order, page).await?))
 }
 
 /// One render, with its progress.

@@ -2,10 +2,12 @@
 
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use renderfarm_wire::{CompleteReport, FailReport, ProgressReport, ReleaseReport, TaskDetail};
+use renderfarm_wire::{
+    CompleteReport, FailReport, ProgressReport, ReleaseReport, Task, TaskDetail,
+};
 use uuid::Uuid;
 
-use super::auth::{Access, RegisteredWorker, Viewer};
+use super::auth::{Access, Operator, RegisteredWorker, Viewer};
 use super::{parse_id, resource, ApiError, AppState, JsonBody};
 use crate::domain::TaskReport;
 
@@ -18,7 +20,43 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/tasks/{id}/progress", "POST").route(web::post().to(progress)))
         .service(resource("/tasks/{id}/complete", "POST").route(web::post().to(complete)))
         .service(resource("/tasks/{id}/fail", "POST").route(web::post().to(fail)))
-        .service(resource("/tasks/{id}/release", "POST").route(web::post().to(release)));
+        .service(resource("/tasks/{id}/release", "POST").route(web::post().to(release)))
+        .service(resource("/tasks/{id}/requeue", "POST").route(web::post().to(requeue)));
+}
+
+/// Requeue one task (an operator's call).
+///
+/// A completed, failed or canceled task runs again from scratch; a running
+/// one is taken from its worker, whose next report gets 409 and whose next
+/// heartbeat answers `abort`. A finished render is reopened (queued again)
+/// when that leaves it able to finish; otherwise requeue the whole render.
+/// The task's history names who did it. Takes no body (`{}` is ignored too).
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/requeue",
+    tag = "tasks",
+    operation_id = "requeue_task",
+    params(("id" = Uuid, Path, description = "The task's id.")),
+    security(("bearer" = ["operator"]), ("session" = ["operator"])),
+    responses(
+        (status = 200, description = "The task, pending again.", body = Task),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn requeue(
+    access: Access<Operator>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id("task", &id)?;
+    let task = state
+        .store
+        .requeue_one_task(id, access.caller.name(), state.clock.now())
+        .await?;
+    state.wake_workers();
+    Ok(HttpResponse::Ok().json(task))
 }
 
 /// One task.

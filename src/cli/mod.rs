@@ -49,7 +49,7 @@ enum Command {
     Status(StatusArgs),
     /// Follow renders live until they finish (exit 0 only if all completed).
     Watch(watch::WatchArgs),
-    /// List renders, newest first.
+    /// List renders, newest first (or --search, --sort, --order).
     Renders(operator::RendersArgs),
     /// List a render's tasks (chunks), e.g. the failed ones.
     Tasks(operator::TasksArgs),
@@ -61,6 +61,8 @@ enum Command {
     Cancel(operator::TargetArgs),
     /// Render a finished render again: the chunks that did not complete, or all if all did.
     Requeue(operator::TargetArgs),
+    /// Render one task (chunk) again; a running one is taken from its worker.
+    RequeueTask(operator::TargetArgs),
     /// Delete a finished render with its tasks and logs (its frames stay).
     Delete(operator::TargetArgs),
     /// Print a task's log (`--follow` to keep printing until it ends).
@@ -95,6 +97,11 @@ struct ServeArgs {
     /// Where the embedded store and default render outputs live.
     #[arg(long, env = "RENDERFARM_DATA_DIR", default_value = "renderfarm-data")]
     data_dir: PathBuf,
+    /// Where default render outputs go, and the only folder whose frames
+    /// the broker serves (`GET /renders/{id}/frames`) [default:
+    /// <data-dir>/renders].
+    #[arg(long, env = "RENDERFARM_OUTPUT_ROOT")]
+    output_root: Option<PathBuf>,
     /// Store to use: leave out for the embedded SQLite store, or a mongodb:// URI.
     #[arg(long, env = "MONGODB_URI")]
     store: Option<String>,
@@ -427,6 +434,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => operator::change_render(args, RenderAction::Resume).await,
         Command::Cancel(args) => operator::change_render(args, RenderAction::Cancel).await,
         Command::Requeue(args) => operator::change_render(args, RenderAction::Requeue).await,
+        Command::RequeueTask(args) => operator::requeue_task(args).await,
         Command::Delete(args) => operator::delete_render(args).await,
         Command::Log(args) => operator::log(args).await,
         Command::Workers(args) => workers(args).await,
@@ -452,6 +460,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         StoreChoice::parse(args.store.as_deref())?,
     );
     settings.scheduler = args.scheduler.settings()?;
+    settings.output_root = args.output_root;
     settings.migrate = !args.no_migrate;
     settings.max_waiting = args.max_waiting as usize;
     settings.auth = args.auth;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 use renderfarm_client::{RenderQuery, TaskQuery};
-use renderfarm_wire::{Priority, RenderAction, RenderStatus, TaskStatus, WorkerAction};
+use renderfarm_wire::{
+    ListOrder, Priority, RenderAction, RenderSort, RenderStatus, TaskStatus, WorkerAction,
+};
 
 use super::client::{connect, explain};
 use super::BrokerArgs;
@@ -23,11 +25,33 @@ pub struct RendersArgs {
     /// `me` for your own.
     #[arg(long)]
     owner: Option<String>,
-    /// How many to show, newest first.
+    /// Only renders whose name contains this (ASCII letters in either case).
+    #[arg(long)]
+    search: Option<String>,
+    /// What to order by: created (newest first), name (A to Z), priority
+    /// (most urgent first), status (queued to canceled) or progress
+    /// (furthest along first).
+    #[arg(long, value_parser = parse_render_sort)]
+    sort: Option<RenderSort>,
+    /// asc or desc, to turn the sort's own direction around.
+    #[arg(long, value_parser = parse_list_order)]
+    order: Option<ListOrder>,
+    /// How many to show.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
     limit: i64,
     #[command(flatten)]
     broker: BrokerArgs,
+}
+
+fn parse_render_sort(raw: &str) -> Result<RenderSort, String> {
+    RenderSort::parse(raw).ok_or_else(|| {
+        let names: Vec<&str> = RenderSort::ALL.iter().map(|s| s.as_str()).collect();
+        format!("{raw:?} is not a sort; use one of {}", names.join(", "))
+    })
+}
+
+fn parse_list_order(raw: &str) -> Result<ListOrder, String> {
+    ListOrder::parse(raw).ok_or_else(|| format!("{raw:?} is not an order; use asc or desc"))
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +175,9 @@ pub async fn renders(args: RendersArgs) -> anyhow::Result<()> {
             status: args.status,
             priority: args.priority,
             owner: args.owner,
+            search: args.search,
+            sort: args.sort,
+            order: args.order,
             limit: Some(args.limit),
             offset: None,
         })
@@ -205,6 +232,27 @@ pub async fn change_render(args: TargetArgs, action: RenderAction) -> anyhow::Re
             render.id,
             render.name,
             render.status.as_str()
+        );
+    }
+    Ok(())
+}
+
+pub async fn requeue_task(args: TargetArgs) -> anyhow::Result<()> {
+    let base = &args.broker.broker;
+    let task = connect(base, &args.broker.client_options())?
+        .requeue_task(&args.id)
+        .await
+        .map_err(explain(base))?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&task)?);
+    } else {
+        println!(
+            "task {} (frames {}-{} of render {}) is {} again",
+            task.id,
+            task.frame_start,
+            task.frame_end,
+            task.render_id,
+            task.status.as_str()
         );
     }
     Ok(())

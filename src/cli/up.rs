@@ -42,6 +42,11 @@ pub struct UpArgs {
     /// Where the store, the demo scene and the frames go.
     #[arg(long, env = "RENDERFARM_DATA_DIR", default_value = "renderfarm-data")]
     data_dir: PathBuf,
+    /// Where default render outputs go, and the only folder whose frames
+    /// the broker serves (`GET /renders/{id}/frames`) [default:
+    /// <data-dir>/renders].
+    #[arg(long, env = "RENDERFARM_OUTPUT_ROOT")]
+    output_root: Option<PathBuf>,
     /// The Blender executable the agents run.
     #[arg(long, env = "RENDERFARM_BLENDER", default_value = "blender")]
     blender: PathBuf,
@@ -55,6 +60,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = std::path::absolute(&args.data_dir)?;
     let credentials = UpCredentials::load_or_make(&data_dir)?;
     let mut settings = Settings::new(args.bind.clone(), data_dir.clone(), StoreChoice::Embedded);
+    settings.output_root = args.output_root.clone();
     settings.bootstrap = Bootstrap {
         admin_secret: Some(credentials.admin.clone()),
         enrolment_secret: Some(credentials.enrolment.clone()),

@@ -6,6 +6,7 @@
 pub(crate) mod dispatch;
 mod events;
 mod frames;
+mod listing;
 mod log;
 mod render;
 mod scheduling;
@@ -23,22 +24,27 @@ pub use events::{
     EVENTS_KEPT, EVENT_GAP_GRACE, EVENT_RETENTION, SUMMARY_INTERVAL, SUMMARY_RUNNING_LIMIT,
 };
 pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
+pub use listing::{
+    compare_progress, compare_renders, default_order, name_matches, status_rank, validate_search,
+    RenderOrder, RenderSortKey, MAX_SEARCH_LEN,
+};
 pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
 pub use render::{
     check_deletable, render_transition, tasks_affected, BulkCause, NewRender, RenderCommand,
     ValidRenderSpec, FINISHED_RENDER_STATUSES, UNFINISHED_RENDER_STATUSES,
 };
 pub use renderfarm_wire::{
-    Assignment, EventKind, FarmEvent, FarmSummary, HeartbeatAction, Priority, Progress, Render,
-    RenderAction, RenderStatus, Task, TaskStatus, Worker, WorkerAction, WorkerStatus,
+    Assignment, EventKind, FarmEvent, FarmSummary, HeartbeatAction, ListOrder, Priority, Progress,
+    Render, RenderAction, RenderSort, RenderStatus, Task, TaskStatus, Worker, WorkerAction,
+    WorkerStatus,
 };
 pub use scheduling::{plan_preemption, Allowances, OverdueWork, PreemptionPlan, RunningWork};
 pub use tally::{
     finished_at_after, render_change, tallied_status, tally_after, RenderChange, Tally,
 };
 pub use task::{
-    check_frames_done, heartbeat_task, retries_exhausted, statuses_affected_by, task_transition,
-    FramesOutOfRange, Requeue, TaskEvent, TaskReport, UnpairedLease,
+    check_frames_done, heartbeat_task, plan_task_requeue, retries_exhausted, statuses_affected_by,
+    task_transition, FramesOutOfRange, Requeue, TaskEvent, TaskReport, TaskRequeue, UnpairedLease,
 };
 pub use token::{
     csrf_for, csrf_matches, plan_session, plan_token, plan_worker_secret, secret_from, secret_hash,

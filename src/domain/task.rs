@@ -1,6 +1,6 @@
 //! The task status machine.
 
-use renderfarm_wire::{HistoryEvent, TaskStatus};
+use renderfarm_wire::{HistoryEvent, Progress, RenderStatus, TaskStatus};
 use uuid::Uuid;
 
 use super::IllegalTransition;
@@ -126,6 +126,71 @@ pub enum TaskReport {
     /// The worker hands the task back unfinished; it is queued again without
     /// counting as a failure.
     Release,
+}
+
+/// What an operator's requeue of one task does (`POST /tasks/{id}/requeue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRequeue {
+    /// The task's move: `Requeue` takes a running task from its worker
+    /// (its lease is void from then on, the worker's next report gets 409);
+    /// `Reset` runs a finished one again. Either way it starts from scratch:
+    /// no worker, no frames done, its retries counted anew.
+    pub event: TaskEvent,
+    /// The render's new status when the requeue reopens a finished render
+    /// (it starts over as when the whole render is requeued); `None` leaves
+    /// it as it is.
+    pub reopen_render: Option<RenderStatus>,
+}
+
+impl TaskRequeue {
+    /// The line the task's history gets (beside the operator's name).
+    pub fn history(self) -> (HistoryEvent, &'static str) {
+        (
+            self.event.history_event(),
+            "an operator requeued this task on its own",
+        )
+    }
+}
+
+/// Whether an operator may requeue one task in `task` of a render in
+/// `render` whose counters are `progress`, and what it does.
+///
+/// A pending task is queued already. A finished render is reopened only if
+/// that leaves it able to finish: its other tasks must all be completed or
+/// still running, since nothing would ever run failed or canceled siblings
+/// of a reopened render (the whole render's requeue does that).
+pub fn plan_task_requeue(
+    task: TaskStatus,
+    render: RenderStatus,
+    progress: &Progress,
+) -> Result<TaskRequeue, IllegalTransition> {
+    let event =
+        match task {
+            TaskStatus::Pending => return Err(IllegalTransition::new(
+                "this task is pending: it is in the queue already and runs when a worker is free",
+            )),
+            TaskStatus::Running => TaskEvent::Requeue,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Canceled => TaskEvent::Reset,
+        };
+    task_transition(task, event)?;
+    if !render.is_finished() {
+        return Ok(TaskRequeue {
+            event,
+            reopen_render: None,
+        });
+    }
+    let this = i64::from(matches!(task, TaskStatus::Failed | TaskStatus::Canceled));
+    let others = progress.tasks_failed + progress.tasks_canceled - this;
+    if others > 0 {
+        return Err(IllegalTransition::new(format!(
+            "its render is {} with {others} other task(s) failed or canceled, which would never run again; requeue the whole render instead (PUT /renders/{{id}}/status {{\"action\": \"requeue\"}})",
+            render.as_str()
+        )));
+    }
+    Ok(TaskRequeue {
+        event,
+        reopen_render: Some(RenderStatus::Queued),
+    })
 }
 
 /// Whether a failed task that was retried `retries` times may not be retried
@@ -256,6 +321,91 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_operator_requeues_one_task_and_reopens_a_render_that_can_finish() {
+        use RenderStatus as R;
+        let tally = |completed, failed, canceled| Progress {
+            tasks_total: 4,
+            tasks_pending: 4 - completed - failed - canceled,
+            tasks_completed: completed,
+            tasks_failed: failed,
+            tasks_canceled: canceled,
+            ..Progress::default()
+        };
+        let reset = |reopen| {
+            Some(TaskRequeue {
+                event: E::Reset,
+                reopen_render: reopen,
+            })
+        };
+        // (task, render, its counters, the plan | None: refused)
+        let table = [
+            (S::Pending, R::Queued, tally(0, 0, 0), None),
+            (
+                S::Running,
+                R::Rendering,
+                tally(1, 0, 0),
+                Some(TaskRequeue {
+                    event: E::Requeue,
+                    reopen_render: None,
+                }),
+            ),
+            (S::Completed, R::Rendering, tally(2, 0, 0), reset(None)),
+            (S::Failed, R::Rendering, tally(1, 1, 0), reset(None)),
+            (S::Completed, R::Paused, tally(1, 0, 0), reset(None)),
+            (
+                S::Completed,
+                R::Completed,
+                tally(4, 0, 0),
+                reset(Some(R::Queued)),
+            ),
+            (S::Failed, R::Failed, tally(3, 1, 0), reset(Some(R::Queued))),
+            (
+                S::Canceled,
+                R::Canceled,
+                tally(3, 0, 1),
+                reset(Some(R::Queued)),
+            ),
+            (S::Failed, R::Failed, tally(1, 1, 2), None),
+            (S::Completed, R::Failed, tally(1, 1, 0), None),
+            (S::Completed, R::Completed, tally(3, 0, 1), None),
+            (
+                S::Running,
+                R::Failed,
+                Progress {
+                    tasks_running: 1,
+                    ..tally(2, 1, 0)
+                },
+                None,
+            ),
+            (
+                S::Running,
+                R::Failed,
+                Progress {
+                    tasks_running: 1,
+                    ..tally(3, 0, 0)
+                },
+                Some(TaskRequeue {
+                    event: E::Requeue,
+                    reopen_render: Some(R::Queued),
+                }),
+            ),
+        ];
+        for (task, render, progress, want) in table {
+            assert_eq!(
+                plan_task_requeue(task, render, &progress).ok(),
+                want,
+                "{task:?} of a {render:?} render, {progress:?}"
+            );
+        }
+        let refused = plan_task_requeue(S::Failed, R::Failed, &tally(1, 1, 2)).unwrap_err();
+        assert!(
+            refused.message.contains("requeue the whole render"),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]

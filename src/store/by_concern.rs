@@ -17,8 +17,8 @@ macro_rules! store_by_concern {
             };
             use ::uuid::Uuid;
             use $crate::domain::{
-                Allowances, EventBounds, NewRender, RenderCommand, StoredToken, TaskReport,
-                ValidWorkerSpec,
+                Allowances, EventBounds, NewRender, RenderCommand, RenderOrder, StoredToken,
+                TaskReport, ValidWorkerSpec,
             };
             use $crate::store::{
                 FarmCounts, LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter,
@@ -46,9 +46,10 @@ macro_rules! store_by_concern {
                 async fn list_renders(
                     &self,
                     filter: &RenderFilter,
+                    order: RenderOrder,
                     page: PageRequest,
                 ) -> StoreResult<Page<Render>> {
-                    renders::list_renders(self, filter, page).await
+                    renders::list_renders(self, filter, order, page).await
                 }
 
                 async fn list_tasks(
@@ -80,6 +81,15 @@ macro_rules! store_by_concern {
                     now: DateTime<Utc>,
                 ) -> StoreResult<Render> {
                     renders::change_render(self, id, command, actor, now).await
+                }
+
+                async fn requeue_one_task(
+                    &self,
+                    id: Uuid,
+                    actor: Option<&str>,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Task> {
+                    tasks::requeue_one_task(self, id, actor, now).await
                 }
 
                 async fn get_task(&self, id: Uuid) -> StoreResult<Task> {

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Allowances, EventBounds, IllegalTransition, LeaseRefusal, NewRender, OverdueWork,
-    RenderCommand, RunningWork, StoredToken, TaskReport, ValidWorkerSpec, WorkerMode,
+    RenderCommand, RenderOrder, RunningWork, StoredToken, TaskReport, ValidWorkerSpec, WorkerMode,
     WorkerUnavailable,
 };
 
@@ -133,6 +133,8 @@ pub struct RenderFilter {
     pub priority: Option<Priority>,
     /// Only the renders this person submitted (`Render::owner`).
     pub owner: Option<String>,
+    /// Only the renders whose name contains this (`domain::name_matches`).
+    pub search: Option<String>,
 }
 
 /// Which slice of a listing to return.
@@ -216,10 +218,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_render(&self, id: Uuid) -> StoreResult<Render>;
 
-    /// Newest first.
+    /// In `order` (`domain::compare_renders`).
     async fn list_renders(
         &self,
         filter: &RenderFilter,
+        order: RenderOrder,
         page: PageRequest,
     ) -> StoreResult<Page<Render>>;
 
@@ -255,6 +258,18 @@ pub trait Store: Send + Sync + 'static {
         actor: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Render>;
+
+    /// An operator puts one task back in the queue, by the domain's rule
+    /// (`domain::plan_task_requeue`): a finished one runs again from
+    /// scratch, a running one is taken from its worker (whose lease is void
+    /// from then on), and a finished render is reopened. Its history names
+    /// `actor`. A task whose render is being deleted is `IllegalTransition`.
+    async fn requeue_one_task(
+        &self,
+        id: Uuid,
+        actor: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Task>;
 
     async fn get_task(&self, id: Uuid) -> StoreResult<Task>;
 

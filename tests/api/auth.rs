@@ -49,6 +49,8 @@ const TABLE: &[(&str, &str, Needs)] = {
         ("GET", "/renders/{id}/tasks", Person(Viewer)),
         ("PUT", "/renders/{id}/status", Person(Artist)),
         ("POST", "/renders/{id}/complete", Person(Operator)),
+        ("GET", "/renders/{id}/frames", Person(Viewer)),
+        ("GET", "/renders/{id}/frames/{frame}", Person(Viewer)),
         ("POST", "/workers", Enrolment),
         ("GET", "/workers", Person(Viewer)),
         ("GET", "/workers/{id}", Person(Viewer)),
@@ -63,6 +65,7 @@ const TABLE: &[(&str, &str, Needs)] = {
         ("POST", "/tasks/{id}/complete", Worker),
         ("POST", "/tasks/{id}/fail", Worker),
         ("POST", "/tasks/{id}/release", Worker),
+        ("POST", "/tasks/{id}/requeue", Person(Operator)),
         ("GET", "/scheduler", Person(Operator)),
         ("POST", "/scheduler/run", Person(Operator)),
         ("POST", "/tokens", Person(Admin)),
@@ -182,7 +185,7 @@ async fn every_operation_asks_for_exactly_the_access_the_table_says() {
     let unknown = "0b8f3c4e-5d6a-4f1b-9c2d-3e4f5a6b7c8d";
 
     for (method, template, needs) in TABLE {
-        let path = template.replace("{id}", unknown);
+        let path = template.replace("{id}", unknown).replace("{frame}", "1");
         let anonymous = call(&app, method, &path, None).await;
         if *needs == Needs::Open {
             assert_eq!(anonymous, StatusCode::OK, "{method} {template} is open");

@@ -25,6 +25,11 @@ impl ApiResponse {
         self.status
     }
 
+    /// The body as it came, for a file that is not text.
+    pub fn bytes(&self) -> &[u8] {
+        &self.body
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
@@ -282,6 +287,9 @@ impl Contract {
                     .map_err(|e| format!("an event's data is not JSON: {e}: {data}"))?;
                 self.validate_against(&media["schema"], &data)?;
             }
+            Ok(())
+        } else if media.get("schema").is_none() {
+            // A file of that type (an image): bytes with no schema to check.
             Ok(())
         } else {
             let text = std::str::from_utf8(&answer.body)

@@ -8,6 +8,7 @@ mod contract;
 mod dashboard;
 mod helpers;
 mod lifecycle;
+mod listing;
 mod long_poll;
 mod operators;
 mod postman;

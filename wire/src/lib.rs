@@ -111,6 +111,79 @@ impl RenderStatus {
     }
 }
 
+/// What a render listing is ordered by (`GET /renders?sort=`); what each
+/// means is the broker's rule (`domain::compare_renders`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderSort {
+    /// When it was submitted (default; newest first).
+    #[default]
+    Created,
+    /// Its name, as written (byte order: `Z` before `a`); A to Z by default.
+    Name,
+    /// Its priority; the most urgent first by default.
+    Priority,
+    /// Its status in life order: queued, rendering, paused, completed,
+    /// failed, canceled (in that order by default).
+    Status,
+    /// `frames_done / frames_total`; the furthest along first by default.
+    Progress,
+}
+
+impl RenderSort {
+    /// Every sort.
+    pub const ALL: [RenderSort; 5] = [
+        RenderSort::Created,
+        RenderSort::Name,
+        RenderSort::Priority,
+        RenderSort::Status,
+        RenderSort::Progress,
+    ];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RenderSort::Created => "created",
+            RenderSort::Name => "name",
+            RenderSort::Priority => "priority",
+            RenderSort::Status => "status",
+            RenderSort::Progress => "progress",
+        }
+    }
+
+    /// The sort named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Which way a listing runs (`?order=`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListOrder {
+    Asc,
+    Desc,
+}
+
+impl ListOrder {
+    /// The order named `s` (`asc` or `desc`), if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [ListOrder::Asc, ListOrder::Desc]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListOrder::Asc => "asc",
+            ListOrder::Desc => "desc",
+        }
+    }
+}
+
 /// Where one chunk of frames is in its life.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -526,6 +599,29 @@ pub struct TaskDetail {
     pub task: Task,
     /// Oldest first.
     pub history: Vec<TaskHistoryEntry>,
+}
+
+/// One rendered frame on the broker's disk (`GET /renders/{id}/frames`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"frame": 1, "url": "/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frames/1", "bytes": 48213, "modified_at": "2026-11-24T01:18:02.117Z"})))]
+pub struct FrameFile {
+    pub frame: i64,
+    /// Where to fetch the image: `/renders/{id}/frames/{frame}`.
+    pub url: String,
+    /// The file's size.
+    pub bytes: u64,
+    /// When the file was last written.
+    pub modified_at: DateTime<Utc>,
+}
+
+/// `GET /renders/{id}/frames`: the frames of a render found on disk.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameList {
+    pub render_id: Uuid,
+    /// Lowest frame first.
+    pub frames: Vec<FrameFile>,
 }
 
 /// What one scheduler tick did.

@@ -5,8 +5,8 @@ use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction};
 use uuid::Uuid;
 
 use super::{claim, complete, plan, plan_by, t0, worker};
-use crate::domain::RenderCommand;
 use crate::domain::TaskReport;
+use crate::domain::{RenderCommand, RenderOrder};
 use crate::store::{PageRequest, RenderFilter, Store, StoreError};
 
 pub async fn renders_keep_who_submitted_them_and_list_by_owner(store: &dyn Store) {
@@ -43,7 +43,12 @@ pub async fn renders_keep_who_submitted_them_and_list_by_owner(store: &dyn Store
             owner: Some(owner.to_string()),
             ..RenderFilter::default()
         };
-        async move { store.list_renders(&filter, page).await.unwrap() }
+        async move {
+            store
+                .list_renders(&filter, RenderOrder::default(), page)
+                .await
+                .unwrap()
+        }
     };
     let alice = listed("alice", None, PageRequest::default()).await;
     assert_eq!(
@@ -90,7 +95,11 @@ pub async fn renders_keep_who_submitted_them_and_list_by_owner(store: &dyn Store
     let nobody = listed("carol", None, PageRequest::default()).await;
     assert_eq!((nobody.items.len(), nobody.total), (0, 0));
     let all = store
-        .list_renders(&RenderFilter::default(), PageRequest::default())
+        .list_renders(
+            &RenderFilter::default(),
+            RenderOrder::default(),
+            PageRequest::default(),
+        )
         .await
         .unwrap();
     assert_eq!(all.total, 4, "no owner filter: everyone's and no one's");
@@ -122,7 +131,11 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
         .await
         .unwrap();
     let all = store
-        .list_renders(&RenderFilter::default(), PageRequest::default())
+        .list_renders(
+            &RenderFilter::default(),
+            RenderOrder::default(),
+            PageRequest::default(),
+        )
         .await
         .unwrap();
     assert_eq!(all.total, 5);
@@ -134,6 +147,7 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
     let page = store
         .list_renders(
             &RenderFilter::default(),
+            RenderOrder::default(),
             PageRequest {
                 limit: 2,
                 offset: 2,
@@ -152,6 +166,7 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
                 priority: Some(Priority::High),
                 ..RenderFilter::default()
             },
+            RenderOrder::default(),
             PageRequest::default(),
         )
         .await
@@ -163,7 +178,9 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
                 priority: Some(Priority::High),
                 status: Some(RenderStatus::Paused),
                 owner: None,
+                search: None,
             },
+            RenderOrder::default(),
             PageRequest::default(),
         )
         .await
@@ -286,5 +303,133 @@ pub async fn unknown_ids_are_not_found(store: &dyn Store) {
             .report_task(id, id, TaskReport::Complete, None, t0())
             .await
             .map(drop),
+    );
+}
+
+/// Every sort in both directions gives the order `domain::compare_renders`
+/// gives, on every page, with the filters and the name search applied.
+pub async fn listings_search_and_sort_as_the_domain_says(store: &dyn Store) {
+    use crate::domain::{compare_renders, name_matches, RenderSortKey, SortOrder};
+    use renderfarm_wire::{ListOrder, RenderSort};
+    // Names that tie, differ in case and sort differently as bytes and as
+    // words; priorities, statuses and progress that tie and differ.
+    let specs: &[(&str, Priority, i64)] = &[
+        ("Shot010", Priority::High, 4),
+        ("shot_020", Priority::Low, 2),
+        ("b-roll", Priority::Urgent, 3),
+        ("SHOT030", Priority::High, 1),
+        ("a%_b", Priority::Normal, 4),
+        ("shot010", Priority::Normal, 2),
+        ("Été", Priority::Low, 2),
+        ("b-roll", Priority::High, 3),
+    ];
+    let mut ids = Vec::new();
+    for (i, (name, priority, frames)) in specs.iter().enumerate() {
+        let r = store
+            .create_render(plan(
+                name,
+                1,
+                *frames,
+                1,
+                *priority,
+                t0() + Duration::seconds(i as i64),
+            ))
+            .await
+            .unwrap();
+        ids.push(r.id);
+    }
+    // Progress and statuses: some frames done here and there, one paused,
+    // one canceled.
+    let w = worker(store, "w", &[]).await;
+    for _ in 0..4 {
+        let a = claim(store, w).await.expect("work to claim");
+        complete(store, &a).await;
+    }
+    store
+        .change_render(ids[3], RenderCommand::Pause, None, t0())
+        .await
+        .unwrap();
+    store
+        .change_render(ids[5], RenderCommand::Cancel, None, t0())
+        .await
+        .unwrap();
+    let all = store
+        .list_renders(
+            &RenderFilter::default(),
+            RenderOrder::default(),
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    let submitted = |id| ids.iter().position(|i| *i == id).unwrap() as i64;
+    let filters = [
+        RenderFilter::default(),
+        RenderFilter {
+            search: Some("SHOT".into()),
+            ..RenderFilter::default()
+        },
+        RenderFilter {
+            search: Some("%_".into()),
+            ..RenderFilter::default()
+        },
+        RenderFilter {
+            search: Some("b-roll".into()),
+            priority: Some(Priority::High),
+            ..RenderFilter::default()
+        },
+        RenderFilter {
+            search: Some("été".into()),
+            ..RenderFilter::default()
+        },
+    ];
+    for filter in &filters {
+        for sort in RenderSort::ALL {
+            for order in [None, Some(ListOrder::Asc), Some(ListOrder::Desc)] {
+                let order = RenderOrder::new(sort, order.map(SortOrder::from));
+                let mut want: Vec<_> = all
+                    .items
+                    .iter()
+                    .filter(|r| {
+                        filter
+                            .search
+                            .as_deref()
+                            .is_none_or(|q| name_matches(&r.name, q))
+                            && filter.priority.is_none_or(|p| p == r.priority)
+                    })
+                    .collect();
+                want.sort_by(|a, b| {
+                    compare_renders(
+                        order,
+                        &RenderSortKey::of(a, submitted(a.id)),
+                        &RenderSortKey::of(b, submitted(b.id)),
+                    )
+                });
+                let want: Vec<Uuid> = want.iter().map(|r| r.id).collect();
+                let mut got = Vec::new();
+                for offset in (0..=want.len() as i64).step_by(3) {
+                    let page = store
+                        .list_renders(filter, order, PageRequest { limit: 3, offset })
+                        .await
+                        .unwrap();
+                    assert_eq!(page.total, want.len() as i64, "{filter:?} {order:?}");
+                    got.extend(page.items.iter().map(|r| r.id));
+                }
+                assert_eq!(got, want, "{filter:?} {order:?}");
+            }
+        }
+    }
+    let shots = store
+        .list_renders(&filters[1], RenderOrder::default(), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(shots.total, 4, "Shot010, shot_020, SHOT030 and shot010");
+    assert!(
+        store
+            .list_renders(&filters[4], RenderOrder::default(), PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "only ASCII letters match in either case"
     );
 }

@@ -65,6 +65,8 @@ macro_rules! conformance_tests {
             finished_renders_are_found_by_when_they_ended,
             listings_filter_and_paginate,
             renders_keep_who_submitted_them_and_list_by_owner,
+            listings_search_and_sort_as_the_domain_says,
+            an_operator_requeues_one_task_by_the_domain_s_rule,
             task_logs_accumulate_in_order,
             a_task_log_keeps_its_first_and_newest_output_within_its_bound,
             unknown_ids_are_not_found,

@@ -5,8 +5,8 @@ use renderfarm_wire::{HistoryEvent, Priority, RenderStatus, TaskStatus, WorkerAc
 use uuid::Uuid;
 
 use super::{assert_counters_exact, claim, complete, plan, plan_with, report, t0, worker};
-use crate::domain::RenderCommand;
 use crate::domain::TaskReport;
+use crate::domain::{RenderCommand, RenderOrder};
 use crate::store::{PageRequest, RenderFilter, Store, StoreError, StoreResult};
 
 /// A history line as the tests compare it: event, worker, actor, detail.
@@ -326,7 +326,11 @@ pub async fn only_a_finished_render_is_deleted_and_it_goes_whole(store: &dyn Sto
     // The other render is untouched.
     assert_eq!(
         store
-            .list_renders(&RenderFilter::default(), PageRequest::default())
+            .list_renders(
+                &RenderFilter::default(),
+                RenderOrder::default(),
+                PageRequest::default()
+            )
             .await
             .unwrap()
             .items
@@ -343,4 +347,177 @@ pub async fn only_a_finished_render_is_deleted_and_it_goes_whole(store: &dyn Sto
             .total,
         2
     );
+}
+
+/// An operator requeues one task: a running one is taken from its worker
+/// (whose lease is void), a finished one runs again, a finished render is
+/// reopened when it can finish, and the history names who did it.
+pub async fn an_operator_requeues_one_task_by_the_domain_s_rule(store: &dyn Store) {
+    use HistoryEvent as H;
+    let later = t0() + Duration::seconds(10);
+    let r = store
+        .create_render(plan("one", 1, 2, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let w1 = worker(store, "w1", &[]).await;
+    let w2 = worker(store, "w2", &[]).await;
+    let first = claim(store, w1).await.unwrap();
+    report(store, &first, TaskReport::Progress { frames_done: 1 }).await;
+    let refused = store
+        .requeue_one_task(
+            store
+                .list_tasks(r.id, Some(TaskStatus::Pending), PageRequest::default())
+                .await
+                .unwrap()
+                .items[0]
+                .id,
+            Some("olga"),
+            later,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::IllegalTransition(_)),
+        "{refused:?}"
+    );
+
+    // Running: taken from w1, whose lease is void from now on.
+    let task = store
+        .requeue_one_task(first.task_id, Some("olga"), later)
+        .await
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Pending);
+    assert_eq!((task.worker_id, task.frames_done), (None, 0));
+    let stale = store
+        .report_task(
+            first.task_id,
+            first.lease_id,
+            TaskReport::Complete,
+            None,
+            later,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::StaleLease { .. }), "{stale:?}");
+    let detail = Some("an operator requeued this task on its own");
+    assert_eq!(
+        history_lines(store, first.task_id).await,
+        vec![
+            line(H::Assigned, Some(w1), None, None),
+            line(H::Requeued, Some(w1), Some("olga"), detail),
+        ]
+    );
+    let render = store.get_render(r.id).await.unwrap();
+    assert_eq!(
+        (render.progress.tasks_pending, render.progress.frames_done),
+        (2, 0)
+    );
+    assert_counters_exact(store).await;
+
+    // Completed whole, then one task requeued: the render is reopened and
+    // completes again once it is rendered.
+    for w in [w1, w2] {
+        let a = claim(store, w).await.unwrap();
+        complete(store, &a).await;
+    }
+    let done = store.get_render(r.id).await.unwrap();
+    assert_eq!(done.status, RenderStatus::Completed);
+    store
+        .requeue_one_task(first.task_id, Some("olga"), later)
+        .await
+        .unwrap();
+    let reopened = store.get_render(r.id).await.unwrap();
+    assert_eq!(reopened.status, RenderStatus::Queued);
+    assert_eq!((reopened.started_at, reopened.finished_at), (None, None));
+    assert_eq!(
+        (
+            reopened.progress.tasks_pending,
+            reopened.progress.tasks_completed
+        ),
+        (1, 1)
+    );
+    assert_counters_exact(store).await;
+    let again = claim(store, w2)
+        .await
+        .expect("the reopened render's task is claimable");
+    assert_eq!(again.task_id, first.task_id);
+    complete(store, &again).await;
+    assert_eq!(
+        store.get_render(r.id).await.unwrap().status,
+        RenderStatus::Completed
+    );
+
+    // A failed render whose other tasks all completed is reopened; one with
+    // canceled work is not (the whole render's requeue runs that).
+    let failing = store
+        .create_render(plan_with("failing", 1, 2, 1, Priority::Normal, t0(), |s| {
+            s.max_retries = 0
+        }))
+        .await
+        .unwrap();
+    let a1 = claim(store, w1).await.unwrap();
+    let a2 = claim(store, w2).await.unwrap();
+    complete(store, &a2).await;
+    let fail = TaskReport::Fail {
+        exit_code: Some(1),
+        reason: "boom".into(),
+    };
+    report(store, &a1, fail.clone()).await;
+    assert_eq!(
+        store.get_render(failing.id).await.unwrap().status,
+        RenderStatus::Failed
+    );
+    store
+        .requeue_one_task(a1.task_id, None, later)
+        .await
+        .unwrap();
+    let back = store.get_render(failing.id).await.unwrap();
+    assert_eq!(back.status, RenderStatus::Queued);
+    assert_eq!(back.progress.tasks_failed, 0);
+    assert_eq!(
+        history_lines(store, a1.task_id).await.last(),
+        Some(&line(H::Requeued, Some(w1), None, detail))
+    );
+    let retried = claim(store, w1).await.unwrap();
+    assert_eq!(
+        (retried.task_id, retried.render_id),
+        (a1.task_id, failing.id)
+    );
+    complete(store, &retried).await;
+    assert_eq!(
+        store.get_render(failing.id).await.unwrap().status,
+        RenderStatus::Completed
+    );
+
+    let stuck = store
+        .create_render(plan_with("stuck", 1, 2, 1, Priority::Normal, t0(), |s| {
+            s.max_retries = 0
+        }))
+        .await
+        .unwrap();
+    let s1 = claim(store, w1).await.unwrap();
+    report(store, &s1, fail).await;
+    let canceled = store
+        .list_tasks(stuck.id, Some(TaskStatus::Canceled), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(canceled.total, 1, "its pending work was canceled");
+    let refused = store
+        .requeue_one_task(s1.task_id, Some("olga"), later)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("requeue the whole render"),
+        "{refused}"
+    );
+    assert_eq!(
+        store.get_render(stuck.id).await.unwrap().status,
+        RenderStatus::Failed,
+        "a refused requeue changes nothing"
+    );
+    assert_counters_exact(store).await;
+    assert!(matches!(
+        store.requeue_one_task(Uuid::new_v4(), None, later).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

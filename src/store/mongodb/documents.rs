@@ -339,6 +339,40 @@ pub(super) struct LogDoc {
     pub(super) bytes: i64,
 }
 
+/// What a listing in a computed order reads of each render.
+#[derive(Debug, Deserialize)]
+pub(super) struct SortKeyDoc {
+    #[serde(rename = "_id")]
+    pub(super) id: String,
+    pub(super) seq: i64,
+    pub(super) name: String,
+    pub(super) priority: i64,
+    pub(super) status: String,
+    pub(super) frames_done: i64,
+    pub(super) frames_total: i64,
+}
+
+impl SortKeyDoc {
+    /// What `domain::compare_renders` compares.
+    pub(super) fn key(&self) -> StoreResult<crate::domain::RenderSortKey<'_>> {
+        Ok(crate::domain::RenderSortKey {
+            name: &self.name,
+            priority: Priority::from_rank(self.priority).ok_or_else(|| {
+                corrupt(format!(
+                    "render {} with priority {}",
+                    self.id, self.priority
+                ))
+            })?,
+            status: RenderStatus::parse(&self.status).ok_or_else(|| {
+                corrupt(format!("render {} with status {:?}", self.id, self.status))
+            })?,
+            frames_done: self.frames_done,
+            frames_total: self.frames_total,
+            submitted: self.seq,
+        })
+    }
+}
+
 /// A document's id alone.
 #[derive(Debug, Deserialize)]
 pub(super) struct IdOnly {

@@ -54,6 +54,10 @@ const FILES: &[(&str, &str)] = &[
         "0008_events",
         include_str!("../../../migrations/mongodb/0008_events.json"),
     ),
+    (
+        "0009_render_listing",
+        include_str!("../../../migrations/mongodb/0009_render_listing.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

@@ -8,10 +8,12 @@ use renderfarm_wire::{HistoryEvent, Page, Progress, Render, RenderStatus, TaskSt
 use uuid::Uuid;
 
 use super::events::{add_set, outbox_of, outbox_set, render_event_set, render_key, Entry};
+use super::rules::{name_search, render_sort};
 use super::{counters::*, documents::*, *};
 use crate::domain::{
-    check_deletable, finished_at_after, is_claimable, render_transition, task_transition,
-    tasks_affected, BulkCause, NewRender, RenderCommand, TaskEvent, LEASED_TASK_STATUS,
+    check_deletable, compare_renders, finished_at_after, is_claimable, render_transition,
+    task_transition, tasks_affected, BulkCause, NewRender, RenderCommand, RenderOrder, TaskEvent,
+    LEASED_TASK_STATUS,
 };
 use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
@@ -22,6 +24,50 @@ pub(super) const DELETE_BATCH: usize = 10_000;
 pub(super) const TASK_BATCH: usize = 10_000;
 
 impl MongoStore {
+    /// Sets the status `status_for` gives the render's current one, by
+    /// compare-and-set on its version (retried while other changes come
+    /// first); `starts_over` clears its start and its failure, as a requeue
+    /// does. Returns the status before, the counters before and the render
+    /// after.
+    pub(super) async fn write_render_status(
+        &self,
+        id: &str,
+        starts_over: bool,
+        now: DateTime<Utc>,
+        status_for: impl Fn(RenderStatus) -> StoreResult<RenderStatus>,
+    ) -> StoreResult<(RenderStatus, RenderStatus, Progress, RenderDoc)> {
+        let renders = self.renders()?;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let doc = self.load_render(id).await?;
+            let from = doc.status()?;
+            let to = status_for(from)?;
+            let change = StatusChange {
+                status: to,
+                started_at: if starts_over { None } else { doc.started_at },
+                finished_at: finished_at_after(from, to, doc.finished_at, bson_time(now)),
+                reset_failure: starts_over,
+            };
+            let mut update = status_update(&change);
+            if to != from {
+                // The status event, in the outbox of the same write.
+                update = add_set(
+                    update,
+                    render_event_set(doc.version + 1, to, doc.progress(), now),
+                );
+            }
+            if let Some(after) = renders
+                .find_one_and_update(render_cas_filter(id, doc.version), update)
+                .return_document(ReturnDocument::After)
+                .await?
+            {
+                return Ok((from, to, doc.progress(), after));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "render {id} changed too often to apply the change; retry"
+        )))
+    }
+
     pub(super) async fn load_render(&self, id: &str) -> StoreResult<RenderDoc> {
         self.renders()?
             .find_one(doc! { "_id": id })
@@ -237,13 +283,17 @@ pub(super) async fn get_render(store: &MongoStore, id: Uuid) -> StoreResult<Rend
 pub(super) async fn list_renders(
     store: &MongoStore,
     filter: &RenderFilter,
+    order: RenderOrder,
     page: PageRequest,
 ) -> StoreResult<Page<Render>> {
     let query = render_list_filter(filter);
     let renders = store.renders()?;
     let total = renders.count_documents(query.clone()).await?;
     let (limit, offset) = page_bounds(page);
-    let docs = fetch_page(&renders, query, render_list_sort(), limit, offset).await?;
+    let docs = match render_sort(order) {
+        Some(sort) => fetch_page(&renders, query, sort, limit, offset).await?,
+        None => computed_order_page(store, query, order, limit, offset).await?,
+    };
     Ok(Page {
         items: docs
             .iter()
@@ -253,6 +303,49 @@ pub(super) async fn list_renders(
         limit,
         offset,
     })
+}
+
+/// One page in an order whose key is computed from several fields (see
+/// `rules::render_sort`): the keys of every matching render (a small
+/// projection), ordered by the domain's comparator, then the page's
+/// documents by id.
+async fn computed_order_page(
+    store: &MongoStore,
+    query: Document,
+    order: RenderOrder,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Vec<RenderDoc>> {
+    let renders = store.renders()?;
+    let keys: Vec<SortKeyDoc> = renders
+        .clone_with_type::<SortKeyDoc>()
+        .find(query)
+        .projection(sort_key_projection())
+        .await?
+        .try_collect()
+        .await?;
+    let mut keyed = keys
+        .iter()
+        .map(|k| Ok((k, k.key()?)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    keyed.sort_by(|a, b| compare_renders(order, &a.1, &b.1));
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    let ids: Vec<&str> = keyed
+        .iter()
+        .skip(start)
+        .take(usize::try_from(limit).unwrap_or(0))
+        .map(|(k, _)| k.id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut docs: Vec<RenderDoc> = renders
+        .find(doc! { "_id": { "$in": &ids } })
+        .await?
+        .try_collect()
+        .await?;
+    docs.sort_by_key(|d| ids.iter().position(|id| *id == d.id));
+    Ok(docs)
 }
 
 pub(super) async fn delete_render(store: &MongoStore, id: Uuid) -> StoreResult<()> {
@@ -305,40 +398,12 @@ pub(super) async fn change_render(
     now: DateTime<Utc>,
 ) -> StoreResult<Render> {
     let id = id.to_string();
-    let renders = store.renders()?;
-    let mut written = None;
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let doc = store.load_render(&id).await?;
-        let from = doc.status()?;
-        let to = render_transition(from, command)?;
-        let requeue = command == RenderCommand::Requeue;
-        let change = StatusChange {
-            status: to,
-            started_at: if requeue { None } else { doc.started_at },
-            finished_at: finished_at_after(from, to, doc.finished_at, bson_time(now)),
-            reset_failure: requeue,
-        };
-        let mut update = status_update(&change);
-        if to != from {
-            update = add_set(
-                update,
-                render_event_set(doc.version + 1, to, doc.progress(), now),
-            );
-        }
-        if let Some(after) = renders
-            .find_one_and_update(render_cas_filter(&id, doc.version), update)
-            .return_document(ReturnDocument::After)
-            .await?
-        {
-            written = Some((from, to, doc.progress(), after));
-            break;
-        }
-    }
-    let Some((from, to, progress, after)) = written else {
-        return Err(StoreError::Unavailable(format!(
-            "render {id} changed too often to apply the command; retry"
-        )));
-    };
+    let requeue = command == RenderCommand::Requeue;
+    let (from, to, progress, after) = store
+        .write_render_status(&id, requeue, now, |from| {
+            Ok(render_transition(from, command)?)
+        })
+        .await?;
     // The tasks move while none of them can be claimed, so that no claim
     // races the move and its history (see `bulk_task_change`): a render
     // that stops being claimable stops first, one that becomes claimable (a
@@ -385,19 +450,9 @@ pub fn bulk_filter(render: &str, status: TaskStatus) -> Document {
 /// no lease.
 pub fn bulk_update(to: TaskStatus, now: DateTime<Utc>, change: &str) -> Document {
     let update = if to == TaskStatus::Pending {
-        doc! { "$set": {
-            "status": to.as_str(),
-            "retries": 0_i64,
-            "worker_id": Bson::Null,
-            "lease_id": Bson::Null,
-            "frames_done": 0_i64,
-            "exit_code": Bson::Null,
-            "failure_reason": Bson::Null,
-            "started_at": Bson::Null,
-            "finished_at": Bson::Null,
-            "queued_at": bson_time(now),
-            "bulk_change": change,
-        } }
+        let mut set = run_again(to, now);
+        set.insert("bulk_change", change);
+        doc! { "$set": set }
     } else {
         doc! { "$set": {
             "status": to.as_str(),
@@ -406,6 +461,23 @@ pub fn bulk_update(to: TaskStatus, now: DateTime<Utc>, change: &str) -> Document
         } }
     };
     with_history(update)
+}
+
+/// The fields of a task run again from scratch, with no worker and no
+/// lease, in status `to` (pending).
+pub fn run_again(to: TaskStatus, now: DateTime<Utc>) -> Document {
+    doc! {
+        "status": to.as_str(),
+        "retries": 0_i64,
+        "worker_id": Bson::Null,
+        "lease_id": Bson::Null,
+        "frames_done": 0_i64,
+        "exit_code": Bson::Null,
+        "failure_reason": Bson::Null,
+        "started_at": Bson::Null,
+        "finished_at": Bson::Null,
+        "queued_at": bson_time(now),
+    }
 }
 
 /// The render's tasks that the bulk change `change` moved (and nothing
@@ -426,12 +498,15 @@ pub fn render_list_filter(filter: &RenderFilter) -> Document {
     if let Some(owner) = &filter.owner {
         query.insert("owner", owner.as_str());
     }
+    if let Some(search) = &filter.search {
+        query.insert("name", name_search(search));
+    }
     query
 }
 
-/// Newest first.
-pub fn render_list_sort() -> Document {
-    doc! { "seq": -1 }
+/// What `domain::compare_renders` reads of a render document.
+pub fn sort_key_projection() -> Document {
+    doc! { "_id": 1, "seq": 1, "name": 1, "priority": 1, "status": 1, "frames_done": 1, "frames_total": 1 }
 }
 
 /// Tasks in one status.

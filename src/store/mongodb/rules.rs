@@ -6,7 +6,7 @@
 
 use bson::{doc, Bson, Document};
 
-use crate::domain::{ClaimKey, SortOrder, CLAIM_ORDER};
+use crate::domain::{ClaimKey, RenderOrder, RenderSort, SortOrder, CLAIM_ORDER};
 use crate::store::Stored;
 
 /// Membership in a list of values: `{"$in": ["queued", "rendering"]}`.
@@ -36,6 +36,56 @@ pub(super) fn claim_sort() -> Document {
         sort.insert(task_field(*key), direction);
     }
     sort
+}
+
+/// `domain::compare_renders` as a sort of render documents, when the
+/// sort's key is a field: the key, then the submission sequence, both in
+/// the listing's direction (an index on `(key, seq)` serves either).
+/// `None` for the sorts whose key is computed from several fields (status
+/// in life order, progress as a fraction): the store orders those by the
+/// domain's comparator itself.
+pub(super) fn render_sort(order: RenderOrder) -> Option<Document> {
+    let direction = match order.order {
+        SortOrder::Ascending => 1,
+        SortOrder::Descending => -1,
+    };
+    let key = match order.sort {
+        RenderSort::Created => None,
+        RenderSort::Name => Some("name"),
+        RenderSort::Priority => Some("priority"),
+        RenderSort::Status | RenderSort::Progress => return None,
+    };
+    let mut sort = Document::new();
+    if let Some(key) = key {
+        sort.insert(key, direction);
+    }
+    sort.insert("seq", direction);
+    Some(sort)
+}
+
+/// `domain::name_matches` as a condition on a render's `name`: a regular
+/// expression of the search with each ASCII letter as a class of its two
+/// cases (the `i` option would fold every alphabet's, the rule only
+/// ASCII's) and everything else matched literally.
+pub(super) fn name_search(q: &str) -> Bson {
+    let mut pattern = String::with_capacity(q.len() * 4);
+    for c in q.chars() {
+        if c.is_ascii_alphabetic() {
+            pattern.push('[');
+            pattern.push(c.to_ascii_lowercase());
+            pattern.push(c.to_ascii_uppercase());
+            pattern.push(']');
+        } else if c.is_ascii_punctuation() || c == ' ' {
+            pattern.push('\\');
+            pattern.push(c);
+        } else {
+            pattern.push(c);
+        }
+    }
+    Bson::RegularExpression(bson::Regex {
+        pattern,
+        options: String::new(),
+    })
 }
 
 /// `domain::carries_tags` as the condition on a document's `required_tags`:
@@ -114,6 +164,58 @@ mod tests {
                 "{worker:?} for {required:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_bson_name_search_is_the_domain_s() {
+        let names = [
+            "Shot010", "shot_010", "50%_done", "Été", "a\\b", "a.b", "x[y]",
+        ];
+        let searches = [
+            "shot", "SHOT0", "t_0", "%_d", "%", "_", "été", "Ét", "\\", "a\\", "x", ".", "[", "]",
+            "a.b", "(", " ",
+        ];
+        for q in searches {
+            let Bson::RegularExpression(re) = name_search(q) else {
+                panic!("a regular expression")
+            };
+            // The server's PCRE, stood in for by the regex crate (the same
+            // syntax for classes and escapes).
+            let re = regex::Regex::new(&re.pattern).unwrap();
+            for name in names {
+                assert_eq!(
+                    re.is_match(name),
+                    domain::name_matches(name, q),
+                    "{name:?} ~ {q:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn render_sorts_are_the_domain_s_keys_then_submission() {
+        use domain::RenderOrder as O;
+        let asc = Some(SortOrder::Ascending);
+        let desc = Some(SortOrder::Descending);
+        assert_eq!(
+            render_sort(O::default()),
+            Some(doc! { "seq": -1 }),
+            "newest first"
+        );
+        assert_eq!(
+            render_sort(O::new(RenderSort::Name, None)),
+            Some(doc! { "name": 1, "seq": 1 })
+        );
+        assert_eq!(
+            render_sort(O::new(RenderSort::Name, desc)),
+            Some(doc! { "name": -1, "seq": -1 })
+        );
+        assert_eq!(
+            render_sort(O::new(RenderSort::Priority, asc)),
+            Some(doc! { "priority": 1, "seq": 1 })
+        );
+        assert_eq!(render_sort(O::new(RenderSort::Status, None)), None);
+        assert_eq!(render_sort(O::new(RenderSort::Progress, None)), None);
     }
 
     #[test]

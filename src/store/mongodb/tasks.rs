@@ -8,12 +8,13 @@ use renderfarm_wire::{Assignment, HistoryEvent, Page, Task, TaskHistoryEntry, Ta
 use uuid::Uuid;
 
 use super::events::{add_set, claimed_key, ended_key, outbox_set, Entry};
+use super::renders::run_again;
 use super::rules::{carries_tags, claim_sort};
 use super::{documents::*, *};
 use crate::domain::{
     check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
-    task_transition, ClaimPermission, Requeue, TaskEvent, TaskReport, CLAIMABLE_TASK_STATUS,
-    LEASED_TASK_STATUS, TASK_LOG_LIMIT,
+    plan_task_requeue, task_transition, ClaimPermission, IllegalTransition, Requeue, TaskEvent,
+    TaskReport, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS, TASK_LOG_LIMIT,
 };
 use crate::store::{PageRequest, StoreError, StoreResult};
 
@@ -257,6 +258,83 @@ pub(super) async fn list_tasks(
         limit,
         offset,
     })
+}
+
+pub(super) async fn requeue_one_task(
+    store: &MongoStore,
+    id: Uuid,
+    actor: Option<&str>,
+    now: DateTime<Utc>,
+) -> StoreResult<Task> {
+    let id = id.to_string();
+    let task = store.load_task(&id).await?;
+    // A render's document goes first when it is deleted.
+    let Some(render) = store
+        .renders()?
+        .find_one(doc! { "_id": &task.render_id })
+        .await?
+    else {
+        return Err(IllegalTransition::new(
+            "its render is being deleted (or was never stored whole); nothing of it runs again",
+        )
+        .into());
+    };
+    let from = task.status()?;
+    let plan = plan_task_requeue(from, render.status()?, &render.progress())?;
+    let to = task_transition(from, plan.event)?;
+    let mut update = with_history(doc! { "$set": run_again(to, now) });
+    if let (true, Some(lease)) = (from == LEASED_TASK_STATUS, task.lease_id.as_deref()) {
+        // Taken from its worker: a move from running, told as on SQLite.
+        update = with_task_event(
+            update,
+            ended_key(lease),
+            to,
+            task.worker_id.as_deref(),
+            0,
+            now,
+        );
+    }
+    // Fenced by the task as read: a claim, report or scheduler move that
+    // came first makes this one match nothing.
+    let before = store
+        .tasks()?
+        .find_one_and_update(
+            requeue_one_filter(&id, from, task.lease_id.as_deref()),
+            update,
+        )
+        .return_document(ReturnDocument::Before)
+        .await?
+        .ok_or_else(|| {
+            StoreError::from(IllegalTransition::new(
+                "the task changed while it was being requeued; look at it again and retry",
+            ))
+        })?;
+    store
+        .tally_task_move(&before.render_id, from, to, -before.frames_done, false, now)
+        .await?;
+    if let Some(status) = plan.reopen_render {
+        // The task is pending but not runnable until the render is
+        // claimable again, which syncs its tasks' flags.
+        let (was, _, _, after) = store
+            .write_render_status(&before.render_id, true, now, |_| Ok(status))
+            .await?;
+        let doc = store.after_status_write(was, after, &[], now).await?;
+        store.save_tally(doc, false, now).await?;
+    }
+    let (event, detail) = plan.history();
+    store
+        .record_history(
+            &before.id,
+            before.history_seq,
+            event,
+            before.worker_id.as_deref(),
+            Some(detail.to_string()),
+            actor,
+            now,
+        )
+        .await?;
+    tracing::info!(task_id = %id, "operator requeued a task");
+    store.load_task(&id).await?.to_task()
 }
 
 pub(super) async fn get_task(store: &MongoStore, id: Uuid) -> StoreResult<Task> {
@@ -559,6 +637,12 @@ fn with_task_event(
 /// The task `worker` is rendering now, if any.
 pub fn held_filter(worker: &str) -> Document {
     doc! { "worker_id": worker, "status": LEASED_TASK_STATUS.as_str() }
+}
+
+/// The task as an operator's requeue read it: still in `status` under the
+/// same lease (none, unless running).
+pub fn requeue_one_filter(task: &str, status: TaskStatus, lease: Option<&str>) -> Document {
+    doc! { "_id": task, "status": status.as_str(), "lease_id": lease.map_or(Bson::Null, Bson::from) }
 }
 
 /// The task, only while it is running under `lease`: every report is fenced

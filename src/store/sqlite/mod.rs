@@ -59,6 +59,9 @@ fn migrations() -> Migrations<'static> {
         )),
         M::up(include_str!("../../../migrations/sqlite/0007_owner.sql")),
         M::up(include_str!("../../../migrations/sqlite/0008_events.sql")),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0009_render_listing.sql"
+        )),
     ])
 }
 

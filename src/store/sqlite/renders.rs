@@ -12,6 +12,7 @@ use super::rules::*;
 use super::{counters::*, rows::*, tasks::*, *};
 use crate::domain::{
     check_deletable, render_transition, tasks_affected, BulkCause, NewRender, RenderCommand,
+    RenderOrder,
 };
 use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
@@ -212,6 +213,7 @@ pub(super) async fn get_render(store: &SqliteStore, id: Uuid) -> StoreResult<Ren
 pub(super) async fn list_renders(
     store: &SqliteStore,
     filter: &RenderFilter,
+    order: RenderOrder,
     page: PageRequest,
 ) -> StoreResult<Page<Render>> {
     let filter = filter.clone();
@@ -230,6 +232,10 @@ pub(super) async fn list_renders(
             args.push(owner.into());
             clauses.push(format!("r.owner = ?{}", args.len()));
         }
+        if let Some(search) = filter.search {
+            args.push(name_search_pattern(&search).into());
+            clauses.push(name_search("r.name", &format!("?{}", args.len())));
+        }
         clauses.push("r.hidden = 0".to_string());
         let filter_sql = format!("WHERE {}", clauses.join(" AND "));
         let total: i64 = conn
@@ -241,7 +247,8 @@ pub(super) async fn list_renders(
         let n = args.len();
         let items = conn
             .prepare_cached(&format!(
-                "SELECT {RENDER_COLUMNS} FROM renders r {filter_sql} ORDER BY r.seq DESC LIMIT ?{} OFFSET ?{}",
+                "SELECT {RENDER_COLUMNS} FROM renders r {filter_sql} ORDER BY {} LIMIT ?{} OFFSET ?{}",
+                render_order(order),
                 n - 1,
                 n
             ))?

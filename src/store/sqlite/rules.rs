@@ -5,7 +5,9 @@
 //! as parameters, so that the planner can use the partial indexes of
 //! `migrations/sqlite/` (`WHERE status = 'running'`, `'failed'`).
 
-use crate::domain::{ClaimKey, SortOrder, CLAIM_ORDER};
+use renderfarm_wire::RenderStatus;
+
+use crate::domain::{status_rank, ClaimKey, RenderOrder, RenderSort, SortOrder, CLAIM_ORDER};
 use crate::store::Stored;
 
 /// The value as an SQL string literal: `'running'`.
@@ -53,6 +55,58 @@ pub(super) fn render_column(key: ClaimKey) -> Option<&'static str> {
     }
 }
 
+/// `domain::compare_renders` as an `ORDER BY` on `renders r`: the sort's
+/// key, then the submission sequence, both in the listing's direction (so
+/// that an index on `(key, seq)` serves either).
+pub(super) fn render_order(order: RenderOrder) -> String {
+    let key = match order.sort {
+        RenderSort::Created => None,
+        RenderSort::Name => Some("r.name".to_string()),
+        RenderSort::Priority => Some("r.priority".to_string()),
+        RenderSort::Status => {
+            let ranks: Vec<String> = RenderStatus::ALL
+                .into_iter()
+                .map(|s| format!("WHEN {} THEN {}", lit(s), status_rank(s)))
+                .collect();
+            Some(format!("CASE r.status {} END", ranks.join(" ")))
+        }
+        // Doubles divided from the same integers compare as the fractions
+        // do, at these sizes (frames fit in 20 bits).
+        RenderSort::Progress => {
+            Some("CAST(r.frames_done AS REAL) / MAX(r.frames_total, 1)".to_string())
+        }
+    };
+    let direction = match order.order {
+        SortOrder::Ascending => "",
+        SortOrder::Descending => " DESC",
+    };
+    match key {
+        Some(key) => format!("{key}{direction}, r.seq{direction}"),
+        None => format!("r.seq{direction}"),
+    }
+}
+
+/// `domain::name_matches` as the pattern of `name LIKE ?1 ESCAPE '\'`:
+/// SQLite's `LIKE` folds the case of ASCII letters only, as the rule does.
+pub(super) fn name_search_pattern(q: &str) -> String {
+    let mut pattern = String::with_capacity(q.len() + 2);
+    pattern.push('%');
+    for c in q.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The condition of [`name_search_pattern`] on the column `name`, its
+/// pattern bound as `param`.
+pub(super) fn name_search(name: &str, param: &str) -> String {
+    format!("{name} LIKE {param} ESCAPE '\\'")
+}
+
 /// `domain::carries_tags` in SQL: the worker's tags (a JSON array) include
 /// every tag the JSON array `required` lists.
 pub(super) fn carries_tags(worker: &str, required: &str) -> String {
@@ -70,6 +124,7 @@ pub(super) fn retries_exhausted(retries: &str, max_retries: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use renderfarm_wire::Render;
     use rusqlite::Connection;
 
     use super::*;
@@ -105,6 +160,101 @@ mod tests {
                 domain::carries_tags(&worker, &required),
                 "{worker:?} for {required:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_sql_name_search_is_the_domain_s() {
+        let conn = Connection::open_in_memory().unwrap();
+        let sql = format!("SELECT {}", name_search("?1", "?2"));
+        let names = ["Shot010", "shot_010", "50%_done", "Été", "a\\b", "plain"];
+        let searches = [
+            "shot", "SHOT0", "t_0", "%_d", "%", "_", "été", "Ét", "\\", "a\\", "x",
+        ];
+        for name in names {
+            for q in searches {
+                let in_sql: bool = conn
+                    .query_row(&sql, [name, &name_search_pattern(q)], |row| row.get(0))
+                    .unwrap();
+                assert_eq!(in_sql, domain::name_matches(name, q), "{name:?} ~ {q:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_sql_render_orders_are_the_domain_s() {
+        use std::cmp::Ordering;
+        // Keys of renders as a table, ordered by SQL and by the domain.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE renders (seq INTEGER PRIMARY KEY, name TEXT, priority INTEGER, \
+             status TEXT, frames_done INTEGER, frames_total INTEGER)",
+        )
+        .unwrap();
+        let rows: Vec<(i64, &str, i64, RenderStatus, i64, i64)> = vec![
+            (1, "b", 1, RenderStatus::Failed, 1, 3),
+            (2, "B", 3, RenderStatus::Queued, 2, 6),
+            (3, "a", 1, RenderStatus::Rendering, 0, 1),
+            (4, "é", 0, RenderStatus::Canceled, 5, 5),
+            (5, "a", 2, RenderStatus::Paused, 999_999, 1_000_000),
+            (6, "z", 1, RenderStatus::Completed, 1, 2),
+        ];
+        for (seq, name, priority, status, done, total) in &rows {
+            conn.execute(
+                "INSERT INTO renders VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![seq, name, priority, status.as_str(), done, total],
+            )
+            .unwrap();
+        }
+        let render = |(_, name, priority, status, done, total): &(
+            i64,
+            &str,
+            i64,
+            RenderStatus,
+            i64,
+            i64,
+        )| {
+            let mut r = crate::store::conformance::plan(
+                "x",
+                1,
+                1,
+                1,
+                renderfarm_wire::Priority::Normal,
+                chrono::Utc::now(),
+            )
+            .render;
+            r.name = name.to_string();
+            r.priority = renderfarm_wire::Priority::from_rank(*priority).unwrap();
+            r.status = *status;
+            r.progress.frames_done = *done;
+            r.progress.frames_total = *total;
+            r
+        };
+        for sort in RenderSort::ALL {
+            for order in [SortOrder::Ascending, SortOrder::Descending] {
+                let order = RenderOrder::new(sort, Some(order));
+                let in_sql: Vec<i64> = conn
+                    .prepare(&format!(
+                        "SELECT r.seq FROM renders r ORDER BY {}",
+                        render_order(order)
+                    ))
+                    .unwrap()
+                    .query_map([], |row| row.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let mut in_domain: Vec<(i64, Render)> =
+                    rows.iter().map(|row| (row.0, render(row))).collect();
+                in_domain.sort_by(|a, b| -> Ordering {
+                    domain::compare_renders(
+                        order,
+                        &domain::RenderSortKey::of(&a.1, a.0),
+                        &domain::RenderSortKey::of(&b.1, b.0),
+                    )
+                });
+                let in_domain: Vec<i64> = in_domain.iter().map(|(seq, _)| *seq).collect();
+                assert_eq!(in_sql, in_domain, "{order:?}");
+            }
         }
     }
 

@@ -11,8 +11,8 @@ use super::rules::*;
 use super::{counters::*, renders::*, rows::*, workers::*, *};
 use crate::domain::{
     check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
-    task_transition, BulkCause, ClaimPermission, Requeue, TaskEvent, TaskLease, TaskReport,
-    TASK_LOG_LIMIT,
+    plan_task_requeue, tally_after, task_transition, BulkCause, ClaimPermission, IllegalTransition,
+    Requeue, TaskEvent, TaskLease, TaskReport, TASK_LOG_LIMIT,
 };
 use crate::domain::{
     ClaimKey, CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS,
@@ -294,6 +294,59 @@ pub(super) fn requeue_task(
         false,
         now,
     )
+}
+
+pub(super) async fn requeue_one_task(
+    store: &SqliteStore,
+    id: Uuid,
+    actor: Option<&str>,
+    now: DateTime<Utc>,
+) -> StoreResult<Task> {
+    let actor = actor.map(str::to_string);
+    store
+        .write(move |conn| {
+            let task = load_leased_task(conn, id)?;
+            let hidden: bool = conn
+                .prepare_cached("SELECT hidden FROM renders WHERE seq = ?1")?
+                .query_row([task.render_seq], |row| row.get(0))?;
+            if hidden {
+                return Err(IllegalTransition::new(
+                    "its render is being deleted (or was never stored whole); nothing of it runs again",
+                )
+                .into());
+            }
+            let mut state = load_tally(conn, task.render_seq)?;
+            let plan = plan_task_requeue(task.status, state.status, &state.progress)?;
+            let to = task_transition(task.status, plan.event)?;
+            // From scratch, as a render's requeue starts its tasks.
+            conn.prepare_cached(
+                "UPDATE tasks SET status = ?2, retries = 0, worker_id = NULL, lease_id = NULL, \
+                 frames_done = 0, exit_code = NULL, failure_reason = NULL, started_at = NULL, \
+                 finished_at = NULL, queued_at = ?3 WHERE seq = ?1",
+            )?
+            .execute(params![task.seq, to.as_str(), ts(now)])?;
+            let (event, detail) = plan.history();
+            record_history(
+                conn,
+                task.seq,
+                event,
+                task.worker_id.as_deref(),
+                Some(detail),
+                actor.as_deref(),
+                now,
+            )?;
+            let before = state.status;
+            state.progress = tally_after(state.progress, Some(task.status), to, -task.frames_done);
+            if let Some(status) = plan.reopen_render {
+                state.status = status;
+                state.started_at = None;
+                state.failed_for_good = false;
+            }
+            save_tally(conn, state, before, false, now)?;
+            tracing::info!(task_id = %id, "operator requeued a task");
+            load_task_by_seq(conn, task.seq)
+        })
+        .await
 }
 
 pub(super) async fn list_tasks(

@@ -103,26 +103,87 @@ impl RenderProgress {
 /// extension it adds: the last run of `#` in the file name becomes the
 /// zero-padded frame number; with no `#`, four digits are appended.
 pub fn frame_path_stem(output: &str, blend_file: &str, frame: i64) -> PathBuf {
-    let resolved = match output.strip_prefix("//") {
-        Some(relative) => Path::new(blend_file)
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(relative)
-            .display()
-            .to_string(),
-        None => output.to_string(),
-    };
-    let name_start = resolved.rfind('/').map_or(0, |i| i + 1);
-    let (dir, name) = resolved.split_at(name_start);
-    let stem = match name.rfind('#') {
-        Some(end) => {
-            let start = name[..=end].trim_end_matches('#').len();
-            let width = end + 1 - start;
-            format!("{}{frame:0width$}{}", &name[..start], &name[end + 1..])
+    OutputPattern::new(output, blend_file).stem(frame)
+}
+
+/// An output pattern as Blender reads it: a folder, and a file name whose
+/// last run of `#` (or, with none, four digits appended) is the frame number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputPattern {
+    /// The folder, as written (with its trailing `/`; empty for none);
+    /// `//` paths resolved against the .blend file's folder.
+    dir: String,
+    prefix: String,
+    width: usize,
+    suffix: String,
+}
+
+impl OutputPattern {
+    /// The pattern `output` of a render of `blend_file`.
+    pub fn new(output: &str, blend_file: &str) -> Self {
+        let resolved = match output.strip_prefix("//") {
+            Some(relative) => Path::new(blend_file)
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(relative)
+                .display()
+                .to_string(),
+            None => output.to_string(),
+        };
+        let name_start = resolved.rfind('/').map_or(0, |i| i + 1);
+        let (dir, name) = resolved.split_at(name_start);
+        let (prefix, width, suffix) = match name.rfind('#') {
+            Some(end) => {
+                let start = name[..=end].trim_end_matches('#').len();
+                (&name[..start], end + 1 - start, &name[end + 1..])
+            }
+            None => (name, 4, ""),
+        };
+        Self {
+            dir: dir.to_string(),
+            prefix: prefix.to_string(),
+            width,
+            suffix: suffix.to_string(),
         }
-        None => format!("{name}{frame:04}"),
-    };
-    PathBuf::from(format!("{dir}{stem}"))
+    }
+
+    /// The folder the frames go to (`.` when the pattern names none).
+    pub fn dir(&self) -> PathBuf {
+        if self.dir.is_empty() {
+            PathBuf::from(".")
+        } else {
+            PathBuf::from(&self.dir)
+        }
+    }
+
+    /// The file name of `frame` without the extension Blender adds.
+    pub fn stem_name(&self, frame: i64) -> String {
+        let width = self.width;
+        format!("{}{frame:0width$}{}", self.prefix, self.suffix)
+    }
+
+    /// Where `frame` goes, without the extension Blender adds.
+    pub fn stem(&self, frame: i64) -> PathBuf {
+        PathBuf::from(format!("{}{}", self.dir, self.stem_name(frame)))
+    }
+
+    /// The frame a file named `file_name` in [`OutputPattern::dir`] holds,
+    /// with the extension after the stem (`None`: not a frame of this
+    /// pattern, or one with no extension).
+    pub fn frame_of<'a>(&self, file_name: &'a str) -> Option<(i64, &'a str)> {
+        let rest = file_name.strip_prefix(self.prefix.as_str())?;
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let frame: i64 = rest[..digits].parse().ok()?;
+        let after = &rest[digits..];
+        let extension = after
+            .strip_prefix(self.suffix.as_str())?
+            .strip_prefix('.')?;
+        // Only the spelling Blender writes: padded to the width, no more.
+        if self.stem_name(frame) != file_name[..file_name.len() - extension.len() - 1] {
+            return None;
+        }
+        (!extension.is_empty() && !extension.contains('.')).then_some((frame, extension))
+    }
 }
 
 fn frame_file_exists(output: &str, blend_file: &str, frame: i64) -> bool {
@@ -221,6 +282,33 @@ mod tests {
                 "{pattern}"
             );
         }
+    }
+
+    #[test]
+    fn frame_files_are_recognised_as_blender_names_them() {
+        let pattern = OutputPattern::new("/r/frame_####", "/p/shot.blend");
+        assert_eq!(pattern.dir(), PathBuf::from("/r/"));
+        let table: &[(&str, Option<(i64, &str)>)] = &[
+            ("frame_0007.png", Some((7, "png"))),
+            ("frame_12345.exr", Some((12345, "exr"))),
+            ("frame_007.png", None),
+            ("frame_00007.png", None),
+            ("frame_0007", None),
+            ("frame_0007.", None),
+            ("frame_0007.png.tmp", None),
+            ("other_0007.png", None),
+            ("frame_abcd.png", None),
+        ];
+        for (name, want) in table {
+            assert_eq!(pattern.frame_of(name), *want, "{name}");
+        }
+        let suffixed = OutputPattern::new("//out/a_##_b", "/p/shot.blend");
+        assert_eq!(suffixed.dir(), PathBuf::from("/p/out/"));
+        assert_eq!(suffixed.frame_of("a_05_b.jpg"), Some((5, "jpg")));
+        assert_eq!(suffixed.frame_of("a_05.jpg"), None);
+        let bare = OutputPattern::new("render", "/p/shot.blend");
+        assert_eq!(bare.dir(), PathBuf::from("."));
+        assert_eq!(bare.frame_of("render0001.png"), Some((1, "png")));
     }
 
     #[test]
