@@ -174,6 +174,31 @@ pub enum DispatchAuth {
 /// How much slower dispatch may be with auth on than off (issue 11).
 const AUTH_BUDGET_PERCENT: f64 = 5.0;
 
+/// Dashboards open during a dispatch run.
+#[derive(Debug, Clone, Copy)]
+pub struct Dashboards {
+    pub count: usize,
+    pub follow: Follow,
+}
+
+/// The render whose stream each dashboard follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Follow {
+    /// The render being dispatched: every claim and report is an event.
+    Dispatched,
+    /// Another render of a few tasks, submitted before the dispatched one.
+    Other,
+}
+
+impl Follow {
+    fn as_str(self) -> &'static str {
+        match self {
+            Follow::Dispatched => "dispatched",
+            Follow::Other => "other",
+        }
+    }
+}
+
 /// How much open dashboards may slow dispatch (issue 12).
 const DASHBOARD_BUDGET_PERCENT: f64 = 10.0;
 
@@ -182,12 +207,12 @@ pub async fn dispatch(
     tasks: i64,
     auth: DispatchAuth,
     rounds: usize,
-    dashboards: usize,
+    dashboards: Dashboards,
     compare_dashboards: bool,
 ) -> anyhow::Result<String> {
     if compare_dashboards {
         anyhow::ensure!(
-            dashboards > 0,
+            dashboards.count > 0,
             "--compare-dashboards needs --dashboards N (N > 0)"
         );
         let auth = match auth {
@@ -206,7 +231,10 @@ pub async fn dispatch(
             unit: "tasks/s",
             baseline: Side {
                 label: "0",
-                setting: 0,
+                setting: Dashboards {
+                    count: 0,
+                    ..dashboards
+                },
             },
             candidate: Side {
                 label: "open",
@@ -227,7 +255,8 @@ pub async fn dispatch(
             .await?;
         summary["workers"] = json!(workers);
         summary["tasks"] = json!(tasks);
-        summary["dashboards"] = json!(dashboards);
+        summary["dashboards"] = json!(dashboards.count);
+        summary["dashboards_follow"] = json!(dashboards.follow.as_str());
         return Ok(summary.to_string());
     }
     let auth = match auth {
@@ -313,7 +342,7 @@ async fn dispatch_once(
     workers: usize,
     tasks: i64,
     auth: Auth,
-    dashboards: usize,
+    dashboards: Dashboards,
 ) -> anyhow::Result<Run> {
     let broker = Broker::start(auth)?;
     let enrolment = broker.enrolment()?;
@@ -323,9 +352,14 @@ async fn dispatch_once(
         registered.push(register(&enrolment, format!("sim-{i}")).await?);
     }
     let admin = broker.admin()?;
+    let other = match dashboards.follow {
+        Follow::Other => Some(admin.submit(&spec("followed", 10)).await?),
+        Follow::Dispatched => None,
+    };
     let render = admin.submit(&spec("dispatch", tasks)).await?;
+    let followed = other.as_ref().map_or(render.id, |r| r.id);
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let readers = open_dashboards(&admin, render.id, dashboards, received.clone()).await?;
+    let readers = open_dashboards(&admin, followed, dashboards.count, received.clone()).await?;
     let samples = Arc::new(Mutex::new(Samples::default()));
     let before = machine::Reading::now(broker.pid())?;
     let started = Instant::now();
@@ -360,9 +394,11 @@ async fn dispatch_once(
     samples.claims.sort();
     samples.completes.sort();
     let done = samples.claims.len();
+    // The followed render's few tasks are dispatched too.
+    let expected = tasks + other.as_ref().map_or(0, |r| r.progress.tasks_total);
     anyhow::ensure!(
-        done as i64 == tasks,
-        "{done} of {tasks} tasks were dispatched"
+        done as i64 == expected,
+        "{done} of {expected} tasks were dispatched"
     );
     let tasks_per_sec = done as f64 / seconds;
     Ok(Run {
@@ -374,7 +410,8 @@ async fn dispatch_once(
             "workers": workers,
             "seconds": (seconds * 1000.0).round() / 1000.0,
             "tasks_per_sec": tasks_per_sec.round(),
-            "dashboards": dashboards,
+            "dashboards": dashboards.count,
+            "dashboards_follow": dashboards.follow.as_str(),
             "events_received": received.load(std::sync::atomic::Ordering::Relaxed),
             "claim_p50_ms": quantile_ms(&samples.claims, 0.50),
             "claim_p99_ms": quantile_ms(&samples.claims, 0.99),

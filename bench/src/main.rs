@@ -54,6 +54,11 @@ enum Command {
         /// p99, against the 10 % budget.
         #[arg(long)]
         compare_dashboards: bool,
+        /// Which render the dashboards follow: the one being dispatched
+        /// (every claim and report of the run is an event for each), or
+        /// another, small one (a render page open on other work).
+        #[arg(long, value_enum, default_value = "dispatched")]
+        dashboards_follow: load::Follow,
     },
     /// Claim latency with N tasks already queued, and the broker's memory.
     Depth {
@@ -153,7 +158,14 @@ fn main() -> ExitCode {
                 rounds,
                 dashboards,
                 compare_dashboards,
-            } => load::dispatch(workers, tasks, auth, rounds, dashboards, compare_dashboards).await,
+                dashboards_follow,
+            } => {
+                let dashboards = load::Dashboards {
+                    count: dashboards,
+                    follow: dashboards_follow,
+                };
+                load::dispatch(workers, tasks, auth, rounds, dashboards, compare_dashboards).await
+            }
             Command::Depth {
                 queued,
                 claims,
