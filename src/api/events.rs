@@ -132,15 +132,24 @@ impl EventHub {
         !renders.is_empty() || self.everything.receiver_count() > 0
     }
 
-    /// Passes `event` to the streams that follow it.
+    /// Passes `event` to the streams that follow it; encodes it only when
+    /// one does (a busy farm makes thousands a second, most of which no
+    /// render page follows).
     fn pass_on(&self, event: FarmEvent) {
-        let encoded = Arc::new(Encoded::new(event));
-        if let Some(render) = encoded.event.render_id {
-            if let Some(sender) = self.renders().get(&render) {
-                let _ = sender.send(encoded.clone());
-            }
+        let followers = event
+            .render_id
+            .and_then(|render| self.renders().get(&render).cloned());
+        let everyone = self.everything.receiver_count() > 0;
+        if followers.is_none() && !everyone {
+            return;
         }
-        let _ = self.everything.send(encoded);
+        let encoded = Arc::new(Encoded::new(event));
+        if let Some(sender) = followers {
+            let _ = sender.send(encoded.clone());
+        }
+        if everyone {
+            let _ = self.everything.send(encoded);
+        }
     }
 }
 
