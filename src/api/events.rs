@@ -44,6 +44,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Events read from the store at once.
 const READ_BATCH: usize = 500;
 
+/// Event ids read from the store at once, to find how far the log is whole.
+const ID_BATCH: usize = 2000;
+
 /// Events a stream may fall behind the hub before it reads the log itself.
 const FANOUT_CAPACITY: usize = 4096;
 
@@ -130,6 +133,65 @@ impl EventHub {
         let mut renders = self.renders();
         renders.retain(|_, sender| sender.receiver_count() > 0);
         !renders.is_empty() || self.everything.receiver_count() > 0
+    }
+
+    /// Passes on the events after `after` up to where the log has no gap
+    /// (ids read alone, which is cheap); reads only the followed renders'
+    /// events while no stream follows the whole farm (a busy farm records
+    /// thousands a second, of which a render page wants few). True when
+    /// there may be more to read at once.
+    async fn read_after(&self, after: i64, gap_since: &mut Option<Instant>) -> StoreResult<bool> {
+        let ids = self.store.event_ids_after(after, ID_BATCH).await?;
+        let now = Instant::now();
+        let pass = contiguous_prefix(after, &ids, *gap_since, now);
+        *gap_since = if pass < ids.len() {
+            gap_since.or(Some(now))
+        } else {
+            None
+        };
+        let Some(&until) = ids[..pass].last() else {
+            return Ok(false);
+        };
+        let events = if self.everything.receiver_count() > 0 {
+            self.read_range(after, until, None).await?
+        } else {
+            let followed: Vec<Uuid> = self.renders().keys().copied().collect();
+            let mut events = Vec::new();
+            for render in followed {
+                events.extend(self.read_range(after, until, Some(render)).await?);
+            }
+            events.sort_by_key(|e| e.id);
+            events
+        };
+        for event in events {
+            self.pass_on(event);
+        }
+        self.position.store(until, Ordering::Release);
+        Ok(pass == ID_BATCH)
+    }
+
+    /// The events after `after` up to `until`, only `render`'s when given.
+    async fn read_range(
+        &self,
+        mut after: i64,
+        until: i64,
+        render: Option<Uuid>,
+    ) -> StoreResult<Vec<FarmEvent>> {
+        let mut events = Vec::new();
+        loop {
+            let batch = self.store.events_after(after, render, READ_BATCH).await?;
+            let full = batch.len() == READ_BATCH;
+            for event in batch {
+                if event.id > until {
+                    return Ok(events);
+                }
+                after = event.id;
+                events.push(event);
+            }
+            if !full {
+                return Ok(events);
+            }
+        }
     }
 
     /// Passes `event` to the streams that follow it; encodes it only when
@@ -221,22 +283,10 @@ async fn read_loop(hub: std::sync::Weak<EventHub>) {
             }
         } else {
             let after = hub.position();
-            match hub.store.events_after(after, None, READ_BATCH).await {
-                Ok(events) => {
+            match hub.read_after(after, &mut gap_since).await {
+                Ok(more) => {
                     complaint.succeeded();
-                    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-                    let now = Instant::now();
-                    let pass = contiguous_prefix(after, &ids, gap_since, now);
-                    gap_since = if pass < ids.len() {
-                        gap_since.or(Some(now))
-                    } else {
-                        None
-                    };
-                    for event in events.into_iter().take(pass) {
-                        hub.position.store(event.id, Ordering::Release);
-                        hub.pass_on(event);
-                    }
-                    if pass == READ_BATCH {
+                    if more {
                         continue;
                     }
                 }

@@ -255,6 +255,10 @@ macro_rules! store_by_concern {
                     events::events_after(self, after, render, limit).await
                 }
 
+                async fn event_ids_after(&self, after: i64, limit: usize) -> StoreResult<Vec<i64>> {
+                    events::event_ids_after(self, after, limit).await
+                }
+
                 async fn event_bounds(&self) -> StoreResult<EventBounds> {
                     events::event_bounds(self).await
                 }

@@ -436,6 +436,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<FarmEvent>>;
 
+    /// The ids of the events after `after`, lowest first, at most `limit`:
+    /// what [`Store::events_after`] would return, without reading the events.
+    async fn event_ids_after(&self, after: i64, limit: usize) -> StoreResult<Vec<i64>>;
+
     /// The event ids kept.
     async fn event_bounds(&self) -> StoreResult<EventBounds>;
 

@@ -434,6 +434,14 @@ pub async fn the_event_log_tells_every_change_once_in_order(store: &dyn Store) {
     assert_eq!(of_b.len(), 7);
     let some = store.events_after(of_b[2].id, Some(b.id), 2).await.unwrap();
     assert_eq!(some, of_b[3..5].to_vec(), "after an id, at most the limit");
+    // The ids alone, as the broker's reader finds how far the log is whole.
+    let ids: Vec<i64> = all.iter().map(|e| e.id).collect();
+    assert_eq!(store.event_ids_after(0, 1000).await.unwrap(), ids);
+    assert_eq!(
+        store.event_ids_after(ids[2], 3).await.unwrap(),
+        ids[3..6].to_vec(),
+        "ids after an id, at most the limit"
+    );
 
     // Bounds, purging and where readers resume.
     let newest = all.last().unwrap().id;

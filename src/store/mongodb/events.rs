@@ -560,6 +560,28 @@ impl MongoStore {
     }
 }
 
+pub(super) async fn event_ids_after(
+    store: &MongoStore,
+    after: i64,
+    limit: usize,
+) -> StoreResult<Vec<i64>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Document> = store
+        .events()?
+        .clone_with_type::<Document>()
+        .find(doc! { "_id": { "$gt": after } })
+        .projection(doc! { "_id": 1 })
+        .sort(doc! { "_id": 1 })
+        .limit(limit)
+        .await?
+        .try_collect()
+        .await?;
+    Ok(ids.iter().filter_map(|d| d.get_i64("_id").ok()).collect())
+}
+
 pub(super) async fn events_after(
     store: &MongoStore,
     after: i64,

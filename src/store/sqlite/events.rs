@@ -176,6 +176,22 @@ pub(super) async fn events_after(
         .await
 }
 
+pub(super) async fn event_ids_after(
+    store: &SqliteStore,
+    after: i64,
+    limit: usize,
+) -> StoreResult<Vec<i64>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    store
+        .read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT id FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?
+                .query_map(params![after, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<i64>>>()?)
+        })
+        .await
+}
+
 pub(super) async fn event_bounds(store: &SqliteStore) -> StoreResult<EventBounds> {
     store
         .read(|conn| {
