@@ -544,6 +544,8 @@ async fn follow(
     loop {
         let first = tokio::select! {
             first = fanout.recv() => first,
+            // The client left: its render stops being followed at once.
+            () = tx.closed() => return,
             () = tokio::time::sleep(KEEP_ALIVE) => {
                 if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
                     return;
@@ -659,7 +661,12 @@ pub(super) async fn summary(
             return;
         }
         let mut sent = first;
-        while latest.changed().await.is_ok() {
+        loop {
+            // A client that left must not keep the summaries computed.
+            tokio::select! {
+                changed = latest.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+            }
             let Some(summary) = latest.borrow_and_update().clone() else {
                 continue;
             };
