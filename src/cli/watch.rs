@@ -182,13 +182,10 @@ impl Changes {
                 }
                 // Broken or closed (the broker restarts): look now, and open
                 // it again after the last event read.
-                Some(Err(e)) => {
-                    view.note(&format!("{e}; following again"));
-                    self.stream = None;
-                    self.connect(client).await;
-                    return;
-                }
-                None => {
+                ended => {
+                    if let Some(Err(e)) = ended {
+                        view.note(&format!("{e}; following again"));
+                    }
                     self.stream = None;
                     self.connect(client).await;
                     return;

@@ -219,53 +219,52 @@ pub(super) async fn record_coalesced_events(
     let running = lit(LEASED_TASK_STATUS);
     let unfinished = is_in(UNFINISHED_RENDER_STATUSES);
     let progress = progress_json("r");
-    let statements = [
-        format!(
-            "INSERT INTO events (at, kind, render_id, task_id, worker_id, frames_done) \
-             SELECT ?1, {}, r.id, t.id, t.worker_id, t.frames_done \
-             FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-             WHERE t.status = {running} AND t.frames_done <> t.seen_frames_done ORDER BY t.seq",
-            lit(EventKind::Progress)
+    let tasks = "FROM tasks t JOIN renders r ON r.seq = t.render_seq";
+    // Each: what changed since its last event, the event that tells it,
+    // and the mark that it was told.
+    let changed_frames = format!("t.status = {running} AND t.frames_done <> t.seen_frames_done");
+    let changed_log =
+        format!("t.status = {running} AND t.log_bytes + t.log_dropped <> t.seen_log_total");
+    let changed_tally =
+        format!("r.hidden = 0 AND r.status {unfinished} AND r.seen_progress IS NOT {progress}");
+    let steps = [
+        (
+            format!(
+                "INSERT INTO events (at, kind, render_id, task_id, worker_id, frames_done) \
+                 SELECT ?1, {}, r.id, t.id, t.worker_id, t.frames_done {tasks} \
+                 WHERE {changed_frames} ORDER BY t.seq",
+                lit(EventKind::Progress)
+            ),
+            format!("UPDATE tasks AS t SET seen_frames_done = frames_done WHERE {changed_frames}"),
         ),
-        format!(
-            "UPDATE tasks SET seen_frames_done = frames_done \
-             WHERE status = {running} AND frames_done <> seen_frames_done AND ?1 IS NOT NULL"
+        (
+            format!(
+                "INSERT INTO events (at, kind, render_id, task_id, worker_id, log_bytes) \
+                 SELECT ?1, {}, r.id, t.id, t.worker_id, t.log_bytes {tasks} \
+                 WHERE {changed_log} ORDER BY t.seq",
+                lit(EventKind::Log)
+            ),
+            format!(
+                "UPDATE tasks AS t SET seen_log_total = log_bytes + log_dropped WHERE {changed_log}"
+            ),
         ),
-        format!(
-            "INSERT INTO events (at, kind, render_id, task_id, worker_id, log_bytes) \
-             SELECT ?1, {}, r.id, t.id, t.worker_id, t.log_bytes \
-             FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-             WHERE t.status = {running} AND t.log_bytes + t.log_dropped <> t.seen_log_total \
-             ORDER BY t.seq",
-            lit(EventKind::Log)
-        ),
-        format!(
-            "UPDATE tasks SET seen_log_total = log_bytes + log_dropped \
-             WHERE status = {running} AND log_bytes + log_dropped <> seen_log_total \
-             AND ?1 IS NOT NULL"
-        ),
-        format!(
-            "INSERT INTO events (at, kind, render_id, status, progress) \
-             SELECT ?1, {}, r.id, r.status, {progress} FROM renders r \
-             WHERE r.hidden = 0 AND r.status {unfinished} \
-             AND r.seen_progress IS NOT {progress} ORDER BY r.seq",
-            lit(EventKind::Render)
-        ),
-        format!(
-            "UPDATE renders AS r SET seen_progress = {progress} \
-             WHERE r.hidden = 0 AND r.status {unfinished} AND r.seen_progress IS NOT {progress} \
-             AND ?1 IS NOT NULL"
+        (
+            format!(
+                "INSERT INTO events (at, kind, render_id, status, progress) \
+                 SELECT ?1, {}, r.id, r.status, {progress} FROM renders r \
+                 WHERE {changed_tally} ORDER BY r.seq",
+                lit(EventKind::Render)
+            ),
+            format!("UPDATE renders AS r SET seen_progress = {progress} WHERE {changed_tally}"),
         ),
     ];
     let at = ts(now);
     store
         .write(move |conn| {
             let mut recorded = 0;
-            for (i, sql) in statements.iter().enumerate() {
-                let changed = conn.prepare_cached(sql)?.execute([&at])?;
-                if i % 2 == 0 {
-                    recorded += changed as u64;
-                }
+            for (record, mark) in &steps {
+                recorded += conn.prepare_cached(record)?.execute([&at])? as u64;
+                conn.prepare_cached(mark)?.execute([])?;
             }
             Ok(recorded)
         })
