@@ -91,6 +91,17 @@ async fn claim(client: &reqwest::Client, broker: &str, worker: &str) -> Value {
     .await
 }
 
+async fn run_scheduler(client: &reqwest::Client, broker: &str) {
+    let report = send_json(
+        client,
+        Method::POST,
+        format!("{broker}/scheduler/run"),
+        &json!({}),
+    )
+    .await;
+    assert!(report.get("ran_at").is_some(), "a tick report: {report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on() {
     let Some(mongo) = renderfarm_testkit::mongodb_for_tests("migrate-store") else {
@@ -101,7 +112,8 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
 
     // A farm with something in every state.
     let (before, running) = {
-        let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
+        let broker =
+            BrokerProcess::start_with(data.path(), "127.0.0.1:0", &["--worker-timeout", "1h"]);
         let b = broker.address.as_str();
         let urgent = submit(&client, b, json!({"name": "urgent", "blend_file": "/p/u.blend", "frame_start": 1, "frame_end": 30, "chunk_size": 10, "priority": "urgent", "max_retries": 1})).await;
         let gpu = submit(&client, b, json!({"name": "gpu", "blend_file": "/p/g.blend", "frame_start": 1, "frame_end": 4, "chunk_size": 2, "tags": ["gpu"]})).await;
@@ -170,6 +182,11 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
         )
         .await;
         let _ = urgent;
+        // A broker ticks once as it starts, and that tick retries the failed
+        // chunk. Tick here too, so both farms are seen after their retry.
+        // The long worker timeout on both brokers keeps a slow run from
+        // finding the workers lost in between.
+        run_scheduler(&client, b).await;
         (everything(&client, b).await, third)
     };
     assert_eq!(before["total"], 4);
@@ -206,7 +223,11 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
     );
 
     let mongo_dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start_with(mongo_dir.path(), "127.0.0.1:0", &["--store", &to]);
+    let broker = BrokerProcess::start_with(
+        mongo_dir.path(),
+        "127.0.0.1:0",
+        &["--store", &to, "--worker-timeout", "1h"],
+    );
     let b = broker.address.as_str();
     common::wait_for(
         "the MongoDB broker to be ready",
@@ -217,6 +238,9 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
         },
     )
     .await;
+    // Whether its start-up tick reached MongoDB or not, one more leaves the
+    // farm where the original's tick left it (ticks are serialised).
+    run_scheduler(&client, b).await;
     let after = everything(&client, b).await;
     assert_eq!(
         after, before,
