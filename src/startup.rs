@@ -75,6 +75,10 @@ pub struct Settings {
     /// Serve HTTPS with this certificate and key; `None` serves plain HTTP
     /// (on one machine, or behind a proxy that terminates TLS).
     pub tls: Option<TlsFiles>,
+    /// Also serve `/metrics`, without credentials, on this address (a port
+    /// only Prometheus reaches); `None`: only on the API's address, with a
+    /// viewer's token.
+    pub metrics_bind: Option<String>,
 }
 
 pub use crate::api::rate_limit::{Per, RateLimit, RateLimits};
@@ -99,6 +103,7 @@ impl Settings {
             bootstrap: Bootstrap::default(),
             rate_limits: RateLimits::default(),
             tls: None,
+            metrics_bind: None,
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct Application {
     port: u16,
     scheme: &'static str,
     server: Server,
+    /// `--metrics-bind`'s server and port.
+    metrics: Option<(Server, u16)>,
     state: web::Data<AppState>,
     scheduler: Arc<Scheduler>,
     /// Forgets the rate limiters' idle keys while the server runs.
@@ -209,6 +216,8 @@ impl Application {
                 .wrap(from_fn(move |req, next| {
                     rate_limit::limit(limiters.clone(), req, next)
                 }))
+                // Outside the limiter only to count what it refuses too.
+                .wrap(from_fn(api::metrics::count_requests))
         })
         // Long polls hold requests for up to a minute; stopping should not
         // wait for them, the workers ask again.
@@ -222,11 +231,16 @@ impl Application {
             None => server.listen(listener)?,
         }
         .run();
+        let metrics = match &settings.metrics_bind {
+            Some(bind) => Some(metrics_server(bind, state.clone())?),
+            None => None,
+        };
         scheduler.start().await?;
         Ok(Self {
             port,
             scheme,
             server,
+            metrics,
             state,
             scheduler,
             limiter_pruner,
@@ -236,6 +250,11 @@ impl Application {
     /// The port the broker listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `--metrics-bind`, when given.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(_, port)| *port)
     }
 
     /// `https` when the broker serves TLS, else `http`.
@@ -261,11 +280,47 @@ impl Application {
     /// Serves until stopped through [`Application::handle`], then stops the
     /// scheduler and gives up its lease.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let metrics = self.metrics.map(|(server, _)| {
+            let handle = server.handle();
+            (tokio::spawn(server), handle)
+        });
         let served = self.server.await;
+        if let Some((task, handle)) = metrics {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
         self.limiter_pruner.abort();
         self.scheduler.stop().await;
         served
     }
+}
+
+/// `/metrics` alone, without credentials, on `bind`: for a port that only
+/// the monitoring reaches (a cluster-internal one), so Prometheus needs no
+/// token. Plain HTTP, as scrapers inside a cluster use.
+fn metrics_server(bind: &str, state: web::Data<AppState>) -> anyhow::Result<(Server, u16)> {
+    let listener = TcpListener::bind(bind).with_context(|| {
+        format!("cannot listen on {bind} for --metrics-bind: pick a free address")
+    })?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route(
+                "/metrics",
+                web::get().to(
+                    |state: web::Data<AppState>, req: actix_web::HttpRequest| async move {
+                        api::metrics::exposition(&state, &req).await
+                    },
+                ),
+            )
+            .default_service(web::to(api::no_route))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((server, port))
 }
 
 /// Stores the deployment's chosen secrets and, on a store with no token yet,

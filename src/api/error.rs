@@ -116,6 +116,7 @@ impl ResponseError for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        crate::metrics::replica().store_error(&e);
         match e {
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             StoreError::NotYourTask { .. } => ApiError::Forbidden(e.to_string()),

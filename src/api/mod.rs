@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod frames;
 mod health;
+pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 mod renders;
@@ -104,6 +105,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     events::configure(cfg);
     frames::configure(cfg);
     health::configure(cfg);
+    metrics::configure(cfg);
     scheduler::configure(cfg);
     tokens::configure(cfg);
     session::configure(cfg);

@@ -16,7 +16,8 @@ use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    events, frames, health, renders, scheduler, session, signed, tasks, tokens, workers, ApiError,
+    events, frames, health, metrics, renders, scheduler, session, signed, tasks, tokens, workers,
+    ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -71,6 +72,7 @@ is answered 429 with `Retry-After`.",
         tasks::requeue,
         health::health,
         health::ready,
+        metrics::scrape,
         scheduler::status,
         scheduler::run,
         tokens::create,
@@ -100,6 +102,7 @@ is answered 429 with `Retry-After`.",
         (name = "workers", description = "Worker agents register, heartbeat and pull tasks; operators drain, disable and enable them."),
         (name = "tasks", description = "One chunk of a render's frames: its state, its log, and the lease-guarded reports of the worker running it."),
         (name = "health", description = "Liveness and readiness probes."),
+        (name = "metrics", description = "Prometheus metrics: this replica's requests and latencies; the farm's gauges from the scheduler's leader."),
         (name = "scheduler", description = "The periodic tick: lost workers, retries, preemption, counter recount; run it now, see what it did."),
         (name = "tokens", description = "Credentials (admins): issue, list and revoke tokens."),
         (name = "events", description = "The farm's changes as they happen (Server-Sent Events), resumable with `Last-Event-ID`; the farm in numbers, live."),

@@ -122,6 +122,8 @@ async fn report(
     log: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("task", id)?;
+    let kind = report.metric_label();
+    let started = std::time::Instant::now();
     let task = state
         .store
         .report_task_as(
@@ -132,8 +134,9 @@ async fn report(
             log,
             state.clock.now(),
         )
-        .await?;
-    Ok(HttpResponse::Ok().json(task))
+        .await;
+    crate::metrics::replica().report(kind, started.elapsed());
+    Ok(HttpResponse::Ok().json(task?))
 }
 
 /// Report progress on a task: frames done so far, and new log lines.

@@ -295,7 +295,10 @@ pub(super) async fn request_task(
         let woken = state.work_available.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if let Some(assignment) = state.store.claim_next_task(id, state.clock.now()).await? {
+        let started = std::time::Instant::now();
+        let claimed = state.store.claim_next_task(id, state.clock.now()).await;
+        crate::metrics::replica().claim(started.elapsed());
+        if let Some(assignment) = claimed? {
             return Ok(HttpResponse::Ok().json(assignment));
         }
         if tokio::time::Instant::now() >= deadline {

@@ -117,6 +117,11 @@ struct ServeArgs {
     /// `off`: check no credentials, for a trusted single machine only.
     #[arg(long, env = "RENDERFARM_AUTH", default_value = "on", value_parser = parse_auth)]
     auth: AuthMode,
+    /// Also serve /metrics on this address, without credentials (a port only
+    /// Prometheus reaches, e.g. 0.0.0.0:9090 inside a cluster). On the API's
+    /// address /metrics needs a viewer's token.
+    #[arg(long, env = "RENDERFARM_METRICS_BIND", value_name = "ADDR")]
+    metrics_bind: Option<String>,
     /// An admin secret chosen by the deployment (e.g. compose's secret); the
     /// broker stores its hash at start. Without it, a broker whose store has
     /// no token yet makes an admin token and prints it once.
@@ -478,6 +483,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .tls_cert
         .zip(args.tls_key)
         .map(|(cert, key)| crate::tls::TlsFiles { cert, key });
+    settings.metrics_bind = args.metrics_bind;
     raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings.clone()).await?;
     let host = settings
@@ -491,6 +497,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         app.port(),
         settings.data_dir.display()
     );
+    if let Some(port) = app.metrics_port() {
+        let host = settings
+            .metrics_bind
+            .as_deref()
+            .and_then(|b| b.rsplit_once(':'))
+            .map_or("127.0.0.1", |(host, _)| host);
+        eprintln!("metrics (no credentials) on http://{host}:{port}/metrics");
+    }
     let handle = app.handle();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -38,7 +38,9 @@ pub use renderfarm_wire::{
     Render, RenderAction, RenderSort, RenderStatus, Task, TaskStatus, Worker, WorkerAction,
     WorkerStatus,
 };
-pub use scheduling::{plan_preemption, Allowances, OverdueWork, PreemptionPlan, RunningWork};
+pub use scheduling::{
+    plan_preemption, workers_wanted_by_tags, Allowances, OverdueWork, PreemptionPlan, RunningWork,
+};
 pub use tally::{
     finished_at_after, render_change, tallied_status, tally_after, RenderChange, Tally,
 };

@@ -137,6 +137,42 @@ pub fn plan_preemption(
     plan
 }
 
+/// Runnable work that no idle worker can take, by the tags a worker needs
+/// for it: how many more workers could start work right now (the signal an
+/// autoscaler scales on, so that a GPU pool and a CPU pool grow apart).
+///
+/// `runnable` is pending work of renders that may run, grouped by the tags
+/// their tasks need; each idle worker takes one task it can run, the groups
+/// that need the most tags first (a worker with many tags can stand in for
+/// fewer, not the other way round). Groups that need no more worker are
+/// left out.
+pub fn workers_wanted_by_tags(
+    runnable: &[(Vec<String>, i64)],
+    idle_worker_tags: &[Vec<String>],
+) -> Vec<(Vec<String>, i64)> {
+    let mut groups: Vec<&(Vec<String>, i64)> = runnable.iter().filter(|(_, n)| *n > 0).collect();
+    groups.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    let mut idle: Vec<&Vec<String>> = idle_worker_tags.iter().collect();
+    let mut wanted = Vec::new();
+    for (tags, tasks) in groups {
+        let mut left = *tasks;
+        while left > 0 {
+            match idle.iter().position(|w| carries_tags(w, tags)) {
+                Some(i) => {
+                    idle.swap_remove(i);
+                    left -= 1;
+                }
+                None => break,
+            }
+        }
+        if left > 0 {
+            wanted.push((tags.clone(), left));
+        }
+    }
+    wanted.sort();
+    wanted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +328,38 @@ mod tests {
             &[],
         );
         assert_eq!((plan.preempt.len(), plan.workers_wanted), (1, 999_999));
+    }
+
+    fn tags(list: &[&str]) -> Vec<String> {
+        list.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn workers_wanted_counts_what_no_idle_worker_can_take_by_tags() {
+        // (runnable groups, idle workers' tags, wanted)
+        type Case = (
+            &'static [(&'static [&'static str], i64)],
+            &'static [&'static [&'static str]],
+            &'static [(&'static [&'static str], i64)],
+        );
+        let table: &[Case] = &[
+            (&[], &[&[]], &[]),
+            (&[(&[], 3)], &[], &[(&[], 3)]),
+            (&[(&[], 3)], &[&[], &["gpu"]], &[(&[], 1)]),
+            // The GPU worker goes to the GPU work, not to the plain work.
+            (&[(&[], 2), (&["gpu"], 1)], &[&["gpu"], &[]], &[(&[], 1)]),
+            (&[(&["gpu"], 2)], &[&[], &[]], &[(&["gpu"], 2)]),
+            (&[(&["gpu"], 0), (&[], 0)], &[], &[]),
+        ];
+        for (runnable, idle, want) in table {
+            let runnable: Vec<_> = runnable.iter().map(|(t, n)| (tags(t), *n)).collect();
+            let idle: Vec<_> = idle.iter().map(|t| tags(t)).collect();
+            let want: Vec<_> = want.iter().map(|(t, n)| (tags(t), *n)).collect();
+            assert_eq!(
+                workers_wanted_by_tags(&runnable, &idle),
+                want,
+                "{runnable:?} with idle {idle:?}"
+            );
+        }
     }
 }

@@ -128,6 +128,18 @@ pub enum TaskReport {
     Release,
 }
 
+impl TaskReport {
+    /// The report's name as metrics label it.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            TaskReport::Progress { .. } => "progress",
+            TaskReport::Complete => "complete",
+            TaskReport::Fail { .. } => "fail",
+            TaskReport::Release => "release",
+        }
+    }
+}
+
 /// What an operator's requeue of one task does (`POST /tasks/{id}/requeue`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskRequeue {

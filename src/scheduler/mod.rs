@@ -119,6 +119,30 @@ impl Scheduler {
     /// Runs every step once, now, whoever leads: the operator's "run it now".
     pub async fn tick(&self) -> StoreResult<TickReport> {
         let _one_at_a_time = self.running.lock().await;
+        let started = std::time::Instant::now();
+        let report = self.tick_steps().await;
+        let metrics = crate::metrics::replica();
+        match &report {
+            Ok(r) => metrics.tick(
+                started.elapsed(),
+                &[
+                    ("requeued", r.requeued),
+                    ("retried", r.retried),
+                    ("failed", r.failed),
+                    ("preempted", r.preempted),
+                    ("purged", r.purged),
+                    ("workers_lost", r.workers_lost),
+                ],
+            ),
+            Err(e) => {
+                metrics.tick(started.elapsed(), &[]);
+                metrics.store_error(e);
+            }
+        }
+        report
+    }
+
+    async fn tick_steps(&self) -> StoreResult<TickReport> {
         let now = self.clock.now();
         let mut report = TickReport {
             ran_at: Some(now),
@@ -228,6 +252,7 @@ impl Scheduler {
             Ok(lease) => lease.holder == self.instance,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the store to take the scheduler lease");
+                crate::metrics::replica().store_error(&e);
                 false
             }
         };
@@ -246,6 +271,11 @@ impl Scheduler {
                 tracing::warn!(error = %e, "scheduler tick failed; the next one will try again");
             }
         }
+    }
+
+    /// Whether this broker led the scheduler at its last election.
+    pub fn is_leader(&self) -> bool {
+        self.state().is_leader
     }
 
     /// What `GET /scheduler` shows.

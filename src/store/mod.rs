@@ -194,13 +194,19 @@ pub struct PreemptionInputs {
 }
 
 /// What the farm summary counts in the store (`Store::farm_counts`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FarmCounts {
     pub renders: RenderCounts,
     /// Pending tasks of renders that may run, by priority.
     pub queue: QueueDepth,
     /// Frames of the tasks that completed since the time asked about.
     pub frames_since: i64,
+    /// Every render's tasks, by the render's priority and the tasks' status
+    /// (from the renders' tallies); pairs with no task are left out.
+    pub tasks: Vec<(Priority, TaskStatus, i64)>,
+    /// Pending tasks of renders that may run, by the tags a worker needs to
+    /// take them (sorted tags); groups with none pending are left out.
+    pub runnable_by_tags: Vec<(Vec<String>, i64)>,
 }
 
 /// The operations the broker needs from persistence.

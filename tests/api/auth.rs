@@ -68,6 +68,7 @@ const TABLE: &[(&str, &str, Needs)] = {
         ("POST", "/tasks/{id}/requeue", Person(Operator)),
         ("GET", "/scheduler", Person(Operator)),
         ("POST", "/scheduler/run", Person(Operator)),
+        ("GET", "/metrics", Person(Viewer)),
         ("POST", "/tokens", Person(Admin)),
         ("GET", "/tokens", Person(Admin)),
         ("DELETE", "/tokens/{id}", Person(Admin)),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use renderfarm_wire::{
-    EventKind, FarmEvent, Heartbeat, Priority, QueueDepth, RenderCounts, WorkerAction,
+    EventKind, FarmEvent, Heartbeat, Priority, QueueDepth, RenderCounts, TaskStatus, WorkerAction,
 };
 use uuid::Uuid;
 
@@ -579,4 +579,40 @@ pub async fn the_farm_summary_counts_renders_queue_and_recent_frames(store: &dyn
     );
     assert_eq!(store.farm_counts(t(0)).await.unwrap().frames_since, 15);
     assert_eq!(store.farm_counts(t(21)).await.unwrap().frames_since, 0);
+    assert_eq!(
+        counts
+            .tasks
+            .iter()
+            .copied()
+            .collect::<std::collections::HashSet<_>>(),
+        std::collections::HashSet::from([
+            (Priority::Normal, TaskStatus::Pending, 1),
+            (Priority::Normal, TaskStatus::Running, 1),
+            (Priority::Normal, TaskStatus::Completed, 1),
+            (Priority::High, TaskStatus::Pending, 2),
+            (Priority::Urgent, TaskStatus::Completed, 1),
+        ]),
+        "every render's tasks by priority and status, paused ones too"
+    );
+    assert_eq!(
+        counts.runnable_by_tags,
+        vec![(vec![], 1)],
+        "pending work of renders that may run, by the tags it needs"
+    );
+
+    // Work that needs tags is grouped by them, in whatever order given.
+    for (name, tags) in [("gpu-a", ["gpu", "linux"]), ("gpu-b", ["linux", "gpu"])] {
+        let mut new = plan(name, 1, 2, 1, Priority::Low, t0());
+        new.render.tags = tags.iter().map(|t| t.to_string()).collect();
+        store.create_render(new).await.unwrap();
+    }
+    let mut runnable = store.farm_counts(t(15)).await.unwrap().runnable_by_tags;
+    runnable.sort();
+    assert_eq!(
+        runnable,
+        vec![
+            (vec![], 1),
+            (vec!["gpu".to_string(), "linux".to_string()], 4)
+        ]
+    );
 }

@@ -952,6 +952,61 @@ pub(super) async fn farm_counts(
         .and_then(|row| row.get("frames"))
         .and_then(bson_i64)
         .unwrap_or(0);
+    let by_status = [
+        (TaskStatus::Pending, "tasks_pending"),
+        (TaskStatus::Running, "tasks_running"),
+        (TaskStatus::Completed, "tasks_completed"),
+        (TaskStatus::Failed, "tasks_failed"),
+        (TaskStatus::Canceled, "tasks_canceled"),
+    ];
+    let mut group = doc! { "_id": "$priority" };
+    for (status, field) in by_status {
+        group.insert(status.as_str(), doc! { "$sum": format!("${field}") });
+    }
+    let tasks: Vec<Document> = renders
+        .aggregate(vec![doc! { "$group": group }])
+        .await?
+        .try_collect()
+        .await?;
+    for row in tasks {
+        let priority = row
+            .get("_id")
+            .and_then(bson_i64)
+            .and_then(Priority::from_rank)
+            .ok_or_else(|| corrupt(format!("a priority in {row:?}")))?;
+        for (status, _) in by_status {
+            let n = row.get(status.as_str()).and_then(bson_i64).unwrap_or(0);
+            if n > 0 {
+                counts.tasks.push((priority, status, n));
+            }
+        }
+    }
+    let runnable: Vec<Document> = renders
+        .aggregate(vec![
+            doc! { "$match": {
+                "status": is_in(CLAIMABLE_RENDER_STATUSES),
+                "tasks_pending": { "$gt": 0_i64 },
+            } },
+            doc! { "$group": { "_id": "$tags", "n": { "$sum": "$tasks_pending" } } },
+        ])
+        .await?
+        .try_collect()
+        .await?;
+    for row in runnable {
+        let mut tags: Vec<String> = row
+            .get_array("_id")
+            .map_err(|_| corrupt(format!("tags in {row:?}")))?
+            .iter()
+            .map(|t| t.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| corrupt(format!("tags in {row:?}")))?;
+        tags.sort();
+        let n = row.get("n").and_then(bson_i64).unwrap_or(0);
+        match counts.runnable_by_tags.iter_mut().find(|(t, _)| *t == tags) {
+            Some((_, m)) => *m += n,
+            None => counts.runnable_by_tags.push((tags, n)),
+        }
+    }
     Ok(counts)
 }
 

@@ -6,7 +6,7 @@
 //! `record_coalesced_events`.
 
 use chrono::{DateTime, Utc};
-use renderfarm_wire::{EventKind, FarmEvent, Priority, Progress, RenderStatus};
+use renderfarm_wire::{EventKind, FarmEvent, Priority, Progress, RenderStatus, TaskStatus};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -325,6 +325,11 @@ pub(super) async fn farm_counts(
         "SELECT COALESCE(SUM(frames_done), 0) FROM tasks WHERE status = {} AND finished_at >= ?1",
         lit(renderfarm_wire::TaskStatus::Completed)
     );
+    let runnable_sql = format!(
+        "SELECT tags, SUM(tasks_pending) FROM renders \
+         WHERE hidden = 0 AND tasks_pending > 0 AND status {} GROUP BY tags",
+        is_in(CLAIMABLE_RENDER_STATUSES)
+    );
     let since = ts(since);
     store
         .read(move |conn| {
@@ -363,6 +368,41 @@ pub(super) async fn farm_counts(
             counts.frames_since = conn
                 .prepare_cached(&frames_sql)?
                 .query_row([&since], |r| r.get(0))?;
+            let mut tasks = conn.prepare_cached(
+                "SELECT priority, SUM(tasks_pending), SUM(tasks_running), SUM(tasks_completed), \
+                 SUM(tasks_failed), SUM(tasks_canceled) FROM renders WHERE hidden = 0 \
+                 GROUP BY priority",
+            )?;
+            let mut rows = tasks.query([])?;
+            while let Some(row) = rows.next()? {
+                let rank: i64 = row.get(0)?;
+                let priority = Priority::from_rank(rank)
+                    .ok_or_else(|| conversion_error(0, "priority", &rank.to_string()))?;
+                let by_status = [
+                    TaskStatus::Pending,
+                    TaskStatus::Running,
+                    TaskStatus::Completed,
+                    TaskStatus::Failed,
+                    TaskStatus::Canceled,
+                ];
+                for (i, status) in by_status.into_iter().enumerate() {
+                    let n: i64 = row.get(i + 1)?;
+                    if n > 0 {
+                        counts.tasks.push((priority, status, n));
+                    }
+                }
+            }
+            let mut runnable = conn.prepare_cached(&runnable_sql)?;
+            let mut rows = runnable.query([])?;
+            while let Some(row) = rows.next()? {
+                let mut tags = get_tags(row, 0)?;
+                tags.sort();
+                let n: i64 = row.get(1)?;
+                match counts.runnable_by_tags.iter_mut().find(|(t, _)| *t == tags) {
+                    Some((_, m)) => *m += n,
+                    None => counts.runnable_by_tags.push((tags, n)),
+                }
+            }
             Ok(counts)
         })
         .await
