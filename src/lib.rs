@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod scheduler;
 pub mod startup;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod web;
 

@@ -4,7 +4,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = renderfarm::cli::Cli::parse();
-    renderfarm::cli::init_tracing(&cli);
+    let _telemetry = match renderfarm::cli::init_tracing(&cli) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

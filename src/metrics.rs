@@ -9,6 +9,7 @@
 //!   exported only by the replica that leads the scheduler; the others leave
 //!   those families out.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -36,15 +37,15 @@ pub const RENDER_TASK_KIND: &str = "render";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,34 +179,43 @@ impl ReplicaMetrics {
 
     /// One answered request; `route` is the matched route's template (never
     /// the raw path, whose ids would make a series per render).
-    pub fn request(&self, method: &str, route: &str, status: u16, took: Duration) {
+    pub fn request(&self, method: &'static str, route: &'static str, status: u16, took: Duration) {
+        if !enabled() {
+            return;
+        }
         self.http_requests
             .get_or_create(&RequestLabels {
-                method: method.to_string(),
-                route: route.to_string(),
+                method,
+                route,
                 status,
             })
             .inc();
         self.http_duration
-            .get_or_create(&RouteLabels {
-                method: method.to_string(),
-                route: route.to_string(),
-            })
+            .get_or_create(&RouteLabels { method, route })
             .observe(took.as_secs_f64());
     }
 
     pub fn claim(&self, took: Duration) {
+        if !enabled() {
+            return;
+        }
         self.claim_duration.observe(took.as_secs_f64());
     }
 
     /// `report`: progress, complete or fail.
     pub fn report(&self, report: &'static str, took: Duration) {
+        if !enabled() {
+            return;
+        }
         self.report_duration
             .get_or_create(&ReportLabels { report })
             .observe(took.as_secs_f64());
     }
 
     pub fn tick(&self, took: Duration, actions: &[(&'static str, i64)]) {
+        if !enabled() {
+            return;
+        }
         self.tick_duration.observe(took.as_secs_f64());
         for (action, n) in actions {
             if *n > 0 {
@@ -217,6 +227,9 @@ impl ReplicaMetrics {
     }
 
     pub fn store_error(&self, error: &StoreError) {
+        if !enabled() {
+            return;
+        }
         self.store_errors
             .get_or_create(&KindLabels {
                 kind: store_error_kind(error),
@@ -258,6 +271,18 @@ fn store_error_kind(error: &StoreError) -> &'static str {
         StoreError::Unavailable(_) => "unavailable",
         StoreError::Unexpected(_) => "unexpected",
     }
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// `serve --metrics off`: the hot paths stop counting, `/metrics` answers
+/// 404. On by default.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// This process's replica metrics: a replica is a process, so one set.

@@ -217,7 +217,7 @@ impl Application {
                     rate_limit::limit(limiters.clone(), req, next)
                 }))
                 // Outside the limiter only to count what it refuses too.
-                .wrap(from_fn(api::metrics::count_requests))
+                .wrap(from_fn(api::metrics::observe_requests))
         })
         // Long polls hold requests for up to a minute; stopping should not
         // wait for them, the workers ask again.

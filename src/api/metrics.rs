@@ -11,6 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::auth::{Access, Viewer};
 use super::{resource, ApiError, AppState};
 use crate::metrics::{self, FarmView};
+use renderfarm_wire::ErrorBody;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/metrics", "GET").route(web::get().to(scrape)));
@@ -20,23 +21,101 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// a series per id a scanner tries.
 const UNMATCHED: &str = "unmatched";
 
-/// Counts each answered request by method, route template and status, with
-/// the time to its answer's head.
-pub async fn count_requests(
+/// The header a request id travels in, both ways.
+const REQUEST_ID: &str = "x-request-id";
+
+/// A request id a client sent that is safe to log and echo: short, visible
+/// ASCII.
+fn client_request_id(req: &ServiceRequest) -> Option<String> {
+    let id = req.headers().get(REQUEST_ID)?.to_str().ok()?;
+    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| id.to_string())
+}
+
+/// Every request, observed: counted by method, route template and status
+/// with the time to its answer's head (`/metrics`); with JSON logs or an
+/// OTLP export also given a span (its id, method and route, continuing the
+/// caller's `traceparent`), an `X-Request-Id` answer header, and a line on
+/// the `renderfarm::access` target (debug; warn for a 5xx).
+pub async fn observe_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let response = next.call(req).await?;
-    let route = response.request().match_pattern();
-    metrics::replica().request(
-        method.as_str(),
-        route.as_deref().unwrap_or(UNMATCHED),
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    let method = method_label(req.method());
+    let spans = crate::telemetry::request_spans();
+    let request_id = match client_request_id(&req) {
+        Some(id) => Some(id),
+        None if spans => Some(uuid::Uuid::now_v7().to_string()),
+        None => None,
+    };
+    let span = if spans {
+        // An exported span's name cannot change once it has children, so
+        // the route is matched here, before the handler runs.
+        let route = req.match_pattern();
+        let route = route.as_deref().unwrap_or(UNMATCHED);
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            request_id = request_id.as_deref().unwrap_or_default(),
+            http.request.method = method,
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+        );
+        if crate::telemetry::exporting() {
+            crate::telemetry::continue_trace(&span, req.headers());
+        }
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let mut response = tracing::Instrument::instrument(next.call(req), span.clone()).await?;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    let route = match response.request().app_data::<super::RouteLabel>() {
+        Some(label) => label.0,
+        // The dashboard's and the docs' own routes: rare, so matched again.
+        None => response
+            .request()
+            .match_pattern()
+            .map_or(UNMATCHED, |p| super::intern_route(&p)),
+    };
+    metrics::replica().request(method, route, status, took);
+    if let Some(id) = &request_id {
+        if let Ok(value) = header::HeaderValue::from_str(id) {
+            response
+                .headers_mut()
+                .insert(header::HeaderName::from_static(REQUEST_ID), value);
+        }
+    }
+    if spans {
+        span.record("http.response.status_code", status);
+        let duration_ms = took.as_secs_f64() * 1000.0;
+        let request_id = request_id.as_deref().unwrap_or_default();
+        if status >= 500 {
+            tracing::warn!(target: "renderfarm::access", parent: &span, request_id, method, route, status, duration_ms, "request failed");
+        } else {
+            tracing::debug!(target: "renderfarm::access", parent: &span, request_id, method, route, status, duration_ms, "request answered");
+        }
+    }
     Ok(response)
+}
+
+/// The method as a label, without allocating: the methods the API knows,
+/// and one word for the rest.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Prometheus metrics.
@@ -65,6 +144,7 @@ pub async fn count_requests(
                 (String = "application/openmetrics-text",
                     example = "# HELP renderfarm_long_polls_waiting Workers' requests for work waiting on this replica now.\n# TYPE renderfarm_long_polls_waiting gauge\nrenderfarm_long_polls_waiting 3\n# EOF\n"),
             )),
+        (status = 404, description = "The broker was started with `--metrics off`.", body = ErrorBody),
         super::openapi::StoreErrors,
     )
 )]
@@ -80,6 +160,11 @@ pub(super) async fn scrape(
 /// OpenMetrics when the client asks for it (Prometheus does), else in the
 /// older Prometheus text format.
 pub async fn exposition(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, ApiError> {
+    if !metrics::enabled() {
+        return Err(ApiError::NotFound(
+            "metrics are off on this broker (it was started with --metrics off); start it without that flag to serve them".into(),
+        ));
+    }
     metrics::replica()
         .set_long_polls_waiting(state.waiting.load(std::sync::atomic::Ordering::Acquire));
     let leads = state.scheduler.is_leader();

@@ -136,22 +136,43 @@ pub async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiEr
     )))
 }
 
+/// A route's template, as metrics and logs name it (`/renders/{id}`), kept
+/// with its resource so that a request's route is known without matching its
+/// path again.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+/// Each route template once, for the life of the process (apps are built
+/// per server thread, and tests build many).
+pub(crate) fn intern_route(path: &str) -> &'static str {
+    static ROUTES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut routes = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = routes.get(path) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(path.to_string().into_boxed_str());
+    routes.insert(leaked);
+    leaked
+}
+
 /// A resource whose other methods get a JSON 405 naming the allowed ones.
 fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     REGISTERED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert((path.to_string(), allow));
-    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
-        Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed(
-            format!(
-                "{} is not allowed on {}; use {allow}",
-                req.method(),
-                req.path()
-            ),
-            allow,
-        ))
-    }))
+    web::resource(path)
+        .app_data(RouteLabel(intern_route(path)))
+        .default_service(web::to(move |req: HttpRequest| async move {
+            Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed(
+                format!(
+                    "{} is not allowed on {}; use {allow}",
+                    req.method(),
+                    req.path()
+                ),
+                allow,
+            ))
+        }))
 }
 
 /// Parses an id from the path; a malformed one names nothing, so it is a 404.

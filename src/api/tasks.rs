@@ -124,17 +124,21 @@ async fn report(
     let id = parse_id("task", id)?;
     let kind = report.metric_label();
     let started = std::time::Instant::now();
-    let task = state
-        .store
-        .report_task_as(
+    let span = crate::telemetry::maybe_span(
+        || tracing::info_span!("report", report = kind, task_id = %id, lease_id = %lease_id),
+    );
+    let task = tracing::Instrument::instrument(
+        state.store.report_task_as(
             access.caller.worker_id(),
             id,
             lease_id,
             report,
             log,
             state.clock.now(),
-        )
-        .await;
+        ),
+        span,
+    )
+    .await;
     crate::metrics::replica().report(kind, started.elapsed());
     Ok(HttpResponse::Ok().json(task?))
 }

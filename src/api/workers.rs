@@ -296,8 +296,24 @@ pub(super) async fn request_task(
         tokio::pin!(woken);
         woken.as_mut().enable();
         let started = std::time::Instant::now();
-        let claimed = state.store.claim_next_task(id, state.clock.now()).await;
+        let span = crate::telemetry::maybe_span(|| {
+            tracing::info_span!(
+                "claim",
+                worker_id = %id,
+                task_id = tracing::field::Empty,
+                render_id = tracing::field::Empty
+            )
+        });
+        let claimed = tracing::Instrument::instrument(
+            state.store.claim_next_task(id, state.clock.now()),
+            span.clone(),
+        )
+        .await;
         crate::metrics::replica().claim(started.elapsed());
+        if let Ok(Some(assignment)) = &claimed {
+            span.record("task_id", tracing::field::display(assignment.task_id));
+            span.record("render_id", tracing::field::display(assignment.render_id));
+        }
         if let Some(assignment) = claimed? {
             return Ok(HttpResponse::Ok().json(assignment));
         }

@@ -9,6 +9,7 @@ mod token;
 mod up;
 mod watch;
 
+use crate::telemetry::LogFormat;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -37,12 +38,17 @@ pub struct Cli {
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
+    /// How log lines are written: text for a terminal, or json (one object
+    /// per line, with the request's id and route and the ids of what a line
+    /// is about, for a log collector).
+    #[arg(long, global = true, env = "RENDERFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker: HTTP API and store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Submit a .blend file for rendering.
     Submit(SubmitArgs),
     /// Show one render and its progress.
@@ -122,6 +128,17 @@ struct ServeArgs {
     /// address /metrics needs a viewer's token.
     #[arg(long, env = "RENDERFARM_METRICS_BIND", value_name = "ADDR")]
     metrics_bind: Option<String>,
+    /// `off`: count nothing for Prometheus and answer /metrics with 404.
+    #[arg(long, env = "RENDERFARM_METRICS", default_value = "on", value_parser = ["on", "off"])]
+    metrics: String,
+    /// Export traces (a span per request, claim, report and scheduler step)
+    /// to this OpenTelemetry collector over OTLP/HTTP, e.g.
+    /// http://collector:4318; nothing is exported without it.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// The OTLP encoding: http/protobuf (the usual) or http/json.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = ["http/protobuf", "http/json"])]
+    otlp_protocol: String,
     /// An admin secret chosen by the deployment (e.g. compose's secret); the
     /// broker stores its hash at start. Without it, a broker whose store has
     /// no token yet makes an admin token and prints it once.
@@ -393,7 +410,9 @@ fn parse_frames(s: &str) -> anyhow::Result<(i64, i64)> {
 /// info by default, warnings only under `up`, whose progress bars say the rest.
 /// The TLS verifier's own report of a refused certificate is left out by
 /// default: the command's error says it, with what to do.
-pub fn init_tracing(cli: &Cli) {
+/// `serve`'s spans go to the collector it names. The guard flushes them at
+/// the end.
+pub fn init_tracing(cli: &Cli) -> anyhow::Result<crate::telemetry::TelemetryGuard> {
     use std::io::IsTerminal;
     let default = match cli.command {
         Command::Up(_) => "warn,rustls_platform_verifier=off",
@@ -402,11 +421,23 @@ pub fn init_tracing(cli: &Cli) {
     let filter = std::env::var("RENDERFARM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let otlp = match &cli.command {
+        Command::Serve(args) => {
+            args.otlp_endpoint
+                .as_ref()
+                .map(|endpoint| crate::telemetry::OtlpExport {
+                    endpoint: endpoint.clone(),
+                    json: args.otlp_protocol == "http/json",
+                })
+        }
+        _ => None,
+    };
+    crate::telemetry::init(
+        cli.log_format,
+        &filter,
+        std::io::stderr().is_terminal(),
+        otlp.as_ref(),
+    )
 }
 
 /// Resolves on the first Ctrl-C or SIGTERM.
@@ -429,7 +460,7 @@ pub async fn shutdown_signal() {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     client::use_token(secret_from(cli.token, cli.token_file.as_deref())?);
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Submit(args) => submit(args).await,
         Command::Status(args) => status(args).await,
         Command::Watch(args) => watch::watch(args).await,
@@ -484,6 +515,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .zip(args.tls_key)
         .map(|(cert, key)| crate::tls::TlsFiles { cert, key });
     settings.metrics_bind = args.metrics_bind;
+    crate::metrics::set_enabled(args.metrics == "on");
     raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings.clone()).await?;
     let host = settings
@@ -503,7 +535,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .as_deref()
             .and_then(|b| b.rsplit_once(':'))
             .map_or("127.0.0.1", |(host, _)| host);
-        eprintln!("metrics (no credentials) on http://{host}:{port}/metrics");
+        tracing::info!(
+            url = %format!("http://{host}:{port}/metrics"),
+            "metrics served without credentials (--metrics-bind)"
+        );
     }
     let handle = app.handle();
     tokio::spawn(async move {
@@ -710,7 +745,7 @@ mod tests {
     fn serve_args(args: &[&str]) -> Result<super::ServeArgs, clap::Error> {
         let cli = Cli::try_parse_from(["renderfarm", "serve"].iter().chain(args))?;
         match cli.command {
-            super::Command::Serve(args) => Ok(args),
+            super::Command::Serve(args) => Ok(*args),
             other => panic!("not serve: {other:?}"),
         }
     }

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use renderfarm_wire::{SchedulerStatus, TickReport};
 use tokio::sync::Notify;
 use tokio_cron_scheduler::{Job, JobScheduler};
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::domain::{plan_preemption, Allowances};
@@ -120,7 +121,10 @@ impl Scheduler {
     pub async fn tick(&self) -> StoreResult<TickReport> {
         let _one_at_a_time = self.running.lock().await;
         let started = std::time::Instant::now();
-        let report = self.tick_steps().await;
+        let report = self
+            .tick_steps()
+            .instrument(tracing::info_span!("scheduler.tick"))
+            .await;
         let metrics = crate::metrics::replica();
         match &report {
             Ok(r) => metrics.tick(
@@ -152,6 +156,7 @@ impl Scheduler {
         let lost = self
             .store
             .requeue_lost_workers(now - self.settings.worker_timeout, now)
+            .instrument(tracing::info_span!("scheduler.requeue_lost_workers"))
             .await?;
         for worker_id in &lost.workers {
             tracing::warn!(worker_id = %worker_id, timeout = ?self.settings.worker_timeout, "worker lost: no sign of life");
@@ -162,7 +167,11 @@ impl Scheduler {
         report.workers_lost = lost.workers.len() as i64;
         report.requeued = lost.requeued.len() as i64;
 
-        let retries = self.store.retry_failed_tasks(now).await?;
+        let retries = self
+            .store
+            .retry_failed_tasks(now)
+            .instrument(tracing::info_span!("scheduler.retry_failed_tasks"))
+            .await?;
         for m in &retries.retried {
             tracing::info!(task_id = %m.task_id, render_id = %m.render_id, "retrying a failed task");
         }
@@ -172,14 +181,21 @@ impl Scheduler {
         report.retried = retries.retried.len() as i64;
         report.failed = retries.failed.len() as i64;
 
+        let preempting = tracing::info_span!("scheduler.preempt");
         let inputs = self
             .store
             .preemption_inputs(&self.settings.allowances, now)
+            .instrument(preempting.clone())
             .await?;
         let plan = plan_preemption(&inputs.overdue, &inputs.running, &inputs.idle_worker_tags);
         for (task_id, lease_id) in plan.preempt {
-            if let Some(m) = self.store.preempt_task(task_id, lease_id, now).await? {
-                tracing::info!(task_id = %m.task_id, render_id = %m.render_id, worker_id = ?m.worker_id, lease_id = %lease_id, "preempted for more urgent work");
+            let preempted = self
+                .store
+                .preempt_task(task_id, lease_id, now)
+                .instrument(preempting.clone())
+                .await?;
+            if let Some(m) = preempted {
+                tracing::info!(parent: &preempting, task_id = %m.task_id, render_id = %m.render_id, worker_id = ?m.worker_id, lease_id = %lease_id, "preempted for more urgent work");
                 report.preempted += 1;
             }
         }
@@ -191,7 +207,11 @@ impl Scheduler {
             );
         }
 
-        let corrected = self.store.recount_tallies(now).await?;
+        let corrected = self
+            .store
+            .recount_tallies(now)
+            .instrument(tracing::info_span!("scheduler.recount_tallies"))
+            .await?;
         if corrected > 0 {
             tracing::warn!(
                 renders = corrected,
@@ -202,13 +222,17 @@ impl Scheduler {
         let events = self
             .store
             .purge_events(crate::domain::event_cutoff(now), crate::domain::EVENTS_KEPT)
+            .instrument(tracing::info_span!("scheduler.purge_events"))
             .await?;
         if events > 0 {
             tracing::debug!(events, "old events purged");
         }
 
         if let Some(keep) = self.settings.keep_finished {
-            report.purged = self.purge_finished(now - keep).await?;
+            report.purged = self
+                .purge_finished(now - keep)
+                .instrument(tracing::info_span!("scheduler.purge_finished"))
+                .await?;
         }
 
         if report.requeued + report.retried + report.preempted > 0 {

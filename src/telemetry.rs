@@ -1,0 +1,212 @@
+//! Logs and traces: the log format (`--log-format text|json`), and spans
+//! exported over OTLP when `serve --otlp-endpoint` names a collector.
+//!
+//! Per-request spans cost a little on every request, the workers' hot path
+//! included, so they are made only when something reads them: JSON logs
+//! (whose lines then carry the request's id and route) or an OTLP export.
+//! With text logs and no export, a request costs what it did before.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people at a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for a log collector: the event's fields,
+    /// and those of the spans it happened in (the request's id, method and
+    /// route; the task, render or worker it is about).
+    Json,
+}
+
+/// Where spans go, besides the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpExport {
+    /// The collector's base URL (`http://collector:4318`); spans are posted
+    /// to its `/v1/traces`.
+    pub endpoint: String,
+    /// `http/protobuf` (the OTLP default) or `http/json`.
+    pub json: bool,
+}
+
+impl OtlpExport {
+    /// The URL spans are posted to.
+    pub fn traces_url(&self) -> String {
+        let base = self.endpoint.trim_end_matches('/');
+        if base.ends_with("/v1/traces") {
+            base.to_string()
+        } else {
+            format!("{base}/v1/traces")
+        }
+    }
+}
+
+static REQUEST_SPANS: AtomicBool = AtomicBool::new(false);
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether requests get spans of their own (JSON logs, or an export).
+pub fn request_spans() -> bool {
+    REQUEST_SPANS.load(Ordering::Relaxed)
+}
+
+/// Whether spans are exported, so that a caller's `traceparent` is worth
+/// reading.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Flushes the exported spans when dropped (at the end of `main`).
+pub struct TelemetryGuard(Option<SdkTracerProvider>);
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("warning: the last spans could not be exported: {e}");
+            }
+        }
+    }
+}
+
+/// The service name spans are exported under.
+pub const SERVICE_NAME: &str = "renderfarm-broker";
+
+/// Installs the log subscriber (and the span export), once per process.
+/// `filter` is an `EnvFilter` directive such as `info,renderfarm=debug`.
+pub fn init(
+    format: LogFormat,
+    filter: &str,
+    ansi: bool,
+    otlp: Option<&OtlpExport>,
+) -> anyhow::Result<TelemetryGuard> {
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_filter(EnvFilter::new(filter))
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(EnvFilter::new(filter))
+            .boxed(),
+    };
+    let (provider, traces) = match otlp {
+        Some(export) => {
+            let provider = tracer_provider(export)?;
+            let tracer = provider.tracer(SERVICE_NAME);
+            // Spans of this crate only, whatever the log filter says: the
+            // trace is of the farm's own work.
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("renderfarm", tracing::Level::INFO),
+                )
+                .boxed();
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            (Some(provider), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .context("installing the log subscriber")?;
+    REQUEST_SPANS.store(
+        format == LogFormat::Json || provider.is_some(),
+        Ordering::Relaxed,
+    );
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
+    Ok(TelemetryGuard(provider))
+}
+
+fn tracer_provider(export: &OtlpExport) -> anyhow::Result<SdkTracerProvider> {
+    // The exporter's HTTP client uses rustls without a default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(export.traces_url())
+        .with_protocol(if export.json {
+            Protocol::HttpJson
+        } else {
+            Protocol::HttpBinary
+        })
+        .build()
+        .with_context(|| format!("setting up the OTLP export to {}", export.traces_url()))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(SERVICE_NAME)
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// Makes `span` a child of the caller's span, when the request carries a
+/// W3C `traceparent` (the agent sends one per chunk, so a chunk's claim and
+/// reports read as one trace).
+pub fn continue_trace(span: &tracing::Span, headers: &actix_web::http::header::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Headers<'a>(&'a actix_web::http::header::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+    let _ = span.set_parent(parent);
+}
+
+/// A span that exists only when requests get spans (see [`request_spans`]):
+/// `make` is not even called otherwise.
+pub fn maybe_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if request_spans() {
+        make()
+    } else {
+        tracing::Span::none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traces_url_is_the_collector_s_v1_traces() {
+        let export = |endpoint: &str| OtlpExport {
+            endpoint: endpoint.into(),
+            json: false,
+        };
+        assert_eq!(
+            export("http://c:4318").traces_url(),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            export("http://c:4318/").traces_url(),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            export("http://c:4318/v1/traces").traces_url(),
+            "http://c:4318/v1/traces"
+        );
+    }
+}
