@@ -52,6 +52,28 @@ impl Credentials {
     }
 }
 
+/// What the broker counts and logs while measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observability {
+    /// `serve --metrics on` (the product's default) or `off`.
+    pub metrics: bool,
+    /// `--log-format json` instead of text.
+    pub json_logs: bool,
+    /// `RENDERFARM_LOG`: errors only by default, so that the figures are the
+    /// broker's work rather than its writing to a terminal.
+    pub log_filter: &'static str,
+}
+
+impl Default for Observability {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            json_logs: false,
+            log_filter: "error",
+        }
+    }
+}
+
 pub struct Broker {
     child: Child,
     pub address: String,
@@ -81,6 +103,11 @@ impl Broker {
     /// Starts a broker with a fresh store and `auth`; with auth on, it
     /// stores an admin and an enrolment secret chosen here.
     pub fn start(auth: Auth) -> anyhow::Result<Broker> {
+        Self::start_with(auth, &Observability::default())
+    }
+
+    /// As [`Broker::start`], with its metrics and logs as `observe` says.
+    pub fn start_with(auth: Auth, observe: &Observability) -> anyhow::Result<Broker> {
         let data_dir = tempfile::tempdir()?;
         let credentials = match auth {
             Auth::On => Some(Credentials::random()?),
@@ -103,7 +130,12 @@ impl Broker {
             // with auth off every simulated worker is the same client
             // (127.0.0.1 without a credential) and would share one budget.
             .args(["--rate-limit", "off", "--worker-rate-limit", "off"])
-            .env("RENDERFARM_LOG", "error");
+            .args(["--metrics", if observe.metrics { "on" } else { "off" }])
+            .args([
+                "--log-format",
+                if observe.json_logs { "json" } else { "text" },
+            ])
+            .env("RENDERFARM_LOG", observe.log_filter);
         if let Some(c) = &credentials {
             // In the environment, not on the command line that `ps` shows.
             command

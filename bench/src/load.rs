@@ -14,7 +14,7 @@ use renderfarm_wire::{
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::broker::{Auth, Broker};
+use crate::broker::{Auth, Broker, Observability};
 use crate::compare::{Comparison, Run, Side};
 use crate::machine;
 use crate::quantile_ms;
@@ -202,6 +202,10 @@ impl Follow {
 /// How much open dashboards may slow dispatch (issue 12).
 const DASHBOARD_BUDGET_PERCENT: f64 = 10.0;
 
+/// Issue 14: metrics and JSON logs on may cost the dispatch rate at most this
+/// much against both off.
+const TELEMETRY_BUDGET_PERCENT: f64 = 3.0;
+
 pub async fn dispatch(
     workers: usize,
     tasks: i64,
@@ -209,7 +213,57 @@ pub async fn dispatch(
     rounds: usize,
     dashboards: Dashboards,
     compare_dashboards: bool,
+    compare_telemetry: bool,
 ) -> anyhow::Result<String> {
+    if compare_telemetry {
+        anyhow::ensure!(
+            !compare_dashboards && auth != DispatchAuth::Compare,
+            "compare one thing at a time: --compare-telemetry alone"
+        );
+        let auth = if auth == DispatchAuth::Off {
+            Auth::Off
+        } else {
+            Auth::On
+        };
+        // Both sides log at info, as a production broker does: the
+        // difference is the metrics and the JSON lines with their spans.
+        let comparison = Comparison {
+            bench: "dispatch",
+            what: "telemetry",
+            figure: "tasks_per_sec",
+            unit: "tasks/s",
+            baseline: Side {
+                label: "metrics off, text logs",
+                setting: Observability {
+                    metrics: false,
+                    json_logs: false,
+                    log_filter: "info",
+                },
+            },
+            candidate: Side {
+                label: "metrics on, JSON logs",
+                setting: Observability {
+                    metrics: true,
+                    json_logs: true,
+                    log_filter: "info",
+                },
+            },
+            budget_percent: TELEMETRY_BUDGET_PERCENT,
+            rounds,
+            lower_is_better: &["claim_p99_ms"],
+            details: &[
+                "broker_cpu_us_per_task",
+                "claim_p99_ms",
+                "others_cpu_percent",
+            ],
+        };
+        let mut summary = comparison
+            .run(|observe| dispatch_once(workers, tasks, auth, dashboards, observe))
+            .await?;
+        summary["workers"] = json!(workers);
+        summary["tasks"] = json!(tasks);
+        return Ok(summary.to_string());
+    }
     if compare_dashboards {
         anyhow::ensure!(
             dashboards.count > 0,
@@ -251,7 +305,9 @@ pub async fn dispatch(
             ],
         };
         let mut summary = comparison
-            .run(|dashboards| dispatch_once(workers, tasks, auth, dashboards))
+            .run(|dashboards| {
+                dispatch_once(workers, tasks, auth, dashboards, Observability::default())
+            })
             .await?;
         summary["workers"] = json!(workers);
         summary["tasks"] = json!(tasks);
@@ -289,17 +345,21 @@ pub async fn dispatch(
                 ],
             };
             let mut summary = comparison
-                .run(|auth| dispatch_once(workers, tasks, auth, dashboards))
+                .run(|auth| {
+                    dispatch_once(workers, tasks, auth, dashboards, Observability::default())
+                })
                 .await?;
             summary["workers"] = json!(workers);
             summary["tasks"] = json!(tasks);
             return Ok(summary.to_string());
         }
     };
-    Ok(dispatch_once(workers, tasks, auth, dashboards)
-        .await?
-        .line
-        .to_string())
+    Ok(
+        dispatch_once(workers, tasks, auth, dashboards, Observability::default())
+            .await?
+            .line
+            .to_string(),
+    )
 }
 
 /// Opens `count` dashboards' streams on `render`: each the farm summary and
@@ -343,8 +403,9 @@ async fn dispatch_once(
     tasks: i64,
     auth: Auth,
     dashboards: Dashboards,
+    observe: Observability,
 ) -> anyhow::Result<Run> {
-    let broker = Broker::start(auth)?;
+    let broker = Broker::start_with(auth, &observe)?;
     let enrolment = broker.enrolment()?;
     let address = broker.address.clone();
     let mut registered = Vec::with_capacity(workers);

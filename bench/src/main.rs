@@ -59,6 +59,11 @@ enum Command {
         /// another, small one (a render page open on other work).
         #[arg(long, value_enum, default_value = "dispatched")]
         dashboards_follow: load::Follow,
+        /// Alternates rounds with metrics off and text logs, and with
+        /// metrics on and JSON logs (both logging at info; a fresh broker
+        /// each), and compares the best of each against the 3 % budget.
+        #[arg(long)]
+        compare_telemetry: bool,
     },
     /// Claim latency with N tasks already queued, and the broker's memory.
     Depth {
@@ -159,12 +164,22 @@ fn main() -> ExitCode {
                 dashboards,
                 compare_dashboards,
                 dashboards_follow,
+                compare_telemetry,
             } => {
                 let dashboards = load::Dashboards {
                     count: dashboards,
                     follow: dashboards_follow,
                 };
-                load::dispatch(workers, tasks, auth, rounds, dashboards, compare_dashboards).await
+                load::dispatch(
+                    workers,
+                    tasks,
+                    auth,
+                    rounds,
+                    dashboards,
+                    compare_dashboards,
+                    compare_telemetry,
+                )
+                .await
             }
             Command::Depth {
                 queued,
