@@ -311,6 +311,19 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    status: &'static str,
+    tags: String,
+}
+
+/// Tags as a label: sorted and comma-joined, empty for none.
+fn pool_label(tags: &[String]) -> String {
+    let mut tags = tags.to_vec();
+    tags.sort();
+    tags.join(",")
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PriorityLabels {
     priority: &'static str,
 }
@@ -385,16 +398,34 @@ fn farm_registry(view: &FarmView) -> Registry {
             .set(n);
     }
     registry.register("renders", "Renders by status (leader only)", renders);
-    let workers = Family::<StatusLabels, Gauge>::default();
-    for status in WORKER_STATUSES {
-        let n = view.workers.iter().filter(|(s, _)| *s == status).count();
-        workers
-            .get_or_create(&StatusLabels {
-                status: status.as_str(),
-            })
-            .set(n as i64);
+    // By tags too, so that each worker pool (a GPU pool's workers carry
+    // `gpu`) sizes itself on its own busy workers. Every status of the
+    // plain group is always there, the others for the tags workers have.
+    let workers = Family::<WorkerLabels, Gauge>::default();
+    let mut pools: Vec<String> = vec![String::new()];
+    pools.extend(view.workers.iter().map(|(_, tags)| pool_label(tags)));
+    pools.sort();
+    pools.dedup();
+    for tags in pools {
+        for status in WORKER_STATUSES {
+            let n = view
+                .workers
+                .iter()
+                .filter(|(s, t)| *s == status && pool_label(t) == tags)
+                .count();
+            workers
+                .get_or_create(&WorkerLabels {
+                    status: status.as_str(),
+                    tags: tags.clone(),
+                })
+                .set(n as i64);
+        }
     }
-    registry.register("workers", "Workers by status (leader only)", workers);
+    registry.register(
+        "workers",
+        "Workers by status and by their tags (sorted, comma-joined; empty for none) (leader only)",
+        workers,
+    );
     let idle: Vec<Vec<String>> = view
         .workers
         .iter()
@@ -503,13 +534,19 @@ mod tests {
                 runnable_by_tags: vec![(vec!["gpu".into()], 2), (vec![], 1)],
                 ..FarmCounts::default()
             },
-            workers: vec![(WorkerStatus::Idle, vec![]), (WorkerStatus::Busy, vec![])],
+            workers: vec![
+                (WorkerStatus::Idle, vec![]),
+                (WorkerStatus::Busy, vec![]),
+                (WorkerStatus::Busy, vec!["linux".into(), "gpu".into()]),
+            ],
         };
         let text = encode(Some(&view)).unwrap();
         for series in [
             r#"renderfarm_tasks{status="pending",priority="urgent"} 0"#,
-            r#"renderfarm_workers{status="idle"} 1"#,
-            r#"renderfarm_workers{status="disabled"} 0"#,
+            r#"renderfarm_workers{status="idle",tags=""} 1"#,
+            r#"renderfarm_workers{status="disabled",tags=""} 0"#,
+            r#"renderfarm_workers{status="busy",tags="gpu,linux"} 1"#,
+            r#"renderfarm_workers{status="idle",tags="gpu,linux"} 0"#,
             r#"renderfarm_workers_wanted{tags="gpu",kind="render"} 2"#,
             r#"renderfarm_workers_wanted{tags="",kind="render"} 0"#,
             r#"renderfarm_queue_depth{priority="low"} 0"#,

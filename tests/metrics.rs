@@ -287,7 +287,10 @@ async fn every_metric_moves_with_what_the_farm_does() {
         value(&after, r#"renderfarm_renders{status="rendering"}"#),
         1.0
     );
-    assert_eq!(value(&after, r#"renderfarm_workers{status="idle"}"#), 1.0);
+    assert_eq!(
+        value(&after, r#"renderfarm_workers{status="idle",tags=""}"#),
+        1.0
+    );
     // The idle worker covers one plain task; nobody can take the GPU work.
     assert_eq!(
         value(
