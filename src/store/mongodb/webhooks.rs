@@ -10,7 +10,6 @@
 use bson::doc;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::error::{ErrorKind, WriteFailure};
 use renderfarm_wire::FarmEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -29,9 +28,6 @@ const DELIVERIES: &str = "webhook_deliveries";
 const CURSOR: &str = "webhook_cursor";
 /// The one document of `webhook_cursor`.
 const CURSOR_ID: &str = "cursor";
-
-/// The server's code for a duplicate key.
-const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct WebhookDoc {
@@ -236,20 +232,6 @@ pub(super) async fn webhook_cursor(store: &MongoStore) -> StoreResult<Option<i64
         .map(|c| c.after))
 }
 
-/// Whether every failure of an unordered insert is a duplicate key.
-fn only_duplicates(e: &mongodb::error::Error) -> bool {
-    match e.kind.as_ref() {
-        ErrorKind::InsertMany(m) => {
-            m.write_concern_error.is_none()
-                && m.write_errors
-                    .as_ref()
-                    .is_some_and(|w| w.iter().all(|w| w.code == DUPLICATE_KEY))
-        }
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
-        _ => false,
-    }
-}
-
 pub(super) async fn queue_webhook_deliveries(
     store: &MongoStore,
     from: Option<i64>,
@@ -279,11 +261,16 @@ pub(super) async fn queue_webhook_deliveries(
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        match store.deliveries()?.insert_many(docs).ordered(false).await {
-            Ok(_) => {}
-            // Queued before by a broker that died before moving the cursor.
-            Err(e) if only_duplicates(&e) => {}
-            Err(e) => return Err(e.into()),
+        // One insert each (deliveries are few): a duplicate is one queued
+        // before by a broker that died before moving the cursor, and must
+        // not keep the others out.
+        let collection = store.deliveries()?;
+        for doc in docs {
+            match collection.insert_one(doc).await {
+                Ok(_) => {}
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     let cursor = store.cursor()?;
@@ -391,21 +378,24 @@ pub(super) async fn record_webhook_attempt(
             "failing_since": null, "consecutive_failures": 0_i64,
             "last_attempt_at": at, "last_outcome": &record.outcome, "last_success_at": at,
         } },
-        // `$max`: a webhook not failing yet (null, which sorts below every
-        // date) takes `since`; one failing keeps its start, which `since`
-        // was read from.
+        // `since` is the start read with the delivery (or now, when it was
+        // not failing); a success recorded meanwhile by a second sender is
+        // overwritten, which only makes the webhook look failing a little
+        // longer.
         WebhookHealth::Failing { since } => doc! {
-            "$set": { "last_attempt_at": at, "last_outcome": &record.outcome },
+            "$set": {
+                "last_attempt_at": at, "last_outcome": &record.outcome,
+                "failing_since": bson_time(*since),
+            },
             "$inc": { "consecutive_failures": 1_i64 },
-            "$max": { "failing_since": bson_time(*since) },
         },
         WebhookHealth::Disabled { since, reason } => doc! {
             "$set": {
                 "last_attempt_at": at, "last_outcome": &record.outcome,
+                "failing_since": bson_time(*since),
                 "disabled_at": at, "disabled_reason": reason,
             },
             "$inc": { "consecutive_failures": 1_i64 },
-            "$max": { "failing_since": bson_time(*since) },
         },
     };
     store
