@@ -8,9 +8,7 @@ use uuid::Uuid;
 use super::auth::{Access, Operator};
 use super::{parse_id, resource, ApiError, AppState, JsonBody};
 use crate::credentials::random_bytes;
-use crate::domain::{
-    validate_webhook_spec, webhook_secret_from, DeliveryCounts, StoredWebhook,
-};
+use crate::domain::{validate_webhook_spec, webhook_secret_from, DeliveryCounts, StoredWebhook};
 use crate::webhooks::check_destination;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

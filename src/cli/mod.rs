@@ -535,7 +535,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         schedule: args.webhooks_retry_schedule.unwrap_or_default(),
     };
     if settings.webhooks.allow_private {
-        tracing::warn!("--webhooks-allow-private: webhooks may reach this machine and its private network");
+        tracing::warn!(
+            "--webhooks-allow-private: webhooks may reach this machine and its private network"
+        );
     }
     crate::metrics::set_enabled(args.metrics == "on");
     raise_open_file_limit(settings.max_waiting);

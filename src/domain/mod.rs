@@ -56,9 +56,9 @@ pub use token::{
 };
 pub use webhook::{
     forbidden_address, plan_attempt, plan_deliveries, validate_webhook_spec, webhook_event_of,
-    webhook_secret_from, webhook_signature, AttemptOutcome, AttemptRecord, DeliveryCounts, DeliveryState,
-    DueDelivery, NewDelivery, RetrySchedule, StoredWebhook, ValidWebhookSpec, WebhookEvent,
-    WebhookHealth, DELIVERY_TIMEOUT, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
+    webhook_secret_from, webhook_signature, AttemptOutcome, AttemptRecord, DeliveryCounts,
+    DeliveryState, DueDelivery, NewDelivery, RetrySchedule, StoredWebhook, ValidWebhookSpec,
+    WebhookEvent, WebhookHealth, DELIVERY_TIMEOUT, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
     WEBHOOK_TIMESTAMP_HEADER,
 };
 pub use worker::{

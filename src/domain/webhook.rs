@@ -129,7 +129,10 @@ pub fn validate_webhook_spec(
             ),
         ));
     }
-    let mut parsed: Vec<WebhookEvent> = events.iter().filter_map(|e| WebhookEvent::parse(e)).collect();
+    let mut parsed: Vec<WebhookEvent> = events
+        .iter()
+        .filter_map(|e| WebhookEvent::parse(e))
+        .collect();
     parsed.sort();
     parsed.dedup();
     let description = match description.map(str::trim) {
@@ -474,9 +477,12 @@ pub fn plan_attempt(
     let webhook_id = due.webhook.id;
     let attempts = attempts_before + 1;
     let (state, next_attempt_at, outcome, webhook) = match outcome {
-        AttemptOutcome::Delivered(what) => {
-            (DeliveryState::Delivered, None, what, WebhookHealth::Succeeded)
-        }
+        AttemptOutcome::Delivered(what) => (
+            DeliveryState::Delivered,
+            None,
+            what,
+            WebhookHealth::Succeeded,
+        ),
         AttemptOutcome::Failed(what) => {
             let since = failing_since.unwrap_or(now).min(now);
             match schedule.wait_after(attempts, jitter) {
@@ -581,9 +587,21 @@ mod tests {
     #[test]
     fn only_final_render_statuses_failed_tasks_and_lost_workers_are_webhook_events() {
         let cases = [
-            (EventKind::Render, "completed", Some(WebhookEvent::RenderCompleted)),
-            (EventKind::Render, "failed", Some(WebhookEvent::RenderFailed)),
-            (EventKind::Render, "canceled", Some(WebhookEvent::RenderCanceled)),
+            (
+                EventKind::Render,
+                "completed",
+                Some(WebhookEvent::RenderCompleted),
+            ),
+            (
+                EventKind::Render,
+                "failed",
+                Some(WebhookEvent::RenderFailed),
+            ),
+            (
+                EventKind::Render,
+                "canceled",
+                Some(WebhookEvent::RenderCanceled),
+            ),
             (EventKind::Render, "rendering", None),
             (EventKind::Task, "failed", Some(WebhookEvent::TaskFailed)),
             (EventKind::Task, "completed", None),
@@ -596,7 +614,10 @@ mod tests {
             e.status = Some(status.into());
             assert_eq!(webhook_event_of(&e), want, "{kind:?} {status}");
         }
-        assert_eq!(webhook_event_of(&FarmEvent::new(1, at(0), EventKind::Render)), None);
+        assert_eq!(
+            webhook_event_of(&FarmEvent::new(1, at(0), EventKind::Render)),
+            None
+        );
     }
 
     #[test]
@@ -606,11 +627,18 @@ mod tests {
         }
         let err = validate_webhook_spec(
             "https://hooks.example.com/x",
-            &["render.completed".into(), "render.done".into(), "nope".into()],
+            &[
+                "render.completed".into(),
+                "render.done".into(),
+                "nope".into(),
+            ],
             None,
         )
         .unwrap_err();
-        assert!(err.message.contains("\"render.done\", \"nope\" are not"), "{err}");
+        assert!(
+            err.message.contains("\"render.done\", \"nope\" are not"),
+            "{err}"
+        );
         assert!(err.message.contains("worker.lost"), "{err}");
         let err = validate_webhook_spec("https://hooks.example.com/x", &[], None).unwrap_err();
         assert_eq!(err.field, "events");
@@ -656,7 +684,12 @@ mod tests {
             let got = forbidden_address(ip.parse().unwrap());
             assert!(got.is_some_and(|g| g.contains(why)), "{ip}: {got:?}");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1::1", "172.32.0.1", "8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "172.32.0.1",
+            "8.8.8.8",
+        ] {
             assert_eq!(forbidden_address(ip.parse().unwrap()), None, "{ip}");
         }
     }
@@ -679,7 +712,10 @@ mod tests {
         assert_eq!(s.wait_after(6, 0.0), Some(Duration::from_secs(3600)));
         assert_eq!(s.wait_after(7, 0.0), None);
         assert_eq!(s.wait_after(1, 0.99).unwrap().as_secs(), 11);
-        assert_eq!(s.window(), Duration::from_secs(10 + 30 + 60 + 300 + 900 + 3600));
+        assert_eq!(
+            s.window(),
+            Duration::from_secs(10 + 30 + 60 + 300 + 900 + 3600)
+        );
         assert_eq!(RetrySchedule::parse("1s, 2s").unwrap().max_attempts(), 3);
         assert!(RetrySchedule::parse("0s").is_err());
         assert!(RetrySchedule::parse("soon").is_err());
@@ -712,8 +748,10 @@ mod tests {
         assert_eq!(first.webhook, WebhookHealth::Failing { since: at(0) });
         let last = plan_attempt(&due(2, Some(at(0))), failed(), &s, 0.0, at(30));
         assert_eq!(last.state, DeliveryState::Failed);
-        assert!(matches!(last.webhook, WebhookHealth::Disabled { since, ref reason }
-            if since == at(0) && reason.contains("HTTP 500") && reason.contains("/enable")));
+        assert!(
+            matches!(last.webhook, WebhookHealth::Disabled { since, ref reason }
+            if since == at(0) && reason.contains("HTTP 500") && reason.contains("/enable"))
+        );
         // Another delivery succeeded meanwhile: given up, not disabled.
         let last = plan_attempt(&due(2, Some(at(25))), failed(), &s, 0.0, at(30));
         assert_eq!(last.state, DeliveryState::Failed);
@@ -739,9 +777,19 @@ mod tests {
             )
             .unwrap()
         };
-        let a = StoredWebhook::new(spec(&["render.completed"]), Uuid::now_v7(), "s".into(), at(0));
+        let a = StoredWebhook::new(
+            spec(&["render.completed"]),
+            Uuid::now_v7(),
+            "s".into(),
+            at(0),
+        );
         let b = StoredWebhook::new(spec(&["task.failed"]), Uuid::now_v7(), "s".into(), at(0));
-        let late = StoredWebhook::new(spec(&["render.completed"]), Uuid::now_v7(), "s".into(), at(50));
+        let late = StoredWebhook::new(
+            spec(&["render.completed"]),
+            Uuid::now_v7(),
+            "s".into(),
+            at(50),
+        );
         let mut off = a.clone();
         off.id = Uuid::now_v7();
         off.disabled_at = Some(at(1));

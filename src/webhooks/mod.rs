@@ -23,8 +23,8 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::domain::{
     contiguous_prefix, forbidden_address, plan_attempt, plan_deliveries, webhook_signature,
-    AttemptOutcome, DeliveryState, DueDelivery, RetrySchedule, DELIVERY_TIMEOUT,
-    WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER,
+    AttemptOutcome, DeliveryState, DueDelivery, RetrySchedule, DELIVERY_TIMEOUT, WEBHOOK_ID_HEADER,
+    WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER,
 };
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -71,11 +71,8 @@ pub async fn check_destination(
     let addresses: Vec<SocketAddr> = match url.host() {
         Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
         Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-        _ => match tokio::time::timeout(
-            DELIVERY_TIMEOUT,
-            tokio::net::lookup_host((host, port)),
-        )
-        .await
+        _ => match tokio::time::timeout(DELIVERY_TIMEOUT, tokio::net::lookup_host((host, port)))
+            .await
         {
             Ok(Ok(found)) => found.collect(),
             Ok(Err(e)) if unresolved_ok => {
@@ -94,7 +91,8 @@ pub async fn check_destination(
     // and a private address could be connected to either.
     for address in &addresses {
         let ip = address.ip();
-        let why = forbidden_address(ip).or_else(|| is_own_address(ip).then_some("this broker's own"));
+        let why =
+            forbidden_address(ip).or_else(|| is_own_address(ip).then_some("this broker's own"));
         if let Some(why) = why {
             return Err(format!(
                 "the host {host} resolves to {ip}, a {why} address; webhooks are sent only to public addresses, so that they cannot reach the broker's own network (a broker on a trusted network may allow it: serve --webhooks-allow-private)"
@@ -121,7 +119,11 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: WebhookSettings) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: WebhookSettings,
+    ) -> Arc<Self> {
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         Arc::new(Self {
             store,
@@ -156,7 +158,10 @@ impl Deliverer {
 
     /// Gives the lease up, so that another broker takes over at once.
     pub async fn stop(&self) {
-        let _ = self.store.release_lease(WEBHOOKS_LEASE, &self.instance).await;
+        let _ = self
+            .store
+            .release_lease(WEBHOOKS_LEASE, &self.instance)
+            .await;
     }
 
     /// If this broker holds (or takes) the lease: queues deliveries for the
@@ -191,13 +196,20 @@ impl Deliverer {
     async fn queue(&self) -> StoreResult<bool> {
         let now = self.clock.now();
         let Some(cursor) = self.store.webhook_cursor().await? else {
-            // The first start with webhooks: what happened before is not
-            // delivered (no webhook existed to want it).
-            let newest = self.store.event_bounds().await?.newest;
+            // The first queuing ever. With no webhook yet, nothing kept in
+            // the event log is wanted: start after it. With one (registered
+            // before this first run), start at the beginning of what is
+            // kept; `plan_deliveries` skips what happened before a webhook
+            // was registered.
+            let start = if self.store.list_webhooks().await?.is_empty() {
+                self.store.event_bounds().await?.newest
+            } else {
+                0
+            };
             self.store
-                .queue_webhook_deliveries(None, newest, Vec::new(), now)
+                .queue_webhook_deliveries(None, start, Vec::new(), now)
                 .await?;
-            return Ok(false);
+            return Ok(true);
         };
         let events = self.store.events_after(cursor, None, QUEUE_BATCH).await?;
         if events.is_empty() {
@@ -314,15 +326,27 @@ impl Deliverer {
     ) -> StoreResult<Option<(&'static str, serde_json::Value)>> {
         let found = match source.kind {
             EventKind::Render => match source.render_id {
-                Some(id) => self.store.get_render(id).await.map(|r| ("render", serde_json::to_value(r))),
+                Some(id) => self
+                    .store
+                    .get_render(id)
+                    .await
+                    .map(|r| ("render", serde_json::to_value(r))),
                 None => return Ok(None),
             },
             EventKind::Task => match source.task_id {
-                Some(id) => self.store.get_task(id).await.map(|t| ("task", serde_json::to_value(t))),
+                Some(id) => self
+                    .store
+                    .get_task(id)
+                    .await
+                    .map(|t| ("task", serde_json::to_value(t))),
                 None => return Ok(None),
             },
             EventKind::Worker => match source.worker_id {
-                Some(id) => self.store.get_worker(id).await.map(|w| ("worker", serde_json::to_value(w))),
+                Some(id) => self
+                    .store
+                    .get_worker(id)
+                    .await
+                    .map(|w| ("worker", serde_json::to_value(w))),
                 None => return Ok(None),
             },
             _ => return Ok(None),
@@ -351,7 +375,10 @@ impl Deliverer {
             .no_proxy()
             .timeout(DELIVERY_TIMEOUT)
             .connect_timeout(DELIVERY_TIMEOUT);
-        if let Some(host) = url.host_str().filter(|_| matches!(url.host(), Some(url::Host::Domain(_)))) {
+        if let Some(host) = url
+            .host_str()
+            .filter(|_| matches!(url.host(), Some(url::Host::Domain(_))))
+        {
             client = client.resolve(host, address);
         }
         let client = match client.build() {
@@ -362,7 +389,10 @@ impl Deliverer {
         let sent = client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::USER_AGENT, concat!("renderfarm-webhooks/", env!("CARGO_PKG_VERSION")))
+            .header(
+                reqwest::header::USER_AGENT,
+                concat!("renderfarm-webhooks/", env!("CARGO_PKG_VERSION")),
+            )
             .header(WEBHOOK_ID_HEADER, due.id.to_string())
             .header(WEBHOOK_TIMESTAMP_HEADER, timestamp.to_string())
             .header(
@@ -380,7 +410,10 @@ impl Deliverer {
             Err(e) if e.is_timeout() => {
                 AttemptOutcome::Failed(format!("timed out after {}s", DELIVERY_TIMEOUT.as_secs()))
             }
-            Err(e) if e.is_connect() => AttemptOutcome::Failed(format!("could not connect to {address}: {}", error_chain(&e))),
+            Err(e) if e.is_connect() => AttemptOutcome::Failed(format!(
+                "could not connect to {address}: {}",
+                error_chain(&e)
+            )),
             Err(e) => AttemptOutcome::Failed(format!("the request failed: {}", error_chain(&e))),
         }
     }

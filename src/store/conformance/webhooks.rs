@@ -20,7 +20,12 @@ fn webhook(events: &[&str]) -> StoredWebhook {
         Some("test"),
     )
     .expect("a valid test webhook");
-    StoredWebhook::new(spec, Uuid::now_v7(), format!("whsec_{}", Uuid::new_v4().simple()), t0())
+    StoredWebhook::new(
+        spec,
+        Uuid::now_v7(),
+        format!("whsec_{}", Uuid::new_v4().simple()),
+        t0(),
+    )
 }
 
 fn delivery(hook: &StoredWebhook, event_id: i64) -> NewDelivery {
@@ -50,7 +55,10 @@ pub async fn webhooks_are_kept_with_their_secret_listed_in_order_and_deleted_who
     let b = webhook(&["worker.lost"]);
     assert_eq!(store.create_webhook(a.clone()).await.unwrap(), a);
     store.create_webhook(b.clone()).await.unwrap();
-    assert_eq!(store.list_webhooks().await.unwrap(), vec![a.clone(), b.clone()]);
+    assert_eq!(
+        store.list_webhooks().await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
     assert_eq!(store.get_webhook(a.id).await.unwrap().secret, a.secret);
     assert!(matches!(
         store.create_webhook(a.clone()).await,
@@ -60,7 +68,10 @@ pub async fn webhooks_are_kept_with_their_secret_listed_in_order_and_deleted_who
         .queue_webhook_deliveries(None, 1, vec![delivery(&a, 1)], t0())
         .await
         .unwrap();
-    assert_eq!(store.webhook_delivery_counts(a.id).await.unwrap(), counts(1, 0, 0));
+    assert_eq!(
+        store.webhook_delivery_counts(a.id).await.unwrap(),
+        counts(1, 0, 0)
+    );
     store.delete_webhook(a.id).await.unwrap();
     assert!(matches!(
         store.get_webhook(a.id).await,
@@ -75,7 +86,11 @@ pub async fn webhooks_are_kept_with_their_secret_listed_in_order_and_deleted_who
         Err(StoreError::NotFound { .. })
     ));
     assert!(
-        store.due_webhook_deliveries(t0(), 10).await.unwrap().is_empty(),
+        store
+            .due_webhook_deliveries(t0(), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "a deleted webhook's deliveries go with it"
     );
     assert_eq!(store.list_webhooks().await.unwrap(), vec![b]);
@@ -86,13 +101,25 @@ pub async fn webhooks_are_kept_with_their_secret_listed_in_order_and_deleted_who
 }
 
 pub async fn webhook_deliveries_are_queued_once_each_as_the_cursor_moves(store: &dyn Store) {
-    let a = store.create_webhook(webhook(&["render.completed"])).await.unwrap();
-    let b = store.create_webhook(webhook(&["render.completed"])).await.unwrap();
+    let a = store
+        .create_webhook(webhook(&["render.completed"]))
+        .await
+        .unwrap();
+    let b = store
+        .create_webhook(webhook(&["render.completed"]))
+        .await
+        .unwrap();
     assert_eq!(store.webhook_cursor().await.unwrap(), None);
-    assert!(store.queue_webhook_deliveries(None, 5, vec![], t0()).await.unwrap());
+    assert!(store
+        .queue_webhook_deliveries(None, 5, vec![], t0())
+        .await
+        .unwrap());
     assert_eq!(store.webhook_cursor().await.unwrap(), Some(5));
     // Another broker queued meanwhile: nothing moves.
-    assert!(!store.queue_webhook_deliveries(None, 9, vec![], t0()).await.unwrap());
+    assert!(!store
+        .queue_webhook_deliveries(None, 9, vec![], t0())
+        .await
+        .unwrap());
     assert!(!store
         .queue_webhook_deliveries(Some(4), 9, vec![delivery(&a, 6)], t0())
         .await
@@ -112,8 +139,14 @@ pub async fn webhook_deliveries_are_queued_once_each_as_the_cursor_moves(store: 
         .queue_webhook_deliveries(Some(7), 8, again.to_vec(), t0())
         .await
         .unwrap());
-    assert_eq!(store.webhook_delivery_counts(a.id).await.unwrap(), counts(3, 0, 0));
-    assert_eq!(store.webhook_delivery_counts(b.id).await.unwrap(), counts(1, 0, 0));
+    assert_eq!(
+        store.webhook_delivery_counts(a.id).await.unwrap(),
+        counts(3, 0, 0)
+    );
+    assert_eq!(
+        store.webhook_delivery_counts(b.id).await.unwrap(),
+        counts(1, 0, 0)
+    );
     let due = store.due_webhook_deliveries(t0(), 10).await.unwrap();
     let mut ids: Vec<Uuid> = due.iter().map(|d| d.id).collect();
     ids.sort();
@@ -125,7 +158,10 @@ pub async fn webhook_deliveries_are_queued_once_each_as_the_cursor_moves(store: 
     assert_eq!(one.source, first[1].source);
     assert_eq!(one.event, WebhookEvent::RenderCompleted);
     assert_eq!(one.attempts, 0);
-    assert_eq!(store.due_webhook_deliveries(t0(), 2).await.unwrap().len(), 2);
+    assert_eq!(
+        store.due_webhook_deliveries(t0(), 2).await.unwrap().len(),
+        2
+    );
     assert!(
         store
             .due_webhook_deliveries(t0() - Duration::seconds(1), 10)
@@ -140,7 +176,10 @@ pub async fn webhook_attempts_apply_once_and_a_receiver_failing_too_long_is_disa
     store: &dyn Store,
 ) {
     let schedule = RetrySchedule::parse("10s").unwrap();
-    let hook = store.create_webhook(webhook(&["render.completed"])).await.unwrap();
+    let hook = store
+        .create_webhook(webhook(&["render.completed"]))
+        .await
+        .unwrap();
     store
         .queue_webhook_deliveries(None, 2, vec![delivery(&hook, 1), delivery(&hook, 2)], t0())
         .await
@@ -163,11 +202,18 @@ pub async fn webhook_attempts_apply_once_and_a_receiver_failing_too_long_is_disa
     assert_eq!(hook_now.last_outcome.as_deref(), Some("HTTP 500"));
     let later = t0() + Duration::seconds(10);
     let due_later = store.due_webhook_deliveries(later, 10).await.unwrap();
-    let again = due_later.iter().find(|d| d.id == due[0].id).expect("due again");
+    let again = due_later
+        .iter()
+        .find(|d| d.id == due[0].id)
+        .expect("due again");
     assert_eq!(again.attempts, 1);
     assert_eq!(again.webhook.failing_since, Some(t0()));
     assert_eq!(
-        store.due_webhook_deliveries(t0() + Duration::seconds(5), 10).await.unwrap().len(),
+        store
+            .due_webhook_deliveries(t0() + Duration::seconds(5), 10)
+            .await
+            .unwrap()
+            .len(),
         1,
         "only the other one is due before the wait is over"
     );
@@ -178,11 +224,22 @@ pub async fn webhook_attempts_apply_once_and_a_receiver_failing_too_long_is_disa
     assert!(store.record_webhook_attempt(record).await.unwrap());
     let disabled = store.get_webhook(hook.id).await.unwrap();
     assert!(!disabled.is_active());
-    assert!(disabled.disabled_reason.as_deref().unwrap_or("").contains("HTTP 500"));
+    assert!(disabled
+        .disabled_reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("HTTP 500"));
     assert_eq!(disabled.consecutive_failures, 2);
-    assert_eq!(store.webhook_delivery_counts(hook.id).await.unwrap(), counts(1, 0, 1));
+    assert_eq!(
+        store.webhook_delivery_counts(hook.id).await.unwrap(),
+        counts(1, 0, 1)
+    );
     assert!(
-        store.due_webhook_deliveries(later, 10).await.unwrap().is_empty(),
+        store
+            .due_webhook_deliveries(later, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing is sent for a disabled webhook"
     );
 
@@ -205,6 +262,13 @@ pub async fn webhook_attempts_apply_once_and_a_receiver_failing_too_long_is_disa
     let healthy = store.get_webhook(hook.id).await.unwrap();
     assert_eq!(healthy.last_success_at, Some(later));
     assert_eq!(healthy.last_outcome.as_deref(), Some("HTTP 204"));
-    assert_eq!(store.webhook_delivery_counts(hook.id).await.unwrap(), counts(0, 1, 1));
-    assert!(store.due_webhook_deliveries(later + Duration::hours(1), 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.webhook_delivery_counts(hook.id).await.unwrap(),
+        counts(0, 1, 1)
+    );
+    assert!(store
+        .due_webhook_deliveries(later + Duration::hours(1), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }

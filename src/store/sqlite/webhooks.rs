@@ -188,8 +188,8 @@ pub(super) async fn queue_webhook_deliveries(
     let rows = deliveries
         .into_iter()
         .map(|d| {
-            let source = serde_json::to_string(&d.source)
-                .map_err(|e| StoreError::Unexpected(e.into()))?;
+            let source =
+                serde_json::to_string(&d.source).map_err(|e| StoreError::Unexpected(e.into()))?;
             Ok((d, source))
         })
         .collect::<StoreResult<Vec<_>>>()?;
