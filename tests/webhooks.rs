@@ -451,6 +451,19 @@ async fn a_failing_receiver_is_retried_then_disabled_until_enabled_again() {
         "the same idempotency id on every attempt"
     );
     assert_eq!(receiver.deduplicated(&secret).len(), 1);
+    let metrics = client
+        .get(format!("{b}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (outcome, n) in [("retrying", 2), ("given_up", 1), ("delivered", 0)] {
+        let line =
+            format!("renderfarm_webhook_delivery_attempts_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 
     // Disabled: nothing more is queued or sent.
     submit_and_cancel(&client, b, "not queued").await;
