@@ -14,5 +14,6 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod web;
+pub mod webhooks;
 
 pub use renderfarm_wire as wire;

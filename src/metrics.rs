@@ -81,7 +81,16 @@ pub struct ReplicaMetrics {
     tick_duration: Histogram,
     tick_actions: Family<ActionLabels, Counter>,
     store_errors: Family<KindLabels, Counter>,
+    webhook_deliveries: Family<OutcomeLabels, Counter>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// What a webhook delivery attempt led to, as the `outcome` label names it.
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retrying", "given_up"];
 
 /// The scheduler tick's outcomes, as the `action` label names them.
 pub const TICK_ACTIONS: [&str; 6] = [
@@ -163,8 +172,18 @@ impl ReplicaMetrics {
             "Store calls of this replica that failed, by kind (unavailable: the store could not be reached)",
             store_errors.clone(),
         );
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        for outcome in WEBHOOK_OUTCOMES {
+            let _ = webhook_deliveries.get_or_create(&OutcomeLabels { outcome });
+        }
+        registry.register(
+            "webhook_delivery_attempts",
+            "Webhook delivery attempts this replica made, by what they led to (delivered; failed and retrying later; failed and given up)",
+            webhook_deliveries.clone(),
+        );
         Self {
             registry,
+            webhook_deliveries,
             http_requests,
             http_duration,
             claim_duration,
@@ -234,6 +253,16 @@ impl ReplicaMetrics {
             .get_or_create(&KindLabels {
                 kind: store_error_kind(error),
             })
+            .inc();
+    }
+
+    /// One webhook delivery attempt; `outcome` is one of [`WEBHOOK_OUTCOMES`].
+    pub fn webhook_attempt(&self, outcome: &'static str) {
+        if !enabled() {
+            return;
+        }
+        self.webhook_deliveries
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

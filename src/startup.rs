@@ -23,6 +23,7 @@ use crate::store::mongodb::{MigrationMode, MongoStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::tls::TlsFiles;
+use crate::webhooks::Deliverer;
 
 /// Which store the broker keeps its state in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,8 @@ pub struct Settings {
     /// only Prometheus reaches); `None`: only on the API's address, with a
     /// viewer's token.
     pub metrics_bind: Option<String>,
+    /// How webhooks are sent (`serve --webhooks-allow-private`).
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 pub use crate::api::rate_limit::{Per, RateLimit, RateLimits};
@@ -104,6 +107,7 @@ impl Settings {
             rate_limits: RateLimits::default(),
             tls: None,
             metrics_bind: None,
+            webhooks: Default::default(),
         }
     }
 }
@@ -117,6 +121,9 @@ pub struct Application {
     metrics: Option<(Server, u16)>,
     state: web::Data<AppState>,
     scheduler: Arc<Scheduler>,
+    /// Queues and sends webhook deliveries while this broker holds their lease.
+    webhooks: Arc<Deliverer>,
+    webhooks_loop: tokio::task::JoinHandle<()>,
     /// Forgets the rate limiters' idle keys while the server runs.
     limiter_pruner: tokio::task::JoinHandle<()>,
 }
@@ -177,6 +184,8 @@ impl Application {
         }
         let events = api::events::EventHub::new(store.clone(), clock.clone());
         events.start();
+        let webhooks = Deliverer::new(store.clone(), clock.clone(), settings.webhooks.clone());
+        let webhooks_loop = webhooks.start();
         let state = web::Data::new(AppState {
             events,
             auth: Authenticator::new(settings.auth, store.clone()),
@@ -189,6 +198,7 @@ impl Application {
             scheduler: scheduler.clone(),
             waiting: Default::default(),
             max_waiting: settings.max_waiting,
+            webhooks_allow_private: settings.webhooks.allow_private,
         });
         let listener = TcpListener::bind(&settings.bind).with_context(|| {
             format!(
@@ -243,6 +253,8 @@ impl Application {
             metrics,
             state,
             scheduler,
+            webhooks,
+            webhooks_loop,
             limiter_pruner,
         })
     }
@@ -290,6 +302,8 @@ impl Application {
             let _ = task.await;
         }
         self.limiter_pruner.abort();
+        self.webhooks_loop.abort();
+        self.webhooks.stop().await;
         self.scheduler.stop().await;
         served
     }

@@ -16,6 +16,7 @@ mod session;
 mod signed;
 mod tasks;
 mod tokens;
+mod webhooks;
 mod workers;
 
 use std::collections::BTreeSet;
@@ -63,6 +64,9 @@ pub struct AppState {
     /// Whether the credentials the broker starts with are stored (a MongoDB
     /// broker stores them once its store answers); not ready before.
     pub credentials_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// `serve --webhooks-allow-private`: webhooks may point at private,
+    /// loopback and link-local addresses.
+    pub webhooks_allow_private: bool,
 }
 
 impl AppState {
@@ -108,6 +112,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     metrics::configure(cfg);
     scheduler::configure(cfg);
     tokens::configure(cfg);
+    webhooks::configure(cfg);
     session::configure(cfg);
     signed::configure(cfg);
     openapi::configure(cfg);

@@ -16,8 +16,8 @@ use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    events, frames, health, metrics, renders, scheduler, session, signed, tasks, tokens, workers,
-    ApiError,
+    events, frames, health, metrics, renders, scheduler, session, signed, tasks, tokens, webhooks,
+    workers, ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -84,8 +84,13 @@ is answered 429 with `Retry-After`.",
         signed::sign,
         events::events,
         events::summary,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::delete,
+        webhooks::enable,
     ),
-    components(schemas(ErrorBody, ErrorCode), responses(
+    components(schemas(ErrorBody, ErrorCode, renderfarm_wire::WebhookPayload), responses(
         Unauthorized,
         Forbidden,
         BadRequest,
@@ -107,6 +112,7 @@ is answered 429 with `Retry-After`.",
         (name = "tokens", description = "Credentials (admins): issue, list and revoke tokens."),
         (name = "events", description = "The farm's changes as they happen (Server-Sent Events), resumable with `Last-Event-ID`; the farm in numbers, live."),
         (name = "session", description = "Browsers: sign in with a token for a session cookie; signed links for downloads."),
+        (name = "webhooks", description = "Operators register URLs that the broker POSTs signed JSON to (`WebhookPayload`) when renders complete, fail or are canceled, tasks fail and workers are lost; retried with backoff, disabled when the receiver keeps failing."),
     ),
     modifiers(&Credentials)
 )]

@@ -727,6 +727,12 @@ mod tests {
                 Some(Budget::People),
             ),
             (&post, "/scheduler/run".to_string(), Some(Budget::People)),
+            (&post, "/webhooks".to_string(), Some(Budget::People)),
+            (
+                &post,
+                format!("/webhooks/{id}/enable"),
+                Some(Budget::People),
+            ),
             (&post, "/workers/".to_string(), Some(Budget::People)),
             (
                 &post,

@@ -131,6 +131,17 @@ struct ServeArgs {
     /// `off`: count nothing for Prometheus and answer /metrics with 404.
     #[arg(long, env = "RENDERFARM_METRICS", default_value = "on", value_parser = ["on", "off"])]
     metrics: String,
+    /// Let webhooks point at loopback, private (RFC 1918, fc00::/7),
+    /// link-local and this machine's own addresses. Without it those are
+    /// refused when a webhook is registered and again before each delivery,
+    /// so that a webhook cannot reach the broker's own network.
+    #[arg(long, env = "RENDERFARM_WEBHOOKS_ALLOW_PRIVATE")]
+    webhooks_allow_private: bool,
+    /// For tests only: the waits between a webhook delivery's attempts
+    /// (e.g. "1s,1s") instead of 10s,30s,1m,5m,15m,1h. A webhook failing
+    /// for their sum is disabled.
+    #[arg(long, env = "RENDERFARM_WEBHOOKS_RETRY_SCHEDULE", hide = true, value_parser = parse_retry_schedule)]
+    webhooks_retry_schedule: Option<crate::domain::RetrySchedule>,
     /// Export traces (a span per request, claim, report and scheduler step)
     /// to this OpenTelemetry collector over OTLP/HTTP, e.g.
     /// http://collector:4318; nothing is exported without it.
@@ -489,6 +500,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn parse_retry_schedule(raw: &str) -> Result<crate::domain::RetrySchedule, String> {
+    crate::domain::RetrySchedule::parse(raw)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = Settings::new(
         args.bind,
@@ -515,6 +530,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .zip(args.tls_key)
         .map(|(cert, key)| crate::tls::TlsFiles { cert, key });
     settings.metrics_bind = args.metrics_bind;
+    settings.webhooks = crate::webhooks::WebhookSettings {
+        allow_private: args.webhooks_allow_private,
+        schedule: args.webhooks_retry_schedule.unwrap_or_default(),
+    };
+    if settings.webhooks.allow_private {
+        tracing::warn!(
+            "--webhooks-allow-private: webhooks may reach this machine and its private network"
+        );
+    }
     crate::metrics::set_enabled(args.metrics == "on");
     raise_open_file_limit(settings.max_waiting);
     let app = Application::build(settings.clone()).await?;

@@ -13,6 +13,7 @@ mod scheduling;
 mod tally;
 mod task;
 mod token;
+mod webhook;
 mod worker;
 
 pub use dispatch::{
@@ -52,6 +53,13 @@ pub use token::{
     csrf_for, csrf_matches, plan_session, plan_token, plan_worker_secret, secret_from, secret_hash,
     secret_matches, NewToken, Role, StoredToken, TokenRefusal, MAX_TOKEN_LIFETIME, OWNER_ME,
     SECRET_PREFIX, SESSION_LIFETIME,
+};
+pub use webhook::{
+    forbidden_address, plan_attempt, plan_deliveries, validate_webhook_spec, webhook_event_of,
+    webhook_secret_from, webhook_signature, AttemptOutcome, AttemptRecord, DeliveryCounts,
+    DeliveryState, DueDelivery, NewDelivery, RetrySchedule, StoredWebhook, ValidWebhookSpec,
+    WebhookEvent, WebhookHealth, DELIVERY_TIMEOUT, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
+    WEBHOOK_TIMESTAMP_HEADER,
 };
 pub use worker::{
     claim_permission, heartbeat_action, validate_worker_spec, worker_status, worker_transition,

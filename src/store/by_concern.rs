@@ -1,6 +1,6 @@
 //! Both backends implement [`Store`](super::Store) the same way: every
 //! operation is the function of the same name in the file of its concern
-//! (`renders.rs`, `tasks.rs`, `workers.rs`, `upkeep.rs`, `events.rs`), so the two folders
+//! (`renders.rs`, `tasks.rs`, `workers.rs`, `upkeep.rs`, `events.rs`, `webhooks.rs`), so the two folders
 //! stay mirrors and an operation is found in the same place on both sides.
 
 /// Implements `Store` for `$store`, invoked in the backend's `mod.rs`: each
@@ -273,6 +273,71 @@ macro_rules! store_by_concern {
 
                 async fn farm_counts(&self, since: DateTime<Utc>) -> StoreResult<FarmCounts> {
                     events::farm_counts(self, since).await
+                }
+
+                async fn create_webhook(
+                    &self,
+                    hook: $crate::domain::StoredWebhook,
+                ) -> StoreResult<$crate::domain::StoredWebhook> {
+                    webhooks::create_webhook(self, hook).await
+                }
+
+                async fn list_webhooks(&self) -> StoreResult<Vec<$crate::domain::StoredWebhook>> {
+                    webhooks::list_webhooks(self).await
+                }
+
+                async fn get_webhook(
+                    &self,
+                    id: Uuid,
+                ) -> StoreResult<$crate::domain::StoredWebhook> {
+                    webhooks::get_webhook(self, id).await
+                }
+
+                async fn delete_webhook(&self, id: Uuid) -> StoreResult<()> {
+                    webhooks::delete_webhook(self, id).await
+                }
+
+                async fn enable_webhook(
+                    &self,
+                    id: Uuid,
+                ) -> StoreResult<$crate::domain::StoredWebhook> {
+                    webhooks::enable_webhook(self, id).await
+                }
+
+                async fn webhook_delivery_counts(
+                    &self,
+                    id: Uuid,
+                ) -> StoreResult<$crate::domain::DeliveryCounts> {
+                    webhooks::webhook_delivery_counts(self, id).await
+                }
+
+                async fn webhook_cursor(&self) -> StoreResult<Option<i64>> {
+                    webhooks::webhook_cursor(self).await
+                }
+
+                async fn queue_webhook_deliveries(
+                    &self,
+                    from: Option<i64>,
+                    to: i64,
+                    deliveries: Vec<$crate::domain::NewDelivery>,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<bool> {
+                    webhooks::queue_webhook_deliveries(self, from, to, deliveries, now).await
+                }
+
+                async fn due_webhook_deliveries(
+                    &self,
+                    now: DateTime<Utc>,
+                    limit: usize,
+                ) -> StoreResult<Vec<$crate::domain::DueDelivery>> {
+                    webhooks::due_webhook_deliveries(self, now, limit).await
+                }
+
+                async fn record_webhook_attempt(
+                    &self,
+                    record: $crate::domain::AttemptRecord,
+                ) -> StoreResult<bool> {
+                    webhooks::record_webhook_attempt(self, record).await
                 }
             }
         };

@@ -27,6 +27,7 @@ use crate::domain::{
     RenderCommand, RenderOrder, RunningWork, StoredToken, TaskReport, ValidWorkerSpec, WorkerMode,
     WorkerUnavailable,
 };
+use crate::domain::{AttemptRecord, DeliveryCounts, DueDelivery, NewDelivery, StoredWebhook};
 
 /// The small vocabulary every backend's failures are translated into, once.
 #[derive(Debug, thiserror::Error)]
@@ -466,4 +467,54 @@ pub trait Store: Send + Sync + 'static {
     /// The counts of the farm summary; `frames_since` counts the frames of
     /// tasks completed since `since`.
     async fn farm_counts(&self, since: DateTime<Utc>) -> StoreResult<FarmCounts>;
+
+    /// Stores a new webhook, secret included (signing needs it).
+    async fn create_webhook(&self, hook: StoredWebhook) -> StoreResult<StoredWebhook>;
+
+    /// Every webhook, oldest first.
+    async fn list_webhooks(&self) -> StoreResult<Vec<StoredWebhook>>;
+
+    async fn get_webhook(&self, id: Uuid) -> StoreResult<StoredWebhook>;
+
+    /// Forgets a webhook and its deliveries.
+    async fn delete_webhook(&self, id: Uuid) -> StoreResult<()>;
+
+    /// Makes a webhook active again with its failures forgotten; deliveries
+    /// still pending when it was disabled go out again.
+    async fn enable_webhook(&self, id: Uuid) -> StoreResult<StoredWebhook>;
+
+    /// The webhook's deliveries by state.
+    async fn webhook_delivery_counts(&self, id: Uuid) -> StoreResult<DeliveryCounts>;
+
+    /// The id of the last event-log entry deliveries were queued for;
+    /// `None` before the first queuing.
+    async fn webhook_cursor(&self) -> StoreResult<Option<i64>>;
+
+    /// Stores `deliveries` (pending, due at once) and moves the cursor from
+    /// `from` to `to`, if it is still at `from`; `false` when it was not
+    /// (another broker queued meanwhile). A delivery for a webhook and
+    /// event-log entry that has one already is not stored again, so a
+    /// queuing that died half-way and is repeated stores each once; one for
+    /// a webhook deleted meanwhile is dropped. On SQLite all of it is one
+    /// transaction.
+    async fn queue_webhook_deliveries(
+        &self,
+        from: Option<i64>,
+        to: i64,
+        deliveries: Vec<NewDelivery>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Pending deliveries due at `now` of active webhooks, the longest
+    /// due first, at most `limit`.
+    async fn due_webhook_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<Vec<DueDelivery>>;
+
+    /// Applies what an attempt led to (`domain::plan_attempt`) to the
+    /// delivery, if it still has the attempts the record was planned from,
+    /// and to its webhook. Returns whether it applied.
+    async fn record_webhook_attempt(&self, record: AttemptRecord) -> StoreResult<bool>;
 }

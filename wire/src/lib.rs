@@ -1290,3 +1290,8 @@ pub struct FarmSummary {
     /// Renders rendering now, the most urgent first (at most 50).
     pub running: Vec<RunningRender>,
 }
+
+mod webhooks;
+pub use webhooks::{
+    RegisteredWebhook, WebhookDeliveryCounts, WebhookInfo, WebhookPayload, WebhookSpec,
+};

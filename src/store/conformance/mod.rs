@@ -16,6 +16,7 @@ mod operators;
 mod reports;
 mod tokens;
 mod upkeep;
+mod webhooks;
 
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{Priority, RenderSpec, WorkerSpec};
@@ -33,6 +34,7 @@ pub use operators::*;
 pub use reports::*;
 pub use tokens::*;
 pub use upkeep::*;
+pub use webhooks::*;
 
 /// Every conformance function by name, for the per-backend test macro.
 ///
@@ -79,6 +81,9 @@ macro_rules! conformance_tests {
             the_history_tells_what_happened_to_a_task,
             the_event_log_tells_every_change_once_in_order,
             the_farm_summary_counts_renders_queue_and_recent_frames,
+            webhooks_are_kept_with_their_secret_listed_in_order_and_deleted_whole,
+            webhook_deliveries_are_queued_once_each_as_the_cursor_moves,
+            webhook_attempts_apply_once_and_a_receiver_failing_too_long_is_disabled,
         );
     };
     (@each $make_store:path; $($name:ident),* $(,)?) => {

@@ -58,6 +58,10 @@ const FILES: &[(&str, &str)] = &[
         "0009_render_listing",
         include_str!("../../../migrations/mongodb/0009_render_listing.json"),
     ),
+    (
+        "0011_webhooks",
+        include_str!("../../../migrations/mongodb/0011_webhooks.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

@@ -42,6 +42,7 @@ mod snapshot;
 mod tasks;
 mod tokens;
 mod upkeep;
+mod webhooks;
 mod workers;
 
 use std::collections::HashMap;

@@ -21,6 +21,7 @@ mod snapshot;
 mod tasks;
 mod tokens;
 mod upkeep;
+mod webhooks;
 mod workers;
 mod writer;
 
@@ -62,6 +63,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/sqlite/0009_render_listing.sql"
         )),
+        M::up(include_str!("../../../migrations/sqlite/0011_webhooks.sql")),
     ])
 }
 
