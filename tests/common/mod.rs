@@ -359,6 +359,7 @@ impl TestAgent {
             poll_wait: Duration::from_secs(10),
             enrolment_token: Some(ENROLMENT_TOKEN.into()),
             ca_file: None,
+            cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
         };
         let signals = StopSignals::default();
         let agent = Agent::new(config, signals.clone())
