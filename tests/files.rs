@@ -1,0 +1,770 @@
+//! A farm without a shared drive: the blend file goes in through the broker
+//! (`renderfarm submit --upload`), the agents fetch it by hash into their
+//! caches, and the frames come back through the broker (`renderfarm
+//! download`). The broker, each agent and the submitter have temporary
+//! folders of their own, with no path in common. Real Blender throughout.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{
+    blender_or_skip, blender_pids, renderfarm_command, wait_for, BrokerProcess, TestAgent,
+    ADMIN_TOKEN, ENROLMENT_TOKEN,
+};
+use renderfarm_client::{BrokerClient, FileStatus};
+use renderfarm_wire::{Render, RenderStatus};
+use renderfarm_worker::{Agent, AgentConfig, AgentSummary, StopSignals};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+const RENDER_LIMIT: Duration = Duration::from_secs(180);
+
+/// Makes, in `dir`, an image texture (`texture.png`) and a scene
+/// (`shot.blend`) whose plane shows it through a path relative to the
+/// scene, as an artist's file would; the plane turns over `frames` frames.
+/// Emission only and a fixed seed: Cycles renders the same pixels each time.
+const TEXTURED_SCENE: &str = r#"
+import math, os, sys
+import bpy
+
+folder, frames = sys.argv[sys.argv.index("--") + 1:]
+frames = int(frames)
+bpy.ops.wm.read_factory_settings(use_empty=True)
+
+texture = bpy.data.images.new("texture", 8, 8)
+pixels = []
+for y in range(8):
+    for x in range(8):
+        pixels += [1.0, 0.25, 0.0, 1.0] if (x + y) % 2 else [0.0, 0.3, 1.0, 1.0]
+texture.pixels = pixels
+texture.filepath_raw = os.path.join(folder, "texture.png")
+texture.file_format = "PNG"
+texture.save()
+bpy.data.images.remove(texture)
+
+scene = bpy.context.scene
+scene.render.engine = "CYCLES"
+scene.cycles.device = "CPU"
+scene.cycles.samples = 2
+scene.cycles.use_denoising = False
+scene.render.resolution_x = 48
+scene.render.resolution_y = 32
+scene.render.resolution_percentage = 100
+scene.render.image_settings.file_format = "PNG"
+scene.frame_start = 1
+scene.frame_end = frames
+
+bpy.ops.mesh.primitive_plane_add(size=2)
+plane = bpy.context.active_object
+material = bpy.data.materials.new("textured")
+material.use_nodes = True
+nodes = material.node_tree.nodes
+links = material.node_tree.links
+nodes.clear()
+image = nodes.new("ShaderNodeTexImage")
+image.image = bpy.data.images.load(os.path.join(folder, "texture.png"))
+image.image.filepath = "//texture.png"
+image.interpolation = "Closest"
+emission = nodes.new("ShaderNodeEmission")
+output = nodes.new("ShaderNodeOutputMaterial")
+links.new(image.outputs["Color"], emission.inputs["Color"])
+links.new(emission.outputs["Emission"], output.inputs["Surface"])
+plane.data.materials.append(material)
+plane.rotation_euler = (0.0, 0.0, 0.0)
+plane.keyframe_insert("rotation_euler", frame=1)
+plane.rotation_euler = (0.0, 0.0, math.radians(90))
+plane.keyframe_insert("rotation_euler", frame=max(frames, 2))
+
+bpy.ops.object.camera_add(location=(0, 0, 4), rotation=(0, 0, 0))
+camera = bpy.context.active_object
+camera.data.type = "ORTHO"
+camera.data.ortho_scale = 3.2
+scene.camera = camera
+
+bpy.ops.wm.save_as_mainfile(filepath=os.path.join(folder, "shot.blend"), relative_remap=True)
+"#;
+
+/// As [`TEXTURED_SCENE`], with what packing cannot carry: an image sequence
+/// and a VDB volume.
+const SCENE_WITH_SEQUENCE_AND_VOLUME: &str = r#"
+import os, sys
+import bpy
+
+folder = sys.argv[sys.argv.index("--") + 1]
+bpy.ops.wm.read_factory_settings(use_empty=True)
+for frame in (1, 2):
+    still = bpy.data.images.new("still", 4, 4)
+    still.filepath_raw = os.path.join(folder, "smoke_%04d.png" % frame)
+    still.file_format = "PNG"
+    still.save()
+    bpy.data.images.remove(still)
+sequence = bpy.data.images.load(os.path.join(folder, "smoke_0001.png"))
+sequence.source = "SEQUENCE"
+sequence.use_fake_user = True
+volume = bpy.data.volumes.new("explosion")
+volume.filepath = os.path.join(folder, "explosion.vdb")
+bpy.context.scene.collection.objects.link(bpy.data.objects.new("explosion", volume))
+bpy.ops.object.camera_add(location=(0, 0, 4))
+bpy.context.scene.camera = bpy.context.active_object
+bpy.ops.wm.save_as_mainfile(filepath=os.path.join(folder, "shot.blend"))
+"#;
+
+/// Runs `script` in Blender with `args` after `--`.
+fn blender_python(blender: &Path, script: &str, args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("make.py");
+    std::fs::write(&path, script).unwrap();
+    let output = Command::new(blender)
+        .args(["-b", "--factory-startup", "--python-exit-code", "1", "--python"])
+        .arg(&path)
+        .arg("--")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("Blender runs");
+    assert!(
+        output.status.success(),
+        "Blender's Python failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The textured scene of `frames` frames in `dir`; its path.
+fn textured_scene(blender: &Path, dir: &Path, frames: i64) -> PathBuf {
+    blender_python(
+        blender,
+        TEXTURED_SCENE,
+        &[&dir.display().to_string(), &frames.to_string()],
+    );
+    let blend = dir.join("shot.blend");
+    assert!(blend.is_file() && dir.join("texture.png").is_file());
+    blend
+}
+
+/// Frames `1..=frames` of `blend` rendered by Blender itself into `out`.
+fn render_directly(blender: &Path, blend: &Path, out: &Path, frames: i64) {
+    let output = Command::new(blender)
+        .arg("-b")
+        .arg(blend)
+        .arg("-o")
+        .arg(out.join("frame_####"))
+        .args(["-s", "1", "-e", &frames.to_string(), "-t", "0", "-a"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("Blender runs");
+    assert!(output.status.success(), "the reference render failed");
+}
+
+/// A PNG's decoded pixels with what they mean (size, colour type, depth),
+/// so that frames compare by what they show, not by their metadata.
+fn pixels(path: &Path) -> (u32, u32, png::ColorType, png::BitDepth, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap_or_else(|e| panic!("{} is not a PNG: {e}", path.display()));
+    let mut buffer = vec![0; reader.output_buffer_size().expect("a size")];
+    let info = reader.next_frame(&mut buffer).expect("a frame");
+    buffer.truncate(info.buffer_size());
+    (info.width, info.height, info.color_type, info.bit_depth, buffer)
+}
+
+/// Every PNG in `dir`, by name.
+fn pngs(dir: &Path) -> BTreeMap<String, PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(name, _)| name.ends_with(".png"))
+        .collect()
+}
+
+/// Asserts that `got` holds frames `1..=frames`, each with the pixels of
+/// the same frame in `reference`, and nothing else.
+fn assert_same_pixels(got: &Path, reference: &Path, frames: i64) {
+    let want: Vec<String> = (1..=frames).map(|f| format!("frame_{f:04}.png")).collect();
+    let got_files = pngs(got);
+    assert_eq!(
+        got_files.keys().cloned().collect::<Vec<_>>(),
+        want,
+        "the downloaded frames"
+    );
+    let reference_files = pngs(reference);
+    for name in &want {
+        let a = pixels(&got_files[name]);
+        let b = pixels(&reference_files[name]);
+        assert_eq!((a.0, a.1, a.2, a.3), (b.0, b.1, b.2, b.3), "{name}: format");
+        assert!(a.4 == b.4, "{name}: the pixels differ from Blender's own render");
+    }
+    // The frames differ from one another: the comparison can fail.
+    if frames > 1 {
+        assert_ne!(
+            pixels(&got_files[&want[0]]).4,
+            pixels(&got_files[&want[want.len() - 1]]).4,
+            "the scene moves"
+        );
+    }
+}
+
+fn admin(broker: &BrokerProcess) -> BrokerClient {
+    BrokerClient::new(&broker.address)
+        .unwrap()
+        .with_token(Some(ADMIN_TOKEN.into()))
+}
+
+async fn ready(client: &BrokerClient) {
+    // A MongoDB broker answers 503 until it has connected.
+    wait_for("the broker to be ready", Duration::from_secs(30), || async {
+        client.ready().await.ok()
+    })
+    .await;
+}
+
+/// `renderfarm submit FILE --upload …`: the render's id, and what the
+/// command printed on stdout and stderr.
+fn submit_upload(broker: &str, blend: &Path, frames: i64, chunk: i64) -> (Uuid, String, String) {
+    let output = renderfarm_command()
+        .arg("submit")
+        .arg(blend)
+        .args([
+            "--upload",
+            "--frames",
+            &format!("1-{frames}"),
+            "--chunk",
+            &chunk.to_string(),
+            "--broker",
+            broker,
+        ])
+        .env(
+            "RENDERFARM_BLENDER",
+            std::env::var("RENDERFARM_BLENDER").unwrap_or_else(|_| "blender".into()),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("renderfarm runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "submit --upload failed: {stdout}{stderr}"
+    );
+    let id = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "render")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no render id in {stdout:?}"));
+    (id, stdout, stderr)
+}
+
+/// `renderfarm download RENDER DIR`; what it printed.
+fn download(broker: &str, render: Uuid, dir: &Path) -> String {
+    let output = renderfarm_command()
+        .args(["download", &render.to_string()])
+        .arg(dir)
+        .args(["--broker", broker])
+        .stdin(Stdio::null())
+        .output()
+        .expect("renderfarm runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "download failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+async fn wait_until_finished(client: &BrokerClient, id: Uuid) -> Render {
+    wait_for(
+        &format!("render {id} to finish"),
+        RENDER_LIMIT,
+        || async {
+            let render = client.render(id).await.ok()?;
+            matches!(
+                render.status,
+                RenderStatus::Completed | RenderStatus::Failed | RenderStatus::Canceled
+            )
+            .then_some(render)
+        },
+    )
+    .await
+}
+
+/// The bytes of every file under `dir`, by path.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+/// The whole of issue 13's farm, on the store `store_args` selects.
+async fn a_farm_without_a_shared_drive(test: &str, store_args: &[&str]) {
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let frames = 6;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with(broker_dir.path(), "127.0.0.1:0", store_args);
+    let client = admin(&broker);
+    ready(&client).await;
+
+    let submitter = tempfile::tempdir().unwrap();
+    let blend = textured_scene(&blender, submitter.path(), frames);
+    let reference = tempfile::tempdir().unwrap();
+    render_directly(&blender, &blend, reference.path(), frames);
+    let before = snapshot(submitter.path());
+
+    let (id, stdout, stderr) = submit_upload(&broker.address, &blend, frames, 2);
+    assert!(stdout.contains("renderfarm download"), "{stdout}");
+    assert!(!stderr.contains("warning"), "nothing left behind: {stderr}");
+    assert_eq!(
+        snapshot(submitter.path()),
+        before,
+        "the artist's folder is only read"
+    );
+    let render = client.render(id).await.unwrap();
+    assert_eq!(render.blend_file, "shot.blend");
+    assert!(render.upload_frames, "frames come back by default");
+    let sha256 = render.blend_sha256.clone().expect("an uploaded blend");
+    assert!(matches!(
+        client.file_status(&sha256).await.unwrap(),
+        FileStatus::Stored { .. }
+    ));
+
+    // Nothing the submitter had is left for the agents to find.
+    drop(submitter);
+    let a = TestAgent::start(&broker.address, "agent-a", &blender).await;
+    let b = TestAgent::start(&broker.address, "agent-b", &blender).await;
+    let done = wait_until_finished(&client, id).await;
+    assert_eq!(done.status, RenderStatus::Completed, "{done:?}");
+
+    let tasks = client.tasks(id, &Default::default()).await.unwrap().items;
+    assert_eq!(tasks.len(), 3);
+    let workers: std::collections::HashSet<_> = tasks.iter().filter_map(|t| t.worker_id).collect();
+    assert_eq!(workers.len(), 2, "both agents rendered: {tasks:?}");
+    let (a_dir, b_dir) = (a.work_dir.path().to_path_buf(), b.work_dir.path().to_path_buf());
+    let summaries = [a.stop().await, b.stop().await];
+    for (summary, dir) in summaries.iter().zip([&a_dir, &b_dir]) {
+        assert_eq!(summary.blends_downloaded, 1, "one download per agent: {summary:?}");
+        assert!(dir.join("cache").join(format!("{sha256}.blend")).is_file());
+        let left: Vec<_> = std::fs::read_dir(dir.join("frames"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "stored frames are removed locally: {left:?}");
+    }
+
+    let list = client.frames(id).await.unwrap();
+    assert_eq!(
+        list.frames.iter().map(|f| f.frame).collect::<Vec<_>>(),
+        (1..=frames).collect::<Vec<_>>(),
+        "every frame stored once"
+    );
+    assert!(list.frames.iter().all(|f| f.sha256.is_some()));
+
+    let downloads = tempfile::tempdir().unwrap();
+    let printed = download(&broker.address, id, downloads.path());
+    assert!(printed.contains("6 downloaded"), "{printed}");
+    assert_same_pixels(downloads.path(), reference.path(), frames);
+
+    // Again: complete files are kept, a partial one is taken up where it
+    // stopped (its .part), a missing one fetched.
+    let third = downloads.path().join("frame_0003.png");
+    let whole = std::fs::read(&third).unwrap();
+    std::fs::remove_file(&third).unwrap();
+    std::fs::write(
+        downloads.path().join("frame_0003.png.part"),
+        &whole[..whole.len() / 2],
+    )
+    .unwrap();
+    std::fs::remove_file(downloads.path().join("frame_0005.png")).unwrap();
+    let printed = download(&broker.address, id, downloads.path());
+    assert!(
+        printed.contains("2 downloaded, 4 already there"),
+        "{printed}"
+    );
+    assert_eq!(std::fs::read(&third).unwrap(), whole);
+    assert!(!downloads.path().join("frame_0003.png.part").exists());
+    assert_same_pixels(downloads.path(), reference.path(), frames);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_textured_scene_uploaded_rendered_by_two_agents_and_downloaded_has_blenders_own_pixels(
+) {
+    a_farm_without_a_shared_drive(
+        "a_textured_scene_uploaded_rendered_by_two_agents_and_downloaded_has_blenders_own_pixels",
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_farm_without_a_shared_drive_on_mongodb_with_gridfs() {
+    let test = "the_same_farm_without_a_shared_drive_on_mongodb_with_gridfs";
+    let Some(target) = renderfarm_testkit::mongodb_for_tests(test) else {
+        return;
+    };
+    let store = format!(
+        "{}/renderfarm_files_{}",
+        target.uri().trim_end_matches('/'),
+        Uuid::new_v4().simple()
+    );
+    a_farm_without_a_shared_drive(test, &["--store", &store]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_packing_cannot_carry_is_named_and_the_artists_file_is_untouched() {
+    let test = "what_packing_cannot_carry_is_named_and_the_artists_file_is_untouched";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(broker_dir.path(), "127.0.0.1:0");
+    let submitter = tempfile::tempdir().unwrap();
+    let folder = submitter.path().display().to_string();
+    blender_python(&blender, SCENE_WITH_SEQUENCE_AND_VOLUME, &[&folder]);
+    let blend = submitter.path().join("shot.blend");
+    let before = snapshot(submitter.path());
+
+    let (_, _, stderr) = submit_upload(&broker.address, &blend, 1, 1);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    let sequence = submitter.path().join("smoke_0001.png").display().to_string();
+    let volume = submitter.path().join("explosion.vdb").display().to_string();
+    assert!(
+        warnings[0].contains("image sequence") && warnings[0].contains(&sequence),
+        "{stderr}"
+    );
+    assert!(
+        warnings[1].contains("VDB volume") && warnings[1].contains(&volume),
+        "{stderr}"
+    );
+    assert_eq!(
+        snapshot(submitter.path()),
+        before,
+        "the artist's files are only read"
+    );
+
+    // Bad input is refused before Blender or the broker is bothered.
+    let not_blend = submitter.path().join("notes.blend");
+    std::fs::write(&not_blend, "shopping list").unwrap();
+    for (file, says) in [
+        (not_blend, "not a .blend file"),
+        (submitter.path().join("missing.blend"), "cannot read it"),
+    ] {
+        let output = renderfarm_command()
+            .arg("submit")
+            .arg(&file)
+            .args(["--upload", "--broker", &broker.address])
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{file:?}: {stderr}");
+    }
+}
+
+/// An agent with a cache of `cache_size` bytes, in a work directory of its
+/// own.
+async fn agent_with_cache(
+    broker: &str,
+    name: &str,
+    blender: &Path,
+    cache_size: u64,
+) -> (StopSignals, tokio::task::JoinHandle<anyhow::Result<AgentSummary>>, tempfile::TempDir) {
+    let work_dir = tempfile::tempdir().unwrap();
+    let config = AgentConfig {
+        broker: broker.to_string(),
+        name: name.to_string(),
+        tags: Vec::new(),
+        blender: blender.to_path_buf(),
+        work_dir: work_dir.path().to_path_buf(),
+        heartbeat: Duration::from_millis(300),
+        log_interval: Duration::from_millis(200),
+        poll_wait: Duration::from_secs(5),
+        enrolment_token: Some(ENROLMENT_TOKEN.into()),
+        ca_file: None,
+        cache_size,
+    };
+    let signals = StopSignals::default();
+    let agent = Agent::new(config, signals.clone()).await.unwrap();
+    (signals, tokio::spawn(agent.run()), work_dir)
+}
+
+async fn stop(signals: StopSignals, handle: tokio::task::JoinHandle<anyhow::Result<AgentSummary>>) -> AgentSummary {
+    signals.stop.cancel();
+    signals.abort.cancel();
+    tokio::time::timeout(Duration::from_secs(60), handle)
+        .await
+        .expect("the agent stops")
+        .unwrap()
+        .unwrap()
+}
+
+fn cached_blends(work_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(work_dir.join("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agent_downloads_a_blend_once_refetches_a_damaged_one_and_evicts_the_least_recently_used(
+) {
+    let test = "the_agent_downloads_a_blend_once_refetches_a_damaged_one_and_evicts_the_least_recently_used";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(broker_dir.path(), "127.0.0.1:0");
+    let client = admin(&broker);
+    ready(&client).await;
+    let artist = tempfile::tempdir().unwrap();
+    let (one, two) = (artist.path().join("one"), artist.path().join("two"));
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&two).unwrap();
+    let first = textured_scene(&blender, &one, 3);
+    // Another scene (another hash): two frames instead of three.
+    let second = textured_scene(&blender, &two, 2);
+    let reference = tempfile::tempdir().unwrap();
+    render_directly(&blender, &first, reference.path(), 3);
+
+    let (id, _, _) = submit_upload(&broker.address, &first, 3, 1);
+    let sha_one = client.render(id).await.unwrap().blend_sha256.unwrap();
+    let Ok(FileStatus::Stored { bytes }) = client.file_status(&sha_one).await else {
+        panic!("the first blend is stored");
+    };
+    // Room for one blend, not two.
+    let (signals, handle, work_dir) =
+        agent_with_cache(&broker.address, "cache", &blender, bytes * 3 / 2).await;
+    let done = wait_until_finished(&client, id).await;
+    assert_eq!(done.status, RenderStatus::Completed);
+    assert_eq!(cached_blends(work_dir.path()), [format!("{sha_one}.blend")]);
+
+    // Damaged on disk: same size, other bytes; the same blend again.
+    let cached = work_dir.path().join("cache").join(format!("{sha_one}.blend"));
+    let mut damaged = std::fs::read(&cached).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&cached, &damaged).unwrap();
+    // By hash: packing again would make other bytes (a .blend file holds
+    // the memory addresses of its run).
+    let spec = serde_json::from_value(serde_json::json!({
+        "name": "again",
+        "blend_sha256": sha_one,
+        "frame_start": 1,
+        "frame_end": 3,
+        "chunk_size": 3,
+    }))
+    .unwrap();
+    let again = client.submit(&spec).await.unwrap().id;
+    let done = wait_until_finished(&client, again).await;
+    assert_eq!(done.status, RenderStatus::Completed, "{done:?}");
+    let downloads = tempfile::tempdir().unwrap();
+    download(&broker.address, again, downloads.path());
+    assert_same_pixels(downloads.path(), reference.path(), 3);
+
+    let (other, _, _) = submit_upload(&broker.address, &second, 2, 2);
+    let sha_two = client.render(other).await.unwrap().blend_sha256.unwrap();
+    assert_ne!(sha_one, sha_two);
+    let done = wait_until_finished(&client, other).await;
+    assert_eq!(done.status, RenderStatus::Completed);
+    assert_eq!(
+        cached_blends(work_dir.path()),
+        [format!("{sha_two}.blend")],
+        "the least recently used made room"
+    );
+
+    let summary = stop(signals, handle).await;
+    // First render: one download for three chunks; the damaged copy: one
+    // more; the second scene: one more.
+    assert_eq!(summary.blends_downloaded, 3, "{summary:?}");
+    assert_eq!(summary.completed, 3 + 1 + 1);
+}
+
+// --- an agent killed in the middle of a frame upload ---
+
+/// The environment variable that turns [`child_agent_process`] on: the JSON
+/// of [`ChildAgent`].
+const CHILD_AGENT: &str = "RENDERFARM_TEST_CHILD_AGENT";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChildAgent {
+    broker: String,
+    work_dir: PathBuf,
+    blender: PathBuf,
+}
+
+/// Not a test: the body of an agent process that the kill test starts (this
+/// test binary run again, `--ignored --exact child_agent_process`), so that
+/// SIGKILL really kills an agent. Returns at once when not started so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by the kill test as a separate process"]
+async fn child_agent_process() {
+    let Ok(json) = std::env::var(CHILD_AGENT) else {
+        return;
+    };
+    let child: ChildAgent = serde_json::from_str(&json).unwrap();
+    let config = AgentConfig {
+        broker: child.broker,
+        name: "doomed".into(),
+        tags: Vec::new(),
+        blender: child.blender,
+        work_dir: child.work_dir,
+        heartbeat: Duration::from_millis(300),
+        log_interval: Duration::from_millis(200),
+        poll_wait: Duration::from_secs(5),
+        enrolment_token: Some(ENROLMENT_TOKEN.into()),
+        ca_file: None,
+        cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+    };
+    let agent = Agent::new(config, StopSignals::default()).await.unwrap();
+    agent.run().await.unwrap();
+}
+
+/// A TCP relay between an agent and the broker that passes everything until
+/// the first frame upload (`PUT /tasks/…/frames/…`): of that it passes the
+/// headers and a few bytes of the body, then holds the rest, as a network
+/// would in the middle of a large upload. `stalled` is told then.
+async fn stalling_relay(broker: &str, stalled: Arc<tokio::sync::Notify>) -> String {
+    let upstream = broker.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let tripped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((agent_side, _)) = listener.accept().await {
+            let Ok(broker_side) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (mut agent_read, mut agent_write) = agent_side.into_split();
+            let (mut broker_read, mut broker_write) = broker_side.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut broker_read, &mut agent_write).await;
+            });
+            let (stalled, tripped) = (stalled.clone(), tripped.clone());
+            tokio::spawn(async move {
+                const MARK: &[u8] = b"PUT /tasks/";
+                let mut pending: Vec<u8> = Vec::new();
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match agent_read.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return, // the agent is gone: so is this connection
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buffer[..n]);
+                    if tripped.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // holding: nothing more goes through
+                    }
+                    let at = pending.windows(MARK.len()).position(|w| w == MARK);
+                    let upload_body = at.and_then(|at| {
+                        let head_end = pending[at..].windows(4).position(|w| w == b"\r\n\r\n")? + at + 4;
+                        (pending.len() > head_end + 16).then_some(head_end + 16)
+                    });
+                    let pass = match (at, upload_body) {
+                        (_, Some(cut)) => cut,
+                        (Some(at), None) => at,
+                        (None, None) => pending.len().saturating_sub(MARK.len()),
+                    };
+                    if broker_write.write_all(&pending[..pass]).await.is_err() {
+                        return;
+                    }
+                    pending.drain(..pass);
+                    if upload_body.is_some()
+                        && !tripped.swap(true, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        stalled.notify_one();
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_killed_in_the_middle_of_a_frame_upload_has_its_chunk_redone_and_every_frame_stored_once(
+) {
+    let test = "an_agent_killed_in_the_middle_of_a_frame_upload_has_its_chunk_redone_and_every_frame_stored_once";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let frames = 3;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with(
+        broker_dir.path(),
+        "127.0.0.1:0",
+        &["--tick", "1s", "--worker-timeout", "3s"],
+    );
+    let client = admin(&broker);
+    ready(&client).await;
+    let artist = tempfile::tempdir().unwrap();
+    let blend = textured_scene(&blender, artist.path(), frames);
+    let reference = tempfile::tempdir().unwrap();
+    render_directly(&blender, &blend, reference.path(), frames);
+    let (id, _, _) = submit_upload(&broker.address, &blend, frames, frames);
+    let sha256 = client.render(id).await.unwrap().blend_sha256.unwrap();
+    drop(artist);
+
+    let stalled = Arc::new(tokio::sync::Notify::new());
+    let relay = stalling_relay(&broker.address, stalled.clone()).await;
+    let doomed_dir = tempfile::tempdir().unwrap();
+    let child = ChildAgent {
+        broker: relay,
+        work_dir: doomed_dir.path().to_path_buf(),
+        blender: blender.clone(),
+    };
+    let mut doomed = Command::new(std::env::current_exe().unwrap())
+        .args(["child_agent_process", "--exact", "--ignored", "--nocapture"])
+        .env(CHILD_AGENT, serde_json::to_string(&child).unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(RENDER_LIMIT, stalled.notified())
+        .await
+        .expect("the agent starts uploading a frame");
+    doomed.kill().expect("SIGKILL");
+    doomed.wait().unwrap();
+    // Its Blender has a process group of its own and outlives it: end it
+    // too, as the machine's reboot would.
+    let cached = doomed_dir.path().join("cache").join(format!("{sha256}.blend"));
+    for pid in blender_pids(&cached) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = writeln!(std::io::stderr(), "{test}: agent killed mid-upload");
+
+    // The cut upload left nothing visible.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.frames(id).await.unwrap().frames, vec![], "nothing stored from a cut upload");
+
+    let rescuer = TestAgent::start(&broker.address, "rescuer", &blender).await;
+    let done = wait_until_finished(&client, id).await;
+    assert_eq!(done.status, RenderStatus::Completed, "{done:?}");
+    let summary = rescuer.stop().await;
+    assert_eq!(summary.completed, 1, "the rescuer redid the chunk: {summary:?}");
+
+    let list = client.frames(id).await.unwrap();
+    assert_eq!(
+        list.frames.iter().map(|f| f.frame).collect::<Vec<_>>(),
+        (1..=frames).collect::<Vec<_>>(),
+        "every frame stored once"
+    );
+    let downloads = tempfile::tempdir().unwrap();
+    download(&broker.address, id, downloads.path());
+    assert_same_pixels(downloads.path(), reference.path(), frames);
+}
