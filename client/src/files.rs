@@ -257,7 +257,10 @@ impl BrokerClient {
         part: &Path,
         progress: Progress<'_>,
     ) -> Result<u64, ClientError> {
-        let have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
+        let have = tokio::fs::metadata(part)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         let mut request = self.transfer_request(Method::GET, segments);
         if have > 0 {
             request = request.header(RANGE, format!("bytes={have}-"));
@@ -326,7 +329,13 @@ impl BrokerClient {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| local(path, "is not a file", std::io::ErrorKind::InvalidInput.into()))?;
+            .ok_or_else(|| {
+                local(
+                    path,
+                    "is not a file",
+                    std::io::ErrorKind::InvalidInput.into(),
+                )
+            })?;
         let sha256 = sha256_file(path)
             .await
             .map_err(|e| local(path, "cannot read it", e))?;
@@ -454,9 +463,10 @@ async fn file_body(
     file.seek(std::io::SeekFrom::Start(offset))
         .await
         .map_err(|e| local(path, "cannot read it", e))?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK).inspect_ok(move |chunk| {
-        sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-    });
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(file, CHUNK).inspect_ok(move |chunk| {
+            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        });
     Ok(reqwest::Body::wrap_stream(stream))
 }
 

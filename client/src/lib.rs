@@ -10,9 +10,7 @@ mod files;
 mod tls;
 
 pub use events::EventStream;
-pub use files::{
-    is_sha256, partial_path, sha256_file, FileStatus, Progress, TRANSFER_ATTEMPTS,
-};
+pub use files::{is_sha256, partial_path, sha256_file, FileStatus, Progress, TRANSFER_ATTEMPTS};
 
 pub use error::ClientError;
 /// The status of a [`ClientError::Rejected`] answer.

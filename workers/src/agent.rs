@@ -498,7 +498,9 @@ impl Agent {
                 return fail(reason, Some(log.take_unsent()));
             }
         };
-        let frames_dir = a.upload_frames.then(|| FramesDir::new(&self.config.work_dir, a.task_id));
+        let frames_dir = a
+            .upload_frames
+            .then(|| FramesDir::new(&self.config.work_dir, a.task_id));
         let output = match &frames_dir {
             Some(dir) => match dir.create() {
                 Ok(()) => uploads::local_output(&a.output, &dir.0),

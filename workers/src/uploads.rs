@@ -94,7 +94,9 @@ async fn upload_one(
             | ClientError::Forbidden(m)
             | ClientError::Unauthorized(m) => return Err(UploadError::Stale(m.clone())),
             ClientError::InsufficientStorage(m) => return Err(UploadError::Full(m.clone())),
-            ClientError::Rejected(StatusCode::BAD_REQUEST, _) if mismatches + 1 < MISMATCH_ATTEMPTS => {
+            ClientError::Rejected(StatusCode::BAD_REQUEST, _)
+                if mismatches + 1 < MISMATCH_ATTEMPTS =>
+            {
                 mismatches += 1;
             }
             e if e.is_retryable() && tokio::time::Instant::now() < give_up => {}
