@@ -634,63 +634,171 @@ async fn child_agent_process() {
     agent.run().await.unwrap();
 }
 
-/// A TCP relay between an agent and the broker that passes everything until
-/// the first frame upload (`PUT /tasks/…/frames/…`): of that it passes the
-/// headers and a few bytes of the body, then holds the rest, as a network
-/// would in the middle of a large upload. `stalled` is told then.
-async fn stalling_relay(broker: &str, stalled: Arc<tokio::sync::Notify>) -> String {
+/// What a [`relay`] does to the first request that starts with its mark.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trip {
+    /// Pass its headers and `body` bytes of its body, then hold the rest, as
+    /// a network would in the middle of a large upload.
+    Stall { body: usize },
+    /// Pass its headers and `body` bytes of its body, then close both ends.
+    Cut { body: usize },
+}
+
+/// A TCP relay between a client and the broker that passes everything but
+/// the first request starting with `mark` (`PUT /tasks/`), which it trips
+/// as `trip` says; `tripped` is told then. Its address, and every byte the
+/// clients sent through it so far.
+async fn relay(
+    broker: &str,
+    mark: &'static [u8],
+    trip: Trip,
+    tripped: Arc<tokio::sync::Notify>,
+) -> (String, Arc<std::sync::Mutex<Vec<u8>>>) {
     let upstream = broker.trim_start_matches("http://").to_string();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let tripped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = sent.clone();
     tokio::spawn(async move {
-        while let Ok((agent_side, _)) = listener.accept().await {
+        while let Ok((client_side, _)) = listener.accept().await {
             let Ok(broker_side) = tokio::net::TcpStream::connect(&upstream).await else {
                 continue;
             };
-            let (mut agent_read, mut agent_write) = agent_side.into_split();
+            let (mut client_read, mut client_write) = client_side.into_split();
             let (mut broker_read, mut broker_write) = broker_side.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut broker_read, &mut agent_write).await;
+            let answers = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut broker_read, &mut client_write).await;
             });
-            let (stalled, tripped) = (stalled.clone(), tripped.clone());
+            let (tripped, done, seen) = (tripped.clone(), done.clone(), seen.clone());
             tokio::spawn(async move {
-                const MARK: &[u8] = b"PUT /tasks/";
                 let mut pending: Vec<u8> = Vec::new();
                 let mut buffer = vec![0u8; 64 * 1024];
+                let mut holding = false;
                 loop {
-                    let n = match agent_read.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return, // the agent is gone: so is this connection
+                    let n = match client_read.read(&mut buffer).await {
+                        // The client is gone: so is this connection.
+                        Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
-                    pending.extend_from_slice(&buffer[..n]);
-                    if tripped.load(std::sync::atomic::Ordering::SeqCst) {
-                        continue; // holding: nothing more goes through
+                    if holding {
+                        continue;
                     }
-                    let at = pending.windows(MARK.len()).position(|w| w == MARK);
-                    let upload_body = at.and_then(|at| {
-                        let head_end = pending[at..].windows(4).position(|w| w == b"\r\n\r\n")? + at + 4;
-                        (pending.len() > head_end + 16).then_some(head_end + 16)
+                    pending.extend_from_slice(&buffer[..n]);
+                    let at = (!done.load(std::sync::atomic::Ordering::SeqCst))
+                        .then(|| pending.windows(mark.len()).position(|w| w == mark))
+                        .flatten();
+                    let body = match trip {
+                        Trip::Stall { body } | Trip::Cut { body } => body,
+                    };
+                    let cut_at = at.and_then(|at| {
+                        let head_end =
+                            pending[at..].windows(4).position(|w| w == b"\r\n\r\n")? + at + 4;
+                        (pending.len() >= head_end + body).then_some(head_end + body)
                     });
-                    let pass = match (at, upload_body) {
+                    let pass = match (at, cut_at) {
                         (_, Some(cut)) => cut,
                         (Some(at), None) => at,
-                        (None, None) => pending.len().saturating_sub(MARK.len()),
+                        (None, None) => pending.len().saturating_sub(mark.len()),
                     };
+                    seen.lock().unwrap().extend_from_slice(&pending[..pass]);
                     if broker_write.write_all(&pending[..pass]).await.is_err() {
                         return;
                     }
                     pending.drain(..pass);
-                    if upload_body.is_some()
-                        && !tripped.swap(true, std::sync::atomic::Ordering::SeqCst)
-                    {
-                        stalled.notify_one();
+                    if cut_at.is_some() && !done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        tripped.notify_one();
+                        match trip {
+                            Trip::Stall { .. } => holding = true,
+                            Trip::Cut { .. } => {
+                                answers.abort();
+                                return;
+                            }
+                        }
                     }
                 }
             });
         }
     });
-    address
+    (address, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_cut_off_halfway_resumes_from_the_brokers_offset() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(broker_dir.path(), "127.0.0.1:0");
+    let client = admin(&broker);
+    ready(&client).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("big.blend");
+    // 8 MiB that compress to nothing smaller and repeat nowhere.
+    let mut bytes = Vec::with_capacity(8 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while bytes.len() < 8 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let sha256 = renderfarm_client::sha256_file(&path).await.unwrap();
+
+    let tripped = Arc::new(tokio::sync::Notify::new());
+    let (address, sent) = relay(
+        &broker.address,
+        b"PUT /files/",
+        Trip::Cut { body: 3 << 20 },
+        tripped.clone(),
+    )
+    .await;
+    let through_relay = BrokerClient::new(&address)
+        .unwrap()
+        .with_token(Some(ADMIN_TOKEN.into()));
+    let seen_offsets = std::sync::Mutex::new(Vec::new());
+    let progress = |done: u64, total: u64| {
+        assert_eq!(total, bytes.len() as u64);
+        seen_offsets.lock().unwrap().push(done);
+    };
+    let info = through_relay
+        .upload_file(&path, &sha256, &progress)
+        .await
+        .expect("the upload resumes and completes");
+    assert_eq!(info.sha256, sha256);
+    assert_eq!(info.bytes, bytes.len() as u64);
+    assert_eq!(
+        seen_offsets.lock().unwrap().last(),
+        Some(&(bytes.len() as u64)),
+        "the progress ends at the whole"
+    );
+    assert_eq!(
+        client.file_status(&sha256).await.unwrap(),
+        FileStatus::Stored {
+            bytes: bytes.len() as u64
+        }
+    );
+
+    // The second request sent only the rest: it named where it started.
+    let sent = String::from_utf8_lossy(&sent.lock().unwrap()).to_ascii_lowercase();
+    let resumed_at: u64 = sent
+        .split("content-range: bytes ")
+        .nth(1)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|start| start.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no resumed request went through"));
+    assert!(
+        resumed_at > 0 && resumed_at <= 3 << 20,
+        "resumed at {resumed_at}"
+    );
+
+    // Downloaded back: the same bytes, renamed only once whole and verified.
+    let dest = scratch.path().join("back.blend");
+    let size = client
+        .download_file(&sha256, &dest, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(size, bytes.len() as u64);
+    assert!(std::fs::read(&dest).unwrap() == bytes);
+    assert!(!renderfarm_client::partial_path(&dest).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -718,7 +826,13 @@ async fn an_agent_killed_in_the_middle_of_a_frame_upload_has_its_chunk_redone_an
     drop(artist);
 
     let stalled = Arc::new(tokio::sync::Notify::new());
-    let relay = stalling_relay(&broker.address, stalled.clone()).await;
+    let (relay, _) = relay(
+        &broker.address,
+        b"PUT /tasks/",
+        Trip::Stall { body: 16 },
+        stalled.clone(),
+    )
+    .await;
     let doomed_dir = tempfile::tempdir().unwrap();
     let child = ChildAgent {
         broker: relay,

@@ -415,10 +415,15 @@ impl BrokerClient {
             .map_err(|e| self.not_sent(e))
     }
 
-    /// The error for a failed answer.
+    /// The error for a failed answer. An answer without a body (to `HEAD`)
+    /// still says what was refused.
     async fn failure(&self, response: reqwest::Response, status: StatusCode) -> ClientError {
         let retry_after = error::retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
+        let route = response.url().path().to_string();
+        let mut text = response.text().await.unwrap_or_default();
+        if text.trim().is_empty() {
+            text = format!("{route} answered {status}");
+        }
         ClientError::from_answer(&self.base, status, text, retry_after)
     }
 

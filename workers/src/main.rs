@@ -127,8 +127,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(watch_signals(signals, cli.drain));
     let summary = agent.run().await?;
     eprintln!(
-        "renderfarm-worker stopped: {} completed, {} failed, {} aborted by the broker, {} handed back",
-        summary.completed, summary.failed, summary.aborted, summary.released
+        "renderfarm-worker stopped: {} completed, {} failed, {} aborted by the broker, {} handed back; {} blend file(s) downloaded",
+        summary.completed, summary.failed, summary.aborted, summary.released, summary.blends_downloaded
     );
     Ok(())
 }
