@@ -576,6 +576,8 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let spec = RenderSpec {
         name,
         blend_file: args.file,
+        blend_sha256: None,
+        upload_frames: None,
         frame_start,
         frame_end,
         chunk_size: args.chunk,
