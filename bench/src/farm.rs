@@ -135,6 +135,8 @@ async fn through_the_farm(
     let spec = RenderSpec {
         name: "bench".into(),
         blend_file: scene.display().to_string(),
+        blend_sha256: None,
+        upload_frames: None,
         frame_start: 1,
         frame_end: frames,
         chunk_size: chunk,

@@ -211,8 +211,14 @@ pub(super) async fn list(
         .into_iter()
         .map(|f| FrameFile {
             frame: f.frame,
+            name: f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             url: frame_url(id, f.frame),
             bytes: f.bytes,
+            sha256: None,
             modified_at: f.modified_at,
         })
         .collect();

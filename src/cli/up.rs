@@ -157,6 +157,8 @@ async fn run_demo(
         .submit(&RenderSpec {
             name: "demo".into(),
             blend_file: scene.display().to_string(),
+            blend_sha256: None,
+            upload_frames: None,
             frame_start: 1,
             frame_end: args.demo_frames,
             chunk_size: 4,

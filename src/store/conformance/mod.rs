@@ -10,6 +10,7 @@
 
 mod claims;
 mod events;
+mod files;
 mod leases;
 mod listings;
 mod operators;
@@ -27,6 +28,7 @@ use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
 
 pub use claims::*;
 pub use events::*;
+pub use files::*;
 pub use leases::*;
 pub use listings::*;
 pub use operators::*;
@@ -79,6 +81,8 @@ macro_rules! conformance_tests {
             the_history_tells_what_happened_to_a_task,
             the_event_log_tells_every_change_once_in_order,
             the_farm_summary_counts_renders_queue_and_recent_frames,
+            an_uploaded_blend_travels_with_its_render_and_assignments,
+            uploaded_frames_are_recorded_under_the_lease_and_go_with_their_render,
         );
     };
     (@each $make_store:path; $($name:ident),* $(,)?) => {
@@ -137,6 +141,8 @@ fn plan_with(
     let mut spec = RenderSpec {
         name: name.into(),
         blend_file: format!("/projects/{name}.blend"),
+        blend_sha256: None,
+        upload_frames: None,
         frame_start: start,
         frame_end: end,
         chunk_size: chunk,

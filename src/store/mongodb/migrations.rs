@@ -58,6 +58,10 @@ const FILES: &[(&str, &str)] = &[
         "0009_render_listing",
         include_str!("../../../migrations/mongodb/0009_render_listing.json"),
     ),
+    (
+        "0010_files",
+        include_str!("../../../migrations/mongodb/0010_files.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".
