@@ -121,7 +121,13 @@ fn blender_python(blender: &Path, script: &str, args: &[&str]) {
     let path = dir.path().join("make.py");
     std::fs::write(&path, script).unwrap();
     let output = Command::new(blender)
-        .args(["-b", "--factory-startup", "--python-exit-code", "1", "--python"])
+        .args([
+            "-b",
+            "--factory-startup",
+            "--python-exit-code",
+            "1",
+            "--python",
+        ])
         .arg(&path)
         .arg("--")
         .args(args)
@@ -172,7 +178,13 @@ fn pixels(path: &Path) -> (u32, u32, png::ColorType, png::BitDepth, Vec<u8>) {
     let mut buffer = vec![0; reader.output_buffer_size().expect("a size")];
     let info = reader.next_frame(&mut buffer).expect("a frame");
     buffer.truncate(info.buffer_size());
-    (info.width, info.height, info.color_type, info.bit_depth, buffer)
+    (
+        info.width,
+        info.height,
+        info.color_type,
+        info.bit_depth,
+        buffer,
+    )
 }
 
 /// Every PNG in `dir`, by name.
@@ -200,7 +212,10 @@ fn assert_same_pixels(got: &Path, reference: &Path, frames: i64) {
         let a = pixels(&got_files[name]);
         let b = pixels(&reference_files[name]);
         assert_eq!((a.0, a.1, a.2, a.3), (b.0, b.1, b.2, b.3), "{name}: format");
-        assert!(a.4 == b.4, "{name}: the pixels differ from Blender's own render");
+        assert!(
+            a.4 == b.4,
+            "{name}: the pixels differ from Blender's own render"
+        );
     }
     // The frames differ from one another: the comparison can fail.
     if frames > 1 {
@@ -220,9 +235,11 @@ fn admin(broker: &BrokerProcess) -> BrokerClient {
 
 async fn ready(client: &BrokerClient) {
     // A MongoDB broker answers 503 until it has connected.
-    wait_for("the broker to be ready", Duration::from_secs(30), || async {
-        client.ready().await.ok()
-    })
+    wait_for(
+        "the broker to be ready",
+        Duration::from_secs(30),
+        || async { client.ready().await.ok() },
+    )
     .await;
 }
 
@@ -282,18 +299,14 @@ fn download(broker: &str, render: Uuid, dir: &Path) -> String {
 }
 
 async fn wait_until_finished(client: &BrokerClient, id: Uuid) -> Render {
-    wait_for(
-        &format!("render {id} to finish"),
-        RENDER_LIMIT,
-        || async {
-            let render = client.render(id).await.ok()?;
-            matches!(
-                render.status,
-                RenderStatus::Completed | RenderStatus::Failed | RenderStatus::Canceled
-            )
-            .then_some(render)
-        },
-    )
+    wait_for(&format!("render {id} to finish"), RENDER_LIMIT, || async {
+        let render = client.render(id).await.ok()?;
+        matches!(
+            render.status,
+            RenderStatus::Completed | RenderStatus::Failed | RenderStatus::Canceled
+        )
+        .then_some(render)
+    })
     .await
 }
 
@@ -352,15 +365,24 @@ async fn a_farm_without_a_shared_drive(test: &str, store_args: &[&str]) {
     assert_eq!(tasks.len(), 3);
     let workers: std::collections::HashSet<_> = tasks.iter().filter_map(|t| t.worker_id).collect();
     assert_eq!(workers.len(), 2, "both agents rendered: {tasks:?}");
-    let (a_dir, b_dir) = (a.work_dir.path().to_path_buf(), b.work_dir.path().to_path_buf());
+    let (a_dir, b_dir) = (
+        a.work_dir.path().to_path_buf(),
+        b.work_dir.path().to_path_buf(),
+    );
     let summaries = [a.stop().await, b.stop().await];
     for (summary, dir) in summaries.iter().zip([&a_dir, &b_dir]) {
-        assert_eq!(summary.blends_downloaded, 1, "one download per agent: {summary:?}");
+        assert_eq!(
+            summary.blends_downloaded, 1,
+            "one download per agent: {summary:?}"
+        );
         assert!(dir.join("cache").join(format!("{sha256}.blend")).is_file());
         let left: Vec<_> = std::fs::read_dir(dir.join("frames"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
-        assert!(left.is_empty(), "stored frames are removed locally: {left:?}");
+        assert!(
+            left.is_empty(),
+            "stored frames are removed locally: {left:?}"
+        );
     }
 
     let list = client.frames(id).await.unwrap();
@@ -398,8 +420,7 @@ async fn a_farm_without_a_shared_drive(test: &str, store_args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_textured_scene_uploaded_rendered_by_two_agents_and_downloaded_has_blenders_own_pixels(
-) {
+async fn a_textured_scene_uploaded_rendered_by_two_agents_and_downloaded_has_blenders_own_pixels() {
     a_farm_without_a_shared_drive(
         "a_textured_scene_uploaded_rendered_by_two_agents_and_downloaded_has_blenders_own_pixels",
         &[],
@@ -436,9 +457,16 @@ async fn what_packing_cannot_carry_is_named_and_the_artists_file_is_untouched() 
     let before = snapshot(submitter.path());
 
     let (_, _, stderr) = submit_upload(&broker.address, &blend, 1, 1);
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
     assert_eq!(warnings.len(), 2, "{stderr}");
-    let sequence = submitter.path().join("smoke_0001.png").display().to_string();
+    let sequence = submitter
+        .path()
+        .join("smoke_0001.png")
+        .display()
+        .to_string();
     let volume = submitter.path().join("explosion.vdb").display().to_string();
     assert!(
         warnings[0].contains("image sequence") && warnings[0].contains(&sequence),
@@ -480,7 +508,11 @@ async fn agent_with_cache(
     name: &str,
     blender: &Path,
     cache_size: u64,
-) -> (StopSignals, tokio::task::JoinHandle<anyhow::Result<AgentSummary>>, tempfile::TempDir) {
+) -> (
+    StopSignals,
+    tokio::task::JoinHandle<anyhow::Result<AgentSummary>>,
+    tempfile::TempDir,
+) {
     let work_dir = tempfile::tempdir().unwrap();
     let config = AgentConfig {
         broker: broker.to_string(),
@@ -500,7 +532,10 @@ async fn agent_with_cache(
     (signals, tokio::spawn(agent.run()), work_dir)
 }
 
-async fn stop(signals: StopSignals, handle: tokio::task::JoinHandle<anyhow::Result<AgentSummary>>) -> AgentSummary {
+async fn stop(
+    signals: StopSignals,
+    handle: tokio::task::JoinHandle<anyhow::Result<AgentSummary>>,
+) -> AgentSummary {
     signals.stop.cancel();
     signals.abort.cancel();
     tokio::time::timeout(Duration::from_secs(60), handle)
@@ -554,7 +589,10 @@ async fn the_agent_downloads_a_blend_once_refetches_a_damaged_one_and_evicts_the
     assert_eq!(cached_blends(work_dir.path()), [format!("{sha_one}.blend")]);
 
     // Damaged on disk: same size, other bytes; the same blend again.
-    let cached = work_dir.path().join("cache").join(format!("{sha_one}.blend"));
+    let cached = work_dir
+        .path()
+        .join("cache")
+        .join(format!("{sha_one}.blend"));
     let mut damaged = std::fs::read(&cached).unwrap();
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0xff;
@@ -853,7 +891,10 @@ async fn an_agent_killed_in_the_middle_of_a_frame_upload_has_its_chunk_redone_an
     doomed.wait().unwrap();
     // Its Blender has a process group of its own and outlives it: end it
     // too, as the machine's reboot would.
-    let cached = doomed_dir.path().join("cache").join(format!("{sha256}.blend"));
+    let cached = doomed_dir
+        .path()
+        .join("cache")
+        .join(format!("{sha256}.blend"));
     for pid in blender_pids(&cached) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),
@@ -864,13 +905,20 @@ async fn an_agent_killed_in_the_middle_of_a_frame_upload_has_its_chunk_redone_an
 
     // The cut upload left nothing visible.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(client.frames(id).await.unwrap().frames, vec![], "nothing stored from a cut upload");
+    assert_eq!(
+        client.frames(id).await.unwrap().frames,
+        vec![],
+        "nothing stored from a cut upload"
+    );
 
     let rescuer = TestAgent::start(&broker.address, "rescuer", &blender).await;
     let done = wait_until_finished(&client, id).await;
     assert_eq!(done.status, RenderStatus::Completed, "{done:?}");
     let summary = rescuer.stop().await;
-    assert_eq!(summary.completed, 1, "the rescuer redid the chunk: {summary:?}");
+    assert_eq!(
+        summary.completed, 1,
+        "the rescuer redid the chunk: {summary:?}"
+    );
 
     let list = client.frames(id).await.unwrap();
     assert_eq!(

@@ -669,7 +669,8 @@ async fn download(args: DownloadArgs) -> anyhow::Result<()> {
         )
     })?;
     let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
-    let (fetched, kept) = transfer::download(&client, &args.broker.broker, render, &args.dir).await?;
+    let (fetched, kept) =
+        transfer::download(&client, &args.broker.broker, render, &args.dir).await?;
     println!(
         "{} frame(s) in {}: {fetched} downloaded, {kept} already there",
         fetched + kept,

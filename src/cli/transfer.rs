@@ -74,7 +74,8 @@ pub fn check_blend_file(file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", file.display()))?;
     // Blender writes "BLENDER" uncompressed; a compressed file starts with
     // the gzip or zstd magic numbers.
-    let compressed = magic.starts_with(&[0x1f, 0x8b]) || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let compressed =
+        magic.starts_with(&[0x1f, 0x8b]) || magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
     if read < 7 || !(magic == *b"BLENDER" || compressed) {
         anyhow::bail!(
             "{} is not a .blend file (it does not start as one); give the file you save from Blender",
@@ -131,14 +132,20 @@ pub async fn pack(blender: &Path, file: &Path) -> anyhow::Result<PackedBlend> {
         let said: Vec<String> = String::from_utf8_lossy(&output.stdout)
             .lines()
             .chain(String::from_utf8_lossy(&output.stderr).lines())
-            .filter(|l| l.contains("Error") || l.contains("Traceback") || l.contains("renderfarm pack"))
+            .filter(|l| {
+                l.contains("Error") || l.contains("Traceback") || l.contains("renderfarm pack")
+            })
             .map(str::to_string)
             .collect();
         anyhow::bail!(
             "Blender could not make a packed copy of {} ({}): {}",
             file.display(),
             output.status,
-            if said.is_empty() { "it said nothing about why".to_string() } else { said.join("; ") }
+            if said.is_empty() {
+                "it said nothing about why".to_string()
+            } else {
+                said.join("; ")
+            }
         );
     };
     Ok(PackedBlend {
@@ -164,7 +171,12 @@ fn bytes_bar(total: u64, what: &str) -> ProgressBar {
 
 /// Uploads the file at `path` (hash `sha256`) unless the broker has it,
 /// with a progress bar; says which happened.
-pub async fn upload(client: &BrokerClient, base: &str, path: &Path, sha256: &str) -> anyhow::Result<()> {
+pub async fn upload(
+    client: &BrokerClient,
+    base: &str,
+    path: &Path,
+    sha256: &str,
+) -> anyhow::Result<()> {
     let size = std::fs::metadata(path)?.len();
     let bar = bytes_bar(size, "uploading");
     let progress = |done: u64, total: u64| {
@@ -176,7 +188,10 @@ pub async fn upload(client: &BrokerClient, base: &str, path: &Path, sha256: &str
         .await
         .map_err(client::explain(base))?;
     bar.finish_and_clear();
-    eprintln!("the broker holds the packed file ({} bytes, sha256 {})", info.bytes, info.sha256);
+    eprintln!(
+        "the broker holds the packed file ({} bytes, sha256 {})",
+        info.bytes, info.sha256
+    );
     Ok(())
 }
 
@@ -207,7 +222,9 @@ pub async fn download(
                 .download_frame(render, frame, &dest, &progress)
                 .await
                 .map_err(client::explain(base))
-                .with_context(|| format!("downloading frame {} to {}", frame.frame, dest.display()))?;
+                .with_context(|| {
+                    format!("downloading frame {} to {}", frame.frame, dest.display())
+                })?;
             fetched += 1;
         }
         before += frame.bytes;
@@ -222,7 +239,10 @@ pub async fn download(
 /// it must not write outside the chosen folder).
 fn frame_file_name(frame: &renderfarm_wire::FrameFile) -> String {
     let plain = !frame.name.is_empty()
-        && Path::new(&frame.name).file_name().map(|n| n.to_string_lossy()) == Some(frame.name.as_str().into())
+        && Path::new(&frame.name)
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            == Some(frame.name.as_str().into())
         && frame.name != ".."
         && !frame.name.contains('\\');
     if plain {
@@ -237,7 +257,9 @@ fn frame_file_name(frame: &renderfarm_wire::FrameFile) -> String {
 async fn is_complete(dest: &Path, frame: &renderfarm_wire::FrameFile) -> bool {
     match std::fs::metadata(dest) {
         Ok(m) if m.is_file() && m.len() == frame.bytes => match &frame.sha256 {
-            Some(sha256) => sha256_file(dest).await.is_ok_and(|actual| &actual == sha256),
+            Some(sha256) => sha256_file(dest)
+                .await
+                .is_ok_and(|actual| &actual == sha256),
             None => true,
         },
         _ => false,
@@ -271,7 +293,12 @@ mod tests {
     fn only_a_blend_file_is_packed() {
         let dir = tempfile::tempdir().unwrap();
         let missing = check_blend_file(&dir.path().join("nope.blend")).unwrap_err();
-        assert!(missing.to_string().contains("give the path of a .blend file"), "{missing}");
+        assert!(
+            missing
+                .to_string()
+                .contains("give the path of a .blend file"),
+            "{missing}"
+        );
         let text = dir.path().join("notes.blend");
         std::fs::write(&text, "hello").unwrap();
         let error = check_blend_file(&text).unwrap_err();
