@@ -428,11 +428,15 @@ impl Agent {
     /// The blend file the assignment names: its path as given, or, for one
     /// uploaded to the broker, the cached copy of it (fetched if need be),
     /// held so that it is not evicted while the chunk renders.
+    /// Heartbeats go on while a large blend downloads (the broker would
+    /// otherwise count the worker lost); an abort from the broker or a stop
+    /// ends the download and the task.
     async fn blend_for(
         &mut self,
+        worker_id: Uuid,
         a: &Assignment,
         log: &mut TaskLog,
-    ) -> Result<(String, Option<CachedBlend>), String> {
+    ) -> Result<(String, Option<CachedBlend>), Ending> {
         let Some(sha256) = &a.blend_sha256 else {
             return Ok((a.blend_file.clone(), None));
         };
@@ -442,16 +446,39 @@ impl Agent {
             _ => None,
         };
         let client = self.client.clone();
-        let fetched = self
-            .cache
-            .get(sha256, bytes, |path| async move {
-                client
-                    .download_file(sha256, &path, &|_, _| {})
-                    .await
-                    .map(drop)
-                    .map_err(anyhow::Error::from)
-            })
-            .await;
+        let fetch = self.cache.get(sha256, bytes, |path| async move {
+            client
+                .download_file(sha256, &path, &|_, _| {})
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        });
+        tokio::pin!(fetch);
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        let beat = Heartbeat {
+            task_id: Some(a.task_id),
+            lease_id: Some(a.lease_id),
+            frames_done: Some(0),
+        };
+        let fetched = loop {
+            tokio::select! {
+                fetched = &mut fetch => break fetched,
+                _ = heartbeat.tick() => match self.client.heartbeat(worker_id, &beat).await {
+                    Ok(reply) if reply.action == HeartbeatAction::Abort => return Err(Ending::Aborted),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "heartbeat not delivered; downloading on"),
+                },
+                _ = self.signals.abort.cancelled() => {
+                    return Err(Ending::Report(FinalReport::Release {
+                        task_id: a.task_id,
+                        body: ReleaseReport {
+                            lease_id: a.lease_id,
+                            log: Some("renderfarm-worker: stopping while the blend file downloads; the task is handed back to the broker\n".into()),
+                        },
+                    }));
+                }
+            }
+        };
         match fetched {
             Ok((blend, how)) => {
                 let what = match how {
@@ -467,10 +494,23 @@ impl Agent {
                 ));
                 Ok((blend.path().display().to_string(), Some(blend)))
             }
-            Err(e) => Err(format!(
-                "could not fetch the blend file {} ({sha256}) from the broker: {e:#}",
-                a.blend_file
-            )),
+            Err(e) => {
+                let reason = format!(
+                    "could not fetch the blend file {} ({sha256}) from the broker: {e:#}",
+                    a.blend_file
+                );
+                tracing::warn!("{reason}");
+                log.push(format!("renderfarm-worker: {reason}\n"));
+                Err(Ending::Report(FinalReport::Fail {
+                    task_id: a.task_id,
+                    body: FailReport {
+                        lease_id: a.lease_id,
+                        exit_code: None,
+                        reason,
+                        log: Some(log.take_unsent()),
+                    },
+                }))
+            }
         }
     }
 
@@ -491,12 +531,9 @@ impl Agent {
             })
         };
         // Held until Blender is done with the file.
-        let (blend_file, _cached) = match self.blend_for(a, &mut log).await {
+        let (blend_file, _cached) = match self.blend_for(worker_id, a, &mut log).await {
             Ok(found) => found,
-            Err(reason) => {
-                tracing::warn!("{reason}");
-                return fail(reason, Some(log.take_unsent()));
-            }
+            Err(ending) => return ending,
         };
         let frames_dir = a
             .upload_frames
