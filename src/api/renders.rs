@@ -16,6 +16,7 @@ use crate::domain::{
     validate_name, validate_search, NewRender, RenderCommand, RenderOrder, SortOrder,
     ValidRenderSpec, OWNER_ME,
 };
+use crate::files::FileState;
 use crate::store::{PageRequest, RenderFilter};
 
 /// Seconds a client should wait before asking about an unfinished render again.
@@ -80,6 +81,20 @@ pub(super) async fn submit(
     body: JsonBody<RenderSpec>,
 ) -> Result<HttpResponse, ApiError> {
     let spec = ValidRenderSpec::try_from(body.into_inner())?;
+    if let Some(sha) = &spec.blend_sha256 {
+        match state.files.state(sha).await? {
+            FileState::Stored { .. } => {
+                // Put to use: the collector's grace starts again, so a
+                // file uploaded long before its submit is not freed now.
+                state.files.touch(sha, state.clock.now()).await?;
+            }
+            _ => {
+                return Err(ApiError::Invalid(format!(
+                    "blend_sha256: no file {sha} is stored at this broker; upload it first with PUT /files/{sha}, then submit again"
+                )))
+            }
+        }
+    }
     let renders_dir = &state.output_root.absolute;
     let new = NewRender::plan(
         spec,

@@ -187,6 +187,8 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     #[command(flatten)]
     scheduler: SchedulerArgs,
+    #[command(flatten)]
+    files: crate::files::FileArgs,
 }
 
 fn parse_auth(s: &str) -> Result<AuthMode, String> {
@@ -488,6 +490,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     settings.scheduler = args.scheduler.settings()?;
     settings.output_root = args.output_root;
+    settings.files = args.files.settings()?;
     settings.migrate = !args.no_migrate;
     settings.max_waiting = args.max_waiting as usize;
     settings.auth = args.auth;

@@ -31,7 +31,7 @@ use renderfarm_wire::{FileInfo, FileUpload};
 use sha2::Digest;
 
 use crate::domain::files::{
-    collectable, ResumeRefusal, Sha256, StorageLimits, UploadPart, UploadRefusal,
+    check_upload, collectable, ResumeRefusal, Sha256, StorageLimits, UploadPart, UploadRefusal,
     DEFAULT_FILE_GRACE,
 };
 use crate::domain::ValidationError;
@@ -85,7 +85,7 @@ pub enum FilesError {
     /// The part does not start where the held bytes end (409).
     #[error("{0}")]
     Resume(ResumeRefusal),
-    /// Another upload of the same file is being written now (409).
+    /// Another broker is writing the same part of the file now (409).
     #[error("another upload of file {0} is being received right now; wait for it to end (HEAD /files/{0} tells how far it got) and resume from there")]
     Busy(String),
     /// The bytes are not what was declared (400); nothing was kept.
@@ -191,6 +191,8 @@ pub struct Files {
     /// may still write: counted against the quota before they are written,
     /// so two uploads at once cannot both take the last room.
     in_flight: Mutex<HashMap<String, u64>>,
+    /// One upload of a file at a time, by hash ([`Files::turn`]).
+    turns: Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
 }
 
 /// The settings of the file storage (`serve --max-file-size`,
@@ -233,6 +235,7 @@ impl Files {
             limits: settings.limits,
             grace: settings.grace,
             in_flight: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -269,10 +272,78 @@ impl Files {
         body: ByteStream,
         now: DateTime<Utc>,
     ) -> FilesResult<Uploaded> {
+        self.upload_as(sha, part, body, now, false).await
+    }
+
+    /// As [`Files::upload`] for a file that is never resumed (a frame: its
+    /// worker sends it whole again): what a cut upload of it left is
+    /// dropped and the upload starts over.
+    pub async fn upload_afresh(
+        &self,
+        sha: &Sha256,
+        total: u64,
+        body: ByteStream,
+        now: DateTime<Utc>,
+    ) -> FilesResult<Uploaded> {
+        self.upload_as(sha, UploadPart::whole(total), body, now, true)
+            .await
+    }
+
+    /// Drops what is held of an unfinished upload of `sha`.
+    pub async fn discard_partial(&self, sha: &Sha256) -> FilesResult<()> {
+        let _turn = self.turn(sha).await;
+        self.backend.discard_partial(sha).await
+    }
+
+    /// Waits for the uploads of `sha` before this one (two workers may
+    /// send the same image at once: a black frame), so that one writes
+    /// at a time and the next finds the file stored.
+    async fn turn(&self, sha: &Sha256) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            turns.retain(|_, t| t.strong_count() > 0);
+            match turns.get(sha.as_str()).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    turns.insert(sha.to_string(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+
+    async fn upload_as(
+        &self,
+        sha: &Sha256,
+        part: UploadPart,
+        body: ByteStream,
+        now: DateTime<Utc>,
+        afresh: bool,
+    ) -> FilesResult<Uploaded> {
         self.limits
             .check_size(part.total)
             .map_err(FilesError::Refused)?;
-        match self.backend.state(sha).await? {
+        let _turn = self.turn(sha).await;
+        let mut state = self.backend.state(sha).await?;
+        if afresh && matches!(state, FileState::Partial { .. }) {
+            self.backend.discard_partial(sha).await?;
+            state = FileState::Absent;
+        }
+        match state {
+            FileState::Stored { bytes } if afresh => {
+                // A frame is taken only as the bytes it declares, even when
+                // a file of that hash is stored (another worker's identical
+                // frame): its body is read and checked, never trusted.
+                let (actual, actual_bytes) = hash_stream(body).await?;
+                check_upload(sha, part.total, &actual, actual_bytes)?;
+                self.backend.touch(sha, now).await?;
+                return Ok(Uploaded::Already(FileInfo {
+                    sha256: sha.to_string(),
+                    bytes,
+                }));
+            }
             FileState::Stored { bytes } => {
                 self.backend.touch(sha, now).await?;
                 return Ok(Uploaded::Already(FileInfo {
@@ -405,6 +476,22 @@ impl Files {
     }
 }
 
+/// The hash and size of a whole stream; a stream that breaks is a cut.
+async fn hash_stream(mut stream: ByteStream) -> FilesResult<(Sha256, u64)> {
+    use futures::StreamExt;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| FilesError::Cut {
+            received: 0,
+            why: e.to_string(),
+        })?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+    }
+    Ok((Sha256::from_digest(&hasher.finalize()), size))
+}
+
 /// Reads a whole stream of bytes (small bodies only: tests, checks).
 pub async fn collect_bytes(mut stream: ByteStream) -> std::io::Result<Vec<u8>> {
     use futures::StreamExt;
@@ -417,3 +504,43 @@ pub async fn collect_bytes(mut stream: ByteStream) -> std::io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests;
+
+/// The flags of `serve` that set the file storage.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FileArgs {
+    /// The largest file the broker takes (a blend, a frame): a bigger upload
+    /// is refused with 413 before any byte is kept. E.g. 50GiB, 500MB.
+    #[arg(long, env = "RENDERFARM_MAX_FILE_SIZE", default_value = "50GiB", value_parser = parse_size)]
+    pub max_file_size: u64,
+    /// The most bytes the broker's files may take (stored files and uploads
+    /// under way); an upload past it is refused with 507 and nothing of it
+    /// kept. No quota when left out (the disk's own size is the bound).
+    #[arg(long, env = "RENDERFARM_STORAGE_QUOTA", value_parser = parse_size)]
+    pub storage_quota: Option<u64>,
+    /// How long a file no render refers to, or an upload left unfinished,
+    /// is kept before the scheduler's tick frees it.
+    #[arg(long, env = "RENDERFARM_FILE_GRACE", default_value = "24h", value_parser = parse_grace)]
+    pub file_grace: std::time::Duration,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::domain::files::parse_byte_size(s)
+}
+
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?}: {e}; give a duration such as 24h or 30m"))
+}
+
+impl FileArgs {
+    pub fn settings(&self) -> anyhow::Result<FileSettings> {
+        Ok(FileSettings {
+            limits: StorageLimits {
+                max_file_size: self.max_file_size,
+                quota: self.storage_quota,
+            },
+            grace: Duration::from_std(self.file_grace)
+                .map_err(|_| anyhow::anyhow!("--file-grace is too long"))?,
+        })
+    }
+}

@@ -17,6 +17,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::clock::Clock;
 use crate::domain::{plan_preemption, Allowances};
+use crate::files::Files;
 use crate::store::{Store, StoreError, StoreResult};
 
 /// The name of the lease that says which broker runs the tick.
@@ -79,6 +80,9 @@ pub struct Scheduler {
     /// One tick at a time, periodic or by hand.
     running: tokio::sync::Mutex<()>,
     cron: tokio::sync::Mutex<Option<JobScheduler>>,
+    /// The file storage whose unreferenced files each tick collects; set
+    /// once at start ([`Scheduler::collect_files_of`]).
+    files: std::sync::OnceLock<Arc<Files>>,
 }
 
 impl Scheduler {
@@ -100,7 +104,13 @@ impl Scheduler {
             state: Mutex::new(State::default()),
             running: tokio::sync::Mutex::new(()),
             cron: tokio::sync::Mutex::new(None),
+            files: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Has every tick collect the files of `files` no render refers to.
+    pub fn collect_files_of(&self, files: Arc<Files>) {
+        let _ = self.files.set(files);
     }
 
     /// This broker instance's name in the leader lease.
@@ -185,6 +195,20 @@ impl Scheduler {
 
         if let Some(keep) = self.settings.keep_finished {
             report.purged = self.purge_finished(now - keep).await?;
+        }
+
+        if let Some(files) = self.files.get() {
+            // The files are not the store: a storage that cannot be
+            // reached now leaves its garbage for the next tick, and the
+            // tick's other work stands.
+            match files.collect(self.store.as_ref(), now).await {
+                Ok(collected) => {
+                    report.files_collected = (collected.files + collected.partials) as i64
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "collecting unreferenced files failed; the next tick tries again")
+                }
+            }
         }
 
         if report.requeued + report.retried + report.preempted > 0 {

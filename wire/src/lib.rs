@@ -701,6 +701,10 @@ pub struct TickReport {
     /// Finished renders deleted for having ended longer ago than the
     /// retention (`--keep-finished`).
     pub purged: i64,
+    /// Stored files no render refers to, and partial uploads, freed for
+    /// being older than `--file-grace`.
+    #[serde(default)]
+    pub files_collected: i64,
     /// When the tick ran (the scheduler's clock).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, required = true))]
     pub ran_at: Option<Timestamp>,
