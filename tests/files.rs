@@ -737,7 +737,16 @@ async fn relay(
                     let pass = match (at, cut_at) {
                         (_, Some(cut)) => cut,
                         (Some(at), None) => at,
-                        (None, None) => pending.len().saturating_sub(mark.len()),
+                        // Only what may be the start of the mark waits for
+                        // more bytes: a request must not stall on its end.
+                        (None, None) => {
+                            let keep = (1..mark.len())
+                                .rev()
+                                .find(|&k| pending.ends_with(&mark[..k]))
+                                .filter(|_| !done.load(std::sync::atomic::Ordering::SeqCst))
+                                .unwrap_or(0);
+                            pending.len() - keep
+                        }
                     };
                     seen.lock().unwrap().extend_from_slice(&pending[..pass]);
                     if broker_write.write_all(&pending[..pass]).await.is_err() {
