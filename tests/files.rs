@@ -365,16 +365,8 @@ async fn a_farm_without_a_shared_drive(test: &str, store_args: &[&str]) {
     assert_eq!(tasks.len(), 3);
     let workers: std::collections::HashSet<_> = tasks.iter().filter_map(|t| t.worker_id).collect();
     assert_eq!(workers.len(), 2, "both agents rendered: {tasks:?}");
-    let (a_dir, b_dir) = (
-        a.work_dir.path().to_path_buf(),
-        b.work_dir.path().to_path_buf(),
-    );
-    let summaries = [a.stop().await, b.stop().await];
-    for (summary, dir) in summaries.iter().zip([&a_dir, &b_dir]) {
-        assert_eq!(
-            summary.blends_downloaded, 1,
-            "one download per agent: {summary:?}"
-        );
+    for agent in [&a, &b] {
+        let dir = agent.work_dir.path();
         assert!(dir.join("cache").join(format!("{sha256}.blend")).is_file());
         let left: Vec<_> = std::fs::read_dir(dir.join("frames"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -382,6 +374,12 @@ async fn a_farm_without_a_shared_drive(test: &str, store_args: &[&str]) {
         assert!(
             left.is_empty(),
             "stored frames are removed locally: {left:?}"
+        );
+    }
+    for summary in [a.stop().await, b.stop().await] {
+        assert_eq!(
+            summary.blends_downloaded, 1,
+            "one download per agent: {summary:?}"
         );
     }
 
