@@ -215,3 +215,200 @@ async fn the_collector_frees_what_no_render_refers_to_after_the_grace() {
     );
     assert_eq!(files.state(&partial).await.unwrap(), FileState::Absent);
 }
+
+/// A broker of its own data directory on the shared database.
+async fn broker(uri: &str, admin: &str, enrolment: &str) -> (String, tempfile::TempDir) {
+    use renderfarm::startup::{Application, Settings, StoreChoice};
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new("127.0.0.1:0", dir.path(), StoreChoice::MongoDb(uri.into()));
+    settings.bootstrap = renderfarm::credentials::Bootstrap {
+        admin_secret: Some(admin.into()),
+        enrolment_secret: Some(enrolment.into()),
+    };
+    settings.scheduler.periodic = false;
+    let app = Application::build(settings).await.expect("broker builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let client = renderfarm_client::http_client_builder().build().unwrap();
+    for _ in 0..300 {
+        let ready = client.get(format!("{address}/ready")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return (address, dir);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the broker at {address} never became ready");
+}
+
+fn secret() -> String {
+    renderfarm::domain::secret_from(renderfarm::credentials::random_bytes().unwrap())
+}
+
+/// Two brokers, each with its own data directory and nothing in common but
+/// the database: a blend cut off on one is resumed on the other, a worker
+/// fetches it from either, sends its frames to one and completes on the
+/// other, and both serve the frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_brokers_share_files_without_a_shared_directory() {
+    use reqwest::StatusCode;
+    use serde_json::{json, Value};
+    use tokio::io::AsyncWriteExt;
+
+    let Some(target) = renderfarm_testkit::mongodb_for_tests("files across two brokers") else {
+        return;
+    };
+    let database = format!("renderfarm_test_{}", uuid::Uuid::new_v4().simple());
+    let uri = format!("{}/{database}", target.uri().trim_end_matches('/'));
+    let _cleanup = Harness {
+        store: MongoStore::connect(target.uri(), Some(&database))
+            .await
+            .unwrap(),
+        database: database.clone(),
+        uri: target.uri().to_string(),
+    };
+    let (admin, enrolment) = (secret(), secret());
+    let (a, _dir_a) = broker(&uri, &admin, &enrolment).await;
+    let (b, _dir_b) = broker(&uri, &admin, &enrolment).await;
+    let http = renderfarm_client::http_client_builder().build().unwrap();
+
+    let blend: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    let sha = sha_of(&blend).to_string();
+    // Cut off at A after 1 MB.
+    let address = a.trim_start_matches("http://").to_string();
+    let mut raw = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "PUT /files/{sha} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {admin}\r\nContent-Length: {}\r\n\r\n",
+        blend.len()
+    );
+    raw.write_all(head.as_bytes()).await.unwrap();
+    raw.write_all(&blend[..1_000_000]).await.unwrap();
+    raw.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(raw);
+    let mut offset = None;
+    for _ in 0..100 {
+        let answer = http
+            .head(format!("{b}/files/{sha}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        offset = answer
+            .headers()
+            .get("upload-offset")
+            .map(|v| v.to_str().unwrap().to_string());
+        if offset.as_deref() == Some("1000000") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(offset.as_deref(), Some("1000000"), "B sees what A kept");
+    let rest = http
+        .put(format!("{b}/files/{sha}"))
+        .bearer_auth(&admin)
+        .header("content-range", "bytes 1000000-2999999/3000000")
+        .body(blend[1_000_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::CREATED);
+
+    let render: Value = http
+        .post(format!("{a}/renders"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "shared", "blend_file": "shot.blend", "blend_sha256": sha, "frame_start": 1, "frame_end": 2, "chunk_size": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let render_id = render["id"].as_str().unwrap().to_string();
+    let worker: Value = http
+        .post(format!("{b}/workers"))
+        .bearer_auth(&enrolment)
+        .json(&json!({"name": "w"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (worker_id, worker_secret) = (
+        worker["id"].as_str().unwrap().to_string(),
+        worker["secret"].as_str().unwrap().to_string(),
+    );
+    let assignment: Value = http
+        .post(format!("{a}/workers/{worker_id}/request-task"))
+        .bearer_auth(&worker_secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(assignment["blend_sha256"], sha);
+    let fetched = http
+        .get(format!("{b}/files/{sha}"))
+        .bearer_auth(&worker_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert!(
+        fetched.bytes().await.unwrap() == blend,
+        "the blend, byte for byte"
+    );
+
+    let (task, lease) = (
+        assignment["task_id"].as_str().unwrap(),
+        assignment["lease_id"].as_str().unwrap(),
+    );
+    for (frame, broker) in [(1, &b), (2, &a)] {
+        let image: Vec<u8> = vec![frame as u8; 5000 + frame];
+        let stored = http
+            .put(format!("{broker}/tasks/{task}/frames/{frame}"))
+            .bearer_auth(&worker_secret)
+            .query(&[
+                ("lease_id", lease.to_string()),
+                ("sha256", sha_of(&image).to_string()),
+                ("name", format!("frame_{frame:04}.png")),
+            ])
+            .body(image)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stored.status(), StatusCode::CREATED);
+    }
+    let done = http
+        .post(format!("{a}/tasks/{task}/complete"))
+        .bearer_auth(&worker_secret)
+        .json(&json!({"lease_id": lease}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::OK);
+    for broker in [&a, &b] {
+        let list: Value = http
+            .get(format!("{broker}/renders/{render_id}/frames"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["frames"].as_array().unwrap().len(), 2, "{list}");
+        let frame = http
+            .get(format!("{broker}/renders/{render_id}/frames/2"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(frame.len(), 5002);
+    }
+}
