@@ -44,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker: HTTP API and store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Submit a .blend file for rendering (`--upload` to send it through
     /// the broker, for a farm without a shared drive).
     Submit(SubmitArgs),
@@ -452,7 +452,7 @@ pub async fn shutdown_signal() {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     client::use_token(secret_from(cli.token, cli.token_file.as_deref())?);
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Submit(args) => submit(args).await,
         Command::Download(args) => download(args).await,
         Command::Status(args) => status(args).await,
@@ -770,7 +770,7 @@ mod tests {
     fn serve_args(args: &[&str]) -> Result<super::ServeArgs, clap::Error> {
         let cli = Cli::try_parse_from(["renderfarm", "serve"].iter().chain(args))?;
         match cli.command {
-            super::Command::Serve(args) => Ok(args),
+            super::Command::Serve(args) => Ok(*args),
             other => panic!("not serve: {other:?}"),
         }
     }

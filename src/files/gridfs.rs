@@ -302,10 +302,15 @@ impl FileBackend for GridFiles {
     }
 
     async fn finish(&self, sha: &Sha256, total: u64, known: Option<Sha256>) -> FilesResult<()> {
-        let Some((received, _)) = self.held(sha.as_str()).await? else {
-            return Err(FilesError::Resume(ResumeRefusal::WrongOffset {
-                received: 0,
-            }));
+        // An empty file has no part.
+        let received = match self.held(sha.as_str()).await? {
+            Some((received, _)) => received,
+            None if total == 0 => 0,
+            None => {
+                return Err(FilesError::Resume(ResumeRefusal::WrongOffset {
+                    received: 0,
+                }))
+            }
         };
         if received != total {
             self.discard_partial(sha).await?;
@@ -398,7 +403,10 @@ impl FileBackend for GridFiles {
         self.stored_files()?
             .update_many(
                 doc! { "filename": sha.as_str() },
-                doc! { "$set": { "metadata.touched_at": bson::DateTime::from_chrono(now) } },
+                // The whole field: the driver stores `metadata: null` for
+                // a file uploaded without any, which a dotted path cannot
+                // go through.
+                doc! { "$set": { "metadata": { "touched_at": bson::DateTime::from_chrono(now) } } },
             )
             .await
             .map_err(mongo_error)?;

@@ -138,15 +138,13 @@ async fn sync_dir(dir: &Path) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
 }
 
-fn blocking<T: Send + 'static>(
+async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = FilesResult<T>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| FilesError::Unexpected(e.into()))?
-            .map_err(FilesError::from)
-    }
+) -> FilesResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FilesError::Unexpected(e.into()))?
+        .map_err(FilesError::from)
 }
 
 #[async_trait]

@@ -15,6 +15,8 @@
 //! - what a 201 acknowledged survives `kill -9`: the bytes are synced
 //!   before the file is published, and published in one step.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod gridfs;
 pub mod local;
 pub mod zip;

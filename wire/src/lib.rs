@@ -455,7 +455,7 @@ impl Progress {
 /// A render as the broker reports it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Render {
     pub id: Uuid,
     pub name: String,
@@ -805,7 +805,7 @@ pub struct Worker {
 /// The answer to `POST /workers/{id}/request-task`: one chunk to render.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null})))]
 pub struct Assignment {
     pub task_id: Uuid,
     pub render_id: Uuid,
