@@ -937,3 +937,49 @@ async fn an_agent_killed_in_the_middle_of_a_frame_upload_has_its_chunk_redone_an
     download(&broker.address, id, downloads.path());
     assert_same_pixels(downloads.path(), reference.path(), frames);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_store_fails_the_task_with_the_brokers_message_and_stores_no_frame() {
+    let test = "a_full_store_fails_the_task_with_the_brokers_message_and_stores_no_frame";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let broker_dir = tempfile::tempdir().unwrap();
+    let artist = tempfile::tempdir().unwrap();
+    let blend = textured_scene(&blender, artist.path(), 2);
+    let (id, bytes) = {
+        let broker = BrokerProcess::start(broker_dir.path(), "127.0.0.1:0");
+        let client = admin(&broker);
+        ready(&client).await;
+        let (id, _, _) = submit_upload(&broker.address, &blend, 2, 2);
+        let sha256 = client.render(id).await.unwrap().blend_sha256.unwrap();
+        let Ok(FileStatus::Stored { bytes }) = client.file_status(&sha256).await else {
+            panic!("the blend is stored");
+        };
+        (id, bytes)
+    };
+    // The same broker again, with room for the blend and not one frame more.
+    let quota = (bytes + 100).to_string();
+    let broker = BrokerProcess::start_with(
+        broker_dir.path(),
+        "127.0.0.1:0",
+        // Ticks every second: the failed task is retried, and fails again,
+        // without a wait.
+        &["--storage-quota", &quota, "--tick", "1s"],
+    );
+    let client = admin(&broker);
+    ready(&client).await;
+    let agent = TestAgent::start(&broker.address, "agent", &blender).await;
+    let done = wait_until_finished(&client, id).await;
+    assert_eq!(done.status, RenderStatus::Failed, "{done:?}");
+    let summary = agent.stop().await;
+    assert!(summary.failed >= 1 && summary.completed == 0, "{summary:?}");
+    let tasks = client.tasks(id, &Default::default()).await.unwrap().items;
+    let detail = client.task(tasks[0].id).await.unwrap();
+    let reasons = serde_json::to_string(&detail).unwrap();
+    assert!(
+        reasons.contains("no room") && reasons.contains("--storage-quota"),
+        "the broker's message is the reason: {reasons}"
+    );
+    assert_eq!(client.frames(id).await.unwrap().frames, vec![]);
+}
