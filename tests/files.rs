@@ -947,7 +947,7 @@ async fn a_full_store_fails_the_task_with_the_brokers_message_and_stores_no_fram
     let broker_dir = tempfile::tempdir().unwrap();
     let artist = tempfile::tempdir().unwrap();
     let blend = textured_scene(&blender, artist.path(), 2);
-    let (id, bytes) = {
+    let (uploaded, sha256, bytes) = {
         let broker = BrokerProcess::start(broker_dir.path(), "127.0.0.1:0");
         let client = admin(&broker);
         ready(&client).await;
@@ -956,19 +956,33 @@ async fn a_full_store_fails_the_task_with_the_brokers_message_and_stores_no_fram
         let Ok(FileStatus::Stored { bytes }) = client.file_status(&sha256).await else {
             panic!("the blend is stored");
         };
-        (id, bytes)
+        (id, sha256, bytes)
     };
     // The same broker again, with room for the blend and not one frame more.
     let quota = (bytes + 100).to_string();
     let broker = BrokerProcess::start_with(
         broker_dir.path(),
         "127.0.0.1:0",
-        // Ticks every second: the failed task is retried, and fails again,
-        // without a wait.
+        // Ticks every second: the failed task fails its render without a wait.
         &["--storage-quota", &quota, "--tick", "1s"],
     );
     let client = admin(&broker);
     ready(&client).await;
+    // No retry: one failure fails the render (a retry waits its turn).
+    client
+        .change_render(uploaded, renderfarm_wire::RenderAction::Cancel)
+        .await
+        .unwrap();
+    let spec = serde_json::from_value(serde_json::json!({
+        "name": "full",
+        "blend_sha256": sha256,
+        "frame_start": 1,
+        "frame_end": 2,
+        "chunk_size": 2,
+        "max_retries": 0,
+    }))
+    .unwrap();
+    let id = client.submit(&spec).await.unwrap().id;
     let agent = TestAgent::start(&broker.address, "agent", &blender).await;
     let done = wait_until_finished(&client, id).await;
     assert_eq!(done.status, RenderStatus::Failed, "{done:?}");
