@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{
     blender_or_skip, blender_pids, renderfarm_command, wait_for, BrokerProcess, TestAgent,
-    ADMIN_TOKEN, ENROLMENT_TOKEN,
+    ADMIN_TOKEN,
 };
 use renderfarm_client::{BrokerClient, FileStatus};
 use renderfarm_wire::{Render, RenderStatus};
@@ -227,6 +227,18 @@ fn assert_same_pixels(got: &Path, reference: &Path, frames: i64) {
     }
 }
 
+/// Asserts that the broker lists frames `1..=frames` of the render, each
+/// once, with its hash.
+async fn assert_every_frame_stored_once(client: &BrokerClient, id: Uuid, frames: i64) {
+    let list = client.frames(id).await.unwrap();
+    assert_eq!(
+        list.frames.iter().map(|f| f.frame).collect::<Vec<_>>(),
+        (1..=frames).collect::<Vec<_>>(),
+        "every frame stored once"
+    );
+    assert!(list.frames.iter().all(|f| f.sha256.is_some()), "{list:?}");
+}
+
 fn admin(broker: &BrokerProcess) -> BrokerClient {
     BrokerClient::new(&broker.address)
         .unwrap()
@@ -383,13 +395,7 @@ async fn a_farm_without_a_shared_drive(test: &str, store_args: &[&str]) {
         );
     }
 
-    let list = client.frames(id).await.unwrap();
-    assert_eq!(
-        list.frames.iter().map(|f| f.frame).collect::<Vec<_>>(),
-        (1..=frames).collect::<Vec<_>>(),
-        "every frame stored once"
-    );
-    assert!(list.frames.iter().all(|f| f.sha256.is_some()));
+    assert_every_frame_stored_once(&client, id, frames).await;
 
     let downloads = tempfile::tempdir().unwrap();
     let printed = download(&broker.address, id, downloads.path());
@@ -513,17 +519,8 @@ async fn agent_with_cache(
 ) {
     let work_dir = tempfile::tempdir().unwrap();
     let config = AgentConfig {
-        broker: broker.to_string(),
-        name: name.to_string(),
-        tags: Vec::new(),
-        blender: blender.to_path_buf(),
-        work_dir: work_dir.path().to_path_buf(),
-        heartbeat: Duration::from_millis(300),
-        log_interval: Duration::from_millis(200),
-        poll_wait: Duration::from_secs(5),
-        enrolment_token: Some(ENROLMENT_TOKEN.into()),
-        ca_file: None,
         cache_size,
+        ..common::agent_config(broker, name, blender, work_dir.path())
     };
     let signals = StopSignals::default();
     let agent = Agent::new(config, signals.clone()).await.unwrap();
@@ -653,19 +650,7 @@ async fn child_agent_process() {
         return;
     };
     let child: ChildAgent = serde_json::from_str(&json).unwrap();
-    let config = AgentConfig {
-        broker: child.broker,
-        name: "doomed".into(),
-        tags: Vec::new(),
-        blender: child.blender,
-        work_dir: child.work_dir,
-        heartbeat: Duration::from_millis(300),
-        log_interval: Duration::from_millis(200),
-        poll_wait: Duration::from_secs(5),
-        enrolment_token: Some(ENROLMENT_TOKEN.into()),
-        ca_file: None,
-        cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
-    };
+    let config = common::agent_config(&child.broker, "doomed", &child.blender, &child.work_dir);
     let agent = Agent::new(config, StopSignals::default()).await.unwrap();
     agent.run().await.unwrap();
 }
@@ -927,12 +912,7 @@ async fn an_agent_killed_in_the_middle_of_a_frame_upload_has_its_chunk_redone_an
         "the rescuer redid the chunk: {summary:?}"
     );
 
-    let list = client.frames(id).await.unwrap();
-    assert_eq!(
-        list.frames.iter().map(|f| f.frame).collect::<Vec<_>>(),
-        (1..=frames).collect::<Vec<_>>(),
-        "every frame stored once"
-    );
+    assert_every_frame_stored_once(&client, id, frames).await;
     let downloads = tempfile::tempdir().unwrap();
     download(&broker.address, id, downloads.path());
     assert_same_pixels(downloads.path(), reference.path(), frames);

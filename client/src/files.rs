@@ -147,8 +147,7 @@ impl BrokerClient {
                 // (another upload of the same file ran meanwhile).
                 Err(e) if resumable(&e) && attempt + 1 < TRANSFER_ATTEMPTS => {
                     attempt += 1;
-                    tracing::warn!(error = %e, attempt, "upload cut off; taking it up again where the broker stopped");
-                    tokio::time::sleep(FIRST_RETRY_PAUSE * 2u32.pow(attempt - 1)).await;
+                    pause_after_cut(&e, attempt, "upload").await;
                 }
                 Err(e) => return Err(e),
             }
@@ -241,8 +240,7 @@ impl BrokerClient {
                 }
                 Err(e) if e.is_retryable() && attempt + 1 < TRANSFER_ATTEMPTS => {
                     attempt += 1;
-                    tracing::warn!(error = %e, attempt, "download cut off; going on from where it stopped");
-                    tokio::time::sleep(FIRST_RETRY_PAUSE * 2u32.pow(attempt - 1)).await;
+                    pause_after_cut(&e, attempt, "download").await;
                 }
                 Err(e) => return Err(e),
             }
@@ -439,6 +437,13 @@ impl BrokerClient {
             )
         })
     }
+}
+
+/// Waits before the `attempt`th try to take a cut transfer up again, a
+/// little longer each time.
+async fn pause_after_cut(error: &ClientError, attempt: u32, what: &str) {
+    tracing::warn!(%error, attempt, "{what} cut off; going on from where it stopped");
+    tokio::time::sleep(FIRST_RETRY_PAUSE * 2u32.pow(attempt - 1)).await;
 }
 
 /// True when an upload that failed with `error` can go on from the
