@@ -977,3 +977,46 @@ async fn a_full_store_fails_the_task_with_the_brokers_message_and_stores_no_fram
     );
     assert_eq!(client.frames(id).await.unwrap().frames, vec![]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_whose_lease_goes_stale_during_a_frame_upload_is_dropped_then_redone_with_every_frame_once(
+) {
+    let test = "a_chunk_whose_lease_goes_stale_during_a_frame_upload_is_dropped_then_redone_with_every_frame_once";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let frames = 2;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(broker_dir.path(), "127.0.0.1:0");
+    let client = admin(&broker);
+    ready(&client).await;
+    let artist = tempfile::tempdir().unwrap();
+    let blend = textured_scene(&blender, artist.path(), frames);
+    let (id, _, _) = submit_upload(&broker.address, &blend, frames, frames);
+
+    let stalled = Arc::new(tokio::sync::Notify::new());
+    let (relay, _) = relay(
+        &broker.address,
+        b"PUT /tasks/",
+        Trip::Stall { body: 16 },
+        stalled.clone(),
+    )
+    .await;
+    let agent = TestAgent::start(&relay, "agent", &blender).await;
+    tokio::time::timeout(RENDER_LIMIT, stalled.notified())
+        .await
+        .expect("the agent starts uploading a frame");
+    // An operator takes the chunk back while its first frame is on the way:
+    // the lease the upload is under is stale from now on.
+    let task = client.tasks(id, &Default::default()).await.unwrap().items[0].id;
+    client.requeue_task(task).await.unwrap();
+
+    // The agent drops the chunk (nothing more under the old lease), takes it
+    // again under a new one and stores every frame once.
+    let done = wait_until_finished(&client, id).await;
+    assert_eq!(done.status, RenderStatus::Completed, "{done:?}");
+    let summary = agent.stop().await;
+    assert_eq!((summary.aborted, summary.completed), (1, 1), "{summary:?}");
+    assert_eq!(summary.blends_downloaded, 1, "the cache served the redo");
+    assert_every_frame_stored_once(&client, id, frames).await;
+}
