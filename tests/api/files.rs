@@ -472,6 +472,14 @@ async fn a_frame_under_a_stale_lease_is_refused_and_not_stored() {
         head(&app, &sha256_hex(&frame)).await.0,
         StatusCode::NOT_FOUND
     );
+    // Completing under it says the lease is stale, not that frames are missing.
+    let message = assert_error(
+        app.report(&task, "complete", &json!({ "lease_id": lease }))
+            .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(message.contains("not its current one"), "{message}");
 }
 
 #[tokio::test]
