@@ -141,13 +141,23 @@ async fn report(
 /// every one of its frames is stored (`domain::files::missing_frames`).
 /// Frame records are only ever added while the task runs, so what is
 /// missing now is missing at the completion that follows.
-async fn refuse_with_frames_missing(state: &AppState, id: &str) -> Result<(), ApiError> {
+async fn refuse_with_frames_missing(
+    state: &AppState,
+    access: &Access<RegisteredWorker>,
+    id: &str,
+    lease_id: Uuid,
+) -> Result<(), ApiError> {
     // An unknown task, or one the lease no longer names, is the report's
-    // own answer (404, 409): left to it.
+    // own answer (404, 409 stale lease, 403): left to it, so that a stale
+    // worker hears that its lease is stale, not that frames are missing.
     let Ok(task_id) = Uuid::parse_str(id) else {
         return Ok(());
     };
-    let Ok(task) = state.store.get_task(task_id).await else {
+    let Ok(task) = state
+        .store
+        .leased_task(access.caller.worker_id(), task_id, lease_id)
+        .await
+    else {
         return Ok(());
     };
     let render = state.store.get_render(task.render_id).await?;
@@ -227,7 +237,7 @@ pub(super) async fn complete(
     body: JsonBody<CompleteReport>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    refuse_with_frames_missing(&state, &id).await?;
+    refuse_with_frames_missing(&state, &access, &id, body.lease_id).await?;
     report(
         access,
         &state,

@@ -43,6 +43,15 @@ impl LocalFiles {
         Ok(store)
     }
 
+    /// Counts `bytes` as freed; never below zero, whatever was miscounted.
+    fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(bytes))
+            });
+    }
+
     fn stored_path(&self, sha: &str) -> PathBuf {
         self.root.join(&sha[..2]).join(sha)
     }
@@ -275,7 +284,7 @@ impl FileBackend for LocalFiles {
 
     async fn discard_partial(&self, sha: &Sha256) -> FilesResult<()> {
         if let Some((_, _, bytes)) = self.partial(sha.as_str())? {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            self.release(bytes);
         }
         match tokio::fs::remove_dir_all(self.partial_dir(sha.as_str())).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
@@ -324,7 +333,7 @@ impl FileBackend for LocalFiles {
         };
         match result {
             Ok(()) => {
-                self.used.fetch_sub(entry.bytes, Ordering::AcqRel);
+                self.release(entry.bytes);
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -472,6 +472,14 @@ async fn a_frame_under_a_stale_lease_is_refused_and_not_stored() {
         head(&app, &sha256_hex(&frame)).await.0,
         StatusCode::NOT_FOUND
     );
+    // Completing under it says the lease is stale, not that frames are missing.
+    let message = assert_error(
+        app.report(&task, "complete", &json!({ "lease_id": lease }))
+            .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(message.contains("not its current one"), "{message}");
 }
 
 #[tokio::test]
@@ -586,4 +594,52 @@ async fn deleting_a_render_frees_its_frames_once_the_grace_is_over() {
     assert_eq!(tick["files_collected"], 2, "{tick}");
     assert_eq!(head(&app, &sha).await.0, StatusCode::NOT_FOUND);
     assert_eq!(head(&app, &blend).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_frame_upload_leaves_nothing_and_its_retry_is_stored() {
+    let app = spawn_app().await;
+    let (render, assignment, worker) = claimed(&app, 1, 1).await;
+    let render_id = render["id"].as_str().unwrap();
+    let (task, lease) = ids(&assignment);
+    let frame = bytes_of(400_000, 17);
+    let sha = sha256_hex(&frame);
+    // The agent dies after sending half the frame.
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "PUT /tasks/{task}/frames/1?lease_id={lease}&sha256={sha}&name=frame_0001.png HTTP/1.1\r\n\
+         Host: {address}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+        app.worker_secret(&worker),
+        frame.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&frame[..200_000]).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let list = json_of(app.get(&format!("/renders/{render_id}/frames")).await).await;
+    assert!(list["frames"].as_array().unwrap().is_empty(), "{list}");
+    assert_eq!(head_status(&app, &sha).await, StatusCode::NOT_FOUND);
+    let refused = app
+        .report(&task, "complete", &json!({ "lease_id": lease }))
+        .await;
+    assert_error(refused, StatusCode::CONFLICT).await;
+
+    // Restarted, the agent sends the frame again, whole.
+    let stored = app
+        .put_frame(&task, &lease, 1, "frame_0001.png", &frame, &sha)
+        .await;
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    let done = app
+        .report(&task, "complete", &json!({ "lease_id": lease }))
+        .await;
+    assert_eq!(done.status(), StatusCode::OK);
+    let image = app.get(&format!("/renders/{render_id}/frames/1")).await;
+    assert_eq!(image.bytes(), &frame[..]);
+}
+
+async fn head_status(app: &TestApp, sha: &str) -> StatusCode {
+    head(app, sha).await.0
 }

@@ -231,7 +231,7 @@ pub fn with_credential(
         match (method.as_str(), segments.as_slice()) {
             ("POST", ["workers"]) => Some(ENROLMENT_TOKEN.to_string()),
             ("POST", ["workers", id, "heartbeat" | "request-task"]) => secret_of(id),
-            ("POST", ["tasks", id, _]) => learned
+            ("POST", ["tasks", id, _]) | ("PUT", ["tasks", id, "frames", _]) => learned
                 .and_then(|l| l.holders.get(*id))
                 .and_then(|w| secret_of(w)),
             _ => None,
