@@ -606,6 +606,10 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
     let (blend_file, blend_sha256) = if args.upload {
         let file = std::path::Path::new(&args.file);
+        eprintln!(
+            "packing a self-contained copy of {} with Blender…",
+            file.display()
+        );
         let packed = transfer::pack(&args.blender, file).await?;
         for warning in &packed.report.warnings {
             eprintln!("warning: packing cannot carry the {warning}: the workers will not have it; bake it into the scene, or render from a shared drive without --upload");
@@ -672,8 +676,12 @@ async fn download(args: DownloadArgs) -> anyhow::Result<()> {
         )
     })?;
     let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
-    let (fetched, kept) =
+    let (list, fetched, kept) =
         transfer::download(&client, &args.broker.broker, render, &args.dir).await?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
     println!(
         "{} frame(s) in {}: {fetched} downloaded, {kept} already there",
         fetched + kept,

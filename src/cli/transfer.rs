@@ -197,13 +197,13 @@ pub async fn upload(
 
 /// `renderfarm download RENDER DIR`: every frame the broker lists for the
 /// render, into `dir`; files already there whole are kept, partial ones
-/// resumed. The number of frames fetched and kept.
+/// resumed. The broker's list, and the number of frames fetched and kept.
 pub async fn download(
     client: &BrokerClient,
     base: &str,
     render: Uuid,
     dir: &Path,
-) -> anyhow::Result<(usize, usize)> {
+) -> anyhow::Result<(renderfarm_wire::FrameList, usize, usize)> {
     let list = client.frames(render).await.map_err(client::explain(base))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let total: u64 = list.frames.iter().map(|f| f.bytes).sum();
@@ -231,7 +231,7 @@ pub async fn download(
         bar.set_position(before);
     }
     bar.finish_and_clear();
-    Ok((fetched, kept))
+    Ok((list, fetched, kept))
 }
 
 /// The name a frame is saved under: the broker's name for it when that is a
