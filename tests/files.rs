@@ -90,8 +90,8 @@ scene.camera = camera
 bpy.ops.wm.save_as_mainfile(filepath=os.path.join(folder, "shot.blend"), relative_remap=True)
 "#;
 
-/// As [`TEXTURED_SCENE`], with what packing cannot carry: an image sequence
-/// and a VDB volume.
+/// A scene with what packing cannot carry: an image sequence, a cloth
+/// simulation cached on disk and a VDB volume.
 const SCENE_WITH_SEQUENCE_AND_VOLUME: &str = r#"
 import os, sys
 import bpy
@@ -112,6 +112,12 @@ volume.filepath = os.path.join(folder, "explosion.vdb")
 bpy.context.scene.collection.objects.link(bpy.data.objects.new("explosion", volume))
 bpy.ops.object.camera_add(location=(0, 0, 4))
 bpy.context.scene.camera = bpy.context.active_object
+bpy.ops.mesh.primitive_plane_add()
+bpy.context.active_object.name = "flag"
+cloth = bpy.context.active_object.modifiers.new("Cloth", "CLOTH")
+# Blender takes a disk cache only for a file saved once.
+bpy.ops.wm.save_as_mainfile(filepath=os.path.join(folder, "shot.blend"))
+cloth.point_cache.use_disk_cache = True
 bpy.ops.wm.save_as_mainfile(filepath=os.path.join(folder, "shot.blend"))
 "#;
 
@@ -322,13 +328,20 @@ async fn wait_until_finished(client: &BrokerClient, id: Uuid) -> Render {
     .await
 }
 
-/// The bytes of every file under `dir`, by path.
+/// The bytes of every file in `dir`, by path (a folder: its name alone), so
+/// that a file changed or a file or folder added shows.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     std::fs::read_dir(dir)
         .unwrap()
         .flatten()
-        .filter(|e| e.path().is_file())
-        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .map(|e| {
+            let bytes = if e.path().is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            (e.path(), bytes)
+        })
         .collect()
 }
 
@@ -465,21 +478,22 @@ async fn what_packing_cannot_carry_is_named_and_the_artists_file_is_untouched() 
         .lines()
         .filter(|l| l.starts_with("warning:"))
         .collect();
-    assert_eq!(warnings.len(), 2, "{stderr}");
-    let sequence = submitter
-        .path()
-        .join("smoke_0001.png")
-        .display()
-        .to_string();
-    let volume = submitter.path().join("explosion.vdb").display().to_string();
-    assert!(
-        warnings[0].contains("image sequence") && warnings[0].contains(&sequence),
-        "{stderr}"
-    );
-    assert!(
-        warnings[1].contains("VDB volume") && warnings[1].contains(&volume),
-        "{stderr}"
-    );
+    assert_eq!(warnings.len(), 3, "{stderr}");
+    let file = |name: &str| submitter.path().join(name).display().to_string();
+    for (warning, kind, path) in [
+        (warnings[0], "image sequence", file("smoke_0001.png")),
+        (
+            warnings[1],
+            "simulation cache on disk",
+            file("blendcache_shot"),
+        ),
+        (warnings[2], "VDB volume", file("explosion.vdb")),
+    ] {
+        assert!(
+            warning.contains(kind) && warning.contains(&path),
+            "{kind} {path}: {stderr}"
+        );
+    }
     assert_eq!(
         snapshot(submitter.path()),
         before,
