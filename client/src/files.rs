@@ -179,14 +179,7 @@ impl BrokerClient {
             );
         }
         let response = with_progress(self.send_raw(request), &sent, total, progress).await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(self.failure(response, status).await);
-        }
-        let text = response
-            .text()
-            .await
-            .map_err(|e| self.unreachable(error::describe(&e)))?;
+        let (status, text) = self.success_text(response).await?;
         if status == StatusCode::ACCEPTED {
             let part: FileUpload = self.parse(status, &text)?;
             progress(part.received, part.bytes);
@@ -354,14 +347,7 @@ impl BrokerClient {
             .header(CONTENT_LENGTH, bytes)
             .body(body);
         let response = self.send_raw(request).await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(self.failure(response, status).await);
-        }
-        let text = response
-            .text()
-            .await
-            .map_err(|e| self.unreachable(error::describe(&e)))?;
+        let (status, text) = self.success_text(response).await?;
         self.parse(status, &text)
     }
 
@@ -411,6 +397,22 @@ impl BrokerClient {
             .execute(request)
             .await
             .map_err(|e| self.not_sent(e))
+    }
+
+    /// A successful answer's status and text, else the error it says.
+    async fn success_text(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<(StatusCode, String), ClientError> {
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self.failure(response, status).await);
+        }
+        let text = response
+            .text()
+            .await
+            .map_err(|e| self.unreachable(error::describe(&e)))?;
+        Ok((status, text))
     }
 
     /// The error for a failed answer. An answer without a body (to `HEAD`)
