@@ -208,36 +208,50 @@ impl FileBackend for LocalFiles {
             .open(&path)
             .await?;
         file.seek(SeekFrom::Start(offset)).await?;
+        // Buffered: a body arrives in pieces of a few KiB, and each write of
+        // a tokio file is a trip to the blocking pool.
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let mut kept = 0u64;
-        let end = loop {
-            match body.next().await {
-                None => break BodyEnd::Ended,
-                Some(Err(e)) => break BodyEnd::Cut(e),
-                Some(Ok(chunk)) => {
-                    let room = max - kept;
-                    let take = (chunk.len() as u64).min(room) as usize;
-                    if take > 0 {
-                        if let Err(e) = file.write_all(&chunk[..take]).await {
-                            // What was written before stays the partial.
-                            let _ = file.set_len(offset + kept).await;
-                            let _ = file.sync_data().await;
-                            return Err(e.into());
+        let received = async {
+            let end = loop {
+                match body.next().await {
+                    None => break BodyEnd::Ended,
+                    Some(Err(e)) => break BodyEnd::Cut(e),
+                    Some(Ok(chunk)) => {
+                        let room = max - kept;
+                        let take = (chunk.len() as u64).min(room) as usize;
+                        if take > 0 {
+                            out.write_all(&chunk[..take]).await?;
+                            if let Some(h) = hasher.as_mut() {
+                                h.update(&chunk[..take]);
+                            }
+                            kept += take as u64;
                         }
-                        if let Some(h) = hasher.as_mut() {
-                            h.update(&chunk[..take]);
+                        if take < chunk.len() {
+                            break BodyEnd::Overflow;
                         }
-                        kept += take as u64;
-                        self.used.fetch_add(take as u64, Ordering::AcqRel);
-                    }
-                    if take < chunk.len() {
-                        break BodyEnd::Overflow;
                     }
                 }
+            };
+            out.flush().await?;
+            // The offset HEAD reports from now on is on disk.
+            out.get_mut().sync_data().await?;
+            std::io::Result::Ok(end)
+        }
+        .await;
+        let end = match received {
+            Ok(end) => end,
+            Err(e) => {
+                // What this request wrote may be partly on disk: the partial
+                // goes back to where it was, so that its length stays the
+                // count of bytes that are all there.
+                let file = out.get_mut();
+                let _ = file.set_len(offset).await;
+                let _ = file.sync_data().await;
+                return Err(e.into());
             }
         };
-        file.flush().await?;
-        // The offset HEAD reports from now on is on disk.
-        file.sync_data().await?;
+        self.used.fetch_add(kept, Ordering::AcqRel);
         if offset == 0 {
             sync_dir(&dir).await?;
         }
