@@ -288,20 +288,37 @@ impl BrokerClient {
             .map_err(|e| local(part, "cannot write it", e))?;
         let mut done = start;
         progress(done, total);
-        let mut last_report = tokio::time::Instant::now();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.unreachable(error::describe(&e)))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| local(part, "cannot write it", e))?;
-            done += chunk.len() as u64;
-            if last_report.elapsed() >= PROGRESS_EVERY {
-                progress(done, total);
-                last_report = tokio::time::Instant::now();
+        // Each write of a tokio file is a trip to the blocking pool: the
+        // network's small chunks are gathered first.
+        let mut writer = tokio::io::BufWriter::with_capacity(CHUNK, file);
+        let received = async {
+            let mut last_report = tokio::time::Instant::now();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.unreachable(error::describe(&e)))?;
+                writer
+                    .write_all(&chunk)
+                    .await
+                    .map_err(|e| local(part, "cannot write it", e))?;
+                done += chunk.len() as u64;
+                if last_report.elapsed() >= PROGRESS_EVERY {
+                    progress(done, total);
+                    last_report = tokio::time::Instant::now();
+                }
             }
+            Ok(())
         }
-        file.sync_all()
+        .await;
+        // What arrived stays on disk even when the connection was cut: the
+        // next try starts after it.
+        writer
+            .flush()
+            .await
+            .map_err(|e| local(part, "cannot write it", e))?;
+        received?;
+        writer
+            .get_ref()
+            .sync_all()
             .await
             .map_err(|e| local(part, "cannot write it", e))?;
         progress(done, total.max(done));
