@@ -677,6 +677,9 @@ enum Trip {
     Stall { body: usize },
     /// Pass its headers and `body` bytes of its body, then close both ends.
     Cut { body: usize },
+    /// Pass it whole, and `answer` bytes of the broker's answer to it, then
+    /// close both ends (a download cut off).
+    CutAnswer { answer: u64 },
 }
 
 /// A TCP relay between a client and the broker that passes everything but
@@ -702,9 +705,34 @@ async fn relay(
             };
             let (mut client_read, mut client_write) = client_side.into_split();
             let (mut broker_read, mut broker_write) = broker_side.into_split();
-            let answers = tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut broker_read, &mut client_write).await;
-            });
+            // The bytes of answers passed so far, and how many may pass in
+            // all (a cut answer lowers it).
+            let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let budget = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+            let answers = {
+                let (answered, budget) = (answered.clone(), budget.clone());
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match broker_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n as u64,
+                        };
+                        let so_far = answered.load(std::sync::atomic::Ordering::SeqCst);
+                        let left = budget
+                            .load(std::sync::atomic::Ordering::SeqCst)
+                            .saturating_sub(so_far);
+                        let pass = n.min(left) as usize;
+                        if client_write.write_all(&buffer[..pass]).await.is_err() {
+                            return;
+                        }
+                        answered.fetch_add(pass as u64, std::sync::atomic::Ordering::SeqCst);
+                        if (pass as u64) < n {
+                            return; // cut: both halves close as this ends
+                        }
+                    }
+                })
+            };
             let (tripped, done, seen) = (tripped.clone(), done.clone(), seen.clone());
             tokio::spawn(async move {
                 let mut pending: Vec<u8> = Vec::new();
@@ -725,6 +753,7 @@ async fn relay(
                         .flatten();
                     let body = match trip {
                         Trip::Stall { body } | Trip::Cut { body } => body,
+                        Trip::CutAnswer { .. } => 0,
                     };
                     let cut_at = at.and_then(|at| {
                         let head_end =
@@ -758,6 +787,12 @@ async fn relay(
                                 answers.abort();
                                 return;
                             }
+                            // HTTP/1.1 answers in turn: what passed so far
+                            // answered the requests before this one.
+                            Trip::CutAnswer { answer } => budget.store(
+                                answered.load(std::sync::atomic::Ordering::SeqCst) + answer,
+                                std::sync::atomic::Ordering::SeqCst,
+                            ),
                         }
                     }
                 }
@@ -768,7 +803,7 @@ async fn relay(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upload_cut_off_halfway_resumes_from_the_brokers_offset() {
+async fn an_upload_or_a_download_cut_off_halfway_goes_on_from_where_it_stopped() {
     let broker_dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(broker_dir.path(), "127.0.0.1:0");
     let client = admin(&broker);
@@ -834,12 +869,26 @@ async fn an_upload_cut_off_halfway_resumes_from_the_brokers_offset() {
         "resumed at {resumed_at}"
     );
 
-    // Downloaded back: the same bytes, renamed only once whole and verified.
+    // Downloaded back through a relay that cuts the answer after 2 MiB:
+    // the download goes on from there (Range), is verified, then renamed.
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let (address, sent) = relay(
+        &broker.address,
+        b"GET /files/",
+        Trip::CutAnswer { answer: 2 << 20 },
+        cut.clone(),
+    )
+    .await;
+    let through_relay = BrokerClient::new(&address)
+        .unwrap()
+        .with_token(Some(ADMIN_TOKEN.into()));
     let dest = scratch.path().join("back.blend");
-    let size = client
+    let size = through_relay
         .download_file(&sha256, &dest, &|_, _| {})
         .await
-        .unwrap();
+        .expect("the download goes on after the cut and completes");
+    let sent = String::from_utf8_lossy(&sent.lock().unwrap()).to_ascii_lowercase();
+    assert!(sent.contains("range: bytes="), "a resumed request: {sent}");
     assert_eq!(size, bytes.len() as u64);
     assert!(std::fs::read(&dest).unwrap() == bytes);
     assert!(!renderfarm_client::partial_path(&dest).exists());
