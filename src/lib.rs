@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod credentials;
 pub mod domain;
+pub mod files;
 pub mod metrics;
 pub mod scheduler;
 pub mod startup;

@@ -18,6 +18,9 @@ use crate::api::rate_limit::{self, Limiters};
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::{self, Bootstrap};
+use crate::files::gridfs::GridFiles;
+use crate::files::local::LocalFiles;
+use crate::files::{FileBackend, FileSettings, Files};
 use crate::scheduler::{Scheduler, SchedulerSettings};
 use crate::store::mongodb::{MigrationMode, MongoStore};
 use crate::store::sqlite::SqliteStore;
@@ -82,6 +85,9 @@ pub struct Settings {
     pub metrics_bind: Option<String>,
     /// How webhooks are sent (`serve --webhooks-allow-private`).
     pub webhooks: crate::webhooks::WebhookSettings,
+    /// The file storage's limits and grace (`serve --max-file-size`,
+    /// `--storage-quota`, `--file-grace`).
+    pub files: FileSettings,
 }
 
 pub use crate::api::rate_limit::{Per, RateLimit, RateLimits};
@@ -108,6 +114,7 @@ impl Settings {
             tls: None,
             metrics_bind: None,
             webhooks: Default::default(),
+            files: FileSettings::default(),
         }
     }
 }
@@ -146,13 +153,33 @@ impl Application {
             .as_ref()
             .map(TlsFiles::server_config)
             .transpose()?;
-        let store = open_store(&settings).await?;
+        let (store, file_backend) = open_store(&settings).await?;
         let data_dir = std::path::absolute(&settings.data_dir).with_context(|| {
             format!(
                 "resolving the data directory {}",
                 settings.data_dir.display()
             )
         })?;
+        let file_backend: Arc<dyn FileBackend> = match file_backend {
+            Some(backend) => backend,
+            None => {
+                let root = data_dir.join("files");
+                let local = tokio::task::spawn_blocking({
+                    let root = root.clone();
+                    move || LocalFiles::open(&root)
+                })
+                .await?
+                .with_context(|| {
+                    format!(
+                        "cannot use {} for the broker's files: check it is writable (it lives under --data-dir)",
+                        root.display()
+                    )
+                })?;
+                Arc::new(local)
+            }
+        };
+        let files = Arc::new(Files::new(file_backend, settings.files));
+        tracing::info!(backend = files.backend_name(), "file storage ready");
         let root = settings
             .output_root
             .clone()
@@ -170,6 +197,7 @@ impl Application {
             settings.scheduler.clone(),
             work_available.clone(),
         );
+        scheduler.collect_files_of(files.clone());
         let credentials_ready = Arc::new(AtomicBool::new(settings.auth == AuthMode::Off));
         if settings.auth == AuthMode::On {
             start_credentials(
@@ -194,6 +222,7 @@ impl Application {
             clock,
             data_dir,
             output_root,
+            files,
             work_available,
             scheduler: scheduler.clone(),
             waiting: Default::default(),
@@ -387,7 +416,11 @@ fn announce_first_admin(secret: &str) {
     );
 }
 
-async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// The store, and the file storage that goes with it when the store brings
+/// its own (GridFS with MongoDB); `None`: files under the data directory.
+async fn open_store(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn FileBackend>>)> {
     match &settings.store {
         StoreChoice::Embedded => {
             let data_dir = settings.data_dir.clone();
@@ -400,7 +433,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
                     )
                 })?;
             tracing::info!(path = %store.path().display(), "embedded SQLite store open");
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
         StoreChoice::MongoDb(uri) => {
             // Returns at once: the broker serves (and answers 503 for what
@@ -415,7 +448,10 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
                 target_db = store.target(),
                 "MongoDB store: connecting in the background"
             );
-            Ok(Arc::new(store))
+            // Files live in the same database, so that every broker replica
+            // sees them without a shared volume.
+            let files: Arc<dyn FileBackend> = Arc::new(GridFiles::new(store.clone()));
+            Ok((Arc::new(store), Some(files)))
         }
     }
 }

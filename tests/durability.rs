@@ -218,3 +218,158 @@ async fn a_huge_render_killed_half_written_is_gone_after_the_restart_and_was_nev
     let (status, _) = post(&client, &broker, &claim, json!(null)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+/// `HEAD /files/{sha}`: the status and `Upload-Offset`.
+async fn file_head(client: &reqwest::Client, broker: &Broker, sha: &str) -> (StatusCode, u64) {
+    let response = client
+        .head(format!("{}/files/{sha}", broker.address))
+        .send()
+        .await
+        .unwrap();
+    let offset = response
+        .headers()
+        .get("upload-offset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (response.status(), offset)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Starts an upload of `data` on a raw connection and sends `sent` bytes of
+/// it; the connection stays open (the caller drops it, or kills the broker).
+async fn start_upload(
+    broker: &Broker,
+    sha: &str,
+    total: usize,
+    sent: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = broker.address.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "PUT /files/{sha} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Length: {total}\r\n\r\n",
+        common::ADMIN_TOKEN
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+/// Files the broker acknowledged (a blend, a frame) are there after
+/// `kill -9`, byte for byte; an upload the kill cut off is an invisible
+/// partial that resumes from what reached the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_files_and_partial_uploads_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = common::admin_client();
+    let broker = Broker::start(dir.path(), "127.0.0.1:0");
+
+    let blend: Vec<u8> = (0..500_000u32).map(|i| (i % 239) as u8).collect();
+    let blend_sha = sha256_hex(&blend);
+    let stored = client
+        .put(format!("{}/files/{blend_sha}", broker.address))
+        .body(blend.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    let (status, render) = post(
+        &client,
+        &broker,
+        "/renders",
+        json!({"name": "files", "blend_sha256": blend_sha, "frame_start": 1, "frame_end": 2, "chunk_size": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let render_id = render["id"].as_str().unwrap().to_string();
+    let (_, worker) = post(&client, &broker, "/workers", json!({ "name": "w" })).await;
+    let worker_id = worker["id"].as_str().unwrap().to_string();
+    let (_, task) = post(
+        &client,
+        &broker,
+        &format!("/workers/{worker_id}/request-task"),
+        json!(null),
+    )
+    .await;
+    let frame: Vec<u8> = vec![42; 12_345];
+    let frame_sha = sha256_hex(&frame);
+    let url = format!(
+        "{}/tasks/{}/frames/1?lease_id={}&sha256={frame_sha}&name=frame_0001.png",
+        broker.address,
+        task["task_id"].as_str().unwrap(),
+        task["lease_id"].as_str().unwrap()
+    );
+    let put = common::with_credential(
+        client.put(&url).body(frame.clone()),
+        &reqwest::Method::PUT,
+        &url,
+    );
+    let answer = put.send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+
+    // An upload under way when the broker dies.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 233) as u8).collect();
+    let big_sha = sha256_hex(&big);
+    // More than the broker buffers (1 MiB) before writing, so that some
+    // bytes reach the disk while the upload is under way.
+    let connection = start_upload(&broker, &big_sha, big.len(), &big[..2_500_000]).await;
+    common::wait_for(
+        "the broker to hold the first bytes",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (status, offset) = file_head(&client, &broker, &big_sha).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "invisible while partial");
+            (offset > 0).then_some(())
+        },
+    )
+    .await;
+    broker.kill_9();
+    drop(connection);
+
+    let broker = Broker::start(dir.path(), "127.0.0.1:0");
+    let back = client
+        .get(format!("{}/files/{blend_sha}", broker.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), StatusCode::OK);
+    assert!(
+        back.bytes().await.unwrap() == blend,
+        "the blend, byte for byte"
+    );
+    let frames = get(&client, &broker, &format!("/renders/{render_id}/frames")).await;
+    assert_eq!(frames["frames"][0]["sha256"], frame_sha);
+    let image = client
+        .get(format!("{}/renders/{render_id}/frames/1", broker.address))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        image.bytes().await.unwrap() == frame,
+        "the frame, byte for byte"
+    );
+
+    let (status, offset) = file_head(&client, &broker, &big_sha).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(offset > 0 && offset <= 2_500_000, "held {offset}");
+    let rest = client
+        .put(format!("{}/files/{big_sha}", broker.address))
+        .header("content-range", format!("bytes {offset}-2999999/3000000"))
+        .body(big[offset as usize..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::CREATED);
+    let whole = client
+        .get(format!("{}/files/{big_sha}", broker.address))
+        .send()
+        .await
+        .unwrap();
+    assert!(whole.bytes().await.unwrap() == big);
+}

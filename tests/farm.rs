@@ -468,6 +468,7 @@ async fn two_agents_cannot_share_a_work_directory() {
         poll_wait: Duration::from_secs(1),
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
         ca_file: None,
+        cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
     };
     let first = Agent::new(config("first"), StopSignals::default())
         .await
@@ -500,6 +501,7 @@ async fn an_agent_without_blender_says_how_to_install_it_before_registering() {
         poll_wait: Duration::from_secs(1),
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
         ca_file: None,
+        cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
     };
     let err = match renderfarm_worker::Agent::new(config, Default::default()).await {
         Ok(_) => panic!("an agent without Blender must not start"),
@@ -724,6 +726,7 @@ async fn an_agent_restarted_on_its_work_directory_is_the_same_worker() {
         poll_wait: Duration::from_secs(1),
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
         ca_file: None,
+        cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
     };
     let mut ids = Vec::new();
     for _ in 0..2 {

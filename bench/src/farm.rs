@@ -115,6 +115,7 @@ async fn through_the_farm(
             poll_wait: Duration::from_secs(30),
             enrolment_token: broker.enrolment_token(),
             ca_file: None,
+            cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));
@@ -134,6 +135,8 @@ async fn through_the_farm(
     let spec = RenderSpec {
         name: "bench".into(),
         blend_file: scene.display().to_string(),
+        blend_sha256: None,
+        upload_frames: None,
         frame_start: 1,
         frame_end: frames,
         chunk_size: chunk,

@@ -23,6 +23,8 @@ pub fn spec(name: &str, tasks: i64) -> RenderSpec {
     RenderSpec {
         name: name.into(),
         blend_file: "/bench/scene.blend".into(),
+        blend_sha256: None,
+        upload_frames: None,
         frame_start: 1,
         frame_end: tasks,
         chunk_size: 1,

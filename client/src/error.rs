@@ -50,6 +50,17 @@ pub enum ClientError {
     /// agent registers again: the broker may have lost its data).
     #[error("the broker does not know it: {0}")]
     NotFound(String),
+    /// 507: the broker's file storage is full (its `--storage-quota`, or its
+    /// disk). Retrying will not help until an operator frees room.
+    #[error("the broker has no room for it: {0}")]
+    InsufficientStorage(String),
+    /// A local file to send or to write could not be used; nothing (more)
+    /// was sent.
+    #[error("{}: {cause}", path.display())]
+    LocalFile { path: PathBuf, cause: String },
+    /// A download whose bytes do not have the hash asked for; it was removed.
+    #[error("the file downloaded as {expected} has the SHA-256 {actual}; it was removed, download it again")]
+    HashMismatch { expected: String, actual: String },
     /// Any other 4xx, or an answer this client cannot read: the broker will
     /// never accept this request from this program.
     #[error("the broker rejected the request ({0}): {1}")]
@@ -87,6 +98,7 @@ impl ClientError {
             StatusCode::UNAUTHORIZED => ClientError::Unauthorized(message),
             StatusCode::FORBIDDEN => ClientError::Forbidden(message),
             StatusCode::NOT_FOUND => ClientError::NotFound(message),
+            StatusCode::INSUFFICIENT_STORAGE => ClientError::InsufficientStorage(message),
             s if s.is_server_error()
                 || s == StatusCode::TOO_MANY_REQUESTS
                 || s == StatusCode::REQUEST_TIMEOUT =>
@@ -208,6 +220,14 @@ mod tests {
             assert!(e.to_string().contains("busy"), "{e}");
         }
         assert_eq!(error(503, body("away"), None).retry_after(), None);
+
+        // A full store is not a broker that is away: waiting does not help.
+        let e = error(507, body("quota of 1 GiB reached"), five);
+        assert!(
+            matches!(&e, ClientError::InsufficientStorage(m) if m == "quota of 1 GiB reached"),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable());
 
         for status in [400, 413, 415, 405] {
             let e = error(status, body("bad"), five);

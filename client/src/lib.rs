@@ -6,9 +6,11 @@
 
 mod error;
 mod events;
+mod files;
 mod tls;
 
 pub use events::EventStream;
+pub use files::{is_sha256, partial_path, sha256_file, FileStatus, Progress, TRANSFER_ATTEMPTS};
 
 pub use error::ClientError;
 /// The status of a [`ClientError::Rejected`] answer.
@@ -359,7 +361,8 @@ impl BrokerClient {
             .await
     }
 
-    /// `GET /renders/{id}/frames`: the render's frames on the broker's disk.
+    /// `GET /renders/{id}/frames`: the render's frames, from the broker's
+    /// file storage (with their hashes) or its output root.
     pub async fn frames(&self, id: impl Display) -> Result<FrameList, ClientError> {
         let id = id.to_string();
         self.answer(self.request(Method::GET, &["renders", &id, "frames"]))

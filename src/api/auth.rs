@@ -472,6 +472,23 @@ impl Need for OperatorOrWorker {
     }
 }
 
+/// Reading stored files: any person's token (viewer or higher), or a
+/// registered worker fetching what it renders. An enrolment token is
+/// neither: it only registers workers.
+pub struct ViewerOrWorker;
+
+impl Need for ViewerOrWorker {
+    fn check(caller: &Caller) -> Result<(), ApiError> {
+        match caller {
+            Caller::Token(t) if t.worker_id.is_some() => Ok(()),
+            Caller::Token(t) if t.role == Role::Worker => Err(ApiError::Forbidden(
+                "an enrolment token only registers workers; fetch files with the registered worker's own secret, or a person's token (role viewer or higher)".into(),
+            )),
+            _ => Viewer::check(caller),
+        }
+    }
+}
+
 /// The extractor a handler names its access with: `Access<Operator>`.
 pub struct Access<N: Need> {
     pub caller: Caller,

@@ -11,6 +11,9 @@ use renderfarm_wire::ErrorBody;
 use crate::domain::{IllegalTransition, ValidationError};
 use crate::store::StoreError;
 
+/// The header telling how many bytes of a file the broker holds.
+pub const UPLOAD_OFFSET: &str = "upload-offset";
+
 /// Seconds a client should wait before retrying after a 503.
 const UNAVAILABLE_RETRY_AFTER: &str = "5";
 
@@ -42,6 +45,16 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// 409 about an upload: the broker holds `offset` bytes of the file,
+    /// sent as `Upload-Offset` so the client resumes from there.
+    #[error("{message}")]
+    UploadOffset { message: String, offset: u64 },
+    /// 416: the `Range` asked lies outside the file of `size` bytes.
+    #[error("{message}")]
+    RangeNotSatisfiable { message: String, size: u64 },
+    /// 507: the file storage is full (`--storage-quota`, or the disk).
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("unexpected failure")]
     Unexpected(#[source] anyhow::Error),
 }
@@ -59,6 +72,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::UploadOffset { .. } => "conflict",
+            ApiError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
             ApiError::Unexpected(_) => "internal",
         }
     }
@@ -77,6 +93,9 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UploadOffset { .. } => StatusCode::CONFLICT,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,6 +124,12 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_, allow) => {
                 response.insert_header((header::ALLOW, *allow));
             }
+            ApiError::UploadOffset { offset, .. } => {
+                response.insert_header((UPLOAD_OFFSET, offset.to_string()));
+            }
+            ApiError::RangeNotSatisfiable { size, .. } => {
+                response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
+            }
             _ => {}
         }
         response.json(ErrorBody {
@@ -127,6 +152,36 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::Invalid(m),
             StoreError::Unavailable(m) => ApiError::Unavailable(format!("{m}; retry shortly")),
             StoreError::Unexpected(cause) => ApiError::Unexpected(cause),
+        }
+    }
+}
+
+impl From<crate::files::FilesError> for ApiError {
+    fn from(e: crate::files::FilesError) -> Self {
+        use crate::domain::files::UploadRefusal;
+        use crate::files::FilesError;
+        match e {
+            FilesError::Refused(r @ UploadRefusal::TooLarge { .. }) => {
+                ApiError::PayloadTooLarge(r.to_string())
+            }
+            FilesError::Refused(r @ UploadRefusal::QuotaExceeded { .. }) => {
+                ApiError::InsufficientStorage(r.to_string())
+            }
+            FilesError::NoSpace(_) => ApiError::InsufficientStorage(e.to_string()),
+            FilesError::Resume(r) => ApiError::UploadOffset {
+                message: r.to_string(),
+                offset: r.received(),
+            },
+            FilesError::Busy(_) => ApiError::Conflict(e.to_string()),
+            FilesError::Invalid(v) => ApiError::Invalid(v.to_string()),
+            // The client is gone (or stopped sending); if it still listens,
+            // this tells where to resume.
+            FilesError::Cut { received, .. } => ApiError::UploadOffset {
+                message: e.to_string(),
+                offset: received,
+            },
+            FilesError::Unavailable(m) => ApiError::Unavailable(format!("{m}; retry shortly")),
+            FilesError::Unexpected(cause) => ApiError::Unexpected(cause),
         }
     }
 }

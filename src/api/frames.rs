@@ -1,23 +1,53 @@
-//! `/renders/{id}/frames`: the rendered images of a render, read from its
-//! output folder when that lies under the broker's `--output-root`, never
-//! from anywhere else.
+//! `/renders/{id}/frames`: the rendered images of a render. For a render
+//! whose workers upload its frames (`upload_frames`), from the broker's file
+//! storage, where `PUT /tasks/{id}/frames/{frame}` puts them; for the
+//! others, from its output folder when that lies under the broker's
+//! `--output-root`, never from anywhere else.
 
 use std::path::{Component, Path, PathBuf};
 
 use actix_web::body::SizedStream;
 use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{FrameFile, FrameList, Render};
 use renderfarm_worker::blender::output::OutputPattern;
+use serde::Deserialize;
 use uuid::Uuid;
 
-use super::auth::{Access, Viewer};
+use super::auth::{Access, RegisteredWorker, Viewer};
+use super::files::{body_stream, content_length, serve_file};
 use super::{parse_id, resource, ApiError, AppState};
+use crate::domain::files::{check_frame_in_task, validate_frame_name, Sha256};
+use crate::files::zip::{self, ZipEntry};
+use crate::files::Uploaded;
+use crate::store::{NewFrame, StoredFrame};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/renders/{id}/frames", "GET").route(web::get().to(list)))
-        .service(resource("/renders/{id}/frames/{frame}", "GET").route(web::get().to(frame)));
+        .service(resource("/renders/{id}/frames.zip", "GET").route(web::get().to(archive)))
+        .service(resource("/renders/{id}/frames/{frame}", "GET").route(web::get().to(frame)))
+        .service(resource("/tasks/{id}/frames/{frame}", "PUT").route(web::put().to(upload)));
+}
+
+/// The content type of a frame's file, by its extension.
+fn content_type_of(name: &str) -> &'static str {
+    let extension = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    IMAGE_TYPES
+        .iter()
+        .find(|(ext, _)| extension.as_deref() == Some(*ext))
+        .map_or("application/octet-stream", |(_, t)| *t)
+}
+
+fn stored_frame_file(f: &StoredFrame) -> FrameFile {
+    FrameFile {
+        frame: f.frame,
+        name: f.name.clone(),
+        url: frame_url(f.render_id, f.frame),
+        bytes: f.bytes,
+        sha256: Some(f.sha256.clone()),
+        modified_at: f.stored_at,
+    }
 }
 
 /// The image formats Blender writes, by the extension it gives them, with
@@ -179,12 +209,14 @@ fn frame_url(render: Uuid, frame: i64) -> String {
     format!("/renders/{render}/frames/{frame}")
 }
 
-/// A render's frames on the broker's disk.
+/// A render's frames at the broker.
 ///
-/// The files in the render's output folder named as Blender names its
-/// frames (`frame_####` → `frame_0001.png`), lowest first; none before the
-/// first is written. Served only when the folder lies under the broker's
-/// `--output-root` (409 otherwise).
+/// For a render whose workers upload its frames (`upload_frames`): the
+/// frames stored, with their names, sizes and SHA-256, lowest first. For
+/// the others: the files in the render's output folder named as Blender
+/// names its frames (`frame_####` → `frame_0001.png`), lowest first, served
+/// only when the folder lies under the broker's `--output-root` (409
+/// otherwise). None before the first is written.
 #[utoipa::path(
     get,
     path = "/renders/{id}/frames",
@@ -206,13 +238,26 @@ pub(super) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
     let render = state.store.get_render(id).await?;
+    if render.upload_frames {
+        let frames = state.store.render_frames(id, None).await?;
+        return Ok(HttpResponse::Ok().json(FrameList {
+            render_id: id,
+            frames: frames.iter().map(stored_frame_file).collect(),
+        }));
+    }
     let frames = frames_on_disk(&state.output_root, &render, None)
         .await?
         .into_iter()
         .map(|f| FrameFile {
             frame: f.frame,
+            name: f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             url: frame_url(id, f.frame),
             bytes: f.bytes,
+            sha256: None,
             modified_at: f.modified_at,
         })
         .collect();
@@ -225,7 +270,9 @@ pub(super) async fn list(
 /// One rendered frame, as the image file Blender wrote.
 ///
 /// Its content type follows its extension (`image/png`, `image/jpeg`,
-/// `image/x-exr`, `image/tiff`, …). 404 while the frame is not written.
+/// `image/x-exr`, `image/tiff`, …). 404 while the frame is not written (or,
+/// for a render whose workers upload frames, not uploaded). A frame stored
+/// at the broker honours `Range: bytes=N-` (206).
 #[utoipa::path(
     get,
     path = "/renders/{id}/frames/{frame}",
@@ -240,8 +287,16 @@ pub(super) async fn list(
         (status = 200, description = "The image file.", content(
             ("image/png"), ("image/jpeg"), ("image/webp"), ("image/x-exr"), ("image/tiff"),
             ("image/bmp"), ("image/x-tga"), ("image/vnd.radiance"), ("image/jp2"),
-            ("image/x-j2c"), ("image/x-dpx"), ("image/x-cineon"), ("image/x-rgb")
+            ("image/x-j2c"), ("image/x-dpx"), ("image/x-cineon"), ("image/x-rgb"),
+            ("application/octet-stream")
         )),
+        (status = 206, description = "The bytes of the `Range` asked (frames stored at the broker).", content(
+            ("image/png"), ("image/jpeg"), ("image/webp"), ("image/x-exr"), ("image/tiff"),
+            ("image/bmp"), ("image/x-tga"), ("image/vnd.radiance"), ("image/jp2"),
+            ("image/x-j2c"), ("image/x-dpx"), ("image/x-cineon"), ("image/x-rgb"),
+            ("application/octet-stream")
+        ), headers(("Content-Range" = String, description = "`bytes START-END/SIZE`."))),
+        (status = 416, response = super::openapi::RangeNotSatisfiable),
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
         super::openapi::StoreErrors,
@@ -250,6 +305,7 @@ pub(super) async fn list(
 pub(super) async fn frame(
     _access: Access<Viewer>,
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, frame) = path.into_inner();
@@ -263,6 +319,21 @@ pub(super) async fn frame(
         return Err(not_found(&format!("{frame:?} (a frame is a whole number)")));
     };
     let render = state.store.get_render(id).await?;
+    if render.upload_frames {
+        let stored = state
+            .store
+            .render_frames(id, Some((frame, frame)))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| not_found(&frame.to_string()))?;
+        let sha = Sha256::parse("sha256", &stored.sha256)
+            .map_err(|e| ApiError::Unexpected(anyhow::anyhow!("a stored frame's hash: {e}")))?;
+        return serve_file(&state, &req, &sha, content_type_of(&stored.name), || {
+            not_found(&frame.to_string())
+        })
+        .await;
+    }
     let found = frames_on_disk(&state.output_root, &render, Some(frame)).await?;
     let Some(found) = found.into_iter().next() else {
         return Err(not_found(&frame.to_string()));
@@ -277,6 +348,231 @@ pub(super) async fn frame(
         .content_type(found.content_type)
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(body))
+}
+
+/// `?lease_id=&sha256=&name=` of a frame upload.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FrameUploadQuery {
+    /// The lease of the task's assignment.
+    lease_id: Uuid,
+    /// The SHA-256 of the body: 64 lowercase hex digits.
+    #[param(pattern = "^[0-9a-f]{64}$")]
+    sha256: String,
+    /// The file name Blender gave the frame, e.g. `frame_0001.png`: a plain
+    /// name (no `/`, `\\`, `..`, `:` or control characters), at most 255 bytes.
+    #[param(min_length = 1, max_length = 255)]
+    name: String,
+}
+
+/// Upload a rendered frame of a task (its worker, under the lease).
+///
+/// The body is the image file as Blender saved it. The broker checks the
+/// lease first (409 when stale, 403 when another worker holds the task:
+/// nothing stored), then takes the body, checks its size against
+/// `Content-Length` and its hash against `sha256` (400 on a mismatch,
+/// nothing stored), and records it as the frame of the render; the same
+/// frame again replaces it. A task of a render with `upload_frames`
+/// completes only once every frame of it is stored. 507 when the broker's
+/// file storage is full: nothing is stored, the task stays running.
+#[utoipa::path(
+    put,
+    path = "/tasks/{id}/frames/{frame}",
+    tag = "tasks",
+    operation_id = "upload_frame",
+    params(
+        ("id" = Uuid, Path, description = "The task's id."),
+        ("frame" = i64, Path, description = "The frame number: one of the task's frames.", minimum = 0),
+        FrameUploadQuery,
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The image file."),
+    security(("bearer" = ["worker"])),
+    responses(
+        (status = 201, description = "The frame is stored.", body = FrameFile),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 413, response = super::openapi::FileTooLarge),
+        (status = 507, response = super::openapi::InsufficientStorage),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn upload(
+    access: Access<RegisteredWorker>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<FrameUploadQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (id, frame) = path.into_inner();
+    let task_id = parse_id("task", &id)?;
+    let frame: i64 = frame.parse().map_err(|_| {
+        ApiError::Invalid(format!(
+            "frame: {frame:?} is not a frame number; give the whole number of one of the task's frames"
+        ))
+    })?;
+    let query = query.into_inner();
+    let name = validate_frame_name(&query.name)?;
+    let sha = Sha256::parse("sha256", &query.sha256)?;
+    let bytes = content_length(&req)?
+        .ok_or_else(|| ApiError::Invalid("send Content-Length: the frame file's size".into()))?;
+    let holder = access.caller.worker_id();
+    // The lease before the body: a stale worker's frame is not taken in.
+    let task = state
+        .store
+        .leased_task(holder, task_id, query.lease_id)
+        .await?;
+    check_frame_in_task(frame, task.frame_start, task.frame_end)?;
+    let now = state.clock.now();
+    match state
+        .files
+        .upload_afresh(&sha, bytes, body_stream(payload), now)
+        .await
+    {
+        Ok(Uploaded::Stored(_) | Uploaded::Already(_)) => {}
+        Ok(Uploaded::Partial(_)) => {
+            return Err(ApiError::Unexpected(anyhow::anyhow!(
+                "a whole frame upload was taken as a part"
+            )))
+        }
+        // A cut upload of a frame is not resumed (the worker sends the
+        // frame again, which starts over): its bytes are no use.
+        Err(crate::files::FilesError::Cut { .. }) => {
+            let _ = state.files.discard_partial(&sha).await;
+            return Err(ApiError::Invalid(
+                "the frame's body did not arrive whole; nothing was stored. Send the frame again"
+                    .into(),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let stored = state
+        .store
+        .record_frame(
+            holder,
+            task_id,
+            query.lease_id,
+            NewFrame {
+                frame,
+                name,
+                sha256: sha.to_string(),
+                bytes,
+            },
+            now,
+        )
+        .await?;
+    tracing::debug!(task_id = %task_id, frame, sha256 = %sha, bytes, "frame stored");
+    Ok(HttpResponse::Created().json(stored_frame_file(&stored)))
+}
+
+/// All the frames of a render, as one ZIP archive.
+///
+/// Streamed as it is written (no `Content-Length`): one entry per frame,
+/// named as the frame's file, stored uncompressed (frames are compressed
+/// images already), lowest frame first. From the broker's file storage for
+/// a render whose workers upload frames, else from its output folder under
+/// `--output-root` (409 when it lies elsewhere). An empty archive before
+/// the first frame.
+#[utoipa::path(
+    get,
+    path = "/renders/{id}/frames.zip",
+    tag = "renders",
+    operation_id = "download_render_frames",
+    params(("id" = Uuid, Path, description = "The render's id.")),
+    security(("bearer" = ["viewer"]), ("session" = ["viewer"])),
+    responses(
+        (status = 200, description = "The archive.", content(("application/zip")),
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"<render name>-frames.zip\"`."))),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        super::openapi::StoreErrors,
+    )
+)]
+pub(super) async fn archive(
+    _access: Access<Viewer>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id("render", &id)?;
+    let render = state.store.get_render(id).await?;
+    let mut entries = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    // Two frames of one name would overwrite each other when unpacked.
+    let mut unique = |frame: i64, name: String| {
+        if names.insert(name.clone()) {
+            name
+        } else {
+            let renamed = format!("{frame}_{name}");
+            names.insert(renamed.clone());
+            renamed
+        }
+    };
+    if render.upload_frames {
+        for f in state.store.render_frames(id, None).await? {
+            let Ok(sha) = Sha256::parse("sha256", &f.sha256) else {
+                continue;
+            };
+            let files = state.files.clone();
+            entries.push(ZipEntry {
+                name: unique(f.frame, f.name),
+                bytes: f.bytes,
+                modified: f.stored_at,
+                open: Box::new(move || {
+                    Box::pin(async move {
+                        match files.read(&sha, 0).await {
+                            Ok(Some((_, stream))) => Ok(stream),
+                            Ok(None) => Err(std::io::Error::other(format!("file {sha} is gone"))),
+                            Err(e) => Err(std::io::Error::other(e.to_string())),
+                        }
+                    })
+                }),
+            });
+        }
+    } else {
+        for f in frames_on_disk(&state.output_root, &render, None).await? {
+            let name = f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("frame_{}", f.frame));
+            let path = f.path.clone();
+            entries.push(ZipEntry {
+                name: unique(f.frame, name),
+                bytes: f.bytes,
+                modified: f.modified_at,
+                open: Box::new(move || {
+                    Box::pin(async move {
+                        let file = tokio::fs::File::open(path).await?;
+                        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                            file,
+                            256 * 1024,
+                        )) as crate::files::ByteStream)
+                    })
+                }),
+            });
+        }
+    }
+    let file_name: String = render
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .content_type("application/zip")
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file_name}-frames.zip\""),
+        ))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .streaming(zip::stream(entries)))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod auth;
 mod body;
 pub mod error;
 pub mod events;
+mod files;
 pub mod frames;
 mod health;
 pub mod metrics;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// `--output-root`: default outputs go under it, and frames are served
     /// only from under it.
     pub output_root: frames::OutputRoot,
+    /// Blends uploaded and frames sent back (`/files`, frame uploads).
+    pub files: Arc<crate::files::Files>,
     /// Woken whenever work may have become claimable, so long-polling workers
     /// try again at once instead of polling the store.
     pub work_available: Arc<Notify>,
@@ -108,6 +111,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     renders::configure(cfg);
     events::configure(cfg);
     frames::configure(cfg);
+    files::configure(cfg);
     health::configure(cfg);
     metrics::configure(cfg);
     scheduler::configure(cfg);

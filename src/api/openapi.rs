@@ -16,8 +16,8 @@ use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    events, frames, health, metrics, renders, scheduler, session, signed, tasks, tokens, webhooks,
-    workers, ApiError,
+    events, files, frames, health, metrics, renders, scheduler, session, signed, tasks, tokens,
+    webhooks, workers, ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -55,6 +55,11 @@ is answered 429 with `Retry-After`.",
         renders::complete,
         frames::list,
         frames::frame,
+        frames::archive,
+        frames::upload,
+        files::status,
+        files::upload,
+        files::download,
         workers::register,
         workers::list,
         workers::get,
@@ -90,7 +95,10 @@ is answered 429 with `Retry-After`.",
         webhooks::delete,
         webhooks::enable,
     ),
-    components(schemas(ErrorBody, ErrorCode, renderfarm_wire::WebhookPayload), responses(
+    components(schemas(ErrorBody, ErrorCode, renderfarm_wire::FileInfo, renderfarm_wire::FileUpload, renderfarm_wire::WebhookPayload), responses(
+        FileTooLarge,
+        InsufficientStorage,
+        RangeNotSatisfiable,
         Unauthorized,
         Forbidden,
         BadRequest,
@@ -113,6 +121,7 @@ is answered 429 with `Retry-After`.",
         (name = "events", description = "The farm's changes as they happen (Server-Sent Events), resumable with `Last-Event-ID`; the farm in numbers, live."),
         (name = "session", description = "Browsers: sign in with a token for a session cookie; signed links for downloads."),
         (name = "webhooks", description = "Operators register URLs that the broker POSTs signed JSON to (`WebhookPayload`) when renders complete, fail or are canceled, tasks fail and workers are lost; retried with backoff, disabled when the receiver keeps failing."),
+        (name = "files", description = "Files through the broker, named by their SHA-256: artists upload blends (resumable), workers and people download them (resumable with `Range`)."),
     ),
     modifiers(&Credentials)
 )]
@@ -207,6 +216,31 @@ pub struct PayloadTooLarge(pub ErrorBody);
     example = json!({"error": "unsupported_media_type", "message": "POST /renders takes JSON: send the header Content-Type: application/json"})
 )]
 pub struct UnsupportedMediaType(pub ErrorBody);
+
+/// A file over `--max-file-size`.
+#[derive(ToResponse)]
+#[response(
+    description = "The file is larger than this broker takes (`--max-file-size`); nothing was kept. The message names the limit and the flag.",
+    example = json!({"error": "payload_too_large", "message": "the file is 60000000000 bytes (55.9 GiB), over this broker's limit of 53687091200 bytes (50.0 GiB); the broker's operator can raise it with --max-file-size (RENDERFARM_MAX_FILE_SIZE)"})
+)]
+pub struct FileTooLarge(pub ErrorBody);
+
+/// The file storage is full.
+#[derive(ToResponse)]
+#[response(
+    description = "The broker's file storage is full (`--storage-quota`, or its disk); nothing of this upload was kept, and a task whose frame it was stays running. The message names the quota and the flag.",
+    example = json!({"error": "insufficient_storage", "message": "the broker's file storage is full: storing 48213 more bytes (47.1 KiB) would pass its quota of 1000000 bytes (976.6 KiB; 980000 in use); nothing was stored. Delete finished renders to free their frames, or ask the broker's operator to raise --storage-quota (RENDERFARM_STORAGE_QUOTA)"})
+)]
+pub struct InsufficientStorage(pub ErrorBody);
+
+/// A `Range` outside the file.
+#[derive(ToResponse)]
+#[response(
+    description = "The `Range` asked lies outside the file; `Content-Range: bytes */SIZE` tells its size.",
+    headers(("Content-Range" = String, description = "`bytes */SIZE`.")),
+    example = json!({"error": "range_not_satisfiable", "message": "the range \"500-\" is outside the file of 100 bytes; ask for bytes=N- with N below 100"})
+)]
+pub struct RangeNotSatisfiable(pub ErrorBody);
 
 /// A failure the broker did not expect; its cause is in the broker's log.
 #[derive(ToResponse)]

@@ -233,13 +233,12 @@ impl Budget {
     /// The budget of a request; `None` for the routes that are never
     /// limited (`/health`, `/ready`). Worker routes are the POSTs of a
     /// worker's life: `/workers`, `/workers/{id}/heartbeat`,
-    /// `/workers/{id}/request-task` and `/tasks/{id}/progress|complete|fail|release`.
+    /// `/workers/{id}/request-task` and `/tasks/{id}/progress|complete|fail|release`;
+    /// and its files: `GET`/`HEAD /files/{sha256}` (the blend) and
+    /// `PUT /tasks/{id}/frames/{frame}` (each frame).
     pub fn of(method: &Method, path: &str) -> Option<Budget> {
         if is_unlimited(path) {
             return None;
-        }
-        if method != Method::POST {
-            return Some(Budget::People);
         }
         let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
         let segments = (
@@ -248,6 +247,23 @@ impl Budget {
             segments.next(),
             segments.next(),
         );
+        // Files: a worker fetches the blend of each render it renders and
+        // sends each frame back as it is saved; people rarely fetch blends.
+        let file_route = match segments {
+            (Some("files"), Some(sha), None, None) => {
+                !sha.is_empty() && (method == Method::GET || method == Method::HEAD)
+            }
+            (Some("tasks"), Some(id), Some("frames"), Some(frame)) => {
+                !id.is_empty() && !frame.is_empty() && method == Method::PUT && !path.ends_with('/')
+            }
+            _ => false,
+        };
+        if file_route {
+            return Some(Budget::Workers);
+        }
+        if method != Method::POST {
+            return Some(Budget::People);
+        }
         let worker = match segments {
             (Some("workers"), None, None, None) => true,
             (Some("workers"), Some(id), Some("heartbeat" | "request-task"), None)
@@ -706,6 +722,32 @@ mod tests {
             ),
             (&post, format!("/tasks/{id}/fail"), Some(Budget::Workers)),
             (&post, format!("/tasks/{id}/release"), Some(Budget::Workers)),
+            (
+                &get,
+                format!("/files/{}", "a".repeat(64)),
+                Some(Budget::Workers),
+            ),
+            (
+                &Method::HEAD,
+                format!("/files/{}", "a".repeat(64)),
+                Some(Budget::Workers),
+            ),
+            (
+                &Method::PUT,
+                format!("/files/{}", "a".repeat(64)),
+                Some(Budget::People),
+            ),
+            (
+                &Method::PUT,
+                format!("/tasks/{id}/frames/3"),
+                Some(Budget::Workers),
+            ),
+            (&get, format!("/tasks/{id}/frames/3"), Some(Budget::People)),
+            (
+                &get,
+                format!("/renders/{id}/frames.zip"),
+                Some(Budget::People),
+            ),
             (&get, "/workers".to_string(), Some(Budget::People)),
             (&get, format!("/workers/{id}"), Some(Budget::People)),
             (&get, format!("/tasks/{id}"), Some(Budget::People)),

@@ -16,6 +16,7 @@ use crate::domain::{
     validate_name, validate_search, NewRender, RenderCommand, RenderOrder, SortOrder,
     ValidRenderSpec, OWNER_ME,
 };
+use crate::files::FileState;
 use crate::store::{PageRequest, RenderFilter};
 
 /// Seconds a client should wait before asking about an unfinished render again.
@@ -69,7 +70,7 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
                 ("change_render_status" = (operation_id = "change_render_status", parameters(("id" = "$response.body#/id")), description = "Pause, resume, cancel or requeue it.")),
                 ("complete_render" = (operation_id = "complete_render", parameters(("id" = "$response.body#/id")), description = "Mark it complete.")),
             ),
-            example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "owner": null, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
+            example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "owner": null, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
         super::openapi::BodyErrors,
         super::openapi::StoreErrors,
     )
@@ -80,6 +81,20 @@ pub(super) async fn submit(
     body: JsonBody<RenderSpec>,
 ) -> Result<HttpResponse, ApiError> {
     let spec = ValidRenderSpec::try_from(body.into_inner())?;
+    if let Some(sha) = &spec.blend_sha256 {
+        match state.files.state(sha).await? {
+            FileState::Stored { .. } => {
+                // Put to use: the collector's grace starts again, so a
+                // file uploaded long before its submit is not freed now.
+                state.files.touch(sha, state.clock.now()).await?;
+            }
+            _ => {
+                return Err(ApiError::Invalid(format!(
+                    "blend_sha256: no file {sha} is stored at this broker; upload it first with PUT /files/{sha}, then submit again"
+                )))
+            }
+        }
+    }
     let renders_dir = &state.output_root.absolute;
     let new = NewRender::plan(
         spec,

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::auth::{Access, Operator, RegisteredWorker, Viewer};
 use super::{parse_id, resource, ApiError, AppState, JsonBody};
+use crate::domain::files::{missing_frames, missing_frames_message};
 use crate::domain::TaskReport;
 
 /// The longest failure reason kept; the full output is in the task's log.
@@ -143,6 +144,50 @@ async fn report(
     Ok(HttpResponse::Ok().json(task?))
 }
 
+/// A task of a render whose workers upload its frames completes only once
+/// every one of its frames is stored (`domain::files::missing_frames`).
+/// Frame records are only ever added while the task runs, so what is
+/// missing now is missing at the completion that follows.
+async fn refuse_with_frames_missing(
+    state: &AppState,
+    access: &Access<RegisteredWorker>,
+    id: &str,
+    lease_id: Uuid,
+) -> Result<(), ApiError> {
+    // An unknown task, or one the lease no longer names, is the report's
+    // own answer (404, 409 stale lease, 403): left to it, so that a stale
+    // worker hears that its lease is stale, not that frames are missing.
+    let Ok(task_id) = Uuid::parse_str(id) else {
+        return Ok(());
+    };
+    let Ok(task) = state
+        .store
+        .leased_task(access.caller.worker_id(), task_id, lease_id)
+        .await
+    else {
+        return Ok(());
+    };
+    let render = state.store.get_render(task.render_id).await?;
+    if !render.upload_frames {
+        return Ok(());
+    }
+    let stored: std::collections::BTreeSet<i64> = state
+        .store
+        .render_frames(render.id, Some((task.frame_start, task.frame_end)))
+        .await?
+        .into_iter()
+        .map(|f| f.frame)
+        .collect();
+    let missing = missing_frames(task.frame_start, task.frame_end, &stored);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Conflict(missing_frames_message(
+            task_id, &missing,
+        )))
+    }
+}
+
 /// Report progress on a task: frames done so far, and new log lines.
 ///
 /// Lease-guarded: a stale lease gets 409 and changes nothing.
@@ -178,7 +223,10 @@ pub(super) async fn progress(
 /// Report a task done: every frame rendered.
 ///
 /// Lease-guarded: a stale lease gets 409 and changes nothing. The last task
-/// to complete completes the render.
+/// to complete completes the render. For a render whose workers upload its
+/// frames (`upload_frames`): 409 while any frame of the task is not stored
+/// yet, naming them; upload them (`PUT /tasks/{id}/frames/{frame}`), then
+/// complete.
 #[utoipa::path(
     post,
     path = "/tasks/{id}/complete",
@@ -196,6 +244,7 @@ pub(super) async fn complete(
     body: JsonBody<CompleteReport>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    refuse_with_frames_missing(&state, &access, &id, body.lease_id).await?;
     report(
         access,
         &state,

@@ -43,6 +43,12 @@ pub fn explain(base: &str) -> impl Fn(ClientError) -> anyhow::Error + '_ {
             "{message} (the command line sends --token or RENDERFARM_TOKEN)"
         ),
         ClientError::Forbidden(message) => anyhow::anyhow!("{message}"),
+        ClientError::InsufficientStorage(message) => anyhow::anyhow!(
+            "the broker's file storage is full: {message} (an operator frees room by deleting finished renders, or raises --storage-quota)"
+        ),
+        e @ (ClientError::LocalFile { .. } | ClientError::HashMismatch { .. }) => {
+            anyhow::anyhow!("{e}")
+        }
         ClientError::Rejected(status, message) => {
             anyhow::anyhow!("the broker answered {status}: {message}")
         }

@@ -6,6 +6,7 @@ mod client;
 mod migrate_store;
 mod operator;
 mod token;
+mod transfer;
 mod up;
 mod watch;
 
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use renderfarm_client::sha256_file;
 use renderfarm_wire::{Priority, RenderAction, RenderSpec, WorkerAction};
 
 use crate::api::auth::AuthMode;
@@ -49,8 +51,12 @@ pub struct Cli {
 enum Command {
     /// Run the broker: HTTP API and store.
     Serve(Box<ServeArgs>),
-    /// Submit a .blend file for rendering.
+    /// Submit a .blend file for rendering (`--upload` to send it through
+    /// the broker, for a farm without a shared drive).
     Submit(SubmitArgs),
+    /// Fetch a render's frames from the broker into a folder (resumes, and
+    /// skips the frames already there).
+    Download(DownloadArgs),
     /// Show one render and its progress.
     Status(StatusArgs),
     /// Follow renders live until they finish (exit 0 only if all completed).
@@ -214,6 +220,8 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     #[command(flatten)]
     scheduler: SchedulerArgs,
+    #[command(flatten)]
+    files: crate::files::FileArgs,
 }
 
 fn parse_auth(s: &str) -> Result<AuthMode, String> {
@@ -358,8 +366,18 @@ impl BrokerArgs {
 
 #[derive(Debug, Args)]
 struct SubmitArgs {
-    /// The .blend file, as the workers see its path.
+    /// The .blend file: as the workers see its path, or with --upload a file
+    /// on this machine.
     file: String,
+    /// Send the file through the broker instead of a shared drive: Blender
+    /// packs a copy (images and linked libraries inside; your file is not
+    /// changed), only what the broker lacks is uploaded, and the frames
+    /// come back through the broker (`renderfarm download`).
+    #[arg(long)]
+    upload: bool,
+    /// The Blender that packs the copy for --upload.
+    #[arg(long, env = "RENDERFARM_BLENDER", default_value = "blender")]
+    blender: PathBuf,
     /// Frames to render: `1-250`, or one frame `7`.
     #[arg(long, default_value = "1-1")]
     frames: String,
@@ -384,6 +402,16 @@ struct SubmitArgs {
     /// Tags a worker needs to take this render, comma-separated.
     #[arg(long, value_delimiter = ',')]
     tags: Vec<String>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+#[derive(Debug, Args)]
+struct DownloadArgs {
+    /// The render's id, as `submit` printed it.
+    render: String,
+    /// The folder to put the frames in (made if missing).
+    dir: PathBuf,
     #[command(flatten)]
     broker: BrokerArgs,
 }
@@ -473,6 +501,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Submit(args) => submit(args).await,
+        Command::Download(args) => download(args).await,
         Command::Status(args) => status(args).await,
         Command::Watch(args) => watch::watch(args).await,
         Command::Renders(args) => operator::renders(args).await,
@@ -512,6 +541,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     settings.scheduler = args.scheduler.settings()?;
     settings.output_root = args.output_root;
+    settings.files = args.files.settings()?;
     settings.migrate = !args.no_migrate;
     settings.max_waiting = args.max_waiting as usize;
     settings.auth = args.auth;
@@ -646,9 +676,34 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| args.file.clone())
     });
+    let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
+    let (blend_file, blend_sha256) = if args.upload {
+        let file = std::path::Path::new(&args.file);
+        eprintln!(
+            "packing a self-contained copy of {} with Blender…",
+            file.display()
+        );
+        let packed = transfer::pack(&args.blender, file).await?;
+        for warning in &packed.report.warnings {
+            eprintln!("warning: packing cannot carry the {warning}: the workers will not have it; bake it into the scene, or render from a shared drive without --upload");
+        }
+        let sha256 = sha256_file(&packed.path)
+            .await
+            .with_context(|| format!("hashing {}", packed.path.display()))?;
+        transfer::upload(&client, &args.broker.broker, &packed.path, &sha256).await?;
+        let shown = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| args.file.clone());
+        (shown, Some(sha256))
+    } else {
+        (args.file, None)
+    };
     let spec = RenderSpec {
         name,
-        blend_file: args.file,
+        blend_file,
+        blend_sha256,
+        upload_frames: None,
         frame_start,
         frame_end,
         chunk_size: args.chunk,
@@ -658,7 +713,6 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         engine: args.engine,
         tags: args.tags,
     };
-    let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
     let render = client
         .submit(&spec)
         .await
@@ -677,7 +731,35 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             render.output
         );
         println!("follow it with: renderfarm watch {}", render.id);
+        if render.upload_frames {
+            println!(
+                "fetch its frames with: renderfarm download {} DIR",
+                render.id
+            );
+        }
     }
+    Ok(())
+}
+
+async fn download(args: DownloadArgs) -> anyhow::Result<()> {
+    let render: uuid::Uuid = args.render.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{:?} is not a render id; give the id `renderfarm submit` printed (see `renderfarm renders`)",
+            args.render
+        )
+    })?;
+    let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
+    let (list, fetched, kept) =
+        transfer::download(&client, &args.broker.broker, render, &args.dir).await?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{} frame(s) in {}: {fetched} downloaded, {kept} already there",
+        fetched + kept,
+        args.dir.display()
+    );
     Ok(())
 }
 

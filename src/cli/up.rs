@@ -87,6 +87,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             poll_wait: Duration::from_secs(30),
             enrolment_token: Some(credentials.enrolment.clone()),
             ca_file: None,
+            cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));
@@ -156,6 +157,8 @@ async fn run_demo(
         .submit(&RenderSpec {
             name: "demo".into(),
             blend_file: scene.display().to_string(),
+            blend_sha256: None,
+            upload_frames: None,
             frame_start: 1,
             frame_end: args.demo_frames,
             chunk_size: 4,

@@ -5,6 +5,7 @@
 
 pub(crate) mod dispatch;
 mod events;
+pub mod files;
 mod frames;
 mod listing;
 mod log;

@@ -7,6 +7,7 @@ use renderfarm_wire::{
 };
 use uuid::Uuid;
 
+use super::files::{upload_frames_by_default, Sha256};
 use super::{
     chunk, chunk_count, statuses_affected_by, validate_name, validate_tags, ChunkSize, FrameRange,
     IllegalTransition, TaskEvent, ValidationError,
@@ -20,6 +21,10 @@ const MAX_PATH_LEN: usize = 4096;
 pub struct ValidRenderSpec {
     pub name: String,
     pub blend_file: String,
+    /// The stored .blend the workers fetch; whether it is stored is the
+    /// caller's to check (the file storage knows).
+    pub blend_sha256: Option<Sha256>,
+    pub upload_frames: bool,
     pub frames: FrameRange,
     pub chunk_size: ChunkSize,
     pub priority: Priority,
@@ -59,11 +64,28 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
 
     fn try_from(spec: RenderSpec) -> Result<Self, Self::Error> {
         let name = validate_name("name", &spec.name)?;
-        let blend_file = validate_path(
-            "blend_file",
-            &spec.blend_file,
-            "the path of the .blend file as the workers see it",
-        )?;
+        let blend_sha256 = spec
+            .blend_sha256
+            .as_deref()
+            .map(|h| Sha256::parse("blend_sha256", h))
+            .transpose()?;
+        let blend_file = match &blend_sha256 {
+            // Only the name shown: the workers fetch the file by its hash.
+            Some(hash) if spec.blend_file.is_empty() => hash.default_blend_name(),
+            Some(_) => validate_path("blend_file", &spec.blend_file, "the uploaded file's name")?,
+            None if spec.blend_file.is_empty() => {
+                return Err(ValidationError::new(
+                    "blend_file",
+                    "is missing; give the path of the .blend file as the workers see it, or upload the file with PUT /files/{sha256} and give its blend_sha256",
+                ))
+            }
+            None => validate_path(
+                "blend_file",
+                &spec.blend_file,
+                "the path of the .blend file as the workers see it",
+            )?,
+        };
+        let upload_frames = upload_frames_by_default(spec.upload_frames, blend_sha256.is_some());
         let frames = FrameRange::new(spec.frame_start, spec.frame_end)?;
         let chunk_size = ChunkSize::new(spec.chunk_size)?;
         if !(0..=MAX_RETRIES_LIMIT).contains(&spec.max_retries) {
@@ -87,6 +109,8 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
         Ok(Self {
             name,
             blend_file,
+            blend_sha256,
+            upload_frames,
             frames,
             chunk_size,
             priority: spec.priority,
@@ -142,6 +166,8 @@ impl NewRender {
             status: RenderStatus::Queued,
             priority: spec.priority,
             blend_file: spec.blend_file,
+            blend_sha256: spec.blend_sha256.map(|h| h.to_string()),
+            upload_frames: spec.upload_frames,
             frame_start: spec.frames.start(),
             frame_end: spec.frames.end(),
             chunk_size: spec.chunk_size.get(),
@@ -519,6 +545,8 @@ mod tests {
         RenderSpec {
             name: "shot 010".into(),
             blend_file: "/projects/shot010.blend".into(),
+            blend_sha256: None,
+            upload_frames: None,
             frame_start: 1,
             frame_end: 10,
             chunk_size: 3,
@@ -556,6 +584,29 @@ mod tests {
     }
 
     #[test]
+    fn an_uploaded_blend_names_itself_and_uploads_frames_by_default() {
+        let hash = "0123456789ab".to_string() + &"f".repeat(52);
+        let mut s = spec();
+        s.blend_file = String::new();
+        s.blend_sha256 = Some(hash.clone());
+        let valid = ValidRenderSpec::try_from(s.clone()).unwrap();
+        assert_eq!(valid.blend_file, "0123456789ab.blend");
+        assert!(valid.upload_frames);
+        s.blend_file = "shot.blend".into();
+        s.upload_frames = Some(false);
+        let valid = ValidRenderSpec::try_from(s).unwrap();
+        assert_eq!(valid.blend_file, "shot.blend");
+        assert!(!valid.upload_frames);
+        let new = NewRender::plan(valid, Uuid::nil(), None, |_| "/o".into(), Utc::now());
+        assert_eq!(new.render.blend_sha256.as_deref(), Some(hash.as_str()));
+        assert!(!ValidRenderSpec::try_from(spec()).unwrap().upload_frames);
+        let mut s = spec();
+        s.blend_file = String::new();
+        let err = ValidRenderSpec::try_from(s).unwrap_err();
+        assert!(err.message.contains("blend_sha256"), "{err}");
+    }
+
+    #[test]
     fn submissions_that_break_a_rule_name_the_field() {
         type Mutation = Box<dyn Fn(&mut RenderSpec)>;
         let cases: Vec<(&str, Mutation)> = vec![
@@ -575,6 +626,17 @@ mod tests {
             ),
             ("tags", Box::new(|s| s.tags = vec!["has space".into()])),
             ("output", Box::new(|s| s.output = Some(String::new()))),
+            (
+                "blend_sha256",
+                Box::new(|s| s.blend_sha256 = Some("../../etc/passwd".into())),
+            ),
+            (
+                "blend_file",
+                Box::new(|s| {
+                    s.blend_sha256 = Some("a".repeat(64));
+                    s.blend_file = "a\nb".into();
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = spec();

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::domain::{plan_preemption, Allowances};
+use crate::files::Files;
 use crate::store::{Store, StoreError, StoreResult};
 
 /// The name of the lease that says which broker runs the tick.
@@ -80,6 +81,9 @@ pub struct Scheduler {
     /// One tick at a time, periodic or by hand.
     running: tokio::sync::Mutex<()>,
     cron: tokio::sync::Mutex<Option<JobScheduler>>,
+    /// The file storage whose unreferenced files each tick collects; set
+    /// once at start ([`Scheduler::collect_files_of`]).
+    files: std::sync::OnceLock<Arc<Files>>,
 }
 
 impl Scheduler {
@@ -101,7 +105,13 @@ impl Scheduler {
             state: Mutex::new(State::default()),
             running: tokio::sync::Mutex::new(()),
             cron: tokio::sync::Mutex::new(None),
+            files: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Has every tick collect the files of `files` no render refers to.
+    pub fn collect_files_of(&self, files: Arc<Files>) {
+        let _ = self.files.set(files);
     }
 
     /// This broker instance's name in the leader lease.
@@ -233,6 +243,20 @@ impl Scheduler {
                 .purge_finished(now - keep)
                 .instrument(tracing::info_span!("scheduler.purge_finished"))
                 .await?;
+        }
+
+        if let Some(files) = self.files.get() {
+            // The files are not the store: a storage that cannot be
+            // reached now leaves its garbage for the next tick, and the
+            // tick's other work stands.
+            match files.collect(self.store.as_ref(), now).await {
+                Ok(collected) => {
+                    report.files_collected = (collected.files + collected.partials) as i64
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "collecting unreferenced files failed; the next tick tries again")
+                }
+            }
         }
 
         if report.requeued + report.retried + report.preempted > 0 {

@@ -1,6 +1,6 @@
 //! Both backends implement [`Store`](super::Store) the same way: every
 //! operation is the function of the same name in the file of its concern
-//! (`renders.rs`, `tasks.rs`, `workers.rs`, `upkeep.rs`, `events.rs`, `webhooks.rs`), so the two folders
+//! (`renders.rs`, `tasks.rs`, `workers.rs`, `upkeep.rs`, `events.rs`, `frames.rs`, `webhooks.rs`), so the two folders
 //! stay mirrors and an operation is found in the same place on both sides.
 
 /// Implements `Store` for `$store`, invoked in the backend's `mod.rs`: each
@@ -338,6 +338,40 @@ macro_rules! store_by_concern {
                     record: $crate::domain::AttemptRecord,
                 ) -> StoreResult<bool> {
                     webhooks::record_webhook_attempt(self, record).await
+                }
+
+                async fn leased_task(
+                    &self,
+                    holder: Option<Uuid>,
+                    task_id: Uuid,
+                    lease_id: Uuid,
+                ) -> StoreResult<Task> {
+                    frames::leased_task(self, holder, task_id, lease_id).await
+                }
+
+                async fn record_frame(
+                    &self,
+                    holder: Option<Uuid>,
+                    task_id: Uuid,
+                    lease_id: Uuid,
+                    frame: $crate::store::NewFrame,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<$crate::store::StoredFrame> {
+                    frames::record_frame(self, holder, task_id, lease_id, frame, now).await
+                }
+
+                async fn render_frames(
+                    &self,
+                    render_id: Uuid,
+                    range: Option<(i64, i64)>,
+                ) -> StoreResult<Vec<$crate::store::StoredFrame>> {
+                    frames::render_frames(self, render_id, range).await
+                }
+
+                async fn referenced_files(
+                    &self,
+                ) -> StoreResult<::std::collections::BTreeSet<String>> {
+                    frames::referenced_files(self).await
                 }
             }
         };

@@ -13,6 +13,8 @@ pub mod mongodb;
 pub mod snapshot;
 pub mod sqlite;
 
+use std::collections::BTreeSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{
@@ -208,6 +210,28 @@ pub struct FarmCounts {
     /// Pending tasks of renders that may run, by the tags a worker needs to
     /// take them (sorted tags); groups with none pending are left out.
     pub runnable_by_tags: Vec<(Vec<String>, i64)>,
+}
+
+/// A frame a worker uploaded, as the store keeps it: the image itself is in
+/// the file storage under `sha256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFrame {
+    pub render_id: Uuid,
+    pub frame: i64,
+    /// The file name Blender gave it (`domain::files::validate_frame_name`).
+    pub name: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub stored_at: DateTime<Utc>,
+}
+
+/// A frame about to be recorded (its file is stored already).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFrame {
+    pub frame: i64,
+    pub name: String,
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 /// The operations the broker needs from persistence.
@@ -517,4 +541,39 @@ pub trait Store: Send + Sync + 'static {
     /// delivery, if it still has the attempts the record was planned from,
     /// and to its webhook. Returns whether it applied.
     async fn record_webhook_attempt(&self, record: AttemptRecord) -> StoreResult<bool>;
+
+    /// The task, if `lease_id` is its current lease (refused as
+    /// [`Store::report_task_as`] refuses, changing nothing): a look before
+    /// a worker's upload is taken.
+    async fn leased_task(
+        &self,
+        holder: Option<Uuid>,
+        task_id: Uuid,
+        lease_id: Uuid,
+    ) -> StoreResult<Task>;
+
+    /// Records a frame a worker uploaded under the task's current lease
+    /// (refused as [`Store::report_task_as`] refuses, recording nothing); a
+    /// frame outside the task is `Invalid`. The same frame again replaces
+    /// the record.
+    async fn record_frame(
+        &self,
+        holder: Option<Uuid>,
+        task_id: Uuid,
+        lease_id: Uuid,
+        frame: NewFrame,
+        now: DateTime<Utc>,
+    ) -> StoreResult<StoredFrame>;
+
+    /// The frames recorded for the render, lowest first; only those of
+    /// `start..=end` when given. None for an unknown render.
+    async fn render_frames(
+        &self,
+        render_id: Uuid,
+        range: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<StoredFrame>>;
+
+    /// Every file hash a render refers to (uploaded blends and recorded
+    /// frames): what the file collector keeps.
+    async fn referenced_files(&self) -> StoreResult<BTreeSet<String>>;
 }

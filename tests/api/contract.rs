@@ -163,6 +163,14 @@ impl Contract {
             })?;
         let declared = self.resolve(declared)?;
         self.check_headers(declared, answer)?;
+        if *method == Method::HEAD {
+            // HEAD answers carry the headers of the answer but no body.
+            return if answer.body.is_empty() {
+                Ok(())
+            } else {
+                Err("a HEAD answer must have no body".into())
+            };
+        }
         self.check_content(declared, answer)
     }
 

@@ -90,6 +90,12 @@ pub fn render_body(name: &str, start: i64, end: i64, chunk: i64, priority: &str)
     })
 }
 
+/// The SHA-256 of `data` as the broker names files.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
 /// Reads a JSON body, failing the test with the text when it is not JSON.
 pub async fn json_of(response: Response) -> Value {
     let text = response.text().await.expect("body");
@@ -154,7 +160,8 @@ impl TestApp {
             ("POST", ["workers", id, "heartbeat" | "request-task"]) => {
                 worker_secret(id).or_else(last)
             }
-            ("POST", ["tasks", id, "progress" | "complete" | "fail" | "release"]) => known
+            ("POST", ["tasks", id, "progress" | "complete" | "fail" | "release"])
+            | ("PUT", ["tasks", id, "frames", _]) => known
                 .holders
                 .get(*id)
                 .and_then(|w| worker_secret(w))
@@ -320,6 +327,47 @@ impl TestApp {
         let response = self.get(&format!("/tasks/{id}")).await;
         assert_eq!(response.status(), StatusCode::OK);
         json_of(response).await
+    }
+
+    /// `PUT /files/{sha256}` with `data`, a part when `range` is given.
+    pub async fn put_file(&self, sha: &str, data: &[u8], range: Option<&str>) -> Response {
+        let mut request = self
+            .client
+            .put(self.url(&format!("/files/{sha}")))
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec());
+        if let Some(range) = range {
+            request = request.header("content-range", range);
+        }
+        self.send(request).await
+    }
+
+    /// Uploads a whole file that must be stored; its hash.
+    pub async fn upload_ok(&self, data: &[u8]) -> String {
+        let sha = sha256_hex(data);
+        let response = self.put_file(&sha, data, None).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        sha
+    }
+
+    /// `PUT /tasks/{task}/frames/{frame}` of `data` declared with `sha`,
+    /// as the task's holder.
+    pub async fn put_frame(
+        &self,
+        task: &str,
+        lease: &str,
+        frame: i64,
+        name: &str,
+        data: &[u8],
+        sha: &str,
+    ) -> Response {
+        let request = self
+            .client
+            .put(self.url(&format!("/tasks/{task}/frames/{frame}")))
+            .query(&[("lease_id", lease), ("sha256", sha), ("name", name)])
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec());
+        self.send(request).await
     }
 
     pub async fn task_log(&self, id: &str) -> String {

@@ -149,6 +149,20 @@ async fn frames_are_listed_and_served_from_the_render_s_output_folder() {
     assert_eq!(png.bytes(), image(1).as_slice());
     let exr = app.get(&format!("/renders/{id}/frames/3")).await;
     assert_eq!(exr.headers()["content-type"], "image/x-exr");
+    assert_eq!(frames[0]["name"], "frame_0001.png");
+    assert_eq!(frames[0]["sha256"], Value::Null, "not stored at the broker");
+
+    // The archive holds the frames of the folder, under their file names.
+    let archive = app.get(&format!("/renders/{id}/frames.zip")).await;
+    assert_eq!(archive.status(), StatusCode::OK);
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(archive.bytes().to_vec())).unwrap();
+    let names: Vec<String> = (0..zip.len())
+        .map(|i| zip.by_index(i).unwrap().name().to_string())
+        .collect();
+    assert_eq!(names, ["frame_0001.png", "frame_0003.exr"]);
+    let mut first = Vec::new();
+    std::io::Read::read_to_end(&mut zip.by_index(0).unwrap(), &mut first).unwrap();
+    assert_eq!(first, image(1));
 
     for missing in ["2", "9", "-1", "abc", "1.png", "99999999999999999999"] {
         assert_error(

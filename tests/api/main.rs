@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod contract;
 mod dashboard;
+mod files;
 mod helpers;
 mod lifecycle;
 mod listing;

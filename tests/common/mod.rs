@@ -231,7 +231,7 @@ pub fn with_credential(
         match (method.as_str(), segments.as_slice()) {
             ("POST", ["workers"]) => Some(ENROLMENT_TOKEN.to_string()),
             ("POST", ["workers", id, "heartbeat" | "request-task"]) => secret_of(id),
-            ("POST", ["tasks", id, _]) => learned
+            ("POST", ["tasks", id, _]) | ("PUT", ["tasks", id, "frames", _]) => learned
                 .and_then(|l| l.holders.get(*id))
                 .and_then(|w| secret_of(w)),
             _ => None,
@@ -329,6 +329,24 @@ pub fn chromium_or_skip(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The settings of a test agent: short intervals so tests need not wait
+/// long, the enrolment token, the default blend cache.
+pub fn agent_config(broker: &str, name: &str, blender: &Path, work_dir: &Path) -> AgentConfig {
+    AgentConfig {
+        broker: broker.to_string(),
+        name: name.to_string(),
+        tags: Vec::new(),
+        blender: blender.to_path_buf(),
+        work_dir: work_dir.to_path_buf(),
+        heartbeat: Duration::from_millis(300),
+        log_interval: Duration::from_millis(200),
+        poll_wait: Duration::from_secs(10),
+        enrolment_token: Some(ENROLMENT_TOKEN.into()),
+        ca_file: None,
+        cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+    }
+}
+
 /// A worker agent running inside the test process.
 pub struct TestAgent {
     pub signals: StopSignals,
@@ -348,18 +366,7 @@ impl TestAgent {
                 .try_init();
         }
         let work_dir = tempfile::tempdir().expect("work dir");
-        let config = AgentConfig {
-            broker: broker.to_string(),
-            name: name.to_string(),
-            tags: Vec::new(),
-            blender: blender.to_path_buf(),
-            work_dir: work_dir.path().to_path_buf(),
-            heartbeat: Duration::from_millis(300),
-            log_interval: Duration::from_millis(200),
-            poll_wait: Duration::from_secs(10),
-            enrolment_token: Some(ENROLMENT_TOKEN.into()),
-            ca_file: None,
-        };
+        let config = agent_config(broker, name, blender, work_dir.path());
         let signals = StopSignals::default();
         let agent = Agent::new(config, signals.clone())
             .await

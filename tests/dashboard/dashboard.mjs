@@ -223,6 +223,16 @@ await scenario('the latest frame and the frames done show as images', async () =
   }, null, { timeout: WAIT });
   const shown = await page.locator('.frames img').count();
   check(shown > 0, 'the grid shows the frames done');
+  // The archive of every frame downloads with the session, as a ZIP.
+  const zip = await page.evaluate(async () => {
+    const link = document.querySelector('a[href$="/frames.zip"]');
+    if (!link) return null;
+    const answer = await fetch(link.getAttribute('href'));
+    const bytes = new Uint8Array(await answer.arrayBuffer());
+    return { status: answer.status, type: answer.headers.get('content-type'), magic: String.fromCharCode(bytes[0], bytes[1]) };
+  });
+  check(zip && zip.status === 200 && zip.type === 'application/zip' && zip.magic === 'PK',
+    `the ZIP of every frame downloads: ${JSON.stringify(zip)}`);
   await shoot(page, 'render-frames');
 });
 

@@ -346,16 +346,29 @@ pub struct RenderSpec {
     )]
     pub name: String,
     /// The .blend file, as the workers see its path: at most 4096 bytes, no
-    /// control characters, not only spaces.
+    /// control characters, not only spaces. Required unless `blend_sha256`
+    /// is given; with it, only the name shown (the uploaded file's name,
+    /// `<first 12 hex digits>.blend` when empty).
     #[cfg_attr(
         feature = "openapi",
         schema(
-            min_length = 1,
             max_length = 4096,
-            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+            default = ""
         )
     )]
+    #[serde(default)]
     pub blend_file: String,
+    /// The SHA-256 (64 lowercase hex digits) of a .blend file stored at the
+    /// broker with `PUT /files/{sha256}`; the workers fetch it from there.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
+    #[serde(default)]
+    pub blend_sha256: Option<String>,
+    /// Whether the workers upload every frame to the broker
+    /// (`PUT /tasks/{id}/frames/{frame}`); a task completes only once its
+    /// frames are stored. Default: true with `blend_sha256`, else false.
+    #[serde(default)]
+    pub upload_frames: Option<bool>,
     /// First frame to render (0 or more).
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     #[serde(deserialize_with = "whole::number")]
@@ -442,13 +455,21 @@ impl Progress {
 /// A render as the broker reports it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Render {
     pub id: Uuid,
     pub name: String,
     pub status: RenderStatus,
     pub priority: Priority,
     pub blend_file: String,
+    /// The stored .blend file the workers fetch (`GET /files/{sha256}`);
+    /// null when `blend_file` is a path the workers see.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub blend_sha256: Option<String>,
+    /// Whether the workers upload its frames to the broker.
+    #[serde(default)]
+    pub upload_frames: bool,
     pub frame_start: i64,
     pub frame_end: i64,
     pub chunk_size: i64,
@@ -601,18 +622,54 @@ pub struct TaskDetail {
     pub history: Vec<TaskHistoryEntry>,
 }
 
-/// One rendered frame on the broker's disk (`GET /renders/{id}/frames`).
+/// One rendered frame at the broker (`GET /renders/{id}/frames`): uploaded
+/// by a worker, or found in the render's output folder.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"frame": 1, "url": "/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frames/1", "bytes": 48213, "modified_at": "2026-11-24T01:18:02.117Z"})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"frame": 1, "name": "frame_0001.png", "url": "/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frames/1", "bytes": 48213, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "modified_at": "2026-11-24T01:18:02.117Z"})))]
 pub struct FrameFile {
     pub frame: i64,
+    /// The file name Blender gave the frame, e.g. `frame_0001.png`.
+    #[serde(default)]
+    pub name: String,
     /// Where to fetch the image: `/renders/{id}/frames/{frame}`.
     pub url: String,
     /// The file's size.
     pub bytes: u64,
+    /// The file's SHA-256 for a frame stored at the broker (uploaded by a
+    /// worker); null for one read from the output folder.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(required = true, pattern = "^[0-9a-f]{64}$")
+    )]
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// When the file was last written.
     pub modified_at: DateTime<Utc>,
+}
+
+/// A file stored at the broker (`PUT`/`HEAD /files/{sha256}`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "bytes": 104857600})))]
+pub struct FileInfo {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// A part of a file accepted (`PUT /files/{sha256}` with `Content-Range`),
+/// the file not complete yet: send the rest from `received` on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "bytes": 104857600, "received": 52428800})))]
+pub struct FileUpload {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
+    pub sha256: String,
+    /// The whole file's declared size.
+    pub bytes: u64,
+    /// The bytes held so far.
+    pub received: u64,
 }
 
 /// `GET /renders/{id}/frames`: the frames of a render found on disk.
@@ -644,6 +701,10 @@ pub struct TickReport {
     /// Finished renders deleted for having ended longer ago than the
     /// retention (`--keep-finished`).
     pub purged: i64,
+    /// Stored files no render refers to, and partial uploads, freed for
+    /// being older than `--file-grace`.
+    #[serde(default)]
+    pub files_collected: i64,
     /// When the tick ran (the scheduler's clock).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, required = true))]
     pub ran_at: Option<Timestamp>,
@@ -744,7 +805,7 @@ pub struct Worker {
 /// The answer to `POST /workers/{id}/request-task`: one chunk to render.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null})))]
 pub struct Assignment {
     pub task_id: Uuid,
     pub render_id: Uuid,
@@ -752,6 +813,15 @@ pub struct Assignment {
     /// same task makes it stale.
     pub lease_id: Uuid,
     pub blend_file: String,
+    /// Fetch the .blend file by this hash (`GET /files/{sha256}`) rather
+    /// than opening `blend_file`.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub blend_sha256: Option<String>,
+    /// Upload each frame (`PUT /tasks/{id}/frames/{frame}`) before
+    /// completing the task.
+    #[serde(default)]
+    pub upload_frames: bool,
     pub frame_start: i64,
     pub frame_end: i64,
     pub output: String,
@@ -940,6 +1010,8 @@ pub enum ErrorCode {
     Conflict,
     /// 413
     PayloadTooLarge,
+    /// 416: a `Range` outside the file
+    RangeNotSatisfiable,
     /// 415
     UnsupportedMediaType,
     /// 429
@@ -948,6 +1020,8 @@ pub enum ErrorCode {
     Internal,
     /// 503
     Unavailable,
+    /// 507: the broker's file storage is full (`--storage-quota`)
+    InsufficientStorage,
 }
 
 /// `GET /health` and `GET /ready`.

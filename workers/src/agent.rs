@@ -3,8 +3,9 @@
 //! reach the broker are retried with backoff and jitter; a final report still
 //! undelivered when the agent stops is kept on disk and sent at the next start.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +23,8 @@ use uuid::Uuid;
 
 use crate::blender::output::RenderProgress;
 use crate::blender::{self, RenderJob};
+use crate::cache::{BlendCache, CachedBlend, Provenance, CACHE_DIR};
+use crate::uploads::{self, UploadError, FRAMES_DIR};
 
 /// Lines of Blender's output sent as the reason of a failure.
 pub const FAILURE_TAIL_LINES: usize = 50;
@@ -55,6 +58,9 @@ pub struct AgentConfig {
     /// A PEM file of certificate authorities to trust for an `https://`
     /// broker, on top of the system's (`--ca`).
     pub ca_file: Option<PathBuf>,
+    /// The most bytes of blend files fetched from the broker kept in the
+    /// work directory (`--cache-size`; [`crate::cache::DEFAULT_CACHE_SIZE`]).
+    pub cache_size: u64,
 }
 
 /// How the agent is told to stop.
@@ -76,6 +82,8 @@ pub struct AgentSummary {
     pub aborted: u64,
     /// Tasks handed back because the agent stopped.
     pub released: u64,
+    /// Blend files fetched from the broker (the others came from the cache).
+    pub blends_downloaded: u64,
 }
 
 /// A final report, kept on disk while it cannot be delivered.
@@ -109,7 +117,7 @@ impl FinalReport {
     }
 }
 
-fn backoff() -> impl Iterator<Item = Duration> {
+pub(crate) fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(Duration::from_millis(200))
@@ -125,7 +133,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// The pause before trying again after `error`: our own jittered backoff, on
 /// top of the broker's `Retry-After` when it gave one, so that a crowd of
 /// agents told the same number does not come back in the same instant.
-fn retry_delay(backoff: Option<Duration>, error: &ClientError) -> Duration {
+pub(crate) fn retry_delay(backoff: Option<Duration>, error: &ClientError) -> Duration {
     let ours = backoff.unwrap_or(Duration::from_secs(10));
     match error.retry_after() {
         Some(asked) => asked.min(MAX_RETRY_AFTER) + ours,
@@ -157,6 +165,8 @@ pub struct Agent {
     summary: AgentSummary,
     /// The client with the enrolment token, to register with.
     enrolment: BrokerClient,
+    /// Blends fetched from the broker by hash.
+    cache: Arc<BlendCache>,
     /// Held while the agent lives: its saved reports and Blender's session
     /// files in the work directory are its alone.
     _work_dir_lock: Flock<std::fs::File>,
@@ -205,7 +215,9 @@ impl Agent {
         };
         let enrolment = BrokerClient::with_options(&config.broker, &options)?
             .with_token(config.enrolment_token.clone());
+        let cache = BlendCache::open(&config.work_dir.join(CACHE_DIR), config.cache_size)?;
         Ok(Self {
+            cache,
             config,
             client: enrolment.clone(),
             enrolment,
@@ -413,16 +425,133 @@ impl Agent {
         }
     }
 
-    /// Runs Blender on the assignment until it exits or the task is taken away.
+    /// The blend file the assignment names: its path as given, or, for one
+    /// uploaded to the broker, the cached copy of it (fetched if need be),
+    /// held so that it is not evicted while the chunk renders.
+    /// Heartbeats go on while a large blend downloads (the broker would
+    /// otherwise count the worker lost); an abort from the broker or a stop
+    /// ends the download and the task.
+    async fn blend_for(
+        &mut self,
+        worker_id: Uuid,
+        a: &Assignment,
+        log: &mut TaskLog,
+    ) -> Result<(String, Option<CachedBlend>), Ending> {
+        let Some(sha256) = &a.blend_sha256 else {
+            return Ok((a.blend_file.clone(), None));
+        };
+        // The size makes room in the cache before the download, not after.
+        let bytes = match self.client.file_status(sha256).await {
+            Ok(renderfarm_client::FileStatus::Stored { bytes }) => Some(bytes),
+            _ => None,
+        };
+        let client = self.client.clone();
+        let fetch = self.cache.get(sha256, bytes, |path| async move {
+            client
+                .download_file(sha256, &path, &|_, _| {})
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        });
+        tokio::pin!(fetch);
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        let beat = Heartbeat {
+            task_id: Some(a.task_id),
+            lease_id: Some(a.lease_id),
+            frames_done: Some(0),
+        };
+        let fetched = loop {
+            tokio::select! {
+                fetched = &mut fetch => break fetched,
+                _ = heartbeat.tick() => match self.client.heartbeat(worker_id, &beat).await {
+                    Ok(reply) if reply.action == HeartbeatAction::Abort => return Err(Ending::Aborted),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "heartbeat not delivered; downloading on"),
+                },
+                _ = self.signals.abort.cancelled() => {
+                    return Err(Ending::Report(FinalReport::Release {
+                        task_id: a.task_id,
+                        body: ReleaseReport {
+                            lease_id: a.lease_id,
+                            log: Some("renderfarm-worker: stopping while the blend file downloads; the task is handed back to the broker\n".into()),
+                        },
+                    }));
+                }
+            }
+        };
+        match fetched {
+            Ok((blend, how)) => {
+                let what = match how {
+                    Provenance::Cached => "from the agent's cache",
+                    Provenance::Downloaded => {
+                        self.summary.blends_downloaded += 1;
+                        "downloaded from the broker"
+                    }
+                };
+                log.push(format!(
+                    "renderfarm-worker: blend file {} ({sha256}) {what}\n",
+                    a.blend_file
+                ));
+                Ok((blend.path().display().to_string(), Some(blend)))
+            }
+            Err(e) => {
+                let reason = format!(
+                    "could not fetch the blend file {} ({sha256}) from the broker: {e:#}",
+                    a.blend_file
+                );
+                tracing::warn!("{reason}");
+                log.push(format!("renderfarm-worker: {reason}\n"));
+                Err(Ending::Report(FinalReport::Fail {
+                    task_id: a.task_id,
+                    body: FailReport {
+                        lease_id: a.lease_id,
+                        exit_code: None,
+                        reason,
+                        log: Some(log.take_unsent()),
+                    },
+                }))
+            }
+        }
+    }
+
+    /// Runs Blender on the assignment until it exits or the task is taken
+    /// away; with `upload_frames`, uploads each frame as Blender saves it and
+    /// ends once all are stored.
     async fn render(&mut self, worker_id: Uuid, a: &Assignment) -> Ending {
+        let mut log = TaskLog::default();
+        let fail = |reason: String, log: Option<String>| {
+            Ending::Report(FinalReport::Fail {
+                task_id: a.task_id,
+                body: FailReport {
+                    lease_id: a.lease_id,
+                    exit_code: None,
+                    reason,
+                    log,
+                },
+            })
+        };
+        // Held until Blender is done with the file.
+        let (blend_file, _cached) = match self.blend_for(worker_id, a, &mut log).await {
+            Ok(found) => found,
+            Err(ending) => return ending,
+        };
+        let frames_dir = a
+            .upload_frames
+            .then(|| FramesDir::new(&self.config.work_dir, a.task_id));
+        let output = match &frames_dir {
+            Some(dir) => match dir.create() {
+                Ok(()) => uploads::local_output(&a.output, &dir.0),
+                Err(e) => return fail(format!("could not make {}: {e}", dir.0.display()), None),
+            },
+            None => a.output.clone(),
+        };
         let job = RenderJob {
-            blend_file: a.blend_file.clone(),
-            output: a.output.clone(),
+            blend_file: blend_file.clone(),
+            output: output.clone(),
             engine: a.engine.clone(),
             from: a.frame_start,
             to: a.frame_end,
         };
-        let mut log = TaskLog::default();
         let mut blender = match blender::start(&self.config.blender, &job, &self.config.work_dir) {
             Ok(b) => b,
             Err(e) => {
@@ -430,17 +559,23 @@ impl Agent {
                     "could not start Blender ({}): {e:#}",
                     self.config.blender.display()
                 );
-                return Ending::Report(FinalReport::Fail {
-                    task_id: a.task_id,
-                    body: FailReport {
-                        lease_id: a.lease_id,
-                        exit_code: None,
-                        reason,
-                        log: None,
-                    },
-                });
+                return fail(reason, None);
             }
         };
+        // The uploads run beside Blender; dropping the set stops them.
+        let mut uploads = tokio::task::JoinSet::new();
+        let upload_queue = frames_dir.as_ref().map(|_| {
+            let (queue, frames) = tokio::sync::mpsc::unbounded_channel();
+            uploads.spawn(uploads::upload_frames(
+                self.client.clone(),
+                a.task_id,
+                a.lease_id,
+                frames,
+            ));
+            queue
+        });
+        let mut upload_queue = upload_queue;
+        let uploading = upload_queue.is_some();
         let mut progress = RenderProgress::new(a.frame_start, a.frame_end);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         let mut flush = tokio::time::interval(self.config.log_interval);
@@ -450,16 +585,71 @@ impl Agent {
         // one with a Retry-After (over the rate limit, store away); the log
         // keeps what was not sent.
         let mut quiet_until: Option<tokio::time::Instant> = None;
-        let exit = loop {
+        // Blender's exit, once it exited; the loop then waits for the uploads.
+        let mut exit: Option<std::io::Result<Option<i32>>> = None;
+        let mut stored: Option<Result<BTreeSet<i64>, UploadError>> = None;
+        loop {
+            if exit.is_some() && (!uploading || stored.is_some()) {
+                break;
+            }
             tokio::select! {
                 line = blender.lines.recv(), if lines_open => match line {
                     Some(line) => {
-                        progress.observe(&line);
+                        if let (Some(saved), Some(queue)) = (progress.observe(&line), &upload_queue) {
+                            let _ = queue.send(saved);
+                        }
                         log.push(line);
                     }
                     None => lines_open = false,
                 },
-                status = blender.process.wait() => break status,
+                status = blender.process.wait(), if exit.is_none() => {
+                    // The last lines may still be in the pipes; a grandchild
+                    // holding them open must not hold up the report.
+                    let drain = async {
+                        while let Some(line) = blender.lines.recv().await {
+                            if let (Some(saved), Some(queue)) = (progress.observe(&line), &upload_queue) {
+                                let _ = queue.send(saved);
+                            }
+                            log.push(line);
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+                    lines_open = false;
+                    // No more frames: the uploader ends once its queue is empty.
+                    upload_queue = None;
+                    let succeeded = status.as_ref().is_ok_and(|code| *code == Some(0));
+                    exit = Some(status);
+                    if !succeeded {
+                        break;
+                    }
+                    if uploading {
+                        log.push("renderfarm-worker: Blender is done; waiting for the last frames to be stored at the broker\n".into());
+                    }
+                }
+                Some(joined) = uploads.join_next(), if uploading && stored.is_none() => {
+                    let result = joined.unwrap_or_else(|e| Err(UploadError::Failed(format!("the frame uploads stopped: {e}"))));
+                    match result {
+                        Ok(frames) => stored = Some(Ok(frames)),
+                        Err(UploadError::Stale(message)) => {
+                            blender.process.kill().await;
+                            tracing::warn!(%message, "the broker refused a frame under this lease; dropping the task");
+                            return Ending::Aborted;
+                        }
+                        Err(e) => {
+                            blender.process.kill().await;
+                            let reason = match e {
+                                UploadError::Full(message) => format!("the broker has no room for this task's frames: {message}"),
+                                UploadError::Failed(message) | UploadError::Stale(message) => message,
+                            };
+                            tracing::warn!(%reason, "frames not stored; failing the task");
+                            log.push(format!("renderfarm-worker: {reason}\n"));
+                            return Ending::Report(FinalReport::Fail {
+                                task_id: a.task_id,
+                                body: FailReport { lease_id: a.lease_id, exit_code: None, reason, log: Some(log.take_unsent()) },
+                            });
+                        }
+                    }
+                }
                 _ = heartbeat.tick() => {
                     if quiet_until.is_some_and(|t| tokio::time::Instant::now() < t) {
                         continue;
@@ -513,24 +703,27 @@ impl Agent {
                     });
                 }
             }
-        };
-        // The last lines may still be in the pipes; a grandchild holding them
-        // open must not hold up the report.
-        let drain = async {
-            while let Some(line) = blender.lines.recv().await {
-                progress.observe(&line);
-                log.push(line);
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
         let exit_code = match exit {
-            Ok(code) => code,
-            Err(e) => {
+            Some(Ok(code)) => code,
+            Some(Err(e)) => {
                 tracing::error!(error = %e, "lost track of Blender");
                 None
             }
+            None => None,
         };
-        let missing = progress.missing_frames(&a.output, &a.blend_file);
+        let (missing, missing_where) = match &stored {
+            Some(Ok(frames)) => (
+                (a.frame_start..=a.frame_end)
+                    .filter(|f| !frames.contains(f))
+                    .collect(),
+                "stored at the broker".to_string(),
+            ),
+            _ => (
+                progress.missing_frames(&output, &blend_file),
+                format!("on disk under {output}"),
+            ),
+        };
         if exit_code == Some(0) && missing.is_empty() {
             return Ending::Report(FinalReport::Complete {
                 task_id: a.task_id,
@@ -542,13 +735,12 @@ impl Agent {
         }
         let summary = match exit_code {
             Some(0) => format!(
-                "Blender exited with code 0 but frame(s) {} are not on disk under {}",
+                "Blender exited with code 0 but frame(s) {} are not {missing_where}",
                 missing
                     .iter()
                     .map(i64::to_string)
                     .collect::<Vec<_>>()
                     .join(", "),
-                a.output
             ),
             Some(code) => format!("Blender exited with code {code}"),
             None => "Blender was killed by a signal".to_string(),
@@ -661,6 +853,35 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// The folder Blender writes one task's frames into when they go to the
+/// broker, `<work-dir>/frames/<task_id>/`; removed with what is left in it
+/// when the task ends on this agent, however it ends.
+struct FramesDir(PathBuf);
+
+impl FramesDir {
+    fn new(work_dir: &Path, task_id: Uuid) -> Self {
+        // Blender runs in the work directory: a relative --work-dir would
+        // otherwise be taken twice.
+        let work_dir = std::path::absolute(work_dir).unwrap_or_else(|_| work_dir.to_path_buf());
+        Self(work_dir.join(FRAMES_DIR).join(task_id.to_string()))
+    }
+
+    /// Makes it empty: frames a killed earlier run left are not this run's.
+    fn create(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&self.0)
+    }
+}
+
+impl Drop for FramesDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A task's log: what is not yet sent, and the last lines for a failure.

@@ -4,5 +4,7 @@
 
 pub mod agent;
 pub mod blender;
+pub mod cache;
+pub mod uploads;
 
 pub use agent::{Agent, AgentConfig, AgentSummary, StopSignals};

@@ -50,6 +50,10 @@ struct Cli {
     /// How long one request for work waits at the broker (at most 60s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     poll_wait: Duration,
+    /// The most disk the blend files fetched from the broker may take in the
+    /// work directory (least recently used go first), e.g. 20GiB or 500MB.
+    #[arg(long, env = "RENDERFARM_CACHE_SIZE", default_value = "20GiB", value_parser = renderfarm_worker::cache::parse_size)]
+    cache_size: u64,
     /// On SIGTERM or Ctrl-C, finish the current task before stopping (a second
     /// signal aborts it). Without it the task is aborted and handed back.
     #[arg(long)]
@@ -116,14 +120,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None => cli.token,
         },
         ca_file: cli.ca,
+        cache_size: cli.cache_size,
     };
     let signals = StopSignals::default();
     let agent = Agent::new(config, signals.clone()).await?;
     tokio::spawn(watch_signals(signals, cli.drain));
     let summary = agent.run().await?;
     eprintln!(
-        "renderfarm-worker stopped: {} completed, {} failed, {} aborted by the broker, {} handed back",
-        summary.completed, summary.failed, summary.aborted, summary.released
+        "renderfarm-worker stopped: {} completed, {} failed, {} aborted by the broker, {} handed back; {} blend file(s) downloaded",
+        summary.completed, summary.failed, summary.aborted, summary.released, summary.blends_downloaded
     );
     Ok(())
 }

@@ -10,6 +10,7 @@
 
 mod claims;
 mod events;
+mod files;
 mod leases;
 mod listings;
 mod operators;
@@ -28,6 +29,7 @@ use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
 
 pub use claims::*;
 pub use events::*;
+pub use files::*;
 pub use leases::*;
 pub use listings::*;
 pub use operators::*;
@@ -84,6 +86,8 @@ macro_rules! conformance_tests {
             webhooks_are_kept_with_their_secret_listed_in_order_and_deleted_whole,
             webhook_deliveries_are_queued_once_each_as_the_cursor_moves,
             webhook_attempts_apply_once_and_a_receiver_failing_too_long_is_disabled,
+            an_uploaded_blend_travels_with_its_render_and_assignments,
+            uploaded_frames_are_recorded_under_the_lease_and_go_with_their_render,
         );
     };
     (@each $make_store:path; $($name:ident),* $(,)?) => {
@@ -142,6 +146,8 @@ fn plan_with(
     let mut spec = RenderSpec {
         name: name.into(),
         blend_file: format!("/projects/{name}.blend"),
+        blend_sha256: None,
+        upload_frames: None,
         frame_start: start,
         frame_end: end,
         chunk_size: chunk,

@@ -47,6 +47,12 @@ pub(super) struct RenderDoc {
     /// Who submitted it; absent from renders stored before renders recorded it.
     #[serde(default)]
     pub(super) owner: Option<String>,
+    /// The stored .blend its workers fetch; absent from renders stored
+    /// before files travelled through the broker.
+    #[serde(default)]
+    pub(super) blend_sha256: Option<String>,
+    #[serde(default)]
+    pub(super) upload_frames: bool,
     /// Its outbox of status events (`events::OUTBOX`) and the marker of one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) events: Option<Document>,
@@ -91,6 +97,8 @@ impl RenderDoc {
             finished_at: r.finished_at.map(bson_time),
             version: 0,
             owner: r.owner.clone(),
+            blend_sha256: r.blend_sha256.clone(),
+            upload_frames: r.upload_frames,
             events: None,
             has_events: None,
             seen_version: None,
@@ -151,6 +159,8 @@ impl RenderDoc {
             started_at: self.started_at.map(bson::DateTime::to_chrono),
             finished_at: self.finished_at.map(bson::DateTime::to_chrono),
             owner: self.owner.clone(),
+            blend_sha256: self.blend_sha256.clone(),
+            upload_frames: self.upload_frames,
         })
     }
 }
@@ -281,6 +291,8 @@ impl TaskDoc {
             frame_end: self.frame_end,
             output: render.output.clone(),
             engine: render.engine.clone(),
+            blend_sha256: render.blend_sha256.clone(),
+            upload_frames: render.upload_frames,
         })
     }
 }

@@ -59,6 +59,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../migrations/mongodb/0009_render_listing.json"),
     ),
     (
+        "0010_files",
+        include_str!("../../../migrations/mongodb/0010_files.json"),
+    ),
+    (
         "0011_webhooks",
         include_str!("../../../migrations/mongodb/0011_webhooks.json"),
     ),

@@ -35,6 +35,7 @@ mod counters;
 mod documents;
 mod errors;
 mod events;
+mod frames;
 mod migrations;
 mod renders;
 mod rules;
@@ -160,6 +161,11 @@ impl MongoStore {
                 .unwrap_or_else(|_| "connecting to MongoDB".into());
             StoreError::Unavailable(why)
         })
+    }
+
+    /// The database, once connected: the GridFS file storage shares it.
+    pub fn database(&self) -> StoreResult<Database> {
+        Ok(self.db()?.clone())
     }
 
     fn renders(&self) -> StoreResult<Collection<RenderDoc>> {

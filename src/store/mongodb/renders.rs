@@ -386,6 +386,9 @@ pub(super) async fn delete_render(store: &MongoStore, id: Uuid) -> StoreResult<(
         .tasks()?
         .delete_many(doc! { "render_id": &id })
         .await?;
+    // Its frames' files are then unreferenced; the collector frees them
+    // after the grace.
+    store.delete_render_frames(&id).await?;
     tracing::info!(render_id = %id, "render deleted");
     Ok(())
 }

@@ -14,6 +14,7 @@
 mod counters;
 mod errors;
 mod events;
+mod frames;
 mod renders;
 mod rows;
 mod rules;
@@ -63,6 +64,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/sqlite/0009_render_listing.sql"
         )),
+        M::up(include_str!("../../../migrations/sqlite/0010_files.sql")),
         M::up(include_str!("../../../migrations/sqlite/0011_webhooks.sql")),
     ])
 }

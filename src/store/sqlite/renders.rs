@@ -101,8 +101,9 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         "INSERT INTO renders (id, name, status, priority, blend_file, frame_start, frame_end, \
          chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
          tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
-         frames_done, created_at, owner, hidden) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, ?16, 1)",
+         frames_done, created_at, owner, blend_sha256, upload_frames, hidden) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, ?16, \
+         ?17, ?18, 1)",
     )?
     .execute(params![
         r.id.to_string(),
@@ -121,6 +122,8 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         r.progress.frames_total,
         ts(r.created_at),
         r.owner,
+        r.blend_sha256,
+        r.upload_frames,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -168,6 +171,10 @@ fn delete_hidden_batch(conn: &Connection, render_seq: i64) -> StoreResult<bool> 
     if deleted > 0 {
         return Ok(true);
     }
+    // Its frames' records go with it; their files are then unreferenced,
+    // and the collector frees them after the grace.
+    conn.prepare_cached("DELETE FROM frame_files WHERE render_seq = ?1")?
+        .execute([render_seq])?;
     conn.prepare_cached("DELETE FROM renders WHERE seq = ?1 AND hidden = 1")?
         .execute([render_seq])?;
     Ok(false)

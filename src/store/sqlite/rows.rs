@@ -75,7 +75,8 @@ pub(super) const RENDER_COLUMNS: &str =
     "r.id, r.name, r.status, r.priority, r.blend_file, r.frame_start, \
      r.frame_end, r.chunk_size, r.max_retries, r.output, r.engine, r.tags, r.tasks_total, \
      r.tasks_pending, r.tasks_running, r.tasks_completed, r.tasks_failed, r.tasks_canceled, \
-     r.frames_total, r.frames_done, r.created_at, r.started_at, r.finished_at, r.owner";
+     r.frames_total, r.frames_done, r.created_at, r.started_at, r.finished_at, r.owner, \
+     r.blend_sha256, r.upload_frames";
 
 pub(super) fn progress_from_row(row: &Row, first: usize) -> rusqlite::Result<Progress> {
     Ok(Progress {
@@ -111,6 +112,8 @@ pub(super) fn render_from_row(row: &Row) -> rusqlite::Result<Render> {
         started_at: get_opt_time(row, 21)?,
         finished_at: get_opt_time(row, 22)?,
         owner: row.get(23)?,
+        blend_sha256: row.get(24)?,
+        upload_frames: row.get(25)?,
     })
 }
 
@@ -174,7 +177,8 @@ pub(super) fn history_from_row(row: &Row) -> rusqlite::Result<TaskHistoryEntry> 
 }
 
 pub(super) const ASSIGNMENT_COLUMNS: &str =
-    "t.id, r.id, t.lease_id, r.blend_file, t.frame_start, t.frame_end, r.output, r.engine";
+    "t.id, r.id, t.lease_id, r.blend_file, t.frame_start, t.frame_end, r.output, r.engine, \
+     r.blend_sha256, r.upload_frames";
 
 pub(super) fn assignment_from_row(row: &Row) -> rusqlite::Result<Assignment> {
     Ok(Assignment {
@@ -186,6 +190,8 @@ pub(super) fn assignment_from_row(row: &Row) -> rusqlite::Result<Assignment> {
         frame_end: row.get(5)?,
         output: row.get(6)?,
         engine: row.get(7)?,
+        blend_sha256: row.get(8)?,
+        upload_frames: row.get(9)?,
     })
 }
 

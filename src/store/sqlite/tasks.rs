@@ -226,6 +226,8 @@ pub(super) fn next_pending_task(
                 frame_end,
                 output: render.get(4)?,
                 engine: render.get(5)?,
+                blend_sha256: render.get(6)?,
+                upload_frames: render.get(7)?,
             };
             return Ok(Some((task_seq, render_seq, assignment)));
         }
@@ -560,7 +562,8 @@ static HELD_ASSIGNMENT: LazyLock<String> = LazyLock::new(|| {
 /// claim, in claim order.
 static CLAIMABLE_RENDERS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT r.seq, r.priority, r.id, r.blend_file, r.output, r.engine FROM renders r \
+        "SELECT r.seq, r.priority, r.id, r.blend_file, r.output, r.engine, r.blend_sha256, \
+         r.upload_frames FROM renders r \
          WHERE r.status {} AND r.tasks_pending > 0 AND r.hidden = 0 AND {} ORDER BY {}",
         is_in(CLAIMABLE_RENDER_STATUSES),
         carries_tags("?1", "r.tags"),

@@ -275,9 +275,14 @@ export async function renderPage(main, ctx, id) {
         : h('p', { class: 'muted' }, 'No frame is rendered yet.'));
     replace(framesBox,
       h('h2', { id: 'frames-h' }, `Frames done (${frames.length})`),
+      // One archive of them all, streamed by the broker (frames uploaded by
+      // the workers, or found in the output folder).
+      frames.length > 0 && h('p', {},
+        h('a', { class: 'button', href: `/renders/${render.id}/frames.zip`, download: `${render.name}-frames.zip` },
+          'Download all frames (ZIP)')),
       frames.length === 0 ? h('p', { class: 'muted' }, 'None yet.')
         : h('div', { class: 'frames' }, frames.map((f) => h('figure', {},
-          h('a', { href: f.url, target: '_blank', rel: 'noopener' },
+          h('a', { href: f.url, target: '_blank', rel: 'noopener', title: f.name || undefined },
             h('img', { src: f.url, loading: 'lazy', alt: `Frame ${f.frame}` })),
           h('figcaption', {}, f.frame)))));
   }

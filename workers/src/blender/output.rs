@@ -62,18 +62,21 @@ impl RenderProgress {
         }
     }
 
-    /// Takes in one line of output.
-    pub fn observe(&mut self, line: &str) {
+    /// Takes in one line of output; a frame of the range whose image it
+    /// says is saved, with where.
+    pub fn observe(&mut self, line: &str) -> Option<(i64, PathBuf)> {
         match classify(line) {
             OutputLine::Frame(frame) => self.current = Some(frame),
             OutputLine::Saved(path) => {
                 if let Some(frame) = self.current.filter(|f| (self.from..=self.to).contains(f)) {
-                    self.saved.insert(frame, PathBuf::from(path));
+                    self.saved.insert(frame, PathBuf::from(&path));
+                    return Some((frame, PathBuf::from(path)));
                 }
             }
             OutputLine::Error(message) => self.errors.push(message),
             OutputLine::Other => {}
         }
+        None
     }
 
     /// Frames of the range whose image Blender reported saved.
@@ -318,8 +321,11 @@ mod tests {
         std::fs::write(dir.path().join("frame_0001.png"), b"png").unwrap();
         std::fs::write(dir.path().join("frame_0003.exr"), b"exr").unwrap();
         let mut progress = RenderProgress::new(1, 3);
-        progress.observe("Fra:1 Mem:1M");
-        progress.observe(&format!("Saved: '{}/frame_0001.png'", dir.path().display()));
+        assert_eq!(progress.observe("Fra:1 Mem:1M"), None);
+        assert_eq!(
+            progress.observe(&format!("Saved: '{}/frame_0001.png'", dir.path().display())),
+            Some((1, dir.path().join("frame_0001.png")))
+        );
         progress.observe("Fra:2 Mem:1M");
         progress.observe(&format!("Saved: '{}/frame_0002.png'", dir.path().display()));
         assert_eq!(

@@ -1,0 +1,204 @@
+//! Frames workers uploaded (issue 13): one `frame_files` document per frame
+//! of a render (`_id` = `<render id>:<frame>`, so an upload of the same
+//! frame again replaces it), the image itself in GridFS under its hash.
+
+use std::collections::{BTreeSet, HashSet};
+
+use bson::doc;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::Collection;
+use renderfarm_wire::Task;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::documents::{bson_time, IdOnly, TaskDoc};
+use super::errors::*;
+use super::{MongoStore, RENDERS};
+use crate::domain::files::check_frame_in_task;
+use crate::domain::lease_accepts;
+use crate::store::{NewFrame, StoreError, StoreResult, StoredFrame};
+
+pub(super) const FRAME_FILES: &str = "frame_files";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct FrameDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    render_id: String,
+    frame: i64,
+    name: String,
+    sha256: String,
+    bytes: i64,
+    stored_at: bson::DateTime,
+}
+
+impl FrameDoc {
+    fn to_stored(&self) -> StoreResult<StoredFrame> {
+        Ok(StoredFrame {
+            render_id: parse_uuid(&self.render_id, "render id")?,
+            frame: self.frame,
+            name: self.name.clone(),
+            sha256: self.sha256.clone(),
+            bytes: u64::try_from(self.bytes)
+                .map_err(|_| corrupt(format!("frame {} of {} bytes", self.id, self.bytes)))?,
+            stored_at: self.stored_at.to_chrono(),
+        })
+    }
+}
+
+impl MongoStore {
+    fn frame_files(&self) -> StoreResult<Collection<FrameDoc>> {
+        Ok(self.db()?.collection(FRAME_FILES))
+    }
+
+    async fn accepted_task(
+        &self,
+        holder: Option<Uuid>,
+        task_id: Uuid,
+        lease_id: Uuid,
+    ) -> StoreResult<TaskDoc> {
+        let task = self.load_task(&task_id.to_string()).await?;
+        lease_accepts(&task.lease()?, lease_id, holder)
+            .map_err(|why| StoreError::lease_refused(task_id, why))?;
+        Ok(task)
+    }
+
+    /// Removes the frame records of a deleted render.
+    pub(super) async fn delete_render_frames(&self, render_id: &str) -> StoreResult<()> {
+        self.frame_files()?
+            .delete_many(doc! { "render_id": render_id })
+            .await?;
+        Ok(())
+    }
+}
+
+pub(super) async fn leased_task(
+    store: &MongoStore,
+    holder: Option<Uuid>,
+    task_id: Uuid,
+    lease_id: Uuid,
+) -> StoreResult<Task> {
+    store
+        .accepted_task(holder, task_id, lease_id)
+        .await?
+        .to_task()
+}
+
+pub(super) async fn record_frame(
+    store: &MongoStore,
+    holder: Option<Uuid>,
+    task_id: Uuid,
+    lease_id: Uuid,
+    new: NewFrame,
+    now: DateTime<Utc>,
+) -> StoreResult<StoredFrame> {
+    let task = store.accepted_task(holder, task_id, lease_id).await?;
+    check_frame_in_task(new.frame, task.frame_start, task.frame_end)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let record = FrameDoc {
+        id: format!("{}:{}", task.render_id, new.frame),
+        render_id: task.render_id.clone(),
+        frame: new.frame,
+        name: new.name,
+        sha256: new.sha256,
+        bytes: i64::try_from(new.bytes)
+            .map_err(|_| StoreError::Invalid(format!("a frame of {} bytes", new.bytes)))?,
+        stored_at: bson_time(now),
+    };
+    store
+        .frame_files()?
+        .replace_one(doc! { "_id": &record.id }, &record)
+        .upsert(true)
+        .await?;
+    // Without a transaction the check and the write are two commands; a
+    // lease that moved on in between is caught here, and the record
+    // written under it removed, so a stale worker's frame is never kept
+    // in place of the new holder's once it was answered 409.
+    let after = store.load_task(&task.id).await?;
+    if after.lease_id != task.lease_id {
+        store
+            .frame_files()?
+            .delete_one(
+                doc! { "_id": &record.id, "stored_at": record.stored_at, "sha256": &record.sha256 },
+            )
+            .await?;
+        return Err(StoreError::StaleLease { task_id });
+    }
+    record.to_stored()
+}
+
+pub(super) async fn render_frames(
+    store: &MongoStore,
+    render_id: Uuid,
+    range: Option<(i64, i64)>,
+) -> StoreResult<Vec<StoredFrame>> {
+    let mut filter = doc! { "render_id": render_id.to_string() };
+    if let Some((start, end)) = range {
+        filter.insert("frame", doc! { "$gte": start, "$lte": end });
+    }
+    let docs: Vec<FrameDoc> = store
+        .frame_files()?
+        .find(filter)
+        .sort(doc! { "render_id": 1, "frame": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    docs.iter().map(FrameDoc::to_stored).collect()
+}
+
+#[derive(Debug, Deserialize)]
+struct BlendOnly {
+    #[serde(default)]
+    blend_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FrameHashOnly {
+    render_id: String,
+    sha256: String,
+}
+
+pub(super) async fn referenced_files(store: &MongoStore) -> StoreResult<BTreeSet<String>> {
+    let db = store.db()?;
+    let mut hashes = BTreeSet::new();
+    let renders: Vec<IdOnly> = db
+        .collection::<IdOnly>(RENDERS)
+        .find(doc! {})
+        .projection(doc! { "_id": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    let live: HashSet<String> = renders.into_iter().map(|r| r.id).collect();
+    let blends: Vec<BlendOnly> = db
+        .collection::<BlendOnly>(RENDERS)
+        .find(doc! { "blend_sha256": { "$type": "string" } })
+        .projection(doc! { "_id": 0, "blend_sha256": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    hashes.extend(blends.into_iter().filter_map(|b| b.blend_sha256));
+    let frames: Vec<FrameHashOnly> = db
+        .collection::<FrameHashOnly>(FRAME_FILES)
+        .find(doc! {})
+        .projection(doc! { "_id": 0, "render_id": 1, "sha256": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    let mut orphans = BTreeSet::new();
+    for frame in frames {
+        if live.contains(&frame.render_id) {
+            hashes.insert(frame.sha256);
+        } else {
+            orphans.insert(frame.render_id);
+        }
+    }
+    // A broker that died between deleting a render and its frame records
+    // left these; they refer to nothing a user can reach.
+    for render_id in orphans {
+        if store.load_render(&render_id).await.is_err() {
+            store.delete_render_frames(&render_id).await?;
+        }
+    }
+    Ok(hashes)
+}
