@@ -27,6 +27,24 @@ fn bench_scene(frames: i64) -> SceneSpec {
     }
 }
 
+/// How the farm's files travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Files {
+    /// Every machine sees the blend and the output folder (one machine
+    /// here): the path is submitted, Blender writes the frames in place.
+    Shared,
+    /// Through the broker: the blend uploaded before the submit (not timed),
+    /// each agent downloads it once, every frame goes back to the broker.
+    Broker,
+    /// Rounds of both (and of plain Blender), the broker's against the
+    /// shared run's 2 % budget.
+    Compare,
+}
+
+/// Issue 13: frames through the broker may cost the farm at most this much
+/// against a shared directory.
+const FILES_BUDGET_PERCENT: f64 = 2.0;
+
 pub async fn farm(
     workers: usize,
     frames: i64,
@@ -34,6 +52,7 @@ pub async fn farm(
     rounds: usize,
     blender: &Path,
     auth: Auth,
+    files: Files,
 ) -> anyhow::Result<String> {
     anyhow::ensure!(
         workers > 0 && frames > 0 && chunk > 0,
@@ -51,12 +70,31 @@ pub async fn farm(
     // Alternate the two, so that whatever else the machine does weighs on
     // both alike; the best round of each is compared.
     let mut farm_runs = Vec::new();
+    let mut broker_runs = Vec::new();
     let mut baseline_runs = Vec::new();
     for round in 0..rounds.max(1) {
         let round_dir = dir.path().join(format!("round-{round}"));
-        farm_runs.push(
-            through_the_farm(workers, frames, chunk, blender, &scene, &round_dir, auth).await?,
-        );
+        if files != Files::Broker {
+            farm_runs.push(
+                through_the_farm(workers, frames, chunk, blender, &scene, &round_dir, auth, false)
+                    .await?,
+            );
+        }
+        if files != Files::Shared {
+            broker_runs.push(
+                through_the_farm(
+                    workers,
+                    frames,
+                    chunk,
+                    blender,
+                    &scene,
+                    &round_dir.join("through-broker"),
+                    auth,
+                    true,
+                )
+                .await?,
+            );
+        }
         baseline_runs.push(
             plain_parallel(
                 workers,
@@ -69,12 +107,47 @@ pub async fn farm(
         );
     }
     let best = |runs: &[f64]| runs.iter().copied().fold(f64::INFINITY, f64::min);
-    let (farm_seconds, baseline_seconds) = (best(&farm_runs), best(&baseline_runs));
     let round3 = |runs: &[f64]| {
         runs.iter()
             .map(|s| (s * 1000.0).round() / 1000.0)
             .collect::<Vec<_>>()
     };
+    let baseline_seconds = best(&baseline_runs);
+    if files != Files::Shared {
+        let broker_seconds = best(&broker_runs);
+        let mut line = json!({
+            "bench": "farm",
+            "files": "broker",
+            "auth": auth.as_str(),
+            "workers": workers,
+            "frames": frames,
+            "chunk": chunk,
+            "chunks": chunks.len(),
+            "broker_seconds": (broker_seconds * 1000.0).round() / 1000.0,
+            "baseline_seconds": (baseline_seconds * 1000.0).round() / 1000.0,
+            "efficiency_broker": (baseline_seconds / broker_seconds * 1000.0).round() / 1000.0,
+            "broker_runs": round3(&broker_runs),
+            "baseline_runs": round3(&baseline_runs),
+        });
+        if files == Files::Compare {
+            let shared_seconds = best(&farm_runs);
+            let slower = (broker_seconds / shared_seconds - 1.0) * 100.0;
+            line["files"] = json!("compare");
+            line["shared_seconds"] = json!((shared_seconds * 1000.0).round() / 1000.0);
+            line["efficiency_shared"] =
+                json!((baseline_seconds / shared_seconds * 1000.0).round() / 1000.0);
+            line["shared_runs"] = json!(round3(&farm_runs));
+            line["broker_slower_percent"] = json!((slower * 10.0).round() / 10.0);
+            line["budget_percent"] = json!(FILES_BUDGET_PERCENT);
+            line["verdict"] = json!(if slower <= FILES_BUDGET_PERCENT {
+                "PASS"
+            } else {
+                "FAIL"
+            });
+        }
+        return Ok(line.to_string());
+    }
+    let farm_seconds = best(&farm_runs);
     Ok(json!({
         "bench": "farm",
         "auth": auth.as_str(),
@@ -91,6 +164,7 @@ pub async fn farm(
     .to_string())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn through_the_farm(
     workers: usize,
     frames: i64,
@@ -99,6 +173,7 @@ async fn through_the_farm(
     scene: &Path,
     dir: &Path,
     auth: Auth,
+    through_broker: bool,
 ) -> anyhow::Result<f64> {
     let broker = Broker::start(auth)?;
     let signals = StopSignals::default();
@@ -132,11 +207,22 @@ async fn through_the_farm(
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    let blend_sha256 = if through_broker {
+        let sha256 = renderfarm_client::sha256_file(scene).await?;
+        client.upload_file(scene, &sha256, &|_, _| {}).await?;
+        Some(sha256)
+    } else {
+        None
+    };
     let spec = RenderSpec {
         name: "bench".into(),
-        blend_file: scene.display().to_string(),
-        blend_sha256: None,
-        upload_frames: None,
+        blend_file: if through_broker {
+            "bench.blend".into()
+        } else {
+            scene.display().to_string()
+        },
+        blend_sha256: blend_sha256.clone(),
+        upload_frames: Some(through_broker),
         frame_start: 1,
         frame_end: frames,
         chunk_size: chunk,
@@ -175,6 +261,13 @@ async fn through_the_farm(
         "the farm render ended {}",
         finished.status.as_str()
     );
+    if through_broker {
+        let stored = client.frames(render.id).await?.frames.len() as i64;
+        anyhow::ensure!(
+            stored == frames,
+            "{stored} of {frames} frames are stored at the broker"
+        );
+    }
     signals.stop.cancel();
     signals.abort.cancel();
     for agent in agents {

@@ -12,6 +12,7 @@ mod farm;
 mod listing;
 mod load;
 mod machine;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -136,6 +137,21 @@ enum Command {
         /// The broker's `--auth`.
         #[arg(long, value_enum, default_value = "on")]
         auth: Auth,
+        /// How the blend and the frames travel: a shared directory, through
+        /// the broker, or rounds of both compared.
+        #[arg(long, value_enum, default_value = "shared")]
+        files: farm::Files,
+    },
+    /// Upload then download a file of SIZE_MB random MiB through a fresh
+    /// broker over loopback, as `submit --upload` and the agents do.
+    Transfer {
+        #[arg(long, default_value_t = 1024)]
+        size_mb: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// The broker's `--auth`.
+        #[arg(long, value_enum, default_value = "on")]
+        auth: Auth,
     },
 }
 
@@ -211,7 +227,13 @@ fn main() -> ExitCode {
                 blender,
                 rounds,
                 auth,
-            } => farm::farm(workers, frames, chunk, rounds, &blender, auth).await,
+                files,
+            } => farm::farm(workers, frames, chunk, rounds, &blender, auth, files).await,
+            Command::Transfer {
+                size_mb,
+                rounds,
+                auth,
+            } => transfer::transfer(size_mb, rounds, auth).await,
         }
     });
     match result {
