@@ -351,3 +351,92 @@ async fn spans_are_exported_and_continue_the_caller_s_trace() {
     drop(broker);
     handle.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_s_life_is_one_trace_from_the_agent_s_claim_to_its_completion() {
+    let Some(blender) = common::blender_or_skip("telemetry agent trace").await else {
+        return;
+    };
+    let receiver = Receiver::default();
+    let (handle, port) = receiver.start();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let broker = Broker::start(
+        &["--otlp-endpoint", &endpoint, "--otlp-protocol", "http/json"],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let b = broker.address.clone();
+    let client = common::admin_client();
+    let files = tempfile::tempdir().unwrap();
+    let blend = files.path().join("scene.blend");
+    renderfarm_worker::blender::scene::make_scene(
+        &blender,
+        &blend,
+        renderfarm_worker::blender::scene::SceneSpec::tiny(2),
+    )
+    .await
+    .unwrap();
+    let render = send_json(&client, Method::POST, format!("{b}/renders"),
+        &json!({"name": "traced", "blend_file": blend, "frame_start": 1, "frame_end": 2, "chunk_size": 2})).await;
+    let agent = common::TestAgent::start(&b, "tracer", &blender).await;
+    let id = render["id"].as_str().unwrap();
+    wait_for(
+        "the render to complete",
+        Duration::from_secs(120),
+        || async {
+            let r = common::get_json(&client, format!("{b}/renders/{id}")).await;
+            (r["status"] == "completed").then_some(())
+        },
+    )
+    .await;
+    agent.stop().await;
+
+    // The claim that handed out the chunk, the progress reports and the
+    // completion: children of request spans whose parent is the agent's,
+    // all in one trace the agent began.
+    let claim = wait_for("the claim's span", Duration::from_secs(15), || async {
+        receiver
+            .named("claim")
+            .into_iter()
+            .find(|s| attribute(s, "render_id").and_then(|v| v["stringValue"].as_str()) == Some(id))
+    })
+    .await;
+    let trace = claim["traceId"].clone();
+    let complete = wait_for(
+        "the completion in the same trace",
+        Duration::from_secs(15),
+        || async {
+            receiver
+                .named("POST /tasks/{id}/complete")
+                .into_iter()
+                .find(|s| s["traceId"] == trace)
+        },
+    )
+    .await;
+    let claim_request = receiver
+        .named("POST /workers/{id}/request-task")
+        .into_iter()
+        .find(|s| s["spanId"] == claim["parentSpanId"])
+        .expect("the claim's request span");
+    let agent_span = claim_request["parentSpanId"].as_str().unwrap_or_default();
+    assert!(
+        !agent_span.is_empty()
+            && receiver
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|s| s["spanId"] != agent_span),
+        "the request's parent is the agent's span, which the broker did not make: {claim_request}"
+    );
+    assert_eq!(complete["parentSpanId"], claim_request["parentSpanId"]);
+    assert!(
+        receiver
+            .named("report")
+            .iter()
+            .filter(|s| s["traceId"] == trace)
+            .count()
+            >= 1
+    );
+    drop(broker);
+    handle.stop(true).await;
+}

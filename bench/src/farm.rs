@@ -76,8 +76,10 @@ pub async fn farm(
         let round_dir = dir.path().join(format!("round-{round}"));
         if files != Files::Broker {
             farm_runs.push(
-                through_the_farm(workers, frames, chunk, blender, &scene, &round_dir, auth, false)
-                    .await?,
+                through_the_farm(
+                    workers, frames, chunk, blender, &scene, &round_dir, auth, false,
+                )
+                .await?,
             );
         }
         if files != Files::Shared {

@@ -16,7 +16,10 @@ use crate::broker::{Auth, Broker};
 const UPLOAD_GOAL_MB_PER_SEC: f64 = 200.0;
 
 pub async fn transfer(size_mb: u64, rounds: usize, auth: Auth) -> anyhow::Result<String> {
-    anyhow::ensure!(size_mb > 0 && rounds > 0, "give a positive --size-mb and --rounds");
+    anyhow::ensure!(
+        size_mb > 0 && rounds > 0,
+        "give a positive --size-mb and --rounds"
+    );
     let mut uploads = Vec::with_capacity(rounds);
     let mut downloads = Vec::with_capacity(rounds);
     for round in 1..=rounds {

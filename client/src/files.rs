@@ -398,11 +398,7 @@ impl BrokerClient {
     /// A request for a transfer: no time limit on the whole (a large file
     /// takes as long as it takes), only on connecting.
     fn transfer_request(&self, method: Method, segments: &[&str]) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, self.url(segments));
-        match &self.token {
-            Some(crate::Secret(token)) => request.bearer_auth(token),
-            None => request,
-        }
+        self.authorized(self.http.request(method, self.url(segments)))
     }
 
     async fn send_raw(

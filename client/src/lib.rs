@@ -84,6 +84,9 @@ pub struct BrokerClient {
     /// Sent as `Authorization: Bearer …` with every request; never shown
     /// in `Debug` output or errors.
     token: Option<Secret>,
+    /// Sent as W3C `traceparent` with every request, so that the broker's
+    /// spans join the caller's trace (the agent: one per chunk).
+    traceparent: Option<String>,
 }
 
 /// A credential, kept out of debug output and logs.
@@ -135,6 +138,7 @@ impl BrokerClient {
             http,
             timeout: REQUEST_TIMEOUT,
             token: None,
+            traceparent: None,
         })
     }
 
@@ -153,6 +157,24 @@ impl BrokerClient {
             .filter(|t| !t.is_empty())
             .map(Secret);
         self
+    }
+
+    /// From now on, sends `traceparent` (a W3C trace context header,
+    /// `00-{trace id}-{parent id}-01`) with every request; `None` stops.
+    pub fn set_traceparent(&mut self, traceparent: Option<String>) {
+        self.traceparent = traceparent;
+    }
+
+    /// The caller's credential and trace context on `request`.
+    fn authorized(&self, request: RequestBuilder) -> RequestBuilder {
+        let request = match &self.traceparent {
+            Some(traceparent) => request.header("traceparent", traceparent),
+            None => request,
+        };
+        match &self.token {
+            Some(Secret(token)) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// The broker's address.
@@ -416,14 +438,11 @@ impl BrokerClient {
 
     /// A request for an event stream: no time limit on the answer.
     fn stream_request(&self, segments: &[&str]) -> RequestBuilder {
-        let request = self
-            .http
-            .get(self.url(segments))
-            .header(reqwest::header::ACCEPT, "text/event-stream");
-        match &self.token {
-            Some(Secret(token)) => request.bearer_auth(token),
-            None => request,
-        }
+        self.authorized(
+            self.http
+                .get(self.url(segments))
+                .header(reqwest::header::ACCEPT, "text/event-stream"),
+        )
     }
 
     async fn open_stream<T: DeserializeOwned>(
@@ -480,14 +499,11 @@ impl BrokerClient {
     /// an id typed by a person cannot change the route), with the client's
     /// timeout.
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
-        let request = self
-            .http
-            .request(method, self.url(segments))
-            .timeout(self.timeout);
-        match &self.token {
-            Some(Secret(token)) => request.bearer_auth(token),
-            None => request,
-        }
+        self.authorized(
+            self.http
+                .request(method, self.url(segments))
+                .timeout(self.timeout),
+        )
     }
 
     fn url(&self, segments: &[&str]) -> Url {

@@ -240,6 +240,9 @@ impl Agent {
         self.deliver_saved_reports().await;
         let mut retry = backoff();
         while !self.signals.stop.is_cancelled() {
+            // A trace of its own for each claim: the chunk it gets, its
+            // reports and uploads carry it, so they read as one trace.
+            self.client.set_traceparent(Some(new_traceparent()));
             let answer = tokio::select! {
                 _ = self.signals.stop.cancelled() => {
                     self.hand_back_abandoned_claim(worker_id).await;
@@ -933,6 +936,14 @@ impl TaskLog {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// A fresh W3C trace context: a random trace id, a random parent id (the
+/// chunk's), sampled.
+fn new_traceparent() -> String {
+    let trace = Uuid::new_v4().simple().to_string();
+    let parent = Uuid::new_v4().simple().to_string();
+    format!("00-{trace}-{}-01", &parent[..16])
 }
 
 #[cfg(test)]

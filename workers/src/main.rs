@@ -58,20 +58,33 @@ struct Cli {
     /// signal aborts it). Without it the task is aborted and handed back.
     #[arg(long)]
     drain: bool,
+    /// How log lines are written: text for a terminal, or json (one object
+    /// per line with the task's, render's and worker's ids as fields, for a
+    /// log collector).
+    #[arg(long, env = "RENDERFARM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The TLS verifier's own report of a refused certificate is left out by
     // default: the agent's error says it, with what to do.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("RENDERFARM_LOG")
-                .unwrap_or_else(|_| "info,rustls_platform_verifier=off".into()),
-        ))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::new(
+        std::env::var("RENDERFARM_LOG")
+            .unwrap_or_else(|_| "info,rustls_platform_verifier=off".into()),
+    );
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if cli.log_format == "json" {
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
