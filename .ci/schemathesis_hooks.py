@@ -27,3 +27,23 @@ def _shortened(wait):
 def before_call(context, case, kwargs):
     if isinstance(case.query, dict) and "wait" in case.query:
         case.query["wait"] = _shortened(case.query["wait"])
+
+
+# CPython 3.11 before 3.11.8 can raise SystemError ("AST constructor
+# recursion depth mismatch", python/cpython#106905) from ast.parse in a
+# worker thread. Hypothesis parses source only to describe a filter's lambda
+# in a strategy's repr, which is cosmetic, so a failed description falls
+# back to a plain one instead of ending the run with a Runtime Error.
+from hypothesis.internal import lambda_sources as _lambda_sources
+
+_describe_lambda = _lambda_sources.lambda_description
+
+
+def _lambda_description_or_plain(f):
+    try:
+        return _describe_lambda(f)
+    except SystemError:
+        return "lambda: <source not read>"
+
+
+_lambda_sources.lambda_description = _lambda_description_or_plain
