@@ -327,6 +327,133 @@ async fn canceling_a_render_kills_blender_within_two_seconds_of_the_abort() {
     );
 }
 
+/// The render's preview, when there is one: (the frame it shows, the JPEG).
+async fn preview_of(broker: &TestBroker, id: &str) -> Option<(i64, Vec<u8>)> {
+    let answer = broker
+        .client
+        .get(format!("{}/renders/{id}/preview", broker.address))
+        .send()
+        .await
+        .expect("the broker answers");
+    if answer.status() != reqwest::StatusCode::OK {
+        return None;
+    }
+    let frame = answer.headers()["x-preview-frame"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("a frame number");
+    Some((frame, answer.bytes().await.unwrap().to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preview_of_the_frame_in_progress_is_served_while_the_render_runs() {
+    let test = "a_preview_of_the_frame_in_progress_is_served_while_the_render_runs";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let LongRender {
+        broker,
+        agent,
+        id,
+        files: _files,
+        ..
+    } = start_long_render(&blender, "previewed").await;
+    let (first, jpeg) = wait_for("a preview", Duration::from_secs(30), || {
+        preview_of(&broker, &id)
+    })
+    .await;
+    let image = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+        .expect("the preview is a JPEG");
+    // The scene renders 64×48: smaller than a preview, so not enlarged.
+    assert_eq!((image.width(), image.height()), (64, 48));
+    // The sun lights the scene: a preview of the frame is not all black.
+    let rgb = image.to_rgb8();
+    let brightest = rgb
+        .pixels()
+        .map(|p| p.0.iter().map(|&c| u32::from(c)).sum::<u32>())
+        .max();
+    assert!(
+        brightest > Some(60),
+        "the preview is not black: {brightest:?}"
+    );
+
+    // It follows the render: a later frame's preview replaces it, while
+    // the one chunk is still running.
+    let (later, _) = wait_for("a later preview", Duration::from_secs(30), || async {
+        preview_of(&broker, &id).await.filter(|(f, _)| *f > first)
+    })
+    .await;
+    let render = get_json(&broker.client, format!("{}/renders/{id}", broker.address)).await;
+    assert_eq!(
+        render["status"], "rendering",
+        "frame {later} previewed mid-render"
+    );
+    let tasks = tasks_of(&broker.address, &broker.client, &id).await;
+    assert_eq!(tasks[0]["status"], "running");
+    agent.stop().await;
+}
+
+/// Blender's multi-layer OpenEXR is previewed from its combined pass, and
+/// looks like the same frame saved as PNG (both in sRGB; the scene uses
+/// Blender's Standard view transform, which a preview of linear light
+/// reproduces: Filmic would be brighter in the PNG).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multilayer_exr_frame_is_previewed_from_its_combined_pass() {
+    let test = "a_multilayer_exr_frame_is_previewed_from_its_combined_pass";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let files = tempfile::tempdir().unwrap();
+    let blend = scene(files.path(), "exr", SceneSpec::tiny(2), &blender).await;
+    let render_as = |format: &str, pattern: &str| {
+        let status = std::process::Command::new(&blender)
+            .args(["-b", &blend, "--python-expr"])
+            .arg(format!(
+                "import bpy; s = bpy.context.scene; s.view_settings.view_transform = 'Standard'; s.render.image_settings.file_format = '{format}'"
+            ))
+            .args(["-o", &files.path().join(pattern).display().to_string(), "-f", "1"])
+            .output()
+            .expect("Blender runs");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stdout)
+        );
+    };
+    render_as("OPEN_EXR_MULTILAYER", "exr_####");
+    render_as("PNG", "png_####");
+    let decode = |name: &str| {
+        let jpeg = renderfarm_worker::preview::make_preview(&files.path().join(name))
+            .unwrap_or_else(|e| panic!("a preview of {name}: {e:#}"));
+        image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+            .unwrap()
+            .to_rgb8()
+    };
+    let (exr, png) = (decode("exr_0001.exr"), decode("png_0001.png"));
+    assert_eq!(exr.dimensions(), (64, 48));
+    assert_eq!(exr.dimensions(), png.dimensions());
+    let mean_difference = exr
+        .as_raw()
+        .iter()
+        .zip(png.as_raw())
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / exr.as_raw().len() as f64;
+    let mean_level =
+        png.as_raw().iter().map(|&v| f64::from(v)).sum::<f64>() / png.as_raw().len() as f64;
+    assert!(
+        mean_level > 10.0,
+        "the PNG frame is not black: {mean_level}"
+    );
+    // JPEG and 8-bit rounding differ by a few levels; a wrong pass or a
+    // missing transfer curve by tens.
+    assert!(
+        mean_difference < 6.0,
+        "EXR and PNG previews differ by {mean_difference} levels on average"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_delivers_its_completion_after_a_five_second_broker_outage() {
     let Some(blender) =
@@ -469,6 +596,7 @@ async fn two_agents_cannot_share_a_work_directory() {
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
         ca_file: None,
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+        previews: true,
     };
     let first = Agent::new(config("first"), StopSignals::default())
         .await
@@ -502,6 +630,7 @@ async fn an_agent_without_blender_says_how_to_install_it_before_registering() {
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
         ca_file: None,
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+        previews: true,
     };
     let err = match renderfarm_worker::Agent::new(config, Default::default()).await {
         Ok(_) => panic!("an agent without Blender must not start"),
@@ -727,6 +856,7 @@ async fn an_agent_restarted_on_its_work_directory_is_the_same_worker() {
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
         ca_file: None,
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+        previews: true,
     };
     let mut ids = Vec::new();
     for _ in 0..2 {

@@ -193,6 +193,7 @@ async fn through_the_farm(
             enrolment_token: broker.enrolment_token(),
             ca_file: None,
             cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+            previews: true,
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));

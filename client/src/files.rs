@@ -368,6 +368,27 @@ impl BrokerClient {
         self.parse(status, &text)
     }
 
+    /// `PUT /tasks/{id}/preview`: a JPEG of `frame`, under the task's lease,
+    /// as the render's preview from now on.
+    pub async fn upload_preview(
+        &self,
+        task_id: Uuid,
+        lease_id: Uuid,
+        frame: i64,
+        jpeg: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let request = self
+            .request(Method::PUT, &["tasks", &task_id.to_string(), "preview"])
+            .query(&[
+                ("lease_id", lease_id.to_string()),
+                ("frame", frame.to_string()),
+            ])
+            .header(CONTENT_TYPE, "image/jpeg")
+            .body(jpeg);
+        let response = self.send_raw(request).await?;
+        self.success_text(response).await.map(drop)
+    }
+
     /// One frame of a render's [`FrameList`](renderfarm_wire::FrameList)
     /// into `dest`: a frame stored at the broker (with a hash) through
     /// [`BrokerClient::download_file`] (resumed, verified); one on the

@@ -10,6 +10,7 @@ pub mod frames;
 mod health;
 pub mod metrics;
 pub mod openapi;
+mod previews;
 pub mod rate_limit;
 mod renders;
 mod scheduler;
@@ -111,6 +112,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     renders::configure(cfg);
     events::configure(cfg);
     frames::configure(cfg);
+    previews::configure(cfg);
     files::configure(cfg);
     health::configure(cfg);
     metrics::configure(cfg);

@@ -16,8 +16,8 @@ use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    events, files, frames, health, metrics, renders, scheduler, session, signed, tasks, tokens,
-    webhooks, workers, ApiError,
+    events, files, frames, health, metrics, previews, renders, scheduler, session, signed, tasks,
+    tokens, webhooks, workers, ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -57,6 +57,8 @@ is answered 429 with `Retry-After`.",
         frames::frame,
         frames::archive,
         frames::upload,
+        previews::get,
+        previews::upload,
         files::status,
         files::upload,
         files::download,

@@ -9,6 +9,7 @@ pub mod files;
 mod frames;
 mod listing;
 mod log;
+pub mod preview;
 mod render;
 mod scheduling;
 mod tally;

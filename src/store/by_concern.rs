@@ -368,6 +368,25 @@ macro_rules! store_by_concern {
                     frames::render_frames(self, render_id, range).await
                 }
 
+                async fn record_preview(
+                    &self,
+                    holder: Option<Uuid>,
+                    task_id: Uuid,
+                    lease_id: Uuid,
+                    frame: i64,
+                    jpeg: Vec<u8>,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<()> {
+                    frames::record_preview(self, holder, task_id, lease_id, frame, jpeg, now).await
+                }
+
+                async fn preview(
+                    &self,
+                    render_id: Uuid,
+                ) -> StoreResult<Option<$crate::domain::preview::StoredPreview>> {
+                    frames::preview(self, render_id).await
+                }
+
                 async fn referenced_files(
                     &self,
                 ) -> StoreResult<::std::collections::BTreeSet<String>> {

@@ -24,6 +24,7 @@ use renderfarm_wire::{
 };
 use uuid::Uuid;
 
+use crate::domain::preview::StoredPreview;
 use crate::domain::{
     Allowances, EventBounds, IllegalTransition, LeaseRefusal, NewRender, OverdueWork,
     RenderCommand, RenderOrder, RunningWork, StoredToken, TaskReport, ValidWorkerSpec, WorkerMode,
@@ -572,6 +573,23 @@ pub trait Store: Send + Sync + 'static {
         render_id: Uuid,
         range: Option<(i64, i64)>,
     ) -> StoreResult<Vec<StoredFrame>>;
+
+    /// Keeps `preview` as the render's preview (replacing the one before)
+    /// if `lease_id` is the task's current lease (refused as
+    /// [`Store::report_task_as`] refuses, keeping nothing); a frame outside
+    /// the task is `Invalid`. Deleted with the render.
+    async fn record_preview(
+        &self,
+        holder: Option<Uuid>,
+        task_id: Uuid,
+        lease_id: Uuid,
+        frame: i64,
+        jpeg: Vec<u8>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    /// The render's preview, if a worker sent one.
+    async fn preview(&self, render_id: Uuid) -> StoreResult<Option<StoredPreview>>;
 
     /// Every file hash a render refers to (uploaded blends and recorded
     /// frames): what the file collector keeps.

@@ -70,8 +70,11 @@ static SHELL: LazyLock<String> = LazyLock::new(|| {
 
 /// Scripts, styles and images from this origin only, no inline script, no
 /// framing: what the page needs and nothing an injected string could use.
+/// Images also from `blob:` URLs, which only the page's own script makes: the
+/// live preview is fetched (to learn its frame, and whether there is one)
+/// and shown from the bytes fetched.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+img-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Serves the dashboard's shell and files.
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -161,7 +161,7 @@ impl TestApp {
                 worker_secret(id).or_else(last)
             }
             ("POST", ["tasks", id, "progress" | "complete" | "fail" | "release"])
-            | ("PUT", ["tasks", id, "frames", _]) => known
+            | ("PUT", ["tasks", id, "frames", _] | ["tasks", id, "preview"]) => known
                 .holders
                 .get(*id)
                 .and_then(|w| worker_secret(w))
@@ -367,6 +367,16 @@ impl TestApp {
             .query(&[("lease_id", lease), ("sha256", sha), ("name", name)])
             .header("content-type", "application/octet-stream")
             .body(data.to_vec());
+        self.send(request).await
+    }
+
+    pub async fn put_preview(&self, task: &str, lease: &str, frame: i64, jpeg: &[u8]) -> Response {
+        let request = self
+            .client
+            .put(self.url(&format!("/tasks/{task}/preview")))
+            .query(&[("lease_id", lease), ("frame", &frame.to_string())])
+            .header("content-type", "image/jpeg")
+            .body(jpeg.to_vec());
         self.send(request).await
     }
 

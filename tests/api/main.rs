@@ -13,4 +13,5 @@ mod listing;
 mod long_poll;
 mod operators;
 mod postman;
+mod previews;
 mod rate_limits;

@@ -344,6 +344,7 @@ pub fn agent_config(broker: &str, name: &str, blender: &Path, work_dir: &Path) -
         enrolment_token: Some(ENROLMENT_TOKEN.into()),
         ca_file: None,
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+        previews: true,
     }
 }
 

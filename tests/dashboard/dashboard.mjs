@@ -221,6 +221,13 @@ await scenario('the latest frame and the frames done show as images', async () =
     const img = document.querySelector('.frame-latest');
     return img.complete && img.naturalWidth === 320;
   }, null, { timeout: WAIT });
+  // The agents' live preview of the newest frame (a JPEG of a 320-pixel
+  // frame: not enlarged) takes the place of the latest frame while it renders.
+  await page.waitForFunction(() => {
+    const img = document.querySelector('.frame-latest.preview');
+    const heading = document.getElementById('latest-h');
+    return img && img.complete && img.naturalWidth === 320 && /^Live preview: frame \d+$/.test(heading.textContent);
+  }, null, { timeout: WAIT });
   const shown = await page.locator('.frames img').count();
   check(shown > 0, 'the grid shows the frames done');
   // The archive of every frame downloads with the session, as a ZIP.

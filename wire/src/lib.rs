@@ -829,6 +829,14 @@ pub struct Assignment {
     pub engine: Option<String>,
 }
 
+/// The largest preview a worker may send (`PUT /tasks/{id}/preview`). A
+/// [`PREVIEW_WIDTH`]-pixel-wide JPEG of a rendered frame is 10–40 KiB; the
+/// bound keeps the broker's one preview per render small whatever is sent.
+pub const MAX_PREVIEW_BYTES: usize = 256 * 1024;
+
+/// How wide the agent makes a frame's preview, in pixels.
+pub const PREVIEW_WIDTH: u32 = 320;
+
 /// `POST /tasks/{id}/progress`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::blender::output::RenderProgress;
 use crate::blender::{self, RenderJob};
 use crate::cache::{BlendCache, CachedBlend, Provenance, CACHE_DIR};
+use crate::preview;
 use crate::uploads::{self, UploadError, FRAMES_DIR};
 
 /// Lines of Blender's output sent as the reason of a failure.
@@ -35,6 +36,8 @@ const MAX_UNSENT_LOG: usize = 4 * 1024 * 1024;
 /// it saves it for the next start.
 const STOP_DELIVERY_GRACE: Duration = Duration::from_secs(20);
 const PENDING_DIR: &str = "undelivered";
+/// How long a chunk's completion waits for its last preview to be sent.
+const PREVIEW_GRACE: Duration = Duration::from_secs(10);
 
 /// How an agent is set up.
 #[derive(Debug, Clone)]
@@ -61,6 +64,9 @@ pub struct AgentConfig {
     /// The most bytes of blend files fetched from the broker kept in the
     /// work directory (`--cache-size`; [`crate::cache::DEFAULT_CACHE_SIZE`]).
     pub cache_size: u64,
+    /// Whether to send the broker previews of the frames saved
+    /// ([`crate::preview`]).
+    pub previews: bool,
 }
 
 /// How the agent is told to stop.
@@ -577,8 +583,23 @@ impl Agent {
             ));
             queue
         });
-        let mut upload_queue = upload_queue;
         let uploading = upload_queue.is_some();
+        // Saved frames go to the previews first (which make one before the
+        // upload removes the file), then on to the uploads.
+        let (mut saved_queue, previewer) = if self.config.previews {
+            let (queue, frames) = tokio::sync::mpsc::unbounded_channel();
+            let previewer = tokio::spawn(preview::preview_frames(
+                self.client.clone(),
+                a.task_id,
+                a.lease_id,
+                a.frame_end,
+                frames,
+                upload_queue,
+            ));
+            (Some(queue), Some(previewer))
+        } else {
+            (upload_queue, None)
+        };
         let mut progress = RenderProgress::new(a.frame_start, a.frame_end);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         let mut flush = tokio::time::interval(self.config.log_interval);
@@ -598,7 +619,7 @@ impl Agent {
             tokio::select! {
                 line = blender.lines.recv(), if lines_open => match line {
                     Some(line) => {
-                        if let (Some(saved), Some(queue)) = (progress.observe(&line), &upload_queue) {
+                        if let (Some(saved), Some(queue)) = (progress.observe(&line), &saved_queue) {
                             let _ = queue.send(saved);
                         }
                         log.push(line);
@@ -610,7 +631,7 @@ impl Agent {
                     // holding them open must not hold up the report.
                     let drain = async {
                         while let Some(line) = blender.lines.recv().await {
-                            if let (Some(saved), Some(queue)) = (progress.observe(&line), &upload_queue) {
+                            if let (Some(saved), Some(queue)) = (progress.observe(&line), &saved_queue) {
                                 let _ = queue.send(saved);
                             }
                             log.push(line);
@@ -618,8 +639,9 @@ impl Agent {
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
                     lines_open = false;
-                    // No more frames: the uploader ends once its queue is empty.
-                    upload_queue = None;
+                    // No more frames: the previews and the uploader end once
+                    // their queues are empty.
+                    saved_queue = None;
                     let succeeded = status.as_ref().is_ok_and(|code| *code == Some(0));
                     exit = Some(status);
                     if !succeeded {
@@ -728,6 +750,11 @@ impl Agent {
             ),
         };
         if exit_code == Some(0) && missing.is_empty() {
+            // The last frame's preview goes out under the lease, before the
+            // completion ends it.
+            if let Some(previewer) = previewer {
+                let _ = tokio::time::timeout(PREVIEW_GRACE, previewer).await;
+            }
             return Ending::Report(FinalReport::Complete {
                 task_id: a.task_id,
                 body: CompleteReport {

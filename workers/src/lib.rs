@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod blender;
 pub mod cache;
+pub mod preview;
 pub mod uploads;
 
 pub use agent::{Agent, AgentConfig, AgentSummary, StopSignals};

@@ -54,6 +54,11 @@ struct Cli {
     /// work directory (least recently used go first), e.g. 20GiB or 500MB.
     #[arg(long, env = "RENDERFARM_CACHE_SIZE", default_value = "20GiB", value_parser = renderfarm_worker::cache::parse_size)]
     cache_size: u64,
+    /// Send the broker a small JPEG of the newest frame saved, about once a
+    /// second while rendering, for the dashboard and the Blender add-on
+    /// (`off` saves the tens of milliseconds each takes to make).
+    #[arg(long, env = "RENDERFARM_PREVIEWS", default_value = "on", value_parser = ["on", "off"])]
+    previews: String,
     /// On SIGTERM or Ctrl-C, finish the current task before stopping (a second
     /// signal aborts it). Without it the task is aborted and handed back.
     #[arg(long)]
@@ -134,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         ca_file: cli.ca,
         cache_size: cli.cache_size,
+        previews: cli.previews == "on",
     };
     let signals = StopSignals::default();
     let agent = Agent::new(config, signals.clone()).await?;

@@ -163,3 +163,90 @@ pub async fn uploaded_frames_are_recorded_under_the_lease_and_go_with_their_rend
         "a deleted render refers to nothing"
     );
 }
+
+/// A JPEG's first bytes and `n`, for telling previews apart.
+fn jpeg(n: u8) -> Vec<u8> {
+    vec![0xFF, 0xD8, 0xFF, 0xE0, n]
+}
+
+/// A render's preview is kept only under a task's current lease, by the
+/// worker holding it, for a frame of the task; the last one sent replaces
+/// the one before whichever frame it shows, and it goes with its render.
+pub async fn the_last_preview_sent_is_the_renders_and_goes_with_it(store: &dyn Store) {
+    let render = store
+        .create_render(plan("previews", 1, 4, 2, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let w = worker(store, "w", &[]).await;
+    let v = worker(store, "v", &[]).await;
+    assert_eq!(
+        store.preview(render.id).await.unwrap(),
+        None,
+        "none sent yet"
+    );
+    let a = claim(store, w).await.expect("a task");
+    let b = claim(store, v).await.expect("another task");
+    assert_eq!((b.frame_start, b.frame_end), (3, 4));
+
+    let at = t0();
+    store
+        .record_preview(Some(v), b.task_id, b.lease_id, 4, jpeg(1), at)
+        .await
+        .unwrap();
+    let later = at + chrono::Duration::seconds(1);
+    store
+        .record_preview(Some(w), a.task_id, a.lease_id, 1, jpeg(2), later)
+        .await
+        .unwrap();
+    let kept = store.preview(render.id).await.unwrap().expect("a preview");
+    assert_eq!(
+        (
+            kept.render_id,
+            kept.task_id,
+            kept.frame,
+            kept.jpeg,
+            kept.stored_at
+        ),
+        (render.id, a.task_id, 1, jpeg(2), later),
+        "the last sent wins over a higher frame"
+    );
+
+    let stale = Uuid::new_v4();
+    for (holder, task, lease, frame, want) in [
+        (Some(w), a.task_id, stale, 1, "stale"),
+        (Some(v), a.task_id, a.lease_id, 1, "another's"),
+        (Some(w), a.task_id, a.lease_id, 3, "outside"),
+    ] {
+        let err = store
+            .record_preview(holder, task, lease, frame, jpeg(9), later)
+            .await
+            .expect_err(want);
+        let right = match want {
+            "stale" => matches!(err, crate::store::StoreError::StaleLease { .. }),
+            "another's" => matches!(err, crate::store::StoreError::NotYourTask { .. }),
+            _ => matches!(err, crate::store::StoreError::Invalid(_)),
+        };
+        assert!(right, "{want}: {err}");
+    }
+    assert_eq!(
+        store.preview(render.id).await.unwrap().unwrap().jpeg,
+        jpeg(2),
+        "a refused preview changes nothing"
+    );
+
+    complete(store, &a).await;
+    assert!(
+        store
+            .record_preview(Some(w), a.task_id, a.lease_id, 2, jpeg(3), later)
+            .await
+            .is_err(),
+        "no preview under a finished lease"
+    );
+    store
+        .change_render(render.id, crate::domain::RenderCommand::Cancel, None, at)
+        .await
+        .unwrap();
+    store.delete_render(render.id).await.unwrap();
+    assert_eq!(store.preview(render.id).await.unwrap(), None);
+    assert_eq!(store.preview(Uuid::new_v4()).await.unwrap(), None);
+}

@@ -88,6 +88,7 @@ macro_rules! conformance_tests {
             webhook_attempts_apply_once_and_a_receiver_failing_too_long_is_disabled,
             an_uploaded_blend_travels_with_its_render_and_assignments,
             uploaded_frames_are_recorded_under_the_lease_and_go_with_their_render,
+            the_last_preview_sent_is_the_renders_and_goes_with_it,
         );
     };
     (@each $make_store:path; $($name:ident),* $(,)?) => {

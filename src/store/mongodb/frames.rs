@@ -17,9 +17,23 @@ use super::errors::*;
 use super::{MongoStore, RENDERS};
 use crate::domain::files::check_frame_in_task;
 use crate::domain::lease_accepts;
+use crate::domain::preview::StoredPreview;
 use crate::store::{NewFrame, StoreError, StoreResult, StoredFrame};
 
 pub(super) const FRAME_FILES: &str = "frame_files";
+pub(super) const PREVIEWS: &str = "previews";
+
+/// A render's preview: `_id` is the render's id, so each new one replaces
+/// the one before.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PreviewDoc {
+    #[serde(rename = "_id")]
+    render_id: String,
+    task_id: String,
+    frame: i64,
+    jpeg: bson::Binary,
+    stored_at: bson::DateTime,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct FrameDoc {
@@ -64,10 +78,17 @@ impl MongoStore {
         Ok(task)
     }
 
-    /// Removes the frame records of a deleted render.
+    fn previews(&self) -> StoreResult<Collection<PreviewDoc>> {
+        Ok(self.db()?.collection(PREVIEWS))
+    }
+
+    /// Removes the frame records and the preview of a deleted render.
     pub(super) async fn delete_render_frames(&self, render_id: &str) -> StoreResult<()> {
         self.frame_files()?
             .delete_many(doc! { "render_id": render_id })
+            .await?;
+        self.previews()?
+            .delete_one(doc! { "_id": render_id })
             .await?;
         Ok(())
     }
@@ -126,6 +147,67 @@ pub(super) async fn record_frame(
         return Err(StoreError::StaleLease { task_id });
     }
     record.to_stored()
+}
+
+pub(super) async fn record_preview(
+    store: &MongoStore,
+    holder: Option<Uuid>,
+    task_id: Uuid,
+    lease_id: Uuid,
+    frame: i64,
+    jpeg: Vec<u8>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let task = store.accepted_task(holder, task_id, lease_id).await?;
+    check_frame_in_task(frame, task.frame_start, task.frame_end)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let record = PreviewDoc {
+        render_id: task.render_id.clone(),
+        task_id: task.id.clone(),
+        frame,
+        jpeg: bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: jpeg,
+        },
+        stored_at: bson_time(now),
+    };
+    store
+        .previews()?
+        .replace_one(doc! { "_id": &record.render_id }, &record)
+        .upsert(true)
+        .await?;
+    // As for frames: the check and the write are two commands, so a lease
+    // that moved on in between takes its preview back (unless a newer one
+    // replaced it meanwhile).
+    let after = store.load_task(&task.id).await?;
+    if after.lease_id != task.lease_id {
+        store
+            .previews()?
+            .delete_one(doc! { "_id": &record.render_id, "task_id": &record.task_id, "stored_at": record.stored_at })
+            .await?;
+        return Err(StoreError::StaleLease { task_id });
+    }
+    Ok(())
+}
+
+pub(super) async fn preview(
+    store: &MongoStore,
+    render_id: Uuid,
+) -> StoreResult<Option<StoredPreview>> {
+    let Some(found) = store
+        .previews()?
+        .find_one(doc! { "_id": render_id.to_string() })
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(StoredPreview {
+        render_id,
+        task_id: parse_uuid(&found.task_id, "task id")?,
+        frame: found.frame,
+        jpeg: found.jpeg.bytes,
+        stored_at: found.stored_at.to_chrono(),
+    }))
 }
 
 pub(super) async fn render_frames(

@@ -66,6 +66,10 @@ const FILES: &[(&str, &str)] = &[
         "0011_webhooks",
         include_str!("../../../migrations/mongodb/0011_webhooks.json"),
     ),
+    (
+        "0012_previews",
+        include_str!("../../../migrations/mongodb/0012_previews.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

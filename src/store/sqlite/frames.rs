@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use renderfarm_wire::Task;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::renders::render_seq;
@@ -14,6 +14,7 @@ use super::tasks::{load_leased_task, load_task_by_seq, LeasedTask};
 use super::SqliteStore;
 use crate::domain::files::check_frame_in_task;
 use crate::domain::lease_accepts;
+use crate::domain::preview::StoredPreview;
 use crate::store::{NewFrame, StoreError, StoreResult, StoredFrame};
 
 fn accepted(
@@ -80,6 +81,69 @@ pub(super) async fn record_frame(
                 bytes: new.bytes,
                 stored_at: now,
             })
+        })
+        .await
+}
+
+pub(super) async fn record_preview(
+    store: &SqliteStore,
+    holder: Option<Uuid>,
+    task_id: Uuid,
+    lease_id: Uuid,
+    frame: i64,
+    jpeg: Vec<u8>,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    store
+        .write(move |conn| {
+            let leased = accepted(conn, holder, task_id, lease_id)?;
+            let task = load_task_by_seq(conn, leased.seq)?;
+            check_frame_in_task(frame, task.frame_start, task.frame_end)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            conn.prepare_cached(
+                "INSERT INTO previews (render_seq, task_id, frame, jpeg, stored_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (render_seq) DO UPDATE SET task_id = excluded.task_id, \
+                 frame = excluded.frame, jpeg = excluded.jpeg, stored_at = excluded.stored_at",
+            )?
+            .execute(params![
+                leased.render_seq,
+                task_id.to_string(),
+                frame,
+                jpeg,
+                ts(now)
+            ])?;
+            Ok(())
+        })
+        .await
+}
+
+pub(super) async fn preview(
+    store: &SqliteStore,
+    render_id: Uuid,
+) -> StoreResult<Option<StoredPreview>> {
+    store
+        .read(move |conn| {
+            let seq = match render_seq(conn, render_id) {
+                Ok(seq) => seq,
+                Err(StoreError::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let preview = conn
+                .prepare_cached(
+                    "SELECT task_id, frame, jpeg, stored_at FROM previews WHERE render_seq = ?1",
+                )?
+                .query_row([seq], |row| {
+                    Ok(StoredPreview {
+                        render_id,
+                        task_id: get_uuid(row, 0)?,
+                        frame: row.get(1)?,
+                        jpeg: row.get(2)?,
+                        stored_at: get_time(row, 3)?,
+                    })
+                })
+                .optional()?;
+            Ok(preview)
         })
         .await
 }

@@ -175,6 +175,8 @@ fn delete_hidden_batch(conn: &Connection, render_seq: i64) -> StoreResult<bool> 
     // and the collector frees them after the grace.
     conn.prepare_cached("DELETE FROM frame_files WHERE render_seq = ?1")?
         .execute([render_seq])?;
+    conn.prepare_cached("DELETE FROM previews WHERE render_seq = ?1")?
+        .execute([render_seq])?;
     conn.prepare_cached("DELETE FROM renders WHERE seq = ?1 AND hidden = 1")?
         .execute([render_seq])?;
     Ok(false)

@@ -258,6 +258,40 @@ export async function renderPage(main, ctx, id) {
       logPre);
   }
 
+  // The workers' live preview of the newest frame saved (a small JPEG the
+  // broker keeps per render) wins over the newest full frame found: it is
+  // there while a chunk renders, and for frames the broker cannot serve.
+  let preview = null;
+  let newestFrame = null;
+
+  function drawLatest() {
+    if (preview) {
+      replace(latest,
+        h('h2', { id: 'latest-h' }, `Live preview: frame ${preview.frame}`),
+        h('img', { class: 'frame-latest preview', src: preview.url, alt: `Preview of frame ${preview.frame} of ${render.name}` }));
+      return;
+    }
+    replace(latest,
+      h('h2', { id: 'latest-h' }, newestFrame ? `Latest frame: ${newestFrame.frame}` : 'Latest frame'),
+      newestFrame ? h('img', { class: 'frame-latest', src: newestFrame.url, alt: `Frame ${newestFrame.frame} of ${render.name}` })
+        : h('p', { class: 'muted' }, 'No frame is rendered yet.'));
+  }
+
+  async function loadPreview() {
+    let answer;
+    try {
+      answer = await fetch(`/renders/${render.id}/preview`, { credentials: 'same-origin', cache: 'no-cache' });
+    } catch {
+      return;
+    }
+    // 404: no preview yet (or previews are off on the agents).
+    if (!answer.ok) return;
+    const blob = await answer.blob();
+    if (preview) URL.revokeObjectURL(preview.url);
+    preview = { url: URL.createObjectURL(blob), frame: answer.headers.get('X-Preview-Frame') };
+    drawLatest();
+  }
+
   async function loadFrames() {
     let answer;
     try {
@@ -268,11 +302,8 @@ export async function renderPage(main, ctx, id) {
       return;
     }
     const frames = answer.frames || [];
-    const newest = frames.reduce((a, f) => (!a || f.modified_at > a.modified_at ? f : a), null);
-    replace(latest,
-      h('h2', { id: 'latest-h' }, newest ? `Latest frame: ${newest.frame}` : 'Latest frame'),
-      newest ? h('img', { class: 'frame-latest', src: newest.url, alt: `Frame ${newest.frame} of ${render.name}` })
-        : h('p', { class: 'muted' }, 'No frame is rendered yet.'));
+    newestFrame = frames.reduce((a, f) => (!a || f.modified_at > a.modified_at ? f : a), null);
+    drawLatest();
     replace(framesBox,
       h('h2', { id: 'frames-h' }, `Frames done (${frames.length})`),
       // One archive of them all, streamed by the broker (frames uploaded by
@@ -300,6 +331,7 @@ export async function renderPage(main, ctx, id) {
     ctx.soon('render', reloadRender);
     ctx.soon('tasks', loadTasks);
     ctx.soon('frames', loadFrames);
+    ctx.soon('preview', loadPreview);
     if (openTask) {
       ctx.soon('task', loadTaskDetail);
       ctx.soon('log', loadLog);
@@ -324,7 +356,10 @@ export async function renderPage(main, ctx, id) {
     },
     task: (e) => {
       ctx.soon('tasks', loadTasks);
-      if (e.status === 'completed') ctx.soon('frames', loadFrames);
+      if (e.status === 'completed') {
+        ctx.soon('frames', loadFrames);
+        ctx.soon('preview', loadPreview);
+      }
       if (e.task_id === openTask) ctx.soon('task', loadTaskDetail);
     },
     progress: (e) => {
@@ -334,6 +369,7 @@ export async function renderPage(main, ctx, id) {
         drawTasks();
       }
       ctx.soon('frames', loadFrames);
+      ctx.soon('preview', loadPreview);
     },
     log: (e) => {
       if (e.task_id === openTask) ctx.soon('log', loadLog);
@@ -341,7 +377,7 @@ export async function renderPage(main, ctx, id) {
   }, reloadAll);
 
   drawAll();
-  await Promise.all([loadWorkers(), loadTasks(), loadFrames()]);
+  await Promise.all([loadWorkers(), loadTasks(), loadFrames(), loadPreview()]);
   if (openTask) {
     taskPanel.hidden = false;
     replace(taskPanel, h('p', { class: 'muted' }, 'Loading the task…'));
