@@ -210,7 +210,9 @@ class RENDERFARM_OT_submit(bpy.types.Operator):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         if upload:
             scratch = tempfile.mkdtemp(prefix="renderfarm-submit-")
-            copy = os.path.join(scratch, blend_stem() + ".blend")
+            # Blender reports the save by the copy's name: make it plain
+            # that the artist's own file was not saved.
+            copy = os.path.join(scratch, blend_stem() + "-renderfarm-copy.blend")
         else:
             scratch = None
             folder = bpy.path.abspath(prefs.shared_folder) if prefs.shared_folder else ""

@@ -80,28 +80,29 @@ class Broker:
             except OSError:
                 data = b""
         except urllib.error.URLError as e:
-            raise BrokerError(self.unreachable(url, e.reason))
+            raise BrokerError(self.unreachable(method, url, e.reason))
         except (OSError, ValueError) as e:
-            raise BrokerError(self.unreachable(url, e))
+            raise BrokerError(self.unreachable(method, url, e))
         if status not in expect:
             raise BrokerError(self.refusal(method, url, status, data))
         return status, answer_headers, data
 
-    def unreachable(self, url, reason):
+    def unreachable(self, method, url, reason):
+        tried = "%s %s" % (method, url)
         if isinstance(reason, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(reason):
             return (
-                "the broker at %s has a certificate this machine does not trust (%s); "
-                "set the private CA file in Preferences > Add-ons > Render Farm" % (url, reason)
+                "the broker at %s has a certificate this machine does not trust (%s; tried %s); "
+                "set the private CA file in Preferences > Add-ons > Render Farm" % (self.url, reason, tried)
             )
         if isinstance(reason, TimeoutError) or "timed out" in str(reason):
             return (
-                "the broker at %s did not answer within %g s; check that it runs and "
+                "the broker at %s did not answer within %g s (tried %s); check that it runs and "
                 "is not overloaded, or raise the timeout in the add-on's preferences"
-                % (url, self.timeout)
+                % (self.url, self.timeout, tried)
             )
         return (
-            "cannot reach the broker at %s (%s); check the broker URL in "
-            "Preferences > Add-ons > Render Farm and that the broker is running" % (url, reason)
+            "cannot reach the broker at %s (%s; tried %s); check the broker URL in "
+            "Preferences > Add-ons > Render Farm and that the broker is running" % (self.url, reason, tried)
         )
 
     @staticmethod

@@ -47,6 +47,10 @@ class SubmitJob(threading.Thread):
     def run(self):
         try:
             spec = dict(self.spec)
+            # A wrong address or token is said in a second, before minutes
+            # of packing and uploading.
+            self.say("checking the broker")
+            self.broker.my_renders(1)
             if self.upload:
                 packed = self.pack()
                 self.say("hashing the packed copy")
@@ -58,7 +62,7 @@ class SubmitJob(threading.Thread):
                 self.say("uploading")
                 self.broker.upload(packed, sha256, progress)
                 spec["blend_sha256"] = sha256
-                spec.setdefault("blend_file", os.path.basename(self.blend_copy))
+                spec.setdefault("blend_file", spec["name"] + ".blend")
             else:
                 spec["blend_file"] = self.blend_copy
             self.say("submitting")
