@@ -352,16 +352,13 @@ class RENDER_PT_renderfarm(bpy.types.Panel):
         header.operator(RENDERFARM_OT_refresh.bl_idname, text="", icon="FILE_REFRESH")
         if _recent is None:
             return
-        try:
-            broker = broker_from(prefs)
-        except BrokerError as e:
-            for line in wrap(str(e), 60):
-                layout.label(text=line)
-            return
         # Drawn means looked at: only then does the list refresh, on its
         # own thread.
         if _recent.due():
-            _recent.start(broker)
+            try:
+                _recent.start(broker_from(prefs))
+            except BrokerError as e:
+                _recent.failed(str(e))
         with _recent.lock:
             renders, error, previews = list(_recent.renders), _recent.error, dict(_recent.previews)
         if error:
@@ -377,7 +374,10 @@ class RENDER_PT_renderfarm(bpy.types.Panel):
             row = box.row()
             row.label(text=render.get("name", ""), icon="RENDER_RESULT")
             row.label(text="%s  %d/%d (%d%%)" % (render.get("status", ""), done, total, 100 * done // total if total else 0))
-            row.operator("wm.url_open", text="", icon="URL").url = broker.dashboard_link(render["id"])
+            row.operator("wm.url_open", text="", icon="URL").url = "%s/#/renders/%s" % (
+                prefs.broker_url.strip().rstrip("/"),
+                render["id"],
+            )
             preview = previews.get(render["id"])
             if preview and _previews is not None:
                 key = "%s-%s" % (render["id"], preview[1])

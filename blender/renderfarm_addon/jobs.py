@@ -172,6 +172,13 @@ class Recent:
         with self.lock:
             self.last = 0.0
 
+    def failed(self, error):
+        """A refresh that could not start (no token, a bad URL): said in
+        the panel, tried again after the interval."""
+        with self.lock:
+            self.renders, self.error = [], error
+            self.last = time.monotonic()
+
     def start(self, broker):
         with self.lock:
             if self.fetching:
@@ -184,6 +191,10 @@ class Recent:
         try:
             renders = broker.my_renders(self.limit)
             for render in renders:
+                with self.lock:
+                    fetched = render["id"] in self.previews
+                if fetched and render.get("status") in ("completed", "failed", "canceled"):
+                    continue
                 data = broker.preview(render["id"])
                 if data is None:
                     continue
