@@ -149,6 +149,7 @@ fn addon_zip(dir: &Path) -> PathBuf {
 /// script saw. Blender's own settings and session files stay in `dir`.
 async fn run_gui(blender: &Path, xvfb: &Xvfb, blend: &Path, mut config: Value, dir: &Path) -> Value {
     let _one_at_a_time = GUI.lock().await;
+    std::fs::create_dir_all(dir).unwrap();
     let script = dir.join("gui.py");
     std::fs::write(&script, GUI_SCRIPT).unwrap();
     let result = dir.join("result.json");
@@ -524,8 +525,15 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
         "{}",
         reports[3]
     );
-    assert!(reports[4].contains("is a movie (FFMPEG)"), "{}", reports[4]);
+    // Refused before anything starts: the operator's report comes back to
+    // gui.py, its Python caller, as the exception Blender makes of it.
     assert_eq!(attempts[4]["returned"], json!(["CANCELLED"]));
+    let raised = attempts[4]["raised"].as_str().unwrap_or_default();
+    assert!(
+        raised.contains("Render farm: the output format is a movie (FFMPEG)"),
+        "{}",
+        attempts[4]
+    );
     assert_screenshot(&screenshot);
     let renders = get_json(&admin_client(), format!("{broker}/renders")).await;
     assert_eq!(renders["items"], json!([]), "nothing was submitted");

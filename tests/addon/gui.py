@@ -99,12 +99,15 @@ def steps():
         started = time.monotonic()
         first_tick = len(ticks)
         with bpy.context.temp_override(window=window, area=props, region=region_of(props)):
+            raised = None
             try:
                 returned = bpy.ops.renderfarm.submit("INVOKE_DEFAULT")
-            except RuntimeError:
-                # An operator that ends at once with an error report raises
-                # it to its Python caller too; the report still shows.
-                returned = {"CANCELLED"}
+            except RuntimeError as e:
+                # An operator called from Python that ends at once with an
+                # error report hands the report to its caller as this
+                # exception, instead of to the Info editor (a click on the
+                # button shows it there).
+                returned, raised = {"CANCELLED"}, str(e)
         wm = bpy.context.window_manager
         while not (wm.renderfarm_status.startswith("Submitted") or wm.renderfarm_status.startswith("Not submitted")):
             if time.monotonic() - started > attempt.get("limit", 120):
@@ -123,6 +126,7 @@ def steps():
                 "returned": sorted(returned),
                 "status": wm.renderfarm_status,
                 "reports": info_reports(window, info),
+                "raised": raised,
                 "seconds": ended - started,
                 "ticks": len(during),
                 "longest_pause": longest,
