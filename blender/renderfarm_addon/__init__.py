@@ -352,6 +352,7 @@ class RENDER_PT_renderfarm(bpy.types.Panel):
         header.operator(RENDERFARM_OT_refresh.bl_idname, text="", icon="FILE_REFRESH")
         if _recent is None:
             return
+        _recent.follow((prefs.broker_url, prefs.token))
         # Drawn means looked at: only then does the list refresh, on its
         # own thread.
         if _recent.due():

@@ -161,6 +161,8 @@ class Recent:
         self.previews = {}
         self.fetching = False
         self.last = 0.0
+        # Which broker and token the list is of: another one empties it.
+        self.source = None
         # Bumped with each answer, so the interface redraws only on news.
         self.generation = 0
 
@@ -171,6 +173,15 @@ class Recent:
     def refresh_soon(self):
         with self.lock:
             self.last = 0.0
+
+    def follow(self, source):
+        """Lists the renders of `source` (the broker URL and token) from now
+        on; an answer still coming from the previous one is dropped."""
+        with self.lock:
+            if source != self.source:
+                self.source = source
+                self.renders, self.error, self.last = [], None, 0.0
+                self.generation += 1
 
     def failed(self, error):
         """A refresh that could not start (no token, a bad URL): said in
@@ -184,9 +195,10 @@ class Recent:
             if self.fetching:
                 return
             self.fetching = True
-        threading.Thread(target=self._fetch, args=(broker,), name="renderfarm-recent", daemon=True).start()
+            source = self.source
+        threading.Thread(target=self._fetch, args=(broker, source), name="renderfarm-recent", daemon=True).start()
 
-    def _fetch(self, broker):
+    def _fetch(self, broker, source):
         renders, error, previews = [], None, {}
         try:
             renders = broker.my_renders(self.limit)
@@ -213,10 +225,12 @@ class Recent:
         except Exception as e:  # noqa: BLE001 - shown in the panel rather than lost
             error = "listing your renders failed unexpectedly (%s: %s)" % (type(e).__name__, e)
         with self.lock:
+            self.fetching = False
+            if source != self.source:
+                return
             if error is None:
                 self.renders = renders
             self.error = error
             self.previews.update(previews)
-            self.fetching = False
             self.last = time.monotonic()
             self.generation += 1

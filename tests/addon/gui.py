@@ -47,7 +47,7 @@ def info_reports(window, info):
 
 def screenshot(window, area, path):
     with bpy.context.temp_override(window=window, area=area, region=region_of(area)):
-        # The add-on's panel is the last of Render Properties.
+        # The add-on's panel comes after the engine's own ones.
         for _ in range(6):
             bpy.ops.view2d.scroll_down(page=True)
     yield 0.5
