@@ -331,8 +331,9 @@ async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_
                 "broker_url": broker,
                 "token": token,
                 "screenshot": screenshot,
-                // Time for the list of recent renders to show this one.
-                "screenshot_after": 4.0,
+                // Blender stays open until its list of recent renders shows
+                // this one completed (seconds).
+                "watch": RENDER_LIMIT.as_secs(),
             }],
         }),
         &gui,
@@ -370,6 +371,12 @@ async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_
     assert_eq!(render["owner"], "alice", "{render}");
     assert_eq!(render["blend_file"], "shot.blend", "{render}");
     assert!(render["blend_sha256"].is_string(), "uploaded: {render}");
+    let watched = attempt["watched"].as_array().unwrap();
+    assert_eq!(
+        watched.last(),
+        Some(&json!(["completed", 3])),
+        "the panel's list followed the render to its end: {watched:?}"
+    );
     let render = wait_for("the agents to render it", RENDER_LIMIT, || async {
         let render = get_json(&client, format!("{broker}/renders/{id}")).await;
         match render["status"].as_str() {
@@ -380,6 +387,20 @@ async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_
     })
     .await;
     assert_eq!(render["progress"]["frames_done"], 3, "{render}");
+    // The panel shows the preview the broker serves (404 until the agents
+    // send one: then the list shows none, which is normal).
+    let preview = client
+        .get(format!("{broker}/renders/{id}/preview"))
+        .send()
+        .await
+        .unwrap();
+    if preview.status().is_success() {
+        let previews = attempt["previews"].as_array().unwrap();
+        assert!(
+            previews.iter().any(|k| k.as_str().unwrap().starts_with(&id)),
+            "the broker serves a preview of {id}, the panel loaded {previews:?}"
+        );
+    }
     for agent in agents {
         agent.stop().await;
     }

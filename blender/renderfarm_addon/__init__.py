@@ -352,6 +352,7 @@ class RENDER_PT_renderfarm(bpy.types.Panel):
         header.operator(RENDERFARM_OT_refresh.bl_idname, text="", icon="FILE_REFRESH")
         if _recent is None:
             return
+        _recent.seen()
         _recent.follow((prefs.broker_url, prefs.token))
         # Drawn means looked at: only then does the list refresh, on its
         # own thread.
@@ -410,6 +411,12 @@ def apply_recent():
     with _recent.lock:
         generation = _recent.generation
         previews = dict(_recent.previews)
+    if _recent.wanted():
+        # The panel starts the refresh when it draws.
+        try:
+            tag_redraw()
+        except AttributeError:
+            pass
     if generation != _seen_generation:
         _seen_generation = generation
         if _previews is not None:

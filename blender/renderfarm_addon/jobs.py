@@ -161,10 +161,23 @@ class Recent:
         self.previews = {}
         self.fetching = False
         self.last = 0.0
+        # When the panel last drew the list: it refreshes only while seen.
+        self.seen_at = 0.0
         # Which broker and token the list is of: another one empties it.
         self.source = None
         # Bumped with each answer, so the interface redraws only on news.
         self.generation = 0
+
+    def seen(self):
+        with self.lock:
+            self.seen_at = time.monotonic()
+
+    def wanted(self):
+        """True when a refresh is due and the panel was on screen lately
+        (a redraw of a hidden panel draws nothing, so this stops by itself)."""
+        with self.lock:
+            seen_lately = time.monotonic() - self.seen_at < 2 * self.interval + 1
+        return seen_lately and self.due()
 
     def due(self):
         with self.lock:

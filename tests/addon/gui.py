@@ -118,6 +118,30 @@ def steps():
         during = [t for t in ticks[first_tick:] if t <= ended]
         stamps = [started] + during + [ended]
         longest = max(b - a for a, b in zip(stamps, stamps[1:]))
+        watched = []
+        if attempt.get("watch") and wm.renderfarm_status.startswith("Submitted"):
+            # The add-on's own list of recent renders, refreshed while the
+            # panel is on screen, follows the render to its end.
+            addon = sys.modules[MODULE]
+            render_id = wm.renderfarm_status.split()[2]
+            while True:
+                with addon._recent.lock:
+                    mine = [r for r in addon._recent.renders if r["id"] == render_id]
+                if mine:
+                    seen = [mine[0]["status"], mine[0]["progress"]["frames_done"]]
+                    if not watched or watched[-1] != seen:
+                        watched.append(seen)
+                    if seen[0] in ("completed", "failed", "canceled"):
+                        break
+                if time.monotonic() - ended > attempt["watch"]:
+                    raise RuntimeError("the recent renders never showed the render end: %r" % watched)
+                yield 0.25
+            # A preview the broker serves for the finished render is loaded
+            # within a refresh or two.
+            for _ in range(40):
+                if any(key.startswith(render_id) for key in addon._previews.keys()):
+                    break
+                yield 0.25
         if attempt.get("screenshot"):
             yield float(attempt.get("screenshot_after", 1.0))
             yield from screenshot(window, props, attempt["screenshot"])
@@ -127,6 +151,8 @@ def steps():
                 "status": wm.renderfarm_status,
                 "reports": info_reports(window, info),
                 "raised": raised,
+                "watched": watched,
+                "previews": sorted(sys.modules[MODULE]._previews.keys()) if MODULE in sys.modules else [],
                 "seconds": ended - started,
                 "ticks": len(during),
                 "longest_pause": longest,
