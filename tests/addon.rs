@@ -147,7 +147,13 @@ fn addon_zip(dir: &Path) -> PathBuf {
 
 /// Runs Blender's interface on `blend` with gui.py and `config`; what the
 /// script saw. Blender's own settings and session files stay in `dir`.
-async fn run_gui(blender: &Path, xvfb: &Xvfb, blend: &Path, mut config: Value, dir: &Path) -> Value {
+async fn run_gui(
+    blender: &Path,
+    xvfb: &Xvfb,
+    blend: &Path,
+    mut config: Value,
+    dir: &Path,
+) -> Value {
     let _one_at_a_time = GUI.lock().await;
     std::fs::create_dir_all(dir).unwrap();
     let script = dir.join("gui.py");
@@ -184,7 +190,10 @@ async fn run_gui(blender: &Path, xvfb: &Xvfb, blend: &Path, mut config: Value, d
     let said = || std::fs::read_to_string(&log).unwrap_or_default();
     let Ok(status) = ended else {
         let _ = child.kill().await;
-        panic!("Blender's interface did not quit within {GUI_LIMIT:?}: {}", said());
+        panic!(
+            "Blender's interface did not quit within {GUI_LIMIT:?}: {}",
+            said()
+        );
     };
     let status = status.expect("Blender ran");
     let result: Value = std::fs::read(&result)
@@ -203,7 +212,11 @@ async fn run_gui(blender: &Path, xvfb: &Xvfb, blend: &Path, mut config: Value, d
 /// A screenshot Blender took: a PNG of a real window, not a blank one.
 fn assert_screenshot(path: &Path) {
     let (width, height, pixels) = rgb(path);
-    assert!(width >= 400 && height >= 300, "{}: {width}×{height}", path.display());
+    assert!(
+        width >= 400 && height >= 300,
+        "{}: {width}×{height}",
+        path.display()
+    );
     let distinct: std::collections::HashSet<&[u8]> = pixels.chunks(3).collect();
     assert!(
         distinct.len() > 50,
@@ -282,11 +295,86 @@ fn render_directly(blender: &Path, blend: &Path, out: &Path, from: i64, to: i64)
         .arg(blend)
         .arg("-o")
         .arg(out.join("frame_####"))
-        .args(["-s", &from.to_string(), "-e", &to.to_string(), "-t", "0", "-a"])
+        .args([
+            "-s",
+            &from.to_string(),
+            "-e",
+            &to.to_string(),
+            "-t",
+            "0",
+            "-a",
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("Blender runs");
     assert!(output.status.success(), "the reference render failed");
+}
+
+#[test]
+fn the_addon_zip_is_one_folder_with_bl_info_and_a_manifest_that_agree() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let zip = std::fs::read(addon_zip(dir.path())).unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+    let mut names: Vec<String> = archive.file_names().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "renderfarm_addon/__init__.py",
+            "renderfarm_addon/blender_manifest.toml",
+            "renderfarm_addon/broker.py",
+            "renderfarm_addon/jobs.py",
+            "renderfarm_addon/pack.py",
+        ]
+    );
+    let mut read = |name: &str| {
+        let mut text = String::new();
+        archive
+            .by_name(&format!("renderfarm_addon/{name}"))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    };
+    let manifest: toml_lite::Table = toml_lite::parse(&read("blender_manifest.toml"));
+    let init = read("__init__.py");
+    assert_eq!(manifest["schema_version"], "1.0.0");
+    assert_eq!(manifest["type"], "add-on");
+    assert_eq!(manifest["id"], "renderfarm_addon", "the folder's name");
+    let version = manifest["version"].replace('.', ", ");
+    assert!(
+        init.contains(&format!("\"version\": ({version}),")),
+        "bl_info's version is the manifest's ({version})"
+    );
+    assert!(init.contains("\"blender\": (3, 4, 0)"));
+    assert!(
+        manifest["tagline"].len() <= 64 && !manifest["tagline"].ends_with('.'),
+        "Blender refuses a tagline past 64 characters or ending in a full stop"
+    );
+    assert_eq!(
+        read("pack.py"),
+        include_str!("../blender/renderfarm_addon/pack.py"),
+        "the CLI and the add-on pack with the same script"
+    );
+}
+
+/// Just enough TOML for the manifest's top-level `key = "string"` lines.
+mod toml_lite {
+    pub type Table = std::collections::HashMap<String, String>;
+
+    pub fn parse(text: &str) -> Table {
+        text.lines()
+            .take_while(|l| !l.starts_with('['))
+            .filter_map(|l| l.split_once(" = "))
+            .filter_map(|(k, v)| {
+                Some((
+                    k.trim().to_string(),
+                    v.trim().strip_prefix('"')?.strip_suffix('"')?.to_string(),
+                ))
+            })
+            .collect()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -397,7 +485,9 @@ async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_
     if preview.status().is_success() {
         let previews = attempt["previews"].as_array().unwrap();
         assert!(
-            previews.iter().any(|k| k.as_str().unwrap().starts_with(&id)),
+            previews
+                .iter()
+                .any(|k| k.as_str().unwrap().starts_with(&id)),
             "the broker serves a preview of {id}, the panel loaded {previews:?}"
         );
     }
@@ -524,7 +614,9 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
         reports[0]
     );
     assert!(
-        reports[1].contains(&format!("the broker at {silent_url} did not answer within 4 s")),
+        reports[1].contains(&format!(
+            "the broker at {silent_url} did not answer within 4 s"
+        )),
         "{}",
         reports[1]
     );
