@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_client, blender_or_skip, get_json, renderfarm_command, wait_for, TestAgent, TestBroker,
+    admin_client, artifacts_dir, blender_or_skip, get_json, renderfarm_command, wait_for,
+    TestAgent, TestBroker,
 };
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use serde_json::{json, Value};
@@ -28,15 +29,6 @@ const CAMERA_OFFSET: [f64; 3] = [2.5, 0.0, 0.0];
 
 /// The Blender interface is heavy on a small machine: one at a time.
 static GUI: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn artifacts_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target dir")
-        .join("artifacts");
-    std::fs::create_dir_all(&dir).expect("the artifacts dir");
-    dir
-}
 
 /// An X server of its own for one test, on a display no one else uses.
 struct Xvfb {
@@ -377,23 +369,56 @@ mod toml_lite {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_render_it() {
-    let test = "an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_render_it";
-    let Some(blender) = blender_or_skip(test).await else {
-        return;
-    };
-    let Some(xvfb) = xvfb_or_skip(test) else {
-        return;
-    };
+/// What both Blender tests start from: Blender, a display, a live broker,
+/// an artist's token and a generated scene saved in `files`.
+struct Session {
+    blender: PathBuf,
+    xvfb: Xvfb,
+    _broker: TestBroker,
+    broker: String,
+    token: String,
+    files: tempfile::TempDir,
+    blend: PathBuf,
+}
+
+/// The session of `test` for `artist`, or `None` after a SKIPPED line.
+async fn session(test: &str, artist: &str) -> Option<Session> {
+    let blender = blender_or_skip(test).await?;
+    let xvfb = xvfb_or_skip(test)?;
     let test_broker = TestBroker::start().await;
     let broker = test_broker.address.clone();
-    let token = artist_token(&broker, "alice").await;
+    let token = artist_token(&broker, artist).await;
     let files = tempfile::tempdir().unwrap();
     let blend = files.path().join("shot.blend");
     make_scene(&blender, &blend, SceneSpec::tiny(4))
         .await
         .expect("Blender makes the scene");
+    Some(Session {
+        blender,
+        xvfb,
+        _broker: test_broker,
+        broker,
+        token,
+        files,
+        blend,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_render_it() {
+    let test = "an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_render_it";
+    let Some(Session {
+        blender,
+        xvfb,
+        _broker,
+        broker,
+        token,
+        files,
+        blend,
+    }) = session(test, "alice").await
+    else {
+        return;
+    };
     let on_disk = std::fs::read(&blend).unwrap();
     let agents = [
         TestAgent::start(&broker, "agent-a", &blender).await,
@@ -540,20 +565,19 @@ async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_
 async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_movie_and_stays_responsive(
 ) {
     let test = "blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_movie_and_stays_responsive";
-    let Some(blender) = blender_or_skip(test).await else {
+    let Some(Session {
+        blender,
+        xvfb,
+        _broker,
+        broker,
+        token,
+        files,
+        blend,
+    }) = session(test, "bob").await
+    else {
         return;
     };
-    let Some(xvfb) = xvfb_or_skip(test) else {
-        return;
-    };
-    let test_broker = TestBroker::start().await;
-    let broker = test_broker.address.clone();
-    let token = artist_token(&broker, "bob").await;
-    let files = tempfile::tempdir().unwrap();
-    let blend = files.path().join("shot.blend");
-    make_scene(&blender, &blend, SceneSpec::tiny(4))
-        .await
-        .expect("Blender makes the scene");
+    let on_disk = std::fs::read(&blend).unwrap();
     // Nothing listens on a port just freed; a listener that never answers
     // holds a request until the add-on's timeout.
     let closed = {
@@ -588,6 +612,8 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
                 {"broker_url": broker, "token": "rf_not_a_token_anyone_was_given", "screenshot": screenshot},
                 {"broker_url": broker, "token": token, "scene": {"frame_start": 0, "frame_end": 1_048_574}},
                 {"broker_url": broker, "token": token, "movie": true},
+                // Then all is well: the copy goes beside the file.
+                {"broker_url": broker, "token": token},
             ],
         }),
         &files.path().join("gui"),
@@ -599,7 +625,8 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
         .iter()
         .map(|a| a["reports"].as_str().unwrap())
         .collect();
-    for attempt in attempts {
+    let (refusals, success) = attempts.split_at(5);
+    for attempt in refusals {
         assert!(
             attempt["status"]
                 .as_str()
@@ -648,6 +675,31 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
         attempts[4]
     );
     assert_screenshot(&screenshot);
+
+    // Shared-drive mode submits the path of a copy saved beside the file
+    // (a folder the workers see too); frames stay on the shared drive.
+    let status = success[0]["status"].as_str().unwrap();
+    assert!(status.starts_with("Submitted render "), "{}", success[0]);
     let renders = get_json(&admin_client(), format!("{broker}/renders")).await;
-    assert_eq!(renders["items"], json!([]), "nothing was submitted");
+    let items = renders["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only the last attempt submitted: {renders}");
+    let copy = PathBuf::from(items[0]["blend_file"].as_str().unwrap());
+    assert_eq!(
+        copy.parent(),
+        Some(files.path().join("renderfarm").as_path())
+    );
+    assert!(copy.is_file() && copy.extension().is_some_and(|e| e == "blend"));
+    assert_eq!(items[0]["upload_frames"], false, "{renders}");
+    assert_eq!(
+        (
+            items[0]["frame_start"].clone(),
+            items[0]["frame_end"].clone()
+        ),
+        (json!(1), json!(4))
+    );
+    assert_eq!(
+        std::fs::read(&blend).unwrap(),
+        on_disk,
+        "the artist's file is untouched"
+    );
 }

@@ -412,3 +412,14 @@ pub fn blender_pids(blend: &Path) -> Vec<i32> {
         })
         .collect()
 }
+
+/// `<target dir>/artifacts`, where tests leave screenshots for people to
+/// look at (`.ci/run` keeps them).
+pub fn artifacts_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target dir")
+        .join("artifacts");
+    std::fs::create_dir_all(&dir).expect("the artifacts dir");
+    dir
+}
