@@ -25,7 +25,7 @@ import tempfile
 
 import bpy
 import bpy.utils.previews
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 from .broker import Broker, BrokerError
 from .jobs import Recent, SubmitJob
@@ -259,6 +259,14 @@ class RENDERFARM_OT_submit(bpy.types.Operator):
             return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
         return self.finish(context)
+
+    def cancel(self, context):
+        # Blender ends modal operators when another file is opened: the
+        # submission goes on unwatched (the recent list shows its render),
+        # and the next one may start.
+        global _job
+        context.window_manager.event_timer_remove(self._timer)
+        _job = None
 
     def finish(self, context):
         global _job
