@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::authority::{tls_broker, Authority};
 use common::{
     admin_client, artifacts_dir, blender_or_skip, get_json, renderfarm_command, wait_for,
-    TestAgent, TestBroker,
+    TestAgent, TestBroker, ADMIN_TOKEN,
 };
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use serde_json::{json, Value};
@@ -598,6 +599,11 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
     let refused: Value = refused.json().await.unwrap();
     let refused = refused["message"].as_str().unwrap().to_string();
 
+    // A broker whose certificate a private authority signed: refused until
+    // the add-on is given that authority's certificate.
+    let authority = Authority::new(files.path(), "studio");
+    let tls = tls_broker(files.path(), &authority);
+
     let screenshot = artifacts_dir().join("addon-panel-error.png");
     let _ = std::fs::remove_file(&screenshot);
     let result = run_gui(
@@ -612,8 +618,10 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
                 {"broker_url": broker, "token": "rf_not_a_token_anyone_was_given", "screenshot": screenshot},
                 {"broker_url": broker, "token": token, "scene": {"frame_start": 0, "frame_end": 1_048_574}},
                 {"broker_url": broker, "token": token, "movie": true},
+                {"broker_url": tls.address, "token": ADMIN_TOKEN},
                 // Then all is well: the copy goes beside the file.
                 {"broker_url": broker, "token": token},
+                {"broker_url": tls.address, "token": ADMIN_TOKEN, "ca_file": authority.ca},
             ],
         }),
         &files.path().join("gui"),
@@ -625,7 +633,7 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
         .iter()
         .map(|a| a["reports"].as_str().unwrap())
         .collect();
-    let (refusals, success) = attempts.split_at(5);
+    let (refusals, success) = attempts.split_at(6);
     for attempt in refusals {
         assert!(
             attempt["status"]
@@ -673,6 +681,14 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
         raised.contains("Render farm: the output format is a movie (FFMPEG)"),
         "{}",
         attempts[4]
+    );
+    assert!(
+        reports[5].contains(&format!(
+            "the broker at {} has a certificate this machine does not trust",
+            tls.address
+        )) && reports[5].contains("private CA file"),
+        "{}",
+        reports[5]
     );
     assert_screenshot(&screenshot);
 

@@ -89,6 +89,7 @@ def steps():
         prefs.broker_url = attempt["broker_url"]
         prefs.token = attempt["token"]
         prefs.timeout = attempt.get("timeout", 30.0)
+        prefs.ca_file = attempt.get("ca_file", "")
         saved = {}
         for name, value in attempt.get("scene", {}).items():
             saved[name] = getattr(scene, name)
