@@ -380,6 +380,8 @@ struct Session {
     token: String,
     files: tempfile::TempDir,
     blend: PathBuf,
+    /// The scene's bytes as saved, before Blender's interface opens it.
+    on_disk: Vec<u8>,
 }
 
 /// The session of `test` for `artist`, or `None` after a SKIPPED line.
@@ -394,6 +396,7 @@ async fn session(test: &str, artist: &str) -> Option<Session> {
     make_scene(&blender, &blend, SceneSpec::tiny(4))
         .await
         .expect("Blender makes the scene");
+    let on_disk = std::fs::read(&blend).unwrap();
     Some(Session {
         blender,
         xvfb,
@@ -402,13 +405,17 @@ async fn session(test: &str, artist: &str) -> Option<Session> {
         token,
         files,
         blend,
+        on_disk,
     })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_render_it() {
     let test = "an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_render_it";
-    let Some(Session {
+    let Some(session) = session(test, "alice").await else {
+        return;
+    };
+    let Session {
         blender,
         xvfb,
         _broker,
@@ -416,11 +423,8 @@ async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_
         token,
         files,
         blend,
-    }) = session(test, "alice").await
-    else {
-        return;
-    };
-    let on_disk = std::fs::read(&blend).unwrap();
+        on_disk,
+    } = session;
     let agents = [
         TestAgent::start(&broker, "agent-a", &blender).await,
         TestAgent::start(&broker, "agent-b", &blender).await,
@@ -566,7 +570,10 @@ async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_
 async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_movie_and_stays_responsive(
 ) {
     let test = "blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_movie_and_stays_responsive";
-    let Some(Session {
+    let Some(session) = session(test, "bob").await else {
+        return;
+    };
+    let Session {
         blender,
         xvfb,
         _broker,
@@ -574,11 +581,8 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
         token,
         files,
         blend,
-    }) = session(test, "bob").await
-    else {
-        return;
-    };
-    let on_disk = std::fs::read(&blend).unwrap();
+        on_disk,
+    } = session;
     // Nothing listens on a port just freed; a listener that never answers
     // holds a request until the add-on's timeout.
     let closed = {
