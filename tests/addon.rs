@@ -22,6 +22,7 @@ use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use serde_json::{json, Value};
 
 const GUI_SCRIPT: &str = include_str!("addon/gui.py");
+const UPLOAD_SCRIPT: &str = include_str!("addon/upload.py");
 /// How long one Blender session of a test may last, start to quit.
 const GUI_LIMIT: Duration = Duration::from_secs(300);
 const RENDER_LIMIT: Duration = Duration::from_secs(240);
@@ -349,6 +350,73 @@ fn the_addon_zip_is_one_folder_with_bl_info_and_a_manifest_that_agree() {
         read("pack.py"),
         include_str!("../blender/renderfarm_addon/pack.py"),
         "the CLI and the add-on pack with the same script"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_addons_upload_resumes_where_the_broker_stopped_and_skips_a_file_it_holds() {
+    let test = "the_addons_upload_resumes_where_the_broker_stopped_and_skips_a_file_it_holds";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let token = artist_token(&broker.address, "carol").await;
+    let dir = tempfile::tempdir().unwrap();
+    let zip = addon_zip(dir.path());
+    let script = dir.path().join("upload.py");
+    std::fs::write(&script, UPLOAD_SCRIPT).unwrap();
+    let output = tokio::process::Command::new(&blender)
+        .args([
+            "-b",
+            "--factory-startup",
+            "--python-exit-code",
+            "1",
+            "--python",
+        ])
+        .arg(&script)
+        .arg("--")
+        .arg(&zip)
+        .args([&broker.address, &token])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("Blender runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "upload.py printed no result: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    assert_eq!(result["cut_status"], 202, "the broker kept the cut part");
+    assert_eq!(result["sent"], true);
+    let first = result["first_progress"].as_u64().unwrap();
+    assert!(
+        (1_000_000..1_100_000).contains(&first),
+        "it went on from the broker's offset, not from 0: {result}"
+    );
+    assert_eq!(result["last_progress"], 3_000_000);
+    assert_eq!(
+        result["again"], false,
+        "a file the broker holds is not sent again"
+    );
+    let sha256 = result["sha256"].as_str().unwrap();
+    let held = broker
+        .client
+        .head(format!("{}/files/{sha256}", broker.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    assert_eq!(
+        held.headers()["content-length"].to_str().unwrap(),
+        "3000000"
     );
 }
 

@@ -234,6 +234,8 @@ class RENDERFARM_OT_submit(bpy.types.Operator):
             # relative paths are remapped to the copy's folder.
             bpy.ops.wm.save_as_mainfile(filepath=copy, copy=True)
         except RuntimeError as e:
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
             return self.fail(context, "could not save a copy of the scene to %s (%s); check free space and permissions" % (copy, e))
 
         _job = SubmitJob(broker, spec, copy, upload, bpy.app.binary_path, PACK_SCRIPT, scratch)

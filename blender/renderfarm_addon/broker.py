@@ -15,7 +15,12 @@ BLOCK = 1 << 20
 
 
 class BrokerError(Exception):
-    """A failure to show the artist as it is: it says what and how to fix."""
+    """A failure to show the artist as it is: it says what and how to fix.
+    `status` is the broker's HTTP status when it answered."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
 
 
 class Broker:
@@ -84,7 +89,7 @@ class Broker:
         except (OSError, ValueError) as e:
             raise BrokerError(self.unreachable(method, url, e))
         if status not in expect:
-            raise BrokerError(self.refusal(method, url, status, data))
+            raise BrokerError(self.refusal(method, url, status, data), status)
         return status, answer_headers, data
 
     def unreachable(self, method, url, reason):
@@ -179,7 +184,7 @@ class Broker:
                 except BrokerError as e:
                     # 409: another upload of the same file moved the broker's
                     # offset; asking again says where to go on.
-                    if " with 409:" in str(e):
+                    if e.status == 409:
                         continue
                     raise
             if status != 202:
