@@ -36,12 +36,6 @@ class Broker:
                 "the broker URL %r is not an http:// or https:// address; set it in "
                 "Preferences > Add-ons > Render Farm (e.g. http://farm:8080)" % url
             )
-        if not self.token:
-            raise BrokerError(
-                "no token is set; ask your farm's admin for an artist token "
-                "(renderfarm token create NAME --role artist) and paste it in "
-                "Preferences > Add-ons > Render Farm"
-            )
         self.context = None
         if parsed.scheme == "https":
             # The system's authorities, plus the farm's private one on top
@@ -65,11 +59,11 @@ class Broker:
         """Sends one request; returns (status, headers, bytes). Any status
         outside `expect` becomes a BrokerError carrying the broker's message."""
         url = self.url + path
-        all_headers = {
-            "Authorization": "Bearer " + self.token,
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-        }
+        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        # Without a token only a broker run with --auth off answers; any
+        # other says 401, which tells the artist to set one.
+        if self.token:
+            all_headers["Authorization"] = "Bearer " + self.token
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode("utf-8")
             all_headers["Content-Type"] = "application/json"
@@ -121,7 +115,10 @@ class Broker:
             message = data.decode("utf-8", "replace").strip()[:300] or "no reason given"
         hint = ""
         if status == 401:
-            hint = " (check the token in Preferences > Add-ons > Render Farm)"
+            hint = (
+                " (check the token in Preferences > Add-ons > Render Farm; an admin makes one "
+                "with: renderfarm token create --name YOU --role artist)"
+            )
         elif status == 403:
             hint = " (submitting needs a token with the artist role)"
         return "the broker refused %s %s with %d: %s%s" % (method, url, status, message, hint)
@@ -135,6 +132,11 @@ class Broker:
                 "the broker at %s answered %s %s with something that is not JSON; "
                 "is the URL the broker's (not its dashboard behind a proxy)?" % (self.url, method, path)
             )
+
+    def check(self):
+        """Says whether the broker answers and takes the token, in one
+        small request that any role may make, auth on or off."""
+        self.json("GET", "/renders?limit=1")
 
     def submit(self, spec):
         """POST /renders: the render as the broker took it."""

@@ -50,7 +50,7 @@ class SubmitJob(threading.Thread):
             # A wrong address or token is said in a second, before minutes
             # of packing and uploading.
             self.say("checking the broker")
-            self.broker.my_renders(1)
+            self.broker.check()
             if self.upload:
                 packed = self.pack()
                 self.say("hashing the packed copy")
