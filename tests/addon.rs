@@ -545,6 +545,13 @@ async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_
         on_disk,
         "the artist's .blend file on disk is untouched"
     );
+    // Packing in another Blender, hashing and uploading took seconds, none
+    // of them on the interface's thread.
+    assert!(
+        attempt["seconds"].as_f64().unwrap() > 1.0
+            && attempt["longest_pause"].as_f64().unwrap() < 2.0,
+        "Blender froze while it submitted: {attempt}"
+    );
     assert_screenshot(&screenshot);
 
     let client = admin_client();
