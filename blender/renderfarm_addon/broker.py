@@ -115,10 +115,9 @@ class Broker:
             message = data.decode("utf-8", "replace").strip()[:300] or "no reason given"
         hint = ""
         if status == 401:
-            hint = (
-                " (check the token in Preferences > Add-ons > Render Farm; an admin makes one "
-                "with: renderfarm token create --name YOU --role artist)"
-            )
+            # The broker's message says how to get a token; this says where
+            # the add-on keeps it.
+            hint = " (check the token in Preferences > Add-ons > Render Farm)"
         elif status == 403:
             hint = " (submitting needs a token with the artist role)"
         return "the broker refused %s %s with %d: %s%s" % (method, url, status, message, hint)
