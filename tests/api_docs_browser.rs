@@ -7,10 +7,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{chromium_or_skip, TestBroker};
+use common::{artifacts_dir, chromium_or_skip, TestBroker};
 
 /// Chromium's flags for a quiet, self-contained headless run that gives
 /// Swagger UI (virtual) time to fetch the spec and render it.
@@ -78,16 +78,6 @@ fn shown_operations(dom: &str) -> BTreeSet<(String, String)> {
         shown.insert((method.to_ascii_uppercase(), path.to_string()));
     }
     shown
-}
-
-/// `<target dir>/artifacts`, created if needed.
-fn artifacts_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target dir")
-        .join("artifacts");
-    std::fs::create_dir_all(&dir).expect("the artifacts dir");
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,20 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{blender_or_skip, chromium_or_skip, BrokerProcess, TestAgent, ADMIN_TOKEN};
+use common::{
+    artifacts_dir, blender_or_skip, chromium_or_skip, BrokerProcess, TestAgent, ADMIN_TOKEN,
+};
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-/// `<target dir>/artifacts`, created if needed.
-fn artifacts_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target dir")
-        .join("artifacts");
-    std::fs::create_dir_all(&dir).expect("the artifacts dir");
-    dir
-}
 
 /// Node.js and the pinned playwright-core (`npm ci --prefix .ci`), or `None`
 /// after a visible SKIPPED line; with `RENDERFARM_REQUIRE_CHROMIUM=1` (CI)

@@ -1,7 +1,8 @@
 //! The `renderfarm` command: `serve` runs the broker and `up` a whole farm;
-//! `openapi` prints the API's spec; the others are thin HTTP clients of a
-//! running broker.
+//! `openapi` prints the API's spec; `addon` writes the Blender add-on's zip;
+//! the others are thin HTTP clients of a running broker.
 
+mod addon;
 mod client;
 mod migrate_store;
 mod operator;
@@ -99,6 +100,9 @@ enum Command {
     Token(token::TokenArgs),
     /// Print the broker's OpenAPI spec (JSON), as served at /api-docs/openapi.json.
     Openapi,
+    /// Write the Blender add-on as a zip to install in Blender (3.4 or
+    /// later; an extension in 4.2 or later).
+    Addon(addon::AddonArgs),
 }
 
 #[derive(Debug, Args)]
@@ -521,6 +525,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate(args).await,
         Command::MigrateStore(args) => migrate_store::migrate_store(args).await,
         Command::Token(args) => token::token(args).await,
+        Command::Addon(args) => addon::addon(args).await,
         Command::Openapi => {
             use std::io::Write;
             std::io::stdout().write_all(crate::api::openapi::spec_json().as_bytes())?;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::client;
 
 /// The script Blender runs to pack the copy and report what it cannot carry.
-const PACK_SCRIPT: &str = include_str!("pack.py");
+const PACK_SCRIPT: &str = include_str!("../../blender/renderfarm_addon/pack.py");
 
 /// What the pack script says of the copy it made.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -3,6 +3,8 @@
 // Each test file uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod authority;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -412,4 +414,15 @@ pub fn blender_pids(blend: &Path) -> Vec<i32> {
                 && cmdline.split('\0').any(|a| a == "-a")
         })
         .collect()
+}
+
+/// `<target dir>/artifacts`, where tests leave screenshots for people to
+/// look at (`.ci/run` keeps them).
+pub fn artifacts_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target dir")
+        .join("artifacts");
+    std::fs::create_dir_all(&dir).expect("the artifacts dir");
+    dir
 }

@@ -1,6 +1,8 @@
-# Makes a self-contained copy of the open .blend file for `renderfarm submit
-# --upload`, and says what it could not put in it. Run by renderfarm in a
-# Blender of its own:
+# Makes a self-contained copy of a .blend file for an upload to the broker,
+# and says what it could not put in it. The one packing rule of the farm:
+# `renderfarm submit --upload` (which embeds this file) and the Blender
+# add-on (which ships it beside __init__.py) both run it, never import it, in
+# a Blender of its own, so the artist's session is never altered:
 #   blender -b --factory-startup FILE --python-exit-code 1 --python pack.py -- COPY REPORT
 # COPY: where the packed copy is written (the artist's file is never saved:
 # `copy=True` writes elsewhere and leaves the open file's path alone).
