@@ -580,22 +580,25 @@ async fn an_artist_submits_the_unsaved_scene_from_blenders_interface_and_agents_
     })
     .await;
     assert_eq!(render["progress"]["frames_done"], 3, "{render}");
-    // The panel shows the preview the broker serves (404 until the agents
-    // send one: then the list shows none, which is normal).
+    // The agents sent a preview of each chunk's last frame before completing
+    // it, and the panel's list loaded the render's preview.
     let preview = client
         .get(format!("{broker}/renders/{id}/preview"))
         .send()
         .await
         .unwrap();
-    if preview.status().is_success() {
-        let previews = attempt["previews"].as_array().unwrap();
-        assert!(
-            previews
-                .iter()
-                .any(|k| k.as_str().unwrap().starts_with(&id)),
-            "the broker serves a preview of {id}, the panel loaded {previews:?}"
-        );
-    }
+    assert_eq!(
+        preview.status(),
+        reqwest::StatusCode::OK,
+        "the broker serves a preview of {id}"
+    );
+    let previews = attempt["previews"].as_array().unwrap();
+    assert!(
+        previews
+            .iter()
+            .any(|k| k.as_str().unwrap().starts_with(&id)),
+        "the broker serves a preview of {id}, the panel loaded {previews:?}"
+    );
     for agent in agents {
         agent.stop().await;
     }
