@@ -469,6 +469,7 @@ async fn two_agents_cannot_share_a_work_directory() {
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
         ca_file: None,
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+        warm: renderfarm_worker::blender::warm::WarmConfig::default(),
     };
     let first = Agent::new(config("first"), StopSignals::default())
         .await
@@ -502,6 +503,7 @@ async fn an_agent_without_blender_says_how_to_install_it_before_registering() {
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
         ca_file: None,
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+        warm: renderfarm_worker::blender::warm::WarmConfig::default(),
     };
     let err = match renderfarm_worker::Agent::new(config, Default::default()).await {
         Ok(_) => panic!("an agent without Blender must not start"),
@@ -727,6 +729,7 @@ async fn an_agent_restarted_on_its_work_directory_is_the_same_worker() {
         enrolment_token: Some(common::ENROLMENT_TOKEN.into()),
         ca_file: None,
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+        warm: renderfarm_worker::blender::warm::WarmConfig::default(),
     };
     let mut ids = Vec::new();
     for _ in 0..2 {

@@ -344,6 +344,7 @@ pub fn agent_config(broker: &str, name: &str, blender: &Path, work_dir: &Path) -
         enrolment_token: Some(ENROLMENT_TOKEN.into()),
         ca_file: None,
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
+        warm: renderfarm_worker::blender::warm::WarmConfig::default(),
     }
 }
 
@@ -391,7 +392,8 @@ impl TestAgent {
     }
 }
 
-/// Process ids of running Blender processes whose command line names `blend`.
+/// Process ids of running Blender processes whose command line names `blend`:
+/// rendering it cold (`-a`) or kept warm (the warm driver).
 pub fn blender_pids(blend: &Path) -> Vec<i32> {
     let needle = blend.display().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -408,7 +410,9 @@ pub fn blender_pids(blend: &Path) -> Vec<i32> {
                 .unwrap_or(true);
             !zombie
                 && cmdline.split('\0').any(|a| a == needle)
-                && cmdline.split('\0').any(|a| a == "-a")
+                && cmdline.split('\0').any(|a| {
+                    a == "-a" || a.ends_with(renderfarm_worker::blender::warm::DRIVER_FILE)
+                })
         })
         .collect()
 }
