@@ -95,6 +95,14 @@ fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
+/// Waits for a Blender sent SIGKILL to be gone (the signal takes a moment).
+async fn gone(pid: u32, what: &str) {
+    wait_for(what, Duration::from_secs(3), || async {
+        (!alive(pid)).then_some(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frames_rendered_warm_have_the_pixels_of_frames_rendered_cold() {
     let Some(blender) =
@@ -156,7 +164,7 @@ async fn frames_rendered_warm_have_the_pixels_of_frames_rendered_cold() {
         );
     }
     drop(warm);
-    assert!(!alive(pids[0]), "the warm Blender ends with its launcher");
+    gone(pids[0], "the warm Blender to end with its launcher").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -189,14 +197,14 @@ async fn a_warm_blender_is_replaced_when_the_render_its_file_or_a_limit_changes(
         changed.pid, first.pid,
         "a changed file starts a fresh Blender"
     );
-    assert!(!alive(first.pid), "and the old one is gone");
+    gone(first.pid, "the old one to be gone").await;
 
     let other = render(&mut launcher, &job(&blend, &out, 4, 4), "r2").await;
     assert_ne!(
         other.pid, changed.pid,
         "another render starts a fresh Blender"
     );
-    assert!(!alive(changed.pid));
+    gone(changed.pid, "the other render's Blender to be gone").await;
 
     let second = render(&mut launcher, &job(&blend, &out, 5, 5), "r2").await;
     let third = render(&mut launcher, &job(&blend, &out, 6, 6), "r2").await;
@@ -204,7 +212,7 @@ async fn a_warm_blender_is_replaced_when_the_render_its_file_or_a_limit_changes(
     assert_eq!(launcher.warm_pid(), None, "--warm-max-chunks 3 reached");
     let fourth = render(&mut launcher, &job(&blend, &out, 7, 7), "r2").await;
     assert_ne!(fourth.pid, other.pid);
-    assert!(!alive(other.pid));
+    gone(other.pid, "the Blender past --warm-max-chunks to be gone").await;
 
     assert_eq!(launcher.warm_pid(), Some(fourth.pid));
     wait_for(
