@@ -107,6 +107,8 @@ pub struct BlenderProcess {
     pid: Option<u32>,
 }
 
+// One per chunk at a time: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum ProcessKind {
     Cold { child: Child, temp_dir: PathBuf },
     Warm(warm::WarmChunk),
