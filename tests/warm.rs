@@ -402,3 +402,118 @@ async fn aborting_a_warm_chunk_kills_blender_within_two_seconds_of_the_cancel() 
     let summary = agent.stop().await;
     assert_eq!(summary.aborted, 1, "{summary:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_blender_crashing_in_a_farm_fails_its_chunk_alone_and_the_next_starts_cold() {
+    let test = "a_warm_blender_crashing_in_a_farm_fails_its_chunk_alone_and_the_next_starts_cold";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let spec = SceneSpec {
+        frames: 16,
+        width: 320,
+        height: 240,
+        samples: 16,
+        denoise: false,
+    };
+    let blend = scene(files.path(), "crash", spec, &blender).await;
+    let agent = TestAgent::start(&broker.address, "agent", &blender).await;
+    let body = json!({
+        "name": "crash",
+        "blend_file": blend.display().to_string(),
+        "frame_start": 1,
+        "frame_end": 16,
+        "chunk_size": 4,
+        "output": format!("{}/frame_####", files.path().join("out").display()),
+    });
+    let render = send_json(
+        &broker.client,
+        Method::POST,
+        format!("{}/renders", broker.address),
+        &body,
+    )
+    .await;
+    let id = render["id"].as_str().unwrap().to_string();
+    let tasks = || async {
+        let mut tasks = get_json(
+            &broker.client,
+            format!("{}/renders/{id}/tasks", broker.address),
+        )
+        .await["items"]
+            .as_array()
+            .expect("tasks")
+            .clone();
+        tasks.sort_by_key(|t| t["frame_start"].as_i64());
+        tasks
+    };
+    wait_for(
+        "the second chunk to render a frame",
+        RENDER_LIMIT,
+        || async {
+            let tasks = tasks().await;
+            (tasks[0]["status"] == "completed"
+                && tasks[1]["status"] == "running"
+                && tasks[1]["frames_done"].as_i64() >= Some(1))
+            .then_some(())
+        },
+    )
+    .await;
+    let pids = blender_pids(&blend);
+    assert_eq!(pids.len(), 1, "the warm Blender renders the second chunk");
+    // Blender crashes on its own: the agent did not kill it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGSEGV,
+    )
+    .unwrap();
+
+    let tasks = wait_for("the other chunks to complete", RENDER_LIMIT, || async {
+        let tasks = tasks().await;
+        (tasks[1]["status"] != "running"
+            && tasks[2]["status"] == "completed"
+            && tasks[3]["status"] == "completed")
+            .then_some(tasks)
+    })
+    .await;
+    let crashed = get_json(
+        &broker.client,
+        format!(
+            "{}/tasks/{}",
+            broker.address,
+            tasks[1]["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert!(
+        crashed["failure_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("killed by a signal")),
+        "the crashed chunk failed: {crashed}"
+    );
+    let log_of = |n: usize| {
+        let task_id = tasks[n]["id"].as_str().unwrap().to_string();
+        let broker = &broker;
+        async move { task_log(&broker.client, &broker.address, &task_id).await }
+    };
+    assert!(
+        log_of(1)
+            .await
+            .contains("rendering in the render's warm Blender"),
+        "the crashed chunk was warm"
+    );
+    let next = log_of(2).await;
+    assert!(
+        next.contains("started a warm Blender"),
+        "the next chunk started a fresh Blender:\n{next}"
+    );
+    assert!(
+        log_of(3)
+            .await
+            .contains("rendering in the render's warm Blender"),
+        "and the one after reused it"
+    );
+    let summary = agent.stop().await;
+    assert_eq!((summary.completed, summary.failed), (3, 1), "{summary:?}");
+}

@@ -221,9 +221,12 @@ impl Launcher {
             }
         }
         let mut warm = self.spawn(key, &job.blend_file)?;
-        warm.send(job)
-            .await
-            .context("sending the chunk to the warm Blender just started")?;
+        // A Blender that ended already (a file it cannot read) refuses the
+        // chunk; the chunk then fails as a cold one would, with Blender's exit
+        // code and output.
+        if let Err(e) = warm.send(job).await {
+            tracing::debug!(error = %e, "the warm Blender did not take the chunk");
+        }
         Ok(self.chunk(warm, false))
     }
 
