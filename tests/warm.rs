@@ -517,3 +517,58 @@ async fn a_warm_blender_crashing_in_a_farm_fails_its_chunk_alone_and_the_next_st
     let summary = agent.stop().await;
     assert_eq!((summary.completed, summary.failed), (3, 1), "{summary:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_whose_own_scripts_ran_gets_a_fresh_blender_for_every_chunk() {
+    let test = "a_file_whose_own_scripts_ran_gets_a_fresh_blender_for_every_chunk";
+    let Some(blender) = blender_or_skip(test).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plain = scene(dir.path(), "plain", SceneSpec::tiny(4), &blender).await;
+    // The scene with a registered script that keeps a count across frames.
+    let scripted = dir.path().join("scripted.blend");
+    let add_script = "import bpy, sys\n\
+        bpy.ops.wm.open_mainfile(filepath=sys.argv[-2])\n\
+        t = bpy.data.texts.new('keeper.py')\n\
+        t.write('import bpy\\ncalls = [0]\\ndef count(scene, *args):\\n    calls[0] += 1\\nbpy.app.handlers.frame_change_post.append(count)\\n')\n\
+        t.use_module = True\n\
+        bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])\n";
+    let made = tokio::process::Command::new(&blender)
+        .args(["-b", "--factory-startup", "--python-expr", add_script, "--"])
+        .arg(&plain)
+        .arg(&scripted)
+        .output()
+        .await
+        .unwrap();
+    assert!(scripted.is_file(), "{made:?}");
+    // Blender as a studio may set it up: scripts in files run (-y, the
+    // preference "Auto Run Python Scripts").
+    let trusting = dir.path().join("blender-y");
+    std::fs::write(
+        &trusting,
+        format!("#!/bin/sh\nexec '{}' -y \"$@\"\n", blender.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &trusting,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut launcher = Launcher::new(trusting, work.path().to_path_buf(), WarmConfig::default());
+
+    let first = render(&mut launcher, &job(&scripted, &out, 1, 2), "r").await;
+    assert_eq!(first.exit, Some(0), "{}", first.lines.concat());
+    assert_eq!(launcher.warm_pid(), None, "not kept: its scripts ran");
+    let second = render(&mut launcher, &job(&scripted, &out, 3, 4), "r").await;
+    assert_eq!(second.exit, Some(0), "{}", second.lines.concat());
+    assert_ne!(second.pid, first.pid, "a fresh Blender for the next chunk");
+    let want: Vec<String> = (1..=4).map(|f| format!("frame_{f:04}.png")).collect();
+    assert_eq!(file_names(&out), want);
+
+    // The same Blender keeps a file without scripts warm.
+    let again = render(&mut launcher, &job(&plain, &out, 1, 1), "p").await;
+    assert_eq!(launcher.warm_pid(), Some(again.pid));
+}

@@ -57,8 +57,8 @@ struct Cli {
     cache_size: u64,
     /// Keep Blender loaded between the chunks of a render (on), so that every
     /// chunk after the first skips Blender's start-up and the file's load; off
-    /// starts a fresh `blender -b FILE ... -a` for every chunk. Use off for
-    /// scenes whose scripts keep state from one frame to the next.
+    /// starts a fresh `blender -b FILE ... -a` for every chunk. A file whose
+    /// own scripts ran at load is never kept warm.
     #[arg(long, env = "RENDERFARM_WARM", default_value = "on", value_parser = ["on", "off"])]
     warm: String,
     /// How long a warm Blender waits for the render's next chunk before it

@@ -19,15 +19,20 @@
 //! a fresh process. A chunk that fails, is aborted or whose Blender crashes
 //! takes the process with it: the next chunk starts cold.
 //!
-//! What a warm process cannot reset between chunks (so a render whose scene
-//! scripts keep state from frame to frame needs `--warm off`): the driver
-//! puts back the scene's frame range, current frame (re-evaluating the
-//! animation there), output path and engine, which are all it changes. It
-//! cannot put back module-level state of scripts the file runs at load
-//! (registered text blocks with auto-run), the handlers and
-//! `bpy.app.driver_namespace` entries they add, scene data a frame-change or
-//! render handler writes, or Blender's caches (Cycles' compiled kernels,
-//! loaded images), which only make later chunks faster.
+//! What a warm process cannot reset between chunks: the driver puts back
+//! the scene's frame range, current frame (re-evaluating the animation
+//! there), output path and engine, which are all it and rendering change.
+//! It cannot put back module-level state of scripts the file runs at load
+//! (registered text blocks, when Blender's preferences allow auto-run), the
+//! handlers and `bpy.app.driver_namespace` entries they add, or scene data
+//! their frame-change and render handlers write. So a file whose scripts ran
+//! is never reused: the driver says so with its first chunk's end and quits,
+//! and each chunk of that file gets a fresh Blender, as with `--warm off`.
+//! What stays shared between the chunks of other files: state that add-ons
+//! enabled in the user's preferences keep in their modules (they are loaded
+//! once per process, cold or warm, but a cold chunk would see them fresh),
+//! and Blender's caches (Cycles' compiled kernels, decoded images), which
+//! only make later chunks faster.
 //!
 //! Memory: the process holds the scene between chunks, so one warm Blender
 //! per agent slot costs one scene's memory while idle, for at most
@@ -308,19 +313,33 @@ fn lock(parked: &Mutex<Parked>) -> std::sync::MutexGuard<'_, Parked> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// How a chunk in a warm Blender ended well.
+struct ChunkDone {
+    /// Its output, for the next chunk.
+    lines: mpsc::Receiver<String>,
+    /// Whether the process may take another chunk: not when the file's own
+    /// scripts ran (they may keep state a fresh Blender would not have).
+    reusable: bool,
+}
+
 /// Passes the warm Blender's lines on to the chunk until the driver says the
 /// chunk is done; then hands the stream back for the next chunk. The driver's
 /// own lines stay out of the task's log.
 async fn route(
     mut raw: mpsc::Receiver<String>,
     tx: mpsc::Sender<String>,
-    done: oneshot::Sender<mpsc::Receiver<String>>,
+    done: oneshot::Sender<ChunkDone>,
     done_line: String,
 ) {
+    let last_line = format!("{done_line}, last");
     while let Some(line) = raw.recv().await {
         let trimmed = line.trim_end_matches(['\r', '\n']);
-        if trimmed == done_line {
-            let _ = done.send(raw);
+        if trimmed == done_line || trimmed == last_line {
+            let reusable = trimmed == done_line;
+            let _ = done.send(ChunkDone {
+                lines: raw,
+                reusable,
+            });
             return;
         }
         if trimmed.starts_with(MARKER) {
@@ -394,9 +413,9 @@ impl Drop for WarmProcess {
 pub(super) struct WarmChunk {
     /// `None` once killed.
     warm: Option<WarmProcess>,
-    /// Answered with the output stream when the driver says the chunk is done.
-    done: Option<oneshot::Receiver<mpsc::Receiver<String>>>,
-    /// The chunk ended well: the process may take the next one.
+    /// Answered when the driver says the chunk is done.
+    done: Option<oneshot::Receiver<ChunkDone>>,
+    /// The chunk ended well and the process may take the next one.
     finished: bool,
     parked: Weak<Mutex<Parked>>,
     config: WarmConfig,
@@ -417,9 +436,9 @@ impl WarmChunk {
             };
             self.done = None;
             match ended {
-                Ok(Some(stream)) => {
-                    warm.lines = Some(stream);
-                    self.finished = true;
+                Ok(Some(done)) => {
+                    warm.lines = Some(done.lines);
+                    self.finished = done.reusable;
                     return Ok(Some(0));
                 }
                 Ok(None) => {}

@@ -7,6 +7,11 @@
 # and renders it as `blender -b FILE -o OUTPUT [-E ENGINE] -s A -e B -t 0 -a`
 # would, printing Blender's usual "Fra:" and "Saved:" lines, then
 #   renderfarm-warm: chunk N done
+# or, when the file's own scripts ran at load (they may keep state from frame
+# to frame, which a fresh Blender would not have), once:
+#   renderfarm-warm: chunk N done, last
+# after which Blender quits, so that every chunk of such a file is rendered
+# by a fresh Blender, as cold.
 # A chunk that fails prints Blender's "Error: ..." line and ends the process
 # with exit code 1, as the cold command line does; the agent starts the next
 # chunk cold. End of stdin ends Blender normally.
@@ -16,8 +21,8 @@
 # each chunk starts from the scene as loaded. It cannot put back what the
 # file's own scripts keep (module-level variables of auto-run scripts,
 # handlers they register, bpy.app.driver_namespace entries), nor data a
-# frame-change handler writes into the scene: a render whose scripts keep
-# state across frames must run with --warm off.
+# frame-change handler writes into the scene: a file whose scripts ran is
+# therefore never reused (see above).
 import json
 import os
 import sys
@@ -54,6 +59,11 @@ def main():
         "filepath": scene.render.filepath,
         "engine": scene.render.engine,
     }
+    # Registered text blocks run at load only when auto-run is allowed
+    # (Blender's preferences or -y); blocked ones set autoexec_fail.
+    scripts_ran = any(t.use_module for t in bpy.data.texts) and not bpy.app.autoexec_fail
+    if scripts_ran:
+        say("the file's scripts ran at load: every chunk gets a fresh Blender")
     say("ready")
     for line in sys.stdin:
         line = line.strip()
@@ -82,14 +92,16 @@ def main():
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(1)
+        sys.stderr.flush()
+        if scripts_ran:
+            say(f"chunk {number} done, last")
+            break
         scene.render.filepath = loaded["filepath"]
         scene.render.engine = loaded["engine"]
         scene.frame_start = loaded["frame_start"]
         scene.frame_end = loaded["frame_end"]
         # frame_set re-evaluates the animation there, as the load did.
         scene.frame_set(loaded["frame_current"])
-        sys.stderr.flush()
         say(f"chunk {number} done")
-
 
 main()
