@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use renderfarm_wire::{Priority, RenderSpec};
 use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
+use renderfarm_worker::blender::warm::WarmConfig;
 use renderfarm_worker::blender::{check_blender, RenderJob};
 use renderfarm_worker::{Agent, AgentConfig, StopSignals};
 use serde_json::json;
@@ -17,7 +18,7 @@ use tokio::sync::Mutex;
 use crate::broker::{Auth, Broker};
 
 /// A scene whose chunks take a few seconds of rendering each on 2 cores.
-fn bench_scene(frames: i64) -> SceneSpec {
+pub(crate) fn bench_scene(frames: i64) -> SceneSpec {
     SceneSpec {
         frames,
         width: 160,
@@ -41,10 +42,20 @@ pub enum Files {
     Compare,
 }
 
+/// The agents' warm Blender (issue 17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Warm {
+    On,
+    Off,
+    /// Issue 17's cases on one run (see `crate::warm`).
+    Compare,
+}
+
 /// Issue 13: frames through the broker may cost the farm at most this much
 /// against a shared directory.
 const FILES_BUDGET_PERCENT: f64 = 2.0;
 
+#[allow(clippy::too_many_arguments)]
 pub async fn farm(
     workers: usize,
     frames: i64,
@@ -53,6 +64,7 @@ pub async fn farm(
     blender: &Path,
     auth: Auth,
     files: Files,
+    warm: WarmConfig,
 ) -> anyhow::Result<String> {
     anyhow::ensure!(
         workers > 0 && frames > 0 && chunk > 0,
@@ -77,7 +89,7 @@ pub async fn farm(
         if files != Files::Broker {
             farm_runs.push(
                 through_the_farm(
-                    workers, frames, chunk, blender, &scene, &round_dir, auth, false,
+                    workers, frames, chunk, blender, &scene, &round_dir, auth, false, warm,
                 )
                 .await?,
             );
@@ -93,6 +105,7 @@ pub async fn farm(
                     &round_dir.join("through-broker"),
                     auth,
                     true,
+                    warm,
                 )
                 .await?,
             );
@@ -121,6 +134,7 @@ pub async fn farm(
             "bench": "farm",
             "files": "broker",
             "auth": auth.as_str(),
+            "warm": if warm.enabled { "on" } else { "off" },
             "workers": workers,
             "frames": frames,
             "chunk": chunk,
@@ -153,6 +167,7 @@ pub async fn farm(
     Ok(json!({
         "bench": "farm",
         "auth": auth.as_str(),
+        "warm": if warm.enabled { "on" } else { "off" },
         "workers": workers,
         "frames": frames,
         "chunk": chunk,
@@ -167,7 +182,7 @@ pub async fn farm(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn through_the_farm(
+pub(crate) async fn through_the_farm(
     workers: usize,
     frames: i64,
     chunk: i64,
@@ -176,6 +191,7 @@ async fn through_the_farm(
     dir: &Path,
     auth: Auth,
     through_broker: bool,
+    warm: WarmConfig,
 ) -> anyhow::Result<f64> {
     let broker = Broker::start(auth)?;
     let signals = StopSignals::default();
@@ -194,6 +210,7 @@ async fn through_the_farm(
             ca_file: None,
             cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
             previews: true,
+            warm,
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));
@@ -279,7 +296,7 @@ async fn through_the_farm(
     Ok(seconds)
 }
 
-async fn plain_parallel(
+pub(crate) async fn plain_parallel(
     workers: usize,
     chunks: &[(i64, i64)],
     blender: &Path,

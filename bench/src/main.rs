@@ -13,6 +13,7 @@ mod listing;
 mod load;
 mod machine;
 mod transfer;
+mod warm;
 
 use std::process::ExitCode;
 
@@ -141,6 +142,20 @@ enum Command {
         /// the broker, or rounds of both compared.
         #[arg(long, value_enum, default_value = "shared")]
         files: farm::Files,
+        /// The agents' `--warm`; `compare` measures issue 17's cases on one
+        /// run instead: a slow-loading scene in 1-frame chunks (warm farm,
+        /// cold farm, plain Blender per frame), the scene above in its
+        /// chunks (warm and cold farm), and one warm Blender's memory over
+        /// --rss-chunks chunks.
+        #[arg(long, value_enum, default_value = "on")]
+        warm: farm::Warm,
+        /// With `--warm compare`: frames of the slow-loading scene.
+        #[arg(long, default_value_t = 24)]
+        slow_frames: i64,
+        /// With `--warm compare`: chunks through one warm Blender, its
+        /// memory read after each.
+        #[arg(long, default_value_t = 200)]
+        rss_chunks: u32,
     },
     /// Upload then download a file of SIZE_MB random MiB through a fresh
     /// broker over loopback, as `submit --upload` and the agents do.
@@ -228,7 +243,35 @@ fn main() -> ExitCode {
                 rounds,
                 auth,
                 files,
-            } => farm::farm(workers, frames, chunk, rounds, &blender, auth, files).await,
+                warm,
+                slow_frames,
+                rss_chunks,
+            } => match warm {
+                farm::Warm::Compare => {
+                    warm::compare(warm::Compare {
+                        workers,
+                        frames,
+                        chunk,
+                        slow_frames,
+                        rss_chunks,
+                        rounds,
+                        blender: &blender,
+                        auth,
+                    })
+                    .await
+                }
+                farm::Warm::On | farm::Warm::Off => {
+                    let config = if warm == farm::Warm::On {
+                        renderfarm_worker::blender::warm::WarmConfig::default()
+                    } else {
+                        renderfarm_worker::blender::warm::WarmConfig::off()
+                    };
+                    farm::farm(
+                        workers, frames, chunk, rounds, &blender, auth, files, config,
+                    )
+                    .await
+                }
+            },
             Command::Transfer {
                 size_mb,
                 rounds,

@@ -347,6 +347,7 @@ pub fn agent_config(broker: &str, name: &str, blender: &Path, work_dir: &Path) -
         ca_file: None,
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
         previews: true,
+        warm: renderfarm_worker::blender::warm::WarmConfig::default(),
     }
 }
 
@@ -394,7 +395,8 @@ impl TestAgent {
     }
 }
 
-/// Process ids of running Blender processes whose command line names `blend`.
+/// Process ids of running Blender processes whose command line names `blend`:
+/// rendering it cold (`-a`) or kept warm (the warm driver).
 pub fn blender_pids(blend: &Path) -> Vec<i32> {
     let needle = blend.display().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -411,7 +413,9 @@ pub fn blender_pids(blend: &Path) -> Vec<i32> {
                 .unwrap_or(true);
             !zombie
                 && cmdline.split('\0').any(|a| a == needle)
-                && cmdline.split('\0').any(|a| a == "-a")
+                && cmdline.split('\0').any(|a| {
+                    a == "-a" || a.ends_with(renderfarm_worker::blender::warm::DRIVER_FILE)
+                })
         })
         .collect()
 }

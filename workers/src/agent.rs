@@ -22,6 +22,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::blender::output::RenderProgress;
+use crate::blender::warm::{Launcher, SceneKey, WarmConfig};
 use crate::blender::{self, RenderJob};
 use crate::cache::{BlendCache, CachedBlend, Provenance, CACHE_DIR};
 use crate::preview;
@@ -67,6 +68,9 @@ pub struct AgentConfig {
     /// Whether to send the broker previews of the frames saved
     /// ([`crate::preview`]).
     pub previews: bool,
+    /// Whether and how long Blender stays loaded between the chunks of a
+    /// render (`--warm`, `--warm-idle`, `--warm-max-rss`, `--warm-max-chunks`).
+    pub warm: WarmConfig,
 }
 
 /// How the agent is told to stop.
@@ -173,6 +177,8 @@ pub struct Agent {
     enrolment: BrokerClient,
     /// Blends fetched from the broker by hash.
     cache: Arc<BlendCache>,
+    /// Starts Blender for each chunk, cold or in the render's warm process.
+    launcher: Launcher,
     /// Held while the agent lives: its saved reports and Blender's session
     /// files in the work directory are its alone.
     _work_dir_lock: Flock<std::fs::File>,
@@ -222,8 +228,10 @@ impl Agent {
         let enrolment = BrokerClient::with_options(&config.broker, &options)?
             .with_token(config.enrolment_token.clone());
         let cache = BlendCache::open(&config.work_dir.join(CACHE_DIR), config.cache_size)?;
+        let launcher = Launcher::new(config.blender.clone(), config.work_dir.clone(), config.warm);
         Ok(Self {
             cache,
+            launcher,
             config,
             client: enrolment.clone(),
             enrolment,
@@ -561,7 +569,8 @@ impl Agent {
             from: a.frame_start,
             to: a.frame_end,
         };
-        let mut blender = match blender::start(&self.config.blender, &job, &self.config.work_dir) {
+        let scene = SceneKey::new(a.render_id, &blend_file, a.blend_sha256.as_deref());
+        let mut blender = match self.launcher.start(&job, scene).await {
             Ok(b) => b,
             Err(e) => {
                 let reason = format!(

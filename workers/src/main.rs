@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use renderfarm_worker::blender::warm::WarmConfig;
 use renderfarm_worker::{Agent, AgentConfig, StopSignals};
 
 /// Renders tasks from a renderfarm broker with Blender.
@@ -59,6 +60,23 @@ struct Cli {
     /// (`off` saves the tens of milliseconds each takes to make).
     #[arg(long, env = "RENDERFARM_PREVIEWS", default_value = "on", value_parser = ["on", "off"])]
     previews: String,
+    /// Keep Blender loaded between the chunks of a render (on), so that every
+    /// chunk after the first skips Blender's start-up and the file's load; off
+    /// starts a fresh `blender -b FILE ... -a` for every chunk. A file whose
+    /// own scripts ran at load is never kept warm.
+    #[arg(long, env = "RENDERFARM_WARM", default_value = "on", value_parser = ["on", "off"])]
+    warm: String,
+    /// How long a warm Blender waits for the render's next chunk before it
+    /// ends and frees its memory.
+    #[arg(long, env = "RENDERFARM_WARM_IDLE", default_value = "60s", value_parser = humantime::parse_duration)]
+    warm_idle: Duration,
+    /// A warm Blender holding more resident memory than this after a chunk
+    /// ends, and the next chunk starts fresh (per Blender process), e.g. 8GiB.
+    #[arg(long, env = "RENDERFARM_WARM_MAX_RSS", default_value = "8GiB", value_parser = renderfarm_worker::cache::parse_size)]
+    warm_max_rss: u64,
+    /// A warm Blender ends after this many chunks, and the next starts fresh.
+    #[arg(long, env = "RENDERFARM_WARM_MAX_CHUNKS", default_value = "100", value_parser = clap::value_parser!(u32).range(1..))]
+    warm_max_chunks: u32,
     /// On SIGTERM or Ctrl-C, finish the current task before stopping (a second
     /// signal aborts it). Without it the task is aborted and handed back.
     #[arg(long)]
@@ -140,6 +158,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ca_file: cli.ca,
         cache_size: cli.cache_size,
         previews: cli.previews == "on",
+        warm: WarmConfig {
+            enabled: cli.warm == "on",
+            idle: cli.warm_idle,
+            max_rss: cli.warm_max_rss,
+            max_chunks: cli.warm_max_chunks,
+        },
     };
     let signals = StopSignals::default();
     let agent = Agent::new(config, signals.clone()).await?;

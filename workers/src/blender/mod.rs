@@ -3,6 +3,7 @@
 
 pub mod output;
 pub mod scene;
+pub mod warm;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -99,11 +100,18 @@ pub struct RunningBlender {
     pub lines: mpsc::Receiver<String>,
 }
 
-/// The Blender process itself.
+/// The Blender process itself: one started for this chunk alone (cold), or
+/// the warm one of [`warm::Launcher`] while it renders this chunk.
 pub struct BlenderProcess {
-    child: Child,
+    kind: ProcessKind,
     pid: Option<u32>,
-    temp_dir: PathBuf,
+}
+
+// One per chunk at a time: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum ProcessKind {
+    Cold { child: Child, temp_dir: PathBuf },
+    Warm(warm::WarmChunk),
 }
 
 /// Where Blender keeps its session files, under the work directory: a killed
@@ -115,6 +123,27 @@ pub const TEMP_DIR: &str = "blender-tmp";
 /// that killing it takes any children along. No shell is involved. One
 /// Blender at a time per work directory: its temporary directory starts empty.
 pub fn start(blender: &Path, job: &RenderJob, work_dir: &Path) -> anyhow::Result<RunningBlender> {
+    let (mut child, temp_dir) = spawn(blender, job.args(), work_dir, Stdio::null())?;
+    let pid = child.id();
+    let lines = forward_output(&mut child);
+    Ok(RunningBlender {
+        process: BlenderProcess {
+            kind: ProcessKind::Cold { child, temp_dir },
+            pid,
+        },
+        lines,
+    })
+}
+
+/// Starts Blender with `args` as [`start`] does: in `work_dir`, in a process
+/// group of its own, with an empty temporary directory; returns the child and
+/// that directory.
+fn spawn(
+    blender: &Path,
+    args: Vec<OsString>,
+    work_dir: &Path,
+    stdin: Stdio,
+) -> anyhow::Result<(Child, PathBuf)> {
     let temp_dir = work_dir.join(TEMP_DIR);
     match std::fs::remove_dir_all(&temp_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -124,20 +153,25 @@ pub fn start(blender: &Path, job: &RenderJob, work_dir: &Path) -> anyhow::Result
     }
     std::fs::create_dir_all(&temp_dir)
         .with_context(|| format!("creating {}", temp_dir.display()))?;
-    let mut child = Command::new(blender)
-        .args(job.args())
+    let child = Command::new(blender)
+        .args(args)
         .current_dir(work_dir)
         // Blender looks at TMP before TMPDIR.
         .env("TMP", &temp_dir)
         .env("TMPDIR", &temp_dir)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", blender.display()))?;
-    let pid = child.id();
+    Ok((child, temp_dir))
+}
+
+/// Blender's stdout and stderr, line by line, in one channel that closes
+/// once both streams do.
+fn forward_output(child: &mut Child) -> mpsc::Receiver<String> {
     let (tx, lines) = mpsc::channel(1024);
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(forward_lines(stdout, tx.clone()));
@@ -145,14 +179,14 @@ pub fn start(blender: &Path, job: &RenderJob, work_dir: &Path) -> anyhow::Result
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(forward_lines(stderr, tx));
     }
-    Ok(RunningBlender {
-        process: BlenderProcess {
-            child,
-            pid,
-            temp_dir,
-        },
-        lines,
-    })
+    lines
+}
+
+/// Kills the process group led by `pid` at once (SIGKILL).
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
 }
 
 async fn forward_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
@@ -178,21 +212,34 @@ impl BlenderProcess {
         self.pid
     }
 
-    /// Waits for Blender to exit; its exit code, or `None` if a signal ended it.
+    /// Waits for Blender to exit; its exit code, or `None` if a signal ended
+    /// it. A warm Blender counts as exited with code 0 once it says the chunk
+    /// is done, and stays for the render's next chunk.
     pub async fn wait(&mut self) -> std::io::Result<Option<i32>> {
-        Ok(self.child.wait().await?.code())
+        match &mut self.kind {
+            ProcessKind::Cold { child, .. } => Ok(child.wait().await?.code()),
+            ProcessKind::Warm(chunk) => chunk.wait().await,
+        }
     }
 
     /// Kills Blender and everything it started, at once (SIGKILL to the
-    /// process group), reaps it and removes the session files it left.
+    /// process group), reaps it and removes the session files it left. A
+    /// warm Blender goes too: the render's next chunk starts cold.
     pub async fn kill(&mut self) {
-        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        match &mut self.kind {
+            ProcessKind::Cold { child, temp_dir } => {
+                kill_group(self.pid);
+                let _ = child.kill().await;
+                remove_temp_dir(temp_dir).await;
+            }
+            ProcessKind::Warm(chunk) => chunk.kill().await,
         }
-        let _ = self.child.kill().await;
-        if let Err(e) = tokio::fs::remove_dir_all(&self.temp_dir).await {
-            tracing::debug!(error = %e, dir = %self.temp_dir.display(), "could not remove Blender's temporary files");
-        }
+    }
+}
+
+async fn remove_temp_dir(temp_dir: &Path) {
+    if let Err(e) = tokio::fs::remove_dir_all(temp_dir).await {
+        tracing::debug!(error = %e, dir = %temp_dir.display(), "could not remove Blender's temporary files");
     }
 }
 
