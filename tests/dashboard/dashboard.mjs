@@ -228,8 +228,13 @@ await scenario('the latest frame and the frames done show as images', async () =
     const heading = document.getElementById('latest-h');
     return img && img.complete && img.naturalWidth === 320 && /^Live preview: frame \d+$/.test(heading.textContent);
   }, null, { timeout: WAIT });
-  const shown = await page.locator('.frames img').count();
-  check(shown > 0, 'the grid shows the frames done');
+  // The preview of a frame arrives before its upload does (the agent makes
+  // it before the upload removes the file): the grid follows when it is stored.
+  try {
+    await page.locator('.frames img').first().waitFor({ timeout: WAIT });
+  } catch {
+    throw new Error(`the grid shows no frame done; the page says: ${JSON.stringify(await textOf(page, '[aria-labelledby="frames-h"]'))}`);
+  }
   // The archive of every frame downloads with the session, as a ZIP.
   const zip = await page.evaluate(async () => {
     const link = document.querySelector('a[href$="/frames.zip"]');
