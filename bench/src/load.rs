@@ -252,7 +252,10 @@ pub async fn dispatch(
             },
             budget_percent: TELEMETRY_BUDGET_PERCENT,
             rounds,
-            lower_is_better: &["claim_p99_ms"],
+            // The figure is dispatch's throughput; the claim p99 is
+            // reported (below) but a 3 % budget on a tail latency of a few
+            // milliseconds is below what this machine repeats.
+            lower_is_better: &[],
             details: &[
                 "broker_cpu_us_per_task",
                 "claim_p99_ms",

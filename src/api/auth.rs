@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::domain::{csrf_matches, secret_hash, Role, StoredToken, SECRET_PREFIX};
+use crate::domain::{csrf_matches, secret_digest, secret_hash, Role, StoredToken, SECRET_PREFIX};
 use crate::store::Store;
 
 /// The cookie a browser's session travels in (HttpOnly: pages cannot read it).
@@ -48,15 +48,26 @@ pub enum AuthMode {
 
 /// Verifies presented secrets against the store, remembering the answers
 /// for [`TOKEN_CACHE_TTL`] so that the steady state adds no store command
-/// per request.
+/// per request. A remembered token is shared, not copied, with every
+/// request that presents it: the workers' hot routes pay a digest and a
+/// lookup, no allocation.
 pub struct Authenticator {
     mode: AuthMode,
     store: Arc<dyn Store>,
-    cache: Mutex<HashMap<String, Remembered>>,
+    cache: Mutex<HashMap<Remembering, Remembered>>,
+}
+
+/// What a verified token is remembered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Remembering {
+    /// A presented secret, by its SHA-256.
+    Secret([u8; 32]),
+    /// The signer of a signed URL, by the token's id.
+    Signer(Uuid),
 }
 
 struct Remembered {
-    token: Option<StoredToken>,
+    token: Option<Arc<StoredToken>>,
     at: Instant,
 }
 
@@ -74,18 +85,26 @@ impl Authenticator {
     }
 
     /// The token whose secret is `secret`, if it is usable at `now`.
-    pub async fn verify(&self, secret: &str, now: DateTime<Utc>) -> Result<StoredToken, ApiError> {
-        let hash = secret_hash(secret);
-        let token = match self.remembered(&hash) {
+    pub async fn verify(
+        &self,
+        secret: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<StoredToken>, ApiError> {
+        let key = Remembering::Secret(secret_digest(secret));
+        let token = match self.remembered(key) {
             Some(token) => token,
             None => {
-                let token = self.store.token_by_hash(&hash).await?;
+                let token = self
+                    .store
+                    .token_by_hash(&secret_hash(secret))
+                    .await?
+                    .map(Arc::new);
                 // Only found tokens are remembered: an unknown one may be
                 // stored a moment later (a deployment's secret adopted by a
                 // broker still connecting to MongoDB), and the rate limiter,
                 // not this cache, bounds what guessing costs.
                 if token.is_some() {
-                    self.remember(hash, token.clone());
+                    self.remember(key, token.clone());
                 }
                 token
             }
@@ -102,10 +121,15 @@ impl Authenticator {
         Ok(token)
     }
 
-    /// Forgets what was remembered of `hash`, so that a revocation takes
-    /// effect on this replica at once.
+    /// Forgets what was remembered of the secret stored as `hash` (hex), so
+    /// that a revocation takes effect on this replica at once.
     pub fn forget(&self, hash: &str) {
-        self.lock().remove(hash);
+        let mut digest = [0u8; 32];
+        if hex::decode_to_slice(hash, &mut digest).is_ok() {
+            self.lock().remove(&Remembering::Secret(digest));
+        } else {
+            self.forget_all();
+        }
     }
 
     /// Forgets every remembered token (after a revocation that may touch
@@ -117,9 +141,9 @@ impl Authenticator {
     /// The token with id `id`, usable at `now`, for a signed URL: looked up
     /// among all tokens (signed URLs are rare next to bearer requests) and
     /// remembered like the others.
-    pub async fn signer(&self, id: Uuid, now: DateTime<Utc>) -> Result<StoredToken, ApiError> {
-        let key = format!("id:{id}");
-        let token = match self.remembered(&key) {
+    pub async fn signer(&self, id: Uuid, now: DateTime<Utc>) -> Result<Arc<StoredToken>, ApiError> {
+        let key = Remembering::Signer(id);
+        let token = match self.remembered(key) {
             Some(token) => token,
             None => {
                 let token = self
@@ -127,7 +151,8 @@ impl Authenticator {
                     .list_tokens()
                     .await?
                     .into_iter()
-                    .find(|t| t.id == id);
+                    .find(|t| t.id == id)
+                    .map(Arc::new);
                 self.remember(key, token.clone());
                 token
             }
@@ -143,13 +168,13 @@ impl Authenticator {
         Ok(token)
     }
 
-    fn remembered(&self, hash: &str) -> Option<Option<StoredToken>> {
+    fn remembered(&self, key: Remembering) -> Option<Option<Arc<StoredToken>>> {
         let cache = self.lock();
-        let entry = cache.get(hash)?;
+        let entry = cache.get(&key)?;
         (entry.at.elapsed() < TOKEN_CACHE_TTL).then(|| entry.token.clone())
     }
 
-    fn remember(&self, hash: String, token: Option<StoredToken>) {
+    fn remember(&self, key: Remembering, token: Option<Arc<StoredToken>>) {
         let mut cache = self.lock();
         if cache.len() >= TOKEN_CACHE_LIMIT {
             cache.retain(|_, e| e.at.elapsed() < TOKEN_CACHE_TTL);
@@ -158,7 +183,7 @@ impl Authenticator {
             }
         }
         cache.insert(
-            hash,
+            key,
             Remembered {
                 token,
                 at: Instant::now(),
@@ -166,7 +191,7 @@ impl Authenticator {
         );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remembered>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Remembering, Remembered>> {
         // A panic while holding the lock leaves only a cache behind.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -179,7 +204,7 @@ pub enum Caller {
     Trusted,
     /// The holder of a token (a person's, an enrolment token, a worker's
     /// own secret, or a browser session).
-    Token(StoredToken),
+    Token(Arc<StoredToken>),
 }
 
 impl Caller {

@@ -49,24 +49,36 @@ pub async fn observe_requests(
         None if spans => Some(uuid::Uuid::now_v7().to_string()),
         None => None,
     };
+    let exporting = crate::telemetry::exporting();
     let span = if spans {
         // An exported span's name cannot change once it has children, so
         // the route is matched here, before the handler runs.
         let route = req.match_pattern();
         let route = route.as_deref().unwrap_or(UNMATCHED);
-        let span = tracing::info_span!(
-            "request",
-            otel.name = %format_args!("{method} {route}"),
-            otel.kind = "server",
-            request_id = request_id.as_deref().unwrap_or_default(),
-            http.request.method = method,
-            http.route = route,
-            http.response.status_code = tracing::field::Empty,
-        );
-        if crate::telemetry::exporting() {
+        let request_id = request_id.as_deref().unwrap_or_default();
+        if exporting {
+            let span = tracing::info_span!(
+                "request",
+                otel.name = %format_args!("{method} {route}"),
+                otel.kind = "server",
+                request_id,
+                http.request.method = method,
+                http.route = route,
+                http.response.status_code = tracing::field::Empty,
+            );
             crate::telemetry::continue_trace(&span, req.headers());
+            span
+        } else {
+            // For the log lines alone, the fields they carry and nothing
+            // else: every field of a span is formatted when it is made, and
+            // a field recorded later formats them all again.
+            tracing::info_span!(
+                "request",
+                request_id,
+                http.request.method = method,
+                http.route = route
+            )
         }
-        span
     } else {
         tracing::Span::none()
     };
@@ -90,7 +102,9 @@ pub async fn observe_requests(
         }
     }
     if spans {
-        span.record("http.response.status_code", status);
+        if exporting {
+            span.record("http.response.status_code", status);
+        }
         let duration_ms = took.as_secs_f64() * 1000.0;
         let request_id = request_id.as_deref().unwrap_or_default();
         if status >= 500 {

@@ -102,7 +102,7 @@ pub async fn verify(
     req: &HttpRequest,
     state: &AppState,
     now: DateTime<Utc>,
-) -> Result<Option<StoredToken>, ApiError> {
+) -> Result<Option<std::sync::Arc<StoredToken>>, ApiError> {
     let query = req.query_string();
     if !query.contains(SIGNATURE) {
         return Ok(None);

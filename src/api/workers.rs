@@ -310,7 +310,9 @@ pub(super) async fn request_task(
         )
         .await;
         crate::metrics::replica().claim(started.elapsed());
-        if let Ok(Some(assignment)) = &claimed {
+        // Recorded for the exported span; no log line is written inside it
+        // after the claim, and each record formats a JSON span's fields anew.
+        if let (true, Ok(Some(assignment))) = (crate::telemetry::exporting(), &claimed) {
             span.record("task_id", tracing::field::display(assignment.task_id));
             span.record("render_id", tracing::field::display(assignment.render_id));
         }

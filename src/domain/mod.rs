@@ -52,9 +52,9 @@ pub use task::{
     task_transition, FramesOutOfRange, Requeue, TaskEvent, TaskReport, TaskRequeue, UnpairedLease,
 };
 pub use token::{
-    csrf_for, csrf_matches, plan_session, plan_token, plan_worker_secret, secret_from, secret_hash,
-    secret_matches, NewToken, Role, StoredToken, TokenRefusal, MAX_TOKEN_LIFETIME, OWNER_ME,
-    SECRET_PREFIX, SESSION_LIFETIME,
+    csrf_for, csrf_matches, plan_session, plan_token, plan_worker_secret, secret_digest,
+    secret_from, secret_hash, secret_matches, NewToken, Role, StoredToken, TokenRefusal,
+    MAX_TOKEN_LIFETIME, OWNER_ME, SECRET_PREFIX, SESSION_LIFETIME,
 };
 pub use webhook::{
     forbidden_address, plan_attempt, plan_deliveries, validate_webhook_spec, webhook_event_of,

@@ -84,7 +84,13 @@ pub fn secret_from(random: [u8; 32]) -> String {
 
 /// What is stored of a secret: its SHA-256, in hex.
 pub fn secret_hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    hex::encode(secret_digest(secret))
+}
+
+/// A secret's SHA-256 as bytes: what a broker remembers verified secrets
+/// by, so that a request it already knows costs no hex string.
+pub fn secret_digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
 }
 
 /// Whether `secret` is the one whose hash is `stored`, in time that does not
