@@ -19,12 +19,13 @@
 use renderfarm_wire::Priority;
 
 /// How many claims in a row a worker may take by preference for its warm
-/// render while an older render of the same priority waits. Each preferred
-/// claim saves one cold start (Blender's start-up and the scene's load); after
-/// this many, the older render is at most this many chunk durations late,
-/// which at the one-minute chunks `chunk_size: "auto"` aims for stays well
-/// inside the normal priority's wait allowance (30 minutes), so warmth never
-/// makes older work look overdue to the preemption rule.
+/// render while an older render of the same priority waits. A switch costs
+/// a cold start (Blender's start-up and the scene's load) whenever it comes,
+/// so waiting pays only when another worker (warm on the older render, or
+/// coming free) takes the older chunk meanwhile; this many chunks give the
+/// farm that chance, while at one-minute chunks the older render's wait
+/// stays well inside the normal priority's wait allowance (30 minutes), so
+/// warmth alone never makes older work overdue for preemption.
 pub const WARM_STREAK_LIMIT: i64 = 8;
 
 /// What a worker's record keeps between its claims; `R` is how the store
