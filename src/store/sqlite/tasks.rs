@@ -677,3 +677,36 @@ static WARM_CHUNK: LazyLock<String> = LazyLock::new(|| {
         chunk_order(),
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_warm_lookup_reads_renders_as_the_claim_walk_does_through_two_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrations().to_latest(&mut conn).unwrap();
+        let columns = |sql: &str| conn.prepare(sql).unwrap().column_count();
+        assert_eq!(columns(&CLAIMABLE_RENDERS), CLAIMABLE_RENDER_COLUMNS);
+        assert_eq!(columns(&WARM_CHUNK), CLAIMABLE_RENDER_COLUMNS + 4);
+        assert_eq!(columns(&FIRST_CLAIMABLE_CHUNK), 4);
+        // One render by its key, its chunks by the claim index: never a scan
+        // of a table (the tag match walks the two JSON arrays only).
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", *WARM_CHUNK))
+            .unwrap()
+            .query_map(params![1, 2, "[]"], |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let steps = plan.join("\n");
+        assert!(steps.contains("USING INTEGER PRIMARY KEY"), "{steps}");
+        assert!(steps.contains("USING INDEX tasks_claim"), "{steps}");
+        assert!(
+            !plan
+                .iter()
+                .any(|s| s.starts_with("SCAN") && !s.contains("VIRTUAL TABLE")),
+            "{steps}"
+        );
+    }
+}
