@@ -461,13 +461,6 @@ pub(super) async fn claim_next_task(
         ClaimAttempt::HoldsOne => return store.held_assignment(&worker_key).await,
     };
     store.remember_lease(&lease, task.frames(), &worker_key);
-    let after = warm.after_claim(task.render_seq, preferred);
-    if after != warm {
-        store
-            .workers()?
-            .update_one(doc! { "_id": &worker_key }, warm_update(&after))
-            .await?;
-    }
     let render = store
         .tally_task_move(&task.render_id, TaskStatus::Pending, to, 0, false, now)
         .await?;
@@ -482,6 +475,23 @@ pub(super) async fn claim_next_task(
             now,
         )
         .await?;
+    let after = warm.after_claim(task.render_seq, preferred);
+    if after != warm {
+        // Advisory: a lost write costs the worker a preference, or lets one
+        // streak run long once (the bound holds for the writes that land),
+        // never the claim it is part of, which the worker would be handed
+        // again without this write anyway.
+        let saved = match store.workers() {
+            Ok(workers) => workers
+                .update_one(doc! { "_id": &worker_key }, warm_update(&after))
+                .await
+                .map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            tracing::warn!(worker_id = %worker_id, error = %e, "the worker's warm state was not saved");
+        }
+    }
     tracing::debug!(
         worker_id = %worker_id,
         task_id = %task.id,
