@@ -149,8 +149,14 @@ impl CommandCount {
 /// the stand-in lacks too); the broker that handed it out remembers it.
 /// The event log added nothing: each status change writes its event into
 /// the task's or render's outbox in the update that makes the change (4, 3,
-/// 4 and 4 before the event log and after).
-const CLAIM_CEILING: usize = 4;
+/// 4 and 4 before the event log and after). The warm preference (issue 17)
+/// added one read to the claim of a worker that claimed before: the head of
+/// the claim index, without which the store cannot tell whether the
+/// worker's last render may be preferred (a claim takes the head at once,
+/// and a single-document filter cannot say "no higher priority elsewhere").
+/// Its write of the worker's warm state happens only when the state
+/// changes, which it does not here (the worker stays on its render).
+const CLAIM_CEILING: usize = 5;
 const PROGRESS_CEILING: usize = 3;
 const COMPLETE_CEILING: usize = 4;
 const FAIL_CEILING: usize = 4;

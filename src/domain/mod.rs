@@ -15,6 +15,7 @@ mod scheduling;
 mod tally;
 mod task;
 mod token;
+mod warm;
 mod webhook;
 mod worker;
 
@@ -56,6 +57,7 @@ pub use token::{
     secret_from, secret_hash, secret_matches, NewToken, Role, StoredToken, TokenRefusal,
     MAX_TOKEN_LIFETIME, OWNER_ME, SECRET_PREFIX, SESSION_LIFETIME,
 };
+pub use warm::{ClaimHead, WarmState, WarmTarget, WARM_STREAK_LIMIT};
 pub use webhook::{
     forbidden_address, plan_attempt, plan_deliveries, validate_webhook_spec, webhook_event_of,
     webhook_secret_from, webhook_signature, AttemptOutcome, AttemptRecord, DeliveryCounts,

@@ -15,3 +15,4 @@ mod operators;
 mod postman;
 mod previews;
 mod rate_limits;
+mod warm_preference;

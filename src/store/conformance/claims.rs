@@ -7,7 +7,7 @@ use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerAction, WorkerSt
 use uuid::Uuid;
 
 use super::{assert_counters_exact, claim, complete, plan, plan_with, t0, worker};
-use crate::domain::{RenderCommand, TaskReport, WorkerUnavailable};
+use crate::domain::{RenderCommand, TaskReport, WorkerUnavailable, WARM_STREAK_LIMIT};
 use crate::store::{PageRequest, Store, StoreError};
 
 pub async fn creating_a_render_stores_it_with_all_its_tasks(store: &dyn Store) {
@@ -241,5 +241,153 @@ pub async fn concurrent_claimers_get_every_task_exactly_once(store: &dyn Store) 
     let done = store.get_render(r.id).await.unwrap();
     assert_eq!(done.status, RenderStatus::Completed);
     assert_eq!(done.progress.tasks_completed, TASKS);
+    assert_counters_exact(store).await;
+}
+
+/// A render of `tasks` one-frame chunks submitted while every earlier one
+/// named in `hold` is paused, with `w` warm on it: `w` claims and completes
+/// its first chunk as the head (no preference), then `hold` is resumed.
+async fn warm_on(
+    store: &dyn Store,
+    w: Uuid,
+    name: &str,
+    tasks: i64,
+    priority: Priority,
+    hold: &[Uuid],
+) -> Uuid {
+    for r in hold {
+        store
+            .change_render(*r, RenderCommand::Pause, None, t0())
+            .await
+            .unwrap();
+    }
+    let warm = store
+        .create_render(plan(name, 1, tasks, 1, priority, t0()))
+        .await
+        .unwrap();
+    let first = claim(store, w).await.expect("the warm render has work");
+    assert_eq!(
+        (first.render_id, first.frame_start),
+        (warm.id, 1),
+        "the only claimable render"
+    );
+    complete(store, &first).await;
+    for r in hold {
+        store
+            .change_render(*r, RenderCommand::Resume, None, t0())
+            .await
+            .unwrap();
+    }
+    warm.id
+}
+
+/// Claims the next task for `w` and completes it; which render and frame.
+async fn claim_done(store: &dyn Store, w: Uuid) -> Option<(Uuid, i64)> {
+    let a = claim(store, w).await?;
+    complete(store, &a).await;
+    Some((a.render_id, a.frame_start))
+}
+
+pub async fn a_warm_worker_prefers_its_render_at_equal_priority_never_over_a_higher(
+    store: &dyn Store,
+) {
+    let older = store
+        .create_render(plan("older", 1, 3, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let w = worker(store, "warm", &[]).await;
+    let warm = warm_on(store, w, "warm", 20, Priority::Normal, &[older.id]).await;
+    assert_eq!(
+        claim_done(store, w).await,
+        Some((warm, 2)),
+        "its warm render's chunk wins over the older render's"
+    );
+    let cold = worker(store, "cold", &[]).await;
+    assert_eq!(
+        claim_done(store, cold).await,
+        Some((older.id, 1)),
+        "a worker warm on nothing claims in claim order"
+    );
+    let urgent = store
+        .create_render(plan("urgent", 1, 1, 1, Priority::Urgent, t0()))
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_done(store, w).await,
+        Some((urgent.id, 1)),
+        "never over a higher priority"
+    );
+    // Now warm on the urgent render, which has nothing left: claim order.
+    assert_eq!(claim_done(store, w).await, Some((older.id, 2)));
+    assert_eq!(claim_done(store, w).await, Some((older.id, 3)));
+    assert_eq!(claim_done(store, w).await, Some((warm, 3)));
+
+    // A paused warm render is not preferred.
+    let next = store
+        .create_render(plan("next", 1, 2, 1, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    store
+        .change_render(warm, RenderCommand::Pause, None, t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_done(store, w).await,
+        Some((next.id, 1)),
+        "its warm render is paused"
+    );
+    store
+        .change_render(warm, RenderCommand::Resume, None, t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_done(store, w).await,
+        Some((next.id, 2)),
+        "warm on the younger render now"
+    );
+    assert_eq!(claim_done(store, w).await, Some((warm, 4)));
+
+    // A warm render of lower priority is never preferred.
+    let again = worker(store, "again", &[]).await;
+    let low = warm_on(store, again, "low", 3, Priority::Low, &[warm]).await;
+    assert_eq!(
+        claim_done(store, again).await,
+        Some((warm, 5)),
+        "warm on a low render, it takes the normal one first"
+    );
+    assert_eq!(
+        store.get_render(low).await.unwrap().progress.tasks_pending,
+        2
+    );
+    assert_counters_exact(store).await;
+}
+
+pub async fn an_older_render_of_equal_priority_waits_at_most_the_warm_streak_limit(
+    store: &dyn Store,
+) {
+    let older = store
+        .create_render(plan("older", 1, 2, 1, Priority::High, t0()))
+        .await
+        .unwrap();
+    let w = worker(store, "w", &[]).await;
+    let warm = warm_on(
+        store,
+        w,
+        "warm",
+        WARM_STREAK_LIMIT + 4,
+        Priority::High,
+        &[older.id],
+    )
+    .await;
+    let mut order = Vec::new();
+    while let Some(claimed) = claim_done(store, w).await {
+        order.push(claimed);
+    }
+    let mut want: Vec<(Uuid, i64)> = (2..WARM_STREAK_LIMIT + 2).map(|f| (warm, f)).collect();
+    // The older render gets the next claim and, now the warm one as well as
+    // the head, the one after.
+    want.extend([(older.id, 1), (older.id, 2)]);
+    want.extend((WARM_STREAK_LIMIT + 2..=WARM_STREAK_LIMIT + 4).map(|f| (warm, f)));
+    assert_eq!(order, want);
     assert_counters_exact(store).await;
 }

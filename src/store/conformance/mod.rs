@@ -52,6 +52,8 @@ macro_rules! conformance_tests {
             paused_and_canceled_renders_are_never_claimed,
             only_workers_with_the_required_tags_claim,
             a_worker_holding_a_task_gets_the_same_assignment_again,
+            a_warm_worker_prefers_its_render_at_equal_priority_never_over_a_higher,
+            an_older_render_of_equal_priority_waits_at_most_the_warm_streak_limit,
             every_claim_mints_a_new_lease,
             a_stale_lease_changes_nothing,
             every_report_answers_the_task_as_stored,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{errors::*, *};
-use crate::domain::{worker_status, Tally, TaskLease, WorkerMode};
+use crate::domain::{worker_status, Tally, TaskLease, WarmState, WorkerMode};
 use crate::store::StoreResult;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -318,12 +318,27 @@ pub(super) struct WorkerDoc {
     /// without writing an event, the next drain tells.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) seen_offline: Option<bool>,
+    /// The warm preference's state (`domain::WarmState`): the `seq` of the
+    /// render of its last claimed task, and its streak of preferred claims.
+    /// Absent until its first claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) last_render_seq: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) warm_streak: Option<i64>,
 }
 
 impl WorkerDoc {
     pub(super) fn mode(&self) -> StoreResult<WorkerMode> {
         WorkerMode::parse(&self.mode)
             .ok_or_else(|| corrupt(format!("worker {} with mode {:?}", self.id, self.mode)))
+    }
+
+    /// Its warm preference's state, renders named by their `seq`.
+    pub(super) fn warm_state(&self) -> WarmState<i64> {
+        WarmState {
+            last_render: self.last_render_seq,
+            streak: self.warm_streak.unwrap_or(0),
+        }
     }
 
     pub(super) fn to_worker(&self, current_task: Option<&str>) -> StoreResult<Worker> {

@@ -70,6 +70,10 @@ const FILES: &[(&str, &str)] = &[
         "0012_previews",
         include_str!("../../../migrations/mongodb/0012_previews.json"),
     ),
+    (
+        "0013_warm_workers",
+        include_str!("../../../migrations/mongodb/0013_warm_workers.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

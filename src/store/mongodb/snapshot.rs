@@ -93,6 +93,9 @@ impl ImportFarm for MongoStore {
                 events: None,
                 has_events: None,
                 seen_offline: Some(worker.offline),
+                // A render's `seq` is each store's own: warmth starts afresh here.
+                last_render_seq: None,
+                warm_streak: None,
             })
             .await?;
         Ok(true)

@@ -13,8 +13,9 @@ use super::rules::{carries_tags, claim_sort};
 use super::{documents::*, *};
 use crate::domain::{
     check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
-    plan_task_requeue, task_transition, ClaimPermission, IllegalTransition, Requeue, TaskEvent,
-    TaskReport, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS, TASK_LOG_LIMIT,
+    plan_task_requeue, task_transition, ClaimHead, ClaimPermission, IllegalTransition, Priority,
+    Requeue, TaskEvent, TaskReport, WarmState, WarmTarget, CLAIMABLE_TASK_STATUS,
+    LEASED_TASK_STATUS, TASK_LOG_LIMIT,
 };
 use crate::store::{PageRequest, StoreError, StoreResult};
 
@@ -357,6 +358,69 @@ pub(super) async fn task_log(store: &MongoStore, id: Uuid) -> StoreResult<String
     ))
 }
 
+/// What one claim attempt came to.
+enum ClaimAttempt {
+    Took(Box<TaskDoc>),
+    NoneLeft,
+    /// The worker holds a running task already.
+    HoldsOne,
+}
+
+impl MongoStore {
+    /// Hands the first task matching `filter` in claim order to `worker`.
+    async fn claim_matching(
+        &self,
+        filter: Document,
+        update: Document,
+    ) -> StoreResult<ClaimAttempt> {
+        // The `tasks_one_running_per_worker` index lets a worker hold one
+        // running task: a worker that holds one already (it asked again, or
+        // two of its requests raced) is refused by the server here,
+        // atomically. So the common claim needs no look beforehand.
+        let claimed = self
+            .tasks()?
+            .find_one_and_update(filter, update)
+            .sort(claim_sort())
+            .hint(Hint::Name(CLAIM_INDEX.into()))
+            .return_document(ReturnDocument::After)
+            .await;
+        match claimed {
+            Ok(Some(task)) => Ok(ClaimAttempt::Took(Box::new(task))),
+            Ok(None) => Ok(ClaimAttempt::NoneLeft),
+            Err(e) if is_duplicate_key(&e) => Ok(ClaimAttempt::HoldsOne),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The first render in claim order with work for a worker with
+    /// `worker_tags`: read from the claim index alone.
+    async fn claim_head(&self, worker_tags: &[String]) -> StoreResult<Option<ClaimHead<i64>>> {
+        let head = self
+            .db()?
+            .collection::<Document>(TASKS)
+            .find_one(claim_filter(worker_tags))
+            .sort(claim_sort())
+            .hint(Hint::Name(CLAIM_INDEX.into()))
+            .projection(doc! { "_id": 0, "priority": 1, "render_seq": 1 })
+            .await?;
+        head.map(|h| claim_head_of(&h)).transpose()
+    }
+}
+
+/// The head as the claim index's projection gives it.
+fn claim_head_of(head: &Document) -> StoreResult<ClaimHead<i64>> {
+    let int = |key: &str| match head.get(key) {
+        Some(Bson::Int64(v)) => Some(*v),
+        Some(Bson::Int32(v)) => Some(i64::from(*v)),
+        _ => None,
+    };
+    let priority = int("priority").and_then(Priority::from_rank);
+    match (int("render_seq"), priority) {
+        (Some(render), Some(priority)) => Ok(ClaimHead { render, priority }),
+        _ => Err(corrupt(format!("a claimable task reads {head}"))),
+    }
+}
+
 pub(super) async fn claim_next_task(
     store: &MongoStore,
     worker_id: Uuid,
@@ -369,25 +433,32 @@ pub(super) async fn claim_next_task(
     }
     let to = task_transition(TaskStatus::Pending, TaskEvent::Claim)?;
     let lease = Uuid::new_v4().to_string();
-    // The `tasks_one_running_per_worker` index lets a worker hold one running
-    // task: a worker that holds one already (it asked again, or two of its
-    // requests raced) is refused by the server here, atomically, and gets
-    // the one it holds. So the common claim needs no look beforehand.
-    let claimed = store
-        .tasks()?
-        .find_one_and_update(
-            claim_filter(&worker.tags),
-            claim_update(to, &worker_key, &lease, now),
-        )
-        .sort(claim_sort())
-        .hint(Hint::Name(CLAIM_INDEX.into()))
-        .return_document(ReturnDocument::After)
-        .await;
-    let task = match claimed {
-        Ok(Some(task)) => task,
-        Ok(None) => return Ok(None),
-        Err(e) if is_duplicate_key(&e) => return store.held_assignment(&worker_key).await,
-        Err(e) => return Err(e.into()),
+    let update = || claim_update(to, &worker_key, &lease, now);
+    let warm = worker.warm_state();
+    // The warm preference needs the head first: one read of the claim index,
+    // only for a worker that may prefer at all.
+    let mut attempt = ClaimAttempt::NoneLeft;
+    let mut preferred = false;
+    if warm.may_prefer() {
+        let Some(head) = store.claim_head(&worker.tags).await? else {
+            return Ok(None);
+        };
+        if let Some(target) = warm.target(&head) {
+            attempt = store
+                .claim_matching(warm_claim_filter(&worker.tags, &target), update())
+                .await?;
+            preferred = matches!(attempt, ClaimAttempt::Took(_));
+        }
+    }
+    if matches!(attempt, ClaimAttempt::NoneLeft) {
+        attempt = store
+            .claim_matching(claim_filter(&worker.tags), update())
+            .await?;
+    }
+    let task = match attempt {
+        ClaimAttempt::Took(task) => task,
+        ClaimAttempt::NoneLeft => return Ok(None),
+        ClaimAttempt::HoldsOne => return store.held_assignment(&worker_key).await,
     };
     store.remember_lease(&lease, task.frames(), &worker_key);
     let render = store
@@ -404,11 +475,29 @@ pub(super) async fn claim_next_task(
             now,
         )
         .await?;
+    let after = warm.after_claim(task.render_seq, preferred);
+    if after != warm {
+        // Advisory: a lost write costs the worker a preference, or lets one
+        // streak run long once (the bound holds for the writes that land),
+        // never the claim it is part of, which the worker would be handed
+        // again without this write anyway.
+        let saved = match store.workers() {
+            Ok(workers) => workers
+                .update_one(doc! { "_id": &worker_key }, warm_update(&after))
+                .await
+                .map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            tracing::warn!(worker_id = %worker_id, error = %e, "the worker's warm state was not saved");
+        }
+    }
     tracing::debug!(
         worker_id = %worker_id,
         task_id = %task.id,
         render_id = %task.render_id,
         lease_id = ?task.lease_id,
+        preferred,
         "task claimed"
     );
     task.assignment(&render).map(Some)
@@ -602,6 +691,20 @@ pub fn claim_filter(worker_tags: &[String]) -> Document {
         "runnable": true,
         "required_tags": carries_tags(worker_tags),
     }
+}
+
+/// A warm target (`domain::WarmTarget`): claimable tasks of one render at
+/// one priority, which the claim index finds by its leading fields.
+pub fn warm_claim_filter(worker_tags: &[String], target: &WarmTarget<i64>) -> Document {
+    let mut filter = claim_filter(worker_tags);
+    filter.insert("priority", target.priority.rank());
+    filter.insert("render_seq", target.render);
+    filter
+}
+
+/// Keeps a worker's warm preference's state after a claim.
+pub fn warm_update(warm: &WarmState<i64>) -> Document {
+    doc! { "$set": { "last_render_seq": warm.last_render, "warm_streak": warm.streak } }
 }
 
 /// Hands a task to `worker` under a new `lease`, with its event.

@@ -67,6 +67,8 @@ pub(super) async fn register_worker(
         )),
         has_events: Some(true),
         seen_offline: Some(false),
+        last_render_seq: None,
+        warm_streak: None,
     };
     store.workers()?.insert_one(&doc).await?;
     tracing::info!(worker_id = %doc.id, name = %doc.name, "worker registered");

@@ -67,6 +67,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../../migrations/sqlite/0010_files.sql")),
         M::up(include_str!("../../../migrations/sqlite/0011_webhooks.sql")),
         M::up(include_str!("../../../migrations/sqlite/0012_previews.sql")),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0013_warm_workers.sql"
+        )),
     ])
 }
 

@@ -14,6 +14,7 @@ use crate::domain::{
     plan_task_requeue, tally_after, task_transition, BulkCause, ClaimPermission, IllegalTransition,
     Requeue, TaskEvent, TaskLease, TaskReport, TASK_LOG_LIMIT,
 };
+use crate::domain::{ClaimHead, Priority, WarmState};
 use crate::domain::{
     ClaimKey, CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS,
 };
@@ -189,15 +190,48 @@ pub(super) fn append_log(conn: &Connection, task_seq: i64, log: Option<&str>) ->
     Ok(())
 }
 
-/// The task a worker with `worker_tags` (JSON) should take next, with its
-/// and its render's row numbers: the renders first (only the unfinished ones
-/// with pending work, by priority then age), then the chosen render's lowest
-/// pending chunk. Going through the renders means a paused or canceled
-/// render's pending chunks are never walked, however many there are.
-pub(super) fn next_pending_task(
-    conn: &Connection,
-    worker_tags: &str,
-) -> StoreResult<Option<(i64, i64, Assignment)>> {
+/// A pending chunk a claim may take, with its and its render's row numbers.
+pub(super) struct PendingChunk {
+    pub(super) task_seq: i64,
+    pub(super) render_seq: i64,
+    pub(super) priority: Priority,
+    pub(super) assignment: Assignment,
+}
+
+/// Reads a [`PendingChunk`] from a row laid out as [`CLAIMABLE_RENDERS`]'
+/// columns followed by [`FIRST_CLAIMABLE_CHUNK`]'s, from `chunk_at` on.
+fn pending_chunk(
+    render: &rusqlite::Row,
+    chunk: &rusqlite::Row,
+    chunk_at: usize,
+) -> rusqlite::Result<PendingChunk> {
+    let priority: i64 = render.get(1)?;
+    Ok(PendingChunk {
+        task_seq: chunk.get(chunk_at)?,
+        render_seq: render.get(0)?,
+        priority: Priority::from_rank(priority)
+            .ok_or_else(|| rusqlite::Error::IntegralValueOutOfRange(1, priority))?,
+        assignment: Assignment {
+            task_id: get_uuid(chunk, chunk_at + 1)?,
+            render_id: get_uuid(render, 2)?,
+            lease_id: Uuid::new_v4(),
+            blend_file: render.get(3)?,
+            frame_start: chunk.get(chunk_at + 2)?,
+            frame_end: chunk.get(chunk_at + 3)?,
+            output: render.get(4)?,
+            engine: render.get(5)?,
+            blend_sha256: render.get(6)?,
+            upload_frames: render.get(7)?,
+        },
+    })
+}
+
+/// The first chunk in claim order a worker with `worker_tags` (JSON) may
+/// take: the renders first (only the unfinished ones with pending work, by
+/// priority then age), then the chosen render's lowest pending chunk. Going
+/// through the renders means a paused or canceled render's pending chunks
+/// are never walked, however many there are.
+fn first_pending_chunk(conn: &Connection, worker_tags: &str) -> StoreResult<Option<PendingChunk>> {
     let mut renders = conn.prepare_cached(&CLAIMABLE_RENDERS)?;
     let mut rows = renders.query([worker_tags])?;
     let mut first_chunk = conn.prepare_cached(&FIRST_CLAIMABLE_CHUNK)?;
@@ -207,32 +241,50 @@ pub(super) fn next_pending_task(
         let render_seq: i64 = render.get(0)?;
         let priority: i64 = render.get(1)?;
         let chunk = first_chunk
-            .query_row(params![priority, render_seq], |task| {
-                Ok((
-                    task.get::<_, i64>(0)?,
-                    get_uuid(task, 1)?,
-                    task.get(2)?,
-                    task.get(3)?,
-                ))
+            .query_row(params![priority, render_seq], |chunk| {
+                pending_chunk(render, chunk, 0)
             })
             .optional()?;
-        if let Some((task_seq, task_id, frame_start, frame_end)) = chunk {
-            let assignment = Assignment {
-                task_id,
-                render_id: get_uuid(render, 2)?,
-                lease_id: Uuid::new_v4(),
-                blend_file: render.get(3)?,
-                frame_start,
-                frame_end,
-                output: render.get(4)?,
-                engine: render.get(5)?,
-                blend_sha256: render.get(6)?,
-                upload_frames: render.get(7)?,
-            };
-            return Ok(Some((task_seq, render_seq, assignment)));
+        if chunk.is_some() {
+            return Ok(chunk);
         }
     }
     Ok(None)
+}
+
+/// The chunk a worker should take next, and the worker's warm state after
+/// taking it: the first in claim order (the head), unless the worker's warm
+/// preference (`domain::WarmState::target`) names its last render and that
+/// render has a claimable chunk at the head's priority. That costs one more
+/// indexed lookup, and only when the worker is warm on another render than
+/// the head.
+pub(super) fn next_pending_task(
+    conn: &Connection,
+    worker_tags: &str,
+    warm: WarmState<i64>,
+) -> StoreResult<Option<(PendingChunk, WarmState<i64>)>> {
+    let Some(head) = first_pending_chunk(conn, worker_tags)? else {
+        return Ok(None);
+    };
+    let target = warm.target(&ClaimHead {
+        render: head.render_seq,
+        priority: head.priority,
+    });
+    if let Some(target) = target {
+        let warm_chunk = conn
+            .prepare_cached(&WARM_CHUNK)?
+            .query_row(
+                params![target.priority.rank(), target.render, worker_tags],
+                |row| pending_chunk(row, row, CLAIMABLE_RENDER_COLUMNS),
+            )
+            .optional()?;
+        if let Some(chunk) = warm_chunk {
+            let after = warm.after_claim(chunk.render_seq, true);
+            return Ok(Some((chunk, after)));
+        }
+    }
+    let after = warm.after_claim(head.render_seq, false);
+    Ok(Some((head, after)))
 }
 
 /// Appends one line to a task's history; `actor` is the person who did it,
@@ -429,7 +481,7 @@ pub(super) async fn claim_next_task(
 ) -> StoreResult<Option<Assignment>> {
     store
         .write(move |conn| {
-            let (mode, worker_tags) = mark_alive(conn, worker_id, now)?;
+            let worker = mark_alive(conn, worker_id, now)?;
             let held = conn
                 .prepare_cached(&HELD_ASSIGNMENT)?
                 .query_row([worker_id.to_string()], assignment_from_row)
@@ -437,13 +489,21 @@ pub(super) async fn claim_next_task(
             if held.is_some() {
                 return Ok(held);
             }
-            if claim_permission(mode)? == ClaimPermission::NoNewWork {
+            if claim_permission(worker.mode)? == ClaimPermission::NoNewWork {
                 return Ok(None);
             }
-            let Some((task_seq, render_seq, assignment)) = next_pending_task(conn, &worker_tags)?
-            else {
+            let Some((chunk, warm)) = next_pending_task(conn, &worker.tags, worker.warm)? else {
                 return Ok(None);
             };
+            if warm != worker.warm {
+                save_warm_state(conn, worker_id, warm)?;
+            }
+            let PendingChunk {
+                task_seq,
+                render_seq,
+                assignment,
+                ..
+            } = chunk;
             let to = task_transition(TaskStatus::Pending, TaskEvent::Claim)?;
             let lease = assignment.lease_id;
             conn.prepare_cached(
@@ -558,18 +618,32 @@ static HELD_ASSIGNMENT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// How many columns [`CLAIMABLE_RENDERS`] selects.
+const CLAIMABLE_RENDER_COLUMNS: usize = 8;
+
 /// The renders whose pending work the worker with tags `?1` (JSON) may
 /// claim, in claim order.
 static CLAIMABLE_RENDERS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT r.seq, r.priority, r.id, r.blend_file, r.output, r.engine, r.blend_sha256, \
-         r.upload_frames FROM renders r \
-         WHERE r.status {} AND r.tasks_pending > 0 AND r.hidden = 0 AND {} ORDER BY {}",
-        is_in(CLAIMABLE_RENDER_STATUSES),
-        carries_tags("?1", "r.tags"),
+        "SELECT {CLAIMABLE_RENDER_SELECT} FROM renders r WHERE {} ORDER BY {}",
+        claimable_render("?1"),
         claim_order(render_column),
     )
 });
+
+/// What a claim reads of a render, [`CLAIMABLE_RENDER_COLUMNS`] columns.
+const CLAIMABLE_RENDER_SELECT: &str = "r.seq, r.priority, r.id, r.blend_file, r.output, r.engine, \
+     r.blend_sha256, r.upload_frames";
+
+/// The render `r` has pending work the worker with tags `tags` (JSON) may
+/// claim.
+fn claimable_render(tags: &str) -> String {
+    format!(
+        "r.status {} AND r.tasks_pending > 0 AND r.hidden = 0 AND {}",
+        is_in(CLAIMABLE_RENDER_STATUSES),
+        carries_tags(tags, "r.tags"),
+    )
+}
 
 /// The first claimable chunk of the render `?2` (of priority `?1`, which
 /// the claim index leads with).
@@ -579,6 +653,60 @@ static FIRST_CLAIMABLE_CHUNK: LazyLock<String> = LazyLock::new(|| {
          WHERE t.status = {} AND t.priority = ?1 AND t.render_seq = ?2 \
          ORDER BY {} LIMIT 1",
         lit(CLAIMABLE_TASK_STATUS),
-        claim_order(|key| (key == ClaimKey::FrameStart).then_some("t.frame_start")),
+        chunk_order(),
     )
 });
+
+/// The claim order within one render.
+fn chunk_order() -> String {
+    claim_order(|key| (key == ClaimKey::FrameStart).then_some("t.frame_start"))
+}
+
+/// A warm target (`domain::WarmTarget`): the first claimable chunk of the
+/// render `?2` at priority `?1`, if that render is claimable by the worker
+/// with tags `?3`; the render's columns, then the chunk's. One render by its
+/// key, then the claim index by (status, priority, render).
+static WARM_CHUNK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {CLAIMABLE_RENDER_SELECT}, t.seq, t.id, t.frame_start, t.frame_end \
+         FROM renders r JOIN tasks t ON t.render_seq = r.seq AND t.priority = r.priority \
+         WHERE r.seq = ?2 AND r.priority = ?1 AND {} AND t.status = {} \
+         ORDER BY {} LIMIT 1",
+        claimable_render("?3"),
+        lit(CLAIMABLE_TASK_STATUS),
+        chunk_order(),
+    )
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_warm_lookup_reads_renders_as_the_claim_walk_does_through_two_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrations().to_latest(&mut conn).unwrap();
+        let columns = |sql: &str| conn.prepare(sql).unwrap().column_count();
+        assert_eq!(columns(&CLAIMABLE_RENDERS), CLAIMABLE_RENDER_COLUMNS);
+        assert_eq!(columns(&WARM_CHUNK), CLAIMABLE_RENDER_COLUMNS + 4);
+        assert_eq!(columns(&FIRST_CLAIMABLE_CHUNK), 4);
+        // One render by its key, its chunks by the claim index: never a scan
+        // of a table (the tag match walks the two JSON arrays only).
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", *WARM_CHUNK))
+            .unwrap()
+            .query_map(params![1, 2, "[]"], |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let steps = plan.join("\n");
+        assert!(steps.contains("USING INTEGER PRIMARY KEY"), "{steps}");
+        assert!(steps.contains("USING INDEX tasks_claim"), "{steps}");
+        assert!(
+            !plan
+                .iter()
+                .any(|s| s.starts_with("SCAN") && !s.contains("VIRTUAL TABLE")),
+            "{steps}"
+        );
+    }
+}

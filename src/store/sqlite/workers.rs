@@ -12,7 +12,7 @@ use super::{rows::*, tasks::*, *};
 use crate::domain::LEASED_TASK_STATUS;
 use crate::domain::{
     heartbeat_action, heartbeat_task, worker_transition, IllegalTransition, Requeue,
-    ValidWorkerSpec, WorkerMode, REMOVE_ONLY_DISABLED,
+    ValidWorkerSpec, WarmState, WorkerMode, REMOVE_ONLY_DISABLED,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -26,21 +26,52 @@ pub(super) fn load_worker(conn: &Connection, id: Uuid) -> StoreResult<Worker> {
     .ok_or_else(|| StoreError::not_found("worker", id))
 }
 
-/// Records a sign of life from the worker; returns its mode and its tags
-/// (JSON), which a claim needs next.
+/// What a claim needs of the worker it serves, read as it is marked alive.
+pub(super) struct ClaimingWorker {
+    pub(super) mode: WorkerMode,
+    /// Its tags, as JSON.
+    pub(super) tags: String,
+    /// Its warm preference's state, renders named by their `seq`.
+    pub(super) warm: WarmState<i64>,
+}
+
+/// Records a sign of life from the worker; returns what a claim needs next.
 pub(super) fn mark_alive(
     conn: &Connection,
     worker_id: Uuid,
     now: DateTime<Utc>,
-) -> StoreResult<(WorkerMode, String)> {
+) -> StoreResult<ClaimingWorker> {
     conn.prepare_cached(
-        "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 RETURNING mode, tags",
+        "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 \
+         RETURNING mode, tags, last_render_seq, warm_streak",
     )?
     .query_row(params![worker_id.to_string(), ts(now)], |row| {
-        Ok((get_enum(row, 0, WorkerMode::parse)?, row.get(1)?))
+        Ok(ClaimingWorker {
+            mode: get_enum(row, 0, WorkerMode::parse)?,
+            tags: row.get(1)?,
+            warm: WarmState {
+                last_render: row.get(2)?,
+                streak: row.get(3)?,
+            },
+        })
     })
     .optional()?
     .ok_or_else(|| StoreError::not_found("worker", worker_id))
+}
+
+/// Keeps the worker's warm preference's state after a claim.
+pub(super) fn save_warm_state(
+    conn: &Connection,
+    worker_id: Uuid,
+    warm: WarmState<i64>,
+) -> StoreResult<()> {
+    conn.prepare_cached("UPDATE workers SET last_render_seq = ?2, warm_streak = ?3 WHERE id = ?1")?
+        .execute(params![
+            worker_id.to_string(),
+            warm.last_render,
+            warm.streak
+        ])?;
+    Ok(())
 }
 
 pub(super) async fn register_worker(

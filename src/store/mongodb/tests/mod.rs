@@ -22,7 +22,7 @@ use super::{
     connect::*, counters::*, documents::*, errors::*, renders::*, tasks::*, upkeep::*, workers::*,
     *,
 };
-use crate::domain::WorkerMode;
+use crate::domain::{WarmState, WorkerMode};
 use crate::store::Store;
 
 mod queries;
@@ -210,6 +210,8 @@ fn every_document_written_passes_its_collection_validator() {
         events: None,
         has_events: None,
         seen_offline: None,
+        last_render_seq: None,
+        warm_streak: None,
     };
     assert_valid("workers", &bson::to_document(&worker).unwrap());
     let log = LogDoc {
@@ -375,6 +377,8 @@ fn a_worker_stays_valid_as_it_beats_and_changes_mode() {
         events: None,
         has_events: None,
         seen_offline: None,
+        last_render_seq: None,
+        warm_streak: None,
     };
     let mut doc = bson::to_document(&worker).unwrap();
     apply(&mut doc, &alive_update(t(5)));
@@ -383,9 +387,18 @@ fn a_worker_stays_valid_as_it_beats_and_changes_mode() {
         &doc! { "$set": { "mode": WorkerMode::Draining.as_str() } },
     );
     assert_valid("workers", &doc);
-    let back: WorkerDoc = bson::from_document(doc).unwrap();
+    let back: WorkerDoc = bson::from_document(doc.clone()).unwrap();
     assert!(!back.offline);
     assert_eq!(back.last_heartbeat, bson_time(t(5)));
+    assert_eq!(back.warm_state(), WarmState::default(), "never claimed");
+    let warm = WarmState {
+        last_render: Some(12),
+        streak: 3,
+    };
+    apply(&mut doc, &warm_update(&warm));
+    assert_valid("workers", &doc);
+    let back: WorkerDoc = bson::from_document(doc).unwrap();
+    assert_eq!(back.warm_state(), warm);
 }
 
 #[test]

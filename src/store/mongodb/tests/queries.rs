@@ -7,7 +7,7 @@ use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
 
 use super::super::rules::claim_sort;
 use super::super::{counters::*, documents::*, renders::*, tasks::*, upkeep::*, workers::*, *};
-use crate::domain::WorkerMode;
+use crate::domain::{WarmState, WarmTarget, WorkerMode};
 use crate::store::RenderFilter;
 
 fn t(s: i64) -> DateTime<Utc> {
@@ -45,6 +45,40 @@ fn the_claim_sorts_by_priority_then_render_age_then_frame() {
         keys,
         ["priority", "render_seq", "frame_start"],
         "order matters"
+    );
+}
+
+#[test]
+fn a_warm_claim_looks_in_one_render_at_the_head_s_priority_by_the_claim_index_s_prefix() {
+    let target = WarmTarget {
+        render: 7,
+        priority: Priority::High,
+    };
+    let filter = warm_claim_filter(&["gpu".to_string()], &target);
+    let mut want = claim_filter(&["gpu".to_string()]);
+    want.insert("priority", 2_i64);
+    want.insert("render_seq", 7_i64);
+    assert_eq!(filter, want, "the claim's filter, narrowed");
+    // Every key of the claim index but the last is an equality of the
+    // filter: the server reads the render's chunks in frame order.
+    let index = super::super::migrations::all()
+        .unwrap()
+        .into_iter()
+        .flat_map(|m| m.collections)
+        .flat_map(|c| c.indexes)
+        .find(|i| i.name == CLAIM_INDEX)
+        .unwrap();
+    let keys: Vec<&str> = index.key.keys().map(String::as_str).collect();
+    assert_eq!(keys.last(), Some(&"frame_start"));
+    for key in &keys[..keys.len() - 1] {
+        assert!(filter.contains_key(*key), "{key}");
+    }
+    assert_eq!(
+        warm_update(&WarmState {
+            last_render: Some(7),
+            streak: 2
+        }),
+        doc! { "$set": { "last_render_seq": 7_i64, "warm_streak": 2_i64 } }
     );
 }
 
