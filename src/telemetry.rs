@@ -92,7 +92,6 @@ pub fn init(
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(ansi)
-            .with_filter(EnvFilter::new(filter))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -100,34 +99,42 @@ pub fn init(
             .with_current_span(true)
             .with_span_list(false)
             .with_writer(std::io::stderr)
-            .with_filter(EnvFilter::new(filter))
             .boxed(),
     };
-    let (provider, traces) = match otlp {
+    let provider = match otlp {
         Some(export) => {
             let provider = tracer_provider(export)?;
             let tracer = provider.tracer(SERVICE_NAME);
             // Spans of this crate only, whatever the log filter says: the
-            // trace is of the farm's own work.
-            let layer = tracing_opentelemetry::layer()
+            // trace is of the farm's own work. Two layers with filters of
+            // their own need per-layer filtering.
+            let traces = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_filter(
                     tracing_subscriber::filter::Targets::new()
                         .with_target("renderfarm", tracing::Level::INFO),
-                )
-                .boxed();
+                );
             opentelemetry::global::set_text_map_propagator(
                 opentelemetry_sdk::propagation::TraceContextPropagator::new(),
             );
-            (Some(provider), Some(layer))
+            tracing_subscriber::registry()
+                .with(logs.with_filter(EnvFilter::new(filter)))
+                .with(traces)
+                .try_init()
+                .context("installing the log subscriber")?;
+            Some(provider)
         }
-        None => (None, None),
+        None => {
+            // One layer: its filter is the subscriber's own, which spares
+            // every span the per-layer bookkeeping (a request makes two).
+            tracing_subscriber::registry()
+                .with(logs)
+                .with(EnvFilter::new(filter))
+                .try_init()
+                .context("installing the log subscriber")?;
+            None
+        }
     };
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .try_init()
-        .context("installing the log subscriber")?;
     REQUEST_SPANS.store(
         format == LogFormat::Json || provider.is_some(),
         Ordering::Relaxed,

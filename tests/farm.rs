@@ -8,39 +8,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    blender_or_skip, blender_pids, get_json, send_json, task_log, wait_for, BrokerProcess,
-    TestAgent, TestBroker,
+    blender_or_skip, blender_pids, get_json, scene, send_json, submission, submit, task_log,
+    tasks_of, wait_for, BrokerProcess, TestAgent, TestBroker,
 };
-use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
+use renderfarm_worker::blender::scene::SceneSpec;
 use renderfarm_worker::blender::TEMP_DIR;
 use renderfarm_worker::{Agent, AgentConfig, StopSignals};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const RENDER_LIMIT: Duration = Duration::from_secs(120);
-
-async fn scene(dir: &Path, name: &str, spec: SceneSpec, blender: &Path) -> String {
-    let path = dir.join(format!("{name}.blend"));
-    make_scene(blender, &path, spec)
-        .await
-        .expect("Blender makes the scene");
-    path.display().to_string()
-}
-
-fn submission(name: &str, blend: &str, frames: i64, chunk: i64, output: &Path) -> Value {
-    json!({
-        "name": name,
-        "blend_file": blend,
-        "frame_start": 1,
-        "frame_end": frames,
-        "chunk_size": chunk,
-        "output": format!("{}/frame_####", output.display()),
-    })
-}
-
-async fn submit(broker: &str, client: &reqwest::Client, body: &Value) -> Value {
-    send_json(client, Method::POST, format!("{broker}/renders"), body).await
-}
 
 async fn wait_for_render_status(
     broker: &str,
@@ -59,13 +36,6 @@ async fn wait_for_render_status(
         },
     )
     .await
-}
-
-async fn tasks_of(broker: &str, client: &reqwest::Client, id: &str) -> Vec<Value> {
-    get_json(client, format!("{broker}/renders/{id}/tasks")).await["items"]
-        .as_array()
-        .expect("tasks")
-        .clone()
 }
 
 /// Waits until `count` workers are registered and have had time to start
@@ -109,7 +79,7 @@ fn blender_session_dirs(dir: &Path) -> usize {
 struct LongRender {
     broker: TestBroker,
     agent: TestAgent,
-    blend: String,
+    blend: std::path::PathBuf,
     id: String,
     /// Holds the scene and the frames. Bind it by name when destructuring:
     /// `..` would drop it at once, and Blender, finding its output directory
@@ -408,7 +378,7 @@ async fn a_multilayer_exr_frame_is_previewed_from_its_combined_pass() {
     let blend = scene(files.path(), "exr", SceneSpec::tiny(2), &blender).await;
     let render_as = |format: &str, pattern: &str| {
         let status = std::process::Command::new(&blender)
-            .args(["-b", &blend, "--python-expr"])
+            .arg("-b").arg(&blend).arg("--python-expr")
             .arg(format!(
                 "import bpy; s = bpy.context.scene; s.view_settings.view_transform = 'Standard'; s.render.image_settings.file_format = '{format}'"
             ))

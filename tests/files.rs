@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    blender_or_skip, blender_pids, renderfarm_command, wait_for, BrokerProcess, TestAgent,
-    ADMIN_TOKEN,
+    blender_or_skip, blender_pids, png_pixels, renderfarm_command, wait_for, BrokerProcess,
+    TestAgent, ADMIN_TOKEN,
 };
 use renderfarm_client::{BrokerClient, FileStatus};
 use renderfarm_wire::{Render, RenderStatus};
@@ -174,25 +174,6 @@ fn render_directly(blender: &Path, blend: &Path, out: &Path, frames: i64) {
     assert!(output.status.success(), "the reference render failed");
 }
 
-/// A PNG's decoded pixels with what they mean (size, colour type, depth),
-/// so that frames compare by what they show, not by their metadata.
-fn pixels(path: &Path) -> (u32, u32, png::ColorType, png::BitDepth, Vec<u8>) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .unwrap_or_else(|e| panic!("{} is not a PNG: {e}", path.display()));
-    let mut buffer = vec![0; reader.output_buffer_size().expect("a size")];
-    let info = reader.next_frame(&mut buffer).expect("a frame");
-    buffer.truncate(info.buffer_size());
-    (
-        info.width,
-        info.height,
-        info.color_type,
-        info.bit_depth,
-        buffer,
-    )
-}
-
 /// Every PNG in `dir`, by name.
 fn pngs(dir: &Path) -> BTreeMap<String, PathBuf> {
     std::fs::read_dir(dir)
@@ -215,8 +196,8 @@ fn assert_same_pixels(got: &Path, reference: &Path, frames: i64) {
     );
     let reference_files = pngs(reference);
     for name in &want {
-        let a = pixels(&got_files[name]);
-        let b = pixels(&reference_files[name]);
+        let a = png_pixels(&got_files[name]);
+        let b = png_pixels(&reference_files[name]);
         assert_eq!((a.0, a.1, a.2, a.3), (b.0, b.1, b.2, b.3), "{name}: format");
         assert!(
             a.4 == b.4,
@@ -226,8 +207,8 @@ fn assert_same_pixels(got: &Path, reference: &Path, frames: i64) {
     // The frames differ from one another: the comparison can fail.
     if frames > 1 {
         assert_ne!(
-            pixels(&got_files[&want[0]]).4,
-            pixels(&got_files[&want[want.len() - 1]]).4,
+            png_pixels(&got_files[&want[0]]).4,
+            png_pixels(&got_files[&want[want.len() - 1]]).4,
             "the scene moves"
         );
     }

@@ -5,27 +5,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    blender_or_skip, blender_pids, get_json, send_json, task_log, wait_for, TestAgent, TestBroker,
+    blender_or_skip, blender_pids, get_json, png_pixels, scene, send_json, submission, submit,
+    task_log, tasks_of, wait_for, TestAgent, TestBroker,
 };
-use renderfarm_worker::blender::scene::{make_scene, SceneSpec};
+use renderfarm_worker::blender::scene::SceneSpec;
 use renderfarm_worker::blender::warm::{Launcher, SceneKey, WarmConfig};
 use renderfarm_worker::blender::RenderJob;
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const RENDER_LIMIT: Duration = Duration::from_secs(180);
-
-async fn scene(dir: &Path, name: &str, spec: SceneSpec, blender: &Path) -> PathBuf {
-    let path = dir.join(format!("{name}.blend"));
-    make_scene(blender, &path, spec)
-        .await
-        .expect("Blender makes the scene");
-    path
-}
 
 fn job(blend: &Path, out: &Path, from: i64, to: i64) -> RenderJob {
     RenderJob {
@@ -60,26 +53,6 @@ async fn render(launcher: &mut Launcher, job: &RenderJob, render_id: &str) -> Ch
     .await
     .expect("the chunk ends");
     Chunk { pid, exit, lines }
-}
-
-/// A PNG's decoded pixels with what they mean (size, colour type, depth), so
-/// that frames compare by what they show: Cycles writes its render times
-/// into each PNG's metadata.
-fn pixels(path: &Path) -> (u32, u32, png::ColorType, png::BitDepth, Vec<u8>) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .unwrap_or_else(|e| panic!("{} is not a PNG: {e}", path.display()));
-    let mut buffer = vec![0; reader.output_buffer_size().expect("a size")];
-    let info = reader.next_frame(&mut buffer).expect("a frame");
-    buffer.truncate(info.buffer_size());
-    (
-        info.width,
-        info.height,
-        info.color_type,
-        info.bit_depth,
-        buffer,
-    )
 }
 
 fn file_names(dir: &Path) -> Vec<String> {
@@ -159,7 +132,7 @@ async fn frames_rendered_warm_have_the_pixels_of_frames_rendered_cold() {
     for name in &names {
         // Cycles with the scene's fixed seed is deterministic: exactly equal.
         assert!(
-            pixels(&cold_out.join(name)) == pixels(&warm_out.join(name)),
+            png_pixels(&cold_out.join(name)) == png_pixels(&warm_out.join(name)),
             "{name}: warm and cold pixels differ"
         );
     }
@@ -336,32 +309,10 @@ async fn aborting_a_warm_chunk_kills_blender_within_two_seconds_of_the_cancel() 
     };
     let blend = scene(files.path(), "abort", spec, &blender).await;
     let agent = TestAgent::start(&broker.address, "agent", &blender).await;
-    let body = json!({
-        "name": "abort",
-        "blend_file": blend.display().to_string(),
-        "frame_start": 1,
-        "frame_end": 40,
-        "chunk_size": 4,
-        "output": format!("{}/frame_####", files.path().join("out").display()),
-    });
-    let render = send_json(
-        &broker.client,
-        Method::POST,
-        format!("{}/renders", broker.address),
-        &body,
-    )
-    .await;
+    let body = submission("abort", &blend, 40, 4, &files.path().join("out"));
+    let render = submit(&broker.address, &broker.client, &body).await;
     let id = render["id"].as_str().unwrap().to_string();
-    let tasks = || async {
-        get_json(
-            &broker.client,
-            format!("{}/renders/{id}/tasks", broker.address),
-        )
-        .await["items"]
-            .as_array()
-            .expect("tasks")
-            .clone()
-    };
+    let tasks = || tasks_of(&broker.address, &broker.client, &id);
     // The second chunk running, with a frame done: its Blender is the warm one.
     let second: Value = wait_for("a second chunk to render a frame", RENDER_LIMIT, || async {
         let tasks = tasks().await;
@@ -420,31 +371,11 @@ async fn a_warm_blender_crashing_in_a_farm_fails_its_chunk_alone_and_the_next_st
     };
     let blend = scene(files.path(), "crash", spec, &blender).await;
     let agent = TestAgent::start(&broker.address, "agent", &blender).await;
-    let body = json!({
-        "name": "crash",
-        "blend_file": blend.display().to_string(),
-        "frame_start": 1,
-        "frame_end": 16,
-        "chunk_size": 4,
-        "output": format!("{}/frame_####", files.path().join("out").display()),
-    });
-    let render = send_json(
-        &broker.client,
-        Method::POST,
-        format!("{}/renders", broker.address),
-        &body,
-    )
-    .await;
+    let body = submission("crash", &blend, 16, 4, &files.path().join("out"));
+    let render = submit(&broker.address, &broker.client, &body).await;
     let id = render["id"].as_str().unwrap().to_string();
     let tasks = || async {
-        let mut tasks = get_json(
-            &broker.client,
-            format!("{}/renders/{id}/tasks", broker.address),
-        )
-        .await["items"]
-            .as_array()
-            .expect("tasks")
-            .clone();
+        let mut tasks = tasks_of(&broker.address, &broker.client, &id).await;
         tasks.sort_by_key(|t| t["frame_start"].as_i64());
         tasks
     };

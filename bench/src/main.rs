@@ -43,8 +43,11 @@ enum Command {
         /// 5 % budget.
         #[arg(long, value_enum, default_value = "on")]
         auth: DispatchAuth,
-        /// With `--auth compare` or `--compare-dashboards`: rounds of each.
-        #[arg(long, default_value_t = 5)]
+        /// With `--auth compare`, `--compare-dashboards` or
+        /// `--compare-telemetry`: rounds of each. Nine, because the best of
+        /// five moved by up to 6 % between runs of the same code here: one
+        /// fast round of a side decides a best-of.
+        #[arg(long, default_value_t = 9)]
         rounds: usize,
         /// Dashboards open during the run, each following the farm summary
         /// (`GET /events/summary`) and the dispatched render's events

@@ -430,3 +430,69 @@ pub fn artifacts_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).expect("the artifacts dir");
     dir
 }
+
+/// A Blender scene made with Blender's own Python, as `DIR/NAME.blend`.
+pub async fn scene(
+    dir: &Path,
+    name: &str,
+    spec: renderfarm_worker::blender::scene::SceneSpec,
+    blender: &Path,
+) -> PathBuf {
+    let path = dir.join(format!("{name}.blend"));
+    renderfarm_worker::blender::scene::make_scene(blender, &path, spec)
+        .await
+        .expect("Blender makes the scene");
+    path
+}
+
+/// A PNG's decoded pixels with what they mean (size, colour type, depth), so
+/// that frames compare by what they show: Cycles writes its render times
+/// into each PNG's metadata.
+pub fn png_pixels(path: &Path) -> (u32, u32, png::ColorType, png::BitDepth, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap_or_else(|e| panic!("{} is not a PNG: {e}", path.display()));
+    let mut buffer = vec![0; reader.output_buffer_size().expect("a size")];
+    let info = reader.next_frame(&mut buffer).expect("a frame");
+    buffer.truncate(info.buffer_size());
+    (
+        info.width,
+        info.height,
+        info.color_type,
+        info.bit_depth,
+        buffer,
+    )
+}
+
+/// A render of frames 1..=`frames` of `blend` in chunks of `chunk`, its
+/// frames written under `output`.
+pub fn submission(name: &str, blend: &Path, frames: i64, chunk: i64, output: &Path) -> Value {
+    serde_json::json!({
+        "name": name,
+        "blend_file": blend.display().to_string(),
+        "frame_start": 1,
+        "frame_end": frames,
+        "chunk_size": chunk,
+        "output": format!("{}/frame_####", output.display()),
+    })
+}
+
+/// Submits `body`, answering the render.
+pub async fn submit(broker: &str, client: &reqwest::Client, body: &Value) -> Value {
+    send_json(
+        client,
+        reqwest::Method::POST,
+        format!("{broker}/renders"),
+        body,
+    )
+    .await
+}
+
+/// The render's tasks, in the broker's order.
+pub async fn tasks_of(broker: &str, client: &reqwest::Client, id: &str) -> Vec<Value> {
+    get_json(client, format!("{broker}/renders/{id}/tasks")).await["items"]
+        .as_array()
+        .expect("tasks")
+        .clone()
+}
