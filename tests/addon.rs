@@ -38,6 +38,9 @@ struct Xvfb {
     display: String,
 }
 
+/// How long Xvfb may take to open its display.
+const XVFB_START_LIMIT: Duration = Duration::from_secs(90);
+
 impl Xvfb {
     fn start() -> Result<Xvfb, String> {
         use std::sync::atomic::{AtomicU32, Ordering};
@@ -59,7 +62,10 @@ impl Xvfb {
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("cannot run {binary}: {e}"))?;
-            let deadline = Instant::now() + Duration::from_secs(15);
+            // Xvfb compiles its keymap with xkbcomp as it starts, which took
+            // over 15 s once in CI while the other tests' Blenders held both
+            // cores.
+            let deadline = Instant::now() + XVFB_START_LIMIT;
             loop {
                 if socket.exists() {
                     return Ok(Xvfb {
@@ -73,7 +79,10 @@ impl Xvfb {
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("{binary} :{n} did not start within 15 s"));
+                    return Err(format!(
+                        "{binary} :{n} did not start within {} s",
+                        XVFB_START_LIMIT.as_secs()
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
