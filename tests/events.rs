@@ -42,6 +42,7 @@ async fn worker(broker: &BrokerProcess, name: &str) -> (Uuid, BrokerClient) {
         .register(&WorkerSpec {
             name: name.into(),
             tags: vec![],
+            kinds: vec![renderfarm_wire::TaskKind::Blender],
         })
         .await
         .expect("registers");

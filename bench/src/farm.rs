@@ -251,6 +251,7 @@ pub(crate) async fn through_the_farm(
         output: Some(format!("{}/farm/frame_####", dir.display())),
         engine: None,
         tags: vec![],
+        video: None,
     };
     let started = Instant::now();
     let render = client.submit(&spec).await?;

@@ -33,6 +33,7 @@ pub fn spec(name: &str, tasks: i64) -> RenderSpec {
         output: None,
         engine: None,
         tags: vec![],
+        video: None,
     }
 }
 
@@ -40,7 +41,11 @@ pub fn spec(name: &str, tasks: i64) -> RenderSpec {
 /// token): the worker and the secret it acts with.
 pub async fn register(enrolment: &BrokerClient, name: String) -> anyhow::Result<RegisteredWorker> {
     Ok(enrolment
-        .register(&WorkerSpec { name, tags: vec![] })
+        .register(&WorkerSpec {
+            name,
+            tags: vec![],
+            kinds: vec![renderfarm_wire::TaskKind::Blender],
+        })
         .await?)
 }
 

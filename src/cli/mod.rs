@@ -717,6 +717,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         output: args.output,
         engine: args.engine,
         tags: args.tags,
+        video: None,
     };
     let render = client
         .submit(&spec)

@@ -169,6 +169,7 @@ async fn run_demo(
             output: None,
             engine: None,
             tags: Vec::new(),
+            video: None,
         })
         .await
         .map_err(explain(broker))

@@ -15,6 +15,7 @@ mod scheduling;
 mod tally;
 mod task;
 mod token;
+mod video;
 mod warm;
 mod webhook;
 mod worker;
@@ -56,6 +57,10 @@ pub use token::{
     csrf_for, csrf_matches, plan_session, plan_token, plan_worker_secret, secret_digest,
     secret_from, secret_hash, secret_matches, NewToken, Role, StoredToken, TokenRefusal,
     MAX_TOKEN_LIFETIME, OWNER_ME, SECRET_PREFIX, SESSION_LIFETIME,
+};
+pub use video::{
+    counts_in_tally, follow_up_kinds, follow_up_on, kind_runnable_in, validate_kinds,
+    validate_video, video_status_of, MAX_VIDEO_FPS,
 };
 pub use warm::{ClaimHead, WarmState, WarmTarget, WARM_STREAK_LIMIT};
 pub use webhook::{

@@ -32,6 +32,7 @@ pub struct ValidRenderSpec {
     pub output: Option<String>,
     pub engine: Option<String>,
     pub tags: Vec<String>,
+    pub video: Option<renderfarm_wire::VideoSpec>,
 }
 
 fn validate_path(field: &'static str, path: &str, what: &str) -> Result<String, ValidationError> {
@@ -106,6 +107,7 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
             .transpose()?;
         let engine = spec.engine.map(validate_engine).transpose()?;
         let tags = validate_tags("tags", &spec.tags)?;
+        let video = super::validate_video(spec.video)?;
         Ok(Self {
             name,
             blend_file,
@@ -118,6 +120,7 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
             output,
             engine,
             tags,
+            video,
         })
     }
 }
@@ -182,6 +185,8 @@ impl NewRender {
                 ..Progress::default()
             },
             owner,
+            video: spec.video,
+            video_status: None,
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -555,6 +560,7 @@ mod tests {
             output: None,
             engine: Some("CYCLES".into()),
             tags: vec!["gpu".into(), "linux".into(), "gpu".into()],
+            video: None,
         }
     }
 

@@ -48,6 +48,8 @@ impl WorkerMode {
 pub struct ValidWorkerSpec {
     pub name: String,
     pub tags: Vec<String>,
+    /// The task kinds it runs, each once, in order.
+    pub kinds: Vec<renderfarm_wire::TaskKind>,
 }
 
 /// Checks what a worker sends when it registers.
@@ -55,6 +57,7 @@ pub fn validate_worker_spec(spec: WorkerSpec) -> Result<ValidWorkerSpec, Validat
     Ok(ValidWorkerSpec {
         name: validate_name("name", &spec.name)?,
         tags: validate_tags("tags", &spec.tags)?,
+        kinds: super::validate_kinds(&spec.kinds)?,
     })
 }
 

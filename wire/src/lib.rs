@@ -184,6 +184,94 @@ impl ListOrder {
     }
 }
 
+/// What a task runs. Workers announce the kinds they can run when they
+/// register (`WorkerSpec::kinds`); a claim hands a worker only those.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// A chunk of a render's frames, rendered by Blender.
+    #[default]
+    Blender,
+    /// The render's video, assembled by ffmpeg from its frames once they are
+    /// all rendered.
+    Ffmpeg,
+}
+
+impl TaskKind {
+    /// Every kind.
+    pub const ALL: [TaskKind; 2] = [TaskKind::Blender, TaskKind::Ffmpeg];
+
+    /// The kind named `s` (lowercase), if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The lowercase name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Blender => "blender",
+            TaskKind::Ffmpeg => "ffmpeg",
+        }
+    }
+}
+
+fn default_kinds() -> Vec<TaskKind> {
+    vec![TaskKind::Blender]
+}
+
+/// The codec of a render's video.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodec {
+    /// H.264 in an MP4 (`libx264`, `yuv420p`): plays everywhere.
+    #[default]
+    H264,
+}
+
+impl VideoCodec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "h264",
+        }
+    }
+
+    /// The codec named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "h264").then_some(VideoCodec::H264)
+    }
+}
+
+/// A video assembled from a render's frames once they are all rendered.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"fps": 24, "codec": "h264"})))]
+pub struct VideoSpec {
+    /// Frames per second: 1 to 240.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 240))]
+    #[serde(deserialize_with = "whole::number")]
+    pub fps: i64,
+    #[cfg_attr(feature = "openapi", schema(default = "h264"))]
+    #[serde(default)]
+    pub codec: VideoCodec,
+}
+
+/// A frame an `ffmpeg` task assembles: fetch it with `GET /files/{sha256}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFrame {
+    pub frame: i64,
+    /// The file name Blender gave it, e.g. `frame_0001.png`.
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
+    pub sha256: String,
+    pub bytes: u64,
+}
+
 /// Where one chunk of frames is in its life.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -415,6 +503,12 @@ pub struct RenderSpec {
     )]
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Assemble a video from the frames once they are all rendered: an
+    /// `ffmpeg` task, claimed by a worker that has ffmpeg. The render is
+    /// complete when its frames are; its `video_status` follows the video.
+    #[cfg_attr(feature = "openapi", schema(nullable = true))]
+    #[serde(default)]
+    pub video: Option<VideoSpec>,
 }
 
 /// A worker tag: 1 to 64 of `A-Z a-z 0-9 - _ . :`.
@@ -485,6 +579,17 @@ pub struct Render {
     /// submitted before renders recorded it.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub owner: Option<String>,
+    /// The video asked for at submit; null for none.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub video: Option<VideoSpec>,
+    /// Where its video task is: null until the frames are all rendered (or
+    /// with no video asked); `completed` once `GET /renders/{id}/video`
+    /// serves it. A failed video does not fail the render; requeue its task
+    /// (`POST /tasks/{id}/requeue`) to try again.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub video_status: Option<TaskStatus>,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
     /// When the first task was handed out.
@@ -507,6 +612,10 @@ pub struct Render {
 pub struct Task {
     pub id: Uuid,
     pub render_id: Uuid,
+    /// What it runs: a chunk of frames (`blender`) or the render's video
+    /// (`ffmpeg`, spanning all its frames, not counted in its progress).
+    #[serde(default)]
+    pub kind: TaskKind,
     pub frame_start: i64,
     pub frame_end: i64,
     pub status: TaskStatus,
@@ -783,6 +892,13 @@ pub struct WorkerSpec {
     )]
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The task kinds it can run; `["blender"]` when absent.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_items = 1, default = json!(["blender"]))
+    )]
+    #[serde(default = "default_kinds")]
+    pub kinds: Vec<TaskKind>,
 }
 
 /// A worker as the broker reports it.
@@ -794,6 +910,9 @@ pub struct Worker {
     pub name: String,
     pub status: WorkerStatus,
     pub tags: Vec<String>,
+    /// The task kinds it runs.
+    #[serde(default = "default_kinds")]
+    pub kinds: Vec<TaskKind>,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub last_heartbeat: Timestamp,
     #[cfg_attr(feature = "openapi", schema(required = true))]
@@ -827,6 +946,20 @@ pub struct Assignment {
     pub output: String,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub engine: Option<String>,
+    /// What to run: a chunk (`blender`), or the render's video (`ffmpeg`:
+    /// frames `frame_start`..=`frame_end` in order, at `video`'s rate, sent
+    /// with `PUT /tasks/{id}/video` before completing).
+    #[serde(default)]
+    pub kind: TaskKind,
+    /// For an `ffmpeg` task: the video to make.
+    #[cfg_attr(feature = "openapi", schema(nullable = true))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoSpec>,
+    /// For an `ffmpeg` task of a render whose frames were uploaded: the
+    /// stored frames, lowest first (fetch each with `GET /files/{sha256}`).
+    /// Empty when the frames are in `output` on a drive the worker shares.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputFrame>,
 }
 
 /// The largest preview a worker may send (`PUT /tasks/{id}/preview`). A

@@ -385,6 +385,7 @@ impl Agent {
         let spec = WorkerSpec {
             name: self.config.name.clone(),
             tags: self.config.tags.clone(),
+            kinds: vec![renderfarm_wire::TaskKind::Blender],
         };
         let mut retry = backoff();
         loop {

@@ -159,6 +159,7 @@ fn plan_with(
         output: None,
         engine: None,
         tags: vec![],
+        video: None,
     };
     adjust(&mut spec);
     let valid = ValidRenderSpec::try_from(spec).expect("a valid test render");
@@ -176,6 +177,7 @@ pub async fn worker(store: &dyn Store, name: &str, tags: &[&str]) -> Uuid {
     let spec = validate_worker_spec(WorkerSpec {
         name: name.into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        kinds: vec![renderfarm_wire::TaskKind::Blender],
     })
     .expect("a valid test worker");
     store
