@@ -1,21 +1,19 @@
-//! The agent's loop: register, pull a task, render it with Blender while
-//! sending heartbeats and the log, report how it ended. Reports that cannot
+//! The agent's loop: register with the task kinds this machine can run,
+//! pull a task, run it by its kind (a chunk with Blender here, a video with
+//! [`crate::video`]) while sending heartbeats and the log, report how it
+//! ended. Reports that cannot
 //! reach the broker are retried with backoff and jitter; a final report still
 //! undelivered when the agent stops is kept on disk and sent at the next start.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use nix::fcntl::{Flock, FlockArg};
 use renderfarm_client::{BrokerClient, ClientError, ClientOptions};
-use renderfarm_wire::{
-    Assignment, CompleteReport, FailReport, Heartbeat, HeartbeatAction, ProgressReport,
-    ReleaseReport, WorkerAction, WorkerSpec,
-};
+use renderfarm_wire::{Assignment, ReleaseReport, TaskKind, WorkerAction, WorkerSpec};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -26,13 +24,11 @@ use crate::blender::warm::{Launcher, SceneKey, WarmConfig};
 use crate::blender::{self, RenderJob};
 use crate::cache::{BlendCache, CachedBlend, Provenance, CACHE_DIR};
 use crate::preview;
+use crate::retry::{backoff, retry_delay};
+use crate::task::{Ending, FinalReport, Lease, TaskDir, TaskLog};
 use crate::uploads::{self, UploadError, FRAMES_DIR};
+use crate::video;
 
-/// Lines of Blender's output sent as the reason of a failure.
-pub const FAILURE_TAIL_LINES: usize = 50;
-/// The most log text held while the broker is away; older text is dropped
-/// (with a marker) beyond it, the failure tail is always kept.
-const MAX_UNSENT_LOG: usize = 4 * 1024 * 1024;
 /// How long a stopping agent keeps trying to deliver its last report before
 /// it saves it for the next start.
 const STOP_DELIVERY_GRACE: Duration = Duration::from_secs(20);
@@ -47,6 +43,9 @@ pub struct AgentConfig {
     pub name: String,
     pub tags: Vec<String>,
     pub blender: PathBuf,
+    /// The ffmpeg that makes renders' videos (`--ffmpeg`); a worker where it
+    /// does not run takes no video tasks.
+    pub ffmpeg: PathBuf,
     /// Blender runs here; undelivered reports are kept here.
     pub work_dir: PathBuf,
     /// How often to tell the broker it is alive while rendering.
@@ -96,77 +95,6 @@ pub struct AgentSummary {
     pub blends_downloaded: u64,
 }
 
-/// A final report, kept on disk while it cannot be delivered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum FinalReport {
-    Complete { task_id: Uuid, body: CompleteReport },
-    Fail { task_id: Uuid, body: FailReport },
-    Release { task_id: Uuid, body: ReleaseReport },
-}
-
-impl FinalReport {
-    fn task_id(&self) -> Uuid {
-        match self {
-            FinalReport::Complete { task_id, .. }
-            | FinalReport::Fail { task_id, .. }
-            | FinalReport::Release { task_id, .. } => *task_id,
-        }
-    }
-
-    async fn send(&self, client: &BrokerClient) -> Result<(), ClientError> {
-        match self {
-            FinalReport::Complete { task_id, body } => {
-                client.complete(*task_id, body).await.map(drop)
-            }
-            FinalReport::Fail { task_id, body } => client.fail(*task_id, body).await.map(drop),
-            FinalReport::Release { task_id, body } => {
-                client.release(*task_id, body).await.map(drop)
-            }
-        }
-    }
-}
-
-pub(crate) fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .without_max_times()
-        .build()
-}
-
-/// The most of a broker's `Retry-After` the agent honours: a misconfigured
-/// proxy must not park a render machine for an hour.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// The pause before trying again after `error`: our own jittered backoff, on
-/// top of the broker's `Retry-After` when it gave one, so that a crowd of
-/// agents told the same number does not come back in the same instant.
-pub(crate) fn retry_delay(backoff: Option<Duration>, error: &ClientError) -> Duration {
-    let ours = backoff.unwrap_or(Duration::from_secs(10));
-    match error.retry_after() {
-        Some(asked) => asked.min(MAX_RETRY_AFTER) + ours,
-        None => ours,
-    }
-}
-
-/// Until when a rendering agent sends no heartbeat or progress after
-/// `error`: the broker's `Retry-After` (at most [`MAX_RETRY_AFTER`]), else not
-/// at all (the next tick tries again).
-fn quiet_after(error: &ClientError) -> Option<tokio::time::Instant> {
-    error
-        .retry_after()
-        .map(|asked| tokio::time::Instant::now() + asked.min(MAX_RETRY_AFTER))
-}
-
-/// How a task ended on this agent.
-enum Ending {
-    Report(FinalReport),
-    /// The broker took the task away; nothing more is sent under its lease.
-    Aborted,
-}
-
 /// One worker agent.
 pub struct Agent {
     config: AgentConfig,
@@ -179,6 +107,8 @@ pub struct Agent {
     cache: Arc<BlendCache>,
     /// Starts Blender for each chunk, cold or in the render's warm process.
     launcher: Launcher,
+    /// The task kinds this worker runs, as it announces them to the broker.
+    kinds: Vec<TaskKind>,
     /// Held while the agent lives: its saved reports and Blender's session
     /// files in the work directory are its alone.
     _work_dir_lock: Flock<std::fs::File>,
@@ -198,6 +128,14 @@ struct Identity {
     worker_id: Uuid,
     /// Its own credential; `None` from a broker with auth off.
     secret: Option<String>,
+    /// The task kinds it announced (absent from agents before kinds:
+    /// Blender's alone).
+    #[serde(default = "blender_only")]
+    kinds: Vec<TaskKind>,
+}
+
+fn blender_only() -> Vec<TaskKind> {
+    vec![TaskKind::Blender]
 }
 
 impl Agent {
@@ -206,6 +144,16 @@ impl Agent {
     pub async fn new(config: AgentConfig, signals: StopSignals) -> anyhow::Result<Self> {
         let version = blender::check_blender(&config.blender).await?;
         tracing::info!(blender = %config.blender.display(), %version, "Blender found");
+        let kinds = match video::check_ffmpeg(&config.ffmpeg).await {
+            Ok(version) => {
+                tracing::info!(ffmpeg = %config.ffmpeg.display(), %version, "ffmpeg found; this worker also makes renders' videos");
+                vec![TaskKind::Blender, TaskKind::Ffmpeg]
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                vec![TaskKind::Blender]
+            }
+        };
         std::fs::create_dir_all(config.work_dir.join(PENDING_DIR)).with_context(|| {
             format!("creating the work directory {}", config.work_dir.display())
         })?;
@@ -232,6 +180,7 @@ impl Agent {
         Ok(Self {
             cache,
             launcher,
+            kinds,
             config,
             client: enrolment.clone(),
             enrolment,
@@ -352,6 +301,11 @@ impl Agent {
             tracing::info!(was = %identity.broker, "the worker identity is for another broker; registering anew");
             return None;
         }
+        // The broker knows a worker's kinds from its registration alone.
+        if identity.kinds != self.kinds {
+            tracing::info!(was = ?identity.kinds, now = ?self.kinds, "the task kinds this worker runs changed; registering anew");
+            return None;
+        }
         tracing::info!(worker_id = %identity.worker_id, "the same worker as before (identity kept in the work directory)");
         self.client = self.enrolment.clone().with_token(identity.secret);
         self.summary.worker_id = Some(identity.worker_id);
@@ -385,7 +339,7 @@ impl Agent {
         let spec = WorkerSpec {
             name: self.config.name.clone(),
             tags: self.config.tags.clone(),
-            kinds: vec![renderfarm_wire::TaskKind::Blender],
+            kinds: self.kinds.clone(),
         };
         let mut retry = backoff();
         loop {
@@ -397,6 +351,7 @@ impl Agent {
                         broker: self.enrolment.base().to_string(),
                         worker_id: worker.id,
                         secret: registered.secret,
+                        kinds: self.kinds.clone(),
                     };
                     if let Err(e) = self.save_identity(&identity) {
                         tracing::warn!(error = %e, "could not keep the worker identity; a restart will register a new worker");
@@ -425,12 +380,27 @@ impl Agent {
     }
 
     async fn run_task(&mut self, worker_id: Uuid, assignment: Assignment) {
-        tracing::info!(blend = %assignment.blend_file, from = assignment.frame_start, to = assignment.frame_end, "rendering");
-        let ending = self.render(worker_id, &assignment).await;
+        let kind = assignment.kind;
+        tracing::info!(kind = kind.as_str(), blend = %assignment.blend_file, from = assignment.frame_start, to = assignment.frame_end, "starting a task");
+        let ending = match kind {
+            TaskKind::Blender => self.render(worker_id, &assignment).await,
+            TaskKind::Ffmpeg => {
+                let mut lease = self.lease(worker_id, &assignment);
+                let job = video::VideoJob {
+                    client: &self.client,
+                    ffmpeg: &self.config.ffmpeg,
+                    work_dir: &self.config.work_dir,
+                };
+                video::run(job, &mut lease, &assignment).await
+            }
+        };
         match ending {
             Ending::Aborted => {
                 self.summary.aborted += 1;
-                tracing::info!("task taken away by the broker; Blender stopped");
+                tracing::info!(
+                    kind = kind.as_str(),
+                    "task taken away by the broker; its process stopped"
+                );
             }
             Ending::Report(report) => {
                 match &report {
@@ -443,6 +413,18 @@ impl Agent {
         }
     }
 
+    /// The lease of assignment `a`, kept while its work runs.
+    fn lease(&self, worker_id: Uuid, a: &Assignment) -> Lease {
+        Lease::new(
+            self.client.clone(),
+            worker_id,
+            a,
+            self.config.heartbeat,
+            self.config.log_interval,
+            self.signals.abort.clone(),
+        )
+    }
+
     /// The blend file the assignment names: its path as given, or, for one
     /// uploaded to the broker, the cached copy of it (fetched if need be),
     /// held so that it is not evicted while the chunk renders.
@@ -451,7 +433,7 @@ impl Agent {
     /// ends the download and the task.
     async fn blend_for(
         &mut self,
-        worker_id: Uuid,
+        lease: &mut Lease,
         a: &Assignment,
         log: &mut TaskLog,
     ) -> Result<(String, Option<CachedBlend>), Ending> {
@@ -471,32 +453,10 @@ impl Agent {
                 .map(drop)
                 .map_err(anyhow::Error::from)
         });
-        tokio::pin!(fetch);
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
-        let beat = Heartbeat {
-            task_id: Some(a.task_id),
-            lease_id: Some(a.lease_id),
-            frames_done: Some(0),
-        };
-        let fetched = loop {
-            tokio::select! {
-                fetched = &mut fetch => break fetched,
-                _ = heartbeat.tick() => match self.client.heartbeat(worker_id, &beat).await {
-                    Ok(reply) if reply.action == HeartbeatAction::Abort => return Err(Ending::Aborted),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "heartbeat not delivered; downloading on"),
-                },
-                _ = self.signals.abort.cancelled() => {
-                    return Err(Ending::Report(FinalReport::Release {
-                        task_id: a.task_id,
-                        body: ReleaseReport {
-                            lease_id: a.lease_id,
-                            log: Some("renderfarm-worker: stopping while the blend file downloads; the task is handed back to the broker\n".into()),
-                        },
-                    }));
-                }
-            }
-        };
+        let fetched = lease
+            .hold(fetch, log, 0)
+            .await
+            .map_err(|interrupted| interrupted.ending(a, log))?;
         match fetched {
             Ok((blend, how)) => {
                 let what = match how {
@@ -519,15 +479,7 @@ impl Agent {
                 );
                 tracing::warn!("{reason}");
                 log.push(format!("renderfarm-worker: {reason}\n"));
-                Err(Ending::Report(FinalReport::Fail {
-                    task_id: a.task_id,
-                    body: FailReport {
-                        lease_id: a.lease_id,
-                        exit_code: None,
-                        reason,
-                        log: Some(log.take_unsent()),
-                    },
-                }))
+                Err(Ending::fail(a, None, reason, log))
             }
         }
     }
@@ -537,30 +489,28 @@ impl Agent {
     /// ends once all are stored.
     async fn render(&mut self, worker_id: Uuid, a: &Assignment) -> Ending {
         let mut log = TaskLog::default();
-        let fail = |reason: String, log: Option<String>| {
-            Ending::Report(FinalReport::Fail {
-                task_id: a.task_id,
-                body: FailReport {
-                    lease_id: a.lease_id,
-                    exit_code: None,
-                    reason,
-                    log,
-                },
-            })
-        };
+        let mut lease = self.lease(worker_id, a);
         // Held until Blender is done with the file.
-        let (blend_file, _cached) = match self.blend_for(worker_id, a, &mut log).await {
+        let (blend_file, _cached) = match self.blend_for(&mut lease, a, &mut log).await {
             Ok(found) => found,
             Err(ending) => return ending,
         };
-        let frames_dir = a
+        let frames_dir = match a
             .upload_frames
-            .then(|| FramesDir::new(&self.config.work_dir, a.task_id));
+            .then(|| TaskDir::create(&self.config.work_dir, FRAMES_DIR, a.task_id))
+            .transpose()
+        {
+            Ok(dir) => dir,
+            Err(e) => {
+                let reason = format!(
+                    "could not make a folder for the frames under {}: {e}",
+                    self.config.work_dir.display()
+                );
+                return Ending::fail(a, None, reason, &mut log);
+            }
+        };
         let output = match &frames_dir {
-            Some(dir) => match dir.create() {
-                Ok(()) => uploads::local_output(&a.output, &dir.0),
-                Err(e) => return fail(format!("could not make {}: {e}", dir.0.display()), None),
-            },
+            Some(dir) => uploads::local_output(&a.output, dir.path()),
             None => a.output.clone(),
         };
         let job = RenderJob {
@@ -578,7 +528,7 @@ impl Agent {
                     "could not start Blender ({}): {e:#}",
                     self.config.blender.display()
                 );
-                return fail(reason, None);
+                return Ending::fail(a, None, reason, &mut log);
             }
         };
         // The uploads run beside Blender; dropping the set stops them.
@@ -611,14 +561,7 @@ impl Agent {
             (upload_queue, None)
         };
         let mut progress = RenderProgress::new(a.frame_start, a.frame_end);
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
-        let mut flush = tokio::time::interval(self.config.log_interval);
-        let mut reported_frames = 0;
         let mut lines_open = true;
-        // Heartbeats and progress wait until then when the broker answered
-        // one with a Retry-After (over the rate limit, store away); the log
-        // keeps what was not sent.
-        let mut quiet_until: Option<tokio::time::Instant> = None;
         // Blender's exit, once it exited; the loop then waits for the uploads.
         let mut exit: Option<std::io::Result<Option<i32>>> = None;
         let mut stored: Option<Result<BTreeSet<i64>, UploadError>> = None;
@@ -678,64 +621,15 @@ impl Agent {
                             };
                             tracing::warn!(%reason, "frames not stored; failing the task");
                             log.push(format!("renderfarm-worker: {reason}\n"));
-                            return Ending::Report(FinalReport::Fail {
-                                task_id: a.task_id,
-                                body: FailReport { lease_id: a.lease_id, exit_code: None, reason, log: Some(log.take_unsent()) },
-                            });
+                            return Ending::fail(a, None, reason, &mut log);
                         }
                     }
                 }
-                _ = heartbeat.tick() => {
-                    if quiet_until.is_some_and(|t| tokio::time::Instant::now() < t) {
-                        continue;
+                due = lease.due() => {
+                    if let Err(interrupted) = lease.keep(due, &mut log, progress.frames_done()).await {
+                        blender.process.kill().await;
+                        return interrupted.ending(a, &mut log);
                     }
-                    let beat = Heartbeat {
-                        task_id: Some(a.task_id),
-                        lease_id: Some(a.lease_id),
-                        frames_done: Some(progress.frames_done()),
-                    };
-                    match self.client.heartbeat(worker_id, &beat).await {
-                        Ok(reply) if reply.action == HeartbeatAction::Abort => {
-                            blender.process.kill().await;
-                            return Ending::Aborted;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            quiet_until = quiet_after(&e);
-                            tracing::warn!(error = %e, "heartbeat not delivered; rendering on");
-                        }
-                    }
-                }
-                _ = flush.tick() => {
-                    if quiet_until.is_some_and(|t| tokio::time::Instant::now() < t) {
-                        continue;
-                    }
-                    if log.has_unsent() || progress.frames_done() != reported_frames {
-                        let frames = progress.frames_done();
-                        let report = ProgressReport { lease_id: a.lease_id, frames_done: frames, log: Some(log.unsent().to_string()) };
-                        match self.client.progress(a.task_id, &report).await {
-                            Ok(_) => {
-                                log.mark_sent();
-                                reported_frames = frames;
-                            }
-                            Err(ClientError::Conflict(_) | ClientError::NotFound(_) | ClientError::Forbidden(_) | ClientError::Unauthorized(_)) => {
-                                blender.process.kill().await;
-                                return Ending::Aborted;
-                            }
-                            Err(e) => {
-                                quiet_until = quiet_after(&e);
-                                tracing::warn!(error = %e, "progress not delivered; keeping the log to send later");
-                            }
-                        }
-                    }
-                }
-                _ = self.signals.abort.cancelled() => {
-                    blender.process.kill().await;
-                    log.push("renderfarm-worker: stopping; the task is handed back to the broker\n".into());
-                    return Ending::Report(FinalReport::Release {
-                        task_id: a.task_id,
-                        body: ReleaseReport { lease_id: a.lease_id, log: Some(log.take_unsent()) },
-                    });
                 }
             }
         }
@@ -765,13 +659,7 @@ impl Agent {
             if let Some(previewer) = previewer {
                 let _ = tokio::time::timeout(PREVIEW_GRACE, previewer).await;
             }
-            return Ending::Report(FinalReport::Complete {
-                task_id: a.task_id,
-                body: CompleteReport {
-                    lease_id: a.lease_id,
-                    log: Some(log.take_unsent()),
-                },
-            });
+            return Ending::complete(a, &mut log);
         }
         let summary = match exit_code {
             Some(0) => format!(
@@ -787,15 +675,7 @@ impl Agent {
         };
         tracing::warn!(task_id = %a.task_id, "{summary}");
         let reason = format!("{summary}; the last lines of its output:\n{}", log.tail());
-        Ending::Report(FinalReport::Fail {
-            task_id: a.task_id,
-            body: FailReport {
-                lease_id: a.lease_id,
-                exit_code: exit_code.map(i64::from),
-                reason,
-                log: Some(log.take_unsent()),
-            },
-        })
+        Ending::fail(a, exit_code.map(i64::from), reason, &mut log)
     }
 
     /// Sends a final report until the broker takes it (or refuses it for
@@ -895,86 +775,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The folder Blender writes one task's frames into when they go to the
-/// broker, `<work-dir>/frames/<task_id>/`; removed with what is left in it
-/// when the task ends on this agent, however it ends.
-struct FramesDir(PathBuf);
-
-impl FramesDir {
-    fn new(work_dir: &Path, task_id: Uuid) -> Self {
-        // Blender runs in the work directory: a relative --work-dir would
-        // otherwise be taken twice.
-        let work_dir = std::path::absolute(work_dir).unwrap_or_else(|_| work_dir.to_path_buf());
-        Self(work_dir.join(FRAMES_DIR).join(task_id.to_string()))
-    }
-
-    /// Makes it empty: frames a killed earlier run left are not this run's.
-    fn create(&self) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(&self.0) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        std::fs::create_dir_all(&self.0)
-    }
-}
-
-impl Drop for FramesDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A task's log: what is not yet sent, and the last lines for a failure.
-#[derive(Debug, Default)]
-struct TaskLog {
-    unsent: String,
-    tail: VecDeque<String>,
-}
-
-impl TaskLog {
-    fn push(&mut self, line: String) {
-        if self.unsent.len() + line.len() > MAX_UNSENT_LOG {
-            let keep_from = self.unsent.len() / 2;
-            let cut = (keep_from..self.unsent.len())
-                .find(|i| self.unsent.is_char_boundary(*i))
-                .unwrap_or(self.unsent.len());
-            self.unsent = format!(
-                "[renderfarm-worker: earlier output dropped while the broker was unreachable]\n{}",
-                &self.unsent[cut..]
-            );
-        }
-        self.unsent.push_str(&line);
-        if self.tail.len() == FAILURE_TAIL_LINES {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line);
-    }
-
-    fn has_unsent(&self) -> bool {
-        !self.unsent.is_empty()
-    }
-
-    fn unsent(&self) -> &str {
-        &self.unsent
-    }
-
-    fn mark_sent(&mut self) {
-        self.unsent.clear();
-    }
-
-    fn take_unsent(&mut self) -> String {
-        std::mem::take(&mut self.unsent)
-    }
-
-    fn tail(&self) -> String {
-        self.tail
-            .iter()
-            .map(|l| l.trim_end_matches(['\r', '\n']))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
 /// A fresh W3C trace context: a random trace id, a random parent id (the
 /// chunk's), sampled.
 fn new_traceparent() -> String {
@@ -986,36 +786,7 @@ fn new_traceparent() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_log_keeps_the_last_lines_for_a_failure_and_everything_unsent() {
-        let mut log = TaskLog::default();
-        for i in 0..120 {
-            log.push(format!("line {i}\n"));
-        }
-        let tail = log.tail();
-        assert_eq!(tail.lines().count(), FAILURE_TAIL_LINES);
-        assert!(tail.starts_with("line 70"), "{tail}");
-        assert!(tail.ends_with("line 119"));
-        assert!(log.unsent().starts_with("line 0\n"));
-        log.mark_sent();
-        assert!(!log.has_unsent());
-        log.push("more\n".into());
-        assert_eq!(log.take_unsent(), "more\n");
-    }
-
-    #[test]
-    fn an_unsent_log_is_bounded_while_the_broker_is_away() {
-        let mut log = TaskLog::default();
-        let line = "x".repeat(1000) + "\n";
-        for _ in 0..10_000 {
-            log.push(line.clone());
-        }
-        assert!(log.unsent().len() <= MAX_UNSENT_LOG + line.len());
-        assert!(log
-            .unsent()
-            .starts_with("[renderfarm-worker: earlier output dropped"));
-    }
+    use renderfarm_wire::FailReport;
 
     #[test]
     fn final_reports_survive_a_round_trip_through_disk() {
@@ -1033,50 +804,5 @@ mod tests {
         write_atomically(&path, &serde_json::to_vec(&report).unwrap()).unwrap();
         let back: FinalReport = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, report);
-    }
-
-    #[test]
-    fn the_agent_waits_at_least_what_the_broker_asked_and_never_an_hour() {
-        let busy = |retry_after| ClientError::Unreachable {
-            base: "http://b".into(),
-            cause: "429".into(),
-            retry_after,
-        };
-        let ms = Duration::from_millis;
-        let s = Duration::from_secs;
-        let cases = [
-            // (our backoff, the error, the pause)
-            (Some(ms(300)), busy(None), ms(300)),
-            (None, busy(None), s(10)),
-            (Some(ms(300)), busy(Some(s(5))), ms(5300)),
-            (Some(ms(300)), busy(Some(s(3600))), s(60) + ms(300)),
-            (
-                Some(ms(300)),
-                ClientError::Conflict("stale".into()),
-                ms(300),
-            ),
-        ];
-        for (backoff, error, want) in cases {
-            assert_eq!(retry_delay(backoff, &error), want, "{backoff:?} {error:?}");
-        }
-    }
-
-    #[test]
-    fn heartbeats_and_progress_keep_quiet_for_what_the_broker_asked_and_never_an_hour() {
-        let busy = |retry_after| ClientError::Unreachable {
-            base: "http://b".into(),
-            cause: "429 Too Many Requests".into(),
-            retry_after,
-        };
-        let before = tokio::time::Instant::now();
-        let until = quiet_after(&busy(Some(Duration::from_secs(3)))).expect("a pause");
-        assert!(until >= before + Duration::from_secs(3), "{until:?}");
-        let until = quiet_after(&busy(Some(Duration::from_secs(3600)))).expect("a pause");
-        assert!(
-            until <= tokio::time::Instant::now() + MAX_RETRY_AFTER,
-            "{until:?}"
-        );
-        assert_eq!(quiet_after(&busy(None)), None, "no Retry-After, no pause");
-        assert_eq!(quiet_after(&ClientError::Conflict("stale".into())), None);
     }
 }

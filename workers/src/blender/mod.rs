@@ -11,11 +11,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+
+use crate::process::{forward_lines, kill_group};
 
 /// How long `blender --version` may take (the first start after boot is slow).
 const VERSION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -180,30 +179,6 @@ fn forward_output(child: &mut Child) -> mpsc::Receiver<String> {
         tokio::spawn(forward_lines(stderr, tx));
     }
     lines
-}
-
-/// Kills the process group led by `pid` at once (SIGKILL).
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-}
-
-async fn forward_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf).into_owned();
-                if tx.send(line).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
 }
 
 impl BlenderProcess {
