@@ -22,17 +22,39 @@ use uuid::Uuid;
 /// Long enough for two chunks of a tiny scene and a video on a busy machine.
 const VIDEO_LIMIT: Duration = Duration::from_secs(240);
 
-/// Blender, ffmpeg and ffprobe, or `None` after a SKIPPED line.
-async fn tools_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let blender = blender_or_skip(test).await?;
-    let (_, ffprobe) = ffmpeg_or_skip(test)?;
-    Some((blender, ffprobe))
+/// What every test here starts from: the tools, a broker on port 0 with an
+/// admin's client, and a folder its agents share.
+struct Farm {
+    blender: PathBuf,
+    ffprobe: PathBuf,
+    broker: TestBroker,
+    client: BrokerClient,
+    shared: tempfile::TempDir,
 }
 
-fn admin(broker: &TestBroker) -> BrokerClient {
-    BrokerClient::new(&broker.address)
-        .unwrap()
-        .with_token(Some(ADMIN_TOKEN.into()))
+impl Farm {
+    /// `None` after a SKIPPED line when Blender is missing, or ffmpeg and
+    /// ffprobe are and the test `needs_ffmpeg` (not one whose ffmpeg is a
+    /// test double).
+    async fn start(test: &str, needs_ffmpeg: bool) -> Option<Farm> {
+        let blender = blender_or_skip(test).await?;
+        let ffprobe = if needs_ffmpeg {
+            ffmpeg_or_skip(test)?.1
+        } else {
+            PathBuf::from("ffprobe")
+        };
+        let broker = TestBroker::start().await;
+        let client = BrokerClient::new(&broker.address)
+            .unwrap()
+            .with_token(Some(ADMIN_TOKEN.into()));
+        Some(Farm {
+            blender,
+            ffprobe,
+            broker,
+            client,
+            shared: tempfile::tempdir().unwrap(),
+        })
+    }
 }
 
 /// Waits until the render's video is `want` (failing fast on another
@@ -168,19 +190,23 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 async fn frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the_scenes_size_rounded_up_to_even(
 ) {
     let test = "frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the_scenes_size_rounded_up_to_even";
-    let Some((blender, ffprobe)) = tools_or_skip(test).await else {
+    let Some(farm) = Farm::start(test, true).await else {
         return;
     };
-    let broker = TestBroker::start().await;
-    let client = admin(&broker);
-    let files = tempfile::tempdir().unwrap();
+    let Farm {
+        blender,
+        ffprobe,
+        broker,
+        client,
+        shared,
+    } = &farm;
     // Odd on both sides: H.264 in 4:2:0 needs even ones, so the video pads.
     let spec = SceneSpec {
         width: 63,
         height: 47,
         ..SceneSpec::tiny(6)
     };
-    let blend = scene(files.path(), "turn", spec, &blender).await;
+    let blend = scene(shared.path(), "turn", spec, &blender).await;
     let sha256 = sha256_file(&blend).await.unwrap();
     client
         .upload_file(&blend, &sha256, &|_, _| {})
@@ -294,12 +320,16 @@ async fn frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_ffmpeg() {
     let test = "frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_ffmpeg";
-    let Some((blender, ffprobe)) = tools_or_skip(test).await else {
+    let Some(farm) = Farm::start(test, true).await else {
         return;
     };
-    let broker = TestBroker::start().await;
-    let client = admin(&broker);
-    let shared = tempfile::tempdir().unwrap();
+    let Farm {
+        blender,
+        ffprobe,
+        broker,
+        client,
+        shared,
+    } = &farm;
     let blend = scene(shared.path(), "walk", SceneSpec::tiny(4), &blender).await;
     let output = format!("{}/out/walk_###", shared.path().display());
     // An agent without ffmpeg renders the chunks and leaves the video alone.
@@ -418,12 +448,16 @@ fn make_executable(path: &Path) {
 async fn a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_and_a_requeue_makes_it(
 ) {
     let test = "a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_and_a_requeue_makes_it";
-    let Some((blender, ffprobe)) = tools_or_skip(test).await else {
+    let Some(farm) = Farm::start(test, true).await else {
         return;
     };
-    let broker = TestBroker::start().await;
-    let client = admin(&broker);
-    let shared = tempfile::tempdir().unwrap();
+    let Farm {
+        blender,
+        ffprobe,
+        broker,
+        client,
+        shared,
+    } = &farm;
     let blend = scene(shared.path(), "spin", SceneSpec::tiny(2), &blender).await;
     let double = failing_ffmpeg(shared.path());
     let failing = TestAgent::start_with(&broker.address, "bad-ffmpeg", &blender, |c| {
@@ -511,12 +545,16 @@ fn alive(pid: i32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_video_task_taken_away_by_the_broker_has_its_ffmpeg_killed_within_two_seconds() {
     let test = "a_video_task_taken_away_by_the_broker_has_its_ffmpeg_killed_within_two_seconds";
-    let Some(blender) = blender_or_skip(test).await else {
+    let Some(farm) = Farm::start(test, false).await else {
         return;
     };
-    let broker = TestBroker::start().await;
-    let client = admin(&broker);
-    let shared = tempfile::tempdir().unwrap();
+    let Farm {
+        blender,
+        broker,
+        client,
+        shared,
+        ..
+    } = &farm;
     let blend = scene(shared.path(), "hold", SceneSpec::tiny(1), &blender).await;
     let pids = shared.path().join("ffmpeg.pids");
     let double = sleeping_ffmpeg(shared.path(), &pids);

@@ -501,13 +501,7 @@ impl Agent {
             .transpose()
         {
             Ok(dir) => dir,
-            Err(e) => {
-                let reason = format!(
-                    "could not make a folder for the frames under {}: {e}",
-                    self.config.work_dir.display()
-                );
-                return Ending::fail(a, None, reason, &mut log);
-            }
+            Err(reason) => return Ending::fail(a, None, reason, &mut log),
         };
         let output = match &frames_dir {
             Some(dir) => uploads::local_output(&a.output, dir.path()),

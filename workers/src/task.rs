@@ -273,18 +273,23 @@ impl Lease {
 pub(crate) struct TaskDir(PathBuf);
 
 impl TaskDir {
-    /// Makes it, empty.
-    pub(crate) fn create(work_dir: &Path, kind: &str, task_id: Uuid) -> std::io::Result<Self> {
+    /// Makes it, empty; the reason to fail the task when it cannot.
+    pub(crate) fn create(work_dir: &Path, kind: &str, task_id: Uuid) -> Result<Self, String> {
         // Blender and ffmpeg run in other folders: a relative --work-dir
         // would otherwise be taken twice.
         let work_dir = std::path::absolute(work_dir).unwrap_or_else(|_| work_dir.to_path_buf());
         let dir = Self(work_dir.join(kind).join(task_id.to_string()));
-        match std::fs::remove_dir_all(&dir.0) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        let made = match std::fs::remove_dir_all(&dir.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => std::fs::create_dir_all(&dir.0),
+        };
+        match made {
+            Ok(()) => Ok(dir),
+            Err(e) => Err(format!(
+                "could not make the task's folder {}: {e}",
+                dir.0.display()
+            )),
         }
-        std::fs::create_dir_all(&dir.0)?;
-        Ok(dir)
     }
 
     pub(crate) fn path(&self) -> &Path {

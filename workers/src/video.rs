@@ -30,10 +30,9 @@ pub const VIDEO_DIR: &str = "video";
 const VIDEO_FILE: &str = "video.mp4";
 /// How long `ffmpeg -version` may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Lines of ffmpeg's own output that end a failure's reason, and the most
-/// characters of them: enough for its error, not a whole encode's chatter.
+/// Lines of ffmpeg's own output that end a failure's reason: enough for its
+/// error, not a whole encode's chatter (the broker bounds the bytes).
 const FAILURE_LINES: usize = 20;
-const FAILURE_CHARS: usize = 4000;
 /// Missing frames a failure names before it only counts the rest.
 const NAMED_MISSING: usize = 5;
 /// How long the last lines of an exited ffmpeg may take to arrive.
@@ -84,13 +83,7 @@ pub(crate) async fn run(job: VideoJob<'_>, lease: &mut Lease, a: &Assignment) ->
     };
     let dir = match TaskDir::create(job.work_dir, VIDEO_DIR, a.task_id) {
         Ok(dir) => dir,
-        Err(e) => {
-            let reason = format!(
-                "could not make a folder for the video under {}: {e}",
-                job.work_dir.display()
-            );
-            return Ending::fail(a, None, reason, &mut log);
-        }
+        Err(reason) => return Ending::fail(a, None, reason, &mut log),
     };
     let gathered = lease
         .hold(gather(job.client, job.work_dir, a, dir.path()), &mut log, 0)
@@ -448,7 +441,7 @@ async fn encode(
         exit_code: exit_code.map(i64::from),
         reason: format!(
             "{summary}; its last lines:\n{}",
-            last_chars(&Vec::from(last_lines).join("\n"), FAILURE_CHARS)
+            Vec::from(last_lines).join("\n")
         ),
     }
 }
@@ -473,18 +466,6 @@ async fn kill(child: &mut Child) {
 /// The frames encoded so far, from a `-progress` line (`frame=12`).
 fn encoded_frames(line: &str) -> Option<i64> {
     line.trim().strip_prefix("frame=")?.trim().parse().ok()
-}
-
-/// The last `max` characters of `text` (at a character boundary).
-fn last_chars(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
 }
 
 #[cfg(test)]
@@ -619,14 +600,6 @@ mod tests {
         assert_eq!(encoded_frames("frame=12\n"), Some(12));
         assert_eq!(encoded_frames("fps=0.00"), None);
         assert_eq!(encoded_frames("progress=end"), None);
-    }
-
-    #[test]
-    fn a_failures_tail_is_bounded_at_a_character_boundary() {
-        assert_eq!(last_chars("abc", 10), "abc");
-        assert_eq!(last_chars("abcdef", 3), "def");
-        assert_eq!(last_chars("aé", 1), "");
-        assert_eq!(last_chars("aéb", 2), "b");
     }
 
     #[tokio::test]
