@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod blender;
 pub mod cache;
+mod chunk;
 pub mod preview;
 mod process;
 mod retry;
