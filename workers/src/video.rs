@@ -164,10 +164,11 @@ impl Sequence {
 }
 
 /// ffmpeg's arguments for `sequence` (in its working directory) into
-/// `output`: every frame, in order, at the video's rate; dimensions padded
-/// to even numbers (H.264 in 4:2:0 needs them); the index at the front of
-/// the file so a browser plays it before it is all downloaded; progress as
-/// `key=value` lines on stdout.
+/// `output`: every frame, in order, at the video's rate; a frame that does
+/// not decode fails the video (`-xerror`; ffmpeg would otherwise repeat the
+/// frame before it and exit 0); dimensions padded to even numbers (H.264 in
+/// 4:2:0 needs them); the index at the front of the file so a browser plays
+/// it before it is all downloaded; progress as `key=value` lines on stdout.
 fn ffmpeg_args(sequence: &Sequence, video: VideoSpec, output: &str) -> Vec<OsString> {
     let codec: &[&str] = match video.codec {
         VideoCodec::H264 => &["-c:v", "libx264", "-pix_fmt", "yuv420p"],
@@ -177,6 +178,7 @@ fn ffmpeg_args(sequence: &Sequence, video: VideoSpec, output: &str) -> Vec<OsStr
         "-nostdin".into(),
         "-nostats".into(),
         "-y".into(),
+        "-xerror".into(),
         "-progress".into(),
         "pipe:1".into(),
         "-framerate".into(),
@@ -502,6 +504,7 @@ mod tests {
             "-c:v libx264 -pix_fmt yuv420p",
             "-movflags +faststart",
             "-progress pipe:1",
+            "-xerror",
         ] {
             assert!(joined.contains(part), "{part} in {joined}");
         }
