@@ -304,7 +304,7 @@ async fn frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the
     );
     assert_eq!(part.bytes().await.unwrap(), whole[..100]);
     let (ok, out, _) = renderfarm(&broker.address, &["status", &id.to_string()]);
-    assert!(ok && out.contains("video (24 fps h264) completed"), "{out}");
+    assert!(ok && out.contains("24 fps h264: completed"), "{out}");
 
     for agent in [&a, &b] {
         assert_eq!(video_leftovers(agent), Vec::<PathBuf>::new());

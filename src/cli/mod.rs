@@ -848,8 +848,10 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!("output    {}", render.output);
     if let Some(video) = &render.video {
         println!(
-            "video     {}",
-            watch::video_state(video, render.video_status)
+            "video     {} fps {}: {}",
+            video.fps,
+            video.codec.as_str(),
+            watch::video_state(render.video_status)
         );
     }
     if let Some(owner) = &render.owner {

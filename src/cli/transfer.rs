@@ -244,17 +244,17 @@ pub async fn download_video(
     dir: &Path,
 ) -> anyhow::Result<(PathBuf, u64)> {
     let found = client.render(render).await.map_err(client::explain(base))?;
-    let Some(video) = &found.video else {
+    if found.video.is_none() {
         anyhow::bail!(
             "render {render} \"{}\" asked for no video; submit it with --video-fps to get one",
             found.name
         );
-    };
+    }
     if found.video_status != Some(renderfarm_wire::TaskStatus::Completed) {
         anyhow::bail!(
-            "render {render} \"{}\" has no video to fetch yet: {}",
+            "render {render} \"{}\" has no video to fetch yet (video {})",
             found.name,
-            super::watch::video_state(video, found.video_status)
+            super::watch::video_state(found.video_status)
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

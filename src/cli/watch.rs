@@ -11,7 +11,7 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use renderfarm_client::{BrokerClient, ClientError, EventStream, RenderQuery};
 use renderfarm_wire::{
-    EventKind, FarmEvent, Render, RenderStatus, Task, TaskStatus, VideoSpec, Worker, WorkerStatus,
+    EventKind, FarmEvent, Render, RenderStatus, Task, TaskStatus, Worker, WorkerStatus,
 };
 use uuid::Uuid;
 
@@ -472,22 +472,21 @@ fn render_state(render: &Render) -> String {
     if p.tasks_failed > 0 {
         state.push_str(&format!(", {} failed", p.tasks_failed));
     }
-    if let Some(video) = &render.video {
-        state.push_str(&format!(", {}", video_state(video, render.video_status)));
+    if render.video.is_some() {
+        state.push_str(&format!(", video {}", video_state(render.video_status)));
     }
     state
 }
 
-/// Where a render's video is, for a person: its settings and its task's
-/// status, or that it waits for the frames.
-pub fn video_state(video: &VideoSpec, status: Option<TaskStatus>) -> String {
-    let what = format!("video ({} fps {})", video.fps, video.codec.as_str());
+/// Where a render's video is, for a person: its task's status, or that it
+/// waits for the frames (a render's video task is made when they are done).
+pub fn video_state(status: Option<TaskStatus>) -> String {
     match status {
-        None => format!("{what} after the frames"),
-        Some(TaskStatus::Failed) => format!(
-            "{what} failed (see `renderfarm tasks ID`; `renderfarm requeue-task TASK_ID` tries again)"
-        ),
-        Some(status) => format!("{what} {}", status.as_str()),
+        None => "waiting for the frames".into(),
+        Some(TaskStatus::Failed) => {
+            "failed (`renderfarm requeue-task TASK_ID` tries again, the ffmpeg task of `renderfarm tasks ID`)".into()
+        }
+        Some(status) => status.as_str().into(),
     }
 }
 
