@@ -937,6 +937,32 @@ mod tests {
     }
 
     #[test]
+    fn submit_takes_a_video_rate_and_a_codec_only_with_it() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["renderfarm", "submit", "x.blend"].iter().chain(args))
+        };
+        let super::Command::Submit(args) = parse(&["--video-fps", "24"]).unwrap().command else {
+            panic!("submit")
+        };
+        assert_eq!(
+            (args.video_fps, args.video_codec),
+            (Some(24), renderfarm_wire::VideoCodec::H264)
+        );
+        let super::Command::Submit(args) = parse(&[]).unwrap().command else {
+            panic!("submit")
+        };
+        assert_eq!(args.video_fps, None, "no video unless asked");
+        assert!(
+            parse(&["--video-codec", "h264"]).is_err(),
+            "a codec needs a rate"
+        );
+        let error = parse(&["--video-fps", "24", "--video-codec", "vp9"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("use h264"), "{error}");
+    }
+
+    #[test]
     fn frame_arguments_parse_as_ranges_or_single_frames() {
         assert_eq!(parse_frames("1-250").unwrap(), (1, 250));
         assert_eq!(parse_frames("7").unwrap(), (7, 7));
