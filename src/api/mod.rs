@@ -18,6 +18,7 @@ mod session;
 mod signed;
 mod tasks;
 mod tokens;
+mod videos;
 mod webhooks;
 mod workers;
 
@@ -113,6 +114,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     events::configure(cfg);
     frames::configure(cfg);
     previews::configure(cfg);
+    videos::configure(cfg);
     files::configure(cfg);
     health::configure(cfg);
     metrics::configure(cfg);

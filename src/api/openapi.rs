@@ -17,7 +17,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
     events, files, frames, health, metrics, previews, renders, scheduler, session, signed, tasks,
-    tokens, webhooks, workers, ApiError,
+    tokens, videos, webhooks, workers, ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -59,6 +59,8 @@ is answered 429 with `Retry-After`.",
         frames::upload,
         previews::get,
         previews::upload,
+        videos::video,
+        videos::upload,
         files::status,
         files::upload,
         files::download,

@@ -3,7 +3,8 @@
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 use renderfarm_wire::{
-    CompleteReport, FailReport, ProgressReport, ReleaseReport, Task, TaskDetail,
+    CompleteReport, FailReport, ProgressReport, ReleaseReport, Task, TaskDetail, TaskKind,
+    TaskStatus,
 };
 use uuid::Uuid;
 
@@ -148,28 +149,41 @@ async fn report(
 /// every one of its frames is stored (`domain::files::missing_frames`).
 /// Frame records are only ever added while the task runs, so what is
 /// missing now is missing at the completion that follows.
+///
+/// A video task completes only once its video is stored. Answers the
+/// render when it asked for a video, whose task this completion may queue.
 async fn refuse_with_frames_missing(
     state: &AppState,
     access: &Access<RegisteredWorker>,
     id: &str,
     lease_id: Uuid,
-) -> Result<(), ApiError> {
+) -> Result<Option<Uuid>, ApiError> {
     // An unknown task, or one the lease no longer names, is the report's
     // own answer (404, 409 stale lease, 403): left to it, so that a stale
     // worker hears that its lease is stale, not that frames are missing.
     let Ok(task_id) = Uuid::parse_str(id) else {
-        return Ok(());
+        return Ok(None);
     };
     let Ok(task) = state
         .store
         .leased_task(access.caller.worker_id(), task_id, lease_id)
         .await
     else {
-        return Ok(());
+        return Ok(None);
     };
     let render = state.store.get_render(task.render_id).await?;
+    if task.kind == TaskKind::Ffmpeg {
+        if state.store.render_video(render.id).await?.is_none() {
+            return Err(ApiError::Conflict(format!(
+                "task {task_id} is the video of render {}, and no video is stored for it yet; upload it with PUT /tasks/{task_id}/video, then complete",
+                render.id
+            )));
+        }
+        return Ok(None);
+    }
+    let follows = render.video.is_some().then_some(render.id);
     if !render.upload_frames {
-        return Ok(());
+        return Ok(follows);
     }
     let stored: std::collections::BTreeSet<i64> = state
         .store
@@ -180,7 +194,7 @@ async fn refuse_with_frames_missing(
         .collect();
     let missing = missing_frames(task.frame_start, task.frame_end, &stored);
     if missing.is_empty() {
-        Ok(())
+        Ok(follows)
     } else {
         Err(ApiError::Conflict(missing_frames_message(
             task_id, &missing,
@@ -244,8 +258,8 @@ pub(super) async fn complete(
     body: JsonBody<CompleteReport>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    refuse_with_frames_missing(&state, &access, &id, body.lease_id).await?;
-    report(
+    let video_of = refuse_with_frames_missing(&state, &access, &id, body.lease_id).await?;
+    let answer = report(
         access,
         &state,
         &id,
@@ -253,7 +267,15 @@ pub(super) async fn complete(
         TaskReport::Complete,
         body.log,
     )
-    .await
+    .await?;
+    if let Some(render) = video_of {
+        // The last chunk queues the video: a worker waiting for work may
+        // take it now rather than at its next poll.
+        if state.store.get_render(render).await?.video_status == Some(TaskStatus::Pending) {
+            state.wake_workers();
+        }
+    }
+    Ok(answer)
 }
 
 /// Report a task failed (Blender exited non-zero, a frame is missing, ...).

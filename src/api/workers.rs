@@ -5,8 +5,8 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use renderfarm_wire::{
-    Assignment, ErrorBody, Heartbeat, HeartbeatReply, RegisteredWorker as Registration, Worker,
-    WorkerAction, WorkerSpec, WorkerStatusChange,
+    Assignment, ErrorBody, Heartbeat, HeartbeatReply, InputFrame, RegisteredWorker as Registration,
+    TaskKind, Worker, WorkerAction, WorkerSpec, WorkerStatusChange,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -243,6 +243,27 @@ fn wait_duration(wait: Option<f64>) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A follow-up of a render whose frames were uploaded names them, so that
+/// its worker fetches them by hash (`GET /files/{sha256}`, a worker's
+/// route) rather than through the viewers' frame routes.
+async fn with_inputs(state: &AppState, mut assignment: Assignment) -> Result<Assignment, ApiError> {
+    if assignment.kind != TaskKind::Blender && assignment.upload_frames {
+        assignment.inputs = state
+            .store
+            .render_frames(assignment.render_id, None)
+            .await?
+            .into_iter()
+            .map(|f| InputFrame {
+                frame: f.frame,
+                name: f.name,
+                sha256: f.sha256,
+                bytes: f.bytes,
+            })
+            .collect();
+    }
+    Ok(assignment)
+}
+
 /// Ask for a task (the pull).
 ///
 /// Answers the next task by priority, then age, then frames, that the
@@ -317,6 +338,7 @@ pub(super) async fn request_task(
             span.record("render_id", tracing::field::display(assignment.render_id));
         }
         if let Some(assignment) = claimed? {
+            let assignment = with_inputs(&state, assignment).await?;
             return Ok(HttpResponse::Ok().json(assignment));
         }
         if tokio::time::Instant::now() >= deadline {

@@ -9,9 +9,9 @@
 //! [`counts_in_tally`]; the next kind (say, a denoise pass) is one more
 //! [`TaskKind`] and its module in the agent.
 
-use renderfarm_wire::{RenderStatus, TaskKind, TaskStatus, VideoSpec};
+use renderfarm_wire::{Priority, Progress, RenderStatus, TaskKind, TaskStatus, VideoSpec};
 
-use super::ValidationError;
+use super::{IllegalTransition, TaskEvent, TaskRequeue, ValidationError};
 
 /// The highest frame rate a video may ask for.
 pub const MAX_VIDEO_FPS: i64 = 240;
@@ -56,6 +56,17 @@ pub fn kind_runnable_in(kind: TaskKind, render: RenderStatus) -> bool {
     }
 }
 
+/// Whether the scheduler gives a failed task of `kind` another try while its
+/// render is `render`: a chunk while the render is unfinished (a finished
+/// render's failed chunks stay failed); a follow-up while its render lets it
+/// run, so a failed video is retried like any chunk.
+pub fn retried_while(kind: TaskKind, render: RenderStatus) -> bool {
+    match kind {
+        TaskKind::Blender => !render.is_finished(),
+        _ => kind_runnable_in(kind, render),
+    }
+}
+
 /// The kinds of follow-up a worker announcing `kinds` can take; a claim
 /// looks for those before chunks (they finish a render someone waits on,
 /// and are short), and not at all when there are none.
@@ -65,6 +76,49 @@ pub fn follow_up_kinds(kinds: &[TaskKind]) -> Vec<TaskKind> {
         .copied()
         .filter(|k| !counts_in_tally(*k))
         .collect()
+}
+
+/// Whether a claim hands out the waiting follow-up of priority `follow_up`
+/// rather than the head chunk (of priority `head`, if any): at the head's
+/// priority or above it does, as it finishes a render someone waits on;
+/// more urgent chunks still come first.
+pub fn prefers_follow_up(follow_up: Priority, head: Option<Priority>) -> bool {
+    head.is_none_or(|head| follow_up >= head)
+}
+
+/// What an operator's requeue of one task does, for a task of `kind`: a
+/// chunk follows [`super::plan_task_requeue`]; a follow-up runs again from
+/// scratch, only while its render is in a status that lets it run, and never
+/// reopens the render.
+pub fn plan_requeue_of_kind(
+    kind: TaskKind,
+    task: TaskStatus,
+    render: RenderStatus,
+    progress: &Progress,
+) -> Result<TaskRequeue, IllegalTransition> {
+    if counts_in_tally(kind) {
+        return super::plan_task_requeue(task, render, progress);
+    }
+    if !kind_runnable_in(kind, render) {
+        return Err(IllegalTransition::new(format!(
+            "this is the render's {} task and the render is {}: it runs again by itself when the render completes",
+            kind.as_str(),
+            render.as_str()
+        )));
+    }
+    let event =
+        match task {
+            TaskStatus::Pending => return Err(IllegalTransition::new(
+                "this task is pending: it is in the queue already and runs when a worker is free",
+            )),
+            TaskStatus::Running => TaskEvent::Requeue,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Canceled => TaskEvent::Reset,
+        };
+    super::task_transition(task, event)?;
+    Ok(TaskRequeue {
+        event,
+        reopen_render: None,
+    })
 }
 
 /// Checks and orders the kinds a worker announces: at least one, each once.
@@ -123,6 +177,20 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_video_is_retried_while_its_render_is_complete() {
+        for status in RenderStatus::ALL {
+            assert_eq!(
+                retried_while(TaskKind::Ffmpeg, status),
+                status == S::Completed
+            );
+            assert_eq!(
+                retried_while(TaskKind::Blender, status),
+                !status.is_finished()
+            );
+        }
+    }
+
+    #[test]
     fn only_chunks_move_the_tally() {
         assert!(counts_in_tally(TaskKind::Blender));
         assert!(!counts_in_tally(TaskKind::Ffmpeg));
@@ -162,6 +230,54 @@ mod tests {
             assert_eq!(validate_video(Some(video(fps))).is_ok(), ok, "{fps}");
         }
         assert_eq!(validate_video(None), Ok(None));
+    }
+
+    #[test]
+    fn a_follow_up_goes_first_unless_a_chunk_is_more_urgent() {
+        use Priority as P;
+        // (follow-up, head chunk, follow-up first)
+        let table = [
+            (P::Normal, None, true),
+            (P::Normal, Some(P::Normal), true),
+            (P::Normal, Some(P::Low), true),
+            (P::Normal, Some(P::High), false),
+            (P::Urgent, Some(P::Urgent), true),
+            (P::Low, Some(P::Normal), false),
+        ];
+        for (follow_up, head, expected) in table {
+            assert_eq!(
+                prefers_follow_up(follow_up, head),
+                expected,
+                "{follow_up:?} vs {head:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_video_is_requeued_only_while_its_render_is_complete() {
+        let p = Progress::default();
+        let ok =
+            plan_requeue_of_kind(TaskKind::Ffmpeg, TaskStatus::Failed, S::Completed, &p).unwrap();
+        assert_eq!(ok.event, TaskEvent::Reset);
+        assert_eq!(ok.reopen_render, None);
+        let running =
+            plan_requeue_of_kind(TaskKind::Ffmpeg, TaskStatus::Running, S::Completed, &p).unwrap();
+        assert_eq!(running.event, TaskEvent::Requeue);
+        assert!(
+            plan_requeue_of_kind(TaskKind::Ffmpeg, TaskStatus::Pending, S::Completed, &p).is_err()
+        );
+        let refused = plan_requeue_of_kind(TaskKind::Ffmpeg, TaskStatus::Failed, S::Rendering, &p)
+            .unwrap_err();
+        assert!(
+            refused.message.contains("when the render completes"),
+            "{}",
+            refused.message
+        );
+        // A chunk's requeue is the chunk rule's.
+        assert_eq!(
+            plan_requeue_of_kind(TaskKind::Blender, TaskStatus::Failed, S::Rendering, &p),
+            crate::domain::plan_task_requeue(TaskStatus::Failed, S::Rendering, &p)
+        );
     }
 
     #[test]

@@ -387,6 +387,23 @@ macro_rules! store_by_concern {
                     frames::preview(self, render_id).await
                 }
 
+                async fn record_video(
+                    &self,
+                    holder: Option<Uuid>,
+                    task_id: Uuid,
+                    lease_id: Uuid,
+                    file: renderfarm_wire::FileInfo,
+                ) -> StoreResult<()> {
+                    frames::record_video(self, holder, task_id, lease_id, file).await
+                }
+
+                async fn render_video(
+                    &self,
+                    render_id: Uuid,
+                ) -> StoreResult<Option<renderfarm_wire::FileInfo>> {
+                    frames::render_video(self, render_id).await
+                }
+
                 async fn referenced_files(
                     &self,
                 ) -> StoreResult<::std::collections::BTreeSet<String>> {

@@ -112,6 +112,12 @@ impl Stored for RenderStatus {
     }
 }
 
+impl Stored for renderfarm_wire::TaskKind {
+    fn stored(self) -> &'static str {
+        self.as_str()
+    }
+}
+
 impl Stored for TaskStatus {
     fn stored(self) -> &'static str {
         self.as_str()
@@ -591,7 +597,23 @@ pub trait Store: Send + Sync + 'static {
     /// The render's preview, if a worker sent one.
     async fn preview(&self, render_id: Uuid) -> StoreResult<Option<StoredPreview>>;
 
-    /// Every file hash a render refers to (uploaded blends and recorded
-    /// frames): what the file collector keeps.
+    /// Records `file` as the render's video, made by its `ffmpeg` task under
+    /// the task's current lease (refused as [`Store::report_task_as`]
+    /// refuses, recording nothing); a task of another kind is `Invalid`.
+    async fn record_video(
+        &self,
+        holder: Option<Uuid>,
+        task_id: Uuid,
+        lease_id: Uuid,
+        file: renderfarm_wire::FileInfo,
+    ) -> StoreResult<()>;
+
+    /// The render's video, once its video task stored one (cleared when the
+    /// video is queued to be made again). `NotFound` for an unknown render.
+    async fn render_video(&self, render_id: Uuid)
+        -> StoreResult<Option<renderfarm_wire::FileInfo>>;
+
+    /// Every file hash a render refers to (uploaded blends, recorded frames
+    /// and videos): what the file collector keeps.
     async fn referenced_files(&self) -> StoreResult<BTreeSet<String>>;
 }

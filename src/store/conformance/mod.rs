@@ -17,6 +17,7 @@ mod operators;
 mod reports;
 mod tokens;
 mod upkeep;
+mod videos;
 mod webhooks;
 
 use chrono::{DateTime, Utc};
@@ -36,6 +37,7 @@ pub use operators::*;
 pub use reports::*;
 pub use tokens::*;
 pub use upkeep::*;
+pub use videos::*;
 pub use webhooks::*;
 
 /// Every conformance function by name, for the per-backend test macro.
@@ -48,6 +50,9 @@ macro_rules! conformance_tests {
     ($make_store:path) => {
         $crate::conformance_tests!(@each $make_store;
             creating_a_render_stores_it_with_all_its_tasks,
+            a_render_s_video_is_queued_when_its_frames_complete_and_runs_outside_its_tally,
+            a_failed_video_is_retried_never_fails_its_render_and_can_be_requeued,
+            a_render_without_a_video_gets_no_follow_up,
             claims_follow_priority_then_age_then_frame,
             paused_and_canceled_renders_are_never_claimed,
             only_workers_with_the_required_tags_claim,

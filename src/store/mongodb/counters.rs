@@ -6,12 +6,13 @@ use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
-use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
+use renderfarm_wire::{HistoryEvent, Progress, RenderStatus, TaskKind, TaskStatus};
 
 use super::events::{add_set, render_event_set};
 use super::rules::retries_exhausted;
 use super::{documents::*, errors::*, renders::*, *};
 use crate::domain::tally_after;
+use crate::domain::{counts_in_tally, follow_up_on, kind_runnable_in, video_status_of};
 use crate::domain::{is_claimable, render_change, BulkCause, Tally, TaskEvent};
 use crate::store::StoreResult;
 
@@ -39,15 +40,31 @@ impl MongoStore {
 
     /// Moves the render's counters after one of its tasks moved, then
     /// saves its tally (a task that is running means the render started).
+    /// A follow-up (`domain::counts_in_tally`) moves no counter: the
+    /// render's `video_status` follows it instead.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn tally_task_move(
         &self,
         render: &str,
+        kind: TaskKind,
         from: TaskStatus,
         to: TaskStatus,
         frames: i64,
         failed_for_good: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<RenderDoc> {
+        if !counts_in_tally(kind) {
+            let status = video_status_of(kind, to).map(|s| s.as_str());
+            return self
+                .renders()?
+                .find_one_and_update(
+                    doc! { "_id": render },
+                    doc! { "$set": { "video_status": status } },
+                )
+                .return_document(ReturnDocument::After)
+                .await?
+                .ok_or_else(|| corrupt(format!("tasks of render {render}, which is missing")));
+        }
         let doc = self
             .renders()?
             .find_one_and_update(
@@ -127,6 +144,18 @@ impl MongoStore {
             self.sync_runnable(&doc.id, is_claimable(after), doc.version)
                 .await?;
         }
+        let follow_ups_run = kind_runnable_in(TaskKind::Ffmpeg, after);
+        if kind_runnable_in(TaskKind::Ffmpeg, before) != follow_ups_run {
+            self.tasks()?
+                .update_many(
+                    follow_ups_of(&doc.id),
+                    doc! { "$set": { "follow_up_ready": follow_ups_run } },
+                )
+                .await?;
+        }
+        if let Some(kind) = follow_up_on(doc.video.as_ref(), before, after) {
+            self.queue_follow_up(&doc, kind, now).await?;
+        }
         if !tasks_to_cancel.is_empty() {
             let after = self
                 .bulk_task_change(
@@ -143,6 +172,76 @@ impl MongoStore {
             return Ok(after);
         }
         Ok(doc)
+    }
+
+    /// Queues the render's follow-up of `kind` (its video): new, or run
+    /// again from scratch when the render completes again (a worker still on
+    /// the old attempt finds its lease stale). The video it had is
+    /// forgotten: the one made from the frames it has now replaces it.
+    async fn queue_follow_up(
+        &self,
+        render: &RenderDoc,
+        kind: TaskKind,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let tasks = self.tasks()?;
+        let existing = tasks
+            .find_one(doc! { "render_id": &render.id, "kind": kind.as_str() })
+            .await?;
+        match existing {
+            Some(task) => {
+                let runs_again = doc! {
+                    "$set": {
+                        "status": TaskStatus::Pending.as_str(),
+                        "retries": 0_i64,
+                        "worker_id": Bson::Null,
+                        "lease_id": Bson::Null,
+                        "frames_done": 0_i64,
+                        "exit_code": Bson::Null,
+                        "failure_reason": Bson::Null,
+                        "started_at": Bson::Null,
+                        "finished_at": Bson::Null,
+                        "queued_at": bson_time(now),
+                        "follow_up_ready": true,
+                    },
+                    "$inc": { "history_seq": 1_i64 },
+                };
+                tasks
+                    .update_one(doc! { "_id": &task.id }, runs_again)
+                    .await?;
+                self.record_history(
+                    &task.id,
+                    task.history_seq,
+                    HistoryEvent::Requeued,
+                    task.worker_id.as_deref(),
+                    Some(
+                        "its render completed again: the video is made again from its frames"
+                            .into(),
+                    ),
+                    None,
+                    now,
+                )
+                .await?;
+            }
+            None => {
+                let mut task = TaskDoc::planned(render, render.frame_start, render.frame_end);
+                task.kind = Some(kind.as_str().to_string());
+                task.follow_up_ready = Some(true);
+                task.queued_at = bson_time(now);
+                tasks.insert_one(&task).await?;
+            }
+        }
+        self.renders()?
+            .update_one(
+                doc! { "_id": &render.id },
+                doc! { "$set": {
+                    "video_status": TaskStatus::Pending.as_str(),
+                    "video_sha256": Bson::Null,
+                    "video_bytes": Bson::Null,
+                } },
+            )
+            .await?;
+        Ok(())
     }
 
     pub(super) async fn frames_done_in(
@@ -382,7 +481,7 @@ pub fn status_update(change: &StatusChange) -> Document {
 /// resume leave the tasks as the later one says.
 pub fn runnable_sync(render: &str, runnable: bool, version: i64) -> (Document, Document) {
     (
-        doc! { "render_id": render, "runnable_version": { "$lt": version } },
+        doc! { "render_id": render, "runnable_version": { "$lt": version }, "kind": { "$exists": false } },
         doc! { "$set": { "runnable": runnable, "runnable_version": version } },
     )
 }
@@ -398,7 +497,7 @@ pub fn frames_done_sum(filter: Document) -> Vec<Document> {
 /// Counts a render's tasks by status, with their frames done.
 pub fn recount_pipeline(render: &str) -> Vec<Document> {
     vec![
-        doc! { "$match": { "render_id": render } },
+        doc! { "$match": { "render_id": render, "kind": { "$exists": false } } },
         doc! { "$group": {
             "_id": "$status",
             "tasks": { "$sum": 1_i64 },
@@ -412,8 +511,14 @@ pub fn stuck_filter(render: &str) -> Document {
     doc! {
         "render_id": render,
         "status": TaskStatus::Failed.as_str(),
+        "kind": { "$exists": false },
         "$expr": retries_exhausted(),
     }
+}
+
+/// The follow-ups of a render (tasks that carry a kind: chunks do not).
+pub fn follow_ups_of(render: &str) -> Document {
+    doc! { "render_id": render, "kind": { "$exists": true } }
 }
 
 /// Overwrites a render's counters and status with a recount, under

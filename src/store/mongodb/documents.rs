@@ -4,7 +4,7 @@ use bson::{doc, Bson};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{
     Assignment, HistoryEvent, LeaderLease, Priority, Progress, Render, RenderStatus, Task,
-    TaskHistoryEntry, TaskStatus, Worker,
+    TaskHistoryEntry, TaskKind, TaskStatus, VideoSpec, Worker,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -64,6 +64,16 @@ pub(super) struct RenderDoc {
     pub(super) seen_version: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) seen_progress: Option<Progress>,
+    /// The video asked for, its task's status once queued, and the MP4
+    /// stored at the broker; absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) video: Option<VideoSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) video_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) video_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) video_bytes: Option<i64>,
 }
 
 impl RenderDoc {
@@ -97,6 +107,10 @@ impl RenderDoc {
             finished_at: r.finished_at.map(bson_time),
             version: 0,
             owner: r.owner.clone(),
+            video: r.video,
+            video_status: r.video_status.map(|s| s.as_str().to_string()),
+            video_sha256: None,
+            video_bytes: None,
             blend_sha256: r.blend_sha256.clone(),
             upload_frames: r.upload_frames,
             events: None,
@@ -161,6 +175,16 @@ impl RenderDoc {
             owner: self.owner.clone(),
             blend_sha256: self.blend_sha256.clone(),
             upload_frames: self.upload_frames,
+            video: self.video,
+            video_status: self
+                .video_status
+                .as_deref()
+                .map(|s| {
+                    TaskStatus::parse(s).ok_or_else(|| {
+                        corrupt(format!("render {} with video status {s:?}", self.id))
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -208,6 +232,15 @@ pub(super) struct TaskDoc {
     pub(super) seen_frames_done: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) seen_log_total: Option<i64>,
+    /// What it runs; absent for a chunk (`blender`), so that chunks keep
+    /// out of the follow-up index (`tasks_follow_up`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) kind: Option<String>,
+    /// A follow-up's `runnable`: true while its render lets it run
+    /// (`domain::kind_runnable_in`). A follow-up's own `runnable` stays
+    /// false, so that the chunk claim never sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) follow_up_ready: Option<bool>,
 }
 
 impl TaskDoc {
@@ -239,6 +272,18 @@ impl TaskDoc {
             history_seq: 0,
             seen_frames_done: Some(0),
             seen_log_total: Some(0),
+            kind: None,
+            follow_up_ready: None,
+        }
+    }
+
+    /// What it runs.
+    pub(super) fn kind(&self) -> StoreResult<TaskKind> {
+        match self.kind.as_deref() {
+            None => Ok(TaskKind::Blender),
+            Some(k) => {
+                TaskKind::parse(k).ok_or_else(|| corrupt(format!("task {} of kind {k:?}", self.id)))
+            }
         }
     }
 
@@ -274,6 +319,7 @@ impl TaskDoc {
             failure_reason: self.failure_reason.clone(),
             started_at: self.started_at.map(bson::DateTime::to_chrono),
             finished_at: self.finished_at.map(bson::DateTime::to_chrono),
+            kind: self.kind()?,
         })
     }
 
@@ -293,6 +339,11 @@ impl TaskDoc {
             engine: render.engine.clone(),
             blend_sha256: render.blend_sha256.clone(),
             upload_frames: render.upload_frames,
+            kind: self.kind()?,
+            video: (self.kind()? != TaskKind::Blender)
+                .then_some(render.video)
+                .flatten(),
+            inputs: Vec::new(),
         })
     }
 }
@@ -325,12 +376,23 @@ pub(super) struct WorkerDoc {
     pub(super) last_render_seq: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) warm_streak: Option<i64>,
+    /// The task kinds it runs; absent for workers registered before kinds
+    /// (they run chunks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) kinds: Option<Vec<TaskKind>>,
 }
 
 impl WorkerDoc {
     pub(super) fn mode(&self) -> StoreResult<WorkerMode> {
         WorkerMode::parse(&self.mode)
             .ok_or_else(|| corrupt(format!("worker {} with mode {:?}", self.id, self.mode)))
+    }
+
+    /// The task kinds it runs.
+    pub(super) fn kinds(&self) -> Vec<TaskKind> {
+        self.kinds
+            .clone()
+            .unwrap_or_else(|| vec![TaskKind::Blender])
     }
 
     /// Its warm preference's state, renders named by their `seq`.
@@ -351,6 +413,7 @@ impl WorkerDoc {
             last_heartbeat: self.last_heartbeat.to_chrono(),
             current_task_id,
             registered_at: self.registered_at.to_chrono(),
+            kinds: self.kinds(),
         })
     }
 }

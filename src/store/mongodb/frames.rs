@@ -8,7 +8,7 @@ use bson::doc;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::Collection;
-use renderfarm_wire::Task;
+use renderfarm_wire::{FileInfo, Task, TaskKind};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -94,6 +94,65 @@ impl MongoStore {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct VideoOnly {
+    #[serde(default)]
+    video_sha256: Option<String>,
+}
+
+pub(super) async fn record_video(
+    store: &MongoStore,
+    holder: Option<Uuid>,
+    task_id: Uuid,
+    lease_id: Uuid,
+    file: FileInfo,
+) -> StoreResult<()> {
+    let task = store.accepted_task(holder, task_id, lease_id).await?;
+    if task.kind()? != TaskKind::Ffmpeg {
+        return Err(StoreError::Invalid(format!(
+            "task {task_id} is a chunk of frames, not a video task; it uploads frames with PUT /tasks/{task_id}/frames/{{frame}}"
+        )));
+    }
+    let bytes = i64::try_from(file.bytes)
+        .map_err(|_| StoreError::Invalid(format!("a video of {} bytes", file.bytes)))?;
+    // Fenced by the lease once more: a task requeued since the check
+    // above records nothing.
+    let still_leased = store
+        .tasks()?
+        .count_documents(super::tasks::report_filter(
+            &task.id,
+            &lease_id.to_string(),
+            holder.map(|h| h.to_string()).as_deref(),
+        ))
+        .await?
+        > 0;
+    if !still_leased {
+        return Err(StoreError::StaleLease { task_id });
+    }
+    store
+        .renders()?
+        .update_one(
+            doc! { "_id": &task.render_id },
+            doc! { "$set": { "video_sha256": &file.sha256, "video_bytes": bytes } },
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn render_video(
+    store: &MongoStore,
+    render_id: Uuid,
+) -> StoreResult<Option<FileInfo>> {
+    let render = store.load_render(&render_id.to_string()).await?;
+    Ok(render
+        .video_sha256
+        .zip(render.video_bytes)
+        .map(|(sha256, bytes)| FileInfo {
+            sha256,
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        }))
+}
+
 pub(super) async fn leased_task(
     store: &MongoStore,
     holder: Option<Uuid>,
@@ -115,6 +174,13 @@ pub(super) async fn record_frame(
     now: DateTime<Utc>,
 ) -> StoreResult<StoredFrame> {
     let task = store.accepted_task(holder, task_id, lease_id).await?;
+    let kind = task.kind()?;
+    if kind != TaskKind::Blender {
+        return Err(StoreError::Invalid(format!(
+            "task {task_id} is the {} task of its render, not a chunk of frames; it sends its result with PUT /tasks/{task_id}/video",
+            kind.as_str()
+        )));
+    }
     check_frame_in_task(new.frame, task.frame_start, task.frame_end)
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
     let record = FrameDoc {
@@ -260,6 +326,14 @@ pub(super) async fn referenced_files(store: &MongoStore) -> StoreResult<BTreeSet
         .try_collect()
         .await?;
     hashes.extend(blends.into_iter().filter_map(|b| b.blend_sha256));
+    let videos: Vec<VideoOnly> = db
+        .collection::<VideoOnly>(RENDERS)
+        .find(doc! { "video_sha256": { "$type": "string" } })
+        .projection(doc! { "_id": 0, "video_sha256": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    hashes.extend(videos.into_iter().filter_map(|v| v.video_sha256));
     let frames: Vec<FrameHashOnly> = db
         .collection::<FrameHashOnly>(FRAME_FILES)
         .find(doc! {})

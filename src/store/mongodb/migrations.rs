@@ -74,6 +74,10 @@ const FILES: &[(&str, &str)] = &[
         "0013_warm_workers",
         include_str!("../../../migrations/mongodb/0013_warm_workers.json"),
     ),
+    (
+        "0014_videos",
+        include_str!("../../../migrations/mongodb/0014_videos.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

@@ -444,7 +444,7 @@ pub(super) async fn change_render(
 
 /// The render's tasks in `status`, for a bulk change.
 pub fn bulk_filter(render: &str, status: TaskStatus) -> Document {
-    doc! { "render_id": render, "status": status.as_str() }
+    doc! { "render_id": render, "status": status.as_str(), "kind": { "$exists": false } }
 }
 
 /// A bulk change to `to`, marked with the change's id (`bulk_change`) so

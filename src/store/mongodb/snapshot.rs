@@ -96,6 +96,8 @@ impl ImportFarm for MongoStore {
                 // A render's `seq` is each store's own: warmth starts afresh here.
                 last_render_seq: None,
                 warm_streak: None,
+                // Not in the copy: an agent announces them when it registers.
+                kinds: None,
             })
             .await?;
         Ok(true)
@@ -119,6 +121,15 @@ fn task_docs(render: &RenderDoc, record: &TaskRecord) -> (TaskDoc, Vec<LogDoc>, 
     doc.started_at = task.started_at.map(bson_time);
     doc.finished_at = task.finished_at.map(bson_time);
     doc.queued_at = bson_time(record.queued_at);
+    if task.kind != renderfarm_wire::TaskKind::Blender {
+        // A follow-up runs by its render's status, which the copy keeps.
+        doc.kind = Some(task.kind.as_str().into());
+        doc.follow_up_ready = Some(
+            render
+                .status()
+                .is_ok_and(|s| crate::domain::kind_runnable_in(task.kind, s)),
+        );
+    }
     doc.log_chunks = record.log.len() as i64;
     doc.log_bytes = record.log.iter().map(|c| c.len() as i64).sum();
     doc.log_dropped = record.log_dropped;

@@ -4,7 +4,9 @@ use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::{Hint, ReturnDocument};
-use renderfarm_wire::{Assignment, HistoryEvent, Page, Task, TaskHistoryEntry, TaskStatus};
+use renderfarm_wire::{
+    Assignment, HistoryEvent, Page, Task, TaskHistoryEntry, TaskKind, TaskStatus,
+};
 use uuid::Uuid;
 
 use super::events::{add_set, claimed_key, ended_key, outbox_set, Entry};
@@ -12,10 +14,10 @@ use super::renders::run_again;
 use super::rules::{carries_tags, claim_sort};
 use super::{documents::*, *};
 use crate::domain::{
-    check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
-    plan_task_requeue, task_transition, ClaimHead, ClaimPermission, IllegalTransition, Priority,
-    Requeue, TaskEvent, TaskReport, WarmState, WarmTarget, CLAIMABLE_TASK_STATUS,
-    LEASED_TASK_STATUS, TASK_LOG_LIMIT,
+    check_frames_done, claim_permission, follow_up_kinds, join_log, lease_accepts,
+    log_chunks_to_drop, plan_requeue_of_kind, prefers_follow_up, task_transition, ClaimHead,
+    ClaimPermission, IllegalTransition, Priority, Requeue, TaskEvent, TaskReport, WarmState,
+    WarmTarget, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS, TASK_LOG_LIMIT,
 };
 use crate::store::{PageRequest, StoreError, StoreResult};
 
@@ -84,6 +86,7 @@ impl MongoStore {
         if let Some(before) = &before {
             self.tally_task_move(
                 &before.render_id,
+                before.kind()?,
                 TaskStatus::Running,
                 to,
                 -before.frames_done,
@@ -134,6 +137,7 @@ impl MongoStore {
             if delta != 0 {
                 self.tally_task_move(
                     &before.render_id,
+                    before.kind()?,
                     TaskStatus::Running,
                     TaskStatus::Running,
                     delta,
@@ -281,7 +285,7 @@ pub(super) async fn requeue_one_task(
         .into());
     };
     let from = task.status()?;
-    let plan = plan_task_requeue(from, render.status()?, &render.progress())?;
+    let plan = plan_requeue_of_kind(task.kind()?, from, render.status()?, &render.progress())?;
     let to = task_transition(from, plan.event)?;
     let mut update = with_history(doc! { "$set": run_again(to, now) });
     if let (true, Some(lease)) = (from == LEASED_TASK_STATUS, task.lease_id.as_deref()) {
@@ -311,7 +315,15 @@ pub(super) async fn requeue_one_task(
             ))
         })?;
     store
-        .tally_task_move(&before.render_id, from, to, -before.frames_done, false, now)
+        .tally_task_move(
+            &before.render_id,
+            before.kind()?,
+            from,
+            to,
+            -before.frames_done,
+            false,
+            now,
+        )
         .await?;
     if let Some(status) = plan.reopen_render {
         // The task is pending but not runnable until the render is
@@ -392,6 +404,51 @@ impl MongoStore {
         }
     }
 
+    /// The priority of the first pending follow-up of `kind` a worker with
+    /// `worker_tags` may take, if one waits.
+    async fn first_follow_up(
+        &self,
+        kind: TaskKind,
+        worker_tags: &[String],
+    ) -> StoreResult<Option<Priority>> {
+        let first = self
+            .db()?
+            .collection::<Document>(TASKS)
+            .find_one(follow_up_filter(kind, worker_tags))
+            .sort(follow_up_sort())
+            .hint(Hint::Name(FOLLOW_UP_INDEX.into()))
+            .projection(doc! { "_id": 0, "priority": 1 })
+            .await?;
+        Ok(first
+            .and_then(|d| match d.get("priority") {
+                Some(Bson::Int64(v)) => Some(*v),
+                Some(Bson::Int32(v)) => Some(i64::from(*v)),
+                _ => None,
+            })
+            .and_then(Priority::from_rank))
+    }
+
+    /// Hands the first follow-up matching `filter` to `worker`.
+    async fn claim_follow_up(
+        &self,
+        filter: Document,
+        update: Document,
+    ) -> StoreResult<ClaimAttempt> {
+        let claimed = self
+            .tasks()?
+            .find_one_and_update(filter, update)
+            .sort(follow_up_sort())
+            .hint(Hint::Name(FOLLOW_UP_INDEX.into()))
+            .return_document(ReturnDocument::After)
+            .await;
+        match claimed {
+            Ok(Some(task)) => Ok(ClaimAttempt::Took(Box::new(task))),
+            Ok(None) => Ok(ClaimAttempt::NoneLeft),
+            Err(e) if is_duplicate_key(&e) => Ok(ClaimAttempt::HoldsOne),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The first render in claim order with work for a worker with
     /// `worker_tags`: read from the claim index alone.
     async fn claim_head(&self, worker_tags: &[String]) -> StoreResult<Option<ClaimHead<i64>>> {
@@ -435,11 +492,28 @@ pub(super) async fn claim_next_task(
     let lease = Uuid::new_v4().to_string();
     let update = || claim_update(to, &worker_key, &lease, now);
     let warm = worker.warm_state();
-    // The warm preference needs the head first: one read of the claim index,
-    // only for a worker that may prefer at all.
     let mut attempt = ClaimAttempt::NoneLeft;
     let mut preferred = false;
-    if warm.may_prefer() {
+    let mut follow_up = false;
+    // A follow-up at the head's priority or above goes first
+    // (`domain::prefers_follow_up`): two more reads, only for a worker that
+    // runs follow-ups and only while one waits.
+    for kind in follow_up_kinds(&worker.kinds()) {
+        let Some(waiting) = store.first_follow_up(kind, &worker.tags).await? else {
+            continue;
+        };
+        let head = store.claim_head(&worker.tags).await?;
+        if prefers_follow_up(waiting, head.map(|h| h.priority)) {
+            attempt = store
+                .claim_follow_up(follow_up_filter(kind, &worker.tags), update())
+                .await?;
+            follow_up = matches!(attempt, ClaimAttempt::Took(_));
+        }
+        break;
+    }
+    // The warm preference needs the head first: one read of the claim index,
+    // only for a worker that may prefer at all.
+    if !follow_up && warm.may_prefer() {
         let Some(head) = store.claim_head(&worker.tags).await? else {
             return Ok(None);
         };
@@ -462,7 +536,15 @@ pub(super) async fn claim_next_task(
     };
     store.remember_lease(&lease, task.frames(), &worker_key);
     let render = store
-        .tally_task_move(&task.render_id, TaskStatus::Pending, to, 0, false, now)
+        .tally_task_move(
+            &task.render_id,
+            task.kind()?,
+            TaskStatus::Pending,
+            to,
+            0,
+            false,
+            now,
+        )
         .await?;
     store
         .record_history(
@@ -476,7 +558,7 @@ pub(super) async fn claim_next_task(
         )
         .await?;
     let after = warm.after_claim(task.render_seq, preferred);
-    if after != warm {
+    if after != warm && !follow_up {
         // Advisory: a lost write costs the worker a preference, or lets one
         // streak run long once (the bound holds for the writes that land),
         // never the claim it is part of, which the worker would be handed
@@ -576,6 +658,7 @@ pub(super) async fn report_task(
                 store
                     .tally_task_move(
                         &b.render_id,
+                        b.kind()?,
                         TaskStatus::Running,
                         to,
                         b.frames() - b.frames_done,
@@ -613,6 +696,7 @@ pub(super) async fn report_task(
                 store
                     .tally_task_move(
                         &b.render_id,
+                        b.kind()?,
                         TaskStatus::Running,
                         to,
                         -b.frames_done,
@@ -691,6 +775,29 @@ pub fn claim_filter(worker_tags: &[String]) -> Document {
         "runnable": true,
         "required_tags": carries_tags(worker_tags),
     }
+}
+
+/// The index a follow-up claim walks (migration 0014): follow-ups only,
+/// chunks carry no `kind`.
+pub const FOLLOW_UP_INDEX: &str = "tasks_follow_up";
+
+/// Pending follow-ups of `kind` (`follow_up_ready`: their render lets them
+/// run, `domain::kind_runnable_in`) whose render needs no tag the worker
+/// lacks.
+pub fn follow_up_filter(kind: TaskKind, worker_tags: &[String]) -> Document {
+    doc! {
+        "kind": kind.as_str(),
+        "status": CLAIMABLE_TASK_STATUS.as_str(),
+        "follow_up_ready": true,
+        "required_tags": carries_tags(worker_tags),
+    }
+}
+
+/// Follow-ups by priority, then render age: the claim order without frames.
+pub fn follow_up_sort() -> Document {
+    let mut sort = claim_sort();
+    sort.remove("frame_start");
+    sort
 }
 
 /// A warm target (`domain::WarmTarget`): claimable tasks of one render at

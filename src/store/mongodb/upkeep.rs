@@ -4,12 +4,13 @@ use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
-use renderfarm_wire::{HistoryEvent, LeaderLease, Priority, TaskStatus};
+use renderfarm_wire::{HistoryEvent, LeaderLease, Priority, RenderStatus, TaskStatus};
 use uuid::Uuid;
 
 use super::events::{fresh_key, outbox_set, Entry};
 use super::rules::{claim_sort, is_in};
 use super::{documents::*, errors::*, renders::*, workers::*, *};
+use crate::domain::retried_while;
 use crate::domain::{
     is_claimable, task_transition, Allowances, OverdueWork, Requeue, RunningWork, TaskEvent,
     WorkerMode, CLAIMABLE_TASK_STATUS, FINISHED_RENDER_STATUSES, LEASED_TASK_STATUS,
@@ -150,23 +151,33 @@ pub(super) async fn retry_failed_tasks(
     if failed.is_empty() {
         return Ok(Retries::default());
     }
-    // A finished render's failed tasks stay failed.
+    // `domain::retried_while`: a finished render's failed chunks stay
+    // failed; a completed render's failed video is tried again.
     let render_ids: Vec<&str> = failed.iter().map(|t| t.render_id.as_str()).collect();
-    let open: Vec<Document> = store
+    let renders: Vec<Document> = store
         .db()?
         .collection::<Document>(RENDERS)
-        .find(open_renders_filter(Some(render_ids)))
-        .projection(doc! { "_id": 1 })
+        .find(doc! { "_id": { "$in": render_ids } })
+        .projection(doc! { "_id": 1, "status": 1 })
         .await?
         .try_collect()
         .await?;
-    let open: std::collections::HashSet<&str> =
-        open.iter().filter_map(|d| d.get_str("_id").ok()).collect();
-    let mut outcome = Retries::default();
-    for task in failed
+    let statuses: std::collections::HashMap<&str, RenderStatus> = renders
         .iter()
-        .filter(|t| open.contains(t.render_id.as_str()))
-    {
+        .filter_map(|d| {
+            let status = d.get_str("status").ok().and_then(RenderStatus::parse)?;
+            Some((d.get_str("_id").ok()?, status))
+        })
+        .collect();
+    let mut outcome = Retries::default();
+    let mut retried = Vec::with_capacity(failed.len());
+    for task in &failed {
+        let status = statuses.get(task.render_id.as_str());
+        if status.is_some_and(|s| retried_while(task.kind().unwrap_or_default(), *s)) {
+            retried.push(task);
+        }
+    }
+    for task in retried {
         let retry = TaskEvent::Retry {
             retries: task.retries,
             max_retries: task.max_retries,
@@ -186,6 +197,7 @@ pub(super) async fn retry_failed_tasks(
                 store
                     .tally_task_move(
                         &before.render_id,
+                        before.kind()?,
                         TaskStatus::Failed,
                         to,
                         -before.frames_done,
@@ -213,6 +225,7 @@ pub(super) async fn retry_failed_tasks(
                 store
                     .tally_task_move(
                         &task.render_id,
+                        task.kind()?,
                         TaskStatus::Failed,
                         TaskStatus::Failed,
                         0,

@@ -69,6 +69,7 @@ pub(super) async fn register_worker(
         seen_offline: Some(false),
         last_render_seq: None,
         warm_streak: None,
+        kinds: Some(spec.kinds),
     };
     store.workers()?.insert_one(&doc).await?;
     tracing::info!(worker_id = %doc.id, name = %doc.name, "worker registered");

@@ -1,10 +1,13 @@
 //! A render's tally (counters and the status they give), kept up to date one task move at a time.
 
 use chrono::{DateTime, Utc};
-use renderfarm_wire::{Progress, RenderStatus, TaskStatus};
-use rusqlite::{params, Connection};
+use renderfarm_wire::{HistoryEvent, Progress, RenderStatus, TaskKind, TaskStatus, VideoSpec};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
 
+use super::rules::lit;
 use super::{rows::*, tasks::*};
+use crate::domain::{counts_in_tally, follow_up_on, video_status_of};
 use crate::domain::{render_change, tally_after, BulkCause, Tally, TaskEvent};
 use crate::store::StoreResult;
 
@@ -100,20 +103,109 @@ pub(super) fn save_tally(
             to = status.as_str(),
             "render status changed"
         );
+        if status == RenderStatus::Completed {
+            queue_follow_up(conn, state.seq, before, status, now)?;
+        }
     }
     Ok(())
 }
 
+/// Queues the follow-up the domain gives a render that just moved from
+/// `before` to `after` (`domain::follow_up_on`): its video task, new, or
+/// run again from scratch when the render completes again (a worker still
+/// on the old attempt finds its lease stale). The video it had is
+/// forgotten: the one made from the frames it has now replaces it.
+fn queue_follow_up(
+    conn: &Connection,
+    seq: i64,
+    before: RenderStatus,
+    after: RenderStatus,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let (video, priority, start, end): (Option<String>, i64, i64, i64) = conn
+        .prepare_cached(
+            "SELECT video, priority, frame_start, frame_end FROM renders WHERE seq = ?1",
+        )?
+        .query_row([seq], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?;
+    let video: Option<VideoSpec> = video.and_then(|v| serde_json::from_str(&v).ok());
+    let Some(kind) = follow_up_on(video.as_ref(), before, after) else {
+        return Ok(());
+    };
+    let existing: Option<(i64, Option<String>)> = conn
+        .prepare_cached("SELECT seq, worker_id FROM tasks WHERE render_seq = ?1 AND kind = ?2")?
+        .query_row(params![seq, kind.as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    let pending = TaskStatus::Pending;
+    match existing {
+        Some((task_seq, worker)) => {
+            conn.prepare_cached(
+                "UPDATE tasks SET status = ?2, retries = 0, worker_id = NULL, lease_id = NULL, \
+                 frames_done = 0, exit_code = NULL, failure_reason = NULL, started_at = NULL, \
+                 finished_at = NULL, queued_at = ?3 WHERE seq = ?1",
+            )?
+            .execute(params![task_seq, pending.as_str(), ts(now)])?;
+            record_history(
+                conn,
+                task_seq,
+                HistoryEvent::Requeued,
+                worker.as_deref(),
+                Some("its render completed again: the video is made again from its frames"),
+                None,
+                now,
+            )?;
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO tasks (id, render_seq, priority, frame_start, frame_end, status, queued_at, kind) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                Uuid::now_v7().to_string(),
+                seq,
+                priority,
+                start,
+                end,
+                pending.as_str(),
+                ts(now),
+                kind.as_str()
+            ])?;
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE renders SET video_status = ?2, video_sha256 = NULL, video_bytes = NULL WHERE seq = ?1",
+    )?
+    .execute(params![seq, pending.as_str()])?;
+    Ok(())
+}
+
 /// Moves the counters of a render after one of its tasks moved.
+/// A follow-up (`domain::counts_in_tally`) moves no counter: the
+/// render's `video_status` follows it instead.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn tally_task_move(
     conn: &Connection,
     render_seq: i64,
+    kind: TaskKind,
     from: TaskStatus,
     to: TaskStatus,
     frames_delta: i64,
     failed_for_good: bool,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
+    if !counts_in_tally(kind) {
+        if from != to {
+            conn.prepare_cached("UPDATE renders SET video_status = ?2 WHERE seq = ?1")?
+                .execute(params![
+                    render_seq,
+                    video_status_of(kind, to).map(|s| s.as_str())
+                ])?;
+        }
+        return Ok(());
+    }
     let mut state = load_tally(conn, render_seq)?;
     state.progress = tally_after(state.progress, Some(from), to, frames_delta);
     state.failed_for_good |= failed_for_good;
@@ -131,9 +223,10 @@ pub(super) fn count_tally(
         frames_total,
         ..Progress::default()
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT status, COUNT(*), SUM(frames_done) FROM tasks WHERE render_seq = ?1 GROUP BY status",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT status, COUNT(*), SUM(frames_done) FROM tasks WHERE render_seq = ?1 AND kind = {} GROUP BY status",
+        lit(TaskKind::Blender)
+    ))?;
     let mut rows = stmt.query([render_seq])?;
     while let Some(row) = rows.next()? {
         let status = get_enum(row, 0, TaskStatus::parse)?;

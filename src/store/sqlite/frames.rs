@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use renderfarm_wire::Task;
+use renderfarm_wire::{FileInfo, Task, TaskKind};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -56,6 +56,12 @@ pub(super) async fn record_frame(
             // Checked and written in one write: a lease that went stale
             // before this records nothing.
             let leased = accepted(conn, holder, task_id, lease_id)?;
+            if leased.kind != TaskKind::Blender {
+                return Err(StoreError::Invalid(format!(
+                    "task {task_id} is the {} task of its render, not a chunk of frames; it sends its result with PUT /tasks/{task_id}/video",
+                    leased.kind.as_str()
+                )));
+            }
             let task = load_task_by_seq(conn, leased.seq)?;
             check_frame_in_task(new.frame, task.frame_start, task.frame_end)
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -81,6 +87,53 @@ pub(super) async fn record_frame(
                 bytes: new.bytes,
                 stored_at: now,
             })
+        })
+        .await
+}
+
+pub(super) async fn record_video(
+    store: &SqliteStore,
+    holder: Option<Uuid>,
+    task_id: Uuid,
+    lease_id: Uuid,
+    file: FileInfo,
+) -> StoreResult<()> {
+    store
+        .write(move |conn| {
+            let leased = accepted(conn, holder, task_id, lease_id)?;
+            if leased.kind != TaskKind::Ffmpeg {
+                return Err(StoreError::Invalid(format!(
+                    "task {task_id} is a chunk of frames, not a video task; it uploads frames with PUT /tasks/{task_id}/frames/{{frame}}"
+                )));
+            }
+            conn.prepare_cached(
+                "UPDATE renders SET video_sha256 = ?2, video_bytes = ?3 WHERE seq = ?1",
+            )?
+            .execute(params![leased.render_seq, file.sha256, file.bytes as i64])?;
+            Ok(())
+        })
+        .await
+}
+
+pub(super) async fn render_video(
+    store: &SqliteStore,
+    render_id: Uuid,
+) -> StoreResult<Option<FileInfo>> {
+    store
+        .read(move |conn| {
+            let (sha256, bytes): (Option<String>, Option<i64>) = conn
+                .prepare_cached(
+                    "SELECT video_sha256, video_bytes FROM renders WHERE id = ?1 AND hidden = 0",
+                )?
+                .query_row([render_id.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("render", render_id))?;
+            Ok(sha256.zip(bytes).map(|(sha256, bytes)| FileInfo {
+                sha256,
+                bytes: u64::try_from(bytes).unwrap_or(0),
+            }))
         })
         .await
 }
@@ -196,6 +249,12 @@ pub(super) async fn referenced_files(store: &SqliteStore) -> StoreResult<BTreeSe
             }
             let mut frames = conn.prepare_cached("SELECT DISTINCT sha256 FROM frame_files")?;
             for hash in frames.query_map([], |row| row.get::<_, String>(0))? {
+                hashes.insert(hash?);
+            }
+            let mut videos = conn.prepare_cached(
+                "SELECT DISTINCT video_sha256 FROM renders WHERE video_sha256 IS NOT NULL",
+            )?;
+            for hash in videos.query_map([], |row| row.get::<_, String>(0))? {
                 hashes.insert(hash?);
             }
             Ok(hashes)

@@ -70,6 +70,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/sqlite/0013_warm_workers.sql"
         )),
+        M::up(include_str!("../../../migrations/sqlite/0014_videos.sql")),
     ])
 }
 

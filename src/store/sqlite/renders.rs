@@ -101,9 +101,9 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         "INSERT INTO renders (id, name, status, priority, blend_file, frame_start, frame_end, \
          chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
          tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
-         frames_done, created_at, owner, blend_sha256, upload_frames, hidden) \
+         frames_done, created_at, owner, blend_sha256, upload_frames, hidden, video) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, ?16, \
-         ?17, ?18, 1)",
+         ?17, ?18, 1, ?19)",
     )?
     .execute(params![
         r.id.to_string(),
@@ -124,6 +124,7 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         r.owner,
         r.blend_sha256,
         r.upload_frames,
+        video_json(r.video.as_ref()),
     ])?;
     Ok(conn.last_insert_rowid())
 }

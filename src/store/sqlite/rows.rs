@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, SecondsFormat, Utc};
 use renderfarm_wire::{
     Assignment, HistoryEvent, Priority, Progress, Render, RenderStatus, Task, TaskHistoryEntry,
-    TaskStatus, Worker,
+    TaskKind, TaskStatus, VideoSpec, Worker,
 };
 use rusqlite::types::Type;
 use rusqlite::Row;
@@ -67,6 +67,29 @@ pub(super) fn get_tags(row: &Row, idx: usize) -> rusqlite::Result<Vec<String>> {
     serde_json::from_str(&s).map_err(|_| conversion_error(idx, "tags", &s))
 }
 
+pub(super) fn get_video(row: &Row, idx: usize) -> rusqlite::Result<Option<VideoSpec>> {
+    let s: Option<String> = row.get(idx)?;
+    s.map(|s| serde_json::from_str(&s).map_err(|_| conversion_error(idx, "video", &s)))
+        .transpose()
+}
+
+pub(super) fn video_json(video: Option<&VideoSpec>) -> Option<String> {
+    video.map(|v| serde_json::to_string(v).expect("a video spec serializes"))
+}
+
+pub(super) fn get_kinds(row: &Row, idx: usize) -> rusqlite::Result<Vec<TaskKind>> {
+    let s: String = row.get(idx)?;
+    serde_json::from_str(&s).map_err(|_| conversion_error(idx, "kinds", &s))
+}
+
+pub(super) fn kinds_json(kinds: &[TaskKind]) -> String {
+    serde_json::to_string(kinds).expect("kinds serialize")
+}
+
+pub(super) fn get_kind(row: &Row, idx: usize) -> rusqlite::Result<TaskKind> {
+    get_enum(row, idx, TaskKind::parse)
+}
+
 pub(super) fn tags_json(tags: &[String]) -> String {
     serde_json::Value::from(tags.to_vec()).to_string()
 }
@@ -76,7 +99,7 @@ pub(super) const RENDER_COLUMNS: &str =
      r.frame_end, r.chunk_size, r.max_retries, r.output, r.engine, r.tags, r.tasks_total, \
      r.tasks_pending, r.tasks_running, r.tasks_completed, r.tasks_failed, r.tasks_canceled, \
      r.frames_total, r.frames_done, r.created_at, r.started_at, r.finished_at, r.owner, \
-     r.blend_sha256, r.upload_frames";
+     r.blend_sha256, r.upload_frames, r.video, r.video_status";
 
 pub(super) fn progress_from_row(row: &Row, first: usize) -> rusqlite::Result<Progress> {
     Ok(Progress {
@@ -114,12 +137,17 @@ pub(super) fn render_from_row(row: &Row) -> rusqlite::Result<Render> {
         owner: row.get(23)?,
         blend_sha256: row.get(24)?,
         upload_frames: row.get(25)?,
+        video: get_video(row, 26)?,
+        video_status: row
+            .get::<_, Option<String>>(27)?
+            .map(|s| TaskStatus::parse(&s).ok_or_else(|| conversion_error(27, "video status", &s)))
+            .transpose()?,
     })
 }
 
 pub(super) const TASK_COLUMNS: &str =
     "t.id, r.id, t.frame_start, t.frame_end, t.status, t.retries, \
-     t.worker_id, t.frames_done, t.exit_code, t.failure_reason, t.started_at, t.finished_at";
+     t.worker_id, t.frames_done, t.exit_code, t.failure_reason, t.started_at, t.finished_at, t.kind";
 
 pub(super) fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
     Ok(Task {
@@ -135,6 +163,7 @@ pub(super) fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
         failure_reason: row.get(9)?,
         started_at: get_opt_time(row, 10)?,
         finished_at: get_opt_time(row, 11)?,
+        kind: get_kind(row, 12)?,
     })
 }
 
@@ -142,7 +171,7 @@ pub(super) fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
 pub(super) static WORKER_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "w.id, w.name, w.mode, w.offline, w.tags, w.last_heartbeat, w.registered_at, \
-         (SELECT t.id FROM tasks t WHERE t.worker_id = w.id AND t.status = {} LIMIT 1)",
+         (SELECT t.id FROM tasks t WHERE t.worker_id = w.id AND t.status = {} LIMIT 1), w.kinds",
         lit(LEASED_TASK_STATUS)
     )
 });
@@ -159,6 +188,7 @@ pub(super) fn worker_from_row(row: &Row) -> rusqlite::Result<Worker> {
         last_heartbeat: get_time(row, 5)?,
         current_task_id,
         registered_at: get_time(row, 6)?,
+        kinds: get_kinds(row, 8)?,
     })
 }
 
@@ -178,7 +208,7 @@ pub(super) fn history_from_row(row: &Row) -> rusqlite::Result<TaskHistoryEntry> 
 
 pub(super) const ASSIGNMENT_COLUMNS: &str =
     "t.id, r.id, t.lease_id, r.blend_file, t.frame_start, t.frame_end, r.output, r.engine, \
-     r.blend_sha256, r.upload_frames";
+     r.blend_sha256, r.upload_frames, t.kind, r.video";
 
 pub(super) fn assignment_from_row(row: &Row) -> rusqlite::Result<Assignment> {
     Ok(Assignment {
@@ -192,6 +222,9 @@ pub(super) fn assignment_from_row(row: &Row) -> rusqlite::Result<Assignment> {
         engine: row.get(7)?,
         blend_sha256: row.get(8)?,
         upload_frames: row.get(9)?,
+        kind: get_kind(row, 10)?,
+        video: get_video(row, 11)?,
+        inputs: Vec::new(),
     })
 }
 

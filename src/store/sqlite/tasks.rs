@@ -10,15 +10,18 @@ use uuid::Uuid;
 use super::rules::*;
 use super::{counters::*, renders::*, rows::*, workers::*, *};
 use crate::domain::{
-    check_frames_done, claim_permission, join_log, lease_accepts, log_chunks_to_drop,
-    plan_task_requeue, tally_after, task_transition, BulkCause, ClaimPermission, IllegalTransition,
-    Requeue, TaskEvent, TaskLease, TaskReport, TASK_LOG_LIMIT,
+    check_frames_done, claim_permission, counts_in_tally, join_log, lease_accepts,
+    log_chunks_to_drop, plan_requeue_of_kind, tally_after, task_transition, BulkCause,
+    ClaimPermission, IllegalTransition, Requeue, TaskEvent, TaskLease, TaskReport, TASK_LOG_LIMIT,
 };
-use crate::domain::{ClaimHead, Priority, WarmState};
+use crate::domain::{
+    follow_up_kinds, kind_runnable_in, prefers_follow_up, ClaimHead, Priority, WarmState,
+};
 use crate::domain::{
     ClaimKey, CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS,
 };
 use crate::store::{PageRequest, StoreError, StoreResult};
+use renderfarm_wire::{RenderStatus, TaskKind};
 
 pub(super) fn load_task_by_seq(conn: &Connection, seq: i64) -> StoreResult<Task> {
     Ok(conn
@@ -41,6 +44,9 @@ pub(super) fn bulk_task_change(
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
     let (history_event, detail) = cause.history(event);
+    // Commands on a render move its chunks; its follow-up (its video) is
+    // the render's result, queued again when the render completes again.
+    let chunk = lit(TaskKind::Blender);
     for status in from {
         let to = task_transition(*status, event)?;
         let worker = if to == TaskStatus::Pending {
@@ -52,7 +58,7 @@ pub(super) fn bulk_task_change(
         // same tasks, in one transaction.
         conn.prepare_cached(&format!(
             "INSERT INTO task_history (task_seq, at, event, worker_id, detail, actor) \
-             SELECT seq, ?3, ?4, {worker}, ?5, ?6 FROM tasks WHERE render_seq = ?1 AND status = ?2"
+             SELECT seq, ?3, ?4, {worker}, ?5, ?6 FROM tasks WHERE render_seq = ?1 AND status = ?2 AND kind = {chunk}"
         ))?
         .execute(params![
             render_seq,
@@ -64,13 +70,13 @@ pub(super) fn bulk_task_change(
         ])?;
         let sql = if to == TaskStatus::Pending {
             // A task run again starts from scratch, with no worker and no lease.
-            "UPDATE tasks SET status = ?3, retries = 0, worker_id = NULL, lease_id = NULL, \
+            format!("UPDATE tasks SET status = ?3, retries = 0, worker_id = NULL, lease_id = NULL, \
              frames_done = 0, exit_code = NULL, failure_reason = NULL, started_at = NULL, \
-             finished_at = NULL, queued_at = ?4 WHERE render_seq = ?1 AND status = ?2"
+             finished_at = NULL, queued_at = ?4 WHERE render_seq = ?1 AND status = ?2 AND kind = {chunk}")
         } else {
-            "UPDATE tasks SET status = ?3, finished_at = ?4 WHERE render_seq = ?1 AND status = ?2"
+            format!("UPDATE tasks SET status = ?3, finished_at = ?4 WHERE render_seq = ?1 AND status = ?2 AND kind = {chunk}")
         };
-        conn.prepare_cached(sql)?.execute(params![
+        conn.prepare_cached(&sql)?.execute(params![
             render_seq,
             status.as_str(),
             to.as_str(),
@@ -91,6 +97,7 @@ pub(super) struct LeasedTask {
     pub(super) frames_done: i64,
     pub(super) retries: i64,
     pub(super) max_retries: i64,
+    pub(super) kind: TaskKind,
 }
 
 impl LeasedTask {
@@ -108,7 +115,7 @@ impl LeasedTask {
 pub(super) fn load_leased_task(conn: &Connection, id: Uuid) -> StoreResult<LeasedTask> {
     conn.prepare_cached(
         "SELECT t.seq, t.render_seq, t.status, t.lease_id, t.worker_id, t.frame_end - t.frame_start + 1, \
-         t.frames_done, t.retries, r.max_retries FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+         t.frames_done, t.retries, r.max_retries, t.kind FROM tasks t JOIN renders r ON r.seq = t.render_seq \
          WHERE t.id = ?1",
     )?
     .query_row([id.to_string()], |row| {
@@ -122,6 +129,7 @@ pub(super) fn load_leased_task(conn: &Connection, id: Uuid) -> StoreResult<Lease
             frames_done: row.get(6)?,
             retries: row.get(7)?,
             max_retries: row.get(8)?,
+            kind: get_kind(row, 9)?,
         })
     })
     .optional()?
@@ -142,6 +150,7 @@ pub(super) fn record_progress(
     tally_task_move(
         conn,
         task.render_seq,
+        task.kind,
         task.status,
         task.status,
         delta,
@@ -222,8 +231,38 @@ fn pending_chunk(
             engine: render.get(5)?,
             blend_sha256: render.get(6)?,
             upload_frames: render.get(7)?,
+            kind: TaskKind::Blender,
+            video: None,
+            inputs: Vec::new(),
         },
     })
+}
+
+/// The first pending follow-up (of one of `kinds`) of a completed render
+/// the worker with tags `worker_tags` (JSON) may take, by priority then age.
+fn first_follow_up(
+    conn: &Connection,
+    worker_tags: &str,
+    kinds: &[TaskKind],
+) -> StoreResult<Option<PendingChunk>> {
+    let mut first: Option<PendingChunk> = None;
+    for kind in kinds {
+        let found = conn
+            .prepare_cached(&FIRST_FOLLOW_UP)?
+            .query_row(params![kind.as_str(), worker_tags], |row| {
+                let mut chunk = pending_chunk(row, row, CLAIMABLE_RENDER_COLUMNS)?;
+                chunk.assignment.kind = *kind;
+                chunk.assignment.video = get_video(row, CLAIMABLE_RENDER_COLUMNS + 4)?;
+                Ok(chunk)
+            })
+            .optional()?;
+        if let Some(found) = found {
+            if first.as_ref().is_none_or(|f| found.priority > f.priority) {
+                first = Some(found);
+            }
+        }
+    }
+    Ok(first)
 }
 
 /// The first chunk in claim order a worker with `worker_tags` (JSON) may
@@ -342,6 +381,7 @@ pub(super) fn requeue_task(
     tally_task_move(
         conn,
         task.render_seq,
+        task.kind,
         task.status,
         to,
         -task.frames_done,
@@ -370,7 +410,7 @@ pub(super) async fn requeue_one_task(
                 .into());
             }
             let mut state = load_tally(conn, task.render_seq)?;
-            let plan = plan_task_requeue(task.status, state.status, &state.progress)?;
+            let plan = plan_requeue_of_kind(task.kind, task.status, state.status, &state.progress)?;
             let to = task_transition(task.status, plan.event)?;
             // From scratch, as a render's requeue starts its tasks.
             conn.prepare_cached(
@@ -389,6 +429,11 @@ pub(super) async fn requeue_one_task(
                 actor.as_deref(),
                 now,
             )?;
+            if !counts_in_tally(task.kind) {
+                tally_task_move(conn, task.render_seq, task.kind, task.status, to, 0, false, now)?;
+                tracing::info!(task_id = %id, kind = task.kind.as_str(), "operator requeued a follow-up");
+                return load_task_by_seq(conn, task.seq);
+            }
             let before = state.status;
             state.progress = tally_after(state.progress, Some(task.status), to, -task.frames_done);
             if let Some(status) = plan.reopen_render {
@@ -492,12 +537,33 @@ pub(super) async fn claim_next_task(
             if claim_permission(worker.mode)? == ClaimPermission::NoNewWork {
                 return Ok(None);
             }
-            let Some((chunk, warm)) = next_pending_task(conn, &worker.tags, worker.warm)? else {
-                return Ok(None);
+            let follow_up = first_follow_up(conn, &worker.tags, &follow_up_kinds(&worker.kinds))?;
+            let chunk = match follow_up {
+                // A follow-up at the head's priority or above goes first
+                // (`domain::prefers_follow_up`), the warm preference aside.
+                Some(f) => {
+                    let head = first_pending_chunk(conn, &worker.tags)?;
+                    if prefers_follow_up(f.priority, head.as_ref().map(|h| h.priority)) {
+                        Some(f)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
             };
-            if warm != worker.warm {
-                save_warm_state(conn, worker_id, warm)?;
-            }
+            let chunk = match chunk {
+                Some(f) => f,
+                None => {
+                    let Some((chunk, warm)) = next_pending_task(conn, &worker.tags, worker.warm)?
+                    else {
+                        return Ok(None);
+                    };
+                    if warm != worker.warm {
+                        save_warm_state(conn, worker_id, warm)?;
+                    }
+                    chunk
+                }
+            };
             let PendingChunk {
                 task_seq,
                 render_seq,
@@ -517,7 +583,16 @@ pub(super) async fn claim_next_task(
                 lease.to_string(),
                 ts(now)
             ])?;
-            tally_task_move(conn, render_seq, TaskStatus::Pending, to, 0, false, now)?;
+            tally_task_move(
+                conn,
+                render_seq,
+                assignment.kind,
+                TaskStatus::Pending,
+                to,
+                0,
+                false,
+                now,
+            )?;
             record_history(
                 conn,
                 task_seq,
@@ -560,7 +635,7 @@ pub(super) async fn report_task(
                     "UPDATE tasks SET status = ?2, frames_done = ?3, finished_at = ?4 WHERE seq = ?1",
                 )?
                 .execute(params![task.seq, to.as_str(), task.frames, ts(now)])?;
-                tally_task_move(conn, task.render_seq, task.status, to, task.frames - task.frames_done, false, now)?;
+                tally_task_move(conn, task.render_seq, task.kind, task.status, to, task.frames - task.frames_done, false, now)?;
                 record_history(conn, task.seq, HistoryEvent::Completed, task.worker_id.as_deref(), None, None, now)?;
             }
             TaskReport::Release => requeue_task(conn, &task, &Requeue::Released, None, now)?,
@@ -576,7 +651,7 @@ pub(super) async fn report_task(
                     max_retries: task.max_retries,
                 };
                 let failed_for_good = task_transition(to, retry).is_err();
-                tally_task_move(conn, task.render_seq, task.status, to, -task.frames_done, failed_for_good, now)?;
+                tally_task_move(conn, task.render_seq, task.kind, task.status, to, -task.frames_done, failed_for_good, now)?;
                 let detail = match exit_code {
                     Some(code) => format!("exit code {code}"),
                     None => "no exit code".to_string(),
@@ -650,10 +725,34 @@ fn claimable_render(tags: &str) -> String {
 static FIRST_CLAIMABLE_CHUNK: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT t.seq, t.id, t.frame_start, t.frame_end FROM tasks t \
-         WHERE t.status = {} AND t.priority = ?1 AND t.render_seq = ?2 \
+         WHERE t.status = {} AND t.priority = ?1 AND t.render_seq = ?2 AND t.kind = {} \
          ORDER BY {} LIMIT 1",
         lit(CLAIMABLE_TASK_STATUS),
+        lit(TaskKind::Blender),
         chunk_order(),
+    )
+});
+
+/// The first pending follow-up of kind `?1` the worker with tags `?2` may
+/// take: of a render whose status lets that kind run
+/// (`domain::kind_runnable_in`), by priority then age; the render's
+/// columns, then the task's, then the render's video. Through the partial
+/// index `tasks_follow_up`, empty while no follow-up waits.
+static FIRST_FOLLOW_UP: LazyLock<String> = LazyLock::new(|| {
+    let runnable: Vec<RenderStatus> = RenderStatus::ALL
+        .into_iter()
+        .filter(|s| kind_runnable_in(TaskKind::Ffmpeg, *s))
+        .collect();
+    format!(
+        "SELECT {CLAIMABLE_RENDER_SELECT}, t.seq, t.id, t.frame_start, t.frame_end, r.video \
+         FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+         WHERE t.kind = ?1 AND t.kind <> {} AND t.status = {} AND r.status {} AND r.hidden = 0 AND {} \
+         ORDER BY {} LIMIT 1",
+        lit(TaskKind::Blender),
+        lit(CLAIMABLE_TASK_STATUS),
+        is_in(&runnable),
+        carries_tags("?2", "r.tags"),
+        claim_order(|key| (key != ClaimKey::FrameStart).then(|| task_column(key)).flatten()),
     )
 });
 
@@ -670,10 +769,11 @@ static WARM_CHUNK: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {CLAIMABLE_RENDER_SELECT}, t.seq, t.id, t.frame_start, t.frame_end \
          FROM renders r JOIN tasks t ON t.render_seq = r.seq AND t.priority = r.priority \
-         WHERE r.seq = ?2 AND r.priority = ?1 AND {} AND t.status = {} \
+         WHERE r.seq = ?2 AND r.priority = ?1 AND {} AND t.status = {} AND t.kind = {} \
          ORDER BY {} LIMIT 1",
         claimable_render("?3"),
         lit(CLAIMABLE_TASK_STATUS),
+        lit(TaskKind::Blender),
         chunk_order(),
     )
 });

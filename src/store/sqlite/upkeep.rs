@@ -3,12 +3,13 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use renderfarm_wire::{HistoryEvent, LeaderLease, Priority, TaskStatus};
+use renderfarm_wire::{HistoryEvent, LeaderLease, Priority, RenderStatus, TaskKind, TaskStatus};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::rules::*;
 use super::{counters::*, rows::*, tasks::*, *};
+use crate::domain::retried_while;
 use crate::domain::{
     lease_accepts, tallied_status, task_transition, Allowances, OverdueWork, Requeue, RunningWork,
     TaskEvent,
@@ -98,7 +99,16 @@ pub(super) async fn retry_failed_tasks(
                          queued_at = ?3 WHERE seq = ?1",
                     )?
                     .execute(params![task.seq, to.as_str(), ts(now)])?;
-                        tally_task_move(conn, task.render_seq, task.status, to, 0, false, now)?;
+                        tally_task_move(
+                            conn,
+                            task.render_seq,
+                            task.kind,
+                            task.status,
+                            to,
+                            0,
+                            false,
+                            now,
+                        )?;
                         let detail = format!("retry {} of {}", task.retries + 1, task.max_retries);
                         record_history(
                             conn,
@@ -116,6 +126,7 @@ pub(super) async fn retry_failed_tasks(
                         tally_task_move(
                             conn,
                             task.render_seq,
+                            task.kind,
                             task.status,
                             task.status,
                             0,
@@ -333,11 +344,22 @@ static RUNNING_TASKS_OF_WORKER: LazyLock<String> = LazyLock::new(|| {
 
 /// Failed tasks of unfinished renders, in claim order.
 static FAILED_TASKS: LazyLock<String> = LazyLock::new(|| {
+    // `domain::retried_while`, one kind at a time.
+    let by_kind: Vec<String> = TaskKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let statuses: Vec<RenderStatus> = RenderStatus::ALL
+                .into_iter()
+                .filter(|s| retried_while(kind, *s))
+                .collect();
+            format!("(t.kind = {} AND r.status {})", lit(kind), is_in(&statuses))
+        })
+        .collect();
     format!(
         "SELECT t.id FROM tasks t JOIN renders r ON r.seq = t.render_seq \
-         WHERE t.status = {} AND r.status {} ORDER BY {}",
+         WHERE t.status = {} AND ({}) ORDER BY {}",
         lit(TaskStatus::Failed),
-        is_in(UNFINISHED_RENDER_STATUSES),
+        by_kind.join(" OR "),
         claim_order(task_column),
     )
 });

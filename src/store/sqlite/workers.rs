@@ -33,6 +33,8 @@ pub(super) struct ClaimingWorker {
     pub(super) tags: String,
     /// Its warm preference's state, renders named by their `seq`.
     pub(super) warm: WarmState<i64>,
+    /// The task kinds it runs.
+    pub(super) kinds: Vec<renderfarm_wire::TaskKind>,
 }
 
 /// Records a sign of life from the worker; returns what a claim needs next.
@@ -43,7 +45,7 @@ pub(super) fn mark_alive(
 ) -> StoreResult<ClaimingWorker> {
     conn.prepare_cached(
         "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 \
-         RETURNING mode, tags, last_render_seq, warm_streak",
+         RETURNING mode, tags, last_render_seq, warm_streak, kinds",
     )?
     .query_row(params![worker_id.to_string(), ts(now)], |row| {
         Ok(ClaimingWorker {
@@ -53,6 +55,7 @@ pub(super) fn mark_alive(
                 last_render: row.get(2)?,
                 streak: row.get(3)?,
             },
+            kinds: get_kinds(row, 4)?,
         })
     })
     .optional()?
@@ -83,15 +86,16 @@ pub(super) async fn register_worker(
         .write(move |conn| {
             let id = Uuid::now_v7();
             conn.prepare_cached(
-            "INSERT INTO workers (id, name, tags, mode, offline, last_heartbeat, registered_at) \
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)",
+            "INSERT INTO workers (id, name, tags, mode, offline, last_heartbeat, registered_at, kinds) \
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6)",
         )?
         .execute(params![
             id.to_string(),
             spec.name,
             tags_json(&spec.tags),
             WorkerMode::Active.as_str(),
-            ts(now)
+            ts(now),
+            kinds_json(&spec.kinds)
         ])?;
             tracing::info!(worker_id = %id, name = %spec.name, "worker registered");
             load_worker(conn, id)

@@ -212,6 +212,10 @@ fn every_document_written_passes_its_collection_validator() {
         seen_offline: None,
         last_render_seq: None,
         warm_streak: None,
+        kinds: Some(vec![
+            renderfarm_wire::TaskKind::Blender,
+            renderfarm_wire::TaskKind::Ffmpeg,
+        ]),
     };
     assert_valid("workers", &bson::to_document(&worker).unwrap());
     let log = LogDoc {
@@ -379,6 +383,10 @@ fn a_worker_stays_valid_as_it_beats_and_changes_mode() {
         seen_offline: None,
         last_render_seq: None,
         warm_streak: None,
+        kinds: Some(vec![
+            renderfarm_wire::TaskKind::Blender,
+            renderfarm_wire::TaskKind::Ffmpeg,
+        ]),
     };
     let mut doc = bson::to_document(&worker).unwrap();
     apply(&mut doc, &alive_update(t(5)));
