@@ -497,9 +497,9 @@ async fn a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_
             ),
         "the reason ends with ffmpeg's own last lines: {reason}"
     );
+    assert_eq!(video_leftovers(&failing), Vec::<PathBuf>::new());
     let summary = failing.stop().await;
     assert_eq!((summary.completed, summary.failed), (1, 2), "{summary:?}");
-    assert_eq!(video_leftovers(&failing), Vec::<PathBuf>::new());
 
     // An operator tries again, on a worker whose ffmpeg works.
     let working = TestAgent::start(&broker.address, "good-ffmpeg", &blender).await;
