@@ -161,7 +161,7 @@ impl TestApp {
                 worker_secret(id).or_else(last)
             }
             ("POST", ["tasks", id, "progress" | "complete" | "fail" | "release"])
-            | ("PUT", ["tasks", id, "frames", _] | ["tasks", id, "preview"]) => known
+            | ("PUT", ["tasks", id, "frames", _] | ["tasks", id, "preview" | "video"]) => known
                 .holders
                 .get(*id)
                 .and_then(|w| worker_secret(w))
@@ -377,6 +377,18 @@ impl TestApp {
             .query(&[("lease_id", lease), ("frame", &frame.to_string())])
             .header("content-type", "image/jpeg")
             .body(jpeg.to_vec());
+        self.send(request).await
+    }
+
+    /// `PUT /tasks/{task}/video` of `data` declared with `sha`, as the
+    /// task's holder.
+    pub async fn put_video(&self, task: &str, lease: &str, data: &[u8], sha: &str) -> Response {
+        let request = self
+            .client
+            .put(self.url(&format!("/tasks/{task}/video")))
+            .query(&[("lease_id", lease), ("sha256", sha)])
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec());
         self.send(request).await
     }
 

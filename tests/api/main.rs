@@ -15,4 +15,5 @@ mod operators;
 mod postman;
 mod previews;
 mod rate_limits;
+mod videos;
 mod warm_preference;
