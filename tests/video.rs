@@ -206,7 +206,7 @@ async fn frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the
         height: 47,
         ..SceneSpec::tiny(6)
     };
-    let blend = scene(shared.path(), "turn", spec, &blender).await;
+    let blend = scene(shared.path(), "turn", spec, blender).await;
     let sha256 = sha256_file(&blend).await.unwrap();
     client
         .upload_file(&blend, &sha256, &|_, _| {})
@@ -223,9 +223,9 @@ async fn frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the
     .unwrap();
     let id = client.submit(&spec).await.unwrap().id;
 
-    let a = TestAgent::start(&broker.address, "agent-a", &blender).await;
-    let b = TestAgent::start(&broker.address, "agent-b", &blender).await;
-    let done = wait_for_video(&client, id, TaskStatus::Completed).await;
+    let a = TestAgent::start(&broker.address, "agent-a", blender).await;
+    let b = TestAgent::start(&broker.address, "agent-b", blender).await;
+    let done = wait_for_video(client, id, TaskStatus::Completed).await;
 
     assert_eq!(done.status, RenderStatus::Completed, "{done:?}");
     assert!(done.upload_frames, "the frames went through the broker");
@@ -240,9 +240,9 @@ async fn frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the
         (3, 3, 6, 6),
         "the progress counts the chunks alone: {p:?}"
     );
-    let chunks = tasks_of_kind(&client, id, TaskKind::Blender).await;
+    let chunks = tasks_of_kind(client, id, TaskKind::Blender).await;
     assert_eq!(chunks.len(), 3, "{chunks:?}");
-    let videos = tasks_of_kind(&client, id, TaskKind::Ffmpeg).await;
+    let videos = tasks_of_kind(client, id, TaskKind::Ffmpeg).await;
     assert_eq!(videos.len(), 1, "one video task: {videos:?}");
     let video = &videos[0];
     assert_eq!(
@@ -280,7 +280,7 @@ async fn frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the
     let mp4 = downloads.path().join("turn.mp4");
     assert!(out.contains(&mp4.display().to_string()), "{out}");
     assert_eq!(
-        probe(&ffprobe, &mp4),
+        probe(ffprobe, &mp4),
         Probe {
             codec: "h264".into(),
             width: 64,
@@ -330,10 +330,10 @@ async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_
         client,
         shared,
     } = &farm;
-    let blend = scene(shared.path(), "walk", SceneSpec::tiny(4), &blender).await;
+    let blend = scene(shared.path(), "walk", SceneSpec::tiny(4), blender).await;
     let output = format!("{}/out/walk_###", shared.path().display());
     // An agent without ffmpeg renders the chunks and leaves the video alone.
-    let without = TestAgent::start_with(&broker.address, "no-ffmpeg", &blender, |c| {
+    let without = TestAgent::start_with(&broker.address, "no-ffmpeg", blender, |c| {
         c.ffmpeg = PathBuf::from("/nonexistent/ffmpeg");
     })
     .await;
@@ -384,10 +384,10 @@ async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_
         "the video waits for an agent with ffmpeg: {render:?}"
     );
 
-    let with = TestAgent::start(&broker.address, "ffmpeg", &blender).await;
-    let done = wait_for_video(&client, id, TaskStatus::Completed).await;
+    let with = TestAgent::start(&broker.address, "ffmpeg", blender).await;
+    let done = wait_for_video(client, id, TaskStatus::Completed).await;
     assert_eq!(done.status, RenderStatus::Completed);
-    let video = &tasks_of_kind(&client, id, TaskKind::Ffmpeg).await[0];
+    let video = &tasks_of_kind(client, id, TaskKind::Ffmpeg).await[0];
     let log = client.task_log(video.id).await.unwrap();
     assert!(
         log.contains(&format!(
@@ -400,7 +400,7 @@ async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_
     let mp4 = downloads.path().join("walk.mp4");
     client.download_video(id, &mp4, &|_, _| {}).await.unwrap();
     assert_eq!(
-        probe(&ffprobe, &mp4),
+        probe(ffprobe, &mp4),
         Probe {
             codec: "h264".into(),
             width: 64,
@@ -458,9 +458,9 @@ async fn a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_
         client,
         shared,
     } = &farm;
-    let blend = scene(shared.path(), "spin", SceneSpec::tiny(2), &blender).await;
+    let blend = scene(shared.path(), "spin", SceneSpec::tiny(2), blender).await;
     let double = failing_ffmpeg(shared.path());
-    let failing = TestAgent::start_with(&broker.address, "bad-ffmpeg", &blender, |c| {
+    let failing = TestAgent::start_with(&broker.address, "bad-ffmpeg", blender, |c| {
         c.ffmpeg = double.clone();
     })
     .await;
@@ -476,12 +476,12 @@ async fn a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_
     }))
     .unwrap();
     let id = client.submit(&spec).await.unwrap().id;
-    wait_for_video(&client, id, TaskStatus::Failed).await;
+    wait_for_video(client, id, TaskStatus::Failed).await;
     // The scheduler's tick (run now rather than waited for) gives a failed
     // task its retries, a video's as a chunk's.
     let retried = client.run_scheduler().await.unwrap();
     let video = wait_for("the video's retry to fail", VIDEO_LIMIT, || async {
-        let video = tasks_of_kind(&client, id, TaskKind::Ffmpeg).await.remove(0);
+        let video = tasks_of_kind(client, id, TaskKind::Ffmpeg).await.remove(0);
         (video.retries == 1 && video.status == TaskStatus::Failed).then_some(video)
     })
     .await;
@@ -512,13 +512,13 @@ async fn a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_
     assert_eq!((summary.completed, summary.failed), (1, 2), "{summary:?}");
 
     // An operator tries again, on a worker whose ffmpeg works.
-    let working = TestAgent::start(&broker.address, "good-ffmpeg", &blender).await;
+    let working = TestAgent::start(&broker.address, "good-ffmpeg", blender).await;
     client.requeue_task(video.id).await.unwrap();
-    let done = wait_for_video(&client, id, TaskStatus::Completed).await;
+    let done = wait_for_video(client, id, TaskStatus::Completed).await;
     assert_eq!(done.status, RenderStatus::Completed);
     let mp4 = shared.path().join("spin.mp4");
     client.download_video(id, &mp4, &|_, _| {}).await.unwrap();
-    let probed = probe(&ffprobe, &mp4);
+    let probed = probe(ffprobe, &mp4);
     assert_eq!(
         (probed.frames, probed.rate.as_str()),
         (2, "24/1"),
@@ -565,10 +565,10 @@ async fn a_video_task_taken_away_by_the_broker_has_its_ffmpeg_killed_within_two_
         shared,
         ..
     } = &farm;
-    let blend = scene(shared.path(), "hold", SceneSpec::tiny(1), &blender).await;
+    let blend = scene(shared.path(), "hold", SceneSpec::tiny(1), blender).await;
     let pids = shared.path().join("ffmpeg.pids");
     let double = sleeping_ffmpeg(shared.path(), &pids);
-    let agent = TestAgent::start_with(&broker.address, "slow-ffmpeg", &blender, |c| {
+    let agent = TestAgent::start_with(&broker.address, "slow-ffmpeg", blender, |c| {
         c.ffmpeg = double.clone();
     })
     .await;
@@ -594,7 +594,7 @@ async fn a_video_task_taken_away_by_the_broker_has_its_ffmpeg_killed_within_two_
     })
     .await;
     assert!(alive(first));
-    let video = tasks_of_kind(&client, id, TaskKind::Ffmpeg).await.remove(0);
+    let video = tasks_of_kind(client, id, TaskKind::Ffmpeg).await.remove(0);
     assert_eq!(video.status, TaskStatus::Running);
     client.requeue_task(video.id).await.unwrap();
     let taken = tokio::time::Instant::now();
