@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::blender::output::OutputPattern;
-use crate::process::{forward_lines, kill_group};
+use crate::process::{forward_lines, kill_group, version_line};
 use crate::task::{Ending, Lease, TaskDir, TaskLog};
 use crate::uploads::{self, UploadError};
 
@@ -45,24 +45,10 @@ pub async fn check_ffmpeg(ffmpeg: &Path) -> anyhow::Result<String> {
         "this worker will not take video tasks: `{} -version` does not run; install ffmpeg (on Debian or Ubuntu: `sudo apt-get install ffmpeg`) or point --ffmpeg (RENDERFARM_FFMPEG) at it, then restart the agent",
         ffmpeg.display()
     );
-    let run = Command::new(ffmpeg)
-        .arg("-version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(VERSION_TIMEOUT, run)
-        .await
-        .map_err(|_| anyhow::anyhow!("{help} (it did not answer within {VERSION_TIMEOUT:?})"))?
-        .map_err(|e| anyhow::anyhow!("{help} ({e})"))?;
-    if !output.status.success() {
-        anyhow::bail!(
-            "{help} (it exited with {}: {})",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    Ok(stdout.lines().next().unwrap_or("ffmpeg").trim().to_string())
+    version_line(ffmpeg, "-version", VERSION_TIMEOUT, &help, |l| {
+        l.starts_with("ffmpeg version")
+    })
+    .await
 }
 
 /// What a video task needs from its agent.

@@ -14,7 +14,7 @@ use anyhow::Context;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::process::{forward_lines, kill_group};
+use crate::process::{forward_lines, kill_group, version_line};
 
 /// How long `blender --version` may take (the first start after boot is slow).
 const VERSION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,30 +26,10 @@ pub async fn check_blender(blender: &Path) -> anyhow::Result<String> {
         "Blender is needed to render, and `{}` does not run: install it (on Debian or Ubuntu: `sudo apt-get install blender`) or point --blender at the Blender executable",
         blender.display()
     );
-    let run = Command::new(blender)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(VERSION_TIMEOUT, run)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("{help} (`--version` did not answer within {VERSION_TIMEOUT:?})")
-        })?
-        .map_err(|e| anyhow::anyhow!("{help} ({e})"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let version = stdout
-        .lines()
-        .find(|l| l.starts_with("Blender "))
-        .map(str::to_string);
-    match (output.status.success(), version) {
-        (true, Some(version)) => Ok(version),
-        _ => anyhow::bail!(
-            "{help} (`--version` exited with {} and printed: {})",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
-    }
+    version_line(blender, "--version", VERSION_TIMEOUT, &help, |l| {
+        l.starts_with("Blender ")
+    })
+    .await
 }
 
 /// One render of frames `from..=to` of a .blend file.
