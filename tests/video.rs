@@ -362,6 +362,17 @@ async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_
         .nth(2)
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("an id in {out}"));
+    // `watch` follows the render until its video is made, not only its frames.
+    let mut watch = renderfarm_command();
+    watch
+        .args(["watch", &id.to_string(), "--broker", &broker.address])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let watch = tokio::process::Command::from(watch)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("renderfarm watch runs");
     let rendered = wait_for("the frames to be rendered", VIDEO_LIMIT, || async {
         let render = client.render(id).await.ok()?;
         (render.status == RenderStatus::Completed).then_some(render)
@@ -409,6 +420,23 @@ async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_
             frames: 4,
         }
     );
+    let watched = tokio::time::timeout(Duration::from_secs(60), watch.wait_with_output())
+        .await
+        .expect("watch ends once the video is made")
+        .unwrap();
+    let printed = String::from_utf8_lossy(&watched.stdout);
+    assert!(watched.status.success(), "watch: {printed}");
+    assert!(
+        printed.contains("4/4 frames, completed, video waiting for the frames")
+            || printed.contains("4/4 frames, completed, video pending"),
+        "watch saw the frames done before the video: {printed}"
+    );
+    assert!(
+        printed
+            .trim_end()
+            .ends_with("4/4 frames, completed, video completed"),
+        "and stopped once the video was: {printed}"
+    );
     let (s_without, s_with) = (without.stop().await, with.stop().await);
     assert_eq!((s_without.completed, s_with.completed), (2, 1));
     let (ok, out, _) = renderfarm(&broker.address, &["renders"]);
@@ -416,6 +444,87 @@ async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_
         ok && out.contains("4/4  completed"),
         "the video column: {out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_frame_or_one_that_does_not_decode_fails_the_video_saying_which() {
+    let test = "a_missing_frame_or_one_that_does_not_decode_fails_the_video_saying_which";
+    let Some(farm) = Farm::start(test, true).await else {
+        return;
+    };
+    let Farm {
+        blender,
+        broker,
+        client,
+        shared,
+        ..
+    } = &farm;
+    let blend = scene(shared.path(), "gap", SceneSpec::tiny(3), blender).await;
+    let out = shared.path().join("out");
+    // The frames are rendered first, by an agent that makes no videos, so
+    // that the test can damage them before the video is made.
+    let renderer = TestAgent::start_with(&broker.address, "renderer", blender, |c| {
+        c.ffmpeg = PathBuf::from("/nonexistent/ffmpeg");
+    })
+    .await;
+    let spec: RenderSpec = serde_json::from_value(serde_json::json!({
+        "name": "gap",
+        "blend_file": blend.display().to_string(),
+        "frame_start": 1,
+        "frame_end": 3,
+        "chunk_size": 3,
+        "max_retries": 0,
+        "output": format!("{}/gap_####", out.display()),
+        "video": {"fps": 24},
+    }))
+    .unwrap();
+    let id = client.submit(&spec).await.unwrap().id;
+    wait_for("the frames to be rendered", VIDEO_LIMIT, || async {
+        let render = client.render(id).await.ok()?;
+        (render.status == RenderStatus::Completed).then_some(())
+    })
+    .await;
+    renderer.stop().await;
+    std::fs::remove_file(out.join("gap_0002.png")).unwrap();
+
+    let agent = TestAgent::start(&broker.address, "ffmpeg", blender).await;
+    wait_for_video(client, id, TaskStatus::Failed).await;
+    let video = tasks_of_kind(client, id, TaskKind::Ffmpeg).await.remove(0);
+    assert_eq!(
+        video.failure_reason.as_deref(),
+        Some(
+            format!(
+                "frame(s) 2 of 1-3 are not on disk under {}/gap_####; the video needs every frame",
+                out.display()
+            )
+            .as_str()
+        )
+    );
+
+    // Real ffmpeg on a frame that is not an image: it fails, and says so.
+    std::fs::write(out.join("gap_0002.png"), b"not a PNG").unwrap();
+    client.requeue_task(video.id).await.unwrap();
+    wait_for("the video to fail again", VIDEO_LIMIT, || async {
+        let video = tasks_of_kind(client, id, TaskKind::Ffmpeg).await.remove(0);
+        let reason = video.failure_reason.clone()?;
+        (video.status == TaskStatus::Failed && reason.starts_with("ffmpeg")).then_some(())
+    })
+    .await;
+    let video = tasks_of_kind(client, id, TaskKind::Ffmpeg).await.remove(0);
+    let reason = video.failure_reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("ffmpeg exited with code")
+            && reason.contains("Invalid PNG signature")
+            && reason.ends_with("Conversion failed!"),
+        "ffmpeg's own lines: {reason}"
+    );
+    assert_eq!(
+        client.render(id).await.unwrap().status,
+        RenderStatus::Completed
+    );
+    assert_eq!(video_leftovers(&agent), Vec::<PathBuf>::new());
+    let summary = agent.stop().await;
+    assert_eq!((summary.completed, summary.failed), (0, 2), "{summary:?}");
 }
 
 /// Writes, in `dir`, a test double of ffmpeg (real ffmpeg cannot be made to

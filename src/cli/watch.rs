@@ -11,7 +11,7 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use renderfarm_client::{BrokerClient, ClientError, EventStream, RenderQuery};
 use renderfarm_wire::{
-    EventKind, FarmEvent, Render, RenderStatus, Task, TaskStatus, Worker, WorkerStatus,
+    EventKind, FarmEvent, Render, RenderStatus, Task, TaskKind, TaskStatus, Worker, WorkerStatus,
 };
 use uuid::Uuid;
 
@@ -108,11 +108,7 @@ pub async fn follow(
         }
         first = false;
         match target {
-            Target::These(_)
-                if renders
-                    .iter()
-                    .all(|r| r.status.is_finished() && !video_in_progress(r)) =>
-            {
+            Target::These(_) if renders.iter().all(|r| !moving(r)) => {
                 view.finish();
                 return Ok(renders);
             }
@@ -264,9 +260,9 @@ async fn look(
     Ok(busy)
 }
 
-/// Fetches again every render in `renders` that has not finished.
+/// Fetches again every render in `renders` that may still change.
 async fn refresh(client: &BrokerClient, renders: &mut [Render]) -> Result<(), ClientError> {
-    for render in renders.iter_mut().filter(|r| !r.status.is_finished()) {
+    for render in renders.iter_mut().filter(|r| moving(r)) {
         *render = client.render(render.id).await?;
     }
     Ok(())
@@ -490,13 +486,15 @@ pub fn video_state(status: Option<TaskStatus>) -> String {
     }
 }
 
-/// True while a render's video is queued or being made: `watch` follows
-/// a completed render until its video is done too.
-fn video_in_progress(render: &Render) -> bool {
-    matches!(
-        render.video_status,
-        Some(TaskStatus::Pending | TaskStatus::Running)
-    )
+/// True while a render may still change: it has not finished, or its video
+/// is queued or being made (`watch` follows a completed render until its
+/// video is done too).
+fn moving(render: &Render) -> bool {
+    !render.status.is_finished()
+        || matches!(
+            render.video_status,
+            Some(TaskStatus::Pending | TaskStatus::Running)
+        )
 }
 
 fn render_line(render: &Render) -> String {
@@ -515,15 +513,23 @@ fn worker_line(worker: &Worker, task: &Task, render: Option<&Render>) -> String 
         WorkerStatus::Draining => " (draining)",
         _ => "",
     };
-    format!(
-        "worker {}{status} on \"{}\" frames {}-{}: {}/{} done",
-        worker.name,
-        render.map(|r| r.name.as_str()).unwrap_or("?"),
-        task.frame_start,
-        task.frame_end,
-        task.frames_done,
-        task_frames(task)
-    )
+    let name = render.map(|r| r.name.as_str()).unwrap_or("?");
+    match task.kind {
+        TaskKind::Blender => format!(
+            "worker {}{status} on \"{name}\" frames {}-{}: {}/{} done",
+            worker.name,
+            task.frame_start,
+            task.frame_end,
+            task.frames_done,
+            task_frames(task)
+        ),
+        TaskKind::Ffmpeg => format!(
+            "worker {}{status} on \"{name}\" video: {}/{} frames encoded",
+            worker.name,
+            task.frames_done,
+            task_frames(task)
+        ),
+    }
 }
 
 fn task_frames(task: &Task) -> u64 {
