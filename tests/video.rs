@@ -431,10 +431,9 @@ async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_
             || printed.contains("4/4 frames, completed, video pending"),
         "watch saw the frames done before the video: {printed}"
     );
+    let last_of_render = printed.lines().rev().find(|l| l.contains(" render "));
     assert!(
-        printed
-            .trim_end()
-            .ends_with("4/4 frames, completed, video completed"),
+        last_of_render.is_some_and(|l| l.ends_with("4/4 frames, completed, video completed")),
         "and stopped once the video was: {printed}"
     );
     let (s_without, s_with) = (without.stop().await, with.stop().await);
@@ -620,9 +619,19 @@ async fn a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_
     let summary = failing.stop().await;
     assert_eq!((summary.completed, summary.failed), (1, 2), "{summary:?}");
 
-    // An operator tries again, on a worker whose ffmpeg works.
+    // An operator finds the video's task and tries again, on a worker whose
+    // ffmpeg works.
+    let (ok, out, _) = renderfarm(&broker.address, &["tasks", &id.to_string()]);
+    assert!(
+        ok && out.lines().any(|l| l.starts_with(&video.id.to_string())
+            && l.contains(" ffmpeg ")
+            && l.contains(" failed ")
+            && l.ends_with("Conversion failed!")),
+        "{out}"
+    );
     let working = TestAgent::start(&broker.address, "good-ffmpeg", blender).await;
-    client.requeue_task(video.id).await.unwrap();
+    let (ok, out, err) = renderfarm(&broker.address, &["requeue-task", &video.id.to_string()]);
+    assert!(ok, "requeue-task: {out}{err}");
     let done = wait_for_video(client, id, TaskStatus::Completed).await;
     assert_eq!(done.status, RenderStatus::Completed);
     let mp4 = shared.path().join("spin.mp4");

@@ -136,13 +136,14 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:>13}  {:<9}  {:>7}  {:<36}  why it failed",
-        "id", "frames", "status", "retries", "worker"
+        "{:<36}  {:<7}  {:>13}  {:<9}  {:>7}  {:<36}  why it failed",
+        "id", "kind", "frames", "status", "retries", "worker"
     );
     for t in &page.items {
         println!(
-            "{:<36}  {:>13}  {:<9}  {:>7}  {:<36}  {}",
+            "{:<36}  {:<7}  {:>13}  {:<9}  {:>7}  {:<36}  {}",
             t.id,
+            t.kind.as_str(),
             format!("{}-{}", t.frame_start, t.frame_end),
             t.status.as_str(),
             t.retries,
@@ -164,7 +165,7 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
             page.total
         );
     }
-    println!("a task's Blender output: renderfarm log TASK_ID");
+    println!("a task's output (Blender's, or ffmpeg's for a video): renderfarm log TASK_ID");
     Ok(())
 }
 
