@@ -44,7 +44,7 @@ pub use renderfarm_wire::{
     WorkerStatus,
 };
 pub use scheduling::{
-    plan_preemption, workers_wanted_by_tags, Allowances, OverdueWork, PreemptionPlan, RunningWork,
+    plan_preemption, workers_wanted, Allowances, OverdueWork, PreemptionPlan, RunningWork,
 };
 pub use tally::{
     finished_at_after, render_change, tallied_status, tally_after, RenderChange, Tally,

@@ -85,6 +85,11 @@ pub async fn a_render_s_video_is_queued_when_its_frames_complete_and_runs_outsid
     assert_eq!(follow_ups.len(), 1, "{tasks:?}");
     assert_eq!((follow_ups[0].frame_start, follow_ups[0].frame_end), (1, 4));
 
+    // Counted apart from chunks, for the autoscaler's `workers_wanted`.
+    assert_eq!(
+        store.farm_counts(t0()).await.unwrap().runnable,
+        vec![(vec![], TaskKind::Ffmpeg, 1)]
+    );
     // A worker without ffmpeg never gets it; one with it does.
     assert!(claim(store, chunks_only).await.is_none());
     let v = claim(store, both).await.unwrap();
@@ -95,6 +100,7 @@ pub async fn a_render_s_video_is_queued_when_its_frames_complete_and_runs_outsid
         store.get_render(r.id).await.unwrap().video_status,
         Some(TaskStatus::Running)
     );
+    assert!(store.farm_counts(t0()).await.unwrap().runnable.is_empty());
     report(store, &v, TaskReport::Progress { frames_done: 2 }).await;
     // Frames belong to chunks: a video task sends a video.
     let wrong = store
