@@ -211,6 +211,28 @@ pub async fn a_failed_video_is_retried_never_fails_its_render_and_can_be_requeue
     assert_counters_exact(store).await;
 }
 
+pub async fn a_render_marked_complete_with_frames_missing_gets_no_video(store: &dyn Store) {
+    let new = plan_with("cut short", 1, 4, 2, Priority::Normal, t0(), |s| {
+        s.video = video()
+    });
+    let r = store.create_render(new).await.unwrap();
+    let w = video_worker(store, "both").await;
+    let a = claim(store, w).await.unwrap();
+    complete(store, &a).await;
+    let marked = store
+        .change_render(
+            r.id,
+            crate::domain::RenderCommand::Complete,
+            Some("ops"),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(marked.status, RenderStatus::Completed);
+    assert_eq!(marked.video_status, None, "frames 3-4 were never rendered");
+    assert!(claim(store, w).await.is_none());
+}
+
 pub async fn a_render_without_a_video_gets_no_follow_up(store: &dyn Store) {
     let r = store
         .create_render(plan_with("stills", 1, 2, 2, Priority::Normal, t0(), |_| {}))
