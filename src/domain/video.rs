@@ -170,7 +170,8 @@ mod tests {
             ..crate::domain::tally::tests::progress(3, 0, 0, 2, 0)
         };
         // (video, before, after, counters, follow-up)
-        let table: &[(Option<&VideoSpec>, S, S, &Progress, Option<TaskKind>)] = &[
+        type Case<'a> = (Option<&'a VideoSpec>, S, S, &'a Progress, Option<TaskKind>);
+        let table: &[Case] = &[
             (
                 Some(&v),
                 S::Rendering,
