@@ -128,6 +128,12 @@ pub fn plan_requeue_of_kind(
     })
 }
 
+/// Whether a worker announcing `kinds` takes chunks at all (an agent may
+/// run only follow-ups, e.g. a machine with ffmpeg and no Blender).
+pub fn runs_chunks(kinds: &[TaskKind]) -> bool {
+    kinds.contains(&TaskKind::Blender)
+}
+
 /// Checks and orders the kinds a worker announces: at least one, each once.
 pub fn validate_kinds(kinds: &[TaskKind]) -> Result<Vec<TaskKind>, ValidationError> {
     if kinds.is_empty() {
@@ -232,6 +238,8 @@ mod tests {
             vec![TaskKind::Ffmpeg]
         );
         assert!(follow_up_kinds(&[TaskKind::Blender]).is_empty());
+        assert!(runs_chunks(&[TaskKind::Blender, TaskKind::Ffmpeg]));
+        assert!(!runs_chunks(&[TaskKind::Ffmpeg]));
     }
 
     #[test]

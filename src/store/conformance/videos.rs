@@ -11,10 +11,14 @@ use crate::domain::{validate_worker_spec, TaskReport};
 use crate::store::{PageRequest, Store, StoreError};
 
 async fn video_worker(store: &dyn Store, name: &str) -> Uuid {
+    worker_of(store, name, &[TaskKind::Blender, TaskKind::Ffmpeg]).await
+}
+
+async fn worker_of(store: &dyn Store, name: &str, kinds: &[TaskKind]) -> Uuid {
     let spec = validate_worker_spec(WorkerSpec {
         name: name.into(),
         tags: vec![],
-        kinds: vec![TaskKind::Blender, TaskKind::Ffmpeg],
+        kinds: kinds.to_vec(),
     })
     .expect("a valid test worker");
     store
@@ -49,6 +53,9 @@ pub async fn a_render_s_video_is_queued_when_its_frames_complete_and_runs_outsid
     assert_eq!(r.video_status, None);
     let chunks_only = worker(store, "chunks", &[]).await;
     let both = video_worker(store, "both").await;
+    let videos_only = worker_of(store, "videos", &[TaskKind::Ffmpeg]).await;
+    // A worker without Blender takes no chunk.
+    assert!(claim(store, videos_only).await.is_none());
     // Chunks are all any worker gets while frames remain.
     let a = claim(store, both).await.unwrap();
     assert_eq!(a.kind, TaskKind::Blender);
