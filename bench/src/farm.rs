@@ -202,6 +202,7 @@ pub(crate) async fn through_the_farm(
             name: format!("bench-{i}"),
             tags: vec![],
             blender: blender.to_path_buf(),
+            ffmpeg: "ffmpeg".into(),
             work_dir: dir.join(format!("agent-{i}")),
             heartbeat: Duration::from_secs(10),
             log_interval: Duration::from_secs(1),

@@ -1,6 +1,7 @@
 //! Files through the broker: content-addressed blends in (`/files/{sha256}`,
-//! resumable both ways) and rendered frames out (`/tasks/{id}/frames/…`,
-//! `/renders/{id}/frames…`). Bodies are streamed from and to disk, never
+//! resumable both ways), rendered frames out (`/tasks/{id}/frames/…`,
+//! `/renders/{id}/frames…`) and a render's video (`/tasks/{id}/video`,
+//! `/renders/{id}/video`). Bodies are streamed from and to disk, never
 //! held whole in memory: a blend may be many gigabytes.
 
 use std::io::Read;
@@ -344,6 +345,39 @@ impl BrokerClient {
                     std::io::ErrorKind::InvalidInput.into(),
                 )
             })?;
+        let (task, frame) = (task_id.to_string(), frame.to_string());
+        self.put_under_lease(
+            &["tasks", &task, "frames", &frame],
+            lease_id,
+            &[("name", name)],
+            path,
+        )
+        .await
+    }
+
+    /// `PUT /tasks/{id}/video`: the MP4 a video task made, under the task's
+    /// lease, with its hash; streamed from disk. What the broker stored.
+    pub async fn upload_video(
+        &self,
+        task_id: Uuid,
+        lease_id: Uuid,
+        path: &Path,
+    ) -> Result<FileInfo, ClientError> {
+        let task = task_id.to_string();
+        self.put_under_lease(&["tasks", &task, "video"], lease_id, &[], path)
+            .await
+    }
+
+    /// PUTs the file at `path` to the route of `segments` under a task's
+    /// lease: streamed, with its `Content-Length` and its SHA-256 in the
+    /// query (the broker checks both), and `query` besides.
+    async fn put_under_lease<T: serde::de::DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        lease_id: Uuid,
+        query: &[(&str, String)],
+        path: &Path,
+    ) -> Result<T, ClientError> {
         let sha256 = sha256_file(path)
             .await
             .map_err(|e| local(path, "cannot read it", e))?;
@@ -352,14 +386,10 @@ impl BrokerClient {
             .map_err(|e| local(path, "cannot read it", e))?
             .len();
         let body = file_body(path, 0, Arc::new(AtomicU64::new(0))).await?;
-        let (task, frame) = (task_id.to_string(), frame.to_string());
         let request = self
-            .transfer_request(Method::PUT, &["tasks", &task, "frames", &frame])
-            .query(&[
-                ("lease_id", lease_id.to_string()),
-                ("sha256", sha256),
-                ("name", name),
-            ])
+            .transfer_request(Method::PUT, segments)
+            .query(&[("lease_id", lease_id.to_string()), ("sha256", sha256)])
+            .query(query)
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, bytes)
             .body(body);
@@ -404,12 +434,34 @@ impl BrokerClient {
             return self.download_file(sha256, dest, progress).await;
         }
         let (render, number) = (render_id.to_string(), frame.frame.to_string());
+        self.download_unhashed(&["renders", &render, "frames", &number], dest, progress)
+            .await
+    }
+
+    /// `GET /renders/{id}/video` into `dest` (through `dest.part`): the MP4
+    /// assembled from the render's frames. Its size.
+    pub async fn download_video(
+        &self,
+        render_id: Uuid,
+        dest: &Path,
+        progress: Progress<'_>,
+    ) -> Result<u64, ClientError> {
+        let render = render_id.to_string();
+        self.download_unhashed(&["renders", &render, "video"], dest, progress)
+            .await
+    }
+
+    /// GETs the route of `segments` whole into `dest`, through `dest.part`.
+    async fn download_unhashed(
+        &self,
+        segments: &[&str],
+        dest: &Path,
+        progress: Progress<'_>,
+    ) -> Result<u64, ClientError> {
         let part = partial_path(dest);
         // Without a hash a partial file cannot be trusted as a beginning.
         let _ = tokio::fs::remove_file(&part).await;
-        let bytes = self
-            .fetch_to_part(&["renders", &render, "frames", &number], &part, progress)
-            .await?;
+        let bytes = self.fetch_to_part(segments, &part, progress).await?;
         tokio::fs::rename(&part, dest)
             .await
             .map_err(|e| local(dest, "cannot move the download there", e))?;

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use renderfarm_client::sha256_file;
-use renderfarm_wire::{Priority, RenderAction, RenderSpec, WorkerAction};
+use renderfarm_wire::{Priority, RenderAction, RenderSpec, VideoCodec, VideoSpec, WorkerAction};
 
 use crate::api::auth::AuthMode;
 use crate::credentials::Bootstrap;
@@ -406,8 +406,21 @@ struct SubmitArgs {
     /// Tags a worker needs to take this render, comma-separated.
     #[arg(long, value_delimiter = ',')]
     tags: Vec<String>,
+    /// Also make a video of the frames at this many frames per second (1 to
+    /// 240) once they are all rendered, on a worker that has ffmpeg; fetch
+    /// it with `renderfarm download ID DIR --video`.
+    #[arg(long, value_name = "FPS")]
+    video_fps: Option<i64>,
+    /// The video's codec (with --video-fps): h264, an MP4 that plays
+    /// everywhere.
+    #[arg(long, default_value = "h264", value_parser = parse_video_codec, requires = "video_fps")]
+    video_codec: VideoCodec,
     #[command(flatten)]
     broker: BrokerArgs,
+}
+
+fn parse_video_codec(s: &str) -> Result<VideoCodec, String> {
+    VideoCodec::parse(s).ok_or_else(|| format!("{s:?} is not a video codec; use h264"))
 }
 
 #[derive(Debug, Args)]
@@ -416,6 +429,10 @@ struct DownloadArgs {
     render: String,
     /// The folder to put the frames in (made if missing).
     dir: PathBuf,
+    /// Fetch the render's video (an MP4 named after the render) instead of
+    /// its frames; it exists once the render's `video` is completed.
+    #[arg(long)]
+    video: bool,
     #[command(flatten)]
     broker: BrokerArgs,
 }
@@ -717,7 +734,10 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         output: args.output,
         engine: args.engine,
         tags: args.tags,
-        video: None,
+        video: args.video_fps.map(|fps| VideoSpec {
+            fps,
+            codec: args.video_codec,
+        }),
     };
     let render = client
         .submit(&spec)
@@ -743,6 +763,14 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 render.id
             );
         }
+        if let Some(video) = &render.video {
+            println!(
+                "a {} video at {} fps follows the frames; fetch it with: renderfarm download {} DIR --video",
+                video.codec.as_str(),
+                video.fps,
+                render.id
+            );
+        }
     }
     Ok(())
 }
@@ -755,6 +783,19 @@ async fn download(args: DownloadArgs) -> anyhow::Result<()> {
         )
     })?;
     let client = client::connect(&args.broker.broker, &args.broker.client_options())?;
+    if args.video {
+        let (path, bytes) =
+            transfer::download_video(&client, &args.broker.broker, render, &args.dir).await?;
+        if args.broker.json {
+            println!(
+                "{}",
+                serde_json::json!({"path": path.display().to_string(), "bytes": bytes})
+            );
+        } else {
+            println!("the video is in {} ({bytes} bytes)", path.display());
+        }
+        return Ok(());
+    }
     let (list, fetched, kept) =
         transfer::download(&client, &args.broker.broker, render, &args.dir).await?;
     if args.broker.json {
@@ -805,6 +846,14 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         p.tasks_canceled
     );
     println!("output    {}", render.output);
+    if let Some(video) = &render.video {
+        println!(
+            "video     {} fps {}: {}",
+            video.fps,
+            video.codec.as_str(),
+            watch::video_state(render.video_status)
+        );
+    }
     if let Some(owner) = &render.owner {
         println!("owner     {owner}");
     }
@@ -885,6 +934,32 @@ mod tests {
             error.contains("--rate-limit") && error.contains("N/s or N/m"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn submit_takes_a_video_rate_and_a_codec_only_with_it() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["renderfarm", "submit", "x.blend"].iter().chain(args))
+        };
+        let super::Command::Submit(args) = parse(&["--video-fps", "24"]).unwrap().command else {
+            panic!("submit")
+        };
+        assert_eq!(
+            (args.video_fps, args.video_codec),
+            (Some(24), renderfarm_wire::VideoCodec::H264)
+        );
+        let super::Command::Submit(args) = parse(&[]).unwrap().command else {
+            panic!("submit")
+        };
+        assert_eq!(args.video_fps, None, "no video unless asked");
+        assert!(
+            parse(&["--video-codec", "h264"]).is_err(),
+            "a codec needs a rate"
+        );
+        let error = parse(&["--video-fps", "24", "--video-codec", "vp9"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("use h264"), "{error}");
     }
 
     #[test]

@@ -192,17 +192,24 @@ pub async fn renders(args: RendersArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  {:<20}  owner",
-        "id", "name", "status", "prio", "frames done", "submitted"
+        "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  {:<9}  {:<20}  owner",
+        "id", "name", "status", "prio", "frames done", "video", "submitted"
     );
     for r in &page.items {
+        // A video asked for but not queued yet waits for the frames.
+        let video = match (&r.video, r.video_status) {
+            (None, _) => "-",
+            (Some(_), None) => "waiting",
+            (Some(_), Some(status)) => status.as_str(),
+        };
         println!(
-            "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  {:<20}  {}",
+            "{:<36}  {:<20}  {:<9}  {:<6}  {:>15}  {:<9}  {:<20}  {}",
             r.id,
             r.name,
             r.status.as_str(),
             r.priority.as_str(),
             format!("{}/{}", r.progress.frames_done, r.progress.frames_total),
+            video,
             r.created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             r.owner.as_deref().unwrap_or("-")

@@ -1,6 +1,6 @@
 //! Files between an artist's machine and the broker: `submit --upload`
 //! packs a self-contained copy of the .blend file with Blender and uploads
-//! what the broker lacks; `download` fetches a render's frames.
+//! what the broker lacks; `download` fetches a render's frames, or its video.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -234,22 +234,61 @@ pub async fn download(
     Ok((list, fetched, kept))
 }
 
+/// Fetches the video of `render` into `dir` (made if missing), as
+/// `<render name>.mp4` when the name is a plain file name, else `<id>.mp4`;
+/// where it went and its size. Says why when there is no video (yet).
+pub async fn download_video(
+    client: &BrokerClient,
+    base: &str,
+    render: Uuid,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, u64)> {
+    let found = client.render(render).await.map_err(client::explain(base))?;
+    if found.video.is_none() {
+        anyhow::bail!(
+            "render {render} \"{}\" asked for no video; submit it with --video-fps to get one",
+            found.name
+        );
+    }
+    if found.video_status != Some(renderfarm_wire::TaskStatus::Completed) {
+        anyhow::bail!(
+            "render {render} \"{}\" has no video to fetch yet (video {})",
+            found.name,
+            super::watch::video_state(found.video_status)
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stem = plain_file_name(&found.name).unwrap_or_else(|| render.to_string());
+    let dest = dir.join(format!("{stem}.mp4"));
+    let bar = bytes_bar(0, "downloading the video");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let bytes = client
+        .download_video(render, &dest, &progress)
+        .await
+        .map_err(client::explain(base))
+        .with_context(|| format!("downloading the video to {}", dest.display()))?;
+    bar.finish_and_clear();
+    Ok((dest, bytes))
+}
+
+/// `name` when it is a plain file name (no folder, not `..`), so that
+/// writing it cannot land outside the chosen folder.
+fn plain_file_name(name: &str) -> Option<String> {
+    let plain = !name.is_empty()
+        && Path::new(name).file_name().map(|n| n.to_string_lossy()) == Some(name.into())
+        && name != ".."
+        && !name.contains('\\');
+    plain.then(|| name.to_string())
+}
+
 /// The name a frame is saved under: the broker's name for it when that is a
 /// plain file name, else one made from its number (a name with a folder in
 /// it must not write outside the chosen folder).
 fn frame_file_name(frame: &renderfarm_wire::FrameFile) -> String {
-    let plain = !frame.name.is_empty()
-        && Path::new(&frame.name)
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            == Some(frame.name.as_str().into())
-        && frame.name != ".."
-        && !frame.name.contains('\\');
-    if plain {
-        frame.name.clone()
-    } else {
-        format!("frame_{:04}", frame.frame)
-    }
+    plain_file_name(&frame.name).unwrap_or_else(|| format!("frame_{:04}", frame.frame))
 }
 
 /// True when `dest` holds the frame whole: its size, and its hash when the

@@ -50,6 +50,10 @@ pub struct UpArgs {
     /// The Blender executable the agents run.
     #[arg(long, env = "RENDERFARM_BLENDER", default_value = "blender")]
     blender: PathBuf,
+    /// The ffmpeg the agents assemble renders' videos with (without a
+    /// working one they render chunks only).
+    #[arg(long, env = "RENDERFARM_FFMPEG", default_value = "ffmpeg")]
+    ffmpeg: PathBuf,
     #[command(flatten)]
     scheduler: super::SchedulerArgs,
 }
@@ -81,6 +85,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             name: format!("{host}-{i}"),
             tags: Vec::new(),
             blender: args.blender.clone(),
+            ffmpeg: args.ffmpeg.clone(),
             work_dir: data_dir.join("workers").join(i.to_string()),
             heartbeat: Duration::from_secs(5),
             log_interval: Duration::from_secs(1),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use renderfarm_client::{BrokerClient, ClientError, EventStream, RenderQuery};
-use renderfarm_wire::{EventKind, FarmEvent, Render, RenderStatus, Task, Worker, WorkerStatus};
+use renderfarm_wire::{
+    EventKind, FarmEvent, Render, RenderStatus, Task, TaskStatus, Worker, WorkerStatus,
+};
 use uuid::Uuid;
 
 use super::client::explain;
@@ -106,7 +108,11 @@ pub async fn follow(
         }
         first = false;
         match target {
-            Target::These(_) if renders.iter().all(|r| r.status.is_finished()) => {
+            Target::These(_)
+                if renders
+                    .iter()
+                    .all(|r| r.status.is_finished() && !video_in_progress(r)) =>
+            {
                 view.finish();
                 return Ok(renders);
             }
@@ -466,7 +472,31 @@ fn render_state(render: &Render) -> String {
     if p.tasks_failed > 0 {
         state.push_str(&format!(", {} failed", p.tasks_failed));
     }
+    if render.video.is_some() {
+        state.push_str(&format!(", video {}", video_state(render.video_status)));
+    }
     state
+}
+
+/// Where a render's video is, for a person: its task's status, or that it
+/// waits for the frames (a render's video task is made when they are done).
+pub fn video_state(status: Option<TaskStatus>) -> String {
+    match status {
+        None => "waiting for the frames".into(),
+        Some(TaskStatus::Failed) => {
+            "failed (`renderfarm requeue-task TASK_ID` tries again, the ffmpeg task of `renderfarm tasks ID`)".into()
+        }
+        Some(status) => status.as_str().into(),
+    }
+}
+
+/// True while a render's video is queued or being made: `watch` follows
+/// a completed render until its video is done too.
+fn video_in_progress(render: &Render) -> bool {
+    matches!(
+        render.video_status,
+        Some(TaskStatus::Pending | TaskStatus::Running)
+    )
 }
 
 fn render_line(render: &Render) -> String {

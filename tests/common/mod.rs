@@ -331,6 +331,51 @@ pub fn chromium_or_skip(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The ffmpeg test agents assemble videos with: `RENDERFARM_FFMPEG`, else
+/// `ffmpeg` on the PATH.
+pub fn ffmpeg_path() -> PathBuf {
+    PathBuf::from(std::env::var("RENDERFARM_FFMPEG").unwrap_or_else(|_| "ffmpeg".into()))
+}
+
+/// ffmpeg and ffprobe to test videos with, or `None` after a visible
+/// SKIPPED line. With `RENDERFARM_REQUIRE_FFMPEG=1` (CI), a missing one
+/// fails the test.
+pub fn ffmpeg_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let ffmpeg = ffmpeg_path();
+    let ffprobe = ffmpeg.with_file_name("ffprobe");
+    let ffprobe = if ffprobe.is_absolute() {
+        ffprobe
+    } else {
+        PathBuf::from("ffprobe")
+    };
+    let mut problems = Vec::new();
+    for tool in [&ffmpeg, &ffprobe] {
+        match Command::new(tool).arg("-version").output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => problems.push(format!(
+                "`{} -version` failed: {}",
+                tool.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => problems.push(format!("cannot run {}: {e}", tool.display())),
+        }
+    }
+    if problems.is_empty() {
+        return Some((ffmpeg, ffprobe));
+    }
+    let problem = problems.join("; ");
+    if std::env::var("RENDERFARM_REQUIRE_FFMPEG").as_deref() == Ok("1") {
+        panic!("{test}: ffmpeg is required (RENDERFARM_REQUIRE_FFMPEG=1) but {problem}");
+    }
+    // Written to the stderr handle itself, which the test harness does not
+    // capture, so the skip shows in every run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: no ffmpeg/ffprobe ({problem}); install them with `apt-get install ffmpeg`"
+    );
+    None
+}
+
 /// The settings of a test agent: short intervals so tests need not wait
 /// long, the enrolment token, the default blend cache.
 pub fn agent_config(broker: &str, name: &str, blender: &Path, work_dir: &Path) -> AgentConfig {
@@ -339,6 +384,7 @@ pub fn agent_config(broker: &str, name: &str, blender: &Path, work_dir: &Path) -
         name: name.to_string(),
         tags: Vec::new(),
         blender: blender.to_path_buf(),
+        ffmpeg: ffmpeg_path(),
         work_dir: work_dir.to_path_buf(),
         heartbeat: Duration::from_millis(300),
         log_interval: Duration::from_millis(200),
@@ -361,6 +407,16 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts an agent with short intervals so tests need not wait long.
     pub async fn start(broker: &str, name: &str, blender: &Path) -> TestAgent {
+        Self::start_with(broker, name, blender, |_| {}).await
+    }
+
+    /// As [`TestAgent::start`], with its settings changed by `adjust` first.
+    pub async fn start_with(
+        broker: &str,
+        name: &str,
+        blender: &Path,
+        adjust: impl FnOnce(&mut AgentConfig),
+    ) -> TestAgent {
         // RENDERFARM_TEST_LOG=1 shows what the in-process agents did, for a
         // failure that the assertions alone do not explain.
         if std::env::var_os("RENDERFARM_TEST_LOG").is_some() {
@@ -370,7 +426,8 @@ impl TestAgent {
                 .try_init();
         }
         let work_dir = tempfile::tempdir().expect("work dir");
-        let config = agent_config(broker, name, blender, work_dir.path());
+        let mut config = agent_config(broker, name, blender, work_dir.path());
+        adjust(&mut config);
         let signals = StopSignals::default();
         let agent = Agent::new(config, signals.clone())
             .await

@@ -1,44 +1,34 @@
-//! The agent's loop: register, pull a task, render it with Blender while
-//! sending heartbeats and the log, report how it ended. Reports that cannot
-//! reach the broker are retried with backoff and jitter; a final report still
-//! undelivered when the agent stops is kept on disk and sent at the next start.
+//! The agent's loop: register with the task kinds this machine can run,
+//! pull a task, run it by its kind (a chunk with Blender, `chunk`; a video
+//! with ffmpeg, [`crate::video`]) under its lease, report how it ended.
+//! Reports that cannot reach the broker are retried with backoff and
+//! jitter; a final report still undelivered when the agent stops is kept on
+//! disk and sent at the next start.
 
-use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use nix::fcntl::{Flock, FlockArg};
 use renderfarm_client::{BrokerClient, ClientError, ClientOptions};
-use renderfarm_wire::{
-    Assignment, CompleteReport, FailReport, Heartbeat, HeartbeatAction, ProgressReport,
-    ReleaseReport, WorkerAction, WorkerSpec,
-};
+use renderfarm_wire::{Assignment, ReleaseReport, TaskKind, WorkerAction, WorkerSpec};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::blender::output::RenderProgress;
-use crate::blender::warm::{Launcher, SceneKey, WarmConfig};
-use crate::blender::{self, RenderJob};
-use crate::cache::{BlendCache, CachedBlend, Provenance, CACHE_DIR};
-use crate::preview;
-use crate::uploads::{self, UploadError, FRAMES_DIR};
+use crate::blender;
+use crate::blender::warm::{Launcher, WarmConfig};
+use crate::cache::{BlendCache, CACHE_DIR};
+use crate::retry::{backoff, retry_delay};
+use crate::task::{Ending, FinalReport, Lease};
+use crate::{chunk, video};
 
-/// Lines of Blender's output sent as the reason of a failure.
-pub const FAILURE_TAIL_LINES: usize = 50;
-/// The most log text held while the broker is away; older text is dropped
-/// (with a marker) beyond it, the failure tail is always kept.
-const MAX_UNSENT_LOG: usize = 4 * 1024 * 1024;
 /// How long a stopping agent keeps trying to deliver its last report before
 /// it saves it for the next start.
 const STOP_DELIVERY_GRACE: Duration = Duration::from_secs(20);
 const PENDING_DIR: &str = "undelivered";
-/// How long a chunk's completion waits for its last preview to be sent.
-const PREVIEW_GRACE: Duration = Duration::from_secs(10);
 
 /// How an agent is set up.
 #[derive(Debug, Clone)]
@@ -47,6 +37,9 @@ pub struct AgentConfig {
     pub name: String,
     pub tags: Vec<String>,
     pub blender: PathBuf,
+    /// The ffmpeg that makes renders' videos (`--ffmpeg`); a worker where it
+    /// does not run takes no video tasks.
+    pub ffmpeg: PathBuf,
     /// Blender runs here; undelivered reports are kept here.
     pub work_dir: PathBuf,
     /// How often to tell the broker it is alive while rendering.
@@ -96,77 +89,6 @@ pub struct AgentSummary {
     pub blends_downloaded: u64,
 }
 
-/// A final report, kept on disk while it cannot be delivered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum FinalReport {
-    Complete { task_id: Uuid, body: CompleteReport },
-    Fail { task_id: Uuid, body: FailReport },
-    Release { task_id: Uuid, body: ReleaseReport },
-}
-
-impl FinalReport {
-    fn task_id(&self) -> Uuid {
-        match self {
-            FinalReport::Complete { task_id, .. }
-            | FinalReport::Fail { task_id, .. }
-            | FinalReport::Release { task_id, .. } => *task_id,
-        }
-    }
-
-    async fn send(&self, client: &BrokerClient) -> Result<(), ClientError> {
-        match self {
-            FinalReport::Complete { task_id, body } => {
-                client.complete(*task_id, body).await.map(drop)
-            }
-            FinalReport::Fail { task_id, body } => client.fail(*task_id, body).await.map(drop),
-            FinalReport::Release { task_id, body } => {
-                client.release(*task_id, body).await.map(drop)
-            }
-        }
-    }
-}
-
-pub(crate) fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .without_max_times()
-        .build()
-}
-
-/// The most of a broker's `Retry-After` the agent honours: a misconfigured
-/// proxy must not park a render machine for an hour.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// The pause before trying again after `error`: our own jittered backoff, on
-/// top of the broker's `Retry-After` when it gave one, so that a crowd of
-/// agents told the same number does not come back in the same instant.
-pub(crate) fn retry_delay(backoff: Option<Duration>, error: &ClientError) -> Duration {
-    let ours = backoff.unwrap_or(Duration::from_secs(10));
-    match error.retry_after() {
-        Some(asked) => asked.min(MAX_RETRY_AFTER) + ours,
-        None => ours,
-    }
-}
-
-/// Until when a rendering agent sends no heartbeat or progress after
-/// `error`: the broker's `Retry-After` (at most [`MAX_RETRY_AFTER`]), else not
-/// at all (the next tick tries again).
-fn quiet_after(error: &ClientError) -> Option<tokio::time::Instant> {
-    error
-        .retry_after()
-        .map(|asked| tokio::time::Instant::now() + asked.min(MAX_RETRY_AFTER))
-}
-
-/// How a task ended on this agent.
-enum Ending {
-    Report(FinalReport),
-    /// The broker took the task away; nothing more is sent under its lease.
-    Aborted,
-}
-
 /// One worker agent.
 pub struct Agent {
     config: AgentConfig,
@@ -179,6 +101,8 @@ pub struct Agent {
     cache: Arc<BlendCache>,
     /// Starts Blender for each chunk, cold or in the render's warm process.
     launcher: Launcher,
+    /// The task kinds this worker runs, as it announces them to the broker.
+    kinds: Vec<TaskKind>,
     /// Held while the agent lives: its saved reports and Blender's session
     /// files in the work directory are its alone.
     _work_dir_lock: Flock<std::fs::File>,
@@ -198,6 +122,14 @@ struct Identity {
     worker_id: Uuid,
     /// Its own credential; `None` from a broker with auth off.
     secret: Option<String>,
+    /// The task kinds it announced (absent from agents before kinds:
+    /// Blender's alone).
+    #[serde(default = "blender_only")]
+    kinds: Vec<TaskKind>,
+}
+
+fn blender_only() -> Vec<TaskKind> {
+    vec![TaskKind::Blender]
 }
 
 impl Agent {
@@ -206,6 +138,16 @@ impl Agent {
     pub async fn new(config: AgentConfig, signals: StopSignals) -> anyhow::Result<Self> {
         let version = blender::check_blender(&config.blender).await?;
         tracing::info!(blender = %config.blender.display(), %version, "Blender found");
+        let kinds = match video::check_ffmpeg(&config.ffmpeg).await {
+            Ok(version) => {
+                tracing::info!(ffmpeg = %config.ffmpeg.display(), %version, "ffmpeg found; this worker also makes renders' videos");
+                vec![TaskKind::Blender, TaskKind::Ffmpeg]
+            }
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                vec![TaskKind::Blender]
+            }
+        };
         std::fs::create_dir_all(config.work_dir.join(PENDING_DIR)).with_context(|| {
             format!("creating the work directory {}", config.work_dir.display())
         })?;
@@ -232,6 +174,7 @@ impl Agent {
         Ok(Self {
             cache,
             launcher,
+            kinds,
             config,
             client: enrolment.clone(),
             enrolment,
@@ -352,6 +295,11 @@ impl Agent {
             tracing::info!(was = %identity.broker, "the worker identity is for another broker; registering anew");
             return None;
         }
+        // The broker knows a worker's kinds from its registration alone.
+        if identity.kinds != self.kinds {
+            tracing::info!(was = ?identity.kinds, now = ?self.kinds, "the task kinds this worker runs changed; registering anew");
+            return None;
+        }
         tracing::info!(worker_id = %identity.worker_id, "the same worker as before (identity kept in the work directory)");
         self.client = self.enrolment.clone().with_token(identity.secret);
         self.summary.worker_id = Some(identity.worker_id);
@@ -385,7 +333,7 @@ impl Agent {
         let spec = WorkerSpec {
             name: self.config.name.clone(),
             tags: self.config.tags.clone(),
-            kinds: vec![renderfarm_wire::TaskKind::Blender],
+            kinds: self.kinds.clone(),
         };
         let mut retry = backoff();
         loop {
@@ -397,6 +345,7 @@ impl Agent {
                         broker: self.enrolment.base().to_string(),
                         worker_id: worker.id,
                         secret: registered.secret,
+                        kinds: self.kinds.clone(),
                     };
                     if let Err(e) = self.save_identity(&identity) {
                         tracing::warn!(error = %e, "could not keep the worker identity; a restart will register a new worker");
@@ -425,12 +374,39 @@ impl Agent {
     }
 
     async fn run_task(&mut self, worker_id: Uuid, assignment: Assignment) {
-        tracing::info!(blend = %assignment.blend_file, from = assignment.frame_start, to = assignment.frame_end, "rendering");
-        let ending = self.render(worker_id, &assignment).await;
+        let kind = assignment.kind;
+        tracing::info!(kind = kind.as_str(), blend = %assignment.blend_file, from = assignment.frame_start, to = assignment.frame_end, "starting a task");
+        let mut lease = self.lease(worker_id, &assignment);
+        // One module per kind: the next kind is one more arm.
+        let ending = match kind {
+            TaskKind::Blender => {
+                let job = chunk::ChunkJob {
+                    client: &self.client,
+                    cache: &self.cache,
+                    launcher: &mut self.launcher,
+                    blender: &self.config.blender,
+                    work_dir: &self.config.work_dir,
+                    previews: self.config.previews,
+                    blends_downloaded: &mut self.summary.blends_downloaded,
+                };
+                chunk::run(job, &mut lease, &assignment).await
+            }
+            TaskKind::Ffmpeg => {
+                let job = video::VideoJob {
+                    client: &self.client,
+                    ffmpeg: &self.config.ffmpeg,
+                    work_dir: &self.config.work_dir,
+                };
+                video::run(job, &mut lease, &assignment).await
+            }
+        };
         match ending {
             Ending::Aborted => {
                 self.summary.aborted += 1;
-                tracing::info!("task taken away by the broker; Blender stopped");
+                tracing::info!(
+                    kind = kind.as_str(),
+                    "task taken away by the broker; its process stopped"
+                );
             }
             Ending::Report(report) => {
                 match &report {
@@ -443,359 +419,16 @@ impl Agent {
         }
     }
 
-    /// The blend file the assignment names: its path as given, or, for one
-    /// uploaded to the broker, the cached copy of it (fetched if need be),
-    /// held so that it is not evicted while the chunk renders.
-    /// Heartbeats go on while a large blend downloads (the broker would
-    /// otherwise count the worker lost); an abort from the broker or a stop
-    /// ends the download and the task.
-    async fn blend_for(
-        &mut self,
-        worker_id: Uuid,
-        a: &Assignment,
-        log: &mut TaskLog,
-    ) -> Result<(String, Option<CachedBlend>), Ending> {
-        let Some(sha256) = &a.blend_sha256 else {
-            return Ok((a.blend_file.clone(), None));
-        };
-        // The size makes room in the cache before the download, not after.
-        let bytes = match self.client.file_status(sha256).await {
-            Ok(renderfarm_client::FileStatus::Stored { bytes }) => Some(bytes),
-            _ => None,
-        };
-        let client = self.client.clone();
-        let fetch = self.cache.get(sha256, bytes, |path| async move {
-            client
-                .download_file(sha256, &path, &|_, _| {})
-                .await
-                .map(drop)
-                .map_err(anyhow::Error::from)
-        });
-        tokio::pin!(fetch);
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
-        let beat = Heartbeat {
-            task_id: Some(a.task_id),
-            lease_id: Some(a.lease_id),
-            frames_done: Some(0),
-        };
-        let fetched = loop {
-            tokio::select! {
-                fetched = &mut fetch => break fetched,
-                _ = heartbeat.tick() => match self.client.heartbeat(worker_id, &beat).await {
-                    Ok(reply) if reply.action == HeartbeatAction::Abort => return Err(Ending::Aborted),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "heartbeat not delivered; downloading on"),
-                },
-                _ = self.signals.abort.cancelled() => {
-                    return Err(Ending::Report(FinalReport::Release {
-                        task_id: a.task_id,
-                        body: ReleaseReport {
-                            lease_id: a.lease_id,
-                            log: Some("renderfarm-worker: stopping while the blend file downloads; the task is handed back to the broker\n".into()),
-                        },
-                    }));
-                }
-            }
-        };
-        match fetched {
-            Ok((blend, how)) => {
-                let what = match how {
-                    Provenance::Cached => "from the agent's cache",
-                    Provenance::Downloaded => {
-                        self.summary.blends_downloaded += 1;
-                        "downloaded from the broker"
-                    }
-                };
-                log.push(format!(
-                    "renderfarm-worker: blend file {} ({sha256}) {what}\n",
-                    a.blend_file
-                ));
-                Ok((blend.path().display().to_string(), Some(blend)))
-            }
-            Err(e) => {
-                let reason = format!(
-                    "could not fetch the blend file {} ({sha256}) from the broker: {e:#}",
-                    a.blend_file
-                );
-                tracing::warn!("{reason}");
-                log.push(format!("renderfarm-worker: {reason}\n"));
-                Err(Ending::Report(FinalReport::Fail {
-                    task_id: a.task_id,
-                    body: FailReport {
-                        lease_id: a.lease_id,
-                        exit_code: None,
-                        reason,
-                        log: Some(log.take_unsent()),
-                    },
-                }))
-            }
-        }
-    }
-
-    /// Runs Blender on the assignment until it exits or the task is taken
-    /// away; with `upload_frames`, uploads each frame as Blender saves it and
-    /// ends once all are stored.
-    async fn render(&mut self, worker_id: Uuid, a: &Assignment) -> Ending {
-        let mut log = TaskLog::default();
-        let fail = |reason: String, log: Option<String>| {
-            Ending::Report(FinalReport::Fail {
-                task_id: a.task_id,
-                body: FailReport {
-                    lease_id: a.lease_id,
-                    exit_code: None,
-                    reason,
-                    log,
-                },
-            })
-        };
-        // Held until Blender is done with the file.
-        let (blend_file, _cached) = match self.blend_for(worker_id, a, &mut log).await {
-            Ok(found) => found,
-            Err(ending) => return ending,
-        };
-        let frames_dir = a
-            .upload_frames
-            .then(|| FramesDir::new(&self.config.work_dir, a.task_id));
-        let output = match &frames_dir {
-            Some(dir) => match dir.create() {
-                Ok(()) => uploads::local_output(&a.output, &dir.0),
-                Err(e) => return fail(format!("could not make {}: {e}", dir.0.display()), None),
-            },
-            None => a.output.clone(),
-        };
-        let job = RenderJob {
-            blend_file: blend_file.clone(),
-            output: output.clone(),
-            engine: a.engine.clone(),
-            from: a.frame_start,
-            to: a.frame_end,
-        };
-        let scene = SceneKey::new(a.render_id, &blend_file, a.blend_sha256.as_deref());
-        let mut blender = match self.launcher.start(&job, scene).await {
-            Ok(b) => b,
-            Err(e) => {
-                let reason = format!(
-                    "could not start Blender ({}): {e:#}",
-                    self.config.blender.display()
-                );
-                return fail(reason, None);
-            }
-        };
-        // The uploads run beside Blender; dropping the set stops them.
-        let mut uploads = tokio::task::JoinSet::new();
-        let upload_queue = frames_dir.as_ref().map(|_| {
-            let (queue, frames) = tokio::sync::mpsc::unbounded_channel();
-            uploads.spawn(uploads::upload_frames(
-                self.client.clone(),
-                a.task_id,
-                a.lease_id,
-                frames,
-            ));
-            queue
-        });
-        let uploading = upload_queue.is_some();
-        // Saved frames go to the previews first (which make one before the
-        // upload removes the file), then on to the uploads.
-        let (mut saved_queue, previewer) = if self.config.previews {
-            let (queue, frames) = tokio::sync::mpsc::unbounded_channel();
-            let previewer = tokio::spawn(preview::preview_frames(
-                self.client.clone(),
-                a.task_id,
-                a.lease_id,
-                a.frame_end,
-                frames,
-                upload_queue,
-            ));
-            (Some(queue), Some(previewer))
-        } else {
-            (upload_queue, None)
-        };
-        let mut progress = RenderProgress::new(a.frame_start, a.frame_end);
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
-        let mut flush = tokio::time::interval(self.config.log_interval);
-        let mut reported_frames = 0;
-        let mut lines_open = true;
-        // Heartbeats and progress wait until then when the broker answered
-        // one with a Retry-After (over the rate limit, store away); the log
-        // keeps what was not sent.
-        let mut quiet_until: Option<tokio::time::Instant> = None;
-        // Blender's exit, once it exited; the loop then waits for the uploads.
-        let mut exit: Option<std::io::Result<Option<i32>>> = None;
-        let mut stored: Option<Result<BTreeSet<i64>, UploadError>> = None;
-        loop {
-            if exit.is_some() && (!uploading || stored.is_some()) {
-                break;
-            }
-            tokio::select! {
-                line = blender.lines.recv(), if lines_open => match line {
-                    Some(line) => {
-                        if let (Some(saved), Some(queue)) = (progress.observe(&line), &saved_queue) {
-                            let _ = queue.send(saved);
-                        }
-                        log.push(line);
-                    }
-                    None => lines_open = false,
-                },
-                status = blender.process.wait(), if exit.is_none() => {
-                    // The last lines may still be in the pipes; a grandchild
-                    // holding them open must not hold up the report.
-                    let drain = async {
-                        while let Some(line) = blender.lines.recv().await {
-                            if let (Some(saved), Some(queue)) = (progress.observe(&line), &saved_queue) {
-                                let _ = queue.send(saved);
-                            }
-                            log.push(line);
-                        }
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-                    lines_open = false;
-                    // No more frames: the previews and the uploader end once
-                    // their queues are empty.
-                    saved_queue = None;
-                    let succeeded = status.as_ref().is_ok_and(|code| *code == Some(0));
-                    exit = Some(status);
-                    if !succeeded {
-                        break;
-                    }
-                    if uploading {
-                        log.push("renderfarm-worker: Blender is done; waiting for the last frames to be stored at the broker\n".into());
-                    }
-                }
-                Some(joined) = uploads.join_next(), if uploading && stored.is_none() => {
-                    let result = joined.unwrap_or_else(|e| Err(UploadError::Failed(format!("the frame uploads stopped: {e}"))));
-                    match result {
-                        Ok(frames) => stored = Some(Ok(frames)),
-                        Err(UploadError::Stale(message)) => {
-                            blender.process.kill().await;
-                            tracing::warn!(%message, "the broker refused a frame under this lease; dropping the task");
-                            return Ending::Aborted;
-                        }
-                        Err(e) => {
-                            blender.process.kill().await;
-                            let reason = match e {
-                                UploadError::Full(message) => format!("the broker has no room for this task's frames: {message}"),
-                                UploadError::Failed(message) | UploadError::Stale(message) => message,
-                            };
-                            tracing::warn!(%reason, "frames not stored; failing the task");
-                            log.push(format!("renderfarm-worker: {reason}\n"));
-                            return Ending::Report(FinalReport::Fail {
-                                task_id: a.task_id,
-                                body: FailReport { lease_id: a.lease_id, exit_code: None, reason, log: Some(log.take_unsent()) },
-                            });
-                        }
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    if quiet_until.is_some_and(|t| tokio::time::Instant::now() < t) {
-                        continue;
-                    }
-                    let beat = Heartbeat {
-                        task_id: Some(a.task_id),
-                        lease_id: Some(a.lease_id),
-                        frames_done: Some(progress.frames_done()),
-                    };
-                    match self.client.heartbeat(worker_id, &beat).await {
-                        Ok(reply) if reply.action == HeartbeatAction::Abort => {
-                            blender.process.kill().await;
-                            return Ending::Aborted;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            quiet_until = quiet_after(&e);
-                            tracing::warn!(error = %e, "heartbeat not delivered; rendering on");
-                        }
-                    }
-                }
-                _ = flush.tick() => {
-                    if quiet_until.is_some_and(|t| tokio::time::Instant::now() < t) {
-                        continue;
-                    }
-                    if log.has_unsent() || progress.frames_done() != reported_frames {
-                        let frames = progress.frames_done();
-                        let report = ProgressReport { lease_id: a.lease_id, frames_done: frames, log: Some(log.unsent().to_string()) };
-                        match self.client.progress(a.task_id, &report).await {
-                            Ok(_) => {
-                                log.mark_sent();
-                                reported_frames = frames;
-                            }
-                            Err(ClientError::Conflict(_) | ClientError::NotFound(_) | ClientError::Forbidden(_) | ClientError::Unauthorized(_)) => {
-                                blender.process.kill().await;
-                                return Ending::Aborted;
-                            }
-                            Err(e) => {
-                                quiet_until = quiet_after(&e);
-                                tracing::warn!(error = %e, "progress not delivered; keeping the log to send later");
-                            }
-                        }
-                    }
-                }
-                _ = self.signals.abort.cancelled() => {
-                    blender.process.kill().await;
-                    log.push("renderfarm-worker: stopping; the task is handed back to the broker\n".into());
-                    return Ending::Report(FinalReport::Release {
-                        task_id: a.task_id,
-                        body: ReleaseReport { lease_id: a.lease_id, log: Some(log.take_unsent()) },
-                    });
-                }
-            }
-        }
-        let exit_code = match exit {
-            Some(Ok(code)) => code,
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "lost track of Blender");
-                None
-            }
-            None => None,
-        };
-        let (missing, missing_where) = match &stored {
-            Some(Ok(frames)) => (
-                (a.frame_start..=a.frame_end)
-                    .filter(|f| !frames.contains(f))
-                    .collect(),
-                "stored at the broker".to_string(),
-            ),
-            _ => (
-                progress.missing_frames(&output, &blend_file),
-                format!("on disk under {output}"),
-            ),
-        };
-        if exit_code == Some(0) && missing.is_empty() {
-            // The last frame's preview goes out under the lease, before the
-            // completion ends it.
-            if let Some(previewer) = previewer {
-                let _ = tokio::time::timeout(PREVIEW_GRACE, previewer).await;
-            }
-            return Ending::Report(FinalReport::Complete {
-                task_id: a.task_id,
-                body: CompleteReport {
-                    lease_id: a.lease_id,
-                    log: Some(log.take_unsent()),
-                },
-            });
-        }
-        let summary = match exit_code {
-            Some(0) => format!(
-                "Blender exited with code 0 but frame(s) {} are not {missing_where}",
-                missing
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-            Some(code) => format!("Blender exited with code {code}"),
-            None => "Blender was killed by a signal".to_string(),
-        };
-        tracing::warn!(task_id = %a.task_id, "{summary}");
-        let reason = format!("{summary}; the last lines of its output:\n{}", log.tail());
-        Ending::Report(FinalReport::Fail {
-            task_id: a.task_id,
-            body: FailReport {
-                lease_id: a.lease_id,
-                exit_code: exit_code.map(i64::from),
-                reason,
-                log: Some(log.take_unsent()),
-            },
-        })
+    /// The lease of assignment `a`, kept while its work runs.
+    fn lease(&self, worker_id: Uuid, a: &Assignment) -> Lease {
+        Lease::new(
+            self.client.clone(),
+            worker_id,
+            a,
+            self.config.heartbeat,
+            self.config.log_interval,
+            self.signals.abort.clone(),
+        )
     }
 
     /// Sends a final report until the broker takes it (or refuses it for
@@ -895,86 +528,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The folder Blender writes one task's frames into when they go to the
-/// broker, `<work-dir>/frames/<task_id>/`; removed with what is left in it
-/// when the task ends on this agent, however it ends.
-struct FramesDir(PathBuf);
-
-impl FramesDir {
-    fn new(work_dir: &Path, task_id: Uuid) -> Self {
-        // Blender runs in the work directory: a relative --work-dir would
-        // otherwise be taken twice.
-        let work_dir = std::path::absolute(work_dir).unwrap_or_else(|_| work_dir.to_path_buf());
-        Self(work_dir.join(FRAMES_DIR).join(task_id.to_string()))
-    }
-
-    /// Makes it empty: frames a killed earlier run left are not this run's.
-    fn create(&self) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(&self.0) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        std::fs::create_dir_all(&self.0)
-    }
-}
-
-impl Drop for FramesDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A task's log: what is not yet sent, and the last lines for a failure.
-#[derive(Debug, Default)]
-struct TaskLog {
-    unsent: String,
-    tail: VecDeque<String>,
-}
-
-impl TaskLog {
-    fn push(&mut self, line: String) {
-        if self.unsent.len() + line.len() > MAX_UNSENT_LOG {
-            let keep_from = self.unsent.len() / 2;
-            let cut = (keep_from..self.unsent.len())
-                .find(|i| self.unsent.is_char_boundary(*i))
-                .unwrap_or(self.unsent.len());
-            self.unsent = format!(
-                "[renderfarm-worker: earlier output dropped while the broker was unreachable]\n{}",
-                &self.unsent[cut..]
-            );
-        }
-        self.unsent.push_str(&line);
-        if self.tail.len() == FAILURE_TAIL_LINES {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line);
-    }
-
-    fn has_unsent(&self) -> bool {
-        !self.unsent.is_empty()
-    }
-
-    fn unsent(&self) -> &str {
-        &self.unsent
-    }
-
-    fn mark_sent(&mut self) {
-        self.unsent.clear();
-    }
-
-    fn take_unsent(&mut self) -> String {
-        std::mem::take(&mut self.unsent)
-    }
-
-    fn tail(&self) -> String {
-        self.tail
-            .iter()
-            .map(|l| l.trim_end_matches(['\r', '\n']))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
 /// A fresh W3C trace context: a random trace id, a random parent id (the
 /// chunk's), sampled.
 fn new_traceparent() -> String {
@@ -986,36 +539,7 @@ fn new_traceparent() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_log_keeps_the_last_lines_for_a_failure_and_everything_unsent() {
-        let mut log = TaskLog::default();
-        for i in 0..120 {
-            log.push(format!("line {i}\n"));
-        }
-        let tail = log.tail();
-        assert_eq!(tail.lines().count(), FAILURE_TAIL_LINES);
-        assert!(tail.starts_with("line 70"), "{tail}");
-        assert!(tail.ends_with("line 119"));
-        assert!(log.unsent().starts_with("line 0\n"));
-        log.mark_sent();
-        assert!(!log.has_unsent());
-        log.push("more\n".into());
-        assert_eq!(log.take_unsent(), "more\n");
-    }
-
-    #[test]
-    fn an_unsent_log_is_bounded_while_the_broker_is_away() {
-        let mut log = TaskLog::default();
-        let line = "x".repeat(1000) + "\n";
-        for _ in 0..10_000 {
-            log.push(line.clone());
-        }
-        assert!(log.unsent().len() <= MAX_UNSENT_LOG + line.len());
-        assert!(log
-            .unsent()
-            .starts_with("[renderfarm-worker: earlier output dropped"));
-    }
+    use renderfarm_wire::FailReport;
 
     #[test]
     fn final_reports_survive_a_round_trip_through_disk() {
@@ -1033,50 +557,5 @@ mod tests {
         write_atomically(&path, &serde_json::to_vec(&report).unwrap()).unwrap();
         let back: FinalReport = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, report);
-    }
-
-    #[test]
-    fn the_agent_waits_at_least_what_the_broker_asked_and_never_an_hour() {
-        let busy = |retry_after| ClientError::Unreachable {
-            base: "http://b".into(),
-            cause: "429".into(),
-            retry_after,
-        };
-        let ms = Duration::from_millis;
-        let s = Duration::from_secs;
-        let cases = [
-            // (our backoff, the error, the pause)
-            (Some(ms(300)), busy(None), ms(300)),
-            (None, busy(None), s(10)),
-            (Some(ms(300)), busy(Some(s(5))), ms(5300)),
-            (Some(ms(300)), busy(Some(s(3600))), s(60) + ms(300)),
-            (
-                Some(ms(300)),
-                ClientError::Conflict("stale".into()),
-                ms(300),
-            ),
-        ];
-        for (backoff, error, want) in cases {
-            assert_eq!(retry_delay(backoff, &error), want, "{backoff:?} {error:?}");
-        }
-    }
-
-    #[test]
-    fn heartbeats_and_progress_keep_quiet_for_what_the_broker_asked_and_never_an_hour() {
-        let busy = |retry_after| ClientError::Unreachable {
-            base: "http://b".into(),
-            cause: "429 Too Many Requests".into(),
-            retry_after,
-        };
-        let before = tokio::time::Instant::now();
-        let until = quiet_after(&busy(Some(Duration::from_secs(3)))).expect("a pause");
-        assert!(until >= before + Duration::from_secs(3), "{until:?}");
-        let until = quiet_after(&busy(Some(Duration::from_secs(3600)))).expect("a pause");
-        assert!(
-            until <= tokio::time::Instant::now() + MAX_RETRY_AFTER,
-            "{until:?}"
-        );
-        assert_eq!(quiet_after(&busy(None)), None, "no Retry-After, no pause");
-        assert_eq!(quiet_after(&ClientError::Conflict("stale".into())), None);
     }
 }

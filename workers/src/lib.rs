@@ -1,11 +1,17 @@
 //! The renderfarm worker agent: registers with the broker, pulls tasks, runs
-//! Blender on them and reports back. Talks to the broker through
+//! each with what its kind needs (Blender for a chunk of frames, ffmpeg for a
+//! render's video) and reports back. Talks to the broker through
 //! `renderfarm-client`; never depends on the broker's server or database code.
 
 pub mod agent;
 pub mod blender;
 pub mod cache;
+mod chunk;
 pub mod preview;
+mod process;
+mod retry;
+mod task;
 pub mod uploads;
+pub mod video;
 
 pub use agent::{Agent, AgentConfig, AgentSummary, StopSignals};

@@ -8,7 +8,8 @@ use clap::Parser;
 use renderfarm_worker::blender::warm::WarmConfig;
 use renderfarm_worker::{Agent, AgentConfig, StopSignals};
 
-/// Renders tasks from a renderfarm broker with Blender.
+/// Renders tasks from a renderfarm broker with Blender, and assembles
+/// renders' videos with ffmpeg.
 #[derive(Debug, Parser)]
 #[command(name = "renderfarm-worker", version, about)]
 struct Cli {
@@ -39,6 +40,11 @@ struct Cli {
     /// The Blender executable.
     #[arg(long, env = "RENDERFARM_BLENDER", default_value = "blender")]
     blender: PathBuf,
+    /// The ffmpeg that assembles renders' frames into videos. Checked at
+    /// start (`ffmpeg -version`): without a working one the worker still
+    /// renders chunks but announces no video tasks.
+    #[arg(long, env = "RENDERFARM_FFMPEG", default_value = "ffmpeg")]
+    ffmpeg: PathBuf,
     /// Where Blender runs and undelivered reports are kept (default: a folder in the temp dir).
     #[arg(long, env = "RENDERFARM_WORK_DIR")]
     work_dir: Option<PathBuf>,
@@ -142,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         name,
         tags: cli.tags,
         blender: cli.blender,
+        ffmpeg: cli.ffmpeg,
         work_dir,
         heartbeat: cli.heartbeat,
         log_interval: cli.log_interval,

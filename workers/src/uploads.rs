@@ -12,11 +12,11 @@ use uuid::Uuid;
 
 /// Where Blender writes the frames of tasks whose frames go to the broker.
 pub const FRAMES_DIR: &str = "frames";
-/// How long one frame's upload keeps being retried while the broker cannot
+/// How long one file's upload keeps being retried while the broker cannot
 /// be reached. The lease outlives the broker's worker timeout only while
 /// heartbeats get through, so waiting far longer than that gains nothing.
 const UPLOAD_PATIENCE: Duration = Duration::from_secs(300);
-/// Uploads of one frame that the broker refuses as not matching its hash
+/// Uploads of one file that the broker refuses as not matching its hash
 /// or size (400): the file may have been read while still being written.
 const MISMATCH_ATTEMPTS: u32 = 3;
 
@@ -74,18 +74,31 @@ async fn upload_one(
     frame: i64,
     path: &Path,
 ) -> Result<renderfarm_wire::FrameFile, UploadError> {
-    let mut retry = crate::agent::backoff();
+    let what = format!("frame {frame} ({})", path.display());
+    with_patience(&what, || {
+        client.upload_frame(task_id, lease_id, frame, path)
+    })
+    .await
+}
+
+/// Sends a file under a task's lease with `put` until the broker stores
+/// it: a broker out of reach is tried again for [`UPLOAD_PATIENCE`], a
+/// hash or size mismatch [`MISMATCH_ATTEMPTS`] times; a stale lease or a
+/// full store ends it at once. `what` names the file in the errors.
+pub(crate) async fn with_patience<T, F, Fut>(what: &str, mut put: F) -> Result<T, UploadError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut retry = crate::retry::backoff();
     let give_up = tokio::time::Instant::now() + UPLOAD_PATIENCE;
     let mut mismatches = 0;
     let failed = |e: &ClientError| {
-        UploadError::Failed(format!(
-            "frame {frame} ({}) could not be uploaded to the broker: {e}",
-            path.display()
-        ))
+        UploadError::Failed(format!("{what} could not be uploaded to the broker: {e}"))
     };
     loop {
-        let error = match client.upload_frame(task_id, lease_id, frame, path).await {
-            Ok(file) => return Ok(file),
+        let error = match put().await {
+            Ok(stored) => return Ok(stored),
             Err(e) => e,
         };
         match &error {
@@ -102,8 +115,8 @@ async fn upload_one(
             e if e.is_retryable() && tokio::time::Instant::now() < give_up => {}
             e => return Err(failed(e)),
         }
-        let delay = crate::agent::retry_delay(retry.next(), &error);
-        tracing::warn!(frame, error = %error, ?delay, "frame not uploaded; trying again");
+        let delay = crate::retry::retry_delay(retry.next(), &error);
+        tracing::warn!(%what, error = %error, ?delay, "not uploaded; trying again");
         tokio::time::sleep(delay).await;
     }
 }

@@ -11,11 +11,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+
+use crate::process::{forward_lines, kill_group, version_line};
 
 /// How long `blender --version` may take (the first start after boot is slow).
 const VERSION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -27,30 +26,10 @@ pub async fn check_blender(blender: &Path) -> anyhow::Result<String> {
         "Blender is needed to render, and `{}` does not run: install it (on Debian or Ubuntu: `sudo apt-get install blender`) or point --blender at the Blender executable",
         blender.display()
     );
-    let run = Command::new(blender)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(VERSION_TIMEOUT, run)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("{help} (`--version` did not answer within {VERSION_TIMEOUT:?})")
-        })?
-        .map_err(|e| anyhow::anyhow!("{help} ({e})"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let version = stdout
-        .lines()
-        .find(|l| l.starts_with("Blender "))
-        .map(str::to_string);
-    match (output.status.success(), version) {
-        (true, Some(version)) => Ok(version),
-        _ => anyhow::bail!(
-            "{help} (`--version` exited with {} and printed: {})",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
-    }
+    version_line(blender, "--version", VERSION_TIMEOUT, &help, |l| {
+        l.starts_with("Blender ")
+    })
+    .await
 }
 
 /// One render of frames `from..=to` of a .blend file.
@@ -180,30 +159,6 @@ fn forward_output(child: &mut Child) -> mpsc::Receiver<String> {
         tokio::spawn(forward_lines(stderr, tx));
     }
     lines
-}
-
-/// Kills the process group led by `pid` at once (SIGKILL).
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-}
-
-async fn forward_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf).into_owned();
-                if tx.send(line).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
 }
 
 impl BlenderProcess {
