@@ -20,9 +20,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use renderfarm_wire::{Priority, RenderStatus, TaskStatus, WorkerStatus};
+use renderfarm_wire::{Priority, RenderStatus, TaskKind, TaskStatus, WorkerStatus};
 
-use crate::domain::workers_wanted_by_tags;
+use crate::domain::workers_wanted;
 use crate::store::{FarmCounts, StoreError};
 
 /// The content type of [`encode`]'s text (what Prometheus asks for first).
@@ -30,10 +30,6 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 /// The content type of [`to_prometheus_text`]'s (for other readers, and
 /// `promtool check metrics`).
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The task kind a worker needs for the farm's work: every task today is a
-/// Blender render. A label of its own so that other kinds scale apart later.
-pub const RENDER_TASK_KIND: &str = "render";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -324,8 +320,8 @@ pub fn replica() -> &'static ReplicaMetrics {
 /// leader's export.
 pub struct FarmView {
     pub counts: FarmCounts,
-    /// Each worker's status and tags.
-    pub workers: Vec<(WorkerStatus, Vec<String>)>,
+    /// Each worker's status, tags and the task kinds it runs.
+    pub workers: Vec<(WorkerStatus, Vec<String>, Vec<TaskKind>)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -432,7 +428,7 @@ fn farm_registry(view: &FarmView) -> Registry {
     // plain group is always there, the others for the tags workers have.
     let workers = Family::<WorkerLabels, Gauge>::default();
     let mut pools: Vec<String> = vec![String::new()];
-    pools.extend(view.workers.iter().map(|(_, tags)| pool_label(tags)));
+    pools.extend(view.workers.iter().map(|(_, tags, _)| pool_label(tags)));
     pools.sort();
     pools.dedup();
     for tags in pools {
@@ -440,7 +436,7 @@ fn farm_registry(view: &FarmView) -> Registry {
             let n = view
                 .workers
                 .iter()
-                .filter(|(s, t)| *s == status && pool_label(t) == tags)
+                .filter(|(s, t, _)| *s == status && pool_label(t) == tags)
                 .count();
             workers
                 .get_or_create(&WorkerLabels {
@@ -455,30 +451,31 @@ fn farm_registry(view: &FarmView) -> Registry {
         "Workers by status and by their tags (sorted, comma-joined; empty for none) (leader only)",
         workers,
     );
-    let idle: Vec<Vec<String>> = view
+    let idle: Vec<(Vec<String>, Vec<TaskKind>)> = view
         .workers
         .iter()
-        .filter(|(s, _)| *s == WorkerStatus::Idle)
-        .map(|(_, tags)| tags.clone())
+        .filter(|(s, _, _)| *s == WorkerStatus::Idle)
+        .map(|(_, tags, kinds)| (tags.clone(), kinds.clone()))
         .collect();
     let wanted = Family::<WantedLabels, Gauge>::default();
     // Each group of runnable work has its series, 0 when idle workers cover
-    // it; the plain group is always there, so an autoscaler's query never
-    // finds nothing.
-    let mut groups: Vec<Vec<String>> = vec![Vec::new()];
-    groups.extend(view.counts.runnable_by_tags.iter().map(|(t, _)| t.clone()));
+    // it; the plain group of each kind is always there, so an autoscaler's
+    // query never finds nothing.
+    let mut groups: Vec<(Vec<String>, TaskKind)> =
+        TaskKind::ALL.iter().map(|k| (Vec::new(), *k)).collect();
+    groups.extend(view.counts.runnable.iter().map(|(t, k, _)| (t.clone(), *k)));
     groups.sort();
     groups.dedup();
-    let needed = workers_wanted_by_tags(&view.counts.runnable_by_tags, &idle);
-    for tags in groups {
+    let needed = workers_wanted(&view.counts.runnable, &idle);
+    for (tags, kind) in groups {
         let n = needed
             .iter()
-            .find(|(t, _)| *t == tags)
-            .map_or(0, |(_, n)| *n);
+            .find(|(t, k, _)| *t == tags && *k == kind)
+            .map_or(0, |(_, _, n)| *n);
         wanted
             .get_or_create(&WantedLabels {
                 tags: tags.join(","),
-                kind: RENDER_TASK_KIND,
+                kind: kind.as_str(),
             })
             .set(n);
     }
@@ -560,13 +557,21 @@ mod tests {
     fn the_farm_gauges_cover_every_label_and_the_plain_autoscaling_group() {
         let view = FarmView {
             counts: FarmCounts {
-                runnable_by_tags: vec![(vec!["gpu".into()], 2), (vec![], 1)],
+                runnable: vec![
+                    (vec!["gpu".into()], TaskKind::Blender, 2),
+                    (vec![], TaskKind::Blender, 1),
+                    (vec![], TaskKind::Ffmpeg, 1),
+                ],
                 ..FarmCounts::default()
             },
             workers: vec![
-                (WorkerStatus::Idle, vec![]),
-                (WorkerStatus::Busy, vec![]),
-                (WorkerStatus::Busy, vec!["linux".into(), "gpu".into()]),
+                (WorkerStatus::Idle, vec![], vec![TaskKind::Blender]),
+                (WorkerStatus::Busy, vec![], vec![TaskKind::Blender]),
+                (
+                    WorkerStatus::Busy,
+                    vec!["linux".into(), "gpu".into()],
+                    vec![TaskKind::Blender, TaskKind::Ffmpeg],
+                ),
             ],
         };
         let text = encode(Some(&view)).unwrap();
@@ -576,8 +581,10 @@ mod tests {
             r#"renderfarm_workers{status="disabled",tags=""} 0"#,
             r#"renderfarm_workers{status="busy",tags="gpu,linux"} 1"#,
             r#"renderfarm_workers{status="idle",tags="gpu,linux"} 0"#,
-            r#"renderfarm_workers_wanted{tags="gpu",kind="render"} 2"#,
-            r#"renderfarm_workers_wanted{tags="",kind="render"} 0"#,
+            r#"renderfarm_workers_wanted{tags="gpu",kind="blender"} 2"#,
+            r#"renderfarm_workers_wanted{tags="",kind="blender"} 0"#,
+            // The idle worker runs no ffmpeg: the video wants a worker.
+            r#"renderfarm_workers_wanted{tags="",kind="ffmpeg"} 1"#,
             r#"renderfarm_queue_depth{priority="low"} 0"#,
         ] {
             assert!(text.contains(series), "{series} in\n{text}");

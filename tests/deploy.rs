@@ -140,7 +140,7 @@ async fn broker_exposition() -> String {
                 .text()
                 .await
                 .ok()?;
-            text.contains(r#"renderfarm_workers_wanted{tags="gpu",kind="render"} 2"#)
+            text.contains(r#"renderfarm_workers_wanted{tags="gpu",kind="blender"} 2"#)
                 .then_some(text)
         },
     )

@@ -295,14 +295,14 @@ async fn every_metric_moves_with_what_the_farm_does() {
     assert_eq!(
         value(
             &after,
-            r#"renderfarm_workers_wanted{kind="render",tags="gpu"}"#
+            r#"renderfarm_workers_wanted{kind="blender",tags="gpu"}"#
         ),
         2.0
     );
     assert_eq!(
         value(
             &after,
-            r#"renderfarm_workers_wanted{kind="render",tags=""}"#
+            r#"renderfarm_workers_wanted{kind="blender",tags=""}"#
         ),
         progress["tasks_pending"].as_f64().unwrap() - 1.0
     );

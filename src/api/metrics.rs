@@ -194,7 +194,7 @@ pub async fn exposition(state: &AppState, req: &HttpRequest) -> Result<HttpRespo
             .list_workers()
             .await?
             .into_iter()
-            .map(|w| (w.status, w.tags))
+            .map(|w| (w.status, w.tags, w.kinds))
             .collect();
         Some(FarmView { counts, workers })
     } else {

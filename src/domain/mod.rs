@@ -44,7 +44,7 @@ pub use renderfarm_wire::{
     WorkerStatus,
 };
 pub use scheduling::{
-    plan_preemption, workers_wanted_by_tags, Allowances, OverdueWork, PreemptionPlan, RunningWork,
+    plan_preemption, workers_wanted, Allowances, OverdueWork, PreemptionPlan, RunningWork,
 };
 pub use tally::{
     finished_at_after, render_change, tallied_status, tally_after, RenderChange, Tally,
@@ -60,7 +60,7 @@ pub use token::{
 };
 pub use video::{
     counts_in_tally, follow_up_kinds, follow_up_on, kind_runnable_in, plan_requeue_of_kind,
-    prefers_follow_up, retried_while, validate_kinds, validate_video, video_status_of,
+    prefers_follow_up, retried_while, runs_chunks, validate_kinds, validate_video, video_status_of,
     MAX_VIDEO_FPS,
 };
 pub use warm::{ClaimHead, WarmState, WarmTarget, WARM_STREAK_LIMIT};

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Duration, Utc};
-use renderfarm_wire::{Priority, PriorityAllowances};
+use renderfarm_wire::{Priority, PriorityAllowances, TaskKind};
 use uuid::Uuid;
 
 use super::carries_tags;
@@ -141,23 +141,34 @@ pub fn plan_preemption(
 /// for it: how many more workers could start work right now (the signal an
 /// autoscaler scales on, so that a GPU pool and a CPU pool grow apart).
 ///
-/// `runnable` is pending work of renders that may run, grouped by the tags
-/// their tasks need; each idle worker takes one task it can run, the groups
-/// that need the most tags first (a worker with many tags can stand in for
-/// fewer, not the other way round). Groups that need no more worker are
-/// left out.
-pub fn workers_wanted_by_tags(
-    runnable: &[(Vec<String>, i64)],
-    idle_worker_tags: &[Vec<String>],
-) -> Vec<(Vec<String>, i64)> {
-    let mut groups: Vec<&(Vec<String>, i64)> = runnable.iter().filter(|(_, n)| *n > 0).collect();
-    groups.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-    let mut idle: Vec<&Vec<String>> = idle_worker_tags.iter().collect();
+/// `runnable` is pending work that may run, grouped by the tags its tasks
+/// need and the task kind a worker must run (chunks: `blender`; a completed
+/// render's video: `ffmpeg`); each idle worker (its tags and the kinds it
+/// runs) takes one task it can run, the groups that need the most tags
+/// first (a worker with many tags can stand in for fewer, not the other way
+/// round), follow-up kinds before chunks among equals (fewer workers run
+/// them). Groups that need no more worker are left out.
+pub fn workers_wanted(
+    runnable: &[(Vec<String>, TaskKind, i64)],
+    idle: &[(Vec<String>, Vec<TaskKind>)],
+) -> Vec<(Vec<String>, TaskKind, i64)> {
+    let mut groups: Vec<&(Vec<String>, TaskKind, i64)> =
+        runnable.iter().filter(|(_, _, n)| *n > 0).collect();
+    groups.sort_by(|a, b| {
+        b.0.len()
+            .cmp(&a.0.len())
+            .then_with(|| b.1.cmp(&a.1))
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    let mut idle: Vec<&(Vec<String>, Vec<TaskKind>)> = idle.iter().collect();
     let mut wanted = Vec::new();
-    for (tags, tasks) in groups {
+    for (tags, kind, tasks) in groups {
         let mut left = *tasks;
         while left > 0 {
-            match idle.iter().position(|w| carries_tags(w, tags)) {
+            match idle
+                .iter()
+                .position(|(w, kinds)| kinds.contains(kind) && carries_tags(w, tags))
+            {
                 Some(i) => {
                     idle.swap_remove(i);
                     left -= 1;
@@ -166,7 +177,7 @@ pub fn workers_wanted_by_tags(
             }
         }
         if left > 0 {
-            wanted.push((tags.clone(), left));
+            wanted.push((tags.clone(), *kind, left));
         }
     }
     wanted.sort();
@@ -335,28 +346,54 @@ mod tests {
     }
 
     #[test]
-    fn workers_wanted_counts_what_no_idle_worker_can_take_by_tags() {
-        // (runnable groups, idle workers' tags, wanted)
+    fn workers_wanted_counts_what_no_idle_worker_can_take_by_tags_and_kind() {
+        use TaskKind::{Blender as B, Ffmpeg as F};
+        // (runnable groups, idle workers' tags and kinds, wanted)
         type Case = (
-            &'static [(&'static [&'static str], i64)],
-            &'static [&'static [&'static str]],
-            &'static [(&'static [&'static str], i64)],
+            &'static [(&'static [&'static str], TaskKind, i64)],
+            &'static [(&'static [&'static str], &'static [TaskKind])],
+            &'static [(&'static [&'static str], TaskKind, i64)],
         );
         let table: &[Case] = &[
-            (&[], &[&[]], &[]),
-            (&[(&[], 3)], &[], &[(&[], 3)]),
-            (&[(&[], 3)], &[&[], &["gpu"]], &[(&[], 1)]),
+            (&[], &[(&[], &[B])], &[]),
+            (&[(&[], B, 3)], &[], &[(&[], B, 3)]),
+            (
+                &[(&[], B, 3)],
+                &[(&[], &[B]), (&["gpu"], &[B])],
+                &[(&[], B, 1)],
+            ),
             // The GPU worker goes to the GPU work, not to the plain work.
-            (&[(&[], 2), (&["gpu"], 1)], &[&["gpu"], &[]], &[(&[], 1)]),
-            (&[(&["gpu"], 2)], &[&[], &[]], &[(&["gpu"], 2)]),
-            (&[(&["gpu"], 0), (&[], 0)], &[], &[]),
+            (
+                &[(&[], B, 2), (&["gpu"], B, 1)],
+                &[(&["gpu"], &[B]), (&[], &[B])],
+                &[(&[], B, 1)],
+            ),
+            (
+                &[(&["gpu"], B, 2)],
+                &[(&[], &[B]), (&[], &[B])],
+                &[(&["gpu"], B, 2)],
+            ),
+            (&[(&["gpu"], B, 0), (&[], B, 0)], &[], &[]),
+            // A video needs a worker that runs ffmpeg; one that runs both
+            // goes to the video first, as fewer workers can.
+            (&[(&[], F, 1)], &[(&[], &[B])], &[(&[], F, 1)]),
+            (
+                &[(&[], F, 1), (&[], B, 1)],
+                &[(&[], &[B, F])],
+                &[(&[], B, 1)],
+            ),
+            (
+                &[(&[], F, 1), (&[], B, 1)],
+                &[(&[], &[B, F]), (&[], &[B])],
+                &[],
+            ),
         ];
         for (runnable, idle, want) in table {
-            let runnable: Vec<_> = runnable.iter().map(|(t, n)| (tags(t), *n)).collect();
-            let idle: Vec<_> = idle.iter().map(|t| tags(t)).collect();
-            let want: Vec<_> = want.iter().map(|(t, n)| (tags(t), *n)).collect();
+            let runnable: Vec<_> = runnable.iter().map(|(t, k, n)| (tags(t), *k, *n)).collect();
+            let idle: Vec<_> = idle.iter().map(|(t, k)| (tags(t), k.to_vec())).collect();
+            let want: Vec<_> = want.iter().map(|(t, k, n)| (tags(t), *k, *n)).collect();
             assert_eq!(
-                workers_wanted_by_tags(&runnable, &idle),
+                workers_wanted(&runnable, &idle),
                 want,
                 "{runnable:?} with idle {idle:?}"
             );

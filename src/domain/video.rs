@@ -34,15 +34,22 @@ pub fn counts_in_tally(kind: TaskKind) -> bool {
 }
 
 /// The follow-up a render gains as its status moves from `before` to
-/// `after`: its video task, when it asked for one and its frames just all
-/// completed. A render completed again (after an operator's requeue) gets
-/// its video made again, from the frames it has now.
+/// `after` with the counters `progress`: its video task, when it asked for
+/// one and its frames just all completed. A render an operator marked
+/// complete with chunks canceled has frames missing, and no video; one
+/// completed again (after an operator's requeue) gets its video made again,
+/// from the frames it has then.
 pub fn follow_up_on(
     video: Option<&VideoSpec>,
     before: RenderStatus,
     after: RenderStatus,
+    progress: &Progress,
 ) -> Option<TaskKind> {
-    (video.is_some() && after == RenderStatus::Completed && before != RenderStatus::Completed)
+    let every_frame = progress.tasks_total > 0 && progress.tasks_completed == progress.tasks_total;
+    (video.is_some()
+        && every_frame
+        && after == RenderStatus::Completed
+        && before != RenderStatus::Completed)
         .then_some(TaskKind::Ffmpeg)
 }
 
@@ -121,6 +128,12 @@ pub fn plan_requeue_of_kind(
     })
 }
 
+/// Whether a worker announcing `kinds` takes chunks at all (an agent may
+/// run only follow-ups, e.g. a machine with ffmpeg and no Blender).
+pub fn runs_chunks(kinds: &[TaskKind]) -> bool {
+    kinds.contains(&TaskKind::Blender)
+}
+
 /// Checks and orders the kinds a worker announces: at least one, each once.
 pub fn validate_kinds(kinds: &[TaskKind]) -> Result<Vec<TaskKind>, ValidationError> {
     if kinds.is_empty() {
@@ -156,22 +169,48 @@ mod tests {
     #[test]
     fn a_video_is_queued_once_when_the_frames_complete() {
         let v = video(24);
-        // (video, before, after, follow-up)
-        let table: &[(Option<&VideoSpec>, S, S, Option<TaskKind>)] = &[
-            (Some(&v), S::Rendering, S::Completed, Some(TaskKind::Ffmpeg)),
-            (Some(&v), S::Paused, S::Completed, Some(TaskKind::Ffmpeg)),
-            (Some(&v), S::Queued, S::Completed, Some(TaskKind::Ffmpeg)),
-            (Some(&v), S::Completed, S::Completed, None),
-            (Some(&v), S::Rendering, S::Failed, None),
-            (Some(&v), S::Rendering, S::Canceled, None),
-            (Some(&v), S::Queued, S::Rendering, None),
-            (None, S::Rendering, S::Completed, None),
+        let done = crate::domain::tally::tests::progress(3, 0, 0, 3, 0);
+        // An operator marked it complete: one chunk canceled, a frame missing.
+        let marked = Progress {
+            tasks_canceled: 1,
+            ..crate::domain::tally::tests::progress(3, 0, 0, 2, 0)
+        };
+        // (video, before, after, counters, follow-up)
+        type Case<'a> = (Option<&'a VideoSpec>, S, S, &'a Progress, Option<TaskKind>);
+        let table: &[Case] = &[
+            (
+                Some(&v),
+                S::Rendering,
+                S::Completed,
+                &done,
+                Some(TaskKind::Ffmpeg),
+            ),
+            (
+                Some(&v),
+                S::Paused,
+                S::Completed,
+                &done,
+                Some(TaskKind::Ffmpeg),
+            ),
+            (
+                Some(&v),
+                S::Queued,
+                S::Completed,
+                &done,
+                Some(TaskKind::Ffmpeg),
+            ),
+            (Some(&v), S::Rendering, S::Completed, &marked, None),
+            (Some(&v), S::Completed, S::Completed, &done, None),
+            (Some(&v), S::Rendering, S::Failed, &done, None),
+            (Some(&v), S::Rendering, S::Canceled, &done, None),
+            (Some(&v), S::Queued, S::Rendering, &done, None),
+            (None, S::Rendering, S::Completed, &done, None),
         ];
-        for (video, before, after, expected) in table {
+        for (video, before, after, progress, expected) in table {
             assert_eq!(
-                follow_up_on(*video, *before, *after),
+                follow_up_on(*video, *before, *after, progress),
                 *expected,
-                "{before:?} -> {after:?} with {video:?}"
+                "{before:?} -> {after:?} with {video:?}, {progress:?}"
             );
         }
     }
@@ -199,6 +238,8 @@ mod tests {
             vec![TaskKind::Ffmpeg]
         );
         assert!(follow_up_kinds(&[TaskKind::Blender]).is_empty());
+        assert!(runs_chunks(&[TaskKind::Blender, TaskKind::Ffmpeg]));
+        assert!(!runs_chunks(&[TaskKind::Ffmpeg]));
     }
 
     #[test]

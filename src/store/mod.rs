@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{
     Assignment, EventKind, FarmEvent, Heartbeat, HeartbeatAction, LeaderLease, Page, Priority,
-    QueueDepth, Render, RenderCounts, RenderStatus, Task, TaskHistoryEntry, TaskStatus, Worker,
-    WorkerAction,
+    QueueDepth, Render, RenderCounts, RenderStatus, Task, TaskHistoryEntry, TaskKind, TaskStatus,
+    Worker, WorkerAction,
 };
 use uuid::Uuid;
 
@@ -214,9 +214,22 @@ pub struct FarmCounts {
     /// Every render's tasks, by the render's priority and the tasks' status
     /// (from the renders' tallies); pairs with no task are left out.
     pub tasks: Vec<(Priority, TaskStatus, i64)>,
-    /// Pending tasks of renders that may run, by the tags a worker needs to
-    /// take them (sorted tags); groups with none pending are left out.
-    pub runnable_by_tags: Vec<(Vec<String>, i64)>,
+    /// Pending tasks that may run, by the tags a worker needs to take them
+    /// (sorted) and their kind: chunks of renders that may run, and the
+    /// videos of completed renders; groups with none pending are left out.
+    pub runnable: Vec<(Vec<String>, TaskKind, i64)>,
+}
+
+/// Counts `n` more runnable tasks of `kind` needing `tags` (sorted).
+pub(crate) fn add_runnable(counts: &mut FarmCounts, tags: Vec<String>, kind: TaskKind, n: i64) {
+    match counts
+        .runnable
+        .iter_mut()
+        .find(|(t, k, _)| *t == tags && *k == kind)
+    {
+        Some((_, _, m)) => *m += n,
+        None => counts.runnable.push((tags, kind, n)),
+    }
 }
 
 /// A frame a worker uploaded, as the store keeps it: the image itself is in

@@ -311,6 +311,43 @@ await scenario('cancel from the render page', async () => {
   await page.waitForFunction(() => !document.querySelector('[data-task] .status.running'), null, { timeout: WAIT });
 });
 
+await scenario('a render with a video shows the video\'s state and a link that downloads the MP4', async () => {
+  // The agents run ffmpeg when they found it (renderfarm-worker --ffmpeg).
+  const workers = await page.evaluate(async () => (await fetch('/workers')).json());
+  if (!workers.some((w) => (w.kinds ?? []).includes('ffmpeg'))) {
+    const why = 'no agent of this farm runs ffmpeg (install it with `apt-get install ffmpeg`)';
+    if (process.env.RENDERFARM_REQUIRE_FFMPEG === '1') throw new Error(`ffmpeg is required (RENDERFARM_REQUIRE_FFMPEG=1): ${why}`);
+    console.log(`SKIPPED: the video link: ${why}`);
+    return;
+  }
+  await open(page, '#/submit');
+  await page.locator('#name').fill('dashboard-video');
+  await page.locator('#blend_file').fill(LONG_SCENE);
+  await page.locator('#frame_start').fill('1');
+  await page.locator('#frame_end').fill('3');
+  await page.locator('#chunk_size').fill('3');
+  await page.locator('#video_fps').fill('12');
+  await page.locator('#priority').selectOption('urgent');
+  await page.getByRole('button', { name: 'Submit' }).click();
+  await page.waitForFunction(() => /^#\/renders\/[0-9a-f-]{36}$/.test(location.hash), null, { timeout: WAIT });
+  await live(page);
+  const settings = await textOf(page, '[aria-labelledby="settings-h"]');
+  check(settings.includes('12 fps, h264'), `the settings name the video: ${settings}`);
+  // Followed live: the render completes, then its video task runs.
+  await page.locator('#video-link').waitFor({ timeout: WAIT });
+  const state = await textOf(page, '#video');
+  check(/ready/.test(state), `the video is ready: ${state}`);
+  const rows = await textOf(page, '[aria-labelledby="tasks-h"]');
+  check(rows.includes('(video)'), `the video task is in the task list: ${rows}`);
+  const mp4 = await page.evaluate(async () => {
+    const answer = await fetch(document.getElementById('video-link').getAttribute('href'));
+    const bytes = new Uint8Array(await answer.arrayBuffer());
+    return { status: answer.status, type: answer.headers.get('content-type'), box: String.fromCharCode(...bytes.slice(4, 8)) };
+  });
+  check(mp4.status === 200 && mp4.type === 'video/mp4' && mp4.box === 'ftyp', `the MP4 downloads: ${JSON.stringify(mp4)}`);
+  await shoot(page, 'render-video');
+});
+
 await scenario('several renders at once: each one the broker refuses is named with its message', async () => {
   await open(page, '#/renders');
   await page.locator('tr[data-render]').first().waitFor({ timeout: WAIT });

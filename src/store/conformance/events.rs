@@ -595,8 +595,8 @@ pub async fn the_farm_summary_counts_renders_queue_and_recent_frames(store: &dyn
         "every render's tasks by priority and status, paused ones too"
     );
     assert_eq!(
-        counts.runnable_by_tags,
-        vec![(vec![], 1)],
+        counts.runnable,
+        vec![(vec![], renderfarm_wire::TaskKind::Blender, 1)],
         "pending work of renders that may run, by the tags it needs"
     );
 
@@ -606,13 +606,14 @@ pub async fn the_farm_summary_counts_renders_queue_and_recent_frames(store: &dyn
         new.render.tags = tags.iter().map(|t| t.to_string()).collect();
         store.create_render(new).await.unwrap();
     }
-    let mut runnable = store.farm_counts(t(15)).await.unwrap().runnable_by_tags;
+    let mut runnable = store.farm_counts(t(15)).await.unwrap().runnable;
     runnable.sort();
+    let blender = renderfarm_wire::TaskKind::Blender;
     assert_eq!(
         runnable,
         vec![
-            (vec![], 1),
-            (vec!["gpu".to_string(), "linux".to_string()], 4)
+            (vec![], blender, 1),
+            (vec!["gpu".to_string(), "linux".to_string()], blender, 4)
         ]
     );
 }

@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             a_render_s_video_is_queued_when_its_frames_complete_and_runs_outside_its_tally,
             a_failed_video_is_retried_never_fails_its_render_and_can_be_requeued,
             a_render_without_a_video_gets_no_follow_up,
+            a_render_marked_complete_with_frames_missing_gets_no_video,
             claims_follow_priority_then_age_then_frame,
             paused_and_canceled_renders_are_never_claimed,
             only_workers_with_the_required_tags_claim,

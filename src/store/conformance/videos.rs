@@ -11,10 +11,14 @@ use crate::domain::{validate_worker_spec, TaskReport};
 use crate::store::{PageRequest, Store, StoreError};
 
 async fn video_worker(store: &dyn Store, name: &str) -> Uuid {
+    worker_of(store, name, &[TaskKind::Blender, TaskKind::Ffmpeg]).await
+}
+
+async fn worker_of(store: &dyn Store, name: &str, kinds: &[TaskKind]) -> Uuid {
     let spec = validate_worker_spec(WorkerSpec {
         name: name.into(),
         tags: vec![],
-        kinds: vec![TaskKind::Blender, TaskKind::Ffmpeg],
+        kinds: kinds.to_vec(),
     })
     .expect("a valid test worker");
     store
@@ -49,6 +53,9 @@ pub async fn a_render_s_video_is_queued_when_its_frames_complete_and_runs_outsid
     assert_eq!(r.video_status, None);
     let chunks_only = worker(store, "chunks", &[]).await;
     let both = video_worker(store, "both").await;
+    let videos_only = worker_of(store, "videos", &[TaskKind::Ffmpeg]).await;
+    // A worker without Blender takes no chunk.
+    assert!(claim(store, videos_only).await.is_none());
     // Chunks are all any worker gets while frames remain.
     let a = claim(store, both).await.unwrap();
     assert_eq!(a.kind, TaskKind::Blender);
@@ -85,6 +92,11 @@ pub async fn a_render_s_video_is_queued_when_its_frames_complete_and_runs_outsid
     assert_eq!(follow_ups.len(), 1, "{tasks:?}");
     assert_eq!((follow_ups[0].frame_start, follow_ups[0].frame_end), (1, 4));
 
+    // Counted apart from chunks, for the autoscaler's `workers_wanted`.
+    assert_eq!(
+        store.farm_counts(t0()).await.unwrap().runnable,
+        vec![(vec![], TaskKind::Ffmpeg, 1)]
+    );
     // A worker without ffmpeg never gets it; one with it does.
     assert!(claim(store, chunks_only).await.is_none());
     let v = claim(store, both).await.unwrap();
@@ -95,6 +107,7 @@ pub async fn a_render_s_video_is_queued_when_its_frames_complete_and_runs_outsid
         store.get_render(r.id).await.unwrap().video_status,
         Some(TaskStatus::Running)
     );
+    assert!(store.farm_counts(t0()).await.unwrap().runnable.is_empty());
     report(store, &v, TaskReport::Progress { frames_done: 2 }).await;
     // Frames belong to chunks: a video task sends a video.
     let wrong = store
@@ -203,6 +216,28 @@ pub async fn a_failed_video_is_retried_never_fails_its_render_and_can_be_requeue
         Some(TaskStatus::Completed)
     );
     assert_counters_exact(store).await;
+}
+
+pub async fn a_render_marked_complete_with_frames_missing_gets_no_video(store: &dyn Store) {
+    let new = plan_with("cut short", 1, 4, 2, Priority::Normal, t0(), |s| {
+        s.video = video()
+    });
+    let r = store.create_render(new).await.unwrap();
+    let w = video_worker(store, "both").await;
+    let a = claim(store, w).await.unwrap();
+    complete(store, &a).await;
+    let marked = store
+        .change_render(
+            r.id,
+            crate::domain::RenderCommand::Complete,
+            Some("ops"),
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(marked.status, RenderStatus::Completed);
+    assert_eq!(marked.video_status, None, "frames 3-4 were never rendered");
+    assert!(claim(store, w).await.is_none());
 }
 
 pub async fn a_render_without_a_video_gets_no_follow_up(store: &dyn Store) {

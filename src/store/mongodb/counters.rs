@@ -153,7 +153,7 @@ impl MongoStore {
                 )
                 .await?;
         }
-        if let Some(kind) = follow_up_on(doc.video.as_ref(), before, after) {
+        if let Some(kind) = follow_up_on(doc.video.as_ref(), before, after, &doc.progress()) {
             self.queue_follow_up(&doc, kind, now).await?;
         }
         if !tasks_to_cancel.is_empty() {

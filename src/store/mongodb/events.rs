@@ -38,7 +38,9 @@ use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
-use renderfarm_wire::{EventKind, FarmEvent, Priority, Progress, RenderStatus, TaskStatus};
+use renderfarm_wire::{
+    EventKind, FarmEvent, Priority, Progress, RenderStatus, TaskKind, TaskStatus,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -1002,10 +1004,36 @@ pub(super) async fn farm_counts(
             .ok_or_else(|| corrupt(format!("tags in {row:?}")))?;
         tags.sort();
         let n = row.get("n").and_then(bson_i64).unwrap_or(0);
-        match counts.runnable_by_tags.iter_mut().find(|(t, _)| *t == tags) {
-            Some((_, m)) => *m += n,
-            None => counts.runnable_by_tags.push((tags, n)),
-        }
+        crate::store::add_runnable(&mut counts, tags, TaskKind::Blender, n);
+    }
+    // Videos of completed renders (`follow_up_ready`), by their render's
+    // tags: read through the follow-up index and counted here (few wait at
+    // once: one per completed render, until a worker takes it).
+    let mut follow_ups = store
+        .db()?
+        .collection::<Document>(super::TASKS)
+        .find(doc! {
+            "kind": { "$exists": true },
+            "status": TaskStatus::Pending.as_str(),
+            "follow_up_ready": true,
+        })
+        .projection(doc! { "_id": 0, "required_tags": 1, "kind": 1 })
+        .await?;
+    while let Some(row) = follow_ups.try_next().await? {
+        let mut tags: Vec<String> = row
+            .get_array("required_tags")
+            .map_err(|_| corrupt(format!("tags in {row:?}")))?
+            .iter()
+            .map(|t| t.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| corrupt(format!("tags in {row:?}")))?;
+        tags.sort();
+        let kind = row
+            .get_str("kind")
+            .ok()
+            .and_then(TaskKind::parse)
+            .ok_or_else(|| corrupt(format!("a kind in {row:?}")))?;
+        crate::store::add_runnable(&mut counts, tags, kind, 1);
     }
     Ok(counts)
 }

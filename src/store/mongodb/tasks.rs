@@ -15,9 +15,9 @@ use super::rules::{carries_tags, claim_sort};
 use super::{documents::*, *};
 use crate::domain::{
     check_frames_done, claim_permission, follow_up_kinds, join_log, lease_accepts,
-    log_chunks_to_drop, plan_requeue_of_kind, prefers_follow_up, task_transition, ClaimHead,
-    ClaimPermission, IllegalTransition, Priority, Requeue, TaskEvent, TaskReport, WarmState,
-    WarmTarget, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS, TASK_LOG_LIMIT,
+    log_chunks_to_drop, plan_requeue_of_kind, prefers_follow_up, runs_chunks, task_transition,
+    ClaimHead, ClaimPermission, IllegalTransition, Priority, Requeue, TaskEvent, TaskReport,
+    WarmState, WarmTarget, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS, TASK_LOG_LIMIT,
 };
 use crate::store::{PageRequest, StoreError, StoreResult};
 
@@ -495,6 +495,7 @@ pub(super) async fn claim_next_task(
     let mut attempt = ClaimAttempt::NoneLeft;
     let mut preferred = false;
     let mut follow_up = false;
+    let chunks = runs_chunks(&worker.kinds());
     // A follow-up at the head's priority or above goes first
     // (`domain::prefers_follow_up`): two more reads, only for a worker that
     // runs follow-ups and only while one waits.
@@ -502,7 +503,10 @@ pub(super) async fn claim_next_task(
         let Some(waiting) = store.first_follow_up(kind, &worker.tags).await? else {
             continue;
         };
-        let head = store.claim_head(&worker.tags).await?;
+        let head = match chunks {
+            true => store.claim_head(&worker.tags).await?,
+            false => None,
+        };
         if prefers_follow_up(waiting, head.map(|h| h.priority)) {
             attempt = store
                 .claim_follow_up(follow_up_filter(kind, &worker.tags), update())
@@ -513,7 +517,7 @@ pub(super) async fn claim_next_task(
     }
     // The warm preference needs the head first: one read of the claim index,
     // only for a worker that may prefer at all.
-    if !follow_up && warm.may_prefer() {
+    if chunks && !follow_up && warm.may_prefer() {
         let Some(head) = store.claim_head(&worker.tags).await? else {
             return Ok(None);
         };
@@ -524,7 +528,7 @@ pub(super) async fn claim_next_task(
             preferred = matches!(attempt, ClaimAttempt::Took(_));
         }
     }
-    if matches!(attempt, ClaimAttempt::NoneLeft) {
+    if chunks && matches!(attempt, ClaimAttempt::NoneLeft) {
         attempt = store
             .claim_matching(claim_filter(&worker.tags), update())
             .await?;

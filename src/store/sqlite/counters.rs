@@ -104,7 +104,7 @@ pub(super) fn save_tally(
             "render status changed"
         );
         if status == RenderStatus::Completed {
-            queue_follow_up(conn, state.seq, before, status, now)?;
+            queue_follow_up(conn, state.seq, before, status, &state.progress, now)?;
         }
     }
     Ok(())
@@ -120,6 +120,7 @@ fn queue_follow_up(
     seq: i64,
     before: RenderStatus,
     after: RenderStatus,
+    progress: &Progress,
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
     let (video, priority, start, end): (Option<String>, i64, i64, i64) = conn
@@ -130,7 +131,7 @@ fn queue_follow_up(
             Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
         })?;
     let video: Option<VideoSpec> = video.and_then(|v| serde_json::from_str(&v).ok());
-    let Some(kind) = follow_up_on(video.as_ref(), before, after) else {
+    let Some(kind) = follow_up_on(video.as_ref(), before, after, progress) else {
         return Ok(());
     };
     let existing: Option<(i64, Option<String>)> = conn

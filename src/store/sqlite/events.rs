@@ -6,7 +6,9 @@
 //! `record_coalesced_events`.
 
 use chrono::{DateTime, Utc};
-use renderfarm_wire::{EventKind, FarmEvent, Priority, Progress, RenderStatus, TaskStatus};
+use renderfarm_wire::{
+    EventKind, FarmEvent, Priority, Progress, RenderStatus, TaskKind, TaskStatus,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -17,7 +19,7 @@ use crate::domain::{
     worker_status, EventBounds, WorkerMode, CLAIMABLE_RENDER_STATUSES, LEASED_TASK_STATUS,
     UNFINISHED_RENDER_STATUSES,
 };
-use crate::store::{FarmCounts, StoreResult};
+use crate::store::{add_runnable, FarmCounts, StoreResult};
 
 /// The time SQLite records a triggered event at, in the store's fixed-width
 /// timestamp format (`rows::ts`: microseconds, `Z`).
@@ -330,6 +332,15 @@ pub(super) async fn farm_counts(
          WHERE hidden = 0 AND tasks_pending > 0 AND status {} GROUP BY tags",
         is_in(CLAIMABLE_RENDER_STATUSES)
     );
+    // `domain::kind_runnable_in` for the follow-ups: a completed render's.
+    let follow_ups_sql = format!(
+        "SELECT r.tags, t.kind, COUNT(*) FROM tasks t JOIN renders r ON r.seq = t.render_seq \
+         WHERE t.kind <> {} AND t.status = {} AND r.hidden = 0 AND r.status = {} \
+         GROUP BY r.tags, t.kind",
+        lit(TaskKind::Blender),
+        lit(TaskStatus::Pending),
+        lit(RenderStatus::Completed),
+    );
     let since = ts(since);
     store
         .read(move |conn| {
@@ -398,10 +409,14 @@ pub(super) async fn farm_counts(
                 let mut tags = get_tags(row, 0)?;
                 tags.sort();
                 let n: i64 = row.get(1)?;
-                match counts.runnable_by_tags.iter_mut().find(|(t, _)| *t == tags) {
-                    Some((_, m)) => *m += n,
-                    None => counts.runnable_by_tags.push((tags, n)),
-                }
+                add_runnable(&mut counts, tags, TaskKind::Blender, n);
+            }
+            let mut follow_ups = conn.prepare_cached(&follow_ups_sql)?;
+            let mut rows = follow_ups.query([])?;
+            while let Some(row) = rows.next()? {
+                let mut tags = get_tags(row, 0)?;
+                tags.sort();
+                add_runnable(&mut counts, tags, get_kind(row, 1)?, row.get(2)?);
             }
             Ok(counts)
         })

@@ -15,7 +15,8 @@ use crate::domain::{
     ClaimPermission, IllegalTransition, Requeue, TaskEvent, TaskLease, TaskReport, TASK_LOG_LIMIT,
 };
 use crate::domain::{
-    follow_up_kinds, kind_runnable_in, prefers_follow_up, ClaimHead, Priority, WarmState,
+    follow_up_kinds, kind_runnable_in, prefers_follow_up, runs_chunks, ClaimHead, Priority,
+    WarmState,
 };
 use crate::domain::{
     ClaimKey, CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS,
@@ -542,7 +543,10 @@ pub(super) async fn claim_next_task(
                 // A follow-up at the head's priority or above goes first
                 // (`domain::prefers_follow_up`), the warm preference aside.
                 Some(f) => {
-                    let head = first_pending_chunk(conn, &worker.tags)?;
+                    let head = match runs_chunks(&worker.kinds) {
+                        true => first_pending_chunk(conn, &worker.tags)?,
+                        false => None,
+                    };
                     if prefers_follow_up(f.priority, head.as_ref().map(|h| h.priority)) {
                         Some(f)
                     } else {
@@ -553,6 +557,7 @@ pub(super) async fn claim_next_task(
             };
             let chunk = match chunk {
                 Some(f) => f,
+                None if !runs_chunks(&worker.kinds) => return Ok(None),
                 None => {
                     let Some((chunk, warm)) = next_pending_task(conn, &worker.tags, worker.warm)?
                     else {

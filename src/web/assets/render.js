@@ -96,7 +96,29 @@ export async function renderPage(main, ctx, id) {
       h('div', { class: 'stat' }, h('span', {}, 'Estimated time left'), h('b', { id: 'eta' }, left)),
       h('div', { class: 'muted' },
         `Chunks: ${p.tasks_completed} done, ${p.tasks_running} rendering, ${p.tasks_pending} waiting, ${p.tasks_failed} failed, ${p.tasks_canceled} canceled, of ${p.tasks_total}.`),
+      videoLine(),
       whyFailed());
+  }
+
+  // The video asked for at submit: made by its own task once the frames are
+  // all rendered, downloadable once that task completed.
+  function videoLine() {
+    if (!render.video) return null;
+    const status = render.video_status;
+    const said = {
+      null: 'made once the frames are all rendered',
+      pending: 'waiting for a worker with ffmpeg',
+      running: 'being assembled',
+      completed: 'ready',
+      failed: 'failed (requeue its task below to try again)',
+      canceled: 'canceled',
+    }[status ?? null] ?? status;
+    return h('div', { class: 'stat', id: 'video' },
+      h('span', {}, 'Video'),
+      h('b', {}, said),
+      status === 'completed'
+        ? h('a', { href: `/renders/${render.id}/video`, download: `${render.name}.mp4`, id: 'video-link' }, ' Download the video (MP4)')
+        : null);
   }
 
   // The first reason on this page of tasks, so that a failed render says
@@ -120,6 +142,7 @@ export async function renderPage(main, ctx, id) {
         row('Output', render.output),
         row('Retries per chunk', render.max_retries),
         row('Worker tags', render.tags.length ? render.tags.join(', ') : 'any worker'),
+        row('Video', render.video ? `${render.video.fps} fps, ${render.video.codec}` : 'none'),
         row('Owner', render.owner ?? '—'),
         row('Submitted', timeEl(render.created_at)),
         row('Started', timeEl(render.started_at)),
@@ -167,7 +190,7 @@ export async function renderPage(main, ctx, id) {
           h('th', {}, 'Frames'), h('th', {}, 'Status'), h('th', {}, 'Worker'), h('th', { class: 'num' }, 'Done'),
           h('th', { class: 'num hide-narrow' }, 'Retries'), h('th', { class: 'hide-narrow' }, 'Duration'), h('th', {}, 'Actions'))),
         h('tbody', {}, tasks.map((t) => h('tr', { 'data-task': t.id, class: t.id === openTask ? 'selected' : '' },
-          h('td', {}, framesText(t)),
+          h('td', {}, framesText(t), t.kind && t.kind !== 'blender' ? h('span', { class: 'muted' }, ` (${t.kind === 'ffmpeg' ? 'video' : t.kind})`) : null),
           h('td', {}, statusChip(t.status),
             t.failure_reason ? h('div', { class: 'reason' }, t.failure_reason, t.exit_code != null ? ` (exit ${t.exit_code})` : '') : null),
           h('td', {}, t.worker_id ? (workers.get(t.worker_id) ?? shortId(t.worker_id)) : '—'),
@@ -356,6 +379,8 @@ export async function renderPage(main, ctx, id) {
     },
     task: (e) => {
       ctx.soon('tasks', loadTasks);
+      // A completed render's tasks that still move are its video's.
+      if (render.video && render.status === 'completed') ctx.soon('render', reloadRender);
       if (e.status === 'completed') {
         ctx.soon('frames', loadFrames);
         ctx.soon('preview', loadPreview);

@@ -281,7 +281,7 @@ fn bulk_moves_count_every_task_they_changed() {
     );
     assert_eq!(
         bulk_filter("r1", TaskStatus::Failed),
-        doc! { "render_id": "r1", "status": "failed" }
+        doc! { "render_id": "r1", "status": "failed", "kind": { "$exists": false } }
     );
     let reset = bulk_update(TaskStatus::Pending, t(0), "c1");
     let set = reset.get_document("$set").unwrap();
@@ -320,7 +320,7 @@ fn bulk_moves_count_every_task_they_changed() {
     assert_eq!(
         frames_done_sum(bulk_filter("r1", TaskStatus::Completed)),
         vec![
-            doc! { "$match": { "render_id": "r1", "status": "completed" } },
+            doc! { "$match": { "render_id": "r1", "status": "completed", "kind": { "$exists": false } } },
             doc! { "$group": { "_id": Bson::Null, "frames": { "$sum": "$frames_done" } } },
         ]
     );
@@ -357,7 +357,8 @@ fn runnable_flags_follow_only_newer_render_versions() {
     assert_eq!(
         runnable_sync("r1", false, 4),
         (
-            doc! { "render_id": "r1", "runnable_version": { "$lt": 4_i64 } },
+            // Chunks only: a follow-up has its own flag (`follow_up_ready`).
+            doc! { "render_id": "r1", "runnable_version": { "$lt": 4_i64 }, "kind": { "$exists": false } },
             doc! { "$set": { "runnable": false, "runnable_version": 4_i64 } },
         )
     );
@@ -478,7 +479,7 @@ fn a_recount_groups_tasks_by_status_and_finds_stuck_failures() {
     assert_eq!(
         recount_pipeline("r1"),
         vec![
-            doc! { "$match": { "render_id": "r1" } },
+            doc! { "$match": { "render_id": "r1", "kind": { "$exists": false } } },
             doc! { "$group": {
                 "_id": "$status",
                 "tasks": { "$sum": 1_i64 },
@@ -491,6 +492,7 @@ fn a_recount_groups_tasks_by_status_and_finds_stuck_failures() {
         doc! {
             "render_id": "r1",
             "status": "failed",
+            "kind": { "$exists": false },
             "$expr": { "$gte": ["$retries", "$max_retries"] },
         }
     );
