@@ -11,12 +11,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    blender_or_skip, ffmpeg_or_skip, renderfarm_command, scene, wait_for, TestAgent, TestBroker,
-    ADMIN_TOKEN,
+    blender_or_skip, ffmpeg_or_skip, renderfarm_command, scene, submission, wait_for, TestAgent,
+    TestBroker, ADMIN_TOKEN,
 };
 use renderfarm_client::{sha256_file, BrokerClient};
 use renderfarm_wire::{Render, RenderSpec, RenderStatus, Task, TaskKind, TaskStatus};
 use renderfarm_worker::blender::scene::SceneSpec;
+use serde_json::Value;
 use uuid::Uuid;
 
 /// Long enough for two chunks of a tiny scene and a video on a busy machine.
@@ -81,6 +82,15 @@ async fn wait_for_video(client: &BrokerClient, id: Uuid, want: TaskStatus) -> Re
         },
     )
     .await
+}
+
+/// Submits `render` (a [`submission`]) with a video at 24 fps in H.264 and
+/// `max_retries`; its id.
+async fn submit_with_video(client: &BrokerClient, mut render: Value, max_retries: i64) -> Uuid {
+    render["video"] = serde_json::json!({"fps": 24, "codec": "h264"});
+    render["max_retries"] = max_retries.into();
+    let spec: RenderSpec = serde_json::from_value(render).expect("a render");
+    client.submit(&spec).await.unwrap().id
 }
 
 /// The render's tasks of `kind`.
@@ -466,25 +476,14 @@ async fn a_missing_frame_or_one_that_does_not_decode_fails_the_video_saying_whic
         c.ffmpeg = PathBuf::from("/nonexistent/ffmpeg");
     })
     .await;
-    let spec: RenderSpec = serde_json::from_value(serde_json::json!({
-        "name": "gap",
-        "blend_file": blend.display().to_string(),
-        "frame_start": 1,
-        "frame_end": 3,
-        "chunk_size": 3,
-        "max_retries": 0,
-        "output": format!("{}/gap_####", out.display()),
-        "video": {"fps": 24},
-    }))
-    .unwrap();
-    let id = client.submit(&spec).await.unwrap().id;
+    let id = submit_with_video(client, submission("gap", &blend, 3, 3, &out), 0).await;
     wait_for("the frames to be rendered", VIDEO_LIMIT, || async {
         let render = client.render(id).await.ok()?;
         (render.status == RenderStatus::Completed).then_some(())
     })
     .await;
     renderer.stop().await;
-    std::fs::remove_file(out.join("gap_0002.png")).unwrap();
+    std::fs::remove_file(out.join("frame_0002.png")).unwrap();
 
     let agent = TestAgent::start(&broker.address, "ffmpeg", blender).await;
     wait_for_video(client, id, TaskStatus::Failed).await;
@@ -493,7 +492,7 @@ async fn a_missing_frame_or_one_that_does_not_decode_fails_the_video_saying_whic
         video.failure_reason.as_deref(),
         Some(
             format!(
-                "frame(s) 2 of 1-3 are not on disk under {}/gap_####; the video needs every frame",
+                "frame(s) 2 of 1-3 are not on disk under {}/frame_####; the video needs every frame",
                 out.display()
             )
             .as_str()
@@ -501,7 +500,7 @@ async fn a_missing_frame_or_one_that_does_not_decode_fails_the_video_saying_whic
     );
 
     // Real ffmpeg on a frame that is not an image: it fails, and says so.
-    std::fs::write(out.join("gap_0002.png"), b"not a PNG").unwrap();
+    std::fs::write(out.join("frame_0002.png"), b"not a PNG").unwrap();
     client.requeue_task(video.id).await.unwrap();
     wait_for("the video to fail again", VIDEO_LIMIT, || async {
         let video = tasks_of_kind(client, id, TaskKind::Ffmpeg).await.remove(0);
@@ -572,18 +571,8 @@ async fn a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_
         c.ffmpeg = double.clone();
     })
     .await;
-    let spec: RenderSpec = serde_json::from_value(serde_json::json!({
-        "name": "spin",
-        "blend_file": blend.display().to_string(),
-        "frame_start": 1,
-        "frame_end": 2,
-        "chunk_size": 2,
-        "max_retries": 1,
-        "output": format!("{}/out/spin_####", shared.path().display()),
-        "video": {"fps": 24, "codec": "h264"},
-    }))
-    .unwrap();
-    let id = client.submit(&spec).await.unwrap().id;
+    let out = shared.path().join("out");
+    let id = submit_with_video(client, submission("spin", &blend, 2, 2, &out), 1).await;
     wait_for_video(client, id, TaskStatus::Failed).await;
     // The scheduler's tick (run now rather than waited for) gives a failed
     // task its retries, a video's as a chunk's.
@@ -690,17 +679,8 @@ async fn a_video_task_taken_away_by_the_broker_has_its_ffmpeg_killed_within_two_
         c.ffmpeg = double.clone();
     })
     .await;
-    let spec: RenderSpec = serde_json::from_value(serde_json::json!({
-        "name": "hold",
-        "blend_file": blend.display().to_string(),
-        "frame_start": 1,
-        "frame_end": 1,
-        "chunk_size": 1,
-        "output": format!("{}/out/hold_####", shared.path().display()),
-        "video": {"fps": 24},
-    }))
-    .unwrap();
-    let id = client.submit(&spec).await.unwrap().id;
+    let out = shared.path().join("out");
+    let id = submit_with_video(client, submission("hold", &blend, 1, 1, &out), 0).await;
     let first: i32 = wait_for("ffmpeg to start", VIDEO_LIMIT, || async {
         std::fs::read_to_string(&pids)
             .ok()?
