@@ -149,6 +149,9 @@ pub(super) const TASK_COLUMNS: &str =
     "t.id, r.id, t.frame_start, t.frame_end, t.status, t.retries, \
      t.worker_id, t.frames_done, t.exit_code, t.failure_reason, t.started_at, t.finished_at, t.kind";
 
+/// How many columns [`TASK_COLUMNS`] selects: a query's own come after.
+pub(super) const TASK_COLUMN_COUNT: usize = 13;
+
 pub(super) fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
     Ok(Task {
         id: get_uuid(row, 0)?,

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::renders::{load_render, render_seq};
 use super::rows::{
     get_enum, get_opt_uuid, get_tags, get_time, get_uuid, history_from_row, task_from_row,
-    HISTORY_OF_TASK, TASK_COLUMNS,
+    HISTORY_OF_TASK, TASK_COLUMNS, TASK_COLUMN_COUNT,
 };
 use super::SqliteStore;
 use crate::domain::WorkerMode;
@@ -82,10 +82,10 @@ fn read_render(conn: &Connection, id: Uuid) -> StoreResult<RenderRecord> {
         .query_map([seq], |row| {
             Ok((
                 task_from_row(row)?,
-                get_opt_uuid(row, 12)?,
-                get_time(row, 13)?,
-                row.get::<_, i64>(14)?,
-                row.get::<_, i64>(15)?,
+                get_opt_uuid(row, TASK_COLUMN_COUNT)?,
+                get_time(row, TASK_COLUMN_COUNT + 1)?,
+                row.get::<_, i64>(TASK_COLUMN_COUNT + 2)?,
+                row.get::<_, i64>(TASK_COLUMN_COUNT + 3)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
