@@ -45,7 +45,8 @@ struct Cli {
     /// renders chunks but announces no video tasks.
     #[arg(long, env = "RENDERFARM_FFMPEG", default_value = "ffmpeg")]
     ffmpeg: PathBuf,
-    /// Where Blender runs and undelivered reports are kept (default: a folder in the temp dir).
+    /// Where Blender and ffmpeg run (a video's frames are gathered here) and
+    /// undelivered reports are kept (default: a folder in the temp dir).
     #[arg(long, env = "RENDERFARM_WORK_DIR")]
     work_dir: Option<PathBuf>,
     /// How often to tell the broker this worker is alive while rendering.
