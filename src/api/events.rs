@@ -646,8 +646,12 @@ pub(super) async fn summary(
     let hub = state.events.clone();
     let mut latest = hub.summary.subscribe();
     hub.summary_wanted.notify_one();
-    // The first one at once, even when the hub has none yet.
-    let first = match latest.borrow_and_update().clone() {
+    // The first one at once, even when the hub has none yet. Taken out of
+    // the channel in a statement of its own: a borrow held across the
+    // computation's await would block the hub's next send, and with it
+    // every worker thread whose request borrows after that send began.
+    let cached = latest.borrow_and_update().clone();
+    let first = match cached {
         Some(summary) => summary,
         None => Arc::new(farm_summary(state.store.as_ref(), state.clock.now()).await?),
     };
