@@ -171,11 +171,10 @@ impl TaskRequeue {
 /// that leaves it able to finish: its other tasks must all be completed or
 /// still running, since nothing would ever run failed or canceled siblings
 /// of a reopened render (the whole render's requeue does that).
-pub fn plan_task_requeue(
-    task: TaskStatus,
-    render: RenderStatus,
-    progress: &Progress,
-) -> Result<TaskRequeue, IllegalTransition> {
+/// The move an operator's requeue of one task in `task` makes: a running
+/// task is taken from its worker, a finished one runs again; a pending one
+/// is refused.
+pub fn requeue_event(task: TaskStatus) -> Result<TaskEvent, IllegalTransition> {
     let event =
         match task {
             TaskStatus::Pending => return Err(IllegalTransition::new(
@@ -185,6 +184,15 @@ pub fn plan_task_requeue(
             TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Canceled => TaskEvent::Reset,
         };
     task_transition(task, event)?;
+    Ok(event)
+}
+
+pub fn plan_task_requeue(
+    task: TaskStatus,
+    render: RenderStatus,
+    progress: &Progress,
+) -> Result<TaskRequeue, IllegalTransition> {
+    let event = requeue_event(task)?;
     if !render.is_finished() {
         return Ok(TaskRequeue {
             event,

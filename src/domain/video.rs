@@ -11,7 +11,7 @@
 
 use renderfarm_wire::{Priority, Progress, RenderStatus, TaskKind, TaskStatus, VideoSpec};
 
-use super::{IllegalTransition, TaskEvent, TaskRequeue, ValidationError};
+use super::{IllegalTransition, TaskRequeue, ValidationError};
 
 /// The highest frame rate a video may ask for.
 pub const MAX_VIDEO_FPS: i64 = 240;
@@ -113,17 +113,8 @@ pub fn plan_requeue_of_kind(
             render.as_str()
         )));
     }
-    let event =
-        match task {
-            TaskStatus::Pending => return Err(IllegalTransition::new(
-                "this task is pending: it is in the queue already and runs when a worker is free",
-            )),
-            TaskStatus::Running => TaskEvent::Requeue,
-            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Canceled => TaskEvent::Reset,
-        };
-    super::task_transition(task, event)?;
     Ok(TaskRequeue {
-        event,
+        event: super::task::requeue_event(task)?,
         reopen_render: None,
     })
 }
@@ -156,6 +147,7 @@ pub fn video_status_of(kind: TaskKind, status: TaskStatus) -> Option<TaskStatus>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TaskEvent;
     use renderfarm_wire::VideoCodec;
     use RenderStatus as S;
 

@@ -190,22 +190,9 @@ impl MongoStore {
             .await?;
         match existing {
             Some(task) => {
-                let runs_again = doc! {
-                    "$set": {
-                        "status": TaskStatus::Pending.as_str(),
-                        "retries": 0_i64,
-                        "worker_id": Bson::Null,
-                        "lease_id": Bson::Null,
-                        "frames_done": 0_i64,
-                        "exit_code": Bson::Null,
-                        "failure_reason": Bson::Null,
-                        "started_at": Bson::Null,
-                        "finished_at": Bson::Null,
-                        "queued_at": bson_time(now),
-                        "follow_up_ready": true,
-                    },
-                    "$inc": { "history_seq": 1_i64 },
-                };
+                let mut set = run_again(TaskStatus::Pending, now);
+                set.insert("follow_up_ready", true);
+                let runs_again = doc! { "$set": set, "$inc": { "history_seq": 1_i64 } };
                 tasks
                     .update_one(doc! { "_id": &task.id }, runs_again)
                     .await?;

@@ -888,6 +888,19 @@ pub(super) async fn purge_events(
     Ok(deleted)
 }
 
+/// The tags in `row`'s array `key`, sorted.
+fn sorted_tags(row: &Document, key: &str) -> StoreResult<Vec<String>> {
+    let mut tags: Vec<String> = row
+        .get_array(key)
+        .map_err(|_| corrupt(format!("tags in {row:?}")))?
+        .iter()
+        .map(|t| t.as_str().map(str::to_string))
+        .collect::<Option<_>>()
+        .ok_or_else(|| corrupt(format!("tags in {row:?}")))?;
+    tags.sort();
+    Ok(tags)
+}
+
 pub(super) async fn farm_counts(
     store: &MongoStore,
     since: DateTime<Utc>,
@@ -995,14 +1008,7 @@ pub(super) async fn farm_counts(
         .try_collect()
         .await?;
     for row in runnable {
-        let mut tags: Vec<String> = row
-            .get_array("_id")
-            .map_err(|_| corrupt(format!("tags in {row:?}")))?
-            .iter()
-            .map(|t| t.as_str().map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| corrupt(format!("tags in {row:?}")))?;
-        tags.sort();
+        let tags = sorted_tags(&row, "_id")?;
         let n = row.get("n").and_then(bson_i64).unwrap_or(0);
         crate::store::add_runnable(&mut counts, tags, TaskKind::Blender, n);
     }
@@ -1020,14 +1026,7 @@ pub(super) async fn farm_counts(
         .projection(doc! { "_id": 0, "required_tags": 1, "kind": 1 })
         .await?;
     while let Some(row) = follow_ups.try_next().await? {
-        let mut tags: Vec<String> = row
-            .get_array("required_tags")
-            .map_err(|_| corrupt(format!("tags in {row:?}")))?
-            .iter()
-            .map(|t| t.as_str().map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| corrupt(format!("tags in {row:?}")))?;
-        tags.sort();
+        let tags = sorted_tags(&row, "required_tags")?;
         let kind = row
             .get_str("kind")
             .ok()

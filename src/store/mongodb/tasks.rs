@@ -379,11 +379,24 @@ enum ClaimAttempt {
 }
 
 impl MongoStore {
-    /// Hands the first task matching `filter` in claim order to `worker`.
+    /// Hands the first chunk matching `filter` in claim order to `worker`.
     async fn claim_matching(
         &self,
         filter: Document,
         update: Document,
+    ) -> StoreResult<ClaimAttempt> {
+        self.claim_first(filter, update, claim_sort(), CLAIM_INDEX)
+            .await
+    }
+
+    /// Hands the first task matching `filter` in `sort`'s order, walking
+    /// the index `index`, to `worker`.
+    async fn claim_first(
+        &self,
+        filter: Document,
+        update: Document,
+        sort: Document,
+        index: &str,
     ) -> StoreResult<ClaimAttempt> {
         // The `tasks_one_running_per_worker` index lets a worker hold one
         // running task: a worker that holds one already (it asked again, or
@@ -392,8 +405,8 @@ impl MongoStore {
         let claimed = self
             .tasks()?
             .find_one_and_update(filter, update)
-            .sort(claim_sort())
-            .hint(Hint::Name(CLAIM_INDEX.into()))
+            .sort(sort)
+            .hint(Hint::Name(index.into()))
             .return_document(ReturnDocument::After)
             .await;
         match claimed {
@@ -434,19 +447,8 @@ impl MongoStore {
         filter: Document,
         update: Document,
     ) -> StoreResult<ClaimAttempt> {
-        let claimed = self
-            .tasks()?
-            .find_one_and_update(filter, update)
-            .sort(follow_up_sort())
-            .hint(Hint::Name(FOLLOW_UP_INDEX.into()))
-            .return_document(ReturnDocument::After)
-            .await;
-        match claimed {
-            Ok(Some(task)) => Ok(ClaimAttempt::Took(Box::new(task))),
-            Ok(None) => Ok(ClaimAttempt::NoneLeft),
-            Err(e) if is_duplicate_key(&e) => Ok(ClaimAttempt::HoldsOne),
-            Err(e) => Err(e.into()),
-        }
+        self.claim_first(filter, update, follow_up_sort(), FOLLOW_UP_INDEX)
+            .await
     }
 
     /// The first render in claim order with work for a worker with
