@@ -407,15 +407,9 @@ fn farm_registry(view: &FarmView) -> Registry {
         queue,
     );
     let renders = Family::<StatusLabels, Gauge>::default();
-    let r = &view.counts.renders;
-    for (status, n) in [
-        (RenderStatus::Queued, r.queued),
-        (RenderStatus::Rendering, r.rendering),
-        (RenderStatus::Paused, r.paused),
-        (RenderStatus::Completed, r.completed),
-        (RenderStatus::Failed, r.failed),
-        (RenderStatus::Canceled, r.canceled),
-    ] {
+    let mut r = view.counts.renders;
+    for status in RenderStatus::ALL {
+        let n = *r.of_mut(status);
         renders
             .get_or_create(&StatusLabels {
                 status: status.as_str(),

@@ -11,8 +11,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    blender_or_skip, ffmpeg_or_skip, renderfarm_command, scene, submission, wait_for, TestAgent,
-    TestBroker, ADMIN_TOKEN,
+    blender_or_skip, ffmpeg_or_skip, renderfarm_command, run_renderfarm, scene, submission,
+    wait_for, TestAgent, TestBroker, ADMIN_TOKEN,
 };
 use renderfarm_client::{sha256_file, BrokerClient};
 use renderfarm_wire::{Render, RenderSpec, RenderStatus, Task, TaskKind, TaskStatus};
@@ -156,20 +156,6 @@ fn probe(ffprobe: &Path, video: &Path) -> Probe {
 
 /// Runs `renderfarm ARGS --broker BROKER`: whether it succeeded, and what it
 /// printed on stdout and stderr.
-fn renderfarm(broker: &str, args: &[&str]) -> (bool, String, String) {
-    let output = renderfarm_command()
-        .args(args)
-        .args(["--broker", broker])
-        .stdin(Stdio::null())
-        .output()
-        .expect("renderfarm runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 /// The files left in an agent's video folder: none once its tasks ended.
 fn video_leftovers(agent: &TestAgent) -> Vec<PathBuf> {
     walk(
@@ -282,7 +268,7 @@ async fn frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the
     // parts when asked.
     let downloads = tempfile::tempdir().unwrap();
     let dir = downloads.path().to_str().unwrap();
-    let (ok, out, err) = renderfarm(
+    let (ok, out, err) = run_renderfarm(
         &broker.address,
         &["download", &id.to_string(), dir, "--video"],
     );
@@ -313,7 +299,7 @@ async fn frames_uploaded_by_two_agents_become_a_24_fps_mp4_of_every_frame_at_the
         "video/mp4"
     );
     assert_eq!(part.bytes().await.unwrap(), whole[..100]);
-    let (ok, out, _) = renderfarm(&broker.address, &["status", &id.to_string()]);
+    let (ok, out, _) = run_renderfarm(&broker.address, &["status", &id.to_string()]);
     assert!(ok && out.contains("24 fps h264: completed"), "{out}");
 
     for agent in [&a, &b] {
@@ -347,7 +333,7 @@ async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_
         c.ffmpeg = PathBuf::from("/nonexistent/ffmpeg");
     })
     .await;
-    let (ok, out, err) = renderfarm(
+    let (ok, out, err) = run_renderfarm(
         &broker.address,
         &[
             "submit",
@@ -448,7 +434,7 @@ async fn frames_on_a_shared_drive_become_a_video_made_only_by_an_agent_that_has_
     );
     let (s_without, s_with) = (without.stop().await, with.stop().await);
     assert_eq!((s_without.completed, s_with.completed), (2, 1));
-    let (ok, out, _) = renderfarm(&broker.address, &["renders"]);
+    let (ok, out, _) = run_renderfarm(&broker.address, &["renders"]);
     assert!(
         ok && out.contains("4/4  completed"),
         "the video column: {out}"
@@ -610,7 +596,7 @@ async fn a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_
 
     // An operator finds the video's task and tries again, on a worker whose
     // ffmpeg works.
-    let (ok, out, _) = renderfarm(&broker.address, &["tasks", &id.to_string()]);
+    let (ok, out, _) = run_renderfarm(&broker.address, &["tasks", &id.to_string()]);
     assert!(
         ok && out.lines().any(|l| l.starts_with(&video.id.to_string())
             && l.contains(" ffmpeg ")
@@ -619,7 +605,7 @@ async fn a_failing_ffmpeg_fails_the_video_with_its_last_lines_after_the_retries_
         "{out}"
     );
     let working = TestAgent::start(&broker.address, "good-ffmpeg", blender).await;
-    let (ok, out, err) = renderfarm(&broker.address, &["requeue-task", &video.id.to_string()]);
+    let (ok, out, err) = run_renderfarm(&broker.address, &["requeue-task", &video.id.to_string()]);
     assert!(ok, "requeue-task: {out}{err}");
     let done = wait_for_video(client, id, TaskStatus::Completed).await;
     assert_eq!(done.status, RenderStatus::Completed);

@@ -253,6 +253,7 @@ pub(crate) async fn through_the_farm(
         engine: None,
         tags: vec![],
         video: None,
+        depends_on: vec![],
     };
     let started = Instant::now();
     let render = client.submit(&spec).await?;

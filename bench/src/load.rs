@@ -34,6 +34,7 @@ pub fn spec(name: &str, tasks: i64) -> RenderSpec {
         engine: None,
         tags: vec![],
         video: None,
+        depends_on: vec![],
     }
 }
 
@@ -213,6 +214,27 @@ const DASHBOARD_BUDGET_PERCENT: f64 = 10.0;
 /// much against both off.
 const TELEMETRY_BUDGET_PERCENT: f64 = 3.0;
 
+/// What the candidate side of `--compare-telemetry` turns on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TelemetryCandidate {
+    /// Metrics on and JSON logs: the figure.
+    Both,
+    /// Metrics on, text logs.
+    Metrics,
+    /// Metrics off, JSON logs.
+    Json,
+}
+
+impl TelemetryCandidate {
+    fn label(self) -> &'static str {
+        match self {
+            TelemetryCandidate::Both => "metrics on, JSON logs",
+            TelemetryCandidate::Metrics => "metrics on, text logs",
+            TelemetryCandidate::Json => "metrics off, JSON logs",
+        }
+    }
+}
+
 pub async fn dispatch(
     workers: usize,
     tasks: i64,
@@ -220,9 +242,9 @@ pub async fn dispatch(
     rounds: usize,
     dashboards: Dashboards,
     compare_dashboards: bool,
-    compare_telemetry: bool,
+    compare_telemetry: Option<TelemetryCandidate>,
 ) -> anyhow::Result<String> {
-    if compare_telemetry {
+    if let Some(candidate) = compare_telemetry {
         anyhow::ensure!(
             !compare_dashboards && auth != DispatchAuth::Compare,
             "compare one thing at a time: --compare-telemetry alone"
@@ -248,10 +270,10 @@ pub async fn dispatch(
                 },
             },
             candidate: Side {
-                label: "metrics on, JSON logs",
+                label: candidate.label(),
                 setting: Observability {
-                    metrics: true,
-                    json_logs: true,
+                    metrics: candidate != TelemetryCandidate::Json,
+                    json_logs: candidate != TelemetryCandidate::Metrics,
                     log_filter: "info",
                 },
             },

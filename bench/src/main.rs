@@ -69,6 +69,10 @@ enum Command {
         /// each), and compares the best of each against the 3 % budget.
         #[arg(long)]
         compare_telemetry: bool,
+        /// What `--compare-telemetry`'s candidate side turns on: both (the
+        /// issue's figure), or one of them alone, to tell their costs apart.
+        #[arg(long, value_enum, default_value = "both")]
+        telemetry_candidate: load::TelemetryCandidate,
     },
     /// Claim latency with N tasks already queued, and the broker's memory.
     Depth {
@@ -199,6 +203,7 @@ fn main() -> ExitCode {
                 compare_dashboards,
                 dashboards_follow,
                 compare_telemetry,
+                telemetry_candidate,
             } => {
                 let dashboards = load::Dashboards {
                     count: dashboards,
@@ -211,7 +216,7 @@ fn main() -> ExitCode {
                     rounds,
                     dashboards,
                     compare_dashboards,
-                    compare_telemetry,
+                    compare_telemetry.then_some(telemetry_candidate),
                 )
                 .await
             }

@@ -70,6 +70,9 @@ enum Command {
     Pause(operator::TargetArgs),
     /// Resume a paused render.
     Resume(operator::TargetArgs),
+    /// Start a waiting render now, without waiting for the renders it
+    /// depends on.
+    Release(operator::TargetArgs),
     /// Cancel a render: its chunks stop and none start again.
     Cancel(operator::TargetArgs),
     /// Render a finished render again: the chunks that did not complete, or all if all did.
@@ -415,6 +418,10 @@ struct SubmitArgs {
     /// everywhere.
     #[arg(long, default_value = "h264", value_parser = parse_video_codec, requires = "video_fps")]
     video_codec: VideoCodec,
+    /// Start only once these renders have completed (ids, comma-separated);
+    /// until then the render is `waiting`.
+    #[arg(long, value_delimiter = ',', value_name = "RENDER_ID")]
+    depends_on: Vec<uuid::Uuid>,
     #[command(flatten)]
     broker: BrokerArgs,
 }
@@ -529,6 +536,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tasks(args) => operator::tasks(args).await,
         Command::Pause(args) => operator::change_render(args, RenderAction::Pause).await,
         Command::Resume(args) => operator::change_render(args, RenderAction::Resume).await,
+        Command::Release(args) => operator::change_render(args, RenderAction::Release).await,
         Command::Cancel(args) => operator::change_render(args, RenderAction::Cancel).await,
         Command::Requeue(args) => operator::change_render(args, RenderAction::Requeue).await,
         Command::RequeueTask(args) => operator::requeue_task(args).await,
@@ -738,6 +746,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             fps,
             codec: args.video_codec,
         }),
+        depends_on: args.depends_on,
     };
     let render = client
         .submit(&spec)
@@ -832,6 +841,19 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         render.status.as_str(),
         render.priority.as_str()
     );
+    if let Some(reason) = &render.waiting_reason {
+        println!(
+            "waiting   {reason} (`renderfarm release {}` starts it now)",
+            render.id
+        );
+    } else if !render.depends_on.is_empty() {
+        let deps: Vec<String> = render
+            .depends_on
+            .iter()
+            .map(uuid::Uuid::to_string)
+            .collect();
+        println!("after     {}", deps.join(", "));
+    }
     println!(
         "frames    {}/{} done ({percent:.1}%)",
         p.frames_done, p.frames_total

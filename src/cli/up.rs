@@ -175,6 +175,7 @@ async fn run_demo(
             engine: None,
             tags: Vec::new(),
             video: None,
+            depends_on: Vec::new(),
         })
         .await
         .map_err(explain(broker))

@@ -217,6 +217,7 @@ async fn look(
                 RenderStatus::Rendering,
                 RenderStatus::Queued,
                 RenderStatus::Paused,
+                RenderStatus::Waiting,
             ] {
                 let query = RenderQuery {
                     status: Some(status),
@@ -470,6 +471,9 @@ fn render_state(render: &Render) -> String {
     }
     if render.video.is_some() {
         state.push_str(&format!(", video {}", video_state(render.video_status)));
+    }
+    if let Some(reason) = &render.waiting_reason {
+        state.push_str(&format!(": {reason}"));
     }
     state
 }

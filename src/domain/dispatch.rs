@@ -124,6 +124,7 @@ mod tests {
             (S::Queued, true),
             (S::Rendering, true),
             (S::Paused, false),
+            (S::Waiting, false),
             (S::Completed, false),
             (S::Failed, false),
             (S::Canceled, false),

@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn statuses_rank_in_life_order() {
         let ranks: Vec<i64> = RenderStatus::ALL.into_iter().map(status_rank).collect();
-        assert_eq!(ranks, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(ranks, vec![0, 1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

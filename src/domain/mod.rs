@@ -3,6 +3,7 @@
 //! these functions to decide every status change, and never decide one
 //! themselves.
 
+mod dependency;
 pub(crate) mod dispatch;
 mod events;
 pub mod files;
@@ -20,6 +21,10 @@ mod warm;
 mod webhook;
 mod worker;
 
+pub use dependency::{
+    check_dependencies_exist, initial_status, settles_dependents, validate_dependencies,
+    waiting_reason, DependencyState, MAX_DEPENDENCIES,
+};
 pub use dispatch::{
     carries_tags, is_claimable, lease_accepts, ClaimKey, LeaseRefusal, SortOrder, TaskLease,
     CLAIMABLE_RENDER_STATUSES, CLAIMABLE_TASK_STATUS, CLAIM_ORDER, LEASED_TASK_STATUS,

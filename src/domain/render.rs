@@ -33,6 +33,8 @@ pub struct ValidRenderSpec {
     pub engine: Option<String>,
     pub tags: Vec<String>,
     pub video: Option<renderfarm_wire::VideoSpec>,
+    /// Each once; whether they exist is checked against the store.
+    pub depends_on: Vec<Uuid>,
 }
 
 fn validate_path(field: &'static str, path: &str, what: &str) -> Result<String, ValidationError> {
@@ -121,6 +123,7 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
             engine,
             tags,
             video,
+            depends_on: super::validate_dependencies(&spec.depends_on)?,
         })
     }
 }
@@ -187,6 +190,8 @@ impl NewRender {
             owner,
             video: spec.video,
             video_status: None,
+            depends_on: spec.depends_on,
+            waiting_reason: None,
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -196,6 +201,15 @@ impl NewRender {
             frames: spec.frames,
             chunk_size: spec.chunk_size,
         }
+    }
+
+    /// Starts the render waiting when a dependency (as the store found
+    /// them) has not completed.
+    pub fn wait_for(mut self, deps: &[super::DependencyState]) -> Self {
+        let reason = super::waiting_reason(deps);
+        self.render.status = super::initial_status(&reason);
+        self.render.waiting_reason = reason;
+        self
     }
 
     /// The frame ranges of the render's tasks, lowest first.
@@ -213,6 +227,7 @@ pub enum RenderCommand {
     Cancel,
     Requeue,
     Complete,
+    Release,
 }
 
 impl From<RenderAction> for RenderCommand {
@@ -222,6 +237,7 @@ impl From<RenderAction> for RenderCommand {
             RenderAction::Resume => RenderCommand::Resume,
             RenderAction::Cancel => RenderCommand::Cancel,
             RenderAction::Requeue => RenderCommand::Requeue,
+            RenderAction::Release => RenderCommand::Release,
         }
     }
 }
@@ -234,6 +250,7 @@ impl RenderCommand {
             RenderCommand::Cancel => "cancel",
             RenderCommand::Requeue => "requeue",
             RenderCommand::Complete => "complete",
+            RenderCommand::Release => "release",
         }
     }
 
@@ -245,6 +262,7 @@ impl RenderCommand {
             RenderCommand::Cancel => "canceled",
             RenderCommand::Requeue => "requeued",
             RenderCommand::Complete => "marked complete",
+            RenderCommand::Release => "released",
         }
     }
 }
@@ -284,14 +302,19 @@ pub fn render_transition(
     let to = match (command, from) {
         (C::Pause, S::Queued | S::Rendering | S::Paused) => S::Paused,
         (C::Resume, S::Paused) => S::Queued,
-        (C::Cancel, S::Queued | S::Rendering | S::Paused) => S::Canceled,
+        (C::Cancel, S::Waiting | S::Queued | S::Rendering | S::Paused) => S::Canceled,
         (C::Requeue, S::Completed | S::Failed | S::Canceled) => S::Queued,
-        (C::Complete, S::Queued | S::Rendering | S::Paused | S::Failed) => S::Completed,
+        (C::Complete, S::Waiting | S::Queued | S::Rendering | S::Paused | S::Failed) => {
+            S::Completed
+        }
+        (C::Release, S::Waiting) => S::Queued,
         _ => {
             let hint = match command {
+                C::Pause if from == S::Waiting => "a waiting render does not run yet; release it to start it now, or cancel it",
                 C::Pause => "only a queued or rendering render can be paused",
                 C::Resume => "only a paused render can be resumed",
-                C::Cancel => "only a queued, rendering or paused render can be canceled",
+                C::Cancel => "only a waiting, queued, rendering or paused render can be canceled",
+                C::Release => "only a waiting render can be released; it is not waiting for other renders",
                 C::Requeue => "only a completed, failed or canceled render can be requeued; pause or cancel it first",
                 C::Complete => "this render is already finished",
             };
@@ -330,7 +353,7 @@ pub fn tasks_affected(
     progress: &Progress,
 ) -> Option<(TaskEvent, Vec<TaskStatus>)> {
     match command {
-        RenderCommand::Pause | RenderCommand::Resume => None,
+        RenderCommand::Pause | RenderCommand::Resume | RenderCommand::Release => None,
         RenderCommand::Cancel | RenderCommand::Complete => {
             Some((TaskEvent::Cancel, statuses_affected_by(TaskEvent::Cancel)))
         }
@@ -356,6 +379,7 @@ pub const FINISHED_RENDER_STATUSES: &[RenderStatus] = &[
 /// Renders in these statuses are not finished: the scheduler still looks
 /// after their tasks and counters.
 pub const UNFINISHED_RENDER_STATUSES: &[RenderStatus] = &[
+    RenderStatus::Waiting,
     RenderStatus::Queued,
     RenderStatus::Rendering,
     RenderStatus::Paused,
@@ -428,6 +452,18 @@ mod tests {
             (S::Failed, C::Complete, Some(S::Completed)),
             (S::Completed, C::Complete, None),
             (S::Canceled, C::Complete, None),
+            (S::Waiting, C::Pause, None),
+            (S::Waiting, C::Resume, None),
+            (S::Waiting, C::Cancel, Some(S::Canceled)),
+            (S::Waiting, C::Requeue, None),
+            (S::Waiting, C::Complete, Some(S::Completed)),
+            (S::Waiting, C::Release, Some(S::Queued)),
+            (S::Queued, C::Release, None),
+            (S::Rendering, C::Release, None),
+            (S::Paused, C::Release, None),
+            (S::Completed, C::Release, None),
+            (S::Failed, C::Release, None),
+            (S::Canceled, C::Release, None),
         ];
         for (from, command, to) in table {
             assert_eq!(
@@ -456,14 +492,7 @@ mod tests {
 
     #[test]
     fn every_render_status_is_finished_or_unfinished_once() {
-        for status in [
-            S::Queued,
-            S::Rendering,
-            S::Paused,
-            S::Completed,
-            S::Failed,
-            S::Canceled,
-        ] {
+        for status in S::ALL {
             assert_eq!(
                 FINISHED_RENDER_STATUSES.contains(&status),
                 status.is_finished()
@@ -561,6 +590,7 @@ mod tests {
             engine: Some("CYCLES".into()),
             tags: vec!["gpu".into(), "linux".into(), "gpu".into()],
             video: None,
+            depends_on: vec![],
         }
     }
 

@@ -45,7 +45,9 @@ pub fn tallied_status(
 ) -> RenderStatus {
     use RenderStatus as S;
     match current {
-        S::Canceled | S::Completed | S::Failed => current,
+        // A waiting render has run nothing: its dependencies, or an
+        // operator, move it on.
+        S::Canceled | S::Completed | S::Failed | S::Waiting => current,
         S::Queued | S::Rendering | S::Paused => {
             if failed_for_good {
                 S::Failed
@@ -207,6 +209,13 @@ pub(crate) mod tests {
             ),
             (S::Rendering, progress(3, 1, 0, 1, 1), true, true, S::Failed),
             (S::Paused, progress(3, 1, 1, 1, 0), true, false, S::Paused),
+            (
+                S::Waiting,
+                progress(3, 3, 0, 0, 0),
+                false,
+                false,
+                S::Waiting,
+            ),
             (
                 S::Paused,
                 progress(3, 0, 0, 3, 0),

@@ -229,6 +229,17 @@ impl Scheduler {
             );
         }
         self.store.clear_abandoned_writes(now).await?;
+        let released = self
+            .store
+            .settle_waiting(now)
+            .instrument(tracing::info_span!("scheduler.settle_waiting"))
+            .await?;
+        if released > 0 {
+            tracing::warn!(
+                renders = released,
+                "waiting renders released by the scheduler: their dependencies had completed"
+            );
+        }
         let events = self
             .store
             .purge_events(crate::domain::event_cutoff(now), crate::domain::EVENTS_KEPT)

@@ -43,6 +43,13 @@ macro_rules! store_by_concern {
                     renders::get_render(self, id).await
                 }
 
+                async fn dependency_states(
+                    &self,
+                    ids: &[Uuid],
+                ) -> StoreResult<Vec<$crate::domain::DependencyState>> {
+                    renders::dependency_states(self, ids).await
+                }
+
                 async fn list_renders(
                     &self,
                     filter: &RenderFilter,
@@ -194,6 +201,10 @@ macro_rules! store_by_concern {
 
                 async fn clear_abandoned_writes(&self, now: DateTime<Utc>) -> StoreResult<i64> {
                     upkeep::clear_abandoned_writes(self, now).await
+                }
+
+                async fn settle_waiting(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+                    upkeep::settle_waiting(self, now).await
                 }
 
                 async fn acquire_lease(

@@ -26,9 +26,9 @@ use uuid::Uuid;
 
 use crate::domain::preview::StoredPreview;
 use crate::domain::{
-    Allowances, EventBounds, IllegalTransition, LeaseRefusal, NewRender, OverdueWork,
-    RenderCommand, RenderOrder, RunningWork, StoredToken, TaskReport, ValidWorkerSpec, WorkerMode,
-    WorkerUnavailable,
+    Allowances, DependencyState, EventBounds, IllegalTransition, LeaseRefusal, NewRender,
+    OverdueWork, RenderCommand, RenderOrder, RunningWork, StoredToken, TaskReport, ValidWorkerSpec,
+    WorkerMode, WorkerUnavailable,
 };
 use crate::domain::{AttemptRecord, DeliveryCounts, DueDelivery, NewDelivery, StoredWebhook};
 
@@ -269,6 +269,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_render(&self, id: Uuid) -> StoreResult<Render>;
 
+    /// How the renders with `ids` stand now, in the order given (for
+    /// `depends_on`; `domain::DependencyState`).
+    async fn dependency_states(&self, ids: &[Uuid]) -> StoreResult<Vec<DependencyState>>;
+
     /// In `order` (`domain::compare_renders`).
     async fn list_renders(
         &self,
@@ -438,6 +442,13 @@ pub trait Store: Send + Sync + 'static {
     /// storing one): a render never stored loses the tasks written for it; a
     /// stored one gets its tasks released. Returns how many it settled.
     async fn clear_abandoned_writes(&self, now: DateTime<Utc>) -> StoreResult<i64>;
+
+    /// Moves every waiting render on by its dependencies as they stand
+    /// (`domain::waiting_reason`): released when all completed, else its
+    /// reason brought up to date; how many were released. A dependency's
+    /// change settles its dependents as it is written; this catches what a
+    /// broker that died between the two left undone.
+    async fn settle_waiting(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 
     /// Takes the lease `name` for `holder` until `now + ttl` if it is free,
     /// lapsed or already `holder`'s; returns the lease as it stands after.

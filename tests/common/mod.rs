@@ -49,6 +49,22 @@ pub fn renderfarm_command() -> Command {
     command
 }
 
+/// Runs `renderfarm ARGS --broker BROKER` as the admin: exit success,
+/// stdout, stderr.
+pub fn run_renderfarm(broker: &str, args: &[&str]) -> (bool, String, String) {
+    let output = renderfarm_command()
+        .args(args)
+        .args(["--broker", broker])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("renderfarm runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The credentials a test broker starts with.
 pub fn test_bootstrap() -> renderfarm::credentials::Bootstrap {
     renderfarm::credentials::Bootstrap {

@@ -311,6 +311,43 @@ await scenario('cancel from the render page', async () => {
   await page.waitForFunction(() => !document.querySelector('[data-task] .status.running'), null, { timeout: WAIT });
 });
 
+await scenario('a render that waits for another says why, and Release starts it', async () => {
+  const submitForm = async (name, dependsOn) => {
+    await open(page, '#/submit');
+    await page.locator('#name').fill(name);
+    await page.locator('#blend_file').fill(LONG_SCENE);
+    await page.locator('#frame_start').fill('1');
+    await page.locator('#frame_end').fill('1');
+    await page.locator('#priority').selectOption('low');
+    if (dependsOn) await page.locator('#depends_on').fill(dependsOn);
+    await page.getByRole('button', { name: 'Submit' }).click();
+    await page.waitForFunction((before) => /^#\/renders\/[0-9a-f-]{36}$/.test(location.hash) && location.hash !== before,
+      '#/submit', { timeout: WAIT });
+    return (await page.evaluate(() => location.hash)).split('/').pop();
+  };
+  const first = await submitForm('dashboard-layout');
+  // Paused, so that it stays unfinished while the second waits for it.
+  await page.locator('button[data-action="pause"]').click({ timeout: WAIT });
+  await page.locator('h1 .status.paused').waitFor({ timeout: WAIT });
+  const second = await submitForm('dashboard-lighting', first);
+  check(second !== first, 'the second render has a page of its own');
+  await page.locator('h1 .status.waiting').waitFor({ timeout: WAIT });
+  const reason = await textOf(page, '#waiting-reason');
+  check(/dashboard-layout/.test(reason) && /paused/.test(reason), `the reason names the dependency and how it stands: ${reason}`);
+  const settings = await textOf(page, '[aria-labelledby="settings-h"]');
+  check(settings.includes(first), `the settings link the dependency: ${settings}`);
+  check(await page.locator('button[data-action="pause"]').count() === 0, 'a waiting render cannot be paused');
+  await shoot(page, 'render-waiting');
+  await page.locator('button[data-action="release"]').click();
+  await page.waitForFunction(() => !document.querySelector('h1 .status.waiting'), null, { timeout: WAIT });
+  check(await page.locator('#waiting-reason').count() === 0, 'no reason once released');
+  await page.locator('button[data-action="cancel"]').click({ timeout: WAIT });
+  await page.locator('h1 .status.canceled').waitFor({ timeout: WAIT });
+  await open(page, `#/renders/${first}`);
+  await page.locator('button[data-action="cancel"]').click({ timeout: WAIT });
+  await page.locator('h1 .status.canceled').waitFor({ timeout: WAIT });
+});
+
 await scenario('a render with a video shows the video\'s state and a link that downloads the MP4', async () => {
   // The agents run ffmpeg when they found it (renderfarm-worker --ffmpeg).
   const workers = await page.evaluate(async () => (await fetch('/workers')).json());

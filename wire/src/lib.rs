@@ -66,6 +66,9 @@ impl Priority {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RenderStatus {
+    /// Waits for the renders it depends on to complete (`depends_on`); its
+    /// `waiting_reason` says which, and how they stand.
+    Waiting,
     Queued,
     Rendering,
     Paused,
@@ -81,7 +84,8 @@ impl RenderStatus {
     }
 
     /// Every status, in life order.
-    pub const ALL: [RenderStatus; 6] = [
+    pub const ALL: [RenderStatus; 7] = [
+        RenderStatus::Waiting,
         RenderStatus::Queued,
         RenderStatus::Rendering,
         RenderStatus::Paused,
@@ -93,6 +97,7 @@ impl RenderStatus {
     /// The lowercase name used on the wire and in the store.
     pub fn as_str(self) -> &'static str {
         match self {
+            RenderStatus::Waiting => "waiting",
             RenderStatus::Queued => "queued",
             RenderStatus::Rendering => "rendering",
             RenderStatus::Paused => "paused",
@@ -124,8 +129,8 @@ pub enum RenderSort {
     Name,
     /// Its priority; the most urgent first by default.
     Priority,
-    /// Its status in life order: queued, rendering, paused, completed,
-    /// failed, canceled (in that order by default).
+    /// Its status in life order: waiting, queued, rendering, paused,
+    /// completed, failed, canceled (in that order by default).
     Status,
     /// `frames_done / frames_total`; the furthest along first by default.
     Progress,
@@ -509,6 +514,11 @@ pub struct RenderSpec {
     #[cfg_attr(feature = "openapi", schema(nullable = true))]
     #[serde(default)]
     pub video: Option<VideoSpec>,
+    /// Renders (at most 32, each existing) that must complete before this
+    /// one starts: until then it is `waiting`.
+    #[cfg_attr(feature = "openapi", schema(max_items = 32, default = json!([])))]
+    #[serde(default)]
+    pub depends_on: Vec<Uuid>,
 }
 
 /// A worker tag: 1 to 64 of `A-Z a-z 0-9 - _ . :`.
@@ -549,7 +559,7 @@ impl Progress {
 /// A render as the broker reports it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "video": {"fps": 24, "codec": "h264"}, "video_status": null, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "video": {"fps": 24, "codec": "h264"}, "video_status": null, "depends_on": [], "waiting_reason": null, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Render {
     pub id: Uuid,
     pub name: String,
@@ -590,6 +600,15 @@ pub struct Render {
     #[cfg_attr(feature = "openapi", schema(required = true))]
     #[serde(default)]
     pub video_status: Option<TaskStatus>,
+    /// The renders it waits for (`depends_on` at submit).
+    #[serde(default)]
+    pub depends_on: Vec<Uuid>,
+    /// While `waiting`: which dependencies it waits for and how they
+    /// stand (still to run, or failed or canceled, needing an operator);
+    /// null otherwise.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub waiting_reason: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
     /// When the first task was handed out.
@@ -1074,6 +1093,8 @@ pub enum RenderAction {
     Resume,
     Cancel,
     Requeue,
+    /// Start a waiting render now, without waiting for its dependencies.
+    Release,
 }
 
 /// `PUT /renders/{id}/status`.
@@ -1451,12 +1472,29 @@ impl FarmEvent {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenderCounts {
+    #[serde(default)]
+    pub waiting: i64,
     pub queued: i64,
     pub rendering: i64,
     pub paused: i64,
     pub completed: i64,
     pub failed: i64,
     pub canceled: i64,
+}
+
+impl RenderCounts {
+    /// The count of renders in `status`.
+    pub fn of_mut(&mut self, status: RenderStatus) -> &mut i64 {
+        match status {
+            RenderStatus::Waiting => &mut self.waiting,
+            RenderStatus::Queued => &mut self.queued,
+            RenderStatus::Rendering => &mut self.rendering,
+            RenderStatus::Paused => &mut self.paused,
+            RenderStatus::Completed => &mut self.completed,
+            RenderStatus::Failed => &mut self.failed,
+            RenderStatus::Canceled => &mut self.canceled,
+        }
+    }
 }
 
 /// Pending tasks by priority: the queue's depth (`GET /events/summary`).

@@ -555,6 +555,7 @@ pub async fn the_farm_summary_counts_renders_queue_and_recent_frames(store: &dyn
     assert_eq!(
         counts.renders,
         RenderCounts {
+            waiting: 0,
             queued: 0,
             rendering: 1,
             paused: 1,

@@ -9,6 +9,7 @@
 //! as the release binary, has no such module.
 
 mod claims;
+mod dependencies;
 mod events;
 mod files;
 mod leases;
@@ -29,6 +30,7 @@ use crate::domain::TaskReport;
 use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
 
 pub use claims::*;
+pub use dependencies::*;
 pub use events::*;
 pub use files::*;
 pub use leases::*;
@@ -50,6 +52,9 @@ macro_rules! conformance_tests {
     ($make_store:path) => {
         $crate::conformance_tests!(@each $make_store;
             creating_a_render_stores_it_with_all_its_tasks,
+            a_render_waits_for_its_dependencies_and_starts_when_the_last_completes,
+            a_failed_dependency_blocks_until_it_is_requeued_and_completes,
+            an_operator_releases_or_cancels_a_waiting_render_and_a_deleted_dependency_blocks,
             a_render_s_video_is_queued_when_its_frames_complete_and_runs_outside_its_tally,
             a_failed_video_is_retried_never_fails_its_render_and_can_be_requeued,
             a_render_without_a_video_gets_no_follow_up,
@@ -166,6 +171,7 @@ fn plan_with(
         engine: None,
         tags: vec![],
         video: None,
+        depends_on: vec![],
     };
     adjust(&mut spec);
     let valid = ValidRenderSpec::try_from(spec).expect("a valid test render");

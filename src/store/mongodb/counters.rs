@@ -12,7 +12,9 @@ use super::events::{add_set, render_event_set};
 use super::rules::retries_exhausted;
 use super::{documents::*, errors::*, renders::*, *};
 use crate::domain::tally_after;
-use crate::domain::{counts_in_tally, follow_up_on, kind_runnable_in, video_status_of};
+use crate::domain::{
+    counts_in_tally, follow_up_on, kind_runnable_in, settles_dependents, video_status_of,
+};
 use crate::domain::{is_claimable, render_change, BulkCause, Tally, TaskEvent};
 use crate::store::StoreResult;
 
@@ -155,6 +157,9 @@ impl MongoStore {
         }
         if let Some(kind) = follow_up_on(doc.video.as_ref(), before, after, &doc.progress()) {
             self.queue_follow_up(&doc, kind, now).await?;
+        }
+        if settles_dependents(before, after) {
+            self.settle_dependents(&doc.id, now).await?;
         }
         if !tasks_to_cancel.is_empty() {
             let after = self
@@ -459,6 +464,9 @@ pub fn status_update(change: &StatusChange) -> Document {
     };
     if change.reset_failure {
         set.insert("failed_for_good", false);
+    }
+    if change.status != RenderStatus::Waiting {
+        set.insert("waiting_reason", Bson::Null);
     }
     doc! { "$set": set, "$inc": { "version": 1_i64 } }
 }

@@ -74,6 +74,12 @@ pub(super) struct RenderDoc {
     pub(super) video_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) video_bytes: Option<i64>,
+    /// The ids of the renders it waits for, in the order given (absent:
+    /// none); `waiting_reason` while it waits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) waiting_reason: Option<String>,
 }
 
 impl RenderDoc {
@@ -111,6 +117,8 @@ impl RenderDoc {
             video_status: r.video_status.map(|s| s.as_str().to_string()),
             video_sha256: None,
             video_bytes: None,
+            depends_on: r.depends_on.iter().map(Uuid::to_string).collect(),
+            waiting_reason: r.waiting_reason.clone(),
             blend_sha256: r.blend_sha256.clone(),
             upload_frames: r.upload_frames,
             events: None,
@@ -185,6 +193,12 @@ impl RenderDoc {
                     })
                 })
                 .transpose()?,
+            depends_on: self
+                .depends_on
+                .iter()
+                .map(|id| parse_uuid(id, "dependency id"))
+                .collect::<StoreResult<_>>()?,
+            waiting_reason: self.waiting_reason.clone(),
         })
     }
 }

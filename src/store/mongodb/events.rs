@@ -922,14 +922,7 @@ pub(super) async fn farm_counts(
             .ok()
             .and_then(RenderStatus::parse)
             .ok_or_else(|| corrupt(format!("a render status in {row:?}")))?;
-        *match status {
-            RenderStatus::Queued => &mut counts.renders.queued,
-            RenderStatus::Rendering => &mut counts.renders.rendering,
-            RenderStatus::Paused => &mut counts.renders.paused,
-            RenderStatus::Completed => &mut counts.renders.completed,
-            RenderStatus::Failed => &mut counts.renders.failed,
-            RenderStatus::Canceled => &mut counts.renders.canceled,
-        } = n;
+        *counts.renders.of_mut(status) = n;
     }
     let queue: Vec<Document> = renders
         .aggregate(vec![

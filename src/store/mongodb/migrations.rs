@@ -78,6 +78,10 @@ const FILES: &[(&str, &str)] = &[
         "0014_videos",
         include_str!("../../../migrations/mongodb/0014_videos.json"),
     ),
+    (
+        "0015_dependencies",
+        include_str!("../../../migrations/mongodb/0015_dependencies.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

@@ -32,6 +32,7 @@
 
 mod connect;
 mod counters;
+mod dependencies;
 mod documents;
 mod errors;
 mod events;

@@ -244,6 +244,14 @@ pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreRe
         return Err(e);
     }
     writing.delete_one(doc! { "_id": &render.id }).await?;
+    if new.render.status == RenderStatus::Waiting {
+        // A dependency that completed after the submit looked, before this
+        // render was in, found no dependent to release.
+        let now = new.render.created_at;
+        if store.settle_render(&render.id, now).await? {
+            return store.load_render(&render.id).await?.to_render();
+        }
+    }
     render.to_render()
 }
 
@@ -348,6 +356,13 @@ async fn computed_order_page(
     Ok(docs)
 }
 
+pub(super) async fn dependency_states(
+    store: &MongoStore,
+    ids: &[Uuid],
+) -> StoreResult<Vec<crate::domain::DependencyState>> {
+    store.states_of(ids).await
+}
+
 pub(super) async fn delete_render(store: &MongoStore, id: Uuid) -> StoreResult<()> {
     let id = id.to_string();
     let render = store.load_render(&id).await?;
@@ -389,6 +404,8 @@ pub(super) async fn delete_render(store: &MongoStore, id: Uuid) -> StoreResult<(
     // Its frames' files are then unreferenced; the collector frees them
     // after the grace.
     store.delete_render_frames(&id).await?;
+    // Renders that wait for it now wait for a render that is gone.
+    store.settle_dependents(&id, Utc::now()).await?;
     tracing::info!(render_id = %id, "render deleted");
     Ok(())
 }

@@ -561,3 +561,7 @@ pub fn offline_update(mode: WorkerMode, now: DateTime<Utc>) -> Document {
 pub fn lease_release_filter(name: &str, holder: &str) -> Document {
     doc! { "_id": name, "holder": holder }
 }
+
+pub(super) async fn settle_waiting(store: &MongoStore, now: DateTime<Utc>) -> StoreResult<u64> {
+    store.settle_all_waiting(now).await
+}

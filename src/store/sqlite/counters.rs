@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::rules::lit;
 use super::{rows::*, tasks::*};
-use crate::domain::{counts_in_tally, follow_up_on, video_status_of};
+use crate::domain::{counts_in_tally, follow_up_on, settles_dependents, video_status_of};
 use crate::domain::{render_change, tally_after, BulkCause, Tally, TaskEvent};
 use crate::store::StoreResult;
 
@@ -80,7 +80,8 @@ pub(super) fn save_tally(
     conn.prepare_cached(
         "UPDATE renders SET status = ?2, tasks_total = ?3, tasks_pending = ?4, tasks_running = ?5, \
          tasks_completed = ?6, tasks_failed = ?7, tasks_canceled = ?8, frames_done = ?9, \
-         started_at = ?10, finished_at = ?11, failed_for_good = ?12 WHERE seq = ?1",
+         started_at = ?10, finished_at = ?11, failed_for_good = ?12, \
+         waiting_reason = CASE WHEN status = ?2 THEN waiting_reason END WHERE seq = ?1",
     )?
     .execute(params![
         state.seq,
@@ -105,6 +106,12 @@ pub(super) fn save_tally(
         );
         if status == RenderStatus::Completed {
             queue_follow_up(conn, state.seq, before, status, &state.progress, now)?;
+        }
+        if settles_dependents(before, status) {
+            let id: String = conn
+                .prepare_cached("SELECT id FROM renders WHERE seq = ?1")?
+                .query_row([state.seq], |row| row.get(0))?;
+            super::dependencies::settle_dependents(conn, &id, now)?;
         }
     }
     Ok(())

@@ -351,14 +351,9 @@ pub(super) async fn farm_counts(
             let mut rows = by_status.query([])?;
             while let Some(row) = rows.next()? {
                 let n: i64 = row.get(1)?;
-                let slot = match get_enum(row, 0, RenderStatus::parse)? {
-                    RenderStatus::Queued => &mut counts.renders.queued,
-                    RenderStatus::Rendering => &mut counts.renders.rendering,
-                    RenderStatus::Paused => &mut counts.renders.paused,
-                    RenderStatus::Completed => &mut counts.renders.completed,
-                    RenderStatus::Failed => &mut counts.renders.failed,
-                    RenderStatus::Canceled => &mut counts.renders.canceled,
-                };
+                let slot = counts
+                    .renders
+                    .of_mut(get_enum(row, 0, RenderStatus::parse)?);
                 *slot = n;
             }
             let mut queue = conn.prepare_cached(&queue_sql)?;

@@ -12,6 +12,7 @@
 //! OS crash can take back the last commits.
 
 mod counters;
+mod dependencies;
 mod errors;
 mod events;
 mod frames;
@@ -29,7 +30,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,6 +72,9 @@ fn migrations() -> Migrations<'static> {
             "../../../migrations/sqlite/0013_warm_workers.sql"
         )),
         M::up(include_str!("../../../migrations/sqlite/0014_videos.sql")),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0015_dependencies.sql"
+        )),
     ])
 }
 
@@ -111,15 +115,30 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA wal_autocheckpoint = 0;
-             PRAGMA foreign_keys = ON;
+             PRAGMA foreign_keys = OFF;
              PRAGMA busy_timeout = 5000;",
         )?;
+        // Foreign keys off while migrating: a migration that rebuilds a
+        // table (SQLite's way to change a constraint) drops the old one, and
+        // with them on, that drop would be refused for the rows that refer
+        // to it. The migrations leave every reference intact, which
+        // `foreign_key_check` confirms before they are enforced again.
         migrations().to_latest(&mut conn).map_err(|e| {
             StoreError::Unexpected(anyhow::anyhow!(
                 "applying migrations to {}: {e}",
                 path.display()
             ))
         })?;
+        let broken: Option<String> = conn
+            .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+            .optional()?;
+        if let Some(table) = broken {
+            return Err(StoreError::Unexpected(anyhow::anyhow!(
+                "{}: rows of table {table} refer to rows that do not exist after the migrations",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
         events::install_triggers(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         if owner {

@@ -8,11 +8,12 @@ use renderfarm_wire::{Page, Render};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use uuid::Uuid;
 
+use super::dependencies::{insert_dependencies, settle_dependents, states_of};
 use super::rules::*;
 use super::{counters::*, rows::*, tasks::*, *};
 use crate::domain::{
-    check_deletable, render_transition, tasks_affected, BulkCause, NewRender, RenderCommand,
-    RenderOrder,
+    check_deletable, initial_status, render_transition, tasks_affected, waiting_reason, BulkCause,
+    NewRender, RenderCommand, RenderOrder,
 };
 use crate::store::{PageRequest, RenderFilter, StoreError, StoreResult};
 
@@ -62,17 +63,30 @@ pub(super) async fn create_render(store: &SqliteStore, new: NewRender) -> StoreR
             .write(move |conn| {
                 let seq = match render_seq {
                     Some(seq) => seq,
-                    None => insert_hidden_render(conn, &render)?,
+                    None => {
+                        let seq = insert_hidden_render(conn, &render)?;
+                        insert_dependencies(conn, seq, &render.depends_on)?;
+                        seq
+                    }
                 };
                 let end = ((i + 1) * TASK_WRITE_BATCH).min(chunks.len());
                 insert_tasks(conn, seq, &render, &chunks[i * TASK_WRITE_BATCH..end])?;
                 if i + 1 < batches {
                     return Ok((seq, None));
                 }
+                // What it waits for, as it stands in this transaction: a
+                // dependency may have moved since the submit looked.
+                let reason = waiting_reason(&states_of(conn, &render.depends_on)?);
                 conn.prepare_cached(
-                    "UPDATE renders SET hidden = 0, tasks_pending = ?2 WHERE seq = ?1",
+                    "UPDATE renders SET hidden = 0, tasks_pending = ?2, status = ?3, \
+                     waiting_reason = ?4 WHERE seq = ?1",
                 )?
-                .execute(params![seq, render.progress.tasks_pending])?;
+                .execute(params![
+                    seq,
+                    render.progress.tasks_pending,
+                    initial_status(&reason).as_str(),
+                    reason
+                ])?;
                 Ok((seq, Some(load_render_by_seq(conn, seq)?)))
             })
             .await;
@@ -178,6 +192,8 @@ fn delete_hidden_batch(conn: &Connection, render_seq: i64) -> StoreResult<bool> 
         .execute([render_seq])?;
     conn.prepare_cached("DELETE FROM previews WHERE render_seq = ?1")?
         .execute([render_seq])?;
+    conn.prepare_cached("DELETE FROM render_dependencies WHERE render_seq = ?1")?
+        .execute([render_seq])?;
     conn.prepare_cached("DELETE FROM renders WHERE seq = ?1 AND hidden = 1")?
         .execute([render_seq])?;
     Ok(false)
@@ -274,6 +290,14 @@ pub(super) async fn list_renders(
     .await
 }
 
+pub(super) async fn dependency_states(
+    store: &SqliteStore,
+    ids: &[Uuid],
+) -> StoreResult<Vec<crate::domain::DependencyState>> {
+    let ids = ids.to_vec();
+    store.read(move |conn| states_of(conn, &ids)).await
+}
+
 pub(super) async fn delete_render(store: &SqliteStore, id: Uuid) -> StoreResult<()> {
     // Hidden first (gone for every reader from here on), then removed in
     // batches like a big submit is written.
@@ -288,6 +312,10 @@ pub(super) async fn delete_render(store: &SqliteStore, id: Uuid) -> StoreResult<
         })
         .await?;
     remove_hidden_render(store, seq).await?;
+    // Renders that wait for it now wait for a render that is gone.
+    store
+        .write(move |conn| settle_dependents(conn, &id.to_string(), Utc::now()))
+        .await?;
     tracing::info!(render_id = %id, "render deleted");
     Ok(())
 }

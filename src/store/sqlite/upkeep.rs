@@ -415,3 +415,9 @@ static FAILED_FOR_GOOD: LazyLock<String> = LazyLock::new(|| {
         retries_exhausted("t.retries", "r.max_retries"),
     )
 });
+
+pub(super) async fn settle_waiting(store: &SqliteStore, now: DateTime<Utc>) -> StoreResult<u64> {
+    store
+        .write(move |conn| super::dependencies::settle_all_waiting(conn, now))
+        .await
+}

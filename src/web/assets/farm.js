@@ -5,7 +5,7 @@ import { h, replace, progressBar, statusChip, when } from './ui.js';
 
 const PRIORITIES = ['urgent', 'high', 'normal', 'low'];
 const WORKER_STATES = ['busy', 'idle', 'draining', 'disabled', 'offline'];
-const RENDER_STATES = ['rendering', 'queued', 'paused', 'completed', 'failed', 'canceled'];
+const RENDER_STATES = ['rendering', 'queued', 'waiting', 'paused', 'completed', 'failed', 'canceled'];
 
 export async function farmPage(main, ctx) {
   const body = h('div', {}, h('p', { class: 'muted' }, 'Waiting for the farm summary…'));

@@ -48,11 +48,12 @@ export async function renderPage(main, ctx, id) {
     const can = {
       pause: ['queued', 'rendering'].includes(render.status),
       resume: render.status === 'paused',
-      cancel: ['queued', 'rendering', 'paused'].includes(render.status),
+      release: render.status === 'waiting',
+      cancel: ['waiting', 'queued', 'rendering', 'paused'].includes(render.status),
       requeue: FINISHED.includes(render.status),
       delete: FINISHED.includes(render.status),
     };
-    const labels = { pause: 'Pause', resume: 'Resume', cancel: 'Cancel', requeue: 'Requeue', delete: 'Delete' };
+    const labels = { pause: 'Pause', resume: 'Resume', release: 'Release', cancel: 'Cancel', requeue: 'Requeue', delete: 'Delete' };
     replace(heading,
       h('p', {}, h('a', { href: '#/renders' }, '← Renders')),
       h('h1', {}, render.name, ' ', statusChip(render.status)),
@@ -97,6 +98,7 @@ export async function renderPage(main, ctx, id) {
       h('div', { class: 'muted' },
         `Chunks: ${p.tasks_completed} done, ${p.tasks_running} rendering, ${p.tasks_pending} waiting, ${p.tasks_failed} failed, ${p.tasks_canceled} canceled, of ${p.tasks_total}.`),
       videoLine(),
+      whyWaiting(),
       whyFailed());
   }
 
@@ -121,6 +123,14 @@ export async function renderPage(main, ctx, id) {
         : null);
   }
 
+  // A waiting render says what it waits for.
+  function whyWaiting() {
+    if (render.status !== 'waiting' || !render.waiting_reason) return null;
+    const why = render.waiting_reason;
+    // Red only when it needs someone: a dependency failed, was canceled or deleted.
+    return h('p', { class: /blocked/.test(why) ? 'reason' : 'muted', id: 'waiting-reason' }, why.charAt(0).toUpperCase() + why.slice(1));
+  }
+
   // The first reason on this page of tasks, so that a failed render says
   // why at the top.
   function whyFailed() {
@@ -143,6 +153,9 @@ export async function renderPage(main, ctx, id) {
         row('Retries per chunk', render.max_retries),
         row('Worker tags', render.tags.length ? render.tags.join(', ') : 'any worker'),
         row('Video', render.video ? `${render.video.fps} fps, ${render.video.codec}` : 'none'),
+        row('Starts after', render.depends_on?.length
+          ? render.depends_on.map((id, i) => [i ? ', ' : '', h('a', { href: `#/renders/${id}` }, id)])
+          : 'nothing (starts at once)'),
         row('Owner', render.owner ?? '—'),
         row('Submitted', timeEl(render.created_at)),
         row('Started', timeEl(render.started_at)),

@@ -5,11 +5,11 @@ import { api, query, mayChange } from './api.js';
 import { h, replace, progressBar, statusChip, timeEl, errorBox } from './ui.js';
 
 const PAGE = 25;
-const STATUSES = ['', 'queued', 'rendering', 'paused', 'completed', 'failed', 'canceled'];
+const STATUSES = ['', 'waiting', 'queued', 'rendering', 'paused', 'completed', 'failed', 'canceled'];
 const PRIORITIES = ['', 'urgent', 'high', 'normal', 'low'];
 const SORTS = [['created', 'Submitted'], ['name', 'Name'], ['priority', 'Priority'], ['status', 'Status'], ['progress', 'Progress']];
 const ACTIONS = [
-  ['pause', 'Pause'], ['resume', 'Resume'], ['cancel', 'Cancel'], ['requeue', 'Requeue'], ['delete', 'Delete'],
+  ['pause', 'Pause'], ['resume', 'Resume'], ['release', 'Release'], ['cancel', 'Cancel'], ['requeue', 'Requeue'], ['delete', 'Delete'],
 ];
 
 export async function rendersPage(main, ctx) {

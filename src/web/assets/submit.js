@@ -42,6 +42,7 @@ export async function submitPage(main) {
       output: text('output') || undefined,
       tags: text('tags') ? text('tags').split(',').map((t) => t.trim()).filter(Boolean) : undefined,
       video: text('video_fps') ? { fps: number('video_fps') } : undefined,
+      depends_on: text('depends_on') ? text('depends_on').split(/[\s,]+/).filter(Boolean) : undefined,
     };
     const button = form.querySelector('button[type=submit]');
     button.disabled = true;
@@ -63,6 +64,7 @@ export async function submitPage(main) {
   h('label', { for: 'engine' }, 'Engine', engine),
   field('output', 'Output', { wide: true, placeholder: 'the broker’s renders folder', autocomplete: 'off' }, 'A path pattern such as /renders/shot010/frame_####; empty: under the broker’s output root.'),
   field('tags', 'Worker tags', { placeholder: 'gpu, linux', autocomplete: 'off' }, 'Only workers with all of these take its chunks.'),
+  field('depends_on', 'Starts after', { wide: true, placeholder: 'render ids, comma-separated', autocomplete: 'off' }, 'The render waits until every one of these renders has completed; empty: it starts at once.'),
   field('video_fps', 'Video frame rate', { type: 'number', min: '1', max: '240', placeholder: 'no video' }, 'Frames per second of an MP4 made from the frames once they are all rendered (by a worker with ffmpeg); empty: no video.'),
   error,
   h('div', { class: 'wide' }, h('button', { type: 'submit', class: 'primary' }, 'Submit')));

@@ -346,6 +346,8 @@ fn status_changes_are_compare_and_set_on_the_version() {
                 "started_at": Bson::Null,
                 "finished_at": Bson::Null,
                 "failed_for_good": false,
+                // Only a waiting render has a reason to wait.
+                "waiting_reason": Bson::Null,
             },
             "$inc": { "version": 1_i64 },
         }
@@ -558,12 +560,12 @@ fn workers_change_by_compare_and_set_and_go_offline_once_silent() {
 fn open_renders_are_the_unfinished_ones() {
     assert_eq!(
         open_renders_filter(None),
-        doc! { "status": { "$in": ["queued", "rendering", "paused"] } }
+        doc! { "status": { "$in": ["waiting", "queued", "rendering", "paused"] } }
     );
     assert_eq!(
         open_renders_filter(Some(vec!["r1"])),
         doc! {
-            "status": { "$in": ["queued", "rendering", "paused"] },
+            "status": { "$in": ["waiting", "queued", "rendering", "paused"] },
             "_id": { "$in": ["r1"] },
         }
     );
