@@ -266,9 +266,23 @@ async fn one_agent_with_gpus_auto_is_one_worker_per_gpu_and_each_blender_is_pinn
         id_of("cpu-only"),
     );
 
-    let out = files.path().join("out");
-    let mut body = submission("needs a gpu", &blend, 8, 1, &out);
-    body["tags"] = serde_json::json!(["gpu"]);
+    // Uploaded, so that both slots want the same blend from the agent's one
+    // cache at the same moment.
+    let sha256 = renderfarm_client::sha256_file(&blend).await.unwrap();
+    renderfarm_client::BrokerClient::new(&broker.address)
+        .unwrap()
+        .with_token(Some(common::ADMIN_TOKEN.into()))
+        .upload_file(&blend, &sha256, &|_, _| {})
+        .await
+        .expect("the blend uploads");
+    let body = serde_json::json!({
+        "name": "needs a gpu",
+        "blend_sha256": sha256,
+        "frame_start": 1,
+        "frame_end": 8,
+        "chunk_size": 1,
+        "tags": ["gpu"],
+    });
     let render = submit(&broker.address, &broker.client, &body).await;
     let id = render["id"].as_str().unwrap().to_string();
     wait_for("the render to complete", RENDER_LIMIT, || {
@@ -282,12 +296,18 @@ async fn one_agent_with_gpus_auto_is_one_worker_per_gpu_and_each_blender_is_pinn
         }
     })
     .await;
-    for frame in 1..=8 {
-        assert!(
-            out.join(format!("frame_{frame:04}.png")).is_file(),
-            "frame {frame}"
-        );
-    }
+    let frames = get_json(
+        &broker.client,
+        format!("{}/renders/{id}/frames", broker.address),
+    )
+    .await;
+    let numbers: Vec<i64> = frames["frames"]
+        .as_array()
+        .expect("the render's frames")
+        .iter()
+        .filter_map(|f| f["frame"].as_i64())
+        .collect();
+    assert_eq!(numbers, (1..=8).collect::<Vec<_>>(), "{frames}");
 
     // Each slot keeps its own identity (written just after it registered).
     let identities: Vec<Value> = ["gpu0", "gpu1"]
@@ -376,15 +396,21 @@ async fn one_agent_with_gpus_auto_is_one_worker_per_gpu_and_each_blender_is_pinn
                 .any(|a| a.ends_with(renderfarm_worker::blender::warm::DRIVER_FILE));
         assert!(renders, "then the render or the warm driver: {blender:?}");
     }
-    assert!(work.join("cache").is_dir(), "one cache, the agent's");
+    let cached = work.join("cache").join(format!("{sha256}.blend"));
+    assert!(
+        seen.iter().all(|b| Path::new(&b.args[1]) == cached),
+        "every Blender opened the one cached copy, {}: {seen:?}",
+        cached.display()
+    );
 
     let cpu_summary = cpu.stop().await;
     assert_eq!(cpu_summary.completed, 0, "{cpu_summary:?}");
     let (status, stderr) = agent.stop().await;
     assert!(status.success(), "{stderr}");
     assert!(
-        stderr.contains("renderfarm-worker stopped: 8 completed, 0 failed"),
-        "the agent's sums:\n{stderr}"
+        stderr.contains("renderfarm-worker stopped: 8 completed, 0 failed")
+            && stderr.contains("; 1 blend file(s) downloaded"),
+        "the agent's sums, one download for both slots:\n{stderr}"
     );
     for (slot, gpu) in [("render01/gpu0", 0), ("render01/gpu1", 1)] {
         let line = stderr
