@@ -7,11 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::authority::{tls_broker, Authority};
-use common::{blender_or_skip, BrokerProcess};
+use common::{blender_or_skip, worker_binary, BrokerProcess};
 
 /// `renderfarm ARGS --broker BROKER`, with nothing from the shell's
 /// environment deciding what it trusts or where it goes. Every call to the
@@ -43,36 +42,6 @@ fn run(mut command: Command) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-/// The `renderfarm-worker` binary. It belongs to another package of the
-/// workspace, whose binaries cargo builds for this package's tests only
-/// under `--workspace`; so ask cargo for it, once (a no-op when it is up to
-/// date).
-fn worker_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--quiet", "--package", "renderfarm-worker"])
-            .args(["--bin", "renderfarm-worker", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit());
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        let output = build.output().expect("cargo runs");
-        assert!(
-            output.status.success(),
-            "cargo build -p renderfarm-worker failed"
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo names the renderfarm-worker executable")
-    })
 }
 
 /// `renderfarm-worker` against `broker`, its work directory under `dir`,

@@ -413,6 +413,36 @@ pub fn agent_config(broker: &str, name: &str, blender: &Path, work_dir: &Path) -
     }
 }
 
+/// The `renderfarm-worker` binary. It belongs to another package of the
+/// workspace, whose binaries cargo builds for this package's tests only
+/// under `--workspace`; so ask cargo for it, once (a no-op when it is up to
+/// date).
+pub fn worker_binary() -> &'static Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "--package", "renderfarm-worker"])
+            .args(["--bin", "renderfarm-worker", "--message-format=json"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit());
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let output = build.output().expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "cargo build -p renderfarm-worker failed"
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the renderfarm-worker executable")
+    })
+}
+
 /// A worker agent running inside the test process.
 pub struct TestAgent {
     pub signals: StopSignals,

@@ -3,7 +3,8 @@
 //! with ffmpeg, [`crate::video`]) under its lease, report how it ended.
 //! Reports that cannot reach the broker are retried with backoff and
 //! jitter; a final report still undelivered when the agent stops is kept on
-//! disk and sent at the next start.
+//! disk and sent at the next start. With GPU slots (`--gpus`) the agent runs
+//! that loop once per GPU, side by side, each slot a worker of its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,9 +76,12 @@ pub struct StopSignals {
     pub abort: CancellationToken,
 }
 
-/// What one agent did before it stopped.
+/// What one agent did before it stopped: with GPU slots, the sums over
+/// its slots, and what each did in [`AgentSummary::slots`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentSummary {
+    /// The worker the agent was at the broker; `None` with GPU slots (each
+    /// is a worker of its own, see `slots`) or when it never registered.
     pub worker_id: Option<Uuid>,
     pub completed: u64,
     pub failed: u64,
@@ -87,29 +91,70 @@ pub struct AgentSummary {
     pub released: u64,
     /// Blend files fetched from the broker (the others came from the cache).
     pub blends_downloaded: u64,
+    /// With GPU slots (`--gpus`), what each did, in the order of its GPU
+    /// in `--gpus`; empty without.
+    pub slots: Vec<SlotSummary>,
 }
 
-/// One worker agent.
+impl AgentSummary {
+    /// Counts what `other` did too (its worker and slots aside).
+    fn add(&mut self, other: &AgentSummary) {
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.aborted += other.aborted;
+        self.released += other.released;
+        self.blends_downloaded += other.blends_downloaded;
+    }
+}
+
+/// What one GPU slot did before it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotSummary {
+    /// Its worker's name at the broker (`<agent name>/gpu<index>`).
+    pub name: String,
+    /// Its GPU, as `nvidia-smi` numbers it.
+    pub gpu: u32,
+    /// Its worker and counts (with no slots of its own).
+    pub summary: AgentSummary,
+}
+
+/// One worker agent: one worker at the broker, or with GPU slots one per
+/// GPU, running side by side on one runtime with one blend cache and one set
+/// of stop signals.
 pub struct Agent {
+    slots: Vec<Slot>,
+    signals: StopSignals,
+    /// Held while the agent lives: its saved reports, its slots' folders and
+    /// Blender's session files in the work directory are its alone.
+    _work_dir_lock: Flock<std::fs::File>,
+}
+
+/// One worker at the broker: its registration and secret, its leases and
+/// heartbeats, its undelivered reports and its Blender, all in a work
+/// directory of its own (the agent's, or with GPU slots `gpu<index>` in it).
+struct Slot {
+    /// This slot's: its name, tags and work directory are its own.
     config: AgentConfig,
+    /// Its GPU, with GPU slots.
+    gpu: Option<u32>,
     client: BrokerClient,
     signals: StopSignals,
     summary: AgentSummary,
     /// The client with the enrolment token, to register with.
     enrolment: BrokerClient,
-    /// Blends fetched from the broker by hash.
+    /// Blends fetched from the broker by hash, shared by the agent's slots.
     cache: Arc<BlendCache>,
     /// Starts Blender for each chunk, cold or in the render's warm process.
     launcher: Launcher,
     /// The task kinds this worker runs, as it announces them to the broker.
     kinds: Vec<TaskKind>,
-    /// Held while the agent lives: its saved reports and Blender's session
-    /// files in the work directory are its alone.
-    _work_dir_lock: Flock<std::fs::File>,
 }
 
 /// The lock file that keeps a work directory to one agent.
 const LOCK_FILE: &str = "agent.lock";
+/// The tag every GPU slot carries on top of the agent's: renders that need a
+/// GPU require it.
+pub const GPU_TAG: &str = "gpu";
 /// Who the agent is at its broker: kept across restarts, so that an agent
 /// restarted on the same work directory is the same worker again.
 const IDENTITY_FILE: &str = "identity.json";
@@ -132,10 +177,48 @@ fn blender_only() -> Vec<TaskKind> {
     vec![TaskKind::Blender]
 }
 
+/// The name, tags and work directory of the slot on `gpu` of an agent set
+/// up as `config`.
+pub fn gpu_slot_config(config: &AgentConfig, gpu: u32) -> AgentConfig {
+    let mut tags = config.tags.clone();
+    if !tags.iter().any(|t| t == GPU_TAG) {
+        tags.push(GPU_TAG.to_string());
+    }
+    AgentConfig {
+        name: format!("{}/gpu{gpu}", config.name),
+        tags,
+        work_dir: config.work_dir.join(format!("gpu{gpu}")),
+        ..config.clone()
+    }
+}
+
 impl Agent {
-    /// Checks Blender before anything else, so a broken setup is reported
-    /// before the agent registers.
+    /// An agent that is one worker at the broker. Checks Blender before
+    /// anything else, so a broken setup is reported before the agent
+    /// registers.
     pub async fn new(config: AgentConfig, signals: StopSignals) -> anyhow::Result<Self> {
+        Self::build(config, &[], signals).await
+    }
+
+    /// An agent with one slot per GPU in `gpus` (`--gpus`), each a worker of
+    /// its own to the broker: named `<name>/gpu<index>`, with the agent's
+    /// tags and `gpu`, its own secret, leases, heartbeats and undelivered
+    /// reports under `<work-dir>/gpu<index>/`, and its Blender pinned to its
+    /// GPU. They share the blend cache and the stop signals. Without GPUs
+    /// it is [`Agent::new`].
+    pub async fn with_gpu_slots(
+        config: AgentConfig,
+        gpus: &[u32],
+        signals: StopSignals,
+    ) -> anyhow::Result<Self> {
+        Self::build(config, gpus, signals).await
+    }
+
+    async fn build(
+        config: AgentConfig,
+        gpus: &[u32],
+        signals: StopSignals,
+    ) -> anyhow::Result<Self> {
         let version = blender::check_blender(&config.blender).await?;
         tracing::info!(blender = %config.blender.display(), %version, "Blender found");
         let kinds = match video::check_ffmpeg(&config.ffmpeg).await {
@@ -148,7 +231,7 @@ impl Agent {
                 vec![TaskKind::Blender]
             }
         };
-        std::fs::create_dir_all(config.work_dir.join(PENDING_DIR)).with_context(|| {
+        std::fs::create_dir_all(&config.work_dir).with_context(|| {
             format!("creating the work directory {}", config.work_dir.display())
         })?;
         let lock_path = config.work_dir.join(LOCK_FILE);
@@ -164,29 +247,129 @@ impl Agent {
                 config.work_dir.display()
             )
         })?;
+        warn_of_stranded_reports(&config.work_dir, gpus);
         let options = ClientOptions {
             ca_file: config.ca_file.clone(),
         };
         let enrolment = BrokerClient::with_options(&config.broker, &options)?
             .with_token(config.enrolment_token.clone());
         let cache = BlendCache::open(&config.work_dir.join(CACHE_DIR), config.cache_size)?;
-        let launcher = Launcher::new(config.blender.clone(), config.work_dir.clone(), config.warm);
+        let slot = |config: AgentConfig, gpu: Option<u32>| -> anyhow::Result<Slot> {
+            std::fs::create_dir_all(config.work_dir.join(PENDING_DIR)).with_context(|| {
+                format!("creating the work directory {}", config.work_dir.display())
+            })?;
+            let mut launcher =
+                Launcher::new(config.blender.clone(), config.work_dir.clone(), config.warm);
+            if let Some(gpu) = gpu {
+                launcher = launcher.on_gpu(gpu);
+            }
+            Ok(Slot {
+                cache: cache.clone(),
+                launcher,
+                kinds: kinds.clone(),
+                gpu,
+                client: enrolment.clone(),
+                enrolment: enrolment.clone(),
+                signals: signals.clone(),
+                summary: AgentSummary::default(),
+                config,
+            })
+        };
+        let slots = if gpus.is_empty() {
+            vec![slot(config, None)?]
+        } else {
+            gpus.iter()
+                .map(|&gpu| slot(gpu_slot_config(&config, gpu), Some(gpu)))
+                .collect::<anyhow::Result<_>>()?
+        };
         Ok(Self {
-            cache,
-            launcher,
-            kinds,
-            config,
-            client: enrolment.clone(),
-            enrolment,
+            slots,
             signals,
-            summary: AgentSummary::default(),
             _work_dir_lock: work_dir_lock,
         })
     }
 
     /// Runs until told to stop; returns what it did. Fails when the broker
-    /// cannot be talked to as set up (its TLS certificate is not trusted).
+    /// cannot be talked to as set up (its TLS certificate is not trusted,
+    /// the enrolment token is refused); with GPU slots, one slot failing so
+    /// stops the others too (they hand their tasks back).
     pub async fn run(mut self) -> anyhow::Result<AgentSummary> {
+        if self.slots.len() == 1 && self.slots[0].gpu.is_none() {
+            let slot = self.slots.remove(0);
+            return slot.run().await;
+        }
+        let mut running = tokio::task::JoinSet::new();
+        for slot in std::mem::take(&mut self.slots) {
+            let (name, gpu) = (slot.config.name.clone(), slot.gpu.unwrap_or_default());
+            let span = tracing::info_span!("slot", gpu);
+            running.spawn(async move { (name, gpu, slot.run().instrument(span).await) });
+        }
+        let mut total = AgentSummary::default();
+        let mut first_error: Option<anyhow::Error> = None;
+        while let Some(joined) = running.join_next().await {
+            let (name, gpu, outcome) = match joined {
+                Ok(ended) => ended,
+                Err(e) => {
+                    self.signals.stop.cancel();
+                    self.signals.abort.cancel();
+                    first_error.get_or_insert(anyhow::anyhow!("a GPU slot ended abnormally: {e}"));
+                    continue;
+                }
+            };
+            match outcome {
+                Ok(summary) => {
+                    total.add(&summary);
+                    total.slots.push(SlotSummary { name, gpu, summary });
+                }
+                Err(e) => {
+                    // The others would meet the same broker the same way.
+                    self.signals.stop.cancel();
+                    self.signals.abort.cancel();
+                    first_error.get_or_insert(e.context(format!("GPU slot {name}")));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        total.slots.sort_by_key(|s| s.gpu);
+        Ok(total)
+    }
+}
+
+/// Reports saved by this work directory's other shape (one worker, or GPU
+/// slots) are sent with that worker's secret alone: say where they wait.
+fn warn_of_stranded_reports(work_dir: &Path, gpus: &[u32]) {
+    let mut folders: Vec<PathBuf> = Vec::new();
+    if gpus.is_empty() {
+        if let Ok(entries) = std::fs::read_dir(work_dir) {
+            folders.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("gpu"))
+                    .map(|e| e.path().join(PENDING_DIR)),
+            );
+        }
+    } else {
+        folders.push(work_dir.join(PENDING_DIR));
+    }
+    for folder in folders {
+        let waiting = std::fs::read_dir(&folder).map_or(0, |d| d.count());
+        if waiting > 0 {
+            let shape = if gpus.is_empty() {
+                "with --gpus"
+            } else {
+                "without --gpus"
+            };
+            tracing::warn!(folder = %folder.display(), waiting, "reports saved when this agent ran {shape} wait in this folder; they are sent when it runs {shape} again");
+        }
+    }
+}
+
+impl Slot {
+    /// Runs until told to stop; returns what it did. Fails when the broker
+    /// cannot be talked to as set up (its TLS certificate is not trusted).
+    async fn run(mut self) -> anyhow::Result<AgentSummary> {
         let known = self.saved_identity();
         let Some(mut worker_id) = (match known {
             Some(id) => Some(id),
@@ -361,6 +544,16 @@ impl Agent {
                     );
                 }
                 Err(e @ ClientError::UntrustedCertificate { .. }) => return Err(e.into()),
+                // Asking again cannot help (a name or tags it refuses): say
+                // what it refused rather than retry for ever.
+                Err(e @ ClientError::Rejected(..)) => {
+                    anyhow::bail!(
+                        "the broker at {} refused to register the worker {:?} with the tags {:?}: {e}. Change --name or --tags",
+                        self.enrolment.base(),
+                        spec.name,
+                        spec.tags
+                    );
+                }
                 Err(e) => {
                     let delay = retry_delay(retry.next(), &e);
                     tracing::warn!(error = %e, ?delay, "cannot register; trying again");

@@ -2,7 +2,9 @@
 //! `<work-dir>/cache/<sha256>.blend`: bounded in size (least recently used
 //! goes first, never a file a chunk is rendering from), each file checked
 //! against its hash before a render uses it, so that one download serves
-//! every chunk of a render and a damaged file is fetched again.
+//! every chunk of a render and a damaged file is fetched again. One cache
+//! serves every slot of an agent (`--gpus`) at once: two slots that want the
+//! same blend take turns, so that one download serves both.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -73,6 +75,34 @@ struct CacheState {
     /// had then: a file changed since is hashed again, an unchanged one is
     /// not (a blend of several GB takes seconds to hash, once per chunk).
     verified: HashMap<String, (u64, SystemTime)>,
+    /// Per hash, the turn to check or fetch it, while any caller holds or
+    /// waits for it: two fetches of one hash would write the same partial
+    /// download at once (each resuming from the other's bytes).
+    turns: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A caller's turn to check or fetch one hash; the last one out forgets
+/// the turn.
+struct Turn<'a> {
+    cache: &'a BlendCache,
+    sha256: String,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut state = self.cache.lock();
+        // The map's reference and this turn's own: nobody else waits. A
+        // caller gets its reference under the same lock, so none can come
+        // between the count and the removal.
+        if state
+            .turns
+            .get(&self.sha256)
+            .is_some_and(|gate| Arc::strong_count(gate) == 2)
+        {
+            state.turns.remove(&self.sha256);
+        }
+    }
 }
 
 /// A blend in the cache that a chunk renders from; it is not evicted while
@@ -130,6 +160,21 @@ impl BlendCache {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits for the turn to check or fetch `sha256`.
+    async fn turn(&self, sha256: &str) -> Turn<'_> {
+        let gate = self
+            .lock()
+            .turns
+            .entry(sha256.to_string())
+            .or_default()
+            .clone();
+        Turn {
+            cache: self,
+            sha256: sha256.to_string(),
+            _held: gate.lock_owned().await,
+        }
+    }
+
     /// Where the blend of `sha256` lives.
     pub fn path_of(&self, sha256: &str) -> PathBuf {
         self.dir.join(format!("{sha256}.blend"))
@@ -138,7 +183,8 @@ impl BlendCache {
     /// The blend of `sha256`, from the cache when it is there with the right
     /// bytes, else through `download(path)`, which writes it there verified
     /// (`bytes`: its size, when known, to make room first). Least recently
-    /// used files go to stay under the limit; none in use does.
+    /// used files go to stay under the limit; none in use does. A second
+    /// caller for the same hash waits for the first's download and uses it.
     pub async fn get<F, Fut>(
         self: &Arc<Self>,
         sha256: &str,
@@ -159,6 +205,7 @@ impl BlendCache {
             sha256: sha256.to_string(),
             path: path.clone(),
         };
+        let _turn = self.turn(sha256).await;
         if path.is_file() {
             if self.check(sha256, &path).await? {
                 self.mark_used(sha256, &path)?;
@@ -381,6 +428,46 @@ mod tests {
         let (held, how) = get(&fresh, &sha_a, &a, &downloads).await;
         assert_eq!(how, Provenance::Downloaded);
         assert_eq!(std::fs::read(held.path()).unwrap(), a);
+    }
+
+    #[tokio::test]
+    async fn two_slots_asking_for_one_blend_at_once_share_one_download() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlendCache::open(dir.path(), 1 << 20).unwrap();
+        let downloads = AtomicUsize::new(0);
+        let (a, sha_a) = blend(scratch.path(), b'a', 100).await;
+        // The download writes in two parts with a pause between, as a
+        // transfer over the network does: the second caller asks meanwhile.
+        let fetch = |path: PathBuf| {
+            let downloads = &downloads;
+            let a = &a;
+            async move {
+                downloads.fetch_add(1, Ordering::SeqCst);
+                let partial = path.with_extension("part");
+                std::fs::write(&partial, &a[..50])?;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let mut file = std::fs::OpenOptions::new().append(true).open(&partial)?;
+                std::io::Write::write_all(&mut file, &a[50..])?;
+                std::fs::rename(&partial, &path)?;
+                Ok(())
+            }
+        };
+        let (first, second) = tokio::join!(
+            cache.get(&sha_a, Some(100), fetch),
+            cache.get(&sha_a, Some(100), fetch)
+        );
+        let (first, how_first) = first.unwrap();
+        let (second, how_second) = second.unwrap();
+        assert_eq!(downloads.load(Ordering::SeqCst), 1, "one download");
+        assert_eq!(
+            [how_first, how_second],
+            [Provenance::Downloaded, Provenance::Cached]
+        );
+        assert_eq!(std::fs::read(first.path()).unwrap(), a);
+        assert_eq!(std::fs::read(second.path()).unwrap(), a);
+        drop((first, second));
+        assert!(cache.lock().turns.is_empty(), "the turns are forgotten");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! `renderfarm-worker`: the agent that runs on every render machine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use renderfarm_worker::blender::warm::WarmConfig;
-use renderfarm_worker::{Agent, AgentConfig, StopSignals};
+use renderfarm_worker::gpu::{GpuChoice, NVIDIA_SMI};
+use renderfarm_worker::{Agent, AgentConfig, AgentSummary, StopSignals};
 
 /// Renders tasks from a renderfarm broker with Blender, and assembles
 /// renders' videos with ffmpeg.
@@ -84,6 +85,28 @@ struct Cli {
     /// A warm Blender ends after this many chunks, and the next starts fresh.
     #[arg(long, env = "RENDERFARM_WARM_MAX_CHUNKS", default_value = "100", value_parser = clap::value_parser!(u32).range(1..))]
     warm_max_chunks: u32,
+    /// Run one task per GPU at once: `auto` for every GPU nvidia-smi lists,
+    /// or indices as nvidia-smi numbers them (e.g. 0,1). Off by default.
+    ///
+    /// Each GPU is a slot, a worker of its own to the broker: named
+    /// NAME/gpuINDEX, with --tags and `gpu` (a render that needs a GPU
+    /// requires the tag `gpu`), its own secret, leases, heartbeats and
+    /// undelivered reports under WORK_DIR/gpuINDEX. Its Blender renders
+    /// Cycles on that GPU alone (CUDA_VISIBLE_DEVICES, and a --python-expr
+    /// set-up before the render's arguments that picks OptiX, else CUDA); a
+    /// chunk whose Blender sees no GPU fails with the reason in its log,
+    /// never renders on the CPU. Each slot keeps at most one warm Blender of
+    /// its own, bounded on its own by --warm-max-rss, --warm-idle and
+    /// --warm-max-chunks, holding its scene in its own GPU's memory until it
+    /// ends. The slots share the blend cache; a signal stops them all.
+    ///
+    /// `auto` on a machine without nvidia-smi or without a GPU warns and runs
+    /// the agent as one worker without GPU slots and without the `gpu` tag,
+    /// as without --gpus (so one setting fits every machine). Indices that
+    /// nvidia-smi does not list, or cannot be checked, stop the agent at start
+    /// with an error.
+    #[arg(long, env = "RENDERFARM_GPUS", value_name = "auto|0,1,...")]
+    gpus: Option<GpuChoice>,
     /// On SIGTERM or Ctrl-C, finish the current task before stopping (a second
     /// signal aborts it). Without it the task is aborted and handed back.
     #[arg(long)]
@@ -138,6 +161,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.poll_wait
         );
     }
+    // Before Blender's check: a --gpus that cannot be had is the first thing
+    // to fix.
+    let gpus = match &cli.gpus {
+        Some(choice) => renderfarm_worker::gpu::choose(choice, Path::new(NVIDIA_SMI)).await?,
+        None => Vec::new(),
+    };
+    for gpu in &gpus {
+        tracing::info!(gpu = gpu.index, uuid = %gpu.uuid, "a GPU slot on {gpu}");
+    }
     let name = cli
         .name
         .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
@@ -174,14 +206,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
     };
     let signals = StopSignals::default();
-    let agent = Agent::new(config, signals.clone()).await?;
+    let indices: Vec<u32> = gpus.iter().map(|g| g.index).collect();
+    let agent = Agent::with_gpu_slots(config, &indices, signals.clone()).await?;
     tokio::spawn(watch_signals(signals, cli.drain));
     let summary = agent.run().await?;
     eprintln!(
-        "renderfarm-worker stopped: {} completed, {} failed, {} aborted by the broker, {} handed back; {} blend file(s) downloaded",
-        summary.completed, summary.failed, summary.aborted, summary.released, summary.blends_downloaded
+        "renderfarm-worker stopped: {}; {} blend file(s) downloaded",
+        counts(&summary),
+        summary.blends_downloaded
     );
+    for slot in &summary.slots {
+        eprintln!(
+            "  {} (GPU {}): {}",
+            slot.name,
+            slot.gpu,
+            counts(&slot.summary)
+        );
+    }
     Ok(())
+}
+
+fn counts(summary: &AgentSummary) -> String {
+    format!(
+        "{} completed, {} failed, {} aborted by the broker, {} handed back",
+        summary.completed, summary.failed, summary.aborted, summary.released
+    )
 }
 
 /// First SIGTERM/Ctrl-C: take no new work (and abort the current task unless

@@ -1,5 +1,6 @@
 //! Running Blender: checking it works, starting one render of a frame range in
-//! its own process group, reading its output line by line, killing it.
+//! its own process group (pinned to one GPU for a GPU slot), reading its
+//! output line by line, killing it.
 
 pub mod output;
 pub mod scene;
@@ -30,6 +31,36 @@ pub async fn check_blender(blender: &Path) -> anyhow::Result<String> {
         l.starts_with("Blender ")
     })
     .await
+}
+
+/// The Python a GPU slot's Blender runs once the file is loaded, before the
+/// render's own arguments (`--python-expr`, see [`pin_to_gpu`]): Cycles
+/// renders every scene on the one GPU CUDA shows it ([`gpu_env`]), with
+/// OptiX when this Blender has it, else CUDA, and never on the CPU. A
+/// Blender that sees no such GPU prints an `Error:` line saying why and
+/// exits with code 1, which fails the chunk with that reason.
+pub const GPU_SETUP: &str = include_str!("gpu_setup.py");
+
+/// What a GPU slot's Blender finds in its environment: CUDA shows it the
+/// slot's GPU alone, numbered as `nvidia-smi` numbers it (CUDA's own order
+/// is fastest first; the PCI bus order is nvidia-smi's).
+pub fn gpu_env(gpu: u32) -> [(&'static str, String); 2] {
+    [
+        ("CUDA_DEVICE_ORDER", "PCI_BUS_ID".to_string()),
+        ("CUDA_VISIBLE_DEVICES", gpu.to_string()),
+    ]
+}
+
+/// Blender's arguments `args` (which start with `-b FILE`) for a Blender
+/// pinned to `gpu`, if any: the GPU set-up goes right after the file is
+/// loaded, so that it acts on the file's scenes before anything renders
+/// them (Blender applies its arguments in order).
+pub fn pin_to_gpu(mut args: Vec<OsString>, gpu: Option<u32>) -> Vec<OsString> {
+    if gpu.is_some() {
+        let at = args.len().min(2);
+        args.splice(at..at, ["--python-expr".into(), GPU_SETUP.into()]);
+    }
+    args
 }
 
 /// One render of frames `from..=to` of a .blend file.
@@ -69,6 +100,12 @@ impl RenderJob {
         }
         args
     }
+
+    /// Blender's arguments on a Blender pinned to `gpu` (a GPU slot's), or
+    /// [`RenderJob::args`] for `None`.
+    pub fn args_on(&self, gpu: Option<u32>) -> Vec<OsString> {
+        pin_to_gpu(self.args(), gpu)
+    }
 }
 
 /// A Blender process rendering, with its output arriving line by line.
@@ -99,10 +136,16 @@ enum ProcessKind {
 pub const TEMP_DIR: &str = "blender-tmp";
 
 /// Starts Blender on `job` in `work_dir`, in a process group of its own so
-/// that killing it takes any children along. No shell is involved. One
-/// Blender at a time per work directory: its temporary directory starts empty.
-pub fn start(blender: &Path, job: &RenderJob, work_dir: &Path) -> anyhow::Result<RunningBlender> {
-    let (mut child, temp_dir) = spawn(blender, job.args(), work_dir, Stdio::null())?;
+/// that killing it takes any children along, pinned to `gpu` if given. No
+/// shell is involved. One Blender at a time per work directory: its
+/// temporary directory starts empty.
+pub fn start(
+    blender: &Path,
+    job: &RenderJob,
+    work_dir: &Path,
+    gpu: Option<u32>,
+) -> anyhow::Result<RunningBlender> {
+    let (mut child, temp_dir) = spawn(blender, job.args_on(gpu), work_dir, Stdio::null(), gpu)?;
     let pid = child.id();
     let lines = forward_output(&mut child);
     Ok(RunningBlender {
@@ -115,13 +158,15 @@ pub fn start(blender: &Path, job: &RenderJob, work_dir: &Path) -> anyhow::Result
 }
 
 /// Starts Blender with `args` as [`start`] does: in `work_dir`, in a process
-/// group of its own, with an empty temporary directory; returns the child and
-/// that directory.
+/// group of its own, with an empty temporary directory, and CUDA showing it
+/// `gpu` alone when given (`args` are pinned to it already); returns the
+/// child and that directory.
 fn spawn(
     blender: &Path,
     args: Vec<OsString>,
     work_dir: &Path,
     stdin: Stdio,
+    gpu: Option<u32>,
 ) -> anyhow::Result<(Child, PathBuf)> {
     let temp_dir = work_dir.join(TEMP_DIR);
     match std::fs::remove_dir_all(&temp_dir) {
@@ -138,6 +183,7 @@ fn spawn(
         // Blender looks at TMP before TMPDIR.
         .env("TMP", &temp_dir)
         .env("TMPDIR", &temp_dir)
+        .envs(gpu.map(gpu_env).into_iter().flatten())
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -239,5 +285,38 @@ mod tests {
             ..job
         };
         assert!(!plain.args().iter().any(|a| a == "-E"));
+    }
+
+    #[test]
+    fn a_gpu_slot_s_blender_runs_the_gpu_set_up_once_the_file_is_loaded_and_before_the_render_arguments(
+    ) {
+        let job = RenderJob {
+            blend_file: "/p/shot.blend".into(),
+            output: "/r/frame_####".into(),
+            engine: Some("CYCLES".into()),
+            from: 1,
+            to: 2,
+        };
+        let pinned = job.args_on(Some(1));
+        let cold = job.args();
+        assert_eq!(
+            pinned[..4],
+            [
+                OsString::from("-b"),
+                "/p/shot.blend".into(),
+                "--python-expr".into(),
+                GPU_SETUP.into()
+            ]
+        );
+        assert_eq!(pinned[4..], cold[2..], "then the render's own arguments");
+        assert_eq!(job.args_on(None), cold, "no GPU, no set-up");
+        assert!(GPU_SETUP.starts_with("# renderfarm-worker: GPU set-up"));
+        assert_eq!(
+            gpu_env(1),
+            [
+                ("CUDA_DEVICE_ORDER", "PCI_BUS_ID".to_string()),
+                ("CUDA_VISIBLE_DEVICES", "1".to_string())
+            ]
+        );
     }
 }

@@ -37,10 +37,11 @@
 //! Memory: the process holds the scene between chunks, so one warm Blender
 //! per agent slot costs one scene's memory while idle, for at most
 //! [`WarmConfig::idle`]. The ceiling [`WarmConfig::max_rss`] is per process:
-//! with several slots on one machine (GPU slots, a later issue) each slot's
-//! warm process is bounded by it on its own, so a machine needs slots ×
-//! ceiling of memory (and each GPU slot's device memory is released when its
-//! process ends, at the latest after the idle timeout). An agent killed
+//! with GPU slots (`--gpus`) each slot has a launcher and so at most one
+//! warm process of its own, bounded by it on its own, so a machine needs
+//! slots × ceiling of memory; each holds its scene in its own GPU's memory
+//! alone (it is pinned to that GPU), released when the process ends, at the
+//! latest after the idle timeout or the chunk limit. An agent killed
 //! outright does not leave a warm Blender behind for long: its stdin closes,
 //! and the driver ends Blender after the chunk it is rendering.
 
@@ -167,6 +168,9 @@ pub struct Launcher {
     blender: PathBuf,
     work_dir: PathBuf,
     config: WarmConfig,
+    /// The GPU every Blender it starts is pinned to (a GPU slot's), cold or
+    /// warm.
+    gpu: Option<u32>,
     parked: Arc<Mutex<Parked>>,
 }
 
@@ -186,7 +190,18 @@ impl Launcher {
             blender,
             work_dir,
             config,
+            gpu: None,
             parked: Arc::default(),
+        }
+    }
+
+    /// The same launcher with every Blender pinned to `gpu` (a GPU slot's):
+    /// the GPU set-up on its command line and CUDA showing it that GPU
+    /// alone, cold or warm ([`super::pin_to_gpu`], [`super::gpu_env`]).
+    pub fn on_gpu(self, gpu: u32) -> Self {
+        Self {
+            gpu: Some(gpu),
+            ..self
         }
     }
 
@@ -204,7 +219,7 @@ impl Launcher {
         key: Option<SceneKey>,
     ) -> anyhow::Result<RunningBlender> {
         if !self.config.enabled {
-            return start(&self.blender, job, &self.work_dir);
+            return start(&self.blender, job, &self.work_dir, self.gpu);
         }
         let parked = {
             let mut parked = lock(&self.parked);
@@ -215,7 +230,7 @@ impl Launcher {
         // another Blender starts.
         let reusable = parked.filter(|w| key.as_ref() == Some(&w.key));
         let Some(key) = key else {
-            return start(&self.blender, job, &self.work_dir);
+            return start(&self.blender, job, &self.work_dir, self.gpu);
         };
         if let Some(mut warm) = reusable {
             match warm.send(job).await {
@@ -240,17 +255,14 @@ impl Launcher {
             .with_context(|| format!("locating the work directory {}", self.work_dir.display()))?;
         std::fs::write(&driver, DRIVER)
             .with_context(|| format!("writing the warm driver {}", driver.display()))?;
-        let args: Vec<OsString> = vec![
-            "-b".into(),
-            blend_file.into(),
-            "-t".into(),
-            "0".into(),
-            "--python".into(),
-            driver.into_os_string(),
-            "--".into(),
-            blend_file.into(),
-        ];
-        let (mut child, temp_dir) = spawn(&self.blender, args, &self.work_dir, Stdio::piped())?;
+        let args = driver_args(blend_file, driver.into_os_string(), self.gpu);
+        let (mut child, temp_dir) = spawn(
+            &self.blender,
+            args,
+            &self.work_dir,
+            Stdio::piped(),
+            self.gpu,
+        )?;
         let pid = child.id();
         let stdin = child
             .stdin
@@ -304,6 +316,23 @@ impl Launcher {
             lines,
         }
     }
+}
+
+/// The warm Blender's arguments: `blend_file` loaded, pinned to `gpu` if
+/// given (the GPU set-up runs before the driver, once for every chunk the
+/// process renders), then the `driver` script.
+pub fn driver_args(blend_file: &str, driver: OsString, gpu: Option<u32>) -> Vec<OsString> {
+    let args: Vec<OsString> = vec![
+        "-b".into(),
+        blend_file.into(),
+        "-t".into(),
+        "0".into(),
+        "--python".into(),
+        driver,
+        "--".into(),
+        blend_file.into(),
+    ];
+    super::pin_to_gpu(args, gpu)
 }
 
 fn lock(parked: &Mutex<Parked>) -> std::sync::MutexGuard<'_, Parked> {
@@ -602,6 +631,107 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    /// A stand-in for Blender (named as such): a shell script that writes
+    /// its arguments (NUL-separated: the GPU set-up spans lines) and the
+    /// CUDA variables of its environment to files.
+    fn recording_blender(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("recording-blender");
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nprintf '%s\\0' \"$@\" > '{0}/args'\n\
+                 printf 'CUDA_DEVICE_ORDER=%s\\nCUDA_VISIBLE_DEVICES=%s\\n' \"${{CUDA_DEVICE_ORDER-unset}}\" \"${{CUDA_VISIBLE_DEVICES-unset}}\" > '{0}/env'\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// What [`recording_blender`] got: its arguments and environment.
+    fn recorded(dir: &Path) -> (Vec<String>, String) {
+        let args = std::fs::read_to_string(dir.join("args")).unwrap();
+        let args = args
+            .strip_suffix('\0')
+            .unwrap_or(&args)
+            .split('\0')
+            .map(String::from)
+            .collect();
+        (args, std::fs::read_to_string(dir.join("env")).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_gpu_slot_s_launcher_pins_cold_and_warm_blender_to_its_gpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let blender = recording_blender(dir.path());
+        let blend = dir.path().join("s.blend");
+        std::fs::write(&blend, b"scene").unwrap();
+        let job = RenderJob {
+            blend_file: blend.display().to_string(),
+            output: "/r/f_####".into(),
+            engine: None,
+            from: 1,
+            to: 2,
+        };
+        let strings = |args: Vec<OsString>| -> Vec<String> {
+            args.into_iter().map(|a| a.into_string().unwrap()).collect()
+        };
+
+        let mut cold =
+            Launcher::new(blender.clone(), dir.path().into(), WarmConfig::off()).on_gpu(1);
+        let mut running = cold.start(&job, None).await.unwrap();
+        running.process.wait().await.unwrap();
+        let (args, env) = recorded(dir.path());
+        assert_eq!(args, strings(job.args_on(Some(1))));
+        assert_eq!(args[2..4], ["--python-expr", super::super::GPU_SETUP]);
+        assert_eq!(
+            env,
+            "CUDA_DEVICE_ORDER=PCI_BUS_ID\nCUDA_VISIBLE_DEVICES=1\n"
+        );
+
+        let mut warm =
+            Launcher::new(blender.clone(), dir.path().into(), WarmConfig::default()).on_gpu(0);
+        let key = SceneKey::new("r", &job.blend_file, None);
+        let mut running = warm.start(&job, key).await.unwrap();
+        running.process.wait().await.unwrap();
+        let (args, env) = recorded(dir.path());
+        let driver = std::path::absolute(dir.path().join(DRIVER_FILE)).unwrap();
+        assert_eq!(
+            args,
+            strings(driver_args(
+                &job.blend_file,
+                driver.into_os_string(),
+                Some(0)
+            ))
+        );
+        assert_eq!(
+            args[..4],
+            [
+                "-b",
+                job.blend_file.as_str(),
+                "--python-expr",
+                super::super::GPU_SETUP
+            ],
+            "the set-up runs before the warm driver"
+        );
+        assert_eq!(
+            env,
+            "CUDA_DEVICE_ORDER=PCI_BUS_ID\nCUDA_VISIBLE_DEVICES=0\n"
+        );
+
+        // Without a GPU: neither, as before GPU slots.
+        let mut plain = Launcher::new(blender, dir.path().into(), WarmConfig::off());
+        let mut running = plain.start(&job, None).await.unwrap();
+        running.process.wait().await.unwrap();
+        let (args, env) = recorded(dir.path());
+        assert_eq!(args, strings(job.args()));
+        if std::env::var_os("CUDA_VISIBLE_DEVICES").is_none() {
+            assert_eq!(env, "CUDA_DEVICE_ORDER=unset\nCUDA_VISIBLE_DEVICES=unset\n");
+        }
     }
 
     #[tokio::test]
