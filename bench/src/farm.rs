@@ -247,6 +247,7 @@ pub(crate) async fn through_the_farm(
         frame_start: 1,
         frame_end: frames,
         chunk_size: chunk,
+        frame_order: Default::default(),
         priority: Priority::Normal,
         max_retries: 0,
         output: Some(format!("{}/farm/frame_####", dir.display())),

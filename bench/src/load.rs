@@ -28,6 +28,7 @@ pub fn spec(name: &str, tasks: i64) -> RenderSpec {
         frame_start: 1,
         frame_end: tasks,
         chunk_size: 1,
+        frame_order: Default::default(),
         priority: Priority::Normal,
         max_retries: 0,
         output: None,

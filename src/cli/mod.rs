@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use renderfarm_client::sha256_file;
-use renderfarm_wire::{Priority, RenderAction, RenderSpec, VideoCodec, VideoSpec, WorkerAction};
+use renderfarm_wire::{
+    FrameOrder, Priority, RenderAction, RenderSpec, VideoCodec, VideoSpec, WorkerAction,
+};
 
 use crate::api::auth::AuthMode;
 use crate::credentials::Bootstrap;
@@ -391,6 +393,11 @@ struct SubmitArgs {
     /// Frames per task.
     #[arg(long, default_value_t = 10)]
     chunk: i64,
+    /// `sequential`, or `preview-first`: the first, last and middle frames
+    /// and every Nth frame render first, each alone, so a broken shot shows
+    /// in minutes.
+    #[arg(long, default_value = "sequential", value_parser = parse_frame_order)]
+    frame_order: FrameOrder,
     /// low, normal, high or urgent.
     #[arg(long, default_value = "normal", value_parser = parse_priority)]
     priority: Priority,
@@ -424,6 +431,10 @@ struct SubmitArgs {
     depends_on: Vec<uuid::Uuid>,
     #[command(flatten)]
     broker: BrokerArgs,
+}
+
+fn parse_frame_order(s: &str) -> Result<FrameOrder, String> {
+    FrameOrder::parse(s).ok_or_else(|| format!("{s:?}: give sequential or preview-first"))
 }
 
 fn parse_video_codec(s: &str) -> Result<VideoCodec, String> {
@@ -737,6 +748,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         frame_start,
         frame_end,
         chunk_size: args.chunk,
+        frame_order: args.frame_order,
         priority: args.priority,
         max_retries: args.max_retries,
         output: args.output,

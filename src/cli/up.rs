@@ -169,6 +169,7 @@ async fn run_demo(
             frame_start: 1,
             frame_end: args.demo_frames,
             chunk_size: 4,
+            frame_order: Default::default(),
             priority: Priority::Normal,
             max_retries: 1,
             output: None,

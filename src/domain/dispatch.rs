@@ -29,6 +29,9 @@ pub enum ClaimKey {
     Priority,
     /// When the render was submitted (its submission sequence).
     Submitted,
+    /// The task's rank in its render (`domain::plan_tasks`: the previews
+    /// of a preview-first render go first).
+    Rank,
     /// The task's first frame.
     FrameStart,
 }
@@ -41,10 +44,12 @@ pub enum SortOrder {
 }
 
 /// The order in which claims hand tasks out: the highest priority first, then
-/// the oldest render, then the lowest frames.
+/// the oldest render, then within the render the lowest rank (a
+/// preview-first render's previews), then the lowest frames.
 pub const CLAIM_ORDER: &[(ClaimKey, SortOrder)] = &[
     (ClaimKey::Priority, SortOrder::Descending),
     (ClaimKey::Submitted, SortOrder::Ascending),
+    (ClaimKey::Rank, SortOrder::Ascending),
     (ClaimKey::FrameStart, SortOrder::Ascending),
 ];
 

@@ -101,6 +101,75 @@ pub fn chunk(range: FrameRange, size: ChunkSize) -> impl Iterator<Item = FrameRa
         })
 }
 
+/// One task of a render as planned: its frames, and its rank in the
+/// render's claim order (lower first; equal ranks by first frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedTask {
+    pub frames: FrameRange,
+    pub rank: i64,
+}
+
+/// The frames a preview-first render renders first, in the order they are
+/// claimed: the first, the last, the middle, then every Nth frame (N a
+/// ninth of the frames, rounded up), each once.
+pub fn preview_frames(range: FrameRange) -> Vec<i64> {
+    let every = (range.len() + 8) / 9;
+    let mut frames = vec![range.start, range.end, range.start + (range.len() - 1) / 2];
+    frames.extend(
+        (1..)
+            .map(|k| range.start + k * every)
+            .take_while(|f| *f < range.end),
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    frames.retain(|f| seen.insert(*f));
+    frames
+}
+
+/// A render's tasks in the order given: chunks of `size` lowest first
+/// (all of rank 0), or, preview-first, one task per [`preview_frames`]
+/// frame (ranks 1, 2, … in their order) and then chunks of `size` of the
+/// frames left between them (one rank after the previews).
+pub fn plan_tasks(
+    range: FrameRange,
+    size: ChunkSize,
+    order: renderfarm_wire::FrameOrder,
+) -> Box<dyn Iterator<Item = PlannedTask> + Send> {
+    match order {
+        renderfarm_wire::FrameOrder::Sequential => {
+            Box::new(chunk(range, size).map(|frames| PlannedTask { frames, rank: 0 }))
+        }
+        renderfarm_wire::FrameOrder::PreviewFirst => {
+            let previews = preview_frames(range);
+            let rest_rank = previews.len() as i64 + 1;
+            let mut tasks: Vec<PlannedTask> = previews
+                .iter()
+                .zip(1..)
+                .map(|(f, rank)| PlannedTask {
+                    frames: FrameRange { start: *f, end: *f },
+                    rank,
+                })
+                .collect();
+            let mut sorted = previews;
+            sorted.sort_unstable();
+            let mut gap_start = range.start;
+            for preview in sorted.into_iter().chain(std::iter::once(range.end + 1)) {
+                if preview > gap_start {
+                    let gap = FrameRange {
+                        start: gap_start,
+                        end: preview - 1,
+                    };
+                    tasks.extend(chunk(gap, size).map(|frames| PlannedTask {
+                        frames,
+                        rank: rest_rank,
+                    }));
+                }
+                gap_start = preview + 1;
+            }
+            Box::new(tasks.into_iter())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +248,88 @@ mod tests {
         assert!(ChunkSize::new(0).is_err());
         assert!(ChunkSize::new(-3).is_err());
         assert_eq!(ChunkSize::new(1).unwrap().get(), 1);
+    }
+
+    #[test]
+    fn preview_first_renders_first_last_middle_then_every_nth_before_the_rest() {
+        use renderfarm_wire::FrameOrder;
+        let range = FrameRange::new(1, 100).unwrap();
+        assert_eq!(
+            preview_frames(range),
+            vec![1, 100, 50, 13, 25, 37, 49, 61, 73, 85, 97]
+        );
+        // (start, end, chunk, previews in claim order, the chunks after them)
+        type Case = (i64, i64, i64, &'static [i64], &'static [(i64, i64)]);
+        let table: &[Case] = &[
+            (1, 1, 10, &[1], &[]),
+            (1, 2, 10, &[1, 2], &[]),
+            (1, 5, 2, &[1, 5, 3, 2, 4], &[]),
+            (
+                1,
+                20,
+                4,
+                &[1, 20, 10, 4, 7, 13, 16, 19],
+                &[(2, 3), (5, 6), (8, 9), (11, 12), (14, 15), (17, 18)],
+            ),
+            (
+                0,
+                30,
+                10,
+                &[0, 30, 15, 4, 8, 12, 16, 20, 24, 28],
+                &[
+                    (1, 3),
+                    (5, 7),
+                    (9, 11),
+                    (13, 14),
+                    (17, 19),
+                    (21, 23),
+                    (25, 27),
+                    (29, 29),
+                ],
+            ),
+        ];
+        for (start, end, size, previews, rest) in table {
+            let range = FrameRange::new(*start, *end).unwrap();
+            let tasks: Vec<PlannedTask> = plan_tasks(
+                range,
+                ChunkSize::new(*size).unwrap(),
+                FrameOrder::PreviewFirst,
+            )
+            .collect();
+            let (first, after): (Vec<&PlannedTask>, Vec<&PlannedTask>) =
+                tasks.iter().partition(|t| t.rank <= previews.len() as i64);
+            let mut by_rank = first.clone();
+            by_rank.sort_by_key(|t| t.rank);
+            assert_eq!(
+                by_rank.iter().map(|t| t.frames.start()).collect::<Vec<_>>(),
+                previews.to_vec(),
+                "{start}-{end}"
+            );
+            assert!(first.iter().all(|t| t.frames.len() == 1));
+            assert!(after.iter().all(|t| t.rank == previews.len() as i64 + 1));
+            assert_eq!(
+                after
+                    .iter()
+                    .map(|t| (t.frames.start(), t.frames.end()))
+                    .collect::<Vec<_>>(),
+                rest.to_vec(),
+                "{start}-{end}"
+            );
+            // Every frame once.
+            let mut frames: Vec<i64> = tasks
+                .iter()
+                .flat_map(|t| t.frames.start()..=t.frames.end())
+                .collect();
+            frames.sort_unstable();
+            assert_eq!(frames, (*start..=*end).collect::<Vec<_>>());
+        }
+        let sequential: Vec<PlannedTask> = plan_tasks(
+            FrameRange::new(1, 10).unwrap(),
+            ChunkSize::new(3).unwrap(),
+            FrameOrder::Sequential,
+        )
+        .collect();
+        assert!(sequential.iter().all(|t| t.rank == 0));
+        assert_eq!(sequential.len(), 4);
     }
 }

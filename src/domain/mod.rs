@@ -33,7 +33,10 @@ pub use events::{
     contiguous_prefix, event_cutoff, resume_from, EventBounds, Resume, COALESCE_INTERVAL,
     EVENTS_KEPT, EVENT_GAP_GRACE, EVENT_RETENTION, SUMMARY_INTERVAL, SUMMARY_RUNNING_LIMIT,
 };
-pub use frames::{chunk, chunk_count, ChunkSize, FrameRange, MAX_FRAMES_PER_RENDER};
+pub use frames::{
+    chunk, chunk_count, plan_tasks, preview_frames, ChunkSize, FrameRange, PlannedTask,
+    MAX_FRAMES_PER_RENDER,
+};
 pub use listing::{
     compare_progress, compare_renders, default_order, name_matches, status_rank, validate_search,
     RenderOrder, RenderSortKey, MAX_SEARCH_LEN,

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::files::{upload_frames_by_default, Sha256};
 use super::{
-    chunk, chunk_count, statuses_affected_by, validate_name, validate_tags, ChunkSize, FrameRange,
-    IllegalTransition, TaskEvent, ValidationError,
+    chunk_count, plan_tasks, statuses_affected_by, validate_name, validate_tags, ChunkSize,
+    FrameRange, IllegalTransition, PlannedTask, TaskEvent, ValidationError,
 };
 
 const MAX_RETRIES_LIMIT: i64 = 100;
@@ -27,6 +27,7 @@ pub struct ValidRenderSpec {
     pub upload_frames: bool,
     pub frames: FrameRange,
     pub chunk_size: ChunkSize,
+    pub frame_order: renderfarm_wire::FrameOrder,
     pub priority: Priority,
     pub max_retries: i64,
     pub output: Option<String>,
@@ -117,6 +118,7 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
             upload_frames,
             frames,
             chunk_size,
+            frame_order: spec.frame_order,
             priority: spec.priority,
             max_retries: spec.max_retries,
             output,
@@ -165,7 +167,10 @@ impl NewRender {
         default_output: impl FnOnce(Uuid) -> String,
         now: DateTime<Utc>,
     ) -> Self {
-        let task_count = chunk_count(spec.frames, spec.chunk_size);
+        let task_count = match spec.frame_order {
+            renderfarm_wire::FrameOrder::Sequential => chunk_count(spec.frames, spec.chunk_size),
+            order => plan_tasks(spec.frames, spec.chunk_size, order).count() as i64,
+        };
         let render = Render {
             id,
             name: spec.name,
@@ -177,6 +182,7 @@ impl NewRender {
             frame_start: spec.frames.start(),
             frame_end: spec.frames.end(),
             chunk_size: spec.chunk_size.get(),
+            frame_order: spec.frame_order,
             max_retries: spec.max_retries,
             output: spec.output.unwrap_or_else(|| default_output(id)),
             engine: spec.engine,
@@ -212,9 +218,10 @@ impl NewRender {
         self
     }
 
-    /// The frame ranges of the render's tasks, lowest first.
-    pub fn chunks(&self) -> impl Iterator<Item = FrameRange> {
-        chunk(self.frames, self.chunk_size)
+    /// The render's tasks: their frames and claim ranks
+    /// (`domain::plan_tasks`), in the order they are written.
+    pub fn tasks(&self) -> impl Iterator<Item = PlannedTask> {
+        plan_tasks(self.frames, self.chunk_size, self.render.frame_order)
     }
 }
 
@@ -584,6 +591,7 @@ mod tests {
             frame_start: 1,
             frame_end: 10,
             chunk_size: 3,
+            frame_order: Default::default(),
             priority: Priority::High,
             max_retries: 1,
             output: None,
@@ -616,7 +624,7 @@ mod tests {
         assert_eq!(new.render.progress.tasks_total, 4);
         assert_eq!(new.render.progress.tasks_pending, 4);
         assert_eq!(new.render.progress.frames_total, 10);
-        assert_eq!(new.chunks().count(), 4);
+        assert_eq!(new.tasks().count(), 4);
     }
 
     #[test]

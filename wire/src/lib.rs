@@ -227,6 +227,38 @@ fn default_kinds() -> Vec<TaskKind> {
     vec![TaskKind::Blender]
 }
 
+/// The order a render's frames are handed out in.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrameOrder {
+    /// Chunks of `chunk_size` frames, lowest first.
+    #[default]
+    Sequential,
+    /// First the first, last and middle frames, then every Nth frame
+    /// (N = a ninth of the frames, rounded up), each a task of one frame
+    /// claimed before the render's other tasks, which are chunks of the
+    /// frames left between them: a broken shot shows in minutes.
+    PreviewFirst,
+}
+
+impl FrameOrder {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameOrder::Sequential => "sequential",
+            FrameOrder::PreviewFirst => "preview-first",
+        }
+    }
+
+    /// The order named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [FrameOrder::Sequential, FrameOrder::PreviewFirst]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
 /// The codec of a render's video.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -478,6 +510,9 @@ pub struct RenderSpec {
     )]
     #[serde(default = "default_chunk_size", deserialize_with = "whole::number")]
     pub chunk_size: i64,
+    /// `sequential` (default) or `preview-first`.
+    #[serde(default)]
+    pub frame_order: FrameOrder,
     #[cfg_attr(feature = "openapi", schema(default = "normal"))]
     #[serde(default)]
     pub priority: Priority,
@@ -577,6 +612,8 @@ pub struct Render {
     pub frame_start: i64,
     pub frame_end: i64,
     pub chunk_size: i64,
+    #[serde(default)]
+    pub frame_order: FrameOrder,
     pub max_retries: i64,
     /// Where Blender writes the frames (`-o`).
     pub output: String,

@@ -391,3 +391,60 @@ pub async fn an_older_render_of_equal_priority_waits_at_most_the_warm_streak_lim
     assert_eq!(order, want);
     assert_counters_exact(store).await;
 }
+
+pub async fn a_preview_first_render_hands_out_its_previews_first(store: &dyn Store) {
+    store
+        .create_render(plan("older", 1, 2, 2, Priority::Normal, t0()))
+        .await
+        .unwrap();
+    let preview = store
+        .create_render(plan_with("p", 1, 20, 4, Priority::Normal, t0(), |s| {
+            s.frame_order = renderfarm_wire::FrameOrder::PreviewFirst
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        preview.frame_order,
+        renderfarm_wire::FrameOrder::PreviewFirst
+    );
+    assert_eq!(preview.progress.tasks_total, 14, "8 previews, 6 chunks");
+    assert_eq!(preview.progress.frames_total, 20);
+    let w = worker(store, "w", &[]).await;
+    let mut order = Vec::new();
+    while let Some(a) = claim(store, w).await {
+        order.push((a.render_id == preview.id, a.frame_start, a.frame_end));
+        complete(store, &a).await;
+    }
+    assert_eq!(
+        order,
+        [
+            (false, 1, 2),
+            (true, 1, 1),
+            (true, 20, 20),
+            (true, 10, 10),
+            (true, 4, 4),
+            (true, 7, 7),
+            (true, 13, 13),
+            (true, 16, 16),
+            (true, 19, 19),
+            (true, 2, 3),
+            (true, 5, 6),
+            (true, 8, 9),
+            (true, 11, 12),
+            (true, 14, 15),
+            (true, 17, 18),
+        ],
+        "the older render first, then the previews in their order, then the rest lowest first"
+    );
+    let done = store.get_render(preview.id).await.unwrap();
+    assert_eq!(done.status, renderfarm_wire::RenderStatus::Completed);
+    assert_eq!(done.progress.frames_done, 20);
+    let listed = store
+        .list_tasks(preview.id, None, Default::default())
+        .await
+        .unwrap();
+    let starts: Vec<i64> = listed.items.iter().map(|t| t.frame_start).collect();
+    let mut sorted = starts.clone();
+    sorted.sort_unstable();
+    assert_eq!(starts, sorted, "tasks list lowest frames first");
+}

@@ -3,8 +3,8 @@
 use bson::{doc, Bson};
 use chrono::{DateTime, Utc};
 use renderfarm_wire::{
-    Assignment, HistoryEvent, LeaderLease, Priority, Progress, Render, RenderStatus, Task,
-    TaskHistoryEntry, TaskKind, TaskStatus, VideoSpec, Worker,
+    Assignment, FrameOrder, HistoryEvent, LeaderLease, Priority, Progress, Render, RenderStatus,
+    Task, TaskHistoryEntry, TaskKind, TaskStatus, VideoSpec, Worker,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -78,6 +78,9 @@ pub(super) struct RenderDoc {
     /// none); `waiting_reason` while it waits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) depends_on: Vec<String>,
+    /// Absent: sequential (renders stored before frame orders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) frame_order: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) waiting_reason: Option<String>,
 }
@@ -118,6 +121,8 @@ impl RenderDoc {
             video_sha256: None,
             video_bytes: None,
             depends_on: r.depends_on.iter().map(Uuid::to_string).collect(),
+            frame_order: (r.frame_order != FrameOrder::Sequential)
+                .then(|| r.frame_order.as_str().to_string()),
             waiting_reason: r.waiting_reason.clone(),
             blend_sha256: r.blend_sha256.clone(),
             upload_frames: r.upload_frames,
@@ -199,6 +204,11 @@ impl RenderDoc {
                 .map(|id| parse_uuid(id, "dependency id"))
                 .collect::<StoreResult<_>>()?,
             waiting_reason: self.waiting_reason.clone(),
+            frame_order: match self.frame_order.as_deref() {
+                None => FrameOrder::Sequential,
+                Some(o) => FrameOrder::parse(o)
+                    .ok_or_else(|| corrupt(format!("render {} with frame order {o:?}", self.id)))?,
+            },
         })
     }
 }
@@ -218,6 +228,10 @@ pub(super) struct TaskDoc {
     /// The render version that last set `runnable`.
     pub(super) runnable_version: i64,
     pub(super) max_retries: i64,
+    /// Its rank in its render's claim order (`domain::plan_tasks`);
+    /// absent on tasks stored before ranks, which sort alike.
+    #[serde(default)]
+    pub(super) claim_rank: i64,
     pub(super) frame_start: i64,
     pub(super) frame_end: i64,
     pub(super) status: String,
@@ -268,6 +282,7 @@ impl TaskDoc {
             runnable: false,
             runnable_version: -1,
             max_retries: render.max_retries,
+            claim_rank: 0,
             frame_start,
             frame_end,
             status: TaskStatus::Pending.as_str().into(),

@@ -82,6 +82,10 @@ const FILES: &[(&str, &str)] = &[
         "0015_dependencies",
         include_str!("../../../migrations/mongodb/0015_dependencies.json"),
     ),
+    (
+        "0016_frame_order",
+        include_str!("../../../migrations/mongodb/0016_frame_order.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".
@@ -301,6 +305,7 @@ mod tests {
                 "runnable",
                 "priority",
                 "render_seq",
+                "claim_rank",
                 "frame_start"
             ]
         );

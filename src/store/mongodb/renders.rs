@@ -207,8 +207,10 @@ pub(super) async fn create_render(store: &MongoStore, new: NewRender) -> StoreRe
     let mut render_stored = false;
     let stored = async {
         let mut batch = Vec::with_capacity(TASK_BATCH);
-        for frames in new.chunks() {
-            batch.push(TaskDoc::planned(&render, frames.start(), frames.end()));
+        for planned in new.tasks() {
+            let mut task = TaskDoc::planned(&render, planned.frames.start(), planned.frames.end());
+            task.claim_rank = planned.rank;
+            batch.push(task);
             if batch.len() == TASK_BATCH {
                 tasks.insert_many(&batch).await?;
                 batch.clear();

@@ -21,6 +21,7 @@ fn task_field(key: ClaimKey) -> &'static str {
     match key {
         ClaimKey::Priority => "priority",
         ClaimKey::Submitted => "render_seq",
+        ClaimKey::Rank => "claim_rank",
         ClaimKey::FrameStart => "frame_start",
     }
 }
@@ -148,7 +149,7 @@ mod tests {
         );
         assert_eq!(
             claim_sort(),
-            doc! { "priority": -1, "render_seq": 1, "frame_start": 1 }
+            doc! { "priority": -1, "render_seq": 1, "claim_rank": 1, "frame_start": 1 }
         );
     }
 

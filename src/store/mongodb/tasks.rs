@@ -768,7 +768,7 @@ pub(super) async fn task_history(
 }
 
 /// The index the claim walks; named in the migration and hinted by the claim.
-pub const CLAIM_INDEX: &str = "tasks_claim";
+pub const CLAIM_INDEX: &str = "tasks_claim_ranked";
 
 /// Claimable tasks (`runnable`: of a claimable render, kept in step with the
 /// render's status) whose render needs no tag the worker lacks. Sorted by

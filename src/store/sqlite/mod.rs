@@ -75,6 +75,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/sqlite/0015_dependencies.sql"
         )),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0016_frame_order.sql"
+        )),
     ])
 }
 

@@ -53,8 +53,11 @@ pub(super) async fn create_render(store: &SqliteStore, new: NewRender) -> StoreR
     // does not hold the writer (and every claim behind it) for seconds. The
     // render stays hidden until its last batch is in.
     let render = Arc::new(new.render.clone());
-    let chunks: Arc<Vec<(i64, i64)>> =
-        Arc::new(new.chunks().map(|f| (f.start(), f.end())).collect());
+    let chunks: Arc<Vec<(i64, i64, i64)>> = Arc::new(
+        new.tasks()
+            .map(|t| (t.frames.start(), t.frames.end(), t.rank))
+            .collect(),
+    );
     let batches = chunks.len().div_ceil(TASK_WRITE_BATCH);
     let mut render_seq = None;
     for i in 0..batches {
@@ -115,9 +118,9 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         "INSERT INTO renders (id, name, status, priority, blend_file, frame_start, frame_end, \
          chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
          tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
-         frames_done, created_at, owner, blend_sha256, upload_frames, hidden, video) \
+         frames_done, created_at, owner, blend_sha256, upload_frames, hidden, video, frame_order) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, ?16, \
-         ?17, ?18, 1, ?19)",
+         ?17, ?18, 1, ?19, ?20)",
     )?
     .execute(params![
         r.id.to_string(),
@@ -139,6 +142,7 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         r.blend_sha256,
         r.upload_frames,
         video_json(r.video.as_ref()),
+        r.frame_order.as_str(),
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -148,11 +152,11 @@ fn insert_tasks(
     conn: &Connection,
     render_seq: i64,
     r: &Render,
-    chunks: &[(i64, i64)],
+    chunks: &[(i64, i64, i64)],
 ) -> StoreResult<()> {
     let mut insert = conn.prepare_cached(&INSERT_TASK)?;
     let queued_at = ts(r.created_at);
-    for (start, end) in chunks {
+    for (start, end, rank) in chunks {
         insert.execute(params![
             Uuid::now_v7().to_string(),
             render_seq,
@@ -160,6 +164,7 @@ fn insert_tasks(
             start,
             end,
             queued_at,
+            rank,
         ])?;
     }
     Ok(())
@@ -354,8 +359,8 @@ pub(super) async fn change_render(
 /// A new task of a render, ready to be claimed.
 static INSERT_TASK: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO tasks (id, render_seq, priority, frame_start, frame_end, status, queued_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, {}, ?6)",
+        "INSERT INTO tasks (id, render_seq, priority, frame_start, frame_end, status, queued_at, \
+         claim_rank) VALUES (?1, ?2, ?3, ?4, ?5, {}, ?6, ?7)",
         lit(TaskStatus::Pending)
     )
 });

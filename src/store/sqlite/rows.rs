@@ -99,7 +99,7 @@ pub(super) const RENDER_COLUMNS: &str =
      r.frame_end, r.chunk_size, r.max_retries, r.output, r.engine, r.tags, r.tasks_total, \
      r.tasks_pending, r.tasks_running, r.tasks_completed, r.tasks_failed, r.tasks_canceled, \
      r.frames_total, r.frames_done, r.created_at, r.started_at, r.finished_at, r.owner, \
-     r.blend_sha256, r.upload_frames, r.video, r.video_status, r.waiting_reason, \
+     r.blend_sha256, r.upload_frames, r.video, r.video_status, r.waiting_reason, r.frame_order, \
      (SELECT json_group_array(d.depends_on) FROM (SELECT depends_on FROM render_dependencies \
       WHERE render_seq = r.seq ORDER BY position) d)";
 
@@ -145,9 +145,10 @@ pub(super) fn render_from_row(row: &Row) -> rusqlite::Result<Render> {
             .map(|s| TaskStatus::parse(&s).ok_or_else(|| conversion_error(27, "video status", &s)))
             .transpose()?,
         waiting_reason: row.get(28)?,
+        frame_order: get_enum(row, 29, renderfarm_wire::FrameOrder::parse)?,
         depends_on: {
-            let ids: String = row.get(29)?;
-            serde_json::from_str(&ids).map_err(|_| conversion_error(29, "dependencies", &ids))?
+            let ids: String = row.get(30)?;
+            serde_json::from_str(&ids).map_err(|_| conversion_error(30, "dependencies", &ids))?
         },
     })
 }

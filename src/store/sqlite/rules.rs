@@ -42,6 +42,7 @@ pub(super) fn task_column(key: ClaimKey) -> Option<&'static str> {
     Some(match key {
         ClaimKey::Priority => "t.priority",
         ClaimKey::Submitted => "t.render_seq",
+        ClaimKey::Rank => "t.claim_rank",
         ClaimKey::FrameStart => "t.frame_start",
     })
 }
@@ -51,7 +52,7 @@ pub(super) fn render_column(key: ClaimKey) -> Option<&'static str> {
     match key {
         ClaimKey::Priority => Some("r.priority"),
         ClaimKey::Submitted => Some("r.seq"),
-        ClaimKey::FrameStart => None,
+        ClaimKey::Rank | ClaimKey::FrameStart => None,
     }
 }
 
@@ -140,7 +141,7 @@ mod tests {
         assert_eq!(claim_order(render_column), "r.priority DESC, r.seq");
         assert_eq!(
             claim_order(task_column),
-            "t.priority DESC, t.render_seq, t.frame_start"
+            "t.priority DESC, t.render_seq, t.claim_rank, t.frame_start"
         );
     }
 

@@ -757,13 +757,22 @@ static FIRST_FOLLOW_UP: LazyLock<String> = LazyLock::new(|| {
         lit(CLAIMABLE_TASK_STATUS),
         is_in(&runnable),
         carries_tags("?2", "r.tags"),
-        claim_order(|key| (key != ClaimKey::FrameStart).then(|| task_column(key)).flatten()),
+        claim_order(|key| {
+            // A render's one follow-up: its rank and frames do not matter.
+            (!matches!(key, ClaimKey::Rank | ClaimKey::FrameStart))
+                .then(|| task_column(key))
+                .flatten()
+        }),
     )
 });
 
 /// The claim order within one render.
 fn chunk_order() -> String {
-    claim_order(|key| (key == ClaimKey::FrameStart).then_some("t.frame_start"))
+    claim_order(|key| {
+        matches!(key, ClaimKey::Rank | ClaimKey::FrameStart)
+            .then(|| task_column(key))
+            .flatten()
+    })
 }
 
 /// A warm target (`domain::WarmTarget`): the first claimable chunk of the

@@ -146,7 +146,8 @@ export async function renderPage(main, ctx, id) {
       h('h2', { id: 'settings-h' }, 'Settings'),
       h('dl', { class: 'settings' },
         row('Blend file', render.blend_file),
-        row('Frames', `${render.frame_start}–${render.frame_end} in chunks of ${render.chunk_size}`),
+        row('Frames', `${render.frame_start}–${render.frame_end} in chunks of ${render.chunk_size}`
+          + (render.frame_order === 'preview-first' ? ', previews first (first, last, middle, every Nth frame)' : '')),
         row('Priority', render.priority),
         row('Engine', render.engine ?? 'as saved in the file'),
         row('Output', render.output),

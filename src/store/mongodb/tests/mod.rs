@@ -182,8 +182,8 @@ fn planned() -> (RenderDoc, Vec<TaskDoc>) {
     new.render.engine = Some("CYCLES".into());
     let render = RenderDoc::planned(&new.render, 1);
     let tasks = new
-        .chunks()
-        .map(|f| TaskDoc::planned(&render, f.start(), f.end()))
+        .tasks()
+        .map(|t| TaskDoc::planned(&render, t.frames.start(), t.frames.end()))
         .collect();
     (render, tasks)
 }

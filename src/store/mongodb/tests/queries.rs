@@ -34,16 +34,16 @@ fn the_claim_takes_pending_runnable_tasks_whose_tags_the_worker_has() {
 }
 
 #[test]
-fn the_claim_sorts_by_priority_then_render_age_then_frame() {
+fn the_claim_sorts_by_priority_then_render_age_then_rank_then_frame() {
     let sort = claim_sort();
     assert_eq!(
         sort,
-        doc! { "priority": -1, "render_seq": 1, "frame_start": 1 }
+        doc! { "priority": -1, "render_seq": 1, "claim_rank": 1, "frame_start": 1 }
     );
     let keys: Vec<&str> = sort.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        ["priority", "render_seq", "frame_start"],
+        ["priority", "render_seq", "claim_rank", "frame_start"],
         "order matters"
     );
 }
@@ -59,8 +59,9 @@ fn a_warm_claim_looks_in_one_render_at_the_head_s_priority_by_the_claim_index_s_
     want.insert("priority", 2_i64);
     want.insert("render_seq", 7_i64);
     assert_eq!(filter, want, "the claim's filter, narrowed");
-    // Every key of the claim index but the last is an equality of the
-    // filter: the server reads the render's chunks in frame order.
+    // Every key of the claim index but the last two is an equality of the
+    // filter: the server reads the render's chunks in rank, then frame
+    // order.
     let index = super::super::migrations::all()
         .unwrap()
         .into_iter()
@@ -69,8 +70,8 @@ fn a_warm_claim_looks_in_one_render_at_the_head_s_priority_by_the_claim_index_s_
         .find(|i| i.name == CLAIM_INDEX)
         .unwrap();
     let keys: Vec<&str> = index.key.keys().map(String::as_str).collect();
-    assert_eq!(keys.last(), Some(&"frame_start"));
-    for key in &keys[..keys.len() - 1] {
+    assert_eq!(keys[keys.len() - 2..], ["claim_rank", "frame_start"]);
+    for key in &keys[..keys.len() - 2] {
         assert!(filter.contains_key(*key), "{key}");
     }
     assert_eq!(

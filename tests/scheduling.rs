@@ -1,7 +1,8 @@
-//! Dependencies between renders (issue 16, point 1) with real agents and
-//! real Blender: a render submitted with `depends_on` waits, starts by
+//! Studio scheduling (issue 16) with real agents and real Blender:
+//! dependencies (a render submitted with `depends_on` waits, starts by
 //! itself when its dependency completes, and stays blocked when the
-//! dependency fails until the dependency is requeued and completes.
+//! dependency fails until the dependency is requeued and completes), and a
+//! preview-first render whose first, last and middle frames come first.
 
 mod common;
 
@@ -13,7 +14,7 @@ use common::{
     ADMIN_TOKEN,
 };
 use renderfarm_client::BrokerClient;
-use renderfarm_wire::{Render, RenderAction, RenderSpec, RenderStatus};
+use renderfarm_wire::{FrameOrder, Render, RenderAction, RenderSpec, RenderStatus};
 use renderfarm_worker::blender::scene::SceneSpec;
 use uuid::Uuid;
 
@@ -177,4 +178,61 @@ fn assert_frames(dir: &Path, frames: i64) {
         let path = dir.join(format!("frame_{frame:04}.png"));
         assert!(path.is_file(), "{} was not rendered", path.display());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preview_first_render_renders_first_last_and_middle_frames_first() {
+    let Some(blender) =
+        blender_or_skip("a_preview_first_render_renders_first_last_and_middle_frames_first").await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let client = client_of(&broker);
+    let files = tempfile::tempdir().unwrap();
+    let blend = scene(files.path(), "shot", SceneSpec::tiny(36), &blender).await;
+    let output = files.path().join("out");
+    let mut body = submission("preview", &blend, 36, 6, &output);
+    body["frame_order"] = "preview-first".into();
+    let render = submit(&client, body).await;
+    assert_eq!(render.frame_order, FrameOrder::PreviewFirst);
+
+    // One agent: the tasks run one after another, in claim order.
+    let agent = TestAgent::start(&broker.address, "agent", &blender).await;
+    wait_for_status(&client, render.id, RenderStatus::Completed).await;
+    agent.stop().await;
+    let mut tasks = client
+        .tasks(render.id, &Default::default())
+        .await
+        .unwrap()
+        .items;
+    tasks.sort_by_key(|t| t.started_at);
+    let order: Vec<(i64, i64)> = tasks.iter().map(|t| (t.frame_start, t.frame_end)).collect();
+    // 36 frames: the first, last and middle, then every 4th.
+    assert_eq!(
+        order[..3],
+        [(1, 1), (36, 36), (18, 18)],
+        "first, last and middle first: {order:?}"
+    );
+    let previews = preview_frames_of(&order);
+    assert_eq!(
+        previews,
+        [1, 36, 18, 5, 9, 13, 17, 21, 25, 29, 33],
+        "{order:?}"
+    );
+    let rest = &order[previews.len()..];
+    assert!(
+        rest.windows(2).all(|w| w[0].1 < w[1].0) && rest.iter().all(|(a, b)| b > a),
+        "then chunks of the frames between them, lowest first: {order:?}"
+    );
+    assert_frames(&output, 36);
+}
+
+/// The one-frame tasks at the head of `order`.
+fn preview_frames_of(order: &[(i64, i64)]) -> Vec<i64> {
+    order
+        .iter()
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| *a)
+        .collect()
 }
