@@ -236,3 +236,118 @@ fn preview_frames_of(order: &[(i64, i64)]) -> Vec<i64> {
         .map(|(a, _)| *a)
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_blender_fails_a_render_is_blocklisted_while_a_healthy_one_finishes_it() {
+    let Some(blender) = blender_or_skip(
+        "a_worker_whose_blender_fails_a_render_is_blocklisted_while_a_healthy_one_finishes_it",
+    )
+    .await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let client = client_of(&broker);
+    let files = tempfile::tempdir().unwrap();
+    let blend = scene(files.path(), "shot", SceneSpec::tiny(8), &blender).await;
+    // The double, with what it fails on and the Blender it runs otherwise.
+    let double = files.path().join("double");
+    std::fs::create_dir(&double).unwrap();
+    let wrapper = double.join("blender");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles/blender-fails-on-file"),
+        &wrapper,
+    )
+    .unwrap();
+    std::fs::write(double.join("fail-on"), blend.display().to_string()).unwrap();
+    std::fs::write(double.join("real-blender"), blender.display().to_string()).unwrap();
+
+    let output = files.path().join("out");
+    let mut body = submission("blocky", &blend, 8, 1, &output);
+    body["max_retries"] = 5.into();
+    let render = submit(&client, body).await;
+    assert_eq!(render.blocklist_after, 3, "the broker's default");
+
+    // The failing worker alone first: it fails three chunks, then is
+    // blocklisted and takes nothing more of the render.
+    let bad = TestAgent::start_with(&broker.address, "bad", &blender, |c| {
+        c.blender = wrapper.clone();
+    })
+    .await;
+    let entries = wait_for("the bad worker to be blocklisted", RENDER_LIMIT, || async {
+        let entries = client.blocklist(render.id).await.ok()?;
+        entries.iter().any(|e| e.blocked).then_some(entries)
+    })
+    .await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].worker_name.as_deref(), Some("bad"));
+    assert_eq!(entries[0].failures, 3);
+    assert!(entries[0].expires_at.is_some(), "blocks expire by default");
+    let failed = client
+        .tasks(render.id, &Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|t| t.status == renderfarm_wire::TaskStatus::Failed)
+        .collect::<Vec<_>>();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    let reason = failed[0].failure_reason.clone().unwrap_or_default();
+    assert!(
+        client
+            .task_log(failed[0].id)
+            .await
+            .unwrap()
+            .contains("test double"),
+        "the log says what failed: {reason}"
+    );
+    // Blocked: the render waits on no claim of the bad worker.
+    let still = client.render(render.id).await.unwrap();
+    assert_eq!(still.progress.tasks_running, 0, "{still:?}");
+
+    // The command line shows it.
+    let (ok, out, err) = run_renderfarm(
+        &broker.address,
+        &["blocklist", &render.id.to_string(), "--token", ADMIN_TOKEN],
+    );
+    assert!(
+        ok && out.contains("bad") && out.contains("since"),
+        "{out}{err}"
+    );
+
+    // A healthy worker renders the rest, and the failed chunks once the
+    // scheduler retries them.
+    let good = TestAgent::start(&broker.address, "good", &blender).await;
+    wait_for(
+        "the pending chunks to be rendered",
+        RENDER_LIMIT,
+        || async {
+            let r = client.render(render.id).await.ok()?;
+            (r.progress.tasks_completed == 5).then_some(())
+        },
+    )
+    .await;
+    client.run_scheduler().await.unwrap();
+    let done = wait_for_status(&client, render.id, RenderStatus::Completed).await;
+    assert_eq!(done.progress.frames_done, 8);
+    assert_frames(&output, 8);
+    let workers = client.workers().await.unwrap();
+    let bad_id = workers.iter().find(|w| w.name == "bad").unwrap().id;
+    for task in client
+        .tasks(render.id, &Default::default())
+        .await
+        .unwrap()
+        .items
+    {
+        let history = client.task(task.id).await.unwrap().history;
+        assert!(
+            !history
+                .iter()
+                .any(|h| h.event == renderfarm_wire::HistoryEvent::Completed
+                    && h.worker_id == Some(bad_id)),
+            "the blocked worker completed nothing: {history:?}"
+        );
+    }
+    bad.stop().await;
+    good.stop().await;
+}

@@ -156,10 +156,15 @@ impl CommandCount {
 /// and a single-document filter cannot say "no higher priority elsewhere").
 /// Its write of the worker's warm state happens only when the state
 /// changes, which it does not here (the worker stays on its render).
-const CLAIM_CEILING: usize = 5;
+/// The blocklist (issue 16) added one read to every claim (the renders its
+/// worker is blocked from, one read of a partial index that is empty while
+/// nobody is blocked) and three to a chunk's failure (the render's
+/// threshold, the worker's entry, its upsert): failures are rare next to
+/// claims.
+const CLAIM_CEILING: usize = 6;
 const PROGRESS_CEILING: usize = 3;
 const COMPLETE_CEILING: usize = 4;
-const FAIL_CEILING: usize = 4;
+const FAIL_CEILING: usize = 7;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_and_reports_cost_a_bounded_number_of_mongodb_commands() {

@@ -248,6 +248,7 @@ pub(crate) async fn through_the_farm(
         frame_end: frames,
         chunk_size: chunk,
         frame_order: Default::default(),
+        blocklist_after: None,
         priority: Priority::Normal,
         max_retries: 0,
         output: Some(format!("{}/farm/frame_####", dir.display())),

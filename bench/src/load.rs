@@ -29,6 +29,7 @@ pub fn spec(name: &str, tasks: i64) -> RenderSpec {
         frame_end: tasks,
         chunk_size: 1,
         frame_order: Default::default(),
+        blocklist_after: None,
         priority: Priority::Normal,
         max_retries: 0,
         output: None,

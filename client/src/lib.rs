@@ -22,9 +22,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use renderfarm_wire::{
-    Assignment, CompleteReport, FailReport, FarmSummary, FrameList, HealthReport, Heartbeat,
-    HeartbeatReply, ListOrder, Page, Priority, ProgressReport, RegisteredWorker, ReleaseReport,
-    Render, RenderAction, RenderSort, RenderSpec, RenderStatus, RenderStatusChange,
+    Assignment, BlocklistEntry, CompleteReport, FailReport, FarmSummary, FrameList, HealthReport,
+    Heartbeat, HeartbeatReply, ListOrder, Page, Priority, ProgressReport, RegisteredWorker,
+    ReleaseReport, Render, RenderAction, RenderSort, RenderSpec, RenderStatus, RenderStatusChange,
     SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker, WorkerAction, WorkerSpec,
     WorkerStatusChange,
 };
@@ -262,6 +262,28 @@ impl BrokerClient {
         let id = id.to_string();
         self.answer(self.request(Method::POST, &["renders", &id, "complete"]))
             .await
+    }
+
+    /// `GET /renders/{id}/blocklist`: the workers that failed its chunks,
+    /// and which of them get no more.
+    pub async fn blocklist(&self, id: impl Display) -> Result<Vec<BlocklistEntry>, ClientError> {
+        let id = id.to_string();
+        self.answer(self.request(Method::GET, &["renders", &id, "blocklist"]))
+            .await
+    }
+
+    /// `DELETE /renders/{id}/blocklist`: clear it, or one worker's entry.
+    pub async fn clear_blocklist(
+        &self,
+        id: impl Display,
+        worker: Option<Uuid>,
+    ) -> Result<(), ClientError> {
+        let id = id.to_string();
+        let mut request = self.request(Method::DELETE, &["renders", &id, "blocklist"]);
+        if let Some(worker) = worker {
+            request = request.query(&[("worker_id", worker.to_string())]);
+        }
+        self.maybe::<serde_json::Value>(request).await.map(drop)
     }
 
     // --- workers ---

@@ -2,6 +2,7 @@
 //! parse at the edge and call the store.
 
 pub mod auth;
+mod blocklist;
 mod body;
 pub mod error;
 pub mod events;
@@ -114,6 +115,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     events::configure(cfg);
     frames::configure(cfg);
     previews::configure(cfg);
+    blocklist::configure(cfg);
     videos::configure(cfg);
     files::configure(cfg);
     health::configure(cfg);

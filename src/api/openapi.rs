@@ -16,8 +16,8 @@ use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    events, files, frames, health, metrics, previews, renders, scheduler, session, signed, tasks,
-    tokens, videos, webhooks, workers, ApiError,
+    blocklist, events, files, frames, health, metrics, previews, renders, scheduler, session,
+    signed, tasks, tokens, videos, webhooks, workers, ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -53,6 +53,8 @@ is answered 429 with `Retry-After`.",
         renders::tasks,
         renders::change_status,
         renders::complete,
+        blocklist::list,
+        blocklist::clear,
         frames::list,
         frames::frame,
         frames::archive,

@@ -70,7 +70,7 @@ fn render_response(mut response: actix_web::HttpResponseBuilder, render: &Render
                 ("change_render_status" = (operation_id = "change_render_status", parameters(("id" = "$response.body#/id")), description = "Pause, resume, cancel or requeue it.")),
                 ("complete_render" = (operation_id = "complete_render", parameters(("id" = "$response.body#/id")), description = "Mark it complete.")),
             ),
-            example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "owner": null, "video": null, "video_status": null, "depends_on": [], "waiting_reason": null, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
+            example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "queued", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 25, "tasks_running": 0, "tasks_completed": 0, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 0}, "owner": null, "video": null, "video_status": null, "depends_on": [], "waiting_reason": null, "blocklist_after": 3, "failure_reason": null, "frame_order": "sequential", "created_at": "2026-11-24T01:17:17.363091Z", "started_at": null, "finished_at": null})),
         super::openapi::BodyErrors,
         super::openapi::StoreErrors,
     )
@@ -81,6 +81,7 @@ pub(super) async fn submit(
     body: JsonBody<RenderSpec>,
 ) -> Result<HttpResponse, ApiError> {
     let spec = ValidRenderSpec::try_from(body.into_inner())?;
+    let own_blocklist_after = spec.blocklist_after;
     if let Some(sha) = &spec.blend_sha256 {
         match state.files.state(sha).await? {
             FileState::Stored { .. } => {
@@ -112,6 +113,10 @@ pub(super) async fn submit(
         state.clock.now(),
     )
     .wait_for(&dependencies);
+    let mut new = new;
+    if own_blocklist_after.is_none() {
+        new.render.blocklist_after = state.scheduler.settings().blocklist_after;
+    }
     let render = state.store.create_render(new).await?;
     state.wake_workers();
     tracing::info!(render_id = %render.id, tasks = render.progress.tasks_total, "render submitted");

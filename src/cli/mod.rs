@@ -81,6 +81,8 @@ enum Command {
     Requeue(operator::TargetArgs),
     /// Render one task (chunk) again; a running one is taken from its worker.
     RequeueTask(operator::TargetArgs),
+    /// Show a render's blocklist (workers that failed its chunks), or clear it.
+    Blocklist(operator::BlocklistArgs),
     /// Delete a finished render with its tasks and logs (its frames stay).
     Delete(operator::TargetArgs),
     /// Print a task's log (`--follow` to keep printing until it ends).
@@ -299,6 +301,14 @@ pub struct SchedulerArgs {
     /// disk) this long after they ended, e.g. 30d; "never" keeps them.
     #[arg(long, env = "RENDERFARM_KEEP_FINISHED", default_value = "never", value_parser = parse_allowance)]
     keep_finished: Allowance,
+    /// Failed chunks of one render on one worker before that worker gets no
+    /// more of the render's chunks (a render's own `blocklist_after` wins).
+    #[arg(long, env = "RENDERFARM_BLOCKLIST_AFTER", default_value_t = 3, value_parser = clap::value_parser!(i64).range(1..=100))]
+    blocklist_after: i64,
+    /// How long a worker stays blocklisted from a render, e.g. 2h; "never"
+    /// keeps it until an operator clears it.
+    #[arg(long, env = "RENDERFARM_BLOCKLIST_EXPIRY", default_value = "2h", value_parser = parse_allowance)]
+    blocklist_expiry: Allowance,
 }
 
 /// A wait allowance: a duration, or never.
@@ -342,6 +352,8 @@ impl SchedulerArgs {
             },
             periodic: true,
             keep_finished: allowance(self.keep_finished)?,
+            blocklist_after: self.blocklist_after,
+            blocklist_expiry: allowance(self.blocklist_expiry)?,
         })
     }
 }
@@ -398,6 +410,10 @@ struct SubmitArgs {
     /// in minutes.
     #[arg(long, default_value = "sequential", value_parser = parse_frame_order)]
     frame_order: FrameOrder,
+    /// Failed chunks on one worker before that worker gets no more of this
+    /// render (1 to 100); the broker's --blocklist-after when absent.
+    #[arg(long, value_name = "FAILURES")]
+    blocklist_after: Option<i64>,
     /// low, normal, high or urgent.
     #[arg(long, default_value = "normal", value_parser = parse_priority)]
     priority: Priority,
@@ -551,6 +567,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => operator::change_render(args, RenderAction::Cancel).await,
         Command::Requeue(args) => operator::change_render(args, RenderAction::Requeue).await,
         Command::RequeueTask(args) => operator::requeue_task(args).await,
+        Command::Blocklist(args) => operator::blocklist(args).await,
         Command::Delete(args) => operator::delete_render(args).await,
         Command::Log(args) => operator::log(args).await,
         Command::Workers(args) => workers(args).await,
@@ -749,6 +766,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         frame_end,
         chunk_size: args.chunk,
         frame_order: args.frame_order,
+        blocklist_after: args.blocklist_after,
         priority: args.priority,
         max_retries: args.max_retries,
         output: args.output,

@@ -81,6 +81,67 @@ pub struct TargetArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BlocklistArgs {
+    /// The render's id.
+    id: String,
+    /// Clear it (an operator's call): the workers take its chunks again.
+    #[arg(long)]
+    clear: bool,
+    /// With --clear, only this worker's entry.
+    #[arg(long, requires = "clear", value_name = "WORKER_ID")]
+    worker: Option<uuid::Uuid>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+pub async fn blocklist(args: BlocklistArgs) -> anyhow::Result<()> {
+    let base = &args.broker.broker;
+    let client = connect(base, &args.broker.client_options())?;
+    if args.clear {
+        client
+            .clear_blocklist(&args.id, args.worker)
+            .await
+            .map_err(explain(base))?;
+        println!("blocklist of render {} cleared", args.id);
+        return Ok(());
+    }
+    let entries = client.blocklist(&args.id).await.map_err(explain(base))?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no worker has failed a chunk of render {}", args.id);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<20}  {:>8}  blocked",
+        "worker", "name", "failures"
+    );
+    for e in entries {
+        let blocked = match (e.blocked_at, e.expires_at) {
+            (None, _) => "no".to_string(),
+            (Some(at), None) => format!(
+                "since {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            (Some(at), Some(until)) => format!(
+                "since {}, until {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        };
+        println!(
+            "{:<36}  {:<20}  {:>8}  {blocked}",
+            e.worker_id,
+            e.worker_name.as_deref().unwrap_or("(removed)"),
+            e.failures
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
 pub struct LogArgs {
     /// The task's id (from `GET /renders/{id}/tasks`, or a worker's current task).
     task: String,

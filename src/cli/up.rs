@@ -170,6 +170,7 @@ async fn run_demo(
             frame_end: args.demo_frames,
             chunk_size: 4,
             frame_order: Default::default(),
+            blocklist_after: None,
             priority: Priority::Normal,
             max_retries: 1,
             output: None,

@@ -3,6 +3,7 @@
 //! these functions to decide every status change, and never decide one
 //! themselves.
 
+mod blocklist;
 mod dependency;
 pub(crate) mod dispatch;
 mod events;
@@ -21,6 +22,10 @@ mod warm;
 mod webhook;
 mod worker;
 
+pub use blocklist::{
+    after_failure, became_blocked, starved_renders, validate_blocklist_after, BlockedRender,
+    BlocklistCount, EligibleWorker, DEFAULT_BLOCKLIST_AFTER, MAX_BLOCKLIST_AFTER,
+};
 pub use dependency::{
     check_dependencies_exist, initial_status, settles_dependents, validate_dependencies,
     waiting_reason, DependencyState, MAX_DEPENDENCIES,

@@ -28,6 +28,8 @@ pub struct ValidRenderSpec {
     pub frames: FrameRange,
     pub chunk_size: ChunkSize,
     pub frame_order: renderfarm_wire::FrameOrder,
+    /// The render's own; the broker's `--blocklist-after` when `None`.
+    pub blocklist_after: Option<i64>,
     pub priority: Priority,
     pub max_retries: i64,
     pub output: Option<String>,
@@ -119,6 +121,7 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
             frames,
             chunk_size,
             frame_order: spec.frame_order,
+            blocklist_after: super::validate_blocklist_after(spec.blocklist_after)?,
             priority: spec.priority,
             max_retries: spec.max_retries,
             output,
@@ -183,6 +186,10 @@ impl NewRender {
             frame_end: spec.frames.end(),
             chunk_size: spec.chunk_size.get(),
             frame_order: spec.frame_order,
+            blocklist_after: spec
+                .blocklist_after
+                .unwrap_or(super::DEFAULT_BLOCKLIST_AFTER),
+            failure_reason: None,
             max_retries: spec.max_retries,
             output: spec.output.unwrap_or_else(|| default_output(id)),
             engine: spec.engine,
@@ -592,6 +599,7 @@ mod tests {
             frame_end: 10,
             chunk_size: 3,
             frame_order: Default::default(),
+            blocklist_after: None,
             priority: Priority::High,
             max_retries: 1,
             output: None,

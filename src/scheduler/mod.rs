@@ -37,6 +37,13 @@ pub struct SchedulerSettings {
     pub periodic: bool,
     /// Delete finished renders this long after they ended; `None` keeps them.
     pub keep_finished: Option<chrono::Duration>,
+    /// Failed chunks of one render on one worker before that worker is
+    /// blocklisted from it, for renders that do not say
+    /// (`--blocklist-after`).
+    pub blocklist_after: i64,
+    /// How long a block lasts (`--blocklist-expiry`); `None`: until an
+    /// operator clears it.
+    pub blocklist_expiry: Option<chrono::Duration>,
 }
 
 /// Finished renders deleted per tick at most, so one tick never holds the
@@ -51,6 +58,8 @@ impl Default for SchedulerSettings {
             allowances: Allowances::default(),
             periodic: true,
             keep_finished: None,
+            blocklist_after: crate::domain::DEFAULT_BLOCKLIST_AFTER,
+            blocklist_expiry: Some(chrono::Duration::hours(2)),
         }
     }
 }
@@ -229,6 +238,17 @@ impl Scheduler {
             );
         }
         self.store.clear_abandoned_writes(now).await?;
+        if let Some(expiry) = self.settings.blocklist_expiry {
+            let lifted = self.store.expire_blocklist(now - expiry).await?;
+            if lifted > 0 {
+                tracing::info!(entries = lifted, "blocklist entries expired");
+            }
+        }
+        let (blocked, workers) = self.store.blocklist_starvation_inputs().await?;
+        for (render, reason) in crate::domain::starved_renders(&blocked, &workers) {
+            self.store.fail_render(render, reason, now).await?;
+            report.failed += 1;
+        }
         let released = self
             .store
             .settle_waiting(now)

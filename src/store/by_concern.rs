@@ -207,6 +207,46 @@ macro_rules! store_by_concern {
                     upkeep::settle_waiting(self, now).await
                 }
 
+                async fn blocklist(
+                    &self,
+                    render: Uuid,
+                ) -> StoreResult<Vec<$crate::store::StoredBlocklistEntry>> {
+                    blocklist::blocklist(self, render).await
+                }
+
+                async fn clear_blocklist(
+                    &self,
+                    render: Uuid,
+                    worker: Option<Uuid>,
+                ) -> StoreResult<u64> {
+                    blocklist::clear_blocklist(self, render, worker).await
+                }
+
+                async fn expire_blocklist(
+                    &self,
+                    blocked_before: DateTime<Utc>,
+                ) -> StoreResult<u64> {
+                    blocklist::expire_blocklist(self, blocked_before).await
+                }
+
+                async fn blocklist_starvation_inputs(
+                    &self,
+                ) -> StoreResult<(
+                    Vec<$crate::domain::BlockedRender>,
+                    Vec<$crate::domain::EligibleWorker>,
+                )> {
+                    blocklist::blocklist_starvation_inputs(self).await
+                }
+
+                async fn fail_render(
+                    &self,
+                    render: Uuid,
+                    reason: String,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<()> {
+                    blocklist::fail_render(self, render, reason, now).await
+                }
+
                 async fn acquire_lease(
                     &self,
                     name: &str,

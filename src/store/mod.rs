@@ -254,6 +254,16 @@ pub struct NewFrame {
     pub bytes: u64,
 }
 
+/// A worker's record with one render's blocklist, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBlocklistEntry {
+    pub worker_id: Uuid,
+    /// `None` for a worker removed since.
+    pub worker_name: Option<String>,
+    pub failures: i64,
+    pub blocked_at: Option<DateTime<Utc>>,
+}
+
 /// The operations the broker needs from persistence.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -449,6 +459,39 @@ pub trait Store: Send + Sync + 'static {
     /// change settles its dependents as it is written; this catches what a
     /// broker that died between the two left undone.
     async fn settle_waiting(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// The render's blocklist (`domain::after_failure`): every worker with
+    /// a failed chunk of it, blocked or not, by worker id. A failed chunk is
+    /// counted against its worker as the failure is recorded, and a
+    /// blocked worker's claims skip the render.
+    async fn blocklist(&self, render: Uuid) -> StoreResult<Vec<StoredBlocklistEntry>>;
+
+    /// An operator clears the render's blocklist, or one worker's entry;
+    /// how many entries went.
+    async fn clear_blocklist(&self, render: Uuid, worker: Option<Uuid>) -> StoreResult<u64>;
+
+    /// Lifts every block made at or before `blocked_before` (with its
+    /// count); how many.
+    async fn expire_blocklist(&self, blocked_before: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// What `domain::starved_renders` decides on: the claimable renders with
+    /// pending work and a blocked worker, and the workers that are not
+    /// disabled and run chunks (none when no render has a block).
+    async fn blocklist_starvation_inputs(
+        &self,
+    ) -> StoreResult<(
+        Vec<crate::domain::BlockedRender>,
+        Vec<crate::domain::EligibleWorker>,
+    )>;
+
+    /// Fails an unfinished render for `reason` (its pending work canceled,
+    /// running chunks may finish), as a task failing for good would.
+    async fn fail_render(
+        &self,
+        render: Uuid,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     /// Takes the lease `name` for `holder` until `now + ttl` if it is free,
     /// lapsed or already `holder`'s; returns the lease as it stands after.

@@ -52,6 +52,8 @@ const TABLE: &[(&str, &str, Needs)] = {
         ("GET", "/renders/{id}/tasks", Person(Viewer)),
         ("PUT", "/renders/{id}/status", Person(Artist)),
         ("POST", "/renders/{id}/complete", Person(Operator)),
+        ("GET", "/renders/{id}/blocklist", Person(Viewer)),
+        ("DELETE", "/renders/{id}/blocklist", Person(Operator)),
         ("GET", "/renders/{id}/frames", Person(Viewer)),
         ("GET", "/renders/{id}/frames/{frame}", Person(Viewer)),
         ("GET", "/renders/{id}/frames.zip", Person(Viewer)),

@@ -227,6 +227,36 @@ fn default_kinds() -> Vec<TaskKind> {
     vec![TaskKind::Blender]
 }
 
+fn default_blocklist_after() -> i64 {
+    3
+}
+
+/// A worker's record with one render (`GET /renders/{id}/blocklist`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlocklistEntry {
+    pub worker_id: Uuid,
+    /// Null for a worker removed since.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub worker_name: Option<String>,
+    /// Its failed chunks of the render.
+    pub failures: i64,
+    /// Whether it gets no more of the render's chunks.
+    pub blocked: bool,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
+    pub blocked_at: Option<Timestamp>,
+    /// When the scheduler lifts the block (`--blocklist-expiry`); null
+    /// while not blocked, or when blocks never expire.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, required = true)
+    )]
+    pub expires_at: Option<Timestamp>,
+}
+
 /// The order a render's frames are handed out in.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -513,6 +543,15 @@ pub struct RenderSpec {
     /// `sequential` (default) or `preview-first`.
     #[serde(default)]
     pub frame_order: FrameOrder,
+    /// Failed chunks of this render on one worker before that worker gets
+    /// no more of them (1 to 100); the broker's `--blocklist-after` when
+    /// absent.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 100, nullable = true)
+    )]
+    #[serde(default)]
+    pub blocklist_after: Option<i64>,
     #[cfg_attr(feature = "openapi", schema(default = "normal"))]
     #[serde(default)]
     pub priority: Priority,
@@ -594,7 +633,7 @@ impl Progress {
 /// A render as the broker reports it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "video": {"fps": 24, "codec": "h264"}, "video_status": null, "depends_on": [], "waiting_reason": null, "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "video": {"fps": 24, "codec": "h264"}, "video_status": null, "depends_on": [], "waiting_reason": null, "blocklist_after": 3, "failure_reason": null, "frame_order": "sequential", "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Render {
     pub id: Uuid,
     pub name: String,
@@ -614,6 +653,15 @@ pub struct Render {
     pub chunk_size: i64,
     #[serde(default)]
     pub frame_order: FrameOrder,
+    /// Failed chunks on one worker before it is blocklisted from the render.
+    #[serde(default = "default_blocklist_after")]
+    pub blocklist_after: i64,
+    /// Why the farm failed it, when it did so on its own rather than
+    /// through a chunk's last retry (every worker able to take it was
+    /// blocklisted); null otherwise.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub failure_reason: Option<String>,
     pub max_retries: i64,
     /// Where Blender writes the frames (`-o`).
     pub output: String,

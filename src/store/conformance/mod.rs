@@ -8,6 +8,7 @@
 //! on through the crate's dev-dependency on itself. A build without it, such
 //! as the release binary, has no such module.
 
+mod blocklist;
 mod claims;
 mod dependencies;
 mod events;
@@ -29,6 +30,7 @@ use super::Store;
 use crate::domain::TaskReport;
 use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
 
+pub use blocklist::*;
 pub use claims::*;
 pub use dependencies::*;
 pub use events::*;
@@ -52,6 +54,8 @@ macro_rules! conformance_tests {
     ($make_store:path) => {
         $crate::conformance_tests!(@each $make_store;
             creating_a_render_stores_it_with_all_its_tasks,
+            a_worker_failing_a_render_is_blocklisted_until_cleared_or_expired,
+            a_render_every_able_worker_is_blocked_from_fails_with_a_reason,
             a_render_waits_for_its_dependencies_and_starts_when_the_last_completes,
             a_failed_dependency_blocks_until_it_is_requeued_and_completes,
             an_operator_releases_or_cancels_a_waiting_render_and_a_deleted_dependency_blocks,
@@ -167,6 +171,7 @@ fn plan_with(
         frame_end: end,
         chunk_size: chunk,
         frame_order: Default::default(),
+        blocklist_after: None,
         priority,
         max_retries: 1,
         output: None,

@@ -468,6 +468,9 @@ pub fn status_update(change: &StatusChange) -> Document {
     if change.status != RenderStatus::Waiting {
         set.insert("waiting_reason", Bson::Null);
     }
+    if change.status != RenderStatus::Failed {
+        set.insert("failure_reason", Bson::Null);
+    }
     doc! { "$set": set, "$inc": { "version": 1_i64 } }
 }
 

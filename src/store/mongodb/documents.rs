@@ -78,11 +78,22 @@ pub(super) struct RenderDoc {
     /// none); `waiting_reason` while it waits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) depends_on: Vec<String>,
+    /// Failed chunks on one worker before it is blocklisted (absent on
+    /// renders stored before the blocklist: the default).
+    #[serde(default = "default_blocklist_after")]
+    pub(super) blocklist_after: i64,
+    /// Why the farm failed it on its own (every able worker blocklisted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) failure_reason: Option<String>,
     /// Absent: sequential (renders stored before frame orders).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) frame_order: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) waiting_reason: Option<String>,
+}
+
+fn default_blocklist_after() -> i64 {
+    crate::domain::DEFAULT_BLOCKLIST_AFTER
 }
 
 impl RenderDoc {
@@ -121,6 +132,8 @@ impl RenderDoc {
             video_sha256: None,
             video_bytes: None,
             depends_on: r.depends_on.iter().map(Uuid::to_string).collect(),
+            blocklist_after: r.blocklist_after,
+            failure_reason: r.failure_reason.clone(),
             frame_order: (r.frame_order != FrameOrder::Sequential)
                 .then(|| r.frame_order.as_str().to_string()),
             waiting_reason: r.waiting_reason.clone(),
@@ -204,6 +217,8 @@ impl RenderDoc {
                 .map(|id| parse_uuid(id, "dependency id"))
                 .collect::<StoreResult<_>>()?,
             waiting_reason: self.waiting_reason.clone(),
+            blocklist_after: self.blocklist_after,
+            failure_reason: self.failure_reason.clone(),
             frame_order: match self.frame_order.as_deref() {
                 None => FrameOrder::Sequential,
                 Some(o) => FrameOrder::parse(o)

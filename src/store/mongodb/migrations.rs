@@ -86,6 +86,10 @@ const FILES: &[(&str, &str)] = &[
         "0016_frame_order",
         include_str!("../../../migrations/mongodb/0016_frame_order.json"),
     ),
+    (
+        "0017_blocklist",
+        include_str!("../../../migrations/mongodb/0017_blocklist.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

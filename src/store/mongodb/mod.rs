@@ -30,6 +30,7 @@
 //! at once and connects (and migrates) in the background; until then every
 //! operation answers [`StoreError::Unavailable`].
 
+mod blocklist;
 mod connect;
 mod counters;
 mod dependencies;

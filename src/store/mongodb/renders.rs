@@ -406,6 +406,11 @@ pub(super) async fn delete_render(store: &MongoStore, id: Uuid) -> StoreResult<(
     // Its frames' files are then unreferenced; the collector frees them
     // after the grace.
     store.delete_render_frames(&id).await?;
+    store
+        .db()?
+        .collection::<Document>(super::blocklist::BLOCKLIST)
+        .delete_many(doc! { "render_id": &id })
+        .await?;
     // Renders that wait for it now wait for a render that is gone.
     store.settle_dependents(&id, Utc::now()).await?;
     tracing::info!(render_id = %id, "render deleted");

@@ -453,11 +453,15 @@ impl MongoStore {
 
     /// The first render in claim order with work for a worker with
     /// `worker_tags`: read from the claim index alone.
-    async fn claim_head(&self, worker_tags: &[String]) -> StoreResult<Option<ClaimHead<i64>>> {
+    async fn claim_head(
+        &self,
+        worker_tags: &[String],
+        blocked: &[String],
+    ) -> StoreResult<Option<ClaimHead<i64>>> {
         let head = self
             .db()?
             .collection::<Document>(TASKS)
-            .find_one(claim_filter(worker_tags))
+            .find_one(without_renders(claim_filter(worker_tags), blocked))
             .sort(claim_sort())
             .hint(Hint::Name(CLAIM_INDEX.into()))
             .projection(doc! { "_id": 0, "priority": 1, "render_seq": 1 })
@@ -498,6 +502,12 @@ pub(super) async fn claim_next_task(
     let mut preferred = false;
     let mut follow_up = false;
     let chunks = runs_chunks(&worker.kinds());
+    // The renders this worker is blocklisted from: one read of a partial
+    // index, empty while nobody is blocked.
+    let blocked = match chunks {
+        true => store.blocked_renders(&worker_key).await?,
+        false => Vec::new(),
+    };
     // A follow-up at the head's priority or above goes first
     // (`domain::prefers_follow_up`): two more reads, only for a worker that
     // runs follow-ups and only while one waits.
@@ -506,7 +516,7 @@ pub(super) async fn claim_next_task(
             continue;
         };
         let head = match chunks {
-            true => store.claim_head(&worker.tags).await?,
+            true => store.claim_head(&worker.tags, &blocked).await?,
             false => None,
         };
         if prefers_follow_up(waiting, head.map(|h| h.priority)) {
@@ -520,19 +530,25 @@ pub(super) async fn claim_next_task(
     // The warm preference needs the head first: one read of the claim index,
     // only for a worker that may prefer at all.
     if chunks && !follow_up && warm.may_prefer() {
-        let Some(head) = store.claim_head(&worker.tags).await? else {
+        let Some(head) = store.claim_head(&worker.tags, &blocked).await? else {
             return Ok(None);
         };
         if let Some(target) = warm.target(&head) {
             attempt = store
-                .claim_matching(warm_claim_filter(&worker.tags, &target), update())
+                .claim_matching(
+                    without_renders(warm_claim_filter(&worker.tags, &target), &blocked),
+                    update(),
+                )
                 .await?;
             preferred = matches!(attempt, ClaimAttempt::Took(_));
         }
     }
     if chunks && matches!(attempt, ClaimAttempt::NoneLeft) {
         attempt = store
-            .claim_matching(claim_filter(&worker.tags), update())
+            .claim_matching(
+                without_renders(claim_filter(&worker.tags), &blocked),
+                update(),
+            )
             .await?;
     }
     let task = match attempt {
@@ -725,6 +741,9 @@ pub(super) async fn report_task(
                         now,
                     )
                     .await?;
+                if let (TaskKind::Blender, Some(worker)) = (b.kind()?, b.worker_id.as_deref()) {
+                    store.record_failure(&b.render_id, worker, now).await?;
+                }
             }
             before.map(|b| (b, update))
         }
@@ -775,6 +794,14 @@ pub const CLAIM_INDEX: &str = "tasks_claim_ranked";
 /// `rules::claim_sort`, which matches the key order of [`CLAIM_INDEX`] after
 /// its two equality fields, so the server walks the index and stops at the
 /// first match.
+/// `filter`, leaving out the tasks of the renders `blocked`.
+pub fn without_renders(mut filter: Document, blocked: &[String]) -> Document {
+    if !blocked.is_empty() {
+        filter.insert("render_id", doc! { "$nin": blocked });
+    }
+    filter
+}
+
 pub fn claim_filter(worker_tags: &[String]) -> Document {
     doc! {
         "status": CLAIMABLE_TASK_STATUS.as_str(),

@@ -81,7 +81,8 @@ pub(super) fn save_tally(
         "UPDATE renders SET status = ?2, tasks_total = ?3, tasks_pending = ?4, tasks_running = ?5, \
          tasks_completed = ?6, tasks_failed = ?7, tasks_canceled = ?8, frames_done = ?9, \
          started_at = ?10, finished_at = ?11, failed_for_good = ?12, \
-         waiting_reason = CASE WHEN status = ?2 THEN waiting_reason END WHERE seq = ?1",
+         waiting_reason = CASE WHEN status = ?2 THEN waiting_reason END, \
+         failure_reason = CASE WHEN status = ?2 THEN failure_reason END WHERE seq = ?1",
     )?
     .execute(params![
         state.seq,

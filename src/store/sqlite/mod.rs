@@ -11,6 +11,7 @@
 //! transaction across a crash or `kill -9` of the broker; only a power loss or
 //! OS crash can take back the last commits.
 
+mod blocklist;
 mod counters;
 mod dependencies;
 mod errors;
@@ -77,6 +78,9 @@ fn migrations() -> Migrations<'static> {
         )),
         M::up(include_str!(
             "../../../migrations/sqlite/0016_frame_order.sql"
+        )),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0017_blocklist.sql"
         )),
     ])
 }

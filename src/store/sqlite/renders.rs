@@ -118,9 +118,10 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         "INSERT INTO renders (id, name, status, priority, blend_file, frame_start, frame_end, \
          chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
          tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
-         frames_done, created_at, owner, blend_sha256, upload_frames, hidden, video, frame_order) \
+         frames_done, created_at, owner, blend_sha256, upload_frames, hidden, video, frame_order, \
+         blocklist_after) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, ?16, \
-         ?17, ?18, 1, ?19, ?20)",
+         ?17, ?18, 1, ?19, ?20, ?21)",
     )?
     .execute(params![
         r.id.to_string(),
@@ -143,6 +144,7 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         r.upload_frames,
         video_json(r.video.as_ref()),
         r.frame_order.as_str(),
+        r.blocklist_after,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -198,6 +200,8 @@ fn delete_hidden_batch(conn: &Connection, render_seq: i64) -> StoreResult<bool> 
     conn.prepare_cached("DELETE FROM previews WHERE render_seq = ?1")?
         .execute([render_seq])?;
     conn.prepare_cached("DELETE FROM render_dependencies WHERE render_seq = ?1")?
+        .execute([render_seq])?;
+    conn.prepare_cached("DELETE FROM blocklist WHERE render_seq = ?1")?
         .execute([render_seq])?;
     conn.prepare_cached("DELETE FROM renders WHERE seq = ?1 AND hidden = 1")?
         .execute([render_seq])?;

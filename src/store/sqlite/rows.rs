@@ -100,6 +100,7 @@ pub(super) const RENDER_COLUMNS: &str =
      r.tasks_pending, r.tasks_running, r.tasks_completed, r.tasks_failed, r.tasks_canceled, \
      r.frames_total, r.frames_done, r.created_at, r.started_at, r.finished_at, r.owner, \
      r.blend_sha256, r.upload_frames, r.video, r.video_status, r.waiting_reason, r.frame_order, \
+     r.blocklist_after, r.failure_reason, \
      (SELECT json_group_array(d.depends_on) FROM (SELECT depends_on FROM render_dependencies \
       WHERE render_seq = r.seq ORDER BY position) d)";
 
@@ -146,9 +147,11 @@ pub(super) fn render_from_row(row: &Row) -> rusqlite::Result<Render> {
             .transpose()?,
         waiting_reason: row.get(28)?,
         frame_order: get_enum(row, 29, renderfarm_wire::FrameOrder::parse)?,
+        blocklist_after: row.get(30)?,
+        failure_reason: row.get(31)?,
         depends_on: {
-            let ids: String = row.get(30)?;
-            serde_json::from_str(&ids).map_err(|_| conversion_error(30, "dependencies", &ids))?
+            let ids: String = row.get(32)?;
+            serde_json::from_str(&ids).map_err(|_| conversion_error(32, "dependencies", &ids))?
         },
     })
 }

@@ -271,9 +271,13 @@ fn first_follow_up(
 /// priority then age), then the chosen render's lowest pending chunk. Going
 /// through the renders means a paused or canceled render's pending chunks
 /// are never walked, however many there are.
-fn first_pending_chunk(conn: &Connection, worker_tags: &str) -> StoreResult<Option<PendingChunk>> {
+fn first_pending_chunk(
+    conn: &Connection,
+    worker_tags: &str,
+    worker_id: &str,
+) -> StoreResult<Option<PendingChunk>> {
     let mut renders = conn.prepare_cached(&CLAIMABLE_RENDERS)?;
-    let mut rows = renders.query([worker_tags])?;
+    let mut rows = renders.query([worker_tags, worker_id])?;
     let mut first_chunk = conn.prepare_cached(&FIRST_CLAIMABLE_CHUNK)?;
     // The first render has a pending chunk unless its counter drifted (the
     // scheduler's recount repairs it); then the next render is tried.
@@ -301,9 +305,10 @@ fn first_pending_chunk(conn: &Connection, worker_tags: &str) -> StoreResult<Opti
 pub(super) fn next_pending_task(
     conn: &Connection,
     worker_tags: &str,
+    worker_id: &str,
     warm: WarmState<i64>,
 ) -> StoreResult<Option<(PendingChunk, WarmState<i64>)>> {
-    let Some(head) = first_pending_chunk(conn, worker_tags)? else {
+    let Some(head) = first_pending_chunk(conn, worker_tags, worker_id)? else {
         return Ok(None);
     };
     let target = warm.target(&ClaimHead {
@@ -314,7 +319,12 @@ pub(super) fn next_pending_task(
         let warm_chunk = conn
             .prepare_cached(&WARM_CHUNK)?
             .query_row(
-                params![target.priority.rank(), target.render, worker_tags],
+                params![
+                    target.priority.rank(),
+                    target.render,
+                    worker_tags,
+                    worker_id
+                ],
                 |row| pending_chunk(row, row, CLAIMABLE_RENDER_COLUMNS),
             )
             .optional()?;
@@ -544,7 +554,7 @@ pub(super) async fn claim_next_task(
                 // (`domain::prefers_follow_up`), the warm preference aside.
                 Some(f) => {
                     let head = match runs_chunks(&worker.kinds) {
-                        true => first_pending_chunk(conn, &worker.tags)?,
+                        true => first_pending_chunk(conn, &worker.tags, &worker_id.to_string())?,
                         false => None,
                     };
                     if prefers_follow_up(f.priority, head.as_ref().map(|h| h.priority)) {
@@ -559,7 +569,8 @@ pub(super) async fn claim_next_task(
                 Some(f) => f,
                 None if !runs_chunks(&worker.kinds) => return Ok(None),
                 None => {
-                    let Some((chunk, warm)) = next_pending_task(conn, &worker.tags, worker.warm)?
+                    let Some((chunk, warm)) =
+                        next_pending_task(conn, &worker.tags, &worker_id.to_string(), worker.warm)?
                     else {
                         return Ok(None);
                     };
@@ -662,6 +673,9 @@ pub(super) async fn report_task(
                     None => "no exit code".to_string(),
                 };
                 record_history(conn, task.seq, HistoryEvent::Failed, task.worker_id.as_deref(), Some(&detail), None, now)?;
+                if let (TaskKind::Blender, Some(worker)) = (task.kind, task.worker_id.as_deref()) {
+                    super::blocklist::record_failure(conn, task.render_seq, worker, now)?;
+                }
             }
         }
         append_log(conn, task.seq, log.as_deref())?;
@@ -706,7 +720,7 @@ const CLAIMABLE_RENDER_COLUMNS: usize = 8;
 static CLAIMABLE_RENDERS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {CLAIMABLE_RENDER_SELECT} FROM renders r WHERE {} ORDER BY {}",
-        claimable_render("?1"),
+        claimable_render("?1", "?2"),
         claim_order(render_column),
     )
 });
@@ -715,13 +729,14 @@ static CLAIMABLE_RENDERS: LazyLock<String> = LazyLock::new(|| {
 const CLAIMABLE_RENDER_SELECT: &str = "r.seq, r.priority, r.id, r.blend_file, r.output, r.engine, \
      r.blend_sha256, r.upload_frames";
 
-/// The render `r` has pending work the worker with tags `tags` (JSON) may
-/// claim.
-fn claimable_render(tags: &str) -> String {
+/// The render `r` has pending work the worker `worker` with tags `tags`
+/// (JSON) may claim: it carries the tags and is not blocklisted.
+fn claimable_render(tags: &str, worker: &str) -> String {
     format!(
-        "r.status {} AND r.tasks_pending > 0 AND r.hidden = 0 AND {}",
+        "r.status {} AND r.tasks_pending > 0 AND r.hidden = 0 AND {} AND {}",
         is_in(CLAIMABLE_RENDER_STATUSES),
         carries_tags(tags, "r.tags"),
+        super::blocklist::not_blocked(worker),
     )
 }
 
@@ -777,7 +792,7 @@ fn chunk_order() -> String {
 
 /// A warm target (`domain::WarmTarget`): the first claimable chunk of the
 /// render `?2` at priority `?1`, if that render is claimable by the worker
-/// with tags `?3`; the render's columns, then the chunk's. One render by its
+/// with tags `?3` and id `?4` (not blocklisted from it); the render's columns, then the chunk's. One render by its
 /// key, then the claim index by (status, priority, render).
 static WARM_CHUNK: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -785,7 +800,7 @@ static WARM_CHUNK: LazyLock<String> = LazyLock::new(|| {
          FROM renders r JOIN tasks t ON t.render_seq = r.seq AND t.priority = r.priority \
          WHERE r.seq = ?2 AND r.priority = ?1 AND {} AND t.status = {} AND t.kind = {} \
          ORDER BY {} LIMIT 1",
-        claimable_render("?3"),
+        claimable_render("?3", "?4"),
         lit(CLAIMABLE_TASK_STATUS),
         lit(TaskKind::Blender),
         chunk_order(),
@@ -809,13 +824,15 @@ mod tests {
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {}", *WARM_CHUNK))
             .unwrap()
-            .query_map(params![1, 2, "[]"], |row| row.get(3))
+            .query_map(params![1, 2, "[]", "w"], |row| row.get(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
         let steps = plan.join("\n");
         assert!(steps.contains("USING INTEGER PRIMARY KEY"), "{steps}");
         assert!(steps.contains("USING INDEX tasks_claim"), "{steps}");
+        // The blocklist check is one keyed search, never a scan.
+        assert!(steps.contains("SEARCH b USING"), "{steps}");
         assert!(
             !plan
                 .iter()

@@ -28,6 +28,7 @@ export async function renderPage(main, ctx, id) {
   document.title = `${render.name} · renderfarm`;
 
   let tasks = [];
+  let blocklist = [];
   let tasksTotal = 0;
   let tasksOffset = 0;
   let workers = new Map();
@@ -99,6 +100,7 @@ export async function renderPage(main, ctx, id) {
         `Chunks: ${p.tasks_completed} done, ${p.tasks_running} rendering, ${p.tasks_pending} waiting, ${p.tasks_failed} failed, ${p.tasks_canceled} canceled, of ${p.tasks_total}.`),
       videoLine(),
       whyWaiting(),
+      blocked(),
       whyFailed());
   }
 
@@ -123,6 +125,27 @@ export async function renderPage(main, ctx, id) {
         : null);
   }
 
+  // The workers kept off this render for failing its chunks; an operator
+  // clears them.
+  function blocked() {
+    const entries = blocklist.filter((e) => e.blocked);
+    if (!entries.length) return null;
+    const names = entries.map((e) => `${e.worker_name ?? e.worker_id} (${e.failures} failed)`).join(', ');
+    return h('p', { class: 'reason', id: 'blocklist' }, `Blocklisted from this render: ${names}.`,
+      mayOperate() ? h('button', { type: 'button', 'data-action': 'clear-blocklist', onclick: clearBlocklist }, 'Clear the blocklist') : null);
+  }
+
+  async function clearBlocklist() {
+    try {
+      await api('DELETE', `/renders/${render.id}/blocklist`);
+      blocklist = [];
+      replace(actionResult, h('div', { class: 'notice' }, 'The blocklist is cleared: those workers take its chunks again.'));
+      drawProgress();
+    } catch (e) {
+      replace(actionResult, errorBox(e, 'Clear the blocklist'));
+    }
+  }
+
   // A waiting render says what it waits for.
   function whyWaiting() {
     if (render.status !== 'waiting' || !render.waiting_reason) return null;
@@ -134,6 +157,7 @@ export async function renderPage(main, ctx, id) {
   // The first reason on this page of tasks, so that a failed render says
   // why at the top.
   function whyFailed() {
+    if (render.failure_reason) return h('p', { class: 'reason', id: 'failure-reason-render' }, `Failed: ${render.failure_reason}`);
     const failed = tasks.find((t) => t.status === 'failed' && t.failure_reason);
     if (!failed) return null;
     return h('p', { class: 'reason' }, `Frames ${framesText(failed)} failed: ${failed.failure_reason}`,
@@ -185,6 +209,10 @@ export async function renderPage(main, ctx, id) {
       const page = await api('GET', `/renders/${render.id}/tasks${query({ limit: TASKS_PAGE, offset: tasksOffset })}`);
       tasks = page.items;
       tasksTotal = page.total;
+      // Only a render with failed chunks can have a blocklist.
+      if (tasks.some((t) => t.status === 'failed' || t.retries > 0) || blocklist.length) {
+        blocklist = await api('GET', `/renders/${render.id}/blocklist`);
+      }
       if (tasks.some((t) => t.worker_id && !workers.has(t.worker_id))) ctx.soon('workers', loadWorkers);
       drawTasks();
       drawProgress();

@@ -347,8 +347,10 @@ fn status_changes_are_compare_and_set_on_the_version() {
                 "started_at": Bson::Null,
                 "finished_at": Bson::Null,
                 "failed_for_good": false,
-                // Only a waiting render has a reason to wait.
+                // Only a waiting render has a reason to wait, and only a
+                // failed one a reason it failed.
                 "waiting_reason": Bson::Null,
+                "failure_reason": Bson::Null,
             },
             "$inc": { "version": 1_i64 },
         }
