@@ -407,9 +407,8 @@ fn farm_registry(view: &FarmView) -> Registry {
         queue,
     );
     let renders = Family::<StatusLabels, Gauge>::default();
-    let mut r = view.counts.renders;
     for status in RenderStatus::ALL {
-        let n = *r.of_mut(status);
+        let n = view.counts.renders.of(status);
         renders
             .get_or_create(&StatusLabels {
                 status: status.as_str(),

@@ -80,8 +80,10 @@ pub(super) async fn submit(
     state: web::Data<AppState>,
     body: JsonBody<RenderSpec>,
 ) -> Result<HttpResponse, ApiError> {
-    let spec = ValidRenderSpec::try_from(body.into_inner())?;
-    let own_blocklist_after = spec.blocklist_after;
+    let mut spec = ValidRenderSpec::try_from(body.into_inner())?;
+    // A render that gives no threshold takes the broker's.
+    spec.blocklist_after
+        .get_or_insert(state.scheduler.settings().blocklist_after);
     if let Some(sha) = &spec.blend_sha256 {
         match state.files.state(sha).await? {
             FileState::Stored { .. } => {
@@ -113,10 +115,6 @@ pub(super) async fn submit(
         state.clock.now(),
     )
     .wait_for(&dependencies);
-    let mut new = new;
-    if own_blocklist_after.is_none() {
-        new.render.blocklist_after = state.scheduler.settings().blocklist_after;
-    }
     let render = state.store.create_render(new).await?;
     state.wake_workers();
     tracing::info!(render_id = %render.id, tasks = render.progress.tasks_total, "render submitted");

@@ -1569,6 +1569,11 @@ pub struct RenderCounts {
 
 impl RenderCounts {
     /// The count of renders in `status`.
+    pub fn of(mut self, status: RenderStatus) -> i64 {
+        *self.of_mut(status)
+    }
+
+    /// The count of renders in `status`, to set.
     pub fn of_mut(&mut self, status: RenderStatus) -> &mut i64 {
         match status {
             RenderStatus::Waiting => &mut self.waiting,

@@ -108,21 +108,27 @@ pub(super) async fn blocklist(
         .await?
         .try_collect()
         .await?;
-    let mut entries = Vec::with_capacity(docs.len());
-    for d in docs {
-        let name = store
-            .workers()?
-            .find_one(doc! { "_id": &d.worker_id })
-            .await?
-            .map(|w| w.name);
-        entries.push(StoredBlocklistEntry {
-            worker_id: parse_uuid(&d.worker_id, "worker id")?,
-            worker_name: name,
-            failures: d.failures,
-            blocked_at: d.blocked_at.map(bson::DateTime::to_chrono),
-        });
-    }
-    Ok(entries)
+    // The workers' names in one read, not one per entry.
+    let ids: Vec<&str> = docs.iter().map(|d| d.worker_id.as_str()).collect();
+    let workers: Vec<WorkerDoc> = store
+        .workers()?
+        .find(doc! { "_id": { "$in": ids } })
+        .await?
+        .try_collect()
+        .await?;
+    docs.into_iter()
+        .map(|d| {
+            Ok(StoredBlocklistEntry {
+                worker_id: parse_uuid(&d.worker_id, "worker id")?,
+                worker_name: workers
+                    .iter()
+                    .find(|w| w.id == d.worker_id)
+                    .map(|w| w.name.clone()),
+                failures: d.failures,
+                blocked_at: d.blocked_at.map(bson::DateTime::to_chrono),
+            })
+        })
+        .collect()
 }
 
 pub(super) async fn clear_blocklist(
