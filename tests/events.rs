@@ -43,6 +43,9 @@ async fn worker(broker: &BrokerProcess, name: &str) -> (Uuid, BrokerClient) {
             name: name.into(),
             tags: vec![],
             kinds: vec![renderfarm_wire::TaskKind::Blender],
+            time_zone: None,
+            available: None,
+            strict_hours: false,
         })
         .await
         .expect("registers");

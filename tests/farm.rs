@@ -569,6 +569,7 @@ async fn two_agents_cannot_share_a_work_directory() {
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
         previews: true,
         warm: renderfarm_worker::blender::warm::WarmConfig::default(),
+        hours: Default::default(),
     };
     let first = Agent::new(config("first"), StopSignals::default())
         .await
@@ -605,6 +606,7 @@ async fn an_agent_without_blender_says_how_to_install_it_before_registering() {
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
         previews: true,
         warm: renderfarm_worker::blender::warm::WarmConfig::default(),
+        hours: Default::default(),
     };
     let err = match renderfarm_worker::Agent::new(config, Default::default()).await {
         Ok(_) => panic!("an agent without Blender must not start"),
@@ -833,6 +835,7 @@ async fn an_agent_restarted_on_its_work_directory_is_the_same_worker() {
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
         previews: true,
         warm: renderfarm_worker::blender::warm::WarmConfig::default(),
+        hours: Default::default(),
     };
     let mut ids = Vec::new();
     for _ in 0..2 {

@@ -48,6 +48,9 @@ pub async fn register(enrolment: &BrokerClient, name: String) -> anyhow::Result<
             name,
             tags: vec![],
             kinds: vec![renderfarm_wire::TaskKind::Blender],
+            time_zone: None,
+            available: None,
+            strict_hours: false,
         })
         .await?)
 }

@@ -22,11 +22,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use renderfarm_wire::{
-    Assignment, BlocklistEntry, CompleteReport, FailReport, FarmSummary, FrameList, HealthReport,
-    Heartbeat, HeartbeatReply, ListOrder, Page, Priority, ProgressReport, RegisteredWorker,
-    ReleaseReport, Render, RenderAction, RenderSort, RenderSpec, RenderStatus, RenderStatusChange,
-    SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker, WorkerAction, WorkerSpec,
-    WorkerStatusChange,
+    Assignment, AvailabilityOverride, BlocklistEntry, CompleteReport, FailReport, FarmSummary,
+    FrameList, HealthReport, Heartbeat, HeartbeatReply, ListOrder, Page, Priority, ProgressReport,
+    RegisteredWorker, ReleaseReport, Render, RenderAction, RenderSort, RenderSpec, RenderStatus,
+    RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker,
+    WorkerAction, WorkerHours, WorkerSpec, WorkerStatusChange,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
@@ -304,6 +304,40 @@ impl BrokerClient {
         let id = id.to_string();
         self.answer(self.request(Method::GET, &["workers", &id]))
             .await
+    }
+
+    /// `PUT /workers/{id}/hours`: the hours an agent was started with, sent
+    /// as the worker itself.
+    pub async fn set_worker_hours(
+        &self,
+        id: impl Display,
+        hours: &WorkerHours,
+    ) -> Result<Worker, ClientError> {
+        let id = id.to_string();
+        let request = self.request(Method::PUT, &["workers", &id, "hours"]);
+        self.answer(request.json(hours)).await
+    }
+
+    /// `PUT /workers/{id}/availability`: an operator's hours for a worker,
+    /// kept until cleared; `None` clears them
+    /// (`DELETE /workers/{id}/availability`) and the agent's apply again.
+    pub async fn set_worker_availability(
+        &self,
+        id: impl Display,
+        available: Option<&str>,
+    ) -> Result<Worker, ClientError> {
+        let id = id.to_string();
+        let path = ["workers", id.as_str(), "availability"];
+        match available {
+            Some(available) => {
+                let body = AvailabilityOverride {
+                    available: available.to_string(),
+                };
+                self.answer(self.request(Method::PUT, &path).json(&body))
+                    .await
+            }
+            None => self.answer(self.request(Method::DELETE, &path)).await,
+        }
     }
 
     /// `PUT /workers/{id}/status`: drain, disable or enable a worker.

@@ -362,7 +362,7 @@ pub async fn farm_summary(
 ) -> StoreResult<FarmSummary> {
     let counts = store.farm_counts(now - chrono::TimeDelta::hours(1)).await?;
     let mut workers = WorkerCounts::default();
-    for worker in store.list_workers().await? {
+    for worker in store.list_workers(now).await? {
         *match worker.status {
             WorkerStatus::Idle => &mut workers.idle,
             WorkerStatus::Busy => &mut workers.busy,

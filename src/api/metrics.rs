@@ -191,7 +191,7 @@ pub async fn exposition(state: &AppState, req: &HttpRequest) -> Result<HttpRespo
             .await?;
         let workers = state
             .store
-            .list_workers()
+            .list_workers(now)
             .await?
             .into_iter()
             .map(|w| (w.status, w.tags, w.kinds))

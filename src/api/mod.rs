@@ -9,6 +9,7 @@ pub mod events;
 mod files;
 pub mod frames;
 mod health;
+mod hours;
 pub mod metrics;
 pub mod openapi;
 mod previews;
@@ -116,6 +117,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     frames::configure(cfg);
     previews::configure(cfg);
     blocklist::configure(cfg);
+    hours::configure(cfg);
     videos::configure(cfg);
     files::configure(cfg);
     health::configure(cfg);

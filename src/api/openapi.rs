@@ -16,8 +16,8 @@ use utoipa::{IntoResponses, OpenApi, ToResponse};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    blocklist, events, files, frames, health, metrics, previews, renders, scheduler, session,
-    signed, tasks, tokens, videos, webhooks, workers, ApiError,
+    blocklist, events, files, frames, health, hours, metrics, previews, renders, scheduler,
+    session, signed, tasks, tokens, videos, webhooks, workers, ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -74,6 +74,9 @@ is answered 429 with `Retry-After`.",
         workers::revoke_secret,
         workers::heartbeat,
         workers::request_task,
+        hours::report,
+        hours::set,
+        hours::clear,
         tasks::get,
         tasks::log,
         tasks::progress,

@@ -110,7 +110,7 @@ pub(super) async fn list(
     _access: Access<Viewer>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.store.list_workers().await?))
+    Ok(HttpResponse::Ok().json(state.store.list_workers(state.clock.now()).await?))
 }
 
 /// One worker.
@@ -133,7 +133,7 @@ pub(super) async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("worker", &id)?;
-    Ok(HttpResponse::Ok().json(state.store.get_worker(id).await?))
+    Ok(HttpResponse::Ok().json(state.store.get_worker(id, state.clock.now()).await?))
 }
 
 /// Drain, disable or enable a worker.
@@ -430,7 +430,7 @@ pub(super) async fn revoke_secret(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("worker", &id)?;
-    state.store.get_worker(id).await?;
+    state.store.get_worker(id, state.clock.now()).await?;
     state
         .store
         .revoke_worker_secrets(id, state.clock.now())

@@ -95,6 +95,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
             previews: true,
             warm: renderfarm_worker::blender::warm::WarmConfig::default(),
+            hours: Default::default(),
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));

@@ -3,6 +3,7 @@
 //! these functions to decide every status change, and never decide one
 //! themselves.
 
+mod availability;
 mod blocklist;
 mod dependency;
 pub(crate) mod dispatch;
@@ -22,6 +23,10 @@ mod warm;
 mod webhook;
 mod worker;
 
+pub use availability::{
+    availability_view, hands_back, takes_new_work, validate_schedule, validate_worker_hours,
+    Schedule, ValidWorkerHours, WorkerHoursState, HANDED_BACK,
+};
 pub use blocklist::{
     after_failure, became_blocked, starved_renders, validate_blocklist_after, BlockedRender,
     BlocklistCount, EligibleWorker, DEFAULT_BLOCKLIST_AFTER, MAX_BLOCKLIST_AFTER,

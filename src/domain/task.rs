@@ -17,6 +17,8 @@ pub enum Requeue {
     WorkerLost { last_seen: String },
     /// An operator disabled its worker.
     WorkerDisabled,
+    /// Its worker's hours ended and it keeps them strictly.
+    OutsideHours,
 }
 
 impl Requeue {
@@ -36,6 +38,7 @@ impl Requeue {
                 format!("its worker was lost: no sign of life since {last_seen}"),
             ),
             Requeue::WorkerDisabled => (HistoryEvent::Requeued, "its worker was disabled".into()),
+            Requeue::OutsideHours => (HistoryEvent::Released, super::HANDED_BACK.into()),
         }
     }
 }

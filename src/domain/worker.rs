@@ -5,7 +5,8 @@ use renderfarm_wire::{HeartbeatAction, WorkerAction, WorkerSpec, WorkerStatus};
 use uuid::Uuid;
 
 use super::{
-    lease_accepts, validate_name, validate_tags, IllegalTransition, TaskLease, ValidationError,
+    lease_accepts, validate_name, validate_tags, validate_worker_hours, IllegalTransition,
+    TaskLease, ValidWorkerHours, ValidationError,
 };
 
 /// The operator's say over a worker, as stored. Busy, idle and offline are
@@ -50,6 +51,8 @@ pub struct ValidWorkerSpec {
     pub tags: Vec<String>,
     /// The task kinds it runs, each once, in order.
     pub kinds: Vec<renderfarm_wire::TaskKind>,
+    /// Its hours as its agent reports them.
+    pub hours: ValidWorkerHours,
 }
 
 /// Checks what a worker sends when it registers.
@@ -58,6 +61,11 @@ pub fn validate_worker_spec(spec: WorkerSpec) -> Result<ValidWorkerSpec, Validat
         name: validate_name("name", &spec.name)?,
         tags: validate_tags("tags", &spec.tags)?,
         kinds: super::validate_kinds(&spec.kinds)?,
+        hours: validate_worker_hours(
+            spec.time_zone.as_deref(),
+            spec.available.as_deref(),
+            spec.strict_hours,
+        )?,
     })
 }
 

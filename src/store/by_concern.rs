@@ -18,7 +18,7 @@ macro_rules! store_by_concern {
             use ::uuid::Uuid;
             use $crate::domain::{
                 Allowances, EventBounds, NewRender, RenderCommand, RenderOrder, StoredToken,
-                TaskReport, ValidWorkerSpec,
+                TaskReport, ValidWorkerHours, ValidWorkerSpec,
             };
             use $crate::store::{
                 FarmCounts, LostWorkers, MovedTask, PageRequest, PreemptionInputs, RenderFilter,
@@ -115,12 +115,30 @@ macro_rules! store_by_concern {
                     workers::register_worker(self, spec, now).await
                 }
 
-                async fn get_worker(&self, id: Uuid) -> StoreResult<Worker> {
-                    workers::get_worker(self, id).await
+                async fn get_worker(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<Worker> {
+                    workers::get_worker(self, id, now).await
                 }
 
-                async fn list_workers(&self) -> StoreResult<Vec<Worker>> {
-                    workers::list_workers(self).await
+                async fn list_workers(&self, now: DateTime<Utc>) -> StoreResult<Vec<Worker>> {
+                    workers::list_workers(self, now).await
+                }
+
+                async fn set_worker_hours(
+                    &self,
+                    id: Uuid,
+                    hours: ValidWorkerHours,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Worker> {
+                    workers::set_worker_hours(self, id, hours, now).await
+                }
+
+                async fn set_operator_hours(
+                    &self,
+                    id: Uuid,
+                    hours: Option<String>,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Worker> {
+                    workers::set_operator_hours(self, id, hours, now).await
                 }
 
                 async fn change_worker(

@@ -27,8 +27,8 @@ use uuid::Uuid;
 use crate::domain::preview::StoredPreview;
 use crate::domain::{
     Allowances, DependencyState, EventBounds, IllegalTransition, LeaseRefusal, NewRender,
-    OverdueWork, RenderCommand, RenderOrder, RunningWork, StoredToken, TaskReport, ValidWorkerSpec,
-    WorkerMode, WorkerUnavailable,
+    OverdueWork, RenderCommand, RenderOrder, RunningWork, StoredToken, TaskReport,
+    ValidWorkerHours, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
 };
 use crate::domain::{AttemptRecord, DeliveryCounts, DueDelivery, NewDelivery, StoredWebhook};
 
@@ -347,10 +347,29 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<Worker>;
 
-    async fn get_worker(&self, id: Uuid) -> StoreResult<Worker>;
+    /// The worker, its hours seen at `now` (`domain::availability_view`).
+    async fn get_worker(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<Worker>;
 
-    /// In order of registration.
-    async fn list_workers(&self) -> StoreResult<Vec<Worker>>;
+    /// In order of registration, their hours seen at `now`.
+    async fn list_workers(&self, now: DateTime<Utc>) -> StoreResult<Vec<Worker>>;
+
+    /// Keeps what the worker's agent reports about its hours (at each of its
+    /// starts); an operator's hours, if any, stay and win.
+    async fn set_worker_hours(
+        &self,
+        id: Uuid,
+        hours: ValidWorkerHours,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Worker>;
+
+    /// Sets an operator's hours for the worker (canonical form, from
+    /// `domain::validate_schedule`), kept until cleared with `None`.
+    async fn set_operator_hours(
+        &self,
+        id: Uuid,
+        hours: Option<String>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Worker>;
 
     /// An operator's change of a worker's mode. Disabling a busy worker
     /// puts its task back in the queue; that task's history names `actor`,
@@ -364,7 +383,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Worker>;
 
     /// Records that the worker is alive (and its progress, under its lease);
-    /// answers whether it should keep rendering the task it names.
+    /// answers whether it should keep rendering the task it names. A worker
+    /// whose hours ended and that keeps them strictly
+    /// (`domain::hands_back`) hands its task back here: the task is released
+    /// to the queue and the answer is `abort`.
     async fn heartbeat(
         &self,
         worker_id: Uuid,
@@ -373,7 +395,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<HeartbeatAction>;
 
     /// Hands the worker its next task under a new lease, by the domain's
-    /// rules: in `domain::CLAIM_ORDER`, only of a render in
+    /// rules: none outside its hours (`domain::takes_new_work`); in
+    /// `domain::CLAIM_ORDER`, only of a render in
     /// `domain::CLAIMABLE_RENDER_STATUSES` whose tags the worker carries
     /// (`domain::carries_tags`). A worker that already holds a running task
     /// gets that one again. `None`: nothing for this worker now.

@@ -48,6 +48,8 @@ pub struct WorkerRecord {
     pub offline: bool,
     pub last_heartbeat: DateTime<Utc>,
     pub registered_at: DateTime<Utc>,
+    /// Its hours, an operator's among them (kept until cleared).
+    pub hours: crate::domain::WorkerHoursState,
 }
 
 /// A store a farm can be copied from.

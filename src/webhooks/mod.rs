@@ -358,7 +358,7 @@ impl Deliverer {
             EventKind::Worker => match source.worker_id {
                 Some(id) => self
                     .store
-                    .get_worker(id)
+                    .get_worker(id, chrono::Utc::now())
                     .await
                     .map(|w| ("worker", serde_json::to_value(w))),
                 None => return Ok(None),

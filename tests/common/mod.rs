@@ -410,6 +410,7 @@ pub fn agent_config(broker: &str, name: &str, blender: &Path, work_dir: &Path) -
         cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
         previews: true,
         warm: renderfarm_worker::blender::warm::WarmConfig::default(),
+        hours: Default::default(),
     }
 }
 

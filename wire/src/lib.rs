@@ -1003,6 +1003,98 @@ pub struct WorkerSpec {
     )]
     #[serde(default = "default_kinds")]
     pub kinds: Vec<TaskKind>,
+    /// The agent's IANA time zone (e.g. `Europe/Berlin`), in which its
+    /// hours are read; UTC when absent.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(nullable = false, example = "Europe/Berlin")
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// The hours it takes new work in (`renderfarm-worker --available`),
+    /// e.g. `mon-fri 19:00-07:00, sat-sun`; at any time when absent.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(nullable = false, example = "mon-fri 19:00-07:00, sat-sun")
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<String>,
+    /// Hand the running task back when its hours end, rather than finish it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict_hours: bool,
+}
+
+/// `PUT /workers/{id}/hours`: the hours an agent was started with, sent by
+/// the agent itself each time it starts (its registration is kept across
+/// restarts, its flags may change).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"time_zone": "Europe/Berlin", "available": "mon-fri 19:00-07:00, sat-sun", "strict_hours": false})))]
+pub struct WorkerHours {
+    /// As in [`WorkerSpec`].
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// As in [`WorkerSpec`]; absent: at any time.
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    #[serde(default)]
+    pub available: Option<String>,
+    #[serde(default)]
+    pub strict_hours: bool,
+}
+
+/// `PUT /workers/{id}/availability`: an operator's hours for a worker,
+/// kept until cleared and winning over the agent's own.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"available": "sat-sun"})))]
+pub struct AvailabilityOverride {
+    /// Comma-separated entries, each days (`mon`, `mon-fri`, `fri-mon`,
+    /// `daily`) and optionally hours (`19:00-07:00`; a range that crosses
+    /// midnight belongs to the day it starts); `always` for no limit.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 1000,
+            example = "mon-fri 19:00-07:00, sat-sun"
+        )
+    )]
+    pub available: String,
+}
+
+/// Who set the hours a worker keeps.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoursSetBy {
+    /// The agent's `--available` flag.
+    Agent,
+    /// An operator, through `PUT /workers/{id}/availability`.
+    Operator,
+}
+
+/// The hours a worker takes new work in, and where it stands now.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"schedule": "mon-fri 19:00-07:00, sat-sun", "set_by": "agent", "agent_schedule": "mon-fri 19:00-07:00, sat-sun", "time_zone": "Europe/Berlin", "strict_hours": false, "available_now": false, "next_change": "2026-11-24T18:00:00Z"})))]
+pub struct WorkerAvailability {
+    /// The hours in force, in canonical form.
+    pub schedule: String,
+    pub set_by: HoursSetBy,
+    /// What the agent's flag says, also while an operator's hours win.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub agent_schedule: Option<String>,
+    /// The IANA zone the hours are read in.
+    pub time_zone: String,
+    pub strict_hours: bool,
+    /// Whether it takes new work now.
+    pub available_now: bool,
+    /// When `available_now` next flips; none within a week.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, required = true))]
+    pub next_change: Option<Timestamp>,
 }
 
 /// A worker as the broker reports it.
@@ -1023,6 +1115,14 @@ pub struct Worker {
     pub current_task_id: Option<Uuid>,
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub registered_at: Timestamp,
+    /// The IANA time zone its agent reported.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Its hours; null when it takes work at any time.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub availability: Option<WorkerAvailability>,
 }
 
 /// The answer to `POST /workers/{id}/request-task`: one chunk to render.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
 use renderfarm_client::{BrokerClient, ClientError, ClientOptions};
-use renderfarm_wire::{Assignment, ReleaseReport, TaskKind, WorkerAction, WorkerSpec};
+use renderfarm_wire::{Assignment, ReleaseReport, TaskKind, WorkerAction, WorkerHours, WorkerSpec};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -65,6 +65,10 @@ pub struct AgentConfig {
     /// Whether and how long Blender stays loaded between the chunks of a
     /// render (`--warm`, `--warm-idle`, `--warm-max-rss`, `--warm-max-chunks`).
     pub warm: WarmConfig,
+    /// The hours it takes new work in, its time zone, and whether a task
+    /// running when they end is handed back (`--available`, `--time-zone`,
+    /// `--strict-hours`); told to the broker at every start.
+    pub hours: WorkerHours,
 }
 
 /// How the agent is told to stop.
@@ -370,7 +374,10 @@ impl Slot {
     /// Runs until told to stop; returns what it did. Fails when the broker
     /// cannot be talked to as set up (its TLS certificate is not trusted).
     async fn run(mut self) -> anyhow::Result<AgentSummary> {
-        let known = self.saved_identity();
+        let known = match self.saved_identity() {
+            Some(id) => self.report_hours(id).await?,
+            None => None,
+        };
         let Some(mut worker_id) = (match known {
             Some(id) => Some(id),
             None => self.register().await?,
@@ -489,6 +496,38 @@ impl Slot {
         Some(identity.worker_id)
     }
 
+    /// Tells the broker the hours this start was given (a registration kept
+    /// from an earlier start carries that start's), retrying while it is
+    /// unreachable. `None` when the broker no longer knows the worker, or
+    /// the agent is told to stop first: register anew.
+    async fn report_hours(&mut self, worker_id: Uuid) -> anyhow::Result<Option<Uuid>> {
+        let mut retry = backoff();
+        loop {
+            match self.client.set_worker_hours(worker_id, &self.config.hours).await {
+                Ok(_) => return Ok(Some(worker_id)),
+                Err(ClientError::NotFound(message) | ClientError::Unauthorized(message)) => {
+                    tracing::info!(%message, "the broker no longer knows this worker; registering anew");
+                    return Ok(None);
+                }
+                Err(e @ ClientError::UntrustedCertificate { .. }) => return Err(e.into()),
+                Err(e @ ClientError::Rejected(..)) => anyhow::bail!(
+                    "the broker at {} refused the hours {:?} in the time zone {:?}: {e}. Change --available or --time-zone",
+                    self.client.base(),
+                    self.config.hours.available,
+                    self.config.hours.time_zone
+                ),
+                Err(e) => {
+                    let delay = retry_delay(retry.next(), &e);
+                    tracing::warn!(error = %e, ?delay, "cannot tell the broker this worker's hours; trying again");
+                    if self.signals.stop.is_cancelled() {
+                        return Ok(None);
+                    }
+                    self.pause(delay).await;
+                }
+            }
+        }
+    }
+
     /// Keeps the identity where only this user can read it: the secret is
     /// the worker's credential.
     fn save_identity(&self, identity: &Identity) -> anyhow::Result<()> {
@@ -517,6 +556,9 @@ impl Slot {
             name: self.config.name.clone(),
             tags: self.config.tags.clone(),
             kinds: self.kinds.clone(),
+            time_zone: self.config.hours.time_zone.clone(),
+            available: self.config.hours.available.clone(),
+            strict_hours: self.config.hours.strict_hours,
         };
         let mut retry = backoff();
         loop {
@@ -548,7 +590,7 @@ impl Slot {
                 // what it refused rather than retry for ever.
                 Err(e @ ClientError::Rejected(..)) => {
                     anyhow::bail!(
-                        "the broker at {} refused to register the worker {:?} with the tags {:?}: {e}. Change --name or --tags",
+                        "the broker at {} refused to register the worker {:?} with the tags {:?}: {e}. Change --name, --tags, --available or --time-zone",
                         self.enrolment.base(),
                         spec.name,
                         spec.tags

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use renderfarm_wire::WorkerHours;
 use renderfarm_worker::blender::warm::WarmConfig;
 use renderfarm_worker::gpu::{GpuChoice, NVIDIA_SMI};
 use renderfarm_worker::{Agent, AgentConfig, AgentSummary, StopSignals};
@@ -107,6 +108,25 @@ struct Cli {
     /// with an error.
     #[arg(long, env = "RENDERFARM_GPUS", value_name = "auto|0,1,...")]
     gpus: Option<GpuChoice>,
+    /// The hours this worker takes new work in, in its own time zone:
+    /// comma-separated entries of days (`mon`, `mon-fri`, `fri-mon`, `daily`)
+    /// and optionally hours; a range that crosses midnight belongs to the
+    /// day it starts. E.g. "mon-fri 19:00-07:00, sat-sun" renders on
+    /// weeknights and all weekend. Outside them it takes no new task (the
+    /// running one finishes unless --strict-hours). Operators may set other
+    /// hours through the API (`renderfarm worker-hours`), which win until
+    /// cleared. Absent: at any time.
+    #[arg(long, env = "RENDERFARM_AVAILABLE", value_name = "SCHEDULE")]
+    available: Option<String>,
+    /// The IANA time zone the hours are read in (e.g. Europe/Berlin);
+    /// daylight-saving changes follow it. Default: the system's (TZ, else
+    /// /etc/localtime), else UTC.
+    #[arg(long, env = "RENDERFARM_TIME_ZONE", value_name = "ZONE")]
+    time_zone: Option<String>,
+    /// When the hours end, hand the running task back to the queue (another
+    /// worker takes it from its first frame) rather than finish it.
+    #[arg(long, env = "RENDERFARM_STRICT_HOURS")]
+    strict_hours: bool,
     /// On SIGTERM or Ctrl-C, finish the current task before stopping (a second
     /// signal aborts it). Without it the task is aborted and handed back.
     #[arg(long)]
@@ -204,6 +224,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_rss: cli.warm_max_rss,
             max_chunks: cli.warm_max_chunks,
         },
+        hours: WorkerHours {
+            time_zone: Some(cli.time_zone.unwrap_or_else(system_time_zone)),
+            available: cli.available,
+            strict_hours: cli.strict_hours,
+        },
     };
     let signals = StopSignals::default();
     let indices: Vec<u32> = gpus.iter().map(|g| g.index).collect();
@@ -224,6 +249,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The machine's IANA zone: `TZ` when it names one, else the system's
+/// (`/etc/localtime`), else UTC with a warning.
+fn system_time_zone() -> String {
+    let from_env = std::env::var("TZ")
+        .ok()
+        .map(|tz| tz.trim_start_matches(':').to_string())
+        .filter(|tz| tz.contains('/') || tz == "UTC");
+    if let Some(tz) = from_env {
+        return tz;
+    }
+    match iana_time_zone::get_timezone() {
+        Ok(tz) => tz,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell this machine's time zone; reading --available in UTC (set --time-zone)");
+            "UTC".to_string()
+        }
+    }
 }
 
 fn counts(summary: &AgentSummary) -> String {

@@ -153,7 +153,7 @@ pub async fn a_worker_holding_a_task_gets_the_same_assignment_again(store: &dyn 
     assert_eq!(first, again, "its earlier answer may have been lost");
     let render = store.get_render(first.render_id).await.unwrap();
     assert_eq!(render.progress.tasks_running, 1);
-    let shown = store.get_worker(w).await.unwrap();
+    let shown = store.get_worker(w, chrono::Utc::now()).await.unwrap();
     assert_eq!(
         (shown.status, shown.current_task_id),
         (WorkerStatus::Busy, Some(first.task_id))

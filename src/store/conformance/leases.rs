@@ -118,7 +118,14 @@ pub async fn heartbeats_answer_abort_once_the_task_is_taken_away(store: &dyn Sto
             .unwrap(),
         HeartbeatAction::Continue
     );
-    assert_eq!(store.get_worker(w).await.unwrap().last_heartbeat, later);
+    assert_eq!(
+        store
+            .get_worker(w, chrono::Utc::now())
+            .await
+            .unwrap()
+            .last_heartbeat,
+        later
+    );
     let a = claim(store, w).await.unwrap();
     let beat = Heartbeat {
         task_id: Some(a.task_id),

@@ -263,7 +263,7 @@ pub async fn listings_filter_and_paginate(store: &dyn Store) {
         .unwrap();
     let w1 = worker(store, "w1", &[]).await;
     let w2 = worker(store, "w2", &[]).await;
-    let workers = store.list_workers().await.unwrap();
+    let workers = store.list_workers(chrono::Utc::now()).await.unwrap();
     assert_eq!(
         workers.iter().map(|w| w.id).collect::<Vec<_>>(),
         vec![w0, w1, w2],
@@ -290,7 +290,7 @@ pub async fn unknown_ids_are_not_found(store: &dyn Store) {
     );
     not_found(store.get_task(id).await.map(drop));
     not_found(store.task_log(id).await.map(drop));
-    not_found(store.get_worker(id).await.map(drop));
+    not_found(store.get_worker(id, chrono::Utc::now()).await.map(drop));
     not_found(
         store
             .change_worker(id, WorkerAction::Drain, None, t0())

@@ -197,6 +197,9 @@ pub async fn worker(store: &dyn Store, name: &str, tags: &[&str]) -> Uuid {
         name: name.into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         kinds: vec![renderfarm_wire::TaskKind::Blender],
+        time_zone: None,
+        available: None,
+        strict_hours: false,
     })
     .expect("a valid test worker");
     store

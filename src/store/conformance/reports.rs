@@ -47,7 +47,11 @@ pub async fn a_released_task_is_queued_again_without_a_failure(store: &dyn Store
         (1, 0, 0)
     );
     assert_eq!(
-        store.get_worker(w1).await.unwrap().status,
+        store
+            .get_worker(w1, chrono::Utc::now())
+            .await
+            .unwrap()
+            .status,
         WorkerStatus::Idle
     );
     let err = store
@@ -128,7 +132,11 @@ pub async fn the_first_claim_starts_and_the_last_completion_completes_the_render
         (TaskStatus::Completed, 5, Some(end))
     );
     assert_eq!(
-        store.get_worker(w).await.unwrap().status,
+        store
+            .get_worker(w, chrono::Utc::now())
+            .await
+            .unwrap()
+            .status,
         WorkerStatus::Idle
     );
 }

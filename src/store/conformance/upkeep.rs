@@ -55,11 +55,19 @@ pub async fn lost_workers_go_offline_and_their_tasks_are_requeued_without_a_fail
         (TaskStatus::Pending, 0, None)
     );
     assert_eq!(
-        store.get_worker(lost).await.unwrap().status,
+        store
+            .get_worker(lost, chrono::Utc::now())
+            .await
+            .unwrap()
+            .status,
         WorkerStatus::Offline
     );
     assert_eq!(
-        store.get_worker(alive).await.unwrap().status,
+        store
+            .get_worker(alive, chrono::Utc::now())
+            .await
+            .unwrap()
+            .status,
         WorkerStatus::Busy
     );
     let render = store.get_render(r.id).await.unwrap();
@@ -103,7 +111,11 @@ pub async fn lost_workers_go_offline_and_their_tasks_are_requeued_without_a_fail
     assert_eq!(again.task_id, a.task_id);
     assert_ne!(again.lease_id, a.lease_id);
     assert_eq!(
-        store.get_worker(lost).await.unwrap().status,
+        store
+            .get_worker(lost, chrono::Utc::now())
+            .await
+            .unwrap()
+            .status,
         WorkerStatus::Busy
     );
     assert_counters_exact(store).await;

@@ -19,6 +19,9 @@ async fn worker_of(store: &dyn Store, name: &str, kinds: &[TaskKind]) -> Uuid {
         name: name.into(),
         tags: vec![],
         kinds: kinds.to_vec(),
+        time_zone: None,
+        available: None,
+        strict_hours: false,
     })
     .expect("a valid test worker");
     store

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{errors::*, *};
-use crate::domain::{worker_status, Tally, TaskLease, WarmState, WorkerMode};
+use crate::domain::{
+    availability_view, worker_status, Tally, TaskLease, WarmState, WorkerHoursState, WorkerMode,
+};
 use crate::store::StoreResult;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -424,9 +426,30 @@ pub(super) struct WorkerDoc {
     /// (they run chunks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) kinds: Option<Vec<TaskKind>>,
+    /// Its hours (`domain::WorkerHoursState`): what its agent reported at
+    /// its last start, and an operator's, which win until cleared. Absent
+    /// for workers registered before schedules: at any time, in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) time_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) agent_hours: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) operator_hours: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) strict_hours: bool,
 }
 
 impl WorkerDoc {
+    /// Its hours as the domain reads them.
+    pub(super) fn hours(&self) -> WorkerHoursState {
+        WorkerHoursState {
+            time_zone: self.time_zone.clone(),
+            agent: self.agent_hours.clone(),
+            operator: self.operator_hours.clone(),
+            strict: self.strict_hours,
+        }
+    }
+
     pub(super) fn mode(&self) -> StoreResult<WorkerMode> {
         WorkerMode::parse(&self.mode)
             .ok_or_else(|| corrupt(format!("worker {} with mode {:?}", self.id, self.mode)))
@@ -447,9 +470,16 @@ impl WorkerDoc {
         }
     }
 
-    pub(super) fn to_worker(&self, current_task: Option<&str>) -> StoreResult<Worker> {
+    /// The worker, its hours seen at `now`.
+    pub(super) fn to_worker(
+        &self,
+        current_task: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Worker> {
         let current_task_id = parse_opt_uuid(current_task, "task id")?;
         Ok(Worker {
+            time_zone: self.time_zone.clone(),
+            availability: availability_view(&self.hours(), now),
             id: parse_uuid(&self.id, "worker id")?,
             name: self.name.clone(),
             status: worker_status(self.mode()?, self.offline, current_task_id.is_some()),

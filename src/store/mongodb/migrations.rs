@@ -90,6 +90,10 @@ const FILES: &[(&str, &str)] = &[
         "0017_blocklist",
         include_str!("../../../migrations/mongodb/0017_blocklist.json"),
     ),
+    (
+        "0018_worker_hours",
+        include_str!("../../../migrations/mongodb/0018_worker_hours.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

@@ -98,6 +98,10 @@ impl ImportFarm for MongoStore {
                 warm_streak: None,
                 // Not in the copy: an agent announces them when it registers.
                 kinds: None,
+                time_zone: worker.hours.time_zone,
+                agent_hours: worker.hours.agent,
+                operator_hours: worker.hours.operator,
+                strict_hours: worker.hours.strict,
             })
             .await?;
         Ok(true)

@@ -15,9 +15,9 @@ use super::rules::{carries_tags, claim_sort};
 use super::{documents::*, *};
 use crate::domain::{
     check_frames_done, claim_permission, follow_up_kinds, join_log, lease_accepts,
-    log_chunks_to_drop, plan_requeue_of_kind, prefers_follow_up, runs_chunks, task_transition,
-    ClaimHead, ClaimPermission, IllegalTransition, Priority, Requeue, TaskEvent, TaskReport,
-    WarmState, WarmTarget, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS, TASK_LOG_LIMIT,
+    log_chunks_to_drop, plan_requeue_of_kind, prefers_follow_up, runs_chunks, takes_new_work,
+    task_transition, ClaimHead, ClaimPermission, IllegalTransition, Priority, Requeue, TaskEvent,
+    TaskReport, WarmState, WarmTarget, CLAIMABLE_TASK_STATUS, LEASED_TASK_STATUS, TASK_LOG_LIMIT,
 };
 use crate::store::{PageRequest, StoreError, StoreResult};
 
@@ -491,7 +491,9 @@ pub(super) async fn claim_next_task(
 ) -> StoreResult<Option<Assignment>> {
     let worker_key = worker_id.to_string();
     let worker = store.mark_alive(&worker_key, now).await?;
-    if claim_permission(worker.mode()?)? == ClaimPermission::NoNewWork {
+    if claim_permission(worker.mode()?)? == ClaimPermission::NoNewWork
+        || !takes_new_work(&worker.hours(), now)
+    {
         return store.held_assignment(&worker_key).await;
     }
     let to = task_transition(TaskStatus::Pending, TaskEvent::Claim)?;

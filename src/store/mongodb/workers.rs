@@ -12,8 +12,9 @@ use uuid::Uuid;
 use super::events::{add_set, fresh_key, outbox_of, outbox_set, Entry};
 use super::{counters::*, documents::*, upkeep::*, *};
 use crate::domain::{
-    check_frames_done, heartbeat_action, heartbeat_task, worker_transition, IllegalTransition,
-    Requeue, ValidWorkerSpec, WorkerMode, REMOVE_ONLY_DISABLED,
+    check_frames_done, hands_back, heartbeat_action, heartbeat_task, worker_transition,
+    IllegalTransition, Requeue, ValidWorkerHours, ValidWorkerSpec, WorkerMode,
+    REMOVE_ONLY_DISABLED,
 };
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -70,13 +71,61 @@ pub(super) async fn register_worker(
         last_render_seq: None,
         warm_streak: None,
         kinds: Some(spec.kinds),
+        time_zone: spec.hours.time_zone,
+        agent_hours: spec.hours.available,
+        operator_hours: None,
+        strict_hours: spec.hours.strict,
     };
     store.workers()?.insert_one(&doc).await?;
     tracing::info!(worker_id = %doc.id, name = %doc.name, "worker registered");
-    doc.to_worker(None)
+    doc.to_worker(None, now)
 }
 
-pub(super) async fn get_worker(store: &MongoStore, id: Uuid) -> StoreResult<Worker> {
+pub(super) async fn set_worker_hours(
+    store: &MongoStore,
+    id: Uuid,
+    hours: ValidWorkerHours,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    let set = doc! {
+        "time_zone": hours.time_zone,
+        "agent_hours": hours.available,
+        "strict_hours": hours.strict,
+    };
+    let changed = store
+        .workers()?
+        .update_one(doc! { "_id": id.to_string() }, doc! { "$set": set })
+        .await?;
+    if changed.matched_count == 0 {
+        return Err(StoreError::not_found("worker", id));
+    }
+    get_worker(store, id, now).await
+}
+
+pub(super) async fn set_operator_hours(
+    store: &MongoStore,
+    id: Uuid,
+    hours: Option<String>,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    let changed = store
+        .workers()?
+        .update_one(
+            doc! { "_id": id.to_string() },
+            doc! { "$set": { "operator_hours": hours } },
+        )
+        .await?;
+    if changed.matched_count == 0 {
+        return Err(StoreError::not_found("worker", id));
+    }
+    get_worker(store, id, now).await
+}
+
+pub(super) async fn get_worker(
+    store: &MongoStore,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
     let id = id.to_string();
     let doc = store
         .workers()?
@@ -84,10 +133,13 @@ pub(super) async fn get_worker(store: &MongoStore, id: Uuid) -> StoreResult<Work
         .await?
         .ok_or_else(|| StoreError::not_found("worker", &id))?;
     let task = store.current_task_of(&id).await?;
-    doc.to_worker(task.as_ref().map(|t| t.id.as_str()))
+    doc.to_worker(task.as_ref().map(|t| t.id.as_str()), now)
 }
 
-pub(super) async fn list_workers(store: &MongoStore) -> StoreResult<Vec<Worker>> {
+pub(super) async fn list_workers(
+    store: &MongoStore,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<Worker>> {
     let docs: Vec<WorkerDoc> = store
         .workers()?
         .find(doc! {})
@@ -109,7 +161,7 @@ pub(super) async fn list_workers(store: &MongoStore) -> StoreResult<Vec<Worker>>
         .filter_map(|t| Some((t.get_str("worker_id").ok()?, t.get_str("_id").ok()?)))
         .collect();
     docs.iter()
-        .map(|w| w.to_worker(current.get(w.id.as_str()).copied()))
+        .map(|w| w.to_worker(current.get(w.id.as_str()).copied(), now))
         .collect()
 }
 
@@ -171,7 +223,7 @@ pub(super) async fn change_worker(
             }
         }
     }
-    store.get_worker(id).await
+    store.get_worker(id, now).await
 }
 
 pub(super) async fn heartbeat(
@@ -181,7 +233,7 @@ pub(super) async fn heartbeat(
     now: DateTime<Utc>,
 ) -> StoreResult<HeartbeatAction> {
     let worker = worker_id.to_string();
-    store.mark_alive(&worker, now).await?;
+    let alive = store.mark_alive(&worker, now).await?;
     let Some((task_id, lease_id)) = heartbeat_task(beat.task_id, beat.lease_id)
         .map_err(|e| StoreError::Invalid(e.to_string()))?
     else {
@@ -191,6 +243,24 @@ pub(super) async fn heartbeat(
     let task = store.tasks()?.find_one(doc! { "_id": &task_id }).await?;
     let held = task.as_ref().map(|t| t.lease()).transpose()?;
     let action = heartbeat_action(held.as_ref(), lease_id, worker_id);
+    if let (HeartbeatAction::Continue, Some(task)) = (action, &task) {
+        if hands_back(&alive.hours(), now) {
+            let lease = lease_id.to_string();
+            store
+                .requeue_under_lease(
+                    super::tasks::lease_filter(&task.id, &lease),
+                    &lease,
+                    Some(&worker),
+                    &Requeue::OutsideHours,
+                    None,
+                    None,
+                    now,
+                )
+                .await?;
+            tracing::info!(worker_id = %worker_id, task_id = %task.id, "task handed back: the worker's hours ended (--strict-hours)");
+            return Ok(HeartbeatAction::Abort);
+        }
+    }
     if let (HeartbeatAction::Continue, Some(task), Some(frames)) = (action, &task, beat.frames_done)
     {
         check_frames_done(frames, task.frames()).map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -237,6 +307,6 @@ pub(super) async fn delete_worker(store: &MongoStore, id: Uuid) -> StoreResult<(
     if let Some(deleted) = deleted {
         return store.stash_worker_deletion(deleted, Utc::now()).await;
     }
-    store.get_worker(id).await?;
+    store.get_worker(id, Utc::now()).await?;
     Err(IllegalTransition::new(REMOVE_ONLY_DISABLED).into())
 }

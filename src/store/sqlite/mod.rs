@@ -82,6 +82,9 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!(
             "../../../migrations/sqlite/0017_blocklist.sql"
         )),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0018_worker_hours.sql"
+        )),
     ])
 }
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::rules::*;
 use crate::domain::LEASED_TASK_STATUS;
-use crate::domain::{worker_status, WorkerMode};
+use crate::domain::{availability_view, worker_status, WorkerHoursState, WorkerMode};
 use crate::store::PageRequest;
 
 pub(super) fn ts(t: DateTime<Utc>) -> String {
@@ -185,16 +185,32 @@ pub(super) fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
 pub(super) static WORKER_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "w.id, w.name, w.mode, w.offline, w.tags, w.last_heartbeat, w.registered_at, \
-         (SELECT t.id FROM tasks t WHERE t.worker_id = w.id AND t.status = {} LIMIT 1), w.kinds",
+         (SELECT t.id FROM tasks t WHERE t.worker_id = w.id AND t.status = {} LIMIT 1), w.kinds, \
+         w.time_zone, w.agent_hours, w.operator_hours, w.strict_hours",
         lit(LEASED_TASK_STATUS)
     )
 });
 
-pub(super) fn worker_from_row(row: &Row) -> rusqlite::Result<Worker> {
+/// A worker's hours as stored, from the columns at `first` onwards (time
+/// zone, agent's, operator's, strict).
+pub(super) fn hours_from_row(row: &Row, first: usize) -> rusqlite::Result<WorkerHoursState> {
+    Ok(WorkerHoursState {
+        time_zone: row.get(first)?,
+        agent: row.get(first + 1)?,
+        operator: row.get(first + 2)?,
+        strict: row.get(first + 3)?,
+    })
+}
+
+/// A worker from a row of [`WORKER_COLUMNS`], its hours seen at `now`.
+pub(super) fn worker_from_row(row: &Row, now: DateTime<Utc>) -> rusqlite::Result<Worker> {
     let mode = get_enum(row, 2, WorkerMode::parse)?;
     let offline: bool = row.get(3)?;
     let current_task_id = get_opt_uuid(row, 7)?;
+    let hours = hours_from_row(row, 9)?;
     Ok(Worker {
+        availability: availability_view(&hours, now),
+        time_zone: hours.time_zone,
         id: get_uuid(row, 0)?,
         name: row.get(1)?,
         status: worker_status(mode, offline, current_task_id.is_some()),

@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use super::renders::{load_render, render_seq};
 use super::rows::{
-    get_enum, get_opt_uuid, get_tags, get_time, get_uuid, history_from_row, task_from_row,
-    HISTORY_OF_TASK, TASK_COLUMNS, TASK_COLUMN_COUNT,
+    get_enum, get_opt_uuid, get_tags, get_time, get_uuid, history_from_row, hours_from_row,
+    task_from_row, HISTORY_OF_TASK, TASK_COLUMNS, TASK_COLUMN_COUNT,
 };
 use super::SqliteStore;
 use crate::domain::WorkerMode;
@@ -42,7 +42,8 @@ impl ExportFarm for SqliteStore {
         self.read(|conn| {
             Ok(conn
                 .prepare(
-                    "SELECT id, name, tags, mode, offline, last_heartbeat, registered_at \
+                    "SELECT id, name, tags, mode, offline, last_heartbeat, registered_at, \
+                     time_zone, agent_hours, operator_hours, strict_hours \
                      FROM workers ORDER BY seq",
                 )?
                 .query_map([], |row| {
@@ -54,6 +55,7 @@ impl ExportFarm for SqliteStore {
                         offline: row.get(4)?,
                         last_heartbeat: get_time(row, 5)?,
                         registered_at: get_time(row, 6)?,
+                        hours: hours_from_row(row, 7)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?)

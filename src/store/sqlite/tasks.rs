@@ -11,8 +11,9 @@ use super::rules::*;
 use super::{counters::*, renders::*, rows::*, workers::*, *};
 use crate::domain::{
     check_frames_done, claim_permission, counts_in_tally, join_log, lease_accepts,
-    log_chunks_to_drop, plan_requeue_of_kind, tally_after, task_transition, BulkCause,
-    ClaimPermission, IllegalTransition, Requeue, TaskEvent, TaskLease, TaskReport, TASK_LOG_LIMIT,
+    log_chunks_to_drop, plan_requeue_of_kind, takes_new_work, tally_after, task_transition,
+    BulkCause, ClaimPermission, IllegalTransition, Requeue, TaskEvent, TaskLease, TaskReport,
+    TASK_LOG_LIMIT,
 };
 use crate::domain::{
     follow_up_kinds, kind_runnable_in, prefers_follow_up, runs_chunks, ClaimHead, Priority,
@@ -545,7 +546,9 @@ pub(super) async fn claim_next_task(
             if held.is_some() {
                 return Ok(held);
             }
-            if claim_permission(worker.mode)? == ClaimPermission::NoNewWork {
+            if claim_permission(worker.mode)? == ClaimPermission::NoNewWork
+                || !takes_new_work(&worker.hours, now)
+            {
                 return Ok(None);
             }
             let follow_up = first_follow_up(conn, &worker.tags, &follow_up_kinds(&worker.kinds))?;

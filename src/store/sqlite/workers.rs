@@ -11,17 +11,18 @@ use super::rules::*;
 use super::{rows::*, tasks::*, *};
 use crate::domain::LEASED_TASK_STATUS;
 use crate::domain::{
-    heartbeat_action, heartbeat_task, worker_transition, IllegalTransition, Requeue,
-    ValidWorkerSpec, WarmState, WorkerMode, REMOVE_ONLY_DISABLED,
+    hands_back, heartbeat_action, heartbeat_task, worker_transition, IllegalTransition, Requeue,
+    ValidWorkerHours, ValidWorkerSpec, WarmState, WorkerHoursState, WorkerMode,
+    REMOVE_ONLY_DISABLED,
 };
 use crate::store::{StoreError, StoreResult};
 
-pub(super) fn load_worker(conn: &Connection, id: Uuid) -> StoreResult<Worker> {
+pub(super) fn load_worker(conn: &Connection, id: Uuid, now: DateTime<Utc>) -> StoreResult<Worker> {
     conn.prepare_cached(&format!(
         "SELECT {} FROM workers w WHERE w.id = ?1",
         *WORKER_COLUMNS
     ))?
-    .query_row([id.to_string()], worker_from_row)
+    .query_row([id.to_string()], |row| worker_from_row(row, now))
     .optional()?
     .ok_or_else(|| StoreError::not_found("worker", id))
 }
@@ -35,6 +36,8 @@ pub(super) struct ClaimingWorker {
     pub(super) warm: WarmState<i64>,
     /// The task kinds it runs.
     pub(super) kinds: Vec<renderfarm_wire::TaskKind>,
+    /// Its hours: whether it takes work now, or hands its task back.
+    pub(super) hours: WorkerHoursState,
 }
 
 /// Records a sign of life from the worker; returns what a claim needs next.
@@ -45,7 +48,8 @@ pub(super) fn mark_alive(
 ) -> StoreResult<ClaimingWorker> {
     conn.prepare_cached(
         "UPDATE workers SET last_heartbeat = ?2, offline = 0 WHERE id = ?1 \
-         RETURNING mode, tags, last_render_seq, warm_streak, kinds",
+         RETURNING mode, tags, last_render_seq, warm_streak, kinds, \
+         time_zone, agent_hours, operator_hours, strict_hours",
     )?
     .query_row(params![worker_id.to_string(), ts(now)], |row| {
         Ok(ClaimingWorker {
@@ -56,6 +60,7 @@ pub(super) fn mark_alive(
                 streak: row.get(3)?,
             },
             kinds: get_kinds(row, 4)?,
+            hours: hours_from_row(row, 5)?,
         })
     })
     .optional()?
@@ -86,8 +91,9 @@ pub(super) async fn register_worker(
         .write(move |conn| {
             let id = Uuid::now_v7();
             conn.prepare_cached(
-            "INSERT INTO workers (id, name, tags, mode, offline, last_heartbeat, registered_at, kinds) \
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6)",
+            "INSERT INTO workers (id, name, tags, mode, offline, last_heartbeat, registered_at, kinds, \
+             time_zone, agent_hours, strict_hours) \
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
             id.to_string(),
@@ -95,27 +101,37 @@ pub(super) async fn register_worker(
             tags_json(&spec.tags),
             WorkerMode::Active.as_str(),
             ts(now),
-            kinds_json(&spec.kinds)
+            kinds_json(&spec.kinds),
+            spec.hours.time_zone,
+            spec.hours.available,
+            spec.hours.strict
         ])?;
             tracing::info!(worker_id = %id, name = %spec.name, "worker registered");
-            load_worker(conn, id)
+            load_worker(conn, id, now)
         })
         .await
 }
 
-pub(super) async fn get_worker(store: &SqliteStore, id: Uuid) -> StoreResult<Worker> {
-    store.read(move |conn| load_worker(conn, id)).await
+pub(super) async fn get_worker(
+    store: &SqliteStore,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    store.read(move |conn| load_worker(conn, id, now)).await
 }
 
-pub(super) async fn list_workers(store: &SqliteStore) -> StoreResult<Vec<Worker>> {
+pub(super) async fn list_workers(
+    store: &SqliteStore,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<Worker>> {
     store
-        .read(|conn| {
+        .read(move |conn| {
             Ok(conn
                 .prepare_cached(&format!(
                     "SELECT {} FROM workers w ORDER BY w.seq",
                     *WORKER_COLUMNS
                 ))?
-                .query_map([], worker_from_row)?
+                .query_map([], |row| worker_from_row(row, now))?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -152,9 +168,54 @@ pub(super) async fn change_worker(
                 tracing::info!(worker_id = %id, task_id = %task_id, "task of disabled worker requeued");
             }
         }
-        load_worker(conn, id)
+        load_worker(conn, id, now)
     })
     .await
+}
+
+pub(super) async fn set_worker_hours(
+    store: &SqliteStore,
+    id: Uuid,
+    hours: ValidWorkerHours,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    store
+        .write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE workers SET time_zone = ?2, agent_hours = ?3, strict_hours = ?4 WHERE id = ?1",
+                )?
+                .execute(params![
+                    id.to_string(),
+                    hours.time_zone,
+                    hours.available,
+                    hours.strict
+                ])?;
+            if changed == 0 {
+                return Err(StoreError::not_found("worker", id));
+            }
+            load_worker(conn, id, now)
+        })
+        .await
+}
+
+pub(super) async fn set_operator_hours(
+    store: &SqliteStore,
+    id: Uuid,
+    hours: Option<String>,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    store
+        .write(move |conn| {
+            let changed = conn
+                .prepare_cached("UPDATE workers SET operator_hours = ?2 WHERE id = ?1")?
+                .execute(params![id.to_string(), hours])?;
+            if changed == 0 {
+                return Err(StoreError::not_found("worker", id));
+            }
+            load_worker(conn, id, now)
+        })
+        .await
 }
 
 pub(super) async fn heartbeat(
@@ -166,7 +227,7 @@ pub(super) async fn heartbeat(
     let beat = beat.clone();
     store
         .write(move |conn| {
-            mark_alive(conn, worker_id, now)?;
+            let worker = mark_alive(conn, worker_id, now)?;
             let Some((task_id, lease_id)) = heartbeat_task(beat.task_id, beat.lease_id)
                 .map_err(|e| StoreError::Invalid(e.to_string()))?
             else {
@@ -182,6 +243,13 @@ pub(super) async fn heartbeat(
                 lease_id,
                 worker_id,
             );
+            if let (HeartbeatAction::Continue, Some(task)) = (action, &task) {
+                if hands_back(&worker.hours, now) {
+                    requeue_task(conn, task, &Requeue::OutsideHours, None, now)?;
+                    tracing::info!(worker_id = %worker_id, task_id = %task_id, "task handed back: the worker's hours ended (--strict-hours)");
+                    return Ok(HeartbeatAction::Abort);
+                }
+            }
             if let (HeartbeatAction::Continue, Some(task), Some(frames)) =
                 (action, &task, beat.frames_done)
             {
@@ -209,7 +277,7 @@ pub(super) async fn delete_worker(store: &SqliteStore, id: Uuid) -> StoreResult<
             if deleted == 1 {
                 return Ok(());
             }
-            load_worker(conn, id)?;
+            load_worker(conn, id, Utc::now())?;
             Err(IllegalTransition::new(REMOVE_ONLY_DISABLED).into())
         })
         .await

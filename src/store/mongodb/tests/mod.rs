@@ -216,6 +216,10 @@ fn every_document_written_passes_its_collection_validator() {
             renderfarm_wire::TaskKind::Blender,
             renderfarm_wire::TaskKind::Ffmpeg,
         ]),
+        time_zone: Some("Europe/Berlin".into()),
+        agent_hours: Some("mon-fri 19:00-07:00".into()),
+        operator_hours: Some("sat-sun".into()),
+        strict_hours: true,
     };
     assert_valid("workers", &bson::to_document(&worker).unwrap());
     let log = LogDoc {
@@ -387,6 +391,10 @@ fn a_worker_stays_valid_as_it_beats_and_changes_mode() {
             renderfarm_wire::TaskKind::Blender,
             renderfarm_wire::TaskKind::Ffmpeg,
         ]),
+        time_zone: None,
+        agent_hours: None,
+        operator_hours: None,
+        strict_hours: false,
     };
     let mut doc = bson::to_document(&worker).unwrap();
     apply(&mut doc, &alive_update(t(5)));
@@ -516,7 +524,7 @@ async fn a_store_not_yet_connected_answers_unavailable_at_once() {
     let started = std::time::Instant::now();
     let err = store.ping().await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    let err = store.list_workers().await.unwrap_err();
+    let err = store.list_workers(chrono::Utc::now()).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(ref m) if m.contains("127.0.0.1:1/never")));
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
     assert!(matches!(
