@@ -95,6 +95,9 @@ enum Command {
     Disable(operator::TargetArgs),
     /// Let a drained or disabled worker take work again.
     Enable(operator::TargetArgs),
+    /// Show a worker's hours, set an operator's (kept until cleared), or
+    /// clear them.
+    Hours(operator::HoursArgs),
     /// A whole farm in one command: the broker and local worker agents.
     Up(up::UpArgs),
     /// Bring the store's schema up to date (`serve` does it at start too).
@@ -571,6 +574,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => operator::delete_render(args).await,
         Command::Log(args) => operator::log(args).await,
         Command::Workers(args) => workers(args).await,
+        Command::Hours(args) => operator::hours(args).await,
         Command::Drain(args) => operator::change_worker(args, WorkerAction::Drain).await,
         Command::Disable(args) => operator::change_worker(args, WorkerAction::Disable).await,
         Command::Enable(args) => operator::change_worker(args, WorkerAction::Enable).await,
@@ -930,12 +934,12 @@ async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20}  {:<9}  {:<36}  last heartbeat",
-        "id", "name", "status", "task"
+        "{:<36}  {:<20}  {:<9}  {:<36}  {:<20}  hours",
+        "id", "name", "status", "task", "last heartbeat"
     );
     for w in workers {
         println!(
-            "{:<36}  {:<20}  {:<9}  {:<36}  {}",
+            "{:<36}  {:<20}  {:<9}  {:<36}  {:<20}  {}",
             w.id,
             w.name,
             w.status.as_str(),
@@ -943,7 +947,8 @@ async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "-".into()),
             w.last_heartbeat
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            operator::describe_hours(&w)
         );
     }
     Ok(())

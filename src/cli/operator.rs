@@ -94,6 +94,78 @@ pub struct BlocklistArgs {
     broker: BrokerArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct HoursArgs {
+    /// The worker's id, as listed by `workers`.
+    id: String,
+    /// The hours to set (an operator's call), kept until cleared and winning
+    /// over the agent's --available, e.g. "mon-fri 19:00-07:00, sat-sun",
+    /// or "always". Leave out to show the worker's hours.
+    #[arg(conflicts_with = "clear")]
+    schedule: Option<String>,
+    /// Clear the operator's hours: the agent's own apply again.
+    #[arg(long)]
+    clear: bool,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+/// Shows or sets a worker's hours.
+pub async fn hours(args: HoursArgs) -> anyhow::Result<()> {
+    let base = &args.broker.broker;
+    let client = connect(base, &args.broker.client_options())?;
+    let worker = match (&args.schedule, args.clear) {
+        (Some(schedule), _) => {
+            client
+                .set_worker_availability(&args.id, Some(schedule))
+                .await
+        }
+        (None, true) => client.set_worker_availability(&args.id, None).await,
+        (None, false) => client.worker(&args.id).await,
+    }
+    .map_err(explain(base))?;
+    if args.broker.json {
+        println!("{}", serde_json::to_string_pretty(&worker)?);
+        return Ok(());
+    }
+    println!("{}: {}", worker.name, describe_hours(&worker));
+    Ok(())
+}
+
+/// A worker's hours in a line: the schedule, who set it, and where it
+/// stands now.
+pub fn describe_hours(worker: &renderfarm_wire::Worker) -> String {
+    let Some(a) = &worker.availability else {
+        return "takes work at any time".into();
+    };
+    let by = match a.set_by {
+        renderfarm_wire::HoursSetBy::Agent => "its agent's".to_string(),
+        renderfarm_wire::HoursSetBy::Operator => match &a.agent_schedule {
+            Some(own) => format!("an operator's, over its agent's \"{own}\""),
+            None => "an operator's".to_string(),
+        },
+    };
+    let now = if a.available_now {
+        "in hours"
+    } else {
+        "outside its hours"
+    };
+    let until = a
+        .next_change
+        .map(|t| {
+            format!(
+                " until {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+        .unwrap_or_default();
+    let strict = if a.strict_hours { ", strict" } else { "" };
+    format!(
+        "\"{}\" in {} ({by}{strict}): {now}{until}",
+        a.schedule, a.time_zone
+    )
+}
+
 pub async fn blocklist(args: BlocklistArgs) -> anyhow::Result<()> {
     let base = &args.broker.broker;
     let client = connect(base, &args.broker.client_options())?;

@@ -157,9 +157,8 @@ impl TestApp {
         let last = || known.last_worker.as_deref().and_then(worker_secret);
         let chosen = match (method.as_str(), segments.as_slice()) {
             ("POST", ["workers"]) => Some(self.enrolment.clone()),
-            ("POST", ["workers", id, "heartbeat" | "request-task"]) => {
-                worker_secret(id).or_else(last)
-            }
+            ("POST", ["workers", id, "heartbeat" | "request-task"])
+            | ("PUT", ["workers", id, "hours"]) => worker_secret(id).or_else(last),
             ("POST", ["tasks", id, "progress" | "complete" | "fail" | "release"])
             | ("PUT", ["tasks", id, "frames", _] | ["tasks", id, "preview" | "video"]) => known
                 .holders

@@ -8,6 +8,7 @@ mod contract;
 mod dashboard;
 mod files;
 mod helpers;
+mod hours;
 mod lifecycle;
 mod listing;
 mod long_poll;

@@ -8,6 +8,7 @@
 //! on through the crate's dev-dependency on itself. A build without it, such
 //! as the release binary, has no such module.
 
+mod availability;
 mod blocklist;
 mod claims;
 mod dependencies;
@@ -30,6 +31,7 @@ use super::Store;
 use crate::domain::TaskReport;
 use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
 
+pub use availability::*;
 pub use blocklist::*;
 pub use claims::*;
 pub use dependencies::*;
@@ -81,6 +83,7 @@ macro_rules! conformance_tests {
             progress_outside_the_task_is_rejected,
             heartbeats_answer_abort_once_the_task_is_taken_away,
             disabled_and_draining_workers_take_no_new_work,
+            a_worker_takes_work_only_in_its_hours_and_a_strict_one_hands_it_back,
             operator_commands_change_renders_and_their_tasks,
             operator_actions_in_a_task_history_name_who_did_them,
             only_a_finished_render_is_deleted_and_it_goes_whole,
