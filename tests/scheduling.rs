@@ -1,8 +1,10 @@
 //! Studio scheduling (issue 16) with real agents and real Blender:
 //! dependencies (a render submitted with `depends_on` waits, starts by
 //! itself when its dependency completes, and stays blocked when the
-//! dependency fails until the dependency is requeued and completes), and a
-//! preview-first render whose first, last and middle frames come first.
+//! dependency fails until the dependency is requeued and completes), a
+//! preview-first render whose first, last and middle frames come first, a
+//! blocklisted worker, and a worker outside its hours taking nothing until
+//! its agent's or an operator's hours let it.
 
 mod common;
 
@@ -350,4 +352,104 @@ async fn a_worker_whose_blender_fails_a_render_is_blocklisted_while_a_healthy_on
     }
     bad.stop().await;
     good.stop().await;
+}
+
+/// A whole day that is neither today nor yesterday in UTC: hours of that day
+/// alone exclude now, even if the date changes during the test.
+fn a_day_off() -> &'static str {
+    use chrono::Datelike;
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    DAYS[(chrono::Utc::now().weekday().num_days_from_monday() as usize + 2) % 7]
+}
+
+/// Waits a few of the agent's claims long and checks nothing of `render` ran.
+async fn assert_untouched(client: &BrokerClient, render: Uuid, why: &str) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = client.render(render).await.unwrap();
+    assert_eq!(r.status, RenderStatus::Queued, "{why}: {r:?}");
+    let tasks = client
+        .tasks(render, &Default::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        tasks.iter().all(|t| t.started_at.is_none()),
+        "{why}: {tasks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_outside_its_hours_takes_nothing_until_its_hours_change() {
+    let Some(blender) =
+        blender_or_skip("a_worker_outside_its_hours_takes_nothing_until_its_hours_change").await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let client = client_of(&broker);
+    let files = tempfile::tempdir().unwrap();
+    let work_dir = tempfile::tempdir().unwrap();
+    let blend = scene(files.path(), "shot", SceneSpec::tiny(2), &blender).await;
+    let first = submit(
+        &client,
+        submission("night shot", &blend, 2, 1, &files.path().join("first")),
+    )
+    .await;
+
+    // Started with hours that exclude today: it registers, takes nothing.
+    let off = a_day_off();
+    let agent = TestAgent::start_with(&broker.address, "studio-pc", &blender, |c| {
+        c.work_dir = work_dir.path().to_path_buf();
+        c.hours.time_zone = Some("UTC".into());
+        c.hours.available = Some(off.into());
+    })
+    .await;
+    assert_untouched(&client, first.id, "outside its hours").await;
+    let workers = client.workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    let worker = workers[0].id;
+    let hours = workers[0].availability.clone().expect("hours shown");
+    assert!(!hours.available_now && hours.schedule == off, "{hours:?}");
+    let (ok, out, err) = run_renderfarm(&broker.address, &["workers", "--token", ADMIN_TOKEN]);
+    assert!(ok && out.contains("outside its hours"), "{out}{err}");
+    agent.stop().await;
+
+    // Started again without hours, it is the same worker and says so: it
+    // takes the render.
+    let agent = TestAgent::start_with(&broker.address, "studio-pc", &blender, |c| {
+        c.work_dir = work_dir.path().to_path_buf();
+    })
+    .await;
+    wait_for_status(&client, first.id, RenderStatus::Completed).await;
+    let workers = client.workers().await.unwrap();
+    assert_eq!(workers.len(), 1, "the agent kept its registration");
+    assert_eq!(workers[0].availability, None);
+
+    // An operator's hours from the command line win over the agent's...
+    let (ok, out, err) = run_renderfarm(
+        &broker.address,
+        &["hours", &worker.to_string(), off, "--token", ADMIN_TOKEN],
+    );
+    assert!(ok && out.contains("outside its hours"), "{out}{err}");
+    let second = submit(
+        &client,
+        submission("day shot", &blend, 2, 1, &files.path().join("second")),
+    )
+    .await;
+    assert_untouched(&client, second.id, "outside the operator's hours").await;
+    // ...until cleared.
+    let (ok, out, err) = run_renderfarm(
+        &broker.address,
+        &[
+            "hours",
+            &worker.to_string(),
+            "--clear",
+            "--token",
+            ADMIN_TOKEN,
+        ],
+    );
+    assert!(ok && out.contains("at any time"), "{out}{err}");
+    wait_for_status(&client, second.id, RenderStatus::Completed).await;
+    assert_frames(&files.path().join("second"), 2);
+    agent.stop().await;
 }

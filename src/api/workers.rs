@@ -141,6 +141,11 @@ pub(super) async fn get(
 /// `drain`: finish the current task, take no new one (asking for work gets
 /// 204). `disable`: take no work at all (asking gets 409); its current task
 /// goes back to the queue without counting a failure. `enable`: back to work.
+///
+/// A worker may also call this as itself: its agent drains it when it
+/// stops, and enables it when it starts again, which succeeds only out of
+/// that drain of its own (409 when an operator drained or disabled it: the
+/// operator's change stands).
 #[utoipa::path(
     put,
     path = "/workers/{id}/status",
@@ -166,12 +171,18 @@ pub(super) async fn change_status(
     let id = parse_id("worker", &id)?;
     if access.caller.worker_id().is_some() {
         access.caller.require_worker(id)?;
-        if body.action != WorkerAction::Drain {
+        if body.action == WorkerAction::Disable {
             return Err(ApiError::Forbidden(
-                "a worker may only drain itself; enabling and disabling workers is for operators"
+                "a worker may only drain itself, and enable itself out of its own drain; disabling workers is for operators"
                     .into(),
             ));
         }
+        let worker = state
+            .store
+            .change_worker_itself(id, body.action, state.clock.now())
+            .await?;
+        state.wake_workers();
+        return Ok(HttpResponse::Ok().json(worker));
     }
     let worker = state
         .store

@@ -90,8 +90,9 @@ pub use webhook::{
     WEBHOOK_TIMESTAMP_HEADER,
 };
 pub use worker::{
-    claim_permission, heartbeat_action, validate_worker_spec, worker_status, worker_transition,
-    ClaimPermission, ValidWorkerSpec, WorkerMode, WorkerUnavailable, REMOVE_ONLY_DISABLED,
+    claim_permission, heartbeat_action, self_transition, validate_worker_spec, worker_status,
+    worker_transition, ClaimPermission, ValidWorkerSpec, WorkerMode, WorkerUnavailable,
+    REMOVE_ONLY_DISABLED,
 };
 
 /// A request value that breaks a rule; `message` says how to fix it.

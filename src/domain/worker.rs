@@ -84,6 +84,36 @@ pub fn worker_transition(
     }
 }
 
+/// A worker's own change of its mode, and whether the drain it is in is its
+/// own afterwards. Its agent drains it when it stops (so that a long poll
+/// left behind at the broker takes nothing) and enables it when it starts
+/// again, but only out of that drain of its own: an operator's drain or
+/// disable stands until an operator enables it.
+pub fn self_transition(
+    from: WorkerMode,
+    drained_by_itself: bool,
+    action: WorkerAction,
+) -> Result<(WorkerMode, bool), IllegalTransition> {
+    match (action, from) {
+        (WorkerAction::Drain, WorkerMode::Active) => Ok((WorkerMode::Draining, true)),
+        (WorkerAction::Drain, _) => Ok((worker_transition(from, action)?, drained_by_itself)),
+        (WorkerAction::Enable, WorkerMode::Active) => Ok((WorkerMode::Active, false)),
+        (WorkerAction::Enable, WorkerMode::Draining) if drained_by_itself => {
+            Ok((WorkerMode::Active, false))
+        }
+        (WorkerAction::Enable, _) => Err(IllegalTransition::new(format!(
+            "this worker was {} by an operator and stays so until an operator enables it (PUT /workers/{{id}}/status {{\"action\":\"enable\"}})",
+            match from {
+                WorkerMode::Disabled => "disabled",
+                _ => "drained",
+            }
+        ))),
+        (WorkerAction::Disable, _) => Err(IllegalTransition::new(
+            "a worker may only drain itself when its agent stops, and take work again when it starts; disabling is for operators",
+        )),
+    }
+}
+
 /// Why a worker that is not disabled is not removed: disabling first takes
 /// its task back to the queue and stops it claiming, so nothing it holds is
 /// lost with its record.
@@ -164,6 +194,38 @@ mod tests {
                 "{from:?} + {action:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_worker_resumes_only_from_its_own_drain() {
+        let table: &[(M, bool, A, Option<(M, bool)>)] = &[
+            (M::Active, false, A::Drain, Some((M::Draining, true))),
+            (M::Draining, false, A::Drain, Some((M::Draining, false))),
+            (M::Draining, true, A::Drain, Some((M::Draining, true))),
+            (M::Disabled, false, A::Drain, None),
+            (M::Draining, true, A::Enable, Some((M::Active, false))),
+            (M::Draining, false, A::Enable, None),
+            (M::Disabled, false, A::Enable, None),
+            (M::Active, false, A::Enable, Some((M::Active, false))),
+            (M::Active, false, A::Disable, None),
+        ];
+        for (from, own, action, want) in table {
+            assert_eq!(
+                self_transition(*from, *own, *action).ok(),
+                *want,
+                "{from:?} (own drain: {own}) + {action:?}"
+            );
+        }
+        let refused = self_transition(M::Disabled, false, A::Enable).unwrap_err();
+        assert!(
+            refused.to_string().contains("disabled by an operator"),
+            "{refused}"
+        );
+        let refused = self_transition(M::Draining, false, A::Enable).unwrap_err();
+        assert!(
+            refused.to_string().contains("drained by an operator"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -151,6 +151,15 @@ macro_rules! store_by_concern {
                     workers::change_worker(self, id, action, actor, now).await
                 }
 
+                async fn change_worker_itself(
+                    &self,
+                    id: Uuid,
+                    action: WorkerAction,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Worker> {
+                    workers::change_worker_itself(self, id, action, now).await
+                }
+
                 async fn heartbeat(
                     &self,
                     worker_id: Uuid,

@@ -382,6 +382,16 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<Worker>;
 
+    /// A worker's own change of its mode (`domain::self_transition`): a
+    /// drain when its agent stops, marked as its own, and an enable when it
+    /// starts again, out of that drain only.
+    async fn change_worker_itself(
+        &self,
+        id: Uuid,
+        action: WorkerAction,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Worker>;
+
     /// Records that the worker is alive (and its progress, under its lease);
     /// answers whether it should keep rendering the task it names. A worker
     /// whose hours ended and that keeps them strictly

@@ -504,7 +504,10 @@ impl Slot {
         let mut retry = backoff();
         loop {
             match self.client.set_worker_hours(worker_id, &self.config.hours).await {
-                Ok(_) => return Ok(Some(worker_id)),
+                Ok(_) => {
+                    self.resume(worker_id).await;
+                    return Ok(Some(worker_id));
+                }
                 Err(ClientError::NotFound(message) | ClientError::Unauthorized(message)) => {
                     tracing::info!(%message, "the broker no longer knows this worker; registering anew");
                     return Ok(None);
@@ -524,6 +527,24 @@ impl Slot {
                     }
                     self.pause(delay).await;
                 }
+            }
+        }
+    }
+
+    /// Takes the worker out of the drain its agent put it in when it last
+    /// stopped. An operator's drain or disable stands (the broker refuses),
+    /// and is only logged: the worker waits for an operator to enable it.
+    async fn resume(&mut self, worker_id: Uuid) {
+        match self
+            .client
+            .change_worker(worker_id, WorkerAction::Enable)
+            .await
+        {
+            Ok(worker) => {
+                tracing::info!(status = worker.status.as_str(), "taking work again")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "this worker stays as an operator left it until an operator enables it")
             }
         }
     }

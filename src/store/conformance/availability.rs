@@ -147,3 +147,48 @@ pub async fn a_worker_takes_work_only_in_its_hours_and_a_strict_one_hands_it_bac
         Err(StoreError::NotFound { .. })
     ));
 }
+
+pub async fn a_worker_resumes_from_its_own_drain_never_from_an_operator_s(store: &dyn Store) {
+    use renderfarm_wire::{WorkerAction as A, WorkerStatus as S};
+    let w = worker(store, "w", &[]).await;
+    // Its agent stops, then starts again: it takes work again.
+    let drained = store.change_worker_itself(w, A::Drain, t0()).await.unwrap();
+    assert_eq!(drained.status, S::Draining);
+    let back = store
+        .change_worker_itself(w, A::Enable, t0())
+        .await
+        .unwrap();
+    assert_eq!(back.status, S::Idle);
+    // An operator's drain, even with the agent stopping on top of it, stands.
+    store
+        .change_worker(w, A::Drain, Some("ops"), t0())
+        .await
+        .unwrap();
+    store.change_worker_itself(w, A::Drain, t0()).await.unwrap();
+    let refused = store.change_worker_itself(w, A::Enable, t0()).await;
+    assert!(
+        matches!(refused, Err(StoreError::IllegalTransition(ref e)) if e.to_string().contains("operator")),
+        "{refused:?}"
+    );
+    // As does a disable that came after the agent's own drain.
+    store
+        .change_worker(w, A::Enable, Some("ops"), t0())
+        .await
+        .unwrap();
+    store.change_worker_itself(w, A::Drain, t0()).await.unwrap();
+    store
+        .change_worker(w, A::Disable, Some("ops"), t0())
+        .await
+        .unwrap();
+    assert!(store
+        .change_worker_itself(w, A::Enable, t0())
+        .await
+        .is_err());
+    assert_eq!(store.get_worker(w, t0()).await.unwrap().status, S::Disabled);
+    assert!(matches!(
+        store
+            .change_worker_itself(Uuid::new_v4(), A::Drain, t0())
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}

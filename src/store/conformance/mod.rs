@@ -84,6 +84,7 @@ macro_rules! conformance_tests {
             heartbeats_answer_abort_once_the_task_is_taken_away,
             disabled_and_draining_workers_take_no_new_work,
             a_worker_takes_work_only_in_its_hours_and_a_strict_one_hands_it_back,
+            a_worker_resumes_from_its_own_drain_never_from_an_operator_s,
             operator_commands_change_renders_and_their_tasks,
             operator_actions_in_a_task_history_name_who_did_them,
             only_a_finished_render_is_deleted_and_it_goes_whole,

@@ -437,6 +437,9 @@ pub(super) struct WorkerDoc {
     pub(super) operator_hours: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) strict_hours: bool,
+    /// Whether its drain is its own (`domain::self_transition`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) drained_by_itself: bool,
 }
 
 impl WorkerDoc {

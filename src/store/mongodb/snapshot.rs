@@ -102,6 +102,7 @@ impl ImportFarm for MongoStore {
                 agent_hours: worker.hours.agent,
                 operator_hours: worker.hours.operator,
                 strict_hours: worker.hours.strict,
+                drained_by_itself: false,
             })
             .await?;
         Ok(true)

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::events::{add_set, fresh_key, outbox_of, outbox_set, Entry};
 use super::{counters::*, documents::*, upkeep::*, *};
 use crate::domain::{
-    check_frames_done, hands_back, heartbeat_action, heartbeat_task, worker_transition,
-    IllegalTransition, Requeue, ValidWorkerHours, ValidWorkerSpec, WorkerMode,
+    check_frames_done, hands_back, heartbeat_action, heartbeat_task, self_transition,
+    worker_transition, IllegalTransition, Requeue, ValidWorkerHours, ValidWorkerSpec, WorkerMode,
     REMOVE_ONLY_DISABLED,
 };
 use crate::store::{Store, StoreError, StoreResult};
@@ -75,10 +75,44 @@ pub(super) async fn register_worker(
         agent_hours: spec.hours.available,
         operator_hours: None,
         strict_hours: spec.hours.strict,
+        drained_by_itself: false,
     };
     store.workers()?.insert_one(&doc).await?;
     tracing::info!(worker_id = %doc.id, name = %doc.name, "worker registered");
     doc.to_worker(None, now)
+}
+
+pub(super) async fn change_worker_itself(
+    store: &MongoStore,
+    id: Uuid,
+    action: WorkerAction,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    let id_s = id.to_string();
+    let workers = store.workers()?;
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let doc = workers
+            .find_one(doc! { "_id": &id_s })
+            .await?
+            .ok_or_else(|| StoreError::not_found("worker", &id_s))?;
+        let (next, own) = self_transition(doc.mode()?, doc.drained_by_itself, action)?;
+        let mut update = doc! { "$set": { "mode": next.as_str(), "drained_by_itself": own } };
+        if next.as_str() != doc.mode {
+            let event = Entry::worker(next, doc.offline, now);
+            update = add_set(update, outbox_set(&fresh_key(), &event));
+        }
+        let filter = doc! {
+            "_id": &id_s,
+            "mode": &doc.mode,
+            "drained_by_itself": if doc.drained_by_itself { bson::Bson::Boolean(true) } else { bson::bson!({ "$ne": true }) },
+        };
+        if workers.update_one(filter, update).await?.matched_count == 1 {
+            return get_worker(store, id, now).await;
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "worker {id} changed too often to apply the action; retry"
+    )))
 }
 
 pub(super) async fn set_worker_hours(
@@ -287,8 +321,10 @@ pub fn mode_cas_filter(worker: &str, mode: &str) -> Document {
     doc! { "_id": worker, "mode": mode }
 }
 
+/// An operator's change of mode: the mode becomes the operator's, not a
+/// drain of the worker's own that its next start would lift.
 pub fn mode_update(mode: WorkerMode) -> Document {
-    doc! { "$set": { "mode": mode.as_str() } }
+    doc! { "$set": { "mode": mode.as_str(), "drained_by_itself": false } }
 }
 
 /// Workers that could take work now, if they hold none.

@@ -11,9 +11,9 @@ use super::rules::*;
 use super::{rows::*, tasks::*, *};
 use crate::domain::LEASED_TASK_STATUS;
 use crate::domain::{
-    hands_back, heartbeat_action, heartbeat_task, worker_transition, IllegalTransition, Requeue,
-    ValidWorkerHours, ValidWorkerSpec, WarmState, WorkerHoursState, WorkerMode,
-    REMOVE_ONLY_DISABLED,
+    hands_back, heartbeat_action, heartbeat_task, self_transition, worker_transition,
+    IllegalTransition, Requeue, ValidWorkerHours, ValidWorkerSpec, WarmState, WorkerHoursState,
+    WorkerMode, REMOVE_ONLY_DISABLED,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -152,7 +152,9 @@ pub(super) async fn change_worker(
             .optional()?
             .ok_or_else(|| StoreError::not_found("worker", id))?;
         let to = worker_transition(mode, action)?;
-        conn.prepare_cached("UPDATE workers SET mode = ?2 WHERE id = ?1")?
+        // An operator's change makes the mode the operator's, not a drain
+        // of the worker's own that its next start would lift.
+        conn.prepare_cached("UPDATE workers SET mode = ?2, drained_by_itself = 0 WHERE id = ?1")?
             .execute(params![id.to_string(), to.as_str()])?;
         if to == WorkerMode::Disabled {
             // A disabled machine stops now: its task goes back to the
@@ -171,6 +173,31 @@ pub(super) async fn change_worker(
         load_worker(conn, id, now)
     })
     .await
+}
+
+pub(super) async fn change_worker_itself(
+    store: &SqliteStore,
+    id: Uuid,
+    action: WorkerAction,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    store
+        .write(move |conn| {
+            let (mode, own): (WorkerMode, bool) = conn
+                .prepare_cached("SELECT mode, drained_by_itself FROM workers WHERE id = ?1")?
+                .query_row([id.to_string()], |row| {
+                    Ok((get_enum(row, 0, WorkerMode::parse)?, row.get(1)?))
+                })
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("worker", id))?;
+            let (to, own) = self_transition(mode, own, action)?;
+            conn.prepare_cached(
+                "UPDATE workers SET mode = ?2, drained_by_itself = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id.to_string(), to.as_str(), own])?;
+            load_worker(conn, id, now)
+        })
+        .await
 }
 
 pub(super) async fn set_worker_hours(

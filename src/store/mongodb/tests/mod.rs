@@ -220,6 +220,7 @@ fn every_document_written_passes_its_collection_validator() {
         agent_hours: Some("mon-fri 19:00-07:00".into()),
         operator_hours: Some("sat-sun".into()),
         strict_hours: true,
+        drained_by_itself: false,
     };
     assert_valid("workers", &bson::to_document(&worker).unwrap());
     let log = LogDoc {
@@ -395,6 +396,7 @@ fn a_worker_stays_valid_as_it_beats_and_changes_mode() {
         agent_hours: None,
         operator_hours: None,
         strict_hours: false,
+        drained_by_itself: false,
     };
     let mut doc = bson::to_document(&worker).unwrap();
     apply(&mut doc, &alive_update(t(5)));
