@@ -43,6 +43,7 @@ async fn worker(broker: &BrokerProcess, name: &str) -> (Uuid, BrokerClient) {
             name: name.into(),
             tags: vec![],
             kinds: vec![renderfarm_wire::TaskKind::Blender],
+            platform: Default::default(),
         })
         .await
         .expect("registers");

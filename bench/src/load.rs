@@ -48,6 +48,7 @@ pub async fn register(enrolment: &BrokerClient, name: String) -> anyhow::Result<
             name,
             tags: vec![],
             kinds: vec![renderfarm_wire::TaskKind::Blender],
+            platform: Default::default(),
         })
         .await?)
 }

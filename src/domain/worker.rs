@@ -50,6 +50,8 @@ pub struct ValidWorkerSpec {
     pub tags: Vec<String>,
     /// The task kinds it runs, each once, in order.
     pub kinds: Vec<renderfarm_wire::TaskKind>,
+    /// The operating system it renders on.
+    pub platform: renderfarm_wire::Platform,
 }
 
 /// Checks what a worker sends when it registers.
@@ -58,6 +60,7 @@ pub fn validate_worker_spec(spec: WorkerSpec) -> Result<ValidWorkerSpec, Validat
         name: validate_name("name", &spec.name)?,
         tags: validate_tags("tags", &spec.tags)?,
         kinds: super::validate_kinds(&spec.kinds)?,
+        platform: spec.platform,
     })
 }
 

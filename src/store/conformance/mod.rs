@@ -197,6 +197,7 @@ pub async fn worker(store: &dyn Store, name: &str, tags: &[&str]) -> Uuid {
         name: name.into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         kinds: vec![renderfarm_wire::TaskKind::Blender],
+        platform: Default::default(),
     })
     .expect("a valid test worker");
     store

@@ -19,6 +19,7 @@ async fn worker_of(store: &dyn Store, name: &str, kinds: &[TaskKind]) -> Uuid {
         name: name.into(),
         tags: vec![],
         kinds: kinds.to_vec(),
+        platform: Default::default(),
     })
     .expect("a valid test worker");
     store

@@ -388,6 +388,7 @@ impl TaskDoc {
                 .then_some(render.video)
                 .flatten(),
             inputs: Vec::new(),
+            path_mappings: Vec::new(),
         })
     }
 }
@@ -424,6 +425,10 @@ pub(super) struct WorkerDoc {
     /// (they run chunks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) kinds: Option<Vec<TaskKind>>,
+    /// The platform it renders on; absent for workers registered before
+    /// agents said (Linux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) platform: Option<renderfarm_wire::Platform>,
 }
 
 impl WorkerDoc {
@@ -458,6 +463,7 @@ impl WorkerDoc {
             current_task_id,
             registered_at: self.registered_at.to_chrono(),
             kinds: self.kinds(),
+            platform: self.platform.unwrap_or_default(),
         })
     }
 }

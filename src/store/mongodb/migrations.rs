@@ -90,6 +90,10 @@ const FILES: &[(&str, &str)] = &[
         "0017_blocklist",
         include_str!("../../../migrations/mongodb/0017_blocklist.json"),
     ),
+    (
+        "0019_path_variables",
+        include_str!("../../../migrations/mongodb/0019_path_variables.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

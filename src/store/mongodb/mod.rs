@@ -31,6 +31,7 @@
 //! operation answers [`StoreError::Unavailable`].
 
 mod blocklist;
+mod path_variables;
 mod connect;
 mod counters;
 mod dependencies;

@@ -98,6 +98,7 @@ impl ImportFarm for MongoStore {
                 warm_streak: None,
                 // Not in the copy: an agent announces them when it registers.
                 kinds: None,
+                platform: None,
             })
             .await?;
         Ok(true)

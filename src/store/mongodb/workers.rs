@@ -70,6 +70,7 @@ pub(super) async fn register_worker(
         last_render_seq: None,
         warm_streak: None,
         kinds: Some(spec.kinds),
+        platform: Some(spec.platform),
     };
     store.workers()?.insert_one(&doc).await?;
     tracing::info!(worker_id = %doc.id, name = %doc.name, "worker registered");

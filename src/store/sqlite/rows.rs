@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, SecondsFormat, Utc};
 use renderfarm_wire::{
     Assignment, HistoryEvent, Priority, Progress, Render, RenderStatus, Task, TaskHistoryEntry,
-    TaskKind, TaskStatus, VideoSpec, Worker,
+    Platform, TaskKind, TaskStatus, VideoSpec, Worker,
 };
 use rusqlite::types::Type;
 use rusqlite::Row;
@@ -185,7 +185,7 @@ pub(super) fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
 pub(super) static WORKER_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "w.id, w.name, w.mode, w.offline, w.tags, w.last_heartbeat, w.registered_at, \
-         (SELECT t.id FROM tasks t WHERE t.worker_id = w.id AND t.status = {} LIMIT 1), w.kinds",
+         (SELECT t.id FROM tasks t WHERE t.worker_id = w.id AND t.status = {} LIMIT 1), w.kinds, w.platform",
         lit(LEASED_TASK_STATUS)
     )
 });
@@ -203,6 +203,7 @@ pub(super) fn worker_from_row(row: &Row) -> rusqlite::Result<Worker> {
         current_task_id,
         registered_at: get_time(row, 6)?,
         kinds: get_kinds(row, 8)?,
+        platform: get_enum(row, 9, Platform::parse)?,
     })
 }
 
@@ -239,6 +240,7 @@ pub(super) fn assignment_from_row(row: &Row) -> rusqlite::Result<Assignment> {
         kind: get_kind(row, 10)?,
         video: get_video(row, 11)?,
         inputs: Vec::new(),
+        path_mappings: Vec::new(),
     })
 }
 

@@ -86,8 +86,8 @@ pub(super) async fn register_worker(
         .write(move |conn| {
             let id = Uuid::now_v7();
             conn.prepare_cached(
-            "INSERT INTO workers (id, name, tags, mode, offline, last_heartbeat, registered_at, kinds) \
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6)",
+            "INSERT INTO workers (id, name, tags, mode, offline, last_heartbeat, registered_at, kinds, platform) \
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, ?7)",
         )?
         .execute(params![
             id.to_string(),
@@ -95,7 +95,8 @@ pub(super) async fn register_worker(
             tags_json(&spec.tags),
             WorkerMode::Active.as_str(),
             ts(now),
-            kinds_json(&spec.kinds)
+            kinds_json(&spec.kinds),
+            spec.platform.as_str()
         ])?;
             tracing::info!(worker_id = %id, name = %spec.name, "worker registered");
             load_worker(conn, id)

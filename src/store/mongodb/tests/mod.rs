@@ -216,6 +216,8 @@ fn every_document_written_passes_its_collection_validator() {
             renderfarm_wire::TaskKind::Blender,
             renderfarm_wire::TaskKind::Ffmpeg,
         ]),
+        // The workers validator, as every migration left it, allows it.
+        platform: Some(renderfarm_wire::Platform::Windows),
     };
     assert_valid("workers", &bson::to_document(&worker).unwrap());
     let log = LogDoc {
@@ -387,6 +389,7 @@ fn a_worker_stays_valid_as_it_beats_and_changes_mode() {
             renderfarm_wire::TaskKind::Blender,
             renderfarm_wire::TaskKind::Ffmpeg,
         ]),
+        platform: None,
     };
     let mut doc = bson::to_document(&worker).unwrap();
     apply(&mut doc, &alive_update(t(5)));
