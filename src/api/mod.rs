@@ -19,6 +19,7 @@ mod session;
 mod signed;
 mod tasks;
 mod tokens;
+pub mod variables;
 mod videos;
 mod webhooks;
 mod workers;
@@ -73,6 +74,8 @@ pub struct AppState {
     /// `serve --webhooks-allow-private`: webhooks may point at private,
     /// loopback and link-local addresses.
     pub webhooks_allow_private: bool,
+    /// This broker's copy of the path variables, for claims.
+    pub variables: Arc<variables::VariableCache>,
 }
 
 impl AppState {
@@ -116,6 +119,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     frames::configure(cfg);
     previews::configure(cfg);
     blocklist::configure(cfg);
+    variables::configure(cfg);
     videos::configure(cfg);
     files::configure(cfg);
     health::configure(cfg);
