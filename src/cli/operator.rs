@@ -407,6 +407,7 @@ pub async fn log(args: LogArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct VariablesArgs {
     #[command(subcommand)]
     action: Option<VariablesAction>,
