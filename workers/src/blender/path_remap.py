@@ -14,46 +14,50 @@
 # log says what was remapped.
 import json
 
-import bpy
+
+def windows_form(path):
+    return (len(path) >= 2 and path[1] == ":" and path[0].isalpha()) or path.startswith("\\\\")
+
+
+def remap_path(path, mappings):
+    """`path` rewritten by the first mapping whose `from` starts it, or None."""
+    if not path or path.startswith("//"):
+        return None
+    for m in mappings:
+        source, target = m["from"], m["to"]
+        windows = windows_form(source)
+        length = len(source)
+        if len(path) < length:
+            continue
+        head = path[:length]
+        if windows:
+            head, source = head.replace("/", "\\"), source.replace("/", "\\")
+        if m.get("ignore_case"):
+            head, source = head.casefold(), source.casefold()
+        if head != source:
+            continue
+        rest = path[length:]
+        separators = "/\\" if windows else "/"
+        if rest and rest[0] not in separators:
+            continue
+        rest = rest.lstrip(separators)
+        if windows:
+            rest = rest.replace("\\", "/")
+        if windows_form(target):
+            rest = rest.replace("/", "\\")
+            return target + ("\\" + rest if rest else "")
+        return target + ("/" + rest if rest else "")
+    return None
 
 
 def renderfarm_remap_paths(mappings_json):
+    import bpy
+
     mappings = json.loads(mappings_json)
     say = "renderfarm-worker: path mapping:"
 
-    def windows_form(path):
-        return (len(path) >= 2 and path[1] == ":" and path[0].isalpha()) or path.startswith("\\\\")
-
     def remap(path):
-        if not path or path.startswith("//"):
-            return None
-        for m in mappings:
-            source, target = m["from"], m["to"]
-            windows = windows_form(source)
-            if len(path) < len(source):
-                continue
-
-            def same(a, b):
-                if windows:
-                    a, b = a.replace("/", "\\"), b.replace("/", "\\")
-                if m.get("ignore_case"):
-                    a, b = a.casefold(), b.casefold()
-                return a == b
-
-            if not same(path[: len(source)], source):
-                continue
-            rest = path[len(source):]
-            separators = "/\\" if windows else "/"
-            if rest and rest[0] not in separators:
-                continue
-            rest = rest.lstrip(separators)
-            if windows:
-                rest = rest.replace("\\", "/")
-            separator = "\\" if windows_form(target) else "/"
-            if separator == "\\":
-                rest = rest.replace("/", "\\")
-            return target + (separator + rest if rest else "")
-        return None
+        return remap_path(path, mappings)
 
     count = 0
 
