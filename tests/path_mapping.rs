@@ -111,13 +111,19 @@ fn assert_every_pixel(frame: &Path, want: [u8; 3], why: &str) {
             .iter()
             .zip(want)
             .all(|(got, want)| got.abs_diff(want) <= 4);
-        assert!(near, "{}: a pixel {:?}, not {want:?}: {why}", frame.display(), &pixel[..3]);
+        assert!(
+            near,
+            "{}: a pixel {:?}, not {want:?}: {why}",
+            frame.display(),
+            &pixel[..3]
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_render_submitted_with_a_windows_path_renders_on_the_linux_agent_through_a_mapping() {
-    let test = "a_render_submitted_with_a_windows_path_renders_on_the_linux_agent_through_a_mapping";
+    let test =
+        "a_render_submitted_with_a_windows_path_renders_on_the_linux_agent_through_a_mapping";
     let Some(blender) = blender_or_skip(test).await else {
         return;
     };
@@ -201,13 +207,18 @@ async fn a_render_submitted_with_a_windows_path_renders_on_the_linux_agent_throu
     // P:/projects/...); the remap takes both.
     let remapped = format!("-> {}", png.display());
     assert!(
-        log.lines().any(|l| l.contains("path mapping: image 'green.png': P:")
-            && l.to_lowercase().contains("projects")
-            && l.ends_with(&remapped)),
+        log.lines()
+            .any(|l| l.contains("path mapping: image 'green.png': P:")
+                && l.to_lowercase().contains("projects")
+                && l.ends_with(&remapped)),
         "the log says what was remapped:\n{log}"
     );
     let frame = projects.join("out").join("frame_0001.png");
-    assert_every_pixel(&frame, [0, 255, 0], "the texture was found through the mapping");
+    assert_every_pixel(
+        &frame,
+        [0, 255, 0],
+        "the texture was found through the mapping",
+    );
     let workers = client.workers().await.unwrap();
     assert_eq!(workers[0].platform, renderfarm_wire::Platform::Linux);
     agent.stop().await;
@@ -242,19 +253,43 @@ async fn the_in_blend_remap_rewrites_other_platforms_prefixes_as_the_broker_does
     let on_linux = renderfarm::domain::mappings_for(renderfarm_wire::Platform::Linux, &vars);
     let on_windows = renderfarm::domain::mappings_for(renderfarm_wire::Platform::Windows, &vars);
     let table = serde_json::json!([
-        [&on_linux, "P:\\projects\\tex\\a.png", "/mnt/projects/tex/a.png"],
-        [&on_linux, "p:/Projects/tex/a.png", "/mnt/projects/tex/a.png"],
+        [
+            &on_linux,
+            "P:\\projects\\tex\\a.png",
+            "/mnt/projects/tex/a.png"
+        ],
+        [
+            &on_linux,
+            "p:/Projects/tex/a.png",
+            "/mnt/projects/tex/a.png"
+        ],
         [&on_linux, "P:\\projects", "/mnt/projects"],
-        [&on_linux, "\\\\NAS\\shots\\s1\\a.png", "/mnt/projects/shots/s1/a.png"],
+        [
+            &on_linux,
+            "\\\\NAS\\shots\\s1\\a.png",
+            "/mnt/projects/shots/s1/a.png"
+        ],
         [&on_linux, "/volumes/projects/a.png", "/mnt/projects/a.png"],
         [&on_linux, "P:\\projects2\\a.png", null],
         [&on_linux, "Q:\\projects\\a.png", null],
         [&on_linux, "//tex/a.png", null],
         [&on_linux, "/mnt/projects/a.png", null],
-        [&on_windows, "/mnt/projects/shots/s1/a.png", "\\\\nas\\shots\\s1\\a.png"],
-        [&on_windows, "/mnt/projects/tex/a.png", "P:\\projects\\tex\\a.png"],
+        [
+            &on_windows,
+            "/mnt/projects/shots/s1/a.png",
+            "\\\\nas\\shots\\s1\\a.png"
+        ],
+        [
+            &on_windows,
+            "/mnt/projects/tex/a.png",
+            "P:\\projects\\tex\\a.png"
+        ],
         [&on_windows, "/mnt/Projects/tex/a.png", null],
-        [&on_windows, "/Volumes/PROJECTS/a.png", "P:\\projects\\a.png"],
+        [
+            &on_windows,
+            "/Volumes/PROJECTS/a.png",
+            "P:\\projects\\a.png"
+        ],
     ]);
     let script = format!(
         "{}\nimport json\nfailures = []\nfor mappings, path, want in json.loads({}):\n    got = remap_path(path, mappings)\n    if got != want:\n        failures.append((path, got, want))\nassert not failures, failures\nprint('remap table ok')\n",
@@ -262,7 +297,14 @@ async fn the_in_blend_remap_rewrites_other_platforms_prefixes_as_the_broker_does
         serde_json::to_string(&table.to_string()).unwrap()
     );
     let output = tokio::process::Command::new(&blender)
-        .args(["-b", "--factory-startup", "--python-exit-code", "1", "--python-expr", &script])
+        .args([
+            "-b",
+            "--factory-startup",
+            "--python-exit-code",
+            "1",
+            "--python-expr",
+            &script,
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -272,5 +314,8 @@ async fn the_in_blend_remap_rewrites_other_platforms_prefixes_as_the_broker_does
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success() && text.contains("remap table ok"), "{text}");
+    assert!(
+        output.status.success() && text.contains("remap table ok"),
+        "{text}"
+    );
 }

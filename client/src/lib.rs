@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use renderfarm_wire::{
     Assignment, BlocklistEntry, CompleteReport, FailReport, FarmSummary, FrameList, HealthReport,
-    Heartbeat, HeartbeatReply, ListOrder, Page, PathVariable, PathVariableSpec, Priority, ProgressReport, RegisteredWorker,
-    ReleaseReport, Render, RenderAction, RenderSort, RenderSpec, RenderStatus, RenderStatusChange,
-    SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker, WorkerAction, WorkerSpec,
-    WorkerStatusChange,
+    Heartbeat, HeartbeatReply, ListOrder, Page, PathVariable, PathVariableSpec, Priority,
+    ProgressReport, RegisteredWorker, ReleaseReport, Render, RenderAction, RenderSort, RenderSpec,
+    RenderStatus, RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport,
+    Worker, WorkerAction, WorkerSpec, WorkerStatusChange,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;

@@ -122,7 +122,10 @@ pub fn normalize_value(platform: Platform, value: &str) -> Result<String, Valida
 
 /// Checks `PUT /variables/{name}`: a valid name and at least one value,
 /// each absolute on its platform.
-pub fn validate_variable(name: &str, spec: PathVariableSpec) -> Result<PathVariable, ValidationError> {
+pub fn validate_variable(
+    name: &str,
+    spec: PathVariableSpec,
+) -> Result<PathVariable, ValidationError> {
     let name = validate_variable_name(name)?;
     let value = |platform, v: Option<String>| -> Result<Option<String>, ValidationError> {
         v.map(|v| normalize_value(platform, &v)).transpose()
@@ -340,7 +343,12 @@ pub fn mappings_for(platform: Platform, variables: &[PathVariable]) -> Vec<PathM
 mod tests {
     use super::*;
 
-    fn var(name: &str, linux: Option<&str>, windows: Option<&str>, macos: Option<&str>) -> PathVariable {
+    fn var(
+        name: &str,
+        linux: Option<&str>,
+        windows: Option<&str>,
+        macos: Option<&str>,
+    ) -> PathVariable {
         PathVariable {
             name: name.into(),
             linux: linux.map(Into::into),
@@ -357,7 +365,12 @@ mod tests {
                 Some("P:\\projects"),
                 Some("/Volumes/Projects"),
             ),
-            var("shots", Some("/mnt/projects/shots"), Some("\\\\nas\\shots"), None),
+            var(
+                "shots",
+                Some("/mnt/projects/shots"),
+                Some("\\\\nas\\shots"),
+                None,
+            ),
             var("proj", Some("/mnt/proj"), None, None),
             var("textures", None, Some("T:"), None),
         ]
@@ -399,7 +412,11 @@ mod tests {
             (Windows, "p:/projects/", Some("P:\\projects")),
             (Windows, "P:\\", Some("P:")),
             (Windows, "P:", Some("P:")),
-            (Windows, "\\\\server\\projects", Some("\\\\server\\projects")),
+            (
+                Windows,
+                "\\\\server\\projects",
+                Some("\\\\server\\projects"),
+            ),
             (Windows, "//server/projects/", Some("\\\\server\\projects")),
             (Windows, "\\\\server", None),
             (Windows, "\\\\server\\", None),
@@ -486,14 +503,34 @@ mod tests {
         use Platform::*;
         let vars = farm();
         let table: &[(&str, Platform, Result<&str, &str>)] = &[
-            ("{projects}/shot.blend", Linux, Ok("/mnt/projects/shot.blend")),
-            ("{projects}/tex/a.png", Windows, Ok("P:\\projects\\tex\\a.png")),
-            ("{projects}/shot.blend", Macos, Ok("/Volumes/Projects/shot.blend")),
+            (
+                "{projects}/shot.blend",
+                Linux,
+                Ok("/mnt/projects/shot.blend"),
+            ),
+            (
+                "{projects}/tex/a.png",
+                Windows,
+                Ok("P:\\projects\\tex\\a.png"),
+            ),
+            (
+                "{projects}/shot.blend",
+                Macos,
+                Ok("/Volumes/Projects/shot.blend"),
+            ),
             ("{projects}", Windows, Ok("P:\\projects")),
-            ("{shots}/s1/a.blend", Windows, Ok("\\\\nas\\shots\\s1\\a.blend")),
+            (
+                "{shots}/s1/a.blend",
+                Windows,
+                Ok("\\\\nas\\shots\\s1\\a.blend"),
+            ),
             ("{textures}/wood.png", Windows, Ok("T:\\wood.png")),
             ("/srv/a.blend", Windows, Ok("/srv/a.blend")),
-            ("P:\\elsewhere\\a.blend", Linux, Ok("P:\\elsewhere\\a.blend")),
+            (
+                "P:\\elsewhere\\a.blend",
+                Linux,
+                Ok("P:\\elsewhere\\a.blend"),
+            ),
             ("{shots}/a.blend", Macos, Err("has no macos value")),
             ("{textures}/wood.png", Linux, Err("has no linux value")),
             ("{gone}/a.blend", Linux, Err("does not exist")),

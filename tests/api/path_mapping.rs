@@ -65,16 +65,28 @@ async fn variables_are_set_listed_changed_and_deleted() {
 async fn bad_variables_are_refused_saying_how_to_fix_them() {
     let app = spawn_app().await;
     let cases: &[(&str, Value, &str)] = &[
-        ("Projects", json!({ "linux": "/mnt/p" }), "not a valid variable name"),
+        (
+            "Projects",
+            json!({ "linux": "/mnt/p" }),
+            "not a valid variable name",
+        ),
         ("2p", json!({ "linux": "/mnt/p" }), "starting with a letter"),
         ("projects", json!({}), "at least one platform"),
-        ("projects", json!({ "linux": null }), "at least one platform"),
+        (
+            "projects",
+            json!({ "linux": null }),
+            "at least one platform",
+        ),
         ("projects", json!({ "linux": "mnt/p" }), "starts with '/'"),
         ("projects", json!({ "linux": "/" }), "root folder"),
         ("projects", json!({ "windows": "projects" }), "UNC share"),
         ("projects", json!({ "windows": "\\\\server" }), "UNC share"),
         ("projects", json!({ "macos": 7 }), "macos"),
-        ("projects", json!({ "linux": "/mnt/p", "solaris": "/p" }), "solaris"),
+        (
+            "projects",
+            json!({ "linux": "/mnt/p", "solaris": "/p" }),
+            "solaris",
+        ),
     ];
     for (name, body, want) in cases {
         let message = assert_error(set(&app, name, body).await, StatusCode::BAD_REQUEST).await;
@@ -107,7 +119,10 @@ async fn a_windows_path_is_stored_with_its_variable_and_given_to_each_platform_i
     assert_eq!(render["blend_file"], "{projects}/shots/a.blend");
     assert_eq!(render["output"], "{projects}/out/a_####");
     let id = render["id"].as_str().unwrap();
-    assert_eq!(app.render(id).await["blend_file"], "{projects}/shots/a.blend");
+    assert_eq!(
+        app.render(id).await["blend_file"],
+        "{projects}/shots/a.blend"
+    );
 
     let linux = register_on(&app, "lin", None).await;
     assert_eq!(linux["platform"], "linux", "older agents are Linux");
@@ -123,7 +138,11 @@ async fn a_windows_path_is_stored_with_its_variable_and_given_to_each_platform_i
     );
     // Handed back, the task goes to a Windows worker in its form.
     let released = app
-        .report(a["task_id"].as_str().unwrap(), "release", &json!({ "lease_id": a["lease_id"] }))
+        .report(
+            a["task_id"].as_str().unwrap(),
+            "release",
+            &json!({ "lease_id": a["lease_id"] }),
+        )
         .await;
     assert_eq!(released.status(), StatusCode::OK);
     let windows = register_on(&app, "win", Some("windows")).await;
@@ -146,9 +165,19 @@ async fn a_windows_path_is_stored_with_its_variable_and_given_to_each_platform_i
 #[tokio::test]
 async fn a_path_under_no_variable_is_given_as_submitted_without_mappings() {
     let app = spawn_app().await;
-    set(&app, "projects", &json!({ "linux": "/mnt/projects", "windows": "P:\\projects" })).await;
-    let render = app.submit_ok(&submit_body("/mnt/projectsX/a.blend", None)).await;
-    assert_eq!(render["blend_file"], "/mnt/projectsX/a.blend", "not on a folder boundary");
+    set(
+        &app,
+        "projects",
+        &json!({ "linux": "/mnt/projects", "windows": "P:\\projects" }),
+    )
+    .await;
+    let render = app
+        .submit_ok(&submit_body("/mnt/projectsX/a.blend", None))
+        .await;
+    assert_eq!(
+        render["blend_file"], "/mnt/projectsX/a.blend",
+        "not on a folder boundary"
+    );
     let worker = register_on(&app, "win", Some("windows")).await;
     let a = app.claim_ok(worker["id"].as_str().unwrap()).await;
     assert_eq!(a["blend_file"], "/mnt/projectsX/a.blend");
@@ -159,12 +188,16 @@ async fn a_path_under_no_variable_is_given_as_submitted_without_mappings() {
 async fn a_submit_in_stored_form_must_name_a_variable_that_exists() {
     let app = spawn_app().await;
     set(&app, "projects", &json!({ "linux": "/mnt/projects" })).await;
-    let ok = app.submit_ok(&submit_body("{projects}/a.blend", None)).await;
+    let ok = app
+        .submit_ok(&submit_body("{projects}/a.blend", None))
+        .await;
     assert_eq!(ok["blend_file"], "{projects}/a.blend");
     let unknown = app.submit(&submit_body("{nope}/a.blend", None)).await;
     let message = assert_error(unknown, StatusCode::BAD_REQUEST).await;
     assert!(message.contains("PUT /variables/nope"), "{message}");
-    let malformed = app.submit(&submit_body("/mnt/a.blend", Some("{projects"))).await;
+    let malformed = app
+        .submit(&submit_body("/mnt/a.blend", Some("{projects")))
+        .await;
     let message = assert_error(malformed, StatusCode::BAD_REQUEST).await;
     assert!(message.starts_with("output"), "{message}");
 }
@@ -177,17 +210,22 @@ async fn a_task_whose_variable_has_no_value_on_the_worker_s_platform_fails_sayin
     body["max_retries"] = json!(0);
     let render = app.submit_ok(&body).await;
     let worker = register_on(&app, "lin", Some("linux")).await;
-    let nothing = app
-        .request_task(worker["id"].as_str().unwrap(), None)
-        .await;
-    assert_eq!(nothing.status(), StatusCode::NO_CONTENT, "the task failed at its claim");
+    let nothing = app.request_task(worker["id"].as_str().unwrap(), None).await;
+    assert_eq!(
+        nothing.status(),
+        StatusCode::NO_CONTENT,
+        "the task failed at its claim"
+    );
     let id = render["id"].as_str().unwrap();
     let tasks = app.render_tasks(id).await;
     let task = &tasks["items"][0];
     assert_eq!(task["status"], "failed");
     let reason = task["failure_reason"].as_str().unwrap();
     assert!(reason.contains("{projects} has no linux value"), "{reason}");
-    assert!(reason.contains("renderfarm variables set projects --linux"), "{reason}");
+    assert!(
+        reason.contains("renderfarm variables set projects --linux"),
+        "{reason}"
+    );
     let log = app.task_log(task["id"].as_str().unwrap()).await;
     assert!(log.contains("has no linux value"), "{log}");
 }
@@ -201,13 +239,14 @@ async fn a_task_whose_variable_was_deleted_fails_naming_it() {
     let render = app.submit_ok(&body).await;
     app.raw(Method::DELETE, "/variables/projects", None).await;
     let worker = register_on(&app, "lin", None).await;
-    let nothing = app
-        .request_task(worker["id"].as_str().unwrap(), None)
-        .await;
+    let nothing = app.request_task(worker["id"].as_str().unwrap(), None).await;
     assert_eq!(nothing.status(), StatusCode::NO_CONTENT);
     let tasks = app.render_tasks(render["id"].as_str().unwrap()).await;
     let reason = tasks["items"][0]["failure_reason"].as_str().unwrap();
-    assert!(reason.contains("{projects}, which does not exist"), "{reason}");
+    assert!(
+        reason.contains("{projects}, which does not exist"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]

@@ -639,6 +639,9 @@ pub struct Render {
     pub name: String,
     pub status: RenderStatus,
     pub priority: Priority,
+    /// The .blend file; a path under a path variable reads in stored form,
+    /// `{name}/rest` (`GET /variables`), which each worker is given in its
+    /// platform's form.
     pub blend_file: String,
     /// The stored .blend file the workers fetch (`GET /files/{sha256}`);
     /// null when `blend_file` is a path the workers see.
@@ -663,7 +666,8 @@ pub struct Render {
     #[serde(default)]
     pub failure_reason: Option<String>,
     pub max_retries: i64,
-    /// Where Blender writes the frames (`-o`).
+    /// Where Blender writes the frames (`-o`); in stored form under a path
+    /// variable, as `blend_file`.
     pub output: String,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub engine: Option<String>,
@@ -1036,13 +1040,14 @@ pub struct Worker {
 /// The answer to `POST /workers/{id}/request-task`: one chunk to render.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "kind": "blender"})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "kind": "blender", "path_mappings": []})))]
 pub struct Assignment {
     pub task_id: Uuid,
     pub render_id: Uuid,
     /// Must accompany every report about this task; a newer assignment of the
     /// same task makes it stale.
     pub lease_id: Uuid,
+    /// The .blend file, in this worker's platform's form.
     pub blend_file: String,
     /// Fetch the .blend file by this hash (`GET /files/{sha256}`) rather
     /// than opening `blend_file`.

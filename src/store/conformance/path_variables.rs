@@ -26,7 +26,10 @@ pub async fn path_variables_are_kept_by_name_replaced_whole_and_deleted(store: &
     assert!(store.list_path_variables().await.unwrap().is_empty());
     let projects = variable("projects", Some("/mnt/projects"), Some("P:\\projects"));
     let assets = variable("assets", None, Some("\\\\nas\\assets"));
-    assert!(store.put_path_variable(projects.clone(), t0()).await.unwrap());
+    assert!(store
+        .put_path_variable(projects.clone(), t0())
+        .await
+        .unwrap());
     assert!(store.put_path_variable(assets.clone(), t0()).await.unwrap());
     assert_eq!(
         store.list_path_variables().await.unwrap(),
@@ -95,11 +98,20 @@ pub async fn a_render_stored_with_variables_is_handed_out_in_that_form(store: &d
         .await
         .unwrap();
     let read = store.get_render(r.id).await.unwrap();
-    assert_eq!((read.blend_file.as_str(), read.output.as_str()), (blend.as_str(), output.as_str()));
+    assert_eq!(
+        (read.blend_file.as_str(), read.output.as_str()),
+        (blend.as_str(), output.as_str())
+    );
     let w = worker(store, "w", &[]).await;
     let a = claim(store, w).await.expect("its task");
-    assert_eq!((a.blend_file.as_str(), a.output.as_str()), (blend.as_str(), output.as_str()));
-    assert!(a.path_mappings.is_empty(), "the broker adds them, not the store");
+    assert_eq!(
+        (a.blend_file.as_str(), a.output.as_str()),
+        (blend.as_str(), output.as_str())
+    );
+    assert!(
+        a.path_mappings.is_empty(),
+        "the broker adds them, not the store"
+    );
     assert_eq!(
         for_platform(&a.blend_file, Platform::Linux, &vars).unwrap(),
         "/mnt/projects/shots/a.blend"

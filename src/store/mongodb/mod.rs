@@ -31,7 +31,6 @@
 //! operation answers [`StoreError::Unavailable`].
 
 mod blocklist;
-mod path_variables;
 mod connect;
 mod counters;
 mod dependencies;
@@ -40,6 +39,7 @@ mod errors;
 mod events;
 mod frames;
 mod migrations;
+mod path_variables;
 mod renders;
 mod rules;
 mod snapshot;

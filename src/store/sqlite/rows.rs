@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use renderfarm_wire::{
-    Assignment, HistoryEvent, Priority, Progress, Render, RenderStatus, Task, TaskHistoryEntry,
-    Platform, TaskKind, TaskStatus, VideoSpec, Worker,
+    Assignment, HistoryEvent, Platform, Priority, Progress, Render, RenderStatus, Task,
+    TaskHistoryEntry, TaskKind, TaskStatus, VideoSpec, Worker,
 };
 use rusqlite::types::Type;
 use rusqlite::Row;
