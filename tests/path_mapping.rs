@@ -319,3 +319,66 @@ async fn the_in_blend_remap_rewrites_other_platforms_prefixes_as_the_broker_does
         "{text}"
     );
 }
+
+/// An agent kept its identity from before path mapping (no platform in
+/// it): the broker would count it as Linux whatever it runs on, so it
+/// registers anew, announcing its platform; restarted with that identity,
+/// it is the same worker again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_whose_kept_identity_has_no_platform_registers_anew_with_its_own() {
+    let Some(blender) =
+        blender_or_skip("an_agent_whose_kept_identity_has_no_platform_registers_anew_with_its_own")
+            .await
+    else {
+        return;
+    };
+    let broker = TestBroker::start().await;
+    let client = BrokerClient::new(&broker.address)
+        .unwrap()
+        .with_token(Some(ADMIN_TOKEN.into()));
+    let work = tempfile::tempdir().unwrap();
+    let identity_file = work.path().join("identity.json");
+    let start = || {
+        let dir = work.path().to_path_buf();
+        TestAgent::start_with(&broker.address, "node", &blender, move |c| c.work_dir = dir)
+    };
+    let workers_now = |n: usize| {
+        let client = client.clone();
+        async move {
+            wait_for(&format!("{n} registered workers"), RENDER_LIMIT, || async {
+                let workers = client.workers().await.ok()?;
+                (workers.len() == n).then_some(workers)
+            })
+            .await
+        }
+    };
+    start().await.stop().await;
+    let first = workers_now(1).await;
+    let mut identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&identity_file).unwrap()).unwrap();
+    assert_eq!(identity["platform"], "linux");
+    identity.as_object_mut().unwrap().remove("platform");
+    std::fs::write(&identity_file, identity.to_string()).unwrap();
+
+    start().await.stop().await;
+    let second = workers_now(2).await;
+    assert_eq!(second[1].platform, renderfarm_wire::Platform::Linux);
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&identity_file).unwrap()).unwrap();
+    assert_eq!(kept["worker_id"], second[1].id.to_string());
+    assert_ne!(second[1].id, first[0].id);
+
+    let again = start().await;
+    let id = second[1].id;
+    wait_for("the kept worker to ask for work", RENDER_LIMIT, || async {
+        let w = client.worker(id).await.ok()?;
+        (w.last_heartbeat > second[1].last_heartbeat).then_some(())
+    })
+    .await;
+    again.stop().await;
+    assert_eq!(
+        client.workers().await.unwrap().len(),
+        2,
+        "the same worker again"
+    );
+}

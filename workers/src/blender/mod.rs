@@ -348,4 +348,41 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn path_mappings_run_the_remap_right_after_the_file_loads_and_only_when_given() {
+        let mut job = RenderJob {
+            blend_file: "/p/shot.blend".into(),
+            output: "/r/frame_####".into(),
+            engine: None,
+            from: 1,
+            to: 2,
+            path_mappings: Vec::new(),
+        };
+        assert!(!job.args().iter().any(|a| a == "--python-expr"));
+        job.path_mappings = vec![renderfarm_wire::PathMapping {
+            from: "P:\\it's \"quoted\"".into(),
+            to: "/mnt/projects".into(),
+            ignore_case: true,
+        }];
+        let args = job.args();
+        assert_eq!(args[..2], ["-b", "/p/shot.blend"]);
+        assert_eq!(args[2], "--python-expr");
+        let expr = args[3].to_str().unwrap();
+        assert!(expr.starts_with(PATH_REMAP));
+        // The mappings travel as a JSON string literal Python reads as is.
+        let call = expr[PATH_REMAP.len()..].trim();
+        let literal = call
+            .strip_prefix("renderfarm_remap_paths(")
+            .and_then(|c| c.strip_suffix(')'))
+            .unwrap();
+        let json: String = serde_json::from_str(literal).unwrap();
+        let back: Vec<renderfarm_wire::PathMapping> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, job.path_mappings);
+        // A GPU slot's set-up goes first; both before the render's arguments.
+        let pinned = job.args_on(Some(0));
+        assert_eq!(pinned[2..4], ["--python-expr", GPU_SETUP]);
+        assert_eq!(pinned[4], "--python-expr");
+        assert_eq!(pinned[6], "-o");
+    }
 }
