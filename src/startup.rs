@@ -228,6 +228,7 @@ impl Application {
             waiting: Default::default(),
             max_waiting: settings.max_waiting,
             webhooks_allow_private: settings.webhooks.allow_private,
+            variables: Default::default(),
         });
         let listener = TcpListener::bind(&settings.bind).with_context(|| {
             format!(

@@ -46,6 +46,7 @@ async fn worker(broker: &BrokerProcess, name: &str) -> (Uuid, BrokerClient) {
             time_zone: None,
             available: None,
             strict_hours: false,
+            platform: Default::default(),
         })
         .await
         .expect("registers");

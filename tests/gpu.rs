@@ -521,6 +521,7 @@ async fn render_one(launcher: &mut Launcher, blend: &Path, out: &Path) -> (Optio
         engine: None,
         from: 1,
         to: 1,
+        path_mappings: Vec::new(),
     };
     let key = SceneKey::new("r", &job.blend_file, None);
     let mut running = launcher.start(&job, key).await.expect("Blender starts");

@@ -27,6 +27,7 @@ fn job(blend: &Path, out: &Path, from: i64, to: i64) -> RenderJob {
         engine: None,
         from,
         to,
+        path_mappings: Vec::new(),
     }
 }
 

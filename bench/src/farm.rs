@@ -329,6 +329,7 @@ pub(crate) async fn plain_parallel(
                     engine: None,
                     from,
                     to,
+                    path_mappings: Vec::new(),
                 };
                 let status = tokio::process::Command::new(&blender)
                     .args(job.args())

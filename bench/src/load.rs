@@ -51,6 +51,7 @@ pub async fn register(enrolment: &BrokerClient, name: String) -> anyhow::Result<
             time_zone: None,
             available: None,
             strict_hours: false,
+            platform: Default::default(),
         })
         .await?)
 }

@@ -239,6 +239,7 @@ async fn rss_over_chunks(
             engine: None,
             from: frame,
             to: frame,
+            path_mappings: Vec::new(),
         };
         let mut running = launcher
             .start(&job, SceneKey::new("rss", &blend, None))

@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use renderfarm_wire::{
     Assignment, AvailabilityOverride, BlocklistEntry, CompleteReport, FailReport, FarmSummary,
-    FrameList, HealthReport, Heartbeat, HeartbeatReply, ListOrder, Page, Priority, ProgressReport,
-    RegisteredWorker, ReleaseReport, Render, RenderAction, RenderSort, RenderSpec, RenderStatus,
-    RenderStatusChange, SchedulerStatus, Task, TaskDetail, TaskStatus, TickReport, Worker,
-    WorkerAction, WorkerHours, WorkerSpec, WorkerStatusChange,
+    FrameList, HealthReport, Heartbeat, HeartbeatReply, ListOrder, Page, PathVariable,
+    PathVariableSpec, Priority, ProgressReport, RegisteredWorker, ReleaseReport, Render,
+    RenderAction, RenderSort, RenderSpec, RenderStatus, RenderStatusChange, SchedulerStatus, Task,
+    TaskDetail, TaskStatus, TickReport, Worker, WorkerAction, WorkerHours, WorkerSpec,
+    WorkerStatusChange,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
@@ -284,6 +285,30 @@ impl BrokerClient {
             request = request.query(&[("worker_id", worker.to_string())]);
         }
         self.maybe::<serde_json::Value>(request).await.map(drop)
+    }
+
+    // --- path variables ---
+
+    /// `GET /variables`: the farm's path variables, by name.
+    pub async fn variables(&self) -> Result<Vec<PathVariable>, ClientError> {
+        self.answer(self.request(Method::GET, &["variables"])).await
+    }
+
+    /// `PUT /variables/{name}`: define or change a path variable.
+    pub async fn set_variable(
+        &self,
+        name: &str,
+        spec: &PathVariableSpec,
+    ) -> Result<PathVariable, ClientError> {
+        self.answer(self.request(Method::PUT, &["variables", name]).json(spec))
+            .await
+    }
+
+    /// `DELETE /variables/{name}`: delete a path variable.
+    pub async fn delete_variable(&self, name: &str) -> Result<(), ClientError> {
+        self.maybe::<serde_json::Value>(self.request(Method::DELETE, &["variables", name]))
+            .await
+            .map(drop)
     }
 
     // --- workers ---

@@ -237,7 +237,7 @@ pub(super) async fn list(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
-    let render = state.store.get_render(id).await?;
+    let render = super::variables::on_broker(&state, state.store.get_render(id).await?).await?;
     if render.upload_frames {
         let frames = state.store.render_frames(id, None).await?;
         return Ok(HttpResponse::Ok().json(FrameList {
@@ -318,7 +318,7 @@ pub(super) async fn frame(
     let Ok(frame) = frame.parse::<i64>() else {
         return Err(not_found(&format!("{frame:?} (a frame is a whole number)")));
     };
-    let render = state.store.get_render(id).await?;
+    let render = super::variables::on_broker(&state, state.store.get_render(id).await?).await?;
     if render.upload_frames {
         let stored = state
             .store
@@ -496,7 +496,7 @@ pub(super) async fn archive(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id("render", &id)?;
-    let render = state.store.get_render(id).await?;
+    let render = super::variables::on_broker(&state, state.store.get_render(id).await?).await?;
     let mut entries = Vec::new();
     let mut names = std::collections::HashSet::new();
     // Two frames of one name would overwrite each other when unpacked.

@@ -20,6 +20,7 @@ mod session;
 mod signed;
 mod tasks;
 mod tokens;
+pub mod variables;
 mod videos;
 mod webhooks;
 mod workers;
@@ -74,6 +75,8 @@ pub struct AppState {
     /// `serve --webhooks-allow-private`: webhooks may point at private,
     /// loopback and link-local addresses.
     pub webhooks_allow_private: bool,
+    /// This broker's copy of the path variables, for claims.
+    pub variables: Arc<variables::VariableCache>,
 }
 
 impl AppState {
@@ -118,6 +121,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     previews::configure(cfg);
     blocklist::configure(cfg);
     hours::configure(cfg);
+    variables::configure(cfg);
     videos::configure(cfg);
     files::configure(cfg);
     health::configure(cfg);

@@ -17,7 +17,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
     blocklist, events, files, frames, health, hours, metrics, previews, renders, scheduler,
-    session, signed, tasks, tokens, videos, webhooks, workers, ApiError,
+    session, signed, tasks, tokens, variables, videos, webhooks, workers, ApiError,
 };
 
 /// Where Swagger UI lives; the spec sits beside it.
@@ -55,6 +55,9 @@ is answered 429 with `Retry-After`.",
         renders::complete,
         blocklist::list,
         blocklist::clear,
+        variables::list,
+        variables::put,
+        variables::delete,
         frames::list,
         frames::frame,
         frames::archive,
@@ -130,6 +133,7 @@ is answered 429 with `Retry-After`.",
         (name = "events", description = "The farm's changes as they happen (Server-Sent Events), resumable with `Last-Event-ID`; the farm in numbers, live."),
         (name = "session", description = "Browsers: sign in with a token for a session cookie; signed links for downloads."),
         (name = "webhooks", description = "Operators register URLs that the broker POSTs signed JSON to (`WebhookPayload`) when renders complete, fail or are canceled, tasks fail and workers are lost; retried with backoff, disabled when the receiver keeps failing."),
+        (name = "variables", description = "Path mapping (operators): farm-wide path variables, a shared folder's path on each platform (linux, windows, macos). Render paths under one are stored with the variable and given to each worker in its platform's form; paths inside the .blend are remapped by the agent before rendering."),
         (name = "files", description = "Files through the broker, named by their SHA-256: artists upload blends (resumable), workers and people download them (resumable with `Range`)."),
     ),
     modifiers(&Credentials)

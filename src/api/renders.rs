@@ -98,6 +98,7 @@ pub(super) async fn submit(
             }
         }
     }
+    super::variables::store_paths(&state, &mut spec).await?;
     let dependencies = state.store.dependency_states(&spec.depends_on).await?;
     check_dependencies_exist(&dependencies)?;
     let renders_dir = &state.output_root.absolute;

@@ -350,7 +350,11 @@ pub(super) async fn request_task(
         }
         if let Some(assignment) = claimed? {
             let assignment = with_inputs(&state, assignment).await?;
-            return Ok(HttpResponse::Ok().json(assignment));
+            // A task failed for its paths leaves the worker free: look again.
+            match super::variables::for_worker(&state, id, assignment).await? {
+                Some(assignment) => return Ok(HttpResponse::Ok().json(assignment)),
+                None => continue,
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(HttpResponse::NoContent()

@@ -87,6 +87,8 @@ enum Command {
     Delete(operator::TargetArgs),
     /// Print a task's log (`--follow` to keep printing until it ends).
     Log(operator::LogArgs),
+    /// List the farm's path variables, or set or delete one (path mapping).
+    Variables(operator::VariablesArgs),
     /// List the workers the broker knows.
     Workers(BrokerArgs),
     /// Let a worker finish its task, then give it no more.
@@ -573,6 +575,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Blocklist(args) => operator::blocklist(args).await,
         Command::Delete(args) => operator::delete_render(args).await,
         Command::Log(args) => operator::log(args).await,
+        Command::Variables(args) => operator::variables(args).await,
         Command::Workers(args) => workers(args).await,
         Command::Hours(args) => operator::hours(args).await,
         Command::Drain(args) => operator::change_worker(args, WorkerAction::Drain).await,
@@ -934,15 +937,16 @@ async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20}  {:<9}  {:<36}  {:<20}  hours",
-        "id", "name", "status", "task", "last heartbeat"
+        "{:<36}  {:<20}  {:<9}  {:<8}  {:<36}  {:<20}  hours",
+        "id", "name", "status", "platform", "task", "last heartbeat"
     );
     for w in workers {
         println!(
-            "{:<36}  {:<20}  {:<9}  {:<36}  {:<20}  {}",
+            "{:<36}  {:<20}  {:<9}  {:<8}  {:<36}  {:<20}  {}",
             w.id,
             w.name,
             w.status.as_str(),
+            w.platform.as_str(),
             w.current_task_id
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "-".into()),

@@ -477,3 +477,106 @@ pub async fn log(args: LogArgs) -> anyhow::Result<()> {
         tokio::time::sleep(args.interval).await;
     }
 }
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct VariablesArgs {
+    #[command(subcommand)]
+    action: Option<VariablesAction>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum VariablesAction {
+    /// Define or change a variable: its folder on each platform (those left
+    /// out have none). Render paths under one of them are stored with the
+    /// variable and given to each worker in its platform's form.
+    Set {
+        /// The variable: a-z, 0-9 and '_', starting with a letter.
+        name: String,
+        /// Its folder on Linux workers, e.g. /mnt/projects.
+        #[arg(long)]
+        linux: Option<String>,
+        /// Its folder on Windows workers, e.g. 'P:\projects' or '\\nas\projects'.
+        #[arg(long)]
+        windows: Option<String>,
+        /// Its folder on macOS workers, e.g. /Volumes/projects.
+        #[arg(long)]
+        macos: Option<String>,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Delete a variable (renders stored with it fail their next claims
+    /// until it is defined again).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+}
+
+pub async fn variables(args: VariablesArgs) -> anyhow::Result<()> {
+    match args.action {
+        Some(VariablesAction::Set {
+            name,
+            linux,
+            windows,
+            macos,
+            broker,
+        }) => {
+            let client = connect(&broker.broker, &broker.client_options())?;
+            let spec = renderfarm_wire::PathVariableSpec {
+                linux,
+                windows,
+                macos,
+            };
+            let variable = client
+                .set_variable(&name, &spec)
+                .await
+                .map_err(explain(&broker.broker))?;
+            if broker.json {
+                println!("{}", serde_json::to_string_pretty(&variable)?);
+            } else {
+                print_variables(&[variable]);
+            }
+            Ok(())
+        }
+        Some(VariablesAction::Delete { name, broker }) => {
+            let client = connect(&broker.broker, &broker.client_options())?;
+            client
+                .delete_variable(&name)
+                .await
+                .map_err(explain(&broker.broker))?;
+            println!("path variable {name} deleted");
+            Ok(())
+        }
+        None => {
+            let base = &args.broker.broker;
+            let client = connect(base, &args.broker.client_options())?;
+            let variables = client.variables().await.map_err(explain(base))?;
+            if args.broker.json {
+                println!("{}", serde_json::to_string_pretty(&variables)?);
+            } else if variables.is_empty() {
+                println!("no path variables; define one with: renderfarm variables set projects --linux /mnt/projects --windows 'P:\\projects'");
+            } else {
+                print_variables(&variables);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_variables(variables: &[renderfarm_wire::PathVariable]) {
+    println!("{:<20}  {:<30}  {:<30}  macos", "name", "linux", "windows");
+    for v in variables {
+        let show = |p: &Option<String>| p.clone().unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20}  {:<30}  {:<30}  {}",
+            v.name,
+            show(&v.linux),
+            show(&v.windows),
+            show(&v.macos)
+        );
+    }
+}

@@ -12,6 +12,7 @@ pub mod files;
 mod frames;
 mod listing;
 mod log;
+mod path_mapping;
 pub mod preview;
 mod render;
 mod scheduling;
@@ -52,6 +53,11 @@ pub use listing::{
     RenderOrder, RenderSortKey, MAX_SEARCH_LEN,
 };
 pub use log::{join_log, log_chunks_to_drop, TASK_LOG_LIMIT, TASK_LOG_TRIMMED};
+pub use path_mapping::{
+    check_stored_form, for_platform, mappings_for, normalize_value, parse_stored, to_stored,
+    uses_variable, validate_variable, validate_variable_name, PathMappingError, MAX_VARIABLES,
+    MAX_VARIABLE_NAME_LEN, MAX_VARIABLE_VALUE_LEN,
+};
 pub use render::{
     check_deletable, render_transition, tasks_affected, BulkCause, NewRender, RenderCommand,
     ValidRenderSpec, FINISHED_RENDER_STATUSES, UNFINISHED_RENDER_STATUSES,

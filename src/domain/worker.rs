@@ -53,6 +53,8 @@ pub struct ValidWorkerSpec {
     pub kinds: Vec<renderfarm_wire::TaskKind>,
     /// Its hours as its agent reports them.
     pub hours: ValidWorkerHours,
+    /// The operating system it renders on.
+    pub platform: renderfarm_wire::Platform,
 }
 
 /// Checks what a worker sends when it registers.
@@ -66,6 +68,7 @@ pub fn validate_worker_spec(spec: WorkerSpec) -> Result<ValidWorkerSpec, Validat
             spec.available.as_deref(),
             spec.strict_hours,
         )?,
+        platform: spec.platform,
     })
 }
 

@@ -265,6 +265,24 @@ macro_rules! store_by_concern {
                     blocklist::blocklist_starvation_inputs(self).await
                 }
 
+                async fn list_path_variables(
+                    &self,
+                ) -> StoreResult<Vec<::renderfarm_wire::PathVariable>> {
+                    path_variables::list_path_variables(self).await
+                }
+
+                async fn put_path_variable(
+                    &self,
+                    variable: ::renderfarm_wire::PathVariable,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<bool> {
+                    path_variables::put_path_variable(self, variable, now).await
+                }
+
+                async fn delete_path_variable(&self, name: &str) -> StoreResult<()> {
+                    path_variables::delete_path_variable(self, name).await
+                }
+
                 async fn fail_render(
                     &self,
                     render: Uuid,

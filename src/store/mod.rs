@@ -517,6 +517,22 @@ pub trait Store: Send + Sync + 'static {
         Vec<crate::domain::EligibleWorker>,
     )>;
 
+    /// Every path variable (`domain::validate_variable`), by name.
+    async fn list_path_variables(&self) -> StoreResult<Vec<renderfarm_wire::PathVariable>>;
+
+    /// Stores the variable, replacing the one of the same name; `true` when
+    /// there was none.
+    async fn put_path_variable(
+        &self,
+        variable: renderfarm_wire::PathVariable,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Forgets the variable named `name` (`NotFound` when there is none).
+    /// Renders stored with it keep its name; their claims fail until it is
+    /// defined again (`domain::PathMappingError`).
+    async fn delete_path_variable(&self, name: &str) -> StoreResult<()>;
+
     /// Fails an unfinished render for `reason` (its pending work canceled,
     /// running chunks may finish), as a task failing for good would.
     async fn fail_render(

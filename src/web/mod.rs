@@ -49,6 +49,7 @@ static ASSETS: &[Asset] = &[
     asset!("renders.js", JS),
     asset!("render.js", JS),
     asset!("workers.js", JS),
+    asset!("variables.js", JS),
     asset!("submit.js", JS),
 ];
 

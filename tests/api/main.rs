@@ -13,6 +13,7 @@ mod lifecycle;
 mod listing;
 mod long_poll;
 mod operators;
+mod path_mapping;
 mod postman;
 mod previews;
 mod rate_limits;

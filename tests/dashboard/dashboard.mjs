@@ -409,6 +409,26 @@ await scenario('drain a worker, then enable it', async () => {
   await page.waitForFunction(() => !document.querySelector('tr[data-worker] .status.draining'), null, { timeout: WAIT });
 });
 
+await scenario('an operator sets a path variable, sees it and deletes it; workers show their platform', async () => {
+  await open(page, '#/workers');
+  await page.locator('#variable-form').waitFor({ timeout: WAIT });
+  check((await textOf(page, 'tr[data-worker] td[data-platform]')) === 'linux', 'a worker shows its platform');
+  await page.locator('#variable-name').fill('Bad-Name');
+  await page.locator('#variable-linux').fill('/mnt/projects');
+  await page.getByRole('button', { name: 'Set variable' }).click();
+  await page.locator('#path-variables .error').waitFor({ timeout: WAIT });
+  check((await textOf(page, '#path-variables .error')).includes('not a valid variable name'), 'the broker\'s message is shown');
+  await page.locator('#variable-name').fill('projects');
+  await page.locator('#variable-linux').fill('/mnt/projects');
+  await page.locator('#variable-windows').fill('p:/projects');
+  await page.getByRole('button', { name: 'Set variable' }).click();
+  await page.locator('tr[data-variable="projects"]').waitFor({ timeout: WAIT });
+  check((await textOf(page, 'tr[data-variable="projects"]')).includes('P:\\projects'), 'the value as the broker stored it');
+  await shoot(page, 'path-variables');
+  await page.locator('button[data-action="delete-variable"]').click();
+  await page.waitForFunction(() => !document.querySelector('tr[data-variable="projects"]'), null, { timeout: WAIT });
+});
+
 await scenario('one task is requeued from its row', async () => {
   check(failId, 'needs the failed render');
   await open(page, `#/renders/${failId}`);

@@ -639,6 +639,9 @@ pub struct Render {
     pub name: String,
     pub status: RenderStatus,
     pub priority: Priority,
+    /// The .blend file; a path under a path variable reads in stored form,
+    /// `{name}/rest` (`GET /variables`), which each worker is given in its
+    /// platform's form.
     pub blend_file: String,
     /// The stored .blend file the workers fetch (`GET /files/{sha256}`);
     /// null when `blend_file` is a path the workers see.
@@ -663,7 +666,8 @@ pub struct Render {
     #[serde(default)]
     pub failure_reason: Option<String>,
     pub max_retries: i64,
-    /// Where Blender writes the frames (`-o`).
+    /// Where Blender writes the frames (`-o`); in stored form under a path
+    /// variable, as `blend_file`.
     pub output: String,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub engine: Option<String>,
@@ -1022,6 +1026,11 @@ pub struct WorkerSpec {
     /// Hand the running task back when its hours end, rather than finish it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict_hours: bool,
+    /// The operating system it renders on; paths given to it are in this
+    /// platform's form (path variables, `GET /variables`). `linux` when
+    /// absent (agents older than path mapping).
+    #[serde(default)]
+    pub platform: Platform,
 }
 
 /// `PUT /workers/{id}/hours`: the hours an agent was started with, sent by
@@ -1100,7 +1109,7 @@ pub struct WorkerAvailability {
 /// A worker as the broker reports it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-ef29-734d-8df5-13233266e6e2", "name": "node-01", "status": "idle", "tags": ["gpu", "linux"], "kinds": ["blender", "ffmpeg"], "last_heartbeat": "2026-11-24T01:17:17.481778Z", "current_task_id": null, "registered_at": "2026-11-24T01:17:17.481778Z"})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-ef29-734d-8df5-13233266e6e2", "name": "node-01", "status": "idle", "tags": ["gpu", "linux"], "kinds": ["blender", "ffmpeg"], "last_heartbeat": "2026-11-24T01:17:17.481778Z", "current_task_id": null, "registered_at": "2026-11-24T01:17:17.481778Z", "platform": "linux"})))]
 pub struct Worker {
     pub id: Uuid,
     pub name: String,
@@ -1123,18 +1132,22 @@ pub struct Worker {
     #[cfg_attr(feature = "openapi", schema(required = true))]
     #[serde(default)]
     pub availability: Option<WorkerAvailability>,
+    /// The operating system it renders on, as its agent reported it.
+    #[serde(default)]
+    pub platform: Platform,
 }
 
 /// The answer to `POST /workers/{id}/request-task`: one chunk to render.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "kind": "blender"})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"task_id": "01a20b20-eeb3-759a-bc8b-10a14eccf12a", "render_id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "lease_id": "304fbe81-bc54-4cd1-a56e-d37b57f0ad2c", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 10, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "kind": "blender", "path_mappings": []})))]
 pub struct Assignment {
     pub task_id: Uuid,
     pub render_id: Uuid,
     /// Must accompany every report about this task; a newer assignment of the
     /// same task makes it stale.
     pub lease_id: Uuid,
+    /// The .blend file, in this worker's platform's form.
     pub blend_file: String,
     /// Fetch the .blend file by this hash (`GET /files/{sha256}`) rather
     /// than opening `blend_file`.
@@ -1164,6 +1177,120 @@ pub struct Assignment {
     /// Empty when the frames are in `output` on a drive the worker shares.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputFrame>,
+    /// Path prefixes to rewrite inside the .blend before rendering (images,
+    /// linked libraries and other file-backed data saved with another
+    /// platform's paths), longest `from` first; `blend_file` and `output`
+    /// are in this worker's form already. Empty when the render's paths use
+    /// no path variable.
+    #[serde(default)]
+    pub path_mappings: Vec<PathMapping>,
+}
+
+/// One rewrite of the paths inside a .blend: a path that starts with
+/// `from` (on a path-component boundary) starts with `to` instead.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"from": "P:\\projects", "to": "/mnt/projects", "ignore_case": true})))]
+pub struct PathMapping {
+    /// Another platform's value of a path variable.
+    pub from: String,
+    /// This worker's platform's value of the same variable.
+    pub to: String,
+    /// Whether `from` is compared without regard to case (a Windows or
+    /// macOS value), `/` and `\` counting as the same for a Windows one.
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+/// An operating system a worker renders on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    #[default]
+    Linux,
+    Windows,
+    Macos,
+}
+
+impl Platform {
+    /// Every platform.
+    pub const ALL: [Platform; 3] = [Platform::Linux, Platform::Windows, Platform::Macos];
+
+    /// The lowercase name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Linux => "linux",
+            Platform::Windows => "windows",
+            Platform::Macos => "macos",
+        }
+    }
+
+    /// The platform named `s` (lowercase), if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// The platform of a Rust `std::env::consts::OS` name; `None` for one
+    /// the farm has no paths for.
+    pub fn of_os(os: &str) -> Option<Self> {
+        match os {
+            "linux" => Some(Platform::Linux),
+            "windows" => Some(Platform::Windows),
+            "macos" => Some(Platform::Macos),
+            _ => None,
+        }
+    }
+}
+
+/// `PUT /variables/{name}`: a path variable's value on each platform; at
+/// least one is given. A value is an absolute path of its platform:
+/// `/...` on linux and macos; `X:\...`, `X:/...` or `\\server\share...`
+/// on windows.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"linux": "/mnt/projects", "windows": "P:\\projects", "macos": "/Volumes/projects"})))]
+pub struct PathVariableSpec {
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024, nullable = true))]
+    #[serde(default)]
+    pub linux: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024, nullable = true))]
+    #[serde(default)]
+    pub windows: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024, nullable = true))]
+    #[serde(default)]
+    pub macos: Option<String>,
+}
+
+/// A farm-wide path variable (`GET /variables`): a shared folder's path on
+/// each platform. A render path under one of them is stored as
+/// `{name}/rest` and given to each worker in its platform's form.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "projects", "linux": "/mnt/projects", "windows": "P:\\projects", "macos": null})))]
+pub struct PathVariable {
+    /// `^[a-z][a-z0-9_]{0,31}$`.
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub linux: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub windows: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub macos: Option<String>,
+}
+
+impl PathVariable {
+    /// Its value on `platform`, if it has one.
+    pub fn value(&self, platform: Platform) -> Option<&str> {
+        match platform {
+            Platform::Linux => self.linux.as_deref(),
+            Platform::Windows => self.windows.as_deref(),
+            Platform::Macos => self.macos.as_deref(),
+        }
+    }
 }
 
 /// The largest preview a worker may send (`PUT /tasks/{id}/preview`). A

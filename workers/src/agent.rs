@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
 use renderfarm_client::{BrokerClient, ClientError, ClientOptions};
-use renderfarm_wire::{Assignment, ReleaseReport, TaskKind, WorkerAction, WorkerHours, WorkerSpec};
+use renderfarm_wire::{
+    Assignment, Platform, ReleaseReport, TaskKind, WorkerAction, WorkerHours, WorkerSpec,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -175,6 +177,17 @@ struct Identity {
     /// Blender's alone).
     #[serde(default = "blender_only")]
     kinds: Vec<TaskKind>,
+    /// The platform it announced (absent from agents before path mapping,
+    /// whose workers the broker counts as Linux ones).
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+/// The platform this agent renders on, as the broker's path variables name
+/// it; an operating system they have no paths for counts as Linux, whose
+/// paths it shares.
+pub fn this_platform() -> Platform {
+    Platform::of_os(std::env::consts::OS).unwrap_or_default()
 }
 
 fn blender_only() -> Vec<TaskKind> {
@@ -490,6 +503,11 @@ impl Slot {
             tracing::info!(was = ?identity.kinds, now = ?self.kinds, "the task kinds this worker runs changed; registering anew");
             return None;
         }
+        // Nor its platform: paths are given to it in the form it announced.
+        if identity.platform != Some(this_platform()) {
+            tracing::info!(was = ?identity.platform, now = ?this_platform(), "this worker's identity has no or another platform; registering anew");
+            return None;
+        }
         tracing::info!(worker_id = %identity.worker_id, "the same worker as before (identity kept in the work directory)");
         self.client = self.enrolment.clone().with_token(identity.secret);
         self.summary.worker_id = Some(identity.worker_id);
@@ -580,6 +598,7 @@ impl Slot {
             time_zone: self.config.hours.time_zone.clone(),
             available: self.config.hours.available.clone(),
             strict_hours: self.config.hours.strict_hours,
+            platform: this_platform(),
         };
         let mut retry = backoff();
         loop {
@@ -592,6 +611,7 @@ impl Slot {
                         worker_id: worker.id,
                         secret: registered.secret,
                         kinds: self.kinds.clone(),
+                        platform: Some(spec.platform),
                     };
                     if let Err(e) = self.save_identity(&identity) {
                         tracing::warn!(error = %e, "could not keep the worker identity; a restart will register a new worker");

@@ -122,6 +122,7 @@ pub(crate) async fn run(mut job: ChunkJob<'_>, lease: &mut Lease, a: &Assignment
         engine: a.engine.clone(),
         from: a.frame_start,
         to: a.frame_end,
+        path_mappings: a.path_mappings.clone(),
     };
     let scene = SceneKey::new(a.render_id, &blend_file, a.blend_sha256.as_deref());
     let mut blender = match job.launcher.start(&range, scene).await {

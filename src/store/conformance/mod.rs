@@ -17,6 +17,7 @@ mod files;
 mod leases;
 mod listings;
 mod operators;
+mod path_variables;
 mod reports;
 mod tokens;
 mod upkeep;
@@ -40,6 +41,7 @@ pub use files::*;
 pub use leases::*;
 pub use listings::*;
 pub use operators::*;
+pub use path_variables::*;
 pub use reports::*;
 pub use tokens::*;
 pub use upkeep::*;
@@ -111,6 +113,9 @@ macro_rules! conformance_tests {
             an_uploaded_blend_travels_with_its_render_and_assignments,
             uploaded_frames_are_recorded_under_the_lease_and_go_with_their_render,
             the_last_preview_sent_is_the_renders_and_goes_with_it,
+            path_variables_are_kept_by_name_replaced_whole_and_deleted,
+            a_worker_keeps_the_platform_it_registered_with,
+            a_render_stored_with_variables_is_handed_out_in_that_form,
         );
     };
     (@each $make_store:path; $($name:ident),* $(,)?) => {
@@ -204,6 +209,7 @@ pub async fn worker(store: &dyn Store, name: &str, tags: &[&str]) -> Uuid {
         time_zone: None,
         available: None,
         strict_hours: false,
+        platform: Default::default(),
     })
     .expect("a valid test worker");
     store

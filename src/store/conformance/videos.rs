@@ -22,6 +22,7 @@ async fn worker_of(store: &dyn Store, name: &str, kinds: &[TaskKind]) -> Uuid {
         time_zone: None,
         available: None,
         strict_hours: false,
+        platform: Default::default(),
     })
     .expect("a valid test worker");
     store

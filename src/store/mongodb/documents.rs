@@ -390,6 +390,7 @@ impl TaskDoc {
                 .then_some(render.video)
                 .flatten(),
             inputs: Vec::new(),
+            path_mappings: Vec::new(),
         })
     }
 }
@@ -440,6 +441,10 @@ pub(super) struct WorkerDoc {
     /// Whether its drain is its own (`domain::self_transition`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) drained_by_itself: bool,
+    /// The platform it renders on; absent for workers registered before
+    /// agents said (Linux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) platform: Option<renderfarm_wire::Platform>,
 }
 
 impl WorkerDoc {
@@ -491,6 +496,7 @@ impl WorkerDoc {
             current_task_id,
             registered_at: self.registered_at.to_chrono(),
             kinds: self.kinds(),
+            platform: self.platform.unwrap_or_default(),
         })
     }
 }

@@ -94,6 +94,10 @@ const FILES: &[(&str, &str)] = &[
         "0018_worker_hours",
         include_str!("../../../migrations/mongodb/0018_worker_hours.json"),
     ),
+    (
+        "0019_path_variables",
+        include_str!("../../../migrations/mongodb/0019_path_variables.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

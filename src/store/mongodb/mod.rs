@@ -39,6 +39,7 @@ mod errors;
 mod events;
 mod frames;
 mod migrations;
+mod path_variables;
 mod renders;
 mod rules;
 mod snapshot;

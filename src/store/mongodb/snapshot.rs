@@ -103,6 +103,7 @@ impl ImportFarm for MongoStore {
                 operator_hours: worker.hours.operator,
                 strict_hours: worker.hours.strict,
                 drained_by_itself: false,
+                platform: None,
             })
             .await?;
         Ok(true)

@@ -76,6 +76,7 @@ pub(super) async fn register_worker(
         operator_hours: None,
         strict_hours: spec.hours.strict,
         drained_by_itself: false,
+        platform: Some(spec.platform),
     };
     store.workers()?.insert_one(&doc).await?;
     tracing::info!(worker_id = %doc.id, name = %doc.name, "worker registered");

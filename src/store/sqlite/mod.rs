@@ -17,6 +17,7 @@ mod dependencies;
 mod errors;
 mod events;
 mod frames;
+mod path_variables;
 mod renders;
 mod rows;
 mod rules;
@@ -84,6 +85,9 @@ fn migrations() -> Migrations<'static> {
         )),
         M::up(include_str!(
             "../../../migrations/sqlite/0018_worker_hours.sql"
+        )),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0019_path_variables.sql"
         )),
     ])
 }

@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use renderfarm_wire::{
-    Assignment, HistoryEvent, Priority, Progress, Render, RenderStatus, Task, TaskHistoryEntry,
-    TaskKind, TaskStatus, VideoSpec, Worker,
+    Assignment, HistoryEvent, Platform, Priority, Progress, Render, RenderStatus, Task,
+    TaskHistoryEntry, TaskKind, TaskStatus, VideoSpec, Worker,
 };
 use rusqlite::types::Type;
 use rusqlite::Row;
@@ -186,7 +186,7 @@ pub(super) static WORKER_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "w.id, w.name, w.mode, w.offline, w.tags, w.last_heartbeat, w.registered_at, \
          (SELECT t.id FROM tasks t WHERE t.worker_id = w.id AND t.status = {} LIMIT 1), w.kinds, \
-         w.time_zone, w.agent_hours, w.operator_hours, w.strict_hours",
+         w.time_zone, w.agent_hours, w.operator_hours, w.strict_hours, w.platform",
         lit(LEASED_TASK_STATUS)
     )
 });
@@ -219,6 +219,7 @@ pub(super) fn worker_from_row(row: &Row, now: DateTime<Utc>) -> rusqlite::Result
         current_task_id,
         registered_at: get_time(row, 6)?,
         kinds: get_kinds(row, 8)?,
+        platform: get_enum(row, 13, Platform::parse)?,
     })
 }
 
@@ -255,6 +256,7 @@ pub(super) fn assignment_from_row(row: &Row) -> rusqlite::Result<Assignment> {
         kind: get_kind(row, 10)?,
         video: get_video(row, 11)?,
         inputs: Vec::new(),
+        path_mappings: Vec::new(),
     })
 }
 

@@ -236,6 +236,7 @@ fn pending_chunk(
             kind: TaskKind::Blender,
             video: None,
             inputs: Vec::new(),
+            path_mappings: Vec::new(),
         },
     })
 }

@@ -92,8 +92,8 @@ pub(super) async fn register_worker(
             let id = Uuid::now_v7();
             conn.prepare_cached(
             "INSERT INTO workers (id, name, tags, mode, offline, last_heartbeat, registered_at, kinds, \
-             time_zone, agent_hours, strict_hours) \
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, ?7, ?8, ?9)",
+             time_zone, agent_hours, strict_hours, platform) \
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             id.to_string(),
@@ -104,7 +104,8 @@ pub(super) async fn register_worker(
             kinds_json(&spec.kinds),
             spec.hours.time_zone,
             spec.hours.available,
-            spec.hours.strict
+            spec.hours.strict,
+            spec.platform.as_str()
         ])?;
             tracing::info!(worker_id = %id, name = %spec.name, "worker registered");
             load_worker(conn, id, now)

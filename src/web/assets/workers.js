@@ -3,13 +3,15 @@
 
 import { api, mayOperate } from './api.js';
 import { h, replace, statusChip, timeEl, errorBox, progressBar, framesText } from './ui.js';
+import { variablesPanel } from './variables.js';
 
 export async function workersPage(main, ctx) {
   let workers = [];
   const tasks = new Map();
   const result = h('div', { 'aria-live': 'polite' });
   const table = h('div', { class: 'table-wrap' });
-  replace(main, h('h1', {}, 'Workers'), result, table);
+  const variables = h('section', { id: 'path-variables' });
+  replace(main, h('h1', {}, 'Workers'), result, table, variables);
 
   async function load() {
     try {
@@ -66,11 +68,12 @@ export async function workersPage(main, ctx) {
     replace(table, workers.length === 0
       ? h('p', { class: 'muted' }, 'No worker has registered. Start one with: renderfarm-worker --broker URL --token ENROLMENT_TOKEN')
       : h('table', {},
-        h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Status'), h('th', {}, 'Current task'),
+        h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Status'), h('th', {}, 'Platform'), h('th', {}, 'Current task'),
           h('th', { class: 'hide-narrow' }, 'Tags'), h('th', { class: 'hide-narrow' }, 'Last heartbeat'), operate ? h('th', {}, 'Actions') : null)),
         h('tbody', {}, workers.map((w) => h('tr', { 'data-worker': w.id },
           h('td', {}, w.name),
           h('td', {}, statusChip(w.status)),
+          h('td', { 'data-platform': w.platform }, w.platform),
           h('td', {}, current(w)),
           h('td', { class: 'hide-narrow' }, h('span', { class: 'tags' }, w.tags.map((t) => h('span', { class: 'tag' }, t)))),
           h('td', { class: 'hide-narrow' }, timeEl(w.last_heartbeat)),
@@ -91,5 +94,5 @@ export async function workersPage(main, ctx) {
       }
     },
   }, () => ctx.soon('workers', load));
-  await load();
+  await Promise.all([load(), variablesPanel(variables)]);
 }

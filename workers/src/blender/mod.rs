@@ -63,6 +63,31 @@ pub fn pin_to_gpu(mut args: Vec<OsString>, gpu: Option<u32>) -> Vec<OsString> {
     args
 }
 
+/// The Python that rewrites other platforms' paths inside the .blend once
+/// it is loaded (`--python-expr`, see [`with_path_mappings`]): images,
+/// linked libraries and other file-backed data, each rewrite printed.
+pub const PATH_REMAP: &str = include_str!("path_remap.py");
+
+/// Blender's arguments `args` (which start with `-b FILE`) with the path
+/// remap right after the file is loaded, when there is something to remap;
+/// the mappings travel inside the expression as a JSON string literal
+/// (which Python reads as the same string), so no file or environment
+/// variable is involved.
+pub fn with_path_mappings(
+    mut args: Vec<OsString>,
+    mappings: &[renderfarm_wire::PathMapping],
+) -> Vec<OsString> {
+    if mappings.is_empty() {
+        return args;
+    }
+    let json = serde_json::to_string(mappings).unwrap_or_default();
+    let literal = serde_json::to_string(&json).unwrap_or_default();
+    let expr = format!("{PATH_REMAP}\nrenderfarm_remap_paths({literal})\n");
+    let at = args.len().min(2);
+    args.splice(at..at, ["--python-expr".into(), expr.into()]);
+    args
+}
+
 /// One render of frames `from..=to` of a .blend file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderJob {
@@ -71,6 +96,8 @@ pub struct RenderJob {
     pub engine: Option<String>,
     pub from: i64,
     pub to: i64,
+    /// Other platforms' path prefixes to rewrite inside the file.
+    pub path_mappings: Vec<renderfarm_wire::PathMapping>,
 }
 
 impl RenderJob {
@@ -98,7 +125,7 @@ impl RenderJob {
         ] {
             args.push(a.into());
         }
-        args
+        with_path_mappings(args, &self.path_mappings)
     }
 
     /// Blender's arguments on a Blender pinned to `gpu` (a GPU slot's), or
@@ -256,6 +283,7 @@ mod tests {
             engine: Some("CYCLES".into()),
             from: 4,
             to: 6,
+            path_mappings: Vec::new(),
         };
         let args: Vec<String> = job
             .args()
@@ -296,6 +324,7 @@ mod tests {
             engine: Some("CYCLES".into()),
             from: 1,
             to: 2,
+            path_mappings: Vec::new(),
         };
         let pinned = job.args_on(Some(1));
         let cold = job.args();
@@ -318,5 +347,42 @@ mod tests {
                 ("CUDA_VISIBLE_DEVICES", "1".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn path_mappings_run_the_remap_right_after_the_file_loads_and_only_when_given() {
+        let mut job = RenderJob {
+            blend_file: "/p/shot.blend".into(),
+            output: "/r/frame_####".into(),
+            engine: None,
+            from: 1,
+            to: 2,
+            path_mappings: Vec::new(),
+        };
+        assert!(!job.args().iter().any(|a| a == "--python-expr"));
+        job.path_mappings = vec![renderfarm_wire::PathMapping {
+            from: "P:\\it's \"quoted\"".into(),
+            to: "/mnt/projects".into(),
+            ignore_case: true,
+        }];
+        let args = job.args();
+        assert_eq!(args[..2], ["-b", "/p/shot.blend"]);
+        assert_eq!(args[2], "--python-expr");
+        let expr = args[3].to_str().unwrap();
+        assert!(expr.starts_with(PATH_REMAP));
+        // The mappings travel as a JSON string literal Python reads as is.
+        let call = expr[PATH_REMAP.len()..].trim();
+        let literal = call
+            .strip_prefix("renderfarm_remap_paths(")
+            .and_then(|c| c.strip_suffix(')'))
+            .unwrap();
+        let json: String = serde_json::from_str(literal).unwrap();
+        let back: Vec<renderfarm_wire::PathMapping> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, job.path_mappings);
+        // A GPU slot's set-up goes first; both before the render's arguments.
+        let pinned = job.args_on(Some(0));
+        assert_eq!(pinned[2..4], ["--python-expr", GPU_SETUP]);
+        assert_eq!(pinned[4], "--python-expr");
+        assert_eq!(pinned[6], "-o");
     }
 }

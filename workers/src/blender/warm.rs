@@ -240,7 +240,7 @@ impl Launcher {
                 }
             }
         }
-        let mut warm = self.spawn(key, &job.blend_file)?;
+        let mut warm = self.spawn(key, job)?;
         // A Blender that ended already (a file it cannot read) refuses the
         // chunk; the chunk then fails as a cold one would, with Blender's exit
         // code and output.
@@ -250,12 +250,18 @@ impl Launcher {
         Ok(self.chunk(warm, false))
     }
 
-    fn spawn(&self, key: SceneKey, blend_file: &str) -> anyhow::Result<WarmProcess> {
+    fn spawn(&self, key: SceneKey, job: &RenderJob) -> anyhow::Result<WarmProcess> {
+        let blend_file = job.blend_file.as_str();
         let driver = std::path::absolute(self.work_dir.join(DRIVER_FILE))
             .with_context(|| format!("locating the work directory {}", self.work_dir.display()))?;
         std::fs::write(&driver, DRIVER)
             .with_context(|| format!("writing the warm driver {}", driver.display()))?;
-        let args = driver_args(blend_file, driver.into_os_string(), self.gpu);
+        // A warm Blender serves one render, whose mappings stay as they
+        // were at its first chunk: remapped once, as the file is loaded.
+        let args = super::with_path_mappings(
+            driver_args(blend_file, driver.into_os_string(), self.gpu),
+            &job.path_mappings,
+        );
         let (mut child, temp_dir) = spawn(
             &self.blender,
             args,
@@ -676,6 +682,7 @@ mod tests {
             engine: None,
             from: 1,
             to: 2,
+            path_mappings: Vec::new(),
         };
         let strings = |args: Vec<OsString>| -> Vec<String> {
             args.into_iter().map(|a| a.into_string().unwrap()).collect()
@@ -746,6 +753,7 @@ mod tests {
             engine: Some("CYCLES".into()),
             from: 3,
             to: 5,
+            path_mappings: Vec::new(),
         };
         let mut launcher = Launcher::new(blender, dir.path().to_path_buf(), WarmConfig::off());
         let key = SceneKey::new("r", &job.blend_file, None);

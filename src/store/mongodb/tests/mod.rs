@@ -221,6 +221,8 @@ fn every_document_written_passes_its_collection_validator() {
         operator_hours: Some("sat-sun".into()),
         strict_hours: true,
         drained_by_itself: false,
+        // The workers validator, as every migration left it, allows it.
+        platform: Some(renderfarm_wire::Platform::Windows),
     };
     assert_valid("workers", &bson::to_document(&worker).unwrap());
     let log = LogDoc {
@@ -397,6 +399,7 @@ fn a_worker_stays_valid_as_it_beats_and_changes_mode() {
         operator_hours: None,
         strict_hours: false,
         drained_by_itself: false,
+        platform: None,
     };
     let mut doc = bson::to_document(&worker).unwrap();
     apply(&mut doc, &alive_update(t(5)));
