@@ -212,6 +212,7 @@ pub(crate) async fn through_the_farm(
             cache_size: renderfarm_worker::cache::DEFAULT_CACHE_SIZE,
             previews: true,
             warm,
+            hours: Default::default(),
         };
         let agent = Agent::new(config, signals.clone()).await?;
         agents.push(tokio::spawn(agent.run()));

@@ -201,7 +201,8 @@ mod tests {
 
     #[test]
     fn a_worker_resumes_only_from_its_own_drain() {
-        let table: &[(M, bool, A, Option<(M, bool)>)] = &[
+        type Row = (M, bool, A, Option<(M, bool)>);
+        let table: &[Row] = &[
             (M::Active, false, A::Drain, Some((M::Draining, true))),
             (M::Draining, false, A::Drain, Some((M::Draining, false))),
             (M::Draining, true, A::Drain, Some((M::Draining, true))),

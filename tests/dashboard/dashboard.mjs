@@ -409,6 +409,29 @@ await scenario('drain a worker, then enable it', async () => {
   await page.waitForFunction(() => !document.querySelector('tr[data-worker] .status.draining'), null, { timeout: WAIT });
 });
 
+await scenario('an operator sets a worker\'s hours, is told what a bad schedule lacks, and clears them', async () => {
+  await open(page, '#/workers');
+  const row = page.locator('tr[data-worker]').first();
+  await row.waitFor({ timeout: WAIT });
+  check((await row.locator('td').nth(4).textContent()).includes('any time'), 'a worker without hours takes work at any time');
+  await row.locator('details.hours-form summary').click();
+  await row.locator('input[name="available"]').fill('weekdays');
+  await row.getByRole('button', { name: 'Set' }).click();
+  await page.locator('.error').first().waitFor({ timeout: WAIT });
+  check((await textOf(page, '.error')).includes('not a day'), 'the broker\'s message on a bad schedule is shown');
+  const again = page.locator('tr[data-worker]').first();
+  await again.locator('details.hours-form summary').click();
+  await again.locator('input[name="available"]').fill('Always');
+  await again.getByRole('button', { name: 'Set' }).click();
+  await page.locator('tr[data-worker] [data-hours="always"]').first().waitFor({ timeout: WAIT });
+  check((await textOf(page, 'tr[data-worker] [data-hours="always"]')).includes('set by an operator'), 'who set the hours is shown');
+  check((await textOf(page, 'tr[data-worker] [data-available-now]')).includes('in hours'), 'whether it takes work now is shown');
+  const cleared = page.locator('tr[data-worker]').first();
+  await cleared.locator('details.hours-form summary').click();
+  await cleared.locator('button[data-action="clear-hours"]').click();
+  await page.waitForFunction(() => !document.querySelector('tr[data-worker] [data-hours]'), null, { timeout: WAIT });
+});
+
 await scenario('an operator sets a path variable, sees it and deletes it; workers show their platform', async () => {
   await open(page, '#/workers');
   await page.locator('#variable-form').waitFor({ timeout: WAIT });

@@ -1109,7 +1109,7 @@ pub struct WorkerAvailability {
 /// A worker as the broker reports it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-ef29-734d-8df5-13233266e6e2", "name": "node-01", "status": "idle", "tags": ["gpu", "linux"], "kinds": ["blender", "ffmpeg"], "last_heartbeat": "2026-11-24T01:17:17.481778Z", "current_task_id": null, "registered_at": "2026-11-24T01:17:17.481778Z", "platform": "linux"})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-ef29-734d-8df5-13233266e6e2", "name": "node-01", "status": "idle", "tags": ["gpu", "linux"], "kinds": ["blender", "ffmpeg"], "last_heartbeat": "2026-11-24T01:17:17.481778Z", "current_task_id": null, "registered_at": "2026-11-24T01:17:17.481778Z", "time_zone": "Europe/Berlin", "availability": {"schedule": "mon-fri 19:00-07:00, sat-sun", "set_by": "agent", "agent_schedule": "mon-fri 19:00-07:00, sat-sun", "time_zone": "Europe/Berlin", "strict_hours": false, "available_now": true, "next_change": "2026-11-24T06:00:00Z"}, "platform": "linux"})))]
 pub struct Worker {
     pub id: Uuid,
     pub name: String,

@@ -536,7 +536,7 @@ fn workers_change_by_compare_and_set_and_go_offline_once_silent() {
     );
     assert_eq!(
         mode_update(WorkerMode::Disabled),
-        doc! { "$set": { "mode": "disabled" } }
+        doc! { "$set": { "mode": "disabled", "drained_by_itself": false } }
     );
     assert_eq!(
         silent_workers_filter(t(0)),
