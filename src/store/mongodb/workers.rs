@@ -127,14 +127,7 @@ pub(super) async fn set_worker_hours(
         "agent_hours": hours.available,
         "strict_hours": hours.strict,
     };
-    let changed = store
-        .workers()?
-        .update_one(doc! { "_id": id.to_string() }, doc! { "$set": set })
-        .await?;
-    if changed.matched_count == 0 {
-        return Err(StoreError::not_found("worker", id));
-    }
-    get_worker(store, id, now).await
+    update_worker(store, id, set, now).await
 }
 
 pub(super) async fn set_operator_hours(
@@ -143,12 +136,20 @@ pub(super) async fn set_operator_hours(
     hours: Option<String>,
     now: DateTime<Utc>,
 ) -> StoreResult<Worker> {
+    update_worker(store, id, doc! { "operator_hours": hours }, now).await
+}
+
+/// Sets `set` on the worker `id` and answers the worker as it is then (its
+/// hours seen at `now`); not found when there is no such worker.
+async fn update_worker(
+    store: &MongoStore,
+    id: Uuid,
+    set: Document,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
     let changed = store
         .workers()?
-        .update_one(
-            doc! { "_id": id.to_string() },
-            doc! { "$set": { "operator_hours": hours } },
-        )
+        .update_one(doc! { "_id": id.to_string() }, doc! { "$set": set })
         .await?;
     if changed.matched_count == 0 {
         return Err(StoreError::not_found("worker", id));

@@ -209,20 +209,13 @@ pub(super) async fn set_worker_hours(
 ) -> StoreResult<Worker> {
     store
         .write(move |conn| {
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE workers SET time_zone = ?2, agent_hours = ?3, strict_hours = ?4 WHERE id = ?1",
-                )?
-                .execute(params![
-                    id.to_string(),
-                    hours.time_zone,
-                    hours.available,
-                    hours.strict
-                ])?;
-            if changed == 0 {
-                return Err(StoreError::not_found("worker", id));
-            }
-            load_worker(conn, id, now)
+            update_worker(
+                conn,
+                id,
+                "UPDATE workers SET time_zone = ?2, agent_hours = ?3, strict_hours = ?4 WHERE id = ?1",
+                params![id.to_string(), hours.time_zone, hours.available, hours.strict],
+                now,
+            )
         })
         .await
 }
@@ -235,15 +228,30 @@ pub(super) async fn set_operator_hours(
 ) -> StoreResult<Worker> {
     store
         .write(move |conn| {
-            let changed = conn
-                .prepare_cached("UPDATE workers SET operator_hours = ?2 WHERE id = ?1")?
-                .execute(params![id.to_string(), hours])?;
-            if changed == 0 {
-                return Err(StoreError::not_found("worker", id));
-            }
-            load_worker(conn, id, now)
+            update_worker(
+                conn,
+                id,
+                "UPDATE workers SET operator_hours = ?2 WHERE id = ?1",
+                params![id.to_string(), hours],
+                now,
+            )
         })
         .await
+}
+
+/// Runs `sql`, an update of the worker `id`, and answers the worker as it
+/// is then (its hours seen at `now`); not found when no row matched.
+fn update_worker(
+    conn: &Connection,
+    id: Uuid,
+    sql: &str,
+    values: impl rusqlite::Params,
+    now: DateTime<Utc>,
+) -> StoreResult<Worker> {
+    if conn.prepare_cached(sql)?.execute(values)? == 0 {
+        return Err(StoreError::not_found("worker", id));
+    }
+    load_worker(conn, id, now)
 }
 
 pub(super) async fn heartbeat(
