@@ -9,24 +9,34 @@ use super::{assert_counters_exact, claim, plan_with, t0, worker};
 use crate::domain::{adapt, ChunkSize, TaskReport, FIRST_GUESS};
 use crate::store::{PageRequest, Store};
 
-/// An auto render of frames `start..=end` aiming at `target` seconds.
-async fn auto_render(
-    store: &dyn Store,
+/// A render plan with adaptive chunking of frames `start..=end` aiming at
+/// `target` seconds a chunk.
+pub fn plan_auto(
     name: &str,
     (start, end): (i64, i64),
     target: i64,
     order: FrameOrder,
-) -> Uuid {
-    let new = plan_with(name, start, end, 1, Priority::Normal, t0(), |s| {
+) -> crate::domain::NewRender {
+    plan_with(name, start, end, 1, Priority::Normal, t0(), |s| {
         s.chunk_size = ChunkSizeSpec::Auto;
         s.target_chunk_seconds = Some(target);
         s.frame_order = order;
-    });
+    })
+}
+
+async fn auto_render(
+    store: &dyn Store,
+    name: &str,
+    frames: (i64, i64),
+    target: i64,
+    order: FrameOrder,
+) -> Uuid {
+    let new = plan_auto(name, frames, target, order);
     store.create_render(new).await.unwrap().id
 }
 
 /// Every task of the render (any status).
-pub(super) async fn all_tasks(store: &dyn Store, render: Uuid) -> Vec<Task> {
+pub async fn all_tasks(store: &dyn Store, render: Uuid) -> Vec<Task> {
     let page = PageRequest {
         limit: PageRequest::MAX_LIMIT,
         offset: 0,
@@ -35,11 +45,7 @@ pub(super) async fn all_tasks(store: &dyn Store, render: Uuid) -> Vec<Task> {
 }
 
 /// Asserts the render's tasks hold each frame of `start..=end` exactly once.
-pub(super) async fn assert_every_frame_once(
-    store: &dyn Store,
-    render: Uuid,
-    (start, end): (i64, i64),
-) {
+pub async fn assert_every_frame_once(store: &dyn Store, render: Uuid, (start, end): (i64, i64)) {
     let mut held: Vec<i64> = all_tasks(store, render)
         .await
         .iter()
@@ -53,8 +59,9 @@ pub(super) async fn assert_every_frame_once(
     );
 }
 
-/// Claims the next task and completes it `seconds` later; its frames.
-async fn render_one(
+/// Claims the next task at `at` and completes it `seconds` later; its
+/// frames.
+pub async fn render_one(
     store: &dyn Store,
     worker: Uuid,
     at: chrono::DateTime<chrono::Utc>,
