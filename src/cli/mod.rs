@@ -917,6 +917,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         p.tasks_failed,
         p.tasks_canceled
     );
+    println!("chunks    {}", chunking_line(&render));
     println!("output    {}", render.output);
     if let Some(video) = &render.video {
         println!(
@@ -930,6 +931,26 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         println!("owner     {owner}");
     }
     Ok(())
+}
+
+/// How a render's frames are chunked, as `status` tells it.
+fn chunking_line(render: &renderfarm_wire::Render) -> String {
+    let Some(target) = render
+        .target_chunk_seconds
+        .filter(|_| render.chunk_size_auto)
+    else {
+        return format!("{} frames each", render.chunk_size);
+    };
+    match render.measured_frame_seconds {
+        Some(frame) => format!(
+            "auto: {} frames each for a {target} s target, measured {frame:.2} s a frame",
+            render.chunk_size
+        ),
+        None => format!(
+            "auto: {} frames each (first guess) for a {target} s target, not measured yet",
+            render.chunk_size
+        ),
+    }
 }
 
 async fn workers(args: BrokerArgs) -> anyhow::Result<()> {
