@@ -571,7 +571,7 @@ impl utoipa::PartialSchema for ChunkSizeSpec {
                     .enum_values(Some([ChunkSizeSpec::AUTO])),
             )
             .description(Some(
-                "Frames per task (1 to 1,000,000), or \"auto\": the broker sizes the chunks from measured frame times so that one takes about target_chunk_seconds",
+                "Frames per task (1 to 1,000,000), or \"auto\": the broker sizes the chunks from measured frame times so that one takes about target_chunk_seconds (default 60)",
             ))
             .default(Some(serde_json::json!(10)))
             .into()
@@ -639,7 +639,9 @@ pub struct RenderSpec {
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     #[serde(deserialize_with = "whole::number")]
     pub frame_end: i64,
-    /// Frames per task, or `"auto"` (adaptive chunking).
+    // Frames per task, or "auto" (adaptive chunking); the schema carries
+    // the description, which a doc comment here would wrap in a second
+    // `oneOf`.
     #[cfg_attr(feature = "openapi", schema(inline))]
     #[serde(default)]
     pub chunk_size: ChunkSizeSpec,
