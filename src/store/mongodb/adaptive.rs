@@ -41,6 +41,11 @@ use crate::store::{
     stored_frames, AdaptiveRender, Resplit, StoreError, StoreResult, MEASURED_CHUNKS,
 };
 
+/// How old a journal is before any broker's tick carries it through: a
+/// re-split takes a few commands, so one older than this was left by a
+/// broker that died (or stalled; every step after marking is idempotent).
+pub const RESPLIT_GRACE: chrono::Duration = chrono::Duration::seconds(60);
+
 /// New tasks inserted per command.
 const INSERT_BATCH: usize = 1_000;
 
@@ -128,6 +133,7 @@ pub(super) async fn adapt_chunks(
         token: token.clone(),
         size: size.get(),
         frame_seconds,
+        begun_at: bson_time(now),
         replaced: None,
     };
     let begun = store
@@ -173,6 +179,7 @@ impl MongoStore {
             token: Uuid::now_v7().to_string(),
             size: size.get(),
             frame_seconds,
+            begun_at: bson_time(now),
             replaced: None,
         };
         let doc = self
@@ -393,11 +400,15 @@ async fn insert_new_chunks(
     Ok(())
 }
 
-/// Carries through every journal found: re-splits a broker left half-done.
+/// Carries through every journal older than [`RESPLIT_GRACE`]: re-splits
+/// a broker left half-done.
 pub(super) async fn finish_resplits(store: &MongoStore, now: DateTime<Utc>) -> StoreResult<u64> {
     let open: Vec<RenderDoc> = store
         .renders()?
-        .find(doc! { "resplit": { "$type": "object" } })
+        .find(doc! {
+            "resplit": { "$type": "object" },
+            "resplit.begun_at": { "$lte": bson_time(now - RESPLIT_GRACE) },
+        })
         .await?
         .try_collect()
         .await?;

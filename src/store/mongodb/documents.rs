@@ -113,6 +113,9 @@ pub(super) struct ResplitJournal {
     pub(super) token: String,
     pub(super) size: i64,
     pub(super) frame_seconds: f64,
+    /// When it began: another broker takes over only a journal older than
+    /// `adaptive::RESPLIT_GRACE`, so two never mark at once.
+    pub(super) begun_at: bson::DateTime,
     /// How many old tasks were marked; absent while they are being marked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) replaced: Option<i64>,
