@@ -235,12 +235,13 @@ async fn mark_resplittable(store: &MongoStore, doc: &RenderDoc, token: &str) -> 
         store
             .tasks()?
             .update_many(
-                // Still as read: pending and never handed out.
+                // Still as read, where a claim may have changed it since:
+                // pending, and no worker (a retry or a rank changes only
+                // after a worker held it).
                 doc! {
                     "_id": { "$in": ids },
                     "status": TaskStatus::Pending.as_str(),
                     "worker_id": Bson::Null,
-                    "retries": 0_i64,
                 },
                 doc! { "$set": { "resplit": token, "runnable": false } },
             )
@@ -325,14 +326,14 @@ async fn carry_through(
         // Another broker carried it through first.
         return Ok(None);
     };
+    if replaced == 0 {
+        return Ok(None);
+    }
     // New chunks took the render's claimability as it was read; a pause
     // or resume since then is applied to them now.
     store
         .sync_runnable(render, is_claimable(after.status()?), after.version)
         .await?;
-    if replaced == 0 {
-        return Ok(None);
-    }
     tracing::info!(
         render_id = %render,
         replaced,
