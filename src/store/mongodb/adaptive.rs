@@ -128,19 +128,32 @@ pub(super) async fn adapt_chunks(
     if !UNFINISHED_RENDER_STATUSES.contains(&doc.status()?) {
         return Ok(None);
     }
-    let token = Uuid::now_v7().to_string();
+    resplit(store, &id, size, frame_seconds, Step::Done, now).await
+}
+
+/// Steps 1 and 2 (unless another re-split of the render is under way:
+/// then `None`), then the rest up to `until`.
+async fn resplit(
+    store: &MongoStore,
+    render: &str,
+    size: ChunkSize,
+    frame_seconds: f64,
+    until: Step,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<Resplit>> {
     let journal = ResplitJournal {
-        token: token.clone(),
+        token: Uuid::now_v7().to_string(),
         size: size.get(),
         frame_seconds,
         begun_at: bson_time(now),
         replaced: None,
     };
+    let journal_bson = bson::to_bson(&journal).map_err(|e| StoreError::Unexpected(e.into()))?;
     let begun = store
         .renders()?
         .find_one_and_update(
-            doc! { "_id": &id, "resplit": { "$exists": false } },
-            doc! { "$set": { "resplit": bson::to_bson(&journal).map_err(|e| StoreError::Unexpected(e.into()))? } },
+            doc! { "_id": render, "resplit": { "$exists": false } },
+            doc! { "$set": { "resplit": journal_bson } },
         )
         .return_document(ReturnDocument::After)
         .await?;
@@ -148,8 +161,11 @@ pub(super) async fn adapt_chunks(
         // Another re-split of it is under way: the next tick finishes it.
         return Ok(None);
     };
-    mark_resplittable(store, &doc, &token).await?;
-    carry_through(store, &id, now, Step::Done).await
+    mark_resplittable(store, &doc, &journal.token).await?;
+    if until == Step::Marked {
+        return Ok(None);
+    }
+    carry_through(store, render, now, until).await
 }
 
 /// Where a re-split stops: at its end, or (a test tool) where a broker
@@ -174,28 +190,9 @@ impl MongoStore {
         step: Step,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let id = render.to_string();
-        let journal = ResplitJournal {
-            token: Uuid::now_v7().to_string(),
-            size: size.get(),
-            frame_seconds,
-            begun_at: bson_time(now),
-            replaced: None,
-        };
-        let doc = self
-            .renders()?
-            .find_one_and_update(
-                doc! { "_id": &id, "resplit": { "$exists": false } },
-                doc! { "$set": { "resplit": bson::to_bson(&journal).map_err(|e| StoreError::Unexpected(e.into()))? } },
-            )
-            .return_document(ReturnDocument::After)
-            .await?
-            .ok_or_else(|| StoreError::not_found("render without a re-split", render))?;
-        mark_resplittable(self, &doc, &journal.token).await?;
-        if step > Step::Marked {
-            carry_through(self, &id, now, step).await?;
-        }
-        Ok(())
+        resplit(self, &render.to_string(), size, frame_seconds, step, now)
+            .await
+            .map(|_| ())
     }
 }
 
