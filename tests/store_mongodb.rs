@@ -413,13 +413,24 @@ async fn a_re_split_a_broker_left_half_done_is_finished_by_the_next_tick() {
             0,
             "a re-split another broker may still be making is left to it"
         );
-        let later = t0 + chrono::Duration::seconds(61);
-        assert_eq!(
-            store.finish_resplits(later).await.unwrap(),
-            1,
-            "the next tick finishes it ({step:?})"
+        // The next tick of a broker's scheduler, past the grace.
+        let clock = std::sync::Arc::new(renderfarm::clock::ManualClock::new(
+            t0 + chrono::Duration::seconds(61),
+        ));
+        let scheduler = renderfarm::scheduler::Scheduler::new(
+            store.clone(),
+            clock,
+            renderfarm::scheduler::SchedulerSettings {
+                periodic: false,
+                // The worker keeps its task through the minute skipped.
+                worker_timeout: chrono::Duration::hours(1),
+                ..Default::default()
+            },
+            Default::default(),
         );
-        assert_eq!(store.finish_resplits(later).await.unwrap(), 0);
+        let report = scheduler.tick().await.unwrap();
+        assert_eq!(report.resplit, 1, "the next tick finishes it ({step:?})");
+        assert_eq!(scheduler.tick().await.unwrap().resplit, 0);
         assert_every_frame_once(&**store, render, (1, 30)).await;
         let tasks = all_tasks(&**store, render).await;
         if let Some(a) = &claimed {
