@@ -486,10 +486,34 @@ async fn an_auto_chunked_render_converges_on_its_target_chunk_time() {
     };
     let blend = scene(files.path(), "shot", spec, &blender).await;
     let output = files.path().join("out");
-    let mut body = submission("auto", &blend, FRAMES, 1, &output);
-    body["chunk_size"] = "auto".into();
-    body["target_chunk_seconds"] = TARGET.into();
-    let render = submit(&client, body).await;
+    let (ok, out, err) = run_renderfarm(
+        &broker.address,
+        &[
+            "submit",
+            &blend.display().to_string(),
+            "--name",
+            "auto",
+            "--frames",
+            &format!("1-{FRAMES}"),
+            "--chunk",
+            "auto",
+            "--target-chunk-seconds",
+            &TARGET.to_string(),
+            "--output",
+            &format!("{}/frame_####", output.display()),
+            "--token",
+            ADMIN_TOKEN,
+        ],
+    );
+    assert!(ok, "submit --chunk auto: {out}{err}");
+    let render = client
+        .renders(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|r| r.name == "auto")
+        .expect("the render is listed");
     assert!(render.chunk_size_auto);
     assert_eq!(render.target_chunk_seconds, Some(TARGET));
 

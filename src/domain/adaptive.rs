@@ -10,7 +10,9 @@
 //!    render's previews are one-frame tasks already and serve as its probes;
 //!    its other frames are chunks of [`FIRST_GUESS`].
 //! 2. **Measurement.** The frame time is the **median** over the render's
-//!    completed chunks of each chunk's `(finished_at - started_at) / frames`
+//!    last [`MEASURED_CHUNKS`] completed chunks (so that the chunks of the
+//!    size in force soon outweigh the probes) of each chunk's
+//!    `(finished_at - started_at) / frames`
 //!    (the median, so that one chunk slowed by a busy machine does not swing
 //!    the size). Blender's start and the scene's load are inside each
 //!    chunk's time: that is the cost a bigger chunk amortises.
@@ -41,6 +43,9 @@ pub const MAX_TARGET_CHUNK_SECONDS: i64 = 3600;
 pub const PROBES: i64 = 2;
 /// The chunk size of an auto render's other tasks until it is measured.
 pub const FIRST_GUESS: i64 = 4;
+/// How many of a render's latest completed chunks its frame time is
+/// measured over.
+pub const MEASURED_CHUNKS: i64 = 25;
 /// The largest chunk adaptive chunking makes.
 pub const MAX_ADAPTED_CHUNK: i64 = 1000;
 /// How far the desired size may drift from the size in force before the

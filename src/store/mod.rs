@@ -266,10 +266,6 @@ pub struct AdaptiveRender {
     pub completed: Vec<crate::domain::ChunkTiming>,
 }
 
-/// How many completed chunks the frame time is measured over, latest
-/// first: the chunks of the size in force soon outnumber the probes.
-pub const MEASURED_CHUNKS: i64 = 25;
-
 /// A stored task's frames, which were a range when they were written.
 pub(crate) fn stored_frames(start: i64, end: i64) -> StoreResult<crate::domain::FrameRange> {
     crate::domain::FrameRange::new(start, end).map_err(|e| {
@@ -551,7 +547,7 @@ pub trait Store: Send + Sync + 'static {
     )>;
 
     /// The unfinished renders with adaptive chunking that have a completed
-    /// chunk, each with its last [`MEASURED_CHUNKS`] completed chunks.
+    /// chunk, each with its last `domain::MEASURED_CHUNKS` completed chunks.
     async fn adaptive_renders(&self) -> StoreResult<Vec<AdaptiveRender>>;
 
     /// Records the render's measured frame time and, with `resplit_to`,

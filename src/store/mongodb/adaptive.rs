@@ -35,11 +35,9 @@ use super::rules::is_in;
 use super::{documents::*, errors::*, *};
 use crate::domain::{
     bulk_rank, is_claimable, is_resplittable, resplit_ranges, ChunkSize, ChunkTiming, PendingChunk,
-    UNFINISHED_RENDER_STATUSES,
+    MEASURED_CHUNKS, UNFINISHED_RENDER_STATUSES,
 };
-use crate::store::{
-    stored_frames, AdaptiveRender, Resplit, StoreError, StoreResult, MEASURED_CHUNKS,
-};
+use crate::store::{stored_frames, AdaptiveRender, Resplit, StoreError, StoreResult};
 
 /// How old a journal is before any broker's tick carries it through: a
 /// re-split takes a few commands, so one older than this was left by a

@@ -11,11 +11,9 @@ use super::rules::*;
 use super::{rows::*, *};
 use crate::domain::{
     bulk_rank, is_resplittable, resplit_ranges, ChunkSize, ChunkTiming, FrameRange, PendingChunk,
-    UNFINISHED_RENDER_STATUSES,
+    MEASURED_CHUNKS, UNFINISHED_RENDER_STATUSES,
 };
-use crate::store::{
-    stored_frames, AdaptiveRender, Resplit, StoreError, StoreResult, MEASURED_CHUNKS,
-};
+use crate::store::{stored_frames, AdaptiveRender, Resplit, StoreError, StoreResult};
 
 pub(super) async fn adaptive_renders(store: &SqliteStore) -> StoreResult<Vec<AdaptiveRender>> {
     store
