@@ -410,7 +410,7 @@ mod whole {
     use serde::de::{Deserializer, Error, Visitor};
     use std::fmt;
 
-    struct Whole;
+    pub(super) struct Whole;
 
     impl Visitor<'_> for Whole {
         type Value = i64;
@@ -516,28 +516,22 @@ impl Serialize for ChunkSizeSpec {
 
 impl<'de> Deserialize<'de> for ChunkSizeSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Visitor;
         struct Spec;
-        impl serde::de::Visitor<'_> for Spec {
+        impl Visitor<'_> for Spec {
             type Value = ChunkSizeSpec;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a whole number of frames per task, or \"auto\"")
             }
+            // Numbers as every other count reads them (`whole`).
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(ChunkSizeSpec::Frames(v))
+                whole::Whole.visit_i64(v).map(ChunkSizeSpec::Frames)
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v)
-                    .map(ChunkSizeSpec::Frames)
-                    .map_err(|_| E::custom(format!("{v} is too large")))
+                whole::Whole.visit_u64(v).map(ChunkSizeSpec::Frames)
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                // The same whole-float rule as every other count.
-                const LIMIT: f64 = 9_223_372_036_854_775_808.0;
-                if v.fract() == 0.0 && (-LIMIT..LIMIT).contains(&v) {
-                    Ok(ChunkSizeSpec::Frames(v as i64))
-                } else {
-                    Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
-                }
+                whole::Whole.visit_f64(v).map(ChunkSizeSpec::Frames)
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 if v == ChunkSizeSpec::AUTO {
@@ -1652,6 +1646,33 @@ mod tests {
         serde_json::from_str(&format!(
             r#"{{"name": "n", "blend_file": "/f.blend", "frame_start": 1, "frame_end": {frame_end}}}"#
         ))
+    }
+
+    #[test]
+    fn a_chunk_size_is_a_whole_number_or_auto_and_reads_back_as_written() {
+        let read = |v: &str| serde_json::from_str::<ChunkSizeSpec>(v);
+        type Case = (&'static str, Option<ChunkSizeSpec>);
+        let table: &[Case] = &[
+            ("10", Some(ChunkSizeSpec::Frames(10))),
+            ("10.0", Some(ChunkSizeSpec::Frames(10))),
+            ("\"auto\"", Some(ChunkSizeSpec::Auto)),
+            ("2.5", None),
+            ("\"fast\"", None),
+            ("\"10\"", None),
+            ("true", None),
+            ("null", None),
+        ];
+        for (json, want) in table {
+            assert_eq!(read(json).ok(), *want, "{json}");
+        }
+        for spec in [ChunkSizeSpec::Frames(7), ChunkSizeSpec::Auto] {
+            assert_eq!(read(&serde_json::to_string(&spec).unwrap()).unwrap(), spec);
+        }
+        assert!(read("\"fast\"")
+            .unwrap_err()
+            .to_string()
+            .contains("\"auto\""));
+        assert_eq!(spec("4").unwrap().chunk_size, ChunkSizeSpec::Frames(10));
     }
 
     #[test]
