@@ -89,13 +89,14 @@ struct OutcomeLabels {
 pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "retrying", "given_up"];
 
 /// The scheduler tick's outcomes, as the `action` label names them.
-pub const TICK_ACTIONS: [&str; 6] = [
+pub const TICK_ACTIONS: [&str; 7] = [
     "requeued",
     "retried",
     "failed",
     "preempted",
     "purged",
     "workers_lost",
+    "resplit",
 ];
 
 impl ReplicaMetrics {

@@ -350,3 +350,127 @@ async fn what_a_broker_left_half_written_is_settled_once_its_marker_is_stale() {
     );
     assert_eq!(markers.count_documents(doc! {}).await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_split_a_broker_left_half_done_is_finished_by_the_next_tick() {
+    use renderfarm::domain::ChunkSize;
+    use renderfarm::store::conformance::{
+        all_tasks, assert_every_frame_once, plan_auto, render_one, worker,
+    };
+    use renderfarm::store::mongodb::ResplitStep;
+    use renderfarm::wire::{FrameOrder, TaskStatus};
+
+    let Some(harness) =
+        fresh_store("a_re_split_a_broker_left_half_done_is_finished_by_the_next_tick").await
+    else {
+        return;
+    };
+    let store = &harness.store;
+    // The broker that dies midway, on the same database.
+    let dying = MongoStore::connect(&harness.uri, Some(&harness.database))
+        .await
+        .unwrap();
+    let t0 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let w = worker(&**store, "w", &[]).await;
+    for (i, step) in [
+        ResplitStep::Marked,
+        ResplitStep::Inserted,
+        ResplitStep::Deleted,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let render = store
+            .create_render(plan_auto(
+                &format!("half-{i}"),
+                (1, 30),
+                10,
+                FrameOrder::Sequential,
+            ))
+            .await
+            .unwrap()
+            .id;
+        // Both probes done (2 s a frame): chunks of 5 are due.
+        render_one(&**store, w, t0, 2).await;
+        render_one(&**store, w, t0, 2).await;
+        dying
+            .resplit_until(render, ChunkSize::new(5).unwrap(), 2.0, step, t0)
+            .await
+            .unwrap();
+        // Meanwhile a worker claims: never a task being replaced, and
+        // never a frame twice.
+        let claimed = store.claim_next_task(w, t0).await.unwrap();
+        if let Some(a) = &claimed {
+            assert_eq!(a.render_id, render);
+        }
+        assert_eq!(
+            store.recount_tallies(t0).await.unwrap(),
+            0,
+            "the recount leaves a render mid-re-split alone ({step:?})"
+        );
+        assert_eq!(
+            store.finish_resplits(t0).await.unwrap(),
+            0,
+            "a re-split another broker may still be making is left to it"
+        );
+        // The next tick of a broker's scheduler, past the grace.
+        let clock = std::sync::Arc::new(renderfarm::clock::ManualClock::new(
+            t0 + chrono::Duration::seconds(61),
+        ));
+        let scheduler = renderfarm::scheduler::Scheduler::new(
+            store.clone(),
+            clock,
+            renderfarm::scheduler::SchedulerSettings {
+                periodic: false,
+                // The worker keeps its task through the minute skipped.
+                worker_timeout: chrono::Duration::hours(1),
+                ..Default::default()
+            },
+            Default::default(),
+        );
+        let report = scheduler.tick().await.unwrap();
+        assert_eq!(report.resplit, 1, "the next tick finishes it ({step:?})");
+        assert_eq!(scheduler.tick().await.unwrap().resplit, 0);
+        assert_every_frame_once(&**store, render, (1, 30)).await;
+        let tasks = all_tasks(&**store, render).await;
+        if let Some(a) = &claimed {
+            let task = tasks.iter().find(|t| t.id == a.task_id).expect("kept");
+            assert_eq!(task.status, TaskStatus::Running, "{step:?}");
+        }
+        let pending: Vec<i64> = tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Pending)
+            .map(|t| t.frame_end - t.frame_start + 1)
+            .collect();
+        assert!(
+            pending.iter().all(|n| *n <= 5) && pending.iter().filter(|n| **n == 5).count() >= 4,
+            "pending chunks of 5 after {step:?}: {pending:?}"
+        );
+        let r = store.get_render(render).await.unwrap();
+        assert_eq!(r.chunk_size, 5, "{step:?}");
+        assert_eq!(r.measured_frame_seconds, Some(2.0));
+        assert_eq!(r.progress.tasks_total as usize, tasks.len(), "{step:?}");
+        assert_eq!(
+            store.recount_tallies(t0).await.unwrap(),
+            0,
+            "counters exact after {step:?}"
+        );
+        // Finish it so the next round's claims go to the next render.
+        while let Some(a) = store.claim_next_task(w, t0).await.unwrap() {
+            store
+                .report_task(
+                    a.task_id,
+                    a.lease_id,
+                    renderfarm::domain::TaskReport::Complete,
+                    None,
+                    t0,
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.get_render(render).await.unwrap().progress.frames_done,
+            30
+        );
+    }
+}

@@ -573,9 +573,15 @@ mod tests {
         }
         let wait = param("/workers/{id}/request-task", "post", "wait");
         assert_eq!(wait["maximum"].as_f64(), Some(MAX_WAIT_SECONDS));
+        let chunk = &spec["components"]["schemas"]["RenderSpec"]["properties"]["chunk_size"];
         assert_eq!(
-            spec["components"]["schemas"]["RenderSpec"]["properties"]["chunk_size"]["maximum"],
+            chunk["oneOf"][0]["maximum"],
             crate::domain::MAX_FRAMES_PER_RENDER
         );
+        assert_eq!(chunk["oneOf"][1]["enum"][0], "auto");
+        let target =
+            &spec["components"]["schemas"]["RenderSpec"]["properties"]["target_chunk_seconds"];
+        assert_eq!(target["minimum"], crate::domain::MIN_TARGET_CHUNK_SECONDS);
+        assert_eq!(target["maximum"], crate::domain::MAX_TARGET_CHUNK_SECONDS);
     }
 }

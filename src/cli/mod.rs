@@ -18,7 +18,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use renderfarm_client::sha256_file;
 use renderfarm_wire::{
-    FrameOrder, Priority, RenderAction, RenderSpec, VideoCodec, VideoSpec, WorkerAction,
+    ChunkSizeSpec, FrameOrder, Priority, RenderAction, RenderSpec, VideoCodec, VideoSpec,
+    WorkerAction,
 };
 
 use crate::api::auth::AuthMode;
@@ -407,9 +408,15 @@ struct SubmitArgs {
     /// Frames to render: `1-250`, or one frame `7`.
     #[arg(long, default_value = "1-1")]
     frames: String,
-    /// Frames per task.
-    #[arg(long, default_value_t = 10)]
-    chunk: i64,
+    /// Frames per task, or `auto`: the broker sizes the chunks from the
+    /// frame times it measures so that one takes about
+    /// --target-chunk-seconds.
+    #[arg(long, default_value = "10", value_parser = parse_chunk)]
+    chunk: ChunkSizeSpec,
+    /// With `--chunk auto`: the seconds one chunk should take (5 to 3600;
+    /// the broker's default, 60, when absent).
+    #[arg(long, value_name = "SECONDS")]
+    target_chunk_seconds: Option<i64>,
     /// `sequential`, or `preview-first`: the first, last and middle frames
     /// and every Nth frame render first, each alone, so a broken shot shows
     /// in minutes.
@@ -452,6 +459,11 @@ struct SubmitArgs {
     depends_on: Vec<uuid::Uuid>,
     #[command(flatten)]
     broker: BrokerArgs,
+}
+
+fn parse_chunk(s: &str) -> Result<ChunkSizeSpec, String> {
+    ChunkSizeSpec::parse(s)
+        .ok_or_else(|| format!("{s:?}: give a number of frames per task, or auto"))
 }
 
 fn parse_frame_order(s: &str) -> Result<FrameOrder, String> {
@@ -772,6 +784,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         frame_start,
         frame_end,
         chunk_size: args.chunk,
+        target_chunk_seconds: args.target_chunk_seconds,
         frame_order: args.frame_order,
         blocklist_after: args.blocklist_after,
         priority: args.priority,
@@ -904,6 +917,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         p.tasks_failed,
         p.tasks_canceled
     );
+    println!("chunks    {}", chunking_line(&render));
     println!("output    {}", render.output);
     if let Some(video) = &render.video {
         println!(
@@ -917,6 +931,26 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         println!("owner     {owner}");
     }
     Ok(())
+}
+
+/// How a render's frames are chunked, as `status` tells it.
+fn chunking_line(render: &renderfarm_wire::Render) -> String {
+    let Some(target) = render
+        .target_chunk_seconds
+        .filter(|_| render.chunk_size_auto)
+    else {
+        return format!("{} frames each", render.chunk_size);
+    };
+    match render.measured_frame_seconds {
+        Some(frame) => format!(
+            "auto: {} frames each for a {target} s target, measured {frame:.2} s a frame",
+            render.chunk_size
+        ),
+        None => format!(
+            "auto: {} frames each (first guess) for a {target} s target, not measured yet",
+            render.chunk_size
+        ),
+    }
 }
 
 async fn workers(args: BrokerArgs) -> anyhow::Result<()> {

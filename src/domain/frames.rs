@@ -9,8 +9,8 @@ pub const MAX_FRAMES_PER_RENDER: i64 = 1_000_000;
 /// negative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FrameRange {
-    start: i64,
-    end: i64,
+    pub(super) start: i64,
+    pub(super) end: i64,
 }
 
 impl FrameRange {
@@ -63,7 +63,7 @@ impl FrameRange {
 
 /// How many frames one task renders; at least 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkSize(i64);
+pub struct ChunkSize(pub(super) i64);
 
 impl ChunkSize {
     pub fn new(size: i64) -> Result<Self, ValidationError> {

@@ -3,6 +3,7 @@
 //! these functions to decide every status change, and never decide one
 //! themselves.
 
+mod adaptive;
 mod availability;
 mod blocklist;
 mod dependency;
@@ -24,6 +25,12 @@ mod warm;
 mod webhook;
 mod worker;
 
+pub use adaptive::{
+    adapt, bulk_rank, desired_chunk_size, is_resplittable, measured_frame_seconds, needs_resplit,
+    probe_then_guess, resplit_ranges, validate_chunking, Adaptation, ChunkTiming, Chunking,
+    PendingChunk, DEFAULT_TARGET_CHUNK_SECONDS, FIRST_GUESS, MAX_ADAPTED_CHUNK,
+    MAX_TARGET_CHUNK_SECONDS, MEASURED_CHUNKS, MIN_TARGET_CHUNK_SECONDS, PROBES,
+};
 pub use availability::{
     availability_view, hands_back, takes_new_work, validate_schedule, validate_worker_hours,
     Schedule, ValidWorkerHours, WorkerHoursState, HANDED_BACK,

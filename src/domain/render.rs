@@ -9,8 +9,9 @@ use uuid::Uuid;
 
 use super::files::{upload_frames_by_default, Sha256};
 use super::{
-    chunk_count, plan_tasks, statuses_affected_by, validate_name, validate_tags, ChunkSize,
-    FrameRange, IllegalTransition, PlannedTask, TaskEvent, ValidationError,
+    chunk_count, plan_tasks, probe_then_guess, statuses_affected_by, validate_chunking,
+    validate_name, validate_tags, Chunking, FrameRange, IllegalTransition, PlannedTask, TaskEvent,
+    ValidationError,
 };
 
 const MAX_RETRIES_LIMIT: i64 = 100;
@@ -26,7 +27,7 @@ pub struct ValidRenderSpec {
     pub blend_sha256: Option<Sha256>,
     pub upload_frames: bool,
     pub frames: FrameRange,
-    pub chunk_size: ChunkSize,
+    pub chunking: Chunking,
     pub frame_order: renderfarm_wire::FrameOrder,
     /// The render's own; the broker's `--blocklist-after` when `None`.
     pub blocklist_after: Option<i64>,
@@ -93,7 +94,7 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
         };
         let upload_frames = upload_frames_by_default(spec.upload_frames, blend_sha256.is_some());
         let frames = FrameRange::new(spec.frame_start, spec.frame_end)?;
-        let chunk_size = ChunkSize::new(spec.chunk_size)?;
+        let chunking = validate_chunking(spec.chunk_size, spec.target_chunk_seconds)?;
         if !(0..=MAX_RETRIES_LIMIT).contains(&spec.max_retries) {
             return Err(ValidationError::new(
                 "max_retries",
@@ -119,7 +120,7 @@ impl TryFrom<RenderSpec> for ValidRenderSpec {
             blend_sha256,
             upload_frames,
             frames,
-            chunk_size,
+            chunking,
             frame_order: spec.frame_order,
             blocklist_after: super::validate_blocklist_after(spec.blocklist_after)?,
             priority: spec.priority,
@@ -156,7 +157,7 @@ fn validate_engine(engine: String) -> Result<String, ValidationError> {
 pub struct NewRender {
     pub render: Render,
     pub frames: FrameRange,
-    pub chunk_size: ChunkSize,
+    pub chunking: Chunking,
 }
 
 impl NewRender {
@@ -170,9 +171,11 @@ impl NewRender {
         default_output: impl FnOnce(Uuid) -> String,
         now: DateTime<Utc>,
     ) -> Self {
-        let task_count = match spec.frame_order {
-            renderfarm_wire::FrameOrder::Sequential => chunk_count(spec.frames, spec.chunk_size),
-            order => plan_tasks(spec.frames, spec.chunk_size, order).count() as i64,
+        let task_count = match (spec.chunking, spec.frame_order) {
+            (Chunking::Fixed(size), renderfarm_wire::FrameOrder::Sequential) => {
+                chunk_count(spec.frames, size)
+            }
+            (chunking, order) => initial_tasks(spec.frames, chunking, order).count() as i64,
         };
         let render = Render {
             id,
@@ -184,7 +187,10 @@ impl NewRender {
             upload_frames: spec.upload_frames,
             frame_start: spec.frames.start(),
             frame_end: spec.frames.end(),
-            chunk_size: spec.chunk_size.get(),
+            chunk_size: spec.chunking.initial_size().get(),
+            chunk_size_auto: matches!(spec.chunking, Chunking::Auto { .. }),
+            target_chunk_seconds: spec.chunking.target_seconds(),
+            measured_frame_seconds: None,
             frame_order: spec.frame_order,
             blocklist_after: spec
                 .blocklist_after
@@ -212,7 +218,7 @@ impl NewRender {
         Self {
             render,
             frames: spec.frames,
-            chunk_size: spec.chunk_size,
+            chunking: spec.chunking,
         }
     }
 
@@ -228,7 +234,24 @@ impl NewRender {
     /// The render's tasks: their frames and claim ranks
     /// (`domain::plan_tasks`), in the order they are written.
     pub fn tasks(&self) -> impl Iterator<Item = PlannedTask> {
-        plan_tasks(self.frames, self.chunk_size, self.render.frame_order)
+        initial_tasks(self.frames, self.chunking, self.render.frame_order)
+    }
+}
+
+/// A new render's tasks: `domain::plan_tasks` in chunks of the size given;
+/// with adaptive chunking, a sequential render's probes then its first
+/// guess (`domain::adaptive`), a preview-first render's previews (its
+/// probes) then chunks of the first guess.
+fn initial_tasks(
+    frames: FrameRange,
+    chunking: Chunking,
+    order: renderfarm_wire::FrameOrder,
+) -> Box<dyn Iterator<Item = PlannedTask> + Send> {
+    match (chunking, order) {
+        (Chunking::Auto { .. }, renderfarm_wire::FrameOrder::Sequential) => {
+            Box::new(probe_then_guess(frames).map(|frames| PlannedTask { frames, rank: 0 }))
+        }
+        (chunking, order) => plan_tasks(frames, chunking.initial_size(), order),
     }
 }
 
@@ -597,7 +620,8 @@ mod tests {
             upload_frames: None,
             frame_start: 1,
             frame_end: 10,
-            chunk_size: 3,
+            chunk_size: 3.into(),
+            target_chunk_seconds: None,
             frame_order: Default::default(),
             blocklist_after: None,
             priority: Priority::High,
@@ -636,6 +660,23 @@ mod tests {
     }
 
     #[test]
+    fn an_auto_render_starts_with_probes_and_shows_its_target() {
+        let mut s = spec();
+        s.frame_end = 12;
+        s.chunk_size = renderfarm_wire::ChunkSizeSpec::Auto;
+        s.target_chunk_seconds = Some(30);
+        let valid = ValidRenderSpec::try_from(s).unwrap();
+        let new = NewRender::plan(valid, Uuid::nil(), None, |_| "/o".into(), Utc::now());
+        assert!(new.render.chunk_size_auto);
+        assert_eq!(new.render.target_chunk_seconds, Some(30));
+        assert_eq!(new.render.chunk_size, crate::domain::FIRST_GUESS);
+        assert_eq!(new.render.measured_frame_seconds, None);
+        let sizes: Vec<i64> = new.tasks().map(|t| t.frames.len()).collect();
+        assert_eq!(sizes, vec![1, 1, 4, 4, 2]);
+        assert_eq!(new.render.progress.tasks_total, 5);
+    }
+
+    #[test]
     fn an_uploaded_blend_names_itself_and_uploads_frames_by_default() {
         let hash = "0123456789ab".to_string() + &"f".repeat(52);
         let mut s = spec();
@@ -669,7 +710,11 @@ mod tests {
             ("frame_start", Box::new(|s| s.frame_start = -1)),
             ("frame_end", Box::new(|s| s.frame_end = 0)),
             ("frame_end", Box::new(|s| s.frame_end = 2_000_000)),
-            ("chunk_size", Box::new(|s| s.chunk_size = 0)),
+            ("chunk_size", Box::new(|s| s.chunk_size = 0.into())),
+            (
+                "target_chunk_seconds",
+                Box::new(|s| s.target_chunk_seconds = Some(60)),
+            ),
             ("max_retries", Box::new(|s| s.max_retries = -1)),
             ("max_retries", Box::new(|s| s.max_retries = 1000)),
             (

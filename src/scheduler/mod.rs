@@ -1,6 +1,7 @@
 //! The periodic tick that keeps a farm honest: it requeues the work of lost
 //! workers, retries failed tasks (then fails them), preempts low-priority work
-//! for work that waited past its allowance, and recounts the renders' tallies.
+//! for work that waited past its allowance, re-splits the pending chunks of
+//! renders with adaptive chunking, and recounts the renders' tallies.
 //!
 //! Every decision comes from `crate::domain`; "now" comes from the injected
 //! clock, so tests advance time and call [`Scheduler::tick`] instead of
@@ -155,6 +156,7 @@ impl Scheduler {
                     ("preempted", r.preempted),
                     ("purged", r.purged),
                     ("workers_lost", r.workers_lost),
+                    ("resplit", r.resplit),
                 ],
             ),
             Err(e) => {
@@ -226,6 +228,11 @@ impl Scheduler {
             );
         }
 
+        report.resplit = self
+            .adapt_chunks(now)
+            .instrument(tracing::info_span!("scheduler.adapt_chunks"))
+            .await?;
+
         let corrected = self
             .store
             .recount_tallies(now)
@@ -295,6 +302,48 @@ impl Scheduler {
         }
         self.state().last_report = Some(report.clone());
         Ok(report)
+    }
+
+    /// Adaptive chunking (`domain::adaptive`): finishes the re-splits a
+    /// broker left half-done, then measures each auto render and re-splits
+    /// its pending chunks where the rule says; how many renders were
+    /// re-split. Before the recount, which must not see a re-split midway.
+    async fn adapt_chunks(&self, now: DateTime<Utc>) -> StoreResult<i64> {
+        let mut resplit = self.store.finish_resplits(now).await? as i64;
+        for render in self.store.adaptive_renders().await? {
+            let Some(adaptation) = crate::domain::adapt(
+                render.target_seconds,
+                render.chunk_size,
+                render.measured_frame_seconds.is_some(),
+                &render.completed,
+            ) else {
+                continue;
+            };
+            let unchanged = render.measured_frame_seconds == Some(adaptation.frame_seconds);
+            if unchanged && adaptation.resplit_to.is_none() {
+                continue;
+            }
+            let done = self
+                .store
+                .adapt_chunks(
+                    render.render_id,
+                    adaptation.frame_seconds,
+                    adaptation.resplit_to,
+                    now,
+                )
+                .await;
+            match done {
+                Ok(Some(r)) => {
+                    tracing::info!(render_id = %render.render_id, frame_seconds = adaptation.frame_seconds, replaced = r.replaced, created = r.created, "re-split pending chunks");
+                    resplit += 1;
+                }
+                Ok(None) => {}
+                // Deleted since it was read.
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(resplit)
     }
 
     /// Retention: deletes up to [`PURGE_BATCH`] renders that finished before

@@ -265,6 +265,26 @@ macro_rules! store_by_concern {
                     blocklist::blocklist_starvation_inputs(self).await
                 }
 
+                async fn adaptive_renders(
+                    &self,
+                ) -> StoreResult<Vec<$crate::store::AdaptiveRender>> {
+                    adaptive::adaptive_renders(self).await
+                }
+
+                async fn adapt_chunks(
+                    &self,
+                    render: Uuid,
+                    frame_seconds: f64,
+                    resplit_to: Option<$crate::domain::ChunkSize>,
+                    now: DateTime<Utc>,
+                ) -> StoreResult<Option<$crate::store::Resplit>> {
+                    adaptive::adapt_chunks(self, render, frame_seconds, resplit_to, now).await
+                }
+
+                async fn finish_resplits(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+                    adaptive::finish_resplits(self, now).await
+                }
+
                 async fn list_path_variables(
                     &self,
                 ) -> StoreResult<Vec<::renderfarm_wire::PathVariable>> {

@@ -254,6 +254,35 @@ pub struct NewFrame {
     pub bytes: u64,
 }
 
+/// A render with adaptive chunking as the tick's rule reads it
+/// (`domain::adapt`): its target, the chunk size in force, the frame time
+/// measured before, and its most recently completed chunks' timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveRender {
+    pub render_id: Uuid,
+    pub target_seconds: i64,
+    pub chunk_size: i64,
+    pub measured_frame_seconds: Option<f64>,
+    pub completed: Vec<crate::domain::ChunkTiming>,
+}
+
+/// A stored task's frames, which were a range when they were written.
+pub(crate) fn stored_frames(start: i64, end: i64) -> StoreResult<crate::domain::FrameRange> {
+    crate::domain::FrameRange::new(start, end).map_err(|e| {
+        StoreError::Unexpected(anyhow::anyhow!(
+            "a stored task holds frames {start}-{end}: {}",
+            e.message
+        ))
+    })
+}
+
+/// A re-split done: how many pending tasks went and how many came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resplit {
+    pub replaced: i64,
+    pub created: i64,
+}
+
 /// A worker's record with one render's blocklist, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredBlocklistEntry {
@@ -516,6 +545,28 @@ pub trait Store: Send + Sync + 'static {
         Vec<crate::domain::BlockedRender>,
         Vec<crate::domain::EligibleWorker>,
     )>;
+
+    /// The unfinished renders with adaptive chunking that have a completed
+    /// chunk, each with its last `domain::MEASURED_CHUNKS` completed chunks.
+    async fn adaptive_renders(&self) -> StoreResult<Vec<AdaptiveRender>>;
+
+    /// Records the render's measured frame time and, with `resplit_to`,
+    /// replaces its re-splittable pending tasks (`domain::is_resplittable`,
+    /// as they stand at the write: a task claimed meanwhile is left alone)
+    /// by chunks of that size (`domain::resplit_ranges`), which becomes its
+    /// chunk size in force; its counters move by what went and came. `None`
+    /// when nothing was re-split (no such task, or the render finished).
+    async fn adapt_chunks(
+        &self,
+        render: Uuid,
+        frame_seconds: f64,
+        resplit_to: Option<crate::domain::ChunkSize>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Resplit>>;
+
+    /// Finishes the re-splits a broker left half-done (a store that
+    /// re-splits in one transaction has none); how many.
+    async fn finish_resplits(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 
     /// Every path variable (`domain::validate_variable`), by name.
     async fn list_path_variables(&self) -> StoreResult<Vec<renderfarm_wire::PathVariable>>;

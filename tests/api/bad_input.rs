@@ -34,6 +34,16 @@ async fn bad_submissions_are_refused_with_a_message_naming_the_problem() {
         ),
         ("chunk 0", with("chunk_size", json!(0)), "chunk_size"),
         (
+            "chunk as another word",
+            with("chunk_size", json!("fast")),
+            "auto",
+        ),
+        (
+            "a target with a fixed chunk size",
+            with("target_chunk_seconds", json!(60)),
+            "target_chunk_seconds",
+        ),
+        (
             "negative chunk",
             with("chunk_size", json!(-1)),
             "chunk_size",
@@ -103,6 +113,16 @@ async fn bad_submissions_are_refused_with_a_message_naming_the_problem() {
             "array",
         ),
         ("null body", Value::Null, "expected"),
+        (
+            "auto with too short a target",
+            json!({"name": "a", "blend_file": "/a.blend", "frame_start": 1, "frame_end": 9, "chunk_size": "auto", "target_chunk_seconds": 4}),
+            "target_chunk_seconds",
+        ),
+        (
+            "auto with a target in words",
+            json!({"name": "a", "blend_file": "/a.blend", "frame_start": 1, "frame_end": 9, "chunk_size": "auto", "target_chunk_seconds": "a minute"}),
+            "target_chunk_seconds",
+        ),
     ];
     for (what, body, mention) in cases {
         let response = app.submit(&body).await;

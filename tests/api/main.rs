@@ -1,6 +1,7 @@
 //! Black-box tests of the broker's HTTP API: a real broker on port 0, a real
 //! SQLite file, real HTTP.
 
+mod adaptive;
 mod api_docs;
 mod auth;
 mod bad_input;

@@ -53,7 +53,7 @@ fn the_collection_is_postman_v2_1_with_a_base_url_variable() {
         .iter()
         .filter_map(|f| f["name"].as_str())
         .collect();
-    assert_eq!(folders.len(), 8, "{folders:?}");
+    assert_eq!(folders.len(), 9, "{folders:?}");
 }
 
 #[test]

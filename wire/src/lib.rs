@@ -410,7 +410,7 @@ mod whole {
     use serde::de::{Deserializer, Error, Visitor};
     use std::fmt;
 
-    struct Whole;
+    pub(super) struct Whole;
 
     impl Visitor<'_> for Whole {
         type Value = i64;
@@ -471,9 +471,109 @@ mod whole {
     }
 }
 
-fn default_chunk_size() -> i64 {
-    10
+/// `chunk_size` at submit: a number of frames per task, or `"auto"`,
+/// which has the broker size the chunks from the frame times it measures so
+/// that a chunk takes about `target_chunk_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkSizeSpec {
+    Frames(i64),
+    Auto,
 }
+
+impl Default for ChunkSizeSpec {
+    fn default() -> Self {
+        ChunkSizeSpec::Frames(10)
+    }
+}
+
+impl From<i64> for ChunkSizeSpec {
+    fn from(frames: i64) -> Self {
+        ChunkSizeSpec::Frames(frames)
+    }
+}
+
+impl ChunkSizeSpec {
+    /// The word that asks for adaptive chunking.
+    pub const AUTO: &'static str = "auto";
+
+    /// Reads what a command line gives: a whole number or `auto`.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s == Self::AUTO {
+            return Some(ChunkSizeSpec::Auto);
+        }
+        s.parse().ok().map(ChunkSizeSpec::Frames)
+    }
+}
+
+impl Serialize for ChunkSizeSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ChunkSizeSpec::Frames(n) => s.serialize_i64(*n),
+            ChunkSizeSpec::Auto => s.serialize_str(Self::AUTO),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkSizeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Visitor;
+        struct Spec;
+        impl Visitor<'_> for Spec {
+            type Value = ChunkSizeSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number of frames per task, or \"auto\"")
+            }
+            // Numbers as every other count reads them (`whole`).
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                whole::Whole.visit_i64(v).map(ChunkSizeSpec::Frames)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                whole::Whole.visit_u64(v).map(ChunkSizeSpec::Frames)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                whole::Whole.visit_f64(v).map(ChunkSizeSpec::Frames)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == ChunkSizeSpec::AUTO {
+                    Ok(ChunkSizeSpec::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(Spec)
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ChunkSizeSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::Type(Type::Integer))
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Int64,
+                    )))
+                    .minimum(Some(1))
+                    .maximum(Some(1_000_000)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::Type(Type::String))
+                    .enum_values(Some([ChunkSizeSpec::AUTO])),
+            )
+            .description(Some(
+                "Frames per task (1 to 1,000,000), or \"auto\": the broker sizes the chunks from measured frame times so that one takes about target_chunk_seconds (default 60)",
+            ))
+            .default(Some(serde_json::json!(10)))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ChunkSizeSpec {}
 
 fn default_max_retries() -> i64 {
     1
@@ -533,13 +633,20 @@ pub struct RenderSpec {
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     #[serde(deserialize_with = "whole::number")]
     pub frame_end: i64,
-    /// Frames per task.
+    // Frames per task, or "auto" (adaptive chunking); the schema carries
+    // the description, which a doc comment here would wrap in a second
+    // `oneOf`.
+    #[cfg_attr(feature = "openapi", schema(inline))]
+    #[serde(default)]
+    pub chunk_size: ChunkSizeSpec,
+    /// With `chunk_size: "auto"` only: the seconds one chunk should take
+    /// (5 to 3600; 60 when absent).
     #[cfg_attr(
         feature = "openapi",
-        schema(minimum = 1, maximum = 1_000_000, default = 10)
+        schema(minimum = 5, maximum = 3600, nullable = true)
     )]
-    #[serde(default = "default_chunk_size", deserialize_with = "whole::number")]
-    pub chunk_size: i64,
+    #[serde(default, deserialize_with = "whole::optional")]
+    pub target_chunk_seconds: Option<i64>,
     /// `sequential` (default) or `preview-first`.
     #[serde(default)]
     pub frame_order: FrameOrder,
@@ -633,7 +740,7 @@ impl Progress {
 /// A render as the broker reports it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "video": {"fps": 24, "codec": "h264"}, "video_status": null, "depends_on": [], "waiting_reason": null, "blocklist_after": 3, "failure_reason": null, "frame_order": "sequential", "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "01a20b20-eeb3-759a-bc8b-10a01e3d5140", "name": "shot010", "status": "rendering", "priority": "high", "blend_file": "/projects/shot010.blend", "blend_sha256": null, "upload_frames": false, "frame_start": 1, "frame_end": 250, "chunk_size": 10, "chunk_size_auto": false, "target_chunk_seconds": null, "measured_frame_seconds": null, "max_retries": 1, "output": "/srv/renderfarm/renders/01a20b20-eeb3-759a-bc8b-10a01e3d5140/frame_####", "engine": null, "tags": ["gpu"], "progress": {"tasks_total": 25, "tasks_pending": 24, "tasks_running": 0, "tasks_completed": 1, "tasks_failed": 0, "tasks_canceled": 0, "frames_total": 250, "frames_done": 10}, "owner": "alice", "video": {"fps": 24, "codec": "h264"}, "video_status": null, "depends_on": [], "waiting_reason": null, "blocklist_after": 3, "failure_reason": null, "frame_order": "sequential", "created_at": "2026-11-24T01:17:17.363091Z", "started_at": "2026-11-24T01:17:17.600928Z", "finished_at": null})))]
 pub struct Render {
     pub id: Uuid,
     pub name: String,
@@ -653,7 +760,24 @@ pub struct Render {
     pub upload_frames: bool,
     pub frame_start: i64,
     pub frame_end: i64,
+    /// The chunk size in force: the one asked for; with adaptive chunking,
+    /// the first guess, then the size the broker adapted the pending
+    /// chunks to.
     pub chunk_size: i64,
+    /// Whether the broker sizes the chunks (`chunk_size: "auto"` at submit).
+    #[serde(default)]
+    pub chunk_size_auto: bool,
+    /// With adaptive chunking, the seconds one chunk should take; null
+    /// otherwise.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub target_chunk_seconds: Option<i64>,
+    /// With adaptive chunking, the seconds one frame takes as measured from
+    /// the render's completed chunks (the median of each chunk's time over
+    /// its frames, Blender's start included); null until one completed.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    #[serde(default)]
+    pub measured_frame_seconds: Option<f64>,
     #[serde(default)]
     pub frame_order: FrameOrder,
     /// Failed chunks on one worker before it is blocklisted from the render.
@@ -922,6 +1046,10 @@ pub struct TickReport {
     /// being older than `--file-grace`.
     #[serde(default)]
     pub files_collected: i64,
+    /// Renders with adaptive chunking whose pending chunks were re-split to
+    /// the size their measured frame time asks for.
+    #[serde(default)]
+    pub resplit: i64,
     /// When the tick ran (the scheduler's clock).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, required = true))]
     pub ran_at: Option<Timestamp>,
@@ -1518,6 +1646,33 @@ mod tests {
         serde_json::from_str(&format!(
             r#"{{"name": "n", "blend_file": "/f.blend", "frame_start": 1, "frame_end": {frame_end}}}"#
         ))
+    }
+
+    #[test]
+    fn a_chunk_size_is_a_whole_number_or_auto_and_reads_back_as_written() {
+        let read = |v: &str| serde_json::from_str::<ChunkSizeSpec>(v);
+        type Case = (&'static str, Option<ChunkSizeSpec>);
+        let table: &[Case] = &[
+            ("10", Some(ChunkSizeSpec::Frames(10))),
+            ("10.0", Some(ChunkSizeSpec::Frames(10))),
+            ("\"auto\"", Some(ChunkSizeSpec::Auto)),
+            ("2.5", None),
+            ("\"fast\"", None),
+            ("\"10\"", None),
+            ("true", None),
+            ("null", None),
+        ];
+        for (json, want) in table {
+            assert_eq!(read(json).ok(), *want, "{json}");
+        }
+        for spec in [ChunkSizeSpec::Frames(7), ChunkSizeSpec::Auto] {
+            assert_eq!(read(&serde_json::to_string(&spec).unwrap()).unwrap(), spec);
+        }
+        assert!(read("\"fast\"")
+            .unwrap_err()
+            .to_string()
+            .contains("\"auto\""));
+        assert_eq!(spec("4").unwrap().chunk_size, ChunkSizeSpec::Frames(10));
     }
 
     #[test]

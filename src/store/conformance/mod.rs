@@ -8,6 +8,7 @@
 //! on through the crate's dev-dependency on itself. A build without it, such
 //! as the release binary, has no such module.
 
+mod adaptive;
 mod availability;
 mod blocklist;
 mod claims;
@@ -32,6 +33,7 @@ use super::Store;
 use crate::domain::TaskReport;
 use crate::domain::{validate_worker_spec, NewRender, ValidRenderSpec};
 
+pub use adaptive::*;
 pub use availability::*;
 pub use blocklist::*;
 pub use claims::*;
@@ -58,6 +60,9 @@ macro_rules! conformance_tests {
     ($make_store:path) => {
         $crate::conformance_tests!(@each $make_store;
             creating_a_render_stores_it_with_all_its_tasks,
+            an_auto_render_is_re_split_to_its_measured_frame_time_with_every_frame_once,
+            a_task_claimed_during_a_re_split_is_never_duplicated,
+            a_re_split_leaves_previews_and_handed_out_tasks_alone,
             a_worker_failing_a_render_is_blocklisted_until_cleared_or_expired,
             a_render_every_able_worker_is_blocked_from_fails_with_a_reason,
             a_render_waits_for_its_dependencies_and_starts_when_the_last_completes,
@@ -178,7 +183,8 @@ fn plan_with(
         upload_frames: None,
         frame_start: start,
         frame_end: end,
-        chunk_size: chunk,
+        chunk_size: chunk.into(),
+        target_chunk_seconds: None,
         frame_order: Default::default(),
         blocklist_after: None,
         priority,

@@ -479,7 +479,9 @@ pub fn status_update(change: &StatusChange) -> Document {
 /// resume leave the tasks as the later one says.
 pub fn runnable_sync(render: &str, runnable: bool, version: i64) -> (Document, Document) {
     (
-        doc! { "render_id": render, "runnable_version": { "$lt": version }, "kind": { "$exists": false } },
+        // A task a re-split is replacing stays out of the claim whatever
+        // its render does meanwhile.
+        doc! { "render_id": render, "runnable_version": { "$lt": version }, "kind": { "$exists": false }, "resplit": { "$exists": false } },
         doc! { "$set": { "runnable": runnable, "runnable_version": version } },
     )
 }

@@ -92,6 +92,33 @@ pub(super) struct RenderDoc {
     pub(super) frame_order: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) waiting_reason: Option<String>,
+    /// With adaptive chunking: the target, and the frame time measured
+    /// (absent until measured); absent target: a fixed chunk size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) target_chunk_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) measured_frame_seconds: Option<f64>,
+    /// A re-split of its pending tasks under way (`adaptive`); absent when
+    /// none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) resplit: Option<ResplitJournal>,
+}
+
+/// A re-split in progress, on its render's document: what a broker that
+/// takes over needs to finish it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ResplitJournal {
+    /// Marks the render's old tasks (`TaskDoc::resplit`) and new tasks
+    /// (`TaskDoc::resplit_of`) of this re-split.
+    pub(super) token: String,
+    pub(super) size: i64,
+    pub(super) frame_seconds: f64,
+    /// When it began: another broker takes over only a journal older than
+    /// `adaptive::RESPLIT_GRACE`, so two never mark at once.
+    pub(super) begun_at: bson::DateTime,
+    /// How many old tasks were marked; absent while they are being marked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) replaced: Option<i64>,
 }
 
 fn default_blocklist_after() -> i64 {
@@ -139,6 +166,9 @@ impl RenderDoc {
             frame_order: (r.frame_order != FrameOrder::Sequential)
                 .then(|| r.frame_order.as_str().to_string()),
             waiting_reason: r.waiting_reason.clone(),
+            target_chunk_seconds: r.target_chunk_seconds,
+            measured_frame_seconds: r.measured_frame_seconds,
+            resplit: None,
             blend_sha256: r.blend_sha256.clone(),
             upload_frames: r.upload_frames,
             events: None,
@@ -192,6 +222,9 @@ impl RenderDoc {
             frame_start: self.frame_start,
             frame_end: self.frame_end,
             chunk_size: self.chunk_size,
+            chunk_size_auto: self.target_chunk_seconds.is_some(),
+            target_chunk_seconds: self.target_chunk_seconds,
+            measured_frame_seconds: self.measured_frame_seconds,
             max_retries: self.max_retries,
             output: self.output.clone(),
             engine: self.engine.clone(),
@@ -286,6 +319,13 @@ pub(super) struct TaskDoc {
     /// false, so that the chunk claim never sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) follow_up_ready: Option<bool>,
+    /// The token of the re-split replacing it (`ResplitJournal`): it is
+    /// kept out of the claim until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) resplit: Option<String>,
+    /// The token of the re-split that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) resplit_of: Option<String>,
 }
 
 impl TaskDoc {
@@ -320,6 +360,8 @@ impl TaskDoc {
             seen_log_total: Some(0),
             kind: None,
             follow_up_ready: None,
+            resplit: None,
+            resplit_of: None,
         }
     }
 

@@ -98,6 +98,10 @@ const FILES: &[(&str, &str)] = &[
         "0019_path_variables",
         include_str!("../../../migrations/mongodb/0019_path_variables.json"),
     ),
+    (
+        "0020_adaptive_chunks",
+        include_str!("../../../migrations/mongodb/0020_adaptive_chunks.json"),
+    ),
 ];
 
 /// The server's code for "collection already exists".

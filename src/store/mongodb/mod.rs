@@ -30,6 +30,7 @@
 //! at once and connects (and migrates) in the background; until then every
 //! operation answers [`StoreError::Unavailable`].
 
+mod adaptive;
 mod blocklist;
 mod connect;
 mod counters;
@@ -62,6 +63,7 @@ use super::{PageRequest, StoreError, StoreResult};
 use documents::*;
 use errors::*;
 
+pub use adaptive::Step as ResplitStep;
 pub use connect::MigrationMode;
 pub use migrations::MIGRATIONS;
 

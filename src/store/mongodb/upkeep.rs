@@ -404,6 +404,11 @@ pub(super) async fn recount_tallies(store: &MongoStore, now: DateTime<Utc>) -> S
         .await?;
     let mut corrected = 0;
     for doc in open {
+        // Mid-re-split its old and new tasks are both stored: the re-split
+        // moves its counters once it is through (`adaptive`).
+        if doc.resplit.is_some() {
+            continue;
+        }
         if store.recount_tally(doc, now).await? {
             corrected += 1;
         }

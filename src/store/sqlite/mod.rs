@@ -11,6 +11,7 @@
 //! transaction across a crash or `kill -9` of the broker; only a power loss or
 //! OS crash can take back the last commits.
 
+mod adaptive;
 mod blocklist;
 mod counters;
 mod dependencies;
@@ -88,6 +89,9 @@ fn migrations() -> Migrations<'static> {
         )),
         M::up(include_str!(
             "../../../migrations/sqlite/0019_path_variables.sql"
+        )),
+        M::up(include_str!(
+            "../../../migrations/sqlite/0020_adaptive_chunks.sql"
         )),
     ])
 }

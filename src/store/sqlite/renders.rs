@@ -119,9 +119,9 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
          chunk_size, max_retries, output, engine, tags, tasks_total, tasks_pending, \
          tasks_running, tasks_completed, tasks_failed, tasks_canceled, frames_total, \
          frames_done, created_at, owner, blend_sha256, upload_frames, hidden, video, frame_order, \
-         blocklist_after) \
+         blocklist_after, target_chunk_seconds) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, 0, 0, 0, 0, ?14, 0, ?15, ?16, \
-         ?17, ?18, 1, ?19, ?20, ?21)",
+         ?17, ?18, 1, ?19, ?20, ?21, ?22)",
     )?
     .execute(params![
         r.id.to_string(),
@@ -145,6 +145,7 @@ fn insert_hidden_render(conn: &Connection, r: &Render) -> StoreResult<i64> {
         video_json(r.video.as_ref()),
         r.frame_order.as_str(),
         r.blocklist_after,
+        r.target_chunk_seconds,
     ])?;
     Ok(conn.last_insert_rowid())
 }

@@ -100,7 +100,7 @@ pub(super) const RENDER_COLUMNS: &str =
      r.tasks_pending, r.tasks_running, r.tasks_completed, r.tasks_failed, r.tasks_canceled, \
      r.frames_total, r.frames_done, r.created_at, r.started_at, r.finished_at, r.owner, \
      r.blend_sha256, r.upload_frames, r.video, r.video_status, r.waiting_reason, r.frame_order, \
-     r.blocklist_after, r.failure_reason, \
+     r.blocklist_after, r.failure_reason, r.target_chunk_seconds, r.measured_frame_seconds, \
      (SELECT json_group_array(d.depends_on) FROM (SELECT depends_on FROM render_dependencies \
       WHERE render_seq = r.seq ORDER BY position) d)";
 
@@ -149,9 +149,12 @@ pub(super) fn render_from_row(row: &Row) -> rusqlite::Result<Render> {
         frame_order: get_enum(row, 29, renderfarm_wire::FrameOrder::parse)?,
         blocklist_after: row.get(30)?,
         failure_reason: row.get(31)?,
+        chunk_size_auto: row.get::<_, Option<i64>>(32)?.is_some(),
+        target_chunk_seconds: row.get(32)?,
+        measured_frame_seconds: row.get(33)?,
         depends_on: {
-            let ids: String = row.get(32)?;
-            serde_json::from_str(&ids).map_err(|_| conversion_error(32, "dependencies", &ids))?
+            let ids: String = row.get(34)?;
+            serde_json::from_str(&ids).map_err(|_| conversion_error(34, "dependencies", &ids))?
         },
     })
 }

@@ -171,6 +171,10 @@ export async function renderPage(main, ctx, id) {
       h('dl', { class: 'settings' },
         row('Blend file', render.blend_file),
         row('Frames', `${render.frame_start}–${render.frame_end} in chunks of ${render.chunk_size}`
+          + (render.chunk_size_auto
+            ? ` (auto, aiming at ${render.target_chunk_seconds} s a chunk; ${render.measured_frame_seconds == null
+              ? 'not measured yet' : `measured ${render.measured_frame_seconds.toFixed(2)} s a frame`})`
+            : '')
           + (render.frame_order === 'preview-first' ? ', previews first (first, last, middle, every Nth frame)' : '')),
         row('Priority', render.priority),
         row('Engine', render.engine ?? 'as saved in the file'),

@@ -362,8 +362,9 @@ fn runnable_flags_follow_only_newer_render_versions() {
     assert_eq!(
         runnable_sync("r1", false, 4),
         (
-            // Chunks only: a follow-up has its own flag (`follow_up_ready`).
-            doc! { "render_id": "r1", "runnable_version": { "$lt": 4_i64 }, "kind": { "$exists": false } },
+            // Chunks only: a follow-up has its own flag (`follow_up_ready`),
+            // and a chunk a re-split is replacing stays unclaimable.
+            doc! { "render_id": "r1", "runnable_version": { "$lt": 4_i64 }, "kind": { "$exists": false }, "resplit": { "$exists": false } },
             doc! { "$set": { "runnable": false, "runnable_version": 4_i64 } },
         )
     );
