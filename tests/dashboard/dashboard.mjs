@@ -374,8 +374,13 @@ await scenario('a render with a video shows the video\'s state and a link that d
   await page.locator('#video-link').waitFor({ timeout: WAIT });
   const state = await textOf(page, '#video');
   check(/ready/.test(state), `the video is ready: ${state}`);
+  // The render and its task list reload on gates of their own (at most once
+  // a second each), so the list may catch up a moment after the link shows.
+  const listed = await page.waitForFunction(
+    () => /\(video\)/.test(document.querySelector('[aria-labelledby="tasks-h"]').textContent), null, { timeout: 5_000 },
+  ).then(() => true, () => false);
   const rows = await textOf(page, '[aria-labelledby="tasks-h"]');
-  check(rows.includes('(video)'), `the video task is in the task list: ${rows}`);
+  check(listed, `the video task is in the task list within 5 s of the link: ${rows}`);
   const mp4 = await page.evaluate(async () => {
     const answer = await fetch(document.getElementById('video-link').getAttribute('href'));
     const bytes = new Uint8Array(await answer.arrayBuffer());

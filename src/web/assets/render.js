@@ -208,9 +208,16 @@ export async function renderPage(main, ctx, id) {
     }
   }
 
+  // A slow answer must not overwrite a newer one: loads overlap when the
+  // broker is busy, and only the last one asked is drawn.
+  let tasksAsked = 0;
+  let renderAsked = 0;
+
   async function loadTasks() {
+    const asked = ++tasksAsked;
     try {
       const page = await api('GET', `/renders/${render.id}/tasks${query({ limit: TASKS_PAGE, offset: tasksOffset })}`);
+      if (asked !== tasksAsked) return;
       tasks = page.items;
       tasksTotal = page.total;
       // Only a render with failed chunks can have a blocklist.
@@ -221,6 +228,7 @@ export async function renderPage(main, ctx, id) {
       drawTasks();
       drawProgress();
     } catch (e) {
+      if (asked !== tasksAsked) return;
       replace(tasksBox, h('h2', { id: 'tasks-h' }, 'Tasks'), errorBox(e));
     }
   }
@@ -388,10 +396,14 @@ export async function renderPage(main, ctx, id) {
   }
 
   async function reloadRender() {
+    const asked = ++renderAsked;
     try {
-      render = await api('GET', `/renders/${render.id}`);
+      const fresh = await api('GET', `/renders/${render.id}`);
+      if (asked !== renderAsked) return;
+      render = fresh;
       drawAll();
     } catch (e) {
+      if (asked !== renderAsked) return;
       replace(actionResult, errorBox(e));
     }
   }
