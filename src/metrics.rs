@@ -321,8 +321,19 @@ pub fn replica() -> &'static ReplicaMetrics {
 /// leader's export.
 pub struct FarmView {
     pub counts: FarmCounts,
-    /// Each worker's status, tags and the task kinds it runs.
-    pub workers: Vec<(WorkerStatus, Vec<String>, Vec<TaskKind>)>,
+    pub workers: Vec<FarmWorker>,
+}
+
+/// One worker as the farm's gauges count it.
+pub struct FarmWorker {
+    pub status: WorkerStatus,
+    pub tags: Vec<String>,
+    /// The task kinds it runs.
+    pub kinds: Vec<TaskKind>,
+    /// Inside its hours (or it has none): an idle worker outside them
+    /// takes no task, so it covers no work an autoscaler would start a
+    /// worker for.
+    pub takes_new_work: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -422,7 +433,7 @@ fn farm_registry(view: &FarmView) -> Registry {
     // plain group is always there, the others for the tags workers have.
     let workers = Family::<WorkerLabels, Gauge>::default();
     let mut pools: Vec<String> = vec![String::new()];
-    pools.extend(view.workers.iter().map(|(_, tags, _)| pool_label(tags)));
+    pools.extend(view.workers.iter().map(|w| pool_label(&w.tags)));
     pools.sort();
     pools.dedup();
     for tags in pools {
@@ -430,7 +441,7 @@ fn farm_registry(view: &FarmView) -> Registry {
             let n = view
                 .workers
                 .iter()
-                .filter(|(s, t, _)| *s == status && pool_label(t) == tags)
+                .filter(|w| w.status == status && pool_label(&w.tags) == tags)
                 .count();
             workers
                 .get_or_create(&WorkerLabels {
@@ -448,8 +459,8 @@ fn farm_registry(view: &FarmView) -> Registry {
     let idle: Vec<(Vec<String>, Vec<TaskKind>)> = view
         .workers
         .iter()
-        .filter(|(s, _, _)| *s == WorkerStatus::Idle)
-        .map(|(_, tags, kinds)| (tags.clone(), kinds.clone()))
+        .filter(|w| w.status == WorkerStatus::Idle && w.takes_new_work)
+        .map(|w| (w.tags.clone(), w.kinds.clone()))
         .collect();
     let wanted = Family::<WantedLabels, Gauge>::default();
     // Each group of runnable work has its series, 0 when idle workers cover
@@ -547,6 +558,20 @@ mod tests {
         );
     }
 
+    fn worker(
+        status: WorkerStatus,
+        tags: &[&str],
+        kinds: &[TaskKind],
+        takes_new_work: bool,
+    ) -> FarmWorker {
+        FarmWorker {
+            status,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            kinds: kinds.to_vec(),
+            takes_new_work,
+        }
+    }
+
     #[test]
     fn the_farm_gauges_cover_every_label_and_the_plain_autoscaling_group() {
         let view = FarmView {
@@ -559,13 +584,17 @@ mod tests {
                 ..FarmCounts::default()
             },
             workers: vec![
-                (WorkerStatus::Idle, vec![], vec![TaskKind::Blender]),
-                (WorkerStatus::Busy, vec![], vec![TaskKind::Blender]),
-                (
+                worker(WorkerStatus::Idle, &[], &[TaskKind::Blender], true),
+                worker(WorkerStatus::Busy, &[], &[TaskKind::Blender], true),
+                worker(
                     WorkerStatus::Busy,
-                    vec!["linux".into(), "gpu".into()],
-                    vec![TaskKind::Blender, TaskKind::Ffmpeg],
+                    &["linux", "gpu"],
+                    &[TaskKind::Blender, TaskKind::Ffmpeg],
+                    true,
                 ),
+                // Idle but outside its hours: counted among the idle, and
+                // wanted work is not covered by it.
+                worker(WorkerStatus::Idle, &["gpu"], &[TaskKind::Blender], false),
             ],
         };
         let text = encode(Some(&view)).unwrap();
@@ -575,6 +604,7 @@ mod tests {
             r#"renderfarm_workers{status="disabled",tags=""} 0"#,
             r#"renderfarm_workers{status="busy",tags="gpu,linux"} 1"#,
             r#"renderfarm_workers{status="idle",tags="gpu,linux"} 0"#,
+            r#"renderfarm_workers{status="idle",tags="gpu"} 1"#,
             r#"renderfarm_workers_wanted{tags="gpu",kind="blender"} 2"#,
             r#"renderfarm_workers_wanted{tags="",kind="blender"} 0"#,
             // The idle worker runs no ffmpeg: the video wants a worker.

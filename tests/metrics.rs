@@ -307,6 +307,42 @@ async fn every_metric_moves_with_what_the_farm_does() {
         progress["tasks_pending"].as_f64().unwrap() - 1.0
     );
 
+    // Outside its hours the idle worker takes nothing, so it covers nothing:
+    // the plain work wants one more worker. (Two days on from today in UTC
+    // never covers now, even if the date changes mid-test.)
+    let off = {
+        use chrono::Datelike as _;
+        const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+        DAYS[(chrono::Utc::now().weekday().num_days_from_monday() as usize + 2) % 7]
+    };
+    let hours = send_json(
+        &client,
+        Method::PUT,
+        format!("{b}/workers/{worker}/availability"),
+        &json!({ "available": off }),
+    )
+    .await;
+    assert_eq!(hours["availability"]["available_now"], false, "{hours}");
+    let off_hours = samples(&exposition(&metrics_url).await);
+    assert_eq!(
+        value(&off_hours, r#"renderfarm_workers{status="idle",tags=""}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &off_hours,
+            r#"renderfarm_workers_wanted{kind="blender",tags=""}"#
+        ),
+        progress["tasks_pending"].as_f64().unwrap()
+    );
+    send_json(
+        &client,
+        Method::DELETE,
+        format!("{b}/workers/{worker}/availability"),
+        &json!({}),
+    )
+    .await;
+
     // A long poll with nothing for it shows while it waits.
     let gpu_less = register(&client, b, "w2").await;
     send_json(

@@ -194,7 +194,12 @@ pub async fn exposition(state: &AppState, req: &HttpRequest) -> Result<HttpRespo
             .list_workers(now)
             .await?
             .into_iter()
-            .map(|w| (w.status, w.tags, w.kinds))
+            .map(|w| metrics::FarmWorker {
+                takes_new_work: w.availability.as_ref().is_none_or(|a| a.available_now),
+                status: w.status,
+                tags: w.tags,
+                kinds: w.kinds,
+            })
             .collect();
         Some(FarmView { counts, workers })
     } else {
