@@ -183,10 +183,11 @@ pub fn continue_trace(span: &tracing::Span, headers: &actix_web::http::header::H
     let _ = span.set_parent(parent);
 }
 
-/// A span that exists only when requests get spans (see [`request_spans`]):
-/// `make` is not even called otherwise.
-pub fn maybe_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    if request_spans() {
+/// A span that exists only when spans are exported (see [`exporting`]):
+/// `make` is not even called otherwise. For the claim and the reports: with
+/// JSON logs alone, the request's span names the worker or task already.
+pub fn trace_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if exporting() {
         make()
     } else {
         tracing::Span::none()

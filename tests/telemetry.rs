@@ -161,6 +161,30 @@ async fn json_logs_carry_the_request_and_what_a_line_is_about() {
     assert!(submit["timestamp"].is_string());
     assert_eq!(access(&made_id)["route"], "/renders");
     assert_eq!(access(&made_id)["method"], "GET");
+    // A line written while a request is served names, in the request's
+    // span, the worker or task its path is about.
+    let routed = |route: &str| {
+        parsed
+            .iter()
+            .find(|l| l["target"] == "renderfarm::access" && l["route"] == route)
+            .unwrap_or_else(|| panic!("no access line for {route} in {lines:#?}"))
+            .clone()
+    };
+    let claim = routed("/workers/{id}/request-task");
+    assert_eq!(claim["span"]["worker_id"], worker, "{claim}");
+    assert_eq!(claim["span"]["request_id"], claim["request_id"], "{claim}");
+    let failed = routed("/tasks/{id}/fail");
+    assert_eq!(failed["span"]["task_id"], task_id.as_str(), "{failed}");
+    assert!(failed["span"].get("worker_id").is_none(), "{failed}");
+    // The line about the submit is written inside the submit's span.
+    let submitted_line = parsed
+        .iter()
+        .find(|l| l["message"] == "render submitted")
+        .unwrap();
+    assert_eq!(
+        submitted_line["span"]["request_id"], "submit-from-test-1",
+        "{submitted_line}"
+    );
 
     // A line about a task names it and its render as fields, inside the
     // span of the tick that wrote it.

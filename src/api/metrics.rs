@@ -1,5 +1,7 @@
 //! `GET /metrics` (Prometheus) and the middleware that counts every request.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -12,6 +14,7 @@ use super::auth::{Access, Viewer};
 use super::{resource, ApiError, AppState};
 use crate::metrics::{self, FarmView};
 use renderfarm_wire::ErrorBody;
+use uuid::Uuid;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/metrics", "GET").route(web::get().to(scrape)));
@@ -46,17 +49,17 @@ pub async fn observe_requests(
     let spans = crate::telemetry::request_spans();
     let request_id = match client_request_id(&req) {
         Some(id) => Some(id),
-        None if spans => Some(uuid::Uuid::now_v7().to_string()),
+        None if spans => Some(new_request_id()),
         None => None,
     };
     let exporting = crate::telemetry::exporting();
     let span = if spans {
-        // An exported span's name cannot change once it has children, so
-        // the route is matched here, before the handler runs.
-        let route = req.match_pattern();
-        let route = route.as_deref().unwrap_or(UNMATCHED);
         let request_id = request_id.as_deref().unwrap_or_default();
         if exporting {
+            // An exported span's name cannot change once it has children,
+            // so the route is matched here, before the handler runs.
+            let route = req.match_pattern();
+            let route = route.as_deref().unwrap_or(UNMATCHED);
             let span = tracing::info_span!(
                 "request",
                 otel.name = %format_args!("{method} {route}"),
@@ -71,12 +74,18 @@ pub async fn observe_requests(
         } else {
             // For the log lines alone, the fields they carry and nothing
             // else: every field of a span is formatted when it is made, and
-            // a field recorded later formats them all again.
+            // a field recorded later formats them all again. The route
+            // would take a second match of every route (the router's own
+            // comes after this middleware): the request's line carries it,
+            // and the id the path names says what the request is about.
+            let about = PathIds::of(req.path());
             tracing::info_span!(
                 "request",
                 request_id,
                 http.request.method = method,
-                http.route = route
+                worker_id = about.worker.map(tracing::field::display),
+                task_id = about.task.map(tracing::field::display),
+                render_id = about.render.map(tracing::field::display),
             )
         }
     } else {
@@ -114,6 +123,49 @@ pub async fn observe_requests(
         }
     }
     Ok(response)
+}
+
+/// A request id for a request that came without one: a random prefix per
+/// process (replicas' ids differ) and a counter. A UUID would cost a clock
+/// read, a shared lock and random bits on every request.
+fn new_request_id() -> String {
+    static PREFIX: LazyLock<u64> = LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{:016x}{:016x}",
+        *PREFIX,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The resource a request's path names: every route under `/workers/`,
+/// `/tasks/` and `/renders/` has the id second, so it is read from the path
+/// without matching the route.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PathIds {
+    worker: Option<Uuid>,
+    task: Option<Uuid>,
+    render: Option<Uuid>,
+}
+
+impl PathIds {
+    fn of(path: &str) -> Self {
+        let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
+        let mut ids = PathIds::default();
+        let (Some(collection), Some(id)) = (segments.next(), segments.next()) else {
+            return ids;
+        };
+        let Ok(id) = Uuid::try_parse(id) else {
+            return ids;
+        };
+        match collection {
+            "workers" => ids.worker = Some(id),
+            "tasks" => ids.task = Some(id),
+            "renders" => ids.render = Some(id),
+            _ => {}
+        }
+        ids
+    }
 }
 
 /// The method as a label, without allocating: the methods the API knows,
@@ -222,4 +274,59 @@ pub async fn exposition(state: &AppState, req: &HttpRequest) -> Result<HttpRespo
         .insert_header((header::VARY, "Accept"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_names_the_worker_task_or_render_it_is_about() {
+        let id = Uuid::parse_str("01a20b20-eeb3-759a-bc8b-10a14eccf12a").unwrap();
+        let table: [(&str, PathIds); 8] = [
+            (
+                "/workers/01a20b20-eeb3-759a-bc8b-10a14eccf12a/request-task",
+                PathIds {
+                    worker: Some(id),
+                    ..PathIds::default()
+                },
+            ),
+            (
+                "/tasks/01a20b20-eeb3-759a-bc8b-10a14eccf12a/complete",
+                PathIds {
+                    task: Some(id),
+                    ..PathIds::default()
+                },
+            ),
+            (
+                "/renders/01a20b20-eeb3-759a-bc8b-10a14eccf12a",
+                PathIds {
+                    render: Some(id),
+                    ..PathIds::default()
+                },
+            ),
+            ("/renders", PathIds::default()),
+            ("/renders/", PathIds::default()),
+            // Not an id: nothing a scanner sends ends up in the logs.
+            ("/workers/../../etc/passwd", PathIds::default()),
+            (
+                "/tokens/01a20b20-eeb3-759a-bc8b-10a14eccf12a",
+                PathIds::default(),
+            ),
+            ("", PathIds::default()),
+        ];
+        for (path, ids) in table {
+            assert_eq!(PathIds::of(path), ids, "{path}");
+        }
+    }
+
+    #[test]
+    fn request_ids_differ_and_are_safe_to_echo() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert_eq!(a[..16], b[..16], "one prefix per process");
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
 }

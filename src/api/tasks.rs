@@ -126,7 +126,7 @@ async fn report(
     let id = parse_id("task", id)?;
     let kind = report.metric_label();
     let started = std::time::Instant::now();
-    let span = crate::telemetry::maybe_span(
+    let span = crate::telemetry::trace_span(
         || tracing::info_span!("report", report = kind, task_id = %id, lease_id = %lease_id),
     );
     let task = tracing::Instrument::instrument(

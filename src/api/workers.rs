@@ -328,7 +328,7 @@ pub(super) async fn request_task(
         tokio::pin!(woken);
         woken.as_mut().enable();
         let started = std::time::Instant::now();
-        let span = crate::telemetry::maybe_span(|| {
+        let span = crate::telemetry::trace_span(|| {
             tracing::info_span!(
                 "claim",
                 worker_id = %id,
