@@ -2,9 +2,10 @@
 //! exported over OTLP when `serve --otlp-endpoint` names a collector.
 //!
 //! Per-request spans cost a little on every request, the workers' hot path
-//! included, so they are made only when something reads them: JSON logs
-//! (whose lines then carry the request's id and route) or an OTLP export.
-//! With text logs and no export, a request costs what it did before.
+//! included, so they are made only when exported. JSON lines name the
+//! request they were written for from a task-local context instead, which
+//! costs nothing until a line is written. With text logs and no export, a
+//! request costs what it did before.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,7 +13,11 @@ use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -50,12 +55,13 @@ impl OtlpExport {
     }
 }
 
-static REQUEST_SPANS: AtomicBool = AtomicBool::new(false);
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
-/// Whether requests get spans of their own (JSON logs, or an export).
-pub fn request_spans() -> bool {
-    REQUEST_SPANS.load(Ordering::Relaxed)
+/// Whether log lines are JSON, so that a request's context is worth
+/// keeping for the lines written while it is served.
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(Ordering::Relaxed)
 }
 
 /// Whether spans are exported, so that a caller's `traceparent` is worth
@@ -95,9 +101,13 @@ pub fn init(
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .event_format(WithRequest(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            ))
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -135,10 +145,7 @@ pub fn init(
             None
         }
     };
-    REQUEST_SPANS.store(
-        format == LogFormat::Json || provider.is_some(),
-        Ordering::Relaxed,
-    );
+    JSON_LOGS.store(format == LogFormat::Json, Ordering::Relaxed);
     EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     Ok(TelemetryGuard(provider))
 }
@@ -181,6 +188,59 @@ pub fn continue_trace(span: &tracing::Span, headers: &actix_web::http::header::H
     }
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
     let _ = span.set_parent(parent);
+}
+
+/// The request a line is written for, as JSON lines show it (`request`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub render_id: Option<uuid::Uuid>,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestContext;
+}
+
+/// Runs `serve` with `context` as the request every JSON line written
+/// meanwhile (on this task) names. Cheaper than a span: nothing is
+/// formatted unless a line is written.
+pub async fn in_request<F: std::future::Future>(context: RequestContext, serve: F) -> F::Output {
+    REQUEST.scope(context, serve).await
+}
+
+/// tracing-subscriber's JSON lines, with the request being served (if any)
+/// added as a `request` object.
+struct WithRequest<E>(E);
+
+impl<S, N, E> FormatEvent<S, N> for WithRequest<E>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    E: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Ok(Ok(request)) = REQUEST.try_with(serde_json::to_string) else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_suffix("}\n") {
+            Some(object) => writeln!(writer, "{object},\"request\":{request}}}"),
+            // Not the one-object line expected: written as it is.
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// A span that exists only when spans are exported (see [`exporting`]):

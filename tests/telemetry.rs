@@ -161,8 +161,7 @@ async fn json_logs_carry_the_request_and_what_a_line_is_about() {
     assert!(submit["timestamp"].is_string());
     assert_eq!(access(&made_id)["route"], "/renders");
     assert_eq!(access(&made_id)["method"], "GET");
-    // A line written while a request is served names, in the request's
-    // span, the worker or task its path is about.
+    // The request's line names the worker or task its path is about.
     let routed = |route: &str| {
         parsed
             .iter()
@@ -171,20 +170,34 @@ async fn json_logs_carry_the_request_and_what_a_line_is_about() {
             .clone()
     };
     let claim = routed("/workers/{id}/request-task");
-    assert_eq!(claim["span"]["worker_id"], worker, "{claim}");
-    assert_eq!(claim["span"]["request_id"], claim["request_id"], "{claim}");
+    assert_eq!(claim["worker_id"], worker, "{claim}");
     let failed = routed("/tasks/{id}/fail");
-    assert_eq!(failed["span"]["task_id"], task_id.as_str(), "{failed}");
-    assert!(failed["span"].get("worker_id").is_none(), "{failed}");
-    // The line about the submit is written inside the submit's span.
+    assert_eq!(failed["task_id"], task_id.as_str(), "{failed}");
+    assert!(failed.get("worker_id").is_none(), "{failed}");
+    // A line written while a request is served names the request.
     let submitted_line = parsed
         .iter()
         .find(|l| l["message"] == "render submitted")
         .unwrap();
     assert_eq!(
-        submitted_line["span"]["request_id"], "submit-from-test-1",
+        submitted_line["request"],
+        json!({"request_id": "submit-from-test-1", "method": "POST"}),
         "{submitted_line}"
     );
+    assert!(submitted_line["render_id"].is_string(), "{submitted_line}");
+    // The tick this test ran through the API wrote its lines while serving
+    // that request; the lines of a tick the scheduler runs by itself name
+    // none (the first line of the broker's start, written before any).
+    let retry_line = parsed
+        .iter()
+        .find(|l| l["message"] == "retrying a failed task")
+        .unwrap();
+    assert_eq!(
+        retry_line["request"]["request_id"],
+        routed("/scheduler/run")["request_id"],
+        "{retry_line}"
+    );
+    assert!(parsed[0].get("request").is_none(), "{}", parsed[0]);
 
     // A line about a task names it and its render as fields, inside the
     // span of the tick that wrote it.

@@ -37,61 +37,65 @@ fn client_request_id(req: &ServiceRequest) -> Option<String> {
 
 /// Every request, observed: counted by method, route template and status
 /// with the time to its answer's head (`/metrics`); with JSON logs or an
-/// OTLP export also given a span (its id, method and route, continuing the
-/// caller's `traceparent`), an `X-Request-Id` answer header, and a line on
-/// the `renderfarm::access` target (debug; warn for a 5xx).
+/// OTLP export also given a request id (an `X-Request-Id` answer header)
+/// and a line on the `renderfarm::access` target (debug; warn for a 5xx).
+/// With JSON logs, every line written while the request is served carries
+/// its id, method and the resource its path names; with an export, the
+/// request has a span (continuing the caller's `traceparent`).
 pub async fn observe_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = method_label(req.method());
-    let spans = crate::telemetry::request_spans();
+    let json = crate::telemetry::json_logs();
+    let exporting = crate::telemetry::exporting();
     let request_id = match client_request_id(&req) {
         Some(id) => Some(id),
-        None if spans => Some(new_request_id()),
+        None if json || exporting => Some(new_request_id()),
         None => None,
     };
-    let exporting = crate::telemetry::exporting();
-    let span = if spans {
+    let about = if json {
+        PathIds::of(req.path())
+    } else {
+        PathIds::default()
+    };
+    let span = if exporting {
+        // An exported span's name cannot change once it has children, so
+        // the route is matched here, before the handler runs.
+        let route = req.match_pattern();
+        let route = route.as_deref().unwrap_or(UNMATCHED);
         let request_id = request_id.as_deref().unwrap_or_default();
-        if exporting {
-            // An exported span's name cannot change once it has children,
-            // so the route is matched here, before the handler runs.
-            let route = req.match_pattern();
-            let route = route.as_deref().unwrap_or(UNMATCHED);
-            let span = tracing::info_span!(
-                "request",
-                otel.name = %format_args!("{method} {route}"),
-                otel.kind = "server",
-                request_id,
-                http.request.method = method,
-                http.route = route,
-                http.response.status_code = tracing::field::Empty,
-            );
-            crate::telemetry::continue_trace(&span, req.headers());
-            span
-        } else {
-            // For the log lines alone, the fields they carry and nothing
-            // else: every field of a span is formatted when it is made, and
-            // a field recorded later formats them all again. The route
-            // would take a second match of every route (the router's own
-            // comes after this middleware): the request's line carries it,
-            // and the id the path names says what the request is about.
-            let about = PathIds::of(req.path());
-            tracing::info_span!(
-                "request",
-                request_id,
-                http.request.method = method,
-                worker_id = about.worker.map(tracing::field::display),
-                task_id = about.task.map(tracing::field::display),
-                render_id = about.render.map(tracing::field::display),
-            )
-        }
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            request_id,
+            http.request.method = method,
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::telemetry::continue_trace(&span, req.headers());
+        span
     } else {
         tracing::Span::none()
     };
-    let mut response = tracing::Instrument::instrument(next.call(req), span.clone()).await?;
+    let call = tracing::Instrument::instrument(next.call(req), span.clone());
+    let mut response = if json {
+        // Not a span: a span's fields are formatted as it is made, and its
+        // making and closing cost more than the rest of what JSON logs add
+        // to a claim. The context is read only when a line is written.
+        let context = crate::telemetry::RequestContext {
+            request_id: request_id.clone().unwrap_or_default(),
+            method,
+            worker_id: about.worker,
+            task_id: about.task,
+            render_id: about.render,
+        };
+        crate::telemetry::in_request(context, call).await?
+    } else {
+        call.await?
+    };
     let took = started.elapsed();
     let status = response.status().as_u16();
     let route = match response.request().app_data::<super::RouteLabel>() {
@@ -110,16 +114,19 @@ pub async fn observe_requests(
                 .insert(header::HeaderName::from_static(REQUEST_ID), value);
         }
     }
-    if spans {
+    if json || exporting {
         if exporting {
             span.record("http.response.status_code", status);
         }
         let duration_ms = took.as_secs_f64() * 1000.0;
         let request_id = request_id.as_deref().unwrap_or_default();
+        let worker_id = about.worker.map(tracing::field::display);
+        let task_id = about.task.map(tracing::field::display);
+        let render_id = about.render.map(tracing::field::display);
         if status >= 500 {
-            tracing::warn!(target: "renderfarm::access", parent: &span, request_id, method, route, status, duration_ms, "request failed");
+            tracing::warn!(target: "renderfarm::access", parent: &span, request_id, method, route, status, duration_ms, worker_id, task_id, render_id, "request failed");
         } else {
-            tracing::debug!(target: "renderfarm::access", parent: &span, request_id, method, route, status, duration_ms, "request answered");
+            tracing::debug!(target: "renderfarm::access", parent: &span, request_id, method, route, status, duration_ms, worker_id, task_id, render_id, "request answered");
         }
     }
     Ok(response)
@@ -140,7 +147,9 @@ fn new_request_id() -> String {
 
 /// The resource a request's path names: every route under `/workers/`,
 /// `/tasks/` and `/renders/` has the id second, so it is read from the path
-/// without matching the route.
+/// without matching the route (the router's own match comes after this
+/// middleware, and a second one costs a claim more than the rest of JSON
+/// logging).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct PathIds {
     worker: Option<Uuid>,
