@@ -710,8 +710,10 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
                 {"broker_url": broker, "token": token, "scene": {"frame_start": 0, "frame_end": 1_048_574}},
                 {"broker_url": broker, "token": token, "movie": true},
                 {"broker_url": tls.address, "token": ADMIN_TOKEN},
-                // Then all is well: the copy goes beside the file.
-                {"broker_url": broker, "token": token},
+                // Then all is well: the copy goes beside the file, its
+                // chunks sized by the farm.
+                {"broker_url": broker, "token": token,
+                 "renderfarm": {"chunk_mode": "AUTO", "target_chunk_seconds": 30}},
                 {"broker_url": tls.address, "token": ADMIN_TOKEN, "ca_file": authority.ca},
             ],
         }),
@@ -797,6 +799,8 @@ async fn blender_reports_an_unreachable_broker_a_wrong_token_a_bad_range_and_a_m
     );
     assert!(copy.is_file() && copy.extension().is_some_and(|e| e == "blend"));
     assert_eq!(items[0]["upload_frames"], false, "{renders}");
+    assert_eq!(items[0]["chunk_size_auto"], true, "{renders}");
+    assert_eq!(items[0]["target_chunk_seconds"], 30, "{renders}");
     assert_eq!(
         (
             items[0]["frame_start"].clone(),

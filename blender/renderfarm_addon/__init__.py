@@ -128,7 +128,23 @@ class RenderfarmSceneSettings(bpy.types.PropertyGroup):
         ],
         default="normal",
     )
+    chunk_mode: EnumProperty(
+        name="Chunks",
+        items=[
+            ("FRAMES", "Frames", "A fixed number of frames per task"),
+            ("AUTO", "Auto", "The farm sizes the tasks from measured frame times, to take about the target time each"),
+        ],
+        default="FRAMES",
+    )
     chunk_size: IntProperty(name="Chunk Size", description="Frames per task", default=10, min=1, max=1000000)
+    target_chunk_seconds: IntProperty(
+        name="Target Seconds",
+        description="Seconds a task should take when the farm sizes them: long enough to pay off a start, "
+        "short enough for urgent work and failed machines to be dealt with soon",
+        default=60,
+        min=5,
+        max=3600,
+    )
     tags: StringProperty(name="Tags", description="Tags a worker needs to take this render, comma-separated")
 
 
@@ -199,10 +215,12 @@ class RENDERFARM_OT_submit(bpy.types.Operator):
             "name": settings.name.strip() or blend_stem(),
             "frame_start": scene.frame_start,
             "frame_end": scene.frame_end,
-            "chunk_size": settings.chunk_size,
+            "chunk_size": "auto" if settings.chunk_mode == "AUTO" else settings.chunk_size,
             "priority": settings.priority,
             "tags": [t.strip() for t in settings.tags.split(",") if t.strip()],
         }
+        if settings.chunk_mode == "AUTO":
+            spec["target_chunk_seconds"] = settings.target_chunk_seconds
         if output:
             spec["output"] = output
 
@@ -334,7 +352,11 @@ class RENDER_PT_renderfarm(bpy.types.Panel):
         col.label(text="%s (%s)" % (prefs.broker_url, "upload" if prefs.mode == "UPLOAD" else "shared drive"), icon="WORLD")
         col.prop(settings, "name")
         col.prop(settings, "priority")
-        col.prop(settings, "chunk_size")
+        col.prop(settings, "chunk_mode", expand=True)
+        if settings.chunk_mode == "AUTO":
+            col.prop(settings, "target_chunk_seconds")
+        else:
+            col.prop(settings, "chunk_size")
         col.prop(settings, "tags")
         sub = col.column(align=True)
         sub.prop(scene, "frame_start", text="Frame Start")

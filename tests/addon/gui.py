@@ -94,6 +94,11 @@ def steps():
         for name, value in attempt.get("scene", {}).items():
             saved[name] = getattr(scene, name)
             setattr(scene, name, value)
+        # The add-on's own settings of the scene (its panel's fields).
+        saved_settings = {}
+        for name, value in attempt.get("renderfarm", {}).items():
+            saved_settings[name] = getattr(scene.renderfarm, name)
+            setattr(scene.renderfarm, name, value)
         if attempt.get("movie"):
             saved_format = scene.render.image_settings.file_format
             scene.render.image_settings.file_format = "FFMPEG"
@@ -161,6 +166,8 @@ def steps():
         )
         for name, value in saved.items():
             setattr(scene, name, value)
+        for name, value in saved_settings.items():
+            setattr(scene.renderfarm, name, value)
         if attempt.get("movie"):
             scene.render.image_settings.file_format = saved_format
     result["dirty"] = bpy.data.is_dirty
