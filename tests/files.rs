@@ -663,8 +663,14 @@ enum Trip {
     CutAnswer { answer: u64 },
 }
 
+/// What marks the upload of a chunk's first frame (`PUT
+/// /tasks/{id}/frames/1?lease_id=…`), and nothing else an agent sends: not
+/// the frame's preview, which goes at the same time, nor a log that names
+/// the frames' folder.
+const FIRST_FRAME_UPLOAD: &[u8] = b"/frames/1?lease_id=";
+
 /// A TCP relay between a client and the broker that passes everything but
-/// the first request starting with `mark` (`PUT /tasks/`), which it trips
+/// the first request containing `mark` (`PUT /tasks/`), which it trips
 /// as `trip` says; `tripped` is told then. Its address, and every byte the
 /// clients sent through it so far.
 async fn relay(
@@ -902,7 +908,7 @@ async fn an_agent_killed_in_the_middle_of_a_frame_upload_has_its_chunk_redone_an
     let stalled = Arc::new(tokio::sync::Notify::new());
     let (relay, _) = relay(
         &broker.address,
-        b"PUT /tasks/",
+        FIRST_FRAME_UPLOAD,
         Trip::Stall { body: 16 },
         stalled.clone(),
     )
@@ -1041,7 +1047,7 @@ async fn a_chunk_whose_lease_goes_stale_during_a_frame_upload_is_dropped_then_re
     let stalled = Arc::new(tokio::sync::Notify::new());
     let (relay, _) = relay(
         &broker.address,
-        b"PUT /tasks/",
+        FIRST_FRAME_UPLOAD,
         Trip::Stall { body: 16 },
         stalled.clone(),
     )

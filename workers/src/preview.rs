@@ -122,9 +122,10 @@ fn linear_to_srgb(w: u32, h: u32, pixels: impl Iterator<Item = [f32; 3]>) -> Rgb
     RgbImage::from_raw(w, h, raw).unwrap_or_else(|| RgbImage::new(w.max(1), h.max(1)))
 }
 
-/// Previews the frames that arrive on `frames` as Blender saves them, then
-/// passes each on to `forward` (the frame uploads, which remove the file
-/// once stored: so the preview is made first). One frame a
+/// Previews the frames that arrive on `frames` as Blender saves them,
+/// passing each on to `forward` (the frame uploads, which remove the file
+/// once stored: so the preview is made first, and sent while the frame
+/// uploads). One frame a
 /// [`PREVIEW_INTERVAL`] at most, and always the chunk's `last_frame`. A
 /// preview that cannot be made or sent is skipped: it is a courtesy, never
 /// a reason to fail the chunk. Ends when `frames` closes.
@@ -140,31 +141,38 @@ pub async fn preview_frames(
     let mut refused = false;
     while let Some((frame, path)) = frames.recv().await {
         let due = last_sent.is_none_or(|t| t.elapsed() >= PREVIEW_INTERVAL);
+        let mut jpeg = None;
         if !refused && (due || frame == last_frame) {
             last_sent = Some(tokio::time::Instant::now());
             let source = path.clone();
             match tokio::task::spawn_blocking(move || make_preview(&source)).await {
-                Ok(Ok(jpeg)) => match client.upload_preview(task_id, lease_id, frame, jpeg).await {
-                    Ok(()) => tracing::debug!(task_id = %task_id, frame, "preview sent"),
-                    // The lease is over: the heartbeat tells the chunk so.
-                    Err(
-                        ClientError::Conflict(_)
-                        | ClientError::Forbidden(_)
-                        | ClientError::NotFound(_)
-                        | ClientError::Unauthorized(_),
-                    ) => refused = true,
-                    Err(e) => {
-                        tracing::debug!(error = %e, frame, "preview not sent; the next frame's will be")
-                    }
-                },
+                Ok(Ok(made)) => jpeg = Some(made),
                 Ok(Err(e)) => {
                     tracing::debug!(error = format!("{e:#}"), frame, "no preview of this frame")
                 }
                 Err(e) => tracing::warn!(error = %e, "the preview maker stopped"),
             }
         }
+        // The file is read: its upload (which removes it once stored) goes
+        // on while the preview is sent, so a chunk's last frame does not
+        // wait for its preview's round trip before its own.
         if let Some(forward) = &forward {
             let _ = forward.send((frame, path));
+        }
+        if let Some(jpeg) = jpeg {
+            match client.upload_preview(task_id, lease_id, frame, jpeg).await {
+                Ok(()) => tracing::debug!(task_id = %task_id, frame, "preview sent"),
+                // The lease is over: the heartbeat tells the chunk so.
+                Err(
+                    ClientError::Conflict(_)
+                    | ClientError::Forbidden(_)
+                    | ClientError::NotFound(_)
+                    | ClientError::Unauthorized(_),
+                ) => refused = true,
+                Err(e) => {
+                    tracing::debug!(error = %e, frame, "preview not sent; the next frame's will be")
+                }
+            }
         }
     }
 }
