@@ -145,13 +145,15 @@ async fn json_logs_carry_the_request_and_what_a_line_is_about() {
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    let access = |request_id: &str| {
+    // The request's own line (renderfarm::access) whose `field` is `value`.
+    let access_line = |field: &str, value: &str| {
         parsed
             .iter()
-            .find(|l| l["target"] == "renderfarm::access" && l["request_id"] == request_id)
-            .unwrap_or_else(|| panic!("no access line for {request_id} in {lines:#?}"))
+            .find(|l| l["target"] == "renderfarm::access" && l[field] == value)
+            .unwrap_or_else(|| panic!("no access line with {field} {value} in {lines:#?}"))
             .clone()
     };
+    let access = |request_id: &str| access_line("request_id", request_id);
     let submit = access("submit-from-test-1");
     assert_eq!(submit["method"], "POST");
     assert_eq!(submit["route"], "/renders");
@@ -162,13 +164,7 @@ async fn json_logs_carry_the_request_and_what_a_line_is_about() {
     assert_eq!(access(&made_id)["route"], "/renders");
     assert_eq!(access(&made_id)["method"], "GET");
     // The request's line names the worker or task its path is about.
-    let routed = |route: &str| {
-        parsed
-            .iter()
-            .find(|l| l["target"] == "renderfarm::access" && l["route"] == route)
-            .unwrap_or_else(|| panic!("no access line for {route} in {lines:#?}"))
-            .clone()
-    };
+    let routed = |route: &str| access_line("route", route);
     let claim = routed("/workers/{id}/request-task");
     assert_eq!(claim["worker_id"], worker, "{claim}");
     let failed = routed("/tasks/{id}/fail");
