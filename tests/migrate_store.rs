@@ -271,6 +271,65 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
     cleanup(&mongo, &database).await;
 }
 
+/// A preview-first render's previews (first, last and middle frames, then
+/// every Nth) are claimed first on the copy too: each task's place in its
+/// render's claim order travels with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_first_render_keeps_its_claim_order_on_the_copy() {
+    let Some(mongo) = renderfarm_testkit::mongodb_for_tests("migrate-store") else {
+        return;
+    };
+    let client = common::admin_client();
+    let data = tempfile::tempdir().unwrap();
+    {
+        let broker = BrokerProcess::start(data.path(), "127.0.0.1:0");
+        submit(&client, &broker.address, json!({"name": "previewed", "blend_file": "/p/v.blend", "frame_start": 1, "frame_end": 20, "chunk_size": 5, "frame_order": "preview-first"})).await;
+    }
+    let database = format!("migrate_{}", uuid::Uuid::new_v4().simple());
+    let to = format!("{}/{database}", mongo.uri().trim_end_matches('/'));
+    let (ok, out) = renderfarm(&[
+        "migrate-store",
+        "--from",
+        data.path().to_str().unwrap(),
+        "--to",
+        &to,
+    ]);
+    assert!(ok, "{out}");
+
+    let mongo_dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with(mongo_dir.path(), "127.0.0.1:0", &["--store", &to]);
+    let b = broker.address.as_str();
+    common::wait_for(
+        "the MongoDB broker to be ready",
+        std::time::Duration::from_secs(20),
+        || async {
+            let ready = client.get(format!("{b}/ready")).send().await.ok()?;
+            ready.status().is_success().then_some(())
+        },
+    )
+    .await;
+    let worker = register(&client, b, "w", &[]).await;
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        let task = claim(&client, b, &worker).await;
+        claimed.push((
+            task["frame_start"].as_i64().unwrap(),
+            task["frame_end"].as_i64().unwrap(),
+        ));
+        send_json(
+            &client,
+            Method::POST,
+            format!("{b}/tasks/{}/complete", task["task_id"].as_str().unwrap()),
+            &json!({"lease_id": task["lease_id"]}),
+        )
+        .await;
+    }
+    // First, last, middle: as the original would have handed them out.
+    assert_eq!(claimed, [(1, 1), (20, 20), (10, 10)]);
+    drop(broker);
+    cleanup(&mongo, &database).await;
+}
+
 /// Who submitted each render and who acted on its tasks travel with the
 /// farm. The API does not take owners from credentials yet, so this farm is
 /// made through the store.

@@ -36,6 +36,9 @@ pub struct TaskRecord {
     /// Bytes of log dropped to keep the log within its bound.
     pub log_dropped: i64,
     pub history: Vec<TaskHistoryEntry>,
+    /// Its place in its render's claim order (`domain::plan_tasks`: a
+    /// preview-first render's previews go first).
+    pub claim_rank: i64,
 }
 
 /// A worker as stored (its status is derived from these and its task).

@@ -127,6 +127,7 @@ fn task_docs(render: &RenderDoc, record: &TaskRecord) -> (TaskDoc, Vec<LogDoc>, 
     doc.started_at = task.started_at.map(bson_time);
     doc.finished_at = task.finished_at.map(bson_time);
     doc.queued_at = bson_time(record.queued_at);
+    doc.claim_rank = record.claim_rank;
     if task.kind != renderfarm_wire::TaskKind::Blender {
         // A follow-up runs by its render's status, which the copy keeps.
         doc.kind = Some(task.kind.as_str().into());

@@ -73,7 +73,8 @@ fn read_render(conn: &Connection, id: Uuid) -> StoreResult<RenderRecord> {
         |row| row.get(0),
     )?;
     let mut tasks_stmt = conn.prepare(&format!(
-        "SELECT {TASK_COLUMNS}, t.lease_id, COALESCE(t.queued_at, r.created_at), t.log_dropped, t.seq \
+        "SELECT {TASK_COLUMNS}, t.lease_id, COALESCE(t.queued_at, r.created_at), t.log_dropped, t.seq, \
+         t.claim_rank \
          FROM tasks t JOIN renders r ON r.seq = t.render_seq \
          WHERE t.render_seq = ?1 ORDER BY t.frame_start"
     ))?;
@@ -88,11 +89,12 @@ fn read_render(conn: &Connection, id: Uuid) -> StoreResult<RenderRecord> {
                 get_time(row, TASK_COLUMN_COUNT + 1)?,
                 row.get::<_, i64>(TASK_COLUMN_COUNT + 2)?,
                 row.get::<_, i64>(TASK_COLUMN_COUNT + 3)?,
+                row.get::<_, i64>(TASK_COLUMN_COUNT + 4)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut tasks = Vec::with_capacity(rows.len());
-    for (task, lease_id, queued_at, log_dropped, task_seq) in rows {
+    for (task, lease_id, queued_at, log_dropped, task_seq, claim_rank) in rows {
         let log = log_stmt
             .query_map([task_seq], |row| row.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -106,6 +108,7 @@ fn read_render(conn: &Connection, id: Uuid) -> StoreResult<RenderRecord> {
             log,
             log_dropped,
             history,
+            claim_rank,
         });
     }
     Ok(RenderRecord {
