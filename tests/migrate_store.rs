@@ -102,6 +102,29 @@ async fn run_scheduler(client: &reqwest::Client, broker: &str) {
     assert!(report.get("ran_at").is_some(), "a tick report: {report}");
 }
 
+/// A broker on the copy at `to`, once it answers ready.
+async fn mongo_broker(
+    client: &reqwest::Client,
+    dir: &std::path::Path,
+    to: &str,
+    extra: &[&str],
+) -> BrokerProcess {
+    let mut args = vec!["--store", to];
+    args.extend_from_slice(extra);
+    let broker = BrokerProcess::start_with(dir, "127.0.0.1:0", &args);
+    let b = broker.address.as_str();
+    common::wait_for(
+        "the MongoDB broker to be ready",
+        std::time::Duration::from_secs(20),
+        || async {
+            let ready = client.get(format!("{b}/ready")).send().await.ok()?;
+            ready.status().is_success().then_some(())
+        },
+    )
+    .await;
+    broker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on() {
     let Some(mongo) = renderfarm_testkit::mongodb_for_tests("migrate-store") else {
@@ -223,21 +246,8 @@ async fn a_sqlite_farm_copied_into_mongodb_reads_back_identical_and_carries_on()
     );
 
     let mongo_dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start_with(
-        mongo_dir.path(),
-        "127.0.0.1:0",
-        &["--store", &to, "--worker-timeout", "1h"],
-    );
+    let broker = mongo_broker(&client, mongo_dir.path(), &to, &["--worker-timeout", "1h"]).await;
     let b = broker.address.as_str();
-    common::wait_for(
-        "the MongoDB broker to be ready",
-        std::time::Duration::from_secs(20),
-        || async {
-            let ready = client.get(format!("{b}/ready")).send().await.ok()?;
-            ready.status().is_success().then_some(())
-        },
-    )
-    .await;
     // Whether its start-up tick reached MongoDB or not, one more leaves the
     // farm where the original's tick left it (ticks are serialised).
     run_scheduler(&client, b).await;
@@ -297,17 +307,8 @@ async fn a_preview_first_render_keeps_its_claim_order_on_the_copy() {
     assert!(ok, "{out}");
 
     let mongo_dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start_with(mongo_dir.path(), "127.0.0.1:0", &["--store", &to]);
+    let broker = mongo_broker(&client, mongo_dir.path(), &to, &[]).await;
     let b = broker.address.as_str();
-    common::wait_for(
-        "the MongoDB broker to be ready",
-        std::time::Duration::from_secs(20),
-        || async {
-            let ready = client.get(format!("{b}/ready")).send().await.ok()?;
-            ready.status().is_success().then_some(())
-        },
-    )
-    .await;
     let worker = register(&client, b, "w", &[]).await;
     let mut claimed = Vec::new();
     for _ in 0..3 {
